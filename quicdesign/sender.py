@@ -1,0 +1,208 @@
+"""The optimal unbiased sender rule for a receiver table R.
+
+This module is the one implementation of the rule; the design layer (objective,
+gradient, verification) and the runtime encoder both build on :class:`SenderRule`.
+
+For a fixed receiver table ``R`` of shape ``(H, K)`` (rows sorted increasingly in the
+message ``x``) and a value ``z``, the sender must pick, for every shared value ``h``, a
+distribution over messages so that the decoded value is unbiased,
+``mean_h E[R(h, X)] = z``, with the least ``mean_h E[R(h, X)^2]``. By the Lagrangian every
+``h`` sends the level nearest a common target, so the solution is a greedy over the
+``H (K - 1)`` "events" (``h`` moves from level ``j`` to ``j + 1``) sorted by their slope
+``R(h, j) + R(h, j + 1)``. Each event raises the mean by ``(R(h, j+1) - R(h, j)) / H``;
+the cumulative sums are the breakpoints ``t_0 <= t_1 <= ... <= t_E``. On the piece
+``[t_{k-1}, t_k]`` events ``1..k-1`` have fired and event ``k``'s ``h`` randomizes between
+its two adjacent levels; every other ``h`` is deterministic.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .errors import TableError
+
+__all__ = ["SenderRule"]
+
+# Above this many entries the (pieces x H) level table is not materialized.
+_MAX_LEVEL_TABLE_ENTRIES = 1 << 25
+
+
+class SenderRule:
+    """Closed-form optimal sender for a receiver table.
+
+    Parameters
+    ----------
+    receiver : array_like, shape (H, K)
+        Receiver table ``R[h, x]``; every row must be finite and non-decreasing in ``x``.
+
+    Attributes
+    ----------
+    event_shared : ndarray of int64, shape (E,)
+        The ``h`` of each event, in firing order.
+    event_level : ndarray of int64, shape (E,)
+        The level ``j`` the event's ``h`` leaves (it moves to ``j + 1``).
+    slopes : ndarray, shape (E,)
+        ``R(h, j) + R(h, j + 1)`` of each event, non-decreasing.
+    breakpoints : ndarray, shape (E + 1,)
+        ``t_0 .. t_E``: the unbiased mean after ``0 .. E`` events.
+    second_moments : ndarray, shape (E + 1,)
+        ``mean_h R(h, level_h)^2`` after ``0 .. E`` events.
+    """
+
+    def __init__(self, receiver):
+        receiver = np.array(receiver, dtype=np.float64)
+        if receiver.ndim != 2 or receiver.shape[0] < 1 or receiver.shape[1] < 2:
+            raise TableError(
+                f"receiver table must have shape (H >= 1, K >= 2), got {receiver.shape}"
+            )
+        if not np.all(np.isfinite(receiver)):
+            raise TableError("receiver table contains non-finite values")
+        if np.any(np.diff(receiver, axis=1) < 0):
+            raise TableError("receiver table rows must be non-decreasing in the message x")
+        receiver.setflags(write=False)
+        self.receiver = receiver
+        num_shared, num_messages = receiver.shape
+        self.num_shared = num_shared
+        self.num_messages = num_messages
+
+        slopes = receiver[:, :-1] + receiver[:, 1:]
+        # Stable sort on the h-major flattening keeps each h's events in level order on ties.
+        order = np.argsort(slopes, axis=None, kind="stable")
+        self.event_shared = order // (num_messages - 1)
+        self.event_level = order % (num_messages - 1)
+        self.slopes = slopes.ravel()[order]
+        low = receiver[self.event_shared, self.event_level]
+        high = receiver[self.event_shared, self.event_level + 1]
+        self.breakpoints = np.concatenate(
+            ([receiver[:, 0].mean()], receiver[:, 0].mean() + np.cumsum((high - low) / num_shared))
+        )
+        start_second = np.mean(receiver[:, 0] ** 2)
+        self.second_moments = np.concatenate(
+            ([start_second], start_second + np.cumsum((high**2 - low**2) / num_shared))
+        )
+        # Position of each event (h, j) in firing order, shape (H, K - 1).
+        self.event_position = np.empty(order.size, dtype=np.int64)
+        self.event_position[order] = np.arange(order.size)
+        self.event_position = self.event_position.reshape(num_shared, num_messages - 1)
+        self._level_table = None
+
+    @property
+    def num_events(self) -> int:
+        """Number of events ``E = H (K - 1)``."""
+        return self.event_shared.size
+
+    @property
+    def support(self) -> tuple[float, float]:
+        """The interval ``[t_0, t_E]`` on which the rule is unbiased."""
+        return float(self.breakpoints[0]), float(self.breakpoints[-1])
+
+    def level_table(self) -> np.ndarray:
+        """Levels before each event: ``table[k, h]`` is the level of ``h`` after ``k`` events.
+
+        Returns
+        -------
+        ndarray of uint8 or uint16, shape (E, H)
+        """
+        if self._level_table is None:
+            events, num_shared = self.num_events, self.num_shared
+            if events * num_shared > _MAX_LEVEL_TABLE_ENTRIES:
+                raise TableError(
+                    f"level table of {events} x {num_shared} entries is too large to build"
+                )
+            dtype = np.uint8 if self.num_messages <= 256 else np.uint16
+            fired = np.zeros((events, num_shared), dtype=dtype)
+            fired[np.arange(1, events), self.event_shared[:-1]] = 1
+            self._level_table = np.cumsum(fired, axis=0, dtype=dtype)
+        return self._level_table
+
+    def pieces(self, values) -> tuple[np.ndarray, np.ndarray]:
+        """Locate values on the pieces of the rule.
+
+        Parameters
+        ----------
+        values : ndarray
+            Points inside :attr:`support`.
+
+        Returns
+        -------
+        event : ndarray of int64
+            0-based index of the event that randomizes at each value.
+        fraction : ndarray of float64
+            Probability that this event has fired, in ``[0, 1]``.
+        """
+        values = np.asarray(values, dtype=np.float64)
+        t = self.breakpoints
+        event = np.searchsorted(t, values, side="right") - 1
+        # The top end belongs to the last piece of positive width.
+        last_open = int(np.flatnonzero(np.diff(t) > 0)[-1]) if np.any(np.diff(t) > 0) else 0
+        np.clip(event, 0, last_open, out=event)
+        width = t[event + 1] - t[event]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            fraction = np.where(width > 0, (values - t[event]) / width, 1.0)
+        np.clip(fraction, 0.0, 1.0, out=fraction)
+        return event, fraction
+
+    def message_probabilities(self, values) -> np.ndarray:
+        """Full sender distribution ``P(x | h, z)``.
+
+        Parameters
+        ----------
+        values : ndarray, shape (n,)
+            Points inside :attr:`support`.
+
+        Returns
+        -------
+        ndarray, shape (n, H, K)
+        """
+        event, fraction = self.pieces(values)
+        levels = self.level_table()[event]  # (n, H)
+        probs = np.zeros((event.size, self.num_shared, self.num_messages))
+        rows = np.arange(event.size)[:, None]
+        probs[rows, np.arange(self.num_shared)[None, :], levels] = 1.0
+        moving_h = self.event_shared[event]
+        moving_level = self.event_level[event]
+        probs[np.arange(event.size), moving_h, moving_level] = 1.0 - fraction
+        probs[np.arange(event.size), moving_h, moving_level + 1] = fraction
+        return probs
+
+    def sample(self, values, shared, uniforms=None, rng=None) -> np.ndarray:
+        """Draw messages for values inside the support.
+
+        Parameters
+        ----------
+        values : ndarray of float, shape (n,)
+            Points inside :attr:`support`.
+        shared : ndarray of int, shape (n,)
+            Shared random values ``h`` in ``[0, H)``.
+        uniforms : ndarray of float, shape (n,), optional
+            Private uniforms in ``[0, 1)``; only entries at randomizing positions are used.
+        rng : numpy.random.Generator, optional
+            Used to draw the private uniforms needed when ``uniforms`` is not given.
+
+        Returns
+        -------
+        ndarray of uint8 (uint16 when K > 256), shape (n,)
+        """
+        event, fraction = self.pieces(values)
+        messages = self.level_table()[event, shared]
+        randomizing = np.flatnonzero(self.event_shared[event] == shared)
+        if randomizing.size:
+            if uniforms is None:
+                if rng is None:
+                    rng = np.random.default_rng()
+                draws = rng.random(randomizing.size)
+            else:
+                draws = np.asarray(uniforms)[randomizing]
+            messages[randomizing] += (draws < fraction[randomizing]).astype(messages.dtype)
+        return messages
+
+    def mean_square(self, values) -> np.ndarray:
+        """``mean_h E[R(h, X)^2 | z]``, linear on each piece."""
+        event, fraction = self.pieces(values)
+        m = self.second_moments
+        return m[event] + fraction * (m[event + 1] - m[event])
+
+    def mse(self, values) -> np.ndarray:
+        """Expected squared error of the unbiased estimate at each value."""
+        values = np.asarray(values, dtype=np.float64)
+        return self.mean_square(values) - values**2
