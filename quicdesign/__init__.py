@@ -1,0 +1,39 @@
+"""quicdesign: near-optimal unbiased quantizers for federated learning and DME.
+
+The runtime needs numpy only. The design layer lives in the separate package
+``solvers`` (``pip install quicdesign[design]``).
+"""
+
+__version__ = "0.1.0"
+
+from .errors import (
+    InputDTypeError,
+    InputVectorError,
+    ParameterError,
+    PayloadError,
+    QuicDesignError,
+    TableChecksumError,
+    TableError,
+    TableNotFoundError,
+    TableVersionError,
+)
+from .sender import SenderRule
+from .table import Table, list_tables, load_table, shipped_tables_dir
+
+__all__ = [
+    "InputDTypeError",
+    "InputVectorError",
+    "ParameterError",
+    "PayloadError",
+    "QuicDesignError",
+    "SenderRule",
+    "Table",
+    "TableChecksumError",
+    "TableError",
+    "TableNotFoundError",
+    "TableVersionError",
+    "__version__",
+    "list_tables",
+    "load_table",
+    "shipped_tables_dir",
+]

@@ -1,0 +1,43 @@
+"""quicdesign's design layer: specs, exact objective, optimizers, certification, sweeps.
+
+Needs scipy, cvxpy (HiGHS), joblib and tqdm (``pip install quicdesign[design]``). It
+produces :class:`quicdesign.Table` objects; the runtime never imports this package.
+"""
+
+from .certify import (
+    Certificate,
+    SenderLP,
+    cap_message_probability,
+    certify,
+    solve_sender_lp,
+    symmetric_sender,
+)
+from .design import DesignResult, DesignSpec, design
+from .distributions import (
+    EmpiricalDistribution,
+    ScipyDistribution,
+    StandardNormal,
+    ValueDistribution,
+)
+from .objective import ObjectiveValue, evaluate
+from .verify import VerificationReport, verify
+
+__all__ = [
+    "Certificate",
+    "DesignResult",
+    "DesignSpec",
+    "EmpiricalDistribution",
+    "ObjectiveValue",
+    "ScipyDistribution",
+    "SenderLP",
+    "StandardNormal",
+    "ValueDistribution",
+    "VerificationReport",
+    "cap_message_probability",
+    "certify",
+    "design",
+    "evaluate",
+    "solve_sender_lp",
+    "symmetric_sender",
+    "verify",
+]

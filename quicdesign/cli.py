@@ -1,0 +1,241 @@
+"""The ``quicdesign`` command line: a thin shell over the Python API.
+
+``design`` and ``tables verify`` import the design layer (``solvers``) lazily; every
+other command needs the runtime only. Errors print one line and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from .errors import ParameterError, QuicDesignError
+from .table import list_tables, load_table, shipped_tables_dir, write_index
+
+__all__ = ["main", "REFERENCE_VNMSE"]
+
+#: Official QUIC-FL tables (p = 1/512) and EDEN, from the paper notes.
+REFERENCE_VNMSE = {(1, 6): 1.4670, (2, 5): 0.2149, (3, 4): 0.04312, (4, 4): 0.009684}
+EDEN_VNMSE = {1: 0.5708, 2: 0.1331, 3: 0.03578, 4: 0.009592}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        self.exit(2, f"quicdesign: error: {message}\n")
+
+
+def _int_list(text: str) -> list[int]:
+    values = []
+    try:
+        for part in text.split(","):
+            if "-" in part.strip()[1:]:
+                low, high = part.split("-", 1)
+                values.extend(range(int(low), int(high) + 1))
+            else:
+                values.append(int(part))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected integers like '1-4' or '1,2,8', got {text!r}")
+    return values
+
+
+def _probability(text: str) -> float:
+    try:
+        if "/" in text:
+            num, den = text.split("/", 1)
+            return float(num) / float(den)
+        return float(text)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"expected a probability like 1/512, got {text!r}")
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ParameterError(f"cannot write to {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def _cmd_design(args) -> int:
+    from solvers.design import DEFAULT_TAIL_PROB, DesignSpec
+    from solvers.sweep import DEFAULT_SHARED_BITS, default_specs, sweep
+
+    if args.defaults:
+        specs = default_specs()
+    else:
+        bits_list = args.bits or [1, 2, 3, 4]
+        tail = DEFAULT_TAIL_PROB if args.tail_prob is None else args.tail_prob
+        specs = []
+        for bits in bits_list:
+            shared = args.shared_bits or [DEFAULT_SHARED_BITS.get(bits, 0)]
+            specs += [DesignSpec(bits, shared_bits, tail) for shared_bits in shared]
+    out = _writable_dir(Path(args.out)) if args.out else None
+    began = time.perf_counter()
+    results = sweep(
+        specs, n_jobs=args.jobs, cache_dir=args.cache_dir, progress=args.progress,
+        starts=args.starts, certify=not args.no_certify,
+    )
+    wall = time.perf_counter() - began
+    print(_quality_report(results))
+    print(f"\n{len(results)} tables designed in {wall:.1f} s wall (n_jobs={args.jobs})")
+    failed = [r for r in results if not r.success]
+    if out is not None:
+        for result in results:
+            result.table.save(out / result.table.name)
+        defaults = {
+            r.table.bits: r.table.name for r in results
+            if r.table.shared_bits == DEFAULT_SHARED_BITS.get(r.table.bits)
+        }
+        write_index(out, defaults or None)
+        print(f"tables written to {out}")
+    if failed:
+        print(f"quicdesign: error: {len(failed)} design(s) failed verification", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _quality_report(results) -> str:
+    lines = [
+        f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'official':>9} {'ratio':>6} "
+        f"{'EDEN':>7} {'1/(4^b-1)':>10} {'bits/coord':>10} {'cert gap':>9} {'time s':>6}",
+    ]
+    for r in results:
+        t = r.table
+        official = REFERENCE_VNMSE.get((t.bits, t.shared_bits))
+        eden = EDEN_VNMSE.get(t.bits)
+        cert = r.certificate["gap"] if r.certificate else float("nan")
+        lines.append(
+            f"{t.bits:>2} {t.shared_bits:>2} {t.tail_prob:>9.3g} {t.threshold:>7.4f} "
+            f"{t.vnmse:>11.6g} {official if official else '':>9} "
+            f"{format(t.vnmse / official, '.4f') if official else '':>6} "
+            f"{eden if eden else '':>7} {1 / (4**t.bits - 1):>10.4g} "
+            f"{t.bits + 64 * t.tail_prob:>10.4f} {cert:>9.1e} {r.wall_time:>6.2f}"
+        )
+    return "\n".join(lines)
+
+
+def _cmd_tables_list(args) -> int:
+    folder = Path(args.path) if args.path else shipped_tables_dir()
+    print(f"{'bits':>4} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11}  directory")
+    for e in list_tables(folder):
+        print(
+            f"{e['bits']:>4} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} {e['threshold']:>9.4f} "
+            f"{e['vnmse']:>11.6g}  {e['directory']}"
+        )
+    return 0
+
+
+def _cmd_tables_show(args) -> int:
+    import json
+
+    import numpy as np
+
+    table = load_table(args.bits, args.shared_bits, args.tail_prob, path=args.path)
+    print(repr(table))
+    with np.printoptions(precision=5, suppress=True, linewidth=120):
+        print("receiver R[h, x]:")
+        print(table.receiver)
+    manifest = table.manifest
+    print(json.dumps({k: manifest[k] for k in ("quality", "design") if k in manifest}, indent=2))
+    return 0
+
+
+def _cmd_tables_verify(args) -> int:
+    from solvers.verify import verify
+
+    from .table import Table
+
+    folder = Path(args.path) if args.path else shipped_tables_dir()
+    if (folder / "manifest.json").is_file():
+        tables = [Table.load(folder)]
+    else:
+        tables = [load_table(e["bits"], e["shared_bits"], e["tail_prob"], path=folder)
+                  for e in list_tables(folder)]
+    bad = 0
+    for table in tables:
+        report = verify(table)
+        bad += not report.ok
+        print(
+            f"{table.name:<16} {'ok' if report.ok else 'FAILED':<6} bias {report.max_bias:.1e} "
+            f"simplex {report.max_simplex_violation:.1e} vNMSE {report.recomputed_vnmse:.6g} "
+            f"(recorded {report.recorded_vnmse})"
+        )
+    return 1 if bad else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``quicdesign`` command."""
+    parser = _Parser(prog="quicdesign", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    design = commands.add_parser("design", help="design tables and print their quality")
+    design.add_argument("--defaults", action="store_true",
+                        help="design every shipped table (b = 1..8 defaults and l = 8 extras)")
+    design.add_argument("--bits", type=_int_list, help="bit widths, e.g. 1-4 or 1,2,8")
+    design.add_argument("--shared-bits", type=_int_list, help="shared bits l (default per b)")
+    design.add_argument("--tail-prob", type=_probability, help="tail probability p (1/512)")
+    design.add_argument("--out", help="write the tables and an index to this folder")
+    design.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1: all cores)")
+    design.add_argument("--cache-dir", help="joblib cache folder (off by default)")
+    design.add_argument("--starts", type=int, default=4, help="optimizer starts per table")
+    design.add_argument("--no-certify", action="store_true", help="skip the LP certificate")
+    design.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                        help="progress bar (default: on a terminal only)")
+    design.set_defaults(run=_cmd_design)
+
+    tables = commands.add_parser("tables", help="list, show or verify stored tables")
+    table_cmds = tables.add_subparsers(dest="tables_command", required=True, parser_class=_Parser)
+    listing = table_cmds.add_parser("list", help="list a table collection")
+    listing.add_argument("--path", help="collection folder (default: shipped tables)")
+    listing.set_defaults(run=_cmd_tables_list)
+    show = table_cmds.add_parser("show", help="print one table and its provenance")
+    show.add_argument("bits", type=int)
+    show.add_argument("--shared-bits", type=int)
+    show.add_argument("--tail-prob", type=_probability)
+    show.add_argument("--path", help="table or collection folder (default: shipped tables)")
+    show.set_defaults(run=_cmd_tables_show)
+    check = table_cmds.add_parser("verify", help="re-verify tables (needs the design extra)")
+    check.add_argument("--path", help="table or collection folder (default: shipped tables)")
+    check.set_defaults(run=_cmd_tables_verify)
+
+    _add_optional_commands(commands)
+    return parser
+
+
+def _add_optional_commands(commands) -> None:
+    """Register ``bench`` and ``fl`` commands when their modules are present."""
+    import importlib
+
+    for module_name in ("quicdesign.bench.cli", "quicdesign.fl.cli"):
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or not module_name.startswith(exc.name):
+                raise
+            continue
+        module.register(commands)
+
+
+def main(argv=None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.run(args) or 0)
+    except (QuicDesignError, OSError) as exc:
+        print(f"quicdesign: error: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        print(f"quicdesign: error: {exc.name} is needed here; install quicdesign[design]",
+              file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""The command line: one clear line and a non-zero exit on bad input."""
+
+import subprocess
+import sys
+
+import pytest
+
+from quicdesign.cli import main
+
+
+def run(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "quicdesign.cli", *args], capture_output=True, text=True
+    )
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["design", "--bits", "0"], "bits"),
+    (["design", "--bits", "2", "--shared-bits", "20"], "shared_bits"),
+    (["design", "--bits", "2", "--tail-prob", "1.5"], "tail_prob"),
+    (["design", "--bits", "2", "--tail-prob", "0"], "tail_prob"),
+    (["design", "--bits", "x"], "integers"),
+    (["design", "--bits", "1", "--out", "/proc/not-writable"], "cannot write"),
+    (["tables", "show", "3", "--shared-bits", "7"], "no table"),
+])
+def test_bad_parameters_give_one_line_and_nonzero_exit(args, needle):
+    result = run(*args)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("quicdesign: error:") and needle in lines[0]
+
+
+def test_corrupt_table_file_is_reported(tmp_path):
+    import quicdesign
+
+    table = quicdesign.load_table(1)
+    folder = table.save(tmp_path / "t")
+    (folder / "receiver.f64").write_bytes(b"\x01" * (folder / "receiver.f64").stat().st_size)
+    result = run("tables", "verify", "--path", str(folder))
+    assert result.returncode == 2
+    assert "sha256 mismatch" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_design_writes_a_loadable_collection(tmp_path, capsys):
+    assert main(["design", "--bits", "1,2", "--shared-bits", "2", "--jobs", "1",
+                 "--out", str(tmp_path), "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "vNMSE" in out and "2 tables designed" in out
+    assert main(["tables", "list", "--path", str(tmp_path)]) == 0
+    assert main(["tables", "verify", "--path", str(tmp_path)]) == 0
+    assert main(["tables", "show", "2", "--shared-bits", "2", "--path", str(tmp_path)]) == 0
+
+
+def test_cached_design_is_reused(tmp_path):
+    import time
+
+    from solvers.design import DesignSpec
+    from solvers.sweep import cached_design, sweep
+
+    spec = DesignSpec(2, 3)
+    first = cached_design(spec, tmp_path, certify=False)
+    began = time.perf_counter()
+    second = cached_design(spec, tmp_path, certify=False)
+    assert time.perf_counter() - began < first.wall_time
+    assert second.table == first.table
+    assert any(tmp_path.rglob("output.pkl"))
+    results = sweep([(1, 1), (2, 1), (1, 2)], n_jobs=2, progress=False, certify=False)
+    assert [(r.table.bits, r.table.shared_bits) for r in results] == [(1, 1), (2, 1), (1, 2)]

@@ -1,0 +1,79 @@
+"""The closed-form sender rule: simplex, unbiasedness, optimality structure."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+
+from quicdesign import SenderRule, TableError
+
+
+def receivers(max_shared_bits=3, max_bits=3):
+    @st.composite
+    def build(draw):
+        num_shared = 2 ** draw(st.integers(0, max_shared_bits))
+        num_messages = 2 ** draw(st.integers(1, max_bits))
+        values = draw(hnp.arrays(
+            np.float64, (num_shared, num_messages),
+            elements=st.floats(-8, 8, allow_nan=False, allow_subnormal=False),
+        ))
+        return np.sort(values, axis=1)
+    return build()
+
+
+@settings(max_examples=60, deadline=None)
+@given(receivers(), st.floats(0, 1))
+def test_probabilities_are_a_simplex_and_unbiased(receiver, position):
+    rule = SenderRule(receiver)
+    lo, hi = rule.support
+    z = np.array([lo, hi, lo + position * (hi - lo)])
+    probs = rule.message_probabilities(z)
+    assert probs.min() >= 0
+    np.testing.assert_allclose(probs.sum(axis=2), 1.0, atol=1e-12)
+    mean = np.einsum("nhx,hx->n", probs, receiver) / receiver.shape[0]
+    np.testing.assert_allclose(mean, z, atol=1e-9 * max(1, np.abs(receiver).max()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(receivers(), st.floats(0, 1))
+def test_at_most_one_shared_value_randomizes(receiver, position):
+    rule = SenderRule(receiver)
+    lo, hi = rule.support
+    probs = rule.message_probabilities(np.array([lo + position * (hi - lo)]))[0]
+    fractional = np.sum((probs > 1e-12) & (probs < 1 - 1e-12), axis=1)
+    assert np.sum(fractional > 0) <= 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(receivers(), st.floats(0, 1))
+def test_closed_form_error_matches_probabilities(receiver, position):
+    rule = SenderRule(receiver)
+    lo, hi = rule.support
+    z = np.array([lo + position * (hi - lo)])
+    probs = rule.message_probabilities(z)
+    second = np.einsum("nhx,hx->n", probs, receiver**2) / receiver.shape[0]
+    np.testing.assert_allclose(rule.mse(z), second - z**2, atol=1e-9 * max(1, receiver.max() ** 2))
+
+
+def test_sample_frequencies_match_probabilities(official_b2_l5):
+    rule = SenderRule(official_b2_l5)
+    rng = np.random.default_rng(3)
+    n = 200_000
+    z = np.full(n, 0.731)
+    h = rng.integers(0, 32, n)
+    messages = rule.sample(z, h, rng=rng)
+    probs = rule.message_probabilities(z[:1])[0]  # (H, K)
+    for shared in (0, 7, 31):
+        counts = np.bincount(messages[h == shared], minlength=4) / np.sum(h == shared)
+        # Binomial standard error of a frequency over ~6000 draws is at most 0.0065.
+        np.testing.assert_allclose(counts, probs[shared], atol=5 * 0.0065)
+
+
+def test_rejects_unsorted_and_non_finite_rows():
+    with pytest.raises(TableError, match="non-decreasing"):
+        SenderRule([[1.0, 0.0]])
+    with pytest.raises(TableError, match="non-finite"):
+        SenderRule([[0.0, np.inf]])
+    with pytest.raises(TableError, match="shape"):
+        SenderRule([1.0, 2.0])
