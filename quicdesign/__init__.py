@@ -17,10 +17,17 @@ from .errors import (
     TableNotFoundError,
     TableVersionError,
 )
+from .codec import Aggregator, Encoder
+from .convenience import ArrayLayout, compress, decompress
 from .sender import SenderRule
 from .table import Table, list_tables, load_table, shipped_tables_dir
 
 __all__ = [
+    "Aggregator",
+    "ArrayLayout",
+    "Encoder",
+    "compress",
+    "decompress",
     "InputDTypeError",
     "InputVectorError",
     "ParameterError",

@@ -37,7 +37,9 @@ def _int_list(text: str) -> list[int]:
             else:
                 values.append(int(part))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected integers like '1-4' or '1,2,8', got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected integers like '1-4' or '1,2,8', got {text!r}"
+        ) from None
     return values
 
 
@@ -48,7 +50,9 @@ def _probability(text: str) -> float:
             return float(num) / float(den)
         return float(text)
     except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(f"expected a probability like 1/512, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a probability like 1/512, got {text!r}"
+        ) from None
 
 
 def _writable_dir(path: Path) -> Path:
@@ -78,8 +82,12 @@ def _cmd_design(args) -> int:
     out = _writable_dir(Path(args.out)) if args.out else None
     began = time.perf_counter()
     results = sweep(
-        specs, n_jobs=args.jobs, cache_dir=args.cache_dir, progress=args.progress,
-        starts=args.starts, certify=not args.no_certify,
+        specs,
+        n_jobs=args.jobs,
+        cache_dir=args.cache_dir,
+        progress=args.progress,
+        starts=args.starts,
+        certify=not args.no_certify,
     )
     wall = time.perf_counter() - began
     print(_quality_report(results))
@@ -89,7 +97,8 @@ def _cmd_design(args) -> int:
         for result in results:
             result.table.save(out / result.table.name)
         defaults = {
-            r.table.bits: r.table.name for r in results
+            r.table.bits: r.table.name
+            for r in results
             if r.table.shared_bits == DEFAULT_SHARED_BITS.get(r.table.bits)
         }
         write_index(out, defaults or None)
@@ -155,8 +164,10 @@ def _cmd_tables_verify(args) -> int:
     if (folder / "manifest.json").is_file():
         tables = [Table.load(folder)]
     else:
-        tables = [load_table(e["bits"], e["shared_bits"], e["tail_prob"], path=folder)
-                  for e in list_tables(folder)]
+        tables = [
+            load_table(e["bits"], e["shared_bits"], e["tail_prob"], path=folder)
+            for e in list_tables(folder)
+        ]
     bad = 0
     for table in tables:
         report = verify(table)
@@ -175,8 +186,11 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     design = commands.add_parser("design", help="design tables and print their quality")
-    design.add_argument("--defaults", action="store_true",
-                        help="design every shipped table (b = 1..8 defaults and l = 8 extras)")
+    design.add_argument(
+        "--defaults",
+        action="store_true",
+        help="design every shipped table (b = 1..8 defaults and l = 8 extras)",
+    )
     design.add_argument("--bits", type=_int_list, help="bit widths, e.g. 1-4 or 1,2,8")
     design.add_argument("--shared-bits", type=_int_list, help="shared bits l (default per b)")
     design.add_argument("--tail-prob", type=_probability, help="tail probability p (1/512)")
@@ -185,8 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--cache-dir", help="joblib cache folder (off by default)")
     design.add_argument("--starts", type=int, default=4, help="optimizer starts per table")
     design.add_argument("--no-certify", action="store_true", help="skip the LP certificate")
-    design.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                        help="progress bar (default: on a terminal only)")
+    design.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a terminal only)",
+    )
     design.set_defaults(run=_cmd_design)
 
     tables = commands.add_parser("tables", help="list, show or verify stored tables")
@@ -232,8 +250,10 @@ def main(argv=None) -> int:
         print(f"quicdesign: error: {exc}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
-        print(f"quicdesign: error: {exc.name} is needed here; install quicdesign[design]",
-              file=sys.stderr)
+        print(
+            f"quicdesign: error: {exc.name} is needed here; install quicdesign[design]",
+            file=sys.stderr,
+        )
         return 2
 
 

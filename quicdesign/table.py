@@ -107,7 +107,9 @@ class Table:
         self.shared_bits = _check_int("shared_bits", shared_bits, 0, _MAX_SHARED_BITS)
         self.tail_prob = _check_tail_prob(tail_prob)
         self.lower, self.upper = float(lower), float(upper)
-        if not (math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper):
+        if not (
+            math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper
+        ):
             raise TableError(f"need finite lower < upper, got [{lower}, {upper}]")
         receiver = np.array(receiver, dtype=np.float64)
         expected = (1 << self.shared_bits, 1 << self.bits)
@@ -165,7 +167,12 @@ class Table:
     def fingerprint(self) -> bytes:
         """8 bytes identifying the parameters and receiver, carried in every payload."""
         head = struct.pack(
-            "<8sBBddd", b"qdtable1", self.bits, self.shared_bits, self.tail_prob, self.lower,
+            "<8sBBddd",
+            b"qdtable1",
+            self.bits,
+            self.shared_bits,
+            self.tail_prob,
+            self.lower,
             self.upper,
         )
         return hashlib.sha256(head + self.receiver.astype("<f8").tobytes()).digest()[:8]
@@ -174,7 +181,11 @@ class Table:
     def name(self) -> str:
         """A readable label (never parsed: parameters live in the manifest)."""
         inverse = 1 / self.tail_prob
-        tail = f"1in{round(inverse)}" if abs(inverse - round(inverse)) < 1e-9 else f"{self.tail_prob:.6g}"
+        tail = (
+            f"1in{round(inverse)}"
+            if abs(inverse - round(inverse)) < 1e-9
+            else f"{self.tail_prob:.6g}"
+        )
         return f"b{self.bits}-l{self.shared_bits}-p{tail}"
 
     def __repr__(self):
@@ -196,18 +207,26 @@ class Table:
         """Return a copy whose manifest has the given top-level sections replaced."""
         manifest = {**self._manifest, **sections}
         return Table(
-            self.receiver, bits=self.bits, shared_bits=self.shared_bits,
-            tail_prob=self.tail_prob, lower=self.lower, upper=self.upper, manifest=manifest,
+            self.receiver,
+            bits=self.bits,
+            shared_bits=self.shared_bits,
+            tail_prob=self.tail_prob,
+            lower=self.lower,
+            upper=self.upper,
+            manifest=manifest,
         )
 
     # -- format ---------------------------------------------------------------------
     def _build_manifest(self, receiver_sha=None) -> dict:
         manifest = {
-            key: value for key, value in self._manifest.items()
+            key: value
+            for key, value in self._manifest.items()
             if key not in ("format", "parameters", "arrays", "manifest_sha256")
         }
         manifest["format"] = {
-            "name": FORMAT_NAME, "major": FORMAT_VERSION[0], "minor": FORMAT_VERSION[1]
+            "name": FORMAT_NAME,
+            "major": FORMAT_VERSION[0],
+            "minor": FORMAT_VERSION[1],
         }
         manifest["parameters"] = {
             "bits": self.bits,
@@ -216,8 +235,11 @@ class Table:
             "lower": self.lower,
             "upper": self.upper,
             "threshold": self.threshold,
-            **{k: v for k, v in self._manifest.get("parameters", {}).items()
-               if k not in ("bits", "shared_bits", "tail_prob", "lower", "upper", "threshold")},
+            **{
+                k: v
+                for k, v in self._manifest.get("parameters", {}).items()
+                if k not in ("bits", "shared_bits", "tail_prob", "lower", "upper", "threshold")
+            },
         }
         receiver_bytes = self.receiver.astype("<f8").tobytes()
         manifest["arrays"] = {
@@ -310,7 +332,9 @@ def _read_manifest(manifest_path: Path) -> dict:
     try:
         size = manifest_path.stat().st_size
     except FileNotFoundError:
-        raise TableNotFoundError(f"no table at {manifest_path.parent} (missing {MANIFEST_FILE})")
+        raise TableNotFoundError(
+            f"no table at {manifest_path.parent} (missing {MANIFEST_FILE})"
+        ) from None
     except OSError as exc:
         raise TableError(f"cannot read {manifest_path}: {exc.strerror}") from None
     if size > _MAX_MANIFEST_BYTES:
@@ -396,15 +420,17 @@ def write_index(folder, defaults: dict[int, str] | None = None) -> Path:
     entries = []
     for child in sorted(p for p in folder.iterdir() if (p / MANIFEST_FILE).is_file()):
         table = Table.load(child)
-        entries.append({
-            "directory": child.name,
-            "bits": table.bits,
-            "shared_bits": table.shared_bits,
-            "tail_prob": table.tail_prob,
-            "threshold": table.threshold,
-            "vnmse": table.vnmse,
-            "manifest_sha256": _sha256((child / MANIFEST_FILE).read_bytes()),
-        })
+        entries.append(
+            {
+                "directory": child.name,
+                "bits": table.bits,
+                "shared_bits": table.shared_bits,
+                "tail_prob": table.tail_prob,
+                "threshold": table.threshold,
+                "vnmse": table.vnmse,
+                "manifest_sha256": _sha256((child / MANIFEST_FILE).read_bytes()),
+            }
+        )
     if defaults is None:
         defaults = {}
         for entry in sorted(entries, key=lambda e: (e["bits"], e["shared_bits"])):
@@ -482,7 +508,8 @@ def load_table(bits, shared_bits=None, tail_prob=None, path=None) -> Table:
         default = index["defaults"].get(str(bits))
         entries = [e for e in entries if e.get("directory") == default]
     candidates = [
-        e for e in entries
+        e
+        for e in entries
         if e.get("bits") == bits
         and (shared_bits is None or e.get("shared_bits") == shared_bits)
         and (tail_prob is None or math.isclose(e.get("tail_prob", -1), tail_prob, rel_tol=1e-9))

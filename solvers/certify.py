@@ -132,8 +132,11 @@ class Certificate:
 
     def as_dict(self) -> dict:
         """JSON-able summary (without the sender array)."""
-        return {k: (v.item() if isinstance(v, np.generic) else v)
-                for k, v in self.__dict__.items() if k != "sender"}
+        return {
+            k: (v.item() if isinstance(v, np.generic) else v)
+            for k, v in self.__dict__.items()
+            if k != "sender"
+        }
 
 
 def _default_grid_size(num_shared, num_messages):

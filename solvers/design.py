@@ -14,7 +14,7 @@ import quicdesign
 from quicdesign.errors import ParameterError
 from quicdesign.table import Table
 
-from .distributions import StandardNormal, ValueDistribution, as_distribution
+from .distributions import StandardNormal, as_distribution
 from .objective import evaluate
 from .optimize import LocalSolution, refine, starting_points
 
@@ -69,14 +69,18 @@ class DesignSpec:
             low, high = self.distribution.partial_moments(np.array([-threshold, threshold]))[0]
             tail = 1.0 - float(high - low)
             if not 0 < tail < 1:
-                raise ParameterError(f"threshold {threshold} leaves tail mass {tail}, not in (0, 1)")
+                raise ParameterError(
+                    f"threshold {threshold} leaves tail mass {tail}, not in (0, 1)"
+                )
             object.__setattr__(self, "threshold", threshold)
             object.__setattr__(self, "tail_prob", tail)
         else:
             try:
                 tail = float(self.tail_prob)
             except (TypeError, ValueError):
-                raise ParameterError(f"tail_prob must be a number, got {self.tail_prob!r}") from None
+                raise ParameterError(
+                    f"tail_prob must be a number, got {self.tail_prob!r}"
+                ) from None
             if not 0.0 < tail < 1.0:
                 raise ParameterError(f"tail_prob must be in (0, 1), got {self.tail_prob!r}")
             object.__setattr__(self, "tail_prob", tail)
@@ -178,8 +182,13 @@ def design(
     """
     spec = DesignSpec(bits, shared_bits, tail_prob, threshold, distribution)
     return _design_spec(
-        spec, starts=starts, max_iter=max_iter, warm_start=warm_start, certify=certify,
-        seed=seed, n_jobs=n_jobs,
+        spec,
+        starts=starts,
+        max_iter=max_iter,
+        warm_start=warm_start,
+        certify=certify,
+        seed=seed,
+        n_jobs=n_jobs,
     )
 
 
@@ -198,7 +207,8 @@ def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs):
     if warm_start is not None:
         receiver = np.asarray(getattr(warm_start, "receiver", warm_start), dtype=np.float64)
         if (
-            receiver.ndim != 2 or receiver.shape[1] != num_messages
+            receiver.ndim != 2
+            or receiver.shape[1] != num_messages
             or num_shared % receiver.shape[0] != 0
         ):
             raise ParameterError(
@@ -219,12 +229,17 @@ def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs):
     best: LocalSolution = min(solutions, key=lambda s: s.vnmse)
 
     normal_vnmse = (
-        best.vnmse if isinstance(dist, StandardNormal)
+        best.vnmse
+        if isinstance(dist, StandardNormal)
         else evaluate(best.receiver, StandardNormal(), lower, upper, gradient=False).vnmse
     )
     table = Table(
-        best.receiver, bits=spec.bits, shared_bits=spec.shared_bits, tail_prob=spec.tail_prob,
-        lower=lower, upper=upper,
+        best.receiver,
+        bits=spec.bits,
+        shared_bits=spec.shared_bits,
+        tail_prob=spec.tail_prob,
+        lower=lower,
+        upper=upper,
     )
     certificate = run_certificate(table, dist).as_dict() if certify else None
     wall_time = time.perf_counter() - began
@@ -244,8 +259,9 @@ def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs):
                 "numpy": np.__version__,
                 "scipy": scipy.__version__,
             },
-            "starts": [{"label": s.start, "vnmse": s.vnmse, "iterations": s.iterations}
-                       for s in solutions],
+            "starts": [
+                {"label": s.start, "vnmse": s.vnmse, "iterations": s.iterations} for s in solutions
+            ],
             "iterations": sum(s.iterations for s in solutions),
             "wall_time_s": round(wall_time, 4),
             "certificate": certificate,
@@ -271,8 +287,9 @@ def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs):
         nit=sum(s.iterations for s in solutions),
         nfev=sum(s.evaluations for s in solutions),
         wall_time=wall_time,
-        starts=[{"label": s.start, "vnmse": s.vnmse, "iterations": s.iterations}
-                for s in solutions],
+        starts=[
+            {"label": s.start, "vnmse": s.vnmse, "iterations": s.iterations} for s in solutions
+        ],
         certificate=certificate,
         verification=verification,
         spec=spec,

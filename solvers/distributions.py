@@ -88,7 +88,9 @@ class ScipyDistribution(ValueDistribution):
 
     def __init__(self, frozen):
         if not hasattr(frozen, "dist") or not isinstance(frozen.dist, stats.rv_continuous):
-            raise ParameterError("distribution must be a frozen continuous scipy.stats distribution")
+            raise ParameterError(
+                "distribution must be a frozen continuous scipy.stats distribution"
+            )
         self.frozen = frozen
         args = [float(a) for a in frozen.args]
         kwds = {k: float(v) for k, v in sorted(frozen.kwds.items())}
@@ -112,7 +114,9 @@ class ScipyDistribution(ValueDistribution):
     def partial_moments(self, t):
         t = np.asarray(t, dtype=np.float64)
         flat = np.clip(t.ravel(), self._edges[0], self._edges[-1])
-        cell = np.clip(np.searchsorted(self._edges, flat, side="right") - 1, 0, len(self._edges) - 2)
+        cell = np.clip(
+            np.searchsorted(self._edges, flat, side="right") - 1, 0, len(self._edges) - 2
+        )
         moments = self._cumulative[:, cell] + self._cell_moments(self._edges[cell], flat)
         moments[0] = self.frozen.cdf(t.ravel())
         return tuple(m.reshape(t.shape) for m in moments)
@@ -141,9 +145,7 @@ class EmpiricalDistribution(ValueDistribution):
         digest = hashlib.sha256(values.tobytes()).hexdigest()[:16]
         self.description = {"kind": "empirical", "size": int(values.size), "sha256_16": digest}
         n = values.size
-        self._cumulative = [
-            np.concatenate(([0.0], np.cumsum(values**k) / n)) for k in range(3)
-        ]
+        self._cumulative = [np.concatenate(([0.0], np.cumsum(values**k) / n)) for k in range(3)]
 
     def partial_moments(self, t):
         t = np.asarray(t, dtype=np.float64)

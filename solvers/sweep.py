@@ -104,7 +104,8 @@ def sweep(
     jobs = (delayed(cached_design)(spec, cache_dir, **options) for spec in specs)
     disable = None if progress is None else not progress
     results = []
-    for result in tqdm(parallel(jobs), total=len(specs), desc="designing", unit="table",
-                       disable=disable):
+    for result in tqdm(
+        parallel(jobs), total=len(specs), desc="designing", unit="table", disable=disable
+    ):
         results.append(result)
     return results

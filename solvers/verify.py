@@ -62,8 +62,9 @@ class VerificationReport:
 
     def as_dict(self) -> dict:
         """Plain JSON-able dict."""
-        return {k: (bool(v) if isinstance(v, (bool, np.bool_)) else v)
-                for k, v in asdict(self).items()}
+        return {
+            k: (bool(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in asdict(self).items()
+        }
 
 
 def verify(table: Table, *, grid_points: int = 10001, chunk: int = 2048) -> VerificationReport:
@@ -96,10 +97,11 @@ def verify(table: Table, *, grid_points: int = 10001, chunk: int = 2048) -> Veri
     num_shared = table.num_shared
     bias = simplex = mse_gap = 0.0
     for begin in range(0, grid.size, chunk):
-        z = grid[begin:begin + chunk]
+        z = grid[begin : begin + chunk]
         probs = rule.message_probabilities(z)
-        simplex = max(simplex, float(np.max(np.abs(probs.sum(axis=2) - 1.0))),
-                      float(max(0.0, -probs.min())))
+        simplex = max(
+            simplex, float(np.max(np.abs(probs.sum(axis=2) - 1.0))), float(max(0.0, -probs.min()))
+        )
         mean = np.einsum("nhx,hx->n", probs, receiver) / num_shared
         bias = max(bias, float(np.max(np.abs(mean - z))))
         second = np.einsum("nhx,hx->n", probs, receiver**2) / num_shared
@@ -110,8 +112,13 @@ def verify(table: Table, *, grid_points: int = 10001, chunk: int = 2048) -> Veri
     matches = recorded is None or abs(recorded - recomputed) <= 1e-9 * max(1.0, recomputed)
     scale = max(1.0, float(np.max(np.abs(receiver))))
     ok = (
-        finite and monotone and covers and matches
-        and bias <= TOLERANCE * scale and simplex <= TOLERANCE and mse_gap <= TOLERANCE * scale**2
+        finite
+        and monotone
+        and covers
+        and matches
+        and bias <= TOLERANCE * scale
+        and simplex <= TOLERANCE
+        and mse_gap <= TOLERANCE * scale**2
     )
     flipped = -receiver[::-1, ::-1]
     symmetric = bool(np.allclose(receiver, flipped, atol=1e-6 * scale))

@@ -14,15 +14,18 @@ def run(*args):
     )
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["design", "--bits", "0"], "bits"),
-    (["design", "--bits", "2", "--shared-bits", "20"], "shared_bits"),
-    (["design", "--bits", "2", "--tail-prob", "1.5"], "tail_prob"),
-    (["design", "--bits", "2", "--tail-prob", "0"], "tail_prob"),
-    (["design", "--bits", "x"], "integers"),
-    (["design", "--bits", "1", "--out", "/proc/not-writable"], "cannot write"),
-    (["tables", "show", "3", "--shared-bits", "7"], "no table"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["design", "--bits", "0"], "bits"),
+        (["design", "--bits", "2", "--shared-bits", "20"], "shared_bits"),
+        (["design", "--bits", "2", "--tail-prob", "1.5"], "tail_prob"),
+        (["design", "--bits", "2", "--tail-prob", "0"], "tail_prob"),
+        (["design", "--bits", "x"], "integers"),
+        (["design", "--bits", "1", "--out", "/proc/not-writable"], "cannot write"),
+        (["tables", "show", "3", "--shared-bits", "7"], "no table"),
+    ],
+)
 def test_bad_parameters_give_one_line_and_nonzero_exit(args, needle):
     result = run(*args)
     assert result.returncode != 0
@@ -43,8 +46,23 @@ def test_corrupt_table_file_is_reported(tmp_path):
 
 
 def test_design_writes_a_loadable_collection(tmp_path, capsys):
-    assert main(["design", "--bits", "1,2", "--shared-bits", "2", "--jobs", "1",
-                 "--out", str(tmp_path), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "design",
+                "--bits",
+                "1,2",
+                "--shared-bits",
+                "2",
+                "--jobs",
+                "1",
+                "--out",
+                str(tmp_path),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "vNMSE" in out and "2 tables designed" in out
     assert main(["tables", "list", "--path", str(tmp_path)]) == 0

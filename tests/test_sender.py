@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -14,11 +14,15 @@ def receivers(max_shared_bits=3, max_bits=3):
     def build(draw):
         num_shared = 2 ** draw(st.integers(0, max_shared_bits))
         num_messages = 2 ** draw(st.integers(1, max_bits))
-        values = draw(hnp.arrays(
-            np.float64, (num_shared, num_messages),
-            elements=st.floats(-8, 8, allow_nan=False, allow_subnormal=False),
-        ))
+        values = draw(
+            hnp.arrays(
+                np.float64,
+                (num_shared, num_messages),
+                elements=st.floats(-8, 8, allow_nan=False, allow_subnormal=False),
+            )
+        )
         return np.sort(values, axis=1)
+
     return build()
 
 
@@ -77,3 +81,29 @@ def test_rejects_unsorted_and_non_finite_rows():
         SenderRule([[0.0, np.inf]])
     with pytest.raises(TableError, match="shape"):
         SenderRule([1.0, 2.0])
+
+
+@settings(max_examples=60, deadline=None)
+@given(receivers(max_shared_bits=4, max_bits=4), st.integers(0, 2**32 - 1))
+def test_bucket_locator_agrees_with_binary_search(receiver, seed):
+    rule = SenderRule(receiver)
+    lo, hi = rule.support
+    assume(hi > lo)
+    rng = np.random.default_rng(seed)
+    t = rule.breakpoints
+    # Random points plus every breakpoint and its float neighbours: the hard cases.
+    values = np.concatenate(
+        [
+            rng.uniform(lo, hi, 500),
+            t,
+            np.nextafter(t, -np.inf),
+            np.nextafter(t, np.inf),
+        ]
+    )
+    values = np.clip(values, lo, hi)
+    event = rule.locate(values)
+    t_event, t_next = t[event], t[event + 1]
+    assert np.all(t_event <= values)
+    open_piece = t_next > t_event
+    assert np.all(open_piece)
+    assert np.all((values < t_next) | (values == hi))

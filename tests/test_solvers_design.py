@@ -78,15 +78,18 @@ def test_threshold_instead_of_tail_probability():
     assert result.table.tail_prob == pytest.approx(2 * stats.norm.sf(2.5))
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    ({"bits": 0, "shared_bits": 2}, "bits"),
-    ({"bits": 9, "shared_bits": 2}, "bits"),
-    ({"bits": 2, "shared_bits": 20}, "shared_bits"),
-    ({"bits": 2, "shared_bits": 2, "tail_prob": 0}, "tail_prob"),
-    ({"bits": 2, "shared_bits": 2, "tail_prob": 1.5}, "tail_prob"),
-    ({"bits": 2.0, "shared_bits": 2}, "integer"),
-    ({"bits": 2, "shared_bits": 2, "distribution": "normal"}, "distribution"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"bits": 0, "shared_bits": 2}, "bits"),
+        ({"bits": 9, "shared_bits": 2}, "bits"),
+        ({"bits": 2, "shared_bits": 20}, "shared_bits"),
+        ({"bits": 2, "shared_bits": 2, "tail_prob": 0}, "tail_prob"),
+        ({"bits": 2, "shared_bits": 2, "tail_prob": 1.5}, "tail_prob"),
+        ({"bits": 2.0, "shared_bits": 2}, "integer"),
+        ({"bits": 2, "shared_bits": 2, "distribution": "normal"}, "distribution"),
+    ],
+)
 def test_invalid_parameters_raise_parameter_error(kwargs, match):
     with pytest.raises(ParameterError, match=match):
         solvers.design(**kwargs)

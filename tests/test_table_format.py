@@ -28,11 +28,20 @@ def make_table(rng, bits=2, shared_bits=2, tail_prob=1 / 512):
     # Push end rows out so the sender covers the support.
     values[:, 0] -= 5
     values[:, -1] += 5
-    return Table(values, bits=bits, shared_bits=shared_bits, tail_prob=tail_prob,
-                 lower=-3.0, upper=3.0, manifest={"quality": {"vnmse": 0.5}})
+    return Table(
+        values,
+        bits=bits,
+        shared_bits=shared_bits,
+        tail_prob=tail_prob,
+        lower=-3.0,
+        upper=3.0,
+        manifest={"quality": {"vnmse": 0.5}},
+    )
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.integers(1, 4), st.integers(0, 4), st.integers(0, 2**32 - 1))
 def test_save_load_round_trip(tmp_path, bits, shared_bits, seed):
     table = make_table(np.random.default_rng(seed), bits, shared_bits)
@@ -61,11 +70,14 @@ def test_truncated_array_is_rejected_before_reading(tmp_path):
         Table.load(folder)
 
 
-@pytest.mark.parametrize("edit", [
-    lambda m: m["parameters"].__setitem__("upper", 2.9),
-    lambda m: m["quality"].__setitem__("vnmse", 0.1),
-    lambda m: m["arrays"]["receiver"].__setitem__("sha256", "0" * 64),
-])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["parameters"].__setitem__("upper", 2.9),
+        lambda m: m["quality"].__setitem__("vnmse", 0.1),
+        lambda m: m["arrays"]["receiver"].__setitem__("sha256", "0" * 64),
+    ],
+)
 def test_tampered_manifest_is_rejected(tmp_path, edit):
     folder = make_table(np.random.default_rng(0)).save(tmp_path / "t")
     manifest = json.loads((folder / "manifest.json").read_text())

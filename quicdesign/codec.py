@@ -1,0 +1,415 @@
+"""QUIC-FL runtime: encode a client vector to bytes, aggregate many clients fast.
+
+Client: rotate with the round's shared signs (:mod:`quicdesign.rotation`), scale each
+chunk to unit variance per coordinate, send coordinates outside the table's support
+exactly, and map the rest to ``b``-bit messages with the table's closed-form sender rule
+and the client's shared values ``h`` (:mod:`quicdesign.randomness`).
+
+Server: regenerate each client's ``h``, decode ``R[h, x]`` in the rotated domain, add it
+(weighted) to one running sum, and apply a single inverse rotation in :meth:`result`.
+Memory is O(d) whatever the number of clients. The wire format is specified byte by
+byte in ``docs/wire-format.md``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import struct
+
+import numpy as np
+
+from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
+from .errors import InputDTypeError, InputVectorError, ParameterError, PayloadError
+from .randomness import rotation_signs, shared_values
+from .rotation import RotationLayout, rotate, unrotate
+from .table import Table
+
+__all__ = [
+    "Encoder",
+    "Aggregator",
+    "PayloadHeader",
+    "read_header",
+    "round_tag",
+    "max_payload_size",
+    "WIRE_MAGIC",
+    "WIRE_VERSION",
+]
+
+WIRE_MAGIC = b"QDQF"
+WIRE_VERSION = 1
+_FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
+_MAX_CLIENT_ID = 2**32 - 1
+
+
+def round_tag(round_seed: int) -> int:
+    """32-bit tag of a round seed carried in payloads (detects cross-round mixups)."""
+    seed = _check_round_seed(round_seed)
+    digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=b"quicdesign.tag1")
+    return int.from_bytes(digest.digest(), "little")
+
+
+def _check_round_seed(round_seed) -> int:
+    if isinstance(round_seed, bool) or not isinstance(round_seed, (int, np.integer)):
+        raise ParameterError(f"round_seed must be an integer in [0, 2**64), got {round_seed!r}")
+    if not 0 <= round_seed < 2**64:
+        raise ParameterError(f"round_seed must be in [0, 2**64), got {round_seed}")
+    return int(round_seed)
+
+
+def _check_client_id(client_id) -> int:
+    if isinstance(client_id, bool) or not isinstance(client_id, (int, np.integer)):
+        raise ParameterError(f"client_id must be an integer in [0, 2**32), got {client_id!r}")
+    if not 0 <= client_id <= _MAX_CLIENT_ID:
+        raise ParameterError(f"client_id must be in [0, 2**32), got {client_id}")
+    return int(client_id)
+
+
+def _check_table(table) -> Table:
+    if not isinstance(table, Table):
+        raise ParameterError(f"table must be a quicdesign.Table, got {type(table).__name__}")
+    if table.bits > 8 or table.shared_bits > 8:
+        raise ParameterError("the runtime supports tables with bits <= 8 and shared_bits <= 8")
+    return table
+
+
+def max_payload_size(bits: int, dim: int, num_exact: int) -> int:
+    """Exact payload size for ``dim`` and ``num_exact`` exactly-sent coordinates."""
+    layout = RotationLayout.for_dim(dim)
+    return (
+        _FIXED_HEADER.size
+        + 4 * layout.num_chunks
+        + packed_size(bits, layout.rotated_dim)
+        + 8 * num_exact
+    )
+
+
+def _as_client_vector(vector) -> np.ndarray:
+    """Validate a client vector; returns a 1-D float view or copy (never mutated)."""
+    array = np.asarray(vector)
+    if array.dtype.kind != "f" or array.dtype.itemsize not in (2, 4, 8):
+        raise InputDTypeError(
+            f"vector must be float16, float32 or float64, got {array.dtype}; cast it explicitly"
+        )
+    if array.size == 0:
+        raise InputVectorError("vector is empty")
+    flat = array.reshape(-1)
+    finite = np.isfinite(flat)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise InputVectorError(f"vector has a non-finite value {flat[bad]} at index {bad}")
+    if flat.size > 2**31 - 1:
+        raise InputVectorError(f"vector of {flat.size} entries exceeds the 2**31 - 1 limit")
+    return flat
+
+
+class _RoundState:
+    """Per-round, per-dimension values shared by encoder and aggregator (cached)."""
+
+    def __init__(self, round_seed: int, dim: int):
+        self.layout = RotationLayout.for_dim(dim)
+        self.signs32 = rotation_signs(round_seed, self.layout.rotated_dim, np.float32)
+        self._signs64 = None
+
+    def signs(self, dtype) -> np.ndarray:
+        if np.dtype(dtype) == np.float64:
+            if self._signs64 is None:
+                self._signs64 = self.signs32.astype(np.float64)
+            return self._signs64
+        return self.signs32
+
+
+class Encoder:
+    """Client-side QUIC-FL encoder for one round.
+
+    Parameters
+    ----------
+    table : quicdesign.Table
+        The quantizer (``bits``, ``shared_bits`` <= 8).
+    round_seed : int
+        Seed shared by the server and every client of the round, in ``[0, 2**64)``.
+    """
+
+    def __init__(self, table: Table, round_seed: int):
+        self.table = _check_table(table)
+        self.round_seed = _check_round_seed(round_seed)
+        self._tag = round_tag(self.round_seed)
+        self._rounds: dict[int, _RoundState] = {}
+
+    def _state(self, dim: int) -> _RoundState:
+        state = self._rounds.get(dim)
+        if state is None:
+            state = self._rounds[dim] = _RoundState(self.round_seed, dim)
+        return state
+
+    def encode(self, vector, client_id: int, rng=None) -> bytes:
+        """Encode one client's vector.
+
+        Parameters
+        ----------
+        vector : array_like of float16, float32 or float64
+            Any shape (flattened in C order); not modified.
+        client_id : int
+            The client's id in ``[0, 2**32)``; it seeds the shared values ``h``.
+        rng : numpy.random.Generator, optional
+            Client-private randomness for the sender's coin flips; a fresh
+            ``default_rng()`` when omitted (the same rng state gives the same bytes).
+
+        Returns
+        -------
+        bytes
+            The payload (``docs/wire-format.md``).
+        """
+        client_id = _check_client_id(client_id)
+        flat = _as_client_vector(vector)
+        table = self.table
+        state = self._state(flat.size)
+        layout = state.layout
+        rotated = rotate(flat, state.signs(flat.dtype), layout)  # (chunks, chunk_size)
+        norms = np.sqrt(np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64))
+        # The norm travels as float32; scale with the rounded value so decoding is exact.
+        norms32 = norms.astype(np.float32)
+        with np.errstate(divide="ignore"):
+            scale = np.where(
+                norms32 > 0, math.sqrt(layout.chunk_size) / norms32.astype(np.float64), 0.0
+            )
+        z = (rotated * scale[:, None].astype(rotated.dtype)).reshape(-1)
+        lower, upper = table.support
+        exact = np.flatnonzero((z < lower) | (z > upper))
+        h = shared_values(self.round_seed, client_id, table.shared_bits, layout.rotated_dim)
+        inside = np.clip(z, lower, upper)
+        rng = np.random.default_rng() if rng is None else rng
+        codes = table.sender.sample(inside, h, rng=rng)
+        codes[exact] = 0
+
+        writer = PayloadWriter()
+        writer.write_bytes(
+            _FIXED_HEADER.pack(
+                WIRE_MAGIC,
+                WIRE_VERSION,
+                table.bits,
+                table.shared_bits,
+                layout.num_chunks,
+                table.fingerprint,
+                flat.size,
+                client_id,
+                self._tag,
+                exact.size,
+            )
+        )
+        writer.write_array(norms32.astype("<f4"))
+        writer.write_bytes(pack_codes(codes, table.bits))
+        writer.write_array(exact.astype("<u4"))
+        writer.write_array(z[exact].astype("<f4"))
+        return writer.to_bytes()
+
+
+class PayloadHeader:
+    """Parsed and validated fixed header of a QUIC-FL payload."""
+
+    __slots__ = (
+        "bits",
+        "shared_bits",
+        "num_chunks",
+        "fingerprint",
+        "dim",
+        "client_id",
+        "round_tag",
+        "num_exact",
+        "norms",
+    )
+
+    def __init__(self, **fields):
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def __repr__(self):
+        return (
+            f"PayloadHeader(bits={self.bits}, shared_bits={self.shared_bits}, "
+            f"dim={self.dim}, client_id={self.client_id}, num_exact={self.num_exact})"
+        )
+
+
+def read_header(reader: PayloadReader) -> PayloadHeader:
+    """Read the fixed header and chunk norms, checking what needs no table."""
+    raw = reader.read_bytes(_FIXED_HEADER.size, "fixed header")
+    (magic, version, bits, shared_bits, num_chunks, fingerprint, dim, client_id, tag, num_exact) = (
+        _FIXED_HEADER.unpack(raw)
+    )
+    if magic != WIRE_MAGIC:
+        raise PayloadError(f"bad magic {magic!r}: not a QUIC-FL payload")
+    if version != WIRE_VERSION:
+        raise PayloadError(
+            f"unsupported wire version {version} (this release reads {WIRE_VERSION})"
+        )
+    if not 1 <= num_chunks <= 8:
+        raise PayloadError(f"num_chunks {num_chunks} outside 1..8")
+    norms = reader.read_array("<f4", num_chunks, "chunk norms")
+    if not np.all(np.isfinite(norms)) or np.any(norms < 0):
+        raise PayloadError("chunk norms must be finite and non-negative")
+    return PayloadHeader(
+        bits=bits,
+        shared_bits=shared_bits,
+        num_chunks=num_chunks,
+        fingerprint=fingerprint,
+        dim=dim,
+        client_id=client_id,
+        round_tag=tag,
+        num_exact=num_exact,
+        norms=norms,
+    )
+
+
+class Aggregator:
+    """Server-side QUIC-FL aggregation for one round and dimension.
+
+    Decoded clients are summed in the rotated domain; :meth:`result` applies one inverse
+    rotation. A payload is validated completely before any state changes, so a rejected
+    payload (:class:`~quicdesign.PayloadError`) leaves the aggregator exactly as it was.
+
+    Parameters
+    ----------
+    table : quicdesign.Table
+        The table the clients used.
+    round_seed : int
+        The round's seed.
+    dim : int
+        Length of the client vectors.
+    """
+
+    def __init__(self, table: Table, round_seed: int, dim: int):
+        self.table = _check_table(table)
+        self.round_seed = _check_round_seed(round_seed)
+        self._state = _RoundState(self.round_seed, dim)  # validates dim
+        self.dim = self._state.layout.dim
+        self._tag = round_tag(self.round_seed)
+        self._fingerprint = table.fingerprint
+        self._flat_receiver = table.receiver.reshape(-1)
+        layout = self._state.layout
+        self._sum = np.zeros((layout.num_chunks, layout.chunk_size), dtype=np.float64)
+        self._total_weight = 0.0
+        self._clients: set[int] = set()
+
+    @property
+    def count(self) -> int:
+        """Number of payloads aggregated (merged shards included)."""
+        return len(self._clients)
+
+    @property
+    def clients(self) -> frozenset[int]:
+        """Ids of the aggregated clients."""
+        return frozenset(self._clients)
+
+    @property
+    def total_weight(self) -> float:
+        """Sum of the weights of aggregated payloads."""
+        return self._total_weight
+
+    def _decode(self, payload) -> tuple[int, np.ndarray]:
+        """Validate ``payload`` and return ``(client_id, rotated contribution)``."""
+        reader = PayloadReader(payload)
+        header = read_header(reader)
+        table, layout = self.table, self._state.layout
+        if header.fingerprint != self._fingerprint:
+            raise PayloadError(
+                f"table fingerprint {header.fingerprint.hex()} does not match this "
+                f"aggregator's table {self._fingerprint.hex()}"
+            )
+        if (header.bits, header.shared_bits) != (table.bits, table.shared_bits):
+            raise PayloadError(
+                f"payload has b={header.bits}, l={header.shared_bits}; table has "
+                f"b={table.bits}, l={table.shared_bits}"
+            )
+        if header.round_tag != self._tag:
+            raise PayloadError(f"payload belongs to another round (tag {header.round_tag:#010x})")
+        if header.dim != self.dim or header.num_chunks != layout.num_chunks:
+            raise PayloadError(f"payload dimension {header.dim} does not match {self.dim}")
+        if header.client_id in self._clients:
+            raise PayloadError(f"client {header.client_id} was already added this round")
+        if header.num_exact > layout.rotated_dim:
+            raise PayloadError(
+                f"{header.num_exact} exact coordinates exceed the rotated dimension "
+                f"{layout.rotated_dim}"
+            )
+        expected = max_payload_size(table.bits, self.dim, header.num_exact)
+        if len(payload) != expected:
+            kind = "truncated" if len(payload) < expected else "oversized"
+            raise PayloadError(f"{kind} payload: {len(payload)} bytes, expected {expected}")
+        codes = reader.read_codes(table.bits, layout.rotated_dim, "codes")
+        indices = reader.read_array("<u4", header.num_exact, "exact indices")
+        values = reader.read_array("<f4", header.num_exact, "exact values")
+        reader.expect_end()
+        if indices.size:
+            if int(indices[-1]) >= layout.rotated_dim or np.any(
+                np.diff(indices.astype(np.int64)) <= 0
+            ):
+                raise PayloadError("exact indices must be strictly increasing and in range")
+            if not np.all(np.isfinite(values)):
+                raise PayloadError("exact values must be finite")
+
+        h = shared_values(self.round_seed, header.client_id, table.shared_bits, layout.rotated_dim)
+        flat_index = h.astype(np.intp)
+        flat_index <<= table.bits
+        flat_index += codes
+        decoded = self._flat_receiver[flat_index]
+        decoded[indices] = values
+        decoded = decoded.reshape(layout.num_chunks, layout.chunk_size)
+        decoded *= (header.norms.astype(np.float64) / math.sqrt(layout.chunk_size))[:, None]
+        return header.client_id, decoded
+
+    def add(self, payload, weight: float = 1.0) -> None:
+        """Validate and add one client's payload.
+
+        Parameters
+        ----------
+        payload : bytes
+            A payload produced by :meth:`Encoder.encode` for this table, round and dim.
+        weight : float
+            Positive finite weight of this client in the mean.
+
+        Raises
+        ------
+        PayloadError
+            If the payload is malformed or does not belong; nothing is changed.
+        """
+        weight = _check_weight(weight)
+        client_id, contribution = self._decode(payload)
+        contribution *= weight
+        self._sum += contribution
+        self._total_weight += weight
+        self._clients.add(client_id)
+
+    def merge(self, other: Aggregator) -> None:
+        """Absorb a shard aggregated elsewhere (same table, round and dim)."""
+        if not isinstance(other, Aggregator):
+            raise ParameterError(f"cannot merge a {type(other).__name__} into a QUIC-FL Aggregator")
+        if (other._fingerprint, other._tag, other.dim) != (self._fingerprint, self._tag, self.dim):
+            raise ParameterError("can only merge aggregators of the same table, round and dim")
+        overlap = self._clients & other._clients
+        if overlap:
+            raise ParameterError(
+                f"shards share clients {sorted(overlap)[:5]}: they would count twice"
+            )
+        self._sum += other._sum
+        self._total_weight += other._total_weight
+        self._clients |= other._clients
+
+    def rotated_mean(self) -> np.ndarray:
+        """The weighted mean still in the rotated domain, shape (chunks, chunk_size)."""
+        if not self._clients:
+            raise ParameterError("no payload has been added yet")
+        return self._sum / self._total_weight
+
+    def result(self) -> np.ndarray:
+        """Weighted mean of the clients' vectors (one inverse rotation), float64 length dim."""
+        return unrotate(self.rotated_mean(), self._state.signs(np.float64), self._state.layout)
+
+
+def _check_weight(weight) -> float:
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise ParameterError(f"weight must be a positive number, got {weight!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ParameterError(f"weight must be positive and finite, got {weight!r}")
+    return value
