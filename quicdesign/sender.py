@@ -120,35 +120,47 @@ class SenderRule:
         """Uniform buckets over the support mapping values to pieces in O(1).
 
         ``np.searchsorted`` costs ~70 ns per value (branchy binary search); a bucket
-        lookup is a multiply and a gather. Buckets containing a breakpoint (with a
-        margin that absorbs rounding of the bucket index) fall back to searchsorted.
+        lookup is a multiply and a gather. A bucket is "clean" when no breakpoint lies in
+        it even after widening it by more than the rounding error of the bucket index
+        (computed in float32 for float32 input); values in other buckets fall back to
+        searchsorted.
         """
         t = self.breakpoints
-        widths = np.diff(t)
-        open_pieces = np.flatnonzero(widths > 0)
+        open_pieces = np.flatnonzero(np.diff(t) > 0)
         self._last_open = int(open_pieces[-1]) if open_pieces.size else 0
         low, high = float(t[0]), float(t[-1])
         span = high - low
-        num_buckets = int(min(1 << 20, max(1024, 1 << int(np.ceil(np.log2(64 * t.size))))))
+        num_buckets = int(min(1 << 16, max(1024, 1 << int(np.ceil(np.log2(64 * t.size))))))
         if span <= 0:
-            self._locator = (low, 0.0, np.zeros(1, np.int64), np.zeros(1, bool))
+            self._locator = (low, 0.0, np.zeros(1, np.int32), np.zeros(1, bool))
             return
-        edges = low + span * np.arange(num_buckets + 1) / num_buckets
-        margin = 1e-6 * span / num_buckets + 8 * np.finfo(np.float64).eps * max(abs(low), abs(high))
+        per_unit = num_buckets / span
+        edges = low + np.arange(num_buckets + 1) / per_unit
+        # float32 index error: ~1e-7 relative on each of |value - low| and the product.
+        margin_buckets = 1e-3 + 4e-7 * (num_buckets + (abs(low) + abs(high)) * per_unit)
+        margin = margin_buckets / per_unit
         first = np.searchsorted(t, edges[:-1], side="right") - 1
         inner_low = np.searchsorted(t, edges[:-1] - margin, side="left")
         inner_high = np.searchsorted(t, edges[1:] + margin, side="right")
-        clean = inner_high == inner_low  # no breakpoint within the widened bucket
-        self._locator = (low, num_buckets / span, np.clip(first, 0, self._last_open), clean)
+        clean = inner_high == inner_low
+        first = np.clip(first, 0, self._last_open).astype(np.int32)
+        self._locator = (low, per_unit, first, clean)
 
     def locate(self, values) -> np.ndarray:
-        """0-based index of the event randomizing at each value (values inside the support)."""
+        """Index of the event randomizing at each value (values inside the support).
+
+        Returns
+        -------
+        ndarray of int32
+        """
         low, per_unit, first, clean = self._locator
-        # float64 keeps the bucket index within the margin of the exact one.
-        values = np.asarray(values, dtype=np.float64)
-        bucket = (values - low) * per_unit
+        values = np.asarray(values)
+        if values.dtype != np.float32:
+            values = values.astype(np.float64, copy=False)
+        bucket = values - values.dtype.type(low)
+        bucket *= values.dtype.type(per_unit)
         np.clip(bucket, 0, first.size - 1, out=bucket)
-        bucket = bucket.astype(np.intp)
+        bucket = bucket.astype(np.int32)
         event = first[bucket]
         dirty = np.flatnonzero(~clean[bucket])
         if dirty.size:
@@ -227,7 +239,7 @@ class SenderRule:
         shared = np.asarray(shared)
         event = self.locate(values)
         levels = self.level_table()
-        flat = event * self.num_shared
+        flat = event * np.int32(self.num_shared)
         flat += shared
         messages = levels.reshape(-1)[flat]
         randomizing = np.flatnonzero(self.event_shared[event] == shared)
