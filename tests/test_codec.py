@@ -205,6 +205,10 @@ def rewrite(payload, offset, fmt, value):
     return bytes(data)
 
 
+def first_index(payload, exact_start):
+    return struct.unpack_from("<I", payload, exact_start)[0]
+
+
 def hostile_cases(payload, table2):
     num_exact = struct.unpack_from("<I", payload, 28)[0]
     exact_start = len(payload) - 8 * num_exact

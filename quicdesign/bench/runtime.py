@@ -61,38 +61,10 @@ def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0):
     )
     print(header)
     for b in bits:
-        table = load_table(b)
-        encoder = Encoder(table, round_seed=1)
-        private = np.random.default_rng(seed + 1)
-        encode_s = _median_seconds(lambda: encoder.encode(vectors[0], 0, rng=private), repeats)
-        payloads = [encoder.encode(v, c, rng=private) for c, v in enumerate(vectors)]
-
-        def aggregate():
-            aggregator = Aggregator(table, 1, dim)
-            for payload in payloads:
-                aggregator.add(payload)
-            return aggregator.result()
-
-        aggregate_s = _median_seconds(aggregate, repeats)
-        began = time.perf_counter()
-        _naive_per_client_decode(table, 1, dim, payloads)
-        naive_s = time.perf_counter() - began
-        row = {
-            "bits": b,
-            "shared_bits": table.shared_bits,
-            "dim": dim,
-            "clients": clients,
-            "encode_ms": 1e3 * encode_s,
-            "encode_mcoord_s": dim / encode_s / 1e6,
-            "aggregate_ms": 1e3 * aggregate_s,
-            "aggregate_ms_per_client": 1e3 * aggregate_s / clients,
-            "aggregate_mcoord_s": clients * dim / aggregate_s / 1e6,
-            "naive_ms_per_client": 1e3 * naive_s / clients,
-            "bytes_per_coordinate": float(np.mean([len(p) for p in payloads])) / dim,
-        }
+        row = _bench_bits(b, vectors, repeats, seed)
         rows.append(row)
         print(
-            f"{b:>2} {table.shared_bits:>2} {row['encode_ms']:>10.1f} "
+            f"{b:>2} {row['shared_bits']:>2} {row['encode_ms']:>10.1f} "
             f"{row['encode_mcoord_s']:>12.1f} {row['aggregate_ms']:>11.1f} "
             f"{row['aggregate_ms_per_client']:>9.2f} {row['aggregate_mcoord_s']:>12.1f} "
             f"{row['naive_ms_per_client']:>15.2f} "
@@ -103,3 +75,36 @@ def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0):
         "reference (paper notes, PyTorch CPU): encode ~120 ms, decode ~60 ms per client at d = 2^20"
     )
     return rows
+
+
+def _bench_bits(b, vectors, repeats, seed):
+    clients, dim = vectors.shape
+    table = load_table(b)
+    encoder = Encoder(table, round_seed=1)
+    private = np.random.default_rng(seed + 1)
+    encode_s = _median_seconds(lambda: encoder.encode(vectors[0], 0, rng=private), repeats)
+    payloads = [encoder.encode(v, c, rng=private) for c, v in enumerate(vectors)]
+
+    def aggregate():
+        aggregator = Aggregator(table, 1, dim)
+        for payload in payloads:
+            aggregator.add(payload)
+        return aggregator.result()
+
+    aggregate_s = _median_seconds(aggregate, repeats)
+    began = time.perf_counter()
+    _naive_per_client_decode(table, 1, dim, payloads)
+    naive_s = time.perf_counter() - began
+    return {
+        "bits": b,
+        "shared_bits": table.shared_bits,
+        "dim": dim,
+        "clients": clients,
+        "encode_ms": 1e3 * encode_s,
+        "encode_mcoord_s": dim / encode_s / 1e6,
+        "aggregate_ms": 1e3 * aggregate_s,
+        "aggregate_ms_per_client": 1e3 * aggregate_s / clients,
+        "aggregate_mcoord_s": clients * dim / aggregate_s / 1e6,
+        "naive_ms_per_client": 1e3 * naive_s / clients,
+        "bytes_per_coordinate": float(np.mean([len(p) for p in payloads])) / dim,
+    }
