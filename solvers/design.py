@@ -149,6 +149,7 @@ def design(
     certify: bool = True,
     seed: int = 0,
     n_jobs: int = 1,
+    hops: int = 0,
 ) -> DesignResult:
     """Design a near-optimal unbiased quantizer table.
 
@@ -175,6 +176,9 @@ def design(
         Seed of the jittered starts.
     n_jobs : int
         Starts run in parallel with joblib when ``n_jobs != 1``.
+    hops : int
+        Basin-hopping rounds after the starts: perturb the best table at a random
+        scale, re-optimize, keep it if better (a search for better optima).
 
     Returns
     -------
@@ -189,10 +193,11 @@ def design(
         certify=certify,
         seed=seed,
         n_jobs=n_jobs,
+        hops=hops,
     )
 
 
-def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs):
+def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs, hops=0):
     from .certify import certify as run_certificate
     from .verify import verify
 
@@ -227,6 +232,13 @@ def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs):
 
         solutions = Parallel(n_jobs=n_jobs)(delayed(run)(lb, st) for lb, st in candidates)
     best: LocalSolution = min(solutions, key=lambda s: s.vnmse)
+    for hop in range(int(hops)):
+        spacing = np.ptp(best.receiver) / best.receiver.size
+        noise = rng.normal(scale=spacing * rng.choice([0.3, 1.0, 3.0]), size=best.receiver.shape)
+        candidate = run(f"hop{hop}", best.receiver + noise)
+        solutions.append(candidate)
+        if candidate.vnmse < best.vnmse:
+            best = candidate
 
     normal_vnmse = (
         best.vnmse

@@ -100,3 +100,10 @@ def test_result_reports_starts_and_timing():
     assert len(result.starts) == 3
     assert result.nit > 0 and result.wall_time > 0
     assert result.vnmse == min(s["vnmse"] for s in result.starts)
+
+
+def test_basin_hops_never_lose_the_best_start():
+    plain = solvers.design(2, 3, certify=False)
+    hopped = solvers.design(2, 3, certify=False, hops=3)
+    assert [s["label"] for s in hopped.starts][-3:] == ["hop0", "hop1", "hop2"]
+    assert hopped.vnmse <= plain.vnmse
