@@ -51,7 +51,9 @@ for b, values in by_l.items():
 ax.set(xlabel="shared bits l", ylabel="vNMSE", title="vNMSE vs l (dotted: 1/(4^b-1))")
 ax.legend()
 for b, values in by_l.items():
-    print(f"b={b}: " + ", ".join(f"l={l}: {v:.5g}" for l, v in zip(shared_range, values)))
+    print(
+        f"b={b}: " + ", ".join(f"l={l}: {v:.5g}" for l, v in zip(shared_range, values, strict=True))
+    )
 
 # %% [markdown]
 # ## vNMSE against the tail probability p (b = 2, l = 4)
@@ -69,9 +71,10 @@ by_p = [solvers.design(2, 4, tail_prob=p, certify=False, starts=STARTS) for p in
 fig, ax = plt.subplots()
 ax.semilogx(tails, [r.vnmse for r in by_p], "o-")
 ax.set(xlabel="tail probability p", ylabel="vNMSE", title="b=2, l=4")
-for p, r in zip(tails, by_p):
+for p, r in zip(tails, by_p, strict=True):
     print(
-        f"p=1/{1 / p:.0f}: T={r.table.threshold:.3f} vNMSE={r.vnmse:.5g} bits/coord={2 + 64 * p:.3f}"
+        f"p=1/{1 / p:.0f}: T={r.table.threshold:.3f} vNMSE={r.vnmse:.5g}"
+        f" bits/coord={2 + 64 * p:.3f}"
     )
 
 # %% [markdown]
