@@ -66,7 +66,45 @@ def _writable_dir(path: Path) -> Path:
     return path
 
 
+def _cmd_design_entropy(args) -> int:
+    from solvers.rate import design_entropy_coded
+
+    shared_bits = (args.shared_bits or [6])[0]
+    out = _writable_dir(Path(args.out)) if args.out else None
+    print(
+        f"{'rate':>4} {'l':>2} {'K':>4} {'step':>7} {'vNMSE':>9} {'EDEN':>7} {'ratio':>6} "
+        f"{'expected bits':>13} {'cert gap':>9}"
+    )
+    defaults, failed = {}, 0
+    for rate in args.entropy:
+        result = design_entropy_coded(
+            target_bits=rate,
+            shared_bits=shared_bits,
+            overhead_bits=args.overhead_bits,
+            certify=not args.no_certify,
+        )
+        table, eden = result.table, EDEN_VNMSE.get(rate)
+        cert = result.certificate["gap"] if result.certificate else float("nan")
+        print(
+            f"{rate:>4} {table.shared_bits:>2} {table.num_messages:>4} {result.grid_step:>7.4f} "
+            f"{result.vnmse:>9.5g} {eden if eden else '':>7} "
+            f"{format(result.vnmse / eden, '.3f') if eden else '':>6} "
+            f"{result.expected_bits:>13.4f} {cert:>9.1e}"
+        )
+        failed += not result.success
+        if out is not None:
+            name = f"rate{rate}-l{table.shared_bits}"
+            table.save(out / name)
+            defaults[rate] = name
+    if out is not None:
+        write_index(out, defaults)
+        print(f"tables written to {out}")
+    return 1 if failed else 0
+
+
 def _cmd_design(args) -> int:
+    if args.entropy:
+        return _cmd_design_entropy(args)
     from solvers.design import DEFAULT_TAIL_PROB, DesignSpec
     from solvers.sweep import DEFAULT_SHARED_BITS, default_specs, sweep
 
@@ -199,6 +237,17 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--cache-dir", help="joblib cache folder (off by default)")
     design.add_argument("--starts", type=int, default=4, help="optimizer starts per table")
     design.add_argument("--no-certify", action="store_true", help="skip the LP certificate")
+    design.add_argument(
+        "--entropy",
+        type=_int_list,
+        help="design entropy-coded tables for these bits per coordinate",
+    )
+    design.add_argument(
+        "--overhead-bits",
+        type=float,
+        default=0.002,
+        help="per-coordinate wire overhead budgeted by --entropy designs",
+    )
     design.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

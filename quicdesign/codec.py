@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import math
 import struct
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -162,6 +163,10 @@ class Encoder:
         """
         client_id = _check_client_id(client_id)
         flat = _as_client_vector(vector)
+        return self._serialize(self._quantize(flat, client_id, rng))
+
+    def _quantize(self, flat: np.ndarray, client_id: int, rng) -> _Quantized:
+        """Rotate, scale, split off the exact tail and draw the messages."""
         table = self.table
         state = self._state(flat.size)
         layout = state.layout
@@ -176,32 +181,56 @@ class Encoder:
         z = (rotated * scale[:, None].astype(rotated.dtype)).reshape(-1)
         lower, upper = table.support
         exact = np.flatnonzero((z < lower) | (z > upper))
-        h = shared_values(self.round_seed, client_id, table.shared_bits, layout.rotated_dim)
-        inside = np.clip(z, lower, upper)
+        shared = shared_values(self.round_seed, client_id, table.shared_bits, layout.rotated_dim)
         rng = np.random.default_rng() if rng is None else rng
-        codes = table.sender.sample(inside, h, rng=rng)
+        codes = table.sender.sample(np.clip(z, lower, upper), shared, rng=rng)
         codes[exact] = 0
-
-        writer = PayloadWriter()
-        writer.write_bytes(
-            _FIXED_HEADER.pack(
-                WIRE_MAGIC,
-                WIRE_VERSION,
-                table.bits,
-                table.shared_bits,
-                layout.num_chunks,
-                table.fingerprint,
-                flat.size,
-                client_id,
-                self._tag,
-                exact.size,
-            )
+        return _Quantized(
+            client_id=client_id,
+            layout=layout,
+            norms=norms32,
+            shared=shared,
+            codes=codes,
+            exact_indices=exact.astype(np.uint32),
+            exact_values=z[exact].astype(np.float32),
         )
-        writer.write_array(norms32.astype("<f4"))
-        writer.write_bytes(pack_codes(codes, table.bits))
-        writer.write_array(exact.astype("<u4"))
-        writer.write_array(z[exact].astype("<f4"))
+
+    def _header(self, quantized: _Quantized, magic: bytes) -> bytes:
+        table, layout = self.table, quantized.layout
+        return _FIXED_HEADER.pack(
+            magic,
+            WIRE_VERSION,
+            table.bits,
+            table.shared_bits,
+            layout.num_chunks,
+            table.fingerprint,
+            layout.dim,
+            quantized.client_id,
+            self._tag,
+            quantized.exact_indices.size,
+        )
+
+    def _serialize(self, quantized: _Quantized) -> bytes:
+        writer = PayloadWriter()
+        writer.write_bytes(self._header(quantized, WIRE_MAGIC))
+        writer.write_array(quantized.norms.astype("<f4"))
+        writer.write_bytes(pack_codes(quantized.codes, self.table.bits))
+        writer.write_array(quantized.exact_indices.astype("<u4"))
+        writer.write_array(quantized.exact_values.astype("<f4"))
         return writer.to_bytes()
+
+
+@dataclass
+class _Quantized:
+    """One client's quantized vector before serialization."""
+
+    client_id: int
+    layout: RotationLayout
+    norms: np.ndarray
+    shared: np.ndarray
+    codes: np.ndarray
+    exact_indices: np.ndarray
+    exact_values: np.ndarray
 
 
 class PayloadHeader:
@@ -230,14 +259,14 @@ class PayloadHeader:
         )
 
 
-def read_header(reader: PayloadReader) -> PayloadHeader:
+def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHeader:
     """Read the fixed header and chunk norms, checking what needs no table."""
     raw = reader.read_bytes(_FIXED_HEADER.size, "fixed header")
-    (magic, version, bits, shared_bits, num_chunks, fingerprint, dim, client_id, tag, num_exact) = (
+    (found, version, bits, shared_bits, num_chunks, fingerprint, dim, client_id, tag, num_exact) = (
         _FIXED_HEADER.unpack(raw)
     )
-    if magic != WIRE_MAGIC:
-        raise PayloadError(f"bad magic {magic!r}: not a QUIC-FL payload")
+    if found != magic:
+        raise PayloadError(f"bad magic {found!r}: expected {magic!r}")
     if version != WIRE_VERSION:
         raise PayloadError(
             f"unsupported wire version {version} (this release reads {WIRE_VERSION})"
@@ -305,10 +334,10 @@ class Aggregator:
         """Sum of the weights of aggregated payloads."""
         return self._total_weight
 
-    def _decode(self, payload) -> tuple[int, np.ndarray]:
-        """Validate ``payload`` and return ``(client_id, rotated contribution)``."""
-        reader = PayloadReader(payload)
-        header = read_header(reader)
+    _magic = WIRE_MAGIC
+
+    def _check_header(self, header: PayloadHeader) -> None:
+        """Check the header against this aggregator (before reading any array)."""
         table, layout = self.table, self._state.layout
         if header.fingerprint != self._fingerprint:
             raise PayloadError(
@@ -331,6 +360,19 @@ class Aggregator:
                 f"{header.num_exact} exact coordinates exceed the rotated dimension "
                 f"{layout.rotated_dim}"
             )
+
+    def _check_exact(self, indices: np.ndarray, values: np.ndarray) -> None:
+        if indices.size:
+            if int(indices[-1]) >= self._state.layout.rotated_dim or np.any(
+                np.diff(indices.astype(np.int64)) <= 0
+            ):
+                raise PayloadError("exact indices must be strictly increasing and in range")
+            if not np.all(np.isfinite(values)):
+                raise PayloadError("exact values must be finite")
+
+    def _parse(self, payload, reader: PayloadReader, header: PayloadHeader, shared: np.ndarray):
+        """Read codes and exact coordinates; returns ``(codes, indices, values)``."""
+        table, layout = self.table, self._state.layout
         expected = max_payload_size(table.bits, self.dim, header.num_exact)
         if len(payload) != expected:
             kind = "truncated" if len(payload) < expected else "oversized"
@@ -339,16 +381,20 @@ class Aggregator:
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
         values = reader.read_array("<f4", header.num_exact, "exact values")
         reader.expect_end()
-        if indices.size:
-            if int(indices[-1]) >= layout.rotated_dim or np.any(
-                np.diff(indices.astype(np.int64)) <= 0
-            ):
-                raise PayloadError("exact indices must be strictly increasing and in range")
-            if not np.all(np.isfinite(values)):
-                raise PayloadError("exact values must be finite")
+        self._check_exact(indices, values)
+        return codes, indices, values
 
-        h = shared_values(self.round_seed, header.client_id, table.shared_bits, layout.rotated_dim)
-        flat_index = h.astype(np.intp)
+    def _decode(self, payload) -> tuple[int, np.ndarray]:
+        """Validate ``payload`` and return ``(client_id, rotated contribution)``."""
+        reader = PayloadReader(payload)
+        header = read_header(reader, self._magic)
+        self._check_header(header)
+        table, layout = self.table, self._state.layout
+        shared = shared_values(
+            self.round_seed, header.client_id, table.shared_bits, layout.rotated_dim
+        )
+        codes, indices, values = self._parse(payload, reader, header, shared)
+        flat_index = shared.astype(np.intp)
         flat_index <<= table.bits
         flat_index += codes
         decoded = self._flat_receiver[flat_index]

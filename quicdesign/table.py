@@ -37,6 +37,7 @@ __all__ = [
     "FORMAT_VERSION",
     "Table",
     "load_table",
+    "load_entropy_table",
     "list_tables",
     "write_index",
     "shipped_tables_dir",
@@ -95,6 +96,9 @@ class Table:
         ``lower == -upper == -threshold``.
     manifest : dict, optional
         Provenance (design, quality, verification) recorded with the table.
+    code_model : array_like, shape (2**shared_bits, 2**bits), optional
+        For entropy-coded designs: ``code_model[h, x]`` is the probability of message
+        ``x`` given ``h`` used by the entropy coder (rows sum to 1).
 
     Raises
     ------
@@ -102,7 +106,18 @@ class Table:
         If the receiver is malformed or its sender rule does not cover ``[lower, upper]``.
     """
 
-    def __init__(self, receiver, *, bits, shared_bits, tail_prob, lower, upper, manifest=None):
+    def __init__(
+        self,
+        receiver,
+        *,
+        bits,
+        shared_bits,
+        tail_prob,
+        lower,
+        upper,
+        manifest=None,
+        code_model=None,
+    ):
         self.bits = _check_int("bits", bits, 1, _MAX_BITS)
         self.shared_bits = _check_int("shared_bits", shared_bits, 0, _MAX_SHARED_BITS)
         self.tail_prob = _check_tail_prob(tail_prob)
@@ -124,6 +139,7 @@ class Table:
                 f"sender support [{start:.12g}, {end:.12g}] does not cover "
                 f"[{self.lower:.12g}, {self.upper:.12g}]: the table would be biased"
             )
+        self.code_model = None if code_model is None else _check_code_model(code_model, expected)
         self._manifest = dict(manifest or {})
 
     # -- parameters -----------------------------------------------------------------
@@ -175,7 +191,10 @@ class Table:
             self.lower,
             self.upper,
         )
-        return hashlib.sha256(head + self.receiver.astype("<f8").tobytes()).digest()[:8]
+        body = self.receiver.astype("<f8").tobytes()
+        if self.code_model is not None:
+            body += b"code_model" + self.code_model.astype("<f8").tobytes()
+        return hashlib.sha256(head + body).digest()[:8]
 
     @property
     def name(self) -> str:
@@ -214,10 +233,17 @@ class Table:
             lower=self.lower,
             upper=self.upper,
             manifest=manifest,
+            code_model=self.code_model,
         )
 
+    def _array_files(self) -> dict[str, tuple[str, np.ndarray]]:
+        arrays = {"receiver": ("receiver.f64", self.receiver)}
+        if self.code_model is not None:
+            arrays["code_model"] = ("code_model.f64", self.code_model)
+        return arrays
+
     # -- format ---------------------------------------------------------------------
-    def _build_manifest(self, receiver_sha=None) -> dict:
+    def _build_manifest(self) -> dict:
         manifest = {
             key: value
             for key, value in self._manifest.items()
@@ -241,15 +267,15 @@ class Table:
                 if k not in ("bits", "shared_bits", "tail_prob", "lower", "upper", "threshold")
             },
         }
-        receiver_bytes = self.receiver.astype("<f8").tobytes()
         manifest["arrays"] = {
-            "receiver": {
-                "file": "receiver.f64",
+            key: {
+                "file": file_name,
                 "dtype": "<f8",
-                "shape": list(self.receiver.shape),
+                "shape": list(array.shape),
                 "order": "C",
-                "sha256": receiver_sha or _sha256(receiver_bytes),
+                "sha256": _sha256(array.astype("<f8").tobytes()),
             }
+            for key, (file_name, array) in self._array_files().items()
         }
         manifest["fingerprint"] = self.fingerprint.hex()
         manifest["manifest_sha256"] = _sha256(_canonical_json(manifest))
@@ -267,9 +293,9 @@ class Table:
         path.mkdir(parents=True, exist_ok=True)
         manifest = self._build_manifest()
         files = {
-            manifest["arrays"]["receiver"]["file"]: self.receiver.astype("<f8").tobytes(),
-            MANIFEST_FILE: json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n",
+            name: array.astype("<f8").tobytes() for name, array in self._array_files().values()
         }
+        files[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
         for name, data in files.items():
             _atomic_write(path / name, data)
         return path
@@ -299,6 +325,14 @@ class Table:
         try:
             expected_shape = (1 << int(params["shared_bits"]), 1 << int(params["bits"]))
             receiver = _read_array(path, arrays["receiver"], expected_shape)
+            unknown = set(arrays) - {"receiver", "code_model"}
+            if unknown:
+                raise TableError(f"{manifest_path}: unknown arrays {sorted(unknown)}")
+            code_model = (
+                _read_array(path, arrays["code_model"], expected_shape)
+                if "code_model" in arrays
+                else None
+            )
             table = cls(
                 receiver,
                 bits=params["bits"],
@@ -307,6 +341,7 @@ class Table:
                 lower=params["lower"],
                 upper=params["upper"],
                 manifest=manifest,
+                code_model=code_model,
             )
         except (KeyError, TypeError, OverflowError) as exc:
             raise TableError(f"{manifest_path}: malformed parameters ({exc!r})") from None
@@ -315,6 +350,18 @@ class Table:
         if manifest.get("fingerprint") not in (None, table.fingerprint.hex()):
             raise TableChecksumError(f"{manifest_path}: fingerprint does not match the arrays")
         return table
+
+
+def _check_code_model(code_model, expected_shape) -> np.ndarray:
+    model = np.array(code_model, dtype=np.float64)
+    if model.shape != expected_shape:
+        raise TableError(f"code_model must have shape {expected_shape}, got {model.shape}")
+    if not np.all(np.isfinite(model)) or model.min() < 0:
+        raise TableError("code_model must hold finite non-negative probabilities")
+    if not np.allclose(model.sum(axis=1), 1.0, atol=1e-9):
+        raise TableError("code_model rows must sum to 1")
+    model.setflags(write=False)
+    return model
 
 
 def _atomic_write(target: Path, data: bytes) -> None:
@@ -428,6 +475,7 @@ def write_index(folder, defaults: dict[int, str] | None = None) -> Path:
                 "tail_prob": table.tail_prob,
                 "threshold": table.threshold,
                 "vnmse": table.vnmse,
+                "expected_bits": table._manifest.get("coding", {}).get("expected_bits"),
                 "manifest_sha256": _sha256((child / MANIFEST_FILE).read_bytes()),
             }
         )
@@ -524,6 +572,13 @@ def load_table(bits, shared_bits=None, tail_prob=None, path=None) -> Table:
             f"in {folder}; available: {available or 'none'}"
         )
     entry = max(candidates, key=lambda e: e.get("shared_bits", 0))
+    table = _load_entry(folder, entry)
+    _require_match(table, bits, shared_bits, tail_prob, folder / entry["directory"])
+    return table
+
+
+def _load_entry(folder: Path, entry: dict) -> Table:
+    """Load the table an index entry points to, checking the manifest's sha256 first."""
     directory = entry.get("directory")
     if not isinstance(directory, str) or Path(directory).name != directory:
         raise TableError(f"{folder / INDEX_FILE}: bad directory entry {directory!r}")
@@ -537,8 +592,36 @@ def load_table(bits, shared_bits=None, tail_prob=None, path=None) -> Table:
         raise TableChecksumError(
             f"{folder / directory / MANIFEST_FILE}: does not match the sha256 in the index"
         )
-    table = Table.load(folder / directory)
-    _require_match(table, bits, shared_bits, tail_prob, folder / directory)
+    return Table.load(folder / directory)
+
+
+def load_entropy_table(rate_bits: int, path=None) -> Table:
+    """Load a shipped (or stored) entropy-coded table by its nominal bits per coordinate.
+
+    Parameters
+    ----------
+    rate_bits : int
+        Nominal wire bits per coordinate (the collection's ``defaults`` key).
+    path : path-like, optional
+        A collection of entropy-coded tables; ``<shipped tables>/entropy`` by default.
+
+    Returns
+    -------
+    Table
+        A table with a ``code_model``.
+    """
+    folder = shipped_tables_dir() / "entropy" if path is None else Path(path)
+    index = _read_index(folder)
+    directory = index["defaults"].get(str(rate_bits))
+    entries = [e for e in index["tables"] if e.get("directory") == directory]
+    if directory is None or not entries:
+        raise TableNotFoundError(
+            f"no entropy-coded table for {rate_bits} bits in {folder}; "
+            f"available: {sorted(index['defaults'])}"
+        )
+    table = _load_entry(folder, entries[0])
+    if table.code_model is None:
+        raise TableError(f"{folder / directory} has no code model")
     return table
 
 

@@ -204,8 +204,12 @@ def solve_sender_lp(
     unbias = sp.kron(sp.eye(points), np.full((1, num_shared), 1.0 / num_shared))
     # Expected value per (q, h) row is P @ R[h]; rows are then averaged over h per q.
     row_values = np.tile(receiver, (points, 1))
-    cost = (grid.repeat(num_shared)[:, None] - row_values) ** 2
-    cost *= (weights.repeat(num_shared) / num_shared)[:, None]
+    squared = (grid.repeat(num_shared)[:, None] - row_values) ** 2
+    cost = squared * (weights.repeat(num_shared) / num_shared)[:, None]
+    # Without extra constraints the LP separates over grid points, so any positive point
+    # weights give the same solution; equal ones keep tail points (weights ~1e-6) from
+    # drowning in HiGHS's tolerances. Coupling constraints need the true weights.
+    solve_cost = squared / (num_shared * points) if not constraints else cost
     lp = SenderLP(probs, grid, receiver)
     cons = [
         cp.sum(probs, axis=1) == 1,
@@ -213,7 +217,7 @@ def solve_sender_lp(
     ]
     for build in constraints:
         cons.extend(build(lp))
-    problem = cp.Problem(cp.Minimize(cp.sum(cp.multiply(cost, probs))), cons)
+    problem = cp.Problem(cp.Minimize(cp.sum(cp.multiply(solve_cost, probs))), cons)
     try:
         problem.solve(solver=solver)
     except cp.error.SolverError as exc:

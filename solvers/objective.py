@@ -18,7 +18,7 @@ from quicdesign.sender import SenderRule
 
 from .distributions import ValueDistribution
 
-__all__ = ["ObjectiveValue", "evaluate"]
+__all__ = ["ObjectiveValue", "evaluate", "message_masses"]
 
 
 @dataclass(frozen=True)
@@ -84,20 +84,51 @@ def evaluate(
     if not gradient:
         return ObjectiveValue(float(total / norm), None, max(uncovered, 0.0))
 
-    width = np.diff(t)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        fired_mass = np.where(width > 0, (first - t[:-1] * mass) / width, 0.0)
+    fired_mass = _fired_mass(t, mass, first)
     target = slopes / 2
-    cum_mass = np.concatenate(([0.0], np.cumsum(mass)))
-    cum_target = np.concatenate(([0.0], np.cumsum(target * mass)))
-
-    events = rule.num_events
-    position = rule.event_position
-    enter = np.concatenate((np.full((num_shared, 1), -1), position), axis=1) + 1
-    leave = np.concatenate((position, np.full((num_shared, 1), events)), axis=1)
-    grad = receiver * (cum_mass[leave] - cum_mass[enter]) - (cum_target[leave] - cum_target[enter])
-    h, j = rule.event_shared, rule.event_level
-    grad[h, j] += (mass - fired_mass) * (receiver[h, j] - target)
-    grad[h, j + 1] += fired_mass * (receiver[h, j + 1] - target)
+    # int phi P(h sends x | z) dz and int phi P(h sends x | z) y(z) dz, per (h, x).
+    grad = receiver * _per_message(rule, mass, fired_mass, np.ones_like(mass))
+    grad -= _per_message(rule, mass, fired_mass, target)
     grad *= 2.0 / (num_shared * norm)
     return ObjectiveValue(float(total / norm), grad, max(uncovered, 0.0))
+
+
+def _fired_mass(t, mass, first):
+    """``int phi(z) u(z) dz`` on each piece, ``u`` the probability the event has fired."""
+    width = np.diff(t)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(width > 0, (first - t[:-1] * mass) / width, 0.0)
+
+
+def _per_message(rule: SenderRule, mass, fired_mass, weight) -> np.ndarray:
+    """``sum_pieces weight_e * int phi P(h sends x | z) dz`` for every ``(h, x)``.
+
+    ``h`` sends ``x`` for sure on the pieces strictly between its events into and out of
+    level ``x`` (a prefix-sum difference) and with probability ``1 - u`` / ``u`` on the
+    pieces where it randomizes.
+    """
+    num_shared = rule.num_shared
+    cumulative = np.concatenate(([0.0], np.cumsum(weight * mass)))
+    position = rule.event_position
+    enter = np.concatenate((np.full((num_shared, 1), -1), position), axis=1) + 1
+    leave = np.concatenate((position, np.full((num_shared, 1), rule.num_events)), axis=1)
+    total = cumulative[leave] - cumulative[enter]
+    h, j = rule.event_shared, rule.event_level
+    total[h, j] += weight * (mass - fired_mass)
+    total[h, j + 1] += weight * fired_mass
+    return total
+
+
+def message_masses(receiver, distribution: ValueDistribution, lower: float, upper: float):
+    """Probability of each message given ``h``, for values inside ``[lower, upper]``.
+
+    Returns
+    -------
+    ndarray, shape (H, K)
+        ``P(X = x, lower <= Z <= upper | h)``; rows sum to the inside mass.
+    """
+    rule = receiver if isinstance(receiver, SenderRule) else SenderRule(receiver)
+    t = rule.breakpoints
+    m0, m1, _ = distribution.partial_moments(np.clip(t, lower, upper))
+    mass, first = np.diff(m0), np.diff(m1)
+    return _per_message(rule, mass, _fired_mass(t, mass, first), np.ones_like(mass))

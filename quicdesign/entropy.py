@@ -1,0 +1,137 @@
+"""Entropy-coded QUIC-FL: many messages, coded with ANS under the table's code model.
+
+Same pipeline as :mod:`quicdesign.codec` (shared rotation, closed-form sender, server
+sums in the rotated domain and inverts once), but the messages are entropy coded with
+constriction's ANS coder: coordinates are grouped by their shared value ``h`` and each
+group is coded with the categorical model ``P(x | h)`` stored in the table. Needs the
+optional dependency ``constriction`` (``pip install quicdesign[entropy]``), imported only
+when an entropy coder is built.
+
+Wire format (``docs/wire-format.md``, magic ``QDQE``): the 32-byte fixed header of the
+fixed-rate format, the chunk norms, a u32 count of 32-bit stream words, the exact
+indices and values, then the ANS stream (little-endian u32 words).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._wire import PayloadReader, PayloadWriter
+from .codec import _FIXED_HEADER, Aggregator, Encoder, PayloadHeader, _Quantized
+from .errors import ParameterError, PayloadError
+from .table import Table
+
+__all__ = ["EntropyEncoder", "EntropyAggregator", "ENTROPY_MAGIC"]
+
+ENTROPY_MAGIC = b"QDQE"
+
+
+def _require_code_model(table: Table) -> None:
+    if getattr(table, "code_model", None) is None:
+        raise ParameterError("entropy coding needs a table with a code_model")
+
+
+def _models(table: Table):
+    """One constriction categorical model per shared value."""
+    try:
+        import constriction
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ParameterError(
+            "entropy-coded tables need the 'constriction' package (pip install quicdesign[entropy])"
+        ) from exc
+    categorical = constriction.stream.model.Categorical
+    return constriction, [categorical(row, perfect=False) for row in table.code_model]
+
+
+def _group_by_shared(shared: np.ndarray, keep: np.ndarray | None):
+    """Positions sorted by ``h`` (stable) and the group boundaries."""
+    positions = np.arange(shared.size) if keep is None else keep
+    order = positions[np.argsort(shared[positions], kind="stable")]
+    counts = np.bincount(shared[order], minlength=256)
+    return order, np.concatenate(([0], np.cumsum(counts)))
+
+
+def _coded_positions(rotated_dim: int, exact_indices: np.ndarray) -> np.ndarray | None:
+    if exact_indices.size == 0:
+        return None
+    keep = np.ones(rotated_dim, dtype=bool)
+    keep[exact_indices] = False
+    return np.flatnonzero(keep)
+
+
+class EntropyEncoder(Encoder):
+    """Client-side encoder for entropy-coded tables (``table.code_model`` set)."""
+
+    def __init__(self, table: Table, round_seed: int):
+        _require_code_model(table)
+        super().__init__(table, round_seed)
+        self._constriction, self._coder_models = _models(table)
+
+    def _serialize(self, quantized: _Quantized) -> bytes:
+        coded = _coded_positions(quantized.layout.rotated_dim, quantized.exact_indices)
+        order, bounds = _group_by_shared(quantized.shared, coded)
+        symbols = quantized.codes[order].astype(np.int32)
+        coder = self._constriction.stream.stack.AnsCoder()
+        # ANS is a stack: encode the groups backwards so they decode in order h = 0, 1, ...
+        for h in range(self.table.num_shared - 1, -1, -1):
+            if bounds[h + 1] > bounds[h]:
+                coder.encode_reverse(symbols[bounds[h] : bounds[h + 1]], self._coder_models[h])
+        stream = coder.get_compressed().astype("<u4")
+        writer = PayloadWriter()
+        writer.write_bytes(self._header(quantized, ENTROPY_MAGIC))
+        writer.write_array(quantized.norms.astype("<f4"))
+        writer.write_u32(stream.size)
+        writer.write_array(quantized.exact_indices.astype("<u4"))
+        writer.write_array(quantized.exact_values.astype("<f4"))
+        writer.write_array(stream)
+        return writer.to_bytes()
+
+
+class EntropyAggregator(Aggregator):
+    """Server-side aggregation of entropy-coded payloads (one inverse rotation in total).
+
+    Every guarantee of :class:`quicdesign.Aggregator` holds: a payload is validated and
+    decoded completely (the ANS stream must decode to exactly the expected number of
+    symbols and be used up) before any state changes.
+    """
+
+    _magic = ENTROPY_MAGIC
+
+    def __init__(self, table: Table, round_seed: int, dim: int):
+        _require_code_model(table)
+        super().__init__(table, round_seed, dim)
+        self._constriction, self._coder_models = _models(table)
+
+    def _parse(self, payload, reader: PayloadReader, header: PayloadHeader, shared):
+        words = reader.read_u32("stream word count")
+        expected = _FIXED_HEADER.size + 4 * header.num_chunks + 4 + 8 * header.num_exact + 4 * words
+        if len(payload) != expected:
+            kind = "truncated" if len(payload) < expected else "oversized"
+            raise PayloadError(f"{kind} payload: {len(payload)} bytes, expected {expected}")
+        indices = reader.read_array("<u4", header.num_exact, "exact indices")
+        values = reader.read_array("<f4", header.num_exact, "exact values")
+        stream = reader.read_array("<u4", words, "coded stream")
+        reader.expect_end()
+        self._check_exact(indices, values)
+        layout = self._state.layout
+        order, bounds = _group_by_shared(shared, _coded_positions(layout.rotated_dim, indices))
+        codes = np.zeros(layout.rotated_dim, dtype=np.int64)
+        try:
+            coder = self._constriction.stream.stack.AnsCoder(
+                np.ascontiguousarray(stream, dtype=np.uint32)
+            )
+            for h in range(self.table.num_shared):
+                count = int(bounds[h + 1] - bounds[h])
+                if count:
+                    codes[order[bounds[h] : bounds[h + 1]]] = coder.decode(
+                        self._coder_models[h], count
+                    )
+            if not coder.is_empty():
+                raise PayloadError("coded stream has data left after the last symbol")
+        except PayloadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad stream
+            raise PayloadError(f"corrupt coded stream: {exc}") from None
+        if codes.max(initial=0) >= self.table.num_messages or codes.min(initial=0) < 0:
+            raise PayloadError("decoded message outside the table")
+        return codes, indices, values

@@ -1,0 +1,164 @@
+"""Entropy-coded designs: exact rate, code model, runtime round trips, hostile streams."""
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import solvers
+from quicdesign import ParameterError, PayloadError, load_table
+from quicdesign.entropy import EntropyAggregator, EntropyEncoder
+from quicdesign.table import load_entropy_table
+from solvers.rate import design_entropy_coded, rate_point
+
+EDEN = {1: 0.5708, 2: 0.1331, 3: 0.03578, 4: 0.009592}
+ROUND = 99
+
+
+@pytest.mark.parametrize("rate", [1, 2, 3, 4])
+def test_shipped_entropy_tables_meet_the_targets(rate):
+    table = load_entropy_table(rate)
+    assert table.code_model is not None
+    assert solvers.verify(table, grid_points=2001).ok
+    bound = EDEN[rate] if rate == 1 else 0.75 * EDEN[rate]
+    assert table.vnmse <= bound
+    assert table.manifest["coding"]["expected_bits"] <= rate
+    assert table.manifest["design"]["certificate"]["ok"]
+
+
+def test_code_model_and_rate_match_monte_carlo():
+    result = design_entropy_coded(delta=1.0, shared_bits=2, certify=False)
+    table = result.table
+    rng = np.random.default_rng(0)
+    n = 400_000
+    z = rng.standard_normal(n)
+    z = z[(z >= table.lower) & (z <= table.upper)]
+    h = rng.integers(0, table.num_shared, z.size)
+    x = table.sender.sample(z, h, rng=rng)
+    for shared in range(table.num_shared):
+        freq = np.bincount(x[h == shared], minlength=table.num_messages) / np.sum(h == shared)
+        # Multinomial standard error of each frequency is below 0.0016 for ~1e5 draws.
+        np.testing.assert_allclose(freq, table.code_model[shared], atol=5 * 0.0016)
+    empirical = -np.mean(np.log2(table.code_model[h, x]))
+    assert empirical == pytest.approx(result.entropy_bits, abs=0.01)
+
+
+def test_rate_decreases_and_distortion_increases_with_the_step():
+    points = [rate_point(solvers.rate.dithered_receiver(s, 3, 5.0)) for s in (0.3, 0.6, 1.2)]
+    rates = [p.expected_bits for p in points]
+    errors = [p.vnmse for p in points]
+    assert rates == sorted(rates, reverse=True) and errors == sorted(errors)
+    for step, point in zip((0.3, 0.6, 1.2), points, strict=True):
+        assert point.vnmse == pytest.approx(step**2 / 12, rel=0.02)
+
+
+def test_lambda_sweep_traces_a_monotone_curve():
+    curve = solvers.rate.rate_distortion_curve([0.002, 0.02, 0.2], shared_bits=2)
+    bits = [r.expected_bits for r in curve]
+    assert bits == sorted(bits, reverse=True)
+    assert [r.vnmse for r in curve] == sorted(r.vnmse for r in curve)
+
+
+def test_entropy_design_rejects_bad_requests():
+    with pytest.raises(ParameterError, match="exactly one"):
+        design_entropy_coded(target_bits=2, delta=1.0)
+    with pytest.raises(ParameterError, match="target_bits"):
+        design_entropy_coded(target_bits=40)
+    with pytest.raises(ParameterError, match="code_model"):
+        EntropyEncoder(load_table(2), ROUND)
+
+
+@pytest.fixture(scope="module")
+def table2():
+    return load_entropy_table(2)
+
+
+def test_runtime_round_trip_bits_and_vnmse(table2):
+    d, trials = 2**16, 6
+    rng = np.random.default_rng(1)
+    encoder = EntropyEncoder(table2, ROUND)
+    errors, bits = [], []
+    for client in range(trials):
+        x = rng.standard_normal(d)
+        aggregator = EntropyAggregator(table2, ROUND, d)
+        payload = encoder.encode(x, client, rng=rng)
+        aggregator.add(payload)
+        errors.append(np.sum((aggregator.result() - x) ** 2) / np.sum(x**2))
+        bits.append(8 * len(payload) / d)
+    standard_error = np.std(errors, ddof=1) / np.sqrt(trials)
+    assert abs(np.mean(errors) - table2.vnmse) < 4 * standard_error
+    expected = table2.manifest["coding"]["expected_bits"]
+    # Header, norms and the ANS tail cost ~60 bytes; coding loss is ~1e-4 bits/symbol.
+    assert expected <= np.mean(bits) < expected + 0.01
+
+
+def test_unbiased_and_merge_consistent(table2):
+    d, n = 500, 400
+    x = np.random.default_rng(2).lognormal(size=d)
+    encoder = EntropyEncoder(table2, ROUND)
+    rng = np.random.default_rng(3)
+    payloads = [encoder.encode(x, c, rng=rng) for c in range(n)]
+    whole, left, right = (EntropyAggregator(table2, ROUND, d) for _ in range(3))
+    singles = []
+    for client, payload in enumerate(payloads):
+        whole.add(payload)
+        (left if client % 2 else right).add(payload)
+        single = EntropyAggregator(table2, ROUND, d)
+        single.add(payload)
+        singles.append(single.result())
+    singles = np.array(singles)
+    standard_error = singles.std(axis=0, ddof=1) / np.sqrt(n)
+    assert np.all(np.abs(whole.result() - x) < 5 * standard_error)
+    left.merge(right)
+    np.testing.assert_allclose(left.result(), whole.result(), rtol=1e-12)
+    np.testing.assert_allclose(whole.result(), singles.mean(axis=0), rtol=1e-9)
+
+
+@pytest.fixture(scope="module")
+def valid(table2):
+    x = np.random.default_rng(4).standard_t(2, size=3000)
+    encoder = EntropyEncoder(table2, ROUND)
+    rng = np.random.default_rng(5)
+    return [encoder.encode(x, c, rng=rng) for c in range(2)]
+
+
+mutations = st.one_of(
+    st.tuples(st.just("truncate"), st.integers(0, 300)),
+    st.tuples(st.just("extend"), st.binary(min_size=1, max_size=12)),
+    st.tuples(st.just("flip"), st.integers(0, 10**6), st.integers(0, 7)),
+    st.tuples(st.just("header"), st.integers(0, 40), st.integers(0, 255)),
+)
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(mutations, min_size=1, max_size=3))
+def test_fuzzed_coded_payloads_never_corrupt_the_aggregator(table2, valid, edits):
+    data = bytearray(valid[1])
+    for edit in edits:
+        if edit[0] == "truncate":
+            del data[max(0, len(data) - 1 - edit[1]) :]
+        elif edit[0] == "extend":
+            data += edit[1]
+        elif edit[0] == "flip" and data:
+            data[edit[1] % len(data)] ^= 1 << edit[2]
+        elif edit[0] == "header" and len(data) > edit[1]:
+            data[edit[1]] = edit[2]
+    aggregator = EntropyAggregator(table2, ROUND, 3000)
+    aggregator.add(valid[0])
+    before = (aggregator.count, aggregator.result().tobytes())
+    try:
+        aggregator.add(bytes(data))
+    except PayloadError:
+        assert (aggregator.count, aggregator.result().tobytes()) == before
+    else:
+        assert aggregator.count == 2 and np.all(np.isfinite(aggregator.result()))
+
+
+def test_fixed_rate_payload_is_refused_by_entropy_aggregator(table2):
+    from quicdesign import Encoder
+
+    fixed = Encoder(load_table(2), ROUND).encode(np.ones(100), 0)
+    with pytest.raises(PayloadError, match="magic"):
+        EntropyAggregator(table2, ROUND, 100).add(fixed)
