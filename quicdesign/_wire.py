@@ -1,0 +1,490 @@
+"""The one bit packer and the one validated payload reader/writer.
+
+Every compressor writes its payload with :class:`PayloadWriter` and parses it with
+:class:`PayloadReader`, so the guarantees against hostile input hold everywhere: every read
+is bounds-checked with a message naming the field, array reads are refused before any
+allocation when the payload cannot hold them, and trailing bytes are an error.
+
+Packed codes use one layout for every width ``bits`` in 1..16: code ``j`` occupies stream
+bits ``[j*bits, (j+1)*bits)``, least significant bit first, and stream bit ``i`` is bit
+``i % 8`` of byte ``i // 8`` (``numpy.packbits(..., bitorder="little")`` order). Unused
+bits of the last byte must be zero.
+"""
+
+import functools
+import operator
+import struct
+
+import numpy as np
+
+from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError, PayloadError
+
+__all__ = [
+    "MAX_CODE_BITS",
+    "packed_size",
+    "pack_codes",
+    "unpack_codes",
+    "PayloadWriter",
+    "PayloadReader",
+]
+
+MAX_CODE_BITS = 16
+# eight codes always end on a byte boundary, so groups of eight are packed independently
+_GROUP = 8
+_ARRAY_KINDS = "iuf"
+
+
+def _check_int(value, name, low, high=None):
+    if isinstance(value, (bool, np.bool_)):
+        raise ParameterError(f"{name} must be an integer, got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ParameterError(f"{name} must be an integer, got {type(value).__name__}") from None
+    if value < low or (high is not None and value > high):
+        bound = f">= {low}" if high is None else f"in {low}..{high}"
+        raise ParameterError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def _check_bits(bits):
+    return _check_int(bits, "bits", 1, MAX_CODE_BITS)
+
+
+def packed_size(bits, count):
+    """Return the number of bytes holding ``count`` codes of ``bits`` bits each.
+
+    Parameters
+    ----------
+    bits : int
+        Code width, 1..16.
+    count : int
+        Number of codes, ``>= 0``.
+
+    Returns
+    -------
+    int
+        ``ceil(bits * count / 8)``.
+    """
+    bits = _check_bits(bits)
+    count = _check_int(count, "count", 0)
+    return (bits * count + 7) // 8
+
+
+def _pack_sub_byte(codes, bits):
+    """Pack codes whose width divides 8 by or-ing shifted columns of a (bytes, k) view."""
+    per_byte = 8 // bits
+    num_bytes = -(-codes.size // per_byte)
+    padded = np.zeros(num_bytes * per_byte, dtype=np.uint8)
+    padded[: codes.size] = codes
+    columns = padded.reshape(num_bytes, per_byte)
+    packed = columns[:, 0].copy()
+    for i in range(1, per_byte):
+        packed |= columns[:, i] << (i * bits)
+    return packed.tobytes()
+
+
+def _gather_fields(lanes, lane_bits, bits, count):
+    """Move field ``i`` of a uint64 from bit ``i * lane_bits`` down to bit ``i * bits``."""
+    field_mask = (1 << bits) - 1
+    out = lanes & np.uint64(field_mask)
+    for i in range(1, count):
+        shifted = lanes >> np.uint64(i * (lane_bits - bits))
+        out |= shifted & np.uint64(field_mask << (i * bits))
+    return out
+
+
+def _spread_fields(packed, lane_bits, bits, count):
+    """Inverse of :func:`_gather_fields`: move field ``i`` up to bit ``i * lane_bits``."""
+    field_mask = (1 << bits) - 1
+    out = packed & np.uint64(field_mask)
+    for i in range(1, count):
+        field = packed & np.uint64(field_mask << (i * bits))
+        out |= field << np.uint64(i * (lane_bits - bits))
+    return out
+
+
+def _pack_groups(codes, bits, num_bytes):
+    """Pack any width with word-parallel shifts: eight codes fill exactly ``bits`` bytes.
+
+    Eight byte-sized (or, above 8 bits, 16-bit) codes already sit in one (two) uint64
+    lanes; squeezing out the unused high bits of every lane packs the group.
+    """
+    groups = -(-codes.size // _GROUP)
+    if bits <= 8:
+        padded = np.zeros(groups * _GROUP, dtype=np.uint8)
+        padded[: codes.size] = codes
+        lanes = padded.view("<u8").astype(np.uint64, copy=False)
+        words = _gather_fields(lanes, 8, bits, _GROUP)[:, None]
+    else:
+        padded = np.zeros(groups * _GROUP, dtype="<u2")
+        padded[: codes.size] = codes
+        lanes = padded.view("<u8").astype(np.uint64, copy=False).reshape(groups, 2)
+        low = _gather_fields(lanes[:, 0], 16, bits, 4)
+        high = _gather_fields(lanes[:, 1], 16, bits, 4)
+        # the 8*bits-bit group straddles two words: 4*bits < 64 for bits < 16
+        words = np.empty((groups, 2), dtype=np.uint64)
+        words[:, 0] = low | (high << np.uint64(4 * bits))
+        words[:, 1] = high >> np.uint64(64 - 4 * bits)
+    group_bytes = words.astype("<u8", copy=False).view(np.uint8)[:, :bits]
+    return np.ascontiguousarray(group_bytes).reshape(-1)[:num_bytes].tobytes()
+
+
+def pack_codes(codes, bits):
+    """Pack non-negative integer codes tightly, ``bits`` bits each, LSB first.
+
+    Parameters
+    ----------
+    codes : numpy.ndarray
+        Integer array with values in ``[0, 2**bits)``; flattened in C order.
+    bits : int
+        Code width, 1..16.
+
+    Returns
+    -------
+    bytes
+        ``packed_size(bits, codes.size)`` bytes; unused bits of the last byte are zero.
+
+    Raises
+    ------
+    InputDTypeError
+        If ``codes`` is not an integer array.
+    InputVectorError
+        If a code is negative or does not fit in ``bits`` bits.
+    """
+    bits = _check_bits(bits)
+    if not isinstance(codes, np.ndarray):
+        raise InputDTypeError(f"codes must be a numpy integer array, got {type(codes).__name__}")
+    if codes.dtype.kind not in "iu":
+        raise InputDTypeError(f"codes must have an integer dtype, got {codes.dtype}")
+    flat = codes.reshape(-1)
+    if flat.size == 0:
+        return b""
+    limit = 1 << bits
+    # skip the scan when the dtype itself cannot exceed the width
+    if flat.dtype.kind == "i" or np.iinfo(flat.dtype).max >= limit:
+        low, high = int(flat.min()), int(flat.max())
+        if low < 0 or high >= limit:
+            bad = low if low < 0 else high
+            raise InputVectorError(f"codes must be in [0, 2**{bits}), found {bad}")
+    if bits == 1:
+        return np.packbits(flat.astype(np.uint8, copy=False), bitorder="little").tobytes()
+    if bits == 8:
+        return flat.astype(np.uint8, copy=False).tobytes()
+    if bits == 16:
+        return flat.astype("<u2", copy=False).tobytes()
+    if 8 % bits == 0:
+        return _pack_sub_byte(flat.astype(np.uint8, copy=False), bits)
+    return _pack_groups(flat, bits, packed_size(bits, flat.size))
+
+
+def _as_byte_array(buffer, what):
+    try:
+        return np.frombuffer(memoryview(buffer).cast("B"), dtype=np.uint8)
+    except TypeError:
+        raise PayloadError(
+            f"{what} must be a contiguous bytes-like object, got {type(buffer).__name__}"
+        ) from None
+
+
+@functools.cache
+def _sub_byte_table(bits):
+    """Read-only table mapping a byte to its ``8 // bits`` codes, viewed as one wide int."""
+    shifts = np.arange(0, 8, bits)
+    table = ((np.arange(256)[:, None] >> shifts) & ((1 << bits) - 1)).astype(np.uint8)
+    # a byte's codes are contiguous, so one gather of a wide int unpacks them all at once
+    wide = table.view(f"<u{8 // bits}").reshape(256)
+    wide.flags.writeable = False
+    return wide
+
+
+def _unpack_sub_byte(data, bits, count):
+    return np.take(_sub_byte_table(bits), data).view(np.uint8)[:count]
+
+
+def _unpack_groups(data, bits, count):
+    groups = -(-count // _GROUP)
+    lane_bytes = 8 if bits <= 8 else 16
+    whole_groups = np.zeros(groups * bits, dtype=np.uint8)
+    whole_groups[: data.size] = data
+    staged = np.zeros((groups, lane_bytes), dtype=np.uint8)
+    staged[:, :bits] = whole_groups.reshape(groups, bits)
+    words = staged.view("<u8").astype(np.uint64, copy=False)
+    if bits <= 8:
+        lanes = _spread_fields(words[:, 0], 8, bits, _GROUP)
+        return lanes.astype("<u8", copy=False).view(np.uint8)[:count]
+    half_mask = np.uint64((1 << (4 * bits)) - 1)
+    low = words[:, 0] & half_mask
+    high = (words[:, 0] >> np.uint64(4 * bits)) | (words[:, 1] << np.uint64(64 - 4 * bits))
+    lanes = np.empty((groups, 2), dtype=np.uint64)
+    lanes[:, 0] = _spread_fields(low, 16, bits, 4)
+    lanes[:, 1] = _spread_fields(high & half_mask, 16, bits, 4)
+    return lanes.astype("<u8", copy=False).view("<u2").reshape(-1)[:count].astype(np.uint16)
+
+
+def unpack_codes(buffer, bits, count):
+    """Unpack ``count`` codes written by :func:`pack_codes`.
+
+    Parameters
+    ----------
+    buffer : bytes-like
+        Exactly ``packed_size(bits, count)`` bytes.
+    bits : int
+        Code width, 1..16.
+    count : int
+        Number of codes, ``>= 0``.
+
+    Returns
+    -------
+    numpy.ndarray
+        New array of shape ``(count,)``: ``uint8`` for ``bits <= 8``, else ``uint16``.
+
+    Raises
+    ------
+    PayloadError
+        If the length is not exactly ``packed_size(bits, count)`` or a padding bit is set.
+    """
+    bits = _check_bits(bits)
+    count = _check_int(count, "count", 0)
+    data = _as_byte_array(buffer, "packed codes")
+    expected = (bits * count + 7) // 8
+    # checked before any allocation, so ``count`` is bounded by the bytes actually received
+    if data.size != expected:
+        raise PayloadError(
+            f"packed codes must be exactly {expected} bytes for {count} codes of {bits} bits, "
+            f"got {data.size}"
+        )
+    spare_bits = expected * 8 - bits * count
+    if spare_bits and data[-1] >> (8 - spare_bits):
+        raise PayloadError(f"packed codes have nonzero padding in the last {spare_bits} bits")
+    if bits == 1:
+        return np.unpackbits(data, count=count, bitorder="little")
+    if bits == 8:
+        return data.copy()
+    if bits == 16:
+        return data.view("<u2").astype(np.uint16)
+    if 8 % bits == 0:
+        return _unpack_sub_byte(data, bits, count)
+    return _unpack_groups(data, bits, count)
+
+
+_FORMATS = {
+    "u8": (struct.Struct("<B"), 0, 2**8 - 1),
+    "u16": (struct.Struct("<H"), 0, 2**16 - 1),
+    "u32": (struct.Struct("<I"), 0, 2**32 - 1),
+    "u64": (struct.Struct("<Q"), 0, 2**64 - 1),
+    "i64": (struct.Struct("<q"), -(2**63), 2**63 - 1),
+    "f32": (struct.Struct("<f"), None, None),
+    "f64": (struct.Struct("<d"), None, None),
+}
+
+
+def _little_endian_dtype(dtype):
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ParameterError(f"{dtype!r} is not a numpy data type") from None
+    if dtype.kind not in _ARRAY_KINDS:
+        raise ParameterError(f"payload arrays must be integer or float, got {dtype}")
+    return dtype.newbyteorder("<")
+
+
+class PayloadWriter:
+    """Accumulate a little-endian payload field by field.
+
+    Examples
+    --------
+    >>> writer = PayloadWriter()
+    >>> writer.write_u8(1)
+    >>> writer.write_f32(0.5)
+    >>> writer.to_bytes()
+    b'\\x01\\x00\\x00\\x00?'
+    """
+
+    def __init__(self):
+        self._parts = []
+        self._size = 0
+
+    def __len__(self):
+        return self._size
+
+    def _append(self, data):
+        self._parts.append(data)
+        self._size += len(data)
+
+    def _write_int(self, kind, value):
+        codec, low, high = _FORMATS[kind]
+        value = _check_int(value, kind, low, high)
+        self._append(codec.pack(value))
+
+    def _write_float(self, kind, value):
+        codec = _FORMATS[kind][0]
+        try:
+            self._append(codec.pack(float(value)))
+        except (TypeError, ValueError):
+            raise ParameterError(f"{kind} needs a real number, got {value!r}") from None
+        except OverflowError:
+            raise ParameterError(f"{value!r} is out of range for {kind}") from None
+
+    def write_u8(self, value):
+        """Append an unsigned 8-bit integer."""
+        self._write_int("u8", value)
+
+    def write_u16(self, value):
+        """Append an unsigned 16-bit integer."""
+        self._write_int("u16", value)
+
+    def write_u32(self, value):
+        """Append an unsigned 32-bit integer."""
+        self._write_int("u32", value)
+
+    def write_u64(self, value):
+        """Append an unsigned 64-bit integer."""
+        self._write_int("u64", value)
+
+    def write_i64(self, value):
+        """Append a signed 64-bit integer."""
+        self._write_int("i64", value)
+
+    def write_f32(self, value):
+        """Append an IEEE float32 (rounded from ``value``)."""
+        self._write_float("f32", value)
+
+    def write_f64(self, value):
+        """Append an IEEE float64."""
+        self._write_float("f64", value)
+
+    def write_bytes(self, data):
+        """Append raw bytes (any contiguous bytes-like object), copied now."""
+        try:
+            self._append(memoryview(data).cast("B").tobytes())
+        except TypeError:
+            raise InputDTypeError(
+                f"write_bytes needs a contiguous bytes-like object, got {type(data).__name__}"
+            ) from None
+
+    def write_array(self, array):
+        """Append an integer or float array's values in C order, little-endian, no header."""
+        if not isinstance(array, np.ndarray):
+            raise InputDTypeError(f"write_array needs a numpy array, got {type(array).__name__}")
+        if array.dtype.kind not in _ARRAY_KINDS:
+            raise InputDTypeError(f"payload arrays must be integer or float, got {array.dtype}")
+        self._append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
+
+    def write_codes(self, codes, bits):
+        """Append codes packed by :func:`pack_codes`."""
+        self._append(pack_codes(codes, bits))
+
+    def to_bytes(self):
+        """Return everything written so far as one ``bytes`` object."""
+        return b"".join(self._parts)
+
+
+class PayloadReader:
+    """Parse a payload field by field with bounds checks.
+
+    Parameters
+    ----------
+    buffer : bytes, bytearray or memoryview
+        The payload. A ``bytes`` payload is read without copying (arrays are read-only
+        views of it); a mutable buffer is copied per array, so later writes to it cannot
+        change what was returned.
+
+    Raises
+    ------
+    PayloadError
+        On every read past the end, with the field name, offset and bytes left.
+    """
+
+    def __init__(self, buffer):
+        if not isinstance(buffer, (bytes, bytearray, memoryview)):
+            raise PayloadError(
+                f"payload must be bytes, bytearray or memoryview, got {type(buffer).__name__}"
+            )
+        self._immutable = isinstance(buffer, bytes)
+        self._data = _as_byte_array(buffer, "payload")
+        self._offset = 0
+
+    @property
+    def offset(self):
+        """Number of bytes consumed so far."""
+        return self._offset
+
+    @property
+    def remaining(self):
+        """Number of bytes not yet consumed."""
+        return self._data.size - self._offset
+
+    def _take(self, size, field):
+        if size > self.remaining:
+            raise PayloadError(
+                f"truncated payload: need {size} bytes for {field} at offset {self._offset}, "
+                f"have {self.remaining}"
+            )
+        start = self._offset
+        self._offset += size
+        return self._data[start : start + size]
+
+    def _read_scalar(self, kind, field):
+        codec = _FORMATS[kind][0]
+        return codec.unpack(self._take(codec.size, field))[0]
+
+    def read_u8(self, field):
+        """Read an unsigned 8-bit integer named ``field``."""
+        return self._read_scalar("u8", field)
+
+    def read_u16(self, field):
+        """Read an unsigned 16-bit integer named ``field``."""
+        return self._read_scalar("u16", field)
+
+    def read_u32(self, field):
+        """Read an unsigned 32-bit integer named ``field``."""
+        return self._read_scalar("u32", field)
+
+    def read_u64(self, field):
+        """Read an unsigned 64-bit integer named ``field``."""
+        return self._read_scalar("u64", field)
+
+    def read_i64(self, field):
+        """Read a signed 64-bit integer named ``field``."""
+        return self._read_scalar("i64", field)
+
+    def read_f32(self, field):
+        """Read a float32 named ``field`` (returned as a Python float)."""
+        return self._read_scalar("f32", field)
+
+    def read_f64(self, field):
+        """Read a float64 named ``field``."""
+        return self._read_scalar("f64", field)
+
+    def read_bytes(self, count, field):
+        """Read ``count`` raw bytes named ``field`` as ``bytes``."""
+        count = _check_int(count, "count", 0)
+        return self._take(count, field).tobytes()
+
+    def read_array(self, dtype, count, field):
+        """Read ``count`` little-endian values of an integer or float ``dtype``.
+
+        The size is checked against the bytes left before anything is allocated.
+        Returns a read-only view when the payload is ``bytes``, otherwise a copy.
+        """
+        dtype = _little_endian_dtype(dtype)
+        count = _check_int(count, "count", 0)
+        raw = self._take(count * dtype.itemsize, field)
+        values = raw.view(dtype)
+        if not dtype.isnative:
+            return values.astype(dtype.newbyteorder("="))
+        return values if self._immutable else values.copy()
+
+    def read_codes(self, bits, count, field):
+        """Read ``count`` codes of ``bits`` bits packed by :func:`pack_codes`."""
+        raw = self._take(packed_size(bits, count), field)
+        try:
+            return unpack_codes(raw, bits, count)
+        except PayloadError as exc:
+            raise PayloadError(f"{field}: {exc}") from None
+
+    def expect_end(self):
+        """Raise ``PayloadError`` if any bytes are left unread."""
+        if self.remaining:
+            raise PayloadError(f"payload has {self.remaining} unexpected trailing bytes")

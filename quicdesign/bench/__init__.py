@@ -1,0 +1,1 @@
+"""Benchmarks of quicdesign's building blocks and compressors (not part of the test suite)."""

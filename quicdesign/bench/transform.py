@@ -1,0 +1,90 @@
+"""Timing of the Hadamard transform and the rotation built on it."""
+
+import functools
+import operator
+import statistics
+import time
+
+import numpy as np
+
+from quicdesign.errors import ParameterError
+from quicdesign.randomness import rotation_signs
+from quicdesign.rotation import RotationLayout, fwht, rotate, unrotate
+
+__all__ = ["bench_transform"]
+
+
+def _median_seconds(run, repeats):
+    run()  # warm caches (Hadamard blocks, BLAS threads, page faults) before timing
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        timings.append(time.perf_counter() - start)
+    return statistics.median(timings)
+
+
+def _check_positive_int(value, name):
+    if isinstance(value, bool):
+        raise ParameterError(f"{name} must be a positive integer, got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ParameterError(f"{name} must be a positive integer, got {value!r}") from None
+    if value < 1:
+        raise ParameterError(f"{name} must be a positive integer, got {value}")
+    return value
+
+
+def bench_transform(dims=(2**16, 2**18, 2**20), repeats=7):
+    """Time ``fwht`` (float32, float64) and ``rotate``/``unrotate`` (float32) and print it.
+
+    Parameters
+    ----------
+    dims : sequence of int
+        Vector lengths. ``fwht`` runs on the next power of two ``>= d``; rotations use
+        ``RotationLayout.for_dim(d)``.
+    repeats : int
+        Timed runs per measurement; the median is reported.
+
+    Returns
+    -------
+    list of dict
+        One dict per measurement with keys ``op``, ``dtype``, ``dim``, ``median_ms`` and
+        ``mcoord_per_s`` (millions of input coordinates per second).
+    """
+    dims = [_check_positive_int(d, "dim") for d in dims]
+    repeats = _check_positive_int(repeats, "repeats")
+    rng = np.random.default_rng(0)
+    results = []
+
+    def record(op, dtype, dim, seconds):
+        row = {
+            "op": op,
+            "dtype": np.dtype(dtype).name,
+            "dim": dim,
+            "median_ms": seconds * 1e3,
+            "mcoord_per_s": dim / seconds / 1e6,
+        }
+        results.append(row)
+        print(
+            f"{op:>9} {row['dtype']:>8} d={dim:>9}  {row['median_ms']:9.3f} ms  "
+            f"{row['mcoord_per_s']:8.1f} Mcoord/s"
+        )
+
+    for d in dims:
+        padded = 1 << (d - 1).bit_length()
+        for dtype in (np.float32, np.float64):
+            x = rng.standard_normal(padded).astype(dtype)
+            out = np.empty_like(x)
+            run = functools.partial(fwht, x, out=out)
+            record("fwht", dtype, padded, _median_seconds(run, repeats))
+        layout = RotationLayout.for_dim(d)
+        signs = rotation_signs(0, layout.rotated_dim)
+        x = rng.standard_normal(d).astype(np.float32)
+        v = rotate(x, signs, layout)
+        run = functools.partial(rotate, x, signs, layout)
+        record("rotate", np.float32, d, _median_seconds(run, repeats))
+        run = functools.partial(unrotate, v, signs, layout)
+        record("unrotate", np.float32, d, _median_seconds(run, repeats))
+    return results

@@ -1,0 +1,215 @@
+"""Shared randomness as a versioned, bit-exact specification (spec version 1).
+
+Clients and the server must draw the *same* rotation signs and the same shared values
+``h`` without talking to each other, and a PyTorch or JAX port must reproduce them bit for
+bit. So this module pins every step from ``(round_seed, client_id, purpose)`` to bits, and
+``docs/randomness.md`` plus ``tests/test_randomness.py`` carry golden vectors.
+
+Specification, version 1
+------------------------
+Key derivation
+    ``key = int.from_bytes(blake2b(data, digest_size=16, person=b"quicdesign.rng1"), "little")``
+    where ``data = struct.pack("<QQ", round_seed, client_id) + purpose.encode("utf-8")``.
+Generator
+    Philox4x64-10 (Random123), multipliers ``0xD2E7470EE14C6C93``, ``0xCA5A826395121157``,
+    Weyl key increments ``0x9E3779B97F4A7C15``, ``0xBB67AE8584CAA73B``. The 128-bit key is
+    split little-endian into ``(k0, k1) = (key & (2**64 - 1), key >> 64)``. Raw word ``4*i + j``
+    (``j`` in 0..3) is output word ``j`` of the Philox block at counter ``i + 1``, where the
+    256-bit counter is the little-endian word tuple ``(c0, c1, c2, c3)``. This is exactly
+    ``numpy.random.Philox(key=key).random_raw(count)``: numpy stores a zero counter and
+    increments it *before* computing each block, so the first block uses counter 1.
+    Only this raw 64-bit stream is part of the spec; numpy ``Generator`` methods are not
+    used because their algorithms may change between releases.
+Rotation signs
+    Purpose ``"rotation"``, ``client_id = 0``. Bit ``j`` of the stream is bit ``j % 64``
+    (least significant first) of raw word ``j // 64``; sign ``j`` is ``+1`` if that bit is 0
+    and ``-1`` if it is 1.
+Shared values
+    Purpose ``"shared-h"`` by default. Byte ``j`` of the stream is byte ``j % 8`` (least
+    significant first) of raw word ``j // 8``; value ``j`` is ``byte_j & (2**bits - 1)``.
+
+Client-private randomness (coin flips only the sender needs) is not part of this spec:
+callers pass their own ``numpy.random.Generator``.
+"""
+
+import hashlib
+import operator
+import struct
+
+import numpy as np
+
+from quicdesign.errors import ParameterError
+
+__all__ = [
+    "SPEC_VERSION",
+    "PURPOSE_ROTATION",
+    "PURPOSE_SHARED_H",
+    "derive_key",
+    "raw_words",
+    "rotation_signs",
+    "shared_values",
+]
+
+SPEC_VERSION = 1
+PURPOSE_ROTATION = "rotation"
+PURPOSE_SHARED_H = "shared-h"
+
+_PERSONALIZATION = b"quicdesign.rng1"
+_UINT64_LIMIT = 1 << 64
+_MAX_SHARED_BITS = 8
+_SIGN_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int8))
+
+
+def _check_uint64(value, name):
+    # bool is an int subclass, but True as a seed is almost surely a caller bug
+    if isinstance(value, (bool, np.bool_)):
+        raise ParameterError(f"{name} must be an integer in [0, 2**64), got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ParameterError(
+            f"{name} must be an integer in [0, 2**64), got {type(value).__name__}"
+        ) from None
+    if not 0 <= value < _UINT64_LIMIT:
+        raise ParameterError(f"{name} must be in [0, 2**64), got {value}")
+    return value
+
+
+def _check_count(value, name):
+    if isinstance(value, (bool, np.bool_)):
+        raise ParameterError(f"{name} must be a non-negative integer, got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ParameterError(
+            f"{name} must be a non-negative integer, got {type(value).__name__}"
+        ) from None
+    if value < 0:
+        raise ParameterError(f"{name} must be non-negative, got {value}")
+    return value
+
+
+def derive_key(round_seed, client_id, purpose):
+    """Derive the 128-bit Philox key for one ``(round, client, purpose)`` stream.
+
+    Parameters
+    ----------
+    round_seed, client_id : int
+        Integers in ``[0, 2**64)``. Use ``client_id = 0`` for round-wide randomness.
+    purpose : str
+        Non-empty label separating independent streams, e.g. ``PURPOSE_ROTATION``.
+
+    Returns
+    -------
+    int
+        The key, ``0 <= key < 2**128``.
+    """
+    round_seed = _check_uint64(round_seed, "round_seed")
+    client_id = _check_uint64(client_id, "client_id")
+    if not isinstance(purpose, str) or not purpose:
+        raise ParameterError(f"purpose must be a non-empty str, got {purpose!r}")
+    data = struct.pack("<QQ", round_seed, client_id) + purpose.encode("utf-8")
+    digest = hashlib.blake2b(data, digest_size=16, person=_PERSONALIZATION).digest()
+    return int.from_bytes(digest, "little")
+
+
+def raw_words(round_seed, client_id, purpose, count):
+    """Return the first ``count`` raw 64-bit words of a stream.
+
+    Parameters
+    ----------
+    round_seed, client_id : int
+        Integers in ``[0, 2**64)``.
+    purpose : str
+        Non-empty stream label.
+    count : int
+        Number of words, ``>= 0``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint64`` array of shape ``(count,)``: Philox4x64-10 with key
+        ``derive_key(round_seed, client_id, purpose)`` and a zero initial counter.
+    """
+    key = derive_key(round_seed, client_id, purpose)
+    count = _check_count(count, "count")
+    return np.random.Philox(key=key).random_raw(count)
+
+
+def _stream_bytes(round_seed, client_id, purpose, num_bytes):
+    words = raw_words(round_seed, client_id, purpose, -(-num_bytes // 8))
+    # the spec numbers bytes least significant first, whatever the host byte order
+    return words.astype("<u8", copy=False).view(np.uint8)
+
+
+def rotation_signs(round_seed, n, dtype=np.float32):
+    """Return the round's ``n`` rotation signs in ``{+1, -1}``.
+
+    Parameters
+    ----------
+    round_seed : int
+        Integer in ``[0, 2**64)`` shared by every client of the round.
+    n : int
+        Number of signs, ``>= 0`` (``RotationLayout.rotated_dim``).
+    dtype : data-type, optional
+        ``float16``, ``float32`` (default), ``float64`` or ``int8``.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape ``(n,)``; sign ``j`` is ``-1`` exactly when bit ``j`` of the
+        ``PURPOSE_ROTATION`` stream (client 0) is set.
+    """
+    n = _check_count(n, "n")
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise ParameterError(f"dtype {dtype!r} is not a numpy data type") from None
+    if dtype not in _SIGN_DTYPES:
+        raise ParameterError(f"sign dtype must be float16, float32, float64 or int8, got {dtype}")
+    stream = _stream_bytes(round_seed, 0, PURPOSE_ROTATION, -(-n // 8))
+    bits = np.unpackbits(stream, count=n, bitorder="little")
+    # 1 - 2*bit maps 0 -> +1 and 1 -> -1 without a branch
+    signs = bits.astype(dtype)
+    signs *= -2
+    signs += 1
+    return signs
+
+
+def shared_values(round_seed, client_id, bits, n, *, purpose=PURPOSE_SHARED_H):
+    """Return ``n`` shared integers in ``[0, 2**bits)`` for one client.
+
+    Parameters
+    ----------
+    round_seed, client_id : int
+        Integers in ``[0, 2**64)``; the server regenerates the values from them.
+    bits : int
+        Bits per value, ``0 <= bits <= 8``; ``0`` gives all zeros.
+    n : int
+        Number of values, ``>= 0``.
+    purpose : str, optional
+        Stream label, ``PURPOSE_SHARED_H`` by default.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of shape ``(n,)``; value ``j`` is byte ``j`` of the stream
+        masked to its low ``bits`` bits.
+    """
+    n = _check_count(n, "n")
+    if isinstance(bits, (bool, np.bool_)):
+        raise ParameterError("bits must be an integer in 0..8, got a bool")
+    try:
+        bits = operator.index(bits)
+    except TypeError:
+        raise ParameterError(
+            f"bits must be an integer in 0..8, got {type(bits).__name__}"
+        ) from None
+    if not 0 <= bits <= _MAX_SHARED_BITS:
+        raise ParameterError(f"bits must be in 0..8, got {bits}")
+    if bits == 0:
+        # validate the stream identity anyway so bad seeds fail the same way for every bits
+        derive_key(round_seed, client_id, purpose)
+        return np.zeros(n, dtype=np.uint8)
+    stream = _stream_bytes(round_seed, client_id, purpose, n)
+    return stream[:n] & np.uint8((1 << bits) - 1)

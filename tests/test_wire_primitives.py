@@ -1,0 +1,325 @@
+"""Bit packing and the validated payload reader/writer."""
+
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from quicdesign._wire import (
+    MAX_CODE_BITS,
+    PayloadReader,
+    PayloadWriter,
+    pack_codes,
+    packed_size,
+    unpack_codes,
+)
+from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError, PayloadError
+
+ALL_BITS = range(1, MAX_CODE_BITS + 1)
+
+
+def _reference_pack(codes, bits):
+    """Pack with one big Python integer: code j sits at bit j*bits, LSB first."""
+    value = 0
+    for j, code in enumerate(codes):
+        value |= int(code) << (j * bits)
+    return value.to_bytes((bits * len(codes) + 7) // 8, "little")
+
+
+@st.composite
+def _codes_and_bits(draw):
+    bits = draw(st.integers(1, MAX_CODE_BITS))
+    codes = draw(st.lists(st.integers(0, (1 << bits) - 1), max_size=200))
+    return bits, codes
+
+
+@settings(max_examples=300, deadline=None)
+@given(_codes_and_bits())
+def test_pack_matches_reference_and_round_trips(case):
+    bits, codes = case
+    dtype = np.uint8 if bits <= 8 else np.uint16
+    array = np.array(codes, dtype=dtype)
+    packed = pack_codes(array, bits)
+    assert packed == _reference_pack(codes, bits)
+    assert len(packed) == packed_size(bits, len(codes))
+    unpacked = unpack_codes(packed, bits, len(codes))
+    assert unpacked.dtype == dtype
+    assert unpacked.tolist() == codes
+
+
+@pytest.mark.parametrize("bits", ALL_BITS)
+def test_large_round_trip_every_width(bits):
+    rng = np.random.default_rng(bits)
+    count = (1 << 16) + 5  # not a multiple of 8: exercises the partial last group
+    codes = rng.integers(0, 1 << bits, count).astype(np.uint8 if bits <= 8 else np.uint16)
+    packed = pack_codes(codes, bits)
+    assert len(packed) == (bits * count + 7) // 8
+    head = codes[: -(-64 * 8 // bits)].tolist()  # enough codes to fill 64 whole bytes
+    assert packed[:64] == _reference_pack(head, bits)[:64]
+    np.testing.assert_array_equal(unpack_codes(packed, bits, count), codes)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.uint32, np.uint64, np.int16, np.int64])
+def test_any_integer_dtype_packs_the_same(dtype):
+    codes = np.array([0, 5, 7, 1, 2, 3, 6, 4, 7], dtype=dtype)
+    assert pack_codes(codes, 3) == _reference_pack(codes.tolist(), 3)
+
+
+def test_pack_flattens_in_c_order():
+    codes = np.array([[1, 2], [3, 0]], dtype=np.uint8)
+    assert pack_codes(codes, 2) == pack_codes(np.array([1, 2, 3, 0], dtype=np.uint8), 2)
+    assert pack_codes(codes.T, 2) == pack_codes(np.array([1, 3, 2, 0], dtype=np.uint8), 2)
+
+
+def test_packed_size():
+    assert packed_size(1, 0) == 0
+    assert packed_size(1, 9) == 2
+    assert packed_size(3, 8) == 3
+    assert packed_size(16, 5) == 10
+    for bad in [(0, 1), (17, 1), (1, -1), (1.0, 1), (True, 4)]:
+        with pytest.raises(ParameterError):
+            packed_size(*bad)
+
+
+@pytest.mark.parametrize(
+    ("codes", "bits", "error"),
+    [
+        (np.array([0, 4], dtype=np.uint8), 2, InputVectorError),
+        (np.array([256], dtype=np.uint16), 8, InputVectorError),
+        (np.array([-1, 0], dtype=np.int8), 4, InputVectorError),
+        (np.array([1 << 16], dtype=np.uint32), 16, InputVectorError),
+        (np.array([0.0, 1.0]), 1, InputDTypeError),
+        (np.array([True, False]), 1, InputDTypeError),
+        ([0, 1], 1, InputDTypeError),
+        (np.array([0], dtype=np.uint8), 0, ParameterError),
+        (np.array([0], dtype=np.uint8), 17, ParameterError),
+    ],
+)
+def test_pack_rejects_bad_input(codes, bits, error):
+    with pytest.raises(error):
+        pack_codes(codes, bits)
+
+
+@pytest.mark.parametrize("bits", ALL_BITS)
+def test_unpack_rejects_wrong_length(bits):
+    count = 13
+    packed = pack_codes(np.ones(count, dtype=np.uint16), bits)
+    for bad in (packed[:-1], packed + b"\x00", b""):
+        with pytest.raises(PayloadError, match="exactly"):
+            unpack_codes(bad, bits, count)
+
+
+@pytest.mark.parametrize("bits", ALL_BITS)
+def test_unpack_rejects_every_nonzero_padding_bit(bits):
+    count = 5
+    packed = pack_codes(np.zeros(count, dtype=np.uint8), bits)
+    spare = len(packed) * 8 - bits * count
+    for bit in range(8 - spare, 8):
+        corrupted = packed[:-1] + bytes([packed[-1] | (1 << bit)])
+        with pytest.raises(PayloadError, match="padding"):
+            unpack_codes(corrupted, bits, count)
+    # the last used bit is data, not padding
+    last_data = bytes([packed[-1] | (1 << (7 - spare))])
+    assert unpack_codes(packed[:-1] + last_data, bits, count)[-1] == 1 << (bits - 1)
+
+
+def test_unpack_accepts_buffer_types_and_returns_independent_arrays():
+    codes = np.array([3, 1, 2, 0, 3], dtype=np.uint8)
+    packed = pack_codes(codes, 2)
+    mutable = bytearray(packed)
+    for buffer in (packed, mutable, memoryview(mutable)):
+        np.testing.assert_array_equal(unpack_codes(buffer, 2, 5), codes)
+    for bits in (8, 16):
+        mutable = bytearray(pack_codes(codes, bits))
+        out = unpack_codes(mutable, bits, 5)
+        mutable[0] = 99
+        np.testing.assert_array_equal(out, codes)
+    with pytest.raises(PayloadError):
+        unpack_codes("abc", 8, 3)
+
+
+def test_unpack_absurd_count_is_refused_without_allocating():
+    tracemalloc.start()
+    try:
+        for bits in (1, 3, 16):
+            with pytest.raises(PayloadError):
+                unpack_codes(b"\x00" * 8, bits, 2**60)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+# ---------------------------------------------------------------------------------------
+# Payload writer / reader
+
+FIELDS = [
+    ("u8", "version", 7),
+    ("u16", "flags", 0xBEEF),
+    ("u32", "count", 123456),
+    ("u64", "seed", 2**64 - 1),
+    ("i64", "offset", -(2**63)),
+    ("f32", "norm", 1.5),
+    ("f64", "scale", -0.1),
+]
+
+
+def _write_sample():
+    writer = PayloadWriter()
+    for kind, _, value in FIELDS:
+        getattr(writer, f"write_{kind}")(value)
+    writer.write_bytes(b"hdr")
+    writer.write_array(np.array([1.0, -2.5, 3.25], dtype=np.float32))
+    writer.write_codes(np.array([1, 0, 3, 2, 2], dtype=np.uint8), 2)
+    writer.write_array(np.array([10, 20], dtype=">i4"))
+    return writer
+
+
+def _read_sample(reader):
+    values = [getattr(reader, f"read_{kind}")(name) for kind, name, _ in FIELDS]
+    values.append(reader.read_bytes(3, "magic"))
+    values.append(reader.read_array(np.float32, 3, "values"))
+    values.append(reader.read_codes(2, 5, "codes"))
+    values.append(reader.read_array("<i4", 2, "indices"))
+    reader.expect_end()
+    return values
+
+
+def test_writer_reader_round_trip():
+    writer = _write_sample()
+    payload = writer.to_bytes()
+    assert len(writer) == len(payload) == 1 + 2 + 4 + 8 + 8 + 4 + 8 + 3 + 12 + 2 + 8
+    values = _read_sample(PayloadReader(payload))
+    assert values[:5] == [7, 0xBEEF, 123456, 2**64 - 1, -(2**63)]
+    assert values[5] == 1.5
+    assert values[6] == -0.1
+    assert values[7] == b"hdr"
+    assert values[8].tolist() == [1.0, -2.5, 3.25]
+    assert values[9].tolist() == [1, 0, 3, 2, 2]
+    assert values[10].tolist() == [10, 20]
+
+
+def test_writer_layout_is_little_endian():
+    writer = PayloadWriter()
+    writer.write_u16(0x0102)
+    writer.write_i64(-2)
+    writer.write_f32(0.5)
+    writer.write_array(np.array([1], dtype=">u4"))
+    assert writer.to_bytes() == (
+        b"\x02\x01" + struct.pack("<q", -2) + struct.pack("<f", 0.5) + b"\x01\x00\x00\x00"
+    )
+
+
+def test_every_truncated_prefix_raises_payload_error():
+    payload = _write_sample().to_bytes()
+    for cut in range(len(payload)):
+        with pytest.raises(PayloadError, match="truncated payload"):
+            _read_sample(PayloadReader(payload[:cut]))
+
+
+def test_truncation_message_names_field_offset_and_bytes_left():
+    reader = PayloadReader(b"\x01\x02\x03")
+    reader.read_u8("version")
+    with pytest.raises(PayloadError) as info:
+        reader.read_u32("count")
+    assert str(info.value) == "truncated payload: need 4 bytes for count at offset 1, have 2"
+    # a failed read consumes nothing
+    assert reader.offset == 1 and reader.remaining == 2
+    assert reader.read_u16("rest") == 0x0302
+
+
+def test_trailing_bytes_are_rejected():
+    reader = PayloadReader(b"\x01\x00\x00")
+    reader.read_u8("version")
+    with pytest.raises(PayloadError, match="payload has 2 unexpected trailing bytes"):
+        reader.expect_end()
+
+
+def test_absurd_array_counts_are_refused_before_allocating():
+    reader = PayloadReader(b"\x00" * 16)
+    tracemalloc.start()
+    try:
+        with pytest.raises(PayloadError, match="truncated payload"):
+            reader.read_array(np.float64, 2**61, "values")
+        with pytest.raises(PayloadError, match="truncated payload"):
+            reader.read_codes(16, 2**40, "codes")
+        with pytest.raises(PayloadError, match="truncated payload"):
+            reader.read_bytes(2**62, "blob")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+    assert reader.remaining == 16
+
+
+def test_read_codes_reports_field_on_bad_padding():
+    reader = PayloadReader(b"\xff")
+    with pytest.raises(PayloadError, match="codes: .*padding"):
+        reader.read_codes(3, 2, "codes")
+
+
+def test_arrays_from_bytes_are_read_only_views():
+    payload = np.arange(4, dtype="<f8").tobytes()
+    values = PayloadReader(payload).read_array(np.float64, 4, "values")
+    assert not values.flags.writeable
+    assert np.shares_memory(values, np.frombuffer(payload, dtype=np.uint8))
+
+
+@pytest.mark.parametrize("wrap", [bytearray, lambda b: memoryview(bytearray(b))])
+def test_arrays_from_mutable_buffers_do_not_alias(wrap):
+    buffer = wrap(np.arange(4, dtype="<i4").tobytes())
+    values = PayloadReader(buffer).read_array(np.int32, 4, "values")
+    buffer[0] = 0xFF
+    assert values.tolist() == [0, 1, 2, 3]
+
+
+def test_reader_rejects_non_buffers_and_bad_dtypes():
+    with pytest.raises(PayloadError):
+        PayloadReader("text")
+    with pytest.raises(PayloadError):
+        PayloadReader(np.zeros(4, dtype=np.uint8))
+    reader = PayloadReader(b"\x00" * 8)
+    for dtype in (np.bool_, object, "U2", np.complex64):
+        with pytest.raises(ParameterError):
+            reader.read_array(dtype, 1, "values")
+    with pytest.raises(ParameterError):
+        reader.read_array(np.uint8, -1, "values")
+
+
+@pytest.mark.parametrize(
+    ("method", "value"),
+    [
+        ("write_u8", 256),
+        ("write_u8", -1),
+        ("write_u16", 1 << 16),
+        ("write_u32", 1 << 32),
+        ("write_u64", 1 << 64),
+        ("write_i64", 1 << 63),
+        ("write_i64", -(1 << 63) - 1),
+        ("write_u8", True),
+        ("write_u32", 1.0),
+        ("write_f32", 1e39),
+        ("write_f64", "x"),
+    ],
+)
+def test_writer_rejects_out_of_range_values(method, value):
+    writer = PayloadWriter()
+    with pytest.raises(ParameterError):
+        getattr(writer, method)(value)
+    assert len(writer) == 0
+
+
+def test_writer_rejects_bad_arrays_and_bytes():
+    writer = PayloadWriter()
+    with pytest.raises(InputDTypeError):
+        writer.write_array([1, 2])
+    with pytest.raises(InputDTypeError):
+        writer.write_array(np.array([True]))
+    with pytest.raises(InputDTypeError):
+        writer.write_bytes("text")
+    with pytest.raises(InputVectorError):
+        writer.write_codes(np.array([4], dtype=np.uint8), 2)
+    assert writer.to_bytes() == b""
