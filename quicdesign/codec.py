@@ -20,8 +20,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ._validate import as_client_vector, check_client_id, check_round_seed, check_weight
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
-from .errors import InputDTypeError, InputVectorError, ParameterError, PayloadError
+from .errors import InputVectorError, ParameterError, PayloadError
 from .randomness import rotation_signs, shared_values
 from .rotation import RotationLayout, rotate, unrotate
 from .table import Table
@@ -40,30 +41,14 @@ __all__ = [
 WIRE_MAGIC = b"QDQF"
 WIRE_VERSION = 1
 _FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
-_MAX_CLIENT_ID = 2**32 - 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def round_tag(round_seed: int) -> int:
     """32-bit tag of a round seed carried in payloads (detects cross-round mixups)."""
-    seed = _check_round_seed(round_seed)
+    seed = check_round_seed(round_seed)
     digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=b"quicdesign.tag1")
     return int.from_bytes(digest.digest(), "little")
-
-
-def _check_round_seed(round_seed) -> int:
-    if isinstance(round_seed, bool) or not isinstance(round_seed, (int, np.integer)):
-        raise ParameterError(f"round_seed must be an integer in [0, 2**64), got {round_seed!r}")
-    if not 0 <= round_seed < 2**64:
-        raise ParameterError(f"round_seed must be in [0, 2**64), got {round_seed}")
-    return int(round_seed)
-
-
-def _check_client_id(client_id) -> int:
-    if isinstance(client_id, bool) or not isinstance(client_id, (int, np.integer)):
-        raise ParameterError(f"client_id must be an integer in [0, 2**32), got {client_id!r}")
-    if not 0 <= client_id <= _MAX_CLIENT_ID:
-        raise ParameterError(f"client_id must be in [0, 2**32), got {client_id}")
-    return int(client_id)
 
 
 def _check_table(table) -> Table:
@@ -83,25 +68,6 @@ def max_payload_size(bits: int, dim: int, num_exact: int) -> int:
         + packed_size(bits, layout.rotated_dim)
         + 8 * num_exact
     )
-
-
-def _as_client_vector(vector) -> np.ndarray:
-    """Validate a client vector; returns a 1-D float view or copy (never mutated)."""
-    array = np.asarray(vector)
-    if array.dtype.kind != "f" or array.dtype.itemsize not in (2, 4, 8):
-        raise InputDTypeError(
-            f"vector must be float16, float32 or float64, got {array.dtype}; cast it explicitly"
-        )
-    if array.size == 0:
-        raise InputVectorError("vector is empty")
-    flat = array.reshape(-1)
-    finite = np.isfinite(flat)
-    if not finite.all():
-        bad = int(np.argmin(finite))
-        raise InputVectorError(f"vector has a non-finite value {flat[bad]} at index {bad}")
-    if flat.size > 2**31 - 1:
-        raise InputVectorError(f"vector of {flat.size} entries exceeds the 2**31 - 1 limit")
-    return flat
 
 
 class _RoundState:
@@ -133,7 +99,7 @@ class Encoder:
 
     def __init__(self, table: Table, round_seed: int):
         self.table = _check_table(table)
-        self.round_seed = _check_round_seed(round_seed)
+        self.round_seed = check_round_seed(round_seed)
         self._tag = round_tag(self.round_seed)
         self._rounds: dict[int, _RoundState] = {}
 
@@ -152,17 +118,22 @@ class Encoder:
             Any shape (flattened in C order); not modified.
         client_id : int
             The client's id in ``[0, 2**32)``; it seeds the shared values ``h``.
-        rng : numpy.random.Generator, optional
-            Client-private randomness for the sender's coin flips; a fresh
-            ``default_rng()`` when omitted (the same rng state gives the same bytes).
+        rng : numpy.random.Generator or int, optional
+            Client-private randomness for the sender's coin flips (a seed is accepted);
+            fresh entropy when omitted. The same rng state gives the same bytes.
 
         Returns
         -------
         bytes
             The payload (``docs/wire-format.md``).
         """
-        client_id = _check_client_id(client_id)
-        flat = _as_client_vector(vector)
+        client_id = check_client_id(client_id)
+        flat = as_client_vector(vector)
+        layout = self._state(flat.size).layout
+        # The norm travels as float32 and float32 inputs rotate in float32: refuse sizes
+        # that would overflow there instead of sending an infinite norm.
+        if float(np.max(np.abs(flat))) * math.sqrt(layout.rotated_dim) > _FLOAT32_MAX / 4:
+            raise InputVectorError("vector is too large to encode: its norm overflows float32")
         return self._serialize(self._quantize(flat, client_id, rng))
 
     def _quantize(self, flat: np.ndarray, client_id: int, rng) -> _Quantized:
@@ -182,7 +153,7 @@ class Encoder:
         lower, upper = table.support
         exact = np.flatnonzero((z < lower) | (z > upper))
         shared = shared_values(self.round_seed, client_id, table.shared_bits, layout.rotated_dim)
-        rng = np.random.default_rng() if rng is None else rng
+        rng = np.random.default_rng(rng)  # a Generator passes through; None or an int seeds one
         codes = table.sender.sample(np.clip(z, lower, upper), shared, rng=rng)
         codes[exact] = 0
         return _Quantized(
@@ -308,7 +279,7 @@ class Aggregator:
 
     def __init__(self, table: Table, round_seed: int, dim: int):
         self.table = _check_table(table)
-        self.round_seed = _check_round_seed(round_seed)
+        self.round_seed = check_round_seed(round_seed)
         self._state = _RoundState(self.round_seed, dim)  # validates dim
         self.dim = self._state.layout.dim
         self._tag = round_tag(self.round_seed)
@@ -418,7 +389,7 @@ class Aggregator:
         PayloadError
             If the payload is malformed or does not belong; nothing is changed.
         """
-        weight = _check_weight(weight)
+        weight = check_weight(weight)
         client_id, contribution = self._decode(payload)
         contribution *= weight
         self._sum += contribution
@@ -449,13 +420,3 @@ class Aggregator:
     def result(self) -> np.ndarray:
         """Weighted mean of the clients' vectors (one inverse rotation), float64 length dim."""
         return unrotate(self.rotated_mean(), self._state.signs(np.float64), self._state.layout)
-
-
-def _check_weight(weight) -> float:
-    try:
-        value = float(weight)
-    except (TypeError, ValueError):
-        raise ParameterError(f"weight must be a positive number, got {weight!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ParameterError(f"weight must be positive and finite, got {weight!r}")
-    return value

@@ -292,3 +292,10 @@ def test_bad_weights_are_rejected(table2, valid_payloads):
     assert aggregator.count == 0
     with pytest.raises(ParameterError, match="no payload"):
         aggregator.result()
+
+
+def test_huge_vectors_are_refused_before_overflowing(table2):
+    with pytest.raises(InputVectorError, match="overflows float32"):
+        Encoder(table2, ROUND).encode(np.full(16, 1e38, dtype=np.float32), 0)
+    payload = Encoder(table2, ROUND).encode(np.full(16, 1e30), 0, rng=5)  # an int seed works
+    assert decompress(payload, table=table2, round_seed=ROUND).shape == (16,)

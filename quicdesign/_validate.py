@@ -1,0 +1,107 @@
+"""Validation of runtime inputs shared by every encoder and aggregator."""
+
+from __future__ import annotations
+
+import math
+import operator
+
+import numpy as np
+
+from .errors import InputDTypeError, InputVectorError, ParameterError
+
+__all__ = [
+    "MAX_DIM",
+    "as_client_vector",
+    "check_bits",
+    "check_client_id",
+    "check_dim",
+    "check_round_seed",
+    "check_weight",
+]
+
+MAX_DIM = 2**31 - 1
+_MAX_CLIENT_ID = 2**32 - 1
+
+
+def _as_int(value, name, low, high):
+    # bool is an int subclass, but True as a seed or id is almost surely a caller bug
+    if isinstance(value, (bool, np.bool_)):
+        raise ParameterError(f"{name} must be an integer in [{low}, {high}], got a bool")
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise ParameterError(
+            f"{name} must be an integer in [{low}, {high}], got {type(value).__name__}"
+        ) from None
+    if not low <= value <= high:
+        raise ParameterError(f"{name} must be in [{low}, {high}], got {value}")
+    return value
+
+
+def check_round_seed(round_seed) -> int:
+    """Return ``round_seed`` as an int in ``[0, 2**64)`` or raise ``ParameterError``."""
+    return _as_int(round_seed, "round_seed", 0, 2**64 - 1)
+
+
+def check_client_id(client_id) -> int:
+    """Return ``client_id`` as an int in ``[0, 2**32)`` (it travels as a u32)."""
+    return _as_int(client_id, "client_id", 0, _MAX_CLIENT_ID)
+
+
+def check_dim(dim) -> int:
+    """Return ``dim`` as an int in ``[1, 2**31 - 1]``."""
+    return _as_int(dim, "dim", 1, MAX_DIM)
+
+
+def check_bits(bits, low=1, high=8, name="bits") -> int:
+    """Return an integer parameter checked to lie in ``[low, high]``."""
+    return _as_int(bits, name, low, high)
+
+
+def check_weight(weight) -> float:
+    """Return ``weight`` as a positive finite float or raise ``ParameterError``."""
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise ParameterError(f"weight must be a positive number, got {weight!r}") from None
+    if not (math.isfinite(value) and value > 0):
+        raise ParameterError(f"weight must be positive and finite, got {weight!r}")
+    return value
+
+
+def as_client_vector(vector) -> np.ndarray:
+    """Validate a client vector and return it flattened (C order), never modified.
+
+    Parameters
+    ----------
+    vector : array_like
+        float16, float32 or float64 values of any shape, contiguous or not.
+
+    Returns
+    -------
+    numpy.ndarray
+        1-D view when possible, otherwise a copy; callers must not write to it.
+
+    Raises
+    ------
+    InputDTypeError
+        If the dtype is not float16/32/64 (integers are refused rather than guessed at).
+    InputVectorError
+        If the vector is empty, too long, or holds a non-finite value (the message names
+        the first bad index).
+    """
+    array = np.asarray(vector)
+    if array.dtype.kind != "f" or array.dtype.itemsize not in (2, 4, 8):
+        raise InputDTypeError(
+            f"vector must be float16, float32 or float64, got {array.dtype}; cast it explicitly"
+        )
+    if array.size == 0:
+        raise InputVectorError("vector is empty")
+    if array.size > MAX_DIM:
+        raise InputVectorError(f"vector of {array.size} entries exceeds the 2**31 - 1 limit")
+    flat = array.reshape(-1)
+    finite = np.isfinite(flat)
+    if not finite.all():
+        bad = int(np.argmin(finite))
+        raise InputVectorError(f"vector has a non-finite value {flat[bad]} at index {bad}")
+    return flat

@@ -1,0 +1,429 @@
+"""Private helpers shared by the baseline compressors (one implementation of each).
+
+- Validation of client vectors, seeds, client ids, dimensions and weights.
+- The common payload header every baseline writes first (see :func:`write_header`).
+- Float32 side information rounded in a known direction, so the client quantizes with
+  exactly the value the server will read.
+- Signs drawn from a per-client shared stream (EDEN's private rotation).
+- :class:`BaselineCompressor` (encode/aggregator plumbing) and :class:`SumAggregator`
+  (validate fully, compute the contribution, only then commit; duplicate detection;
+  merge), which every baseline builds on.
+
+Common header (21 bytes, little-endian)::
+
+    magic      4 bytes   one per scheme, e.g. b"QDSQ"
+    version    u8        WIRE_VERSION
+    dim        u32       length of the client vector
+    client_id  u32       client id in [0, 2**32)
+    round_tag  u32       quicdesign.codec.round_tag(round_seed)
+    config     u32       config_tag(...) of the wire-relevant parameters
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from abc import abstractmethod
+from dataclasses import dataclass
+
+import numpy as np
+
+from .._validate import (
+    MAX_DIM,
+    as_client_vector,
+    check_bits,
+    check_client_id,
+    check_dim,
+    check_round_seed,
+    check_weight,
+)
+from .._wire import PayloadReader, PayloadWriter
+from ..codec import round_tag
+from ..errors import InputVectorError, ParameterError, PayloadError
+from ..randomness import raw_words
+from .base import Aggregator, Compressor
+
+__all__ = [
+    "WIRE_VERSION",
+    "HEADER_SIZE",
+    "MAX_DIM",
+    "PayloadHeader",
+    "BaselineCompressor",
+    "SumAggregator",
+    "DirectSumAggregator",
+    "as_client_vector",
+    "check_bits",
+    "check_client_id",
+    "check_dim",
+    "check_round_seed",
+    "check_weight",
+    "config_tag",
+    "euclidean_norm",
+    "f32_ceil",
+    "f32_floor",
+    "f32_nearest",
+    "read_f32",
+    "read_header",
+    "stream_signs",
+    "to_float32",
+    "write_header",
+]
+
+WIRE_VERSION = 1
+HEADER_SIZE = 4 + 1 + 4 + 4 + 4 + 4
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+# --------------------------------------------------------------------------- validation
+
+
+# ------------------------------------------------------------------- float32 side info
+
+
+def _f32_rounded(value, direction, what):
+    value = float(value)
+    # checked first: casting a larger value to float32 overflows to inf with a warning
+    if not abs(value) <= _F32_MAX:
+        raise InputVectorError(f"{what} {value!r} is outside the float32 range of the payload")
+    rounded = np.float32(value)
+    if direction > 0 and float(rounded) < value:
+        rounded = np.nextafter(rounded, np.float32(np.inf))
+    elif direction < 0 and float(rounded) > value:
+        rounded = np.nextafter(rounded, np.float32(-np.inf))
+    return float(rounded)
+
+
+def f32_ceil(value, what="value") -> float:
+    """Smallest float32 ``>= value`` (as a Python float); ``InputVectorError`` on overflow.
+
+    Side information travels as float32; encoders quantize against the rounded value so
+    the server decodes with exactly what the client used, and rounding *outwards* keeps
+    every coordinate inside the range (no clipping bias).
+    """
+    return _f32_rounded(value, 1, what)
+
+
+def f32_nearest(value, what="value") -> float:
+    """``value`` rounded to the nearest float32; ``InputVectorError`` on overflow."""
+    return _f32_rounded(value, 0, what)
+
+
+def f32_floor(value, what="value") -> float:
+    """Largest float32 ``<= value`` (as a Python float); ``InputVectorError`` on overflow."""
+    return _f32_rounded(value, -1, what)
+
+
+def to_float32(values, what) -> np.ndarray:
+    """Little-endian float32 copy of ``values``; ``InputVectorError`` if any overflows."""
+    with np.errstate(over="ignore"):
+        converted = np.asarray(values).astype("<f4")
+    if not np.all(np.isfinite(converted)):
+        raise InputVectorError(f"{what} exceed the float32 range of the payload")
+    return converted
+
+
+def euclidean_norm(values) -> float:
+    """``||values||_2`` in float64 without overflow or underflow (scaled by ``max |x|``)."""
+    magnitude = np.abs(values, dtype=np.float64)
+    largest = float(magnitude.max())
+    if largest == 0.0:
+        return 0.0
+    magnitude /= largest
+    return largest * math.sqrt(float(np.dot(magnitude, magnitude)))
+
+
+def read_f32(reader: PayloadReader, field: str, *, nonnegative=False) -> float:
+    """Read a float32 that must be finite (and ``>= 0`` if asked); ``PayloadError`` if not."""
+    value = reader.read_f32(field)
+    if not math.isfinite(value) or (nonnegative and value < 0):
+        kind = "finite and non-negative" if nonnegative else "finite"
+        raise PayloadError(f"{field} must be {kind}, got {value!r}")
+    return value
+
+
+# ------------------------------------------------------------------------ randomness
+
+
+def stream_signs(round_seed, client_id, purpose, n, dtype=np.float32) -> np.ndarray:
+    """``n`` signs in ``{+1, -1}`` from the shared stream ``(round_seed, client_id, purpose)``.
+
+    Same mapping rule as :func:`quicdesign.randomness.rotation_signs`: sign ``j`` is
+    ``-1`` exactly when bit ``j % 64`` (least significant first) of raw word ``j // 64``
+    is set. Used for randomness the server can regenerate per client.
+    """
+    words = raw_words(round_seed, client_id, purpose, -(-n // 64))
+    stream = words.astype("<u8", copy=False).view(np.uint8)
+    bits = np.unpackbits(stream, count=n, bitorder="little")
+    signs = bits.astype(dtype)
+    signs *= -2
+    signs += 1
+    return signs
+
+
+# -------------------------------------------------------------------------- header
+
+
+def config_tag(*items) -> int:
+    """32-bit tag of the wire-relevant parameters (detects payloads of another config)."""
+    digest = hashlib.blake2b(repr(items).encode(), digest_size=4, person=b"quicdesign.cfg1")
+    return int.from_bytes(digest.digest(), "little")
+
+
+@dataclass(frozen=True)
+class PayloadHeader:
+    """Fields of the common header (magic and version already checked)."""
+
+    dim: int
+    client_id: int
+    round_tag: int
+    config_tag: int
+
+
+def write_header(writer: PayloadWriter, magic: bytes, header: PayloadHeader) -> None:
+    """Write the 21-byte common header (see the module docstring)."""
+    writer.write_bytes(magic)
+    writer.write_u8(WIRE_VERSION)
+    writer.write_u32(header.dim)
+    writer.write_u32(header.client_id)
+    writer.write_u32(header.round_tag)
+    writer.write_u32(header.config_tag)
+
+
+def read_header(reader: PayloadReader, magic: bytes, scheme: str) -> PayloadHeader:
+    """Read and check magic and version; return the remaining header fields."""
+    found = reader.read_bytes(len(magic), "magic")
+    if found != magic:
+        raise PayloadError(f"bad magic {found!r}: not a {scheme} payload (expected {magic!r})")
+    version = reader.read_u8("version")
+    if version != WIRE_VERSION:
+        raise PayloadError(
+            f"unsupported {scheme} wire version {version} (this release reads {WIRE_VERSION})"
+        )
+    return PayloadHeader(
+        dim=reader.read_u32("dim"),
+        client_id=reader.read_u32("client_id"),
+        round_tag=reader.read_u32("round_tag"),
+        config_tag=reader.read_u32("config"),
+    )
+
+
+# ------------------------------------------------------------------ compressor base
+
+
+class BaselineCompressor(Compressor):
+    """Encode/aggregate plumbing shared by the baselines.
+
+    Subclasses set ``name`` and ``magic`` and implement :meth:`_config`,
+    :meth:`_body_size` and :meth:`_encode_body`; schemes that sum decoded vectors in the
+    original coordinates implement :meth:`_decode_body`, the others override
+    :meth:`_make_aggregator`. Constructors only store parameters; :meth:`_config`
+    validates them when they are used.
+    """
+
+    magic: bytes = b"????"
+
+    @abstractmethod
+    def _config(self) -> tuple:
+        """Validated wire-relevant parameters (raise ``ParameterError`` if invalid)."""
+
+    @abstractmethod
+    def _body_size(self, dim: int) -> int:
+        """Bytes after the common header for a ``dim``-long vector."""
+
+    @abstractmethod
+    def _encode_body(self, flat, writer, *, round_seed, client_id, rng) -> None:
+        """Append the scheme's body for the validated 1-D vector ``flat``."""
+
+    def _decode_body(self, reader, header, round_seed) -> np.ndarray:
+        """Parse the body and return the decoded float64 vector of length ``header.dim``."""
+        raise NotImplementedError
+
+    def _make_aggregator(self, dim: int, round_seed: int) -> SumAggregator:
+        """A fresh aggregator (arguments already validated)."""
+        return DirectSumAggregator(self, dim, round_seed, (dim,))
+
+    def payload_size(self, dim) -> int:
+        """Exact payload size in bytes for a ``dim``-long vector (header included)."""
+        self._config()
+        return HEADER_SIZE + self._body_size(check_dim(dim))
+
+    def encode(self, vector, *, round_seed, client_id, rng=None) -> bytes:
+        """Encode one client's vector to payload bytes.
+
+        Parameters
+        ----------
+        vector : array_like of float16, float32 or float64
+            Any shape (flattened in C order); not modified.
+        round_seed : int
+            The round's seed in ``[0, 2**64)``, shared with the server.
+        client_id : int
+            The client's id in ``[0, 2**32)``.
+        rng : numpy.random.Generator or seed, optional
+            Client-private randomness (a fresh ``default_rng()`` when omitted); the same
+            generator state gives the same bytes.
+
+        Returns
+        -------
+        bytes
+            ``payload_size(vector.size)`` bytes.
+        """
+        config = self._config()
+        round_seed = check_round_seed(round_seed)
+        client_id = check_client_id(client_id)
+        flat = as_client_vector(vector)
+        rng = np.random.default_rng(rng)
+        writer = PayloadWriter()
+        write_header(writer, self.magic, PayloadHeader(
+            dim=flat.size, client_id=client_id, round_tag=round_tag(round_seed),
+            config_tag=config_tag(self.name, *config),
+        ))
+        self._encode_body(flat, writer, round_seed=round_seed, client_id=client_id, rng=rng)
+        return writer.to_bytes()
+
+    def aggregator(self, dim, round_seed) -> SumAggregator:
+        """A fresh server-side aggregator for ``dim``-long vectors of one round."""
+        self._config()
+        return self._make_aggregator(check_dim(dim), check_round_seed(round_seed))
+
+
+# ------------------------------------------------------------------ aggregator base
+
+
+class SumAggregator(Aggregator):
+    """Weighted sum of per-client contributions in some domain, finalized once.
+
+    ``add`` parses and validates the whole payload and computes its contribution
+    (:meth:`_contribution`) *before* touching any state, so a rejected payload leaves
+    the aggregator exactly as it was. ``result`` divides the running sum by the total
+    weight and maps it to the original coordinates with :meth:`_finalize` (e.g. one
+    inverse rotation, or a sketch query).
+
+    Parameters
+    ----------
+    compressor : BaselineCompressor
+        The compressor whose payloads are accepted.
+    dim : int
+        Length of the client vectors.
+    round_seed : int
+        The round's seed.
+    shape : tuple of int
+        Shape of the running sum (the summation domain).
+    """
+
+    def __init__(self, compressor: BaselineCompressor, dim: int, round_seed: int, shape):
+        self.compressor = compressor
+        self.dim = dim
+        self.round_seed = round_seed
+        self._magic = compressor.magic
+        self._scheme = compressor.name
+        self._config_tag = config_tag(compressor.name, *compressor._config())
+        self._round_tag = round_tag(round_seed)
+        self._payload_size = compressor.payload_size(dim)
+        self._sum = np.zeros(shape, dtype=np.float64)
+        self._total_weight = 0.0
+        self._clients: set[int] = set()
+
+    @abstractmethod
+    def _contribution(self, reader: PayloadReader, header: PayloadHeader) -> np.ndarray:
+        """Parse the body and return the client's float64 contribution (sum domain)."""
+
+    def _finalize(self, mean: np.ndarray) -> np.ndarray:
+        """Map the weighted mean in the summation domain to a length-``dim`` vector."""
+        return mean
+
+    @property
+    def count(self) -> int:
+        """Number of payloads aggregated (merged shards included)."""
+        return len(self._clients)
+
+    @property
+    def clients(self) -> frozenset[int]:
+        """Ids of the aggregated clients."""
+        return frozenset(self._clients)
+
+    @property
+    def total_weight(self) -> float:
+        """Sum of the weights of the aggregated payloads."""
+        return self._total_weight
+
+    def _parse(self, payload) -> tuple[int, np.ndarray]:
+        reader = PayloadReader(payload)
+        size = reader.remaining
+        header = read_header(reader, self._magic, self._scheme)
+        if header.dim != self.dim:
+            raise PayloadError(f"payload dimension {header.dim} does not match {self.dim}")
+        if header.round_tag != self._round_tag:
+            raise PayloadError(f"payload belongs to another round (tag {header.round_tag:#010x})")
+        if header.config_tag != self._config_tag:
+            raise PayloadError(
+                f"payload was encoded with other {self._scheme} parameters "
+                f"(config {header.config_tag:#010x})"
+            )
+        if header.client_id in self._clients:
+            raise PayloadError(f"client {header.client_id} was already added this round")
+        if size != self._payload_size:
+            kind = "truncated" if size < self._payload_size else "oversized"
+            raise PayloadError(f"{kind} payload: {size} bytes, expected {self._payload_size}")
+        contribution = self._contribution(reader, header)
+        reader.expect_end()
+        if not np.all(np.isfinite(contribution)):
+            raise PayloadError("payload decodes to non-finite values")
+        return header.client_id, contribution
+
+    def add(self, payload, weight: float = 1.0) -> None:
+        """Validate and add one client's payload.
+
+        Parameters
+        ----------
+        payload : bytes
+            A payload of this compressor, round and dimension.
+        weight : float
+            Positive finite weight of this client in the mean.
+
+        Raises
+        ------
+        PayloadError
+            If the payload is malformed or does not belong; nothing is changed.
+        """
+        weight = check_weight(weight)
+        client_id, contribution = self._parse(payload)
+        scaled = np.multiply(contribution, weight, dtype=np.float64)
+        if not np.all(np.isfinite(scaled)):
+            raise PayloadError("weighted contribution overflows")
+        # commit: nothing below can fail on valid state
+        self._sum += scaled
+        self._total_weight += weight
+        self._clients.add(client_id)
+
+    def merge(self, other: Aggregator) -> None:
+        """Absorb a shard aggregated elsewhere (same compressor config, round and dim)."""
+        if type(other) is not type(self):
+            raise ParameterError(
+                f"cannot merge a {type(other).__name__} into a {type(self).__name__}"
+            )
+        if (other._config_tag, other._round_tag, other.dim) != (
+            self._config_tag, self._round_tag, self.dim,
+        ):
+            raise ParameterError("can only merge aggregators of the same config, round and dim")
+        overlap = self._clients & other._clients
+        if overlap:
+            raise ParameterError(
+                f"shards share clients {sorted(overlap)[:5]}: they would count twice"
+            )
+        self._sum += other._sum
+        self._total_weight += other._total_weight
+        self._clients |= other._clients
+
+    def result(self) -> np.ndarray:
+        """Weighted mean of the clients' vectors, float64 of length ``dim``."""
+        if not self._clients:
+            raise ParameterError("no payload has been added yet")
+        return np.ascontiguousarray(self._finalize(self._sum / self._total_weight),
+                                    dtype=np.float64)
+
+
+class DirectSumAggregator(SumAggregator):
+    """Sums each client's decoded vector in the original coordinates."""
+
+    def _contribution(self, reader, header):
+        return self.compressor._decode_body(reader, header, self.round_seed)

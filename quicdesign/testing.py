@@ -1,0 +1,440 @@
+"""Conformance kit for compressors, in the spirit of scikit-learn's ``check_estimator``.
+
+:func:`check_compressor` runs a battery of checks that every implementation of the
+:class:`~quicdesign.compressors.base.Compressor` protocol must pass, ours and third
+parties'. A failure raises ``AssertionError`` naming the check, the compressor and the
+dimension. :func:`parametrize_compressors` turns a set of compressors into a pytest
+parametrization.
+
+Optional hooks a compressor may provide:
+
+- ``payload_size(dim) -> int``: the exact payload size; checked when present and the
+  compressor declares ``fixed_rate``.
+- ``linear_aggregate`` (bool, default True): False when ``result()`` is not the weighted
+  mean of single-payload decodes (e.g. a median sketch estimator); the weighted-mean
+  check then only tests invariance to a common scaling of the weights.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+
+from .errors import InputDTypeError, InputVectorError, PayloadError
+
+__all__ = ["CHECKS", "check_compressor", "default_compressors", "parametrize_compressors"]
+
+#: Standard errors a mean deviation may reach before unbiasedness fails.
+UNBIASED_Z = 5.0
+_DEFAULT_TRIALS = 300
+_MIN_GLOBAL_DOF = 50
+_SEED_STRIDE = 1_000_003
+
+
+class _Context:
+    """What one check needs: the compressor, a dimension, a test vector and seeds."""
+
+    def __init__(self, compressor, dim, seed, trials):
+        self.compressor = compressor
+        self.dim = dim
+        self.seed = seed
+        self.trials = trials
+        rng = np.random.default_rng([seed, dim])
+        # signed and heavy-tailed, so range, norm and outliers all matter
+        self.x = rng.lognormal(0.0, 1.0, dim) * rng.choice([-1.0, 1.0], dim)
+        self.round_seed = seed * _SEED_STRIDE + dim
+
+    def rng(self, *salt):
+        return np.random.default_rng([self.seed, self.dim, *salt])
+
+    def encode(self, vector=None, *, client_id=0, round_seed=None, salt=0):
+        return self.compressor.encode(
+            self.x if vector is None else vector,
+            round_seed=self.round_seed if round_seed is None else round_seed,
+            client_id=client_id,
+            rng=self.rng(client_id, salt),
+        )
+
+    def aggregator(self, dim=None):
+        return self.compressor.aggregator(self.dim if dim is None else dim, self.round_seed)
+
+    def decode(self, payload, round_seed=None):
+        return self.compressor.decode(
+            payload, dim=self.dim, round_seed=self.round_seed if round_seed is None else round_seed
+        )
+
+
+def _fail(ctx, check, message):
+    raise AssertionError(
+        f"check_compressor[{check}] failed for {ctx.compressor!r} at dim={ctx.dim}: {message}"
+    )
+
+
+def _scale(ctx):
+    return float(np.max(np.abs(ctx.x)))
+
+
+def _close(a, b, ctx, rtol=1e-9):
+    """Equal up to float rounding of sums: relative to the largest magnitude involved."""
+    scale = max(float(np.max(np.abs(a))), float(np.max(np.abs(b))), _scale(ctx), 1e-300)
+    return bool(np.all(np.abs(np.asarray(a) - np.asarray(b)) <= rtol * scale))
+
+
+def _check_decoded(ctx, check, decoded, what):
+    if not isinstance(decoded, np.ndarray):
+        _fail(ctx, check, f"{what} returned {type(decoded).__name__}, not a numpy array")
+    if decoded.dtype != np.float64 or decoded.shape != (ctx.dim,):
+        _fail(ctx, check, f"{what} has dtype {decoded.dtype} and shape {decoded.shape}, "
+                          f"expected float64 and ({ctx.dim},)")
+    if not np.all(np.isfinite(decoded)):
+        _fail(ctx, check, f"{what} holds non-finite values")
+
+
+def check_round_trip(ctx):
+    """Payload is bytes; decode gives float64 of length d; dtypes and strides accepted."""
+    check = "round_trip"
+    original = ctx.x.copy()
+    payload = ctx.encode()
+    if not isinstance(payload, bytes):
+        _fail(ctx, check, f"encode returned {type(payload).__name__}, not bytes")
+    _check_decoded(ctx, check, ctx.decode(payload), "decode")
+    strided_base = np.repeat(ctx.x, 2)
+    strided_copy = strided_base.copy()
+    inputs = {
+        "float16": ctx.x.astype(np.float16),
+        "float32": ctx.x.astype(np.float32),
+        "float64": ctx.x,
+        "non-contiguous": strided_base[::2],
+    }
+    for label, vector in inputs.items():
+        before = vector.copy()
+        try:
+            payload = ctx.encode(vector, client_id=1)
+        except Exception as exc:
+            _fail(ctx, check, f"{label} input rejected: {exc!r}")
+        _check_decoded(ctx, check, ctx.decode(payload), f"decode of {label} input")
+        if not np.array_equal(vector, before):
+            _fail(ctx, check, f"encode modified its {label} input")
+    if not np.array_equal(ctx.x, original) or not np.array_equal(strided_base, strided_copy):
+        _fail(ctx, check, "encode modified its input")
+
+
+def check_input_validation(ctx):
+    """Integer input, NaN/inf and empty vectors are refused with quicdesign errors."""
+    check = "input_validation"
+    cases = [
+        ("an integer vector", np.arange(ctx.dim, dtype=np.int64), InputDTypeError),
+        ("an empty vector", np.zeros(0), InputVectorError),
+    ]
+    for bad_value in (np.nan, np.inf):
+        vector = ctx.x.copy()
+        vector[-1] = bad_value
+        cases.append((f"a vector holding {bad_value}", vector, InputVectorError))
+    for label, vector, expected in cases:
+        try:
+            ctx.encode(vector)
+        except expected:
+            continue
+        except Exception as exc:
+            _fail(ctx, check, f"{label} raised {exc!r}, expected {expected.__name__}")
+        _fail(ctx, check, f"{label} was accepted, expected {expected.__name__}")
+
+
+def check_determinism(ctx):
+    """Fixed seeds and rng state give identical bytes."""
+    check = "determinism"
+    first, second = ctx.encode(client_id=2), ctx.encode(client_id=2)
+    if first != second:
+        _fail(ctx, check, "two encodings with the same seeds and rng state differ")
+    if ctx.decode(first).tobytes() != ctx.decode(second).tobytes():
+        _fail(ctx, check, "decoding the same payload twice gave different results")
+
+
+def check_bytes_accounting(ctx):
+    """Bits per coordinate come from the bytes; declared payload sizes are exact."""
+    check = "bytes_accounting"
+    payload = ctx.encode()
+    measured = ctx.compressor.bits_per_coordinate(payload, ctx.dim)
+    if not math.isclose(measured, 8.0 * len(payload) / ctx.dim, rel_tol=1e-12):
+        _fail(ctx, check, f"bits_per_coordinate {measured} != 8 * len(payload) / d")
+    declared = getattr(ctx.compressor, "payload_size", None)
+    if declared is not None and ctx.compressor.properties.fixed_rate:
+        other = ctx.encode(ctx.x[::-1] * 0.5 + 1.0, client_id=3)
+        for label, data in (("payload", payload), ("payload of another vector", other)):
+            if len(data) != declared(ctx.dim):
+                _fail(ctx, check, f"{label} has {len(data)} bytes, payload_size says "
+                                  f"{declared(ctx.dim)}")
+
+
+def check_unbiasedness(ctx):
+    """Mean of independent encodings matches the input within a variance-derived bound.
+
+    Trial ``i`` uses its own round seed, client id and rng. With ``e_j`` the mean error of
+    coordinate ``j`` over the trials and ``v_j`` its sample variance:
+
+    - per coordinate, ``|e_j| <= 5 sqrt(max(v_j, mean(v)) / trials)`` (plus float32
+      rounding): a localized bias. The floor ``mean(v)`` keeps rare events (a rounding
+      that happens in 1% of the trials, a coordinate rand-k seldom keeps) from making
+      ``v_j`` look like zero;
+    - along ``x`` and 8 fixed random directions, the mean projected error is within 5
+      standard errors of the projections: a bias along a direction, e.g. of scale;
+    - when the effective number of coordinates is at least 50,
+      ``sum e_j**2 / sum(v_j / trials)`` is within 5 of its standard deviations from 1:
+      a bias spread thinly over many coordinates.
+
+    Schemes that keep a coordinate in few trials (rand-k with ``k << d``) need
+    ``trials`` well above ``d / k``.
+    """
+    check = "unbiasedness"
+    if not ctx.compressor.properties.unbiased:
+        return
+    trials = ctx.trials
+    directions = ctx.rng(0, 99).standard_normal((8, ctx.dim))
+    directions = np.vstack([ctx.x, directions])
+    directions /= np.linalg.norm(directions, axis=1, keepdims=True)
+    total = np.zeros(ctx.dim)
+    total_squares = np.zeros(ctx.dim)
+    projections = np.empty((trials, directions.shape[0]))
+    for trial in range(trials):
+        round_seed = (ctx.round_seed * 7919 + trial + 1) % 2**64
+        payload = ctx.compressor.encode(ctx.x, round_seed=round_seed, client_id=trial,
+                                        rng=ctx.rng(trial, 7))
+        error = ctx.decode(payload, round_seed=round_seed) - ctx.x
+        total += error
+        total_squares += error * error
+        projections[trial] = directions @ error
+    mean_error = total / trials
+    variance = np.maximum(total_squares - trials * mean_error**2, 0.0) / (trials - 1)
+    # float32 side information and transforms round at about 1e-7 of the largest entry
+    rounding = 1e-6 * _scale(ctx)
+    floor = float(np.mean(variance))
+    z = np.abs(mean_error) / (np.sqrt(np.maximum(variance, floor) / trials) + rounding)
+    worst = int(np.argmax(z))
+    if z[worst] > UNBIASED_Z:
+        _fail(ctx, check, f"mean of {trials} decodes is {z[worst]:.1f} standard errors off "
+                          f"at coordinate {worst} (x={ctx.x[worst]:.4g}, mean error "
+                          f"{mean_error[worst]:.3g}, max |x| {_scale(ctx):.4g})")
+    projected = projections.mean(axis=0)
+    projected_se = projections.std(axis=0, ddof=1) / math.sqrt(trials)
+    projected_z = np.abs(projected) / (projected_se + rounding * math.sqrt(ctx.dim))
+    if projected_z[0] > UNBIASED_Z:
+        _fail(ctx, check, f"mean error along x is {projected_z[0]:.1f} standard errors "
+                          f"({projected[0]:.3g}; ||x|| = {np.linalg.norm(ctx.x):.4g})")
+    if projected_z.max() > UNBIASED_Z:
+        _fail(ctx, check, f"mean error along a random direction is {projected_z.max():.1f} "
+                          "standard errors")
+    squared_se = variance / trials
+    spread = float(np.sum(squared_se))
+    if spread > 0:
+        dof = spread**2 / float(np.sum(squared_se**2))
+        if dof >= _MIN_GLOBAL_DOF:
+            ratio = float(np.sum(mean_error**2)) / spread
+            limit = 1.0 + UNBIASED_Z * math.sqrt(2.0 / dof)
+            if ratio > limit:
+                _fail(ctx, check, f"squared mean error is {ratio:.2f} times its expected value "
+                                  f"over {trials} trials (limit {limit:.2f}): a diffuse bias")
+
+
+def _payloads(ctx, count, salt=0):
+    return [ctx.encode(ctx.x * (1.0 + 0.25 * k), client_id=k, salt=salt) for k in range(count)]
+
+
+def check_merge(ctx):
+    """Two shards merged equal one aggregator over all clients, to float rounding."""
+    check = "merge"
+    payloads = _payloads(ctx, 6)
+    whole, first, second = ctx.aggregator(), ctx.aggregator(), ctx.aggregator()
+    for k, payload in enumerate(payloads):
+        whole.add(payload, weight=1.0 + k)
+        (first if k < 3 else second).add(payload, weight=1.0 + k)
+    first.merge(second)
+    if first.count != whole.count or whole.count != len(payloads):
+        _fail(ctx, check, f"counts {first.count} (merged) and {whole.count} (single), "
+                          f"expected {len(payloads)}")
+    if not _close(first.result(), whole.result(), ctx):
+        _fail(ctx, check, "merged shards differ from a single aggregator")
+    overlapping = ctx.aggregator()
+    overlapping.add(payloads[0])
+    try:
+        overlapping.merge(whole)
+    except ValueError:
+        pass
+    else:
+        _fail(ctx, check, "merging shards that share a client was accepted")
+
+
+def check_weighted_mean(ctx):
+    """``result()`` is the weighted mean of the single-payload decodes."""
+    check = "weighted_mean"
+    payloads = _payloads(ctx, 4)
+    weights = [0.5, 1.0, 2.5, 7.0]
+    aggregator = ctx.aggregator()
+    for payload, weight in zip(payloads, weights, strict=True):
+        aggregator.add(payload, weight=weight)
+    result = aggregator.result()
+    _check_decoded(ctx, check, result, "result()")
+    if getattr(ctx.compressor, "linear_aggregate", True):
+        decoded = [ctx.decode(payload) for payload in payloads]
+        expected = sum(w * d for w, d in zip(weights, decoded, strict=True)) / sum(weights)
+        if not _close(result, expected, ctx):
+            _fail(ctx, check, "result() is not the weighted mean of the decoded payloads")
+    scaled = ctx.aggregator()
+    for payload, weight in zip(payloads, weights, strict=True):
+        scaled.add(payload, weight=3.0 * weight)
+    if not _close(scaled.result(), result, ctx):
+        _fail(ctx, check, "result() changes when every weight is scaled by the same factor")
+
+
+def _corrupt_payloads(ctx, payload):
+    flipped = bytearray(payload)
+    flipped[0] ^= 0xFF
+    wrong_dim = ctx.encode(np.append(ctx.x, 1.0), client_id=1)
+    wrong_round = ctx.encode(client_id=1, round_seed=(ctx.round_seed + 1) % 2**64)
+    return {
+        "truncated by one byte": payload[:-1],
+        "truncated to half": payload[: len(payload) // 2],
+        "empty": b"",
+        "extended by one byte": payload + b"\x00",
+        "with flipped magic": bytes(flipped),
+        "of another dimension": wrong_dim,
+        "of another round": wrong_round,
+        "that is a str": "not a payload",
+    }
+
+
+def _expect_rejected(ctx, check, aggregator, label, payload):
+    before_count = aggregator.count
+    before = aggregator.result().tobytes()
+    try:
+        aggregator.add(payload)
+    except PayloadError:
+        pass
+    except Exception as exc:
+        _fail(ctx, check, f"payload {label} raised {exc!r}, expected PayloadError")
+    else:
+        _fail(ctx, check, f"payload {label} was accepted")
+    if aggregator.count != before_count or aggregator.result().tobytes() != before:
+        _fail(ctx, check, f"rejecting the payload {label} changed the aggregator")
+
+
+def check_corrupt_payload(ctx):
+    """Corrupt or foreign payloads raise PayloadError and leave the state unchanged."""
+    check = "corrupt_payload"
+    aggregator = ctx.aggregator()
+    aggregator.add(ctx.encode(client_id=0))
+    good = ctx.encode(client_id=1)
+    for label, payload in _corrupt_payloads(ctx, good).items():
+        _expect_rejected(ctx, check, aggregator, label, payload)
+    aggregator.add(good)
+    if aggregator.count != 2:
+        _fail(ctx, check, "a valid payload was not counted after rejections")
+
+
+def check_duplicate_client(ctx):
+    """A second payload from the same client is refused without changing the state."""
+    check = "duplicate_client"
+    aggregator = ctx.aggregator()
+    aggregator.add(ctx.encode(client_id=5))
+    _expect_rejected(ctx, check, aggregator, "repeated verbatim", ctx.encode(client_id=5))
+    _expect_rejected(ctx, check, aggregator, "re-encoded by the same client",
+                     ctx.encode(ctx.x * 2.0, client_id=5, salt=1))
+
+
+def check_empty_aggregator(ctx):
+    """``result()`` of an aggregator without payloads raises ``ValueError``."""
+    check = "empty_aggregator"
+    aggregator = ctx.aggregator()
+    if aggregator.count != 0:
+        _fail(ctx, check, f"a fresh aggregator has count {aggregator.count}")
+    try:
+        aggregator.result()
+    except ValueError:
+        return
+    _fail(ctx, check, "result() of an empty aggregator did not raise ValueError")
+
+
+#: Name -> check, in the order :func:`check_compressor` runs them.
+CHECKS = {
+    "round_trip": check_round_trip,
+    "input_validation": check_input_validation,
+    "determinism": check_determinism,
+    "bytes_accounting": check_bytes_accounting,
+    "merge": check_merge,
+    "weighted_mean": check_weighted_mean,
+    "corrupt_payload": check_corrupt_payload,
+    "duplicate_client": check_duplicate_client,
+    "empty_aggregator": check_empty_aggregator,
+    "unbiasedness": check_unbiasedness,
+}
+
+
+def check_compressor(compressor, *, dims=(1, 7, 1000), seed=0, statistical=True,
+                     trials=_DEFAULT_TRIALS, checks=None):
+    """Run the conformance checks on ``compressor``.
+
+    Parameters
+    ----------
+    compressor : Compressor
+        The instance to check.
+    dims : sequence of int
+        Vector lengths to test.
+    seed : int
+        Seed of the test vectors and of every round seed, client id and rng used.
+    statistical : bool
+        Run the statistical unbiasedness check (only for ``properties.unbiased``).
+    trials : int
+        Independent encodings per dimension for the unbiasedness check.
+    checks : iterable of str, optional
+        Names from :data:`CHECKS` to run (all by default).
+
+    Raises
+    ------
+    AssertionError
+        On the first failed check, naming it, the compressor and the dimension.
+    """
+    selected = list(CHECKS) if checks is None else list(checks)
+    unknown = sorted(set(selected) - set(CHECKS))
+    if unknown:
+        raise ValueError(f"unknown checks {unknown}; available: {list(CHECKS)}")
+    if not statistical:
+        selected = [name for name in selected if name != "unbiasedness"]
+    for dim in dims:
+        ctx = _Context(compressor, int(dim), seed, trials)
+        for name in selected:
+            CHECKS[name](ctx)
+
+
+def default_compressors():
+    """One default-parameter instance per registered compressor, by registry name."""
+    from .compressors import COMPRESSORS
+
+    return {name: factory() for name, factory in COMPRESSORS.items()}
+
+
+def parametrize_compressors(compressors=None, *, argname="compressor"):
+    """A ``pytest.mark.parametrize`` over compressors with readable ids.
+
+    Parameters
+    ----------
+    compressors : mapping or iterable, optional
+        ``{id: compressor}`` or compressors (ids from ``repr``); every registered
+        compressor with default parameters when omitted.
+    argname : str
+        Name of the test function's argument.
+
+    Examples
+    --------
+    >>> from quicdesign.testing import check_compressor, parametrize_compressors
+    >>> @parametrize_compressors()
+    ... def test_conformance(compressor):
+    ...     check_compressor(compressor)
+    """
+    import pytest  # only needed by test suites, never by the runtime
+
+    if compressors is None:
+        compressors = default_compressors()
+    if not isinstance(compressors, Mapping):
+        compressors = {repr(compressor): compressor for compressor in compressors}
+    return pytest.mark.parametrize(argname, list(compressors.values()), ids=list(compressors))
