@@ -20,7 +20,7 @@ from .errors import (
 from .codec import Aggregator, Encoder
 from .convenience import ArrayLayout, compress, decompress
 from .sender import SenderRule
-from .table import Table, list_tables, load_table, shipped_tables_dir
+from .table import Table, list_tables, load_entropy_table, load_table, shipped_tables_dir
 
 __all__ = [
     "Aggregator",
@@ -41,6 +41,7 @@ __all__ = [
     "TableVersionError",
     "__version__",
     "list_tables",
+    "load_entropy_table",
     "load_table",
     "shipped_tables_dir",
 ]

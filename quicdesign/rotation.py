@@ -7,7 +7,7 @@ chunks, and ``rotate`` / ``unrotate`` apply ``v = H diag(s) x`` per chunk and it
 How ``fwht`` is fast in numpy: the Sylvester matrix factors as a Kronecker product,
 ``H_n = H_{B1} (x) H_{B2} (x) ... (x) H_{Bm}`` with ``n = B1*...*Bm``. Each pass views the
 data as ``(batch, n / B, B)``, multiplies the last axis by a small dense ``H_B`` with one
-BLAS matmul and writes the result transposed, ``(B, ..., n / B)``. The transposition
+BLAS matmul and writes the result transposed, ``(batch, B, n / B)``. The transposition
 cycles the factors, so after ``m`` passes every factor has been transformed once and the
 layout is back in its original order, with no separate transpose copies.
 
@@ -38,8 +38,6 @@ _MAX_DIM = 2**31 - 1
 _SMALL_VECTOR_CHUNK = 1024
 _MAX_CHUNKS = 8
 _SIGN_CHECK_BLOCK = 1 << 16
-# Batches up to this many coordinates per block row are folded into one 2-D matmul.
-_MERGED_BATCH_MAX = 128
 
 
 @functools.cache
@@ -50,14 +48,6 @@ def _hadamard_block(size, dtype_char):
     parity = np.bitwise_count(index[:, None] & index[None, :]) & 1
     # scale in float64 so float32 blocks are rounded once
     block = (np.where(parity, -1.0, 1.0) / math.sqrt(size)).astype(dtype_char)
-    block.flags.writeable = False
-    return block
-
-
-@functools.cache
-def _block_diagonal_hadamard(copies, size, dtype_char):
-    """Return the read-only ``I_copies (x) H_size / sqrt(size)``."""
-    block = np.kron(np.eye(copies), _hadamard_block(size, "d")).astype(dtype_char)
     block.flags.writeable = False
     return block
 
@@ -136,51 +126,18 @@ def fwht(a, *, out=None):
         # H is symmetric, so right-multiplying each row is the transform
         np.matmul(source, _hadamard_block(n, dtype_char), out=target)
         return out
-    if batch * min(sizes) <= _MERGED_BATCH_MAX:
-        _fwht_merged_batch(source, target, sizes)
-    else:
-        _fwht_stacked(source, target, sizes)
-    return out
-
-
-def _fwht_merged_batch(source, target, sizes):
-    """All passes as plain 2-D matmuls; the batch rides along in the last pass.
-
-    The smallest factor is kept next to the batch axis and transformed last by the
-    block-diagonal ``I_batch (x) H_B``, which also moves the batch back to the front. Few,
-    large BLAS calls keep the thread synchronisation cost low.
-    """
-    batch, n = source.shape
-    first = min(sizes)
-    rest = list(sizes)
-    rest.remove(first)
-    dtype_char = source.dtype.char
     buffers = (target, np.empty_like(target))
-    steps = [(size, _hadamard_block(size, dtype_char)) for size in reversed(rest)]
-    steps.append((batch * first, _block_diagonal_hadamard(batch, first, dtype_char)))
-    current = source
-    for step_index, (width, matrix) in enumerate(steps):
-        # alternate buffers so the last step lands in ``target``; numpy copies first if
-        # ``target`` aliases the input, so in-place calls stay correct
-        destination = buffers[(len(steps) - 1 - step_index) % 2].reshape(width, -1)
-        np.matmul(matrix, current.reshape(-1, width).T, out=destination)
-        current = destination
-
-
-def _fwht_stacked(source, target, sizes):
-    """One stacked matmul per pass (a BLAS call per row); for batches too large to fold."""
-    batch, n = source.shape
-    dtype_char = source.dtype.char
-    buffers = (target, np.empty_like(target))
-    current = source
     for pass_index, size in enumerate(sizes):
+        # alternate buffers so the last pass lands in ``out``; numpy copies first if
+        # ``out`` aliases the input, so in-place calls stay correct
         destination = buffers[(len(sizes) - 1 - pass_index) % 2].reshape(batch, size, n // size)
         np.matmul(
             _hadamard_block(size, dtype_char),
-            current.reshape(batch, n // size, size).transpose(0, 2, 1),
+            source.reshape(batch, n // size, size).transpose(0, 2, 1),
             out=destination,
         )
-        current = destination
+        source = destination
+    return out
 
 
 def _check_dim(d):

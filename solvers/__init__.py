@@ -19,7 +19,9 @@ from .distributions import (
     StandardNormal,
     ValueDistribution,
 )
-from .objective import ObjectiveValue, evaluate
+from .objective import ObjectiveValue, evaluate, message_masses
+from .rate import design_entropy_coded, rate_distortion_curve, rate_point
+from .sweep import cached_design, sweep
 from .verify import VerificationReport, verify
 
 __all__ = [
@@ -35,7 +37,13 @@ __all__ = [
     "VerificationReport",
     "cap_message_probability",
     "certify",
+    "cached_design",
     "design",
+    "design_entropy_coded",
+    "message_masses",
+    "rate_distortion_curve",
+    "rate_point",
+    "sweep",
     "evaluate",
     "solve_sender_lp",
     "symmetric_sender",

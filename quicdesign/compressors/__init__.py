@@ -15,11 +15,10 @@ from .countsketch import CountSketch
 from .eden import DRIVE, EDEN, lloyd_max_normal
 from .hadamard import HadamardSQ
 from .kashin import KashinSQ
+from .quicfl import QuicFL, QuicFLEntropy
 from .randk import RandK
 from .sign import SignSGD
 from .sq import QSGD, StochasticQuantizer
-
-from .quicfl import QuicFL, QuicFLEntropy
 
 __all__ = [
     "Aggregator",
