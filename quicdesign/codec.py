@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._validate import as_client_vector, check_client_id, check_round_seed, check_weight
+from ._accumulate import WeightedSumAggregator
+from ._validate import as_client_vector, check_client_id, check_round_seed
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .randomness import rotation_signs, shared_values
@@ -260,7 +261,7 @@ def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHead
     )
 
 
-class Aggregator:
+class Aggregator(WeightedSumAggregator):
     """Server-side QUIC-FL aggregation for one round and dimension.
 
     Decoded clients are summed in the rotated domain; :meth:`result` applies one inverse
@@ -286,24 +287,7 @@ class Aggregator:
         self._fingerprint = table.fingerprint
         self._flat_receiver = table.receiver.reshape(-1)
         layout = self._state.layout
-        self._sum = np.zeros((layout.num_chunks, layout.chunk_size), dtype=np.float64)
-        self._total_weight = 0.0
-        self._clients: set[int] = set()
-
-    @property
-    def count(self) -> int:
-        """Number of payloads aggregated (merged shards included)."""
-        return len(self._clients)
-
-    @property
-    def clients(self) -> frozenset[int]:
-        """Ids of the aggregated clients."""
-        return frozenset(self._clients)
-
-    @property
-    def total_weight(self) -> float:
-        """Sum of the weights of aggregated payloads."""
-        return self._total_weight
+        super().__init__((layout.num_chunks, layout.chunk_size))
 
     _magic = WIRE_MAGIC
 
@@ -324,8 +308,7 @@ class Aggregator:
             raise PayloadError(f"payload belongs to another round (tag {header.round_tag:#010x})")
         if header.dim != self.dim or header.num_chunks != layout.num_chunks:
             raise PayloadError(f"payload dimension {header.dim} does not match {self.dim}")
-        if header.client_id in self._clients:
-            raise PayloadError(f"client {header.client_id} was already added this round")
+        self._check_new_client(header.client_id)
         if header.num_exact > layout.rotated_dim:
             raise PayloadError(
                 f"{header.num_exact} exact coordinates exceed the rotated dimension "
@@ -374,49 +357,13 @@ class Aggregator:
         decoded *= (header.norms.astype(np.float64) / math.sqrt(layout.chunk_size))[:, None]
         return header.client_id, decoded
 
-    def add(self, payload, weight: float = 1.0) -> None:
-        """Validate and add one client's payload.
-
-        Parameters
-        ----------
-        payload : bytes
-            A payload produced by :meth:`Encoder.encode` for this table, round and dim.
-        weight : float
-            Positive finite weight of this client in the mean.
-
-        Raises
-        ------
-        PayloadError
-            If the payload is malformed or does not belong; nothing is changed.
-        """
-        weight = check_weight(weight)
-        client_id, contribution = self._decode(payload)
-        contribution *= weight
-        self._sum += contribution
-        self._total_weight += weight
-        self._clients.add(client_id)
-
-    def merge(self, other: Aggregator) -> None:
-        """Absorb a shard aggregated elsewhere (same table, round and dim)."""
-        if not isinstance(other, Aggregator):
-            raise ParameterError(f"cannot merge a {type(other).__name__} into a QUIC-FL Aggregator")
-        if (other._fingerprint, other._tag, other.dim) != (self._fingerprint, self._tag, self.dim):
-            raise ParameterError("can only merge aggregators of the same table, round and dim")
-        overlap = self._clients & other._clients
-        if overlap:
-            raise ParameterError(
-                f"shards share clients {sorted(overlap)[:5]}: they would count twice"
-            )
-        self._sum += other._sum
-        self._total_weight += other._total_weight
-        self._clients |= other._clients
+    def _merge_key(self) -> tuple:
+        return (self._fingerprint, self._tag, self.dim)
 
     def rotated_mean(self) -> np.ndarray:
         """The weighted mean still in the rotated domain, shape (chunks, chunk_size)."""
-        if not self._clients:
-            raise ParameterError("no payload has been added yet")
-        return self._sum / self._total_weight
+        return self.weighted_mean()
 
-    def result(self) -> np.ndarray:
-        """Weighted mean of the clients' vectors (one inverse rotation), float64 length dim."""
-        return unrotate(self.rotated_mean(), self._state.signs(np.float64), self._state.layout)
+    def _finalize(self, mean: np.ndarray) -> np.ndarray:
+        # The single inverse rotation of the round.
+        return unrotate(mean, self._state.signs(np.float64), self._state.layout)

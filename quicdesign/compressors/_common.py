@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .._accumulate import WeightedSumAggregator
 from .._validate import (
     MAX_DIM,
     as_client_vector,
@@ -39,9 +40,9 @@ from .._validate import (
 )
 from .._wire import PayloadReader, PayloadWriter
 from ..codec import round_tag
-from ..errors import InputVectorError, ParameterError, PayloadError
+from ..errors import InputVectorError, PayloadError
 from ..randomness import raw_words
-from .base import Aggregator, Compressor
+from .base import Compressor
 
 __all__ = [
     "WIRE_VERSION",
@@ -273,10 +274,16 @@ class BaselineCompressor(Compressor):
         flat = as_client_vector(vector)
         rng = np.random.default_rng(rng)
         writer = PayloadWriter()
-        write_header(writer, self.magic, PayloadHeader(
-            dim=flat.size, client_id=client_id, round_tag=round_tag(round_seed),
-            config_tag=config_tag(self.name, *config),
-        ))
+        write_header(
+            writer,
+            self.magic,
+            PayloadHeader(
+                dim=flat.size,
+                client_id=client_id,
+                round_tag=round_tag(round_seed),
+                config_tag=config_tag(self.name, *config),
+            ),
+        )
         self._encode_body(flat, writer, round_seed=round_seed, client_id=client_id, rng=rng)
         return writer.to_bytes()
 
@@ -289,14 +296,8 @@ class BaselineCompressor(Compressor):
 # ------------------------------------------------------------------ aggregator base
 
 
-class SumAggregator(Aggregator):
-    """Weighted sum of per-client contributions in some domain, finalized once.
-
-    ``add`` parses and validates the whole payload and computes its contribution
-    (:meth:`_contribution`) *before* touching any state, so a rejected payload leaves
-    the aggregator exactly as it was. ``result`` divides the running sum by the total
-    weight and maps it to the original coordinates with :meth:`_finalize` (e.g. one
-    inverse rotation, or a sketch query).
+class SumAggregator(WeightedSumAggregator):
+    """Weighted sum of per-client contributions of a baseline, finalized once.
 
     Parameters
     ----------
@@ -311,6 +312,7 @@ class SumAggregator(Aggregator):
     """
 
     def __init__(self, compressor: BaselineCompressor, dim: int, round_seed: int, shape):
+        super().__init__(shape)
         self.compressor = compressor
         self.dim = dim
         self.round_seed = round_seed
@@ -319,34 +321,15 @@ class SumAggregator(Aggregator):
         self._config_tag = config_tag(compressor.name, *compressor._config())
         self._round_tag = round_tag(round_seed)
         self._payload_size = compressor.payload_size(dim)
-        self._sum = np.zeros(shape, dtype=np.float64)
-        self._total_weight = 0.0
-        self._clients: set[int] = set()
 
     @abstractmethod
     def _contribution(self, reader: PayloadReader, header: PayloadHeader) -> np.ndarray:
         """Parse the body and return the client's float64 contribution (sum domain)."""
 
-    def _finalize(self, mean: np.ndarray) -> np.ndarray:
-        """Map the weighted mean in the summation domain to a length-``dim`` vector."""
-        return mean
+    def _merge_key(self) -> tuple:
+        return (self._config_tag, self._round_tag, self.dim)
 
-    @property
-    def count(self) -> int:
-        """Number of payloads aggregated (merged shards included)."""
-        return len(self._clients)
-
-    @property
-    def clients(self) -> frozenset[int]:
-        """Ids of the aggregated clients."""
-        return frozenset(self._clients)
-
-    @property
-    def total_weight(self) -> float:
-        """Sum of the weights of the aggregated payloads."""
-        return self._total_weight
-
-    def _parse(self, payload) -> tuple[int, np.ndarray]:
+    def _decode(self, payload) -> tuple[int, np.ndarray]:
         reader = PayloadReader(payload)
         size = reader.remaining
         header = read_header(reader, self._magic, self._scheme)
@@ -359,67 +342,13 @@ class SumAggregator(Aggregator):
                 f"payload was encoded with other {self._scheme} parameters "
                 f"(config {header.config_tag:#010x})"
             )
-        if header.client_id in self._clients:
-            raise PayloadError(f"client {header.client_id} was already added this round")
+        self._check_new_client(header.client_id)
         if size != self._payload_size:
             kind = "truncated" if size < self._payload_size else "oversized"
             raise PayloadError(f"{kind} payload: {size} bytes, expected {self._payload_size}")
         contribution = self._contribution(reader, header)
         reader.expect_end()
-        if not np.all(np.isfinite(contribution)):
-            raise PayloadError("payload decodes to non-finite values")
         return header.client_id, contribution
-
-    def add(self, payload, weight: float = 1.0) -> None:
-        """Validate and add one client's payload.
-
-        Parameters
-        ----------
-        payload : bytes
-            A payload of this compressor, round and dimension.
-        weight : float
-            Positive finite weight of this client in the mean.
-
-        Raises
-        ------
-        PayloadError
-            If the payload is malformed or does not belong; nothing is changed.
-        """
-        weight = check_weight(weight)
-        client_id, contribution = self._parse(payload)
-        scaled = np.multiply(contribution, weight, dtype=np.float64)
-        if not np.all(np.isfinite(scaled)):
-            raise PayloadError("weighted contribution overflows")
-        # commit: nothing below can fail on valid state
-        self._sum += scaled
-        self._total_weight += weight
-        self._clients.add(client_id)
-
-    def merge(self, other: Aggregator) -> None:
-        """Absorb a shard aggregated elsewhere (same compressor config, round and dim)."""
-        if type(other) is not type(self):
-            raise ParameterError(
-                f"cannot merge a {type(other).__name__} into a {type(self).__name__}"
-            )
-        if (other._config_tag, other._round_tag, other.dim) != (
-            self._config_tag, self._round_tag, self.dim,
-        ):
-            raise ParameterError("can only merge aggregators of the same config, round and dim")
-        overlap = self._clients & other._clients
-        if overlap:
-            raise ParameterError(
-                f"shards share clients {sorted(overlap)[:5]}: they would count twice"
-            )
-        self._sum += other._sum
-        self._total_weight += other._total_weight
-        self._clients |= other._clients
-
-    def result(self) -> np.ndarray:
-        """Weighted mean of the clients' vectors, float64 of length ``dim``."""
-        if not self._clients:
-            raise ParameterError("no payload has been added yet")
-        return np.ascontiguousarray(self._finalize(self._sum / self._total_weight),
-                                    dtype=np.float64)
 
 
 class DirectSumAggregator(SumAggregator):

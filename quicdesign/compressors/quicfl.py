@@ -5,13 +5,9 @@ from __future__ import annotations
 from ..codec import Aggregator as _QuicAggregator
 from ..codec import Encoder
 from ..table import Table, load_entropy_table, load_table
-from .base import Aggregator as _AggregatorProtocol
 from .base import Compressor, CompressorProperties
 
 __all__ = ["QuicFL", "QuicFLEntropy"]
-
-# The runtime aggregator satisfies the protocol; registering avoids an import cycle.
-_AggregatorProtocol.register(_QuicAggregator)
 
 
 class QuicFL(Compressor):

@@ -1,0 +1,117 @@
+"""The one weighted-sum aggregator every server-side aggregator builds on."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import numpy as np
+
+from ._validate import check_weight
+from .errors import ParameterError, PayloadError
+from .protocol import Aggregator
+
+__all__ = ["WeightedSumAggregator"]
+
+
+class WeightedSumAggregator(Aggregator):
+    """Weighted sum of per-client contributions in some domain, finalized once.
+
+    ``add`` validates the whole payload and computes its contribution (:meth:`_decode`)
+    before touching any state, so a rejected payload leaves the aggregator exactly as it
+    was. ``result`` divides the running sum by the total weight and maps it to the
+    original coordinates with :meth:`_finalize` (e.g. one inverse rotation).
+
+    Parameters
+    ----------
+    shape : tuple of int
+        Shape of the running sum (the summation domain).
+    """
+
+    def __init__(self, shape):
+        self._sum = np.zeros(shape, dtype=np.float64)
+        self._total_weight = 0.0
+        self._clients: set[int] = set()
+
+    @abstractmethod
+    def _decode(self, payload) -> tuple[int, np.ndarray]:
+        """Validate ``payload`` fully; return ``(client_id, float64 contribution)``."""
+
+    @abstractmethod
+    def _merge_key(self) -> tuple:
+        """What two aggregators must share to be merged (scheme, round, dim...)."""
+
+    def _finalize(self, mean: np.ndarray) -> np.ndarray:
+        """Map the weighted mean in the summation domain to the original coordinates."""
+        return mean
+
+    def _check_new_client(self, client_id: int) -> None:
+        if client_id in self._clients:
+            raise PayloadError(f"client {client_id} was already added this round")
+
+    @property
+    def count(self) -> int:
+        """Number of payloads aggregated (merged shards included)."""
+        return len(self._clients)
+
+    @property
+    def clients(self) -> frozenset[int]:
+        """Ids of the aggregated clients."""
+        return frozenset(self._clients)
+
+    @property
+    def total_weight(self) -> float:
+        """Sum of the weights of the aggregated payloads."""
+        return self._total_weight
+
+    def add(self, payload, weight: float = 1.0) -> None:
+        """Validate and add one client's payload.
+
+        Parameters
+        ----------
+        payload : bytes
+            A payload of this scheme, round and dimension.
+        weight : float
+            Positive finite weight of this client in the mean.
+
+        Raises
+        ------
+        PayloadError
+            If the payload is malformed or does not belong; nothing is changed.
+        """
+        weight = check_weight(weight)
+        client_id, contribution = self._decode(payload)
+        self._check_new_client(client_id)
+        scaled = np.multiply(contribution, weight, dtype=np.float64)
+        if not np.all(np.isfinite(scaled)):
+            raise PayloadError("payload decodes to non-finite values")
+        # Commit: nothing below can fail.
+        self._sum += scaled
+        self._total_weight += weight
+        self._clients.add(client_id)
+
+    def merge(self, other: Aggregator) -> None:
+        """Absorb a shard aggregated elsewhere (same scheme, round and dimension)."""
+        if type(other) is not type(self):
+            raise ParameterError(
+                f"cannot merge a {type(other).__name__} into a {type(self).__name__}"
+            )
+        if other._merge_key() != self._merge_key():
+            raise ParameterError("can only merge aggregators of the same scheme, round and dim")
+        overlap = self._clients & other._clients
+        if overlap:
+            raise ParameterError(
+                f"shards share clients {sorted(overlap)[:5]}: they would count twice"
+            )
+        self._sum += other._sum
+        self._total_weight += other._total_weight
+        self._clients |= other._clients
+
+    def weighted_mean(self) -> np.ndarray:
+        """The weighted mean still in the summation domain."""
+        if not self._clients:
+            raise ParameterError("no payload has been added yet")
+        return self._sum / self._total_weight
+
+    def result(self) -> np.ndarray:
+        """Weighted mean of the clients' vectors in the original coordinates (float64)."""
+        return np.ascontiguousarray(self._finalize(self.weighted_mean()), dtype=np.float64)
