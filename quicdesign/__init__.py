@@ -6,6 +6,8 @@ The runtime needs numpy only. The design layer lives in the separate package
 
 __version__ = "0.1.0"
 
+from .codec import Aggregator, Encoder
+from .convenience import ArrayLayout, compress, decompress
 from .errors import (
     InputDTypeError,
     InputVectorError,
@@ -17,8 +19,6 @@ from .errors import (
     TableNotFoundError,
     TableVersionError,
 )
-from .codec import Aggregator, Encoder
-from .convenience import ArrayLayout, compress, decompress
 from .sender import SenderRule
 from .table import Table, list_tables, load_entropy_table, load_table, shipped_tables_dir
 
