@@ -388,7 +388,7 @@ class PayloadReader:
     buffer : bytes, bytearray or memoryview
         The payload. A ``bytes`` payload is read without copying (arrays are read-only
         views of it); a mutable buffer is copied per array, so later writes to it cannot
-        change what was returned.
+        change what was returned (while the reader lives, a ``bytearray`` cannot be resized).
 
     Raises
     ------
