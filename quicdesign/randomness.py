@@ -142,8 +142,8 @@ def _stream_bytes(round_seed, client_id, purpose, num_bytes):
     return words.astype("<u8", copy=False).view(np.uint8)
 
 
-def rotation_signs(round_seed, n, dtype=np.float32):
-    """Return the round's ``n`` rotation signs in ``{+1, -1}``.
+def rotation_signs(round_seed, n, dtype=np.float32, *, client_id=0, purpose=PURPOSE_ROTATION):
+    """Return ``n`` rotation signs in ``{+1, -1}`` (the round's by default).
 
     Parameters
     ----------
@@ -153,12 +153,16 @@ def rotation_signs(round_seed, n, dtype=np.float32):
         Number of signs, ``>= 0`` (``RotationLayout.rotated_dim``).
     dtype : data-type, optional
         ``float16``, ``float32`` (default), ``float64`` or ``int8``.
+    client_id : int, optional
+        0 (the round-wide rotation) unless a scheme rotates per client (EDEN).
+    purpose : str, optional
+        Stream label, ``PURPOSE_ROTATION`` by default.
 
     Returns
     -------
     numpy.ndarray
         Shape ``(n,)``; sign ``j`` is ``-1`` exactly when bit ``j`` of the
-        ``PURPOSE_ROTATION`` stream (client 0) is set.
+        ``(round_seed, client_id, purpose)`` stream is set.
     """
     n = _check_count(n, "n")
     try:
@@ -167,7 +171,7 @@ def rotation_signs(round_seed, n, dtype=np.float32):
         raise ParameterError(f"dtype {dtype!r} is not a numpy data type") from None
     if dtype not in _SIGN_DTYPES:
         raise ParameterError(f"sign dtype must be float16, float32, float64 or int8, got {dtype}")
-    stream = _stream_bytes(round_seed, 0, PURPOSE_ROTATION, -(-n // 8))
+    stream = _stream_bytes(round_seed, client_id, purpose, -(-n // 8))
     bits = np.unpackbits(stream, count=n, bitorder="little")
     # 1 - 2*bit maps 0 -> +1 and 1 -> -1 without a branch
     signs = bits.astype(dtype)

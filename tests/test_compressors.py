@@ -232,9 +232,11 @@ def test_drive_is_scaled_sign_of_the_rotation():
     assert repr(drive) == "DRIVE()" and drive.bits == 1
     payload = drive.encode(x, round_seed=4, client_id=9)
     layout = RotationLayout.for_dim(dim)
-    from quicdesign.compressors._common import stream_signs
+    from quicdesign.randomness import rotation_signs
 
-    signs = stream_signs(4, 9, "eden-rotation", layout.rotated_dim, np.float64)
+    signs = rotation_signs(
+        4, layout.rotated_dim, np.float64, client_id=9, purpose="eden-rotation"
+    )
     v = rotate(x, signs, layout).reshape(-1)
     scale = np.sum(v**2) / np.sum(np.abs(v))
     expected_rotated = scale * np.where(v < 0, -1.0, 1.0)

@@ -41,7 +41,6 @@ from .._validate import (
 from .._wire import PayloadReader, PayloadWriter
 from ..codec import round_tag
 from ..errors import InputVectorError, PayloadError
-from ..randomness import raw_words
 from .base import Compressor
 
 __all__ = [
@@ -65,7 +64,6 @@ __all__ = [
     "f32_nearest",
     "read_f32",
     "read_header",
-    "stream_signs",
     "to_float32",
     "write_header",
 ]
@@ -143,22 +141,6 @@ def read_f32(reader: PayloadReader, field: str, *, nonnegative=False) -> float:
 
 
 # ------------------------------------------------------------------------ randomness
-
-
-def stream_signs(round_seed, client_id, purpose, n, dtype=np.float32) -> np.ndarray:
-    """``n`` signs in ``{+1, -1}`` from the shared stream ``(round_seed, client_id, purpose)``.
-
-    Same mapping rule as :func:`quicdesign.randomness.rotation_signs`: sign ``j`` is
-    ``-1`` exactly when bit ``j % 64`` (least significant first) of raw word ``j // 64``
-    is set. Used for randomness the server can regenerate per client.
-    """
-    words = raw_words(round_seed, client_id, purpose, -(-n // 64))
-    stream = words.astype("<u8", copy=False).view(np.uint8)
-    bits = np.unpackbits(stream, count=n, bitorder="little")
-    signs = bits.astype(dtype)
-    signs *= -2
-    signs += 1
-    return signs
 
 
 # -------------------------------------------------------------------------- header

@@ -30,8 +30,9 @@ import math
 import numpy as np
 
 from .._wire import packed_size
+from ..randomness import rotation_signs
 from ..rotation import RotationLayout, rotate, unrotate
-from ._common import BaselineCompressor, check_bits, read_f32, stream_signs, to_float32
+from ._common import BaselineCompressor, check_bits, read_f32, to_float32
 from .base import CompressorProperties
 
 __all__ = ["EDEN", "DRIVE", "lloyd_max_normal", "PURPOSE_EDEN_ROTATION"]
@@ -172,7 +173,9 @@ class EDEN(BaselineCompressor):
         bits = self._config()[0]
         centroids, thresholds, _ = lloyd_max_normal(bits)
         layout = RotationLayout.for_dim(flat.size)
-        signs = stream_signs(round_seed, client_id, PURPOSE_EDEN_ROTATION, layout.rotated_dim)
+        signs = rotation_signs(
+            round_seed, layout.rotated_dim, client_id=client_id, purpose=PURPOSE_EDEN_ROTATION
+        )
         rotated = rotate(flat, signs, layout)  # (chunks, chunk_size)
         squared_norms = np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64)
         norms = np.sqrt(squared_norms)
@@ -199,8 +202,12 @@ class EDEN(BaselineCompressor):
         codes = reader.read_codes(bits, layout.rotated_dim, "codes")
         rotated = centroids[codes].reshape(layout.num_chunks, layout.chunk_size)
         rotated *= scales[:, None]
-        signs = stream_signs(
-            round_seed, header.client_id, PURPOSE_EDEN_ROTATION, layout.rotated_dim, np.float64
+        signs = rotation_signs(
+            round_seed,
+            layout.rotated_dim,
+            np.float64,
+            client_id=header.client_id,
+            purpose=PURPOSE_EDEN_ROTATION,
         )
         return unrotate(rotated, signs, layout)
 
