@@ -1,0 +1,126 @@
+"""CSV tables and PNG curves of an experiment (matplotlib imported on use, Agg backend)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["write_csv", "write_result", "plot_curves", "plot_decoding"]
+
+
+def write_csv(path, rows):
+    """Write dict rows to CSV; the header is the union of keys in first-seen order."""
+    rows = list(rows)
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    return Path(path)
+
+
+def _mean_curves(histories, metric):
+    """Per configuration: rounds, mean bits per client (up + down) and the mean metric."""
+    grouped = {}
+    for history in histories:
+        if metric in history.metrics:
+            grouped.setdefault(history.config.get("config", history.label), []).append(history)
+    curves = {}
+    for config, runs in grouped.items():
+        length = min(len(h.rounds) for h in runs)
+        rounds = np.asarray(runs[0].rounds[:length])
+        values = np.mean([h.curve(metric)[:length] for h in runs], axis=0)
+        clients = runs[0].counter.num_clients
+        bits = np.mean([(np.asarray(h.upload_bits[:length]) + np.asarray(h.download_bits[:length]))
+                        / clients for h in runs], axis=0)
+        curves[config] = (rounds, bits, values)
+    return curves
+
+
+def plot_curves(path, histories, metric, *, log_metric=False, title=""):
+    """Plot ``metric`` against rounds and against bits per client; returns the path or None.
+
+    Returns None when no run recorded the metric.
+    """
+    curves = _mean_curves(histories, metric)
+    if not curves:
+        return None
+    plt = _pyplot()
+    figure, (by_round, by_bits) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
+    for config, (rounds, bits, values) in curves.items():
+        by_round.plot(rounds, values, label=config, linewidth=1.2)
+        sent = bits > 0  # the initial model costs nothing and has no place on a log axis
+        by_bits.plot(bits[sent], values[sent], label=config, linewidth=1.2)
+    by_round.set_xlabel("round")
+    by_bits.set_xlabel("bits per client (uplink + downlink)")
+    by_bits.set_xscale("log")
+    for axes in (by_round, by_bits):
+        axes.set_ylabel(metric)
+        if log_metric:
+            axes.set_yscale("log")
+        axes.grid(True, alpha=0.3)
+    by_round.legend(fontsize=7)
+    figure.suptitle(title)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never open a window
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_decoding(path, rows, *, title=""):
+    """Plot exact MV and FV decoding errors against the SNR, one colour per batch split."""
+    plt = _pyplot()
+    figure, axes = plt.subplots(figsize=(6.5, 4.5), constrained_layout=True)
+    splits = list(dict.fromkeys(row["split"] for row in rows))
+    for index, split in enumerate(splits):
+        mine = [row for row in rows if row["split"] == split]
+        snr = [row["snr"] for row in mine]
+        color = f"C{index}"
+        axes.plot(snr, [row["mv_exact"] for row in mine], "-o", color=color, label=f"MV {split}")
+        axes.plot(snr, [row["fv_exact"] for row in mine], "--s", color=color, label=f"FV {split}")
+        axes.plot(snr, [row["mv_hoeffding"] for row in mine], ":", color=color, linewidth=0.8)
+    axes.set_xlabel("per-sample SNR")
+    axes.set_ylabel("P(decoded sign is wrong)")
+    axes.set_yscale("log")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    axes.set_title(title, fontsize=8)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return Path(path)
+
+
+def write_result(result, folder):
+    """Write ``<name>_curves.csv``, ``<name>_summary.csv`` and ``<name>.png`` to ``folder``.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    name = result.experiment.name
+    written = [write_csv(folder / f"{name}_summary.csv", result.summary)]
+    if result.experiment.plot == "decoding":
+        written.append(plot_decoding(folder / f"{name}.png", result.summary,
+                                     title=f"{name}: {result.experiment.claim}"))
+    if result.histories:
+        rows = (row for history in result.histories for row in history.rows())
+        written.append(write_csv(folder / f"{name}_curves.csv", rows))
+        figure = plot_curves(folder / f"{name}.png", result.histories, result.experiment.metric,
+                             log_metric=result.experiment.log_metric,
+                             title=f"{name}: {result.experiment.claim}")
+        if figure is not None:
+            written.append(figure)
+    return written

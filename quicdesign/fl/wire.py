@@ -1,0 +1,277 @@
+"""What crosses the wire in a simulation: real payloads, decoded values and bit counters.
+
+Every message of every algorithm is turned into bytes by a compressor (or by a small
+codec of this package) and the counters add ``8 * len(payload)``; no bit count is ever
+computed from a formula. :class:`RawFloats` is the uncompressed baseline on the same
+compressor protocol as QUIC-FL and the other quantizers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from quicdesign.compressors.base import Aggregator, Compressor, CompressorProperties
+from quicdesign.errors import ParameterError, PayloadError
+
+from ._common import check_int
+
+__all__ = [
+    "RawFloats",
+    "BitCounter",
+    "send_each",
+    "broadcast",
+    "compressor_omega",
+    "describe_compressor",
+]
+
+
+class _RawFloatsAggregator(Aggregator):
+    def __init__(self, dtype, dim):
+        self._dtype = dtype
+        self._dim = dim
+        self._sum = np.zeros(dim)
+        self._weight = 0.0
+        self._count = 0
+
+    @property
+    def count(self):
+        return self._count
+
+    def _values(self, payload):
+        if not isinstance(payload, (bytes, bytearray, memoryview)):
+            raise PayloadError(f"payload must be bytes, got {type(payload).__name__}")
+        if len(payload) != self._dim * self._dtype.itemsize:
+            raise PayloadError(
+                f"raw {self._dtype.name} payload must hold {self._dim} values "
+                f"({self._dim * self._dtype.itemsize} bytes), got {len(payload)} bytes"
+            )
+        values = np.frombuffer(payload, dtype=self._dtype).astype(np.float64)
+        if not np.all(np.isfinite(values)):
+            raise PayloadError("raw float payload holds non-finite values")
+        return values
+
+    def add(self, payload, weight=1.0):
+        values = self._values(payload)
+        if not weight > 0:
+            raise ParameterError(f"weight must be positive, got {weight}")
+        self._sum += weight * values
+        self._weight += weight
+        self._count += 1
+
+    def merge(self, other):
+        if not isinstance(other, _RawFloatsAggregator) or other._dim != self._dim:
+            raise ParameterError("can only merge raw-float aggregators of the same dimension")
+        self._sum += other._sum
+        self._weight += other._weight
+        self._count += other._count
+
+    def result(self):
+        if self._count == 0:
+            raise ParameterError("no payload was added")
+        return self._sum / self._weight
+
+
+class RawFloats(Compressor):
+    """Uncompressed vectors as little-endian IEEE floats (the "no compression" baseline).
+
+    Parameters
+    ----------
+    dtype : {"float32", "float64"}
+        Wire precision. ``float64`` is exact for a float64 simulation, which the
+        linear-convergence runs need; ``float32`` is the usual 32 bits per coordinate.
+    """
+
+    name = "raw"
+    properties = CompressorProperties(unbiased=True, sums_before_decoding=True, fixed_rate=True)
+
+    def __init__(self, dtype="float32"):
+        if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+            raise ParameterError(f"dtype must be float32 or float64, got {dtype!r}")
+        self.dtype = np.dtype(dtype).name
+
+    def omega(self, dim):
+        """Relative variance bound: 0 (the wire only rounds to ``dtype``)."""
+        return 0.0
+
+    def encode(self, vector, *, round_seed, client_id, rng=None):
+        return np.asarray(vector, dtype=np.dtype(self.dtype).newbyteorder("<")).tobytes()
+
+    def aggregator(self, dim, round_seed):
+        return _RawFloatsAggregator(np.dtype(self.dtype).newbyteorder("<"), dim)
+
+    def encode_batch(self, vectors, *, round_seed, client_ids, rng=None):
+        """Encode the rows of a ``(k, dim)`` array (one payload per row)."""
+        wire = np.asarray(vectors, dtype=np.dtype(self.dtype).newbyteorder("<"))
+        return [row.tobytes() for row in wire]
+
+    def decode_batch(self, payloads, *, dim, round_seed):
+        """Decode payloads of equal length into a ``(k, dim)`` float64 array."""
+        wire_dtype = np.dtype(self.dtype).newbyteorder("<")
+        if any(len(p) != dim * wire_dtype.itemsize for p in payloads):
+            raise PayloadError(f"every raw payload must hold {dim} {self.dtype} values")
+        joined = np.frombuffer(b"".join(payloads), dtype=wire_dtype)
+        return joined.reshape(len(payloads), dim).astype(np.float64)
+
+
+@dataclass
+class BitCounter:
+    """Bits that crossed the wire, per client and direction, counted from payload lengths.
+
+    Attributes
+    ----------
+    upload, download : numpy.ndarray
+        ``int64`` bits each client sent and received.
+    broadcast : int
+        Bits the server transmitted when a downlink payload went to several clients at
+        once (each distinct payload counted once); point-to-point downlinks count here too.
+    """
+
+    num_clients: int
+    upload: np.ndarray = field(init=False)
+    download: np.ndarray = field(init=False)
+    broadcast: int = 0
+
+    def __post_init__(self):
+        check_int(self.num_clients, "num_clients", 1)
+        self.upload = np.zeros(self.num_clients, dtype=np.int64)
+        self.download = np.zeros(self.num_clients, dtype=np.int64)
+
+    def add_upload(self, clients, payloads):
+        """Count one payload per client in ``clients`` (aligned sequences)."""
+        np.add.at(self.upload, np.asarray(clients), [8 * len(p) for p in payloads])
+
+    def add_download(self, clients, payload):
+        """Count one payload received by every client in ``clients`` (a broadcast)."""
+        clients = np.asarray(clients)
+        if clients.size:
+            np.add.at(self.download, clients, 8 * len(payload))
+            self.broadcast += 8 * len(payload)
+
+    def add_downloads(self, clients, payloads):
+        """Count one distinct payload per client (point-to-point messages)."""
+        bits = [8 * len(p) for p in payloads]
+        np.add.at(self.download, np.asarray(clients), bits)
+        self.broadcast += sum(bits)
+
+    @property
+    def total_upload(self) -> int:
+        """All uplink bits."""
+        return int(self.upload.sum())
+
+    @property
+    def total_download(self) -> int:
+        """All downlink bits received by clients (a broadcast counts once per receiver)."""
+        return int(self.download.sum())
+
+
+def _encode_rows(compressor, vectors, clients, round_seed, rng):
+    batch = getattr(compressor, "encode_batch", None)
+    if batch is not None:
+        return batch(vectors, round_seed=round_seed, client_ids=clients, rng=rng)
+    return [
+        compressor.encode(row, round_seed=round_seed, client_id=int(client), rng=rng)
+        for row, client in zip(vectors, clients, strict=True)
+    ]
+
+
+def _decode_rows(compressor, payloads, dim, round_seed):
+    batch = getattr(compressor, "decode_batch", None)
+    if batch is not None:
+        return batch(payloads, dim=dim, round_seed=round_seed)
+    decoded = np.empty((len(payloads), dim))
+    for row, payload in enumerate(payloads):
+        decoded[row] = compressor.decode(payload, dim=dim, round_seed=round_seed)
+    return decoded
+
+
+def send_each(compressor, vectors, clients, *, round_seed, rng, counter=None, direction="up"):
+    """Encode one vector per client, decode every payload, and count the bits.
+
+    Parameters
+    ----------
+    compressor : Compressor
+        Any protocol compressor (``encode_batch``/``decode_batch`` are used when present).
+    vectors : numpy.ndarray
+        ``(k, dim)`` rows, row ``j`` belonging to ``clients[j]``.
+    clients : numpy.ndarray
+        Client ids (passed as ``client_id`` so per-client shared randomness is exact).
+    round_seed : int
+        The round seed of this direction.
+    rng : numpy.random.Generator
+        Private randomness of the senders.
+    counter : BitCounter, optional
+        Receives ``8 * len(payload)`` per client, as upload or download.
+    direction : {"up", "down"}
+        Which counter column to add to.
+
+    Returns
+    -------
+    numpy.ndarray
+        The decoded ``(k, dim)`` vectors, exactly what the receivers reconstruct.
+    """
+    vectors = np.asarray(vectors, dtype=np.float64)
+    clients = np.asarray(clients, dtype=np.int64)
+    if vectors.shape[0] == 0:
+        return np.zeros_like(vectors)
+    payloads = _encode_rows(compressor, vectors, clients, round_seed, rng)
+    if counter is not None:
+        if direction == "up":
+            counter.add_upload(clients, payloads)
+        else:
+            counter.add_downloads(clients, payloads)
+    return _decode_rows(compressor, payloads, vectors.shape[1], round_seed)
+
+
+def broadcast(compressor, vector, receivers, *, round_seed, rng, counter=None, client_id=0):
+    """Encode one server vector once, count it for every receiver, and decode it.
+
+    Returns
+    -------
+    numpy.ndarray
+        The decoded vector every receiver (and the server) now holds.
+    """
+    vector = np.asarray(vector, dtype=np.float64)
+    payload = compressor.encode(vector, round_seed=round_seed, client_id=client_id, rng=rng)
+    if counter is not None:
+        counter.add_download(receivers, payload)
+    return compressor.decode(payload, dim=vector.shape[0], round_seed=round_seed)
+
+
+def compressor_omega(compressor, dim) -> float:
+    """The relative variance bound ``omega`` of an unbiased compressor in dimension ``dim``.
+
+    ``E||C(x) - x||**2 <= omega ||x||**2``. Uses the compressor's own ``omega(dim)`` when
+    it has one, else the known bound of its family: QSGD with the l2 norm
+    ``min(d / s**2, sqrt(d) / s)``; rand-k ``d / k - 1`` (exact); min-max stochastic
+    quantization ``d / (2**b - 1)**2`` (the grid step is at most ``2 max|x| / (2**b - 1)``);
+    QUIC-FL the table's vNMSE (its Gaussian-model value). Raises ``ParameterError``
+    otherwise, so callers pass memory rates explicitly.
+    """
+    method = getattr(compressor, "omega", None)
+    if callable(method):
+        return float(method(dim))
+    from quicdesign import compressors  # the package is only needed for the known families
+
+    name = type(compressor).__name__
+    if isinstance(compressor, compressors.QSGD) and compressor.norm == "l2":
+        levels = compressor.levels
+        return float(min(dim / levels**2, np.sqrt(dim) / levels))
+    if isinstance(compressor, compressors.RandK):
+        return dim / compressor.kept(dim) - 1.0
+    if isinstance(compressor, compressors.StochasticQuantizer):
+        return dim / ((1 << compressor.bits) - 1) ** 2
+    if compressors.QuicFL is not None and isinstance(compressor, compressors.QuicFL):
+        return float(compressor.resolved_table().vnmse)
+    raise ParameterError(
+        f"the variance bound omega of {name} is unknown; pass the memory rate "
+        "explicitly (up_rate= / down_rate=)"
+    )
+
+
+def describe_compressor(compressor) -> str:
+    """A short label such as ``cossgd(bits=4, clip=0.0, rounding=deterministic)``."""
+    params = [f"{k}={v}" for k, v in vars(compressor).items()
+              if not k.startswith("_") and isinstance(v, (int, float, str, bool))]
+    return f"{getattr(compressor, 'name', type(compressor).__name__)}({', '.join(params)})"
