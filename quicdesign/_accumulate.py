@@ -33,8 +33,11 @@ class WeightedSumAggregator(Aggregator):
         self._clients: set[int] = set()
 
     @abstractmethod
-    def _decode(self, payload) -> tuple[int, np.ndarray]:
-        """Validate ``payload`` fully; return ``(client_id, float64 contribution)``."""
+    def _decode(self, payload, weight: float) -> tuple[int, np.ndarray]:
+        """Validate ``payload`` fully; return ``(client_id, weight * contribution)``.
+
+        The contribution is float64 in the summation domain and must be finite.
+        """
 
     @abstractmethod
     def _merge_key(self) -> tuple:
@@ -79,13 +82,10 @@ class WeightedSumAggregator(Aggregator):
             If the payload is malformed or does not belong; nothing is changed.
         """
         weight = check_weight(weight)
-        client_id, contribution = self._decode(payload)
+        client_id, contribution = self._decode(payload, weight)
         self._check_new_client(client_id)
-        scaled = np.multiply(contribution, weight, dtype=np.float64)
-        if not np.all(np.isfinite(scaled)):
-            raise PayloadError("payload decodes to non-finite values")
         # Commit: nothing below can fail.
-        self._sum += scaled
+        self._sum += contribution
         self._total_weight += weight
         self._clients.add(client_id)
 

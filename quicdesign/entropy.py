@@ -115,7 +115,7 @@ class EntropyAggregator(Aggregator):
         self._check_exact(indices, values)
         layout = self._state.layout
         order, bounds = _group_by_shared(shared, _coded_positions(layout.rotated_dim, indices))
-        codes = np.zeros(layout.rotated_dim, dtype=np.int64)
+        codes = np.zeros(layout.rotated_dim, dtype=np.uint16)
         try:
             coder = self._constriction.stream.stack.AnsCoder(
                 np.ascontiguousarray(stream, dtype=np.uint32)
@@ -132,6 +132,6 @@ class EntropyAggregator(Aggregator):
             raise
         except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad stream
             raise PayloadError(f"corrupt coded stream: {exc}") from None
-        if codes.max(initial=0) >= self.table.num_messages or codes.min(initial=0) < 0:
+        if codes.max(initial=0) >= self.table.num_messages:
             raise PayloadError("decoded message outside the table")
         return codes, indices, values

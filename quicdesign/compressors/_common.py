@@ -311,7 +311,7 @@ class SumAggregator(WeightedSumAggregator):
     def _merge_key(self) -> tuple:
         return (self._config_tag, self._round_tag, self.dim)
 
-    def _decode(self, payload) -> tuple[int, np.ndarray]:
+    def _decode(self, payload, weight) -> tuple[int, np.ndarray]:
         reader = PayloadReader(payload)
         size = reader.remaining
         header = read_header(reader, self._magic, self._scheme)
@@ -330,7 +330,10 @@ class SumAggregator(WeightedSumAggregator):
             raise PayloadError(f"{kind} payload: {size} bytes, expected {self._payload_size}")
         contribution = self._contribution(reader, header)
         reader.expect_end()
-        return header.client_id, contribution
+        scaled = np.multiply(contribution, weight, dtype=np.float64)
+        if not np.all(np.isfinite(scaled)):
+            raise PayloadError("payload decodes to non-finite values")
+        return header.client_id, scaled
 
 
 class DirectSumAggregator(SumAggregator):
