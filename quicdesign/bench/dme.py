@@ -75,6 +75,7 @@ __all__ = [
 FAMILIES = ("lognormal", "normal", "student-t", "gradients")
 DEFAULT_COMPRESSORS = (
     "quicfl",
+    "quicfl-ec",
     "eden",
     "hadamard",
     "qsgd",
