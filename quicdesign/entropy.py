@@ -43,11 +43,15 @@ def _models(table: Table):
     return constriction, [categorical(row, perfect=False) for row in table.code_model]
 
 
-def _group_by_shared(shared: np.ndarray, keep: np.ndarray | None):
+def _group_by_shared(shared: np.ndarray, keep: np.ndarray | None, num_shared: int):
     """Positions sorted by ``h`` (stable) and the group boundaries."""
-    positions = np.arange(shared.size) if keep is None else keep
-    order = positions[np.argsort(shared[positions], kind="stable")]
-    counts = np.bincount(shared[order], minlength=256)
+    if keep is None:
+        order = np.argsort(shared, kind="stable")
+        counts = np.bincount(shared, minlength=num_shared)
+    else:
+        kept = shared[keep]
+        order = keep[np.argsort(kept, kind="stable")]
+        counts = np.bincount(kept, minlength=num_shared)
     return order, np.concatenate(([0], np.cumsum(counts)))
 
 
@@ -69,7 +73,7 @@ class EntropyEncoder(Encoder):
 
     def _serialize(self, quantized: _Quantized) -> bytes:
         coded = _coded_positions(quantized.layout.rotated_dim, quantized.exact_indices)
-        order, bounds = _group_by_shared(quantized.shared, coded)
+        order, bounds = _group_by_shared(quantized.shared, coded, self.table.num_shared)
         symbols = quantized.codes[order].astype(np.int32)
         coder = self._constriction.stream.stack.AnsCoder()
         # ANS is a stack: encode the groups backwards so they decode in order h = 0, 1, ...
@@ -114,18 +118,21 @@ class EntropyAggregator(Aggregator):
         reader.expect_end()
         self._check_exact(indices, values)
         layout = self._state.layout
-        order, bounds = _group_by_shared(shared, _coded_positions(layout.rotated_dim, indices))
+        order, bounds = _group_by_shared(
+            shared, _coded_positions(layout.rotated_dim, indices), self.table.num_shared
+        )
         codes = np.zeros(layout.rotated_dim, dtype=np.uint16)
         try:
             coder = self._constriction.stream.stack.AnsCoder(
                 np.ascontiguousarray(stream, dtype=np.uint32)
             )
-            for h in range(self.table.num_shared):
-                count = int(bounds[h + 1] - bounds[h])
-                if count:
-                    codes[order[bounds[h] : bounds[h + 1]]] = coder.decode(
-                        self._coder_models[h], count
-                    )
+            groups = [
+                coder.decode(self._coder_models[h], int(bounds[h + 1] - bounds[h]))
+                for h in range(self.table.num_shared)
+                if bounds[h + 1] > bounds[h]
+            ]
+            if groups:
+                codes[order] = np.concatenate(groups)
             if not coder.is_empty():
                 raise PayloadError("coded stream has data left after the last symbol")
         except PayloadError:
