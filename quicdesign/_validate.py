@@ -11,6 +11,7 @@ from .errors import InputDTypeError, InputVectorError, ParameterError
 
 __all__ = [
     "MAX_DIM",
+    "check_int",
     "as_client_vector",
     "check_bits",
     "check_client_id",
@@ -23,19 +24,30 @@ MAX_DIM = 2**31 - 1
 _MAX_CLIENT_ID = 2**32 - 1
 
 
-def _as_int(value, name, low, high):
-    # bool is an int subclass, but True as a seed or id is almost surely a caller bug
+def check_int(value, name, low, high=None) -> int:
+    """Return ``value`` as an int in ``[low, high]`` (no upper bound when None).
+
+    Raises
+    ------
+    ParameterError
+        For bools (an int subclass, but almost surely a caller bug), non-integers and
+        values out of range.
+    """
+    bound = f">= {low}" if high is None else f"in [{low}, {high}]"
     if isinstance(value, (bool, np.bool_)):
-        raise ParameterError(f"{name} must be an integer in [{low}, {high}], got a bool")
+        raise ParameterError(f"{name} must be an integer {bound}, got a bool")
     try:
         value = operator.index(value)
     except TypeError:
         raise ParameterError(
-            f"{name} must be an integer in [{low}, {high}], got {type(value).__name__}"
+            f"{name} must be an integer {bound}, got {type(value).__name__}"
         ) from None
-    if not low <= value <= high:
-        raise ParameterError(f"{name} must be in [{low}, {high}], got {value}")
+    if value < low or (high is not None and value > high):
+        raise ParameterError(f"{name} must be an integer {bound}, got {value}")
     return value
+
+
+_as_int = check_int
 
 
 def check_round_seed(round_seed) -> int:

@@ -12,11 +12,11 @@ bits of the last byte must be zero.
 """
 
 import functools
-import operator
 import struct
 
 import numpy as np
 
+from quicdesign._validate import check_int
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError, PayloadError
 
 __all__ = [
@@ -34,17 +34,7 @@ _GROUP = 8
 _ARRAY_KINDS = "iuf"
 
 
-def _check_int(value, name, low, high=None):
-    if isinstance(value, (bool, np.bool_)):
-        raise ParameterError(f"{name} must be an integer, got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ParameterError(f"{name} must be an integer, got {type(value).__name__}") from None
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in {low}..{high}"
-        raise ParameterError(f"{name} must be {bound}, got {value}")
-    return value
+_check_int = check_int
 
 
 def _check_bits(bits):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._validate import check_int
 from .errors import (
     ParameterError,
     TableChecksumError,
@@ -62,11 +63,7 @@ def _sha256(data: bytes) -> str:
 
 
 def _check_int(name, value, low, high):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ParameterError(f"{name} must be an integer, got {value!r}")
-    if not low <= value <= high:
-        raise ParameterError(f"{name} must be in {low}..{high}, got {value}")
-    return int(value)
+    return check_int(value, name, low, high)
 
 
 def _check_tail_prob(tail_prob):

@@ -11,6 +11,7 @@ import scipy
 from scipy.optimize import OptimizeResult
 
 import quicdesign
+from quicdesign._validate import check_int
 from quicdesign.errors import ParameterError
 from quicdesign.table import Table
 
@@ -26,11 +27,7 @@ DEFAULT_TAIL_PROB = 1 / 512
 
 
 def _check_int(name, value, low, high):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ParameterError(f"{name} must be an integer in {low}..{high}, got {value!r}")
-    if not low <= value <= high:
-        raise ParameterError(f"{name} must be in {low}..{high}, got {value}")
-    return int(value)
+    return check_int(value, name, low, high)
 
 
 @dataclass(frozen=True)

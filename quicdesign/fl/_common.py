@@ -9,6 +9,7 @@ import zlib
 
 import numpy as np
 
+from quicdesign._validate import check_int as _shared_check_int
 from quicdesign.errors import ParameterError
 
 __all__ = [
@@ -54,18 +55,7 @@ def generator(seed, *labels) -> np.random.Generator:
     return np.random.default_rng(stream_seed(seed, *labels))
 
 
-def check_int(value, name, low, high=None) -> int:
-    """Return ``value`` as an int in ``[low, high]`` or raise ``ParameterError``."""
-    if isinstance(value, (bool, np.bool_)):
-        raise ParameterError(f"{name} must be an integer, got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ParameterError(f"{name} must be an integer, got {value!r}") from None
-    if value < low or (high is not None and value > high):
-        bound = f">= {low}" if high is None else f"in [{low}, {high}]"
-        raise ParameterError(f"{name} must be {bound}, got {value}")
-    return value
+check_int = _shared_check_int
 
 
 def check_positive_float(value, name, *, allow_zero=False) -> float:
