@@ -38,6 +38,7 @@ import struct
 
 import numpy as np
 
+from quicdesign._validate import check_int
 from quicdesign.errors import ParameterError
 
 __all__ = [
@@ -61,32 +62,11 @@ _SIGN_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)
 
 
 def _check_uint64(value, name):
-    # bool is an int subclass, but True as a seed is almost surely a caller bug
-    if isinstance(value, (bool, np.bool_)):
-        raise ParameterError(f"{name} must be an integer in [0, 2**64), got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ParameterError(
-            f"{name} must be an integer in [0, 2**64), got {type(value).__name__}"
-        ) from None
-    if not 0 <= value < _UINT64_LIMIT:
-        raise ParameterError(f"{name} must be in [0, 2**64), got {value}")
-    return value
+    return check_int(value, name, 0, _UINT64_LIMIT - 1)
 
 
 def _check_count(value, name):
-    if isinstance(value, (bool, np.bool_)):
-        raise ParameterError(f"{name} must be a non-negative integer, got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ParameterError(
-            f"{name} must be a non-negative integer, got {type(value).__name__}"
-        ) from None
-    if value < 0:
-        raise ParameterError(f"{name} must be non-negative, got {value}")
-    return value
+    return check_int(value, name, 0)
 
 
 def derive_key(round_seed, client_id, purpose):
