@@ -152,10 +152,12 @@ class Encoder:
             )
         z = (rotated * scale[:, None].astype(rotated.dtype)).reshape(-1)
         lower, upper = table.support
-        exact = np.flatnonzero((z < lower) | (z > upper))
+        outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
+        exact = np.flatnonzero(outside)
         shared = shared_values(self.round_seed, client_id, table.shared_bits, layout.rotated_dim)
         rng = np.random.default_rng(rng)  # a Generator passes through; None or an int seeds one
-        codes = table.sender.sample(np.clip(z, lower, upper), shared, rng=rng)
+        # The sampler clamps values beyond the support; their codes are overwritten below.
+        codes = table.sender.sample(z, shared, rng=rng)
         codes[exact] = 0
         return _Quantized(
             client_id=client_id,

@@ -240,7 +240,7 @@ class SenderRule:
         Parameters
         ----------
         values : ndarray of float, shape (n,)
-            Points inside :attr:`support`.
+            Points; values outside :attr:`support` are treated as its nearest end.
         shared : ndarray of int, shape (n,)
             Shared random values ``h`` in ``[0, H)``.
         uniforms : ndarray of float, shape (n,), optional

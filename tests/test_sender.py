@@ -107,3 +107,17 @@ def test_bucket_locator_agrees_with_binary_search(receiver, seed):
     open_piece = t_next > t_event
     assert np.all(open_piece)
     assert np.all((values < t_next) | (values == hi))
+
+
+def test_sample_clamps_values_beyond_the_support(official_b2_l5):
+    rule = SenderRule(official_b2_l5)
+    lo, hi = rule.support
+    rng = np.random.default_rng(0)
+    values = np.concatenate([rng.uniform(lo - 5, lo, 200), rng.uniform(hi, hi + 5, 200)])
+    shared = rng.integers(0, 32, values.size)
+    uniforms = rng.random(values.size)
+    clamped = np.clip(values, lo, hi)
+    np.testing.assert_array_equal(
+        rule.sample(values, shared, uniforms=uniforms),
+        rule.sample(clamped, shared, uniforms=uniforms),
+    )
