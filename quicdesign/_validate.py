@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import operator
+import os
+from pathlib import Path
 
 import numpy as np
 
@@ -18,6 +20,7 @@ __all__ = [
     "check_dim",
     "check_round_seed",
     "check_weight",
+    "writable_dir",
 ]
 
 MAX_DIM = 2**31 - 1
@@ -117,3 +120,22 @@ def as_client_vector(vector) -> np.ndarray:
         bad = int(np.argmin(finite))
         raise InputVectorError(f"vector has a non-finite value {flat[bad]} at index {bad}")
     return flat
+
+
+def writable_dir(path) -> Path:
+    """Create ``path`` if needed and prove it is writable, before any long work starts.
+
+    Raises
+    ------
+    ParameterError
+        If the folder cannot be created or written.
+    """
+    folder = Path(path)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise ParameterError(f"cannot write to {folder}: {exc.strerror or exc}") from None
+    return folder

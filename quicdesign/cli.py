@@ -7,12 +7,12 @@ other command needs the runtime only. Errors print one line and exit with status
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-from .errors import ParameterError, QuicDesignError
+from ._validate import writable_dir
+from .errors import QuicDesignError
 from .table import list_tables, load_table, shipped_tables_dir, write_index
 
 __all__ = ["main", "REFERENCE_VNMSE"]
@@ -55,22 +55,11 @@ def _probability(text: str) -> float:
         ) from None
 
 
-def _writable_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ParameterError(f"cannot write to {path}: {exc.strerror or exc}") from None
-    return path
-
-
 def _cmd_design_entropy(args) -> int:
     from solvers.rate import design_entropy_coded
 
     shared_bits = (args.shared_bits or [6])[0]
-    out = _writable_dir(Path(args.out)) if args.out else None
+    out = writable_dir(args.out) if args.out else None
     print(
         f"{'rate':>4} {'l':>2} {'K':>4} {'step':>7} {'vNMSE':>9} {'EDEN':>7} {'ratio':>6} "
         f"{'expected bits':>13} {'cert gap':>9}"
@@ -117,7 +106,7 @@ def _cmd_design(args) -> int:
         for bits in bits_list:
             shared = args.shared_bits or [DEFAULT_SHARED_BITS.get(bits, 0)]
             specs += [DesignSpec(bits, shared_bits, tail) for shared_bits in shared]
-    out = _writable_dir(Path(args.out)) if args.out else None
+    out = writable_dir(args.out) if args.out else None
     began = time.perf_counter()
     results = sweep(
         specs,

@@ -38,7 +38,6 @@ import functools
 import inspect
 import math
 import operator
-import os
 import sys
 import time
 import zlib
@@ -47,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quicdesign._validate import writable_dir
 from quicdesign.compressors import COMPRESSORS, make_compressor
 from quicdesign.errors import ParameterError, QuicDesignError
 
@@ -997,19 +997,6 @@ def plot_server_scaling(result, path=None):
 # --------------------------------------------------------------------------- command line
 
 
-def _output_dir(path):
-    # checked before the run, so a typo does not cost minutes of benchmarking
-    folder = Path(path)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / f".write-probe-{os.getpid()}"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise ParameterError(f"cannot write to {folder}: {exc.strerror or exc}") from None
-    return folder
-
-
 def _threads_text(blas_threads):
     return f"{blas_threads} BLAS thread(s)" if blas_threads else "default BLAS threads"
 
@@ -1022,7 +1009,7 @@ def _run(args):
     if args.trials is not None:
         _positive_int(args.trials, "trials")
     _nonnegative_int(args.blas_threads, "blas-threads")
-    out = _output_dir(args.out) if args.out else None
+    out = writable_dir(args.out) if args.out else None
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     families = args.families or FAMILIES
     if args.sweep:

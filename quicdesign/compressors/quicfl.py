@@ -1,16 +1,47 @@
-"""QUIC-FL on the compressor protocol (a thin adapter over :mod:`quicdesign.codec`)."""
+"""QUIC-FL on the compressor protocol (thin adapters over the runtime codecs)."""
 
 from __future__ import annotations
 
-from ..codec import Aggregator as _QuicAggregator
-from ..codec import Encoder
+from ..codec import Aggregator, Encoder
+from ..entropy import EntropyAggregator, EntropyEncoder
 from ..table import Table, load_entropy_table, load_table
 from .base import Compressor, CompressorProperties
 
 __all__ = ["QuicFL", "QuicFLEntropy"]
 
 
-class QuicFL(Compressor):
+class _TableCompressor(Compressor):
+    """A compressor driven by a table: one encoder per round, one aggregator per round."""
+
+    _encoder_class = Encoder
+    _aggregator_class = Aggregator
+
+    def _load_table(self) -> Table:
+        raise NotImplementedError
+
+    def resolved_table(self) -> Table:
+        """The table in use (loaded once)."""
+        if self.table is None:
+            self.table = self._load_table()
+        return self.table
+
+    def encode(self, vector, *, round_seed, client_id, rng=None) -> bytes:
+        encoder = self._encoder
+        if encoder is None or encoder.round_seed != round_seed:
+            # One encoder per round keeps its cached rotation signs.
+            encoder = self._encoder = self._encoder_class(self.resolved_table(), round_seed)
+        return encoder.encode(vector, client_id, rng=rng)
+
+    def aggregator(self, dim, round_seed):
+        return self._aggregator_class(self.resolved_table(), round_seed, dim)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_encoder"] = None
+        return state
+
+
+class QuicFL(_TableCompressor):
     """QUIC-FL: shared rotation, table-driven unbiased b-bit quantization.
 
     Parameters
@@ -38,29 +69,11 @@ class QuicFL(Compressor):
         self.table = table
         self._encoder = None
 
-    def resolved_table(self) -> Table:
-        """The table in use (loaded once)."""
-        if self.table is None:
-            self.table = load_table(self.bits, self.shared_bits, self.tail_prob)
-        return self.table
-
-    def encode(self, vector, *, round_seed, client_id, rng=None) -> bytes:
-        encoder = self._encoder
-        if encoder is None or encoder.round_seed != round_seed:
-            # One encoder per round keeps its cached rotation signs.
-            encoder = self._encoder = Encoder(self.resolved_table(), round_seed)
-        return encoder.encode(vector, client_id, rng=rng)
-
-    def aggregator(self, dim, round_seed):
-        return _QuicAggregator(self.resolved_table(), round_seed, dim)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_encoder"] = None
-        return state
+    def _load_table(self) -> Table:
+        return load_table(self.bits, self.shared_bits, self.tail_prob)
 
 
-class QuicFLEntropy(Compressor):
+class QuicFLEntropy(_TableCompressor):
     """Entropy-coded QUIC-FL: a dithered-grid table with many messages, ANS coded.
 
     Parameters
@@ -78,32 +91,13 @@ class QuicFLEntropy(Compressor):
         shared_randomness=("round", "client"),
         fixed_rate=False,
     )
+    _encoder_class = EntropyEncoder
+    _aggregator_class = EntropyAggregator
 
     def __init__(self, bits=2, table=None):
         self.bits = bits
         self.table = table
         self._encoder = None
 
-    def resolved_table(self) -> Table:
-        """The table in use (loaded once)."""
-        if self.table is None:
-            self.table = load_entropy_table(self.bits)
-        return self.table
-
-    def encode(self, vector, *, round_seed, client_id, rng=None) -> bytes:
-        from ..entropy import EntropyEncoder
-
-        encoder = self._encoder
-        if encoder is None or encoder.round_seed != round_seed:
-            encoder = self._encoder = EntropyEncoder(self.resolved_table(), round_seed)
-        return encoder.encode(vector, client_id, rng=rng)
-
-    def aggregator(self, dim, round_seed):
-        from ..entropy import EntropyAggregator
-
-        return EntropyAggregator(self.resolved_table(), round_seed, dim)
-
-    def __getstate__(self):
-        state = dict(self.__dict__)
-        state["_encoder"] = None
-        return state
+    def _load_table(self) -> Table:
+        return load_entropy_table(self.bits)

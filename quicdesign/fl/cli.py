@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
+from quicdesign._validate import writable_dir
 from quicdesign.errors import ParameterError
 
 from .experiments import EXPERIMENTS, format_table, run_experiment
@@ -57,7 +57,7 @@ def _cmd_run(args):
     from .report import write_result
 
     # fail before a long run, not after it, when the folder cannot be written
-    Path(args.out).mkdir(parents=True, exist_ok=True)
+    writable_dir(args.out)
     began = time.perf_counter()
     result = run_experiment(args.experiment, seeds=args.seeds, rounds=args.rounds,
                             workers=args.workers, progress=args.progress)
