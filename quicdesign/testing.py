@@ -86,8 +86,12 @@ def _check_decoded(ctx, check, decoded, what):
     if not isinstance(decoded, np.ndarray):
         _fail(ctx, check, f"{what} returned {type(decoded).__name__}, not a numpy array")
     if decoded.dtype != np.float64 or decoded.shape != (ctx.dim,):
-        _fail(ctx, check, f"{what} has dtype {decoded.dtype} and shape {decoded.shape}, "
-                          f"expected float64 and ({ctx.dim},)")
+        _fail(
+            ctx,
+            check,
+            f"{what} has dtype {decoded.dtype} and shape {decoded.shape}, "
+            f"expected float64 and ({ctx.dim},)",
+        )
     if not np.all(np.isfinite(decoded)):
         _fail(ctx, check, f"{what} holds non-finite values")
 
@@ -164,8 +168,11 @@ def check_bytes_accounting(ctx):
         other = ctx.encode(ctx.x[::-1] * 0.5 + 1.0, client_id=3)
         for label, data in (("payload", payload), ("payload of another vector", other)):
             if len(data) != declared(ctx.dim):
-                _fail(ctx, check, f"{label} has {len(data)} bytes, payload_size says "
-                                  f"{declared(ctx.dim)}")
+                _fail(
+                    ctx,
+                    check,
+                    f"{label} has {len(data)} bytes, payload_size says {declared(ctx.dim)}",
+                )
 
 
 def check_unbiasedness(ctx):
@@ -199,8 +206,9 @@ def check_unbiasedness(ctx):
     projections = np.empty((trials, directions.shape[0]))
     for trial in range(trials):
         round_seed = (ctx.round_seed * 7919 + trial + 1) % 2**64
-        payload = ctx.compressor.encode(ctx.x, round_seed=round_seed, client_id=trial,
-                                        rng=ctx.rng(trial, 7))
+        payload = ctx.compressor.encode(
+            ctx.x, round_seed=round_seed, client_id=trial, rng=ctx.rng(trial, 7)
+        )
         error = ctx.decode(payload, round_seed=round_seed) - ctx.x
         total += error
         total_squares += error * error
@@ -213,18 +221,29 @@ def check_unbiasedness(ctx):
     z = np.abs(mean_error) / (np.sqrt(np.maximum(variance, floor) / trials) + rounding)
     worst = int(np.argmax(z))
     if z[worst] > UNBIASED_Z:
-        _fail(ctx, check, f"mean of {trials} decodes is {z[worst]:.1f} standard errors off "
-                          f"at coordinate {worst} (x={ctx.x[worst]:.4g}, mean error "
-                          f"{mean_error[worst]:.3g}, max |x| {_scale(ctx):.4g})")
+        _fail(
+            ctx,
+            check,
+            f"mean of {trials} decodes is {z[worst]:.1f} standard errors off "
+            f"at coordinate {worst} (x={ctx.x[worst]:.4g}, mean error "
+            f"{mean_error[worst]:.3g}, max |x| {_scale(ctx):.4g})",
+        )
     projected = projections.mean(axis=0)
     projected_se = projections.std(axis=0, ddof=1) / math.sqrt(trials)
     projected_z = np.abs(projected) / (projected_se + rounding * math.sqrt(ctx.dim))
     if projected_z[0] > UNBIASED_Z:
-        _fail(ctx, check, f"mean error along x is {projected_z[0]:.1f} standard errors "
-                          f"({projected[0]:.3g}; ||x|| = {np.linalg.norm(ctx.x):.4g})")
+        _fail(
+            ctx,
+            check,
+            f"mean error along x is {projected_z[0]:.1f} standard errors "
+            f"({projected[0]:.3g}; ||x|| = {np.linalg.norm(ctx.x):.4g})",
+        )
     if projected_z.max() > UNBIASED_Z:
-        _fail(ctx, check, f"mean error along a random direction is {projected_z.max():.1f} "
-                          "standard errors")
+        _fail(
+            ctx,
+            check,
+            f"mean error along a random direction is {projected_z.max():.1f} standard errors",
+        )
     squared_se = variance / trials
     spread = float(np.sum(squared_se))
     if spread > 0:
@@ -233,8 +252,12 @@ def check_unbiasedness(ctx):
             ratio = float(np.sum(mean_error**2)) / spread
             limit = 1.0 + UNBIASED_Z * math.sqrt(2.0 / dof)
             if ratio > limit:
-                _fail(ctx, check, f"squared mean error is {ratio:.2f} times its expected value "
-                                  f"over {trials} trials (limit {limit:.2f}): a diffuse bias")
+                _fail(
+                    ctx,
+                    check,
+                    f"squared mean error is {ratio:.2f} times its expected value "
+                    f"over {trials} trials (limit {limit:.2f}): a diffuse bias",
+                )
 
 
 def _payloads(ctx, count, salt=0):
@@ -251,8 +274,11 @@ def check_merge(ctx):
         (first if k < 3 else second).add(payload, weight=1.0 + k)
     first.merge(second)
     if first.count != whole.count or whole.count != len(payloads):
-        _fail(ctx, check, f"counts {first.count} (merged) and {whole.count} (single), "
-                          f"expected {len(payloads)}")
+        _fail(
+            ctx,
+            check,
+            f"counts {first.count} (merged) and {whole.count} (single), expected {len(payloads)}",
+        )
     if not _close(first.result(), whole.result(), ctx):
         _fail(ctx, check, "merged shards differ from a single aggregator")
     overlapping = ctx.aggregator()
@@ -338,8 +364,13 @@ def check_duplicate_client(ctx):
     aggregator = ctx.aggregator()
     aggregator.add(ctx.encode(client_id=5))
     _expect_rejected(ctx, check, aggregator, "repeated verbatim", ctx.encode(client_id=5))
-    _expect_rejected(ctx, check, aggregator, "re-encoded by the same client",
-                     ctx.encode(ctx.x * 2.0, client_id=5, salt=1))
+    _expect_rejected(
+        ctx,
+        check,
+        aggregator,
+        "re-encoded by the same client",
+        ctx.encode(ctx.x * 2.0, client_id=5, salt=1),
+    )
 
 
 def check_empty_aggregator(ctx):
@@ -370,8 +401,9 @@ CHECKS = {
 }
 
 
-def check_compressor(compressor, *, dims=(1, 7, 1000), seed=0, statistical=True,
-                     trials=_DEFAULT_TRIALS, checks=None):
+def check_compressor(
+    compressor, *, dims=(1, 7, 1000), seed=0, statistical=True, trials=_DEFAULT_TRIALS, checks=None
+):
     """Run the conformance checks on ``compressor``.
 
     Parameters

@@ -32,21 +32,23 @@ from quicdesign.testing import check_compressor, parametrize_compressors
 # -------------------------------------------------------------------- conformance
 
 CONFIGURATIONS = {name: {} for name in COMPRESSORS}
-CONFIGURATIONS.update({
-    "sq-b1": {"bits": 1},
-    "sq-b8": {"bits": 8},
-    "qsgd-s1-max": {"levels": 1, "norm": "max"},
-    "hadamard-b2": {"bits": 2},
-    "kashin-b2": {"bits": 2},
-    "kashin-tf": {"variant": "tf"},
-    "eden-b1": {"bits": 1},
-    "eden-b8": {"bits": 8},
-    "countsketch-median": {"estimator": "median"},
-    "countsketch-r5": {"rows": 5, "columns": 64},
-    "cossgd-stochastic-clip": {"bits": 2, "clip": 0.01, "rounding": "stochastic"},
-    "cossgd-unbiased": {"bits": 3, "rounding": "unbiased"},
-    "randk-quarter": {"fraction": 0.25},
-})
+CONFIGURATIONS.update(
+    {
+        "sq-b1": {"bits": 1},
+        "sq-b8": {"bits": 8},
+        "qsgd-s1-max": {"levels": 1, "norm": "max"},
+        "hadamard-b2": {"bits": 2},
+        "kashin-b2": {"bits": 2},
+        "kashin-tf": {"variant": "tf"},
+        "eden-b1": {"bits": 1},
+        "eden-b8": {"bits": 8},
+        "countsketch-median": {"estimator": "median"},
+        "countsketch-r5": {"rows": 5, "columns": 64},
+        "cossgd-stochastic-clip": {"bits": 2, "clip": 0.01, "rounding": "stochastic"},
+        "cossgd-unbiased": {"bits": 3, "rounding": "unbiased"},
+        "randk-quarter": {"fraction": 0.25},
+    }
+)
 
 
 def _build(label):
@@ -60,8 +62,18 @@ def test_conformance(compressor):
 
 
 def test_registry_names_and_unknown_name():
-    expected = {"sq", "qsgd", "hadamard", "kashin", "eden", "drive", "countsketch", "cossgd",
-                "sign", "randk"}
+    expected = {
+        "sq",
+        "qsgd",
+        "hadamard",
+        "kashin",
+        "eden",
+        "drive",
+        "countsketch",
+        "cossgd",
+        "sign",
+        "randk",
+    }
     assert expected <= set(COMPRESSORS)
     for name in expected:
         assert make_compressor(name).name == name
@@ -69,12 +81,26 @@ def test_registry_names_and_unknown_name():
         make_compressor("nope")
 
 
-@pytest.mark.parametrize("compressor", [
-    StochasticQuantizer(bits=0), QSGD(levels=0), QSGD(norm="l1"), HadamardSQ(bits=17),
-    KashinSQ(variant="full"), KashinSQ(eta=1.5), EDEN(bits=9), CountSketch(rows=0),
-    CountSketch(estimator="max"), CosSGD(clip=1.0), CosSGD(rounding="nearest"),
-    CosSGD(rounding="unbiased", clip=0.01), RandK(k=3, fraction=0.5), RandK(fraction=0.0),
-], ids=repr)
+@pytest.mark.parametrize(
+    "compressor",
+    [
+        StochasticQuantizer(bits=0),
+        QSGD(levels=0),
+        QSGD(norm="l1"),
+        HadamardSQ(bits=17),
+        KashinSQ(variant="full"),
+        KashinSQ(eta=1.5),
+        EDEN(bits=9),
+        CountSketch(rows=0),
+        CountSketch(estimator="max"),
+        CosSGD(clip=1.0),
+        CosSGD(rounding="nearest"),
+        CosSGD(rounding="unbiased", clip=0.01),
+        RandK(k=3, fraction=0.5),
+        RandK(fraction=0.0),
+    ],
+    ids=repr,
+)
 def test_invalid_parameters_fail_when_used(compressor):
     with pytest.raises(ParameterError):
         compressor.encode(np.ones(8), round_seed=0, client_id=0)
@@ -82,18 +108,21 @@ def test_invalid_parameters_fail_when_used(compressor):
         compressor.aggregator(8, 0)
 
 
-@pytest.mark.parametrize("label, dim, expected", [
-    ("sq", 1000, HEADER_SIZE + 8 + 500),
-    ("qsgd", 1000, HEADER_SIZE + 4 + 500),  # s = 7: 15 signed levels in 4 bits
-    ("hadamard", 1000, HEADER_SIZE + 8 + 512),  # rotated_dim 1024
-    ("kashin", 1000, HEADER_SIZE + 8 + 1024),  # frame 2048
-    ("eden", 3000, HEADER_SIZE + 4 * 3 + 768),  # 3 chunks of 1024, 2 bits
-    ("drive", 1000, HEADER_SIZE + 4 + 128),
-    ("countsketch", 1000, HEADER_SIZE + 4 * 3 * 32),
-    ("cossgd", 1000, HEADER_SIZE + 8 + 500),
-    ("sign", 1000, HEADER_SIZE + 4 + 125),
-    ("randk", 1000, HEADER_SIZE + 4 * 32),
-])
+@pytest.mark.parametrize(
+    "label, dim, expected",
+    [
+        ("sq", 1000, HEADER_SIZE + 8 + 500),
+        ("qsgd", 1000, HEADER_SIZE + 4 + 500),  # s = 7: 15 signed levels in 4 bits
+        ("hadamard", 1000, HEADER_SIZE + 8 + 512),  # rotated_dim 1024
+        ("kashin", 1000, HEADER_SIZE + 8 + 1024),  # frame 2048
+        ("eden", 3000, HEADER_SIZE + 4 * 3 + 768),  # 3 chunks of 1024, 2 bits
+        ("drive", 1000, HEADER_SIZE + 4 + 128),
+        ("countsketch", 1000, HEADER_SIZE + 4 * 3 * 32),
+        ("cossgd", 1000, HEADER_SIZE + 8 + 500),
+        ("sign", 1000, HEADER_SIZE + 4 + 125),
+        ("randk", 1000, HEADER_SIZE + 4 * 32),
+    ],
+)
 def test_payload_sizes(label, dim, expected):
     compressor = make_compressor(label)
     payload = compressor.encode(np.linspace(-1, 2, dim), round_seed=3, client_id=1)
@@ -142,8 +171,15 @@ def test_qsgd_variance_within_bound():
     x = np.random.default_rng(1).standard_normal(dim)
     compressor = QSGD(levels=levels)
     errors = [
-        np.sum((compressor.decode(compressor.encode(x, round_seed=t, client_id=0, rng=t),
-                                  dim=dim, round_seed=t) - x) ** 2)
+        np.sum(
+            (
+                compressor.decode(
+                    compressor.encode(x, round_seed=t, client_id=0, rng=t), dim=dim, round_seed=t
+                )
+                - x
+            )
+            ** 2
+        )
         for t in range(trials)
     ]
     bound = min(dim / levels**2, math.sqrt(dim) / levels)
@@ -161,8 +197,9 @@ def test_qsgd_rejects_codes_above_2s():
 def test_sq_constant_vector_is_exact():
     compressor = StochasticQuantizer(bits=3)
     x = np.full(10, 0.25)
-    assert np.array_equal(compressor.decode(compressor.encode(x, round_seed=0, client_id=0),
-                                            dim=10, round_seed=0), x)
+    assert np.array_equal(
+        compressor.decode(compressor.encode(x, round_seed=0, client_id=0), dim=10, round_seed=0), x
+    )
 
 
 # ----------------------------------------------------------------------------- EDEN
@@ -181,7 +218,7 @@ EDEN_VNMSE = {1: 0.5708, 2: 0.1331, 3: 0.03578, 4: 0.009592}
 def test_lloyd_max_levels_match_the_table(bits):
     centroids, thresholds, distortion = lloyd_max_normal(bits)
     positive, table_distortion = LLOYD_MAX_TABLE[bits]
-    np.testing.assert_allclose(centroids[len(positive):], positive, atol=6e-6)
+    np.testing.assert_allclose(centroids[len(positive) :], positive, atol=6e-6)
     np.testing.assert_allclose(centroids, -centroids[::-1], atol=1e-14)
     np.testing.assert_allclose(thresholds, 0.5 * (centroids[1:] + centroids[:-1]))
     assert distortion == pytest.approx(table_distortion, rel=2e-4)
@@ -234,17 +271,19 @@ def test_drive_is_scaled_sign_of_the_rotation():
     layout = RotationLayout.for_dim(dim)
     from quicdesign.randomness import rotation_signs
 
-    signs = rotation_signs(
-        4, layout.rotated_dim, np.float64, client_id=9, purpose="eden-rotation"
-    )
+    signs = rotation_signs(4, layout.rotated_dim, np.float64, client_id=9, purpose="eden-rotation")
     v = rotate(x, signs, layout).reshape(-1)
     scale = np.sum(v**2) / np.sum(np.abs(v))
     expected_rotated = scale * np.where(v < 0, -1.0, 1.0)
     from quicdesign.rotation import unrotate
 
     expected = unrotate(expected_rotated, signs, layout)
-    np.testing.assert_allclose(drive.decode(payload, dim=dim, round_seed=4), expected,
-                               rtol=1e-6, atol=1e-7 * np.abs(expected).max())
+    np.testing.assert_allclose(
+        drive.decode(payload, dim=dim, round_seed=4),
+        expected,
+        rtol=1e-6,
+        atol=1e-7 * np.abs(expected).max(),
+    )
 
 
 def test_eden_rotation_is_per_client():
@@ -260,7 +299,15 @@ def test_eden_rotation_is_per_client():
 
 def test_kashin_frame_dimension_rule():
     assert [kashin_frame_dim(d) for d in (1, 2, 3, 7, 8, 100, 1000, 1024)] == [
-        2, 4, 4, 16, 16, 128, 2048, 2048]
+        2,
+        4,
+        4,
+        16,
+        16,
+        128,
+        2048,
+        2048,
+    ]
 
 
 def test_kashin_exact_variant_represents_x_and_bounds_the_coefficients():
@@ -297,8 +344,9 @@ def test_count_sketch_is_linear():
     aggregator = sketcher.aggregator(dim, 8)
     aggregator.add(sketcher.encode(x, round_seed=8, client_id=0))
     aggregator.add(sketcher.encode(y, round_seed=8, client_id=1))
-    together = sketcher.decode(sketcher.encode(x + y, round_seed=8, client_id=2), dim=dim,
-                               round_seed=8)
+    together = sketcher.decode(
+        sketcher.encode(x + y, round_seed=8, client_id=2), dim=dim, round_seed=8
+    )
     np.testing.assert_allclose(2 * aggregator.result(), together, rtol=1e-5, atol=1e-5)
 
 
@@ -307,8 +355,7 @@ def test_count_sketch_recovers_a_heavy_hitter_exactly_enough():
     x = np.zeros(dim)
     x[123] = 100.0
     sketcher = CountSketch(rows=5, columns=256, estimator="median")
-    decoded = sketcher.decode(sketcher.encode(x, round_seed=2, client_id=0), dim=dim,
-                              round_seed=2)
+    decoded = sketcher.decode(sketcher.encode(x, round_seed=2, client_id=0), dim=dim, round_seed=2)
     assert decoded[123] == pytest.approx(100.0)
     # any other coordinate would need bucket collisions in 3 of the 5 rows
     assert np.count_nonzero(decoded) == 1
@@ -320,7 +367,7 @@ def test_count_sketch_recovers_a_heavy_hitter_exactly_enough():
 
 def _cos_roundtrip(compressor, x, seed=0):
     payload = compressor.encode(x, round_seed=seed, client_id=0, rng=seed)
-    norm, beta = np.frombuffer(payload[HEADER_SIZE:HEADER_SIZE + 8], dtype="<f4")
+    norm, beta = np.frombuffer(payload[HEADER_SIZE : HEADER_SIZE + 8], dtype="<f4")
     return compressor.decode(payload, dim=x.size, round_seed=seed), float(norm), float(beta)
 
 
@@ -376,11 +423,15 @@ def test_cossgd_error_falls_with_bits_and_clipping_saturates():
     assert np.count_nonzero(np.abs(x) > np.abs(clipped).max() * (1 + 1e-6)) == 10
 
 
-@pytest.mark.parametrize("compressor", [
-    CosSGD(bits=2, rounding="deterministic"),
-    CosSGD(bits=2, clip=0.05, rounding="stochastic"),
-    CosSGD(bits=1, rounding="stochastic"),
-], ids=repr)
+@pytest.mark.parametrize(
+    "compressor",
+    [
+        CosSGD(bits=2, rounding="deterministic"),
+        CosSGD(bits=2, clip=0.05, rounding="stochastic"),
+        CosSGD(bits=1, rounding="stochastic"),
+    ],
+    ids=repr,
+)
 def test_cossgd_modes_other_than_unbiased_are_biased(compressor):
     x = np.array([3.0, 1.0, -0.2, 0.05, -2.0, 0.4, -0.03])
     trials = 1500
@@ -392,8 +443,9 @@ def test_cossgd_modes_other_than_unbiased_are_biased(compressor):
 
 def test_cossgd_unbiased_mode_is_unbiased_where_angle_rounding_is_not():
     x = np.array([3.0, 1.0, -0.2, 0.05, -2.0])
-    unbiased = np.mean([_cos_roundtrip(CosSGD(bits=1, rounding="unbiased"), x, s)[0]
-                        for s in range(1500)], axis=0)
+    unbiased = np.mean(
+        [_cos_roundtrip(CosSGD(bits=1, rounding="unbiased"), x, s)[0] for s in range(1500)], axis=0
+    )
     # per-coordinate standard deviation is at most max|x| = 3; 5 standard errors
     np.testing.assert_allclose(unbiased, x, atol=5 * 3 / math.sqrt(1500))
 
@@ -404,8 +456,9 @@ def test_cossgd_unbiased_mode_is_unbiased_where_angle_rounding_is_not():
 def test_sign_decodes_to_scaled_signs():
     x = np.array([-2.0, 0.0, 1.0, -0.5])
     compressor = SignSGD()
-    decoded = compressor.decode(compressor.encode(x, round_seed=0, client_id=0), dim=4,
-                                round_seed=0)
+    decoded = compressor.decode(
+        compressor.encode(x, round_seed=0, client_id=0), dim=4, round_seed=0
+    )
     np.testing.assert_allclose(decoded, np.array([-1, 1, 1, -1]) * np.float32(0.875))
     assert not compressor.properties.unbiased
 

@@ -11,8 +11,9 @@ from quicdesign.fl import EXPERIMENTS, run_experiment
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "quicdesign.cli", *args],
-                          capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "quicdesign.cli", *args], capture_output=True, text=True
+    )
 
 
 def test_list_names_every_experiment(capsys):
@@ -24,18 +25,36 @@ def test_list_names_every_experiment(capsys):
 
 
 def test_run_writes_csv_png_and_prints_the_summary(tmp_path, capsys):
-    code = main(["fl", "run", "intrinsic-bandwidth", "--rounds", "12", "--seeds", "0",
-                 "--workers", "1", "--out", str(tmp_path), "--no-progress"])
+    code = main(
+        [
+            "fl",
+            "run",
+            "intrinsic-bandwidth",
+            "--rounds",
+            "12",
+            "--seeds",
+            "0",
+            "--workers",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--no-progress",
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "up_floats/participation" in printed and "time-varying stateless" in printed
-    for name in ("intrinsic-bandwidth_summary.csv", "intrinsic-bandwidth_curves.csv",
-                 "intrinsic-bandwidth.png"):
+    for name in (
+        "intrinsic-bandwidth_summary.csv",
+        "intrinsic-bandwidth_curves.csv",
+        "intrinsic-bandwidth.png",
+    ):
         assert (tmp_path / name).stat().st_size > 0
     with open(tmp_path / "intrinsic-bandwidth_curves.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert {"config", "seed", "round", "upload_bits", "download_bits", "test_accuracy"} <= set(
-        rows[0])
+        rows[0]
+    )
     assert {row["round"] for row in rows} == {"0", "12"}
 
 
@@ -45,12 +64,15 @@ def test_decoding_experiment_table(tmp_path, capsys):
     assert (tmp_path / "signsgd-decoding.png").exists()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["fl", "run", "no-such-experiment"], "unknown experiment"),
-    (["fl", "run", "mcm", "--seeds", "x"], "seeds"),
-    (["fl", "run", "mcm", "--rounds", "0"], "positive integer"),
-    (["fl", "run", "mcm", "--out", "/proc/not-writable/x"], "quicdesign: error"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["fl", "run", "no-such-experiment"], "unknown experiment"),
+        (["fl", "run", "mcm", "--seeds", "x"], "seeds"),
+        (["fl", "run", "mcm", "--rounds", "0"], "positive integer"),
+        (["fl", "run", "mcm", "--out", "/proc/not-writable/x"], "quicdesign: error"),
+    ],
+)
 def test_bad_input_gives_one_line_and_exit_2(args, needle):
     result = run(*args)
     assert result.returncode == 2

@@ -33,15 +33,19 @@ from quicdesign.fl import (
 
 
 def test_import_needs_numpy_only():
-    code = ("import sys, quicdesign.fl, quicdesign.fl.cli; "
-            "print(sorted(m for m in ('scipy', 'sklearn', 'matplotlib') if m in sys.modules))")
-    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            check=True).stdout.strip()
+    code = (
+        "import sys, quicdesign.fl, quicdesign.fl.cli; "
+        "print(sorted(m for m in ('scipy', 'sklearn', 'matplotlib') if m in sys.modules))"
+    )
+    output = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert output == "[]"
 
 
-@pytest.mark.parametrize("model", [MLP(5, 7, 3), SoftmaxRegression(5, 3), LogisticRegression(5),
-                                   LinearRegression(5)])
+@pytest.mark.parametrize(
+    "model", [MLP(5, 7, 3), SoftmaxRegression(5, 3), LogisticRegression(5), LinearRegression(5)]
+)
 @pytest.mark.parametrize("shared", [False, True])
 def test_model_gradients_match_finite_differences(model, shared):
     rng = np.random.default_rng(0)
@@ -59,8 +63,10 @@ def test_model_gradients_match_finite_differences(model, shared):
     for i in range(model.num_params):
         step = np.zeros_like(full)
         step[:, i] = 1e-6
-        numeric[:, i] = (model.loss_and_grad(full + step, features, targets, weights)[0]
-                         - model.loss_and_grad(full - step, features, targets, weights)[0]) / 2e-6
+        numeric[:, i] = (
+            model.loss_and_grad(full + step, features, targets, weights)[0]
+            - model.loss_and_grad(full - step, features, targets, weights)[0]
+        ) / 2e-6
     np.testing.assert_allclose(grads, numeric, atol=1e-7)
     loss, _ = model.evaluate(full[0], features[0], targets[0])
     assert loss == pytest.approx(losses[0], rel=1e-12)
@@ -74,8 +80,7 @@ def test_shared_and_per_client_points_give_the_same_gradients():
     point = problem.initial_point(0)
     clients, batches = np.array([0, 2, 5]), np.array([4, 0, 9])
     shared = problem.gradients(point, clients, batches, np.random.default_rng(3))
-    tiled = problem.gradients(np.tile(point, (3, 1)), clients, batches,
-                              np.random.default_rng(3))
+    tiled = problem.gradients(np.tile(point, (3, 1)), clients, batches, np.random.default_rng(3))
     np.testing.assert_allclose(shared, tiled, atol=1e-12)
 
 
@@ -94,15 +99,17 @@ def test_minibatches_come_from_the_clients_own_samples():
     # give each client constant, distinguishable features: gradients reveal the client
     problem.train.features[:] = np.repeat([[1.0, 0], [0, 1.0], [1.0, 1.0]], 10, axis=0)
     problem.train.targets[:] = 0
-    grads = problem.gradients(np.ones(2), np.array([2, 0, 1]), np.array([5, 3, 1]),
-                              np.random.default_rng(0))
+    grads = problem.gradients(
+        np.ones(2), np.array([2, 0, 1]), np.array([5, 3, 1]), np.random.default_rng(0)
+    )
     np.testing.assert_allclose(grads, [[2, 2], [1, 0], [0, 1]])
 
 
 def test_noisy_quadratic_noise_shrinks_with_batch_size():
     problem = NoisyQuadratic(2000, 3, noise_std=4.0, seed=0)
-    grads = problem.gradients(problem.center, np.arange(3), np.array([1, 16, 0]),
-                              np.random.default_rng(0))
+    grads = problem.gradients(
+        problem.center, np.arange(3), np.array([1, 16, 0]), np.random.default_rng(0)
+    )
     assert grads[0].std() == pytest.approx(4.0, rel=0.05)
     assert grads[1].std() == pytest.approx(1.0, rel=0.05)
     assert np.all(grads[2] == 0)
@@ -111,9 +118,11 @@ def test_noisy_quadratic_noise_shrinks_with_batch_size():
 
 def test_partitions_cover_every_sample_once():
     labels = np.repeat(np.arange(5), 40)
-    for partition in (iid_partition(200, 7, seed=1),
-                      shard_partition(labels, 10, shards_per_client=2, seed=1),
-                      dirichlet_partition(labels, 6, alpha=0.3, seed=1)):
+    for partition in (
+        iid_partition(200, 7, seed=1),
+        shard_partition(labels, 10, shards_per_client=2, seed=1),
+        dirichlet_partition(labels, 6, alpha=0.3, seed=1),
+    ):
         assert np.array_equal(np.sort(partition.order), np.arange(200))
         assert partition.sizes.sum() == 200 and partition.sizes.min() >= 1
     shards = shard_partition(labels, 10, shards_per_client=2, seed=1)
@@ -149,12 +158,14 @@ def test_raw_floats_and_bit_counters_use_real_payloads():
     rng = np.random.default_rng(0)
     vectors = rng.normal(size=(3, 10))
     counter = BitCounter(5)
-    decoded = send_each(RawFloats("float32"), vectors, [4, 0, 4], round_seed=1, rng=rng,
-                        counter=counter)
+    decoded = send_each(
+        RawFloats("float32"), vectors, [4, 0, 4], round_seed=1, rng=rng, counter=counter
+    )
     np.testing.assert_array_equal(decoded, vectors.astype(np.float32))
     assert list(counter.upload) == [320, 0, 0, 0, 640]
-    value = broadcast(RawFloats("float64"), vectors[0], [1, 2], round_seed=1, rng=rng,
-                      counter=counter)
+    value = broadcast(
+        RawFloats("float64"), vectors[0], [1, 2], round_seed=1, rng=rng, counter=counter
+    )
     assert np.array_equal(value, vectors[0])
     assert list(counter.download) == [0, 640, 640, 0, 0] and counter.broadcast == 640
     assert counter.total_upload == 960 and counter.total_download == 1280
@@ -172,16 +183,23 @@ def test_protocol_compressor_payloads_are_counted_from_their_length():
 
     compressor = QSGD(levels=3)
     counter = BitCounter(2)
-    send_each(compressor, np.ones((2, 50)), [0, 1], round_seed=3,
-              rng=np.random.default_rng(0), counter=counter)
+    send_each(
+        compressor,
+        np.ones((2, 50)),
+        [0, 1],
+        round_seed=3,
+        rng=np.random.default_rng(0),
+        counter=counter,
+    )
     assert list(counter.upload) == [8 * compressor.payload_size(50)] * 2
 
 
 def test_state_and_history_objects_pickle():
     from quicdesign.fl import run_signsgd
 
-    history = run_signsgd(NoisyQuadratic(20, 3), "fv", rounds=5, step_size=0.1, batch_size=2,
-                          warmup=2)
+    history = run_signsgd(
+        NoisyQuadratic(20, 3), "fv", rounds=5, step_size=0.1, batch_size=2, warmup=2
+    )
     again = pickle.loads(pickle.dumps(history))
     assert again.metrics == history.metrics
     assert np.array_equal(again.extras["state"].agreements, history.extras["state"].agreements)
@@ -196,8 +214,7 @@ def test_bundled_sklearn_datasets_and_synthetic_teachers():
     np.testing.assert_allclose(train.features.mean(axis=0), 0, atol=1e-9)
     cancer, _ = sklearn_dataset("breast_cancer")
     assert cancer.num_classes == 2 and cancer.num_features == 30
-    problem = classification_problem("logistic", cancer, None, 4, partition="dirichlet",
-                                     alpha=1.0)
+    problem = classification_problem("logistic", cancer, None, 4, partition="dirichlet", alpha=1.0)
     assert set(problem.metrics(np.zeros(problem.dim))) == {"loss", "accuracy"}
     with pytest.raises(ParameterError):
         sklearn_dataset("mnist")

@@ -19,8 +19,9 @@ def teacher_problems():
     problems = []
     for seed in (0, 1):
         train, test = teacher_dataset(num_train=2000, num_test=1000, seed=seed)
-        problems.append(classification_problem("mlp", train, test, 10, partition="shards",
-                                               hidden=32, seed=seed))
+        problems.append(
+            classification_problem("mlp", train, test, 10, partition="shards", hidden=32, seed=seed)
+        )
     return problems
 
 
@@ -30,11 +31,21 @@ def test_per_tensor_bits_equal_the_payload_sizes(teacher_problems):
     assert sizes == [20 * 32, 32, 32 * 5, 5]
     rounds = 6
     for mode in ("update", "weights", "none"):
-        history = run_cossgd(problem, bits_up=3, bits_down=2, downlink_mode=mode, rounds=rounds,
-                             step_size=0.5, seed=0)
+        history = run_cossgd(
+            problem,
+            bits_up=3,
+            bits_down=2,
+            downlink_mode=mode,
+            rounds=rounds,
+            step_size=0.5,
+            seed=0,
+        )
         up = sum(8 * CosSGD(bits=3).payload_size(n) for n in sizes)
-        down = (sum(8 * CosSGD(bits=2).payload_size(n) for n in sizes) if mode != "none"
-                else 32 * problem.dim)
+        down = (
+            sum(8 * CosSGD(bits=2).payload_size(n) for n in sizes)
+            if mode != "none"
+            else 32 * problem.dim
+        )
         assert np.all(history.counter.upload == rounds * up), mode
         assert np.all(history.counter.download == rounds * down), mode
         assert history.counter.broadcast == rounds * down
@@ -54,8 +65,9 @@ def test_update_mode_keeps_clients_close_to_the_server_model(teacher_problems):
     problem = teacher_problems[0]
     gaps = {}
     for mode in ("update", "weights"):
-        history = run_cossgd(problem, bits_up=4, bits_down=2, downlink_mode=mode, rounds=60,
-                             step_size=0.5, seed=0)
+        history = run_cossgd(
+            problem, bits_up=4, bits_down=2, downlink_mode=mode, rounds=60, step_size=0.5, seed=0
+        )
         gaps[mode] = np.linalg.norm(history.extras["server_model"] - history.extras["model"])
     # the update mode corrects earlier quantization errors, absolute weights do not
     assert gaps["update"] < 0.5 * gaps["weights"]
@@ -63,9 +75,16 @@ def test_update_mode_keeps_clients_close_to_the_server_model(teacher_problems):
 
 def test_other_protocol_compressors_plug_in(teacher_problems):
     problem = teacher_problems[0]
-    history = run_fedsgd(problem, rounds=3, step_size=0.5, uplink=QuicFL(bits=2),
-                         downlink=QuicFL(bits=2), per_tensor=False,
-                         participation=Participation(per_round=4), seed=0)
+    history = run_fedsgd(
+        problem,
+        rounds=3,
+        step_size=0.5,
+        uplink=QuicFL(bits=2),
+        downlink=QuicFL(bits=2),
+        per_tensor=False,
+        participation=Participation(per_round=4),
+        seed=0,
+    )
     assert np.isfinite(history.final("loss"))
     assert (history.counter.upload > 0).sum() <= 10
     assert history.counter.upload.sum() > 0 and history.counter.download.min() > 0
@@ -77,14 +96,22 @@ def test_other_protocol_compressors_plug_in(teacher_problems):
 def test_cosine_4_bit_bidirectional_training_is_close_to_full_precision(teacher_problems):
     accuracy = {}
     for seed, problem in enumerate(teacher_problems):
-        options = dict(rounds=400, step_size=0.5, seed=seed, record_every=400,
-                       participation=Participation(per_round=5))
+        options = dict(
+            rounds=400,
+            step_size=0.5,
+            seed=seed,
+            record_every=400,
+            participation=Participation(per_round=5),
+        )
         accuracy.setdefault("fp32", []).append(
-            run_fedsgd(problem, **options).final("test_accuracy"))
+            run_fedsgd(problem, **options).final("test_accuracy")
+        )
         for bits in (4, 2):
-            accuracy.setdefault(bits, []).append(run_cossgd(
-                problem, bits_up=bits, bits_down=bits, downlink_mode="update",
-                **options).final("test_accuracy"))
+            accuracy.setdefault(bits, []).append(
+                run_cossgd(
+                    problem, bits_up=bits, bits_down=bits, downlink_mode="update", **options
+                ).final("test_accuracy")
+            )
     mean = {key: float(np.mean(values)) for key, values in accuracy.items()}
     assert abs(mean[4] - mean["fp32"]) < 0.02, mean
     # 2 bits: far above chance (0.2 with five classes), not above full precision

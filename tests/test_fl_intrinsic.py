@@ -26,12 +26,24 @@ from quicdesign.randomness import raw_words
 GOLDEN_SRHT_SIGNS = [-1, -1, 1, 1, 1, 1, 1, 1, -1, 1, -1, -1, 1, -1, -1, 1]  # D = 13 -> 16
 GOLDEN_SRHT_POSITIONS = [6, 0, 2, 13, 11]  # d = 5
 GOLDEN_DENSE_6x3 = [
-    -0.3343850690005849, -0.13304820934405923, -0.019956932535312,
-    -0.6531032014736157, 0.43513587468176335, 0.44070980699619555,
-    -0.4361049615977725, 0.01021589913701883, -0.5997737954748054,
-    -1.3765344677242755, 0.3124685149849558, 0.05541284461985305,
-    0.10569261082662812, -0.02021641667648596, -0.5403182775645519,
-    0.5417509434824543, 0.38237675777621627, -0.13433964277163185,
+    -0.3343850690005849,
+    -0.13304820934405923,
+    -0.019956932535312,
+    -0.6531032014736157,
+    0.43513587468176335,
+    0.44070980699619555,
+    -0.4361049615977725,
+    0.01021589913701883,
+    -0.5997737954748054,
+    -1.3765344677242755,
+    0.3124685149849558,
+    0.05541284461985305,
+    0.10569261082662812,
+    -0.02021641667648596,
+    -0.5403182775645519,
+    0.5417509434824543,
+    0.38237675777621627,
+    -0.13433964277163185,
 ]
 
 
@@ -72,20 +84,24 @@ def test_client_and_server_regenerate_bit_identical_projections(kind, full, sub)
     # a fresh process (the "client") derives the same bytes from the seed alone
     digest = subprocess.run(
         [sys.executable, "-c", _DIGEST_SCRIPT.format(full=full, sub=sub, kind=kind)],
-        capture_output=True, text=True, check=True,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.strip()
     assert digest == hashlib.sha256(server.matrix.tobytes()).hexdigest()
     assert not np.array_equal(spec.build(4).matrix, server.matrix)
 
 
-@pytest.mark.parametrize("projection", [DenseGaussianProjection(200, 12, 5, 0),
-                                        SRHTProjection(200, 12, 5, 0)])
+@pytest.mark.parametrize(
+    "projection", [DenseGaussianProjection(200, 12, 5, 0), SRHTProjection(200, 12, 5, 0)]
+)
 def test_forward_and_adjoint_are_transposes_and_aggregate_linearly(projection):
     rng = np.random.default_rng(1)
     z, g = rng.normal(size=12), rng.normal(size=(5, 200))
     assert np.dot(projection.forward(z), g[0]) == pytest.approx(np.dot(z, projection.adjoint(g[0])))
-    np.testing.assert_allclose(projection.adjoint(g).mean(axis=0),
-                               projection.adjoint(g.mean(axis=0)), atol=1e-12)
+    np.testing.assert_allclose(
+        projection.adjoint(g).mean(axis=0), projection.adjoint(g.mean(axis=0)), atol=1e-12
+    )
     np.testing.assert_allclose(projection.matrix @ z, projection.forward(z), atol=1e-12)
 
 
@@ -108,16 +124,26 @@ def test_auto_projection_switches_to_srht_for_large_matrices():
 
 @pytest.fixture(scope="module")
 def small_problem():
-    train, test = linear_teacher_dataset(num_train=400, num_test=100, num_features=12,
-                                         num_classes=3, seed=0)
+    train, test = linear_teacher_dataset(
+        num_train=400, num_test=100, num_features=12, num_classes=3, seed=0
+    )
     return classification_problem("softmax", train, test, 6, partition="shards", seed=0)
 
 
 def test_static_full_dimension_orthonormal_projection_is_plain_sgd(small_problem):
     problem = small_problem
-    history = run_intrinsic(problem, "static", subspace_dim=problem.dim, rounds=40,
-                            step_size=0.3, batch_size=8, projection="dense",
-                            orthonormalize=True, wire_dtype="float64", seed=5)
+    history = run_intrinsic(
+        problem,
+        "static",
+        subspace_dim=problem.dim,
+        rounds=40,
+        step_size=0.3,
+        batch_size=8,
+        projection="dense",
+        orthonormalize=True,
+        wire_dtype="float64",
+        seed=5,
+    )
     from quicdesign.fl._common import generator
 
     rng = generator(5, "minibatches")
@@ -136,21 +162,36 @@ def _vector_of(variant, step, options):
     return step // options["period"]
 
 
-@pytest.mark.parametrize("variant, options", [
-    ("static", {}), ("k-subspace", {"num_subspaces": 3}), ("time-varying", {"period": 4}),
-])
+@pytest.mark.parametrize(
+    "variant, options",
+    [
+        ("static", {}),
+        ("k-subspace", {"num_subspaces": 3}),
+        ("time-varying", {"period": 4}),
+    ],
+)
 @pytest.mark.parametrize("stateless", [False, True])
 @pytest.mark.parametrize("per_round", [None, 2])
-def test_bandwidth_counters_equal_the_formulas(small_problem, variant, options, stateless,
-                                               per_round):
+def test_bandwidth_counters_equal_the_formulas(
+    small_problem, variant, options, stateless, per_round
+):
     problem, rounds, d = small_problem, 30, 5
     participation = Participation() if per_round is None else Participation(per_round=per_round)
     record = []
     history = run_intrinsic(
-        problem, variant, subspace_dim=d, rounds=rounds, step_size=0.1, batch_size=4,
-        participation=participation, stateless_clients=stateless, seed=1, **options,
+        problem,
+        variant,
+        subspace_dim=d,
+        rounds=rounds,
+        step_size=0.1,
+        batch_size=4,
+        participation=participation,
+        stateless_clients=stateless,
+        seed=1,
+        **options,
         callback=lambda t, state, downloads: record.append(
-            {c: len(payload) for c, (_, payload) in downloads.items()}),
+            {c: len(payload) for c, (_, payload) in downloads.items()}
+        ),
     )
     # recompute every download from the participation record and the subspace schedule:
     # the vectors changed since the client's last sync, d floats each, capped at D
@@ -183,11 +224,17 @@ def test_bandwidth_counters_equal_the_formulas(small_problem, variant, options, 
         assert np.all(history.counter.download == 32 * d * sum(min(t, k) for t in range(rounds)))
 
 
-@pytest.mark.parametrize("variant, options", [
-    ("static", {}), ("k-subspace", {"num_subspaces": 3}), ("time-varying", {"period": 3}),
-])
-def test_a_client_replica_rebuilds_the_servers_model_from_its_downloads(small_problem, variant,
-                                                                       options):
+@pytest.mark.parametrize(
+    "variant, options",
+    [
+        ("static", {}),
+        ("k-subspace", {"num_subspaces": 3}),
+        ("time-varying", {"period": 3}),
+    ],
+)
+def test_a_client_replica_rebuilds_the_servers_model_from_its_downloads(
+    small_problem, variant, options
+):
     """A client keeps only what it downloaded; the model it rebuilds is the server's, bitwise."""
     problem, d, seed = small_problem, 4, 3
     used, received = [], []
@@ -200,10 +247,19 @@ def test_a_client_replica_rebuilds_the_servers_model_from_its_downloads(small_pr
             used.append(np.array(points))
             return problem.gradients(points, clients, batch_sizes, rng)
 
-    history = run_intrinsic(Recording(), variant, subspace_dim=d, rounds=12, step_size=0.2,
-                            batch_size=4, participation=Participation(per_round=2),
-                            wire_dtype="float64", seed=seed, **options,
-                            callback=lambda t, state, downloads: received.append(downloads))
+    history = run_intrinsic(
+        Recording(),
+        variant,
+        subspace_dim=d,
+        rounds=12,
+        step_size=0.2,
+        batch_size=4,
+        participation=Participation(per_round=2),
+        wire_dtype="float64",
+        seed=seed,
+        **options,
+        callback=lambda t, state, downloads: received.append(downloads),
+    )
     spec = history.extras["spec"]  # the client knows it: it is derived from the run seed
     start = problem.initial_point(seed)
     replicas = {c: {} for c in range(problem.num_clients)}
@@ -231,16 +287,27 @@ def test_intrinsic_accuracy_claims():
     results = {}
     for seed in range(3):
         train, test = teacher_dataset(num_train=2000, num_test=1000, seed=seed)
-        problem = classification_problem("mlp", train, test, 10, partition="shards", hidden=32,
-                                         seed=seed)
+        problem = classification_problem(
+            "mlp", train, test, 10, partition="shards", hidden=32, seed=seed
+        )
 
         def run(variant, d, problem=problem, seed=seed, **options):
-            return run_intrinsic(problem, variant, subspace_dim=d, rounds=600, step_size=1.0,
-                                 seed=seed, record_every=600, **options).final("test_accuracy")
+            return run_intrinsic(
+                problem,
+                variant,
+                subspace_dim=d,
+                rounds=600,
+                step_size=1.0,
+                seed=seed,
+                record_every=600,
+                **options,
+            ).final("test_accuracy")
 
         results.setdefault("full", []).append(
-            run_fedsgd(problem, rounds=600, step_size=0.5, seed=seed,
-                       record_every=600).final("test_accuracy"))
+            run_fedsgd(problem, rounds=600, step_size=0.5, seed=seed, record_every=600).final(
+                "test_accuracy"
+            )
+        )
         for d in (10, 40, 160):
             results.setdefault(d, []).append(run("static", d))
         results.setdefault("k-subspace", []).append(run("k-subspace", 10, num_subspaces=8))
@@ -255,9 +322,22 @@ def test_intrinsic_accuracy_claims():
 
 
 def test_srht_and_random_schedule_train_and_reproduce(small_problem):
-    runs = [run_intrinsic(small_problem, "k-subspace", subspace_dim=6, num_subspaces=3,
-                          schedule="random", projection="srht", rounds=25, step_size=0.5,
-                          batch_size=8, seed=4, record_every=25) for _ in range(2)]
+    runs = [
+        run_intrinsic(
+            small_problem,
+            "k-subspace",
+            subspace_dim=6,
+            num_subspaces=3,
+            schedule="random",
+            projection="srht",
+            rounds=25,
+            step_size=0.5,
+            batch_size=8,
+            seed=4,
+            record_every=25,
+        )
+        for _ in range(2)
+    ]
     assert runs[0].config["projection"] == "srht"
     assert runs[0].final("loss") < runs[0].curve("loss")[0]
     assert np.array_equal(runs[0].extras["model"], runs[1].extras["model"])

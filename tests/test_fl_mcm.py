@@ -31,8 +31,9 @@ class _MeanAggregator(Aggregator):
         return self._count
 
     def add(self, payload, weight=1.0):
-        self._sum += weight * self._compressor.decode_batch([payload], dim=self._dim,
-                                                            round_seed=0)[0]
+        self._sum += (
+            weight * self._compressor.decode_batch([payload], dim=self._dim, round_seed=0)[0]
+        )
         self._weight += weight
         self._count += 1
 
@@ -72,8 +73,12 @@ class FastL2Quantizer(Compressor):
         return norms[:, None] * raw[:, 8:].view(np.int8) / self.levels
 
     def encode(self, vector, *, round_seed, client_id, rng=None):
-        return self.encode_batch(np.asarray(vector)[None], round_seed=round_seed,
-                                 client_ids=[client_id], rng=rng or np.random.default_rng())[0]
+        return self.encode_batch(
+            np.asarray(vector)[None],
+            round_seed=round_seed,
+            client_ids=[client_id],
+            rng=rng or np.random.default_rng(),
+        )[0]
 
     def aggregator(self, dim, round_seed):
         return _MeanAggregator(self, dim)
@@ -98,8 +103,10 @@ class FastRandK(FastL2Quantizer):
         k = self._k(vectors.shape[1])
         kept = np.argsort(rng.random(vectors.shape), axis=1)[:, :k]
         values = np.take_along_axis(vectors, kept, axis=1) * (vectors.shape[1] / k)
-        return [i.astype("<u2").tobytes() + v.astype("<f8").tobytes()
-                for i, v in zip(kept, values, strict=True)]
+        return [
+            i.astype("<u2").tobytes() + v.astype("<f8").tobytes()
+            for i, v in zip(kept, values, strict=True)
+        ]
 
     def decode_batch(self, payloads, *, dim, round_seed):
         k = self._k(dim)
@@ -118,15 +125,22 @@ def problem():
 
 def _floor(problem, algorithm, fraction=None, seed=0, rounds=600, **options):
     downlink = None if fraction is None else FastRandK(fraction)
-    history = run_mcm(problem, algorithm, rounds=rounds, step_size=1 / (2 * problem.smoothness),
-                      uplink=FastL2Quantizer(1), downlink=downlink, seed=seed,
-                      record_every=5, **options)
+    history = run_mcm(
+        problem,
+        algorithm,
+        rounds=rounds,
+        step_size=1 / (2 * problem.smoothness),
+        uplink=FastL2Quantizer(1),
+        downlink=downlink,
+        seed=seed,
+        record_every=5,
+        **options,
+    )
     return history.tail_mean("excess_loss", rounds // 2, log10=True)
 
 
 def _mean_floor(problem, algorithm, fraction=None, seeds=(0, 1, 2), **options):
-    return float(np.mean([_floor(problem, algorithm, fraction, seed, **options)
-                          for seed in seeds]))
+    return float(np.mean([_floor(problem, algorithm, fraction, seed, **options) for seed in seeds]))
 
 
 def test_default_memory_rate_and_known_omegas():
@@ -148,15 +162,24 @@ def test_worker_and_server_memories_stay_bit_identical(problem, algorithm):
     def check(t, server, workers):
         assert np.array_equal(server.up_memories, workers.up_memories)
         if algorithm in ("mcm", "mc"):
-            assert np.array_equal(np.broadcast_to(server.down_memories, (20, 20)),
-                                  workers.down_memories)
+            assert np.array_equal(
+                np.broadcast_to(server.down_memories, (20, 20)), workers.down_memories
+            )
         elif algorithm == "rand-mcm":
             assert np.array_equal(server.down_memories, workers.down_memories)
         checked.append(t)
 
     downlink = None if algorithm == "diana" else RandK(fraction=0.2)
-    run_mcm(problem, algorithm, rounds=15, step_size=0.01, uplink=QSGD(levels=1),
-            downlink=downlink, seed=3, callback=check)
+    run_mcm(
+        problem,
+        algorithm,
+        rounds=15,
+        step_size=0.01,
+        uplink=QSGD(levels=1),
+        downlink=downlink,
+        seed=3,
+        callback=check,
+    )
     assert checked == list(range(15))
 
 
@@ -172,10 +195,19 @@ def test_gradients_are_taken_at_the_workers_perturbed_models(problem):
             return problem.gradients(points, clients, batch_sizes, rng)
 
     models = []
-    run_mcm(Recording(), "mcm", rounds=5, step_size=0.01, uplink=FastL2Quantizer(1),
-            downlink=FastRandK(0.2), seed=0, smart_init=False,
-            callback=lambda t, server, workers: models.append(
-                (workers.local_models.copy(), server.model.copy())))
+    run_mcm(
+        Recording(),
+        "mcm",
+        rounds=5,
+        step_size=0.01,
+        uplink=FastL2Quantizer(1),
+        downlink=FastRandK(0.2),
+        seed=0,
+        smart_init=False,
+        callback=lambda t, server, workers: models.append(
+            (workers.local_models.copy(), server.model.copy())
+        ),
+    )
     assert len(seen) == 5
     for points, (local, central) in zip(seen[1:], models[1:], strict=True):
         assert np.array_equal(points, local)
@@ -197,8 +229,15 @@ def test_bit_counters_match_payload_formulas(problem):
         ("artemis", raw64 + rounds * up_bits, rounds * down_bits),
         ("diana", raw64 + rounds * up_bits, rounds * raw64),
     ]:
-        history = run_mcm(problem, algorithm, rounds=rounds, step_size=0.01, uplink=up,
-                          downlink=None if algorithm == "diana" else down, seed=1)
+        history = run_mcm(
+            problem,
+            algorithm,
+            rounds=rounds,
+            step_size=0.01,
+            uplink=up,
+            downlink=None if algorithm == "diana" else down,
+            seed=1,
+        )
         counter = history.counter
         assert np.all(counter.upload == expect_up), algorithm
         assert np.all(counter.download == expect_down), algorithm
@@ -209,9 +248,16 @@ def test_bit_counters_match_payload_formulas(problem):
 
 def test_partial_participation_counts_only_active_workers(problem):
     active_rounds = np.zeros(20, dtype=int)
-    history = run_mcm(problem, "rand-mcm", rounds=40, step_size=0.01,
-                      uplink=FastL2Quantizer(1), downlink=FastRandK(0.5),
-                      participation=Participation(rate=0.5), seed=2)
+    history = run_mcm(
+        problem,
+        "rand-mcm",
+        rounds=40,
+        step_size=0.01,
+        uplink=FastL2Quantizer(1),
+        downlink=FastRandK(0.5),
+        participation=Participation(rate=0.5),
+        seed=2,
+    )
     # each participation costs one uplink payload of 8 + d bytes (plus the smart init)
     uploads = (history.counter.upload - 64 * 20) // (8 * 28)
     downloads = history.counter.download // (8 * 100)
@@ -227,8 +273,14 @@ def test_invalid_configurations_are_rejected(problem):
     with pytest.raises(ParameterError, match="biased"):
         run_mcm(problem, "diana", rounds=1, step_size=0.1, uplink=CosSGD(bits=2))
     with pytest.raises(ParameterError, match="rand-mcm"):
-        run_mcm(problem, "mcm", rounds=1, step_size=0.1, downlink=FastRandK(0.5),
-                participation=Participation(rate=0.5))
+        run_mcm(
+            problem,
+            "mcm",
+            rounds=1,
+            step_size=0.1,
+            downlink=FastRandK(0.5),
+            participation=Participation(rate=0.5),
+        )
     with pytest.raises(ParameterError, match="downlink"):
         run_mcm(problem, "artemis", rounds=1, step_size=0.1)
     with pytest.raises(ParameterError, match="down_rate"):
@@ -238,8 +290,9 @@ def test_invalid_configurations_are_rejected(problem):
 
 
 def test_uncompressed_sgd_matches_plain_gradient_descent(problem):
-    history = run_mcm(problem, "sgd", rounds=50, step_size=1 / problem.smoothness,
-                      batch_size=None, seed=0)
+    history = run_mcm(
+        problem, "sgd", rounds=50, step_size=1 / problem.smoothness, batch_size=None, seed=0
+    )
     model = np.zeros(problem.dim)
     for _ in range(50):
         model -= problem.full_gradient(model) / problem.smoothness
@@ -264,10 +317,17 @@ def test_mcm_keeps_the_uplink_only_floor_while_artemis_degrades(problem):
 
 def test_full_batch_mcm_and_diana_converge_linearly_mc_does_not(problem):
     def curve(algorithm, fraction=None):
-        history = run_mcm(problem, algorithm, rounds=600, step_size=1 / (2 * problem.smoothness),
-                          uplink=FastL2Quantizer(1),
-                          downlink=None if fraction is None else FastRandK(fraction),
-                          batch_size=None, seed=0, record_every=150)
+        history = run_mcm(
+            problem,
+            algorithm,
+            rounds=600,
+            step_size=1 / (2 * problem.smoothness),
+            uplink=FastL2Quantizer(1),
+            downlink=None if fraction is None else FastRandK(fraction),
+            batch_size=None,
+            seed=0,
+            record_every=150,
+        )
         return np.log10(history.curve("excess_loss"))
 
     for algorithm, fraction in (("diana", None), ("mcm", 0.2)):
@@ -280,10 +340,24 @@ def test_full_batch_mcm_and_diana_converge_linearly_mc_does_not(problem):
 
 
 def test_runs_are_reproducible(problem):
-    first = run_mcm(problem, "mcm", rounds=20, step_size=0.01, uplink=FastL2Quantizer(1),
-                    downlink=FastRandK(0.5), seed=7)
-    second = run_mcm(problem, "mcm", rounds=20, step_size=0.01, uplink=FastL2Quantizer(1),
-                     downlink=FastRandK(0.5), seed=7)
+    first = run_mcm(
+        problem,
+        "mcm",
+        rounds=20,
+        step_size=0.01,
+        uplink=FastL2Quantizer(1),
+        downlink=FastRandK(0.5),
+        seed=7,
+    )
+    second = run_mcm(
+        problem,
+        "mcm",
+        rounds=20,
+        step_size=0.01,
+        uplink=FastL2Quantizer(1),
+        downlink=FastRandK(0.5),
+        seed=7,
+    )
     assert np.array_equal(first.extras["server"].model, second.extras["server"].model)
     assert first.metrics == second.metrics
 

@@ -75,8 +75,9 @@ def test_weights_within_one_over_m_of_each_other_decode_like_majority_vote():
 def test_llr_weights_are_clipped_and_allow_inversion():
     w = llr_weights([0.0, 0.25, 0.5, 0.75, 1.0], clip=10, eps=1e-5)
     assert w[0] == -10 and w[-1] == 10 and w[2] == 0
-    assert w[1] == pytest.approx(-np.log(3), rel=1e-4) and w[3] == pytest.approx(np.log(3),
-                                                                                  rel=1e-4)
+    assert w[1] == pytest.approx(-np.log(3), rel=1e-4) and w[3] == pytest.approx(
+        np.log(3), rel=1e-4
+    )
 
 
 def test_vote_weights_count_agreement_with_the_decoded_sign():
@@ -127,8 +128,17 @@ def _tail_losses(rule, batches, seeds=(0, 1, 2), **options):
     losses, weights = [], []
     for seed in seeds:
         problem = NoisyQuadratic(100, 15, seed=seed)
-        history = run_signsgd(problem, rule, rounds=1200, step_size=2e-2, batch_size=batches,
-                              warmup=50, seed=seed, record_every=10, **options)
+        history = run_signsgd(
+            problem,
+            rule,
+            rounds=1200,
+            step_size=2e-2,
+            batch_size=batches,
+            warmup=50,
+            seed=seed,
+            record_every=10,
+            **options,
+        )
         losses.append(history.tail_mean("loss", 600))
         weights.append(history.extras["weights"])
     return float(np.mean(losses)), np.mean(weights, axis=0)
@@ -153,8 +163,15 @@ def test_fv_beats_mv_under_heterogeneous_batches_and_matches_under_equal():
 def test_bits_are_one_per_coordinate_each_way_and_fv_costs_nothing_extra():
     problem = NoisyQuadratic(100, 15, seed=0)
     for rule in ("mv", "fv"):
-        history = run_signsgd(problem, rule, rounds=30, step_size=1e-2,
-                              batch_size=SPLITS["12x1+3x76"], warmup=5, seed=0)
+        history = run_signsgd(
+            problem,
+            rule,
+            rounds=30,
+            step_size=1e-2,
+            batch_size=SPLITS["12x1+3x76"],
+            warmup=5,
+            seed=0,
+        )
         assert np.all(history.counter.upload == 30 * 8 * 13)
         # odd M and continuous weights: no ties, so the downlink is d bits too
         assert np.all(history.counter.download == 30 * 8 * 13)
@@ -164,8 +181,16 @@ def test_per_coordinate_estimator_runs_and_warmup_is_majority_vote():
     problem = NoisyQuadratic(50, 15, seed=0)
     batches = SPLITS["14x1+1x226"]
     mv = run_signsgd(problem, "mv", rounds=20, step_size=1e-2, batch_size=batches, seed=4)
-    warm = run_signsgd(problem, "fv", rounds=20, step_size=1e-2, batch_size=batches,
-                       warmup=20, seed=4, estimator="per-coordinate")
+    warm = run_signsgd(
+        problem,
+        "fv",
+        rounds=20,
+        step_size=1e-2,
+        batch_size=batches,
+        warmup=20,
+        seed=4,
+        estimator="per-coordinate",
+    )
     assert np.array_equal(mv.extras["model"], warm.extras["model"])
     assert warm.extras["weights"].shape == (15, 50)
     with pytest.raises(ParameterError):

@@ -82,8 +82,10 @@ class CosSGD(BaselineCompressor):
 
     def _config(self):
         bits = check_bits(self.bits, 1, 16)
-        if isinstance(self.clip, bool) or not isinstance(self.clip, (int, float)) or not (
-            0.0 <= self.clip < 1.0
+        if (
+            isinstance(self.clip, bool)
+            or not isinstance(self.clip, (int, float))
+            or not (0.0 <= self.clip < 1.0)
         ):
             raise ParameterError(f"clip must be a fraction in [0, 1), got {self.clip!r}")
         if self.rounding not in _ROUNDINGS:

@@ -125,8 +125,9 @@ class CountSketch(BaselineCompressor):
         rows, columns, _ = self._shape(flat.size)
         index, signs = sketch_hashes(round_seed, flat.size, rows, columns)
         signed = signs * flat.astype(np.float64)[None, :]
-        sketch = np.bincount(index.reshape(-1), weights=signed.reshape(-1),
-                             minlength=rows * columns)
+        sketch = np.bincount(
+            index.reshape(-1), weights=signed.reshape(-1), minlength=rows * columns
+        )
         writer.write_array(to_float32(sketch, "sketch values"))
 
     def _make_aggregator(self, dim, round_seed):

@@ -68,8 +68,10 @@ class RandK(BaselineCompressor):
         if self.k is not None:
             return ("k", check_bits(self.k, 1, MAX_DIM, name="k"))
         fraction = _DEFAULT_FRACTION if self.fraction is None else self.fraction
-        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not (
-            0 < fraction <= 1
+        if (
+            isinstance(fraction, bool)
+            or not isinstance(fraction, (int, float))
+            or not (0 < fraction <= 1)
         ):
             raise ParameterError(f"fraction must be in (0, 1], got {fraction!r}")
         return ("fraction", float(fraction))

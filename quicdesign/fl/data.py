@@ -183,8 +183,16 @@ def train_test_split(dataset, *, test_fraction=0.2, seed=0):
     return pick(train), pick(test)
 
 
-def teacher_dataset(*, num_train=5000, num_test=1000, num_features=20, num_classes=5,
-                    teacher_hidden=32, teacher_scale=2.0, seed=0):
+def teacher_dataset(
+    *,
+    num_train=5000,
+    num_test=1000,
+    num_features=20,
+    num_classes=5,
+    teacher_hidden=32,
+    teacher_scale=2.0,
+    seed=0,
+):
     """Gaussian inputs labelled by a random two-layer tanh teacher network.
 
     Returns
@@ -198,17 +206,21 @@ def teacher_dataset(*, num_train=5000, num_test=1000, num_features=20, num_class
     num_classes = check_int(num_classes, "num_classes", 2)
     teacher_hidden = check_int(teacher_hidden, "teacher_hidden", 1)
     rng = generator(seed, "teacher")
-    first = rng.normal(scale=teacher_scale / np.sqrt(num_features),
-                       size=(num_features, teacher_hidden))
+    first = rng.normal(
+        scale=teacher_scale / np.sqrt(num_features), size=(num_features, teacher_hidden)
+    )
     second = rng.normal(scale=1 / np.sqrt(teacher_hidden), size=(teacher_hidden, num_classes))
     features = rng.normal(size=(num_train + num_test, num_features))
     labels = np.argmax(np.tanh(features @ first) @ second, axis=1).astype(np.int64)
-    return (Dataset(features[:num_train], labels[:num_train], num_classes),
-            Dataset(features[num_train:], labels[num_train:], num_classes))
+    return (
+        Dataset(features[:num_train], labels[:num_train], num_classes),
+        Dataset(features[num_train:], labels[num_train:], num_classes),
+    )
 
 
-def linear_teacher_dataset(*, num_train=2000, num_test=500, num_features=20, num_classes=2,
-                           temperature=1.0, seed=0):
+def linear_teacher_dataset(
+    *, num_train=2000, num_test=500, num_features=20, num_classes=2, temperature=1.0, seed=0
+):
     """Gaussian inputs with labels drawn from a random softmax (logistic) teacher."""
     num_train = check_int(num_train, "num_train", 1)
     num_test = check_int(num_test, "num_test", 1)
@@ -222,8 +234,10 @@ def linear_teacher_dataset(*, num_train=2000, num_test=500, num_features=20, num
     # inverse-CDF sampling of one label per row, vectorized
     labels = (rng.random((logits.shape[0], 1)) > np.cumsum(probabilities, axis=1)).sum(axis=1)
     labels = np.minimum(labels, num_classes - 1).astype(np.int64)
-    return (Dataset(features[:num_train], labels[:num_train], num_classes),
-            Dataset(features[num_train:], labels[num_train:], num_classes))
+    return (
+        Dataset(features[:num_train], labels[:num_train], num_classes),
+        Dataset(features[num_train:], labels[num_train:], num_classes),
+    )
 
 
 def sklearn_dataset(name, *, test_fraction=0.2, seed=0):

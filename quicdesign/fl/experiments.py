@@ -110,8 +110,7 @@ def _problem(key):
     if kind == "digits-softmax":
         (seed, workers) = args
         train, test = sklearn_dataset("digits", seed=seed)
-        return classification_problem("softmax", train, test, workers, partition="iid",
-                                      seed=seed)
+        return classification_problem("softmax", train, test, workers, partition="iid", seed=seed)
     raise ParameterError(f"unknown problem {kind!r}")
 
 
@@ -228,19 +227,44 @@ def _randk(fraction):
 
 def _mcm_jobs(seeds, rounds):
     jobs = []
-    common = dict(rounds=rounds, step_size="1/(2L)", uplink=_MCM_UPLINK, batch_size=16,
-                  record_every=max(1, rounds // 200))
+    common = dict(
+        rounds=rounds,
+        step_size="1/(2L)",
+        uplink=_MCM_UPLINK,
+        batch_size=16,
+        record_every=max(1, rounds // 200),
+    )
     for seed in seeds:
-        jobs.append(_job("mcm", ("least-squares", 1.0), "diana", seed,
-                         (("algorithm", "diana"), ("omega_dwn", 0)), algorithm="diana",
-                         **common))
+        jobs.append(
+            _job(
+                "mcm",
+                ("least-squares", 1.0),
+                "diana",
+                seed,
+                (("algorithm", "diana"), ("omega_dwn", 0)),
+                algorithm="diana",
+                **common,
+            )
+        )
         for fraction, omega in ((0.5, 1), (0.2, 4), (0.1, 9)):
-            runs = ["mcm", "artemis"] + (["mc"] if fraction == 0.5 else []) + (
-                ["rand-mcm"] if fraction == 0.1 else [])
+            runs = (
+                ["mcm", "artemis"]
+                + (["mc"] if fraction == 0.5 else [])
+                + (["rand-mcm"] if fraction == 0.1 else [])
+            )
             for algorithm in runs:
-                jobs.append(_job("mcm", ("least-squares", 1.0), f"{algorithm} w_dwn={omega}",
-                                 seed, (("algorithm", algorithm), ("omega_dwn", omega)),
-                                 algorithm=algorithm, downlink=_randk(fraction), **common))
+                jobs.append(
+                    _job(
+                        "mcm",
+                        ("least-squares", 1.0),
+                        f"{algorithm} w_dwn={omega}",
+                        seed,
+                        (("algorithm", algorithm), ("omega_dwn", omega)),
+                        algorithm=algorithm,
+                        downlink=_randk(fraction),
+                        **common,
+                    )
+                )
     return jobs
 
 
@@ -249,13 +273,18 @@ def _mcm_summary(histories, rounds):
     for config, runs in _groups(histories).items():
         floors = [h.tail_mean("excess_loss", rounds // 2, log10=True) for h in runs]
         mean, sd = _mean_sd(floors)
-        rows.append({
-            "config": config, "algorithm": runs[0].config["algorithm"],
-            "omega_dwn": runs[0].config["omega_dwn"], "floor_log10": mean, "sd": sd,
-            "up_bits/worker/round": _per_client_round(runs[0], "up", rounds),
-            "down_bits/worker/round": _per_client_round(runs[0], "down", rounds),
-            "seeds": len(runs),
-        })
+        rows.append(
+            {
+                "config": config,
+                "algorithm": runs[0].config["algorithm"],
+                "omega_dwn": runs[0].config["omega_dwn"],
+                "floor_log10": mean,
+                "sd": sd,
+                "up_bits/worker/round": _per_client_round(runs[0], "up", rounds),
+                "down_bits/worker/round": _per_client_round(runs[0], "down", rounds),
+                "seeds": len(runs),
+            }
+        )
     return rows, [
         "floor_log10: mean over seeds of log10(F(w) - F*) over the second half of the run.",
         "Claim: MCM stays at Diana's floor as omega_dwn grows; Artemis rises; MC stalls.",
@@ -263,16 +292,39 @@ def _mcm_summary(histories, rounds):
 
 
 def _mcm_full_batch_jobs(seeds, rounds):
-    common = dict(rounds=rounds, step_size="1/(2L)", uplink=_MCM_UPLINK, batch_size=None,
-                  record_every=max(1, rounds // 200))
+    common = dict(
+        rounds=rounds,
+        step_size="1/(2L)",
+        uplink=_MCM_UPLINK,
+        batch_size=None,
+        record_every=max(1, rounds // 200),
+    )
     jobs = []
     for seed in seeds:
-        jobs.append(_job("mcm", ("least-squares", 1.0), "diana", seed,
-                         (("algorithm", "diana"),), algorithm="diana", **common))
+        jobs.append(
+            _job(
+                "mcm",
+                ("least-squares", 1.0),
+                "diana",
+                seed,
+                (("algorithm", "diana"),),
+                algorithm="diana",
+                **common,
+            )
+        )
         for algorithm in ("mcm", "mc"):
-            jobs.append(_job("mcm", ("least-squares", 1.0), f"{algorithm} w_dwn=4", seed,
-                             (("algorithm", algorithm),), algorithm=algorithm,
-                             downlink=_randk(0.2), **common))
+            jobs.append(
+                _job(
+                    "mcm",
+                    ("least-squares", 1.0),
+                    f"{algorithm} w_dwn=4",
+                    seed,
+                    (("algorithm", algorithm),),
+                    algorithm=algorithm,
+                    downlink=_randk(0.2),
+                    **common,
+                )
+            )
     return jobs
 
 
@@ -283,15 +335,19 @@ def _mcm_full_batch_summary(histories, rounds):
         marks = np.asarray(runs[0].rounds)
         half = marks >= rounds // 2
         slopes = [np.polyfit(marks[half], curve[half], 1)[0] * 100 for curve in logs]
-        rows.append({
-            "config": config,
-            "log10_excess_at_half": _mean_sd([c[half][0] for c in logs])[0],
-            "log10_excess_final": _mean_sd([c[-1] for c in logs])[0],
-            "decades_per_100_rounds": -_mean_sd(slopes)[0],
-            "seeds": len(runs),
-        })
-    return rows, ["Full-batch gradients (no sampling noise): a constant decades_per_100_rounds "
-                  "is linear convergence; MC's floor comes from the downlink noise on C(w)."]
+        rows.append(
+            {
+                "config": config,
+                "log10_excess_at_half": _mean_sd([c[half][0] for c in logs])[0],
+                "log10_excess_final": _mean_sd([c[-1] for c in logs])[0],
+                "decades_per_100_rounds": -_mean_sd(slopes)[0],
+                "seeds": len(runs),
+            }
+        )
+    return rows, [
+        "Full-batch gradients (no sampling noise): a constant decades_per_100_rounds "
+        "is linear convergence; MC's floor comes from the downlink noise on C(w)."
+    ]
 
 
 # ----------------------------------------------------------------------------- signSGD
@@ -312,11 +368,22 @@ def _signsgd_jobs(seeds, rounds):
             batches = tuple(int(b) for b in split_batch_sizes(240, 15, **params))
             for rule, estimator in (("mv", "pooled"), ("fv", "pooled"), ("fv", "per-coordinate")):
                 name = rule if rule == "mv" else f"fv-{estimator}"
-                jobs.append(_job("signsgd", ("quadratic", seed), f"{split} {name}", seed,
-                                 (("split", split), ("rule", name)), rule=rule,
-                                 estimator=estimator, rounds=rounds, step_size=1e-2,
-                                 batch_size=batches, warmup=50,
-                                 record_every=max(1, rounds // 300)))
+                jobs.append(
+                    _job(
+                        "signsgd",
+                        ("quadratic", seed),
+                        f"{split} {name}",
+                        seed,
+                        (("split", split), ("rule", name)),
+                        rule=rule,
+                        estimator=estimator,
+                        rounds=rounds,
+                        step_size=1e-2,
+                        batch_size=batches,
+                        warmup=50,
+                        record_every=max(1, rounds // 300),
+                    )
+                )
     return jobs
 
 
@@ -324,15 +391,19 @@ def _signsgd_summary(histories, rounds):
     rows = []
     for runs in _groups(histories).values():
         mean, sd = _mean_sd([h.tail_mean("loss", rounds // 2) for h in runs])
-        weights = np.mean([h.extras["weights"].reshape(15, -1).mean(axis=1) for h in runs],
-                          axis=0)
-        rows.append({
-            "split": runs[0].config["split"], "rule": runs[0].config["rule"],
-            "tail_loss": mean, "sd": sd, "w_first": float(weights[0]),
-            "w_last": float(weights[-1]),
-            "bits/worker/round": _per_client_round(runs[0], "up", rounds),
-            "seeds": len(runs),
-        })
+        weights = np.mean([h.extras["weights"].reshape(15, -1).mean(axis=1) for h in runs], axis=0)
+        rows.append(
+            {
+                "split": runs[0].config["split"],
+                "rule": runs[0].config["rule"],
+                "tail_loss": mean,
+                "sd": sd,
+                "w_first": float(weights[0]),
+                "w_last": float(weights[-1]),
+                "bits/worker/round": _per_client_round(runs[0], "up", rounds),
+                "seeds": len(runs),
+            }
+        )
     return rows, [
         "tail_loss: mean f(x_t) over the second half; w_first / w_last: learned weight of "
         "worker 0 (a small batch in the heterogeneous splits) and worker 14 (a large one).",
@@ -357,14 +428,18 @@ def _decoding_rows():
             batches = split_batch_sizes(240, 15, **params)
             flips = normal_sign_error(snr, batches)
             oracle = llr_weights(1.0 - flips, clip=np.inf, eps=0.0)
-            rows.append({
-                "snr": snr, "split": split,
-                "mv_exact": decoding_error(flips), "mv_mc": decoding_error_monte_carlo(flips),
-                "mv_hoeffding": hoeffding_bound(flips),
-                "fv_exact": decoding_error(flips, oracle),
-                "fv_mc": decoding_error_monte_carlo(flips, oracle),
-                "fv_hoeffding": hoeffding_bound(flips, oracle),
-            })
+            rows.append(
+                {
+                    "snr": snr,
+                    "split": split,
+                    "mv_exact": decoding_error(flips),
+                    "mv_mc": decoding_error_monte_carlo(flips),
+                    "mv_hoeffding": hoeffding_bound(flips),
+                    "fv_exact": decoding_error(flips, oracle),
+                    "fv_mc": decoding_error_monte_carlo(flips, oracle),
+                    "fv_hoeffding": hoeffding_bound(flips, oracle),
+                }
+            )
     return rows
 
 
@@ -379,22 +454,67 @@ def _intrinsic_jobs(seeds, rounds):
     record = max(1, rounds // 50)
     for seed in seeds:
         problem = ("teacher-mlp", seed)
-        jobs.append(_job("fedsgd", problem, "full training", seed,
-                         (("variant", "full"), ("d", 1669)), rounds=rounds,
-                         step_size=_FULL_LR, batch_size=32, record_every=record))
+        jobs.append(
+            _job(
+                "fedsgd",
+                problem,
+                "full training",
+                seed,
+                (("variant", "full"), ("d", 1669)),
+                rounds=rounds,
+                step_size=_FULL_LR,
+                batch_size=32,
+                record_every=record,
+            )
+        )
         for d in (25, 100, 400):
-            jobs.append(_job("intrinsic", problem, f"static d={d}", seed,
-                             (("variant", "static"), ("d", d)), variant="static",
-                             subspace_dim=d, rounds=rounds, step_size=_INTRINSIC_LR,
-                             batch_size=32, record_every=record))
-        jobs.append(_job("intrinsic", problem, "k-subspace K=8 d=25", seed,
-                         (("variant", "k-subspace"), ("d", 25)), variant="k-subspace",
-                         num_subspaces=8, subspace_dim=25, rounds=rounds,
-                         step_size=_INTRINSIC_LR, batch_size=32, record_every=record))
-        jobs.append(_job("intrinsic", problem, "time-varying period=10 d=25", seed,
-                         (("variant", "time-varying"), ("d", 25)), variant="time-varying",
-                         period=10, subspace_dim=25, rounds=rounds,
-                         step_size=_INTRINSIC_LR, batch_size=32, record_every=record))
+            jobs.append(
+                _job(
+                    "intrinsic",
+                    problem,
+                    f"static d={d}",
+                    seed,
+                    (("variant", "static"), ("d", d)),
+                    variant="static",
+                    subspace_dim=d,
+                    rounds=rounds,
+                    step_size=_INTRINSIC_LR,
+                    batch_size=32,
+                    record_every=record,
+                )
+            )
+        jobs.append(
+            _job(
+                "intrinsic",
+                problem,
+                "k-subspace K=8 d=25",
+                seed,
+                (("variant", "k-subspace"), ("d", 25)),
+                variant="k-subspace",
+                num_subspaces=8,
+                subspace_dim=25,
+                rounds=rounds,
+                step_size=_INTRINSIC_LR,
+                batch_size=32,
+                record_every=record,
+            )
+        )
+        jobs.append(
+            _job(
+                "intrinsic",
+                problem,
+                "time-varying period=10 d=25",
+                seed,
+                (("variant", "time-varying"), ("d", 25)),
+                variant="time-varying",
+                period=10,
+                subspace_dim=25,
+                rounds=rounds,
+                step_size=_INTRINSIC_LR,
+                batch_size=32,
+                record_every=record,
+            )
+        )
     return jobs
 
 
@@ -402,13 +522,17 @@ def _accuracy_summary(histories, rounds):
     rows = []
     for config, runs in _groups(histories).items():
         mean, sd = _mean_sd([h.final("test_accuracy") for h in runs])
-        rows.append({
-            "config": config, "test_accuracy": mean, "sd": sd,
-            "train_loss": _mean_sd([h.final("loss") for h in runs])[0],
-            "up_bits/client/round": _per_client_round(runs[0], "up", rounds),
-            "down_bits/client/round": _per_client_round(runs[0], "down", rounds),
-            "seeds": len(runs),
-        })
+        rows.append(
+            {
+                "config": config,
+                "test_accuracy": mean,
+                "sd": sd,
+                "train_loss": _mean_sd([h.final("loss") for h in runs])[0],
+                "up_bits/client/round": _per_client_round(runs[0], "up", rounds),
+                "down_bits/client/round": _per_client_round(runs[0], "down", rounds),
+                "seeds": len(runs),
+            }
+        )
     return rows
 
 
@@ -424,16 +548,31 @@ def _intrinsic_bandwidth_jobs(seeds, rounds):
     jobs = []
     for seed in seeds:
         problem = ("teacher-mlp", seed)
-        for variant, extra in (("static", {}), ("k-subspace", {"num_subspaces": 8}),
-                               ("time-varying", {"period": 10})):
+        for variant, extra in (
+            ("static", {}),
+            ("k-subspace", {"num_subspaces": 8}),
+            ("time-varying", {"period": 10}),
+        ):
             for stateless in (False, True):
                 name = f"{variant}{' stateless' if stateless else ''}"
-                jobs.append(_job("intrinsic", problem, name, seed,
-                                 (("variant", variant), ("stateless", stateless)),
-                                 variant=variant, subspace_dim=25, rounds=rounds,
-                                 step_size=_INTRINSIC_LR, batch_size=32,
-                                 participation=(("per_round", 3),),
-                                 stateless_clients=stateless, record_every=rounds, **extra))
+                jobs.append(
+                    _job(
+                        "intrinsic",
+                        problem,
+                        name,
+                        seed,
+                        (("variant", variant), ("stateless", stateless)),
+                        variant=variant,
+                        subspace_dim=25,
+                        rounds=rounds,
+                        step_size=_INTRINSIC_LR,
+                        batch_size=32,
+                        participation=(("per_round", 3),),
+                        stateless_clients=stateless,
+                        record_every=rounds,
+                        **extra,
+                    )
+                )
     return jobs
 
 
@@ -442,14 +581,18 @@ def _intrinsic_bandwidth_summary(histories, rounds):
     for config, runs in _groups(histories).items():
         history = runs[0]
         participations = rounds * 3
-        rows.append({
-            "config": config,
-            "up_floats/participation": history.counter.total_upload / 32 / participations,
-            "down_floats/participation": history.counter.total_download / 32 / participations,
-            "test_accuracy": _mean_sd([h.final("test_accuracy") for h in runs])[0],
-        })
-    return rows, ["3 of 10 clients per step, d = 25, D = 1669 floats. Upload is always d; "
-                  "download counts catch-up vectors (capped at D)."]
+        rows.append(
+            {
+                "config": config,
+                "up_floats/participation": history.counter.total_upload / 32 / participations,
+                "down_floats/participation": history.counter.total_download / 32 / participations,
+                "test_accuracy": _mean_sd([h.final("test_accuracy") for h in runs])[0],
+            }
+        )
+    return rows, [
+        "3 of 10 clients per step, d = 25, D = 1669 floats. Upload is always d; "
+        "download counts catch-up vectors (capped at D)."
+    ]
 
 
 # ----------------------------------------------------------------------------- CosSGD
@@ -462,29 +605,58 @@ def _cossgd_jobs(seeds, rounds):
         ("cossgd 4/4 update", dict(uplink=cos(4), downlink=cos(4), downlink_mode="update")),
         ("cossgd 4/4 weights", dict(uplink=cos(4), downlink=cos(4), downlink_mode="weights")),
         ("cossgd 2/2 update", dict(uplink=cos(2), downlink=cos(2), downlink_mode="update")),
-        ("qsgd-max s=7 4/4 update", dict(uplink=("qsgd", (("levels", 7), ("norm", "max"))),
-                                          downlink=("qsgd", (("levels", 7), ("norm", "max"))),
-                                          downlink_mode="update")),
-        ("hadamard-sq 4/4 update (flat)", dict(uplink=("hadamard", (("bits", 4),)),
-                                               downlink=("hadamard", (("bits", 4),)),
-                                               downlink_mode="update", per_tensor=False)),
-        ("quicfl 4/4 update (flat)", dict(uplink=("quicfl", (("bits", 4),)),
-                                          downlink=("quicfl", (("bits", 4),)),
-                                          downlink_mode="update", per_tensor=False)),
+        (
+            "qsgd-max s=7 4/4 update",
+            dict(
+                uplink=("qsgd", (("levels", 7), ("norm", "max"))),
+                downlink=("qsgd", (("levels", 7), ("norm", "max"))),
+                downlink_mode="update",
+            ),
+        ),
+        (
+            "hadamard-sq 4/4 update (flat)",
+            dict(
+                uplink=("hadamard", (("bits", 4),)),
+                downlink=("hadamard", (("bits", 4),)),
+                downlink_mode="update",
+                per_tensor=False,
+            ),
+        ),
+        (
+            "quicfl 4/4 update (flat)",
+            dict(
+                uplink=("quicfl", (("bits", 4),)),
+                downlink=("quicfl", (("bits", 4),)),
+                downlink_mode="update",
+                per_tensor=False,
+            ),
+        ),
     ]
     jobs = []
     for seed in seeds:
         for name, options in configs:
-            jobs.append(_job("fedsgd", ("teacher-mlp", seed), name, seed, (), rounds=rounds,
-                             step_size=_FULL_LR, batch_size=32,
-                             record_every=max(1, rounds // 50), **options))
+            jobs.append(
+                _job(
+                    "fedsgd",
+                    ("teacher-mlp", seed),
+                    name,
+                    seed,
+                    (),
+                    rounds=rounds,
+                    step_size=_FULL_LR,
+                    batch_size=32,
+                    record_every=max(1, rounds // 50),
+                    **options,
+                )
+            )
     return jobs
 
 
 def _cossgd_summary(histories, rounds):
     return _accuracy_summary(histories, rounds), [
         "Claim: 4-bit cosine quantization both ways is close to fp32; 2-bit stays above "
-        "chance (0.2) and below fp32. Other quantizers are a recorded comparison."]
+        "chance (0.2) and below fp32. Other quantizers are a recorded comparison."
+    ]
 
 
 def _decoding_jobs(seeds, rounds):
@@ -495,32 +667,87 @@ def _decoding_summary(histories, rounds):
     return _decoding_rows(), [
         "Exact errors enumerate all 2^15 flip patterns (ties count 1/2); mc uses 1e5 draws; "
         "FV uses oracle LLR weights ln((1-p)/p).",
-        "Claim: FV <= MV (equal for 15x16), both below their Hoeffding bounds."]
+        "Claim: FV <= MV (equal for 15x16), both below their Hoeffding bounds.",
+    ]
 
 
 EXPERIMENTS = {
-    e.name: e for e in (
-        Experiment("mcm", "MCM keeps the uplink-only (Diana) noise floor as downlink "
-                   "variance grows; Artemis degrades; MC stalls", 600, (0, 1),
-                   "excess_loss", True, _mcm_jobs, _mcm_summary),
-        Experiment("mcm-full-batch", "with full-batch gradients Diana and MCM converge "
-                   "linearly; MC does not", 600, (0, 1), "excess_loss", True,
-                   _mcm_full_batch_jobs, _mcm_full_batch_summary),
-        Experiment("signsgd-fv", "signSGD-FV beats MV under heterogeneous batch sizes and "
-                   "matches it under equal ones", 3000, (0, 1, 2), "loss", True,
-                   _signsgd_jobs, _signsgd_summary),
-        Experiment("signsgd-decoding", "exact decoding errors of MV and FV match Monte Carlo "
-                   "and obey the Hoeffding bound", 0, (0,), "loss", False, _decoding_jobs,
-                   _decoding_summary, "decoding"),
-        Experiment("intrinsic", "intrinsic static accuracy rises with d below full "
-                   "training; changing subspaces recovers accuracy at equal upload", 1500,
-                   (0, 1, 2), "test_accuracy", False, _intrinsic_jobs, _intrinsic_summary),
-        Experiment("intrinsic-bandwidth", "upload is d floats; downloads (catch-up under "
-                   "partial participation) separate the variants", 300, (0,),
-                   "test_accuracy", False, _intrinsic_bandwidth_jobs,
-                   _intrinsic_bandwidth_summary),
-        Experiment("cossgd", "4-bit bidirectional cosine quantization trains close to fp32",
-                   500, (0, 1), "test_accuracy", False, _cossgd_jobs, _cossgd_summary),
+    e.name: e
+    for e in (
+        Experiment(
+            "mcm",
+            "MCM keeps the uplink-only (Diana) noise floor as downlink "
+            "variance grows; Artemis degrades; MC stalls",
+            600,
+            (0, 1),
+            "excess_loss",
+            True,
+            _mcm_jobs,
+            _mcm_summary,
+        ),
+        Experiment(
+            "mcm-full-batch",
+            "with full-batch gradients Diana and MCM converge linearly; MC does not",
+            600,
+            (0, 1),
+            "excess_loss",
+            True,
+            _mcm_full_batch_jobs,
+            _mcm_full_batch_summary,
+        ),
+        Experiment(
+            "signsgd-fv",
+            "signSGD-FV beats MV under heterogeneous batch sizes and matches it under equal ones",
+            3000,
+            (0, 1, 2),
+            "loss",
+            True,
+            _signsgd_jobs,
+            _signsgd_summary,
+        ),
+        Experiment(
+            "signsgd-decoding",
+            "exact decoding errors of MV and FV match Monte Carlo and obey the Hoeffding bound",
+            0,
+            (0,),
+            "loss",
+            False,
+            _decoding_jobs,
+            _decoding_summary,
+            "decoding",
+        ),
+        Experiment(
+            "intrinsic",
+            "intrinsic static accuracy rises with d below full "
+            "training; changing subspaces recovers accuracy at equal upload",
+            1500,
+            (0, 1, 2),
+            "test_accuracy",
+            False,
+            _intrinsic_jobs,
+            _intrinsic_summary,
+        ),
+        Experiment(
+            "intrinsic-bandwidth",
+            "upload is d floats; downloads (catch-up under "
+            "partial participation) separate the variants",
+            300,
+            (0,),
+            "test_accuracy",
+            False,
+            _intrinsic_bandwidth_jobs,
+            _intrinsic_bandwidth_summary,
+        ),
+        Experiment(
+            "cossgd",
+            "4-bit bidirectional cosine quantization trains close to fp32",
+            500,
+            (0, 1),
+            "test_accuracy",
+            False,
+            _cossgd_jobs,
+            _cossgd_summary,
+        ),
     )
 }
 
@@ -548,8 +775,7 @@ def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None
     if name not in EXPERIMENTS:
         raise ParameterError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
     experiment = EXPERIMENTS[name]
-    seeds = tuple(experiment.seeds if seeds is None else
-                  (check_int(s, "seed", 0) for s in seeds))
+    seeds = tuple(experiment.seeds if seeds is None else (check_int(s, "seed", 0) for s in seeds))
     if not seeds:
         raise ParameterError("give at least one seed")
     rounds = experiment.rounds if rounds is None else check_int(rounds, "rounds", 1)

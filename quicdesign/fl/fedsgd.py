@@ -43,9 +43,23 @@ DOWNLINK_MODES = ("none", "update", "weights")
 
 
 @single_threaded_blas
-def run_fedsgd(problem, *, rounds, step_size, batch_size=32, uplink=None, downlink=None,
-               downlink_mode="update", per_tensor=True, participation=FULL_PARTICIPATION,
-               seed=0, record_every=1, callback=None, progress=None, label=None):
+def run_fedsgd(
+    problem,
+    *,
+    rounds,
+    step_size,
+    batch_size=32,
+    uplink=None,
+    downlink=None,
+    downlink_mode="update",
+    per_tensor=True,
+    participation=FULL_PARTICIPATION,
+    seed=0,
+    record_every=1,
+    callback=None,
+    progress=None,
+    label=None,
+):
     """Federated SGD with optional compression of client gradients and of the downlink.
 
     Parameters
@@ -83,8 +97,9 @@ def run_fedsgd(problem, *, rounds, step_size, batch_size=32, uplink=None, downli
         Metrics of the client-visible model; ``extras`` has both final models.
     """
     if downlink_mode not in DOWNLINK_MODES:
-        raise ParameterError(f"downlink_mode must be one of {DOWNLINK_MODES}, got "
-                             f"{downlink_mode!r}")
+        raise ParameterError(
+            f"downlink_mode must be one of {DOWNLINK_MODES}, got {downlink_mode!r}"
+        )
     if not isinstance(participation, Participation):
         raise ParameterError("participation must be a Participation")
     rounds = check_int(rounds, "rounds", 0)
@@ -98,11 +113,17 @@ def run_fedsgd(problem, *, rounds, step_size, batch_size=32, uplink=None, downli
     batches = client_batch_sizes(batch_size, num_clients)
     everyone = np.arange(num_clients)
     counter = BitCounter(num_clients)
-    history = RunHistory(label or "fedsgd", {
-        "uplink": "fp32" if uplink is raw else describe_compressor(uplink),
-        "downlink": "fp32" if downlink is raw else describe_compressor(downlink),
-        "downlink_mode": downlink_mode, "step_size": step, "seed": seed,
-    }, counter)
+    history = RunHistory(
+        label or "fedsgd",
+        {
+            "uplink": "fp32" if uplink is raw else describe_compressor(uplink),
+            "downlink": "fp32" if downlink is raw else describe_compressor(downlink),
+            "downlink_mode": downlink_mode,
+            "step_size": step,
+            "seed": seed,
+        },
+        counter,
+    )
     data_rng = generator(seed, "minibatches")
     coin_rng = generator(seed, "compressor-coins")
     sampling_rng = generator(seed, "participation")
@@ -118,17 +139,27 @@ def run_fedsgd(problem, *, rounds, step_size, batch_size=32, uplink=None, downli
             grads = problem.gradients(visible, active, batches[active], data_rng)
             decoded = np.empty_like(grads)
             for index, part in enumerate(tensors):
-                decoded[:, part] = send_each(uplink, grads[:, part], active,
-                                             round_seed=stream_seed(seed, "up", t, index),
-                                             rng=coin_rng, counter=counter)
+                decoded[:, part] = send_each(
+                    uplink,
+                    grads[:, part],
+                    active,
+                    round_seed=stream_seed(seed, "up", t, index),
+                    rng=coin_rng,
+                    counter=counter,
+                )
             server_model = server_model - step * decoded.mean(axis=0)
 
         target = server_model - visible if downlink_mode == "update" else server_model
         received = np.empty_like(server_model)
         for index, part in enumerate(tensors if downlink is not raw else [slice(None)]):
-            received[part] = broadcast(downlink, target[part], everyone,
-                                       round_seed=stream_seed(seed, "down", t, index),
-                                       rng=coin_rng, counter=counter)
+            received[part] = broadcast(
+                downlink,
+                target[part],
+                everyone,
+                round_seed=stream_seed(seed, "down", t, index),
+                rng=coin_rng,
+                counter=counter,
+            )
         visible = visible + received if downlink_mode == "update" else received
 
         if callback is not None:
@@ -165,6 +196,11 @@ def run_cossgd(problem, *, bits_up=4, bits_down=4, downlink_mode="update", **opt
 
     quantizer_options = {k: options.pop(k) for k in ("clip", "rounding") if k in options}
     options.setdefault("label", f"cossgd-{bits_up}/{bits_down}-{downlink_mode}")
-    return run_fedsgd(problem, uplink=CosSGD(bits=bits_up, **quantizer_options),
-                      downlink=CosSGD(bits=bits_down, **quantizer_options),
-                      downlink_mode=downlink_mode, per_tensor=True, **options)
+    return run_fedsgd(
+        problem,
+        uplink=CosSGD(bits=bits_up, **quantizer_options),
+        downlink=CosSGD(bits=bits_down, **quantizer_options),
+        downlink_mode=downlink_mode,
+        per_tensor=True,
+        **options,
+    )

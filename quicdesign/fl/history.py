@@ -55,8 +55,9 @@ class RunHistory:
     def curve(self, metric) -> np.ndarray:
         """One metric as an array aligned with ``rounds``."""
         if metric not in self.metrics:
-            raise ParameterError(f"run {self.label!r} has no metric {metric!r}; "
-                                 f"it has {sorted(self.metrics)}")
+            raise ParameterError(
+                f"run {self.label!r} has no metric {metric!r}; it has {sorted(self.metrics)}"
+            )
         return np.asarray(self.metrics[metric])
 
     def final(self, metric) -> float:
@@ -75,7 +76,12 @@ class RunHistory:
     def rows(self):
         """One dict per record (config, round, bits and metrics) for CSV output."""
         for i, round_index in enumerate(self.rounds):
-            row = {"label": self.label, **self.config, "round": round_index,
-                   "upload_bits": self.upload_bits[i], "download_bits": self.download_bits[i]}
+            row = {
+                "label": self.label,
+                **self.config,
+                "round": round_index,
+                "upload_bits": self.upload_bits[i],
+                "download_bits": self.download_bits[i],
+            }
             row.update({name: curve[i] for name, curve in self.metrics.items()})
             yield row

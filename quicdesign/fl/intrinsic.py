@@ -159,8 +159,9 @@ class SRHTProjection:
             raise ParameterError(f"sub_dim={sub_dim} exceeds the padded dimension {padded}")
         self.padded_dim = padded
         sign_words = raw_words(seed, index, _SIGNS_PURPOSE, -(-padded // 64))
-        bits = np.unpackbits(sign_words.astype("<u8").view(np.uint8), count=padded,
-                             bitorder="little")
+        bits = np.unpackbits(
+            sign_words.astype("<u8").view(np.uint8), count=padded, bitorder="little"
+        )
         self.signs = 1.0 - 2.0 * bits
         order = np.argsort(raw_words(seed, index, _POSITIONS_PURPOSE, padded), kind="stable")
         self.positions = order[:sub_dim]
@@ -220,8 +221,9 @@ class ProjectionSpec:
     def build(self, index):
         """Regenerate subspace ``index`` from scratch (no cache)."""
         if self.resolved_kind == "dense":
-            return DenseGaussianProjection(self.full_dim, self.sub_dim, self.seed, index,
-                                           orthonormalize=self.orthonormalize)
+            return DenseGaussianProjection(
+                self.full_dim, self.sub_dim, self.seed, index, orthonormalize=self.orthonormalize
+            )
         return SRHTProjection(self.full_dim, self.sub_dim, self.seed, index)
 
 
@@ -263,11 +265,28 @@ def _vector_index(variant, step, num_subspaces, period, schedule, seed):
 
 
 @single_threaded_blas
-def run_intrinsic(problem, variant="static", *, subspace_dim, rounds, step_size, batch_size=32,
-                  num_subspaces=4, period=1, schedule="round-robin", projection="auto",
-                  orthonormalize=False, participation=FULL_PARTICIPATION, wire_dtype="float32",
-                  stateless_clients=False, seed=0, record_every=1, callback=None,
-                  progress=None, label=None):
+def run_intrinsic(
+    problem,
+    variant="static",
+    *,
+    subspace_dim,
+    rounds,
+    step_size,
+    batch_size=32,
+    num_subspaces=4,
+    period=1,
+    schedule="round-robin",
+    projection="auto",
+    orthonormalize=False,
+    participation=FULL_PARTICIPATION,
+    wire_dtype="float32",
+    stateless_clients=False,
+    seed=0,
+    record_every=1,
+    callback=None,
+    progress=None,
+    label=None,
+):
     """Train with intrinsic gradient compression (FedSGD: one gradient per client per step).
 
     Parameters
@@ -334,11 +353,15 @@ def run_intrinsic(problem, variant="static", *, subspace_dim, rounds, step_size,
         raise ParameterError(f"wire_dtype must be float32 or float64, got {wire_dtype!r}")
     full_dim, num_clients = problem.dim, problem.num_clients
     sub_dim = check_int(subspace_dim, "subspace_dim", 1)
-    spec = ProjectionSpec(full_dim, sub_dim, stream_seed(seed, "intrinsic-projection"),
-                          projection, orthonormalize)
+    spec = ProjectionSpec(
+        full_dim, sub_dim, stream_seed(seed, "intrinsic-projection"), projection, orthonormalize
+    )
     batches = client_batch_sizes(batch_size, num_clients)
-    num_vectors = {"static": 1, "k-subspace": num_subspaces,
-                   "time-varying": max(1, -(-rounds // period))}[variant]
+    num_vectors = {
+        "static": 1,
+        "k-subspace": num_subspaces,
+        "time-varying": max(1, -(-rounds // period)),
+    }[variant]
     state = IntrinsicServerState(
         base=problem.initial_point(seed).astype(np.float64),
         coordinates=np.zeros((num_vectors, sub_dim)),
@@ -348,10 +371,19 @@ def run_intrinsic(problem, variant="static", *, subspace_dim, rounds, step_size,
     # the server and the clients regenerate the same projection; one cache serves both
     projection_of = functools.lru_cache(maxsize=max(2, num_subspaces))(spec.build)
     counter = BitCounter(num_clients)
-    history = RunHistory(label or f"intrinsic-{variant}-d{sub_dim}", {
-        "variant": variant, "subspace_dim": sub_dim, "num_subspaces": num_subspaces,
-        "period": period, "projection": spec.resolved_kind, "step_size": step, "seed": seed,
-    }, counter)
+    history = RunHistory(
+        label or f"intrinsic-{variant}-d{sub_dim}",
+        {
+            "variant": variant,
+            "subspace_dim": sub_dim,
+            "num_subspaces": num_subspaces,
+            "period": period,
+            "projection": spec.resolved_kind,
+            "step_size": step,
+            "seed": seed,
+        },
+        counter,
+    )
     data_rng = generator(seed, "minibatches")
     sampling_rng = generator(seed, "participation")
 
@@ -371,7 +403,8 @@ def run_intrinsic(problem, variant="static", *, subspace_dim, rounds, step_size,
         if variant == "time-varying" and vector > 0 and t % period == 0:
             # fold the finished period into the base; its final z stays for late clients
             state.base = state.base + projection_of(vector - 1).forward(
-                state.coordinates[vector - 1])
+                state.coordinates[vector - 1]
+            )
         model = current_model(vector)
         active = participation.sample(num_clients, sampling_rng)
 

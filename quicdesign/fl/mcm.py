@@ -160,9 +160,25 @@ def _resolve_rates(algorithm, uplink, downlink, dim, up_rate, down_rate):
 
 
 @single_threaded_blas
-def run_mcm(problem, algorithm="mcm", *, rounds, step_size, uplink=None, downlink=None,
-            batch_size=16, participation=FULL_PARTICIPATION, up_rate=None, down_rate=None,
-            smart_init=True, seed=0, record_every=1, callback=None, progress=None, label=None):
+def run_mcm(
+    problem,
+    algorithm="mcm",
+    *,
+    rounds,
+    step_size,
+    uplink=None,
+    downlink=None,
+    batch_size=16,
+    participation=FULL_PARTICIPATION,
+    up_rate=None,
+    down_rate=None,
+    smart_init=True,
+    seed=0,
+    record_every=1,
+    callback=None,
+    progress=None,
+    label=None,
+):
     """Train with an algorithm of the MCM family and record the server model.
 
     Parameters
@@ -214,8 +230,10 @@ def run_mcm(problem, algorithm="mcm", *, rounds, step_size, uplink=None, downlin
     if not isinstance(participation, Participation):
         raise ParameterError("participation must be a Participation")
     if algorithm == "mcm" and not participation.is_full:
-        raise ParameterError("mcm keeps one downlink memory that absent workers would lose; "
-                             "use rand-mcm under partial participation")
+        raise ParameterError(
+            "mcm keeps one downlink memory that absent workers would lose; "
+            "use rand-mcm under partial participation"
+        )
     exact = RawFloats("float64")
     uplink = exact if uplink is None else uplink
     if algorithm in _DOWNLINK_COMPRESSED:
@@ -236,16 +254,26 @@ def run_mcm(problem, algorithm="mcm", *, rounds, step_size, uplink=None, downlin
     start = problem.initial_point(seed).astype(np.float64)
     # H starts at w0 on both sides, so the first w_hat = w0 + C(0) = w0
     per_worker_down = 1 if algorithm in ("mcm", "mc") else num_clients
-    server = MCMServerState(start.copy(), np.zeros((num_clients, dim)),
-                            np.tile(start, (per_worker_down, 1)))
-    workers = MCMWorkerStates(np.zeros((num_clients, dim)), np.tile(start, (num_clients, 1)),
-                              np.tile(start, (num_clients, 1)))
+    server = MCMServerState(
+        start.copy(), np.zeros((num_clients, dim)), np.tile(start, (per_worker_down, 1))
+    )
+    workers = MCMWorkerStates(
+        np.zeros((num_clients, dim)),
+        np.tile(start, (num_clients, 1)),
+        np.tile(start, (num_clients, 1)),
+    )
     counter = BitCounter(num_clients)
-    history = RunHistory(label or algorithm, {
-        "algorithm": algorithm, "uplink": describe_compressor(uplink),
-        "downlink": describe_compressor(downlink if downlink is not None else exact),
-        "step_size": step, "seed": seed,
-    }, counter)
+    history = RunHistory(
+        label or algorithm,
+        {
+            "algorithm": algorithm,
+            "uplink": describe_compressor(uplink),
+            "downlink": describe_compressor(downlink if downlink is not None else exact),
+            "step_size": step,
+            "seed": seed,
+        },
+        counter,
+    )
     history.extras.update(up_rate=alpha_up, down_rate=alpha_down)
     data_rng = generator(seed, "minibatches")
     coin_rng = generator(seed, "compressor-coins")
@@ -253,8 +281,14 @@ def run_mcm(problem, algorithm="mcm", *, rounds, step_size, uplink=None, downlin
 
     if smart_init and algorithm != "sgd":
         first = problem.gradients(workers.local_models, everyone, batches, data_rng)
-        sent = send_each(exact, first, everyone, round_seed=stream_seed(seed, "smart-init"),
-                         rng=coin_rng, counter=counter)
+        sent = send_each(
+            exact,
+            first,
+            everyone,
+            round_seed=stream_seed(seed, "smart-init"),
+            rng=coin_rng,
+            counter=counter,
+        )
         workers.up_memories[:] = sent
         server.up_memories[:] = sent
     history.record(0, problem.metrics(server.model))
@@ -267,49 +301,71 @@ def run_mcm(problem, algorithm="mcm", *, rounds, step_size, uplink=None, downlin
 
         # 1. the model goes down to this round's workers
         if algorithm in ("mcm", "mc"):
-            omega = broadcast(downlink, server.model - server.down_memories[0], active,
-                              round_seed=down_seed, rng=coin_rng, counter=counter)
+            omega = broadcast(
+                downlink,
+                server.model - server.down_memories[0],
+                active,
+                round_seed=down_seed,
+                rng=coin_rng,
+                counter=counter,
+            )
             workers.local_models[active] = workers.down_memories[active] + omega
-            workers.down_memories[active] = memory_step(workers.down_memories[active], omega,
-                                                        alpha_down)
+            workers.down_memories[active] = memory_step(
+                workers.down_memories[active], omega, alpha_down
+            )
             server.down_memories[0] = memory_step(server.down_memories[0], omega, alpha_down)
         elif algorithm == "rand-mcm":
-            omegas = send_each(downlink, server.model - server.down_memories[active], active,
-                               round_seed=down_seed, rng=coin_rng, counter=counter,
-                               direction="down")
+            omegas = send_each(
+                downlink,
+                server.model - server.down_memories[active],
+                active,
+                round_seed=down_seed,
+                rng=coin_rng,
+                counter=counter,
+                direction="down",
+            )
             workers.local_models[active] = workers.down_memories[active] + omegas
-            workers.down_memories[active] = memory_step(workers.down_memories[active], omegas,
-                                                        alpha_down)
-            server.down_memories[active] = memory_step(server.down_memories[active], omegas,
-                                                       alpha_down)
+            workers.down_memories[active] = memory_step(
+                workers.down_memories[active], omegas, alpha_down
+            )
+            server.down_memories[active] = memory_step(
+                server.down_memories[active], omegas, alpha_down
+            )
         elif algorithm in ("sgd", "diana"):
-            workers.local_models[active] = broadcast(exact, server.model, active,
-                                                     round_seed=down_seed, rng=coin_rng,
-                                                     counter=counter)
+            workers.local_models[active] = broadcast(
+                exact, server.model, active, round_seed=down_seed, rng=coin_rng, counter=counter
+            )
         # artemis: every worker already applied the last broadcast step
 
         # 2. gradients at each worker's own model
-        grads = problem.gradients(workers.local_models[active], active, batches[active],
-                                  data_rng)
+        grads = problem.gradients(workers.local_models[active], active, batches[active], data_rng)
 
         # 3. uplink: compressed difference to the memory
         if algorithm == "sgd":
-            sent = send_each(uplink, grads, active, round_seed=up_seed, rng=coin_rng,
-                             counter=counter)
+            sent = send_each(
+                uplink, grads, active, round_seed=up_seed, rng=coin_rng, counter=counter
+            )
             estimate = sent.sum(axis=0) / (num_clients * inclusion)
         else:
-            sent = send_each(uplink, grads - workers.up_memories[active], active,
-                             round_seed=up_seed, rng=coin_rng, counter=counter)
-            estimate = (server.up_memories.mean(axis=0)
-                        + sent.sum(axis=0) / (num_clients * inclusion))
-            workers.up_memories[active] = memory_step(workers.up_memories[active], sent,
-                                                      alpha_up)
+            sent = send_each(
+                uplink,
+                grads - workers.up_memories[active],
+                active,
+                round_seed=up_seed,
+                rng=coin_rng,
+                counter=counter,
+            )
+            estimate = server.up_memories.mean(axis=0) + sent.sum(axis=0) / (
+                num_clients * inclusion
+            )
+            workers.up_memories[active] = memory_step(workers.up_memories[active], sent, alpha_up)
             server.up_memories[active] = memory_step(server.up_memories[active], sent, alpha_up)
 
         # 4. the step
         if algorithm == "artemis":
-            omega = broadcast(downlink, estimate, everyone, round_seed=down_seed,
-                              rng=coin_rng, counter=counter)
+            omega = broadcast(
+                downlink, estimate, everyone, round_seed=down_seed, rng=coin_rng, counter=counter
+            )
             server.model = server.model - step * omega
             workers.local_models = workers.local_models - step * omega
         else:

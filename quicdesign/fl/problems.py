@@ -239,8 +239,10 @@ class LogisticRegression(Model):
         losses = np.einsum("kb,kb->k", weights, np.logaddexp(0.0, margin) - targets * margin)
         residual = weights * (0.5 * (1.0 + np.tanh(0.5 * margin)) - targets)
         grads = np.concatenate(
-            [(np.swapaxes(features, 1, 2) @ residual[..., None])[..., 0],
-             residual.sum(axis=1, keepdims=True)],
+            [
+                (np.swapaxes(features, 1, 2) @ residual[..., None])[..., 0],
+                residual.sum(axis=1, keepdims=True),
+            ],
             axis=1,
         )
         return losses, grads
@@ -274,8 +276,7 @@ class SoftmaxRegression(Model):
         logits = _dense(features, weight, bias)
         losses, delta = _softmax_terms(logits, targets, weights)
         grad_weight = np.swapaxes(features, 1, 2) @ delta
-        grads = np.concatenate([grad_weight.reshape(len(features), -1), delta.sum(axis=1)],
-                               axis=1)
+        grads = np.concatenate([grad_weight.reshape(len(features), -1), delta.sum(axis=1)], axis=1)
         return losses, grads
 
     def evaluate(self, params, features, targets):
@@ -305,15 +306,21 @@ class MLP(Model):
 
     def init(self, rng):
         f, h, c = self.num_features, self.num_hidden, self.num_classes
-        return np.concatenate([
-            rng.normal(scale=1 / np.sqrt(f), size=f * h), np.zeros(h),
-            rng.normal(scale=1 / np.sqrt(h), size=h * c), np.zeros(c),
-        ])
+        return np.concatenate(
+            [
+                rng.normal(scale=1 / np.sqrt(f), size=f * h),
+                np.zeros(h),
+                rng.normal(scale=1 / np.sqrt(h), size=h * c),
+                np.zeros(c),
+            ]
+        )
 
     def _unpack(self, params):
         k = params.shape[0]
-        return [params[:, s].reshape(k, *shape)
-                for (_, shape), (_, s) in zip(self._shapes, self.tensor_slices, strict=True)]
+        return [
+            params[:, s].reshape(k, *shape)
+            for (_, shape), (_, s) in zip(self._shapes, self.tensor_slices, strict=True)
+        ]
 
     def loss_and_grad(self, params, features, targets, weights):
         w1, b1, w2, b2 = self._unpack(params)
@@ -324,12 +331,15 @@ class MLP(Model):
         delta_hidden = _dense(delta_out, np.swapaxes(w2, 1, 2), np.zeros((1, w2.shape[1])))
         delta_hidden *= 1.0 - hidden**2
         k = features.shape[0]
-        grads = np.concatenate([
-            (np.swapaxes(features, 1, 2) @ delta_hidden).reshape(k, -1),
-            delta_hidden.sum(axis=1),
-            (np.swapaxes(hidden, 1, 2) @ delta_out).reshape(k, -1),
-            delta_out.sum(axis=1),
-        ], axis=1)
+        grads = np.concatenate(
+            [
+                (np.swapaxes(features, 1, 2) @ delta_hidden).reshape(k, -1),
+                delta_hidden.sum(axis=1),
+                (np.swapaxes(hidden, 1, 2) @ delta_out).reshape(k, -1),
+                delta_out.sum(axis=1),
+            ],
+            axis=1,
+        )
         return losses, grads
 
     def evaluate(self, params, features, targets):
@@ -402,8 +412,9 @@ class SupervisedProblem(Problem):
         # a shared model stays one row: batched matmuls broadcast it for free
         points = points[None] if points.ndim == 1 else points
         if points.shape not in ((1, self.dim), (clients.size, self.dim)):
-            raise ParameterError(f"points must be ({self.dim},) or ({clients.size}, {self.dim}),"
-                                 f" got {points.shape}")
+            raise ParameterError(
+                f"points must be ({self.dim},) or ({clients.size}, {self.dim}), got {points.shape}"
+            )
         features, targets, weights = self._batches(clients, batch_sizes, rng)
         _, grads = self.model.loss_and_grad(points, features, targets, weights)
         if self.l2:
@@ -423,8 +434,10 @@ class SupervisedProblem(Problem):
     def full_gradient(self, point):
         """Gradient of the training loss (all samples)."""
         _, grads = self.model.loss_and_grad(
-            np.asarray(point, dtype=np.float64)[None], self.train.features[None],
-            self.train.targets[None], self._all_weights,
+            np.asarray(point, dtype=np.float64)[None],
+            self.train.features[None],
+            self.train.targets[None],
+            self._all_weights,
         )
         return grads[0] + self.l2 * np.asarray(point)
 
@@ -481,8 +494,9 @@ class NoisyQuadratic(Problem):
         return float(0.5 * np.sum(self.curvature * (np.asarray(point) - self.center) ** 2))
 
 
-def heterogeneous_least_squares(num_clients=20, dim=20, samples_per_client=200, *,
-                                shift_scale=2.0, noise_std=0.5, seed=0):
+def heterogeneous_least_squares(
+    num_clients=20, dim=20, samples_per_client=200, *, shift_scale=2.0, noise_std=0.5, seed=0
+):
     """The MCM toy: per-client shifted Gaussian features and a shared linear truth.
 
     Features of client ``i`` are ``N(mu_i, I)`` with ``mu_i ~ N(0, shift_scale**2 I)``;
@@ -505,7 +519,9 @@ def heterogeneous_least_squares(num_clients=20, dim=20, samples_per_client=200, 
     targets = features @ truth + rng.normal(scale=noise_std, size=(num_clients, samples_per_client))
     train = Dataset(features.reshape(-1, dim), targets.reshape(-1))
     problem = SupervisedProblem(
-        LinearRegression(dim), train, Partition.from_sizes([samples_per_client] * num_clients),
+        LinearRegression(dim),
+        train,
+        Partition.from_sizes([samples_per_client] * num_clients),
         name="least-squares",
     )
     solution = np.linalg.lstsq(train.features, train.targets, rcond=None)[0]
@@ -516,8 +532,19 @@ def heterogeneous_least_squares(num_clients=20, dim=20, samples_per_client=200, 
     return problem
 
 
-def classification_problem(model_name, train, test, num_clients, *, partition="iid",
-                           shards_per_client=2, alpha=0.5, hidden=64, l2=0.0, seed=0):
+def classification_problem(
+    model_name,
+    train,
+    test,
+    num_clients,
+    *,
+    partition="iid",
+    shards_per_client=2,
+    alpha=0.5,
+    hidden=64,
+    l2=0.0,
+    seed=0,
+):
     """A classification :class:`SupervisedProblem` from a dataset pair.
 
     Parameters
@@ -542,12 +569,11 @@ def classification_problem(model_name, train, test, num_clients, *, partition="i
     elif partition == "iid":
         split = iid_partition(len(train), num_clients, seed=seed)
     elif partition == "shards":
-        split = shard_partition(train.targets, num_clients, shards_per_client=shards_per_client,
-                                seed=seed)
+        split = shard_partition(
+            train.targets, num_clients, shards_per_client=shards_per_client, seed=seed
+        )
     elif partition == "dirichlet":
         split = dirichlet_partition(train.targets, num_clients, alpha=alpha, seed=seed)
     else:
         raise ParameterError(f"unknown partition {partition!r}; use iid, shards or dirichlet")
-    return SupervisedProblem(models[model_name](), train, split, test=test, l2=l2,
-                             name=model_name)
-
+    return SupervisedProblem(models[model_name](), train, split, test=test, l2=l2, name=model_name)

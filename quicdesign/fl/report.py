@@ -33,8 +33,14 @@ def _mean_curves(histories, metric):
         rounds = np.asarray(runs[0].rounds[:length])
         values = np.mean([h.curve(metric)[:length] for h in runs], axis=0)
         clients = runs[0].counter.num_clients
-        bits = np.mean([(np.asarray(h.upload_bits[:length]) + np.asarray(h.download_bits[:length]))
-                        / clients for h in runs], axis=0)
+        bits = np.mean(
+            [
+                (np.asarray(h.upload_bits[:length]) + np.asarray(h.download_bits[:length]))
+                / clients
+                for h in runs
+            ],
+            axis=0,
+        )
         curves[config] = (rounds, bits, values)
     return curves
 
@@ -113,14 +119,21 @@ def write_result(result, folder):
     name = result.experiment.name
     written = [write_csv(folder / f"{name}_summary.csv", result.summary)]
     if result.experiment.plot == "decoding":
-        written.append(plot_decoding(folder / f"{name}.png", result.summary,
-                                     title=f"{name}: {result.experiment.claim}"))
+        written.append(
+            plot_decoding(
+                folder / f"{name}.png", result.summary, title=f"{name}: {result.experiment.claim}"
+            )
+        )
     if result.histories:
         rows = (row for history in result.histories for row in history.rows())
         written.append(write_csv(folder / f"{name}_curves.csv", rows))
-        figure = plot_curves(folder / f"{name}.png", result.histories, result.experiment.metric,
-                             log_metric=result.experiment.log_metric,
-                             title=f"{name}: {result.experiment.claim}")
+        figure = plot_curves(
+            folder / f"{name}.png",
+            result.histories,
+            result.experiment.metric,
+            log_metric=result.experiment.log_metric,
+            title=f"{name}: {result.experiment.claim}",
+        )
         if figure is not None:
             written.append(figure)
     return written

@@ -117,8 +117,9 @@ class VoteWeights:
 
     def agreement_rates(self):
         """``A / N`` (0.5 where nothing has been counted)."""
-        return np.divide(self.agreements, self.totals, out=np.full(self.totals.shape, 0.5),
-                         where=self.totals > 0)
+        return np.divide(
+            self.agreements, self.totals, out=np.full(self.totals.shape, 0.5), where=self.totals > 0
+        )
 
     def weights(self, *, clip=10.0, eps=1e-5):
         """The clipped LLR weights of the current counts."""
@@ -195,8 +196,9 @@ def decode_vote(payload, dim):
     width = -(-dim // 8)
     if len(payload) < width or (len(payload) - width) % 4:
         raise PayloadError(f"a vote payload for dim={dim} is {width} bytes plus 4 per tie")
-    bits = np.unpackbits(np.frombuffer(payload[:width], dtype=np.uint8), count=dim,
-                         bitorder="little")
+    bits = np.unpackbits(
+        np.frombuffer(payload[:width], dtype=np.uint8), count=dim, bitorder="little"
+    )
     decoded = (1 - 2 * bits.astype(np.int8)).astype(np.int8)
     ties = np.frombuffer(payload[width:], dtype="<u4")
     if ties.size and ties.max() >= dim:
@@ -206,9 +208,25 @@ def decode_vote(payload, dim):
 
 
 @single_threaded_blas
-def run_signsgd(problem, rule="fv", *, rounds, step_size, batch_size, warmup=50, clip=10.0,
-                eps=1e-5, forgetting=1.0, estimator="pooled", tie="zero", seed=0,
-                record_every=1, callback=None, progress=None, label=None):
+def run_signsgd(
+    problem,
+    rule="fv",
+    *,
+    rounds,
+    step_size,
+    batch_size,
+    warmup=50,
+    clip=10.0,
+    eps=1e-5,
+    forgetting=1.0,
+    estimator="pooled",
+    tie="zero",
+    seed=0,
+    record_every=1,
+    callback=None,
+    progress=None,
+    label=None,
+):
     """Train with signSGD-MV or signSGD-FV (every worker takes part in every round).
 
     Parameters
@@ -266,10 +284,18 @@ def run_signsgd(problem, rule="fv", *, rounds, step_size, batch_size, warmup=50,
     everyone = np.arange(num_workers)
     state = VoteWeights.zeros(num_workers, dim, estimator)
     counter = BitCounter(num_workers)
-    history = RunHistory(label or f"signsgd-{rule}", {
-        "rule": rule, "estimator": estimator, "warmup": warmup, "step_size": step,
-        "batch_sizes": "/".join(map(str, batches)), "seed": seed,
-    }, counter)
+    history = RunHistory(
+        label or f"signsgd-{rule}",
+        {
+            "rule": rule,
+            "estimator": estimator,
+            "warmup": warmup,
+            "step_size": step,
+            "batch_sizes": "/".join(map(str, batches)),
+            "seed": seed,
+        },
+        counter,
+    )
     data_rng = generator(seed, "minibatches")
     model = problem.initial_point(seed).astype(np.float64)
     history.record(0, problem.metrics(model))
@@ -338,8 +364,10 @@ def decoding_error(flip_probabilities, weights=None):
     p, w = _check_flip_inputs(flip_probabilities, weights)
     m = p.size
     if m > _MAX_ENUMERATED_WORKERS:
-        raise ParameterError(f"exact enumeration is limited to {_MAX_ENUMERATED_WORKERS} "
-                             "workers; use decoding_error_monte_carlo")
+        raise ParameterError(
+            f"exact enumeration is limited to {_MAX_ENUMERATED_WORKERS} "
+            "workers; use decoding_error_monte_carlo"
+        )
     flips = ((np.arange(1 << m)[:, None] >> np.arange(m)) & 1).astype(np.float64)
     with np.errstate(divide="ignore"):
         log_prob = flips @ np.log(p) + (1 - flips) @ np.log1p(-p)
@@ -369,4 +397,4 @@ def hoeffding_bound(flip_probabilities, weights=None):
     mu = float(np.dot(w, 1 - 2 * p))
     if mu <= 0:
         return 1.0
-    return float(np.exp(-mu**2 / (2 * np.dot(w, w))))
+    return float(np.exp(-(mu**2) / (2 * np.dot(w, w))))

@@ -272,6 +272,9 @@ def compressor_omega(compressor, dim) -> float:
 
 def describe_compressor(compressor) -> str:
     """A short label such as ``cossgd(bits=4, clip=0.0, rounding=deterministic)``."""
-    params = [f"{k}={v}" for k, v in vars(compressor).items()
-              if not k.startswith("_") and isinstance(v, (int, float, str, bool))]
+    params = [
+        f"{k}={v}"
+        for k, v in vars(compressor).items()
+        if not k.startswith("_") and isinstance(v, (int, float, str, bool))
+    ]
     return f"{getattr(compressor, 'name', type(compressor).__name__)}({', '.join(params)})"
