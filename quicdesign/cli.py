@@ -185,16 +185,7 @@ def _cmd_tables_show(args) -> int:
 def _cmd_tables_verify(args) -> int:
     from solvers.verify import verify
 
-    from .table import Table
-
-    folder = Path(args.path) if args.path else shipped_tables_dir()
-    if (folder / "manifest.json").is_file():
-        tables = [Table.load(folder)]
-    else:
-        tables = [
-            load_table(e["bits"], e["shared_bits"], e["tail_prob"], path=folder)
-            for e in list_tables(folder)
-        ]
+    tables = _collection_tables(Path(args.path) if args.path else shipped_tables_dir())
     bad = 0
     for table in tables:
         report = verify(table)
@@ -205,6 +196,33 @@ def _cmd_tables_verify(args) -> int:
             f"(recorded {report.recorded_vnmse})"
         )
     return 1 if bad else 0
+
+
+def _collection_tables(folder: Path):
+    """Every table of a table directory or collection (validated on load)."""
+    from .table import Table
+
+    if (folder / "manifest.json").is_file():
+        return [Table.load(folder)]
+    return [
+        load_table(e["bits"], e["shared_bits"], e["tail_prob"], path=folder)
+        for e in list_tables(folder)
+    ]
+
+
+def _cmd_tables_export(args) -> int:
+    out = writable_dir(args.out)
+    if args.path:
+        tables = [(t.name, t) for t in _collection_tables(Path(args.path))]
+    else:
+        tables = [(t.name, t) for t in _collection_tables(shipped_tables_dir())]
+        entropy = _collection_tables(shipped_tables_dir() / "entropy")
+        tables += [(f"entropy-{t.name}", t) for t in entropy]
+    for name, table in tables:
+        target = table.save(out / f"{name}.{args.format}", format=args.format)
+        print(f"{target}  fingerprint {table.fingerprint.hex()}")
+    print(f"{len(tables)} tables exported as {args.format} to {out}")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -259,6 +277,15 @@ def build_parser() -> argparse.ArgumentParser:
     check = table_cmds.add_parser("verify", help="re-verify tables (needs the design extra)")
     check.add_argument("--path", help="table or collection folder (default: shipped tables)")
     check.set_defaults(run=_cmd_tables_verify)
+    export = table_cmds.add_parser(
+        "export", help="write tables as safetensors or npz files (all parameters in metadata)"
+    )
+    export.add_argument("--format", choices=("safetensors", "npz"), required=True)
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument(
+        "--path", help="table or collection folder (default: shipped tables, entropy included)"
+    )
+    export.set_defaults(run=_cmd_tables_export)
 
     _add_optional_commands(commands)
     return parser

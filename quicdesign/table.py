@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._export import export_format, load_export, save_export
 from ._validate import check_int
 from .errors import (
     ParameterError,
@@ -339,14 +340,25 @@ class Table:
         manifest["fingerprint"] = self.fingerprint.hex()
         return json.loads(_serialize_manifest(manifest))
 
-    def save(self, path) -> Path:
-        """Write the table directory ``path`` (created if needed; files are replaced).
+    def save(self, path, format="directory") -> Path:
+        """Write the table (files are replaced).
+
+        Parameters
+        ----------
+        path : path-like
+            The table directory (created if needed), or the file for an export format.
+        format : {"directory", "safetensors", "npz"}
+            ``"directory"``: the table format (``docs/table-format.md``). ``"safetensors"``
+            (needs the ``export`` extra) or ``"npz"``: one file with the arrays as float64
+            tensors and every parameter, floats exact, in its metadata.
 
         Returns
         -------
         pathlib.Path
-            The table directory.
+            The table directory or file.
         """
+        if format != "directory":
+            return save_export(self, path, format)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         manifest = self._build_manifest()
@@ -360,7 +372,7 @@ class Table:
 
     @classmethod
     def load(cls, path) -> Table:
-        """Load and validate a table directory.
+        """Load and validate a table directory, or a ``.safetensors`` / ``.npz`` export.
 
         Raises
         ------
@@ -374,6 +386,8 @@ class Table:
             For any other malformed content.
         """
         path = Path(path)
+        if export_format(path) is not None and not path.is_dir():
+            return load_export(cls, path)
         manifest_path = path / MANIFEST_FILE
         manifest = _read_manifest(manifest_path)
         params = manifest["parameters"]
