@@ -225,6 +225,60 @@ def _cmd_tables_export(args) -> int:
     return 0
 
 
+def _exact_vnmse(table) -> tuple[float | None, str]:
+    """vNMSE on N(0, 1) recomputed exactly (design extra) or the recorded value."""
+    try:
+        from solvers.distributions import StandardNormal
+        from solvers.objective import evaluate
+    except ImportError:
+        return table.vnmse, "recorded"
+    value = evaluate(table.receiver, StandardNormal(), *table.support, gradient=False).vnmse
+    return value, "recomputed"
+
+
+def _cmd_tables_diff(args) -> int:
+    import numpy as np
+
+    from .table import Table
+
+    tables = [Table.load(Path(args.a)), Table.load(Path(args.b))]
+    for label, path, table in zip("AB", (args.a, args.b), tables, strict=True):
+        print(f"{label}: {path}  {table!r}  fingerprint {table.fingerprint.hex()}")
+    a, b = tables
+    fields = ("bits", "shared_bits", "tail_prob", "lower", "upper")
+    differ = [
+        f"{f} {getattr(a, f)!r} vs {getattr(b, f)!r}"
+        for f in fields
+        if getattr(a, f) != getattr(b, f)
+    ]
+    print("parameters: " + ("identical" if not differ else "differ: " + "; ".join(differ)))
+    if a.receiver.shape == b.receiver.shape:
+        delta = np.abs(a.receiver - b.receiver)
+        h, x = np.unravel_index(int(np.argmax(delta)), delta.shape)
+        print(
+            f"max |dR|: {delta[h, x]:.3e} at h={h}, x={x} (max |R| {np.abs(a.receiver).max():.4g})"
+        )
+    else:
+        print(f"max |dR|: receivers differ in shape {a.receiver.shape} vs {b.receiver.shape}")
+    (va, source), (vb, _) = _exact_vnmse(a), _exact_vnmse(b)
+    if va is not None and vb is not None:
+        print(f"vNMSE on N(0,1) ({source}): A {va:.9g}  B {vb:.9g}  B/A - 1 = {vb / va - 1:+.3e}")
+    if a.code_model is not None or b.code_model is not None:
+        same_model = (
+            a.code_model is not None
+            and b.code_model is not None
+            and np.array_equal(a.code_model, b.code_model)
+        )
+        print(f"code model: {'identical' if same_model else 'differs'}")
+    same = a.fingerprint == b.fingerprint
+    print(
+        "same table: payloads are interchangeable"
+        if same
+        else "different tables: payloads made with one are refused by the other"
+    )
+    return 0 if same else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quicdesign`` command."""
     parser = _Parser(prog="quicdesign", description=__doc__.splitlines()[0])
@@ -286,6 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--path", help="table or collection folder (default: shipped tables, entropy included)"
     )
     export.set_defaults(run=_cmd_tables_export)
+    diff = table_cmds.add_parser(
+        "diff", help="compare two tables: fingerprints, max |dR|, vNMSE (exit 1 if different)"
+    )
+    diff.add_argument("a", help="table folder or .safetensors/.npz file")
+    diff.add_argument("b", help="table folder or .safetensors/.npz file")
+    diff.set_defaults(run=_cmd_tables_diff)
 
     _add_optional_commands(commands)
     return parser

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import quicdesign
+from quicdesign._threads import single_threaded_blas
 
 from .design import DEFAULT_TAIL_PROB, DesignResult, DesignSpec, _design_spec
 
@@ -34,6 +35,7 @@ def default_specs() -> list[DesignSpec]:
     return specs
 
 
+@single_threaded_blas  # same platform, same options -> the same table, bit for bit
 def _design_from_key(key: dict, distribution, options: dict) -> DesignResult:
     spec = DesignSpec(
         key["bits"], key["shared_bits"], key["tail_prob"], key["threshold"], distribution

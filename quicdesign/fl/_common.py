@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import operator
 import sys
 import zlib
 
 import numpy as np
 
+from quicdesign._threads import single_threaded_blas
 from quicdesign._validate import check_int as _shared_check_int
 from quicdesign.errors import ParameterError
 
@@ -96,23 +96,3 @@ def progress_bar(total, description, enabled):
     except ModuleNotFoundError:  # tqdm is optional; silence is better than failing
         return _NoBar()
     return tqdm(total=total, desc=description, leave=False, file=sys.stderr)
-
-
-def single_threaded_blas(function):
-    """Run ``function`` with BLAS limited to one thread (when threadpoolctl is installed).
-
-    Simulations are many tiny matrix products, where BLAS threads cost far more than they
-    gain: a ``(10, 1669) @ (1669, 100)`` product took 50 ms with threads on a loaded
-    2-core machine and 0.3 ms without.
-    """
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            from threadpoolctl import threadpool_limits
-        except ModuleNotFoundError:  # optional: without it BLAS keeps its own setting
-            return function(*args, **kwargs)
-        with threadpool_limits(1, user_api="blas"):
-            return function(*args, **kwargs)
-
-    return wrapper
