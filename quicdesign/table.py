@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validate import check_int
+from ._validate import check_int, check_probability
 from .errors import (
     ParameterError,
     TableChecksumError,
@@ -93,13 +93,7 @@ def _check_cells(bits, shared_bits) -> None:
 
 
 def _check_tail_prob(tail_prob):
-    try:
-        value = float(tail_prob)
-    except (TypeError, ValueError):
-        raise ParameterError(f"tail_prob must be a number in (0, 1), got {tail_prob!r}") from None
-    if not 0.0 < value < 1.0:
-        raise ParameterError(f"tail_prob must be in (0, 1), got {tail_prob!r}")
-    return value
+    return check_probability(tail_prob, "tail_prob")
 
 
 def table_name(bits: int, shared_bits: int, tail_prob: float) -> str:

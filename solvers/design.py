@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -19,7 +18,7 @@ from quicdesign._limits import (
     MAX_JOBS,
     MAX_STARTS,
 )
-from quicdesign._validate import check_int
+from quicdesign._validate import check_int, check_probability, check_real
 from quicdesign.errors import ParameterError
 from quicdesign.table import Table
 
@@ -108,8 +107,8 @@ class DesignSpec:
         _check_int("shared_bits", self.shared_bits, 0, MAX_SHARED_BITS)
         object.__setattr__(self, "distribution", as_distribution(self.distribution))
         if self.threshold is not None:
-            threshold = float(self.threshold)
-            if not (math.isfinite(threshold) and threshold > 0):
+            threshold = check_real(self.threshold, "threshold", 0.0)
+            if threshold <= 0:
                 raise ParameterError(f"threshold must be a positive number, got {self.threshold!r}")
             low, high = self.distribution.partial_moments(np.array([-threshold, threshold]))[0]
             tail = 1.0 - float(high - low)
@@ -120,14 +119,7 @@ class DesignSpec:
             object.__setattr__(self, "threshold", threshold)
             object.__setattr__(self, "tail_prob", tail)
         else:
-            try:
-                tail = float(self.tail_prob)
-            except (TypeError, ValueError):
-                raise ParameterError(
-                    f"tail_prob must be a number, got {self.tail_prob!r}"
-                ) from None
-            if not 0.0 < tail < 1.0:
-                raise ParameterError(f"tail_prob must be in (0, 1), got {self.tail_prob!r}")
+            tail = check_probability(self.tail_prob, "tail_prob")
             object.__setattr__(self, "tail_prob", tail)
 
     @property
