@@ -35,6 +35,7 @@ from .errors import (
     TableNotFoundError,
     TableVersionError,
 )
+from .input_model import input_model_of
 from .sender import SenderRule
 
 __all__ = [
@@ -281,6 +282,12 @@ class Table:
         if self.code_model is not None:
             body += b"code_model" + self.code_model.astype("<f8").tobytes()
         return hashlib.sha256(head + body).digest()[:8]
+
+    @property
+    def input_model(self) -> dict:
+        """``{"normalization", "scale", "law"}``: the input this table was designed for
+        (:mod:`quicdesign.input_model`)."""
+        return input_model_of(self._manifest)
 
     @property
     def name(self) -> str:

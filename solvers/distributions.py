@@ -21,6 +21,7 @@ __all__ = [
     "ScipyDistribution",
     "EmpiricalDistribution",
     "as_distribution",
+    "unit_variance",
 ]
 
 
@@ -176,4 +177,27 @@ def as_distribution(distribution) -> ValueDistribution:
     raise ParameterError(
         "distribution must be None (standard normal), a frozen scipy.stats continuous "
         f"distribution, a 1-D sample or a ValueDistribution, got {type(distribution).__name__}"
+    )
+
+
+def unit_variance(distribution: ValueDistribution) -> ValueDistribution:
+    """The law of ``Z / sqrt(E[Z^2])``: what a table sees after unit-RMS scaling.
+
+    The direct runtime path scales each chunk to unit RMS, so a table for a law must be
+    designed for that law rescaled to unit second moment (e.g. ``t(3)`` divided by
+    ``sqrt(3)``). Empirical samples are rescaled by their own RMS.
+    """
+    if isinstance(distribution, StandardNormal):
+        return distribution
+    factor = math.sqrt(distribution.second_moment())
+    if isinstance(distribution, EmpiricalDistribution):
+        return EmpiricalDistribution(distribution.values / factor)
+    if isinstance(distribution, ScipyDistribution):
+        frozen = distribution.frozen
+        shapes, loc, scale = frozen.dist._parse_args(*frozen.args, **frozen.kwds)
+        if factor == 1.0:
+            return distribution
+        return ScipyDistribution(frozen.dist(*shapes, loc=loc / factor, scale=scale / factor))
+    raise ParameterError(
+        f"cannot rescale a {type(distribution).__name__}; pass a scipy.stats law or a sample"
     )

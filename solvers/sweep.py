@@ -46,7 +46,12 @@ def default_specs() -> list[DesignSpec]:
 @single_threaded_blas  # same platform, same options -> the same table, bit for bit
 def _design_from_key(key: dict, distribution, options: dict) -> DesignResult:
     spec = DesignSpec(
-        key["bits"], key["shared_bits"], key["tail_prob"], key["threshold"], distribution
+        key["bits"],
+        key["shared_bits"],
+        key["tail_prob"],
+        key["threshold"],
+        distribution,
+        key.get("input_model"),
     )
     return _design_spec(spec, warm_start=None, n_jobs=1, **options)
 
