@@ -23,7 +23,7 @@ from quicdesign.errors import ParameterError
 from quicdesign.input_model import DIRECT, ROTATED
 from quicdesign.table import Table
 
-from .distributions import StandardNormal, as_distribution, unit_variance
+from .distributions import StandardNormal, as_distribution, seen_after_rms
 from .objective import evaluate
 from .optimize import LocalSolution, refine, starting_points
 
@@ -120,8 +120,11 @@ class DesignSpec:
                 f"input_model must be None, 'rotated' or 'direct', got {self.input_model!r}"
             )
         object.__setattr__(self, "input_law", law.description)
-        if self.input_model == DIRECT:
-            law = unit_variance(law)  # the runtime scales every chunk to unit RMS
+        if self.input_model == DIRECT and law.description.get("normalization") != DIRECT:
+            # the runtime scales every chunk to unit RMS: design for what it then sees
+            raw = self.distribution
+            law = seen_after_rms(raw if isinstance(raw, (list, tuple, np.ndarray)) else law)
+            law.description = {**law.description, "normalization": DIRECT}
         elif self.input_model == ROTATED:
             law = StandardNormal()  # rotation makes any input close to N(0, 1)
         object.__setattr__(self, "distribution", law)
