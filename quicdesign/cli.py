@@ -67,6 +67,44 @@ def _cmd_design_entropy(args) -> int:
     return 1 if failed else 0
 
 
+_MAX_SAMPLE_FILE_BYTES = 1 << 30
+
+
+def _distribution(text: str):
+    """``--distribution``: ``(label, law)`` with law None for the standard normal."""
+    from scipy import stats
+
+    kind, _, value = text.partition(":")
+    try:
+        if text == "normal":
+            return "normal", None
+        if kind == "t" and value:
+            df = float(value)
+            if not 2 < df < 1e6:
+                raise ValueError("t needs 2 < DF (a finite variance)")
+            return f"t{value}", stats.t(df)
+        if text in ("laplace", "logistic"):
+            return text, getattr(stats, text)()
+        if kind == "samples" and value:
+            return f"samples-{Path(value).stem}", _read_samples(Path(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad --distribution {text!r}: {exc}") from None
+    raise argparse.ArgumentTypeError(
+        f"--distribution must be normal, t:DF, laplace, logistic or samples:FILE.npy, got {text!r}"
+    )
+
+
+def _read_samples(path: Path):
+    import numpy as np
+
+    if not path.is_file() or path.stat().st_size > _MAX_SAMPLE_FILE_BYTES:
+        raise ValueError(f"{path} is not a regular .npy file of at most 1 GiB")
+    samples = np.load(path, allow_pickle=False)
+    if samples.dtype.kind != "f" or samples.size < 2 or not np.all(np.isfinite(samples)):
+        raise ValueError(f"{path} must hold at least 2 finite floats")
+    return samples.ravel()
+
+
 def _cmd_design(args) -> int:
     if args.entropy:
         return _cmd_design_entropy(args)
@@ -79,12 +117,24 @@ def _cmd_design(args) -> int:
         bits_list = args.bits or [1, 2, 3, 4]
         tail = DEFAULT_TAIL_PROB if args.tail_prob is None else args.tail_prob
         specs = []
+        label, law = args.distribution or ("normal", None)
+        if args.input_model != "direct" and law is not None:
+            raise ParameterError(
+                "--distribution needs --input-model direct: with rotation the table sees "
+                "values close to N(0, 1) whatever the input law"
+            )
+        input_model = args.input_model
         for bits in bits_list:
             shared = args.shared_bits or [DEFAULT_SHARED_BITS.get(bits, 0)]
-            specs += [DesignSpec(bits, shared_bits, tail) for shared_bits in shared]
+            specs += [
+                DesignSpec(bits, shared_bits, tail, None, law, input_model)
+                for shared_bits in shared
+            ]
+    suffix = f"-direct-{args.distribution[0] if args.distribution else 'normal'}"
+    suffix = suffix if not args.defaults and args.input_model == "direct" else ""
     out = writable_dir(args.out) if args.out else None
     if out is not None:
-        names = [table_name(spec.bits, spec.shared_bits, spec.tail_prob) for spec in specs]
+        names = [table_name(spec.bits, spec.shared_bits, spec.tail_prob) + suffix for spec in specs]
         _refuse_overwrite(out, names, args)
     if args.cache_dir:
         writable_dir(args.cache_dir)
@@ -101,11 +151,16 @@ def _cmd_design(args) -> int:
     print(_quality_report(results))
     print(f"\n{len(results)} tables designed in {wall:.1f} s wall (n_jobs={args.jobs})")
     failed = [r for r in results if not r.success]
+    for result in results:
+        if suffix:
+            law = result.table.input_model["input_law"]
+            name = f"{law.get('name', law.get('kind'))} {law.get('args', '')}".strip()
+            print(f"{result.table.name}{suffix}: design vNMSE {result.vnmse:.6g} on {name}")
     if out is not None:
         for result in results:
-            result.table.save(out / result.table.name)
+            result.table.save(out / (result.table.name + suffix))
         defaults = {
-            r.table.bits: r.table.name
+            r.table.bits: r.table.name + suffix
             for r in results
             if r.table.shared_bits == DEFAULT_SHARED_BITS.get(r.table.bits)
         }
@@ -290,6 +345,19 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"shared bits l in 0..{DESIGN_MAX_SHARED_BITS} (default: per b)",
     )
     design.add_argument("--tail-prob", type=probability, help="tail probability p (1/512)")
+    design.add_argument(
+        "--input-model",
+        choices=("rotated", "direct"),
+        default="rotated",
+        help="rotated: for Encoder (inputs become ~N(0,1)); direct: for DirectEncoder, "
+        "designed for --distribution after unit-RMS scaling",
+    )
+    design.add_argument(
+        "--distribution",
+        type=_distribution,
+        help="value law for --input-model direct: normal, t:DF, laplace, logistic or "
+        "samples:FILE.npy (float array, read without pickle)",
+    )
     design.add_argument("--out", help="write the tables and an index to this folder")
     design.add_argument(
         "--force",

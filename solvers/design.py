@@ -119,12 +119,14 @@ class DesignSpec:
             raise ParameterError(
                 f"input_model must be None, 'rotated' or 'direct', got {self.input_model!r}"
             )
-        object.__setattr__(self, "input_law", law.description)
+        # a law already normalized for the runtime remembers the input law it came from
+        input_law = law.description.get("input_law", law.description)
+        object.__setattr__(self, "input_law", input_law)
         if self.input_model == DIRECT and law.description.get("normalization") != DIRECT:
             # the runtime scales every chunk to unit RMS: design for what it then sees
             raw = self.distribution
             law = seen_after_rms(raw if isinstance(raw, (list, tuple, np.ndarray)) else law)
-            law.description = {**law.description, "normalization": DIRECT}
+            law.description = {**law.description, "normalization": DIRECT, "input_law": input_law}
         elif self.input_model == ROTATED:
             law = StandardNormal()  # rotation makes any input close to N(0, 1)
         object.__setattr__(self, "distribution", law)

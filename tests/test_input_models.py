@@ -156,3 +156,28 @@ def test_with_rotation_no_designed_table_beats_the_shipped_one(direct_t3):
         for table in candidates:
             value, _ = _vnmse(table, law, direct=False, vectors=40, dim=4096, force=True)
             assert value >= 0.99 * reference, (law.dist.name, table.input_model)
+
+
+def test_cli_designs_direct_tables_for_a_law_or_samples(tmp_path, capsys):
+    from quicdesign.cli import main
+
+    np.save(tmp_path / "grad.npy", np.random.default_rng(0).laplace(size=20_000))
+    common = ["design", "--bits", "1", "--shared-bits", "2", "--no-certify", "--starts", "1"]
+    common += ["--jobs", "1", "--input-model", "direct", "--out", str(tmp_path / "out")]
+    assert main([*common, "--distribution", "t:5"]) == 0
+    assert main([*common, "--distribution", f"samples:{tmp_path / 'grad.npy'}"]) == 0
+    out = capsys.readouterr().out
+    assert "b1-l2-p1in512-direct-t5: design vNMSE" in out
+    t5 = Table.load(tmp_path / "out" / "b1-l2-p1in512-direct-t5")
+    assert t5.input_model["normalization"] == "direct"
+    assert t5.input_model["input_law"]["args"] == [5.0]
+    grad = Table.load(tmp_path / "out" / "b1-l2-p1in512-direct-samples-grad")
+    assert grad.input_model["input_law"]["kind"] == "empirical"
+    # a law without --input-model direct, or without a variance, is refused
+    assert main(["design", "--bits", "1", "--distribution", "laplace"]) == 2
+    with pytest.raises(SystemExit, match="2"):
+        main(["design", "--bits", "1", "--distribution", "t:2"])
+    np.save(tmp_path / "ints.npy", np.arange(10))
+    with pytest.raises(SystemExit, match="2"):
+        main([*common, "--distribution", f"samples:{tmp_path / 'ints.npy'}"])
+    assert "finite floats" in capsys.readouterr().err
