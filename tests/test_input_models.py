@@ -181,3 +181,24 @@ def test_cli_designs_direct_tables_for_a_law_or_samples(tmp_path, capsys):
     with pytest.raises(SystemExit, match="2"):
         main([*common, "--distribution", f"samples:{tmp_path / 'ints.npy'}"])
     assert "finite floats" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "law, bits, family",
+    [(stats.t(4), 1, "t"), (stats.laplace(), 2, "laplace")],
+    ids=["t4-b1", "laplace-b2"],
+)
+def test_fit_input_law_proposes_the_law_and_measures_both_paths(law, bits, family):
+    vectors = list(law.rvs(size=(8, 4096), random_state=0))
+    fit = solvers.fit_input_law(vectors, bits=bits)
+    assert fit.name == family
+    if family == "t":
+        assert 3 < fit.law.args[0] < 5.5
+    assert fit.table.input_model["normalization"] == "direct"
+    shipped = quicdesign.load_table(bits)
+    # rotation makes the data normal: the shipped table performs as designed
+    assert fit.rotated_vnmse == pytest.approx(shipped.vnmse, rel=0.06)
+    assert fit.gain == pytest.approx(1 - fit.direct_vnmse / fit.rotated_vnmse)
+    assert fit.gain < 0  # at these budgets rotation wins, as the README says
+    assert "keep rotation" in fit.summary()
