@@ -61,8 +61,9 @@ class InputLawFit:
     def summary(self) -> str:
         """One line for humans."""
         verdict = "design a direct table" if self.gain > 0 else "keep rotation"
+        args = tuple(round(float(a), 3) for a in self.law.args)
         return (
-            f"best law {self.name}{tuple(round(float(a), 3) for a in self.law.args)}; measured vNMSE "
+            f"best law {self.name}{args}; measured vNMSE "
             f"direct/designed {self.direct_vnmse:.4g} vs rotated/shipped "
             f"{self.rotated_vnmse:.4g} (gain {self.gain:+.1%}): {verdict}"
         )
