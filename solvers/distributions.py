@@ -211,5 +211,12 @@ def seen_after_rms(
     if isinstance(law, EmpiricalDistribution):
         # already sorted, so chunk order is lost: one global scale
         return EmpiricalDistribution(law.values / math.sqrt(law.second_moment()))
-    draws = law.sample(chunk_size * num_chunks, np.random.default_rng(seed))
-    return EmpiricalDistribution(rms_normalized(draws, chunk_size))
+    draws = rms_normalized(
+        law.sample(chunk_size * num_chunks, np.random.default_rng(seed)), chunk_size
+    )
+    probe = np.array([0.5, 1.0, 2.0, 4.0])
+    low, high = law.partial_moments(np.concatenate([-probe, probe]))[0].reshape(2, -1)
+    if np.allclose(low, 1 - high, atol=1e-9):
+        # a symmetric law: mirror the draws so the design (and its tails) stay symmetric
+        draws = np.concatenate([draws, -draws])
+    return EmpiricalDistribution(draws)
