@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._accumulate import WeightedSumAggregator
-from ._validate import as_client_vector, check_client_id, check_round_seed
+from ._validate import MAX_DIM, as_client_vector, check_client_id, check_round_seed
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .randomness import rotation_signs, shared_values
@@ -169,11 +169,13 @@ class Encoder:
             exact_values=z[exact].astype(np.float32),
         )
 
+    _wire_version = WIRE_VERSION
+
     def _header(self, quantized: _Quantized, magic: bytes) -> bytes:
         table, layout = self.table, quantized.layout
         return _FIXED_HEADER.pack(
             magic,
-            WIRE_VERSION,
+            self._wire_version,
             table.bits,
             table.shared_bits,
             layout.num_chunks,
@@ -233,20 +235,32 @@ class PayloadHeader:
         )
 
 
-def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHeader:
-    """Read the fixed header and chunk norms, checking what needs no table."""
+def read_header(
+    reader: PayloadReader, magic: bytes = WIRE_MAGIC, version: int = WIRE_VERSION
+) -> PayloadHeader:
+    """Read the fixed header and chunk norms, checking what needs no table.
+
+    The claimed dimension is checked against :data:`~quicdesign._validate.MAX_DIM` and
+    the chunk count against the layout rule here, before anyone allocates for it.
+    """
     raw = reader.read_bytes(_FIXED_HEADER.size, "fixed header")
-    (found, version, bits, shared_bits, num_chunks, fingerprint, dim, client_id, tag, num_exact) = (
+    (found, found_version, bits, shared_bits, num_chunks, fingerprint, dim, client_id, tag, num_exact) = (
         _FIXED_HEADER.unpack(raw)
     )
     if found != magic:
         raise PayloadError(f"bad magic {found!r}: expected {magic!r}")
-    if version != WIRE_VERSION:
+    if found_version != version:
         raise PayloadError(
-            f"unsupported wire version {version} (this release reads {WIRE_VERSION})"
+            f"unsupported {magic.decode()} wire version {found_version} "
+            f"(this release reads {version})"
         )
-    if not 1 <= num_chunks <= 8:
-        raise PayloadError(f"num_chunks {num_chunks} outside 1..8")
+    if not 1 <= dim <= MAX_DIM:
+        raise PayloadError(f"payload dimension {dim} outside 1..{MAX_DIM}")
+    expected_chunks = RotationLayout.for_dim(dim).num_chunks
+    if num_chunks != expected_chunks:
+        raise PayloadError(
+            f"payload claims {num_chunks} chunks; dimension {dim} has {expected_chunks}"
+        )
     norms = reader.read_array("<f4", num_chunks, "chunk norms")
     if not np.all(np.isfinite(norms)) or np.any(norms < 0):
         raise PayloadError("chunk norms must be finite and non-negative")
@@ -261,6 +275,12 @@ def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHead
         num_exact=num_exact,
         norms=norms,
     )
+
+
+def _check_size(size: int, expected: int) -> None:
+    if size != expected:
+        kind = "truncated" if size < expected else "oversized"
+        raise PayloadError(f"{kind} payload: {size} bytes, expected {expected}")
 
 
 class Aggregator(WeightedSumAggregator):
@@ -297,6 +317,7 @@ class Aggregator(WeightedSumAggregator):
         super().__init__((layout.num_chunks, layout.chunk_size))
 
     _magic = WIRE_MAGIC
+    _wire_version = WIRE_VERSION
 
     def _check_header(self, header: PayloadHeader) -> None:
         """Check the header against this aggregator (before reading any array)."""
@@ -313,8 +334,15 @@ class Aggregator(WeightedSumAggregator):
             )
         if header.round_tag != self._tag:
             raise PayloadError(f"payload belongs to another round (tag {header.round_tag:#010x})")
-        if header.dim != self.dim or header.num_chunks != layout.num_chunks:
-            raise PayloadError(f"payload dimension {header.dim} does not match {self.dim}")
+        if header.dim != self.dim:
+            raise PayloadError(
+                f"payload dimension {header.dim} does not match the aggregator's {self.dim}"
+            )
+        if header.num_chunks != layout.num_chunks:
+            raise PayloadError(
+                f"payload has {header.num_chunks} chunks, dimension {self.dim} has "
+                f"{layout.num_chunks}"
+            )
         self._check_new_client(header.client_id)
         if header.num_exact > layout.rotated_dim:
             raise PayloadError(
@@ -335,9 +363,7 @@ class Aggregator(WeightedSumAggregator):
         """Read codes and exact coordinates; returns ``(codes, indices, values)``."""
         table, layout = self.table, self._state.layout
         expected = max_payload_size(table.bits, self.dim, header.num_exact)
-        if len(payload) != expected:
-            kind = "truncated" if len(payload) < expected else "oversized"
-            raise PayloadError(f"{kind} payload: {len(payload)} bytes, expected {expected}")
+        _check_size(reader.size, expected)
         codes = reader.read_codes(table.bits, layout.rotated_dim, "codes")
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
         values = reader.read_array("<f4", header.num_exact, "exact values")
@@ -348,7 +374,7 @@ class Aggregator(WeightedSumAggregator):
     def _decode(self, payload, weight: float) -> tuple[int, np.ndarray]:
         """Validate ``payload``; return ``(client_id, weighted rotated contribution)``."""
         reader = PayloadReader(payload)
-        header = read_header(reader, self._magic)
+        header = read_header(reader, self._magic, self._wire_version)
         self._check_header(header)
         table, layout = self.table, self._state.layout
         shared = shared_values(
