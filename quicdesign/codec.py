@@ -244,9 +244,9 @@ def read_header(
     the chunk count against the layout rule here, before anyone allocates for it.
     """
     raw = reader.read_bytes(_FIXED_HEADER.size, "fixed header")
-    (found, found_version, bits, shared_bits, num_chunks, fingerprint, dim, client_id, tag, num_exact) = (
-        _FIXED_HEADER.unpack(raw)
-    )
+    fields = _FIXED_HEADER.unpack(raw)
+    found, found_version, bits, shared_bits, num_chunks, fingerprint = fields[:6]
+    dim, client_id, tag, num_exact = fields[6:]
     if found != magic:
         raise PayloadError(f"bad magic {found!r}: expected {magic!r}")
     if found_version != version:
