@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._accumulate import WeightedSumAggregator
+from ._accumulate import WeightedSumAggregator, check_contribution_bound
 from ._validate import MAX_DIM, as_client_vector, check_client_id, check_round_seed
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
@@ -50,6 +50,16 @@ def round_tag(round_seed: int) -> int:
     seed = check_round_seed(round_seed)
     digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=b"quicdesign.tag1")
     return int.from_bytes(digest.digest(), "little")
+
+
+def _table_digest(table: Table) -> bytes:
+    """Full sha256 of what decoding depends on (the 8-byte fingerprint is for payloads)."""
+    head = (table.bits, table.shared_bits, table.tail_prob, table.lower, table.upper)
+    parts = [struct.pack("<BBddd", *head)]
+    parts.append(np.ascontiguousarray(table.receiver, dtype="<f8").tobytes())
+    if getattr(table, "code_model", None) is not None:
+        parts.append(np.ascontiguousarray(table.code_model, dtype="<f8").tobytes())
+    return hashlib.sha256(b"".join(parts)).digest()
 
 
 def _check_table(table) -> Table:
@@ -307,6 +317,7 @@ class Aggregator(WeightedSumAggregator):
         self.dim = self._state.layout.dim
         self._tag = round_tag(self.round_seed)
         self._fingerprint = table.fingerprint
+        self._table_digest = _table_digest(table)
         self._flat_receiver = table.receiver.reshape(-1)
         layout = self._state.layout
         entries = layout.num_chunks * self._flat_receiver.size
@@ -386,8 +397,13 @@ class Aggregator(WeightedSumAggregator):
         scale = header.norms.astype(np.float64) * (weight / math.sqrt(layout.chunk_size))
         tables = (scale[:, None] * self._flat_receiver[None, :]).reshape(-1)
         exact = values * scale[indices // layout.chunk_size]
-        if not (np.all(np.isfinite(tables)) and np.all(np.isfinite(exact))):
-            raise PayloadError("weighted contribution overflows float64")
+        # max |R| bounds every decoded coordinate, so this costs O(table), not O(d)
+        unweighted = float(np.max(header.norms, initial=0.0)) / math.sqrt(layout.chunk_size)
+        largest = unweighted * max(
+            float(np.max(np.abs(self._flat_receiver))),
+            float(np.max(np.abs(values), initial=0.0)),
+        )
+        check_contribution_bound(largest)
         index = shared.astype(self._index_dtype)
         index <<= table.bits
         index |= codes
@@ -398,7 +414,7 @@ class Aggregator(WeightedSumAggregator):
         return header.client_id, decoded.reshape(layout.num_chunks, layout.chunk_size)
 
     def _merge_key(self) -> tuple:
-        return (self._fingerprint, self._tag, self.dim)
+        return (self._magic, self._table_digest, self.round_seed, self.dim)
 
     def rotated_mean(self) -> np.ndarray:
         """The weighted mean still in the rotated domain, shape (chunks, chunk_size)."""

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._accumulate import WeightedSumAggregator
+from .._accumulate import WeightedSumAggregator, check_contribution_bound
 from .._validate import (
     MAX_DIM,
     as_client_vector,
@@ -300,7 +300,8 @@ class SumAggregator(WeightedSumAggregator):
         self.round_seed = round_seed
         self._magic = compressor.magic
         self._scheme = compressor.name
-        self._config_tag = config_tag(compressor.name, *compressor._config())
+        self._wire_config = (compressor.name, *compressor._config())
+        self._config_tag = config_tag(*self._wire_config)
         self._round_tag = round_tag(round_seed)
         self._payload_size = compressor.payload_size(dim)
 
@@ -309,7 +310,7 @@ class SumAggregator(WeightedSumAggregator):
         """Parse the body and return the client's float64 contribution (sum domain)."""
 
     def _merge_key(self) -> tuple:
-        return (self._config_tag, self._round_tag, self.dim)
+        return (self._magic, self._wire_config, self.round_seed, self.dim)
 
     def _decode(self, payload, weight) -> tuple[int, np.ndarray]:
         reader = PayloadReader(payload)
@@ -330,10 +331,9 @@ class SumAggregator(WeightedSumAggregator):
             raise PayloadError(f"{kind} payload: {size} bytes, expected {self._payload_size}")
         contribution = self._contribution(reader, header)
         reader.expect_end()
-        scaled = np.multiply(contribution, weight, dtype=np.float64)
-        if not np.all(np.isfinite(scaled)):
-            raise PayloadError("payload decodes to non-finite values")
-        return header.client_id, scaled
+        contribution = np.asarray(contribution, dtype=np.float64)
+        check_contribution_bound(float(np.max(np.abs(contribution), initial=0.0)))
+        return header.client_id, np.multiply(contribution, weight)
 
 
 class DirectSumAggregator(SumAggregator):

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quicdesign._accumulate import check_contribution_bound
+from quicdesign._validate import as_client_vector, check_weight
+from quicdesign._wire import PayloadReader
 from quicdesign.compressors.base import Aggregator, Compressor, CompressorProperties
-from quicdesign.errors import ParameterError, PayloadError
+from quicdesign.errors import InputVectorError, ParameterError, PayloadError
 
 from ._common import check_int
 
@@ -40,22 +43,21 @@ class _RawFloatsAggregator(Aggregator):
         return self._count
 
     def _values(self, payload):
-        if not isinstance(payload, (bytes, bytearray, memoryview)):
-            raise PayloadError(f"payload must be bytes, got {type(payload).__name__}")
-        if len(payload) != self._dim * self._dtype.itemsize:
+        reader = PayloadReader(payload)
+        if reader.size != self._dim * self._dtype.itemsize:
             raise PayloadError(
                 f"raw {self._dtype.name} payload must hold {self._dim} values "
-                f"({self._dim * self._dtype.itemsize} bytes), got {len(payload)} bytes"
+                f"({self._dim * self._dtype.itemsize} bytes), got {reader.size} bytes"
             )
-        values = np.frombuffer(payload, dtype=self._dtype).astype(np.float64)
+        values = reader.read_array(self._dtype, self._dim, "values").astype(np.float64)
         if not np.all(np.isfinite(values)):
             raise PayloadError("raw float payload holds non-finite values")
+        check_contribution_bound(float(np.max(np.abs(values), initial=0.0)))
         return values
 
     def add(self, payload, weight=1.0):
+        weight = check_weight(weight)
         values = self._values(payload)
-        if not weight > 0:
-            raise ParameterError(f"weight must be positive, got {weight}")
         self._sum += weight * values
         self._weight += weight
         self._count += 1
@@ -96,7 +98,12 @@ class RawFloats(Compressor):
         return 0.0
 
     def encode(self, vector, *, round_seed, client_id, rng=None):
-        return np.asarray(vector, dtype=np.dtype(self.dtype).newbyteorder("<")).tobytes()
+        flat = as_client_vector(vector)
+        with np.errstate(over="ignore"):
+            wire = flat.astype(np.dtype(self.dtype).newbyteorder("<"))
+        if not np.all(np.isfinite(wire)):
+            raise InputVectorError(f"vector exceeds the {self.dtype} range of the payload")
+        return wire.tobytes()
 
     def aggregator(self, dim, round_seed):
         return _RawFloatsAggregator(np.dtype(self.dtype).newbyteorder("<"), dim)
