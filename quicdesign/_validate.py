@@ -21,6 +21,7 @@ __all__ = [
     "check_bits",
     "check_client_id",
     "check_dim",
+    "check_f32_normal",
     "check_round_seed",
     "check_weight",
     "writable_dir",
@@ -96,6 +97,30 @@ def check_weight(weight) -> float:
             f"weight must be finite and in [2**-256, 2**256] (positive), got {weight!r}"
         )
     return value
+
+
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def check_f32_normal(values, what) -> None:
+    """Refuse nonzero side information too small for float32's normal range (``2**-126``).
+
+    Multiplicative side information (norms, scales) travels as float32; below that range
+    float32 keeps fewer than 24 bits, so the decoded vector's error would grow without
+    bound (or it would round to 0 and decode a nonzero vector as zeros).
+
+    Raises
+    ------
+    InputVectorError
+        Naming ``what`` and the value.
+    """
+    magnitude = np.abs(np.asarray(values, dtype=np.float64)).reshape(-1)
+    small = magnitude[(magnitude > 0) & (magnitude < _F32_TINY)]
+    if small.size:
+        raise InputVectorError(
+            f"vector is too small to encode: its {what} {float(small[0])!r} is below "
+            "float32's normal range (2**-126); scale the vector up first"
+        )
 
 
 def as_client_vector(vector) -> np.ndarray:

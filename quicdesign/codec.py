@@ -21,11 +21,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._accumulate import WeightedSumAggregator, check_contribution_bound
-from ._validate import MAX_DIM, as_client_vector, check_client_id, check_round_seed
+from ._validate import (
+    MAX_DIM,
+    as_client_vector,
+    check_client_id,
+    check_f32_normal,
+    check_round_seed,
+)
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .randomness import rotation_signs, shared_values
-from .rotation import RotationLayout, rotate, unrotate
+from .rotation import RotationLayout, scaled_rotate, unrotate
 from .table import Table
 
 __all__ = [
@@ -42,7 +48,6 @@ __all__ = [
 WIRE_MAGIC = b"QDQF"
 WIRE_VERSION = 1
 _FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def round_tag(round_seed: int) -> int:
@@ -97,6 +102,33 @@ class _RoundState:
         return self.signs32
 
 
+def _norms_and_scales(rotated, exponents, chunk_size):
+    """Chunk norms as sent (float32, rounded up) and the factors mapping to unit variance.
+
+    ``rotated[k] * 2**exponents[k]`` is chunk ``k``. Scaling with the rounded norm keeps
+    decoding exact. A norm beyond float32, or nonzero but below float32's normal range
+    (``2**-126``, where float32 keeps fewer than 24 bits and the error would grow), is
+    refused with :class:`~quicdesign.InputVectorError`.
+    """
+    # a plain pairwise sum, not einsum or BLAS: its rounding is the same on every CPU
+    scaled_norms = np.sqrt(np.sum(np.square(rotated, dtype=np.float64), axis=1))
+    with np.errstate(over="ignore"):
+        norms = np.ldexp(scaled_norms, exponents)
+        norms32 = norms.astype(np.float32)
+    low = norms32.astype(np.float64) < norms
+    norms32[low] = np.nextafter(norms32[low], np.float32(np.inf))
+    if not np.all(np.isfinite(norms32)):
+        raise InputVectorError("vector is too large to encode: a chunk norm overflows float32")
+    check_f32_normal(norms, "chunk norm")
+    scale = np.zeros(norms.size, dtype=np.float64)
+    positive = norms32 > 0
+    # sqrt(m) / norm32 <= 2**14 / 2**-149 and the exponents undo the chunk scaling
+    scale[positive] = np.ldexp(
+        math.sqrt(chunk_size) / norms32[positive].astype(np.float64), exponents[positive]
+    )
+    return norms32, scale
+
+
 class Encoder:
     """Client-side QUIC-FL encoder for one round.
 
@@ -140,11 +172,6 @@ class Encoder:
         """
         client_id = check_client_id(client_id)
         flat = as_client_vector(vector)
-        layout = self._state(flat.size).layout
-        # The norm travels as float32 and float32 inputs rotate in float32: refuse sizes
-        # that would overflow there instead of sending an infinite norm.
-        if float(np.max(np.abs(flat))) * math.sqrt(layout.rotated_dim) > _FLOAT32_MAX / 4:
-            raise InputVectorError("vector is too large to encode: its norm overflows float32")
         return self._serialize(self._quantize(flat, client_id, rng))
 
     def _quantize(self, flat: np.ndarray, client_id: int, rng) -> _Quantized:
@@ -152,14 +179,10 @@ class Encoder:
         table = self.table
         state = self._state(flat.size)
         layout = state.layout
-        rotated = rotate(flat, state.signs(flat.dtype), layout)  # (chunks, chunk_size)
-        norms = np.sqrt(np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64))
-        # The norm travels as float32; scale with the rounded value so decoding is exact.
-        norms32 = norms.astype(np.float32)
-        with np.errstate(divide="ignore"):
-            scale = np.where(
-                norms32 > 0, math.sqrt(layout.chunk_size) / norms32.astype(np.float64), 0.0
-            )
+        # rotated[k] * 2**exponents[k] is chunk k's rotation: nothing overflows or
+        # underflows, and the butterflies give the same bits on every CPU
+        rotated, exponents = scaled_rotate(flat, state.signs(flat.dtype), layout)
+        norms32, scale = _norms_and_scales(rotated, exponents, layout.chunk_size)
         z = (rotated * scale[:, None].astype(rotated.dtype)).reshape(-1)
         lower, upper = table.support
         outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
