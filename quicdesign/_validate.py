@@ -99,27 +99,27 @@ def check_weight(weight) -> float:
     return value
 
 
-_F32_TINY = float(np.finfo(np.float32).tiny)
-
-
-def check_f32_normal(values, what) -> None:
+def check_f32_normal(values, what, exponents=0) -> None:
     """Refuse nonzero side information too small for float32's normal range (``2**-126``).
 
     Multiplicative side information (norms, scales) travels as float32; below that range
     float32 keeps fewer than 24 bits, so the decoded vector's error would grow without
-    bound (or it would round to 0 and decode a nonzero vector as zeros).
+    bound (or it would round to 0 and decode a nonzero vector as zeros). The side values
+    are ``values * 2**exponents``; passing the exponents separately keeps a value that
+    would underflow even float64 from being mistaken for an exact 0.
 
     Raises
     ------
     InputVectorError
-        Naming ``what`` and the value.
+        Naming ``what`` and the value's binary exponent.
     """
-    magnitude = np.abs(np.asarray(values, dtype=np.float64)).reshape(-1)
-    small = magnitude[(magnitude > 0) & (magnitude < _F32_TINY)]
-    if small.size:
+    mantissas, binary = np.frexp(np.asarray(values, dtype=np.float64))
+    binary = binary + np.asarray(exponents)
+    small = (mantissas != 0) & (binary < -125)
+    if np.any(small):
         raise InputVectorError(
-            f"vector is too small to encode: its {what} {float(small[0])!r} is below "
-            "float32's normal range (2**-126); scale the vector up first"
+            f"vector is too small to encode: its {what} is about 2**{int(binary[small].min())}, "
+            "below float32's normal range (2**-126); scale the vector up first"
         )
 
 

@@ -119,7 +119,7 @@ def _norms_and_scales(rotated, exponents, chunk_size):
     norms32[low] = np.nextafter(norms32[low], np.float32(np.inf))
     if not np.all(np.isfinite(norms32)):
         raise InputVectorError("vector is too large to encode: a chunk norm overflows float32")
-    check_f32_normal(norms, "chunk norm")
+    check_f32_normal(scaled_norms, "chunk norm", exponents)
     scale = np.zeros(norms.size, dtype=np.float64)
     positive = norms32 > 0
     # sqrt(m) / norm32 <= 2**14 / 2**-149 and the exponents undo the chunk scaling

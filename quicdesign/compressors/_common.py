@@ -113,11 +113,24 @@ def f32_floor(value, what="value") -> float:
 
 
 def to_float32(values, what) -> np.ndarray:
-    """Little-endian float32 copy of ``values``; ``InputVectorError`` if any overflows."""
-    with np.errstate(over="ignore"):
-        converted = np.asarray(values).astype("<f4")
+    """Little-endian float32 copy of ``values``.
+
+    ``InputVectorError`` if any value overflows float32, or is below float32's normal
+    range and not exactly representable there (it would lose most of its bits, or
+    underflow to zero and turn a nonzero value into 0).
+    """
+    values = np.asarray(values)
+    with np.errstate(over="ignore", under="ignore"):
+        converted = values.astype("<f4")
     if not np.all(np.isfinite(converted)):
         raise InputVectorError(f"{what} exceed the float32 range of the payload")
+    if values.dtype != np.float32:
+        tiny = np.abs(values) < np.finfo(np.float32).tiny
+        if np.any(converted[tiny] != values[tiny]):
+            raise InputVectorError(
+                f"{what} underflow float32 (nonzero values below 2**-126 would lose their "
+                "bits); scale the vector up first"
+            )
     return converted
 
 

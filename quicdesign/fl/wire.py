@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quicdesign._accumulate import check_contribution_bound
+from quicdesign._accumulate import MAX_CONTRIBUTION, check_contribution_bound
 from quicdesign._validate import as_client_vector, check_weight
 from quicdesign._wire import PayloadReader
+from quicdesign.compressors._common import to_float32
 from quicdesign.compressors.base import Aggregator, Compressor, CompressorProperties
 from quicdesign.errors import InputVectorError, ParameterError, PayloadError
 
@@ -49,9 +50,11 @@ class _RawFloatsAggregator(Aggregator):
                 f"raw {self._dtype.name} payload must hold {self._dim} values "
                 f"({self._dim * self._dtype.itemsize} bytes), got {reader.size} bytes"
             )
-        values = reader.read_array(self._dtype, self._dim, "values").astype(np.float64)
+        values = reader.read_array(self._dtype, self._dim, "values")
+        # checked before widening: casting a signalling NaN raises a floating-point warning
         if not np.all(np.isfinite(values)):
             raise PayloadError("raw float payload holds non-finite values")
+        values = values.astype(np.float64)
         check_contribution_bound(float(np.max(np.abs(values), initial=0.0)))
         return values
 
@@ -99,10 +102,12 @@ class RawFloats(Compressor):
 
     def encode(self, vector, *, round_seed, client_id, rng=None):
         flat = as_client_vector(vector)
-        with np.errstate(over="ignore"):
-            wire = flat.astype(np.dtype(self.dtype).newbyteorder("<"))
-        if not np.all(np.isfinite(wire)):
-            raise InputVectorError(f"vector exceeds the {self.dtype} range of the payload")
+        wire = flat.astype("<f8") if self.dtype == "float64" else to_float32(flat, "values")
+        # the aggregator's bound on decoded magnitudes (running sums cannot overflow)
+        if not float(np.max(np.abs(wire))) <= MAX_CONTRIBUTION:
+            raise InputVectorError(
+                f"vector exceeds the {self.dtype} payload range (|x| <= 2**192 is accepted)"
+            )
         return wire.tobytes()
 
     def aggregator(self, dim, round_seed):
