@@ -31,7 +31,7 @@ from ._validate import (
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .randomness import rotation_signs, shared_values
-from .rotation import RotationLayout, scaled_rotate, unrotate
+from .rotation import MAX_CHUNKS, RotationLayout, scaled_rotate, unrotate
 from .table import Table
 
 __all__ = [
@@ -46,7 +46,8 @@ __all__ = [
 ]
 
 WIRE_MAGIC = b"QDQF"
-WIRE_VERSION = 1
+# 2: the layout allows up to 64 chunks (padding below max(d / 32, 1024))
+WIRE_VERSION = 2
 _FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
 
 
@@ -289,6 +290,8 @@ def read_header(
         )
     if not 1 <= dim <= MAX_DIM:
         raise PayloadError(f"payload dimension {dim} outside 1..{MAX_DIM}")
+    if not 1 <= num_chunks <= MAX_CHUNKS:
+        raise PayloadError(f"num_chunks {num_chunks} outside 1..{MAX_CHUNKS}")
     expected_chunks = RotationLayout.for_dim(dim).num_chunks
     if num_chunks != expected_chunks:
         raise PayloadError(

@@ -7,7 +7,7 @@ group is coded with the categorical model ``P(x | h)`` stored in the table. Need
 optional dependency ``constriction`` (``pip install quicdesign[entropy]``), imported only
 when an entropy coder is built.
 
-Wire format (``docs/wire-format.md``, magic ``QDQE``, version 2): the 32-byte fixed
+Wire format (``docs/wire-format.md``, magic ``QDQE``, version 3): the 32-byte fixed
 header of the fixed-rate format, the chunk norms, a u32 count of 32-bit stream words, a
 u32 count of coded symbols, an 8-byte digest of the coded symbols, the exact indices and
 values, then the ANS stream (little-endian u32 words). The digest makes the guarantee
@@ -29,8 +29,9 @@ from .table import Table
 __all__ = ["EntropyEncoder", "EntropyAggregator", "ENTROPY_MAGIC", "ENTROPY_WIRE_VERSION"]
 
 ENTROPY_MAGIC = b"QDQE"
-#: Version 1 carried no symbol count or digest; it is refused (see docs/wire-format.md).
-ENTROPY_WIRE_VERSION = 2
+#: Versions 1 and 2 carried no symbol count or digest; they are refused
+#: (see docs/wire-format.md).
+ENTROPY_WIRE_VERSION = 3
 _DIGEST_SIZE = 8
 
 

@@ -236,10 +236,12 @@ def test_merge_compares_tables_and_dimensions():
 def test_decompress_refuses_a_huge_claimed_dimension_before_allocating():
     payload = compress(np.ones(8), 2, round_seed=0)
     for claim in (2**28, 2**31 - 1, 2**32 - 1, 0):
-        # 68 bytes: the header, eight chunk norms and four code bytes
-        edited = bytearray(payload[:32] + b"\x00" * 36)
+        valid_dim = 1 <= claim <= 2**31 - 1
+        chunks = quicdesign.rotation.RotationLayout.for_dim(claim).num_chunks if valid_dim else 8
+        # the header, consistent chunk norms and four code bytes (68 bytes for 8 chunks)
+        edited = bytearray(payload[:32] + b"\x00" * (4 * chunks + 4))
         struct.pack_into("<I", edited, 16, claim)
-        edited[7] = 8
+        edited[7] = chunks
         tracemalloc.start()
         with pytest.raises(PayloadError) as refused:
             decompress(bytes(edited))
@@ -369,9 +371,10 @@ def _stream_edits(payload, chunks):
         edited = bytearray(payload)
         edited[offset] ^= 1
         edits[f"flip-{field}"] = bytes(edited)
-    edited = bytearray(payload)
-    edited[4] = 1
-    edits["version-1"] = bytes(edited)
+    for version in (1, 2):
+        edited = bytearray(payload)
+        edited[4] = version
+        edits[f"version-{version}"] = bytes(edited)
     return edits
 
 
