@@ -251,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=bounded_int("jobs", -1, MAX_JOBS),
         default=-1,
-        help="parallel workers (-1: all cores; 0 is refused)",
+        help="parallel workers; -1 means all cores (default: -1)",
     )
     design.add_argument("--cache-dir", help="design cache folder, table format (off by default)")
     design.add_argument(

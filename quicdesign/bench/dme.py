@@ -1104,7 +1104,9 @@ def register(sub) -> None:
     parser.add_argument("--clients", type=int, nargs="+", help="client counts n (1 4 16)")
     parser.add_argument("--families", nargs="+", choices=FAMILIES, help="input families (all)")
     parser.add_argument("--trials", type=int, help="independent rounds per configuration (3)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of inputs and rounds (default: 0)"
+    )
     parser.add_argument("--out", help="folder for CSV, Markdown and PNG files")
     parser.add_argument(
         "--progress",
