@@ -20,7 +20,7 @@ import numpy as np
 from ._accumulate import WeightedSumAggregator
 from ._validate import as_client_vector, check_client_id, check_round_seed
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
-from .codec import _FIXED_HEADER, WIRE_VERSION, _check_table, read_header, round_tag
+from .codec import _FIXED_HEADER, _check_table, read_header, round_tag
 from .errors import InputVectorError, PayloadError
 from .input_model import DIRECT, check_input_model
 from .randomness import shared_values
@@ -30,6 +30,8 @@ from .table import Table
 __all__ = ["DirectEncoder", "DirectAggregator", "DIRECT_MAGIC", "direct_payload_size"]
 
 DIRECT_MAGIC = b"QDQD"
+#: Version of the direct payload (its chunking follows the rotated layout rule of wire 2).
+DIRECT_VERSION = 1
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -103,7 +105,7 @@ class DirectEncoder:
         writer.write_bytes(
             _FIXED_HEADER.pack(
                 DIRECT_MAGIC,
-                WIRE_VERSION,
+                DIRECT_VERSION,
                 table.bits,
                 table.shared_bits,
                 num_chunks,
@@ -153,7 +155,7 @@ class DirectAggregator(WeightedSumAggregator):
     def _decode(self, payload, weight: float):
         table = self.table
         reader = PayloadReader(payload)
-        header = read_header(reader, DIRECT_MAGIC)
+        header = read_header(reader, DIRECT_MAGIC, DIRECT_VERSION)
         if header.fingerprint != table.fingerprint:
             raise PayloadError(
                 f"table fingerprint {header.fingerprint.hex()} does not match this "

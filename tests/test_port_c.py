@@ -31,18 +31,18 @@ GOLDEN = [
     {
         "vector": np.array([1.5, -0.25, 3.0, 0.0, -2.0]),
         "bits": 2,
-        "payload_hex": "51445146010205016ac7c8bec7e0ce3d0500000003000000b42d6e0400000000"
+        "payload_hex": "51445146020205016ac7c8bec7e0ce3d0500000003000000b42d6e0400000000"
         "8b707a40eaa5",
-        "payload_sha256": "3716c5b9a579eb23a96eea0457c33bd9c0486c80db67c8a61b8037691285963f",
+        "payload_sha256": "f9c290a4019e9258cf6af96282afbb5db81a1bf297eff3fc1cad2440b8c374e3",
         "rotated_mean_sha256": "0f6700ae6dd8332455207b94466d9b2c3ae696ff57b8d2639f9c467a6f6607e7",
         "mean_sha256": "d4b810068fb3f314fd2ef15e79dbb47408858b5abff60ae56c550a91a3d89c75",
     },
     {
         "vector": ((np.arange(3000) * 37) % 101 - 50) / 8.0,
         "bits": 4,
-        "payload_sha256": "979aaebaeab86a6f539151214c7fd507bb2d2037eb6013231ecf0022e45b1eef",
-        "rotated_mean_sha256": "a6385837bcbb75238c066fb5e83512183bf07e33fd9620a507e0db1a518dfd91",
-        "mean_sha256": "6db37daac6d051af4b8b0c274f25b30e77dbac4b29247b264df2a65b78db88db",
+        "payload_sha256": "6d50a882c40a25af2092b44eaae7e3a47cd2a0b8869ff3cdcbf410a8e21089c1",
+        "rotated_mean_sha256": "a262193fdb36c39cef1173f51cef42f19f037a5ed134e4b2d6a7d1184ee0df4c",
+        "mean_sha256": "45cdb9b619a25479441ad9f50a5a9a9ad5ce2fd0be520422f868fc64fbbba63d",
     },
 ]
 ROUND_SEED, CLIENT_ID, RNG_SEED = 2026, 3, 42
@@ -95,7 +95,7 @@ def test_refuses_a_tampered_table(qdref, tmp_path, target, offset, message):
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
-@pytest.mark.parametrize("dim", [5, 1500, 20000])
+@pytest.mark.parametrize("dim", [5, 1500, 20000, 33000])  # 33000: 33 chunks of 1024
 def test_decodes_python_payloads_to_the_aggregator_result(qdref, tmp_path, bits, dim):
     table = quicdesign.load_table(bits)
     encoder = quicdesign.Encoder(table, round_seed=99)
@@ -123,7 +123,7 @@ def _payload_variants(payload):
         "truncated": payload[:-1],
         "fingerprint": bytes(flip),
         "padding": bytes(padding),
-        "version": payload[:4] + b"\x02" + payload[5:],
+        "version": payload[:4] + b"\x09" + payload[5:],
         "round": payload[:24] + b"\0\0\0\0" + payload[28:],
         "oversized": payload + b"\0",
         "nan norm": payload[:32] + b"\x00\x00\xc0\x7f" + payload[36:],
@@ -204,5 +204,18 @@ def test_ties_and_flat_pieces_follow_the_documented_rule(qdref, tmp_path):
     payload = quicdesign.Encoder(table, 77).encode(vector, client_id=4, rng=6)
     vector.astype("<f8").tofile(tmp_path / "x.f64")
     result = _run(qdref, "encode", folder, 77, 4, 6, tmp_path / "x.f64", tmp_path / "c.bin")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "c.bin").read_bytes() == payload
+
+
+@pytest.mark.parametrize("bits, dim", [(1, 7), (2, 3000), (4, 33000), (8, 20000)])
+def test_encodes_the_same_bytes_as_python(qdref, tmp_path, bits, dim):
+    """Layout v2, exact-order transform, rounded-up norms, sender and coins, bit for bit."""
+    table = quicdesign.load_table(bits)
+    vector = np.random.default_rng([bits, dim]).standard_t(3, size=dim)
+    payload = quicdesign.Encoder(table, 31).encode(vector, client_id=5, rng=17)
+    vector.astype("<f8").tofile(tmp_path / "x.f64")
+    args = (_table_dir(table), 31, 5, 17, tmp_path / "x.f64", tmp_path / "c.bin")
+    result = _run(qdref, "encode", *args)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "c.bin").read_bytes() == payload

@@ -5,8 +5,11 @@
  * Philox4x64-10 (Salmon et al. 2011, Random123) and numpy's SeedSequence + PCG64 (the
  * client-private generator of the golden payloads) are written here from their specs.
  * Implements table format 1.1 (docs/table-format.md), shared randomness spec 1
- * (docs/randomness.md) and the fixed-rate payload QDQF wire version 1
- * (docs/wire-format.md); the sender rule and transform order follow docs/porting.md.
+ * (docs/randomness.md) and the fixed-rate payload QDQF wire version 2
+ * (docs/wire-format.md: layout v2 with up to 64 chunks, norms rounded up to float32,
+ * the exact-order butterfly transform); the sender rule and transform order follow
+ * docs/porting.md. Inputs whose chunks need the power-of-two rescaling (largest |x|
+ * outside [2^-60, 2^60]) are refused by the encoder here.
  *
  *   qdref verify-table DIR
  *       check the manifest's raw-bytes sha256, the receiver's sha256, the exact
@@ -582,10 +585,16 @@ typedef struct {
 
 static Layout layout_for(size_t d) {
     Layout L;
-    size_t P = 1;
+    size_t P = 1, m, largest, smallest;
     while (P < d) P <<= 1;
+    m = P < 1024 ? P : 1024;
+    largest = P / 8 > m ? P / 8 : m;
+    smallest = P / 64 > m ? P / 64 : m;
+    L.chunk = largest;
+    /* the fewest chunks whose padding is at most d / 32 (wire format 2) */
+    while (L.chunk > smallest && 32 * (L.chunk * ((d + L.chunk - 1) / L.chunk) - d) > d)
+        L.chunk /= 2;
     L.dim = d;
-    L.chunk = P / 8 > (P < 1024 ? P : 1024) ? P / 8 : (P < 1024 ? P : 1024);
     L.chunks = (d + L.chunk - 1) / L.chunk;
     L.rotated = L.chunk * L.chunks;
     return L;
@@ -606,6 +615,40 @@ static void fwht(double *x, size_t n) {
     for (i = 0; i < n; i++) x[i] *= scale;
 }
 
+/* The encoder's transform (docs/wire-format.md, "Bytes independent of the CPU"): radix-4
+ * passes, each reading the four quarters q0..q3 of the row and writing interleaved
+ * out[4i + (0, 1, 2, 3)] = ((q0+q1) + (q2+q3), (q0-q1) + (q2-q3), (q0+q1) - (q2+q3),
+ * (q0-q1) - (q2-q3)) at i; a final radix-2 pass out[2i + (0, 1)] = (h0 + h1, h0 - h1) when
+ * log2(n) is odd; then one multiplication by 1/sqrt(n). */
+static void exact_order_fwht(double *x, size_t n) {
+    double *scratch = malloc(sizeof(double) * n), *src = x, *dst = scratch, *swap;
+    size_t q = n / 4, i, log_n = 0;
+    double scale = 1.0 / sqrt((double)n);
+    while (((size_t)1 << log_n) < n) log_n++;
+    for (i = 0; i < log_n / 2; i++) {
+        size_t k;
+        for (k = 0; k < q; k++) {
+            double p0 = src[k] + src[q + k], p1 = src[k] - src[q + k];
+            double p2 = src[2 * q + k] + src[3 * q + k], p3 = src[2 * q + k] - src[3 * q + k];
+            dst[4 * k] = p0 + p2;
+            dst[4 * k + 1] = p1 + p3;
+            dst[4 * k + 2] = p0 - p2;
+            dst[4 * k + 3] = p1 - p3;
+        }
+        swap = src, src = dst, dst = swap;
+    }
+    if (log_n % 2) {
+        size_t k, half = n / 2;
+        for (k = 0; k < half; k++) {
+            dst[2 * k] = src[k] + src[half + k];
+            dst[2 * k + 1] = src[k] - src[half + k];
+        }
+        swap = src, src = dst, dst = swap;
+    }
+    for (i = 0; i < n; i++) x[i] = src[i] * scale;
+    free(scratch);
+}
+
 /* ---------------------------------------------------------------- decode */
 static int decode(const Table *T, uint64_t round_seed, Layout L, uint32_t tag,
                   const unsigned char *p, size_t size, double *sum, uint32_t *client_out) {
@@ -613,9 +656,9 @@ static int decode(const Table *T, uint64_t round_seed, Layout L, uint32_t tag,
     uint32_t n_exact, client;
     unsigned *h;
     const unsigned char *codes, *idx, *vals;
-    double norms[8];
+    double norms[64];
     if (size < 32) return fprintf(stderr, "qdref: truncated header\n"), 0;
-    if (memcmp(p, "QDQF", 4) != 0 || p[4] != 1) return fprintf(stderr, "qdref: bad magic/version\n"), 0;
+    if (memcmp(p, "QDQF", 4) != 0 || p[4] != 2) return fprintf(stderr, "qdref: bad magic/version\n"), 0;
     if (p[5] != T->bits || p[6] != T->shared_bits || p[7] != L.chunks)
         return fprintf(stderr, "qdref: b, l or chunks do not match\n"), 0;
     if (memcmp(p + 8, T->fingerprint, 8) != 0) return fprintf(stderr, "qdref: fingerprint\n"), 0;
@@ -712,8 +755,8 @@ static int cmd_encode(char **argv) {
     uint32_t client = (uint32_t)strtoul(argv[4], NULL, 10), n_exact = 0;
     size_t size, dim, j, code_bytes, total;
     unsigned char *raw = read_file(argv[6], (size_t)8 << 26, &size), *p;
-    double *z, *signs, norms[8];
-    float norms32[8];
+    double *z, *signs, norms[64];
+    float norms32[64];
     unsigned *h, *codes;
     Layout L;
     Pcg64 rng;
@@ -726,16 +769,24 @@ static int cmd_encode(char **argv) {
     signs = malloc(sizeof(double) * L.rotated);
     rotation_signs(round_seed, L.rotated, signs);
     /* 1. rotate: signs, then the transform of each chunk */
-    for (j = 0; j < dim; j++) z[j] = load_f64(raw + 8 * j) * signs[j];
+    for (j = 0; j < dim; j++) {
+        double a = fabs(load_f64(raw + 8 * j));
+        if (a != 0 && (a < ldexp(1.0, -60) || a > ldexp(1.0, 60)))
+            fail("values outside [2^-60, 2^60] need the rescaling qdref omits", argv[6]);
+        z[j] = load_f64(raw + 8 * j) * signs[j];
+    }
     for (j = 0; j < L.chunks; j++) {
         size_t i;
-        double squares = 0.0;
-        fwht(z + j * L.chunk, L.chunk);
-        for (i = 0; i < L.chunk; i++) squares += z[j * L.chunk + i] * z[j * L.chunk + i];
-        /* 2. scale each chunk by its float32-rounded norm */
-        norms32[j] = (float)sqrt(squares);
+        double *chunk = z + j * L.chunk, *squares = malloc(sizeof(double) * L.chunk), norm;
+        exact_order_fwht(chunk, L.chunk);
+        for (i = 0; i < L.chunk; i++) squares[i] = chunk[i] * chunk[i];
+        /* 2. the norm: numpy's pairwise sum, sqrt, rounded *up* to float32 */
+        norm = sqrt(pairwise_sum(squares, L.chunk, 1));
+        free(squares);
+        norms32[j] = (float)norm;
+        if ((double)norms32[j] < norm) norms32[j] = nextafterf(norms32[j], INFINITY);
         norms[j] = norms32[j] > 0 ? sqrt((double)L.chunk) / (double)norms32[j] : 0.0;
-        for (i = 0; i < L.chunk; i++) z[j * L.chunk + i] *= norms[j];
+        for (i = 0; i < L.chunk; i++) chunk[i] *= norms[j];
     }
     /* 3. the sender rule, private coins drawn in position order */
     h = malloc(sizeof(unsigned) * L.rotated);
@@ -768,7 +819,7 @@ static int cmd_encode(char **argv) {
     total = 32 + 4 * L.chunks + code_bytes + 8 * (size_t)n_exact;
     p = calloc(total, 1);
     memcpy(p, "QDQF", 4);
-    p[4] = 1;
+    p[4] = 2;
     p[5] = (unsigned char)T.bits;
     p[6] = (unsigned char)T.shared_bits;
     p[7] = (unsigned char)L.chunks;
