@@ -115,18 +115,33 @@ def _read_safetensors(path: Path):
     return metadata, arrays
 
 
+def read_npy(stream, max_bytes: int) -> np.ndarray:
+    """Read one ``.npy`` array with ``allow_pickle=False`` (object arrays are refused)."""
+    array = np.lib.format.read_array(stream, allow_pickle=False, max_header_size=10_000)
+    if array.nbytes > max_bytes:
+        raise ValueError(f"array of {array.nbytes} bytes exceeds {max_bytes}")
+    return array
+
+
 def _read_npz(path: Path):
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            names = set(archive.files)
+        with zipfile.ZipFile(path) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            names = {name.removesuffix(".npy") for name in members}
             unknown = names - {*_ARRAY_NAMES, "metadata"}
-            if unknown or "metadata" not in names:
+            if unknown or "metadata" not in names or len(names) != len(members):
                 raise TableError(f"{path}: expected metadata and {_ARRAY_NAMES} arrays")
-            raw = archive["metadata"]
-            if raw.dtype != np.uint8 or raw.ndim != 1:
-                raise TableError(f"{path}: metadata must be a uint8 vector of JSON")
-            metadata = json.loads(raw.tobytes())
-            arrays = {name: archive[name] for name in names & set(_ARRAY_NAMES)}
+            # sizes as recorded by the archive, checked before anything is inflated
+            if sum(info.file_size for info in members.values()) > _MAX_EXPORT_BYTES:
+                raise TableError(f"{path}: arrays too large for a table")
+            arrays = {}
+            for name in names:
+                with archive.open(f"{name}.npy") as stream:
+                    arrays[name] = read_npy(stream, _MAX_EXPORT_BYTES)
+        raw = arrays.pop("metadata")
+        if raw.dtype != np.uint8 or raw.ndim != 1:
+            raise TableError(f"{path}: metadata must be a uint8 vector of JSON")
+        metadata = json.loads(raw.tobytes())
     except TableError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

@@ -99,7 +99,10 @@ def _read_samples(path: Path):
 
     if not path.is_file() or path.stat().st_size > _MAX_SAMPLE_FILE_BYTES:
         raise ValueError(f"{path} is not a regular .npy file of at most 1 GiB")
-    samples = np.load(path, allow_pickle=False)
+    from ._export import read_npy
+
+    with open(path, "rb") as stream:
+        samples = read_npy(stream, _MAX_SAMPLE_FILE_BYTES)
     if samples.dtype.kind != "f" or samples.size < 2 or not np.all(np.isfinite(samples)):
         raise ValueError(f"{path} must hold at least 2 finite floats")
     return samples.ravel()

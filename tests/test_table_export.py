@@ -91,3 +91,11 @@ def test_cli_exports_every_shipped_table(tmp_path, capsys, file_format):
     assert quicdesign.load_table(8).fingerprint in by_fingerprint
     assert quicdesign.load_entropy_table(1).fingerprint in by_fingerprint
     assert f"exported as {file_format}" in capsys.readouterr().out
+
+
+def test_npz_that_inflates_beyond_a_table_is_refused_before_inflating(tmp_path):
+    metadata = np.frombuffer(b"{}", dtype=np.uint8)
+    np.savez_compressed(tmp_path / "bomb.npz", metadata=metadata, receiver=np.zeros(10**7))
+    assert (tmp_path / "bomb.npz").stat().st_size < 200_000
+    with pytest.raises(TableError, match="too large"):
+        Table.load(tmp_path / "bomb.npz")
