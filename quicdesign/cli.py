@@ -449,7 +449,12 @@ def build_parser() -> argparse.ArgumentParser:
     export = table_cmds.add_parser(
         "export", help="write tables as safetensors or npz files (all parameters in metadata)"
     )
-    export.add_argument("--format", choices=("safetensors", "npz"), required=True)
+    export.add_argument(
+        "--format",
+        choices=("safetensors", "npz"),
+        required=True,
+        help="safetensors (needs the export extra) or npz",
+    )
     export.add_argument("--out", required=True, help="output folder")
     export.add_argument(
         "--path", help="table or collection folder (default: shipped tables, entropy included)"
