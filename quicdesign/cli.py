@@ -204,6 +204,7 @@ def _cmd_tables_verify(args) -> int:
             f"{table.name:<16} {'ok' if report.ok else 'FAILED':<6} bias {report.max_bias:.1e} "
             f"simplex {report.max_simplex_violation:.1e} vNMSE {report.recomputed_vnmse:.6g} "
             f"(recorded {report.recorded_vnmse})"
+            + (f" failed: {', '.join(report.failures)}" if report.failures else "")
         )
     return 1 if bad else 0
 
