@@ -64,11 +64,17 @@ def plot_curves(path, histories, metric, *, log_metric=False, title=""):
         return None
     plt = _pyplot()
     figure, (by_round, by_bits) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for config, (rounds, bits, values) in curves.items():
-        marker = "o" if len(rounds) < 6 else None  # short runs: a lone point stays visible
-        by_round.plot(rounds, values, label=config, linewidth=1.2, marker=marker, markersize=4)
+    for index, (config, (rounds, bits, values)) in enumerate(curves.items()):
+        # many configurations overlap: vary the dash pattern as well as the colour
+        style = {
+            "linewidth": 1.3,
+            "linestyle": ("-", "--", "-.", ":")[index % 4],
+            "marker": "o" if len(rounds) < 6 else None,  # short runs: keep lone points
+            "markersize": 4,
+        }
+        by_round.plot(rounds, values, label=config, **style)
         sent = bits > 0  # the initial model costs nothing and has no place on a log axis
-        by_bits.plot(bits[sent], values[sent], linewidth=1.2, marker=marker, markersize=4)
+        by_bits.plot(bits[sent], values[sent], **style)
     runs = len(histories) // max(len(curves), 1)
     seeds = f"{runs} seed" + ("s" if runs != 1 else "")
     by_round.set_xlabel(f"round (mean of {seeds} per configuration)")
@@ -80,7 +86,7 @@ def plot_curves(path, histories, metric, *, log_metric=False, title=""):
         if log_metric:
             axes.set_yscale("log")
         axes.grid(True, alpha=0.3)
-    by_round.legend(fontsize=7)
+    figure.legend(fontsize=7, loc="outside right upper")
     figure.suptitle(title)
     figure.savefig(path, dpi=110)
     plt.close(figure)
