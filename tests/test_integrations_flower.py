@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -382,14 +383,22 @@ json.dump({"flat": flat.astype(float).tolist(), "uplink_bytes": outcome["uplink_
 @pytest.mark.slow
 def test_run_simulation_with_ray_tracks_fp32_fedavg(fedavg_reference):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", RAY_DEDUP_LOGS="0")
-    # a subprocess so a stuck Ray start is killed by the timeout instead of hanging the suite
-    done = subprocess.run(
+    # its own process group, so a stuck Ray start is killed with its daemons by the timeout
+    process = subprocess.Popen(
         [sys.executable, "-c", _SIMULATION],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
         env=env,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("run_simulation did not finish within 240 s")
+    done = types.SimpleNamespace(returncode=process.returncode, stdout=stdout, stderr=stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     start = _flat(initial_arrays(0))

@@ -21,6 +21,13 @@ import logging
 from collections.abc import Iterable
 
 import numpy as np
+
+try:
+    import flwr  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "quicdesign.integrations.flower needs Flower: pip install 'quicdesign[flower]'"
+    ) from error
 from flwr.app import (
     Array,
     ArrayRecord,
