@@ -247,6 +247,19 @@ def test_strategy_gives_each_node_its_own_config():
     assert len(seeds) == 8 and max(seeds) < 2**63
 
 
+def test_strategy_adds_a_config_when_the_inner_strategy_sends_none():
+    class NoConfig(FedAvg):
+        def configure_train(self, server_round, arrays, config, grid):
+            return [
+                Message(RecordDict({"arrays": arrays}), node_id, MessageType.TRAIN)
+                for node_id in grid.get_node_ids()
+            ]
+
+    strategy = QuicFLStrategy(NoConfig(), QuicFL(), seed=2)
+    _, messages = _configured(strategy, _global_arrays())
+    assert [m.content["config"][KEY_CLIENT_ID] for m in messages] == list(range(NUM_NODES))
+
+
 def _replies(strategy, arrays, examples=(10, 30, 20, 40)):
     _, messages = _configured(strategy, arrays)
     mod = QuicFLMod(strategy.compressor, rng=np.random.default_rng(0))
