@@ -220,5 +220,7 @@ def test_raw_floats_is_not_a_compressor():
     raw = RawFloats()
     assert not isinstance(raw, Compressor)
     assert not hasattr(raw, "properties")
-    with pytest.raises(AssertionError, match=r"check_compressor\[input_validation\]"):
-        check_compressor(raw, checks=["input_validation"])
+    # it validates its inputs now (issue 9), but with no client id it cannot refuse a
+    # repeated payload
+    with pytest.raises(AssertionError, match=r"check_compressor\[duplicate_client\]"):
+        check_compressor(raw, checks=["duplicate_client"])
