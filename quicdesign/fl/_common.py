@@ -7,7 +7,7 @@ import zlib
 
 import numpy as np
 
-from quicdesign._progress import progress
+from quicdesign._progress import progress_bar
 from quicdesign._threads import single_threaded_blas
 from quicdesign._validate import check_int as _shared_check_int
 from quicdesign.errors import ParameterError
@@ -75,8 +75,3 @@ def check_probability(value, name, *, allow_zero=False) -> float:
     if value > 1:
         raise ParameterError(f"{name} must be at most 1, got {value}")
     return value
-
-
-def progress_bar(total, description, enabled, unit="round"):
-    """The shared progress reporter (:func:`quicdesign._progress.progress`)."""
-    return progress(total, description, enabled, unit=unit)
