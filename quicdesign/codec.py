@@ -487,20 +487,21 @@ class Aggregator(WeightedSumAggregator):
 
     def _commit_block(self, kernels, block) -> None:
         """Accumulate validated clients with the compiled gather (nothing below fails)."""
-        size = self._state.layout.rotated_dim
-        parts, offset = [], 0
-        indices = np.empty((len(block), size), dtype=np.intp)
-        for row, (_, (_, tables, index, positions, exact)) in enumerate(block):
+        prepared = [item for _, item in block]
+        width = max(tables.size + exact.size for _, tables, _, _, exact in prepared)
+        # each client's exact values sit after its table; its index points there
+        dtype = self._index_dtype if width <= np.iinfo(self._index_dtype).max + 1 else np.uint32
+        tables_block = np.zeros((len(block), width), dtype=np.float64)
+        indices = np.empty((len(block), self._state.layout.rotated_dim), dtype=dtype)
+        for row, (_, tables, index, positions, exact) in enumerate(prepared):
+            tables_block[row, : tables.size] = tables
+            tables_block[row, tables.size : tables.size + exact.size] = exact
             indices[row] = index
-            indices[row] += offset
-            # exact coordinates read from the values appended after this client's table
-            indices[row, positions] = offset + tables.size + np.arange(exact.size)
-            parts += [tables, exact]
-            offset += tables.size + exact.size
-        kernels.gather_accumulate(self._sum.reshape(-1), np.concatenate(parts), indices)
-        for weight, prepared in block:
+            indices[row, positions] = tables.size + np.arange(exact.size)
+        kernels.gather_accumulate(self._sum.reshape(-1), tables_block, indices)
+        for weight, item in block:
             self._total_weight += weight
-            self._clients.add(prepared[0])
+            self._clients.add(item[0])
 
     def _merge_key(self) -> tuple:
         return (self._magic, self._table_digest, self.round_seed, self.dim)

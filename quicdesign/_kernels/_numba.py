@@ -8,8 +8,8 @@ __all__ = ["gather_accumulate"]
 
 
 @numba.njit(cache=True, nogil=True)
-def gather_accumulate(accumulator, flat_tables, indices):  # pragma: no cover - compiled
-    """``accumulator[i] += flat_tables[indices[c, i]]`` for ``c = 0, 1, ...`` in order.
+def gather_accumulate(accumulator, tables, indices):  # pragma: no cover - compiled
+    """``accumulator[i] += tables[c, indices[c, i]]`` for ``c = 0, 1, ...`` in order.
 
     One pass over the accumulator for a block of clients. Per coordinate the additions
     happen in client order, exactly as a sequence of ``accumulator += decoded_c`` numpy
@@ -19,5 +19,5 @@ def gather_accumulate(accumulator, flat_tables, indices):  # pragma: no cover - 
     for i in range(size):
         total = accumulator[i]
         for c in range(clients):
-            total += flat_tables[indices[c, i]]
+            total += tables[c, indices[c, i]]
         accumulator[i] = total
