@@ -312,6 +312,8 @@ def _mcm_summary(histories, rounds):
     return rows, [
         "floor_log10: mean over seeds of log10(F(w) - F*) over the second half of the run.",
         "Claim: MCM stays at Diana's floor as omega_dwn grows; Artemis rises; MC stalls.",
+        "Not attempted here: real data (see mcm-breast-cancer), averaging or a decreasing "
+        "step (floors only), the paper's quantizer in the downlink, curves against bits.",
     ]
 
 
@@ -631,6 +633,9 @@ def _signsgd_summary(histories, rounds):
         "worker 0 (a small batch in the heterogeneous splits) and worker 14 (a large one).",
         "Claim: FV (pooled) is clearly below MV under heterogeneous batches and equal "
         "under 15x16. The per-coordinate estimator is recorded, not claimed.",
+        "Not attempted: real data (the sign noise here is i.i.d. Gaussian, where FV's "
+        "weight estimator is optimal by construction), an FV oracle with the true flip "
+        "probabilities, skewed noise under which MV fails to converge, rounds to a target.",
     ]
 
 
@@ -763,6 +768,10 @@ def _intrinsic_summary(histories, rounds):
         "Claim: static accuracy rises with d and stays below full training; K-subspace and "
         "time-varying recover accuracy at the static upload of d = 25 floats.",
         "Bits are float32 on the wire; downloads are the z-vectors a client lacks.",
+        "Not attempted: gradient-compression baselines at equal upload (rand-k, top-k, "
+        "Count-Sketch, QUIC-FL), so the paper's 'better than state-of-the-art' headline is "
+        "untested; accuracy against total bits; the paper's stateless per-step download "
+        "costs in this table (see intrinsic-bandwidth); a learning-rate sweep per variant.",
     ]
 
 
@@ -877,7 +886,11 @@ def _cossgd_jobs(seeds, rounds):
 def _cossgd_summary(histories, rounds):
     return _accuracy_summary(histories, rounds), [
         "Claim: 4-bit cosine quantization both ways is close to fp32; 2-bit stays above "
-        "chance (0.2) and below fp32. Other quantizers are a recorded comparison."
+        "chance (0.2) and below fp32. Other quantizers are a recorded comparison.",
+        "Not reproduced: the paper's protocol (quantized weights down, FedAvg local epochs "
+        "up) as the primary run; the error-corrected 'update' downlink is our extension. "
+        "Not attempted: runs to convergence, the bits x {update, weights} x clip grid, "
+        "comparisons at equal measured bits.",
     ]
 
 
