@@ -31,6 +31,7 @@ from ._validate import (
 )
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
+from .input_model import ROTATED, check_input_model
 from .randomness import rotation_signs, shared_values
 from .rotation import MAX_CHUNKS, RotationLayout, scaled_rotate, unrotate
 from .table import Table
@@ -142,10 +143,14 @@ class Encoder:
         The quantizer (``bits``, ``shared_bits`` <= 8).
     round_seed : int
         Seed shared by the server and every client of the round, in ``[0, 2**64)``.
+    force : bool
+        Accept a table designed for another input model (``docs/wire-format.md``); by
+        default only ``rotated`` tables designed for the standard normal are accepted.
     """
 
-    def __init__(self, table: Table, round_seed: int):
+    def __init__(self, table: Table, round_seed: int, *, force: bool = False):
         self.table = _check_table(table)
+        check_input_model(table, ROTATED, force)
         self.round_seed = check_round_seed(round_seed)
         self._tag = round_tag(self.round_seed)
         self._rounds: dict[int, _RoundState] = {}
@@ -337,10 +342,13 @@ class Aggregator(WeightedSumAggregator):
         The round's seed.
     dim : int
         Length of the client vectors.
+    force : bool
+        Accept a table designed for another input model.
     """
 
-    def __init__(self, table: Table, round_seed: int, dim: int):
+    def __init__(self, table: Table, round_seed: int, dim: int, *, force: bool = False):
         self.table = _check_table(table)
+        check_input_model(table, ROTATED, force)
         self.round_seed = check_round_seed(round_seed)
         self._state = _RoundState(self.round_seed, dim)  # validates dim
         self.dim = self._state.layout.dim
