@@ -374,6 +374,12 @@ class Aggregator(WeightedSumAggregator):
     def _merge_key(self) -> tuple:
         return (self._fingerprint, self._tag, self.dim)
 
+    def _shard_identity(self) -> tuple[bytes, bytes]:
+        return self._magic, self._fingerprint
+
+    def _shard_source(self) -> Table:
+        return self.table
+
     def rotated_mean(self) -> np.ndarray:
         """The weighted mean still in the rotated domain, shape (chunks, chunk_size)."""
         return self.weighted_mean()
