@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import quicdesign
+from quicdesign.errors import ParameterError
 
 from .design import DEFAULT_TAIL_PROB, DesignResult, DesignSpec, _design_spec
 
@@ -67,6 +68,39 @@ def _cached_entry(key, distribution, options, version):
     return _design_from_key(key, distribution, options)
 
 
+def _require_backend(backend: str | None) -> None:
+    """Register ``backend`` with joblib if it needs it; clear errors for missing engines."""
+    if backend == "ray":
+        try:
+            import ray
+            from ray.util.joblib import register_ray
+        except ImportError as exc:
+            raise ParameterError('backend "ray" needs ray (pip install quicdesign[ray])') from exc
+        if not ray.is_initialized():
+            raise ParameterError('backend "ray" needs a running ray.init() in this process')
+        register_ray()
+    elif backend == "dask":
+        try:
+            from distributed import get_client
+        except ImportError as exc:
+            raise ParameterError('backend "dask" needs distributed (quicdesign[dask])') from exc
+        try:
+            get_client()
+        except ValueError as exc:
+            raise ParameterError('backend "dask" needs a running distributed.Client') from exc
+
+
+def _progress_parallel(bar):
+    """A joblib Parallel that advances ``bar`` as tasks complete (any backend, any mode)."""
+    from joblib import Parallel
+
+    class _Parallel(Parallel):
+        def print_progress(self):
+            bar.update(self.n_completed_tasks - bar.n)
+
+    return _Parallel
+
+
 def sweep(
     specs: Iterable[DesignSpec] | Sequence[tuple],
     *,
@@ -82,11 +116,14 @@ def sweep(
     ----------
     specs : iterable of DesignSpec or (bits, shared_bits[, tail_prob]) tuples
     n_jobs : int
-        joblib workers (-1: all cores).
+        joblib workers (-1: all cores, or all workers of the cluster).
     backend : str, optional
-        joblib backend name ("loky", "threading", "dask", "ray", ...).
+        ``"loky"`` (local processes), ``"threading"``, ``"dask"`` (needs a running
+        ``distributed.Client``; its workers do the designs) or ``"ray"`` (needs a running
+        ``ray.init()``). None honours an enclosing ``joblib.parallel_config``. Workers need
+        ``quicdesign[design]`` installed; ``cache_dir`` must be a folder they all see.
     cache_dir : path-like, optional
-        joblib.Memory location shared by the workers.
+        Design cache location shared by the workers.
     progress : bool, optional
         Show a tqdm bar (default: only on a terminal).
     **options
@@ -96,16 +133,24 @@ def sweep(
     -------
     list of DesignResult
     """
-    from joblib import Parallel, delayed
+    from joblib import delayed, parallel_config
     from tqdm.auto import tqdm
 
     specs = [s if isinstance(s, DesignSpec) else DesignSpec(*s) for s in specs]
-    parallel = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")
-    jobs = (delayed(cached_design)(spec, cache_dir, **options) for spec in specs)
+    _require_backend(backend)
+    jobs = [delayed(cached_design)(spec, cache_dir, **options) for spec in specs]
     disable = None if progress is None else not progress
-    results = []
-    for result in tqdm(
-        parallel(jobs), total=len(specs), desc="designing", unit="table", disable=disable
+    with (
+        tqdm(total=len(specs), desc="designing", unit="table", disable=disable) as bar,
+        parallel_config(backend=backend, n_jobs=n_jobs),
     ):
-        results.append(result)
+        parallel_class = _progress_parallel(bar)
+        try:
+            # Generator mode hands results back as they finish, in order...
+            parallel = parallel_class(return_as="generator")
+        except ValueError:
+            # ...but some backends (Ray's, multiprocessing) only return whole lists.
+            parallel = parallel_class(return_as="list")
+        results = list(parallel(jobs))
+        bar.update(len(specs) - bar.n)
     return results
