@@ -142,7 +142,8 @@ def sweep(
     disable = None if progress is None else not progress
     with (
         tqdm(total=len(specs), desc="designing", unit="table", disable=disable) as bar,
-        parallel_config(backend=backend, n_jobs=n_jobs),
+        # backend=None keeps an enclosing parallel_config's backend
+        parallel_config(n_jobs=n_jobs, **({} if backend is None else {"backend": backend})),
     ):
         parallel_class = _progress_parallel(bar)
         try:

@@ -99,6 +99,15 @@ def test_sweep_refuses_missing_engines():
         sweep(SPECS[:1], backend="ray", progress=False, **DESIGN)
 
 
+def test_sweep_honours_an_enclosing_parallel_config(loky_designs):
+    from joblib import parallel_config
+
+    from solvers.sweep import sweep
+
+    with parallel_config(backend="threading"):
+        same_designs(sweep(SPECS, n_jobs=2, progress=False, **DESIGN), loky_designs)
+
+
 # ---------------------------------------------------------------- Dask
 
 
