@@ -21,7 +21,7 @@ from ._validate import check_dim, check_int, check_round_seed, check_weight
 from .errors import ParameterError
 from .shard import from_bytes
 
-__all__ = ["aggregate", "tree_levels"]
+__all__ = ["ScatteredPayloads", "aggregate", "scatter", "tree_levels"]
 
 
 def _empty(source, round_seed: int, dim: int):
@@ -95,6 +95,9 @@ class _Serial:
     def __init__(self, source):
         self.source = source
 
+    def put_all(self, groups):
+        return groups
+
     def leaf(self, *args):
         return _leaf(self.source, *args)
 
@@ -109,13 +112,15 @@ class _Dask:
     def __init__(self, client, source):
         self.client = client
         self.workers = max(1, len(client.scheduler_info().get("workers", {})))
-        [self.source] = client.scatter([source], broadcast=True)
+        # every task needs the table: one copy per worker, not one per task
+        self.source = None if source is None else client.scatter([source], broadcast=True)[0]
 
-    def leaf(self, round_seed, dim, payloads, weights, key):
-        [group] = self.client.scatter([payloads])
-        return self.client.submit(
-            _leaf, self.source, round_seed, dim, group, weights, key, pure=False
-        )
+    def put_all(self, groups):
+        # one scatter call spreads the groups over the workers round-robin
+        return self.client.scatter(groups)
+
+    def leaf(self, *args):
+        return self.client.submit(_leaf, self.source, *args, pure=False)
 
     def combine(self, *args):
         return self.client.submit(_combine, self.source, *args, pure=False)
@@ -130,9 +135,12 @@ class _Ray:
             raise ParameterError("client='ray' needs a running ray.init()")
         self.ray = ray
         self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
-        self.source = ray.put(source)
+        self.source = None if source is None else ray.put(source)
         self._leaf = ray.remote(_leaf)
         self._combine = ray.remote(_combine)
+
+    def put_all(self, groups):
+        return [self.ray.put(group) for group in groups]
 
     def leaf(self, *args):
         return self._leaf.remote(self.source, *args)
@@ -142,6 +150,50 @@ class _Ray:
 
     def result(self, handle) -> bytes:
         return self.ray.get(handle)
+
+
+class ScatteredPayloads:
+    """A round's payloads already placed on the workers, in groups (see :func:`scatter`).
+
+    Attributes
+    ----------
+    groups : list
+        One engine handle (Dask future, Ray object ref, or a list) per group of payloads.
+    weights : list of list of float
+        The weights of each group.
+    count, nbytes : int
+        Number of payloads and their total size in bytes.
+    """
+
+    def __init__(self, engine_kind: str, groups, weights, count: int, nbytes: int):
+        self.engine_kind = engine_kind
+        self.groups = groups
+        self.weights = weights
+        self.count = count
+        self.nbytes = nbytes
+
+
+def scatter(payloads, *, client=None, weights=None, num_groups=None) -> ScatteredPayloads:
+    """Place payloads on the workers in groups (one per worker by default).
+
+    In a deployment clients would upload to the workers directly; this does it from the
+    caller, so :func:`aggregate` can then be timed (or rerun) without the upload.
+    """
+    payloads = list(payloads)
+    if not payloads:
+        raise ParameterError("aggregate needs at least one payload")
+    weights = [1.0] * len(payloads) if weights is None else [check_weight(w) for w in weights]
+    if len(weights) != len(payloads):
+        raise ParameterError(f"{len(weights)} weights for {len(payloads)} payloads")
+    engine = _engine(client, None)
+    groups = engine.workers if num_groups is None else check_int(num_groups, "num_groups", 1)
+    return ScatteredPayloads(
+        type(engine).__name__,
+        engine.put_all(_split(payloads, groups)),
+        _split(weights, groups),
+        len(payloads),
+        sum(len(p) for p in payloads),
+    )
 
 
 def _engine(client, source):
@@ -174,8 +226,10 @@ def aggregate(
 
     Parameters
     ----------
-    payloads : sequence of bytes
-        One payload per client (each client at most once).
+    payloads : sequence of bytes, or ScatteredPayloads
+        One payload per client (each client at most once), or payloads already placed
+        on the workers by :func:`scatter` (then ``weights`` and ``num_groups`` are the
+        ones given there).
     table : quicdesign.Table or quicdesign.compressors.Compressor
         The QUIC-FL table of the round, or the compressor of any scheme.
     round_seed : int
@@ -207,20 +261,15 @@ def aggregate(
     round_seed = check_round_seed(round_seed)
     dim = check_dim(dim)
     fan_in = check_int(fan_in, "fan_in", 2)
-    payloads = list(payloads)
-    if not payloads:
-        raise ParameterError("aggregate needs at least one payload")
-    weights = [1.0] * len(payloads) if weights is None else [check_weight(w) for w in weights]
-    if len(weights) != len(payloads):
-        raise ParameterError(f"{len(weights)} weights for {len(payloads)} payloads")
     _empty(table, round_seed, dim)  # fail fast here on a bad table or compressor
     engine = _engine(client, table)
-    groups = engine.workers if num_groups is None else check_int(num_groups, "num_groups", 1)
+    if not isinstance(payloads, ScatteredPayloads):
+        payloads = scatter(payloads, client=client, weights=weights, num_groups=num_groups)
+    elif payloads.engine_kind != type(engine).__name__:
+        raise ParameterError("payloads were scattered with another client")
     leaves = [
         engine.leaf(round_seed, dim, group, group_weights, key)
-        for group, group_weights in zip(
-            _split(payloads, groups), _split(weights, groups), strict=True
-        )
+        for group, group_weights in zip(payloads.groups, payloads.weights, strict=True)
     ]
     root = _reduce(leaves, lambda *shards: engine.combine(round_seed, dim, key, *shards), fan_in)
     return from_bytes(table, engine.result(root), key=key, round_seed=round_seed, dim=dim)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._validate import MAX_DIM
-from ._wire import PayloadReader, PayloadWriter
+from ._wire import PayloadReader
 from .errors import ParameterError, PayloadError
 
 __all__ = [
@@ -91,12 +91,19 @@ def shard_size(sum_size: int, num_clients: int) -> int:
     return _HEADER.size + 4 * num_clients + 8 * sum_size + _DIGEST_SIZE
 
 
-def _digest(data, key: bytes | None) -> bytes:
+def _hasher(key: bytes | None):
+    """The shard checksum: BLAKE2b-256, personalised, keyed when ``key`` is given."""
     if key is None:
         key = b""
     if not isinstance(key, (bytes, bytearray)) or len(key) > _MAX_KEY_BYTES:
         raise ParameterError(f"key must be bytes of length <= {_MAX_KEY_BYTES}")
-    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, key=bytes(key), person=_PERSON).digest()
+    return hashlib.blake2b(digest_size=_DIGEST_SIZE, key=bytes(key), person=_PERSON)
+
+
+def _digest(data, key: bytes | None) -> bytes:
+    hasher = _hasher(key)
+    hasher.update(data)
+    return hasher.digest()
 
 
 def _check_aggregator(aggregator) -> None:
@@ -121,24 +128,23 @@ def to_bytes(aggregator, *, key: bytes | None = None) -> bytes:
     _check_aggregator(aggregator)
     state = aggregator._shard_state()
     total = np.ascontiguousarray(state.total, dtype="<f8").reshape(-1)
-    writer = PayloadWriter()
-    writer.write_bytes(
-        _HEADER.pack(
-            SHARD_MAGIC,
-            SHARD_VERSION,
-            state.scheme,
-            state.fingerprint,
-            state.round_seed,
-            state.dim,
-            total.size,
-            state.clients.size,
-            state.total_weight,
-        )
+    clients = np.ascontiguousarray(state.clients, dtype="<u4")
+    header = _HEADER.pack(
+        SHARD_MAGIC,
+        SHARD_VERSION,
+        state.scheme,
+        state.fingerprint,
+        state.round_seed,
+        state.dim,
+        total.size,
+        clients.size,
+        state.total_weight,
     )
-    writer.write_array(np.asarray(state.clients, dtype="<u4"))
-    writer.write_array(total)
-    body = writer.to_bytes()
-    return body + _digest(body, key)
+    # Hash the parts and join once: a shard is as large as the model, copies add up.
+    hasher = _hasher(key)
+    for part in (header, clients, total):
+        hasher.update(part)
+    return b"".join((header, clients, total, hasher.digest()))
 
 
 def read_state(data, *, key: bytes | None = None) -> ShardState:
@@ -148,7 +154,8 @@ def read_state(data, *, key: bytes | None = None) -> ShardState:
     data = bytes(data)
     if len(data) < _HEADER.size + _DIGEST_SIZE:
         raise PayloadError(f"truncated shard: {len(data)} bytes")
-    body, digest = data[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
+    # A view, not a slice: a shard is as large as the model, so avoid copying it.
+    body, digest = memoryview(data)[:-_DIGEST_SIZE], data[-_DIGEST_SIZE:]
     (magic, version, scheme, fingerprint, round_seed, dim, sum_size, num_clients, weight) = (
         _HEADER.unpack_from(body)
     )
@@ -166,10 +173,11 @@ def read_state(data, *, key: bytes | None = None) -> ShardState:
         raise PayloadError("shard checksum mismatch: corrupted or tampered in transit")
     if not 1 <= dim <= MAX_DIM:
         raise PayloadError(f"shard dimension {dim} outside [1, {MAX_DIM}]")
-    reader = PayloadReader(body)
+    reader = PayloadReader(data)  # bytes: the arrays below are read-only views
     reader.read_bytes(_HEADER.size, "header")
     clients = reader.read_array("<u4", num_clients, "client ids")
     total = reader.read_array("<f8", sum_size, "sum")
+    reader.read_bytes(_DIGEST_SIZE, "checksum")
     reader.expect_end()
     if num_clients > 1 and np.any(np.diff(clients.astype(np.int64)) <= 0):
         raise PayloadError("shard client ids must be strictly increasing")

@@ -122,6 +122,9 @@ def test_keyed_checksum(table):
     for key in (None, b"other"):
         with pytest.raises(PayloadError, match="checksum"):
             from_bytes(table, data, key=key)
+    for bad_key in (b"k" * 65, "text"):
+        with pytest.raises(ParameterError, match="key must be bytes"):
+            filled(table, [1]).to_bytes(key=bad_key)
 
 
 def corrupt_fields(table):
