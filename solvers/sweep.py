@@ -1,21 +1,29 @@
 """Cached designs and parallel sweeps over many (b, l, p) budgets.
 
-The cache (``joblib.Memory``) is a local speed-up keyed on the spec's primitive fields
-and the package version; it is never the shipped format (tables are). Sweeps use
+The cache is a folder of table directories in the shipped table format (see
+``solvers/_cache.py`` and ``docs/table-format.md``), keyed on the spec, the design options
+and the package version; nothing in it is ever unpickled. Sweeps use
 ``joblib.Parallel``: ``backend="loky"`` locally, or any registered joblib backend
-(``"dask"`` with ``distributed``, ``"ray"``) to run the same sweep on a cluster; an
-enclosing ``joblib.parallel_config(...)`` is honoured when ``backend`` is None.
+(``"dask"`` with a running ``distributed.Client``, ``"ray"`` after ``ray.init()``,
+registered here when needed) to run the same sweep on a cluster; an enclosing
+``joblib.parallel_config(...)`` is honoured when ``backend`` is None.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
-import quicdesign
 from quicdesign.errors import ParameterError
 
-from .design import DEFAULT_TAIL_PROB, DesignResult, DesignSpec, _design_spec
+from . import _cache
+from .design import (
+    DEFAULT_TAIL_PROB,
+    DesignResult,
+    DesignSpec,
+    _design_spec,
+    check_design_options,
+    check_n_jobs,
+)
 
 __all__ = ["cached_design", "sweep", "DEFAULT_SHARED_BITS", "default_specs"]
 
@@ -42,6 +50,14 @@ def _design_from_key(key: dict, distribution, options: dict) -> DesignResult:
     return _design_spec(spec, warm_start=None, n_jobs=1, **options)
 
 
+def _checked_options(options: dict) -> dict:
+    unknown = set(options) - {"starts", "max_iter", "certify", "seed", "hops"}
+    if unknown:
+        raise ParameterError(f"unknown design options {sorted(unknown)}")
+    defaults = {"starts": 4, "max_iter": 3000, "certify": True, "seed": 0, "hops": 0}
+    return check_design_options(**{**defaults, **options})
+
+
 def cached_design(spec: DesignSpec, cache_dir=None, **options) -> DesignResult:
     """Design ``spec``, memoized on disk when ``cache_dir`` is given.
 
@@ -49,23 +65,23 @@ def cached_design(spec: DesignSpec, cache_dir=None, **options) -> DesignResult:
     ----------
     spec : DesignSpec
     cache_dir : path-like, optional
-        joblib cache location; no caching when None.
+        Cache folder (table-format entries, safe to share between processes); no
+        caching when None. A missing, corrupt or foreign entry is designed again.
     **options
-        ``starts``, ``max_iter``, ``certify``, ``seed`` (see :func:`solvers.design`).
+        ``starts``, ``max_iter``, ``certify``, ``seed``, ``hops`` (see
+        :func:`solvers.design`).
     """
-    options = {"starts": 4, "max_iter": 3000, "certify": True, "seed": 0, **options}
+    options = _checked_options(options)
     if cache_dir is None:
         return _design_from_key(spec.cache_key(), spec.distribution, options)
-    from joblib import Memory
-
-    memory = Memory(Path(cache_dir), verbose=0)
-    cached = memory.cache(_cached_entry, ignore=["distribution"])
-    return cached(spec.cache_key(), spec.distribution, options, quicdesign.__version__)
-
-
-def _cached_entry(key, distribution, options, version):
-    # `version` is part of the cache key: a new release never reuses old designs.
-    return _design_from_key(key, distribution, options)
+    key = _cache.design_key(spec.cache_key(), options)
+    hit = _cache.load_entry(cache_dir, key)
+    if hit is not None:
+        table, fields = hit
+        return DesignResult(table=table, spec=spec, **fields)
+    result = _design_from_key(spec.cache_key(), spec.distribution, options)
+    _cache.store_entry(cache_dir, key, result)
+    return result
 
 
 def _require_backend(backend: str | None) -> None:
@@ -90,15 +106,24 @@ def _require_backend(backend: str | None) -> None:
             raise ParameterError('backend "dask" needs a running distributed.Client') from exc
 
 
-def _progress_parallel(bar):
-    """A joblib Parallel that advances ``bar`` as tasks complete (any backend, any mode)."""
+def _list_mode_parallel(bar):
+    """A joblib Parallel returning a list that reports each task to ``bar`` as it ends.
+
+    For backends without generator mode (Ray's, multiprocessing): joblib calls
+    ``print_progress`` after every completed batch, from its callback thread.
+    """
     from joblib import Parallel
 
     class _Parallel(Parallel):
-        def print_progress(self):
-            bar.update(self.n_completed_tasks - bar.n)
+        reported = 0
 
-    return _Parallel
+        def print_progress(self):
+            done = self.n_completed_tasks
+            if done > self.reported:
+                bar.update(done - self.reported)
+                self.reported = done
+
+    return _Parallel(return_as="list")
 
 
 def sweep(
@@ -121,11 +146,12 @@ def sweep(
         ``"loky"`` (local processes), ``"threading"``, ``"dask"`` (needs a running
         ``distributed.Client``; its workers do the designs) or ``"ray"`` (needs a running
         ``ray.init()``). None honours an enclosing ``joblib.parallel_config``. Workers need
-        ``quicdesign[design]`` installed; ``cache_dir`` must be a folder they all see.
+        ``quicdesign[design]`` installed.
     cache_dir : path-like, optional
-        Design cache location shared by the workers.
+        Cache folder shared by the workers (see :func:`cached_design`); on a cluster it
+        must be a folder every worker sees.
     progress : bool, optional
-        Show a tqdm bar (default: only on a terminal).
+        False: silent; otherwise a bar on a terminal, one line per table elsewhere.
     **options
         Passed to :func:`cached_design`.
 
@@ -133,25 +159,29 @@ def sweep(
     -------
     list of DesignResult
     """
-    from joblib import delayed, parallel_config
-    from tqdm.auto import tqdm
+    from joblib import Parallel, delayed, parallel_config
 
+    from quicdesign._progress import progress as reporter
+
+    n_jobs = check_n_jobs(n_jobs)
     specs = [s if isinstance(s, DesignSpec) else DesignSpec(*s) for s in specs]
+    _checked_options(options)  # fail here, not once per worker
     _require_backend(backend)
     jobs = [delayed(cached_design)(spec, cache_dir, **options) for spec in specs]
-    disable = None if progress is None else not progress
+    # backend=None keeps the backend of an enclosing parallel_config
+    config = {"n_jobs": n_jobs} if backend is None else {"n_jobs": n_jobs, "backend": backend}
     with (
-        tqdm(total=len(specs), desc="designing", unit="table", disable=disable) as bar,
-        # backend=None keeps an enclosing parallel_config's backend
-        parallel_config(n_jobs=n_jobs, **({} if backend is None else {"backend": backend})),
+        reporter(len(specs), "designing", progress, unit="table") as bar,
+        parallel_config(**config),
     ):
-        parallel_class = _progress_parallel(bar)
         try:
-            # Generator mode hands results back as they finish, in order...
-            parallel = parallel_class(return_as="generator")
+            parallel = Parallel(return_as="generator")
         except ValueError:
-            # ...but some backends (Ray's, multiprocessing) only return whole lists.
-            parallel = parallel_class(return_as="list")
-        results = list(parallel(jobs))
-        bar.update(len(specs) - bar.n)
+            # Ray's backend (like multiprocessing) has no generator mode: take the list,
+            # with progress reported from joblib's completion callback instead.
+            return _list_mode_parallel(bar)(jobs)
+        results = []
+        for result in parallel(jobs):
+            results.append(result)
+            bar.update(note=f"{result.table.name} vNMSE {result.vnmse:.4g}")
     return results

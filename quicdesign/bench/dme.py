@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quicdesign._progress import progress
 from quicdesign._validate import writable_dir
 from quicdesign.compressors import COMPRESSORS, make_compressor
 from quicdesign.errors import ParameterError, QuicDesignError
@@ -252,11 +253,29 @@ def _design_vnmse(compressor):
     return float(value) if isinstance(value, (int, float)) else None
 
 
+#: Compressors that need an optional module: name -> (module, extra).
+_OPTIONAL_NEEDS = {"quicfl-ec": ("constriction", "entropy")}
+
+
+def _unavailable(name) -> str | None:
+    """Why compressor ``name`` cannot run here (a missing optional module), or None."""
+    import importlib.util
+
+    module, extra = _OPTIONAL_NEEDS.get(name, (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return f"needs {module} (pip install 'quicdesign[{extra}]')"
+
+
 def _build_configs(specs, bits_list, dim):
     configs, seen = [], set()
     for spec in specs:
         name, overrides = parse_compressor_spec(spec)
         label = str(spec).strip()
+        reason = _unavailable(name)
+        if reason is not None:
+            print(f"bench dme: skipping {label}: {reason}", file=sys.stderr, flush=True)
+            continue
         for bits in bits_list:
             params = {**bits_parameters(name, bits, dim, overrides), **overrides}
             key = (name, tuple(sorted((k, repr(v)) for k, v in params.items())))
@@ -270,6 +289,8 @@ def _build_configs(specs, bits_list, dim):
                 raise ParameterError(f"compressor {label!r}: {exc}") from None
             seed_key = zlib.crc32(f"{name}|{key[1]}".encode())
             configs.append(_Config(label, name, nominal, params, compressor, seed_key))
+    if not configs:
+        raise ParameterError("none of the requested compressors can run here (notes above)")
     return configs
 
 
@@ -306,26 +327,9 @@ def _derived_seed(*keys):
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
 
 
-class _NoBar:
-    def update(self, count=1):
-        pass
-
-
-@contextlib.contextmanager
 def _progress(total, enabled, description):
-    """A tqdm.auto bar (closed on exit), or an object whose ``update`` does nothing."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is a convenience; never fail a run for it
-        enabled = False
-    if not enabled:
-        yield _NoBar()
-        return
-    bar = tqdm(total=total, desc=description, leave=False)
-    try:
-        yield bar
-    finally:
-        bar.close()
+    """The shared progress reporter: a bar on a terminal, lines otherwise, or silent."""
+    return progress(total, description, enabled, unit="config")
 
 
 @contextlib.contextmanager
@@ -1010,7 +1014,7 @@ def _run(args):
         _positive_int(args.trials, "trials")
     _nonnegative_int(args.blas_threads, "blas-threads")
     out = writable_dir(args.out) if args.out else None
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = args.progress
     families = args.families or FAMILIES
     if args.sweep:
         rows = run_dme_benchmark(
@@ -1100,7 +1104,9 @@ def register(sub) -> None:
     parser.add_argument("--clients", type=int, nargs="+", help="client counts n (1 4 16)")
     parser.add_argument("--families", nargs="+", choices=FAMILIES, help="input families (all)")
     parser.add_argument("--trials", type=int, help="independent rounds per configuration (3)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of inputs and rounds (default: 0)"
+    )
     parser.add_argument("--out", help="folder for CSV, Markdown and PNG files")
     parser.add_argument(
         "--progress",

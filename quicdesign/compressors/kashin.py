@@ -171,9 +171,16 @@ class KashinSQ(BaselineCompressor):
     def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
         bits = self._config()[0]
         signs = rotation_signs(round_seed, kashin_frame_dim(flat.size), np.float64)
+        # the coefficients are positively homogeneous in x: compute them for x scaled by a
+        # power of two (exact) so the transforms cannot overflow, then scale back
+        largest = float(np.max(np.abs(flat)))
+        exponent = math.frexp(largest)[1] if largest > 0 else 0
+        scaled = np.ldexp(flat.astype(np.float64), -exponent)
         coefficients = kashin_coefficients(
-            flat, signs, variant=self.variant, eta=self.eta, delta=self.delta
+            scaled, signs, variant=self.variant, eta=self.eta, delta=self.delta
         )
+        with np.errstate(over="ignore"):
+            coefficients = np.ldexp(coefficients, exponent)
         lo, hi, codes = minmax_quantize(coefficients, bits, rng)
         writer.write_f32(lo)
         writer.write_f32(hi)

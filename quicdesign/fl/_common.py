@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import operator
-import sys
 import zlib
 
 import numpy as np
 
+from quicdesign._progress import progress
 from quicdesign._validate import check_int as _shared_check_int
 from quicdesign.errors import ParameterError
 
@@ -77,25 +77,9 @@ def check_probability(value, name, *, allow_zero=False) -> float:
     return value
 
 
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def progress_bar(total, description, enabled):
-    """A tqdm bar on stderr when ``enabled`` (``None``: only on a terminal), else a no-op."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ModuleNotFoundError:  # tqdm is optional; silence is better than failing
-        return _NoBar()
-    return tqdm(total=total, desc=description, leave=False, file=sys.stderr)
+def progress_bar(total, description, enabled, unit="round"):
+    """The shared progress reporter (:func:`quicdesign._progress.progress`)."""
+    return progress(total, description, enabled, unit=unit)
 
 
 def single_threaded_blas(function):

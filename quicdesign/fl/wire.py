@@ -2,8 +2,8 @@
 
 Every message of every algorithm is turned into bytes by a compressor (or by a small
 codec of this package) and the counters add ``8 * len(payload)``; no bit count is ever
-computed from a formula. :class:`RawFloats` is the uncompressed baseline on the same
-compressor protocol as QUIC-FL and the other quantizers.
+computed from a formula. :class:`RawFloats` is the uncompressed baseline: the
+simulator's trusted exact channel, used like a compressor but not one (see its docstring).
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quicdesign.compressors.base import Aggregator, Compressor, CompressorProperties
-from quicdesign.errors import ParameterError, PayloadError
+from quicdesign._accumulate import MAX_CONTRIBUTION, check_contribution_bound
+from quicdesign._validate import as_client_vector, check_weight
+from quicdesign._wire import PayloadReader
+from quicdesign.compressors._common import to_float32
+from quicdesign.errors import InputVectorError, ParameterError, PayloadError
 
 from ._common import check_int
 
@@ -27,7 +30,7 @@ __all__ = [
 ]
 
 
-class _RawFloatsAggregator(Aggregator):
+class _RawFloatsAggregator:
     def __init__(self, dtype, dim):
         self._dtype = dtype
         self._dim = dim
@@ -40,22 +43,23 @@ class _RawFloatsAggregator(Aggregator):
         return self._count
 
     def _values(self, payload):
-        if not isinstance(payload, (bytes, bytearray, memoryview)):
-            raise PayloadError(f"payload must be bytes, got {type(payload).__name__}")
-        if len(payload) != self._dim * self._dtype.itemsize:
+        reader = PayloadReader(payload)
+        if reader.size != self._dim * self._dtype.itemsize:
             raise PayloadError(
                 f"raw {self._dtype.name} payload must hold {self._dim} values "
-                f"({self._dim * self._dtype.itemsize} bytes), got {len(payload)} bytes"
+                f"({self._dim * self._dtype.itemsize} bytes), got {reader.size} bytes"
             )
-        values = np.frombuffer(payload, dtype=self._dtype).astype(np.float64)
+        values = reader.read_array(self._dtype, self._dim, "values")
+        # checked before widening: casting a signalling NaN raises a floating-point warning
         if not np.all(np.isfinite(values)):
             raise PayloadError("raw float payload holds non-finite values")
+        values = values.astype(np.float64)
+        check_contribution_bound(float(np.max(np.abs(values), initial=0.0)))
         return values
 
     def add(self, payload, weight=1.0):
+        weight = check_weight(weight)
         values = self._values(payload)
-        if not weight > 0:
-            raise ParameterError(f"weight must be positive, got {weight}")
         self._sum += weight * values
         self._weight += weight
         self._count += 1
@@ -73,8 +77,15 @@ class _RawFloatsAggregator(Aggregator):
         return self._sum / self._weight
 
 
-class RawFloats(Compressor):
+class RawFloats:
     """Uncompressed vectors as little-endian IEEE floats (the "no compression" baseline).
+
+    Not a :class:`~quicdesign.compressors.base.Compressor`: the payload is the bare array
+    (``dim * itemsize`` bytes, no header), so it carries no client id, round tag or scheme
+    magic and cannot refuse duplicates or foreign payloads. That is what the simulator's
+    exact channel needs (every counted bit is a value bit) and why it would fail the
+    conformance kit; it duck-types ``encode``/``aggregator``/``decode`` for
+    :func:`send_each` and :func:`broadcast` and declares itself exact (unbiased).
 
     Parameters
     ----------
@@ -84,7 +95,8 @@ class RawFloats(Compressor):
     """
 
     name = "raw"
-    properties = CompressorProperties(unbiased=True, sums_before_decoding=True, fixed_rate=True)
+    #: The decoded value is the input rounded to ``dtype``: no compression error.
+    exact = True
 
     def __init__(self, dtype="float32"):
         if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -96,10 +108,30 @@ class RawFloats(Compressor):
         return 0.0
 
     def encode(self, vector, *, round_seed, client_id, rng=None):
-        return np.asarray(vector, dtype=np.dtype(self.dtype).newbyteorder("<")).tobytes()
+        flat = as_client_vector(vector)
+        wire = flat.astype("<f8") if self.dtype == "float64" else to_float32(flat, "values")
+        # the aggregator's bound on decoded magnitudes (running sums cannot overflow)
+        if not float(np.max(np.abs(wire))) <= MAX_CONTRIBUTION:
+            raise InputVectorError(
+                f"vector exceeds the {self.dtype} payload range (|x| <= 2**192 is accepted)"
+            )
+        return wire.tobytes()
 
     def aggregator(self, dim, round_seed):
         return _RawFloatsAggregator(np.dtype(self.dtype).newbyteorder("<"), dim)
+
+    def decode(self, payload, *, dim, round_seed):
+        """The vector of one payload, as float64."""
+        aggregator = self.aggregator(dim, round_seed)
+        aggregator.add(payload)
+        return aggregator.result()
+
+    def bits_per_coordinate(self, payload, dim):
+        """Measured wire cost: ``8 * len(payload) / dim``."""
+        return 8.0 * len(payload) / dim
+
+    def __repr__(self):
+        return f"RawFloats(dtype={self.dtype!r})"
 
     def encode_batch(self, vectors, *, round_seed, client_ids, rng=None):
         """Encode the rows of a ``(k, dim)`` array (one payload per row)."""
