@@ -13,7 +13,9 @@ import time
 
 import numpy as np
 
+from .._validate import check_int
 from ..codec import Aggregator, Encoder
+from ..errors import ParameterError
 from ..table import load_table
 
 __all__ = ["bench_distributed", "register"]
@@ -81,23 +83,27 @@ def bench_distributed(dim=2**22, clients=64, bits=2, workers=2, repeats=3, seed=
         The printed figures.
     """
     from distributed import Client, LocalCluster
-    from tqdm.auto import tqdm
 
+    from .._limits import BENCH_MAX_VALUES
+    from .._progress import progress as reporter
     from ..distributed import aggregate, scatter
 
+    if check_int(clients, "clients", 1) * check_int(dim, "dim", 1) > BENCH_MAX_VALUES:
+        raise ParameterError(
+            f"clients * dim = {clients * dim} exceeds {BENCH_MAX_VALUES} coordinates per round"
+        )
+    check_int(workers, "workers", 1, 64)
+    check_int(repeats, "repeats", 1)
     table = load_table(bits)
     round_seed = seed + 2**40
     encoder = Encoder(table, round_seed)
     rng = np.random.default_rng(seed)
-    payloads = [
-        encoder.encode(rng.normal(size=dim).astype(np.float32), client, rng=client)
-        for client in tqdm(
-            range(clients),
-            desc="encoding",
-            unit="client",
-            disable=None if progress is None else not progress,
-        )
-    ]
+    payloads = []
+    with reporter(clients, "encoding", progress, unit="client") as bar:
+        for client in range(clients):
+            vector = rng.normal(size=dim).astype(np.float32)
+            payloads.append(encoder.encode(vector, client, rng=client))
+            bar.update()
     payload_bytes = sum(len(p) for p in payloads)
     serial = float(
         np.median([_serial_seconds(table, round_seed, dim, payloads) for _ in range(repeats)])
@@ -199,14 +205,44 @@ def register(sub) -> None:
     """Add the ``distributed`` subcommand to the ``bench`` subparsers object ``sub``."""
     import argparse
 
+    from .._argtypes import bounded_int
+    from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS
+
     parser = sub.add_parser(
         "distributed",
         help="one round aggregated serially and on local Dask workers (needs quicdesign[dask])",
     )
-    parser.add_argument("--dim", type=int, default=2**22)
-    parser.add_argument("--clients", type=int, default=64)
-    parser.add_argument("--bits", type=int, default=2)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None)
+    parser.add_argument(
+        "--dim",
+        type=bounded_int("dim", 1, BENCH_MAX_DIM),
+        default=2**22,
+        help="vector length (default: 2^22)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=bounded_int("clients", 1, BENCH_MAX_CLIENTS),
+        default=64,
+        help="clients in the round (default: 64)",
+    )
+    parser.add_argument(
+        "--bits", type=bounded_int("bits", 1, 8), default=2, help="message bits (default: 2)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=bounded_int("workers", 1, 64),
+        default=2,
+        help="local Dask worker processes, one thread each (default: 2)",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=bounded_int("repeats", 1, BENCH_MAX_REPEATS),
+        default=3,
+        help="timed repetitions, medians reported (default: 3)",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress while encoding (default: on a terminal only)",
+    )
     parser.set_defaults(run=_run)
