@@ -86,7 +86,7 @@ def bench_distributed(dim=2**22, clients=64, bits=2, workers=2, repeats=3, seed=
 
     from .._limits import BENCH_MAX_VALUES
     from .._progress import progress as reporter
-    from ..distributed import aggregate, scatter
+    from ..distributed import _combine, aggregate, scatter
 
     if check_int(clients, "clients", 1) * check_int(dim, "dim", 1) > BENCH_MAX_VALUES:
         raise ParameterError(
@@ -108,11 +108,19 @@ def bench_distributed(dim=2**22, clients=64, bits=2, workers=2, repeats=3, seed=
     serial = float(
         np.median([_serial_seconds(table, round_seed, dim, payloads) for _ in range(repeats)])
     )
-    reference = Aggregator(table, round_seed, dim)
-    for payload in payloads:
-        reference.add(payload)
+    halves = [Aggregator(table, round_seed, dim) for _ in range(2)]
+    for client, payload in enumerate(payloads):
+        halves[client % 2].add(payload)
+    reference = halves[0].merged(halves[1])
     expected = reference.result()
     shard_bytes = len(reference.to_bytes())
+    # One combine step of the tree: read and check two shards, add, write one.
+    shards = [half.to_bytes() for half in halves]
+    combine = []
+    for _ in range(repeats):
+        began = time.perf_counter()
+        _combine(table, round_seed, dim, None, *shards)
+        combine.append(time.perf_counter() - began)
 
     import dask
 
@@ -157,6 +165,7 @@ def bench_distributed(dim=2**22, clients=64, bits=2, workers=2, repeats=3, seed=
         "peak_rss_mb": [peak_mb[w] for w in sorted(idle_mb)],
         "max_error": error,
         "serial_ns_per_coord_client": serial / (dim * clients) * 1e9,
+        "combine_s": float(np.median(combine)),
     }
     _print(figures, repeats)
     return figures
@@ -190,7 +199,14 @@ def _print(f, repeats) -> None:
         + ", ".join(f"{v:.0f}" for v in f["idle_rss_mb"])
         + " MB)"
     )
-    print(f"serial cost               {f['serial_ns_per_coord_client']:8.2f} ns per coordinate")
+    print(
+        f"serial cost               {f['serial_ns_per_coord_client']:8.2f} ns per coordinate "
+        "and client"
+    )
+    print(
+        f"one combine step          {f['combine_s']:8.2f} s  (2 shards read and checked, "
+        "added, 1 written)"
+    )
     print(f"max |distributed - serial| {f['max_error']:.2e}")
 
 
