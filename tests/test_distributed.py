@@ -10,7 +10,7 @@ import pytest
 
 import quicdesign
 from quicdesign import Encoder, ParameterError, PayloadError
-from quicdesign.compressors import make_compressor
+from quicdesign.compressors import COMPRESSORS, make_compressor
 from quicdesign.distributed import _combine, _leaf, aggregate, tree_levels
 
 ROUND = 2**63 + 12345
@@ -77,6 +77,21 @@ def test_in_process_tree_equals_serial(table, payloads, weights, serial):
         assert result.count == 64
     assert [tree_levels(n) for n in (1, 2, 3, 8, 9)] == [0, 1, 2, 3, 4]
     assert tree_levels(9, fan_in=3) == 2
+
+
+@pytest.mark.parametrize("name", sorted(COMPRESSORS))
+def test_in_process_tree_for_every_compressor(name):
+    compressor = make_compressor(name)
+    vectors = np.random.default_rng(5).normal(size=(9, 200))
+    payloads = [
+        compressor.encode(v, round_seed=ROUND, client_id=c, rng=c) for c, v in enumerate(vectors)
+    ]
+    serial = compressor.aggregator(200, ROUND)
+    for payload in payloads:
+        serial.add(payload, 2.0)
+    tree = aggregate(payloads, compressor, ROUND, 200, weights=[2.0] * 9, num_groups=4)
+    np.testing.assert_allclose(tree.result(), serial.result(), rtol=0, atol=1e-12)
+    assert tree.total_weight == serial.total_weight
 
 
 def test_aggregate_refuses_bad_arguments(table, payloads):
