@@ -190,15 +190,16 @@ def read_state(data, *, key: bytes | None = None) -> ShardState:
 
 def _empty_aggregator(source, state: ShardState):
     """A fresh aggregator for the shard's scheme, round and dimension from ``source``."""
-    from .codec import WIRE_MAGIC, Aggregator
+    from .codec import STRATIFIED_SHARD_SCHEME, WIRE_MAGIC, Aggregator
     from .compressors.base import Compressor
     from .table import Table
 
     if isinstance(source, Compressor):
         return source.aggregator(state.dim, state.round_seed)
     if isinstance(source, Table):
-        if state.scheme == WIRE_MAGIC:
-            return Aggregator(source, state.round_seed, state.dim)
+        if state.scheme in (WIRE_MAGIC, STRATIFIED_SHARD_SCHEME):
+            stratified = state.scheme == STRATIFIED_SHARD_SCHEME
+            return Aggregator(source, state.round_seed, state.dim, stratified=stratified)
         from .entropy import ENTROPY_MAGIC, EntropyAggregator
 
         if state.scheme == ENTROPY_MAGIC:
