@@ -31,7 +31,7 @@ import numpy as np
 from .._wire import packed_size
 from ..errors import ParameterError
 from ..randomness import rotation_signs
-from ..rotation import fwht
+from ..rotation import exact_order_fwht, fwht
 from ._common import BaselineCompressor, SumAggregator, check_bits, euclidean_norm
 from .base import CompressorProperties
 from .sq import minmax_dequantize, minmax_quantize, read_minmax_side
@@ -57,11 +57,12 @@ def _forward(residual, signs):
     padded = np.zeros(signs.size, dtype=np.float64)
     padded[: residual.size] = residual
     padded *= signs
-    return fwht(padded)
+    # the client's transforms are BLAS-free so its bytes do not depend on the CPU
+    return exact_order_fwht(padded)
 
 
-def _inverse(coefficients, signs, dim):
-    transformed = fwht(coefficients)
+def _inverse(coefficients, signs, dim, transform=exact_order_fwht):
+    transformed = transform(coefficients)
     transformed *= signs
     return transformed[:dim]
 
@@ -119,7 +120,7 @@ class _FrameSumAggregator(SumAggregator):
         return minmax_dequantize(lo, hi, codes, bits)
 
     def _finalize(self, mean):
-        return _inverse(mean, self._signs, self.dim)
+        return _inverse(mean, self._signs, self.dim, transform=fwht)
 
 
 class KashinSQ(BaselineCompressor):

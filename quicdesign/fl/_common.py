@@ -8,7 +8,7 @@ import zlib
 
 import numpy as np
 
-from quicdesign._progress import progress
+from quicdesign._progress import progress_bar
 from quicdesign._validate import check_int as _shared_check_int
 from quicdesign.errors import ParameterError
 
@@ -75,11 +75,6 @@ def check_probability(value, name, *, allow_zero=False) -> float:
     if value > 1:
         raise ParameterError(f"{name} must be at most 1, got {value}")
     return value
-
-
-def progress_bar(total, description, enabled, unit="round"):
-    """The shared progress reporter (:func:`quicdesign._progress.progress`)."""
-    return progress(total, description, enabled, unit=unit)
 
 
 def single_threaded_blas(function):
