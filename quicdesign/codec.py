@@ -32,7 +32,7 @@ from ._validate import (
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import ROTATED, check_input_model
-from .randomness import rotation_signs, shared_values
+from .randomness import rotation_signs, shared_values, stratified_shared_values
 from .rotation import MAX_CHUNKS, RotationLayout, scaled_rotate, unrotate
 from .table import Table
 
@@ -55,11 +55,23 @@ _KERNEL_BLOCK = 8
 _FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
 
 
-def round_tag(round_seed: int) -> int:
-    """32-bit tag of a round seed carried in payloads (detects cross-round mixups)."""
+def round_tag(round_seed: int, *, stratified: bool = False) -> int:
+    """32-bit tag of a round seed carried in payloads (detects cross-round mixups).
+
+    Rounds with stratified shared values (``docs/randomness.md``) use another
+    personalisation, so a payload is never decoded with the other mode's ``h``.
+    """
     seed = check_round_seed(round_seed)
-    digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=b"quicdesign.tag1")
+    person = b"quicdesign.tgs1" if stratified else b"quicdesign.tag1"
+    digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=person)
     return int.from_bytes(digest.digest(), "little")
+
+
+def _client_shared_values(round_seed, client_id, bits, size, stratified) -> np.ndarray:
+    """The client's ``h``: independent per client, or stratified by its index."""
+    if stratified:
+        return stratified_shared_values(round_seed, client_id, bits, size)
+    return shared_values(round_seed, client_id, bits, size)
 
 
 def _table_digest(table: Table) -> bytes:
@@ -70,6 +82,16 @@ def _table_digest(table: Table) -> bytes:
     if getattr(table, "code_model", None) is not None:
         parts.append(np.ascontiguousarray(table.code_model, dtype="<f8").tobytes())
     return hashlib.sha256(b"".join(parts)).digest()
+
+
+#: Shard scheme of fixed-rate QUIC-FL rounds with stratified shared values.
+STRATIFIED_SHARD_SCHEME = b"QDQS"
+
+
+def _check_stratified(stratified) -> bool:
+    if not isinstance(stratified, (bool, np.bool_)):
+        raise ParameterError(f"stratified must be True or False, got {stratified!r}")
+    return bool(stratified)
 
 
 def _check_table(table) -> Table:
@@ -143,16 +165,24 @@ class Encoder:
         The quantizer (``bits``, ``shared_bits`` <= 8).
     round_seed : int
         Seed shared by the server and every client of the round, in ``[0, 2**64)``.
+    stratified : bool
+        Opt-in stratified shared values (``docs/randomness.md``): ``client_id`` must then
+        be the client's index in the round, 0..n-1, assigned by the server. Each client
+        stays exactly unbiased with the same error; the errors of a round's clients are
+        negatively correlated, which helps when their vectors are similar.
     force : bool
         Accept a table designed for another input model (``docs/wire-format.md``); by
         default only ``rotated`` tables designed for the standard normal are accepted.
     """
 
-    def __init__(self, table: Table, round_seed: int, *, force: bool = False):
+    def __init__(
+        self, table: Table, round_seed: int, *, stratified: bool = False, force: bool = False
+    ):
         self.table = _check_table(table)
         check_input_model(table, ROTATED, force)
+        self.stratified = _check_stratified(stratified)
         self.round_seed = check_round_seed(round_seed)
-        self._tag = round_tag(self.round_seed)
+        self._tag = round_tag(self.round_seed, stratified=self.stratified)
         self._rounds: dict[int, _RoundState] = {}
 
     def _state(self, dim: int) -> _RoundState:
@@ -196,7 +226,9 @@ class Encoder:
         lower, upper = table.support
         outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
         exact = np.flatnonzero(outside)
-        shared = shared_values(self.round_seed, client_id, table.shared_bits, layout.rotated_dim)
+        shared = _client_shared_values(
+            self.round_seed, client_id, table.shared_bits, layout.rotated_dim, self.stratified
+        )
         rng = np.random.default_rng(rng)  # a Generator passes through; None or an int seeds one
         # The sampler clamps values beyond the support; their codes are overwritten below.
         codes = table.sender.sample(z, shared, rng=rng)
@@ -342,17 +374,28 @@ class Aggregator(WeightedSumAggregator):
         The round's seed.
     dim : int
         Length of the client vectors.
+    stratified : bool
+        Decode clients whose ``h`` is stratified by their index (see :class:`Encoder`).
     force : bool
         Accept a table designed for another input model.
     """
 
-    def __init__(self, table: Table, round_seed: int, dim: int, *, force: bool = False):
+    def __init__(
+        self,
+        table: Table,
+        round_seed: int,
+        dim: int,
+        *,
+        stratified: bool = False,
+        force: bool = False,
+    ):
         self.table = _check_table(table)
         check_input_model(table, ROTATED, force)
         self.round_seed = check_round_seed(round_seed)
+        self.stratified = _check_stratified(stratified)
         self._state = _RoundState(self.round_seed, dim)  # validates dim
         self.dim = self._state.layout.dim
-        self._tag = round_tag(self.round_seed)
+        self._tag = round_tag(self.round_seed, stratified=self.stratified)
         self._fingerprint = table.fingerprint
         self._table_digest = _table_digest(table)
         self._flat_receiver = table.receiver.reshape(-1)
@@ -437,8 +480,12 @@ class Aggregator(WeightedSumAggregator):
         header = read_header(reader, self._magic, self._wire_version)
         self._check_header(header)
         table, layout = self.table, self._state.layout
-        shared = shared_values(
-            self.round_seed, header.client_id, table.shared_bits, layout.rotated_dim
+        shared = _client_shared_values(
+            self.round_seed,
+            header.client_id,
+            table.shared_bits,
+            layout.rotated_dim,
+            self.stratified,
         )
         codes, indices, values = self._parse(payload, reader, header, shared)
         # Fold norm, 1/sqrt(chunk) and weight into one small table per chunk, so decoding
@@ -512,7 +559,14 @@ class Aggregator(WeightedSumAggregator):
             self._clients.add(item[0])
 
     def _merge_key(self) -> tuple:
-        return (self._magic, self._table_digest, self.round_seed, self.dim)
+        return (self._magic, self._table_digest, self.round_seed, self.dim, self.stratified)
+
+    def _shard_identity(self) -> tuple[bytes, bytes]:
+        # stratified rounds get their own shard scheme (docs/shard-format.md)
+        return (STRATIFIED_SHARD_SCHEME if self.stratified else self._magic), self._fingerprint
+
+    def _shard_source(self) -> Table:
+        return self.table
 
     def rotated_mean(self) -> np.ndarray:
         """The weighted mean still in the rotated domain, shape (chunks, chunk_size)."""
