@@ -23,6 +23,7 @@ from .errors import (
     TableVersionError,
 )
 from .sender import SenderRule
+from .shard import merge
 from .table import Table, list_tables, load_entropy_table, load_table, shipped_tables_dir
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "TableVersionError",
     "__version__",
     "list_tables",
+    "merge",
     "load_entropy_table",
     "load_table",
     "shipped_tables_dir",

@@ -344,6 +344,20 @@ class Table:
     def __hash__(self):
         return hash(self.fingerprint)
 
+    def __reduce__(self):
+        # Ship the receiver and parameters only: the sender rule's derived tables are
+        # rebuilt (and everything re-validated) by the constructor on the other side.
+        return _rebuild_table, (
+            self.receiver,
+            self.bits,
+            self.shared_bits,
+            self.tail_prob,
+            self.lower,
+            self.upper,
+            self._manifest,
+            self.code_model,
+        )
+
     def with_manifest(self, **sections) -> Table:
         """Return a copy whose manifest has the given top-level sections replaced."""
         manifest = {**self._manifest, **sections}
@@ -492,6 +506,20 @@ class Table:
         if manifest.get("fingerprint") not in (None, table.fingerprint.hex()):
             raise TableChecksumError(f"{manifest_path}: fingerprint does not match the arrays")
         return table
+
+
+def _rebuild_table(receiver, bits, shared_bits, tail_prob, lower, upper, manifest, code_model):
+    """Unpickle hook of :class:`Table` (keyword-only constructor)."""
+    return Table(
+        receiver,
+        bits=bits,
+        shared_bits=shared_bits,
+        tail_prob=tail_prob,
+        lower=lower,
+        upper=upper,
+        manifest=manifest,
+        code_model=code_model,
+    )
 
 
 def _check_code_model(code_model, expected_shape) -> np.ndarray:
