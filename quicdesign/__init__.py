@@ -10,6 +10,7 @@ __version__ = _package_version()
 
 from .codec import Aggregator, Encoder
 from .convenience import ArrayLayout, compress, decompress
+from .direct import DirectAggregator, DirectEncoder
 from .errors import (
     InputDTypeError,
     InputVectorError,
@@ -28,6 +29,8 @@ from .table import Table, list_tables, load_entropy_table, load_table, shipped_t
 __all__ = [
     "Aggregator",
     "ArrayLayout",
+    "DirectAggregator",
+    "DirectEncoder",
     "Encoder",
     "compress",
     "decompress",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from quicdesign._threads import single_threaded_blas
 from quicdesign.errors import ParameterError
 
 from . import _cache
@@ -43,9 +44,15 @@ def default_specs() -> list[DesignSpec]:
     return specs
 
 
+@single_threaded_blas  # same platform, same options -> the same table, bit for bit
 def _design_from_key(key: dict, distribution, options: dict) -> DesignResult:
     spec = DesignSpec(
-        key["bits"], key["shared_bits"], key["tail_prob"], key["threshold"], distribution
+        key["bits"],
+        key["shared_bits"],
+        key["tail_prob"],
+        key["threshold"],
+        distribution,
+        key.get("input_model"),
     )
     return _design_spec(spec, warm_start=None, n_jobs=1, **options)
 

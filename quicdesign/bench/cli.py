@@ -20,6 +20,7 @@ def _run_runtime(args):
         clients=args.clients,
         repeats=args.repeats,
         progress=args.progress,
+        blas_threads=args.blas_threads,
     )
     return 0
 
@@ -52,6 +53,12 @@ def register(commands) -> None:
         help="clients aggregated (default: 16)",
     )
     runtime.add_argument("--repeats", type=repeats, default=5, help="timed runs (default: 5)")
+    runtime.add_argument(
+        "--blas-threads",
+        type=bounded_int("blas-threads", 1, 1024),
+        default=1,
+        help="BLAS threads while timing (default: 1, pinned with threadpoolctl)",
+    )
     runtime.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
