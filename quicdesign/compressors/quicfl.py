@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..codec import Aggregator, Encoder
+from ..direct import DirectAggregator, DirectEncoder
 from ..entropy import EntropyAggregator, EntropyEncoder
 from ..table import Table, load_entropy_table, load_table
 from .base import Compressor, CompressorProperties
 
-__all__ = ["QuicFL", "QuicFLEntropy"]
+__all__ = ["QuicFL", "QuicFLDirect", "QuicFLEntropy"]
 
 
 class _TableCompressor(Compressor):
@@ -117,3 +118,39 @@ class QuicFLEntropy(_TableCompressor):
 
     def _load_table(self) -> Table:
         return load_entropy_table(self.bits)
+
+
+class QuicFLDirect(_TableCompressor):
+    """QUIC-FL without rotation: unit-RMS chunks quantized by a ``direct`` table.
+
+    Parameters
+    ----------
+    bits : int
+        Message bits; without ``table``, the shipped normal table of that width is used
+        as a direct table (right for normal-looking values).
+    table : quicdesign.Table, optional
+        A table designed with ``solvers.design(..., input_model="direct")``.
+    """
+
+    name = "quicfl-direct"
+    properties = CompressorProperties(
+        unbiased=True,
+        sums_before_decoding=True,
+        shared_randomness=("round", "client"),
+        fixed_rate=True,
+    )
+    _encoder_class = DirectEncoder
+    _aggregator_class = DirectAggregator
+
+    def __init__(self, bits=2, table=None):
+        self.bits = bits
+        self.table = table
+        self._encoder = None
+
+    def _load_table(self) -> Table:
+        shipped = load_table(self.bits)
+        parameters = {
+            **shipped.manifest["parameters"],
+            "input_model": {"normalization": "direct", "law": {"kind": "standard_normal"}},
+        }
+        return shipped.with_manifest(parameters=parameters)
