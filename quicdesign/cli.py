@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 from ._validate import writable_dir
-from .errors import QuicDesignError
+from .errors import QuicDesignError, TableError
 from .table import list_tables, load_table, shipped_tables_dir, write_index
 
 __all__ = ["main", "REFERENCE_VNMSE"]
@@ -116,6 +116,7 @@ def _cmd_design(args) -> int:
         starts=args.starts,
         certify=not args.no_certify,
     )
+    _attach_bounds(results, args.bound_seconds)
     wall = time.perf_counter() - began
     print(_quality_report(results))
     print(f"\n{len(results)} tables designed in {wall:.1f} s wall (n_jobs={args.jobs})")
@@ -136,9 +137,20 @@ def _cmd_design(args) -> int:
     return 0
 
 
+def _attach_bounds(results, seconds) -> None:
+    """Certify every designed table against the global lower bound (in place)."""
+    from solvers.bound import attach_bound, lower_bound
+
+    for result in results:
+        bound = lower_bound(result.table, seconds=seconds)
+        result.table = attach_bound(result.table, bound)
+        result.bound = bound
+
+
 def _quality_report(results) -> str:
     lines = [
-        f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'official':>9} {'ratio':>6} "
+        f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'certified':>11} {'within':>7} "
+        f"{'official':>9} {'ratio':>6} "
         f"{'EDEN':>7} {'1/(4^b-1)':>10} {'bits/coord':>10} {'cert gap':>9} {'time s':>6}",
     ]
     for r in results:
@@ -148,12 +160,22 @@ def _quality_report(results) -> str:
         cert = r.certificate["gap"] if r.certificate else float("nan")
         lines.append(
             f"{t.bits:>2} {t.shared_bits:>2} {t.tail_prob:>9.3g} {t.threshold:>7.4f} "
-            f"{t.vnmse:>11.6g} {official if official else '':>9} "
+            f"{t.vnmse:>11.6g} {_bound_columns(t)} {official if official else '':>9} "
             f"{format(t.vnmse / official, '.4f') if official else '':>6} "
             f"{eden if eden else '':>7} {1 / (4**t.bits - 1):>10.4g} "
             f"{t.bits + 64 * t.tail_prob:>10.4f} {cert:>9.1e} {r.wall_time:>6.2f}"
         )
     return "\n".join(lines)
+
+
+def _bound_columns(table) -> str:
+    """``certified lower bound`` and ``within x %`` columns (blank without a proof)."""
+    section = table.manifest.get("global_bound")
+    if not section:
+        return f"{'':>11} {'':>7}"
+    gap = section.get("relative_gap")
+    within = "" if gap is None else f"{100 * gap:.2f}%"
+    return f"{section['value']:>11.6g} {within:>7}"
 
 
 def _cmd_tables_list(args) -> int:
@@ -185,6 +207,7 @@ def _cmd_tables_show(args) -> int:
 def _cmd_tables_verify(args) -> int:
     from solvers.verify import verify
 
+    from .bound import check_global_bound
     from .table import Table
 
     folder = Path(args.path) if args.path else shipped_tables_dir()
@@ -198,11 +221,22 @@ def _cmd_tables_verify(args) -> int:
     bad = 0
     for table in tables:
         report = verify(table)
-        bad += not report.ok
+        try:
+            check = check_global_bound(table)
+            bound_text = (
+                "no bound"
+                if check is None
+                else f"bound {check.recomputed:.6g} (within {100 * check.relative_gap:.2f}%)"
+            )
+            bound_ok = True
+        except TableError as exc:
+            bound_text, bound_ok = f"bound REFUSED: {exc}", False
+        ok = report.ok and bound_ok
+        bad += not ok
         print(
-            f"{table.name:<16} {'ok' if report.ok else 'FAILED':<6} bias {report.max_bias:.1e} "
+            f"{table.name:<16} {'ok' if ok else 'FAILED':<6} bias {report.max_bias:.1e} "
             f"simplex {report.max_simplex_violation:.1e} vNMSE {report.recomputed_vnmse:.6g} "
-            f"(recorded {report.recorded_vnmse})"
+            f"(recorded {report.recorded_vnmse}) {bound_text}"
         )
     return 1 if bad else 0
 
@@ -226,6 +260,12 @@ def build_parser() -> argparse.ArgumentParser:
     design.add_argument("--cache-dir", help="joblib cache folder (off by default)")
     design.add_argument("--starts", type=int, default=4, help="optimizer starts per table")
     design.add_argument("--no-certify", action="store_true", help="skip the LP certificate")
+    design.add_argument(
+        "--bound-seconds",
+        type=float,
+        default=5.0,
+        help="ascent budget per table for the certified global lower bound (0: start only)",
+    )
     design.add_argument(
         "--entropy",
         type=_int_list,
