@@ -35,6 +35,8 @@ __all__ = [
     "FLOAT_MARGIN_RELATIVE",
     "MAX_BOUND_CELLS",
     "check_global_bound",
+    "entropy_constrained_1d",
+    "evaluate_rate_penalized",
     "evaluate_multipliers",
     "kmeans_1d",
     "standard_normal_cell_moments",
@@ -42,6 +44,11 @@ __all__ = [
 
 #: Most cells a shipped proof may have (checked before anything is allocated).
 MAX_BOUND_CELLS = 1 << 16
+#: Most cells of a rate-penalized proof (its DP is quadratic in the cells).
+MAX_RATE_PENALIZED_CELLS = 4096
+#: ``kind`` of a fixed-rate proof and of a rate-penalized (entropy-coded) floor.
+FIXED_RATE_KIND = "lagrangian-dual/piecewise-constant-multiplier/kmeans-dp"
+RATE_PENALIZED_KIND = "lagrangian-dual/rate-penalized/entropy-constrained-dp"
 #: Largest accepted ``|rho|`` in a shipped proof.
 MAX_MULTIPLIER = 1e6
 #: Float-safety margin: the certified value is ``L - FLOAT_MARGIN_RELATIVE * S`` where
@@ -176,6 +183,80 @@ def _dp_layer(previous, prefix_w, prefix_s, prefix_q):
     return value, argbest
 
 
+def entropy_constrained_1d(points, weights, penalty: float):
+    """Exact entropy-constrained scalar quantization of weighted points.
+
+    Minimizes ``sum_c [sum_{i in c} w_i (y_i - mean_c)**2 + penalty * W_c * (-log2(W_c / W))]``
+    over partitions into clusters (``W_c`` cluster weight, ``W`` total weight), i.e. the
+    squared error plus ``penalty * W * H`` with ``H`` the cluster entropy in bits. Optimal
+    clusters are contiguous in sorted order (each point picks the level minimizing
+    ``(c - y)**2 + code length``), so an ``O(n**2)`` dynamic program is exact.
+
+    Returns
+    -------
+    cost : float
+    labels : ndarray of int64, shape (n,)
+    centers : ndarray, shape (clusters,)
+    entropy : float
+        ``H`` of the optimal partition, in bits.
+    """
+    points = np.asarray(points, dtype=np.float64)
+    weights = np.asarray(weights, dtype=np.float64)
+    order = np.argsort(points, kind="stable")
+    y, w = points[order], weights[order]
+    n = y.size
+    total_w = float(w.sum())
+    pw = np.concatenate(([0.0], np.cumsum(w)))
+    ps = np.concatenate(([0.0], np.cumsum(w * y)))
+    pq = np.concatenate(([0.0], np.cumsum(w * y * y)))
+    best = np.zeros(n + 1)
+    split = np.zeros(n + 1, dtype=np.int64)
+    for stop in range(1, n + 1):
+        start = np.arange(stop)
+        mass = pw[stop] - pw[start]
+        positive = mass > 0
+        safe = np.where(positive, mass, 1.0)
+        sse = np.maximum(pq[stop] - pq[start] - (ps[stop] - ps[start]) ** 2 / safe, 0.0)
+        rate = np.where(positive, -mass * np.log2(safe / total_w), 0.0)
+        total = best[start] + sse + penalty * rate
+        k = int(np.argmin(total))
+        best[stop], split[stop] = total[k], k
+    bounds = [n]
+    while bounds[-1] > 0:
+        bounds.append(int(split[bounds[-1]]))
+    bounds = np.array(bounds[::-1])
+    labels = np.empty(n, dtype=np.int64)
+    labels[order] = np.repeat(np.arange(bounds.size - 1), np.diff(bounds))
+    cluster_w = np.diff(pw[bounds])
+    centers = np.diff(ps[bounds]) / cluster_w
+    share = cluster_w / total_w
+    entropy = float(-(share * np.log2(share)).sum())
+    return float(best[n]), labels, centers, entropy
+
+
+def evaluate_rate_penalized(rho, penalty: float, rate_bits: float, moments) -> float:
+    """Certified floor ``L_lambda(rho) - lambda R`` for schemes of entropy rate ``<= R``.
+
+    For every ``lambda >= 0`` and ``rho`` each unbiased per-coordinate scheme whose
+    message entropy per inside coordinate is at most ``R`` has
+    ``vNMSE >= L_lambda(rho) - lambda R``; the pricing step of ``L_lambda`` is
+    :func:`entropy_constrained_1d` of ``rho / 2`` (standard-normal moments, ``E[Z^2] = 1``).
+
+    Returns
+    -------
+    float
+        The floor with the float-safety margin subtracted.
+    """
+    rho = np.asarray(rho, dtype=np.float64)
+    mass, first, second = (np.asarray(m, dtype=np.float64) for m in moments)
+    target = rho / 2
+    pricing = entropy_constrained_1d(target, mass, penalty / float(mass.sum()))[0]
+    spread = float(mass @ (target * target))
+    value = float(rho @ first) - float(second.sum()) - spread + pricing - penalty * rate_bits
+    scale = float(np.sum(np.abs(rho * first)) + np.sum(np.abs(second)) + 2 * spread)
+    return value - FLOAT_MARGIN_RELATIVE * (scale + abs(penalty * rate_bits))
+
+
 @dataclass(frozen=True)
 class BoundEvaluation:
     """``L(rho)`` for a piecewise-constant multiplier, with what proves it.
@@ -299,16 +380,19 @@ def check_global_bound(table) -> BoundCheck | None:
             f"global_bound: the runtime verifier re-evaluates standard-normal proofs only, "
             f"got distribution {distribution!r}"
         )
-    if section.get("bits") != table.bits:
+    if section.get("kind") not in (FIXED_RATE_KIND, RATE_PENALIZED_KIND):
+        raise TableError(f"global_bound: unknown kind {section.get('kind')!r}")
+    if section.get("kind") == FIXED_RATE_KIND and section.get("bits") != table.bits:
         raise TableError(f"global_bound: proof is for bits={section.get('bits')!r}")
     stored = section.get("value")
     if not isinstance(stored, (int, float)) or not math.isfinite(stored):
         raise TableError(f"global_bound: value {stored!r} is not a finite number")
     _check_proof_arrays(edges, rho, table.lower, table.upper)
-    evaluation = evaluate_multipliers(
-        rho, standard_normal_cell_moments(edges), table.num_messages, 1.0
-    )
-    recomputed = evaluation.certified
+    moments = standard_normal_cell_moments(edges)
+    if section.get("kind") == RATE_PENALIZED_KIND:
+        recomputed = _recheck_rate_penalized(table, section, rho, moments)
+    else:
+        recomputed = evaluate_multipliers(rho, moments, table.num_messages, 1.0).certified
     if not abs(recomputed - stored) <= RECHECK_TOLERANCE * max(abs(stored), 1e-300):
         raise TableError(
             f"global_bound: stored value {stored!r} does not re-evaluate "
@@ -327,6 +411,25 @@ def check_global_bound(table) -> BoundCheck | None:
         relative_gap=gap,
         cells=int(rho.size),
     )
+
+
+def _recheck_rate_penalized(table, section, rho, moments) -> float:
+    """The floor of an entropy-coded table at its own recorded entropy rate."""
+    penalty, rate = section.get("lambda"), section.get("rate_bits")
+    recorded_rate = table.manifest.get("coding", {}).get("entropy_bits")
+    for name, value in (("lambda", penalty), ("rate_bits", rate)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise TableError(f"global_bound: {name} {value!r} is not a number")
+        if not (math.isfinite(value) and value >= 0):
+            raise TableError(f"global_bound: {name} {value!r} must be finite and >= 0")
+    if recorded_rate is None or rate < recorded_rate:
+        raise TableError(
+            f"global_bound: floor stated at rate {rate!r} below the table's entropy "
+            f"{recorded_rate!r} bits"
+        )
+    if rho.size > MAX_RATE_PENALIZED_CELLS:
+        raise TableError(f"global_bound: more than {MAX_RATE_PENALIZED_CELLS} cells")
+    return evaluate_rate_penalized(rho, penalty, rate, moments)
 
 
 def _check_proof_arrays(edges, rho, lower, upper) -> None:

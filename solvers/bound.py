@@ -21,8 +21,12 @@ import cvxpy as cp
 import numpy as np
 
 from quicdesign.bound import (
+    FIXED_RATE_KIND,
     FLOAT_MARGIN_RELATIVE,
+    RATE_PENALIZED_KIND,
+    entropy_constrained_1d,
     evaluate_multipliers,
+    evaluate_rate_penalized,
     kmeans_1d,
     standard_normal_cell_moments,
 )
@@ -35,15 +39,17 @@ from .distributions import StandardNormal, ValueDistribution, as_distribution
 __all__ = [
     "LowerBound",
     "attach_bound",
+    "attach_floor",
     "cell_moments",
     "design_multipliers",
     "entropy_floor",
+    "larger_design",
     "lower_bound",
     "BOUND_KIND",
     "BOUND_STATEMENT",
 ]
 
-BOUND_KIND = "lagrangian-dual/piecewise-constant-multiplier/kmeans-dp"
+BOUND_KIND = FIXED_RATE_KIND
 BOUND_STATEMENT = (
     "No unbiased per-coordinate scheme sending 2**bits messages for each coordinate inside "
     "[lower, upper] (tails sent exactly) - whatever its shared randomness, sender or private "
@@ -209,7 +215,7 @@ def lower_bound(
     if seconds < 0 or not math.isfinite(seconds):
         raise ParameterError(f"seconds must be a finite non-negative number, got {seconds}")
     if isinstance(start, (int, np.integer)) and not isinstance(start, bool):
-        start = _larger_design(table, dist, int(start))
+        start = larger_design(table, dist, int(start))
     if isinstance(start, Table):
         if (start.bits, start.lower, start.upper) != (table.bits, table.lower, table.upper):
             raise ParameterError("a start table must have the same bits and support")
@@ -270,10 +276,15 @@ def lower_bound(
     )
 
 
-def _larger_design(table: Table, dist, shared_bits: int) -> Table:
-    """Refine a design with ``2**shared_bits`` rows from ``table`` (rows duplicated)."""
+def larger_design(table: Table, dist=None, shared_bits: int = 10) -> Table:
+    """Refine a design with ``2**shared_bits`` rows (up to 12) from ``table``.
+
+    The rows of ``table`` are duplicated (same objective) and L-BFGS-B refines them; used
+    for better starting multipliers and to look beyond the design layer's ``l <= 8``.
+    """
     from .optimize import refine
 
+    dist = as_distribution(dist)
     if not table.shared_bits <= shared_bits <= 12:
         raise ParameterError(f"start shared bits must be in [{table.shared_bits}, 12]")
     rows = np.repeat(table.receiver, 1 << (shared_bits - table.shared_bits), axis=0)
@@ -449,7 +460,7 @@ def entropy_floor(
     def evaluate(point):
         rho, lam = point[:-1], point[-1]
         target = rho / 2
-        pricing, labels, levels, entropy = _ecsq(target, mass, lam / inside)
+        pricing, labels, levels, entropy = entropy_constrained_1d(target, mass, lam / inside)
         value = rho @ first - second.sum() - mass @ (target * target) + pricing - lam * rate_bits
         grad_rho = first - mass * levels[labels]
         gradient = np.append((grad_rho - grad_rho[mirror]) / 2, entropy - rate_bits)
@@ -467,9 +478,8 @@ def entropy_floor(
     ascent = _ProximalBundle(evaluate, metric, project)
     point, value = ascent.run(np.append(rho, lam), seconds, 100000, None)
     rho, lam = point[:-1], point[-1]
-    margin = FLOAT_MARGIN_RELATIVE * (abs(rho @ first) + second.sum() + 2 * mass @ (rho**2 / 4))
     return {
-        "floor": float(value - margin),
+        "floor": evaluate_rate_penalized(rho, lam, rate_bits, (mass, first, second)),
         "lambda": float(lam),
         "rate_bits": float(rate_bits),
         "tail_prob": float(tail_prob),
@@ -479,53 +489,43 @@ def entropy_floor(
     }
 
 
-def _ecsq(points, weights, lam):
-    """Exact entropy-constrained scalar quantization of sorted-contiguous clusters.
-
-    Minimizes ``sum_clusters [SSE + lam * W_c * (-log2 (W_c / W))] `` (``W`` the total
-    weight, so the rate term is ``lam * W * H`` with ``H`` the cluster entropy in bits)
-    over partitions of the sorted points into contiguous clusters, by an ``O(n^2)`` DP.
-
-    Returns
-    -------
-    cost, labels, centers, entropy
-    """
-    order = np.argsort(points, kind="stable")
-    y, w = points[order], weights[order]
-    n = y.size
-    total_w = w.sum()
-    pw = np.concatenate(([0.0], np.cumsum(w)))
-    ps = np.concatenate(([0.0], np.cumsum(w * y)))
-    pq = np.concatenate(([0.0], np.cumsum(w * y * y)))
-    best = np.zeros(n + 1)
-    split = np.zeros(n + 1, dtype=np.int64)
-    for j in range(1, n + 1):
-        i = np.arange(j)
-        mass = pw[j] - pw[i]
-        spread = np.where(mass > 0, (ps[j] - ps[i]) ** 2 / np.maximum(mass, 1e-300), 0.0)
-        sse = np.maximum(pq[j] - pq[i] - spread, 0.0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rate = np.where(mass > 0, -mass * np.log2(mass / total_w), 0.0)
-        total = best[i] + sse + lam * rate
-        k = int(np.argmin(total))
-        best[j], split[j] = total[k], k
-    bounds = [n]
-    while bounds[-1] > 0:
-        bounds.append(int(split[bounds[-1]]))
-    bounds = np.array(bounds[::-1])
-    sizes = np.diff(bounds)
-    labels_sorted = np.repeat(np.arange(sizes.size), sizes)
-    labels = np.empty(n, dtype=np.int64)
-    labels[order] = labels_sorted
-    cluster_w = np.diff(pw[bounds])
-    centers = np.diff(ps[bounds]) / cluster_w
-    p = cluster_w / total_w
-    entropy = float(-(p * np.log2(p)).sum())
-    return float(best[n]), labels, centers, entropy
-
-
 # One exact k-means DP exists (quicdesign.bound); re-exported for the design layer's users.
 kmeans = kmeans_1d
+
+
+def attach_floor(table: Table, floor: dict) -> Table:
+    """Return an entropy-coded ``table`` carrying the certified scalar floor at its rate.
+
+    ``floor`` is the result of :func:`entropy_floor` computed at (at least) the table's
+    recorded entropy rate on the table's support.
+    """
+    edges = np.asarray(floor["edges"], dtype=np.float64)
+    if edges[0] != table.lower or edges[-1] != table.upper:
+        raise ParameterError("the floor was computed on another support")
+    vnmse = table.vnmse
+    section = {
+        "kind": RATE_PENALIZED_KIND,
+        "statement": (
+            "No unbiased per-coordinate scheme whose messages carry at most rate_bits of "
+            "entropy per coordinate inside [lower, upper] (tails sent exactly) has vNMSE "
+            "below value on this distribution, whatever its shared randomness. Vector "
+            "(lattice) schemes are not covered."
+        ),
+        "value": float(floor["floor"]),
+        "relative_gap": None if vnmse is None else (vnmse - floor["floor"]) / floor["floor"],
+        "rate_bits": float(floor["rate_bits"]),
+        "lambda": float(floor["lambda"]),
+        "distribution": {"kind": "standard_normal"},
+        "tail_prob": table.tail_prob,
+        "lower": table.lower,
+        "upper": table.upper,
+        "cells": int(edges.size - 1),
+        "float_margin": (
+            f"floor = L_lambda(rho) - lambda R - {FLOAT_MARGIN_RELATIVE:g} * (sum|rho M1| "
+            "+ sum M2 + 2 sum w y^2 + lambda R), see quicdesign.bound"
+        ),
+    }
+    return table.with_global_bound(section, edges, floor["multipliers"])
 
 
 def certify_collection(

@@ -11,6 +11,7 @@ from scipy import special
 import quicdesign
 from quicdesign.bound import (
     check_global_bound,
+    entropy_constrained_1d,
     evaluate_multipliers,
     kmeans_1d,
     standard_normal_cell_moments,
@@ -18,7 +19,13 @@ from quicdesign.bound import (
 from quicdesign.errors import TableError
 
 solvers = pytest.importorskip("solvers")
-from solvers.bound import attach_bound, design_multipliers, entropy_floor, lower_bound  # noqa: E402
+from solvers.bound import (  # noqa: E402
+    attach_bound,
+    attach_floor,
+    design_multipliers,
+    entropy_floor,
+    lower_bound,
+)
 
 THRESHOLD = float(-special.ndtri(1 / 1024))
 
@@ -263,3 +270,57 @@ def test_entropy_floor_is_close_to_the_reference_and_below_the_tables(rate, refe
     shipped = quicdesign.load_entropy_table(rate)
     assert floor["floor"] < shipped.vnmse
     assert math.isfinite(floor["lambda"])
+
+
+def _brute_force_ecsq(points, weights, penalty):
+    order = np.argsort(points)
+    y, w = points[order], weights[order]
+    total_w, best = w.sum(), np.inf
+    for count in range(0, y.size):
+        for cuts in itertools.combinations(range(1, y.size), count):
+            cost = 0.0
+            for start, stop in itertools.pairwise([0, *cuts, y.size]):
+                mass = w[start:stop].sum()
+                center = np.average(y[start:stop], weights=w[start:stop])
+                cost += np.sum(w[start:stop] * (y[start:stop] - center) ** 2)
+                cost += penalty * -mass * np.log2(mass / total_w)
+            best = min(best, cost)
+    return best
+
+
+def test_entropy_constrained_dp_matches_brute_force():
+    rng = np.random.default_rng(11)
+    for _ in range(150):
+        size = int(rng.integers(1, 8))
+        points = rng.normal(size=size) * 3
+        weights = rng.random(size) + 1e-3
+        penalty = float(rng.choice([0.0, 0.05, 0.5, 5.0]))
+        cost, labels, centers, entropy = entropy_constrained_1d(points, weights, penalty)
+        assert cost == pytest.approx(_brute_force_ecsq(points, weights, penalty), abs=1e-12)
+        share = np.bincount(labels, weights=weights) / weights.sum()
+        assert entropy == pytest.approx(-np.sum(share[share > 0] * np.log2(share[share > 0])))
+
+
+def _entropy_table_with_floor(tmp_path, **changes):
+    table = quicdesign.load_entropy_table(2)
+    if table.manifest.get("global_bound") is None:
+        floor = entropy_floor(table.manifest["coding"]["entropy_bits"], cells=200, seconds=1.0)
+        table = attach_floor(table, floor)
+    section = {**table.manifest["global_bound"], **changes}
+    edges, rho = table.bound_arrays()
+    folder = tmp_path / "entropy"
+    table.with_global_bound(section, edges, rho).save(folder)
+    return quicdesign.Table.load(folder)
+
+
+def test_entropy_table_floor_reverifies_and_is_refused_when_tampered(tmp_path):
+    table = _entropy_table_with_floor(tmp_path)
+    check = check_global_bound(table)
+    assert 0 < check.recomputed < table.vnmse
+    section = table.manifest["global_bound"]
+    tampered = _entropy_table_with_floor(tmp_path, **{"lambda": section["lambda"] * 1.1})
+    with pytest.raises(TableError, match="does not re-evaluate"):
+        check_global_bound(tampered)
+    # A floor stated at a rate below what the table spends proves nothing about it.
+    with pytest.raises(TableError, match="below the table's entropy"):
+        check_global_bound(_entropy_table_with_floor(tmp_path, rate_bits=1.5))

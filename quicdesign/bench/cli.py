@@ -10,7 +10,13 @@ __all__ = ["register"]
 def _run_runtime(args):
     from .runtime import bench_runtime
 
-    bench_runtime(dim=args.dim, bits=args.bits, clients=args.clients, repeats=args.repeats)
+    bench_runtime(
+        dim=args.dim,
+        bits=args.bits,
+        clients=args.clients,
+        repeats=args.repeats,
+        shared_bits=args.shared_bits,
+    )
     return 0
 
 
@@ -30,6 +36,9 @@ def register(commands) -> None:
     runtime.add_argument("--bits", type=int, nargs="+", default=[1, 2, 4])
     runtime.add_argument("--clients", type=int, default=16)
     runtime.add_argument("--repeats", type=int, default=5)
+    runtime.add_argument(
+        "--shared-bits", type=int, nargs="+", help="shipped tables with these l (default: b's)"
+    )
     runtime.set_defaults(run=_run_runtime)
     transform = sub.add_parser("transform", help="Hadamard transform speed")
     transform.add_argument("--dim", type=int, default=2**20)
