@@ -20,6 +20,8 @@ __all__ = [
     "check_dim",
     "check_round_seed",
     "check_weight",
+    "check_probability",
+    "check_real",
     "writable_dir",
 ]
 
@@ -139,3 +141,30 @@ def writable_dir(path) -> Path:
     except OSError as exc:
         raise ParameterError(f"cannot write to {folder}: {exc.strerror or exc}") from None
     return folder
+
+
+def check_real(value, name, low=-math.inf, high=math.inf) -> float:
+    """Return ``value`` as a finite float in ``[low, high]`` (bools and strings refused).
+
+    Raises
+    ------
+    ParameterError
+        For non-numbers, NaN, infinities and values out of range.
+    """
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ParameterError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        result = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ParameterError(f"{name} must be a real number, got {value!r}") from None
+    if not (math.isfinite(result) and low <= result <= high):
+        raise ParameterError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
+    return result
+
+
+def check_probability(value, name="tail_prob") -> float:
+    """Return ``value`` as a float strictly between 0 and 1 or raise ``ParameterError``."""
+    result = check_real(value, name, 0.0, 1.0)
+    if not 0.0 < result < 1.0:
+        raise ParameterError(f"{name} must be in (0, 1), got {value!r}")
+    return result

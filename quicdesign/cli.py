@@ -11,9 +11,11 @@ import sys
 import time
 from pathlib import Path
 
+from ._argtypes import bounded_int, int_list, probability, real
+from ._limits import DESIGN_MAX_BITS, DESIGN_MAX_SHARED_BITS, MAX_JOBS, MAX_STARTS
 from ._validate import writable_dir
-from .errors import QuicDesignError, TableError
-from .table import list_tables, load_table, shipped_tables_dir, write_index
+from .errors import ParameterError, QuicDesignError, TableError
+from .table import list_tables, load_table, shipped_tables_dir, table_name, write_index
 
 __all__ = ["main", "REFERENCE_VNMSE"]
 
@@ -27,39 +29,13 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"quicdesign: error: {message}\n")
 
 
-def _int_list(text: str) -> list[int]:
-    values = []
-    try:
-        for part in text.split(","):
-            if "-" in part.strip()[1:]:
-                low, high = part.split("-", 1)
-                values.extend(range(int(low), int(high) + 1))
-            else:
-                values.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers like '1-4' or '1,2,8', got {text!r}"
-        ) from None
-    return values
-
-
-def _probability(text: str) -> float:
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(
-            f"expected a probability like 1/512, got {text!r}"
-        ) from None
-
-
 def _cmd_design_entropy(args) -> int:
     from solvers.rate import design_entropy_coded
 
     shared_bits = (args.shared_bits or [6])[0]
     out = writable_dir(args.out) if args.out else None
+    if out is not None:
+        _refuse_overwrite(out, [f"rate{rate}-l{shared_bits}" for rate in args.entropy], args)
     print(
         f"{'rate':>4} {'l':>2} {'K':>4} {'step':>7} {'vNMSE':>9} {'EDEN':>7} {'ratio':>6} "
         f"{'expected bits':>13} {'cert gap':>9}"
@@ -107,6 +83,11 @@ def _cmd_design(args) -> int:
             shared = args.shared_bits or [DEFAULT_SHARED_BITS.get(bits, 0)]
             specs += [DesignSpec(bits, shared_bits, tail) for shared_bits in shared]
     out = writable_dir(args.out) if args.out else None
+    if out is not None:
+        names = [table_name(spec.bits, spec.shared_bits, spec.tail_prob) for spec in specs]
+        _refuse_overwrite(out, names, args)
+    if args.cache_dir:
+        writable_dir(args.cache_dir)
     began = time.perf_counter()
     results = sweep(
         specs,
@@ -147,6 +128,16 @@ def _attach_bounds(results, seconds) -> None:
         result.bound = bound
 
 
+def _refuse_overwrite(out: Path, names, args) -> None:
+    """Refuse, before any work, to replace tables already in ``out`` unless --force."""
+    taken = sorted({name for name in names if (out / name).exists() or (out / name).is_symlink()})
+    if taken and not args.force:
+        raise ParameterError(
+            f"{out} already holds {', '.join(taken)}; pass --force to replace "
+            f"{'it' if len(taken) == 1 else 'them'}"
+        )
+
+
 def _quality_report(results) -> str:
     lines = [
         f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'certified':>11} {'within':>7} "
@@ -182,9 +173,10 @@ def _cmd_tables_list(args) -> int:
     folder = Path(args.path) if args.path else shipped_tables_dir()
     print(f"{'bits':>4} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11}  directory")
     for e in list_tables(folder):
+        vnmse = "" if e.get("vnmse") is None else format(e["vnmse"], ".6g")
         print(
             f"{e['bits']:>4} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} {e['threshold']:>9.4f} "
-            f"{e['vnmse']:>11.6g}  {e['directory']}"
+            f"{vnmse:>11}  {e['directory']}"
         )
     return 0
 
@@ -208,16 +200,13 @@ def _cmd_tables_verify(args) -> int:
     from solvers.verify import verify
 
     from .bound import check_global_bound
-    from .table import Table
+    from .table import Table, _is_table_dir, _load_entry, _read_index
 
     folder = Path(args.path) if args.path else shipped_tables_dir()
-    if (folder / "manifest.json").is_file():
+    if _is_table_dir(folder):
         tables = [Table.load(folder)]
     else:
-        tables = [
-            load_table(e["bits"], e["shared_bits"], e["tail_prob"], path=folder)
-            for e in list_tables(folder)
-        ]
+        tables = [_load_entry(folder, entry) for entry in _read_index(folder)["tables"]]
     bad = 0
     for table in tables:
         report = verify(table)
@@ -252,30 +241,54 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="design every shipped table (b = 1..8 defaults and l = 8 extras)",
     )
-    design.add_argument("--bits", type=_int_list, help="bit widths, e.g. 1-4 or 1,2,8")
-    design.add_argument("--shared-bits", type=_int_list, help="shared bits l (default per b)")
-    design.add_argument("--tail-prob", type=_probability, help="tail probability p (1/512)")
+    design.add_argument(
+        "--bits",
+        type=int_list("bits", 1, DESIGN_MAX_BITS),
+        help=f"bit widths in 1..{DESIGN_MAX_BITS}, e.g. 1-4 or 1,2,8 (default: 1-4)",
+    )
+    design.add_argument(
+        "--shared-bits",
+        type=int_list("shared_bits", 0, DESIGN_MAX_SHARED_BITS),
+        help=f"shared bits l in 0..{DESIGN_MAX_SHARED_BITS} (default: per b)",
+    )
+    design.add_argument("--tail-prob", type=probability, help="tail probability p (1/512)")
     design.add_argument("--out", help="write the tables and an index to this folder")
-    design.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1: all cores)")
-    design.add_argument("--cache-dir", help="joblib cache folder (off by default)")
-    design.add_argument("--starts", type=int, default=4, help="optimizer starts per table")
+    design.add_argument(
+        "--force",
+        action="store_true",
+        help="replace tables of the same name already in --out",
+    )
+    design.add_argument(
+        "--jobs",
+        type=bounded_int("jobs", -1, MAX_JOBS),
+        default=-1,
+        help="parallel workers (-1: all cores; 0 is refused)",
+    )
+    design.add_argument("--cache-dir", help="design cache folder, table format (off by default)")
+    design.add_argument(
+        "--starts",
+        type=bounded_int("starts", 1, MAX_STARTS),
+        default=4,
+        help=f"optimizer starts per table, 1..{MAX_STARTS} (default: 4)",
+    )
     design.add_argument("--no-certify", action="store_true", help="skip the LP certificate")
     design.add_argument(
         "--bound-seconds",
-        type=float,
+        type=real("bound seconds", 0.0, 3600.0),
         default=5.0,
-        help="ascent budget per table for the certified global lower bound (0: start only)",
+        help="ascent budget per table for the certified global lower bound, 0..3600 "
+        "(0: the design's own multipliers only; default: 5)",
     )
     design.add_argument(
         "--entropy",
-        type=_int_list,
-        help="design entropy-coded tables for these bits per coordinate",
+        type=int_list("entropy rate", 1, 7),
+        help="design entropy-coded tables for these bits per coordinate (1..7)",
     )
     design.add_argument(
         "--overhead-bits",
-        type=float,
+        type=real("overhead_bits", 0.0, 1.0),
         default=0.002,
-        help="per-coordinate wire overhead budgeted by --entropy designs",
+        help="per-coordinate wire overhead budgeted by --entropy designs (default: 0.002)",
     )
     design.add_argument(
         "--progress",
@@ -288,12 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
     tables = commands.add_parser("tables", help="list, show or verify stored tables")
     table_cmds = tables.add_subparsers(dest="tables_command", required=True, parser_class=_Parser)
     listing = table_cmds.add_parser("list", help="list a table collection")
-    listing.add_argument("--path", help="collection folder (default: shipped tables)")
+    listing.add_argument("--path", help="collection or table folder (default: shipped tables)")
     listing.set_defaults(run=_cmd_tables_list)
     show = table_cmds.add_parser("show", help="print one table and its provenance")
-    show.add_argument("bits", type=int)
-    show.add_argument("--shared-bits", type=int)
-    show.add_argument("--tail-prob", type=_probability)
+    show.add_argument("bits", type=bounded_int("bits", 1, 16))
+    show.add_argument("--shared-bits", type=bounded_int("shared_bits", 0, 12))
+    show.add_argument("--tail-prob", type=probability)
     show.add_argument("--path", help="table or collection folder (default: shipped tables)")
     show.set_defaults(run=_cmd_tables_show)
     check = table_cmds.add_parser("verify", help="re-verify tables (needs the design extra)")
@@ -325,8 +338,12 @@ def main(argv=None) -> int:
     try:
         return int(args.run(args) or 0)
     except (QuicDesignError, OSError) as exc:
-        print(f"quicdesign: error: {exc}", file=sys.stderr)
+        # One line whatever the message holds (paths, nested reasons).
+        print(f"quicdesign: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("quicdesign: interrupted", file=sys.stderr)
+        return 130
     except ModuleNotFoundError as exc:
         print(
             f"quicdesign: error: {exc.name} is needed here; install quicdesign[design]",

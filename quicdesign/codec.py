@@ -25,7 +25,7 @@ from ._validate import as_client_vector, check_client_id, check_round_seed
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .randomness import rotation_signs, shared_values
-from .rotation import RotationLayout, rotate, unrotate
+from .rotation import MAX_CHUNKS, RotationLayout, rotate, unrotate
 from .table import Table
 
 __all__ = [
@@ -40,7 +40,8 @@ __all__ = [
 ]
 
 WIRE_MAGIC = b"QDQF"
-WIRE_VERSION = 1
+# 2: the layout allows up to 64 chunks (padding below max(d / 32, 1024))
+WIRE_VERSION = 2
 _FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
 
@@ -245,8 +246,8 @@ def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHead
         raise PayloadError(
             f"unsupported wire version {version} (this release reads {WIRE_VERSION})"
         )
-    if not 1 <= num_chunks <= 8:
-        raise PayloadError(f"num_chunks {num_chunks} outside 1..8")
+    if not 1 <= num_chunks <= MAX_CHUNKS:
+        raise PayloadError(f"num_chunks {num_chunks} outside 1..{MAX_CHUNKS}")
     norms = reader.read_array("<f4", num_chunks, "chunk norms")
     if not np.all(np.isfinite(norms)) or np.any(norms < 0):
         raise PayloadError("chunk norms must be finite and non-negative")

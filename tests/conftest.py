@@ -1,5 +1,16 @@
+import os
+
 import numpy as np
 import pytest
+from hypothesis import settings
+
+# Deterministic property tests: the same examples on every run and machine, no example
+# database (a failure found once must not silently replay forever or differ between CI and
+# a laptop), no wall-clock deadline (2 shared cores make timings noise). Set
+# QUICDESIGN_HYPOTHESIS=explore to search with fresh random examples locally.
+settings.register_profile("deterministic", derandomize=True, database=None, deadline=None)
+settings.register_profile("explore", derandomize=False, database=None, deadline=None)
+settings.load_profile(os.environ.get("QUICDESIGN_HYPOTHESIS", "deterministic"))
 
 # The official b=2, l=5 QUIC-FL rows x=2 and x=3 (paper notes, section 5 fixture).
 OFFICIAL_B2_L5_X2 = (

@@ -27,7 +27,7 @@ from quicdesign.compressors.randk import randk_indices
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError, PayloadError
 from quicdesign.randomness import rotation_signs
 from quicdesign.rotation import RotationLayout, rotate
-from quicdesign.testing import check_compressor, parametrize_compressors
+from quicdesign.testing import check_compressor, parametrize_checks
 
 # -------------------------------------------------------------------- conformance
 
@@ -56,9 +56,9 @@ def _build(label):
     return make_compressor(name, **CONFIGURATIONS[label])
 
 
-@parametrize_compressors({label: _build(label) for label in CONFIGURATIONS})
-def test_conformance(compressor):
-    check_compressor(compressor, trials=200)
+@parametrize_checks({label: _build(label) for label in CONFIGURATIONS})
+def test_conformance(compressor, check):
+    check_compressor(compressor, trials=200, checks=[check])
 
 
 def test_registry_names_and_unknown_name():

@@ -68,7 +68,8 @@ __all__ = [
     "write_header",
 ]
 
-WIRE_VERSION = 1
+# 2: rotation layout with up to 64 chunks (EDEN, Hadamard, Kashin payload lengths)
+WIRE_VERSION = 2
 HEADER_SIZE = 4 + 1 + 4 + 4 + 4 + 4
 _F32_MAX = float(np.finfo(np.float32).max)
 
