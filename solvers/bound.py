@@ -211,9 +211,9 @@ def lower_bound(
     -------
     LowerBound
     """
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds >= 0):
+        raise ParameterError(f"seconds must be a finite non-negative number, got {seconds!r}")
     table, dist = _resolve_source(source, distribution)
-    if seconds < 0 or not math.isfinite(seconds):
-        raise ParameterError(f"seconds must be a finite non-negative number, got {seconds}")
     if isinstance(start, (int, np.integer)) and not isinstance(start, bool):
         start = larger_design(table, dist, int(start))
     if isinstance(start, Table):
@@ -502,6 +502,14 @@ def attach_floor(table: Table, floor: dict) -> Table:
     edges = np.asarray(floor["edges"], dtype=np.float64)
     if edges[0] != table.lower or edges[-1] != table.upper:
         raise ParameterError("the floor was computed on another support")
+    # Re-evaluate with the verifier's own code so the stored value re-checks exactly.
+    value = evaluate_rate_penalized(
+        floor["multipliers"],
+        floor["lambda"],
+        floor["rate_bits"],
+        standard_normal_cell_moments(edges),
+    )
+    floor = {**floor, "floor": value}
     vnmse = table.vnmse
     section = {
         "kind": RATE_PENALIZED_KIND,

@@ -324,3 +324,33 @@ def test_entropy_table_floor_reverifies_and_is_refused_when_tampered(tmp_path):
     # A floor stated at a rate below what the table spends proves nothing about it.
     with pytest.raises(TableError, match="below the table's entropy"):
         check_global_bound(_entropy_table_with_floor(tmp_path, rate_bits=1.5))
+
+
+def test_lower_bound_from_a_spec_and_bad_arguments():
+    spec = solvers.DesignSpec(2, 2)
+    result = lower_bound(spec, seconds=0.5)
+    assert 0 < result.bound < result.vnmse
+    with pytest.raises(ValueError, match="Table or a DesignSpec"):
+        lower_bound("b2", seconds=1)
+    with pytest.raises(ValueError, match="seconds"):
+        lower_bound(spec, seconds=-1)
+    table = quicdesign.load_table(3, 4)
+    with pytest.raises(ValueError, match="same bits"):
+        lower_bound(table, start=quicdesign.load_table(2, 5))
+
+
+def test_verifier_needs_numpy_only():
+    """The runtime verifier re-checks a shipped proof without scipy, cvxpy or solvers."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, quicdesign\n"
+        "from quicdesign.bound import check_global_bound\n"
+        "check = check_global_bound(quicdesign.load_table(4, 8))\n"
+        "assert check.recomputed > 0\n"
+        "bad = [m for m in ('scipy', 'cvxpy', 'solvers', 'joblib') if m in sys.modules]\n"
+        "assert not bad, bad\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
