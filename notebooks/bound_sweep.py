@@ -132,7 +132,8 @@ for bits in BITS:
 ax.set_yscale("log")
 ax.set_xlabel("total bits per coordinate, b + 64 p")
 ax.set_ylabel("vNMSE")
-ax.set_title("designs and certified bounds across p (1/32 ... 1/2048)")
+span = f"p = 1/{round(1 / TAILS[0])} ... 1/{round(1 / TAILS[-1])}"
+ax.set_title(f"designs and certified bounds, {span}")
 ax.grid(alpha=0.3, which="both")
 ax.legend(fontsize=7, ncol=2)
 fig.tight_layout()
