@@ -49,12 +49,12 @@ def _cmd_design_entropy(args) -> int:
             certify=not args.no_certify,
         )
         table, eden = result.table, EDEN_VNMSE.get(rate)
-        cert = result.certificate["gap"] if result.certificate else float("nan")
         print(
             f"{rate:>4} {table.shared_bits:>2} {table.num_messages:>4} {result.grid_step:>7.4f} "
             f"{result.vnmse:>9.5g} {eden if eden else '':>7} "
             f"{format(result.vnmse / eden, '.3f') if eden else '':>6} "
-            f"{result.expected_bits:>13.4f} {cert:>9.1e}"
+            f"{result.expected_bits:>13.4f} {_cert_gap(result):>9}",
+            flush=True,
         )
         failed += not result.success
         if out is not None:
@@ -138,6 +138,11 @@ def _refuse_overwrite(out: Path, names, args) -> None:
         )
 
 
+def _cert_gap(result) -> str:
+    """The LP certificate's gap, or ``off`` when --no-certify skipped it."""
+    return format(result.certificate["gap"], ".1e") if result.certificate else "off"
+
+
 def _quality_report(results) -> str:
     lines = [
         f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'certified':>11} {'within':>7} "
@@ -148,13 +153,13 @@ def _quality_report(results) -> str:
         t = r.table
         official = REFERENCE_VNMSE.get((t.bits, t.shared_bits))
         eden = EDEN_VNMSE.get(t.bits)
-        cert = r.certificate["gap"] if r.certificate else float("nan")
+        cert = _cert_gap(r)
         lines.append(
             f"{t.bits:>2} {t.shared_bits:>2} {t.tail_prob:>9.3g} {t.threshold:>7.4f} "
             f"{t.vnmse:>11.6g} {_bound_columns(t)} {official if official else '':>9} "
             f"{format(t.vnmse / official, '.4f') if official else '':>6} "
             f"{eden if eden else '':>7} {1 / (4**t.bits - 1):>10.4g} "
-            f"{t.bits + 64 * t.tail_prob:>10.4f} {cert:>9.1e} {r.wall_time:>6.2f}"
+            f"{t.bits_per_coordinate:>10.4f} {cert:>9} {r.wall_time:>6.2f}"
         )
     return "\n".join(lines)
 
@@ -171,12 +176,19 @@ def _bound_columns(table) -> str:
 
 def _cmd_tables_list(args) -> int:
     folder = Path(args.path) if args.path else shipped_tables_dir()
-    print(f"{'bits':>4} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11}  directory")
-    for e in list_tables(folder):
+    entries = list_tables(folder)  # refuse a bad path before printing anything
+    print(
+        f"{'bits':>4} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11} "
+        f"{'bits/coord':>10} {'coding':>8}  directory"
+    )
+    for e in entries:
         vnmse = "" if e.get("vnmse") is None else format(e["vnmse"], ".6g")
+        expected = e.get("expected_bits")
+        coding = "fixed" if expected is None else "entropy"
+        per_coordinate = e["bits"] + 64 * e["tail_prob"] if expected is None else expected
         print(
             f"{e['bits']:>4} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} {e['threshold']:>9.4f} "
-            f"{vnmse:>11}  {e['directory']}"
+            f"{vnmse:>11} {per_coordinate:>10.4f} {coding:>8}  {e['directory']}"
         )
     return 0
 
@@ -226,13 +238,21 @@ def _cmd_tables_verify(args) -> int:
             f"{table.name:<16} {'ok' if ok else 'FAILED':<6} bias {report.max_bias:.1e} "
             f"simplex {report.max_simplex_violation:.1e} vNMSE {report.recomputed_vnmse:.6g} "
             f"(recorded {report.recorded_vnmse}) {bound_text}"
+            + (f" failed: {', '.join(report.failures)}" if report.failures else "")
         )
     return 1 if bad else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``quicdesign`` command."""
-    parser = _Parser(prog="quicdesign", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    parser = _Parser(
+        prog="quicdesign",
+        description="Design, inspect and benchmark near-optimal unbiased quantizers "
+        "(QUIC-FL) and run federated-learning experiments.",
+    )
+    parser.add_argument("--version", action="version", version=f"quicdesign {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     design = commands.add_parser("design", help="design tables and print their quality")
@@ -251,8 +271,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=int_list("shared_bits", 0, DESIGN_MAX_SHARED_BITS),
         help=f"shared bits l in 0..{DESIGN_MAX_SHARED_BITS} (default: per b)",
     )
-    design.add_argument("--tail-prob", type=probability, help="tail probability p (1/512)")
-    design.add_argument("--out", help="write the tables and an index to this folder")
+    design.add_argument(
+        "--tail-prob", type=probability, help="tail probability p, e.g. 1/512 (default: 1/512)"
+    )
+    design.add_argument(
+        "--out", help="write the tables and an index to this folder (default: print only)"
+    )
     design.add_argument(
         "--force",
         action="store_true",
@@ -262,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--jobs",
         type=bounded_int("jobs", -1, MAX_JOBS),
         default=-1,
-        help="parallel workers (-1: all cores; 0 is refused)",
+        help="parallel workers; -1 means all cores (default: -1)",
     )
     design.add_argument("--cache-dir", help="design cache folder, table format (off by default)")
     design.add_argument(
@@ -271,7 +295,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=4,
         help=f"optimizer starts per table, 1..{MAX_STARTS} (default: 4)",
     )
-    design.add_argument("--no-certify", action="store_true", help="skip the LP certificate")
+    design.add_argument(
+        "--no-certify", action="store_true", help="skip the LP certificate (default: certify)"
+    )
     design.add_argument(
         "--bound-seconds",
         type=real("bound seconds", 0.0, 3600.0),
@@ -294,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar (default: on a terminal only)",
+        help="progress: a bar on a terminal, one line per table otherwise (default: on)",
     )
     design.set_defaults(run=_cmd_design)
 
@@ -304,9 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     listing.add_argument("--path", help="collection or table folder (default: shipped tables)")
     listing.set_defaults(run=_cmd_tables_list)
     show = table_cmds.add_parser("show", help="print one table and its provenance")
-    show.add_argument("bits", type=bounded_int("bits", 1, 16))
-    show.add_argument("--shared-bits", type=bounded_int("shared_bits", 0, 12))
-    show.add_argument("--tail-prob", type=probability)
+    show.add_argument("bits", type=bounded_int("bits", 1, 16), help="message bits b")
+    show.add_argument(
+        "--shared-bits",
+        type=bounded_int("shared_bits", 0, 12),
+        help="shared bits l (default: the collection's default table for b)",
+    )
+    show.add_argument(
+        "--tail-prob", type=probability, help="tail probability p, e.g. 1/512 (default: as l)"
+    )
     show.add_argument("--path", help="table or collection folder (default: shipped tables)")
     show.set_defaults(run=_cmd_tables_show)
     check = table_cmds.add_parser("verify", help="re-verify tables (needs the design extra)")
@@ -331,6 +363,34 @@ def _add_optional_commands(commands) -> None:
         module.register(commands)
 
 
+#: The extra (pyproject.toml) that installs each optional module.
+_EXTRA_OF_MODULE = {
+    "cvxpy": "design",
+    "highspy": "design",
+    "joblib": "design",
+    "solvers": "design",
+    "matplotlib": "bench",
+    "sklearn": "bench",
+    "threadpoolctl": "bench",
+    "constriction": "entropy",
+    "torch": "torch",
+    "flwr": "flower",
+    "dask": "dask",
+    "distributed": "dask",
+    "ray": "ray",
+    "numba": "fast",
+    "safetensors": "export",
+}
+
+
+def _extra_providing(module: str | None, args) -> str:
+    top = (module or "").split(".")[0]
+    if top in _EXTRA_OF_MODULE:
+        return _EXTRA_OF_MODULE[top]
+    # scipy and tqdm come with both: name the extra of the command that needed them
+    return "design" if args.command in ("design", "tables") else "bench"
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
     parser = build_parser()
@@ -345,8 +405,9 @@ def main(argv=None) -> int:
         print("quicdesign: interrupted", file=sys.stderr)
         return 130
     except ModuleNotFoundError as exc:
+        extra = _extra_providing(exc.name, args)
         print(
-            f"quicdesign: error: {exc.name} is needed here; install quicdesign[design]",
+            f"quicdesign: error: {exc.name} is needed here; pip install 'quicdesign[{extra}]'",
             file=sys.stderr,
         )
         return 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 
 from .._argtypes import bounded_int, int_list
@@ -19,6 +20,7 @@ def _run_runtime(args):
         clients=args.clients,
         repeats=args.repeats,
         shared_bits=args.shared_bits,
+        progress=args.progress,
     )
     return 0
 
@@ -55,6 +57,12 @@ def register(commands) -> None:
         "--shared-bits",
         type=int_list("shared_bits", 0, 12),
         help="time the shipped tables with these l, e.g. 5,6,8 (default: b's default table)",
+    )
+    runtime.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress: a bar on a terminal, one line per step otherwise (default: on)",
     )
     runtime.set_defaults(run=_run_runtime)
     transform = sub.add_parser("transform", help="Hadamard transform speed")

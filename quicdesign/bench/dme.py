@@ -46,6 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quicdesign._progress import progress
 from quicdesign._validate import writable_dir
 from quicdesign.compressors import COMPRESSORS, make_compressor
 from quicdesign.errors import ParameterError, QuicDesignError
@@ -66,6 +67,7 @@ __all__ = [
     "server_scaling_markdown",
     "cossgd_markdown",
     "plot_nmse_vs_bits",
+    "plot_near_bound",
     "plot_server_time",
     "plot_server_scaling",
     "write_csv",
@@ -191,7 +193,9 @@ def bits_parameters(name, bits, dim, overrides=None):
     QSGD uses ``s = 2**(bits-1) - 1`` levels (``ceil(log2(2s+1)) = bits`` bits on the wire;
     ``bits = 1`` falls back to ``s = 1``, which costs 2 bits). Count-Sketch uses
     ``ceil(bits d / (32 rows))`` float32 buckets per row and rand-k keeps ``bits / 32`` of
-    the coordinates, so both send about ``bits`` bits per coordinate. Sign and DRIVE are
+    the coordinates, so both send about ``bits`` bits per coordinate. Kashin quantizes a
+    frame of twice the dimension, so it gets ``max(1, bits // 2)`` bits per frame
+    coefficient (``bits = 1`` costs 2 bits per coordinate). Sign and DRIVE are
     1-bit schemes and ignore ``bits``. Other compressors get ``bits`` when their
     constructor takes it. The measured bits per coordinate are always reported.
     """
@@ -206,6 +210,8 @@ def bits_parameters(name, bits, dim, overrides=None):
         if "k" in overrides or "fraction" in overrides:
             return {}
         return {"fraction": min(1.0, bits / 32)}
+    if name == "kashin":
+        return {"bits": max(1, bits // 2)}
     if name in ("sign", "drive"):
         return {}
     try:
@@ -252,11 +258,29 @@ def _design_vnmse(compressor):
     return float(value) if isinstance(value, (int, float)) else None
 
 
+#: Compressors that need an optional module: name -> (module, extra).
+_OPTIONAL_NEEDS = {"quicfl-ec": ("constriction", "entropy")}
+
+
+def _unavailable(name) -> str | None:
+    """Why compressor ``name`` cannot run here (a missing optional module), or None."""
+    import importlib.util
+
+    module, extra = _OPTIONAL_NEEDS.get(name, (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return f"needs {module} (pip install 'quicdesign[{extra}]')"
+
+
 def _build_configs(specs, bits_list, dim):
     configs, seen = [], set()
     for spec in specs:
         name, overrides = parse_compressor_spec(spec)
         label = str(spec).strip()
+        reason = _unavailable(name)
+        if reason is not None:
+            print(f"bench dme: skipping {label}: {reason}", file=sys.stderr, flush=True)
+            continue
         for bits in bits_list:
             params = {**bits_parameters(name, bits, dim, overrides), **overrides}
             key = (name, tuple(sorted((k, repr(v)) for k, v in params.items())))
@@ -264,12 +288,16 @@ def _build_configs(specs, bits_list, dim):
                 continue
             seen.add(key)
             nominal = params["bits"] if isinstance(params.get("bits"), int) else bits
+            if name == "kashin":  # bits per frame coefficient; the frame is 2d long
+                nominal *= 2
             try:
                 compressor = make_compressor(name, **params)
             except TypeError as exc:
                 raise ParameterError(f"compressor {label!r}: {exc}") from None
             seed_key = zlib.crc32(f"{name}|{key[1]}".encode())
             configs.append(_Config(label, name, nominal, params, compressor, seed_key))
+    if not configs:
+        raise ParameterError("none of the requested compressors can run here (notes above)")
     return configs
 
 
@@ -306,26 +334,9 @@ def _derived_seed(*keys):
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
 
 
-class _NoBar:
-    def update(self, count=1):
-        pass
-
-
-@contextlib.contextmanager
 def _progress(total, enabled, description):
-    """A tqdm.auto bar (closed on exit), or an object whose ``update`` does nothing."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is a convenience; never fail a run for it
-        enabled = False
-    if not enabled:
-        yield _NoBar()
-        return
-    bar = tqdm(total=total, desc=description, leave=False)
-    try:
-        yield bar
-    finally:
-        bar.close()
+    """The shared progress reporter: a bar on a terminal, lines otherwise, or silent."""
+    return progress(total, description, enabled, unit="config")
 
 
 @contextlib.contextmanager
@@ -922,7 +933,63 @@ def plot_nmse_vs_bits(rows, path=None, clients=None):
             ax.set(title=f"{family}: {name}", ylabel=name)
             ax.grid(True, which="major", alpha=0.3)
         axes[1, column].set_xlabel("measured bits per coordinate")
-    axes[0, -1].legend(fontsize=7, loc="upper right")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, names, fontsize=7, loc="outside right upper")
+    if path is not None:
+        figure.savefig(path, dpi=110)
+    return figure
+
+
+#: Compressors whose vNMSE sits near the bound (the comparison that matters).
+NEAR_BOUND = ("quicfl", "quicfl-ec", "eden")
+
+
+def plot_near_bound(rows, path=None):
+    """vNMSE of the near-bound unbiased schemes against measured bits, with error bars.
+
+    One panel per family; the weak baselines are left out so the differences between
+    QUIC-FL, its entropy-coded variant and EDEN are visible. Error bars are one standard
+    error over the trials; the dashed line is the bound ``1/(4^b - 1)`` at the measured
+    bits. Returns None when no near-bound scheme was run.
+    """
+    rows = [r for r in rows if r["compressor"].split(":")[0].strip() in NEAR_BOUND]
+    if not rows:
+        return None
+    rows = [r for r in rows if r["clients"] == min(r["clients"] for r in rows)]
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    figure = _figure(figsize=(4.2 * len(families) + 1.8, 4.2), layout="constrained")
+    axes = figure.subplots(1, len(families), squeeze=False)[0]
+    for ax, family in zip(axes, families, strict=True):
+        mine = [r for r in rows if r["family"] == family]
+        for label in dict.fromkeys(r["compressor"] for r in mine):
+            points = sorted(
+                (r["bits_per_coordinate"], r["vnmse"], r["vnmse_se"] or 0.0)
+                for r in mine
+                if r["compressor"] == label
+            )
+            bits, vnmse, error = zip(*points, strict=True)
+            ax.errorbar(bits, vnmse, yerr=error, fmt="o-", ms=4, capsize=3, label=label)
+        grid = np.linspace(
+            min(r["bits_per_coordinate"] for r in mine),
+            max(r["bits_per_coordinate"] for r in mine),
+            200,
+        )
+        ax.plot(grid, _bound(grid), "k--", lw=1, label="bound 1/(4^b - 1)")
+        ax.set(
+            yscale="log",
+            title=family,
+            xlabel="measured bits per coordinate",
+            ylabel="vNMSE (one client)",
+        )
+        ax.grid(True, which="both", alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, fontsize=8, loc="outside right upper")
+    sample = rows[0]
+    figure.suptitle(
+        f"near-bound unbiased schemes: d = {sample['dim']}, {sample['trials']} trials, "
+        "error bars one standard error",
+        fontsize=9,
+    )
     if path is not None:
         figure.savefig(path, dpi=110)
     return figure
@@ -1010,7 +1077,7 @@ def _run(args):
         _positive_int(args.trials, "trials")
     _nonnegative_int(args.blas_threads, "blas-threads")
     out = writable_dir(args.out) if args.out else None
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = args.progress
     families = args.families or FAMILIES
     if args.sweep:
         rows = run_dme_benchmark(
@@ -1037,6 +1104,7 @@ def _run(args):
             write_csv(rows, out / "dme.csv")
             (out / "dme.md").write_text(table + "\n")
             plot_nmse_vs_bits(rows, out / "dme_nmse_vs_bits.png")
+            plot_near_bound(rows, out / "dme_near_bound.png")
             plot_server_time(rows, out / "dme_server_time.png")
     if args.server_scaling:
         result = run_server_scaling(
@@ -1100,7 +1168,9 @@ def register(sub) -> None:
     parser.add_argument("--clients", type=int, nargs="+", help="client counts n (1 4 16)")
     parser.add_argument("--families", nargs="+", choices=FAMILIES, help="input families (all)")
     parser.add_argument("--trials", type=int, help="independent rounds per configuration (3)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of inputs and rounds (default: 0)"
+    )
     parser.add_argument("--out", help="folder for CSV, Markdown and PNG files")
     parser.add_argument(
         "--progress",

@@ -14,7 +14,7 @@ import numpy as np
 
 from .._wire import packed_size
 from ..randomness import rotation_signs
-from ..rotation import RotationLayout, rotate, unrotate
+from ..rotation import RotationLayout, scaled_rotate, unrotate
 from ._common import BaselineCompressor, SumAggregator, check_bits
 from .base import CompressorProperties
 from .sq import minmax_dequantize, minmax_quantize, read_minmax_side
@@ -68,8 +68,11 @@ class HadamardSQ(BaselineCompressor):
         bits = self._config()[0]
         layout = RotationLayout.for_dim(flat.size)
         signs = rotation_signs(round_seed, layout.rotated_dim, np.float32)
-        rotated = rotate(flat, signs, layout)
-        lo, hi, codes = minmax_quantize(rotated, bits, rng)
+        rotated, exponents = scaled_rotate(flat, signs, layout)
+        # back to true magnitudes in float64; beyond float32 the bounds are refused
+        with np.errstate(over="ignore"):
+            values = np.ldexp(rotated.astype(np.float64), exponents[:, None])
+        lo, hi, codes = minmax_quantize(values, bits, rng)
         writer.write_f32(lo)
         writer.write_f32(hi)
         writer.write_codes(codes, bits)

@@ -31,7 +31,7 @@ import numpy as np
 from .._wire import packed_size
 from ..errors import ParameterError
 from ..randomness import rotation_signs
-from ..rotation import fwht
+from ..rotation import exact_order_fwht, fwht
 from ._common import BaselineCompressor, SumAggregator, check_bits, euclidean_norm
 from .base import CompressorProperties
 from .sq import minmax_dequantize, minmax_quantize, read_minmax_side
@@ -57,11 +57,12 @@ def _forward(residual, signs):
     padded = np.zeros(signs.size, dtype=np.float64)
     padded[: residual.size] = residual
     padded *= signs
-    return fwht(padded)
+    # the client's transforms are BLAS-free so its bytes do not depend on the CPU
+    return exact_order_fwht(padded)
 
 
-def _inverse(coefficients, signs, dim):
-    transformed = fwht(coefficients)
+def _inverse(coefficients, signs, dim, transform=exact_order_fwht):
+    transformed = transform(coefficients)
     transformed *= signs
     return transformed[:dim]
 
@@ -119,7 +120,7 @@ class _FrameSumAggregator(SumAggregator):
         return minmax_dequantize(lo, hi, codes, bits)
 
     def _finalize(self, mean):
-        return _inverse(mean, self._signs, self.dim)
+        return _inverse(mean, self._signs, self.dim, transform=fwht)
 
 
 class KashinSQ(BaselineCompressor):
@@ -171,9 +172,16 @@ class KashinSQ(BaselineCompressor):
     def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
         bits = self._config()[0]
         signs = rotation_signs(round_seed, kashin_frame_dim(flat.size), np.float64)
+        # the coefficients are positively homogeneous in x: compute them for x scaled by a
+        # power of two (exact) so the transforms cannot overflow, then scale back
+        largest = float(np.max(np.abs(flat)))
+        exponent = math.frexp(largest)[1] if largest > 0 else 0
+        scaled = np.ldexp(flat.astype(np.float64), -exponent)
         coefficients = kashin_coefficients(
-            flat, signs, variant=self.variant, eta=self.eta, delta=self.delta
+            scaled, signs, variant=self.variant, eta=self.eta, delta=self.delta
         )
+        with np.errstate(over="ignore"):
+            coefficients = np.ldexp(coefficients, exponent)
         lo, hi, codes = minmax_quantize(coefficients, bits, rng)
         writer.write_f32(lo)
         writer.write_f32(hi)

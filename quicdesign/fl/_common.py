@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import functools
 import operator
-import sys
 import zlib
 
 import numpy as np
 
+from quicdesign._progress import progress_bar
 from quicdesign._validate import check_int as _shared_check_int
 from quicdesign.errors import ParameterError
 
@@ -75,27 +75,6 @@ def check_probability(value, name, *, allow_zero=False) -> float:
     if value > 1:
         raise ParameterError(f"{name} must be at most 1, got {value}")
     return value
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def progress_bar(total, description, enabled):
-    """A tqdm bar on stderr when ``enabled`` (``None``: only on a terminal), else a no-op."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ModuleNotFoundError:  # tqdm is optional; silence is better than failing
-        return _NoBar()
-    return tqdm(total=total, desc=description, leave=False, file=sys.stderr)
 
 
 def single_threaded_blas(function):

@@ -159,7 +159,7 @@ def _execute(job):
 
 
 def _run_jobs(jobs, workers, progress, description):
-    bar = progress_bar(len(jobs), description, progress)
+    bar = progress_bar(len(jobs), description, progress, unit="run")
     if workers <= 1 or len(jobs) <= 1:
         results = []
         for job in jobs:
