@@ -30,6 +30,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _cmd_design_entropy(args) -> int:
+    from solvers.bound import attach_floor, entropy_floor
     from solvers.rate import design_entropy_coded
 
     shared_bits = (args.shared_bits or [6])[0]
@@ -38,7 +39,7 @@ def _cmd_design_entropy(args) -> int:
         _refuse_overwrite(out, [f"rate{rate}-l{shared_bits}" for rate in args.entropy], args)
     print(
         f"{'rate':>4} {'l':>2} {'K':>4} {'step':>7} {'vNMSE':>9} {'EDEN':>7} {'ratio':>6} "
-        f"{'expected bits':>13} {'cert gap':>9}"
+        f"{'expected bits':>13} {'cert gap':>9} {'floor':>11} {'within':>7}"
     )
     defaults, failed = {}, 0
     for rate in args.entropy:
@@ -49,11 +50,17 @@ def _cmd_design_entropy(args) -> int:
             certify=not args.no_certify,
         )
         table, eden = result.table, EDEN_VNMSE.get(rate)
+        floor = entropy_floor(
+            table.manifest["coding"]["entropy_bits"],
+            table.tail_prob,
+            seconds=args.bound_seconds,
+        )
+        table = attach_floor(table, floor)
         print(
             f"{rate:>4} {table.shared_bits:>2} {table.num_messages:>4} {result.grid_step:>7.4f} "
             f"{result.vnmse:>9.5g} {eden if eden else '':>7} "
             f"{format(result.vnmse / eden, '.3f') if eden else '':>6} "
-            f"{result.expected_bits:>13.4f} {_cert_gap(result):>9}",
+            f"{result.expected_bits:>13.4f} {_cert_gap(result):>9} {_bound_columns(table)}",
             flush=True,
         )
         failed += not result.success
@@ -299,7 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-certify", action="store_true", help="skip the LP certificate (default: certify)"
     )
     design.add_argument(
-        "--bound-seconds",
+        "--bound-seconds",  # also the scalar-floor budget of --entropy designs
         type=real("bound seconds", 0.0, 3600.0),
         default=5.0,
         help="ascent budget per table for the certified global lower bound, 0..3600 "

@@ -107,3 +107,12 @@ def test_tables_verify_refuses_a_tampered_bound(tmp_path):
     result = run("tables", "verify", "--path", str(folder))
     assert result.returncode == 1
     assert "REFUSED" in result.stdout and "does not re-evaluate" in result.stdout
+
+
+def test_entropy_design_prints_and_ships_its_scalar_floor(tmp_path, capsys):
+    args = ["design", "--entropy", "2", "--no-certify", "--bound-seconds", "1"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "floor" in out and "%" in out
+    assert main(["tables", "verify", "--path", str(tmp_path)]) == 0
+    assert "within" in capsys.readouterr().out
