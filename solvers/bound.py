@@ -35,6 +35,7 @@ from quicdesign.table import Table
 
 from .design import DesignSpec
 from .distributions import StandardNormal, ValueDistribution, as_distribution
+from .objective import evaluate as evaluate_table
 
 __all__ = [
     "LowerBound",
@@ -256,7 +257,8 @@ def lower_bound(
     ascent = _ProximalBundle(evaluate, 1.0 / np.maximum(moments[0], 1e-300))
     best_rho, best = ascent.run(rho, seconds, max_evaluations, progress)
     evaluation = evaluate_multipliers(best_rho, moments, messages, norm)
-    vnmse = table.vnmse
+    # The table's vNMSE on the bound's own distribution (manifests record the normal's).
+    vnmse = evaluate_table(table.receiver, dist, table.lower, table.upper, gradient=False).vnmse
     bound = evaluation.certified
     return LowerBound(
         bound=bound,

@@ -354,3 +354,18 @@ def test_verifier_needs_numpy_only():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_bound_for_another_distribution_is_below_its_design():
+    """Any ValueDistribution: a Laplace design is bounded on the Laplace law itself."""
+    from scipy import stats
+
+    laplace = stats.laplace(scale=1 / math.sqrt(2))
+    result = solvers.design(2, 4, distribution=laplace, starts=1, certify=False)
+    proof = lower_bound(result.table, distribution=laplace, seconds=2.0)
+    assert proof.distribution["kind"] == "scipy"
+    assert proof.vnmse == pytest.approx(result.vnmse, rel=1e-12)
+    assert 0 < proof.bound < proof.vnmse
+    # The normal-law bound does not apply to it: a different number.
+    normal = lower_bound(result.table, seconds=0.0)
+    assert normal.bound != pytest.approx(proof.bound, rel=1e-3)
