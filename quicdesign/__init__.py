@@ -8,6 +8,7 @@ from ._version import package_version as _package_version
 
 __version__ = _package_version()
 
+from .bound import BoundCheck, check_global_bound
 from .codec import Aggregator, Encoder
 from .convenience import ArrayLayout, compress, decompress
 from .errors import (
@@ -36,6 +37,8 @@ __all__ = [
     "PayloadError",
     "QuicDesignError",
     "SenderRule",
+    "BoundCheck",
+    "check_global_bound",
     "Table",
     "TableChecksumError",
     "TableError",
