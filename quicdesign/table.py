@@ -171,11 +171,15 @@ class Table:
             )
         self.code_model = None if code_model is None else _check_code_model(code_model, expected)
         self._manifest = dict(manifest or {})
-        if "global_bound" in self._manifest and self._manifest["global_bound"] is None:
-            del self._manifest["global_bound"]  # ``with_manifest(global_bound=None)`` drops it
-        self._bound_arrays = None if bound_arrays is None else _check_bound_arrays(bound_arrays)
-        if (self._bound_arrays is None) != ("global_bound" not in self._manifest):
-            raise TableError("a global_bound section and its arrays must come together")
+        if bound_arrays is None:
+            # A bound claim without its proof arrays (e.g. a manifest copied from another
+            # table) proves nothing: it is dropped rather than carried along unchecked.
+            self._manifest.pop("global_bound", None)
+            self._bound_arrays = None
+        else:
+            self._bound_arrays = _check_bound_arrays(bound_arrays)
+            if not isinstance(self._manifest.get("global_bound"), dict):
+                raise TableError("bound arrays need a global_bound manifest section")
 
     # -- parameters -----------------------------------------------------------------
     @property

@@ -369,3 +369,22 @@ def test_bound_for_another_distribution_is_below_its_design():
     # The normal-law bound does not apply to it: a different number.
     normal = lower_bound(result.table, seconds=0.0)
     assert normal.bound != pytest.approx(proof.bound, rel=1e-3)
+
+
+def test_a_claim_without_its_proof_is_dropped_and_arrays_need_a_claim():
+    table = quicdesign.load_table(2)
+    params = dict(
+        bits=2,
+        shared_bits=table.shared_bits,
+        tail_prob=table.tail_prob,
+        lower=table.lower,
+        upper=table.upper,
+    )
+    copied = quicdesign.Table(table.receiver, manifest=table.manifest, **params)
+    assert "global_bound" not in copied.manifest
+    assert check_global_bound(copied) is None
+    manifest = {k: v for k, v in table.manifest.items() if k != "global_bound"}
+    with pytest.raises(TableError, match="need a global_bound"):
+        quicdesign.Table(
+            table.receiver, manifest=manifest, bound_arrays=table.bound_arrays(), **params
+        )
