@@ -254,7 +254,10 @@ def lower_bound(
             gradient = (gradient - gradient[mirror]) / 2
         return evaluation.value, gradient
 
-    ascent = _ProximalBundle(evaluate, 1.0 / np.maximum(moments[0], 1e-300))
+    # Cells without mass (empirical laws) do not enter L: never move their multiplier.
+    mass = moments[0]
+    inverse_mass = np.where(mass > 0, 1.0 / np.where(mass > 0, mass, 1.0), 0.0)
+    ascent = _ProximalBundle(evaluate, inverse_mass)
     best_rho, best = ascent.run(rho, seconds, max_evaluations, progress)
     evaluation = evaluate_multipliers(best_rho, moments, messages, norm)
     # The table's vNMSE on the bound's own distribution (manifests record the normal's).

@@ -388,3 +388,11 @@ def test_a_claim_without_its_proof_is_dropped_and_arrays_need_a_claim():
         quicdesign.Table(
             table.receiver, manifest=manifest, bound_arrays=table.bound_arrays(), **params
         )
+
+
+def test_bound_for_an_empirical_sample():
+    sample = np.random.default_rng(5).standard_t(df=5, size=3000)
+    result = solvers.design(1, 3, distribution=sample, starts=1, certify=False)
+    proof = lower_bound(result.table, distribution=sample, seconds=1.0)
+    assert np.all(np.isfinite(proof.multipliers))
+    assert 0 < proof.bound < proof.vnmse
