@@ -157,7 +157,7 @@ def test_import_stays_light():
     "args, needle",
     [
         (["--bits", "0"], "bits"),
-        (["--bits", "x"], "invalid int"),
+        (["--bits", "x"], "integers like 1-4"),
         (["--dim", "0"], "dim"),
         (["--trials", "0"], "trials"),
         (["--clients", "-2"], "clients"),
@@ -181,3 +181,18 @@ def test_bad_options_give_one_line_and_exit_2(args, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("quicdesign: error:") and needle in lines[0], lines[0]
+
+
+def test_list_options_take_the_same_syntax_as_the_other_commands(capsys):
+    from quicdesign.cli import main
+
+    argv = "bench dme --small --compressors sq --families normal --trials 1 --no-progress"
+    code = main([*argv.split(), "--bits", "1-2", "4", "--clients", "1,2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert [line.split("|")[2].strip() for line in out.splitlines() if "| sq |" in line] == [
+        "bits=1",
+        "bits=2",
+        "bits=4",
+    ]
+    assert "n=2" in out
