@@ -10,6 +10,7 @@ __version__ = _package_version()
 
 from .codec import Aggregator, Encoder
 from .convenience import ArrayLayout, compress, decompress
+from .direct import DirectAggregator, DirectEncoder
 from .errors import (
     InputDTypeError,
     InputVectorError,
@@ -22,11 +23,14 @@ from .errors import (
     TableVersionError,
 )
 from .sender import SenderRule
+from .shard import merge
 from .table import Table, list_tables, load_entropy_table, load_table, shipped_tables_dir
 
 __all__ = [
     "Aggregator",
     "ArrayLayout",
+    "DirectAggregator",
+    "DirectEncoder",
     "Encoder",
     "compress",
     "decompress",
@@ -43,6 +47,7 @@ __all__ = [
     "TableVersionError",
     "__version__",
     "list_tables",
+    "merge",
     "load_entropy_table",
     "load_table",
     "shipped_tables_dir",

@@ -67,6 +67,47 @@ def _cmd_design_entropy(args) -> int:
     return 1 if failed else 0
 
 
+_MAX_SAMPLE_FILE_BYTES = 1 << 30
+
+
+def _distribution(text: str):
+    """``--distribution``: ``(label, law)`` with law None for the standard normal."""
+    from scipy import stats
+
+    kind, _, value = text.partition(":")
+    try:
+        if text == "normal":
+            return "normal", None
+        if kind == "t" and value:
+            df = float(value)
+            if not 2 < df < 1e6:
+                raise ValueError("t needs 2 < DF (a finite variance)")
+            return f"t{value}", stats.t(df)
+        if text in ("laplace", "logistic"):
+            return text, getattr(stats, text)()
+        if kind == "samples" and value:
+            return f"samples-{Path(value).stem}", _read_samples(Path(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad --distribution {text!r}: {exc}") from None
+    raise argparse.ArgumentTypeError(
+        f"--distribution must be normal, t:DF, laplace, logistic or samples:FILE.npy, got {text!r}"
+    )
+
+
+def _read_samples(path: Path):
+    import numpy as np
+
+    if not path.is_file() or path.stat().st_size > _MAX_SAMPLE_FILE_BYTES:
+        raise ValueError(f"{path} is not a regular .npy file of at most 1 GiB")
+    from ._export import read_npy
+
+    with open(path, "rb") as stream:
+        samples = read_npy(stream, _MAX_SAMPLE_FILE_BYTES)
+    if samples.dtype.kind != "f" or samples.size < 2 or not np.all(np.isfinite(samples)):
+        raise ValueError(f"{path} must hold at least 2 finite floats")
+    return samples.ravel()
+
+
 def _cmd_design(args) -> int:
     if args.entropy:
         return _cmd_design_entropy(args)
@@ -79,12 +120,24 @@ def _cmd_design(args) -> int:
         bits_list = args.bits or [1, 2, 3, 4]
         tail = DEFAULT_TAIL_PROB if args.tail_prob is None else args.tail_prob
         specs = []
+        label, law = args.distribution or ("normal", None)
+        if args.input_model != "direct" and law is not None:
+            raise ParameterError(
+                "--distribution needs --input-model direct: with rotation the table sees "
+                "values close to N(0, 1) whatever the input law"
+            )
+        input_model = args.input_model
         for bits in bits_list:
             shared = args.shared_bits or [DEFAULT_SHARED_BITS.get(bits, 0)]
-            specs += [DesignSpec(bits, shared_bits, tail) for shared_bits in shared]
+            specs += [
+                DesignSpec(bits, shared_bits, tail, None, law, input_model)
+                for shared_bits in shared
+            ]
+    suffix = f"-direct-{args.distribution[0] if args.distribution else 'normal'}"
+    suffix = suffix if not args.defaults and args.input_model == "direct" else ""
     out = writable_dir(args.out) if args.out else None
     if out is not None:
-        names = [table_name(spec.bits, spec.shared_bits, spec.tail_prob) for spec in specs]
+        names = [table_name(spec.bits, spec.shared_bits, spec.tail_prob) + suffix for spec in specs]
         _refuse_overwrite(out, names, args)
     if args.cache_dir:
         writable_dir(args.cache_dir)
@@ -101,11 +154,16 @@ def _cmd_design(args) -> int:
     print(_quality_report(results))
     print(f"\n{len(results)} tables designed in {wall:.1f} s wall (n_jobs={args.jobs})")
     failed = [r for r in results if not r.success]
+    for result in results:
+        if suffix:
+            law = result.table.input_model["input_law"]
+            name = f"{law.get('name', law.get('kind'))} {law.get('args', '')}".strip()
+            print(f"{result.table.name}{suffix}: design vNMSE {result.vnmse:.6g} on {name}")
     if out is not None:
         for result in results:
-            result.table.save(out / result.table.name)
+            result.table.save(out / (result.table.name + suffix))
         defaults = {
-            r.table.bits: r.table.name
+            r.table.bits: r.table.name + suffix
             for r in results
             if r.table.shared_bits == DEFAULT_SHARED_BITS.get(r.table.bits)
         }
@@ -189,13 +247,7 @@ def _cmd_tables_show(args) -> int:
 def _cmd_tables_verify(args) -> int:
     from solvers.verify import verify
 
-    from .table import Table, _is_table_dir, _load_entry, _read_index
-
-    folder = Path(args.path) if args.path else shipped_tables_dir()
-    if _is_table_dir(folder):
-        tables = [Table.load(folder)]
-    else:
-        tables = [_load_entry(folder, entry) for entry in _read_index(folder)["tables"]]
+    tables = _collection_tables(Path(args.path) if args.path else shipped_tables_dir())
     bad = 0
     for table in tables:
         report = verify(table)
@@ -207,6 +259,84 @@ def _cmd_tables_verify(args) -> int:
             + (f" failed: {', '.join(report.failures)}" if report.failures else "")
         )
     return 1 if bad else 0
+
+
+def _collection_tables(folder: Path):
+    """Every table of a table directory or collection (validated on load)."""
+    from .table import Table, _is_table_dir, _load_entry, _read_index
+
+    if _is_table_dir(folder):
+        return [Table.load(folder)]
+    return [_load_entry(folder, entry) for entry in _read_index(folder)["tables"]]
+
+
+def _cmd_tables_export(args) -> int:
+    out = writable_dir(args.out)
+    if args.path:
+        tables = [(t.name, t) for t in _collection_tables(Path(args.path))]
+    else:
+        tables = [(t.name, t) for t in _collection_tables(shipped_tables_dir())]
+        entropy = _collection_tables(shipped_tables_dir() / "entropy")
+        tables += [(f"entropy-{t.name}", t) for t in entropy]
+    for name, table in tables:
+        target = table.save(out / f"{name}.{args.format}", format=args.format)
+        print(f"{target}  fingerprint {table.fingerprint.hex()}")
+    print(f"{len(tables)} tables exported as {args.format} to {out}")
+    return 0
+
+
+def _exact_vnmse(table) -> tuple[float | None, str]:
+    """vNMSE on N(0, 1) recomputed exactly (design extra) or the recorded value."""
+    try:
+        from solvers.distributions import StandardNormal
+        from solvers.objective import evaluate
+    except ImportError:
+        return table.vnmse, "recorded"
+    value = evaluate(table.receiver, StandardNormal(), *table.support, gradient=False).vnmse
+    return value, "recomputed"
+
+
+def _cmd_tables_diff(args) -> int:
+    import numpy as np
+
+    from .table import Table
+
+    tables = [Table.load(Path(args.a)), Table.load(Path(args.b))]
+    for label, path, table in zip("AB", (args.a, args.b), tables, strict=True):
+        print(f"{label}: {path}  {table!r}  fingerprint {table.fingerprint.hex()}")
+    a, b = tables
+    fields = ("bits", "shared_bits", "tail_prob", "lower", "upper")
+    differ = [
+        f"{f} {getattr(a, f)!r} vs {getattr(b, f)!r}"
+        for f in fields
+        if getattr(a, f) != getattr(b, f)
+    ]
+    print("parameters: " + ("identical" if not differ else "differ: " + "; ".join(differ)))
+    if a.receiver.shape == b.receiver.shape:
+        delta = np.abs(a.receiver - b.receiver)
+        h, x = np.unravel_index(int(np.argmax(delta)), delta.shape)
+        print(
+            f"max |dR|: {delta[h, x]:.3e} at h={h}, x={x} (max |R| {np.abs(a.receiver).max():.4g})"
+        )
+    else:
+        print(f"max |dR|: receivers differ in shape {a.receiver.shape} vs {b.receiver.shape}")
+    (va, source), (vb, _) = _exact_vnmse(a), _exact_vnmse(b)
+    if va is not None and vb is not None:
+        print(f"vNMSE on N(0,1) ({source}): A {va:.9g}  B {vb:.9g}  B/A - 1 = {vb / va - 1:+.3e}")
+    if a.code_model is not None or b.code_model is not None:
+        same_model = (
+            a.code_model is not None
+            and b.code_model is not None
+            and np.array_equal(a.code_model, b.code_model)
+        )
+        print(f"code model: {'identical' if same_model else 'differs'}")
+    same = a.fingerprint == b.fingerprint
+    print(
+        "same table: payloads are interchangeable"
+        if same
+        else "different tables: payloads made with one are refused by the other"
+    )
+    return 0 if same else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -239,6 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     design.add_argument(
         "--tail-prob", type=probability, help="tail probability p, e.g. 1/512 (default: 1/512)"
+    )
+    design.add_argument(
+        "--input-model",
+        choices=("rotated", "direct"),
+        default="rotated",
+        help="rotated: for Encoder (inputs become ~N(0,1)); direct: for DirectEncoder, "
+        "designed for --distribution after unit-RMS scaling (default: rotated)",
+    )
+    design.add_argument(
+        "--distribution",
+        type=_distribution,
+        help="value law for --input-model direct: normal, t:DF, laplace, logistic or "
+        "samples:FILE.npy, a float array read without pickle (default: normal)",
     )
     design.add_argument(
         "--out", help="write the tables and an index to this folder (default: print only)"
@@ -303,6 +446,26 @@ def build_parser() -> argparse.ArgumentParser:
     check = table_cmds.add_parser("verify", help="re-verify tables (needs the design extra)")
     check.add_argument("--path", help="table or collection folder (default: shipped tables)")
     check.set_defaults(run=_cmd_tables_verify)
+    export = table_cmds.add_parser(
+        "export", help="write tables as safetensors or npz files (all parameters in metadata)"
+    )
+    export.add_argument(
+        "--format",
+        choices=("safetensors", "npz"),
+        required=True,
+        help="safetensors (needs the export extra) or npz",
+    )
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument(
+        "--path", help="table or collection folder (default: shipped tables, entropy included)"
+    )
+    export.set_defaults(run=_cmd_tables_export)
+    diff = table_cmds.add_parser(
+        "diff", help="compare two tables: fingerprints, max |dR|, vNMSE (exit 1 if different)"
+    )
+    diff.add_argument("a", help="table folder or .safetensors/.npz file")
+    diff.add_argument("b", help="table folder or .safetensors/.npz file")
+    diff.set_defaults(run=_cmd_tables_diff)
 
     _add_optional_commands(commands)
     return parser

@@ -20,6 +20,7 @@ def _run_runtime(args):
         clients=args.clients,
         repeats=args.repeats,
         progress=args.progress,
+        blas_threads=args.blas_threads,
     )
     return 0
 
@@ -53,6 +54,12 @@ def register(commands) -> None:
     )
     runtime.add_argument("--repeats", type=repeats, default=5, help="timed runs (default: 5)")
     runtime.add_argument(
+        "--blas-threads",
+        type=bounded_int("blas-threads", 1, 1024),
+        default=1,
+        help="BLAS threads while timing (default: 1, pinned with threadpoolctl)",
+    )
+    runtime.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
@@ -64,7 +71,7 @@ def register(commands) -> None:
     transform.add_argument("--repeats", type=repeats, default=7, help="timed runs (default: 7)")
     transform.set_defaults(run=_run_transform)
     # Benchmarks that live in their own modules register themselves when present.
-    for name in ("dme",):
+    for name in ("dme", "distributed", "stratified"):
         try:
             module = importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import operator
 import zlib
 
 import numpy as np
 
 from quicdesign._progress import progress_bar
+from quicdesign._threads import single_threaded_blas
 from quicdesign._validate import check_int as _shared_check_int
 from quicdesign.errors import ParameterError
 
@@ -75,23 +75,3 @@ def check_probability(value, name, *, allow_zero=False) -> float:
     if value > 1:
         raise ParameterError(f"{name} must be at most 1, got {value}")
     return value
-
-
-def single_threaded_blas(function):
-    """Run ``function`` with BLAS limited to one thread (when threadpoolctl is installed).
-
-    Simulations are many tiny matrix products, where BLAS threads cost far more than they
-    gain: a ``(10, 1669) @ (1669, 100)`` product took 50 ms with threads on a loaded
-    2-core machine and 0.3 ms without.
-    """
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            from threadpoolctl import threadpool_limits
-        except ModuleNotFoundError:  # optional: without it BLAS keeps its own setting
-            return function(*args, **kwargs)
-        with threadpool_limits(1, user_api="blas"):
-            return function(*args, **kwargs)
-
-    return wrapper
