@@ -196,3 +196,17 @@ def test_list_options_take_the_same_syntax_as_the_other_commands(capsys):
         "bits=4",
     ]
     assert "n=2" in out
+
+
+def test_figures_carry_d_n_trials_and_keep_legends_off_the_data(small_rows):
+    pytest.importorskip("matplotlib")
+    from quicdesign.bench.dme import plot_nmse_vs_bits, plot_server_time
+
+    sample = small_rows[0]
+    clients = max(r["clients"] for r in small_rows)
+    caption = plot_nmse_vs_bits(small_rows).get_suptitle()
+    for part in (f"d = {sample['dim']}", f"n = {clients}", f"{sample['trials']} trials"):
+        assert part in caption, caption
+    timing = plot_server_time(small_rows)
+    assert timing.axes[0].get_legend() is None and timing.legends  # outside the axes
+    assert f"median of {sample['trials']} trials" in timing.axes[0].get_title()
