@@ -22,7 +22,9 @@ from .errors import ParameterError, TableChecksumError, TableError, TableNotFoun
 
 EXPORT_FORMAT = "quicdesign-table-export/1"
 EXPORT_SUFFIXES = {".safetensors": "safetensors", ".npz": "npz"}
-_ARRAY_NAMES = ("receiver", "code_model")
+# The global bound's proof (1-D), carried when the table has one.
+_BOUND_NAMES = ("bound_edges", "bound_multipliers")
+_ARRAY_NAMES = ("receiver", "code_model", *_BOUND_NAMES)
 _FLOAT_FIELDS = ("tail_prob", "lower", "upper")
 # A 256 x 256 receiver and code model, plus a generous manifest.
 _MAX_EXPORT_BYTES = 2 * 256 * 256 * 8 + (4 << 20)
@@ -51,6 +53,8 @@ def _tensors(table) -> dict[str, np.ndarray]:
     arrays = {"receiver": table.receiver}
     if table.code_model is not None:
         arrays["code_model"] = table.code_model
+    if table._bound_arrays is not None:
+        arrays.update(zip(_BOUND_NAMES, table._bound_arrays, strict=True))
     return {name: np.ascontiguousarray(array, dtype="<f8") for name, array in arrays.items()}
 
 
@@ -167,8 +171,12 @@ def load_export(table_class, path):
     if "receiver" not in arrays:
         raise TableError(f"{path}: no receiver tensor")
     for name, array in arrays.items():
-        if array.dtype != np.float64 or array.ndim != 2:
-            raise TableError(f"{path}: {name} must be a 2-D float64 tensor")
+        ndim = 1 if name in _BOUND_NAMES else 2
+        if array.dtype != np.float64 or array.ndim != ndim:
+            raise TableError(f"{path}: {name} must be a {ndim}-D float64 tensor")
+    bound = [arrays.get(name) for name in _BOUND_NAMES]
+    if (bound[0] is None) != (bound[1] is None):
+        raise TableError(f"{path}: the global bound needs both {' and '.join(_BOUND_NAMES)}")
     try:
         values = {name: float.fromhex(metadata[name]) for name in _FLOAT_FIELDS}
         bits, shared_bits = int(metadata["bits"]), int(metadata["shared_bits"])
@@ -184,6 +192,7 @@ def load_export(table_class, path):
         shared_bits=shared_bits,
         manifest={k: v for k, v in manifest.items() if k not in _LAYOUT_KEYS},
         code_model=arrays.get("code_model"),
+        bound_arrays=None if bound[0] is None else tuple(bound),
         **values,
     )
     if table.fingerprint.hex() != recorded:
