@@ -167,6 +167,12 @@ class DirectAggregator(WeightedSumAggregator):
     def _merge_key(self) -> tuple:
         return ("direct", self.table.fingerprint, self._tag, self.dim)
 
+    def _shard_identity(self) -> tuple[bytes, bytes]:
+        return DIRECT_MAGIC, self.table.fingerprint
+
+    def _shard_source(self) -> Table:
+        return self.table
+
     def _decode(self, payload, weight: float):
         table = self.table
         reader = PayloadReader(payload)
