@@ -204,6 +204,11 @@ def _empty_aggregator(source, state: ShardState):
 
         if state.scheme == ENTROPY_MAGIC:
             return EntropyAggregator(source, state.round_seed, state.dim)
+        from .direct import DIRECT_MAGIC, DirectAggregator
+
+        if state.scheme == DIRECT_MAGIC:
+            # force: the shard's table fingerprint is checked when it is loaded
+            return DirectAggregator(source, state.round_seed, state.dim, force=True)
         raise PayloadError(f"shard scheme {state.scheme!r} is not decoded with a table")
     raise ParameterError(
         f"source must be a quicdesign.Table or a Compressor, got {type(source).__name__}"
