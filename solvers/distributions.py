@@ -21,6 +21,7 @@ __all__ = [
     "ScipyDistribution",
     "EmpiricalDistribution",
     "as_distribution",
+    "RotatedChunkLaw",
     "rms_normalized",
     "seen_after_rms",
 ]
@@ -220,3 +221,19 @@ def seen_after_rms(
         # a symmetric law: mirror the draws so the design (and its tails) stay symmetric
         draws = np.concatenate([draws, -draws])
     return EmpiricalDistribution(draws)
+
+
+class RotatedChunkLaw(ScipyDistribution):
+    """Exact law of one coordinate of a uniformly rotated chunk of ``n`` values scaled to
+    unit RMS: ``sqrt(n) * u`` with ``u`` a coordinate of a uniform point on the sphere,
+    i.e. ``(z / sqrt(n) + 1) / 2 ~ Beta((n-1)/2, (n-1)/2)`` on ``|z| < sqrt(n)``. It tends
+    to N(0, 1) as ``n`` grows; designing for it is what "rotated" means for small chunks.
+    """
+
+    def __init__(self, chunk_size: int):
+        if not isinstance(chunk_size, int) or chunk_size < 4 or chunk_size & (chunk_size - 1):
+            raise ParameterError(f"chunk_size must be a power of two >= 4, got {chunk_size!r}")
+        half = (chunk_size - 1) / 2
+        root = math.sqrt(chunk_size)
+        super().__init__(stats.beta(half, half, loc=-root, scale=2 * root))
+        self.description = {"kind": "rotated_chunk", "chunk_size": chunk_size}
