@@ -8,6 +8,7 @@ from ._version import package_version as _package_version
 
 __version__ = _package_version()
 
+from .bound import BoundCheck, check_global_bound
 from .codec import Aggregator, Encoder
 from .convenience import ArrayLayout, compress, decompress
 from .direct import DirectAggregator, DirectEncoder
@@ -40,6 +41,8 @@ __all__ = [
     "PayloadError",
     "QuicDesignError",
     "SenderRule",
+    "BoundCheck",
+    "check_global_bound",
     "Table",
     "TableChecksumError",
     "TableError",

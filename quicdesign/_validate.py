@@ -88,7 +88,7 @@ def check_weight(weight) -> float:
     Only real numbers (``int``, ``float``, numpy integers and floats) are accepted: a bool,
     a string or a complex number is a caller bug, not a weight. The range ``[2**-256,
     2**256]`` keeps every weighted running sum exact to float64 rounding: decoded
-    contributions stay below ``2**160`` and a round has at most ``2**32`` clients, so the
+    contributions stay below ``2**192`` and a round has at most ``2**32`` clients, so the
     totals can neither overflow nor underflow into subnormals (``5e-324`` would).
     """
     if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, numbers.Real):

@@ -55,16 +55,21 @@ _KERNEL_BLOCK = 8
 _FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
 
 
-def round_tag(round_seed: int, *, stratified: bool = False) -> int:
-    """32-bit tag of a round seed carried in payloads (detects cross-round mixups).
-
-    Rounds with stratified shared values (``docs/randomness.md``) use another
-    personalisation, so a payload is never decoded with the other mode's ``h``.
-    """
+def _tag(round_seed: int, person: bytes) -> int:
     seed = check_round_seed(round_seed)
-    person = b"quicdesign.tgs1" if stratified else b"quicdesign.tag1"
     digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=person)
     return int.from_bytes(digest.digest(), "little")
+
+
+def round_tag(round_seed: int) -> int:
+    """32-bit tag of a round seed carried in payloads (detects cross-round mixups)."""
+    return _tag(round_seed, b"quicdesign.tag1")
+
+
+def _mode_round_tag(round_seed: int, stratified: bool) -> int:
+    """The payload tag of a round: stratified rounds (``docs/randomness.md``) use another
+    personalisation, so a payload is never decoded with the other mode's ``h``."""
+    return _tag(round_seed, b"quicdesign.tgs1") if stratified else round_tag(round_seed)
 
 
 def _client_shared_values(round_seed, client_id, bits, size, stratified) -> np.ndarray:
@@ -182,7 +187,7 @@ class Encoder:
         check_input_model(table, ROTATED, force)
         self.stratified = _check_stratified(stratified)
         self.round_seed = check_round_seed(round_seed)
-        self._tag = round_tag(self.round_seed, stratified=self.stratified)
+        self._tag = _mode_round_tag(self.round_seed, self.stratified)
         self._rounds: dict[int, _RoundState] = {}
 
     def _state(self, dim: int) -> _RoundState:
@@ -395,7 +400,7 @@ class Aggregator(WeightedSumAggregator):
         self.stratified = _check_stratified(stratified)
         self._state = _RoundState(self.round_seed, dim)  # validates dim
         self.dim = self._state.layout.dim
-        self._tag = round_tag(self.round_seed, stratified=self.stratified)
+        self._tag = _mode_round_tag(self.round_seed, self.stratified)
         self._fingerprint = table.fingerprint
         self._table_digest = _table_digest(table)
         self._flat_receiver = table.receiver.reshape(-1)

@@ -165,6 +165,7 @@ class DirectAggregator(WeightedSumAggregator):
         super().__init__((self.dim,))
 
     def _merge_key(self) -> tuple:
+        # full seeds, not 32-bit tags: two rounds can share a tag
         return (DIRECT_MAGIC, self.table.fingerprint, self.round_seed, self.dim)
 
     def _shard_identity(self) -> tuple[bytes, bytes]:

@@ -46,6 +46,8 @@ from pathlib import Path
 
 import numpy as np
 
+from quicdesign._argtypes import bounded_int, int_list
+from quicdesign._limits import BENCH_MAX_REPEATS, BENCH_MAX_VALUES
 from quicdesign._progress import progress
 from quicdesign._validate import writable_dir
 from quicdesign.compressors import COMPRESSORS, make_compressor
@@ -421,7 +423,12 @@ def run_dme_benchmark(
     bits_list = _int_list(_resolve(bits, "bits", preset), "bits", _MAX_BITS)
     dim = _positive_int(_resolve(dim, "dim", preset), "dim", _MAX_DIM)
     client_counts = _int_list(_resolve(clients, "clients", preset), "clients", 2**16)
-    trials = _positive_int(_resolve(trials, "trials", preset), "trials")
+    trials = _positive_int(_resolve(trials, "trials", preset), "trials", BENCH_MAX_REPEATS)
+    if client_counts[-1] * dim > BENCH_MAX_VALUES:
+        # every client's input vector is held at once
+        raise ParameterError(
+            f"clients x dim = {client_counts[-1]} x {dim} exceeds {BENCH_MAX_VALUES} values"
+        )
     families = _check_families(families)
     seed = _nonnegative_int(seed, "seed")
     specs = (compressors,) if isinstance(compressors, str) else tuple(compressors)
@@ -721,7 +728,9 @@ def run_cossgd_comparison(
     dims = _int_list(dims, "dim", _MAX_DIM)
     families = _check_families(families)
     trials = _positive_int(
-        _resolve(trials, "trials", _SMALL_DEFAULTS if small else _DEFAULTS), "trials"
+        _resolve(trials, "trials", _SMALL_DEFAULTS if small else _DEFAULTS),
+        "trials",
+        BENCH_MAX_REPEATS,
     )
     seed = _nonnegative_int(seed, "seed")
     rows = []
@@ -935,6 +944,11 @@ def plot_nmse_vs_bits(rows, path=None, clients=None):
         axes[1, column].set_xlabel("measured bits per coordinate")
     handles, names = axes[0, 0].get_legend_handles_labels()
     figure.legend(handles, names, fontsize=7, loc="outside right upper")
+    sample = rows[0]
+    figure.suptitle(
+        f"all schemes: d = {sample['dim']}, n = {clients} clients, {sample['trials']} trials",
+        fontsize=9,
+    )
     if path is not None:
         figure.savefig(path, dpi=110)
     return figure
@@ -1004,7 +1018,7 @@ def plot_server_time(rows, path=None, family=None):
     rows = [r for r in rows if r["family"] == family]
     from matplotlib.ticker import NullLocator
 
-    figure = _figure(figsize=(6.5, 4.5), layout="constrained")
+    figure = _figure(figsize=(8, 4.5), layout="constrained")
     ax = figure.subplots()
     for label in dict.fromkeys(r["compressor"] for r in rows):
         top = max(r["bits"] for r in rows if r["compressor"] == label)
@@ -1020,13 +1034,17 @@ def plot_server_time(rows, path=None, family=None):
         yscale="log",
         xlabel="clients n",
         ylabel="server time (ms)",
-        title=f"server aggregation time, d={rows[0]['dim']}, {family}",
+        title=(
+            f"server aggregation time (median of {rows[0]['trials']} trials), "
+            f"d = {rows[0]['dim']}, {family}"
+        ),
     )
     # label the measured n themselves; log-axis minor labels like "2x10^0" only clutter
     ax.set_xticks(counts, labels=[str(n) for n in counts])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7)
+    # outside the axes: ten lines leave no corner of the data free
+    figure.legend(fontsize=7, loc="outside right upper")
     if path is not None:
         figure.savefig(path, dpi=110)
     return figure
@@ -1071,11 +1089,10 @@ def _threads_text(blas_threads):
 def _run(args):
     if not (args.sweep or args.server_scaling or args.cossgd_table):
         raise ParameterError("nothing to run: --no-sweep needs --server-scaling or --cossgd-table")
-    if args.repeats is not None:
-        _positive_int(args.repeats, "repeats")
-    if args.trials is not None:
-        _positive_int(args.trials, "trials")
-    _nonnegative_int(args.blas_threads, "blas-threads")
+    # --bits 1-4 and --bits 1 2 4 both work, as in the other commands
+    for name in ("bits", "clients"):
+        if getattr(args, name) is not None:
+            setattr(args, name, [value for part in getattr(args, name) for value in part])
     out = writable_dir(args.out) if args.out else None
     progress = args.progress
     families = args.families or FAMILIES
@@ -1163,13 +1180,32 @@ def register(sub) -> None:
         help=f"registry names with options, e.g. kashin:variant=tf "
         f"(default: {' '.join(DEFAULT_COMPRESSORS)})",
     )
-    parser.add_argument("--bits", type=int, nargs="+", help="target bits per coordinate (1-4)")
-    parser.add_argument("--dim", type=int, help="vector length d (2^16)")
-    parser.add_argument("--clients", type=int, nargs="+", help="client counts n (1 4 16)")
-    parser.add_argument("--families", nargs="+", choices=FAMILIES, help="input families (all)")
-    parser.add_argument("--trials", type=int, help="independent rounds per configuration (3)")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of inputs and rounds (default: 0)"
+        "--bits",
+        type=int_list("bits", 1, _MAX_BITS),
+        nargs="+",
+        help="target bits per coordinate, e.g. 1-4 or 1,2,4 (default: 1-4)",
+    )
+    parser.add_argument(
+        "--dim", type=bounded_int("dim", 1, _MAX_DIM), help="vector length d (2^16)"
+    )
+    parser.add_argument(
+        "--clients",
+        type=int_list("clients", 1, 2**16),
+        nargs="+",
+        help="client counts n, e.g. 1,4,16 (default: 1,4,16)",
+    )
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, help="input families (all)")
+    parser.add_argument(
+        "--trials",
+        type=bounded_int("trials", 1, BENCH_MAX_REPEATS),
+        help="independent rounds per configuration (3)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=bounded_int("seed", 0, 2**63 - 1),
+        default=0,
+        help="seed of inputs and rounds (default: 0)",
     )
     parser.add_argument("--out", help="folder for CSV, Markdown and PNG files")
     parser.add_argument(
@@ -1195,10 +1231,14 @@ def register(sub) -> None:
         action="store_true",
         help="also compare CosSGD with uniform quantizers at 1-8 bits",
     )
-    parser.add_argument("--repeats", type=int, help="timed runs for --server-scaling (5)")
+    parser.add_argument(
+        "--repeats",
+        type=bounded_int("repeats", 1, BENCH_MAX_REPEATS),
+        help="timed runs for --server-scaling (5)",
+    )
     parser.add_argument(
         "--blas-threads",
-        type=int,
+        type=bounded_int("blas-threads", 0, 1024),
         default=1,
         help="BLAS threads while timing (1; 0 keeps the library default)",
     )

@@ -25,7 +25,7 @@ from .._progress import progress as reporter
 from .._validate import check_int
 from ..codec import Aggregator, Encoder
 from ..errors import ParameterError
-from ..table import load_table
+from ..table import list_tables, load_table
 from .transform import _median_seconds
 
 __all__ = ["bench_runtime"]
@@ -62,7 +62,14 @@ def _blas_limit(threads):
 
 
 def bench_runtime(
-    dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0, progress=None, blas_threads=1
+    dim=2**20,
+    bits=(1, 2, 4),
+    clients=16,
+    repeats=5,
+    seed=0,
+    progress=None,
+    blas_threads=1,
+    shared_bits=None,
 ):
     """Time the QUIC-FL encoder and aggregator and print a table of figures.
 
@@ -82,6 +89,9 @@ def bench_runtime(
         False: silent; otherwise a bar on a terminal, one line per timed step elsewhere.
     blas_threads : int or None
         BLAS threads while timing (default 1); None leaves BLAS as configured.
+    shared_bits : sequence of int, optional
+        Shared bits ``l`` of the shipped tables to time for every bit width (the default
+        table only when omitted; widths without such a table are skipped).
 
     Returns
     -------
@@ -108,10 +118,10 @@ def bench_runtime(
     rng = np.random.default_rng(seed)
     vectors = rng.lognormal(size=(clients, dim)).astype(np.float32)
     with contextlib.nullcontext() if blas_threads is None else _blas_limit(blas_threads):
-        return _bench_all(vectors, bits, repeats, seed, progress, blas_threads)
+        return _bench_all(vectors, bits, repeats, seed, progress, blas_threads, shared_bits)
 
 
-def _bench_all(vectors, bits, repeats, seed, progress, blas_threads):
+def _bench_all(vectors, bits, repeats, seed, progress, blas_threads, shared_bits=None):
     clients, dim = vectors.shape
     rows = []
     threads = "as configured" if blas_threads is None else str(blas_threads)
@@ -125,9 +135,16 @@ def _bench_all(vectors, bits, repeats, seed, progress, blas_threads):
         f"{'bytes/coord':>11}"
     )
     print(header, flush=True)
-    with reporter(3 * len(bits), "bench runtime", progress, unit="step") as bar:
-        for b in bits:
-            row = _bench_bits(b, vectors, repeats, seed, bar)
+    available = {(e["bits"], e["shared_bits"]) for e in list_tables()}
+    grid = [
+        (b, shared)
+        for b in bits
+        for shared in (shared_bits or [None])
+        if shared is None or (b, shared) in available
+    ]
+    with reporter(3 * len(grid), "bench runtime", progress, unit="step") as bar:
+        for b, shared in grid:
+            row = _bench_bits(b, vectors, repeats, seed, bar, shared)
             rows.append(row)
             _print_row(b, row)
     print(
@@ -198,9 +215,9 @@ def _kernels_choice(choice):
             os.environ[KERNELS_ENV] = previous
 
 
-def _bench_bits(b, vectors, repeats, seed, bar):
+def _bench_bits(b, vectors, repeats, seed, bar, shared_bits=None):
     clients, dim = vectors.shape
-    table = load_table(b)
+    table = load_table(b, shared_bits)
     encoder = Encoder(table, round_seed=1)
     private = np.random.default_rng(seed + 1)
     encode_s = _median_seconds(lambda: encoder.encode(vectors[0], 0, rng=private), repeats)

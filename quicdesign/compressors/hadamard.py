@@ -17,7 +17,7 @@ from ..randomness import rotation_signs
 from ..rotation import RotationLayout, scaled_rotate, unrotate
 from ._common import BaselineCompressor, SumAggregator, check_bits
 from .base import CompressorProperties
-from .sq import minmax_dequantize, minmax_quantize, read_minmax_side
+from .sq import check_minmax_magnitude, minmax_dequantize, minmax_quantize, read_minmax_side
 
 __all__ = ["HadamardSQ"]
 
@@ -69,6 +69,7 @@ class HadamardSQ(BaselineCompressor):
         layout = RotationLayout.for_dim(flat.size)
         signs = rotation_signs(round_seed, layout.rotated_dim, np.float32)
         rotated, exponents = scaled_rotate(flat, signs, layout)
+        check_minmax_magnitude(rotated, exponents)  # before ldexp can flush it to 0
         # back to true magnitudes in float64; beyond float32 the bounds are refused
         with np.errstate(over="ignore"):
             values = np.ldexp(rotated.astype(np.float64), exponents[:, None])

@@ -34,7 +34,7 @@ from ..randomness import rotation_signs
 from ..rotation import exact_order_fwht, fwht
 from ._common import BaselineCompressor, SumAggregator, check_bits, euclidean_norm
 from .base import CompressorProperties
-from .sq import minmax_dequantize, minmax_quantize, read_minmax_side
+from .sq import check_minmax_magnitude, minmax_dequantize, minmax_quantize, read_minmax_side
 
 __all__ = ["KashinSQ", "kashin_frame_dim", "kashin_coefficients"]
 
@@ -180,6 +180,7 @@ class KashinSQ(BaselineCompressor):
         coefficients = kashin_coefficients(
             scaled, signs, variant=self.variant, eta=self.eta, delta=self.delta
         )
+        check_minmax_magnitude(coefficients, exponent)  # before ldexp can flush it to 0
         with np.errstate(over="ignore"):
             coefficients = np.ldexp(coefficients, exponent)
         lo, hi, codes = minmax_quantize(coefficients, bits, rng)

@@ -20,6 +20,10 @@ class _TableCompressor(Compressor):
     def _load_table(self) -> Table:
         raise NotImplementedError
 
+    def _codec_options(self) -> dict:
+        """Keyword options passed to the encoder and aggregator classes."""
+        return {}
+
     def resolved_table(self) -> Table:
         """The table in use (loaded once)."""
         if self.table is None:
@@ -30,11 +34,15 @@ class _TableCompressor(Compressor):
         encoder = self._encoder
         if encoder is None or encoder.round_seed != round_seed:
             # One encoder per round keeps its cached rotation signs.
-            encoder = self._encoder = self._encoder_class(self.resolved_table(), round_seed)
+            encoder = self._encoder = self._encoder_class(
+                self.resolved_table(), round_seed, **self._codec_options()
+            )
         return encoder.encode(vector, client_id, rng=rng)
 
     def aggregator(self, dim, round_seed):
-        return self._aggregator_class(self.resolved_table(), round_seed, dim)
+        return self._aggregator_class(
+            self.resolved_table(), round_seed, dim, **self._codec_options()
+        )
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -53,6 +61,9 @@ class QuicFL(_TableCompressor):
         Pick a non-default shipped table.
     table : quicdesign.Table, optional
         Use this table instead of a shipped one.
+    stratified : bool
+        Opt-in stratified shared values: ``client_id`` must be the client's index in the
+        round, 0..n-1 (see :class:`quicdesign.Encoder`).
     """
 
     name = "quicfl"
@@ -63,15 +74,20 @@ class QuicFL(_TableCompressor):
         fixed_rate=True,
     )
 
-    def __init__(self, bits=2, shared_bits=None, tail_prob=None, table=None):
+    def __init__(self, bits=2, shared_bits=None, tail_prob=None, table=None, stratified=False):
         self.bits = bits
         self.shared_bits = shared_bits
         self.tail_prob = tail_prob
         self.table = table
+        self.stratified = stratified
         self._encoder = None
 
     def _load_table(self) -> Table:
         return load_table(self.bits, self.shared_bits, self.tail_prob)
+
+    def _codec_options(self) -> dict:
+        # only when asked, so the default stays the plain (unstratified) codec
+        return {"stratified": self.stratified} if self.stratified else {}
 
 
 class QuicFLEntropy(_TableCompressor):

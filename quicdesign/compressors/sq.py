@@ -40,6 +40,7 @@ from .base import CompressorProperties
 __all__ = [
     "StochasticQuantizer",
     "QSGD",
+    "check_minmax_magnitude",
     "minmax_quantize",
     "minmax_dequantize",
     "read_minmax_side",
@@ -57,13 +58,31 @@ def _stochastic_round(t, upper, rng):
     return np.minimum(codes, upper).astype(np.int64)
 
 
+def check_minmax_magnitude(values, exponents=0) -> None:
+    """Refuse a nonzero vector whose largest magnitude is below float32's normal range.
+
+    The min-max bounds travel as float32; below ``2**-126`` they keep too few bits (or
+    round to 0), so the decoded values would be float32 grid noise many orders of
+    magnitude larger than the vector. ``values`` (rows) are scaled by
+    ``2**exponents`` (one per row), checked before that scaling can underflow float64.
+    """
+    peaks = np.max(np.abs(np.atleast_2d(values)), axis=-1)
+    mantissas, binary = np.frexp(peaks.astype(np.float64))
+    binary = binary + np.broadcast_to(exponents, binary.shape)
+    nonzero = mantissas != 0
+    if np.any(nonzero):
+        largest = int(np.argmax(np.where(nonzero, binary, np.iinfo(binary.dtype).min)))
+        check_f32_normal(mantissas[largest], "largest value", binary[largest])
+
+
 def minmax_quantize(values, bits, rng):
     """Stochastically quantize ``values`` on a ``2**bits``-level min-max grid.
 
     Parameters
     ----------
     values : numpy.ndarray
-        Finite float values (any shape; flattened).
+        Finite float values (any shape; flattened), zero or with a largest magnitude in
+        float32's normal range (else ``InputVectorError``).
     bits : int
         Bits per value, 1..16.
     rng : numpy.random.Generator
@@ -77,6 +96,7 @@ def minmax_quantize(values, bits, rng):
         int64 codes in ``0 .. 2**bits - 1``.
     """
     flat = np.asarray(values).reshape(-1)
+    check_minmax_magnitude(flat)
     lo = f32_floor(flat.min(), "minimum")
     hi = f32_ceil(flat.max(), "maximum")
     top = (1 << bits) - 1
