@@ -11,8 +11,10 @@ needs numpy only and is read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -119,12 +121,36 @@ def _read_safetensors(path: Path):
     return metadata, arrays
 
 
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
 def read_npy(stream, max_bytes: int) -> np.ndarray:
-    """Read one ``.npy`` array with ``allow_pickle=False`` (object arrays are refused)."""
-    array = np.lib.format.read_array(stream, allow_pickle=False, max_header_size=10_000)
-    if array.nbytes > max_bytes:
-        raise ValueError(f"array of {array.nbytes} bytes exceeds {max_bytes}")
-    return array
+    """Read one ``.npy`` array: no pickle, size checked from the header before reading.
+
+    Raises ``ValueError`` for anything malformed (numpy's header parser can also raise
+    ``SyntaxError`` or ``tokenize.TokenError``), object dtypes, a header whose shape
+    needs more than ``max_bytes``, and truncated data.
+    """
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in _HEADER_READERS:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran_order, dtype = _HEADER_READERS[version](stream, max_header_size=10_000)
+    except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as exc:
+        raise ValueError(f"not a readable .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused (they would need pickle)")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > max_bytes:
+        raise ValueError(f"array of {nbytes} bytes exceeds {max_bytes}")
+    data = stream.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"truncated .npy data: {len(data)} of {nbytes} bytes")
+    array = np.frombuffer(data, dtype=dtype).copy()
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 def _read_npz(path: Path):
