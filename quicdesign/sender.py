@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._kernels import compiled_kernels
 from .errors import TableError
 
 __all__ = ["SenderRule"]
@@ -253,6 +254,45 @@ class SenderRule:
         ndarray of uint8 (uint16 when K > 256), shape (n,)
         """
         shared = np.asarray(shared)
+        kernels = compiled_kernels()
+        if kernels is not None and shared.dtype.kind in "iu":
+            values, messages, randomizing, event = self._levels_compiled(kernels, values, shared)
+        else:
+            values, messages, randomizing, event = self._levels(values, shared)
+        if randomizing.size:
+            fraction = self._fraction(values[randomizing].astype(np.float64), event)
+            if uniforms is None:
+                if rng is None:
+                    rng = np.random.default_rng()
+                draws = rng.random(randomizing.size)
+            else:
+                draws = np.asarray(uniforms)[randomizing]
+            messages[randomizing] += (draws < fraction).astype(messages.dtype)
+        return messages
+
+    def _levels_compiled(self, kernels, values, shared):
+        """:meth:`_levels` in one compiled pass (bit-identical, ``tests/test_kernels.py``)."""
+        low, per_unit, first, _ = self._locator
+        values = np.ascontiguousarray(values).reshape(-1)
+        if values.dtype != np.float32:
+            values = np.ascontiguousarray(values, dtype=np.float64)
+        kind = values.dtype.type
+        messages, randomizing, event = kernels.sender_levels(
+            values,
+            np.ascontiguousarray(shared.reshape(-1)),
+            kind(low),
+            kind(per_unit),
+            first,
+            self._dirty,
+            self.level_table(),
+            self.event_shared,
+            self.breakpoints,
+            self._last_open,
+        )
+        return values, messages, randomizing, event
+
+    def _levels(self, values, shared):
+        """Deterministic levels, the randomizing positions and their events (numpy)."""
         values, bucket, dirty = self._buckets(values)
         levels, movers = self._bucket_tables()
         moving = movers[bucket] == shared
@@ -267,23 +307,14 @@ class SenderRule:
             messages[dirty] = self.level_table()[event_of_dirty, shared[dirty]]
             moving[dirty] = self.event_shared[event_of_dirty] == shared[dirty]
         randomizing = np.flatnonzero(moving)
-        if randomizing.size:
-            event = self._locator[2][flat[randomizing] // self.num_shared]
-            if event_of_dirty is not None:
-                # Positions both dirty and randomizing take their exact event.
-                slot = np.searchsorted(dirty, randomizing)
-                slot = np.minimum(slot, dirty.size - 1)
-                is_dirty = dirty[slot] == randomizing
-                event[is_dirty] = event_of_dirty[slot[is_dirty]]
-            fraction = self._fraction(values[randomizing].astype(np.float64), event)
-            if uniforms is None:
-                if rng is None:
-                    rng = np.random.default_rng()
-                draws = rng.random(randomizing.size)
-            else:
-                draws = np.asarray(uniforms)[randomizing]
-            messages[randomizing] += (draws < fraction).astype(messages.dtype)
-        return messages
+        event = self._locator[2][flat[randomizing] // self.num_shared]
+        if event_of_dirty is not None and randomizing.size:
+            # Positions both dirty and randomizing take their exact event.
+            slot = np.searchsorted(dirty, randomizing)
+            slot = np.minimum(slot, dirty.size - 1)
+            is_dirty = dirty[slot] == randomizing
+            event[is_dirty] = event_of_dirty[slot[is_dirty]]
+        return values, messages, randomizing, event
 
     def _bucket_tables(self):
         """Per-bucket level of every h (flattened) and the randomizing h, built once."""
