@@ -87,6 +87,7 @@ class SenderRule:
         self.event_position = self.event_position.reshape(num_shared, num_messages - 1)
         self._level_table = None
         self._bucket_cache = None
+        self._windows = None
         self._build_locator()
 
     @property
@@ -284,12 +285,28 @@ class SenderRule:
             kind(per_unit),
             first,
             self._dirty,
+            self._search_windows(),
             self.level_table(),
             self.event_shared,
             self.breakpoints,
             self._last_open,
         )
         return values, messages, randomizing, event
+
+    def _search_windows(self):
+        """Per bucket ``(start, stop)``: the breakpoints bracketing the bucket's edges."""
+        if self._windows is None:
+            low, per_unit, first, _ = self._locator
+            t = self.breakpoints
+            windows = np.empty((first.size, 2), dtype=np.intp)
+            if per_unit > 0:
+                edges = low + np.arange(first.size + 1) / per_unit
+                windows[:, 0] = np.maximum(np.searchsorted(t, edges[:-1], side="right") - 1, 0)
+                windows[:, 1] = np.searchsorted(t, edges[1:], side="right")
+            else:
+                windows[:] = (0, t.size)
+            self._windows = windows
+        return self._windows
 
     def _levels(self, values, shared):
         """Deterministic levels, the randomizing positions and their events (numpy)."""

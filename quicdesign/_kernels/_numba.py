@@ -5,7 +5,7 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["gather_accumulate", "sender_levels", "pack_codes"]
+__all__ = ["gather_accumulate", "sender_levels", "pack_codes", "butterfly_passes"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -25,9 +25,18 @@ def gather_accumulate(accumulator, tables, indices):  # pragma: no cover - compi
 
 
 @numba.njit(cache=True, nogil=True)
-def _search_event(breakpoints, value, last_open):  # pragma: no cover - compiled
-    """``clip(searchsorted(breakpoints, value, side="right") - 1, 0, last_open)``."""
+def _search_event(breakpoints, value, last_open, start, stop):  # pragma: no cover - compiled
+    """``clip(searchsorted(breakpoints, value, side="right") - 1, 0, last_open)``.
+
+    The search runs over the bucket's window ``breakpoints[start:stop]`` when the value
+    provably lies in it (``breakpoints[start] <= value < breakpoints[stop]``, either side
+    open at the ends), else over the whole array: the answer is the same either way.
+    """
     low, high = 0, breakpoints.size
+    inside_low = start == 0 or breakpoints[start] <= value
+    inside_high = stop == breakpoints.size or value < breakpoints[stop]
+    if inside_low and inside_high:
+        low, high = start + 1, stop
     while low < high:
         middle = (low + high) >> 1
         if value < breakpoints[middle]:
@@ -39,14 +48,25 @@ def _search_event(breakpoints, value, last_open):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def sender_levels(
-    values, shared, low, per_unit, first, dirty, level_table, event_shared, breakpoints, last_open
+    values,
+    shared,
+    low,
+    per_unit,
+    first,
+    dirty,
+    windows,
+    level_table,
+    event_shared,
+    breakpoints,
+    last_open,
 ):  # pragma: no cover - compiled
     """One pass of :meth:`SenderRule.sample` before the coin flips.
 
-    ``low`` and ``per_unit`` have the dtype of ``values`` (float32 or float64), so the
-    bucket index is rounded exactly as numpy's ``(values - low) * per_unit``. Returns the
-    deterministic levels, the randomizing positions in increasing order (their count) and
-    the event randomizing at each of them.
+    ``windows[k]`` bounds the breakpoints a value of dirty bucket ``k`` is searched among
+    first (see :func:`_search_event`). ``low`` and ``per_unit`` have the dtype of
+    ``values`` (float32 or float64), so the bucket index is rounded exactly as numpy's
+    ``(values - low) * per_unit``. Returns the deterministic levels, the randomizing
+    positions in increasing order and the event randomizing at each of them.
     """
     size = values.size
     messages = np.empty(size, dtype=level_table.dtype)
@@ -66,17 +86,19 @@ def sender_levels(
         elif position >= 0:
             bucket = np.intp(position)
         if dirty[bucket]:
-            event = _search_event(breakpoints, np.float64(value), last_open)
+            event = _search_event(
+                breakpoints, np.float64(value), last_open, windows[bucket, 0], windows[bucket, 1]
+            )
         else:
             event = np.intp(first[bucket])
         h = shared[i]
         if h < 0 or h >= num_shared:
             raise IndexError("a shared value is outside [0, H)")
         messages[i] = level_table[event, h]
-        if event_shared[event] == h:
-            randomizing[count] = i
-            events[count] = event
-            count += 1
+        # branch-free compaction: the mover test is a coin flip to the branch predictor
+        randomizing[count] = i
+        events[count] = event
+        count += event_shared[event] == h
     return messages, randomizing[:count], events[:count]
 
 
@@ -98,3 +120,46 @@ def pack_codes(codes, bits):  # pragma: no cover - compiled
     if filled > 0:
         out[j] = np.uint8(buffer & np.uint64(255))
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def butterfly_passes(source, scratch):  # pragma: no cover - compiled
+    """``rotation._butterfly_passes`` fused per pass; returns 0 (``source``) or 1.
+
+    Every output element is formed by the same additions and subtractions of the same
+    operands as in the numpy passes, so the bits are identical; only the memory traffic
+    (one read and one write per pass instead of eight array operations) changes.
+    """
+    batch, n = source.shape
+    log_n = 0
+    while (1 << (log_n + 1)) <= n:
+        log_n += 1
+    quarter = n // 4
+    buffers = (source, scratch)
+    current = 0
+    for _ in range(log_n // 2):
+        read, write = buffers[current], buffers[1 - current]
+        for row in range(batch):
+            for j in range(quarter):
+                a = read[row, j]
+                b = read[row, quarter + j]
+                c = read[row, 2 * quarter + j]
+                e = read[row, 3 * quarter + j]
+                sum_low, diff_low = a + b, a - b
+                sum_high, diff_high = c + e, c - e
+                write[row, 4 * j] = sum_low + sum_high
+                write[row, 4 * j + 1] = diff_low + diff_high
+                write[row, 4 * j + 2] = sum_low - sum_high
+                write[row, 4 * j + 3] = diff_low - diff_high
+        current = 1 - current
+    if log_n % 2:
+        read, write = buffers[current], buffers[1 - current]
+        half = n // 2
+        for row in range(batch):
+            for j in range(half):
+                a = read[row, j]
+                b = read[row, half + j]
+                write[row, 2 * j] = a + b
+                write[row, 2 * j + 1] = a - b
+        current = 1 - current
+    return current
