@@ -24,6 +24,10 @@ from .errors import TableError
 
 __all__ = ["SenderRule"]
 
+# Marks a dirty bucket in the per-bucket mover table: above every h (the level table
+# caps H * H at 2**25 entries, so H < 2**13).
+_DIRTY_BUCKET = 1 << 16
+
 # Above this many entries the (pieces x H) level table is not materialized.
 _MAX_LEVEL_TABLE_ENTRIES = 1 << 25
 
@@ -158,7 +162,12 @@ class SenderRule:
     def _buckets(self, values):
         """``(values, bucket, dirty)``: float32/64 values, intp buckets, and the
         positions whose bucket holds a breakpoint (they need a binary search)."""
-        low, per_unit, first, clean = self._locator
+        values, bucket = self._bucket_index(values)
+        return values, bucket, np.flatnonzero(self._dirty[bucket])
+
+    def _bucket_index(self, values):
+        """``(values, bucket)``: float32/64 values and their intp buckets."""
+        low, per_unit, first, _ = self._locator
         values = np.asarray(values)
         if values.dtype != np.float32:
             values = values.astype(np.float64, copy=False)
@@ -166,9 +175,7 @@ class SenderRule:
         bucket *= values.dtype.type(per_unit)
         np.clip(bucket, 0, first.size - 1, out=bucket)
         # intp indices gather several times faster than int32 ones in numpy.
-        bucket = bucket.astype(np.intp)
-        dirty = np.flatnonzero(self._dirty[bucket])
-        return values, bucket, dirty
+        return values, bucket.astype(np.intp)
 
     def _search(self, values) -> np.ndarray:
         found = np.searchsorted(self.breakpoints, values, side="right") - 1
@@ -310,9 +317,12 @@ class SenderRule:
 
     def _levels(self, values, shared):
         """Deterministic levels, the randomizing positions and their events (numpy)."""
-        values, bucket, dirty = self._buckets(values)
+        values, bucket = self._bucket_index(values)
         levels, movers = self._bucket_tables()
-        moving = movers[bucket] == shared
+        # one gather answers both "is h the bucket's mover" and "is the bucket dirty"
+        mover_or_dirty = movers[bucket]
+        moving = mover_or_dirty == shared
+        dirty = np.flatnonzero(mover_or_dirty >= _DIRTY_BUCKET)
         # Clean buckets fix every h's level: index (bucket, h), built in place.
         flat = bucket
         flat *= self.num_shared
@@ -334,13 +344,13 @@ class SenderRule:
         return values, messages, randomizing, event
 
     def _bucket_tables(self):
-        """Per-bucket level of every h (flattened) and the randomizing h, built once."""
+        """Per-bucket level of every h (flattened) and the randomizing h, or
+        :data:`_DIRTY_BUCKET` plus it where a breakpoint lies in the bucket; built once."""
         if self._bucket_cache is None:
             first = self._locator[2]
             levels = self.level_table()[first].reshape(-1)
-            movers = self.event_shared[first].astype(
-                np.uint16 if self.num_shared > 256 else np.uint8
-            )
+            movers = self.event_shared[first] + _DIRTY_BUCKET * self._dirty
+            movers = movers.astype(np.int32)
             self._bucket_cache = (levels, movers)
         return self._bucket_cache
 
