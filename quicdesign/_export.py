@@ -22,7 +22,9 @@ from .errors import ParameterError, TableChecksumError, TableError, TableNotFoun
 
 EXPORT_FORMAT = "quicdesign-table-export/1"
 EXPORT_SUFFIXES = {".safetensors": "safetensors", ".npz": "npz"}
-_ARRAY_NAMES = ("receiver", "code_model")
+_ARRAY_NAMES = ("receiver", "code_model", "bound_edges", "bound_multipliers")
+# The lower-bound proof (``global_bound``) travels as two 1-D tensors.
+_VECTOR_NAMES = ("bound_edges", "bound_multipliers")
 _FLOAT_FIELDS = ("tail_prob", "lower", "upper")
 # A 256 x 256 receiver and code model, plus a generous manifest.
 _MAX_EXPORT_BYTES = 2 * 256 * 256 * 8 + (4 << 20)
@@ -51,6 +53,8 @@ def _tensors(table) -> dict[str, np.ndarray]:
     arrays = {"receiver": table.receiver}
     if table.code_model is not None:
         arrays["code_model"] = table.code_model
+    if table.manifest.get("global_bound") is not None:
+        arrays.update(zip(_VECTOR_NAMES, table.bound_arrays(), strict=True))
     return {name: np.ascontiguousarray(array, dtype="<f8") for name, array in arrays.items()}
 
 
@@ -167,8 +171,12 @@ def load_export(table_class, path):
     if "receiver" not in arrays:
         raise TableError(f"{path}: no receiver tensor")
     for name, array in arrays.items():
-        if array.dtype != np.float64 or array.ndim != 2:
-            raise TableError(f"{path}: {name} must be a 2-D float64 tensor")
+        dims = 1 if name in _VECTOR_NAMES else 2
+        if array.dtype != np.float64 or array.ndim != dims:
+            raise TableError(f"{path}: {name} must be a {dims}-D float64 tensor")
+    proof = tuple(arrays[name] for name in _VECTOR_NAMES if name in arrays)
+    if len(proof) not in (0, len(_VECTOR_NAMES)):
+        raise TableError(f"{path}: a lower-bound proof needs both {_VECTOR_NAMES}")
     try:
         values = {name: float.fromhex(metadata[name]) for name in _FLOAT_FIELDS}
         bits, shared_bits = int(metadata["bits"]), int(metadata["shared_bits"])
@@ -184,6 +192,7 @@ def load_export(table_class, path):
         shared_bits=shared_bits,
         manifest={k: v for k, v in manifest.items() if k not in _LAYOUT_KEYS},
         code_model=arrays.get("code_model"),
+        bound_arrays=proof or None,
         **values,
     )
     if table.fingerprint.hex() != recorded:

@@ -165,7 +165,14 @@ class DirectAggregator(WeightedSumAggregator):
         super().__init__((self.dim,))
 
     def _merge_key(self) -> tuple:
-        return ("direct", self.table.fingerprint, self._tag, self.dim)
+        # full seeds, not 32-bit tags: two rounds can share a tag
+        return (DIRECT_MAGIC, self.table.fingerprint, self.round_seed, self.dim)
+
+    def _shard_identity(self) -> tuple[bytes, bytes]:
+        return DIRECT_MAGIC, self.table.fingerprint
+
+    def _shard_source(self) -> Table:
+        return self.table
 
     def _decode(self, payload, weight: float):
         table = self.table

@@ -361,6 +361,8 @@ class Table:
     def __reduce__(self):
         # Ship the receiver and parameters only: the sender rule's derived tables are
         # rebuilt (and everything re-validated) by the constructor on the other side.
+        # The lower-bound proof stays behind (the constructor drops its claim): workers
+        # encode and aggregate, they do not certify.
         return _rebuild_table, (
             self.receiver,
             self.bits,
@@ -370,7 +372,6 @@ class Table:
             self.upper,
             self._manifest,
             self.code_model,
-            self._bound_arrays,
         )
 
     def with_manifest(self, **sections) -> Table:

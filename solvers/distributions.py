@@ -148,16 +148,25 @@ class EmpiricalDistribution(ValueDistribution):
         digest = hashlib.sha256(values.tobytes()).hexdigest()[:16]
         self.description = {"kind": "empirical", "size": int(values.size), "sha256_16": digest}
         n = values.size
-        self._cumulative = [np.concatenate(([0.0], np.cumsum(values**k) / n)) for k in range(3)]
+        with np.errstate(over="ignore"):
+            self._cumulative = [np.concatenate(([0.0], np.cumsum(values**k) / n)) for k in range(3)]
+        if not np.isfinite(self._cumulative[2][-1]):
+            raise ParameterError("an empirical sample's squares overflow float64; rescale it")
+
+    def tail_interval(self, tail_prob):
+        low, high = np.quantile(self.values, [tail_prob / 2, 1 - tail_prob / 2])
+        if not low < high:
+            # a single-point interval leaves nothing to quantize (and divides by zero)
+            raise ParameterError(
+                f"the sample's central 1 - {tail_prob:g} interval is the single point {low:g}: "
+                "it needs more distinct values"
+            )
+        return float(low), float(high)
 
     def partial_moments(self, t):
         t = np.asarray(t, dtype=np.float64)
         count = np.searchsorted(self.values, t, side="right")
         return tuple(c[count] for c in self._cumulative)
-
-    def tail_interval(self, tail_prob):
-        low, high = np.quantile(self.values, [tail_prob / 2, 1 - tail_prob / 2])
-        return float(low), float(high)
 
     def second_moment(self):
         return float(np.mean(self.values**2))

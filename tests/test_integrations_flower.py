@@ -243,6 +243,12 @@ def test_strategy_gives_each_node_its_own_config():
     _, again = _configured(strategy, _global_arrays(), server_round=2)
     ids = {m.metadata.dst_node_id: m.content["config"][KEY_CLIENT_ID] for m in messages}
     assert ids == {m.metadata.dst_node_id: m.content["config"][KEY_CLIENT_ID] for m in again}
+    # each round its own seed, so a reply replayed from an earlier round is refused
+    assert (
+        {m.content["config"][KEY_ROUND_SEED] for m in again}
+        == {flower_round_seed(9, RUN_ID, 2)}
+        != {flower_round_seed(9, RUN_ID, 1)}
+    )
     seeds = {flower_round_seed(s, r, t) for s in (0, 1) for r in (1, 2) for t in (1, 2)}
     assert len(seeds) == 8 and max(seeds) < 2**63
 

@@ -192,17 +192,43 @@ def _recording_hook(state: _Recorder, bucket) -> torch.futures.Future[torch.Tens
 class _Bucket:
     """The part of ``torch.distributed.GradBucket`` the hook uses."""
 
-    def __init__(self, tensor):
-        self._tensor = tensor
+    def __init__(self, tensor, index=0, last=True):
+        self._tensor, self._index, self._last = tensor, index, last
 
     def buffer(self):
         return self._tensor
 
     def index(self):
-        return 0
+        return self._index
 
     def is_last(self):
-        return True
+        return self._last
+
+
+def test_hook_seeds_each_bucket_and_iteration_and_counts_iterations(tmp_path, monkeypatch):
+    # one gloo rank in this process: enough to see which round seed each bucket gets
+    from quicdesign.integrations import torch as integration
+
+    seeds = []
+    real_encode = integration.encode_tensor
+
+    def recording_encode(tensor, compressor, *, round_seed, client_id, rng=None):
+        seeds.append(round_seed)
+        return real_encode(tensor, compressor, round_seed=round_seed, client_id=client_id, rng=rng)
+
+    monkeypatch.setattr(integration, "encode_tensor", recording_encode)
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path}/store", rank=0, world_size=1)
+    try:
+        state = QuicFLHookState(None, QuicFL(bits=4), seed=5, start_iter=1)
+        for _ in range(2):  # iteration 0 is plain all-reduce, iteration 1 compressed
+            for index, last in ((0, False), (1, False), (2, True)):
+                bucket = _Bucket(torch.randn(700), index=index, last=last)
+                mean = quicfl_hook(state, bucket).wait()
+                assert mean.shape == (700,)
+    finally:
+        dist.destroy_process_group()
+    assert state.iteration == 2
+    assert seeds == [bucket_round_seed(5, 1, index) for index in range(3)]
 
 
 def _mlp():
