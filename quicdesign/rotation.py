@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quicdesign._kernels import compiled_kernels
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError
 
 __all__ = [
@@ -166,6 +167,14 @@ def _butterfly_passes(source, scratch):
 
     Returns the buffer holding the result (``source`` or ``scratch``; both are clobbered).
     """
+    kernels = compiled_kernels()
+    if kernels is not None and source.flags.c_contiguous and scratch.flags.c_contiguous:
+        return (source, scratch)[kernels.butterfly_passes(source, scratch)]
+    return _numpy_butterfly_passes(source, scratch)
+
+
+def _numpy_butterfly_passes(source, scratch):
+    """The numpy reference of :func:`_butterfly_passes`."""
     batch, n = source.shape
     log_n = n.bit_length() - 1
     quarter = n // 4

@@ -19,9 +19,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._kernels import compiled_kernels
 from .errors import TableError
 
 __all__ = ["SenderRule"]
+
+# Marks a dirty bucket in the per-bucket mover table: above every h (the level table
+# caps H * H at 2**25 entries, so H < 2**13).
+_DIRTY_BUCKET = 1 << 16
 
 # Above this many entries the (pieces x H) level table is not materialized.
 _MAX_LEVEL_TABLE_ENTRIES = 1 << 25
@@ -86,6 +91,7 @@ class SenderRule:
         self.event_position = self.event_position.reshape(num_shared, num_messages - 1)
         self._level_table = None
         self._bucket_cache = None
+        self._windows = None
         self._build_locator()
 
     @property
@@ -156,7 +162,12 @@ class SenderRule:
     def _buckets(self, values):
         """``(values, bucket, dirty)``: float32/64 values, intp buckets, and the
         positions whose bucket holds a breakpoint (they need a binary search)."""
-        low, per_unit, first, clean = self._locator
+        values, bucket = self._bucket_index(values)
+        return values, bucket, np.flatnonzero(self._dirty[bucket])
+
+    def _bucket_index(self, values):
+        """``(values, bucket)``: float32/64 values and their intp buckets."""
+        low, per_unit, first, _ = self._locator
         values = np.asarray(values)
         if values.dtype != np.float32:
             values = values.astype(np.float64, copy=False)
@@ -164,9 +175,7 @@ class SenderRule:
         bucket *= values.dtype.type(per_unit)
         np.clip(bucket, 0, first.size - 1, out=bucket)
         # intp indices gather several times faster than int32 ones in numpy.
-        bucket = bucket.astype(np.intp)
-        dirty = np.flatnonzero(self._dirty[bucket])
-        return values, bucket, dirty
+        return values, bucket.astype(np.intp)
 
     def _search(self, values) -> np.ndarray:
         found = np.searchsorted(self.breakpoints, values, side="right") - 1
@@ -253,9 +262,67 @@ class SenderRule:
         ndarray of uint8 (uint16 when K > 256), shape (n,)
         """
         shared = np.asarray(shared)
-        values, bucket, dirty = self._buckets(values)
+        kernels = compiled_kernels()
+        if kernels is not None and shared.dtype.kind in "iu":
+            values, messages, randomizing, event = self._levels_compiled(kernels, values, shared)
+        else:
+            values, messages, randomizing, event = self._levels(values, shared)
+        if randomizing.size:
+            fraction = self._fraction(values[randomizing].astype(np.float64), event)
+            if uniforms is None:
+                if rng is None:
+                    rng = np.random.default_rng()
+                draws = rng.random(randomizing.size)
+            else:
+                draws = np.asarray(uniforms)[randomizing]
+            messages[randomizing] += (draws < fraction).astype(messages.dtype)
+        return messages
+
+    def _levels_compiled(self, kernels, values, shared):
+        """:meth:`_levels` in one compiled pass (bit-identical, ``tests/test_kernels.py``)."""
+        low, per_unit, first, _ = self._locator
+        values = np.ascontiguousarray(values).reshape(-1)
+        if values.dtype != np.float32:
+            values = np.ascontiguousarray(values, dtype=np.float64)
+        kind = values.dtype.type
+        messages, randomizing, event = kernels.sender_levels(
+            values,
+            np.ascontiguousarray(shared.reshape(-1)),
+            kind(low),
+            kind(per_unit),
+            first,
+            self._dirty,
+            self._search_windows(),
+            self.level_table(),
+            self.event_shared,
+            self.breakpoints,
+            self._last_open,
+        )
+        return values, messages, randomizing, event
+
+    def _search_windows(self):
+        """Per bucket ``(start, stop)``: the breakpoints bracketing the bucket's edges."""
+        if self._windows is None:
+            low, per_unit, first, _ = self._locator
+            t = self.breakpoints
+            windows = np.empty((first.size, 2), dtype=np.intp)
+            if per_unit > 0:
+                edges = low + np.arange(first.size + 1) / per_unit
+                windows[:, 0] = np.maximum(np.searchsorted(t, edges[:-1], side="right") - 1, 0)
+                windows[:, 1] = np.searchsorted(t, edges[1:], side="right")
+            else:
+                windows[:] = (0, t.size)
+            self._windows = windows
+        return self._windows
+
+    def _levels(self, values, shared):
+        """Deterministic levels, the randomizing positions and their events (numpy)."""
+        values, bucket = self._bucket_index(values)
         levels, movers = self._bucket_tables()
-        moving = movers[bucket] == shared
+        # one gather answers both "is h the bucket's mover" and "is the bucket dirty"
+        mover_or_dirty = movers[bucket]
+        moving = mover_or_dirty == shared
+        dirty = np.flatnonzero(mover_or_dirty >= _DIRTY_BUCKET)
         # Clean buckets fix every h's level: index (bucket, h), built in place.
         flat = bucket
         flat *= self.num_shared
@@ -267,32 +334,23 @@ class SenderRule:
             messages[dirty] = self.level_table()[event_of_dirty, shared[dirty]]
             moving[dirty] = self.event_shared[event_of_dirty] == shared[dirty]
         randomizing = np.flatnonzero(moving)
-        if randomizing.size:
-            event = self._locator[2][flat[randomizing] // self.num_shared]
-            if event_of_dirty is not None:
-                # Positions both dirty and randomizing take their exact event.
-                slot = np.searchsorted(dirty, randomizing)
-                slot = np.minimum(slot, dirty.size - 1)
-                is_dirty = dirty[slot] == randomizing
-                event[is_dirty] = event_of_dirty[slot[is_dirty]]
-            fraction = self._fraction(values[randomizing].astype(np.float64), event)
-            if uniforms is None:
-                if rng is None:
-                    rng = np.random.default_rng()
-                draws = rng.random(randomizing.size)
-            else:
-                draws = np.asarray(uniforms)[randomizing]
-            messages[randomizing] += (draws < fraction).astype(messages.dtype)
-        return messages
+        moving_bucket = flat[randomizing] // self.num_shared
+        event = self._locator[2][moving_bucket]
+        if event_of_dirty is not None:
+            # Positions both dirty and randomizing take their exact event; only they
+            # (a few percent) are looked up in the sorted dirty positions.
+            is_dirty = self._dirty[moving_bucket]
+            event[is_dirty] = event_of_dirty[np.searchsorted(dirty, randomizing[is_dirty])]
+        return values, messages, randomizing, event
 
     def _bucket_tables(self):
-        """Per-bucket level of every h (flattened) and the randomizing h, built once."""
+        """Per-bucket level of every h (flattened) and the randomizing h, or
+        :data:`_DIRTY_BUCKET` plus it where a breakpoint lies in the bucket; built once."""
         if self._bucket_cache is None:
             first = self._locator[2]
             levels = self.level_table()[first].reshape(-1)
-            movers = self.event_shared[first].astype(
-                np.uint16 if self.num_shared > 256 else np.uint8
-            )
+            movers = self.event_shared[first] + _DIRTY_BUCKET * self._dirty
+            movers = movers.astype(np.int32)
             self._bucket_cache = (levels, movers)
         return self._bucket_cache
 

@@ -12,11 +12,12 @@ def test_runtime_bench_reports_floors_ratios_and_pinned_blas(capsys):
     printed = capsys.readouterr().out
     assert "median of 1 timed runs, BLAS threads: 1" in printed
     assert "limits: copy" in printed and "add_many numpy" in printed
+    assert "encode numpy ms" in printed
     (row,) = rows
     assert row["copy_gb_s"] > 0 and row["encode_floor_ms"] > 0 and row["sort_ms"] > 0
-    assert row["add_many_numpy_ms_per_client"] > 0
+    assert row["add_many_numpy_ms_per_client"] > 0 and row["encode_numpy_ms"] > 0
     pytest.importorskip("numba")
-    assert row["add_many_compiled_ms_per_client"] > 0
+    assert row["add_many_compiled_ms_per_client"] > 0 and row["encode_compiled_ms"] > 0
 
 
 @pytest.mark.parametrize("threads", [0, -1, True, 2.5])

@@ -1,11 +1,13 @@
-"""The optional compiled kernels give bit-identical sums to the numpy path, and add_many
-is exactly a loop of add (same bits, same refusals)."""
+"""The optional compiled kernels give bit-identical sums and byte-identical payloads to the
+numpy path, and add_many is exactly a loop of add (same bits, same refusals)."""
 
 import numpy as np
 import pytest
 
 from quicdesign import Aggregator, Encoder, ParameterError, PayloadError, load_table
 from quicdesign._kernels import KERNELS_ENV, compiled_kernels
+from quicdesign._wire import pack_codes
+from quicdesign.rotation import exact_order_fwht
 
 pytest.importorskip("numba")
 
@@ -80,3 +82,87 @@ def test_add_many_stops_at_the_first_refusal_like_a_loop(monkeypatch, kernels):
         Aggregator(table, ROUND, 3000).add_many(payloads[:2], [1.0, True])
     with pytest.raises(ParameterError, match="2 payloads but 1 weights"):
         Aggregator(table, ROUND, 3000).add_many(payloads[:2], [1.0])
+
+
+def _encode(monkeypatch, kernels, table, x, client, seed, stratified=False):
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    encoder = Encoder(table, ROUND, stratified=stratified)
+    return encoder.encode(x, client, rng=np.random.default_rng(seed))
+
+
+def _extreme_vectors(dim, rng):
+    """Heavy tails (exact coordinates), huge and tiny magnitudes, zeros and float64/16."""
+    tails = rng.standard_t(2, dim)
+    yield tails.astype(np.float32)
+    yield (tails * 1e30).astype(np.float32)
+    yield (tails * 1e-30).astype(np.float32)
+    yield np.zeros(dim, np.float32)
+    spikes = np.zeros(dim)
+    spikes[rng.integers(0, dim, 3)] = [3e38, -1e38, 1.0]
+    yield spikes.astype(np.float32)
+    yield tails * 1e20
+    yield tails.astype(np.float16)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("dim", [1, 3, 1025, 70_001])
+def test_compiled_payloads_are_byte_identical_to_numpy(monkeypatch, bits, dim):
+    table = load_table(bits)
+    rng = np.random.default_rng(bits * 100 + dim)
+    for case, x in enumerate(_extreme_vectors(dim, rng)):
+        for seed in (0, 1, 2**40 + case):
+            stratified = seed == 1
+            numpy_bytes = _encode(monkeypatch, "numpy", table, x, case, seed, stratified)
+            compiled = _encode(monkeypatch, "auto", table, x, case, seed, stratified)
+            assert compiled == numpy_bytes, (case, seed)
+    assert compiled_kernels() is not None
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_compiled_sender_matches_numpy_beyond_the_support(monkeypatch, bits):
+    rule = load_table(bits).sender
+    rng = np.random.default_rng(bits)
+    lower, upper = rule.support
+    values = rng.uniform(1.5 * lower, 1.5 * upper, 20_001)
+    values[:4] = [lower, upper, np.nextafter(upper, 0), -1e30]
+    values = np.concatenate([values, rule.breakpoints])  # every dirty-bucket edge case
+    shared = rng.integers(0, rule.num_shared, values.size)
+    uniforms = rng.random(values.size)
+    for dtype in (np.float32, np.float64):
+        monkeypatch.setenv(KERNELS_ENV, "numpy")
+        expected = rule.sample(values.astype(dtype), shared, uniforms=uniforms)
+        monkeypatch.setenv(KERNELS_ENV, "auto")
+        assert np.array_equal(
+            rule.sample(values.astype(dtype), shared, uniforms=uniforms), expected
+        )
+
+
+def test_compiled_sender_refuses_shared_values_out_of_range(monkeypatch):
+    rule = load_table(2).sender
+    monkeypatch.setenv(KERNELS_ENV, "auto")
+    with pytest.raises(IndexError, match="shared value"):
+        rule.sample(np.zeros(3), np.array([0, rule.num_shared, 0]), rng=np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_transform_is_bit_identical(monkeypatch, dtype):
+    rng = np.random.default_rng(5)
+    for log_n in range(0, 16):
+        x = rng.standard_t(1.5, (3, 1 << log_n)) * 10.0 ** rng.integers(-30, 30, (3, 1 << log_n))
+        monkeypatch.setenv(KERNELS_ENV, "numpy")
+        expected = exact_order_fwht(x.astype(dtype))
+        monkeypatch.setenv(KERNELS_ENV, "auto")
+        assert exact_order_fwht(x.astype(dtype)).tobytes() == expected.tobytes(), log_n
+
+
+@pytest.mark.parametrize("bits", range(1, 17))
+def test_compiled_packing_is_byte_identical(monkeypatch, bits):
+    rng = np.random.default_rng(bits)
+    for count in [*range(0, 18), 1000, 4097]:
+        codes = rng.integers(0, 1 << bits, count).astype(np.uint16 if bits > 8 else np.uint8)
+        codes[: min(count, 2)] = (1 << bits) - 1  # all-ones codes reach every bit
+        monkeypatch.setenv(KERNELS_ENV, "numpy")
+        expected = pack_codes(codes, bits)
+        monkeypatch.setenv(KERNELS_ENV, "auto")
+        assert pack_codes(codes, bits) == expected
+        assert pack_codes(codes.astype(np.int64), bits) == expected

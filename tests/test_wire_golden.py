@@ -54,8 +54,9 @@ print(hashlib.sha256(fwht(x).tobytes()).hexdigest())
 """
 
 
-def _run(code, coretype):
+def _run(code, coretype, kernels="auto"):
     env = dict(os.environ, PYTHONPATH=str(ROOT), OPENBLAS_NUM_THREADS="1")
+    env["QUICDESIGN_KERNELS"] = kernels
     env.pop("OPENBLAS_CORETYPE", None)
     if coretype:
         env["OPENBLAS_CORETYPE"] = coretype
@@ -81,6 +82,13 @@ def test_payload_bytes_match_the_golden_vector_under_every_blas_kernel():
     expected = _published()
     for core in CORETYPES:
         assert _run(ENCODE, core) == expected, f"OPENBLAS_CORETYPE={core or 'native'}"
+
+
+@pytest.mark.slow
+def test_numpy_and_compiled_kernels_give_the_golden_vector():
+    expected = _published()
+    for kernels in ("numpy", "auto"):
+        assert _run(ENCODE, "", kernels) == expected, f"QUICDESIGN_KERNELS={kernels}"
 
 
 @pytest.mark.slow

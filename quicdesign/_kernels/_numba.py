@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import numba
+import numpy as np
 
-__all__ = ["gather_accumulate"]
+__all__ = ["gather_accumulate", "sender_levels", "pack_codes", "butterfly_passes"]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -21,3 +22,144 @@ def gather_accumulate(accumulator, tables, indices):  # pragma: no cover - compi
         for c in range(clients):
             total += tables[c, indices[c, i]]
         accumulator[i] = total
+
+
+@numba.njit(cache=True, nogil=True)
+def _search_event(breakpoints, value, last_open, start, stop):  # pragma: no cover - compiled
+    """``clip(searchsorted(breakpoints, value, side="right") - 1, 0, last_open)``.
+
+    The search runs over the bucket's window ``breakpoints[start:stop]`` when the value
+    provably lies in it (``breakpoints[start] <= value < breakpoints[stop]``, either side
+    open at the ends), else over the whole array: the answer is the same either way.
+    """
+    low, high = 0, breakpoints.size
+    inside_low = start == 0 or breakpoints[start] <= value
+    inside_high = stop == breakpoints.size or value < breakpoints[stop]
+    if inside_low and inside_high:
+        low, high = start + 1, stop
+    while low < high:
+        middle = (low + high) >> 1
+        if value < breakpoints[middle]:
+            high = middle
+        else:
+            low = middle + 1
+    return min(max(low - 1, 0), last_open)
+
+
+@numba.njit(cache=True, nogil=True)
+def sender_levels(
+    values,
+    shared,
+    low,
+    per_unit,
+    first,
+    dirty,
+    windows,
+    level_table,
+    event_shared,
+    breakpoints,
+    last_open,
+):  # pragma: no cover - compiled
+    """One pass of :meth:`SenderRule.sample` before the coin flips.
+
+    ``windows[k]`` bounds the breakpoints a value of dirty bucket ``k`` is searched among
+    first (see :func:`_search_event`). ``low`` and ``per_unit`` have the dtype of
+    ``values`` (float32 or float64), so the bucket index is rounded exactly as numpy's
+    ``(values - low) * per_unit``. Returns the deterministic levels, the randomizing
+    positions in increasing order and the event randomizing at each of them.
+    """
+    size = values.size
+    messages = np.empty(size, dtype=level_table.dtype)
+    randomizing = np.empty(size, dtype=np.intp)
+    events = np.empty(size, dtype=np.intp)
+    top = first.size - 1
+    num_shared = level_table.shape[1]
+    count = 0
+    for i in range(size):
+        value = values[i]
+        position = (value - low) * per_unit
+        # numpy's clip(position, 0, top), then truncation to intp; NaN takes bucket 0
+        # (numpy would fail on it) so no index ever leaves the tables
+        bucket = 0
+        if position > top:
+            bucket = top
+        elif position >= 0:
+            bucket = np.intp(position)
+        if dirty[bucket]:
+            event = _search_event(
+                breakpoints, np.float64(value), last_open, windows[bucket, 0], windows[bucket, 1]
+            )
+        else:
+            event = np.intp(first[bucket])
+        h = shared[i]
+        if h < 0 or h >= num_shared:
+            raise IndexError("a shared value is outside [0, H)")
+        messages[i] = level_table[event, h]
+        # branch-free compaction: the mover test is a coin flip to the branch predictor
+        randomizing[count] = i
+        events[count] = event
+        count += event_shared[event] == h
+    return messages, randomizing[:count], events[:count]
+
+
+@numba.njit(cache=True, nogil=True)
+def pack_codes(codes, bits):  # pragma: no cover - compiled
+    """``bits``-bit codes (bits <= 8) LSB first into bytes, as ``_wire.pack_codes``."""
+    out = np.zeros((codes.size * bits + 7) // 8, dtype=np.uint8)
+    buffer = np.uint64(0)
+    filled = 0
+    j = 0
+    for i in range(codes.size):
+        buffer |= np.uint64(codes[i]) << np.uint64(filled)
+        filled += bits
+        if filled >= 8:
+            out[j] = np.uint8(buffer & np.uint64(255))
+            buffer >>= np.uint64(8)
+            filled -= 8
+            j += 1
+    if filled > 0:
+        out[j] = np.uint8(buffer & np.uint64(255))
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def butterfly_passes(source, scratch):  # pragma: no cover - compiled
+    """``rotation._butterfly_passes`` fused per pass; returns 0 (``source``) or 1.
+
+    Every output element is formed by the same additions and subtractions of the same
+    operands as in the numpy passes, so the bits are identical; only the memory traffic
+    (one read and one write per pass instead of eight array operations) changes.
+    """
+    batch, n = source.shape
+    log_n = 0
+    while (1 << (log_n + 1)) <= n:
+        log_n += 1
+    quarter = n // 4
+    buffers = (source, scratch)
+    current = 0
+    for _ in range(log_n // 2):
+        read, write = buffers[current], buffers[1 - current]
+        for row in range(batch):
+            for j in range(quarter):
+                a = read[row, j]
+                b = read[row, quarter + j]
+                c = read[row, 2 * quarter + j]
+                e = read[row, 3 * quarter + j]
+                sum_low, diff_low = a + b, a - b
+                sum_high, diff_high = c + e, c - e
+                write[row, 4 * j] = sum_low + sum_high
+                write[row, 4 * j + 1] = diff_low + diff_high
+                write[row, 4 * j + 2] = sum_low - sum_high
+                write[row, 4 * j + 3] = diff_low - diff_high
+        current = 1 - current
+    if log_n % 2:
+        read, write = buffers[current], buffers[1 - current]
+        half = n // 2
+        for row in range(batch):
+            for j in range(half):
+                a = read[row, j]
+                b = read[row, half + j]
+                write[row, 2 * j] = a + b
+                write[row, 2 * j + 1] = a - b
+        current = 1 - current
+    return current

@@ -6,8 +6,8 @@ transform per client, as the reference implementation does), throughput and meas
 bytes per coordinate. A second table sets the times against the machine's limits measured
 in the same run: the memory-copy floor (a 64 MiB copy gives the bandwidth; the encode floor
 is one read and one write of the float32 input, the aggregation floor one read and one write
-of the float64 accumulator), a numpy sort of the input, and ``add_many`` on the numpy and
-the compiled (numba) paths. BLAS is pinned to one thread by default: on a small shared
+of the float64 accumulator), a numpy sort of the input, and ``add_many`` and encode on the
+numpy and the compiled (numba) paths. BLAS is pinned to one thread by default: on a small shared
 machine BLAS threads fight each other and the figures become noise.
 """
 
@@ -168,12 +168,17 @@ def _print_limits(rows, vectors, repeats):
     )
     print(
         f"{'b':>2} {'enc/floor':>9} {'enc/sort':>8} {'add/floor':>9} "
-        f"{'add_many numpy ms/client':>24} {'compiled ms/client':>18} {'/floor':>6}"
+        f"{'add_many numpy ms/client':>24} {'compiled ms/client':>18} {'/floor':>6} "
+        f"{'encode numpy ms':>15} {'/floor':>6} {'compiled ms':>11} {'/floor':>6}"
     )
     for row in rows:
-        compiled = row["add_many_compiled_ms_per_client"]
-        compiled_text = "n/a" if compiled is None else f"{compiled:.2f}"
-        compiled_ratio = "" if compiled is None else f"{compiled / 1e3 / aggregate_floor:.1f}"
+        compiled_text, compiled_ratio = _with_ratio(
+            row["add_many_compiled_ms_per_client"], aggregate_floor
+        )
+        _, numpy_encode_ratio = _with_ratio(row["encode_numpy_ms"], encode_floor)
+        compiled_encode, compiled_encode_ratio = _with_ratio(
+            row["encode_compiled_ms"], encode_floor
+        )
         row.update(
             copy_gb_s=bandwidth / 1e9,
             encode_floor_ms=1e3 * encode_floor,
@@ -185,9 +190,17 @@ def _print_limits(rows, vectors, repeats):
             f"{row['encode_ms'] / 1e3 / sort_s:>8.2f} "
             f"{row['aggregate_ms_per_client'] / 1e3 / aggregate_floor:>9.1f} "
             f"{row['add_many_numpy_ms_per_client']:>24.2f} {compiled_text:>18} "
-            f"{compiled_ratio:>6}",
+            f"{compiled_ratio:>6} {row['encode_numpy_ms']:>15.2f} {numpy_encode_ratio:>6} "
+            f"{compiled_encode:>11} {compiled_encode_ratio:>6}",
             flush=True,
         )
+
+
+def _with_ratio(milliseconds, floor_seconds):
+    """A time and its ratio to a floor as text ("n/a" without the compiled path)."""
+    if milliseconds is None:
+        return "n/a", ""
+    return f"{milliseconds:.2f}", f"{milliseconds / 1e3 / floor_seconds:.1f}"
 
 
 def _print_row(b, row):
@@ -215,12 +228,26 @@ def _kernels_choice(choice):
             os.environ[KERNELS_ENV] = previous
 
 
+def _both_paths(run, repeats):
+    """Median seconds of ``run`` on the numpy and the compiled kernels (None: no numba)."""
+    seconds = {}
+    for kernels in ("numpy", "auto"):
+        with _kernels_choice(kernels):
+            if kernels == "auto" and compiled_kernels() is None:
+                seconds[kernels] = None
+                continue
+            run()  # the first call compiles (or loads the numba cache); not timed
+            seconds[kernels] = _median_seconds(run, repeats)
+    return seconds
+
+
 def _bench_bits(b, vectors, repeats, seed, bar, shared_bits=None):
     clients, dim = vectors.shape
     table = load_table(b, shared_bits)
     encoder = Encoder(table, round_seed=1)
     private = np.random.default_rng(seed + 1)
     encode_s = _median_seconds(lambda: encoder.encode(vectors[0], 0, rng=private), repeats)
+    encodes = _both_paths(lambda: encoder.encode(vectors[0], 0, rng=private), repeats)
     payloads = [encoder.encode(v, c, rng=private) for c, v in enumerate(vectors)]
     bar.update(note=f"b={b} encode")
 
@@ -232,17 +259,7 @@ def _bench_bits(b, vectors, repeats, seed, bar, shared_bits=None):
 
     aggregate_s = _median_seconds(aggregate, repeats)
     bar.update(note=f"b={b} aggregate")
-    batched = {}
-    for kernels in ("numpy", "auto"):
-        with _kernels_choice(kernels):
-            if kernels == "auto" and compiled_kernels() is None:
-                batched[kernels] = None
-                continue
-            # the first call compiles (or loads the numba cache); not timed
-            Aggregator(table, 1, dim).add_many(payloads[:1])
-            batched[kernels] = _median_seconds(
-                lambda: Aggregator(table, 1, dim).add_many(payloads), repeats
-            )
+    batched = _both_paths(lambda: Aggregator(table, 1, dim).add_many(payloads), repeats)
     began = time.perf_counter()
     _naive_per_client_decode(table, 1, dim, payloads)
     naive_s = time.perf_counter() - began
@@ -258,6 +275,8 @@ def _bench_bits(b, vectors, repeats, seed, bar, shared_bits=None):
         "aggregate_ms_per_client": 1e3 * aggregate_s / clients,
         "aggregate_mcoord_s": clients * dim / aggregate_s / 1e6,
         "naive_ms_per_client": 1e3 * naive_s / clients,
+        "encode_numpy_ms": 1e3 * encodes["numpy"],
+        "encode_compiled_ms": None if encodes["auto"] is None else 1e3 * encodes["auto"],
         "add_many_numpy_ms_per_client": 1e3 * batched["numpy"] / clients,
         "add_many_compiled_ms_per_client": (
             None if batched["auto"] is None else 1e3 * batched["auto"] / clients
