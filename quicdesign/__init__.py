@@ -6,7 +6,8 @@ The runtime needs numpy only. The design layer lives in the separate package
 
 __version__ = "0.1.0"
 
-from .codec import Aggregator, Encoder
+from ._deprecation import renamed_attributes
+from .codec import QuicFLAggregator, QuicFLEncoder
 from .convenience import ArrayLayout, compress, decompress
 from .errors import (
     InputDTypeError,
@@ -23,9 +24,9 @@ from .sender import SenderRule
 from .table import Table, list_tables, load_entropy_table, load_table, shipped_tables_dir
 
 __all__ = [
-    "Aggregator",
+    "QuicFLAggregator",
     "ArrayLayout",
-    "Encoder",
+    "QuicFLEncoder",
     "compress",
     "decompress",
     "InputDTypeError",
@@ -45,3 +46,9 @@ __all__ = [
     "load_table",
     "shipped_tables_dir",
 ]
+
+# The QUIC-FL classes were called Encoder and Aggregator; "Aggregator" now names only the
+# protocol (quicdesign.compressors.Aggregator).
+__getattr__ = renamed_attributes(
+    __name__, {"Encoder": "QuicFLEncoder", "Aggregator": "QuicFLAggregator"}, globals()
+)

@@ -14,8 +14,10 @@ from .errors import InputDTypeError, InputVectorError, ParameterError
 __all__ = [
     "MAX_DIM",
     "check_int",
+    "check_positive_float",
+    "check_probability",
+    "check_tail_prob",
     "as_client_vector",
-    "check_bits",
     "check_client_id",
     "check_dim",
     "check_round_seed",
@@ -50,27 +52,59 @@ def check_int(value, name, low, high=None) -> int:
     return value
 
 
-_as_int = check_int
+def check_positive_float(value, name, *, allow_zero=False) -> float:
+    """Return ``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``).
+
+    Raises
+    ------
+    ParameterError
+        For non-numbers, bools, non-finite values and values out of range.
+    """
+    bound = ">= 0" if allow_zero else "> 0"
+    if isinstance(value, (bool, np.bool_)):
+        raise ParameterError(f"{name} must be a number {bound}, got a bool")
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be a number {bound}, got {value!r}") from None
+    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ParameterError(f"{name} must be a finite number {bound}, got {value}")
+    return value
+
+
+def check_probability(value, name, *, allow_zero=False, allow_one=True) -> float:
+    """Return ``value`` as a float in ``(0, 1]``; the ends are open or closed as asked.
+
+    Raises
+    ------
+    ParameterError
+        For non-numbers and values outside the interval.
+    """
+    value = check_positive_float(value, name, allow_zero=allow_zero)
+    if value > 1 or (value == 1 and not allow_one):
+        bound = "at most 1" if allow_one else "below 1"
+        raise ParameterError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_tail_prob(tail_prob, name="tail_prob") -> float:
+    """Return a tail probability ``p`` in the open interval ``(0, 1)``."""
+    return check_probability(tail_prob, name, allow_one=False)
 
 
 def check_round_seed(round_seed) -> int:
     """Return ``round_seed`` as an int in ``[0, 2**64)`` or raise ``ParameterError``."""
-    return _as_int(round_seed, "round_seed", 0, 2**64 - 1)
+    return check_int(round_seed, "round_seed", 0, 2**64 - 1)
 
 
 def check_client_id(client_id) -> int:
     """Return ``client_id`` as an int in ``[0, 2**32)`` (it travels as a u32)."""
-    return _as_int(client_id, "client_id", 0, _MAX_CLIENT_ID)
+    return check_int(client_id, "client_id", 0, _MAX_CLIENT_ID)
 
 
 def check_dim(dim) -> int:
     """Return ``dim`` as an int in ``[1, 2**31 - 1]``."""
-    return _as_int(dim, "dim", 1, MAX_DIM)
-
-
-def check_bits(bits, low=1, high=8, name="bits") -> int:
-    """Return an integer parameter checked to lie in ``[low, high]``."""
-    return _as_int(bits, name, low, high)
+    return check_int(dim, "dim", 1, MAX_DIM)
 
 
 def check_weight(weight) -> float:

@@ -34,11 +34,8 @@ _GROUP = 8
 _ARRAY_KINDS = "iuf"
 
 
-_check_int = check_int
-
-
 def _check_bits(bits):
-    return _check_int(bits, "bits", 1, MAX_CODE_BITS)
+    return check_int(bits, "bits", 1, MAX_CODE_BITS)
 
 
 def packed_size(bits, count):
@@ -57,7 +54,7 @@ def packed_size(bits, count):
         ``ceil(bits * count / 8)``.
     """
     bits = _check_bits(bits)
-    count = _check_int(count, "count", 0)
+    count = check_int(count, "count", 0)
     return (bits * count + 7) // 8
 
 
@@ -235,7 +232,7 @@ def unpack_codes(buffer, bits, count):
         If the length is not exactly ``packed_size(bits, count)`` or a padding bit is set.
     """
     bits = _check_bits(bits)
-    count = _check_int(count, "count", 0)
+    count = check_int(count, "count", 0)
     data = _as_byte_array(buffer, "packed codes")
     expected = (bits * count + 7) // 8
     # checked before any allocation, so ``count`` is bounded by the bytes actually received
@@ -304,7 +301,7 @@ class PayloadWriter:
 
     def _write_int(self, kind, value):
         codec, low, high = _FORMATS[kind]
-        value = _check_int(value, kind, low, high)
+        value = check_int(value, kind, low, high)
         self._append(codec.pack(value))
 
     def _write_float(self, kind, value):
@@ -449,7 +446,7 @@ class PayloadReader:
 
     def read_bytes(self, count, field):
         """Read ``count`` raw bytes named ``field`` as ``bytes``."""
-        count = _check_int(count, "count", 0)
+        count = check_int(count, "count", 0)
         return self._take(count, field).tobytes()
 
     def read_array(self, dtype, count, field):
@@ -459,7 +456,7 @@ class PayloadReader:
         Returns a read-only view when the payload is ``bytes``, otherwise a copy.
         """
         dtype = _little_endian_dtype(dtype)
-        count = _check_int(count, "count", 0)
+        count = check_int(count, "count", 0)
         raw = self._take(count * dtype.itemsize, field)
         values = raw.view(dtype)
         if not dtype.isnative:

@@ -13,13 +13,13 @@ from pathlib import Path
 
 from ._validate import writable_dir
 from .errors import QuicDesignError
+from .reference import EDEN_VNMSE, QUIC_FL_VNMSE, values
 from .table import list_tables, load_table, shipped_tables_dir, write_index
 
-__all__ = ["main", "REFERENCE_VNMSE"]
+__all__ = ["main"]
 
-#: Official QUIC-FL tables (p = 1/512) and EDEN, from the paper notes.
-REFERENCE_VNMSE = {(1, 6): 1.4670, (2, 5): 0.2149, (3, 4): 0.04312, (4, 4): 0.009684}
-EDEN_VNMSE = {1: 0.5708, 2: 0.1331, 3: 0.03578, 4: 0.009592}
+_QUIC_FL_VNMSE = values(QUIC_FL_VNMSE)
+_EDEN_VNMSE = values(EDEN_VNMSE)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,7 +72,7 @@ def _cmd_design_entropy(args) -> int:
             overhead_bits=args.overhead_bits,
             certify=not args.no_certify,
         )
-        table, eden = result.table, EDEN_VNMSE.get(rate)
+        table, eden = result.table, _EDEN_VNMSE.get(rate)
         cert = result.certificate["gap"] if result.certificate else float("nan")
         print(
             f"{rate:>4} {table.shared_bits:>2} {table.num_messages:>4} {result.grid_step:>7.4f} "
@@ -143,8 +143,8 @@ def _quality_report(results) -> str:
     ]
     for r in results:
         t = r.table
-        official = REFERENCE_VNMSE.get((t.bits, t.shared_bits))
-        eden = EDEN_VNMSE.get(t.bits)
+        official = _QUIC_FL_VNMSE.get((t.bits, t.shared_bits))
+        eden = _EDEN_VNMSE.get(t.bits)
         cert = r.certificate["gap"] if r.certificate else float("nan")
         lines.append(
             f"{t.bits:>2} {t.shared_bits:>2} {t.tail_prob:>9.3g} {t.threshold:>7.4f} "

@@ -13,7 +13,6 @@ byte in ``docs/wire-format.md``.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import struct
 from dataclasses import dataclass
@@ -21,19 +20,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._accumulate import WeightedSumAggregator
+from ._deprecation import renamed_attributes
 from ._validate import as_client_vector, check_client_id, check_round_seed
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
-from .randomness import rotation_signs, shared_values
+from .randomness import rotation_signs, round_tag, shared_values
 from .rotation import RotationLayout, rotate, unrotate
 from .table import Table
 
 __all__ = [
-    "Encoder",
-    "Aggregator",
+    "QuicFLEncoder",
+    "QuicFLAggregator",
     "PayloadHeader",
     "read_header",
-    "round_tag",
     "max_payload_size",
     "WIRE_MAGIC",
     "WIRE_VERSION",
@@ -43,13 +42,6 @@ WIRE_MAGIC = b"QDQF"
 WIRE_VERSION = 1
 _FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def round_tag(round_seed: int) -> int:
-    """32-bit tag of a round seed carried in payloads (detects cross-round mixups)."""
-    seed = check_round_seed(round_seed)
-    digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=b"quicdesign.tag1")
-    return int.from_bytes(digest.digest(), "little")
 
 
 def _check_table(table) -> Table:
@@ -87,7 +79,7 @@ class _RoundState:
         return self.signs32
 
 
-class Encoder:
+class QuicFLEncoder:
     """Client-side QUIC-FL encoder for one round.
 
     Parameters
@@ -263,7 +255,7 @@ def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHead
     )
 
 
-class Aggregator(WeightedSumAggregator):
+class QuicFLAggregator(WeightedSumAggregator):
     """Server-side QUIC-FL aggregation for one round and dimension.
 
     Decoded clients are summed in the rotated domain; :meth:`result` applies one inverse
@@ -381,3 +373,8 @@ class Aggregator(WeightedSumAggregator):
     def _finalize(self, mean: np.ndarray) -> np.ndarray:
         # The single inverse rotation of the round.
         return unrotate(mean, self._state.signs(np.float64), self._state.layout)
+
+
+__getattr__ = renamed_attributes(
+    __name__, {"Encoder": "QuicFLEncoder", "Aggregator": "QuicFLAggregator"}, globals()
+)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._wire import PayloadReader
-from .codec import Aggregator, Encoder, read_header
+from .codec import QuicFLAggregator, QuicFLEncoder, read_header
 from .errors import InputVectorError, PayloadError, TableNotFoundError
 from .table import Table, list_tables, load_table
 
@@ -43,7 +43,7 @@ def compress(
     bytes
     """
     table = load_table(bits) if table is None else table
-    return Encoder(table, round_seed).encode(vector, client_id, rng=rng)
+    return QuicFLEncoder(table, round_seed).encode(vector, client_id, rng=rng)
 
 
 def decompress(payload, *, table: Table | None = None, round_seed: int = 0) -> np.ndarray:
@@ -58,7 +58,7 @@ def decompress(payload, *, table: Table | None = None, round_seed: int = 0) -> n
     header = read_header(PayloadReader(payload))
     if table is None:
         table = _shipped_table_with_fingerprint(header.fingerprint)
-    aggregator = Aggregator(table, round_seed, header.dim)
+    aggregator = QuicFLAggregator(table, round_seed, header.dim)
     aggregator.add(payload)
     return aggregator.result()
 

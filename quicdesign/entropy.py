@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ._deprecation import renamed_attributes
 from ._wire import PayloadReader, PayloadWriter
-from .codec import _FIXED_HEADER, Aggregator, Encoder, PayloadHeader, _Quantized
+from .codec import _FIXED_HEADER, PayloadHeader, QuicFLAggregator, QuicFLEncoder, _Quantized
 from .errors import ParameterError, PayloadError
 from .table import Table
 
-__all__ = ["EntropyEncoder", "EntropyAggregator", "ENTROPY_MAGIC"]
+__all__ = ["QuicFLEntropyEncoder", "QuicFLEntropyAggregator", "ENTROPY_MAGIC"]
 
 ENTROPY_MAGIC = b"QDQE"
 
@@ -63,7 +64,7 @@ def _coded_positions(rotated_dim: int, exact_indices: np.ndarray) -> np.ndarray 
     return np.flatnonzero(keep)
 
 
-class EntropyEncoder(Encoder):
+class QuicFLEntropyEncoder(QuicFLEncoder):
     """Client-side encoder for entropy-coded tables (``table.code_model`` set)."""
 
     def __init__(self, table: Table, round_seed: int):
@@ -91,10 +92,10 @@ class EntropyEncoder(Encoder):
         return writer.to_bytes()
 
 
-class EntropyAggregator(Aggregator):
+class QuicFLEntropyAggregator(QuicFLAggregator):
     """Server-side aggregation of entropy-coded payloads (one inverse rotation in total).
 
-    Every guarantee of :class:`quicdesign.Aggregator` holds: a payload is validated and
+    Every guarantee of :class:`quicdesign.QuicFLAggregator` holds: a payload is validated and
     decoded completely (the ANS stream must decode to exactly the expected number of
     symbols and be used up) before any state changes.
     """
@@ -142,3 +143,10 @@ class EntropyAggregator(Aggregator):
         if codes.max(initial=0) >= self.table.num_messages:
             raise PayloadError("decoded message outside the table")
         return codes, indices, values
+
+
+__getattr__ = renamed_attributes(
+    __name__,
+    {"EntropyEncoder": "QuicFLEntropyEncoder", "EntropyAggregator": "QuicFLEntropyAggregator"},
+    globals(),
+)

@@ -19,11 +19,11 @@ loky backend does; otherwise ``OPENBLAS_NUM_THREADS=1`` or threadpoolctl).
 
 import functools
 import math
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
+from quicdesign._validate import check_dim
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError
 
 __all__ = ["fwht", "RotationLayout", "rotate", "unrotate"]
@@ -34,7 +34,6 @@ _MAX_PASS_BITS = 4
 # A single dense matmul is cheaper than several passes up to this length.
 _SINGLE_PASS_MAX = 128
 _FWHT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_MAX_DIM = 2**31 - 1
 _SMALL_VECTOR_CHUNK = 1024
 _MAX_CHUNKS = 8
 _SIGN_CHECK_BLOCK = 1 << 16
@@ -140,18 +139,6 @@ def fwht(a, *, out=None):
     return out
 
 
-def _check_dim(d):
-    if isinstance(d, (bool, np.bool_)):
-        raise ParameterError("dim must be an integer >= 1, got a bool")
-    try:
-        d = operator.index(d)
-    except TypeError:
-        raise ParameterError(f"dim must be an integer >= 1, got {type(d).__name__}") from None
-    if not 1 <= d <= _MAX_DIM:
-        raise ParameterError(f"dim must be in [1, 2**31 - 1], got {d}")
-    return d
-
-
 def _layout_sizes(d):
     padded = 1 << (d - 1).bit_length()
     chunk_size = max(padded // _MAX_CHUNKS, min(padded, _SMALL_VECTOR_CHUNK))
@@ -184,7 +171,7 @@ class RotationLayout:
     num_chunks: int
 
     def __post_init__(self):
-        dim = _check_dim(self.dim)
+        dim = check_dim(self.dim)
         expected = _layout_sizes(dim)
         given = (self.chunk_size, self.num_chunks)
         if any(type(value) is not int for value in given) or given != expected:
@@ -199,7 +186,7 @@ class RotationLayout:
     @classmethod
     def for_dim(cls, d):
         """Return the layout of a length-``d`` vector (see the class docstring)."""
-        d = _check_dim(d)
+        d = check_dim(d)
         chunk_size, num_chunks = _layout_sizes(d)
         return cls(dim=d, chunk_size=chunk_size, num_chunks=num_chunks)
 

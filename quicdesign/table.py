@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._validate import check_int
+from ._validate import check_int, check_tail_prob
 from .errors import (
     ParameterError,
     TableChecksumError,
@@ -60,20 +60,6 @@ def _canonical_json(obj) -> bytes:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _check_int(name, value, low, high):
-    return check_int(value, name, low, high)
-
-
-def _check_tail_prob(tail_prob):
-    try:
-        value = float(tail_prob)
-    except (TypeError, ValueError):
-        raise ParameterError(f"tail_prob must be a number in (0, 1), got {tail_prob!r}") from None
-    if not 0.0 < value < 1.0:
-        raise ParameterError(f"tail_prob must be in (0, 1), got {tail_prob!r}")
-    return value
 
 
 class Table:
@@ -115,9 +101,9 @@ class Table:
         manifest=None,
         code_model=None,
     ):
-        self.bits = _check_int("bits", bits, 1, _MAX_BITS)
-        self.shared_bits = _check_int("shared_bits", shared_bits, 0, _MAX_SHARED_BITS)
-        self.tail_prob = _check_tail_prob(tail_prob)
+        self.bits = check_int(bits, "bits", 1, _MAX_BITS)
+        self.shared_bits = check_int(shared_bits, "shared_bits", 0, _MAX_SHARED_BITS)
+        self.tail_prob = check_tail_prob(tail_prob)
         self.lower, self.upper = float(lower), float(upper)
         if not (
             math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper
@@ -537,11 +523,11 @@ def load_table(bits, shared_bits=None, tail_prob=None, path=None) -> Table:
     TableNotFoundError
         If no table matches.
     """
-    bits = _check_int("bits", bits, 1, _MAX_BITS)
+    bits = check_int(bits, "bits", 1, _MAX_BITS)
     if shared_bits is not None:
-        shared_bits = _check_int("shared_bits", shared_bits, 0, _MAX_SHARED_BITS)
+        shared_bits = check_int(shared_bits, "shared_bits", 0, _MAX_SHARED_BITS)
     if tail_prob is not None:
-        tail_prob = _check_tail_prob(tail_prob)
+        tail_prob = check_tail_prob(tail_prob)
     folder = shipped_tables_dir() if path is None else Path(path)
     if (folder / MANIFEST_FILE).is_file():
         table = Table.load(folder)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
@@ -11,7 +10,7 @@ import scipy
 from scipy.optimize import OptimizeResult
 
 import quicdesign
-from quicdesign._validate import check_int
+from quicdesign._validate import check_int, check_positive_float, check_tail_prob
 from quicdesign.errors import ParameterError
 from quicdesign.table import Table
 
@@ -24,10 +23,6 @@ __all__ = ["DesignSpec", "DesignResult", "design", "MAX_BITS", "MAX_SHARED_BITS"
 MAX_BITS = 8
 MAX_SHARED_BITS = 8
 DEFAULT_TAIL_PROB = 1 / 512
-
-
-def _check_int(name, value, low, high):
-    return check_int(value, name, low, high)
 
 
 @dataclass(frozen=True)
@@ -56,13 +51,11 @@ class DesignSpec:
     distribution: object = field(default=None, compare=False)
 
     def __post_init__(self):
-        _check_int("bits", self.bits, 1, MAX_BITS)
-        _check_int("shared_bits", self.shared_bits, 0, MAX_SHARED_BITS)
+        check_int(self.bits, "bits", 1, MAX_BITS)
+        check_int(self.shared_bits, "shared_bits", 0, MAX_SHARED_BITS)
         object.__setattr__(self, "distribution", as_distribution(self.distribution))
         if self.threshold is not None:
-            threshold = float(self.threshold)
-            if not (math.isfinite(threshold) and threshold > 0):
-                raise ParameterError(f"threshold must be a positive number, got {self.threshold!r}")
+            threshold = check_positive_float(self.threshold, "threshold")
             low, high = self.distribution.partial_moments(np.array([-threshold, threshold]))[0]
             tail = 1.0 - float(high - low)
             if not 0 < tail < 1:
@@ -72,15 +65,7 @@ class DesignSpec:
             object.__setattr__(self, "threshold", threshold)
             object.__setattr__(self, "tail_prob", tail)
         else:
-            try:
-                tail = float(self.tail_prob)
-            except (TypeError, ValueError):
-                raise ParameterError(
-                    f"tail_prob must be a number, got {self.tail_prob!r}"
-                ) from None
-            if not 0.0 < tail < 1.0:
-                raise ParameterError(f"tail_prob must be in (0, 1), got {self.tail_prob!r}")
-            object.__setattr__(self, "tail_prob", tail)
+            object.__setattr__(self, "tail_prob", check_tail_prob(self.tail_prob))
 
     @property
     def interval(self) -> tuple[float, float]:

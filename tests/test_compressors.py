@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from quicdesign._validate import as_client_vector
 from quicdesign.compressors import (
     COMPRESSORS,
     DRIVE,
@@ -20,12 +21,14 @@ from quicdesign.compressors import (
     lloyd_max_normal,
     make_compressor,
 )
-from quicdesign.compressors._common import HEADER_SIZE, as_client_vector, f32_ceil, f32_floor
+from quicdesign.compressors._common import HEADER_SIZE, f32_ceil, f32_floor
 from quicdesign.compressors.cossgd import cosine_levels
 from quicdesign.compressors.kashin import _inverse, kashin_coefficients, kashin_frame_dim
 from quicdesign.compressors.randk import randk_indices
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError, PayloadError
 from quicdesign.randomness import rotation_signs
+from quicdesign.reference import EDEN_VNMSE as EDEN_VNMSE_REFERENCE
+from quicdesign.reference import LLOYD_MAX_NORMAL, values
 from quicdesign.rotation import RotationLayout, rotate
 from quicdesign.testing import check_compressor, parametrize_compressors
 
@@ -204,14 +207,8 @@ def test_sq_constant_vector_is_exact():
 
 # ----------------------------------------------------------------------------- EDEN
 
-# The notes' table (quic-fl.md, section 8): positive centroids and D_LM.
-LLOYD_MAX_TABLE = {
-    1: ([0.79788], 0.3634),
-    2: ([0.45278, 1.51042], 0.1175),
-    3: ([0.24509, 0.75601, 1.34391, 2.15195], 0.03455),
-    4: ([0.12840, 0.38805, 0.65676, 0.94234, 1.25623, 1.61805, 2.06902, 2.73259], 0.009501),
-}
-EDEN_VNMSE = {1: 0.5708, 2: 0.1331, 3: 0.03578, 4: 0.009592}
+LLOYD_MAX_TABLE = values(LLOYD_MAX_NORMAL)
+EDEN_VNMSE = values(EDEN_VNMSE_REFERENCE)
 
 
 @pytest.mark.parametrize("bits", sorted(LLOYD_MAX_TABLE))

@@ -32,12 +32,10 @@ This module imports only numpy and quicdesign at import time; scikit-learn, matp
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import functools
 import inspect
 import math
-import operator
 import sys
 import time
 import zlib
@@ -46,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quicdesign._validate import writable_dir
+from quicdesign._progress import limit_blas_threads, progress_bar
+from quicdesign._validate import check_int, writable_dir
 from quicdesign.compressors import COMPRESSORS, make_compressor
 from quicdesign.errors import ParameterError, QuicDesignError
 
@@ -102,31 +101,10 @@ _MAX_DIM = 2**28
 # --------------------------------------------------------------------------- validation
 
 
-def _positive_int(value, name, high=None):
-    if isinstance(value, (bool, np.bool_)):
-        raise ParameterError(f"{name} must be a positive integer, got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ParameterError(f"{name} must be a positive integer, got {value!r}") from None
-    if value < 1 or (high is not None and value > high):
-        limit = f" at most {high}" if high is not None else ""
-        raise ParameterError(f"{name} must be a positive integer{limit}, got {value}")
-    return value
-
-
-def _nonnegative_int(value, name):
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ParameterError(f"{name} must be a non-negative integer, got {value!r}")
-    if value < 0:
-        raise ParameterError(f"{name} must be a non-negative integer, got {value}")
-    return int(value)
-
-
 def _int_list(values, name, high=None):
     if isinstance(values, (int, np.integer)) and not isinstance(values, bool):
         values = (values,)
-    checked = sorted({_positive_int(v, name, high) for v in values})
+    checked = sorted({check_int(v, name, 1, high) for v in values})
     if not checked:
         raise ParameterError(f"{name} needs at least one value")
     return tuple(checked)
@@ -306,48 +284,6 @@ def _derived_seed(*keys):
     return int(np.random.SeedSequence(list(keys)).generate_state(1, np.uint64)[0])
 
 
-class _NoBar:
-    def update(self, count=1):
-        pass
-
-
-@contextlib.contextmanager
-def _progress(total, enabled, description):
-    """A tqdm.auto bar (closed on exit), or an object whose ``update`` does nothing."""
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:  # the bar is a convenience; never fail a run for it
-        enabled = False
-    if not enabled:
-        yield _NoBar()
-        return
-    bar = tqdm(total=total, desc=description, leave=False)
-    try:
-        yield bar
-    finally:
-        bar.close()
-
-
-@contextlib.contextmanager
-def _blas_threads(limit):
-    """Limit BLAS to ``limit`` threads while timing (0 or None: the library's own setting).
-
-    The rotations are BLAS matmuls. On a shared 2-core machine, OpenBLAS thread hand-offs
-    made one QUIC-FL aggregation of 8 clients at d = 2^18 take 260-340 ms instead of
-    35-60 ms with one thread, and the timings scattered by a factor of two.
-    """
-    if not limit:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ModuleNotFoundError:  # optional (it comes with scikit-learn, in the bench extra)
-        yield
-        return
-    with threadpool_limits(limit, user_api="blas"):
-        yield
-
-
 def _relative_error(estimate, truth, denominator):
     difference = estimate - truth
     return float(np.dot(difference, difference) / denominator)
@@ -408,11 +344,11 @@ def run_dme_benchmark(
     """
     preset = _SMALL_DEFAULTS if small else _DEFAULTS
     bits_list = _int_list(_resolve(bits, "bits", preset), "bits", _MAX_BITS)
-    dim = _positive_int(_resolve(dim, "dim", preset), "dim", _MAX_DIM)
+    dim = check_int(_resolve(dim, "dim", preset), "dim", 1, _MAX_DIM)
     client_counts = _int_list(_resolve(clients, "clients", preset), "clients", 2**16)
-    trials = _positive_int(_resolve(trials, "trials", preset), "trials")
+    trials = check_int(_resolve(trials, "trials", preset), "trials", 1)
     families = _check_families(families)
-    seed = _nonnegative_int(seed, "seed")
+    seed = check_int(seed, "seed", 0)
     specs = (compressors,) if isinstance(compressors, str) else tuple(compressors)
     if not specs:
         raise ParameterError("compressors needs at least one name")
@@ -420,7 +356,7 @@ def run_dme_benchmark(
     most_clients = client_counts[-1]
     results = {}
     total = len(families) * trials * len(configs)
-    with _blas_threads(blas_threads), _progress(total, progress, "bench dme") as bar:
+    with limit_blas_threads(blas_threads), progress_bar(total, "bench dme", progress) as bar:
         for config in configs:
             _warm_up(config, dim, seed)
         for family in families:
@@ -593,11 +529,11 @@ def run_server_scaling(
         EDEN / QUIC-FL ratio at the largest ``n``.
     """
     preset = _SMALL_SCALING if small else _SCALING
-    dim = _positive_int(_resolve(dim, "dim", preset), "dim", _MAX_DIM)
-    bits = _positive_int(_resolve(bits, "bits", preset), "bits", _MAX_BITS)
+    dim = check_int(_resolve(dim, "dim", preset), "dim", 1, _MAX_DIM)
+    bits = check_int(_resolve(bits, "bits", preset), "bits", 1, _MAX_BITS)
     client_counts = _int_list(_resolve(clients, "clients", preset), "clients", 2**16)
-    repeats = _positive_int(_resolve(repeats, "repeats", preset), "repeats")
-    seed = _nonnegative_int(seed, "seed")
+    repeats = check_int(_resolve(repeats, "repeats", preset), "repeats", 1)
+    seed = check_int(seed, "seed", 0)
     configs = _build_configs(compressors, (bits,), dim)
     most_clients = client_counts[-1]
     round_seed = _derived_seed(seed, 4)
@@ -607,7 +543,7 @@ def run_server_scaling(
     ]
     rows, fits = [], {}
     total = len(configs) * (1 + len(client_counts))
-    with _blas_threads(blas_threads), _progress(total, progress, "server scaling") as bar:
+    with limit_blas_threads(blas_threads), progress_bar(total, "server scaling", progress) as bar:
         for config in configs:
             _warm_up(config, dim, seed)
         for config in configs:
@@ -709,12 +645,12 @@ def run_cossgd_comparison(
         dims = (_SMALL_COSSGD_TENSOR_DIM if small else _COSSGD_TENSOR_DIM, large)
     dims = _int_list(dims, "dim", _MAX_DIM)
     families = _check_families(families)
-    trials = _positive_int(
-        _resolve(trials, "trials", _SMALL_DEFAULTS if small else _DEFAULTS), "trials"
+    trials = check_int(
+        _resolve(trials, "trials", _SMALL_DEFAULTS if small else _DEFAULTS), "trials", 1
     )
-    seed = _nonnegative_int(seed, "seed")
+    seed = check_int(seed, "seed", 0)
     rows = []
-    with _progress(len(families) * len(dims) * len(bits_list), progress, "cossgd table") as bar:
+    with progress_bar(len(families) * len(dims) * len(bits_list), "cossgd table", progress) as bar:
         for family in families:
             family_code = FAMILIES.index(family)
             for dim in dims:
@@ -1005,10 +941,10 @@ def _run(args):
     if not (args.sweep or args.server_scaling or args.cossgd_table):
         raise ParameterError("nothing to run: --no-sweep needs --server-scaling or --cossgd-table")
     if args.repeats is not None:
-        _positive_int(args.repeats, "repeats")
+        check_int(args.repeats, "repeats", 1)
     if args.trials is not None:
-        _positive_int(args.trials, "trials")
-    _nonnegative_int(args.blas_threads, "blas-threads")
+        check_int(args.trials, "trials", 1)
+    check_int(args.blas_threads, "blas-threads", 0)
     out = writable_dir(args.out) if args.out else None
     progress = sys.stderr.isatty() if args.progress is None else args.progress
     families = args.families or FAMILIES

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 
-from ..codec import Aggregator, Encoder
+from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..table import load_table
 from .transform import _median_seconds
 
@@ -23,7 +23,7 @@ def _naive_per_client_decode(table, round_seed, dim, payloads):
     """Decode every client with its own inverse transform, then average (the baseline)."""
     total = np.zeros(dim)
     for payload in payloads:
-        single = Aggregator(table, round_seed, dim)
+        single = QuicFLAggregator(table, round_seed, dim)
         single.add(payload)
         total += single.result()
     return total / len(payloads)
@@ -80,13 +80,13 @@ def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0):
 def _bench_bits(b, vectors, repeats, seed):
     clients, dim = vectors.shape
     table = load_table(b)
-    encoder = Encoder(table, round_seed=1)
+    encoder = QuicFLEncoder(table, round_seed=1)
     private = np.random.default_rng(seed + 1)
     encode_s = _median_seconds(lambda: encoder.encode(vectors[0], 0, rng=private), repeats)
     payloads = [encoder.encode(v, c, rng=private) for c, v in enumerate(vectors)]
 
     def aggregate():
-        aggregator = Aggregator(table, 1, dim)
+        aggregator = QuicFLAggregator(table, 1, dim)
         for payload in payloads:
             aggregator.add(payload)
         return aggregator.result()

@@ -1,13 +1,12 @@
 """Timing of the Hadamard transform and the rotation built on it."""
 
 import functools
-import operator
 import statistics
 import time
 
 import numpy as np
 
-from quicdesign.errors import ParameterError
+from quicdesign._validate import check_int
 from quicdesign.randomness import rotation_signs
 from quicdesign.rotation import RotationLayout, fwht, rotate, unrotate
 
@@ -22,18 +21,6 @@ def _median_seconds(run, repeats):
         run()
         timings.append(time.perf_counter() - start)
     return statistics.median(timings)
-
-
-def _check_positive_int(value, name):
-    if isinstance(value, bool):
-        raise ParameterError(f"{name} must be a positive integer, got a bool")
-    try:
-        value = operator.index(value)
-    except TypeError:
-        raise ParameterError(f"{name} must be a positive integer, got {value!r}") from None
-    if value < 1:
-        raise ParameterError(f"{name} must be a positive integer, got {value}")
-    return value
 
 
 def bench_transform(dims=(2**16, 2**18, 2**20), repeats=7):
@@ -53,8 +40,8 @@ def bench_transform(dims=(2**16, 2**18, 2**20), repeats=7):
         One dict per measurement with keys ``op``, ``dtype``, ``dim``, ``median_ms`` and
         ``mcoord_per_s`` (millions of input coordinates per second).
     """
-    dims = [_check_positive_int(d, "dim") for d in dims]
-    repeats = _check_positive_int(repeats, "repeats")
+    dims = [check_int(d, "dim", 1) for d in dims]
+    repeats = check_int(repeats, "repeats", 1)
     rng = np.random.default_rng(0)
     results = []
 

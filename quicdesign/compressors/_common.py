@@ -1,6 +1,5 @@
 """Private helpers shared by the baseline compressors (one implementation of each).
 
-- Validation of client vectors, seeds, client ids, dimensions and weights.
 - The common payload header every baseline writes first (see :func:`write_header`).
 - Float32 side information rounded in a known direction, so the client quantizes with
   exactly the value the server will read.
@@ -29,34 +28,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._accumulate import WeightedSumAggregator
-from .._validate import (
-    MAX_DIM,
-    as_client_vector,
-    check_bits,
-    check_client_id,
-    check_dim,
-    check_round_seed,
-    check_weight,
-)
+from .._validate import as_client_vector, check_client_id, check_dim, check_round_seed
 from .._wire import PayloadReader, PayloadWriter
-from ..codec import round_tag
 from ..errors import InputVectorError, PayloadError
+from ..randomness import round_tag
 from .base import Compressor
 
 __all__ = [
     "WIRE_VERSION",
     "HEADER_SIZE",
-    "MAX_DIM",
     "PayloadHeader",
     "BaselineCompressor",
     "SumAggregator",
     "DirectSumAggregator",
-    "as_client_vector",
-    "check_bits",
-    "check_client_id",
-    "check_dim",
-    "check_round_seed",
-    "check_weight",
     "config_tag",
     "euclidean_norm",
     "f32_ceil",
@@ -71,9 +55,6 @@ __all__ = [
 WIRE_VERSION = 1
 HEADER_SIZE = 4 + 1 + 4 + 4 + 4 + 4
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-# --------------------------------------------------------------------------- validation
 
 
 # ------------------------------------------------------------------- float32 side info
@@ -138,9 +119,6 @@ def read_f32(reader: PayloadReader, field: str, *, nonnegative=False) -> float:
         kind = "finite and non-negative" if nonnegative else "finite"
         raise PayloadError(f"{field} must be {kind}, got {value!r}")
     return value
-
-
-# ------------------------------------------------------------------------ randomness
 
 
 # -------------------------------------------------------------------------- header

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import check_int
 from .._wire import packed_size
 from ..randomness import rotation_signs
 from ..rotation import RotationLayout, rotate, unrotate
-from ._common import BaselineCompressor, SumAggregator, check_bits
+from ._common import BaselineCompressor, SumAggregator
 from .base import CompressorProperties
 from .sq import minmax_dequantize, minmax_quantize, read_minmax_side
 
@@ -59,7 +60,7 @@ class HadamardSQ(BaselineCompressor):
         self.bits = bits
 
     def _config(self):
-        return (check_bits(self.bits, 1, 16),)
+        return (check_int(self.bits, "bits", 1, 16),)
 
     def _body_size(self, dim):
         return 8 + packed_size(self._config()[0], RotationLayout.for_dim(dim).rotated_dim)

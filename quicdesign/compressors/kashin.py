@@ -28,11 +28,12 @@ import math
 
 import numpy as np
 
+from .._validate import check_int
 from .._wire import packed_size
 from ..errors import ParameterError
 from ..randomness import rotation_signs
 from ..rotation import fwht
-from ._common import BaselineCompressor, SumAggregator, check_bits, euclidean_norm
+from ._common import BaselineCompressor, SumAggregator, euclidean_norm
 from .base import CompressorProperties
 from .sq import minmax_dequantize, minmax_quantize, read_minmax_side
 
@@ -155,7 +156,7 @@ class KashinSQ(BaselineCompressor):
         )
 
     def _config(self):
-        bits = check_bits(self.bits, 1, 16)
+        bits = check_int(self.bits, "bits", 1, 16)
         if self.variant not in ("exact", "tf"):
             raise ParameterError(f"variant must be 'exact' or 'tf', got {self.variant!r}")
         if not (isinstance(self.eta, (int, float)) and 0 < self.eta <= 1):

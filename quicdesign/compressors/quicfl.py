@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from ..codec import Aggregator, Encoder
-from ..entropy import EntropyAggregator, EntropyEncoder
+from ..codec import QuicFLAggregator, QuicFLEncoder
+from ..entropy import QuicFLEntropyAggregator, QuicFLEntropyEncoder
 from ..table import Table, load_entropy_table, load_table
 from .base import Compressor, CompressorProperties
 
@@ -13,8 +13,8 @@ __all__ = ["QuicFL", "QuicFLEntropy"]
 class _TableCompressor(Compressor):
     """A compressor driven by a table: one encoder per round, one aggregator per round."""
 
-    _encoder_class = Encoder
-    _aggregator_class = Aggregator
+    _encoder_class = QuicFLEncoder
+    _aggregator_class = QuicFLAggregator
 
     def _load_table(self) -> Table:
         raise NotImplementedError
@@ -91,8 +91,8 @@ class QuicFLEntropy(_TableCompressor):
         shared_randomness=("round", "client"),
         fixed_rate=False,
     )
-    _encoder_class = EntropyEncoder
-    _aggregator_class = EntropyAggregator
+    _encoder_class = QuicFLEntropyEncoder
+    _aggregator_class = QuicFLEntropyAggregator
 
     def __init__(self, bits=2, table=None):
         self.bits = bits

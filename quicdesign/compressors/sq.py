@@ -24,16 +24,10 @@ import math
 
 import numpy as np
 
+from .._validate import check_int
 from .._wire import packed_size
 from ..errors import ParameterError, PayloadError
-from ._common import (
-    BaselineCompressor,
-    check_bits,
-    euclidean_norm,
-    f32_ceil,
-    f32_floor,
-    read_f32,
-)
+from ._common import BaselineCompressor, euclidean_norm, f32_ceil, f32_floor, read_f32
 from .base import CompressorProperties
 
 __all__ = [
@@ -124,7 +118,7 @@ class StochasticQuantizer(BaselineCompressor):
         self.bits = bits
 
     def _config(self):
-        return (check_bits(self.bits, 1, 16),)
+        return (check_int(self.bits, "bits", 1, 16),)
 
     def _body_size(self, dim):
         return _SIDE_BYTES + packed_size(self._config()[0], dim)
@@ -163,7 +157,7 @@ class QSGD(BaselineCompressor):
         self.norm = norm
 
     def _config(self):
-        levels = check_bits(self.levels, 1, 2**15 - 1, name="levels")
+        levels = check_int(self.levels, "levels", 1, 2**15 - 1)
         if self.norm not in ("l2", "max"):
             raise ParameterError(f"norm must be 'l2' or 'max', got {self.norm!r}")
         return levels, self.norm

@@ -1,25 +1,17 @@
-"""Seeds, argument checks and progress reporting shared by the simulators."""
+"""Seed streams of the simulators (one per run, direction and round)."""
 
 from __future__ import annotations
 
-import functools
 import operator
-import sys
 import zlib
 
 import numpy as np
 
-from quicdesign._validate import check_int as _shared_check_int
-from quicdesign.errors import ParameterError
+from quicdesign._validate import check_int
 
 __all__ = [
     "stream_seed",
     "generator",
-    "check_int",
-    "check_positive_float",
-    "check_probability",
-    "progress_bar",
-    "single_threaded_blas",
 ]
 
 _UINT64_MASK = (1 << 64) - 1
@@ -53,66 +45,3 @@ def stream_seed(seed, *labels) -> int:
 def generator(seed, *labels) -> np.random.Generator:
     """A numpy ``Generator`` for one independent stream of a run (private randomness)."""
     return np.random.default_rng(stream_seed(seed, *labels))
-
-
-check_int = _shared_check_int
-
-
-def check_positive_float(value, name, *, allow_zero=False) -> float:
-    """Return ``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ParameterError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return value
-
-
-def check_probability(value, name, *, allow_zero=False) -> float:
-    """Return ``value`` as a float in ``(0, 1]`` (``[0, 1]`` with ``allow_zero``)."""
-    value = check_positive_float(value, name, allow_zero=allow_zero)
-    if value > 1:
-        raise ParameterError(f"{name} must be at most 1, got {value}")
-    return value
-
-
-class _NoBar:
-    def update(self, n=1):
-        pass
-
-    def close(self):
-        pass
-
-
-def progress_bar(total, description, enabled):
-    """A tqdm bar on stderr when ``enabled`` (``None``: only on a terminal), else a no-op."""
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    if not enabled:
-        return _NoBar()
-    try:
-        from tqdm import tqdm
-    except ModuleNotFoundError:  # tqdm is optional; silence is better than failing
-        return _NoBar()
-    return tqdm(total=total, desc=description, leave=False, file=sys.stderr)
-
-
-def single_threaded_blas(function):
-    """Run ``function`` with BLAS limited to one thread (when threadpoolctl is installed).
-
-    Simulations are many tiny matrix products, where BLAS threads cost far more than they
-    gain: a ``(10, 1669) @ (1669, 100)`` product took 50 ms with threads on a loaded
-    2-core machine and 0.3 ms without.
-    """
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        try:
-            from threadpoolctl import threadpool_limits
-        except ModuleNotFoundError:  # optional: without it BLAS keeps its own setting
-            return function(*args, **kwargs)
-        with threadpool_limits(1, user_api="blas"):
-            return function(*args, **kwargs)
-
-    return wrapper

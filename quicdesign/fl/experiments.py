@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quicdesign._progress import progress_bar
+from quicdesign._validate import check_int
 from quicdesign.errors import ParameterError
-
-from ._common import check_int, progress_bar
 
 __all__ = ["Experiment", "ExperimentResult", "EXPERIMENTS", "run_experiment", "format_table"]
 

@@ -42,16 +42,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quicdesign._progress import progress_bar, single_threaded_blas
+from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError
 
-from ._common import (
-    check_int,
-    check_positive_float,
-    generator,
-    progress_bar,
-    single_threaded_blas,
-    stream_seed,
-)
+from ._common import generator, stream_seed
 from .history import RunHistory
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes

@@ -12,10 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quicdesign._validate import check_int
 from quicdesign.compressors.base import Aggregator, Compressor, CompressorProperties
 from quicdesign.errors import ParameterError, PayloadError
-
-from ._common import check_int
 
 __all__ = [
     "RawFloats",
