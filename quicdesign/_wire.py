@@ -259,10 +259,7 @@ _FORMATS = {
     "u8": (struct.Struct("<B"), 0, 2**8 - 1),
     "u16": (struct.Struct("<H"), 0, 2**16 - 1),
     "u32": (struct.Struct("<I"), 0, 2**32 - 1),
-    "u64": (struct.Struct("<Q"), 0, 2**64 - 1),
-    "i64": (struct.Struct("<q"), -(2**63), 2**63 - 1),
     "f32": (struct.Struct("<f"), None, None),
-    "f64": (struct.Struct("<d"), None, None),
 }
 
 
@@ -325,21 +322,9 @@ class PayloadWriter:
         """Append an unsigned 32-bit integer."""
         self._write_int("u32", value)
 
-    def write_u64(self, value):
-        """Append an unsigned 64-bit integer."""
-        self._write_int("u64", value)
-
-    def write_i64(self, value):
-        """Append a signed 64-bit integer."""
-        self._write_int("i64", value)
-
     def write_f32(self, value):
         """Append an IEEE float32 (rounded from ``value``)."""
         self._write_float("f32", value)
-
-    def write_f64(self, value):
-        """Append an IEEE float64."""
-        self._write_float("f64", value)
 
     def write_bytes(self, data):
         """Append raw bytes (any contiguous bytes-like object), copied now."""
@@ -428,21 +413,9 @@ class PayloadReader:
         """Read an unsigned 32-bit integer named ``field``."""
         return self._read_scalar("u32", field)
 
-    def read_u64(self, field):
-        """Read an unsigned 64-bit integer named ``field``."""
-        return self._read_scalar("u64", field)
-
-    def read_i64(self, field):
-        """Read a signed 64-bit integer named ``field``."""
-        return self._read_scalar("i64", field)
-
     def read_f32(self, field):
         """Read a float32 named ``field`` (returned as a Python float)."""
         return self._read_scalar("f32", field)
-
-    def read_f64(self, field):
-        """Read a float64 named ``field``."""
-        return self._read_scalar("f64", field)
 
     def read_bytes(self, count, field):
         """Read ``count`` raw bytes named ``field`` as ``bytes``."""

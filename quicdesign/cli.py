@@ -1,25 +1,36 @@
 """The ``quicdesign`` command line: a thin shell over the Python API.
 
-``design`` and ``tables verify`` import the design layer (``solvers``) lazily; every
-other command needs the runtime only. Errors print one line and exit with status 2.
+The runtime's own verbs (``tables list``, ``tables show``) live here; every other verb
+registers itself through the ``quicdesign.commands`` entry points (``design`` and
+``tables verify`` from the design layer, ``bench`` and ``fl`` from the lab), so this
+module never imports them. Errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
 import sys
-import time
 from pathlib import Path
 
-from ._validate import writable_dir
 from .errors import QuicDesignError
-from .reference import EDEN_VNMSE, QUIC_FL_VNMSE, values
-from .table import list_tables, load_table, shipped_tables_dir, write_index
+from .table import list_tables, load_table, shipped_tables_dir
 
-__all__ = ["main"]
+__all__ = ["main", "build_parser", "parse_probability", "registered_commands", "ENTRY_POINT_GROUP"]
 
-_QUIC_FL_VNMSE = values(QUIC_FL_VNMSE)
-_EDEN_VNMSE = values(EDEN_VNMSE)
+#: Entry-point group of CLI verbs. An entry's name is the verb's path ("design",
+#: "tables.verify"); its object is a function ``register(subparsers)`` adding that verb
+#: to the subparsers of its parent (the top level, or ``tables``).
+ENTRY_POINT_GROUP = "quicdesign.commands"
+# Kept equal to [project.entry-points."quicdesign.commands"] in pyproject.toml (a test
+# checks it), for runs from a source tree where no metadata is installed.
+_OWN_COMMANDS = {
+    "design": "solvers.cli:register_design",
+    "tables.verify": "solvers.cli:register_tables_verify",
+    "bench": "quicdesign.bench.cli:register",
+    "fl": "quicdesign.fl.cli:register",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,23 +38,7 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"quicdesign: error: {message}\n")
 
 
-def _int_list(text: str) -> list[int]:
-    values = []
-    try:
-        for part in text.split(","):
-            if "-" in part.strip()[1:]:
-                low, high = part.split("-", 1)
-                values.extend(range(int(low), int(high) + 1))
-            else:
-                values.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers like '1-4' or '1,2,8', got {text!r}"
-        ) from None
-    return values
-
-
-def _probability(text: str) -> float:
+def parse_probability(text: str) -> float:
     try:
         if "/" in text:
             num, den = text.split("/", 1)
@@ -53,107 +48,6 @@ def _probability(text: str) -> float:
         raise argparse.ArgumentTypeError(
             f"expected a probability like 1/512, got {text!r}"
         ) from None
-
-
-def _cmd_design_entropy(args) -> int:
-    from solvers.rate import design_entropy_coded
-
-    shared_bits = (args.shared_bits or [6])[0]
-    out = writable_dir(args.out) if args.out else None
-    print(
-        f"{'rate':>4} {'l':>2} {'K':>4} {'step':>7} {'vNMSE':>9} {'EDEN':>7} {'ratio':>6} "
-        f"{'expected bits':>13} {'cert gap':>9}"
-    )
-    defaults, failed = {}, 0
-    for rate in args.entropy:
-        result = design_entropy_coded(
-            target_bits=rate,
-            shared_bits=shared_bits,
-            overhead_bits=args.overhead_bits,
-            certify=not args.no_certify,
-        )
-        table, eden = result.table, _EDEN_VNMSE.get(rate)
-        cert = result.certificate["gap"] if result.certificate else float("nan")
-        print(
-            f"{rate:>4} {table.shared_bits:>2} {table.num_messages:>4} {result.grid_step:>7.4f} "
-            f"{result.vnmse:>9.5g} {eden if eden else '':>7} "
-            f"{format(result.vnmse / eden, '.3f') if eden else '':>6} "
-            f"{result.expected_bits:>13.4f} {cert:>9.1e}"
-        )
-        failed += not result.success
-        if out is not None:
-            name = f"rate{rate}-l{table.shared_bits}"
-            table.save(out / name)
-            defaults[rate] = name
-    if out is not None:
-        write_index(out, defaults)
-        print(f"tables written to {out}")
-    return 1 if failed else 0
-
-
-def _cmd_design(args) -> int:
-    if args.entropy:
-        return _cmd_design_entropy(args)
-    from solvers.design import DEFAULT_TAIL_PROB, DesignSpec
-    from solvers.sweep import DEFAULT_SHARED_BITS, default_specs, sweep
-
-    if args.defaults:
-        specs = default_specs()
-    else:
-        bits_list = args.bits or [1, 2, 3, 4]
-        tail = DEFAULT_TAIL_PROB if args.tail_prob is None else args.tail_prob
-        specs = []
-        for bits in bits_list:
-            shared = args.shared_bits or [DEFAULT_SHARED_BITS.get(bits, 0)]
-            specs += [DesignSpec(bits, shared_bits, tail) for shared_bits in shared]
-    out = writable_dir(args.out) if args.out else None
-    began = time.perf_counter()
-    results = sweep(
-        specs,
-        n_jobs=args.jobs,
-        cache_dir=args.cache_dir,
-        progress=args.progress,
-        starts=args.starts,
-        certify=not args.no_certify,
-    )
-    wall = time.perf_counter() - began
-    print(_quality_report(results))
-    print(f"\n{len(results)} tables designed in {wall:.1f} s wall (n_jobs={args.jobs})")
-    failed = [r for r in results if not r.success]
-    if out is not None:
-        for result in results:
-            result.table.save(out / result.table.name)
-        defaults = {
-            r.table.bits: r.table.name
-            for r in results
-            if r.table.shared_bits == DEFAULT_SHARED_BITS.get(r.table.bits)
-        }
-        write_index(out, defaults or None)
-        print(f"tables written to {out}")
-    if failed:
-        print(f"quicdesign: error: {len(failed)} design(s) failed verification", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _quality_report(results) -> str:
-    lines = [
-        f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'official':>9} {'ratio':>6} "
-        f"{'EDEN':>7} {'1/(4^b-1)':>10} {'bits/coord':>10} {'cert gap':>9} {'time s':>6}",
-    ]
-    for r in results:
-        t = r.table
-        official = _QUIC_FL_VNMSE.get((t.bits, t.shared_bits))
-        eden = _EDEN_VNMSE.get(t.bits)
-        cert = r.certificate["gap"] if r.certificate else float("nan")
-        lines.append(
-            f"{t.bits:>2} {t.shared_bits:>2} {t.tail_prob:>9.3g} {t.threshold:>7.4f} "
-            f"{t.vnmse:>11.6g} {official if official else '':>9} "
-            f"{format(t.vnmse / official, '.4f') if official else '':>6} "
-            f"{eden if eden else '':>7} {1 / (4**t.bits - 1):>10.4g} "
-            f"{t.bits + 64 * t.tail_prob:>10.4f} {cert:>9.1e} {r.wall_time:>6.2f}"
-        )
-    return "\n".join(lines)
 
 
 def _cmd_tables_list(args) -> int:
@@ -182,68 +76,17 @@ def _cmd_tables_show(args) -> int:
     return 0
 
 
-def _cmd_tables_verify(args) -> int:
-    from solvers.verify import verify
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The argument parser of the ``quicdesign`` command.
 
-    from .table import Table
-
-    folder = Path(args.path) if args.path else shipped_tables_dir()
-    if (folder / "manifest.json").is_file():
-        tables = [Table.load(folder)]
-    else:
-        tables = [
-            load_table(e["bits"], e["shared_bits"], e["tail_prob"], path=folder)
-            for e in list_tables(folder)
-        ]
-    bad = 0
-    for table in tables:
-        report = verify(table)
-        bad += not report.ok
-        print(
-            f"{table.name:<16} {'ok' if report.ok else 'FAILED':<6} bias {report.max_bias:.1e} "
-            f"simplex {report.max_simplex_violation:.1e} vNMSE {report.recomputed_vnmse:.6g} "
-            f"(recorded {report.recorded_vnmse})"
-        )
-    return 1 if bad else 0
-
-
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``quicdesign`` command."""
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments about to be parsed: only the registered verbs they can name are
+        imported (so ``tables list`` never loads the design layer). None: all verbs.
+    """
     parser = _Parser(prog="quicdesign", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    design = commands.add_parser("design", help="design tables and print their quality")
-    design.add_argument(
-        "--defaults",
-        action="store_true",
-        help="design every shipped table (b = 1..8 defaults and l = 8 extras)",
-    )
-    design.add_argument("--bits", type=_int_list, help="bit widths, e.g. 1-4 or 1,2,8")
-    design.add_argument("--shared-bits", type=_int_list, help="shared bits l (default per b)")
-    design.add_argument("--tail-prob", type=_probability, help="tail probability p (1/512)")
-    design.add_argument("--out", help="write the tables and an index to this folder")
-    design.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1: all cores)")
-    design.add_argument("--cache-dir", help="joblib cache folder (off by default)")
-    design.add_argument("--starts", type=int, default=4, help="optimizer starts per table")
-    design.add_argument("--no-certify", action="store_true", help="skip the LP certificate")
-    design.add_argument(
-        "--entropy",
-        type=_int_list,
-        help="design entropy-coded tables for these bits per coordinate",
-    )
-    design.add_argument(
-        "--overhead-bits",
-        type=float,
-        default=0.002,
-        help="per-coordinate wire overhead budgeted by --entropy designs",
-    )
-    design.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: on a terminal only)",
-    )
-    design.set_defaults(run=_cmd_design)
 
     tables = commands.add_parser("tables", help="list, show or verify stored tables")
     table_cmds = tables.add_subparsers(dest="tables_command", required=True, parser_class=_Parser)
@@ -253,34 +96,72 @@ def build_parser() -> argparse.ArgumentParser:
     show = table_cmds.add_parser("show", help="print one table and its provenance")
     show.add_argument("bits", type=int)
     show.add_argument("--shared-bits", type=int)
-    show.add_argument("--tail-prob", type=_probability)
+    show.add_argument("--tail-prob", type=parse_probability)
     show.add_argument("--path", help="table or collection folder (default: shipped tables)")
     show.set_defaults(run=_cmd_tables_show)
-    check = table_cmds.add_parser("verify", help="re-verify tables (needs the design extra)")
-    check.add_argument("--path", help="table or collection folder (default: shipped tables)")
-    check.set_defaults(run=_cmd_tables_verify)
-
-    _add_optional_commands(commands)
+    _add_registered_commands({"": commands, "tables": table_cmds}, argv)
     return parser
 
 
-def _add_optional_commands(commands) -> None:
-    """Register ``bench`` and ``fl`` commands when their modules are present."""
-    import importlib
+def registered_commands() -> dict[str, str]:
+    """Command name -> ``"module:function"`` of every CLI verb that registers itself.
 
-    for module_name in ("quicdesign.bench.cli", "quicdesign.fl.cli"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise
+    Verbs come from the ``quicdesign.commands`` entry points of installed distributions;
+    this distribution's own (declared in ``pyproject.toml``) are also known when it runs
+    from a source tree without installed metadata.
+    """
+    found = dict(_OWN_COMMANDS)
+    try:
+        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+            found[entry.name] = entry.value
+    except Exception:  # noqa: BLE001 - broken metadata elsewhere must not break the CLI
+        pass
+    return found
+
+
+def _wanted(path: str, argv) -> bool:
+    """Whether the verb ``path`` can be named by ``argv`` (its words agree so far)."""
+    if argv is None:
+        return True
+    words = [word for word in argv if not word.startswith("-")]
+    return all(a == b for a, b in zip(path.split("."), words, strict=False))
+
+
+def _add_registered_commands(groups, argv) -> None:
+    """Let every registered verb that ``argv`` may name add its parser."""
+    for path, target in sorted(registered_commands().items()):
+        parent, _, name = path.rpartition(".")
+        if parent not in groups or not _wanted(path, argv):
             continue
-        module.register(commands)
+        module_name, _, function = target.partition(":")
+        try:
+            register = getattr(importlib.import_module(module_name), function)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or module_name.startswith(exc.name):
+                continue  # the verb's own module is not installed: no such verb
+            _add_missing_dependency(groups[parent], name, exc)
+            continue
+        register(groups[parent])
+
+
+def _add_missing_dependency(commands, name, error) -> None:
+    """A verb whose module needs an extra that is not installed: running it says so."""
+    # "\0" as the option prefix: every word, options included, lands in ``rest``
+    stub = commands.add_parser(
+        name, help=f"(needs {error.name})", add_help=False, prefix_chars="\0"
+    )
+    stub.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args):
+        raise error
+
+    stub.set_defaults(run=run)
 
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

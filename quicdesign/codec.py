@@ -33,7 +33,7 @@ __all__ = [
     "QuicFLAggregator",
     "PayloadHeader",
     "read_header",
-    "max_payload_size",
+    "payload_size",
     "WIRE_MAGIC",
     "WIRE_VERSION",
 ]
@@ -52,7 +52,7 @@ def _check_table(table) -> Table:
     return table
 
 
-def max_payload_size(bits: int, dim: int, num_exact: int) -> int:
+def payload_size(bits: int, dim: int, num_exact: int) -> int:
     """Exact payload size for ``dim`` and ``num_exact`` exactly-sent coordinates."""
     layout = RotationLayout.for_dim(dim)
     return (
@@ -326,7 +326,7 @@ class QuicFLAggregator(WeightedSumAggregator):
     def _parse(self, payload, reader: PayloadReader, header: PayloadHeader, shared: np.ndarray):
         """Read codes and exact coordinates; returns ``(codes, indices, values)``."""
         table, layout = self.table, self._state.layout
-        expected = max_payload_size(table.bits, self.dim, header.num_exact)
+        expected = payload_size(table.bits, self.dim, header.num_exact)
         if len(payload) != expected:
             kind = "truncated" if len(payload) < expected else "oversized"
             raise PayloadError(f"{kind} payload: {len(payload)} bytes, expected {expected}")
@@ -366,15 +366,17 @@ class QuicFLAggregator(WeightedSumAggregator):
     def _merge_key(self) -> tuple:
         return (self._fingerprint, self._tag, self.dim)
 
-    def rotated_mean(self) -> np.ndarray:
-        """The weighted mean still in the rotated domain, shape (chunks, chunk_size)."""
-        return self.weighted_mean()
-
     def _finalize(self, mean: np.ndarray) -> np.ndarray:
         # The single inverse rotation of the round.
         return unrotate(mean, self._state.signs(np.float64), self._state.layout)
 
 
 __getattr__ = renamed_attributes(
-    __name__, {"Encoder": "QuicFLEncoder", "Aggregator": "QuicFLAggregator"}, globals()
+    __name__,
+    {
+        "Encoder": "QuicFLEncoder",
+        "Aggregator": "QuicFLAggregator",
+        "max_payload_size": "payload_size",
+    },
+    globals(),
 )

@@ -71,7 +71,12 @@ def dithered_receiver(delta: float, shared_bits: int, threshold: float) -> np.nd
 class RatePoint(dict):
     """vNMSE and expected wire bits of one design (a dict with attribute access)."""
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name):
+        # AttributeError (not KeyError) for a missing key, so hasattr/getattr work
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"RatePoint has no field {name!r}") from None
 
 
 def _entropy_bits(probabilities: np.ndarray) -> np.ndarray:

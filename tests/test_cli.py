@@ -85,3 +85,20 @@ def test_cached_design_is_reused(tmp_path):
     assert any(tmp_path.rglob("output.pkl"))
     results = sweep([(1, 1), (2, 1), (1, 2)], n_jobs=2, progress=False, certify=False)
     assert [(r.table.bits, r.table.shared_bits) for r in results] == [(1, 1), (2, 1), (1, 2)]
+
+
+def test_verb_with_a_missing_dependency_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    import quicdesign.cli as cli
+
+    (tmp_path / "fake_verb_qd.py").write_text("import not_installed_package_qd\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(
+        cli, "_OWN_COMMANDS", {"fake": "fake_verb_qd:register", "ghost": "ghost_verb_qd:register"}
+    )
+    assert cli.main(["fake", "--anything"]) == 2
+    assert "not_installed_package_qd" in capsys.readouterr().err
+    # a verb whose own module is absent does not exist at all
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["ghost"])
+    assert stop.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err

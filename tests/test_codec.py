@@ -19,7 +19,7 @@ from quicdesign import (
     compress,
     decompress,
 )
-from quicdesign.codec import max_payload_size
+from quicdesign.codec import payload_size
 from quicdesign.rotation import RotationLayout
 
 from ._fuzz import MUTATIONS, assert_rejected_or_harmless, mutate
@@ -123,7 +123,7 @@ def test_payload_size_bound(bits):
     layout = RotationLayout.for_dim(d)
     num_exact = struct.unpack_from("<I", payload, 28)[0]
     assert num_exact > 0
-    assert len(payload) == max_payload_size(bits, d, num_exact)
+    assert len(payload) == payload_size(bits, d, num_exact)
     assert len(payload) <= -(-bits * layout.rotated_dim // 8) + 8 * num_exact + 64
 
 
@@ -275,3 +275,10 @@ def test_huge_vectors_are_refused_before_overflowing(table2):
         QuicFLEncoder(table2, ROUND).encode(np.full(16, 1e38, dtype=np.float32), 0)
     payload = QuicFLEncoder(table2, ROUND).encode(np.full(16, 1e30), 0, rng=5)  # an int seed works
     assert decompress(payload, table=table2, round_seed=ROUND).shape == (16,)
+
+
+def test_payload_size_old_name_is_deprecated():
+    import quicdesign.codec
+
+    with pytest.warns(DeprecationWarning, match="payload_size"):
+        assert quicdesign.codec.max_payload_size is payload_size

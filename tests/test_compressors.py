@@ -473,3 +473,15 @@ def test_randk_sends_only_values_at_shared_indices():
     np.testing.assert_allclose(decoded[indices], x[indices] * dim / 10)
     assert not np.array_equal(randk_indices(5, 4, dim, 10), indices)
     assert RandK(k=50).payload_size(20) == HEADER_SIZE + 4 * 20
+
+
+def test_quicfl_parameters_and_repr_do_not_change_with_use():
+    from quicdesign.compressors import QuicFL
+
+    compressor = QuicFL(bits=2)
+    before = repr(compressor)
+    payload = compressor.encode(np.ones(64), round_seed=1, client_id=0, rng=0)
+    compressor.decode(payload, dim=64, round_seed=1)
+    assert repr(compressor) == before
+    assert compressor.table is None
+    assert compressor.resolved_table().bits == 2

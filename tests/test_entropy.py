@@ -141,3 +141,11 @@ def test_fixed_rate_payload_is_refused_by_entropy_aggregator(table2):
     fixed = QuicFLEncoder(load_table(2), ROUND).encode(np.ones(100), 0)
     with pytest.raises(PayloadError, match="magic"):
         QuicFLEntropyAggregator(table2, ROUND, 100).add(fixed)
+
+
+def test_rate_point_missing_field_is_an_attribute_error():
+    point = rate_point(solvers.rate.dithered_receiver(0.6, 3, 5.0))
+    assert point.vnmse == point["vnmse"]
+    assert not hasattr(point, "no_such_field")
+    with pytest.raises(AttributeError, match="no_such_field"):
+        point.no_such_field  # noqa: B018

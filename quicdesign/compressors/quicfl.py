@@ -20,16 +20,23 @@ class _TableCompressor(Compressor):
         raise NotImplementedError
 
     def resolved_table(self) -> Table:
-        """The table in use (loaded once)."""
-        if self.table is None:
-            self.table = self._load_table()
-        return self.table
+        """The table in use: ``table`` if given, else the shipped one (loaded once).
+
+        The loaded table is cached privately, so the public parameters (and the repr)
+        stay what the caller passed.
+        """
+        if self.table is not None:
+            return self.table
+        if self._loaded_table is None:
+            self._loaded_table = self._load_table()
+        return self._loaded_table
 
     def encode(self, vector, *, round_seed, client_id, rng=None) -> bytes:
         encoder = self._encoder
-        if encoder is None or encoder.round_seed != round_seed:
+        table = self.resolved_table()
+        if encoder is None or encoder.round_seed != round_seed or encoder.table is not table:
             # One encoder per round keeps its cached rotation signs.
-            encoder = self._encoder = self._encoder_class(self.resolved_table(), round_seed)
+            encoder = self._encoder = self._encoder_class(table, round_seed)
         return encoder.encode(vector, client_id, rng=rng)
 
     def aggregator(self, dim, round_seed):
@@ -38,6 +45,7 @@ class _TableCompressor(Compressor):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_encoder"] = None
+        state["_loaded_table"] = None  # reloaded (checksummed) where it is unpickled
         return state
 
 
@@ -68,6 +76,7 @@ class QuicFL(_TableCompressor):
         self.tail_prob = tail_prob
         self.table = table
         self._encoder = None
+        self._loaded_table = None
 
     def _load_table(self) -> Table:
         return load_table(self.bits, self.shared_bits, self.tail_prob)
@@ -98,6 +107,7 @@ class QuicFLEntropy(_TableCompressor):
         self.bits = bits
         self.table = table
         self._encoder = None
+        self._loaded_table = None
 
     def _load_table(self) -> Table:
         return load_entropy_table(self.bits)
