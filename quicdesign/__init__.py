@@ -4,7 +4,9 @@ The runtime needs numpy only. The design layer lives in the separate package
 ``solvers`` (``pip install quicdesign[design]``).
 """
 
-__version__ = "0.1.0"
+from ._version import package_version as _package_version
+
+__version__ = _package_version()
 
 from ._deprecation import renamed_attributes
 from .codec import QuicFLAggregator, QuicFLEncoder

@@ -22,6 +22,7 @@ __all__ = [
     "check_dim",
     "check_round_seed",
     "check_weight",
+    "check_real",
     "writable_dir",
 ]
 
@@ -60,16 +61,10 @@ def check_positive_float(value, name, *, allow_zero=False) -> float:
     ParameterError
         For non-numbers, bools, non-finite values and values out of range.
     """
-    bound = ">= 0" if allow_zero else "> 0"
-    if isinstance(value, (bool, np.bool_)):
-        raise ParameterError(f"{name} must be a number {bound}, got a bool")
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name} must be a number {bound}, got {value!r}") from None
-    if not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ParameterError(f"{name} must be a finite number {bound}, got {value}")
-    return value
+    result = check_real(value, name, 0.0)
+    if result == 0 and not allow_zero:
+        raise ParameterError(f"{name} must be a finite number > 0, got {value!r}")
+    return result
 
 
 def check_probability(value, name, *, allow_zero=False, allow_one=True) -> float:
@@ -89,7 +84,10 @@ def check_probability(value, name, *, allow_zero=False, allow_one=True) -> float
 
 def check_tail_prob(tail_prob, name="tail_prob") -> float:
     """Return a tail probability ``p`` in the open interval ``(0, 1)``."""
-    return check_probability(tail_prob, name, allow_one=False)
+    result = check_real(tail_prob, name, 0.0, 1.0)
+    if not 0.0 < result < 1.0:
+        raise ParameterError(f"{name} must be in (0, 1), got {tail_prob!r}")
+    return result
 
 
 def check_round_seed(round_seed) -> int:
@@ -173,3 +171,22 @@ def writable_dir(path) -> Path:
     except OSError as exc:
         raise ParameterError(f"cannot write to {folder}: {exc.strerror or exc}") from None
     return folder
+
+
+def check_real(value, name, low=-math.inf, high=math.inf) -> float:
+    """Return ``value`` as a finite float in ``[low, high]`` (bools and strings refused).
+
+    Raises
+    ------
+    ParameterError
+        For non-numbers, NaN, infinities and values out of range.
+    """
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ParameterError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        result = float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise ParameterError(f"{name} must be a real number, got {value!r}") from None
+    if not (math.isfinite(result) and low <= result <= high):
+        raise ParameterError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
+    return result

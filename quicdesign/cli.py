@@ -14,10 +14,11 @@ import importlib.metadata
 import sys
 from pathlib import Path
 
+from ._argtypes import bounded_int, probability
 from .errors import QuicDesignError
 from .table import list_tables, load_table, shipped_tables_dir
 
-__all__ = ["main", "build_parser", "parse_probability", "registered_commands", "ENTRY_POINT_GROUP"]
+__all__ = ["main", "build_parser", "registered_commands", "ENTRY_POINT_GROUP"]
 
 #: Entry-point group of CLI verbs. An entry's name is the verb's path ("design",
 #: "tables.verify"); its object is a function ``register(subparsers)`` adding that verb
@@ -38,25 +39,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"quicdesign: error: {message}\n")
 
 
-def parse_probability(text: str) -> float:
-    try:
-        if "/" in text:
-            num, den = text.split("/", 1)
-            return float(num) / float(den)
-        return float(text)
-    except (ValueError, ZeroDivisionError):
-        raise argparse.ArgumentTypeError(
-            f"expected a probability like 1/512, got {text!r}"
-        ) from None
-
-
 def _cmd_tables_list(args) -> int:
     folder = Path(args.path) if args.path else shipped_tables_dir()
     print(f"{'bits':>4} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11}  directory")
     for e in list_tables(folder):
+        vnmse = "" if e.get("vnmse") is None else format(e["vnmse"], ".6g")
         print(
             f"{e['bits']:>4} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} {e['threshold']:>9.4f} "
-            f"{e['vnmse']:>11.6g}  {e['directory']}"
+            f"{vnmse:>11}  {e['directory']}"
         )
     return 0
 
@@ -91,12 +81,12 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     tables = commands.add_parser("tables", help="list, show or verify stored tables")
     table_cmds = tables.add_subparsers(dest="tables_command", required=True, parser_class=_Parser)
     listing = table_cmds.add_parser("list", help="list a table collection")
-    listing.add_argument("--path", help="collection folder (default: shipped tables)")
+    listing.add_argument("--path", help="collection or table folder (default: shipped tables)")
     listing.set_defaults(run=_cmd_tables_list)
     show = table_cmds.add_parser("show", help="print one table and its provenance")
-    show.add_argument("bits", type=int)
-    show.add_argument("--shared-bits", type=int)
-    show.add_argument("--tail-prob", type=parse_probability)
+    show.add_argument("bits", type=bounded_int("bits", 1, 16))
+    show.add_argument("--shared-bits", type=bounded_int("shared_bits", 0, 12))
+    show.add_argument("--tail-prob", type=probability)
     show.add_argument("--path", help="table or collection folder (default: shipped tables)")
     show.set_defaults(run=_cmd_tables_show)
     _add_registered_commands({"": commands, "tables": table_cmds}, argv)
@@ -166,8 +156,12 @@ def main(argv=None) -> int:
     try:
         return int(args.run(args) or 0)
     except (QuicDesignError, OSError) as exc:
-        print(f"quicdesign: error: {exc}", file=sys.stderr)
+        # One line whatever the message holds (paths, nested reasons).
+        print(f"quicdesign: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("quicdesign: interrupted", file=sys.stderr)
+        return 130
     except ModuleNotFoundError as exc:
         print(
             f"quicdesign: error: {exc.name} is needed here; install quicdesign[design]",

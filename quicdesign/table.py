@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -39,6 +40,7 @@ __all__ = [
     "Table",
     "load_table",
     "load_entropy_table",
+    "table_name",
     "list_tables",
     "write_index",
     "shipped_tables_dir",
@@ -49,7 +51,14 @@ FORMAT_VERSION = (1, 0)
 INDEX_NAME = "quicdesign-table-index"
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index.json"
-_MAX_MANIFEST_BYTES = 1 << 20
+#: Largest ``manifest.json`` and ``index.json`` read (bytes); larger files are refused.
+MAX_MANIFEST_BYTES = 1 << 20
+MAX_INDEX_BYTES = 1 << 20
+#: Largest receiver or code model: ``2**shared_bits * 2**bits`` cells (8 MiB of float64).
+MAX_TABLE_CELLS = 1 << 20
+#: Most tables one ``index.json`` may list, and deepest JSON nesting accepted.
+MAX_INDEX_ENTRIES = 4096
+MAX_JSON_DEPTH = 32
 _ARRAY_DTYPES = {"<f8": np.float64}
 _MAX_BITS, _MAX_SHARED_BITS = 16, 12
 
@@ -60,6 +69,30 @@ def _canonical_json(obj) -> bytes:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _check_real(name, value) -> float:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
+        raise TableError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        return float(value)
+    except OverflowError:
+        raise TableError(f"{name} is too large to be a float") from None
+
+
+def _check_cells(bits, shared_bits) -> None:
+    if (1 << bits) * (1 << shared_bits) > MAX_TABLE_CELLS:
+        raise TableError(
+            f"a table with bits={bits} and shared_bits={shared_bits} has more than "
+            f"{MAX_TABLE_CELLS} cells (the documented maximum)"
+        )
+
+
+def table_name(bits: int, shared_bits: int, tail_prob: float) -> str:
+    """The directory label of a table, e.g. ``b2-l5-p1in512`` (never parsed)."""
+    inverse = 1 / tail_prob
+    tail = f"1in{round(inverse)}" if abs(inverse - round(inverse)) < 1e-9 else f"{tail_prob:.6g}"
+    return f"b{bits}-l{shared_bits}-p{tail}"
 
 
 class Table:
@@ -104,7 +137,8 @@ class Table:
         self.bits = check_int(bits, "bits", 1, _MAX_BITS)
         self.shared_bits = check_int(shared_bits, "shared_bits", 0, _MAX_SHARED_BITS)
         self.tail_prob = check_tail_prob(tail_prob)
-        self.lower, self.upper = float(lower), float(upper)
+        _check_cells(self.bits, self.shared_bits)
+        self.lower, self.upper = _check_real("lower", lower), _check_real("upper", upper)
         if not (
             math.isfinite(self.lower) and math.isfinite(self.upper) and self.lower < self.upper
         ):
@@ -182,13 +216,7 @@ class Table:
     @property
     def name(self) -> str:
         """A readable label (never parsed: parameters live in the manifest)."""
-        inverse = 1 / self.tail_prob
-        tail = (
-            f"1in{round(inverse)}"
-            if abs(inverse - round(inverse)) < 1e-9
-            else f"{self.tail_prob:.6g}"
-        )
-        return f"b{self.bits}-l{self.shared_bits}-p{tail}"
+        return table_name(self.bits, self.shared_bits, self.tail_prob)
 
     def __repr__(self):
         vnmse = "" if self.vnmse is None else f", vnmse={self.vnmse:.6g}"
@@ -305,12 +333,16 @@ class Table:
         arrays = manifest.get("arrays")
         if not isinstance(arrays, dict) or "receiver" not in arrays:
             raise TableError(f"{manifest_path}: manifest lists no receiver array")
+        unknown = set(arrays) - {"receiver", "code_model"}
+        if unknown:
+            raise TableError(f"{manifest_path}: unknown arrays {sorted(unknown)}")
         try:
-            expected_shape = (1 << int(params["shared_bits"]), 1 << int(params["bits"]))
+            # Range-check the shape before any array is read or allocated.
+            bits = check_int(params.get("bits"), "bits", 1, _MAX_BITS)
+            shared_bits = check_int(params.get("shared_bits"), "shared_bits", 0, _MAX_SHARED_BITS)
+            _check_cells(bits, shared_bits)
+            expected_shape = (1 << shared_bits, 1 << bits)
             receiver = _read_array(path, arrays["receiver"], expected_shape)
-            unknown = set(arrays) - {"receiver", "code_model"}
-            if unknown:
-                raise TableError(f"{manifest_path}: unknown arrays {sorted(unknown)}")
             code_model = (
                 _read_array(path, arrays["code_model"], expected_shape)
                 if "code_model" in arrays
@@ -318,16 +350,18 @@ class Table:
             )
             table = cls(
                 receiver,
-                bits=params["bits"],
-                shared_bits=params["shared_bits"],
-                tail_prob=params["tail_prob"],
-                lower=params["lower"],
-                upper=params["upper"],
+                bits=bits,
+                shared_bits=shared_bits,
+                tail_prob=params.get("tail_prob"),
+                lower=params.get("lower"),
+                upper=params.get("upper"),
                 manifest=manifest,
                 code_model=code_model,
             )
-        except (KeyError, TypeError, OverflowError) as exc:
-            raise TableError(f"{manifest_path}: malformed parameters ({exc!r})") from None
+        except TableError as exc:
+            if str(manifest_path) in str(exc) or str(path) in str(exc):
+                raise
+            raise type(exc)(f"{manifest_path}: {exc}") from None
         except ParameterError as exc:
             raise TableError(f"{manifest_path}: {exc}") from None
         if manifest.get("fingerprint") not in (None, table.fingerprint.hex()):
@@ -358,21 +392,83 @@ def _atomic_write(target: Path, data: bytes) -> None:
         raise
 
 
-def _read_manifest(manifest_path: Path) -> dict:
+def _refuse_nan(constant):
+    raise ValueError(f"non-finite number {constant}")
+
+
+def _json_depth_ok(value) -> bool:
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return False
+        if isinstance(item, dict):
+            stack.extend((child, depth + 1) for child in item.values())
+        elif isinstance(item, list):
+            stack.extend((child, depth + 1) for child in item)
+    return True
+
+
+def _parse_json(data: bytes, where) -> object:
+    """Parse JSON bytes, turning every parser failure into one ``TableError``."""
     try:
-        size = manifest_path.stat().st_size
+        value = json.loads(data, parse_constant=_refuse_nan)
+    except RecursionError:
+        raise TableError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        # ValueError covers malformed JSON, NaN/Infinity and integers past Python's digit limit.
+        raise TableError(f"{where}: not valid JSON ({exc})") from None
+    if not _json_depth_ok(value):
+        raise TableError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    return value
+
+
+def _read_regular_file(path: Path, max_bytes: int, *, missing=TableError) -> bytes:
+    """Read a regular file of at most ``max_bytes``; never follow a symlink or open a FIFO.
+
+    The type and size are checked with ``lstat`` before opening, and again on the open
+    descriptor (``O_NOFOLLOW | O_NONBLOCK``) so a swap in between cannot slip through.
+    """
+    try:
+        info = os.lstat(path)
     except FileNotFoundError:
-        raise TableNotFoundError(
-            f"no table at {manifest_path.parent} (missing {MANIFEST_FILE})"
-        ) from None
-    except OSError as exc:
-        raise TableError(f"cannot read {manifest_path}: {exc.strerror}") from None
-    if size > _MAX_MANIFEST_BYTES:
-        raise TableError(f"{manifest_path}: manifest of {size} bytes is implausibly large")
+        raise missing(f"{path}: file is missing") from None
+    except (OSError, ValueError) as exc:  # ValueError: NUL in the name
+        raise TableError(f"cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
+    _check_regular(path, info, max_bytes)
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0)
     try:
-        manifest = json.loads(manifest_path.read_bytes())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TableError(f"{manifest_path}: not valid JSON ({exc})") from None
+        handle = os.open(path, flags | getattr(os, "O_BINARY", 0))
+    except OSError as exc:
+        raise TableError(f"cannot read {path}: {exc.strerror or exc}") from None
+    with os.fdopen(handle, "rb") as stream:
+        _check_regular(path, os.fstat(stream.fileno()), max_bytes)
+        data = stream.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise TableError(f"{path}: larger than the {max_bytes}-byte maximum")
+    return data
+
+
+def _check_regular(path: Path, info: os.stat_result, max_bytes: int) -> None:
+    if stat.S_ISLNK(info.st_mode):
+        raise TableError(f"{path}: symbolic links are refused")
+    if not stat.S_ISREG(info.st_mode):
+        raise TableError(f"{path}: not a regular file (FIFOs and devices are refused)")
+    if info.st_size > max_bytes:
+        raise TableError(
+            f"{path}: {info.st_size} bytes exceeds the {max_bytes}-byte maximum for this file"
+        )
+
+
+def _read_manifest(manifest_path: Path) -> dict:
+    data = _read_regular_file(
+        manifest_path,
+        MAX_MANIFEST_BYTES,
+        missing=lambda message: TableNotFoundError(
+            f"no table at {manifest_path.parent} (missing {MANIFEST_FILE})"
+        ),
+    )
+    manifest = _parse_json(data, manifest_path)
     if not isinstance(manifest, dict):
         raise TableError(f"{manifest_path}: manifest must be a JSON object")
     fmt = manifest.get("format")
@@ -396,15 +492,27 @@ def _read_manifest(manifest_path: Path) -> dict:
     return manifest
 
 
+def _is_plain_name(name) -> bool:
+    """A non-hidden file name without separators or NUL (so it stays inside its folder)."""
+    return (
+        isinstance(name, str)
+        and 0 < len(name) <= 255
+        and not name.startswith(".")
+        and not any(char in name for char in "/\\\0")
+        and Path(name).name == name
+    )
+
+
 def _read_array(folder: Path, entry, expected_shape) -> np.ndarray:
     if not isinstance(entry, dict):
         raise TableError(f"{folder}: array entry must be an object")
     name = entry.get("file")
-    if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
+    if not _is_plain_name(name):
         raise TableError(f"{folder}: array file name {name!r} is not a plain file name")
-    dtype = _ARRAY_DTYPES.get(entry.get("dtype"))
+    dtype_name = entry.get("dtype")
+    dtype = _ARRAY_DTYPES.get(dtype_name) if isinstance(dtype_name, str) else None
     if dtype is None:
-        raise TableError(f"{folder}/{name}: unsupported dtype {entry.get('dtype')!r}")
+        raise TableError(f"{folder}/{name}: unsupported dtype {dtype_name!r}")
     if entry.get("shape") != list(expected_shape):
         raise TableError(
             f"{folder}/{name}: shape {entry.get('shape')} does not match the parameters "
@@ -412,18 +520,12 @@ def _read_array(folder: Path, entry, expected_shape) -> np.ndarray:
         )
     expected_bytes = math.prod(expected_shape) * np.dtype(dtype).itemsize
     file_path = folder / name
-    try:
-        size = file_path.stat().st_size
-        if size != expected_bytes:
-            raise TableError(f"{file_path}: {size} bytes, expected {expected_bytes}")
-        data = file_path.read_bytes()
-    except FileNotFoundError:
-        raise TableError(f"{file_path}: array file is missing") from None
-    except OSError as exc:
-        raise TableError(f"cannot read {file_path}: {exc.strerror}") from None
+    data = _read_regular_file(file_path, expected_bytes)
+    if len(data) != expected_bytes:
+        raise TableError(f"{file_path}: {len(data)} bytes, expected {expected_bytes}")
     if _sha256(data) != entry.get("sha256"):
         raise TableChecksumError(f"{file_path}: sha256 mismatch (corrupt or tampered array)")
-    return np.frombuffer(data, dtype=np.dtype(entry["dtype"])).reshape(expected_shape).copy()
+    return np.frombuffer(data, dtype=np.dtype(dtype_name)).reshape(expected_shape).copy()
 
 
 # -- collections ------------------------------------------------------------------------
@@ -435,20 +537,47 @@ def shipped_tables_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "tables"
 
 
+def _default_order(entry: dict) -> tuple:
+    """The one default rule: fewest shared bits first, ties broken by directory name."""
+    return entry["shared_bits"], entry["directory"]
+
+
+def _previous_defaults(folder: Path) -> dict[str, str]:
+    try:
+        return dict(_read_index(folder)["defaults"])
+    except TableNotFoundError:
+        return {}
+
+
 def write_index(folder, defaults: dict[int, str] | None = None) -> Path:
-    """Write ``index.json`` for every table directory inside ``folder``.
+    """Write ``index.json`` listing every table directory inside ``folder``.
+
+    Every table present in ``folder`` is listed, so adding tables to a collection never
+    hides the ones already there.
 
     Parameters
     ----------
     folder : path-like
         A directory of table directories.
     defaults : dict, optional
-        ``{bits: table directory name}``; by default the entry with the most shared bits
-        for each bit width that is not marked otherwise.
+        ``{bits: table directory name}`` to record as defaults. Defaults already recorded
+        in ``folder/index.json`` are kept while their table is present, unless replaced
+        here. When ``defaults`` is None, every bit width still without a default gets its
+        table with the fewest shared bits (ties: directory name) -- the rule
+        :func:`load_table` also applies to a collection that names no default.
+
+    Returns
+    -------
+    pathlib.Path
+        The index file.
     """
     folder = Path(folder)
     entries = []
-    for child in sorted(p for p in folder.iterdir() if (p / MANIFEST_FILE).is_file()):
+    for child in sorted(folder.iterdir()):
+        if child.is_symlink() or not child.is_dir() or not _is_plain_name(child.name):
+            continue
+        if not (child / MANIFEST_FILE).is_file():
+            continue
         table = Table.load(child)
         entries.append(
             {
@@ -459,16 +588,24 @@ def write_index(folder, defaults: dict[int, str] | None = None) -> Path:
                 "threshold": table.threshold,
                 "vnmse": table.vnmse,
                 "expected_bits": table._manifest.get("coding", {}).get("expected_bits"),
-                "manifest_sha256": _sha256((child / MANIFEST_FILE).read_bytes()),
+                "manifest_sha256": _sha256(
+                    _read_regular_file(child / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+                ),
             }
         )
-    if defaults is None:
-        defaults = {}
-        for entry in sorted(entries, key=lambda e: (e["bits"], e["shared_bits"])):
-            defaults.setdefault(entry["bits"], entry["directory"])
+    present = {entry["directory"] for entry in entries}
+    chosen = {key: name for key, name in _previous_defaults(folder).items() if name in present}
+    if defaults is not None:
+        chosen.update({str(key): name for key, name in defaults.items()})
+    else:
+        for entry in sorted(entries, key=lambda e: (e["bits"], *_default_order(e))):
+            chosen.setdefault(str(entry["bits"]), entry["directory"])
+    missing = sorted(set(chosen.values()) - present)
+    if missing:
+        raise TableError(f"defaults name tables that are not in {folder}: {missing}")
     index = {
         "format": {"name": INDEX_NAME, "major": FORMAT_VERSION[0], "minor": FORMAT_VERSION[1]},
-        "defaults": {str(bits): name for bits, name in sorted(defaults.items())},
+        "defaults": dict(sorted(chosen.items(), key=lambda item: (len(item[0]), item[0]))),
         "tables": entries,
     }
     target = folder / INDEX_FILE
@@ -476,41 +613,114 @@ def write_index(folder, defaults: dict[int, str] | None = None) -> Path:
     return target
 
 
+_ENTRY_FIELDS = {
+    "directory": str,
+    "bits": int,
+    "shared_bits": int,
+    "tail_prob": float,
+    "threshold": float,
+    "manifest_sha256": str,
+}
+
+
+def _check_entry(entry, path: Path) -> dict:
+    if not isinstance(entry, dict):
+        raise TableError(f"{path}: every table entry must be an object")
+    for key, kind in _ENTRY_FIELDS.items():
+        value = entry.get(key)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, bool) or not isinstance(value, kind):
+            raise TableError(f"{path}: entry field {key!r} must be {kind.__name__}, got {value!r}")
+    if not _is_plain_name(entry["directory"]):
+        raise TableError(
+            f"{path}: directory {entry['directory']!r} is not a plain name inside the collection"
+        )
+    if not (
+        1 <= entry["bits"] <= _MAX_BITS and 0 <= entry["shared_bits"] <= _MAX_SHARED_BITS
+    ) or not (0 < entry["tail_prob"] < 1):
+        raise TableError(f"{path}: entry {entry['directory']!r} has out-of-range parameters")
+    for key in ("vnmse", "expected_bits"):
+        value = entry.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise TableError(f"{path}: entry field {key!r} must be a number or null")
+    return entry
+
+
 def _read_index(folder: Path) -> dict:
     path = folder / INDEX_FILE
-    try:
-        index = json.loads(path.read_bytes())
-    except FileNotFoundError:
-        raise TableNotFoundError(f"{folder} is neither a table nor a table collection") from None
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise TableError(f"cannot read {path}: {exc}") from None
+    data = _read_regular_file(
+        path,
+        MAX_INDEX_BYTES,
+        missing=lambda message: TableNotFoundError(
+            f"{folder} is neither a table nor a table collection"
+        ),
+    )
+    index = _parse_json(data, path)
     fmt = index.get("format") if isinstance(index, dict) else None
     if not isinstance(fmt, dict) or fmt.get("name") != INDEX_NAME:
         raise TableVersionError(f"{path}: not a {INDEX_NAME}")
     if fmt.get("major") != FORMAT_VERSION[0]:
         raise TableVersionError(f"{path}: index major version {fmt.get('major')!r} not supported")
-    if not isinstance(index.get("tables"), list) or not isinstance(index.get("defaults"), dict):
+    tables, defaults = index.get("tables"), index.get("defaults")
+    if not isinstance(tables, list) or not isinstance(defaults, dict):
         raise TableError(f"{path}: index lacks 'tables' or 'defaults'")
+    if len(tables) > MAX_INDEX_ENTRIES:
+        raise TableError(f"{path}: lists {len(tables)} tables, more than {MAX_INDEX_ENTRIES}")
+    for entry in tables:
+        _check_entry(entry, path)
+    listed = {entry["directory"] for entry in tables}
+    for key, name in defaults.items():
+        if not isinstance(name, str) or name not in listed:
+            raise TableError(f"{path}: default {key!r} names {name!r}, which is not listed")
     return index
 
 
 def list_tables(path=None) -> list[dict]:
-    """Entries of a table collection (the shipped one by default), as dicts."""
+    """Entries of a table collection (the shipped one by default), as dicts.
+
+    ``path`` may also be a single table directory: its one entry is returned.
+    """
     folder = shipped_tables_dir() if path is None else Path(path)
+    if _is_table_dir(folder):
+        table = Table.load(folder)
+        return [
+            {
+                "directory": folder.name,
+                "bits": table.bits,
+                "shared_bits": table.shared_bits,
+                "tail_prob": table.tail_prob,
+                "threshold": table.threshold,
+                "vnmse": table.vnmse,
+                "expected_bits": table._manifest.get("coding", {}).get("expected_bits"),
+            }
+        ]
     return [dict(entry) for entry in _read_index(folder)["tables"]]
+
+
+def _is_table_dir(folder: Path) -> bool:
+    try:
+        return os.path.lexists(folder / MANIFEST_FILE)
+    except ValueError:  # NUL in the path
+        raise TableError(f"bad path {str(folder)!r}") from None
 
 
 def load_table(bits, shared_bits=None, tail_prob=None, path=None) -> Table:
     """Load a shipped or stored table.
+
+    Parameters left out are chosen by one rule: the collection's default table for
+    ``bits`` if it matches the parameters given, otherwise the matching table with the
+    fewest shared bits (ties: directory name). So ``load_table(2)`` and
+    ``load_table(2, tail_prob=1/512)`` return the same (default) table.
 
     Parameters
     ----------
     bits : int
         Message bits ``b``.
     shared_bits : int, optional
-        Shared-randomness bits ``l``; by default the collection's default for ``bits``.
+        Shared-randomness bits ``l``.
     tail_prob : float, optional
-        Tail probability; by default that of the default table.
+        Tail probability.
     path : path-like, optional
         A table directory or a collection directory; the shipped tables by default.
 
@@ -522,6 +732,8 @@ def load_table(bits, shared_bits=None, tail_prob=None, path=None) -> Table:
     ------
     TableNotFoundError
         If no table matches.
+    TableError
+        If the collection or the table is malformed.
     """
     bits = check_int(bits, "bits", 1, _MAX_BITS)
     if shared_bits is not None:
@@ -529,32 +741,29 @@ def load_table(bits, shared_bits=None, tail_prob=None, path=None) -> Table:
     if tail_prob is not None:
         tail_prob = check_tail_prob(tail_prob)
     folder = shipped_tables_dir() if path is None else Path(path)
-    if (folder / MANIFEST_FILE).is_file():
+    if _is_table_dir(folder):
         table = Table.load(folder)
         _require_match(table, bits, shared_bits, tail_prob, folder)
         return table
     index = _read_index(folder)
-    entries = index["tables"]
-    if shared_bits is None and tail_prob is None:
-        default = index["defaults"].get(str(bits))
-        entries = [e for e in entries if e.get("directory") == default]
     candidates = [
         e
-        for e in entries
-        if e.get("bits") == bits
-        and (shared_bits is None or e.get("shared_bits") == shared_bits)
-        and (tail_prob is None or math.isclose(e.get("tail_prob", -1), tail_prob, rel_tol=1e-9))
+        for e in index["tables"]
+        if e["bits"] == bits
+        and (shared_bits is None or e["shared_bits"] == shared_bits)
+        and (tail_prob is None or math.isclose(e["tail_prob"], tail_prob, rel_tol=1e-9))
     ]
     if not candidates:
         available = ", ".join(
-            f"b={e.get('bits')} l={e.get('shared_bits')} p={e.get('tail_prob'):.6g}"
-            for e in index["tables"]
+            f"b={e['bits']} l={e['shared_bits']} p={e['tail_prob']:.6g}" for e in index["tables"]
         )
         raise TableNotFoundError(
             f"no table with bits={bits}, shared_bits={shared_bits}, tail_prob={tail_prob} "
             f"in {folder}; available: {available or 'none'}"
         )
-    entry = max(candidates, key=lambda e: e.get("shared_bits", 0))
+    default = index["defaults"].get(str(bits))
+    preferred = [e for e in candidates if e["directory"] == default]
+    entry = preferred[0] if preferred else min(candidates, key=_default_order)
     table = _load_entry(folder, entry)
     _require_match(table, bits, shared_bits, tail_prob, folder / entry["directory"])
     return table
@@ -562,20 +771,22 @@ def load_table(bits, shared_bits=None, tail_prob=None, path=None) -> Table:
 
 def _load_entry(folder: Path, entry: dict) -> Table:
     """Load the table an index entry points to, checking the manifest's sha256 first."""
-    directory = entry.get("directory")
-    if not isinstance(directory, str) or Path(directory).name != directory:
-        raise TableError(f"{folder / INDEX_FILE}: bad directory entry {directory!r}")
+    directory = entry["directory"]
+    table_dir = folder / directory
     try:
-        manifest_bytes = (folder / directory / MANIFEST_FILE).read_bytes()
+        info = os.lstat(table_dir)
     except OSError as exc:
         raise TableNotFoundError(
             f"{folder / INDEX_FILE} lists {directory!r} but it cannot be read: {exc.strerror}"
         ) from None
-    if _sha256(manifest_bytes) != entry.get("manifest_sha256"):
+    if not stat.S_ISDIR(info.st_mode):
+        raise TableError(f"{table_dir}: a listed table must be a real directory (no symlinks)")
+    manifest_bytes = _read_regular_file(table_dir / MANIFEST_FILE, MAX_MANIFEST_BYTES)
+    if _sha256(manifest_bytes) != entry["manifest_sha256"]:
         raise TableChecksumError(
-            f"{folder / directory / MANIFEST_FILE}: does not match the sha256 in the index"
+            f"{table_dir / MANIFEST_FILE}: does not match the sha256 in the index"
         )
-    return Table.load(folder / directory)
+    return Table.load(table_dir)
 
 
 def load_entropy_table(rate_bits: int, path=None) -> Table:
@@ -594,9 +805,10 @@ def load_entropy_table(rate_bits: int, path=None) -> Table:
         A table with a ``code_model``.
     """
     folder = shipped_tables_dir() / "entropy" if path is None else Path(path)
+    rate_bits = check_int(rate_bits, "rate_bits", 1, _MAX_BITS)
     index = _read_index(folder)
     directory = index["defaults"].get(str(rate_bits))
-    entries = [e for e in index["tables"] if e.get("directory") == directory]
+    entries = [e for e in index["tables"] if e["directory"] == directory]
     if directory is None or not entries:
         raise TableNotFoundError(
             f"no entropy-coded table for {rate_bits} bits in {folder}; "

@@ -4,7 +4,12 @@
 :class:`~quicdesign.compressors.base.Compressor` protocol must pass, ours and third
 parties'. A failure raises ``AssertionError`` naming the check, the compressor and the
 dimension. :func:`parametrize_compressors` turns a set of compressors into a pytest
-parametrization.
+parametrization; :func:`parametrize_checks` into one pytest case per (compressor, check),
+so a failure names both.
+
+Checks live in one registry: a function ``check_<name>(ctx)`` decorated with
+``@register_check("<name>")``; :func:`iter_checks` yields ``(name, check)`` pairs in
+registration order. Adding a check is adding one decorated function.
 
 Optional hooks a compressor may provide:
 
@@ -24,13 +29,47 @@ import numpy as np
 
 from .errors import InputDTypeError, InputVectorError, PayloadError
 
-__all__ = ["CHECKS", "check_compressor", "default_compressors", "parametrize_compressors"]
+__all__ = [
+    "CHECKS",
+    "check_compressor",
+    "default_compressors",
+    "iter_checks",
+    "parametrize_checks",
+    "parametrize_compressors",
+    "register_check",
+]
 
 #: Standard errors a mean deviation may reach before unbiasedness fails.
 UNBIASED_Z = 5.0
 _DEFAULT_TRIALS = 300
 _MIN_GLOBAL_DOF = 50
 _SEED_STRIDE = 1_000_003
+
+#: Name -> check, in the order :func:`check_compressor` runs them (cheap checks first,
+#: the statistical one last).
+CHECKS: dict = {}
+
+
+def register_check(name):
+    """Decorator adding ``check(ctx)`` to :data:`CHECKS` under ``name``."""
+
+    def register(check):
+        if name in CHECKS:
+            raise ValueError(f"a check named {name!r} is already registered")
+        CHECKS[name] = check
+        return check
+
+    return register
+
+
+def iter_checks(names=None):
+    """Yield ``(name, check)`` for the named checks (all, in order, by default)."""
+    selected = list(CHECKS) if names is None else list(names)
+    unknown = sorted(set(selected) - set(CHECKS))
+    if unknown:
+        raise ValueError(f"unknown checks {unknown}; available: {list(CHECKS)}")
+    for name in selected:
+        yield name, CHECKS[name]
 
 
 class _Context:
@@ -96,6 +135,7 @@ def _check_decoded(ctx, check, decoded, what):
         _fail(ctx, check, f"{what} holds non-finite values")
 
 
+@register_check("round_trip")
 def check_round_trip(ctx):
     """Payload is bytes; decode gives float64 of length d; dtypes and strides accepted."""
     check = "round_trip"
@@ -125,6 +165,7 @@ def check_round_trip(ctx):
         _fail(ctx, check, "encode modified its input")
 
 
+@register_check("input_validation")
 def check_input_validation(ctx):
     """Integer input, NaN/inf and empty vectors are refused with quicdesign errors."""
     check = "input_validation"
@@ -146,6 +187,7 @@ def check_input_validation(ctx):
         _fail(ctx, check, f"{label} was accepted, expected {expected.__name__}")
 
 
+@register_check("determinism")
 def check_determinism(ctx):
     """Fixed seeds and rng state give identical bytes."""
     check = "determinism"
@@ -156,6 +198,7 @@ def check_determinism(ctx):
         _fail(ctx, check, "decoding the same payload twice gave different results")
 
 
+@register_check("bytes_accounting")
 def check_bytes_accounting(ctx):
     """Bits per coordinate come from the bytes; declared payload sizes are exact."""
     check = "bytes_accounting"
@@ -175,6 +218,138 @@ def check_bytes_accounting(ctx):
                 )
 
 
+def _payloads(ctx, count, salt=0):
+    return [ctx.encode(ctx.x * (1.0 + 0.25 * k), client_id=k, salt=salt) for k in range(count)]
+
+
+@register_check("merge")
+def check_merge(ctx):
+    """Two shards merged equal one aggregator over all clients, to float rounding."""
+    check = "merge"
+    payloads = _payloads(ctx, 6)
+    whole, first, second = ctx.aggregator(), ctx.aggregator(), ctx.aggregator()
+    for k, payload in enumerate(payloads):
+        whole.add(payload, weight=1.0 + k)
+        (first if k < 3 else second).add(payload, weight=1.0 + k)
+    first.merge(second)
+    if first.count != whole.count or whole.count != len(payloads):
+        _fail(
+            ctx,
+            check,
+            f"counts {first.count} (merged) and {whole.count} (single), expected {len(payloads)}",
+        )
+    if not _close(first.result(), whole.result(), ctx):
+        _fail(ctx, check, "merged shards differ from a single aggregator")
+    overlapping = ctx.aggregator()
+    overlapping.add(payloads[0])
+    try:
+        overlapping.merge(whole)
+    except ValueError:
+        pass
+    else:
+        _fail(ctx, check, "merging shards that share a client was accepted")
+
+
+@register_check("weighted_mean")
+def check_weighted_mean(ctx):
+    """``result()`` is the weighted mean of the single-payload decodes."""
+    check = "weighted_mean"
+    payloads = _payloads(ctx, 4)
+    weights = [0.5, 1.0, 2.5, 7.0]
+    aggregator = ctx.aggregator()
+    for payload, weight in zip(payloads, weights, strict=True):
+        aggregator.add(payload, weight=weight)
+    result = aggregator.result()
+    _check_decoded(ctx, check, result, "result()")
+    if getattr(ctx.compressor, "linear_aggregate", True):
+        decoded = [ctx.decode(payload) for payload in payloads]
+        expected = sum(w * d for w, d in zip(weights, decoded, strict=True)) / sum(weights)
+        if not _close(result, expected, ctx):
+            _fail(ctx, check, "result() is not the weighted mean of the decoded payloads")
+    scaled = ctx.aggregator()
+    for payload, weight in zip(payloads, weights, strict=True):
+        scaled.add(payload, weight=3.0 * weight)
+    if not _close(scaled.result(), result, ctx):
+        _fail(ctx, check, "result() changes when every weight is scaled by the same factor")
+
+
+def _corrupt_payloads(ctx, payload):
+    flipped = bytearray(payload)
+    flipped[0] ^= 0xFF
+    wrong_dim = ctx.encode(np.append(ctx.x, 1.0), client_id=1)
+    wrong_round = ctx.encode(client_id=1, round_seed=(ctx.round_seed + 1) % 2**64)
+    return {
+        "truncated by one byte": payload[:-1],
+        "truncated to half": payload[: len(payload) // 2],
+        "empty": b"",
+        "extended by one byte": payload + b"\x00",
+        "with flipped magic": bytes(flipped),
+        "of another dimension": wrong_dim,
+        "of another round": wrong_round,
+        "that is a str": "not a payload",
+    }
+
+
+def _expect_rejected(ctx, check, aggregator, label, payload):
+    before_count = aggregator.count
+    before = aggregator.result().tobytes()
+    try:
+        aggregator.add(payload)
+    except PayloadError:
+        pass
+    except Exception as exc:
+        _fail(ctx, check, f"payload {label} raised {exc!r}, expected PayloadError")
+    else:
+        _fail(ctx, check, f"payload {label} was accepted")
+    if aggregator.count != before_count or aggregator.result().tobytes() != before:
+        _fail(ctx, check, f"rejecting the payload {label} changed the aggregator")
+
+
+@register_check("corrupt_payload")
+def check_corrupt_payload(ctx):
+    """Corrupt or foreign payloads raise PayloadError and leave the state unchanged."""
+    check = "corrupt_payload"
+    aggregator = ctx.aggregator()
+    aggregator.add(ctx.encode(client_id=0))
+    good = ctx.encode(client_id=1)
+    for label, payload in _corrupt_payloads(ctx, good).items():
+        _expect_rejected(ctx, check, aggregator, label, payload)
+    aggregator.add(good)
+    if aggregator.count != 2:
+        _fail(ctx, check, "a valid payload was not counted after rejections")
+
+
+@register_check("duplicate_client")
+def check_duplicate_client(ctx):
+    """A second payload from the same client is refused without changing the state."""
+    check = "duplicate_client"
+    aggregator = ctx.aggregator()
+    aggregator.add(ctx.encode(client_id=5))
+    _expect_rejected(ctx, check, aggregator, "repeated verbatim", ctx.encode(client_id=5))
+    _expect_rejected(
+        ctx,
+        check,
+        aggregator,
+        "re-encoded by the same client",
+        ctx.encode(ctx.x * 2.0, client_id=5, salt=1),
+    )
+
+
+@register_check("empty_aggregator")
+def check_empty_aggregator(ctx):
+    """``result()`` of an aggregator without payloads raises ``ValueError``."""
+    check = "empty_aggregator"
+    aggregator = ctx.aggregator()
+    if aggregator.count != 0:
+        _fail(ctx, check, f"a fresh aggregator has count {aggregator.count}")
+    try:
+        aggregator.result()
+    except ValueError:
+        return
+    _fail(ctx, check, "result() of an empty aggregator did not raise ValueError")
+
+
+@register_check("unbiasedness")
 def check_unbiasedness(ctx):
     """Mean of independent encodings matches the input within a variance-derived bound.
 
@@ -260,147 +435,6 @@ def check_unbiasedness(ctx):
                 )
 
 
-def _payloads(ctx, count, salt=0):
-    return [ctx.encode(ctx.x * (1.0 + 0.25 * k), client_id=k, salt=salt) for k in range(count)]
-
-
-def check_merge(ctx):
-    """Two shards merged equal one aggregator over all clients, to float rounding."""
-    check = "merge"
-    payloads = _payloads(ctx, 6)
-    whole, first, second = ctx.aggregator(), ctx.aggregator(), ctx.aggregator()
-    for k, payload in enumerate(payloads):
-        whole.add(payload, weight=1.0 + k)
-        (first if k < 3 else second).add(payload, weight=1.0 + k)
-    first.merge(second)
-    if first.count != whole.count or whole.count != len(payloads):
-        _fail(
-            ctx,
-            check,
-            f"counts {first.count} (merged) and {whole.count} (single), expected {len(payloads)}",
-        )
-    if not _close(first.result(), whole.result(), ctx):
-        _fail(ctx, check, "merged shards differ from a single aggregator")
-    overlapping = ctx.aggregator()
-    overlapping.add(payloads[0])
-    try:
-        overlapping.merge(whole)
-    except ValueError:
-        pass
-    else:
-        _fail(ctx, check, "merging shards that share a client was accepted")
-
-
-def check_weighted_mean(ctx):
-    """``result()`` is the weighted mean of the single-payload decodes."""
-    check = "weighted_mean"
-    payloads = _payloads(ctx, 4)
-    weights = [0.5, 1.0, 2.5, 7.0]
-    aggregator = ctx.aggregator()
-    for payload, weight in zip(payloads, weights, strict=True):
-        aggregator.add(payload, weight=weight)
-    result = aggregator.result()
-    _check_decoded(ctx, check, result, "result()")
-    if getattr(ctx.compressor, "linear_aggregate", True):
-        decoded = [ctx.decode(payload) for payload in payloads]
-        expected = sum(w * d for w, d in zip(weights, decoded, strict=True)) / sum(weights)
-        if not _close(result, expected, ctx):
-            _fail(ctx, check, "result() is not the weighted mean of the decoded payloads")
-    scaled = ctx.aggregator()
-    for payload, weight in zip(payloads, weights, strict=True):
-        scaled.add(payload, weight=3.0 * weight)
-    if not _close(scaled.result(), result, ctx):
-        _fail(ctx, check, "result() changes when every weight is scaled by the same factor")
-
-
-def _corrupt_payloads(ctx, payload):
-    flipped = bytearray(payload)
-    flipped[0] ^= 0xFF
-    wrong_dim = ctx.encode(np.append(ctx.x, 1.0), client_id=1)
-    wrong_round = ctx.encode(client_id=1, round_seed=(ctx.round_seed + 1) % 2**64)
-    return {
-        "truncated by one byte": payload[:-1],
-        "truncated to half": payload[: len(payload) // 2],
-        "empty": b"",
-        "extended by one byte": payload + b"\x00",
-        "with flipped magic": bytes(flipped),
-        "of another dimension": wrong_dim,
-        "of another round": wrong_round,
-        "that is a str": "not a payload",
-    }
-
-
-def _expect_rejected(ctx, check, aggregator, label, payload):
-    before_count = aggregator.count
-    before = aggregator.result().tobytes()
-    try:
-        aggregator.add(payload)
-    except PayloadError:
-        pass
-    except Exception as exc:
-        _fail(ctx, check, f"payload {label} raised {exc!r}, expected PayloadError")
-    else:
-        _fail(ctx, check, f"payload {label} was accepted")
-    if aggregator.count != before_count or aggregator.result().tobytes() != before:
-        _fail(ctx, check, f"rejecting the payload {label} changed the aggregator")
-
-
-def check_corrupt_payload(ctx):
-    """Corrupt or foreign payloads raise PayloadError and leave the state unchanged."""
-    check = "corrupt_payload"
-    aggregator = ctx.aggregator()
-    aggregator.add(ctx.encode(client_id=0))
-    good = ctx.encode(client_id=1)
-    for label, payload in _corrupt_payloads(ctx, good).items():
-        _expect_rejected(ctx, check, aggregator, label, payload)
-    aggregator.add(good)
-    if aggregator.count != 2:
-        _fail(ctx, check, "a valid payload was not counted after rejections")
-
-
-def check_duplicate_client(ctx):
-    """A second payload from the same client is refused without changing the state."""
-    check = "duplicate_client"
-    aggregator = ctx.aggregator()
-    aggregator.add(ctx.encode(client_id=5))
-    _expect_rejected(ctx, check, aggregator, "repeated verbatim", ctx.encode(client_id=5))
-    _expect_rejected(
-        ctx,
-        check,
-        aggregator,
-        "re-encoded by the same client",
-        ctx.encode(ctx.x * 2.0, client_id=5, salt=1),
-    )
-
-
-def check_empty_aggregator(ctx):
-    """``result()`` of an aggregator without payloads raises ``ValueError``."""
-    check = "empty_aggregator"
-    aggregator = ctx.aggregator()
-    if aggregator.count != 0:
-        _fail(ctx, check, f"a fresh aggregator has count {aggregator.count}")
-    try:
-        aggregator.result()
-    except ValueError:
-        return
-    _fail(ctx, check, "result() of an empty aggregator did not raise ValueError")
-
-
-#: Name -> check, in the order :func:`check_compressor` runs them.
-CHECKS = {
-    "round_trip": check_round_trip,
-    "input_validation": check_input_validation,
-    "determinism": check_determinism,
-    "bytes_accounting": check_bytes_accounting,
-    "merge": check_merge,
-    "weighted_mean": check_weighted_mean,
-    "corrupt_payload": check_corrupt_payload,
-    "duplicate_client": check_duplicate_client,
-    "empty_aggregator": check_empty_aggregator,
-    "unbiasedness": check_unbiasedness,
-}
-
-
 def check_compressor(
     compressor, *, dims=(1, 7, 1000), seed=0, statistical=True, trials=_DEFAULT_TRIALS, checks=None
 ):
@@ -426,16 +460,15 @@ def check_compressor(
     AssertionError
         On the first failed check, naming it, the compressor and the dimension.
     """
-    selected = list(CHECKS) if checks is None else list(checks)
-    unknown = sorted(set(selected) - set(CHECKS))
-    if unknown:
-        raise ValueError(f"unknown checks {unknown}; available: {list(CHECKS)}")
-    if not statistical:
-        selected = [name for name in selected if name != "unbiasedness"]
+    selected = [
+        (name, check)
+        for name, check in iter_checks(checks)
+        if statistical or name != "unbiasedness"
+    ]
     for dim in dims:
         ctx = _Context(compressor, int(dim), seed, trials)
-        for name in selected:
-            CHECKS[name](ctx)
+        for _, check in selected:
+            check(ctx)
 
 
 def default_compressors():
@@ -470,3 +503,33 @@ def parametrize_compressors(compressors=None, *, argname="compressor"):
     if not isinstance(compressors, Mapping):
         compressors = {repr(compressor): compressor for compressor in compressors}
     return pytest.mark.parametrize(argname, list(compressors.values()), ids=list(compressors))
+
+
+def parametrize_checks(compressors=None, *, checks=None, argnames=("compressor", "check")):
+    """A ``pytest.mark.parametrize`` with one case per (compressor, check).
+
+    Ids read ``<compressor id>-<check name>``, so a failure names both. The test receives
+    the compressor and the check name; run it with
+    ``check_compressor(compressor, checks=[check])``.
+
+    Parameters
+    ----------
+    compressors : mapping or iterable, optional
+        As for :func:`parametrize_compressors`.
+    checks : iterable of str, optional
+        Names from :data:`CHECKS` (all by default).
+    argnames : pair of str
+        Names of the test function's two arguments.
+    """
+    import pytest  # only needed by test suites, never by the runtime
+
+    if compressors is None:
+        compressors = default_compressors()
+    if not isinstance(compressors, Mapping):
+        compressors = {repr(compressor): compressor for compressor in compressors}
+    cases = [
+        pytest.param(compressor, name, id=f"{label}-{name}")
+        for label, compressor in compressors.items()
+        for name, _ in iter_checks(checks)
+    ]
+    return pytest.mark.parametrize(list(argnames), cases)

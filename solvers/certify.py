@@ -25,7 +25,11 @@ from .distributions import StandardNormal, ValueDistribution, as_distribution
 __all__ = [
     "SenderLP",
     "Certificate",
+    "LPCheck",
     "certify",
+    "check_lp_solution",
+    "sender_objective",
+    "solve_standard_lp",
     "solve_sender_lp",
     "symmetric_sender",
     "cap_message_probability",
@@ -111,6 +115,8 @@ class Certificate:
         Weighted objectives and ``lp - closed form``.
     max_residual : float
         Largest violation of the LP's constraints by the returned LP solution.
+    kkt : dict or None
+        :class:`LPCheck` of the unconstrained LP (duals, complementarity, gap).
     """
 
     ok: bool
@@ -128,6 +134,7 @@ class Certificate:
     wall_time_s: float
     constrained: bool
     tolerance: float
+    kkt: dict | None = None
     sender: np.ndarray | None = None
 
     def as_dict(self) -> dict:
@@ -150,6 +157,132 @@ def _grid(lower, upper, points, distribution: ValueDistribution):
     return grid, weights / distribution.second_moment()
 
 
+@dataclass
+class LPCheck:
+    """Solver-independent check of an answer to ``min c @ x  s.t.  A x = b,  x >= 0``.
+
+    Computed from ``(c, A, b)`` and the returned primal ``x`` and dual ``y`` with numpy only,
+    so a solver that reports "optimal" for a wrong answer is caught (cvxpy's solver tests
+    check every back-end the same way).
+
+    Attributes
+    ----------
+    primal_objective, dual_objective : float
+        ``c @ x`` and ``b @ y``, recomputed.
+    primal_residual : float
+        ``max(|A x - b|, max(0, -x))``: primal feasibility.
+    dual_residual : float
+        ``max(0, -min(c - A^T y))``: dual feasibility (reduced costs non-negative).
+    complementarity : float
+        ``|x @ (c - A^T y)|``: complementary slackness.
+    duality_gap : float
+        ``|c @ x - b @ y|``.
+    ok : bool
+        All four within ``tolerance`` (relative to the scale of the data).
+    """
+
+    primal_objective: float
+    dual_objective: float
+    primal_residual: float
+    dual_residual: float
+    complementarity: float
+    duality_gap: float
+    tolerance: float
+    ok: bool
+
+
+def check_lp_solution(c, A, b, x, y, *, tolerance: float = 1e-6) -> LPCheck:
+    """Check the KKT conditions of a standard-form LP answer (see :class:`LPCheck`).
+
+    Parameters
+    ----------
+    c : ndarray, shape (n,)
+    A : sparse matrix or ndarray, shape (r, n)
+    b : ndarray, shape (r,)
+    x : ndarray, shape (n,) or None
+        Primal answer; ``None`` (no answer) fails every check.
+    y : ndarray, shape (r,) or None
+        Equality multipliers, sign convention ``c - A^T y >= 0``.
+    tolerance : float
+        Residuals are accepted up to ``tolerance`` times the scale of ``c`` (dual side),
+        ``b`` (primal side) and the objective (gap and complementarity).
+    """
+    c = np.asarray(c, dtype=np.float64)
+    b = np.asarray(b, dtype=np.float64)
+    if x is None or y is None:
+        nan = float("nan")
+        return LPCheck(nan, nan, float("inf"), float("inf"), float("inf"), float("inf"),
+                       tolerance, False)  # fmt: skip
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    primal = float(c @ x)
+    dual = float(b @ y)
+    reduced = c - np.asarray(A.T @ y).ravel()
+    primal_residual = max(float(np.max(np.abs(A @ x - b))), float(max(0.0, -x.min())))
+    dual_residual = float(max(0.0, -reduced.min()))
+    complementarity = abs(float(np.maximum(x, 0.0) @ reduced))
+    gap = abs(primal - dual)
+    objective_scale = max(1.0, abs(primal), abs(dual))
+    ok = (
+        all(np.isfinite([primal, dual]))
+        and primal_residual <= tolerance * max(1.0, float(np.max(np.abs(b))))
+        and dual_residual <= tolerance * max(1.0, float(np.max(np.abs(c))))
+        and complementarity <= tolerance * objective_scale
+        and gap <= tolerance * objective_scale
+    )
+    return LPCheck(primal, dual, primal_residual, dual_residual, complementarity, gap,
+                   tolerance, bool(ok))  # fmt: skip
+
+
+def solve_standard_lp(c, A, b, *, solver: str = "HIGHS", tolerance: float = 1e-6):
+    """Solve ``min c @ x  s.t.  A x = b,  x >= 0`` with cvxpy and check the answer.
+
+    Returns
+    -------
+    status : str
+        cvxpy's status (``optimal``, ``infeasible``, ``unbounded``, ...).
+    x : ndarray or None
+    check : LPCheck
+        ``check.ok`` is False unless the status is optimal *and* the KKT conditions hold.
+    """
+    import cvxpy as cp
+
+    x = cp.Variable(len(c), nonneg=True)
+    equality = cp.Constant(A) @ x == b
+    problem = cp.Problem(cp.Minimize(np.asarray(c) @ x), [equality])
+    try:
+        problem.solve(solver=solver)
+    except cp.error.SolverError as exc:
+        raise ParameterError(f"LP solver {solver} failed: {exc}") from None
+    primal = x.value if problem.status == cp.OPTIMAL else None
+    # cvxpy reports multipliers of ``A x == b`` with the opposite sign.
+    dual = None if equality.dual_value is None or primal is None else -equality.dual_value
+    check = check_lp_solution(c, A, b, primal, dual, tolerance=tolerance)
+    if problem.status != cp.OPTIMAL:
+        check.ok = False
+    return str(problem.status), primal, check
+
+
+def sender_objective(sender, receiver, grid, weights) -> float:
+    """``sum_q w_q mean_h sum_x P(x | h, z_q) (z_q - R[h, x])^2`` for ``sender`` (m, H, K).
+
+    Written from the definition, independently of the LP's cost matrix.
+    """
+    squared = (grid[:, None, None] - receiver[None, :, :]) ** 2
+    return float(np.einsum("q,qhx,qhx->", weights, sender, squared) / receiver.shape[0])
+
+
+def _sender_lp_standard_form(receiver, grid):
+    """``A`` and ``b`` of the sender LP in the variable ``vec(P)`` (row-major ``(m*H, K)``)."""
+    num_shared, num_messages = receiver.shape
+    points = grid.size
+    rows = points * num_shared
+    simplex = sp.kron(sp.eye(rows), np.ones((1, num_messages)))
+    unbiased = sp.kron(sp.eye(points), (receiver / num_shared).reshape(1, -1))
+    A = sp.vstack([simplex, unbiased]).tocsr()
+    return A, np.concatenate([np.ones(rows), grid])
+
+
 def solve_sender_lp(
     table: Table,
     distribution=None,
@@ -160,6 +293,13 @@ def solve_sender_lp(
     tolerance: float = 1e-7,
 ) -> Certificate:
     """Solve the discretized sender LP for a table's receiver with cvxpy.
+
+    The answer is not taken on the solver's word: without extra constraints the
+    certificate also requires the KKT conditions (primal and dual feasibility,
+    complementary slackness, zero duality gap; :func:`check_lp_solution`) and compares
+    the LP optimum, recomputed from the sender probabilities, with the closed form. With
+    extra constraints it requires their feasibility and an optimum no better than the
+    closed form (which is the unconstrained optimum).
 
     Parameters
     ----------
@@ -174,7 +314,7 @@ def solve_sender_lp(
     solver : str
         A cvxpy solver name; HiGHS by default.
     tolerance : float
-        Largest accepted gap for an unconstrained certificate.
+        Largest accepted relative gap for an unconstrained certificate.
 
     Returns
     -------
@@ -198,52 +338,54 @@ def solve_sender_lp(
         raise ParameterError(f"grid_points must be >= 2, got {points}")
     lower, upper = table.support
     grid, weights = _grid(lower, upper, points, dist)
-
-    began = time.perf_counter()
-    probs = cp.Variable((points * num_shared, num_messages), nonneg=True)
-    unbias = sp.kron(sp.eye(points), np.full((1, num_shared), 1.0 / num_shared))
-    # Expected value per (q, h) row is P @ R[h]; rows are then averaged over h per q.
-    row_values = np.tile(receiver, (points, 1))
-    squared = (grid.repeat(num_shared)[:, None] - row_values) ** 2
-    cost = squared * (weights.repeat(num_shared) / num_shared)[:, None]
+    A, b = _sender_lp_standard_form(receiver, grid)
+    squared = (grid.repeat(num_shared)[:, None] - np.tile(receiver, (points, 1))) ** 2
     # Without extra constraints the LP separates over grid points, so any positive point
     # weights give the same solution; equal ones keep tail points (weights ~1e-6) from
     # drowning in HiGHS's tolerances. Coupling constraints need the true weights.
-    solve_cost = squared / (num_shared * points) if not constraints else cost
-    lp = SenderLP(probs, grid, receiver)
-    cons = [
-        cp.sum(probs, axis=1) == 1,
-        cp.Constant(unbias) @ cp.sum(cp.multiply(probs, row_values), axis=1) == grid,
-    ]
-    for build in constraints:
-        cons.extend(build(lp))
-    problem = cp.Problem(cp.Minimize(cp.sum(cp.multiply(solve_cost, probs))), cons)
-    try:
-        problem.solve(solver=solver)
-    except cp.error.SolverError as exc:
-        raise ParameterError(f"LP solver {solver} failed: {exc}") from None
+    point_weights = np.full(points, 1.0 / points) if not constraints else weights
+    c = (squared * (point_weights.repeat(num_shared) / num_shared)[:, None]).ravel()
+
+    began = time.perf_counter()
+    kkt = None
+    if not constraints:
+        status, solution, kkt = solve_standard_lp(c, A, b, solver=solver)
+        violation = 0.0
+    else:
+        x = cp.Variable(c.size, nonneg=True)
+        probs = cp.reshape(x, (points * num_shared, num_messages), order="C")
+        extra = [con for build in constraints for con in build(SenderLP(probs, grid, receiver))]
+        problem = cp.Problem(cp.Minimize(c @ x), [cp.Constant(A) @ x == b, *extra])
+        try:
+            problem.solve(solver=solver)
+        except cp.error.SolverError as exc:
+            raise ParameterError(f"LP solver {solver} failed: {exc}") from None
+        status = str(problem.status)
+        solution = x.value if problem.status == cp.OPTIMAL else None
+        violation = (
+            max((float(np.max(con.violation())) for con in extra), default=0.0)
+            if solution is not None
+            else float("inf")
+        )
     wall = time.perf_counter() - began
 
     closed = float(np.sum(weights * table.sender.mse(grid)))
-    if probs.value is None:
-        lp_value = float("nan")
-        residual = float("inf")
-        sender = None
+    if solution is None:
+        lp_value, residual, sender = float("nan"), float("inf"), None
     else:
-        solution = probs.value
-        lp_value = float(np.sum(cost * solution))
-        residual = max(
-            float(np.max(np.abs(solution.sum(axis=1) - 1))),
-            float(np.max(np.abs(unbias @ (solution * row_values).sum(axis=1) - grid))),
-            float(max(0.0, -solution.min())),
-        )
         sender = solution.reshape(points, num_shared, num_messages)
+        lp_value = sender_objective(sender, receiver, grid, weights)
+        residual = max(
+            float(np.max(np.abs(A @ solution - b))), float(max(0.0, -solution.min())), violation
+        )
     gap = lp_value - closed
-    ok = (
-        problem.status == cp.OPTIMAL
-        and (bool(constraints) or abs(gap) <= tolerance * max(closed, 1e-12) + 1e-12)
-        and residual <= 1e-6
-    )
+    slack = tolerance * max(closed, 1e-12) + 1e-12
+    if constraints:
+        # Extra constraints can only cost: an optimum below the closed form is wrong.
+        judged = gap >= -slack
+    else:
+        judged = abs(gap) <= slack and kkt is not None and kkt.ok
+    ok = status == cp.OPTIMAL and judged and residual <= 1e-6
     return Certificate(
         ok=bool(ok),
         lp_objective=lp_value,
@@ -252,14 +394,15 @@ def solve_sender_lp(
         relative_gap=float(gap / closed) if closed > 0 else float("nan"),
         max_residual=residual,
         grid_points=int(points),
-        variables=int(probs.size),
+        variables=int(c.size),
         solver=f"cvxpy/{solver}",
         solver_version=str(highs_version) if solver.upper() == "HIGHS" else "unknown",
         cvxpy_version=cp.__version__,
-        status=str(problem.status),
+        status=status,
         wall_time_s=round(wall, 4),
         constrained=bool(constraints),
         tolerance=tolerance,
+        kkt=None if kkt is None else kkt.__dict__.copy(),
         sender=sender,
     )
 

@@ -11,10 +11,12 @@ import sys
 import time
 from pathlib import Path
 
+from quicdesign._argtypes import bounded_int, int_list, probability, real
+from quicdesign._limits import DESIGN_MAX_BITS, DESIGN_MAX_SHARED_BITS, MAX_JOBS, MAX_STARTS
 from quicdesign._validate import writable_dir
-from quicdesign.cli import parse_probability
+from quicdesign.errors import ParameterError
 from quicdesign.reference import EDEN_VNMSE, QUIC_FL_VNMSE, values
-from quicdesign.table import list_tables, load_table, shipped_tables_dir, write_index
+from quicdesign.table import shipped_tables_dir, table_name, write_index
 
 __all__ = ["register_design", "register_tables_verify"]
 
@@ -22,27 +24,13 @@ _QUIC_FL_VNMSE = values(QUIC_FL_VNMSE)
 _EDEN_VNMSE = values(EDEN_VNMSE)
 
 
-def _int_list(text: str) -> list[int]:
-    values = []
-    try:
-        for part in text.split(","):
-            if "-" in part.strip()[1:]:
-                low, high = part.split("-", 1)
-                values.extend(range(int(low), int(high) + 1))
-            else:
-                values.append(int(part))
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected integers like '1-4' or '1,2,8', got {text!r}"
-        ) from None
-    return values
-
-
 def _cmd_design_entropy(args) -> int:
     from .rate import design_entropy_coded
 
     shared_bits = (args.shared_bits or [6])[0]
     out = writable_dir(args.out) if args.out else None
+    if out is not None:
+        _refuse_overwrite(out, [f"rate{rate}-l{shared_bits}" for rate in args.entropy], args)
     print(
         f"{'rate':>4} {'l':>2} {'K':>4} {'step':>7} {'vNMSE':>9} {'EDEN':>7} {'ratio':>6} "
         f"{'expected bits':>13} {'cert gap':>9}"
@@ -90,6 +78,11 @@ def _cmd_design(args) -> int:
             shared = args.shared_bits or [DEFAULT_SHARED_BITS.get(bits, 0)]
             specs += [DesignSpec(bits, shared_bits, tail) for shared_bits in shared]
     out = writable_dir(args.out) if args.out else None
+    if out is not None:
+        names = [table_name(spec.bits, spec.shared_bits, spec.tail_prob) for spec in specs]
+        _refuse_overwrite(out, names, args)
+    if args.cache_dir:
+        writable_dir(args.cache_dir)
     began = time.perf_counter()
     results = sweep(
         specs,
@@ -119,6 +112,16 @@ def _cmd_design(args) -> int:
     return 0
 
 
+def _refuse_overwrite(out: Path, names, args) -> None:
+    """Refuse, before any work, to replace tables already in ``out`` unless --force."""
+    taken = sorted({name for name in names if (out / name).exists() or (out / name).is_symlink()})
+    if taken and not args.force:
+        raise ParameterError(
+            f"{out} already holds {', '.join(taken)}; pass --force to replace "
+            f"{'it' if len(taken) == 1 else 'them'}"
+        )
+
+
 def _quality_report(results) -> str:
     lines = [
         f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'official':>9} {'ratio':>6} "
@@ -140,18 +143,15 @@ def _quality_report(results) -> str:
 
 
 def _cmd_tables_verify(args) -> int:
-    from quicdesign.table import Table
+    from quicdesign.table import Table, _is_table_dir, _load_entry, _read_index
 
     from .verify import verify
 
     folder = Path(args.path) if args.path else shipped_tables_dir()
-    if (folder / "manifest.json").is_file():
+    if _is_table_dir(folder):
         tables = [Table.load(folder)]
     else:
-        tables = [
-            load_table(e["bits"], e["shared_bits"], e["tail_prob"], path=folder)
-            for e in list_tables(folder)
-        ]
+        tables = [_load_entry(folder, entry) for entry in _read_index(folder)["tables"]]
     bad = 0
     for table in tables:
         report = verify(table)
@@ -172,24 +172,47 @@ def register_design(commands) -> None:
         action="store_true",
         help="design every shipped table (b = 1..8 defaults and l = 8 extras)",
     )
-    design.add_argument("--bits", type=_int_list, help="bit widths, e.g. 1-4 or 1,2,8")
-    design.add_argument("--shared-bits", type=_int_list, help="shared bits l (default per b)")
-    design.add_argument("--tail-prob", type=parse_probability, help="tail probability p (1/512)")
+    design.add_argument(
+        "--bits",
+        type=int_list("bits", 1, DESIGN_MAX_BITS),
+        help=f"bit widths in 1..{DESIGN_MAX_BITS}, e.g. 1-4 or 1,2,8 (default: 1-4)",
+    )
+    design.add_argument(
+        "--shared-bits",
+        type=int_list("shared_bits", 0, DESIGN_MAX_SHARED_BITS),
+        help=f"shared bits l in 0..{DESIGN_MAX_SHARED_BITS} (default: per b)",
+    )
+    design.add_argument("--tail-prob", type=probability, help="tail probability p (1/512)")
     design.add_argument("--out", help="write the tables and an index to this folder")
-    design.add_argument("--jobs", type=int, default=-1, help="parallel workers (-1: all cores)")
-    design.add_argument("--cache-dir", help="joblib cache folder (off by default)")
-    design.add_argument("--starts", type=int, default=4, help="optimizer starts per table")
+    design.add_argument(
+        "--force",
+        action="store_true",
+        help="replace tables of the same name already in --out",
+    )
+    design.add_argument(
+        "--jobs",
+        type=bounded_int("jobs", -1, MAX_JOBS),
+        default=-1,
+        help="parallel workers (-1: all cores; 0 is refused)",
+    )
+    design.add_argument("--cache-dir", help="design cache folder, table format (off by default)")
+    design.add_argument(
+        "--starts",
+        type=bounded_int("starts", 1, MAX_STARTS),
+        default=4,
+        help=f"optimizer starts per table, 1..{MAX_STARTS} (default: 4)",
+    )
     design.add_argument("--no-certify", action="store_true", help="skip the LP certificate")
     design.add_argument(
         "--entropy",
-        type=_int_list,
-        help="design entropy-coded tables for these bits per coordinate",
+        type=int_list("entropy rate", 1, 7),
+        help="design entropy-coded tables for these bits per coordinate (1..7)",
     )
     design.add_argument(
         "--overhead-bits",
-        type=float,
+        type=real("overhead_bits", 0.0, 1.0),
         default=0.002,
-        help="per-coordinate wire overhead budgeted by --entropy designs",
+        help="per-coordinate wire overhead budgeted by --entropy designs (default: 0.002)",
     )
     design.add_argument(
         "--progress",

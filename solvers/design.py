@@ -10,6 +10,14 @@ import scipy
 from scipy.optimize import OptimizeResult
 
 import quicdesign
+from quicdesign._limits import (
+    DESIGN_MAX_BITS,
+    DESIGN_MAX_SHARED_BITS,
+    MAX_HOPS,
+    MAX_ITER,
+    MAX_JOBS,
+    MAX_STARTS,
+)
 from quicdesign._validate import check_int, check_positive_float, check_tail_prob
 from quicdesign.errors import ParameterError
 from quicdesign.table import Table
@@ -18,11 +26,51 @@ from .distributions import StandardNormal, as_distribution
 from .objective import evaluate
 from .optimize import LocalSolution, refine, starting_points
 
-__all__ = ["DesignSpec", "DesignResult", "design", "MAX_BITS", "MAX_SHARED_BITS"]
+__all__ = [
+    "DesignSpec",
+    "DesignResult",
+    "design",
+    "check_design_options",
+    "MAX_BITS",
+    "MAX_SHARED_BITS",
+    "MAX_STARTS",
+    "MAX_HOPS",
+    "MAX_ITER",
+    "MAX_JOBS",
+]
 
-MAX_BITS = 8
-MAX_SHARED_BITS = 8
+MAX_BITS = DESIGN_MAX_BITS
+MAX_SHARED_BITS = DESIGN_MAX_SHARED_BITS
 DEFAULT_TAIL_PROB = 1 / 512
+
+
+def check_n_jobs(n_jobs) -> int:
+    """``n_jobs`` as joblib reads it: -1 (all cores) or 1..``MAX_JOBS``."""
+    n_jobs = check_int(n_jobs, "n_jobs", -1, MAX_JOBS)
+    if n_jobs == 0:
+        raise ParameterError("n_jobs must be -1 (all cores) or a positive count, got 0")
+    return n_jobs
+
+
+def check_design_options(*, starts, max_iter, certify, seed, hops=0) -> dict:
+    """Validate the optimizer's effort against the documented bounds.
+
+    Raises
+    ------
+    ParameterError
+        If ``starts`` is not in 1..``MAX_STARTS``, ``hops`` not in 0..``MAX_HOPS``,
+        ``max_iter`` not in 1..``MAX_ITER``, ``seed`` not in [0, 2**64) or ``certify``
+        not a bool.
+    """
+    if not isinstance(certify, (bool, np.bool_)):
+        raise ParameterError(f"certify must be True or False, got {certify!r}")
+    return {
+        "starts": check_int(starts, "starts", 1, MAX_STARTS),
+        "max_iter": check_int(max_iter, "max_iter", 1, MAX_ITER),
+        "certify": bool(certify),
+        "seed": check_int(seed, "seed", 0, 2**64 - 1),
+        "hops": check_int(hops, "hops", 0, MAX_HOPS),
+    }
 
 
 @dataclass(frozen=True)
@@ -146,37 +194,37 @@ def design(
     threshold : float, optional
         Symmetric threshold instead of ``tail_prob``.
     starts : int
-        Number of structured and jittered starting tables.
+        Number of structured and jittered starting tables (1..``MAX_STARTS`` = 1000).
     max_iter : int
-        L-BFGS-B iteration cap per run.
+        L-BFGS-B iteration cap per run (1..``MAX_ITER`` = 100000).
     warm_start : array_like or Table, optional
         An extra start: a receiver with ``H`` rows, or a divisor of ``H`` (rows are then
         duplicated, which keeps its objective).
     certify : bool
         Cross-check the closed-form sender with the cvxpy/HiGHS LP.
     seed : int
-        Seed of the jittered starts.
+        Seed of the jittered starts (0 <= seed < 2**64).
     n_jobs : int
-        Starts run in parallel with joblib when ``n_jobs != 1``.
+        Starts run in parallel with joblib when ``n_jobs != 1`` (-1: all cores; at most
+        ``MAX_JOBS`` = 1024).
     hops : int
-        Basin-hopping rounds after the starts: perturb the best table at a random
-        scale, re-optimize, keep it if better (a search for better optima).
+        Basin-hopping rounds after the starts (0..``MAX_HOPS`` = 1000): perturb the best
+        table at a random scale, re-optimize, keep it if better.
+
+    Raises
+    ------
+    ParameterError
+        For any argument outside its documented range, before any work starts.
 
     Returns
     -------
     DesignResult
     """
     spec = DesignSpec(bits, shared_bits, tail_prob, threshold, distribution)
-    return _design_spec(
-        spec,
-        starts=starts,
-        max_iter=max_iter,
-        warm_start=warm_start,
-        certify=certify,
-        seed=seed,
-        n_jobs=n_jobs,
-        hops=hops,
+    options = check_design_options(
+        starts=starts, max_iter=max_iter, certify=certify, seed=seed, hops=hops
     )
+    return _design_spec(spec, warm_start=warm_start, n_jobs=check_n_jobs(n_jobs), **options)
 
 
 def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs, hops=0):
@@ -188,9 +236,7 @@ def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs, h
     lower, upper = spec.interval
     num_shared, num_messages = 1 << spec.shared_bits, 1 << spec.bits
     rng = np.random.default_rng(seed)
-    candidates = starting_points(
-        num_shared, num_messages, lower, upper, count=max(int(starts), 1), rng=rng
-    )
+    candidates = starting_points(num_shared, num_messages, lower, upper, count=starts, rng=rng)
     if warm_start is not None:
         receiver = np.asarray(getattr(warm_start, "receiver", warm_start), dtype=np.float64)
         if (
@@ -214,7 +260,7 @@ def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs, h
 
         solutions = Parallel(n_jobs=n_jobs)(delayed(run)(lb, st) for lb, st in candidates)
     best: LocalSolution = min(solutions, key=lambda s: s.vnmse)
-    for hop in range(int(hops)):
+    for hop in range(hops):
         spacing = np.ptp(best.receiver) / best.receiver.size
         noise = rng.normal(scale=spacing * rng.choice([0.3, 1.0, 3.0]), size=best.receiver.shape)
         candidate = run(f"hop{hop}", best.receiver + noise)

@@ -60,7 +60,7 @@ class StandardNormal(ValueDistribution):
     def partial_moments(self, t):
         t = np.asarray(t, dtype=np.float64)
         cdf = special.ndtr(t)
-        with np.errstate(invalid="ignore"):
+        with np.errstate(invalid="ignore", over="ignore"):
             pdf = np.exp(-0.5 * t * t) / math.sqrt(2 * math.pi)
             tpdf = np.where(np.isfinite(t), t * pdf, 0.0)
         return cdf, -pdf, cdf - tpdf

@@ -22,6 +22,7 @@ import numpy as np
 from scipy import optimize
 
 import quicdesign
+from quicdesign._validate import check_real, check_tail_prob
 from quicdesign.errors import ParameterError
 from quicdesign.sender import SenderRule
 from quicdesign.table import Table
@@ -103,6 +104,7 @@ def rate_point(receiver, distribution=None, tail_prob=DEFAULT_TAIL_PROB) -> Rate
         ``expected_bits`` (including exact tails), ``code_model`` (H, K), ``lower``,
         ``upper``.
     """
+    tail_prob = check_tail_prob(tail_prob)
     dist = as_distribution(distribution)
     lower, upper = dist.tail_interval(tail_prob)
     rule = SenderRule(receiver)
@@ -160,7 +162,8 @@ def design_entropy_coded(
     certify : bool
         Run the LP certificate of the sender.
     overhead_bits : float
-        Per-coordinate coder/header overhead to budget for when hitting ``target_bits``.
+        Per-coordinate coder/header overhead to budget for when hitting ``target_bits``
+        (0..1).
 
     Returns
     -------
@@ -172,6 +175,10 @@ def design_entropy_coded(
 
     if sum(v is not None for v in (target_bits, lam, delta)) != 1:
         raise ParameterError("give exactly one of target_bits, lam or delta")
+    overhead_bits = check_real(overhead_bits, "overhead_bits", 0.0, 1.0)
+    target_bits = None if target_bits is None else check_real(target_bits, "target_bits", 0.2, 7)
+    lam = None if lam is None else check_real(lam, "lam", 0.0)
+    delta = None if delta is None else check_real(delta, "delta", 0.0)
     spec = DesignSpec(1, shared_bits, tail_prob, None, distribution)  # validates l, p, dist
     dist = spec.distribution
     began = time.perf_counter()

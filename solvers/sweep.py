@@ -1,7 +1,8 @@
 """Cached designs and parallel sweeps over many (b, l, p) budgets.
 
-The cache (``joblib.Memory``) is a local speed-up keyed on the spec's primitive fields
-and the package version; it is never the shipped format (tables are). Sweeps use
+The cache is a folder of table directories in the shipped table format (see
+``solvers/_cache.py`` and ``docs/table-format.md``), keyed on the spec, the design options
+and the package version; nothing in it is ever unpickled. Sweeps use
 ``joblib.Parallel``: ``backend="loky"`` locally, or any registered joblib backend
 (``"dask"`` with ``distributed``, ``"ray"``) to run the same sweep on a cluster; an
 enclosing ``joblib.parallel_config(...)`` is honoured when ``backend`` is None.
@@ -10,11 +11,18 @@ enclosing ``joblib.parallel_config(...)`` is honoured when ``backend`` is None.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from pathlib import Path
 
-import quicdesign
+from quicdesign.errors import ParameterError
 
-from .design import DEFAULT_TAIL_PROB, DesignResult, DesignSpec, _design_spec
+from . import _cache
+from .design import (
+    DEFAULT_TAIL_PROB,
+    DesignResult,
+    DesignSpec,
+    _design_spec,
+    check_design_options,
+    check_n_jobs,
+)
 
 __all__ = ["cached_design", "sweep", "DEFAULT_SHARED_BITS", "default_specs"]
 
@@ -41,6 +49,14 @@ def _design_from_key(key: dict, distribution, options: dict) -> DesignResult:
     return _design_spec(spec, warm_start=None, n_jobs=1, **options)
 
 
+def _checked_options(options: dict) -> dict:
+    unknown = set(options) - {"starts", "max_iter", "certify", "seed", "hops"}
+    if unknown:
+        raise ParameterError(f"unknown design options {sorted(unknown)}")
+    defaults = {"starts": 4, "max_iter": 3000, "certify": True, "seed": 0, "hops": 0}
+    return check_design_options(**{**defaults, **options})
+
+
 def cached_design(spec: DesignSpec, cache_dir=None, **options) -> DesignResult:
     """Design ``spec``, memoized on disk when ``cache_dir`` is given.
 
@@ -48,23 +64,23 @@ def cached_design(spec: DesignSpec, cache_dir=None, **options) -> DesignResult:
     ----------
     spec : DesignSpec
     cache_dir : path-like, optional
-        joblib cache location; no caching when None.
+        Cache folder (table-format entries, safe to share between processes); no
+        caching when None. A missing, corrupt or foreign entry is designed again.
     **options
-        ``starts``, ``max_iter``, ``certify``, ``seed`` (see :func:`solvers.design`).
+        ``starts``, ``max_iter``, ``certify``, ``seed``, ``hops`` (see
+        :func:`solvers.design`).
     """
-    options = {"starts": 4, "max_iter": 3000, "certify": True, "seed": 0, **options}
+    options = _checked_options(options)
     if cache_dir is None:
         return _design_from_key(spec.cache_key(), spec.distribution, options)
-    from joblib import Memory
-
-    memory = Memory(Path(cache_dir), verbose=0)
-    cached = memory.cache(_cached_entry, ignore=["distribution"])
-    return cached(spec.cache_key(), spec.distribution, options, quicdesign.__version__)
-
-
-def _cached_entry(key, distribution, options, version):
-    # `version` is part of the cache key: a new release never reuses old designs.
-    return _design_from_key(key, distribution, options)
+    key = _cache.design_key(spec.cache_key(), options)
+    hit = _cache.load_entry(cache_dir, key)
+    if hit is not None:
+        table, fields = hit
+        return DesignResult(table=table, spec=spec, **fields)
+    result = _design_from_key(spec.cache_key(), spec.distribution, options)
+    _cache.store_entry(cache_dir, key, result)
+    return result
 
 
 def sweep(
@@ -86,7 +102,7 @@ def sweep(
     backend : str, optional
         joblib backend name ("loky", "threading", "dask", "ray", ...).
     cache_dir : path-like, optional
-        joblib.Memory location shared by the workers.
+        Cache folder shared by the workers (see :func:`cached_design`).
     progress : bool, optional
         Show a tqdm bar (default: only on a terminal).
     **options
@@ -99,7 +115,9 @@ def sweep(
     from joblib import Parallel, delayed
     from tqdm.auto import tqdm
 
+    n_jobs = check_n_jobs(n_jobs)
     specs = [s if isinstance(s, DesignSpec) else DesignSpec(*s) for s in specs]
+    _checked_options(options)  # fail here, not once per worker
     parallel = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")
     jobs = (delayed(cached_design)(spec, cache_dir, **options) for spec in specs)
     disable = None if progress is None else not progress

@@ -30,7 +30,7 @@ from quicdesign.randomness import rotation_signs
 from quicdesign.reference import EDEN_VNMSE as EDEN_VNMSE_REFERENCE
 from quicdesign.reference import LLOYD_MAX_NORMAL, values
 from quicdesign.rotation import RotationLayout, rotate
-from quicdesign.testing import check_compressor, parametrize_compressors
+from quicdesign.testing import check_compressor, parametrize_checks
 
 # -------------------------------------------------------------------- conformance
 
@@ -59,9 +59,9 @@ def _build(label):
     return make_compressor(name, **CONFIGURATIONS[label])
 
 
-@parametrize_compressors({label: _build(label) for label in CONFIGURATIONS})
-def test_conformance(compressor):
-    check_compressor(compressor, trials=200)
+@parametrize_checks({label: _build(label) for label in CONFIGURATIONS})
+def test_conformance(compressor, check):
+    check_compressor(compressor, trials=200, checks=[check])
 
 
 def test_registry_names_and_unknown_name():

@@ -69,7 +69,7 @@ def test_decoding_experiment_table(tmp_path, capsys):
     [
         (["fl", "run", "no-such-experiment"], "unknown experiment"),
         (["fl", "run", "mcm", "--seeds", "x"], "seeds"),
-        (["fl", "run", "mcm", "--rounds", "0"], "positive integer"),
+        (["fl", "run", "mcm", "--rounds", "0"], "rounds must be in 1.."),
         (["fl", "run", "mcm", "--out", "/proc/not-writable/x"], "quicdesign: error"),
     ],
 )

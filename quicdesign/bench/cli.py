@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 
+from .._argtypes import bounded_int, int_list
+from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS
+
 __all__ = ["register"]
 
 
@@ -26,14 +29,26 @@ def register(commands) -> None:
     bench = commands.add_parser("bench", help="benchmarks that print figures")
     sub = bench.add_subparsers(dest="bench_command", required=True, parser_class=type(bench))
     runtime = sub.add_parser("runtime", help="QUIC-FL encode / aggregate speed")
-    runtime.add_argument("--dim", type=int, default=2**20)
-    runtime.add_argument("--bits", type=int, nargs="+", default=[1, 2, 4])
-    runtime.add_argument("--clients", type=int, default=16)
-    runtime.add_argument("--repeats", type=int, default=5)
+    dim = bounded_int("dim", 1, BENCH_MAX_DIM)
+    repeats = bounded_int("repeats", 1, BENCH_MAX_REPEATS)
+    runtime.add_argument("--dim", type=dim, default=2**20, help="vector length (default: 2^20)")
+    runtime.add_argument(
+        "--bits",
+        type=int_list("bits", 1, 8),
+        default=[1, 2, 4],
+        help="bit widths, e.g. 1-4 or 1,2,4 (default: 1,2,4)",
+    )
+    runtime.add_argument(
+        "--clients",
+        type=bounded_int("clients", 1, BENCH_MAX_CLIENTS),
+        default=16,
+        help="clients aggregated (default: 16)",
+    )
+    runtime.add_argument("--repeats", type=repeats, default=5, help="timed runs (default: 5)")
     runtime.set_defaults(run=_run_runtime)
     transform = sub.add_parser("transform", help="Hadamard transform speed")
-    transform.add_argument("--dim", type=int, default=2**20)
-    transform.add_argument("--repeats", type=int, default=7)
+    transform.add_argument("--dim", type=dim, default=2**20, help="vector length (default: 2^20)")
+    transform.add_argument("--repeats", type=repeats, default=7, help="timed runs (default: 7)")
     transform.set_defaults(run=_run_transform)
     # Benchmarks that live in their own modules register themselves when present.
     for name in ("dme",):

@@ -12,7 +12,10 @@ import time
 
 import numpy as np
 
+from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS, BENCH_MAX_VALUES
+from .._validate import check_int
 from ..codec import QuicFLAggregator, QuicFLEncoder
+from ..errors import ParameterError
 from ..table import load_table
 from .transform import _median_seconds
 
@@ -35,13 +38,13 @@ def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0):
     Parameters
     ----------
     dim : int
-        Vector length.
+        Vector length (1..2**26).
     bits : sequence of int
-        Bit widths (shipped default tables).
+        Bit widths (shipped default tables, 1..8).
     clients : int
-        Number of clients aggregated.
+        Number of clients aggregated (1..1024; ``clients * dim <= 2**28``).
     repeats : int
-        Timed repetitions (the median is reported).
+        Timed repetitions, the median is reported (1..1000).
     seed : int
         Seed of the inputs and private randomness.
 
@@ -49,7 +52,22 @@ def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0):
     -------
     list of dict
         One row of figures per bit width.
+
+    Raises
+    ------
+    ParameterError
+        For sizes outside these bounds, before anything is allocated.
     """
+    dim = check_int(dim, "dim", 1, BENCH_MAX_DIM)
+    clients = check_int(clients, "clients", 1, BENCH_MAX_CLIENTS)
+    repeats = check_int(repeats, "repeats", 1, BENCH_MAX_REPEATS)
+    bits = [check_int(b, "bits", 1, 8) for b in bits]
+    if not bits:
+        raise ParameterError("bits must name at least one bit width")
+    if clients * dim > BENCH_MAX_VALUES:
+        raise ParameterError(
+            f"clients * dim = {clients * dim} exceeds {BENCH_MAX_VALUES} values held at once"
+        )
     rng = np.random.default_rng(seed)
     vectors = rng.lognormal(size=(clients, dim)).astype(np.float32)
     rows = []

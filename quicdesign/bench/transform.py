@@ -6,6 +6,7 @@ import time
 
 import numpy as np
 
+from quicdesign._limits import BENCH_MAX_DIM, BENCH_MAX_REPEATS
 from quicdesign._validate import check_int
 from quicdesign.randomness import rotation_signs
 from quicdesign.rotation import RotationLayout, fwht, rotate, unrotate
@@ -40,8 +41,8 @@ def bench_transform(dims=(2**16, 2**18, 2**20), repeats=7):
         One dict per measurement with keys ``op``, ``dtype``, ``dim``, ``median_ms`` and
         ``mcoord_per_s`` (millions of input coordinates per second).
     """
-    dims = [check_int(d, "dim", 1) for d in dims]
-    repeats = check_int(repeats, "repeats", 1)
+    dims = [check_int(d, "dim", 1, BENCH_MAX_DIM) for d in dims]
+    repeats = check_int(repeats, "repeats", 1, BENCH_MAX_REPEATS)
     rng = np.random.default_rng(0)
     results = []
 

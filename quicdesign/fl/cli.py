@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from quicdesign._argtypes import bounded_int, int_list
+from quicdesign._limits import MAX_JOBS
 from quicdesign._validate import writable_dir
 from quicdesign.errors import ParameterError
 
@@ -18,30 +20,9 @@ from .experiments import EXPERIMENTS, format_table, run_experiment
 __all__ = ["register"]
 
 
-def _seed_list(text):
-    """Parse ``0-2`` or ``0,3,7`` into a list of non-negative integers."""
-    seeds = []
-    try:
-        for part in text.split(","):
-            low, _, high = part.strip().partition("-")
-            seeds.extend(range(int(low), int(high) + 1) if high else [int(low)])
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected seeds like '0-2' or '0,3', got {text!r}"
-        ) from None
-    if not seeds or min(seeds) < 0:
-        raise argparse.ArgumentTypeError(f"seeds must be non-negative integers, got {text!r}")
-    return seeds
-
-
-def _positive_int(text):
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return value
+#: Bounds checked while parsing: most seeds per run, largest seed, most rounds.
+MAX_SEEDS = 1000
+MAX_ROUNDS = 100_000
 
 
 def _cmd_list(args):
@@ -94,10 +75,20 @@ def register(commands):
     run = fl_commands.add_parser("run", help="run a named experiment")
     run.add_argument("experiment", metavar="EXPERIMENT", help=f"one of: {', '.join(EXPERIMENTS)}")
     run.add_argument("--out", default="fl-results", help="output folder (default: fl-results)")
-    run.add_argument("--seeds", type=_seed_list, help="seeds, e.g. 0-2 (default per experiment)")
-    run.add_argument("--rounds", type=_positive_int, help="rounds per run (default per experiment)")
     run.add_argument(
-        "--workers", type=_positive_int, help="processes running the runs (default: min(2, CPUs))"
+        "--seeds",
+        type=int_list("seeds", 0, 2**32 - 1, max_length=MAX_SEEDS),
+        help=f"seeds, e.g. 0-2 or 0,3 (at most {MAX_SEEDS}; default per experiment)",
+    )
+    run.add_argument(
+        "--rounds",
+        type=bounded_int("rounds", 1, MAX_ROUNDS),
+        help=f"rounds per run, 1..{MAX_ROUNDS} (default per experiment)",
+    )
+    run.add_argument(
+        "--workers",
+        type=bounded_int("workers", 1, MAX_JOBS),
+        help="processes running the runs (default: min(2, CPUs))",
     )
     run.add_argument(
         "--progress",

@@ -122,7 +122,9 @@ class MCMWorkerStates:
 
 
 def _check_unbiased(compressor, direction):
-    if not getattr(compressor.properties, "unbiased", False):
+    if isinstance(compressor, RawFloats):  # the exact channel
+        return
+    if not getattr(getattr(compressor, "properties", None), "unbiased", False):
         raise ParameterError(
             f"the {direction} compressor {compressor!r} is biased; the MCM family's "
             "guarantees need unbiased compressors"

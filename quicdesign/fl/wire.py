@@ -2,8 +2,8 @@
 
 Every message of every algorithm is turned into bytes by a compressor (or by a small
 codec of this package) and the counters add ``8 * len(payload)``; no bit count is ever
-computed from a formula. :class:`RawFloats` is the uncompressed baseline on the same
-compressor protocol as QUIC-FL and the other quantizers.
+computed from a formula. :class:`RawFloats` is the uncompressed baseline: the
+simulator's trusted exact channel, used like a compressor but not one (see its docstring).
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quicdesign._validate import check_int
-from quicdesign.compressors.base import Aggregator, Compressor, CompressorProperties
 from quicdesign.errors import ParameterError, PayloadError
 
 __all__ = [
@@ -26,7 +25,7 @@ __all__ = [
 ]
 
 
-class _RawFloatsAggregator(Aggregator):
+class _RawFloatsAggregator:
     def __init__(self, dtype, dim):
         self._dtype = dtype
         self._dim = dim
@@ -72,8 +71,15 @@ class _RawFloatsAggregator(Aggregator):
         return self._sum / self._weight
 
 
-class RawFloats(Compressor):
+class RawFloats:
     """Uncompressed vectors as little-endian IEEE floats (the "no compression" baseline).
+
+    Not a :class:`~quicdesign.compressors.base.Compressor`: the payload is the bare array
+    (``dim * itemsize`` bytes, no header), so it carries no client id, round tag or scheme
+    magic and cannot refuse duplicates or foreign payloads. That is what the simulator's
+    exact channel needs (every counted bit is a value bit) and why it would fail the
+    conformance kit; it duck-types ``encode``/``aggregator``/``decode`` for
+    :func:`send_each` and :func:`broadcast` and declares itself exact (unbiased).
 
     Parameters
     ----------
@@ -83,7 +89,8 @@ class RawFloats(Compressor):
     """
 
     name = "raw"
-    properties = CompressorProperties(unbiased=True, sums_before_decoding=True, fixed_rate=True)
+    #: The decoded value is the input rounded to ``dtype``: no compression error.
+    exact = True
 
     def __init__(self, dtype="float32"):
         if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
@@ -99,6 +106,19 @@ class RawFloats(Compressor):
 
     def aggregator(self, dim, round_seed):
         return _RawFloatsAggregator(np.dtype(self.dtype).newbyteorder("<"), dim)
+
+    def decode(self, payload, *, dim, round_seed):
+        """The vector of one payload, as float64."""
+        aggregator = self.aggregator(dim, round_seed)
+        aggregator.add(payload)
+        return aggregator.result()
+
+    def bits_per_coordinate(self, payload, dim):
+        """Measured wire cost: ``8 * len(payload) / dim``."""
+        return 8.0 * len(payload) / dim
+
+    def __repr__(self):
+        return f"RawFloats(dtype={self.dtype!r})"
 
     def encode_batch(self, vectors, *, round_seed, client_ids, rng=None):
         """Encode the rows of a ``(k, dim)`` array (one payload per row)."""
