@@ -41,6 +41,8 @@ __all__ = [
     "BaselineCompressor",
     "SumAggregator",
     "DirectSumAggregator",
+    "PipelineAggregator",
+    "PipelineCompressor",
     "config_tag",
     "euclidean_norm",
     "f32_ceil",
@@ -319,3 +321,49 @@ class DirectSumAggregator(SumAggregator):
 
     def _contribution(self, reader, header):
         return self.compressor._decode_body(reader, header, self.round_seed)
+
+
+# ------------------------------------------------------------------ stage pipelines
+
+
+class PipelineAggregator(SumAggregator):
+    """Sums clients at the pipeline's deepest commuting stage; inverts the rest once.
+
+    Each payload is decoded only through the stages after the commuting prefix
+    (:meth:`quicdesign.stages.Pipeline.decode_to_sum_domain`); :meth:`result` applies
+    the prefix's inverses once to the weighted mean.
+    """
+
+    def __init__(self, compressor, dim, round_seed):
+        self._pipeline = compressor.stages
+        self._state = self._pipeline.server_state(dim, round_seed)
+        super().__init__(compressor, dim, round_seed, self._pipeline.sum_shape(dim))
+
+    def _contribution(self, reader, header):
+        return self._pipeline.decode_to_sum_domain(reader, self._state)
+
+    def _finalize(self, mean):
+        return self._pipeline.finalize(mean, self._state)
+
+
+class PipelineCompressor(BaselineCompressor):
+    """A baseline declared as a :class:`quicdesign.stages.Pipeline` (property ``stages``).
+
+    The body is the stages' side information in order; the aggregator is a
+    :class:`PipelineAggregator`.
+    """
+
+    @property
+    @abstractmethod
+    def stages(self):
+        """The compressor's :class:`~quicdesign.stages.Pipeline` (parameters validated)."""
+
+    def _body_size(self, dim):
+        return self.stages.body_size(dim)
+
+    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
+        state = self.stages.client_state(flat.size, round_seed, client_id, rng)
+        self.stages.encode(flat, writer, state)
+
+    def _make_aggregator(self, dim, round_seed):
+        return PipelineAggregator(self, dim, round_seed)

@@ -27,6 +27,7 @@ import numpy as np
 from .._validate import check_int
 from .._wire import packed_size
 from ..errors import ParameterError, PayloadError
+from ..stages import Stage
 from ._common import BaselineCompressor, euclidean_norm, f32_ceil, f32_floor, read_f32
 from .base import CompressorProperties
 
@@ -98,6 +99,46 @@ def read_minmax_side(reader):
     if hi < lo:
         raise PayloadError(f"grid bounds out of order: lo={lo!r} > hi={hi!r}")
     return lo, hi
+
+
+class MinMaxQuantize(Stage):
+    """Unbiased min-max SQ as a stage: side information is ``lo``, ``hi`` and the codes.
+
+    Its inverse depends on each client's grid, so it does not commute with sum.
+
+    Parameters
+    ----------
+    bits : int
+        Bits per value, 1..16 (validated by the compressor).
+    """
+
+    commutes_with_sum = False
+
+    def __init__(self, bits):
+        self.bits = bits
+
+    def apply(self, x, state):
+        return None, minmax_quantize(x, self.bits, state.rng)
+
+    def invert(self, y, side, state, dim):
+        lo, hi, codes = side
+        return minmax_dequantize(lo, hi, codes, self.bits)
+
+    def write_side(self, writer, side):
+        lo, hi, codes = side
+        writer.write_f32(lo)
+        writer.write_f32(hi)
+        writer.write_codes(codes, self.bits)
+
+    def read_side(self, reader, state, dim):
+        lo, hi = read_minmax_side(reader)
+        return lo, hi, reader.read_codes(self.bits, dim, "codes")
+
+    def side_size(self, dim):
+        return 8 + packed_size(self.bits, dim)
+
+    def output_dim(self, dim):
+        return 0
 
 
 class StochasticQuantizer(BaselineCompressor):
