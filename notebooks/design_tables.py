@@ -87,6 +87,7 @@ ax.semilogy([t.bits for t in shipped], [t.vnmse for t in shipped], "o-", label="
 ax.semilogy(range(1, 9), [1 / (4**b - 1) for b in range(1, 9)], "k:", label="1/(4^b-1)")
 ax.set(xlabel="bits b", ylabel="vNMSE")
 ax.legend()
+fig.tight_layout()
 
 # %% [markdown]
 # ## The shape of R and of the sender rule (b = 2, l = 5)

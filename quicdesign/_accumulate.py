@@ -10,7 +10,20 @@ from ._validate import check_weight
 from .errors import ParameterError, PayloadError
 from .protocol import Aggregator
 
-__all__ = ["WeightedSumAggregator"]
+__all__ = ["WeightedSumAggregator", "MAX_CONTRIBUTION", "check_contribution_bound"]
+
+#: Largest magnitude a decoded (unweighted) contribution may have. With weights at most
+#: ``2**256`` and at most ``2**32`` clients (u32 ids) a running sum stays below ``2**480``.
+MAX_CONTRIBUTION = 2.0**192
+
+
+def check_contribution_bound(largest: float) -> None:
+    """Refuse a payload whose decoded magnitude could make running sums overflow.
+
+    ``largest`` is ``max |contribution|`` before weighting (NaN is refused too).
+    """
+    if not largest <= MAX_CONTRIBUTION:
+        raise PayloadError(f"payload decodes to magnitude {largest!r}, beyond 2**192")
 
 
 class WeightedSumAggregator(Aggregator):
@@ -41,7 +54,9 @@ class WeightedSumAggregator(Aggregator):
 
     @abstractmethod
     def _merge_key(self) -> tuple:
-        """What two aggregators must share to be merged (scheme, round, dim...)."""
+        """What two aggregators must share to be merged: the full round seed, the scheme
+        and its wire parameters (table digest), the dimension. Never a short tag: 32-bit
+        round tags collide after ~10**5 rounds."""
 
     def _finalize(self, mean: np.ndarray) -> np.ndarray:
         """Map the weighted mean in the summation domain to the original coordinates."""
@@ -96,7 +111,9 @@ class WeightedSumAggregator(Aggregator):
                 f"cannot merge a {type(other).__name__} into a {type(self).__name__}"
             )
         if other._merge_key() != self._merge_key():
-            raise ParameterError("can only merge aggregators of the same scheme, round and dim")
+            raise ParameterError(
+                "can only merge aggregators of the same scheme, parameters, round seed and dim"
+            )
         overlap = self._clients & other._clients
         if overlap:
             raise ParameterError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 import operator
 import os
 from pathlib import Path
@@ -13,6 +14,8 @@ from .errors import InputDTypeError, InputVectorError, ParameterError
 
 __all__ = [
     "MAX_DIM",
+    "MIN_WEIGHT",
+    "MAX_WEIGHT",
     "check_int",
     "check_positive_float",
     "check_probability",
@@ -20,6 +23,7 @@ __all__ = [
     "as_client_vector",
     "check_client_id",
     "check_dim",
+    "check_f32_normal",
     "check_round_seed",
     "check_weight",
     "check_real",
@@ -27,6 +31,9 @@ __all__ = [
 ]
 
 MAX_DIM = 2**31 - 1
+#: Accepted client weights (see :func:`check_weight`).
+MIN_WEIGHT = 2.0**-256
+MAX_WEIGHT = 2.0**256
 _MAX_CLIENT_ID = 2**32 - 1
 
 
@@ -106,14 +113,46 @@ def check_dim(dim) -> int:
 
 
 def check_weight(weight) -> float:
-    """Return ``weight`` as a positive finite float or raise ``ParameterError``."""
-    try:
-        value = float(weight)
-    except (TypeError, ValueError):
-        raise ParameterError(f"weight must be a positive number, got {weight!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise ParameterError(f"weight must be positive and finite, got {weight!r}")
+    """Return ``weight`` as a float in ``[MIN_WEIGHT, MAX_WEIGHT]`` or raise ``ParameterError``.
+
+    Only real numbers (``int``, ``float``, numpy integers and floats) are accepted: a bool,
+    a string or a complex number is a caller bug, not a weight. The range ``[2**-256,
+    2**256]`` keeps every weighted running sum exact to float64 rounding: decoded
+    contributions stay below ``2**160`` and a round has at most ``2**32`` clients, so the
+    totals can neither overflow nor underflow into subnormals (``5e-324`` would).
+    """
+    if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, numbers.Real):
+        raise ParameterError(f"weight must be a real number, got {type(weight).__name__}")
+    value = float(weight)
+    if not (math.isfinite(value) and MIN_WEIGHT <= value <= MAX_WEIGHT):
+        raise ParameterError(
+            f"weight must be finite and in [2**-256, 2**256] (positive), got {weight!r}"
+        )
     return value
+
+
+def check_f32_normal(values, what, exponents=0) -> None:
+    """Refuse nonzero side information too small for float32's normal range (``2**-126``).
+
+    Multiplicative side information (norms, scales) travels as float32; below that range
+    float32 keeps fewer than 24 bits, so the decoded vector's error would grow without
+    bound (or it would round to 0 and decode a nonzero vector as zeros). The side values
+    are ``values * 2**exponents``; passing the exponents separately keeps a value that
+    would underflow even float64 from being mistaken for an exact 0.
+
+    Raises
+    ------
+    InputVectorError
+        Naming ``what`` and the value's binary exponent.
+    """
+    mantissas, binary = np.frexp(np.asarray(values, dtype=np.float64))
+    binary = binary + np.asarray(exponents)
+    small = (mantissas != 0) & (binary < -125)
+    if np.any(small):
+        raise InputVectorError(
+            f"vector is too small to encode: its {what} is about 2**{int(binary[small].min())}, "
+            "below float32's normal range (2**-126); scale the vector up first"
+        )
 
 
 def as_client_vector(vector) -> np.ndarray:
@@ -132,11 +171,17 @@ def as_client_vector(vector) -> np.ndarray:
     Raises
     ------
     InputDTypeError
-        If the dtype is not float16/32/64 (integers are refused rather than guessed at).
+        If the dtype is not float16/32/64 (integers are refused rather than guessed at),
+        or ``vector`` is a masked array.
     InputVectorError
         If the vector is empty, too long, or holds a non-finite value (the message names
         the first bad index).
     """
+    if isinstance(vector, np.ma.MaskedArray):
+        # np.asarray would silently send the values the mask hides
+        raise InputDTypeError(
+            "masked arrays are refused: fill them explicitly, e.g. vector.filled(0.0)"
+        )
     array = np.asarray(vector)
     if array.dtype.kind != "f" or array.dtype.itemsize not in (2, 4, 8):
         raise InputDTypeError(

@@ -167,8 +167,11 @@ def pack_codes(codes, bits):
 
 def _as_byte_array(buffer, what):
     try:
-        return np.frombuffer(memoryview(buffer).cast("B"), dtype=np.uint8)
-    except TypeError:
+        view = memoryview(buffer)
+        if not view.c_contiguous:
+            raise TypeError
+        return np.frombuffer(view.cast("B"), dtype=np.uint8)
+    except (TypeError, ValueError):
         raise PayloadError(
             f"{what} must be a contiguous bytes-like object, got {type(buffer).__name__}"
         ) from None
@@ -357,9 +360,11 @@ class PayloadReader:
 
     Parameters
     ----------
-    buffer : bytes, bytearray or memoryview
-        The payload. A ``bytes`` payload is read without copying (arrays are read-only
-        views of it); a mutable buffer is copied per array, so later writes to it cannot
+    buffer : bytes-like
+        The payload: any C-contiguous buffer (``bytes``, ``bytearray``, a ``memoryview``
+        of any format such as ``memoryview(p).cast("I")``, a uint8 array), read as its
+        raw bytes. A ``bytes`` payload is read without copying (arrays are read-only
+        views of it); any other buffer is copied per array, so later writes to it cannot
         change what was returned (while the reader lives, a ``bytearray`` cannot be resized).
 
     Raises
@@ -369,13 +374,19 @@ class PayloadReader:
     """
 
     def __init__(self, buffer):
-        if not isinstance(buffer, (bytes, bytearray, memoryview)):
+        if isinstance(buffer, (str, np.ma.MaskedArray)):
+            # a str has no bytes; a masked array's buffer holds values the mask hides
             raise PayloadError(
-                f"payload must be bytes, bytearray or memoryview, got {type(buffer).__name__}"
+                f"payload must be a C-contiguous bytes-like object, got {type(buffer).__name__}"
             )
         self._immutable = isinstance(buffer, bytes)
         self._data = _as_byte_array(buffer, "payload")
         self._offset = 0
+
+    @property
+    def size(self):
+        """Total payload size in bytes (whatever the item size of the buffer given)."""
+        return self._data.size
 
     @property
     def offset(self):

@@ -41,12 +41,19 @@ class _Parser(argparse.ArgumentParser):
 
 def _cmd_tables_list(args) -> int:
     folder = Path(args.path) if args.path else shipped_tables_dir()
-    print(f"{'bits':>4} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11}  directory")
-    for e in list_tables(folder):
+    entries = list_tables(folder)  # refuse a bad path before printing anything
+    print(
+        f"{'bits':>4} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11} "
+        f"{'bits/coord':>10} {'coding':>8}  directory"
+    )
+    for e in entries:
         vnmse = "" if e.get("vnmse") is None else format(e["vnmse"], ".6g")
+        expected = e.get("expected_bits")
+        coding = "fixed" if expected is None else "entropy"
+        per_coordinate = e["bits"] + 64 * e["tail_prob"] if expected is None else expected
         print(
             f"{e['bits']:>4} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} {e['threshold']:>9.4f} "
-            f"{vnmse:>11}  {e['directory']}"
+            f"{vnmse:>11} {per_coordinate:>10.4f} {coding:>8}  {e['directory']}"
         )
     return 0
 
@@ -75,7 +82,14 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
         The arguments about to be parsed: only the registered verbs they can name are
         imported (so ``tables list`` never loads the design layer). None: all verbs.
     """
-    parser = _Parser(prog="quicdesign", description=__doc__.splitlines()[0])
+    from . import __version__
+
+    parser = _Parser(
+        prog="quicdesign",
+        description="Design, inspect and benchmark near-optimal unbiased quantizers "
+        "(QUIC-FL) and run federated-learning experiments.",
+    )
+    parser.add_argument("--version", action="version", version=f"quicdesign {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     tables = commands.add_parser("tables", help="list, show or verify stored tables")
@@ -84,9 +98,15 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     listing.add_argument("--path", help="collection or table folder (default: shipped tables)")
     listing.set_defaults(run=_cmd_tables_list)
     show = table_cmds.add_parser("show", help="print one table and its provenance")
-    show.add_argument("bits", type=bounded_int("bits", 1, 16))
-    show.add_argument("--shared-bits", type=bounded_int("shared_bits", 0, 12))
-    show.add_argument("--tail-prob", type=probability)
+    show.add_argument("bits", type=bounded_int("bits", 1, 16), help="message bits b")
+    show.add_argument(
+        "--shared-bits",
+        type=bounded_int("shared_bits", 0, 12),
+        help="shared bits l (default: the collection's default table for b)",
+    )
+    show.add_argument(
+        "--tail-prob", type=probability, help="tail probability p, e.g. 1/512 (default: as l)"
+    )
     show.add_argument("--path", help="table or collection folder (default: shipped tables)")
     show.set_defaults(run=_cmd_tables_show)
     _add_registered_commands({"": commands, "tables": table_cmds}, argv)
@@ -148,6 +168,34 @@ def _add_missing_dependency(commands, name, error) -> None:
     stub.set_defaults(run=run)
 
 
+#: The extra (pyproject.toml) that installs each optional module.
+_EXTRA_OF_MODULE = {
+    "cvxpy": "design",
+    "highspy": "design",
+    "joblib": "design",
+    "solvers": "design",
+    "matplotlib": "bench",
+    "sklearn": "bench",
+    "threadpoolctl": "bench",
+    "constriction": "entropy",
+    "torch": "torch",
+    "flwr": "flower",
+    "dask": "dask",
+    "distributed": "dask",
+    "ray": "ray",
+    "numba": "fast",
+    "safetensors": "export",
+}
+
+
+def _extra_providing(module: str | None, args) -> str:
+    top = (module or "").split(".")[0]
+    if top in _EXTRA_OF_MODULE:
+        return _EXTRA_OF_MODULE[top]
+    # scipy and tqdm come with both: name the extra of the command that needed them
+    return "design" if args.command in ("design", "tables") else "bench"
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -163,8 +211,9 @@ def main(argv=None) -> int:
         print("quicdesign: interrupted", file=sys.stderr)
         return 130
     except ModuleNotFoundError as exc:
+        extra = _extra_providing(exc.name, args)
         print(
-            f"quicdesign: error: {exc.name} is needed here; install quicdesign[design]",
+            f"quicdesign: error: {exc.name} is needed here; pip install 'quicdesign[{extra}]'",
             file=sys.stderr,
         )
         return 2

@@ -13,19 +13,26 @@ byte in ``docs/wire-format.md``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import struct
 from dataclasses import dataclass
 
 import numpy as np
 
-from ._accumulate import WeightedSumAggregator
+from ._accumulate import WeightedSumAggregator, check_contribution_bound
 from ._deprecation import renamed_attributes
-from ._validate import as_client_vector, check_client_id, check_round_seed
+from ._validate import (
+    MAX_DIM,
+    as_client_vector,
+    check_client_id,
+    check_f32_normal,
+    check_round_seed,
+)
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .randomness import rotation_signs, round_tag, shared_values
-from .rotation import RotationLayout, rotate, unrotate
+from .rotation import MAX_CHUNKS, RotationLayout, scaled_rotate, unrotate
 from .table import Table
 
 __all__ = [
@@ -39,9 +46,19 @@ __all__ = [
 ]
 
 WIRE_MAGIC = b"QDQF"
-WIRE_VERSION = 1
+# 2: the layout allows up to 64 chunks (padding below max(d / 32, 1024))
+WIRE_VERSION = 2
 _FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _table_digest(table: Table) -> bytes:
+    """Full sha256 of what decoding depends on (the 8-byte fingerprint is for payloads)."""
+    head = (table.bits, table.shared_bits, table.tail_prob, table.lower, table.upper)
+    parts = [struct.pack("<BBddd", *head)]
+    parts.append(np.ascontiguousarray(table.receiver, dtype="<f8").tobytes())
+    if getattr(table, "code_model", None) is not None:
+        parts.append(np.ascontiguousarray(table.code_model, dtype="<f8").tobytes())
+    return hashlib.sha256(b"".join(parts)).digest()
 
 
 def _check_table(table) -> Table:
@@ -77,6 +94,33 @@ class _RoundState:
                 self._signs64 = self.signs32.astype(np.float64)
             return self._signs64
         return self.signs32
+
+
+def _norms_and_scales(rotated, exponents, chunk_size):
+    """Chunk norms as sent (float32, rounded up) and the factors mapping to unit variance.
+
+    ``rotated[k] * 2**exponents[k]`` is chunk ``k``. Scaling with the rounded norm keeps
+    decoding exact. A norm beyond float32, or nonzero but below float32's normal range
+    (``2**-126``, where float32 keeps fewer than 24 bits and the error would grow), is
+    refused with :class:`~quicdesign.InputVectorError`.
+    """
+    # a plain pairwise sum, not einsum or BLAS: its rounding is the same on every CPU
+    scaled_norms = np.sqrt(np.sum(np.square(rotated, dtype=np.float64), axis=1))
+    with np.errstate(over="ignore"):
+        norms = np.ldexp(scaled_norms, exponents)
+        norms32 = norms.astype(np.float32)
+    low = norms32.astype(np.float64) < norms
+    norms32[low] = np.nextafter(norms32[low], np.float32(np.inf))
+    if not np.all(np.isfinite(norms32)):
+        raise InputVectorError("vector is too large to encode: a chunk norm overflows float32")
+    check_f32_normal(scaled_norms, "chunk norm", exponents)
+    scale = np.zeros(norms.size, dtype=np.float64)
+    positive = norms32 > 0
+    # sqrt(m) / norm32 <= 2**14 / 2**-149 and the exponents undo the chunk scaling
+    scale[positive] = np.ldexp(
+        math.sqrt(chunk_size) / norms32[positive].astype(np.float64), exponents[positive]
+    )
+    return norms32, scale
 
 
 class QuicFLEncoder:
@@ -122,11 +166,6 @@ class QuicFLEncoder:
         """
         client_id = check_client_id(client_id)
         flat = as_client_vector(vector)
-        layout = self._state(flat.size).layout
-        # The norm travels as float32 and float32 inputs rotate in float32: refuse sizes
-        # that would overflow there instead of sending an infinite norm.
-        if float(np.max(np.abs(flat))) * math.sqrt(layout.rotated_dim) > _FLOAT32_MAX / 4:
-            raise InputVectorError("vector is too large to encode: its norm overflows float32")
         return self._serialize(self._quantize(flat, client_id, rng))
 
     def _quantize(self, flat: np.ndarray, client_id: int, rng) -> _Quantized:
@@ -134,14 +173,10 @@ class QuicFLEncoder:
         table = self.table
         state = self._state(flat.size)
         layout = state.layout
-        rotated = rotate(flat, state.signs(flat.dtype), layout)  # (chunks, chunk_size)
-        norms = np.sqrt(np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64))
-        # The norm travels as float32; scale with the rounded value so decoding is exact.
-        norms32 = norms.astype(np.float32)
-        with np.errstate(divide="ignore"):
-            scale = np.where(
-                norms32 > 0, math.sqrt(layout.chunk_size) / norms32.astype(np.float64), 0.0
-            )
+        # rotated[k] * 2**exponents[k] is chunk k's rotation: nothing overflows or
+        # underflows, and the butterflies give the same bits on every CPU
+        rotated, exponents = scaled_rotate(flat, state.signs(flat.dtype), layout)
+        norms32, scale = _norms_and_scales(rotated, exponents, layout.chunk_size)
         z = (rotated * scale[:, None].astype(rotated.dtype)).reshape(-1)
         lower, upper = table.support
         outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
@@ -161,11 +196,13 @@ class QuicFLEncoder:
             exact_values=z[exact].astype(np.float32),
         )
 
+    _wire_version = WIRE_VERSION
+
     def _header(self, quantized: _Quantized, magic: bytes) -> bytes:
         table, layout = self.table, quantized.layout
         return _FIXED_HEADER.pack(
             magic,
-            WIRE_VERSION,
+            self._wire_version,
             table.bits,
             table.shared_bits,
             layout.num_chunks,
@@ -225,20 +262,34 @@ class PayloadHeader:
         )
 
 
-def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHeader:
-    """Read the fixed header and chunk norms, checking what needs no table."""
+def read_header(
+    reader: PayloadReader, magic: bytes = WIRE_MAGIC, version: int = WIRE_VERSION
+) -> PayloadHeader:
+    """Read the fixed header and chunk norms, checking what needs no table.
+
+    The claimed dimension is checked against :data:`~quicdesign._validate.MAX_DIM` and
+    the chunk count against the layout rule here, before anyone allocates for it.
+    """
     raw = reader.read_bytes(_FIXED_HEADER.size, "fixed header")
-    (found, version, bits, shared_bits, num_chunks, fingerprint, dim, client_id, tag, num_exact) = (
-        _FIXED_HEADER.unpack(raw)
-    )
+    fields = _FIXED_HEADER.unpack(raw)
+    found, found_version, bits, shared_bits, num_chunks, fingerprint = fields[:6]
+    dim, client_id, tag, num_exact = fields[6:]
     if found != magic:
         raise PayloadError(f"bad magic {found!r}: expected {magic!r}")
-    if version != WIRE_VERSION:
+    if found_version != version:
         raise PayloadError(
-            f"unsupported wire version {version} (this release reads {WIRE_VERSION})"
+            f"unsupported {magic.decode()} wire version {found_version} "
+            f"(this release reads {version})"
         )
-    if not 1 <= num_chunks <= 8:
-        raise PayloadError(f"num_chunks {num_chunks} outside 1..8")
+    if not 1 <= dim <= MAX_DIM:
+        raise PayloadError(f"payload dimension {dim} outside 1..{MAX_DIM}")
+    if not 1 <= num_chunks <= MAX_CHUNKS:
+        raise PayloadError(f"num_chunks {num_chunks} outside 1..{MAX_CHUNKS}")
+    expected_chunks = RotationLayout.for_dim(dim).num_chunks
+    if num_chunks != expected_chunks:
+        raise PayloadError(
+            f"payload claims {num_chunks} chunks; dimension {dim} has {expected_chunks}"
+        )
     norms = reader.read_array("<f4", num_chunks, "chunk norms")
     if not np.all(np.isfinite(norms)) or np.any(norms < 0):
         raise PayloadError("chunk norms must be finite and non-negative")
@@ -253,6 +304,12 @@ def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHead
         num_exact=num_exact,
         norms=norms,
     )
+
+
+def _check_size(size: int, expected: int) -> None:
+    if size != expected:
+        kind = "truncated" if size < expected else "oversized"
+        raise PayloadError(f"{kind} payload: {size} bytes, expected {expected}")
 
 
 class QuicFLAggregator(WeightedSumAggregator):
@@ -279,6 +336,7 @@ class QuicFLAggregator(WeightedSumAggregator):
         self.dim = self._state.layout.dim
         self._tag = round_tag(self.round_seed)
         self._fingerprint = table.fingerprint
+        self._table_digest = _table_digest(table)
         self._flat_receiver = table.receiver.reshape(-1)
         layout = self._state.layout
         entries = layout.num_chunks * self._flat_receiver.size
@@ -289,6 +347,7 @@ class QuicFLAggregator(WeightedSumAggregator):
         super().__init__((layout.num_chunks, layout.chunk_size))
 
     _magic = WIRE_MAGIC
+    _wire_version = WIRE_VERSION
 
     def _check_header(self, header: PayloadHeader) -> None:
         """Check the header against this aggregator (before reading any array)."""
@@ -305,8 +364,15 @@ class QuicFLAggregator(WeightedSumAggregator):
             )
         if header.round_tag != self._tag:
             raise PayloadError(f"payload belongs to another round (tag {header.round_tag:#010x})")
-        if header.dim != self.dim or header.num_chunks != layout.num_chunks:
-            raise PayloadError(f"payload dimension {header.dim} does not match {self.dim}")
+        if header.dim != self.dim:
+            raise PayloadError(
+                f"payload dimension {header.dim} does not match the aggregator's {self.dim}"
+            )
+        if header.num_chunks != layout.num_chunks:
+            raise PayloadError(
+                f"payload has {header.num_chunks} chunks, dimension {self.dim} has "
+                f"{layout.num_chunks}"
+            )
         self._check_new_client(header.client_id)
         if header.num_exact > layout.rotated_dim:
             raise PayloadError(
@@ -327,9 +393,7 @@ class QuicFLAggregator(WeightedSumAggregator):
         """Read codes and exact coordinates; returns ``(codes, indices, values)``."""
         table, layout = self.table, self._state.layout
         expected = payload_size(table.bits, self.dim, header.num_exact)
-        if len(payload) != expected:
-            kind = "truncated" if len(payload) < expected else "oversized"
-            raise PayloadError(f"{kind} payload: {len(payload)} bytes, expected {expected}")
+        _check_size(reader.size, expected)
         codes = reader.read_codes(table.bits, layout.rotated_dim, "codes")
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
         values = reader.read_array("<f4", header.num_exact, "exact values")
@@ -340,7 +404,7 @@ class QuicFLAggregator(WeightedSumAggregator):
     def _decode(self, payload, weight: float) -> tuple[int, np.ndarray]:
         """Validate ``payload``; return ``(client_id, weighted rotated contribution)``."""
         reader = PayloadReader(payload)
-        header = read_header(reader, self._magic)
+        header = read_header(reader, self._magic, self._wire_version)
         self._check_header(header)
         table, layout = self.table, self._state.layout
         shared = shared_values(
@@ -352,8 +416,13 @@ class QuicFLAggregator(WeightedSumAggregator):
         scale = header.norms.astype(np.float64) * (weight / math.sqrt(layout.chunk_size))
         tables = (scale[:, None] * self._flat_receiver[None, :]).reshape(-1)
         exact = values * scale[indices // layout.chunk_size]
-        if not (np.all(np.isfinite(tables)) and np.all(np.isfinite(exact))):
-            raise PayloadError("weighted contribution overflows float64")
+        # max |R| bounds every decoded coordinate, so this costs O(table), not O(d)
+        unweighted = float(np.max(header.norms, initial=0.0)) / math.sqrt(layout.chunk_size)
+        largest = unweighted * max(
+            float(np.max(np.abs(self._flat_receiver))),
+            float(np.max(np.abs(values), initial=0.0)),
+        )
+        check_contribution_bound(largest)
         index = shared.astype(self._index_dtype)
         index <<= table.bits
         index |= codes
@@ -364,7 +433,7 @@ class QuicFLAggregator(WeightedSumAggregator):
         return header.client_id, decoded.reshape(layout.num_chunks, layout.chunk_size)
 
     def _merge_key(self) -> tuple:
-        return (self._fingerprint, self._tag, self.dim)
+        return (self._magic, self._table_digest, self.round_seed, self.dim)
 
     def _finalize(self, mean: np.ndarray) -> np.ndarray:
         # The single inverse rotation of the round.

@@ -7,24 +7,51 @@ group is coded with the categorical model ``P(x | h)`` stored in the table. Need
 optional dependency ``constriction`` (``pip install quicdesign[entropy]``), imported only
 when an entropy coder is built.
 
-Wire format (``docs/wire-format.md``, magic ``QDQE``): the 32-byte fixed header of the
-fixed-rate format, the chunk norms, a u32 count of 32-bit stream words, the exact
-indices and values, then the ANS stream (little-endian u32 words).
+Wire format (``docs/wire-format.md``, magic ``QDQE``, version 3): the 32-byte fixed
+header of the fixed-rate format, the chunk norms, a u32 count of 32-bit stream words, a
+u32 count of coded symbols, an 8-byte digest of the coded symbols, the exact indices and
+values, then the ANS stream (little-endian u32 words). The digest makes the guarantee
+"decodes to exactly the encoded symbols or is refused": an ANS stream with words dropped
+or changed usually still decodes to *something*.
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import numpy as np
 
 from ._deprecation import renamed_attributes
 from ._wire import PayloadReader, PayloadWriter
-from .codec import _FIXED_HEADER, PayloadHeader, QuicFLAggregator, QuicFLEncoder, _Quantized
+from .codec import (
+    _FIXED_HEADER,
+    PayloadHeader,
+    QuicFLAggregator,
+    QuicFLEncoder,
+    _check_size,
+    _Quantized,
+)
 from .errors import ParameterError, PayloadError
 from .table import Table
 
-__all__ = ["QuicFLEntropyEncoder", "QuicFLEntropyAggregator", "ENTROPY_MAGIC"]
+__all__ = [
+    "QuicFLEntropyEncoder",
+    "QuicFLEntropyAggregator",
+    "ENTROPY_MAGIC",
+    "ENTROPY_WIRE_VERSION",
+]
 
 ENTROPY_MAGIC = b"QDQE"
+#: Versions 1 and 2 carried no symbol count or digest; they are refused
+#: (see docs/wire-format.md).
+ENTROPY_WIRE_VERSION = 3
+_DIGEST_SIZE = 8
+
+
+def _symbol_digest(symbols: np.ndarray) -> bytes:
+    """8-byte blake2b of the coded symbols, one byte each, in coding order."""
+    data = np.ascontiguousarray(symbols, dtype=np.uint8)
+    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, person=b"quicdesign.ans2").digest()
 
 
 def _require_code_model(table: Table) -> None:
@@ -67,6 +94,8 @@ def _coded_positions(rotated_dim: int, exact_indices: np.ndarray) -> np.ndarray 
 class QuicFLEntropyEncoder(QuicFLEncoder):
     """Client-side encoder for entropy-coded tables (``table.code_model`` set)."""
 
+    _wire_version = ENTROPY_WIRE_VERSION
+
     def __init__(self, table: Table, round_seed: int):
         _require_code_model(table)
         super().__init__(table, round_seed)
@@ -86,6 +115,8 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
         writer.write_bytes(self._header(quantized, ENTROPY_MAGIC))
         writer.write_array(quantized.norms.astype("<f4"))
         writer.write_u32(stream.size)
+        writer.write_u32(symbols.size)
+        writer.write_bytes(_symbol_digest(symbols))
         writer.write_array(quantized.exact_indices.astype("<u4"))
         writer.write_array(quantized.exact_values.astype("<f4"))
         writer.write_array(stream)
@@ -101,6 +132,7 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
     """
 
     _magic = ENTROPY_MAGIC
+    _wire_version = ENTROPY_WIRE_VERSION
 
     def __init__(self, table: Table, round_seed: int, dim: int):
         _require_code_model(table)
@@ -109,10 +141,23 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
 
     def _parse(self, payload, reader: PayloadReader, header: PayloadHeader, shared):
         words = reader.read_u32("stream word count")
-        expected = _FIXED_HEADER.size + 4 * header.num_chunks + 4 + 8 * header.num_exact + 4 * words
-        if len(payload) != expected:
-            kind = "truncated" if len(payload) < expected else "oversized"
-            raise PayloadError(f"{kind} payload: {len(payload)} bytes, expected {expected}")
+        num_coded = reader.read_u32("coded symbol count")
+        digest = reader.read_bytes(_DIGEST_SIZE, "symbol digest")
+        layout = self._state.layout
+        if num_coded != layout.rotated_dim - header.num_exact:
+            raise PayloadError(
+                f"payload claims {num_coded} coded symbols; {layout.rotated_dim} positions "
+                f"minus {header.num_exact} exact ones leave {layout.rotated_dim - header.num_exact}"
+            )
+        expected = (
+            _FIXED_HEADER.size
+            + 4 * header.num_chunks
+            + 8
+            + _DIGEST_SIZE
+            + 8 * header.num_exact
+            + 4 * words
+        )
+        _check_size(reader.size, expected)
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
         values = reader.read_array("<f4", header.num_exact, "exact values")
         stream = reader.read_array("<u4", words, "coded stream")
@@ -123,6 +168,7 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
             shared, _coded_positions(layout.rotated_dim, indices), self.table.num_shared
         )
         codes = np.zeros(layout.rotated_dim, dtype=np.uint16)
+        symbols = np.zeros(0, dtype=np.int32)
         try:
             coder = self._constriction.stream.stack.AnsCoder(
                 np.ascontiguousarray(stream, dtype=np.uint32)
@@ -133,7 +179,8 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
                 if bounds[h + 1] > bounds[h]
             ]
             if groups:
-                codes[order] = np.concatenate(groups)
+                symbols = np.concatenate(groups)
+                codes[order] = symbols
             if not coder.is_empty():
                 raise PayloadError("coded stream has data left after the last symbol")
         except PayloadError:
@@ -142,6 +189,8 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
             raise PayloadError(f"corrupt coded stream: {exc}") from None
         if codes.max(initial=0) >= self.table.num_messages:
             raise PayloadError("decoded message outside the table")
+        if _symbol_digest(symbols) != digest:
+            raise PayloadError("coded stream does not decode to the symbols that were encoded")
         return codes, indices, values
 
 

@@ -11,6 +11,16 @@ BLAS matmul and writes the result transposed, ``(batch, B, n / B)``. The transpo
 cycles the factors, so after ``m`` passes every factor has been transformed once and the
 layout is back in its original order, with no separate transpose copies.
 
+The encoder side (``rotate``, ``scaled_rotate``) does not use BLAS: its bytes must not
+depend on the CPU. A BLAS kernel's summation order (and FMA use) changes the rounding of
+``fwht``, so the same input gave different payloads under ``OPENBLAS_CORETYPE=Haswell`` and
+the native kernel. :func:`exact_order_fwht` is an add/subtract-only butterfly in a fixed
+order (radix-4 constant geometry: every pass reads four contiguous quarters and writes the
+four results interleaved, which cycles the index bits like the BLAS passes) followed by one
+multiplication by a constant; every operation is a correctly rounded IEEE add, subtract or
+multiply, so the result is the same on every CPU. It costs about 1.5-2x ``fwht`` (see
+``quicdesign bench transform``). The server's single inverse rotation keeps ``fwht``.
+
 Performance note: OpenBLAS runs these matmuls on all cores. When the machine is
 oversubscribed (several processes each using BLAS threads) the thread hand-offs dominate
 and a single BLAS thread per process is faster; limit it in worker processes (joblib's
@@ -26,7 +36,15 @@ import numpy as np
 from quicdesign._validate import check_dim
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError
 
-__all__ = ["fwht", "RotationLayout", "rotate", "unrotate"]
+__all__ = [
+    "fwht",
+    "exact_order_fwht",
+    "MAX_CHUNKS",
+    "RotationLayout",
+    "rotate",
+    "scaled_rotate",
+    "unrotate",
+]
 
 # Measured on a 2-core Xeon with OpenBLAS: passes with 16-wide blocks beat both smaller
 # blocks (more passes over memory) and larger ones (more flops per coordinate).
@@ -35,7 +53,10 @@ _MAX_PASS_BITS = 4
 _SINGLE_PASS_MAX = 128
 _FWHT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 _SMALL_VECTOR_CHUNK = 1024
-_MAX_CHUNKS = 8
+# Up to 64 chunks bound the zero padding by dim / 32 (wire version 2). With 8 chunks a
+# 267,786-long DDP bucket padded to 327,680 (22 % waste); arbitrary bucket sizes need a bound.
+MAX_CHUNKS = 64
+_PREFERRED_CHUNKS = 8
 _SIGN_CHECK_BLOCK = 1 << 16
 
 
@@ -139,9 +160,81 @@ def fwht(a, *, out=None):
     return out
 
 
+def _butterfly_passes(source, scratch):
+    """Unnormalized Walsh-Hadamard transform of the rows of ``source`` (2-D, C order).
+
+    Returns the buffer holding the result (``source`` or ``scratch``; both are clobbered).
+    """
+    batch, n = source.shape
+    log_n = n.bit_length() - 1
+    quarter = n // 4
+    if log_n >= 2:
+        partial = np.empty((4, batch, quarter), dtype=source.dtype)
+    for _ in range(log_n // 2):
+        quarters = source.reshape(batch, 4, quarter)
+        interleaved = scratch.reshape(batch, quarter, 4)
+        np.add(quarters[:, 0], quarters[:, 1], out=partial[0])
+        np.subtract(quarters[:, 0], quarters[:, 1], out=partial[1])
+        np.add(quarters[:, 2], quarters[:, 3], out=partial[2])
+        np.subtract(quarters[:, 2], quarters[:, 3], out=partial[3])
+        np.add(partial[0], partial[2], out=interleaved[:, :, 0])
+        np.add(partial[1], partial[3], out=interleaved[:, :, 1])
+        np.subtract(partial[0], partial[2], out=interleaved[:, :, 2])
+        np.subtract(partial[1], partial[3], out=interleaved[:, :, 3])
+        source, scratch = scratch, source
+    if log_n % 2:
+        halves = source.reshape(batch, 2, n // 2)
+        interleaved = scratch.reshape(batch, n // 2, 2)
+        np.add(halves[:, 0], halves[:, 1], out=interleaved[:, :, 0])
+        np.subtract(halves[:, 0], halves[:, 1], out=interleaved[:, :, 1])
+        source = scratch
+    return source
+
+
+def exact_order_fwht(a):
+    """Orthonormal Walsh-Hadamard transform along the last axis, identical on every CPU.
+
+    Same result as :func:`fwht` up to rounding, computed with additions and subtractions
+    in a fixed order and one final multiplication by ``n ** -0.5``, with no BLAS call,
+    so the output bits do not depend on the BLAS kernel or the number of threads.
+
+    Parameters
+    ----------
+    a : array_like
+        ``float32`` or ``float64`` array whose last axis has power-of-two length.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new array of the same shape and dtype.
+    """
+    arr = np.asarray(a)
+    if arr.dtype not in _FWHT_DTYPES:
+        raise InputDTypeError(f"exact_order_fwht needs float32 or float64 input, got {arr.dtype}")
+    if arr.ndim == 0:
+        raise InputVectorError("exact_order_fwht needs at least one axis, got a 0-d array")
+    n = arr.shape[-1]
+    if n < 1 or n & (n - 1):
+        raise InputVectorError(f"exact_order_fwht needs a power-of-two last axis, got {n}")
+    arr = arr.astype(arr.dtype.newbyteorder("="), copy=True)
+    if arr.size == 0:
+        return arr
+    rows = arr.reshape(-1, n)
+    result = _butterfly_passes(rows, np.empty_like(rows))
+    # one correctly rounded multiply; a power of two (exact) when log2(n) is even
+    result *= arr.dtype.type(1.0 / math.sqrt(n))
+    return result.reshape(arr.shape)
+
+
 def _layout_sizes(d):
     padded = 1 << (d - 1).bit_length()
-    chunk_size = max(padded // _MAX_CHUNKS, min(padded, _SMALL_VECTOR_CHUNK))
+    largest = max(padded // _PREFERRED_CHUNKS, min(padded, _SMALL_VECTOR_CHUNK))
+    smallest = max(padded // MAX_CHUNKS, min(padded, _SMALL_VECTOR_CHUNK))
+    chunk_size = largest
+    # every chunk costs a 4-byte norm, so use the fewest chunks whose padding is <= d / 32;
+    # the smallest chunk always pads by less than max(d / 32, 1024) since padded < 2 d
+    while chunk_size > smallest and 32 * (chunk_size * -(-d // chunk_size) - d) > d:
+        chunk_size //= 2
     return chunk_size, -(-d // chunk_size)
 
 
@@ -149,12 +242,14 @@ def _layout_sizes(d):
 class RotationLayout:
     """How a length-``dim`` vector is zero-padded and split into rotated chunks.
 
-    Rule (part of the wire contract, do not change): let ``P`` be the smallest power of
-    two ``>= dim``; ``chunk_size = max(P // 8, min(P, 1024))`` and
-    ``num_chunks = ceil(dim / chunk_size)``. Vectors up to 1024 long become one
-    power-of-two chunk; longer ones become at most 8 equal power-of-two chunks, each
-    rotated on its own. Padding ``rotated_dim - dim`` is below
-    ``chunk_size <= max(dim / 4, 1024)``.
+    Rule (part of the wire contract, version 2; changing it needs a new wire version):
+    let ``P`` be the smallest power of two ``>= dim`` and ``m = min(P, 1024)``;
+    ``chunk_size`` is the largest power of two in ``[max(P // 64, m), max(P // 8, m)]``
+    whose padding ``chunk_size * ceil(dim / chunk_size) - dim`` is at most ``dim / 32``,
+    or the smallest one if none is; ``num_chunks = ceil(dim / chunk_size)``. Vectors up to
+    1024 long become one power-of-two chunk; longer ones at most 64 equal power-of-two
+    chunks, each rotated on its own. Padding ``rotated_dim - dim`` is below
+    ``max(dim / 32, 1024)`` for every ``dim`` (``P < 2 dim``).
 
     Parameters
     ----------
@@ -235,8 +330,29 @@ def _checked_signs(signs, layout):
     return s
 
 
+def _check_rotation_input(x, signs, layout):
+    _check_layout(layout)
+    arr = np.asarray(x)
+    dtype = _compute_dtype(arr.dtype, "x")
+    if arr.shape != (layout.dim,):
+        raise InputVectorError(f"x must have shape ({layout.dim},), got {arr.shape}")
+    return arr, dtype, _checked_signs(signs, layout)
+
+
+def _transform_padded(padded, layout):
+    """Exact-order transform of the padded, sign-flipped vector, chunk by chunk."""
+    rows = padded.reshape(layout.num_chunks, layout.chunk_size)
+    result = _butterfly_passes(rows, np.empty_like(rows))
+    result *= padded.dtype.type(1.0 / math.sqrt(layout.chunk_size))
+    return result
+
+
 def rotate(x, signs, layout):
     """Pad, sign-flip and Hadamard-transform a vector chunk by chunk.
+
+    Computed with :func:`exact_order_fwht`'s butterflies, so the result is bit-for-bit
+    the same on every CPU and BLAS. Inputs whose magnitudes may overflow (or underflow)
+    the compute dtype should go through :func:`scaled_rotate`.
 
     Parameters
     ----------
@@ -253,18 +369,54 @@ def rotate(x, signs, layout):
         Shape ``(num_chunks, chunk_size)``, float64 for float64 input and float32
         otherwise. Orthonormal: the norm of ``x`` is preserved.
     """
-    _check_layout(layout)
-    arr = np.asarray(x)
-    dtype = _compute_dtype(arr.dtype, "x")
-    if arr.shape != (layout.dim,):
-        raise InputVectorError(f"x must have shape ({layout.dim},), got {arr.shape}")
-    s = _checked_signs(signs, layout)
+    arr, dtype, s = _check_rotation_input(x, signs, layout)
     padded = np.empty(layout.rotated_dim, dtype=dtype)
     # flipping signs is exact in every float dtype, so casting inside the ufunc loses nothing
     np.multiply(arr, s[: layout.dim], out=padded[: layout.dim], dtype=dtype)
     padded[layout.dim :] = 0
-    # a fresh output is faster than in place, which makes numpy copy the input first
-    return fwht(padded.reshape(layout.num_chunks, layout.chunk_size))
+    return _transform_padded(padded, layout)
+
+
+# Inputs with max |x| in this range rotate unscaled: the butterflies' partial sums stay
+# below 2**88 and the norm is far from the float32 limits.
+_UNSCALED_RANGE = (2.0**-60, 2.0**60)
+
+
+def scaled_rotate(x, signs, layout):
+    """:func:`rotate` each chunk of ``x`` scaled by its own power of two, so nothing
+    overflows or underflows.
+
+    Scaling by a power of two is exact, so ``rotated[k] * 2**exponents[k]`` is the
+    rotation of chunk ``k`` computed as precisely as the dtype allows, for any finite
+    ``x``: ``3e38`` in float32, ``1e308`` in float64 and subnormals alike. When the
+    largest ``|x|`` of every nonzero chunk lies in ``[2**-60, 2**60]`` all exponents are
+    0 (no extra pass over the data); otherwise each nonzero chunk is scaled so its
+    largest magnitude lies in ``[0.5, 1)``.
+
+    Returns
+    -------
+    rotated : numpy.ndarray
+        Shape ``(num_chunks, chunk_size)``, as :func:`rotate`, of the scaled chunks.
+    exponents : numpy.ndarray of int64
+        Shape ``(num_chunks,)``: the power of two to multiply each chunk by.
+    """
+    arr, dtype, s = _check_rotation_input(x, signs, layout)
+    padded = np.empty(layout.rotated_dim, dtype=dtype)
+    np.multiply(arr, s[: layout.dim], out=padded[: layout.dim], dtype=dtype)
+    padded[layout.dim :] = 0
+    chunks = padded.reshape(layout.num_chunks, layout.chunk_size)
+    largest = np.max(np.abs(chunks), axis=1).astype(np.float64)
+    exponents = np.zeros(layout.num_chunks, dtype=np.int64)
+    low, high = _UNSCALED_RANGE
+    nonzero = largest > 0
+    if np.all((largest[nonzero] >= low) & (largest[nonzero] <= high)):
+        return _transform_padded(padded, layout), exponents
+    exponents[nonzero] = np.frexp(largest[nonzero])[1]
+    # ldexp in float64 is exact for every float32 or float64 input value
+    wide = np.zeros(chunks.shape, dtype=np.float64)
+    wide.reshape(-1)[: layout.dim] = np.multiply(arr, s[: layout.dim], dtype=np.float64)
+    padded = np.ldexp(wide, -exponents[:, None]).astype(dtype).reshape(-1)
+    return _transform_padded(padded, layout), exponents
 
 
 def unrotate(v, signs, layout):
@@ -296,7 +448,7 @@ def unrotate(v, signs, layout):
         )
     s = _checked_signs(signs, layout)
     transformed = fwht(arr.reshape(chunk_shape).astype(dtype, copy=False))
-    # a view: the padding it keeps alive is below max(dim / 4, 1024) entries
+    # a view: the padding it keeps alive is below max(dim / 32, 1024) entries
     cropped = transformed.reshape(-1)[: layout.dim]
     np.multiply(cropped, s[: layout.dim], out=cropped, dtype=dtype)
     return cropped

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .randomness import rotation_signs
-from .rotation import RotationLayout, rotate, unrotate
+from .rotation import RotationLayout, scaled_rotate, unrotate
 
 __all__ = ["Stage", "StageState", "Pipeline", "RandomizedHadamard"]
 
@@ -181,7 +181,13 @@ class RandomizedHadamard(Stage):
 
     def apply(self, x, state):
         layout = RotationLayout.for_dim(x.size)
-        return rotate(x, self._signs(state, layout, np.float32), layout).reshape(-1), None
+        signs = self._signs(state, layout, np.float32)
+        # rotate each chunk scaled by a power of two (exact), so float32 cannot overflow
+        # or underflow, then restore the true magnitudes in float64
+        rotated, exponents = scaled_rotate(x, signs, layout)
+        with np.errstate(over="ignore"):
+            values = np.ldexp(rotated.astype(np.float64), exponents[:, None])
+        return values.reshape(-1), None
 
     def invert(self, y, side, state, dim):
         layout = RotationLayout.for_dim(dim)

@@ -214,12 +214,47 @@ class Table:
         return hashlib.sha256(head + body).digest()[:8]
 
     @property
+    def bits_per_coordinate(self) -> float:
+        """Expected wire bits per coordinate, tails included (as recorded by the design).
+
+        For a fixed-rate table without a record this is ``bits + 64 * tail_prob``.
+        """
+        recorded = self._manifest.get("quality", {}).get("bits_per_coordinate")
+        if isinstance(recorded, (int, float)) and not isinstance(recorded, bool):
+            return float(recorded)
+        return self.bits + 64 * self.tail_prob
+
+    @property
+    def nominal_rate(self) -> float | None:
+        """For an entropy-coded table, the bits per coordinate it was designed for."""
+        if self.code_model is None:
+            return None
+        point = self._manifest.get("design", {}).get("operating_point", {})
+        target = point.get("target_bits") if isinstance(point, dict) else None
+        if isinstance(target, (int, float)) and not isinstance(target, bool):
+            return float(target)
+        return self.bits_per_coordinate
+
+    @property
     def name(self) -> str:
-        """A readable label (never parsed: parameters live in the manifest)."""
+        """A readable label (never parsed: parameters live in the manifest).
+
+        Entropy-coded tables are named by their nominal rate, e.g. ``rate2-l6``.
+        """
+        rate = self.nominal_rate
+        if rate is not None:
+            label = f"{rate:g}" if rate == round(rate, 2) else f"{rate:.2f}"
+            return f"rate{label}-l{self.shared_bits}"
         return table_name(self.bits, self.shared_bits, self.tail_prob)
 
     def __repr__(self):
         vnmse = "" if self.vnmse is None else f", vnmse={self.vnmse:.6g}"
+        if self.code_model is not None:
+            return (
+                f"Table(entropy-coded, rate={self.nominal_rate:g} bits/coordinate "
+                f"(expected {self.bits_per_coordinate:.4g}), messages=2**{self.bits}, "
+                f"shared_bits={self.shared_bits}, tail_prob={self.tail_prob:.6g}{vnmse})"
+            )
         return (
             f"Table(bits={self.bits}, shared_bits={self.shared_bits}, "
             f"tail_prob={self.tail_prob:.6g}, threshold={self.threshold:.6g}{vnmse})"

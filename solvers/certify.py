@@ -10,9 +10,12 @@ which produces senders the closed form does not cover.
 
 from __future__ import annotations
 
+import functools
+import os
+import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
@@ -134,8 +137,8 @@ class Certificate:
     wall_time_s: float
     constrained: bool
     tolerance: float
-    kkt: dict | None = None
-    sender: np.ndarray | None = None
+    kkt: dict | None = field(default=None, repr=False)
+    sender: np.ndarray | None = field(default=None, repr=False)
 
     def as_dict(self) -> dict:
         """JSON-able summary (without the sender array)."""
@@ -234,6 +237,28 @@ def check_lp_solution(c, A, b, x, y, *, tolerance: float = 1e-6) -> LPCheck:
                    tolerance, bool(ok))  # fmt: skip
 
 
+@functools.cache
+def _silence_highs_banner() -> None:
+    """Swallow the copyright banner HiGHS writes to fd 1 once per process.
+
+    The banner comes from C on the first ``Highs()`` and ignores ``output_flag``; it
+    interleaves with tables and progress lines in logs.
+    """
+    try:
+        import highspy
+    except ModuleNotFoundError:
+        return
+    sys.stdout.flush()
+    saved, null = os.dup(1), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        highspy.Highs()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(null)
+
+
 def solve_standard_lp(c, A, b, *, solver: str = "HIGHS", tolerance: float = 1e-6):
     """Solve ``min c @ x  s.t.  A x = b,  x >= 0`` with cvxpy and check the answer.
 
@@ -250,6 +275,7 @@ def solve_standard_lp(c, A, b, *, solver: str = "HIGHS", tolerance: float = 1e-6
     x = cp.Variable(len(c), nonneg=True)
     equality = cp.Constant(A) @ x == b
     problem = cp.Problem(cp.Minimize(np.asarray(c) @ x), [equality])
+    _silence_highs_banner()
     try:
         problem.solve(solver=solver)
     except cp.error.SolverError as exc:
@@ -323,6 +349,7 @@ def solve_sender_lp(
     """
     import cvxpy as cp
 
+    _silence_highs_banner()
     try:
         import highspy
 
@@ -356,6 +383,7 @@ def solve_sender_lp(
         probs = cp.reshape(x, (points * num_shared, num_messages), order="C")
         extra = [con for build in constraints for con in build(SenderLP(probs, grid, receiver))]
         problem = cp.Problem(cp.Minimize(c @ x), [cp.Constant(A) @ x == b, *extra])
+        _silence_highs_banner()
         try:
             problem.solve(solver=solver)
         except cp.error.SolverError as exc:

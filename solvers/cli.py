@@ -44,12 +44,12 @@ def _cmd_design_entropy(args) -> int:
             certify=not args.no_certify,
         )
         table, eden = result.table, _EDEN_VNMSE.get(rate)
-        cert = result.certificate["gap"] if result.certificate else float("nan")
         print(
             f"{rate:>4} {table.shared_bits:>2} {table.num_messages:>4} {result.grid_step:>7.4f} "
             f"{result.vnmse:>9.5g} {eden if eden else '':>7} "
             f"{format(result.vnmse / eden, '.3f') if eden else '':>6} "
-            f"{result.expected_bits:>13.4f} {cert:>9.1e}"
+            f"{result.expected_bits:>13.4f} {_cert_gap(result):>9}",
+            flush=True,
         )
         failed += not result.success
         if out is not None:
@@ -122,6 +122,11 @@ def _refuse_overwrite(out: Path, names, args) -> None:
         )
 
 
+def _cert_gap(result) -> str:
+    """The LP certificate's gap, or ``off`` when --no-certify skipped it."""
+    return format(result.certificate["gap"], ".1e") if result.certificate else "off"
+
+
 def _quality_report(results) -> str:
     lines = [
         f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'official':>9} {'ratio':>6} "
@@ -131,13 +136,13 @@ def _quality_report(results) -> str:
         t = r.table
         official = _QUIC_FL_VNMSE.get((t.bits, t.shared_bits))
         eden = _EDEN_VNMSE.get(t.bits)
-        cert = r.certificate["gap"] if r.certificate else float("nan")
+        cert = _cert_gap(r)
         lines.append(
             f"{t.bits:>2} {t.shared_bits:>2} {t.tail_prob:>9.3g} {t.threshold:>7.4f} "
             f"{t.vnmse:>11.6g} {official if official else '':>9} "
             f"{format(t.vnmse / official, '.4f') if official else '':>6} "
             f"{eden if eden else '':>7} {1 / (4**t.bits - 1):>10.4g} "
-            f"{t.bits + 64 * t.tail_prob:>10.4f} {cert:>9.1e} {r.wall_time:>6.2f}"
+            f"{t.bits_per_coordinate:>10.4f} {cert:>9} {r.wall_time:>6.2f}"
         )
     return "\n".join(lines)
 
@@ -160,6 +165,7 @@ def _cmd_tables_verify(args) -> int:
             f"{table.name:<16} {'ok' if report.ok else 'FAILED':<6} bias {report.max_bias:.1e} "
             f"simplex {report.max_simplex_violation:.1e} vNMSE {report.recomputed_vnmse:.6g} "
             f"(recorded {report.recorded_vnmse})"
+            + (f" failed: {', '.join(report.failures)}" if report.failures else "")
         )
     return 1 if bad else 0
 
@@ -182,8 +188,12 @@ def register_design(commands) -> None:
         type=int_list("shared_bits", 0, DESIGN_MAX_SHARED_BITS),
         help=f"shared bits l in 0..{DESIGN_MAX_SHARED_BITS} (default: per b)",
     )
-    design.add_argument("--tail-prob", type=probability, help="tail probability p (1/512)")
-    design.add_argument("--out", help="write the tables and an index to this folder")
+    design.add_argument(
+        "--tail-prob", type=probability, help="tail probability p, e.g. 1/512 (default: 1/512)"
+    )
+    design.add_argument(
+        "--out", help="write the tables and an index to this folder (default: print only)"
+    )
     design.add_argument(
         "--force",
         action="store_true",
@@ -193,7 +203,7 @@ def register_design(commands) -> None:
         "--jobs",
         type=bounded_int("jobs", -1, MAX_JOBS),
         default=-1,
-        help="parallel workers (-1: all cores; 0 is refused)",
+        help="parallel workers; -1 means all cores (default: -1)",
     )
     design.add_argument("--cache-dir", help="design cache folder, table format (off by default)")
     design.add_argument(
@@ -202,7 +212,9 @@ def register_design(commands) -> None:
         default=4,
         help=f"optimizer starts per table, 1..{MAX_STARTS} (default: 4)",
     )
-    design.add_argument("--no-certify", action="store_true", help="skip the LP certificate")
+    design.add_argument(
+        "--no-certify", action="store_true", help="skip the LP certificate (default: certify)"
+    )
     design.add_argument(
         "--entropy",
         type=int_list("entropy rate", 1, 7),
@@ -218,7 +230,7 @@ def register_design(commands) -> None:
         "--progress",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="progress bar (default: on a terminal only)",
+        help="progress: a bar on a terminal, one line per table otherwise (default: on)",
     )
     design.set_defaults(run=_cmd_design)
 

@@ -104,7 +104,7 @@ def sweep(
     cache_dir : path-like, optional
         Cache folder shared by the workers (see :func:`cached_design`).
     progress : bool, optional
-        Show a tqdm bar (default: only on a terminal).
+        False: silent; otherwise a bar on a terminal, one line per table elsewhere.
     **options
         Passed to :func:`cached_design`.
 
@@ -113,17 +113,17 @@ def sweep(
     list of DesignResult
     """
     from joblib import Parallel, delayed
-    from tqdm.auto import tqdm
+
+    from quicdesign._progress import progress as reporter
 
     n_jobs = check_n_jobs(n_jobs)
     specs = [s if isinstance(s, DesignSpec) else DesignSpec(*s) for s in specs]
     _checked_options(options)  # fail here, not once per worker
     parallel = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")
     jobs = (delayed(cached_design)(spec, cache_dir, **options) for spec in specs)
-    disable = None if progress is None else not progress
     results = []
-    for result in tqdm(
-        parallel(jobs), total=len(specs), desc="designing", unit="table", disable=disable
-    ):
-        results.append(result)
+    with reporter(len(specs), "designing", progress, unit="table") as bar:
+        for result in parallel(jobs):
+            results.append(result)
+            bar.update(note=f"{result.table.name} vNMSE {result.vnmse:.4g}")
     return results

@@ -43,6 +43,9 @@ class VerificationReport:
         What the manifest claims.
     symmetric, blocks_sorted, adjacent_messages : bool
         Structural properties of the known optimal tables (reported, not required).
+    failures : tuple of str
+        Names of the failed hard checks (``finite``, ``monotone``, ``covers_support``,
+        ``vnmse_record``, ``bias``, ``simplex``, ``mse``); empty exactly when ``ok``.
     """
 
     ok: bool
@@ -59,11 +62,13 @@ class VerificationReport:
     symmetric: bool
     blocks_sorted: bool
     adjacent_messages: bool
+    failures: tuple = ()
 
     def as_dict(self) -> dict:
         """Plain JSON-able dict."""
         return {
-            k: (bool(v) if isinstance(v, (bool, np.bool_)) else v) for k, v in asdict(self).items()
+            k: (bool(v) if isinstance(v, (bool, np.bool_)) else list(v) if k == "failures" else v)
+            for k, v in asdict(self).items()
         }
 
 
@@ -111,15 +116,17 @@ def verify(table: Table, *, grid_points: int = 10001, chunk: int = 2048) -> Veri
     recorded = table.vnmse
     matches = recorded is None or abs(recorded - recomputed) <= 1e-9 * max(1.0, recomputed)
     scale = max(1.0, float(np.max(np.abs(receiver))))
-    ok = (
-        finite
-        and monotone
-        and covers
-        and matches
-        and bias <= TOLERANCE * scale
-        and simplex <= TOLERANCE
-        and mse_gap <= TOLERANCE * scale**2
-    )
+    checks = {
+        "finite": finite,
+        "monotone": monotone,
+        "covers_support": covers,
+        "vnmse_record": matches,
+        "bias": bias <= TOLERANCE * scale,
+        "simplex": simplex <= TOLERANCE,
+        "mse": mse_gap <= TOLERANCE * scale**2,
+    }
+    failures = tuple(name for name, passed in checks.items() if not passed)
+    ok = not failures
     flipped = -receiver[::-1, ::-1]
     symmetric = bool(np.allclose(receiver, flipped, atol=1e-6 * scale))
     flat = receiver.T.ravel()
@@ -141,4 +148,5 @@ def verify(table: Table, *, grid_points: int = 10001, chunk: int = 2048) -> Veri
         symmetric=symmetric,
         blocks_sorted=blocks_sorted,
         adjacent_messages=adjacent,
+        failures=failures,
     )

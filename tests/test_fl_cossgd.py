@@ -69,8 +69,12 @@ def test_update_mode_keeps_clients_close_to_the_server_model(teacher_problems):
             problem, bits_up=4, bits_down=2, downlink_mode=mode, rounds=60, step_size=0.5, seed=0
         )
         gaps[mode] = np.linalg.norm(history.extras["server_model"] - history.extras["model"])
-    # the update mode corrects earlier quantization errors, absolute weights do not
-    assert gaps["update"] < 0.5 * gaps["weights"]
+    # the update mode corrects earlier quantization errors, absolute weights do not.
+    # Measured (seed 0): update 0.125, weights 5.22. Two-sided so that a broken
+    # quantizer (gap far larger) or a lossless downlink (gap ~0) both fail.
+    assert 0.03 < gaps["update"] < 0.5, gaps
+    assert 2.0 < gaps["weights"] < 15.0, gaps
+    assert gaps["update"] < 0.1 * gaps["weights"], gaps
 
 
 def test_other_protocol_compressors_plug_in(teacher_problems):
@@ -113,6 +117,8 @@ def test_cosine_4_bit_bidirectional_training_is_close_to_full_precision(teacher_
                 ).final("test_accuracy")
             )
     mean = {key: float(np.mean(values)) for key, values in accuracy.items()}
+    # Measured: fp32 0.775, 4 bits 0.778, 2 bits 0.756 (chance: 0.2 with five classes).
+    assert 0.70 < mean["fp32"] < 0.85, mean
     assert abs(mean[4] - mean["fp32"]) < 0.02, mean
-    # 2 bits: far above chance (0.2 with five classes), not above full precision
-    assert 0.4 < mean[2] < mean["fp32"] + 0.01, mean
+    # 2 bits: close below full precision, not above it
+    assert 0.70 < mean[2] < mean["fp32"] + 0.01, mean

@@ -313,6 +313,13 @@ def test_intrinsic_accuracy_claims():
         results.setdefault("k-subspace", []).append(run("k-subspace", 10, num_subspaces=8))
         results.setdefault("time-varying", []).append(run("time-varying", 10, period=10))
     mean = {key: float(np.mean(values)) for key, values in results.items()}
+    # Measured: full 0.759, static d=10/40/160: 0.320/0.526/0.698, k-subspace 0.565,
+    # time-varying 0.670. Every figure is held from both sides (+-0.06 to 0.08), so an
+    # algorithm that gets much worse or suspiciously better fails.
+    bounds = {"full": (0.70, 0.82), 10: (0.25, 0.40), 40: (0.45, 0.60), 160: (0.63, 0.76),
+              "k-subspace": (0.48, 0.65), "time-varying": (0.59, 0.75)}  # fmt: skip
+    for key, (low, high) in bounds.items():
+        assert low < mean[key] < high, (key, mean)
     # static accuracy rises with d and stays below full training
     assert mean[10] + 0.1 < mean[40] < mean[160] - 0.05, mean
     assert mean[160] < mean["full"], mean
@@ -339,7 +346,9 @@ def test_srht_and_random_schedule_train_and_reproduce(small_problem):
         for _ in range(2)
     ]
     assert runs[0].config["projection"] == "srht"
-    assert runs[0].final("loss") < runs[0].curve("loss")[0]
+    # 25 steps in a 6-dim subspace: ln 3 = 1.099 -> 1.010 measured; a step that did
+    # nothing or one that used the full gradient would leave this band
+    assert 0.9 < runs[0].final("loss") < 1.08
     assert np.array_equal(runs[0].extras["model"], runs[1].extras["model"])
     with pytest.raises(ParameterError):
         run_intrinsic(small_problem, "fastfood", subspace_dim=4, rounds=1, step_size=0.1)

@@ -149,7 +149,9 @@ def test_fv_beats_mv_under_heterogeneous_batches_and_matches_under_equal():
     for name in ("14x1+1x226", "12x1+3x76"):
         mv, _ = _tail_losses("mv", SPLITS[name])
         fv, weights = _tail_losses("fv", SPLITS[name])
-        assert fv < 0.85 * mv, (name, fv, mv)
+        # measured tail losses (fv, mv): 14x1+1x226 (0.184, 0.413), 12x1+3x76 (0.212, 0.310)
+        assert 0.15 < fv < 0.25 and 0.25 < mv < 0.5, (name, fv, mv)
+        assert 0.3 * mv < fv < 0.85 * mv, (name, fv, mv)
         small = weights[SPLITS[name] == 1]
         large = weights[SPLITS[name] > 1]
         # learned weights order workers by batch size
@@ -157,6 +159,7 @@ def test_fv_beats_mv_under_heterogeneous_batches_and_matches_under_equal():
     mv, _ = _tail_losses("mv", SPLITS["15x16"])
     fv, weights = _tail_losses("fv", SPLITS["15x16"])
     assert fv == pytest.approx(mv, rel=0.02)
+    assert 0.17 < mv < 0.24, mv  # measured 0.2015
     assert (weights.max() - weights.min()) / weights.mean() < 0.15, weights
 
 

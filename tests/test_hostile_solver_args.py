@@ -255,3 +255,34 @@ def test_cache_refuses_non_json_results_by_not_caching(tmp_path):
     result["vnmse"] = math.nan
     assert _cache.store_entry(tmp_path, "k" * 64, result) is False
     assert not any(tmp_path.iterdir())
+
+
+def test_no_unpickling_or_eval_anywhere_in_the_packages():
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    banned_modules = {"pickle", "cPickle", "dill", "cloudpickle", "shelve", "marshal"}
+    banned_calls = {"eval", "exec", "Memory", "load", "loads"}
+    offences = []
+    for path in sorted([*root.glob("quicdesign/**/*.py"), *root.glob("solvers/**/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names = {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {(node.module or "").split(".")[0]}
+                if node.module == "joblib" and any(a.name == "Memory" for a in node.names):
+                    offences.append(f"{path}:{node.lineno} joblib.Memory")
+            elif isinstance(node, ast.Call):
+                func = node.func
+                name = getattr(func, "attr", None) or getattr(func, "id", None)
+                owner = getattr(getattr(func, "value", None), "id", None)
+                if name in {"eval", "exec", "Memory"} or (
+                    name in banned_calls and owner in {"np", "numpy", "pickle", "joblib"}
+                ):
+                    offences.append(f"{path}:{node.lineno} {owner}.{name}")
+                names = set()
+            else:
+                continue
+            offences += [f"{path}:{node.lineno} imports {n}" for n in names & banned_modules]
+    assert not offences, offences

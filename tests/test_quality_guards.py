@@ -95,6 +95,26 @@ def test_kkt_check_refuses_a_wrong_answer(corrupt, failing):
     assert getattr(check, failing) > 1e-3
 
 
+def test_kkt_check_refuses_dual_infeasibility_alone():
+    """min x2 s.t. x1 - x2 = 0: x = (0, 0) is optimal, so any y has zero gap and zero
+    complementarity; y = 0.5 gives reduced costs (-0.5, 1.5): only dual feasibility fails."""
+    c, A, b = np.array([0.0, 1.0]), np.array([[1.0, -1.0]]), np.array([0.0])
+    assert check_lp_solution(c, A, b, np.zeros(2), np.array([-0.5])).ok  # y = -0.5 is fine
+    check = check_lp_solution(c, A, b, np.zeros(2), np.array([0.5]))
+    assert check.duality_gap == 0 and check.complementarity == 0
+    assert check.dual_residual == pytest.approx(0.5) and not check.ok
+
+
+def test_kkt_check_refuses_primal_infeasibility_alone():
+    """min 0 s.t. x1 + x2 = 1 with y = 0: x = (0.5, 0.4) has zero gap and complementarity
+    but misses the constraint by 0.1."""
+    c, A, b = np.zeros(2), np.ones((1, 2)), np.array([1.0])
+    assert check_lp_solution(c, A, b, np.array([0.5, 0.5]), np.zeros(1)).ok
+    check = check_lp_solution(c, A, b, np.array([0.5, 0.4]), np.zeros(1))
+    assert check.duality_gap == 0 and check.dual_residual == 0
+    assert check.primal_residual == pytest.approx(0.1) and not check.ok
+
+
 # -- the sender LP certificate -----------------------------------------------------------
 def _scaled_rule(scale):
     """A SenderRule class built on ``scale * R`` that still reports ``R`` as its receiver:
@@ -175,6 +195,27 @@ def test_certificate_does_not_take_the_solvers_word(b2_table, monkeypatch):
     assert not certificate.kkt["ok"] and certificate.kkt["primal_residual"] > 1e-3
 
 
+def test_certificate_refuses_a_wrong_dual_even_when_the_primal_is_right(b2_table, monkeypatch):
+    """Optimal status, the right sender (gap 0), but multipliers 10 % off: only the KKT
+    check (dual feasibility and duality gap) can notice."""
+    import cvxpy as cp
+
+    solve = cp.Problem.solve
+
+    def lying_solve(problem, *args, **kwargs):
+        value = solve(problem, *args, **kwargs)
+        for constraint in problem.constraints:
+            constraint.dual_variables[0].value = 1.1 * constraint.dual_value
+        return value
+
+    monkeypatch.setattr(cp.Problem, "solve", lying_solve)
+    certificate = solvers.certify(b2_table, grid_points=41)
+    assert certificate.status == "optimal"
+    assert abs(certificate.gap) < 1e-9 * certificate.closed_form_objective
+    assert not certificate.kkt["ok"] and certificate.kkt["duality_gap"] > 1e-3
+    assert not certificate.ok
+
+
 def test_constrained_optimum_below_the_closed_form_is_refused(b2_table):
     """Constraints can only cost: an LP optimum below the unconstrained closed form is
     wrong. Fed a sender whose claimed error is 10 % too high, it must be refused."""
@@ -205,9 +246,10 @@ def test_sender_objective_is_the_mean_squared_error_of_the_sender(b2_table):
 # -- verify ------------------------------------------------------------------------------
 def test_verify_refuses_a_biased_sender(b2_table):
     good = solvers.verify(b2_table, grid_points=501)
-    assert good.ok and good.max_bias < 1e-12
+    assert good.ok and good.failures == () and good.max_bias < 1e-12
     report = solvers.verify(_mismatched(b2_table), grid_points=501)
     assert not report.ok
+    assert "bias" in report.failures and "mse" in report.failures
     # z / 1.01 instead of z: the bias reaches about 1 % of the threshold.
     assert report.max_bias == pytest.approx(b2_table.threshold * (1 - 1 / 1.01), rel=0.05)
 
@@ -216,6 +258,7 @@ def test_verify_refuses_a_recorded_vnmse_that_lies(b2_table):
     lying = b2_table.with_manifest(quality={"vnmse": 0.9 * b2_table.vnmse})
     report = solvers.verify(lying, grid_points=501)
     assert not report.ok and not report.vnmse_matches_record
+    assert report.failures == ("vnmse_record",)
     assert report.recomputed_vnmse == pytest.approx(b2_table.vnmse, rel=1e-9)
 
 
@@ -228,7 +271,8 @@ def test_table_loader_quality_check_refuses_a_lying_vnmse(b2_table, tmp_path, ca
     assert cli_main(["tables", "verify", "--path", str(honest)]) == 0
     assert " ok " in capsys.readouterr().out
     assert cli_main(["tables", "verify", "--path", str(liar)]) == 1
-    assert "FAILED" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "FAILED" in out and "failed: vnmse_record" in out
 
 
 # -- success flags of the design entry points --------------------------------------------

@@ -10,7 +10,7 @@ from scipy.linalg import hadamard
 
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError
 from quicdesign.randomness import rotation_signs
-from quicdesign.rotation import RotationLayout, fwht, rotate, unrotate
+from quicdesign.rotation import MAX_CHUNKS, RotationLayout, fwht, rotate, unrotate
 
 TOLERANCE = {np.float32: 2e-5, np.float64: 1e-12}
 SMALL_SIZES = [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096]
@@ -141,10 +141,15 @@ def test_fwht_rejects_bad_out():
         (1025, 1024, 2),
         (5000, 1024, 5),
         (8192, 1024, 8),
-        (8193, 2048, 5),
-        (2**16 + 3, 2**14, 5),
+        (8193, 1024, 9),
+        (2**16, 2**13, 8),
+        (2**16 + 3, 2048, 33),
+        # a real DDP bucket: 8 chunks of 2**16 padded it to 327,680 (22 % waste)
+        (267_786, 2**13, 33),
         (2**20, 2**17, 8),
         (2**31 - 1, 2**28, 8),
+        (2**20 + 2**15 + 1, 2**16, 17),
+        (7 * 2**17 + 1, 2**14, 57),
     ],
 )
 def test_layout_examples(d, chunk_size, num_chunks):
@@ -157,13 +162,21 @@ def test_layout_examples(d, chunk_size, num_chunks):
 def test_layout_rule_and_waste_bound(d):
     layout = RotationLayout.for_dim(d)
     padded = 1 << (d - 1).bit_length()
-    assert layout.chunk_size == max(padded // 8, min(padded, 1024))
+    smallest = max(padded // 64, min(padded, 1024))
+    largest = max(padded // 8, min(padded, 1024))
+    assert smallest <= layout.chunk_size <= largest
     assert layout.num_chunks == -(-d // layout.chunk_size)
     assert layout.chunk_size & (layout.chunk_size - 1) == 0
-    assert 1 <= layout.num_chunks <= 8
+    assert 1 <= layout.num_chunks <= MAX_CHUNKS == 64
     assert d <= layout.rotated_dim
     waste = layout.rotated_dim - d
-    assert waste < layout.chunk_size <= max(d / 4, 1024)
+    # the bound stated in docs/wire-format.md, and the fewest chunks that meet d / 32
+    assert waste < max(d / 32, 1024)
+    if layout.chunk_size > smallest:
+        assert 32 * waste <= d
+    if layout.chunk_size < largest:
+        bigger = 2 * layout.chunk_size
+        assert 32 * (bigger * -(-d // bigger) - d) > d
     if d <= 1024:
         assert layout.num_chunks == 1
 

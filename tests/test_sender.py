@@ -121,3 +121,34 @@ def test_sample_clamps_values_beyond_the_support(official_b2_l5):
         rule.sample(values, shared, uniforms=uniforms),
         rule.sample(clamped, shared, uniforms=uniforms),
     )
+
+
+@pytest.mark.parametrize("bits, shared_bits", [(8, 3), (4, 8), (2, 8)])
+def test_float32_values_near_bucket_edges_and_breakpoints_are_located_exactly(bits, shared_bits):
+    """The bucket locator computes the bucket of float32 input in float32; its safety
+    margin must send every value whose bucket index may round across a breakpoint to the
+    exact search. Probe float32 values within a few ulps of every bucket edge and every
+    breakpoint and compare with a float64 binary search of the same values."""
+    from quicdesign import load_table
+
+    rule = load_table(bits, shared_bits).sender
+    low, per_unit, first, _ = rule._locator
+    edges = low + np.arange(first.size + 1) / per_unit
+    centres = np.concatenate([edges, rule.breakpoints]).astype(np.float32)
+    probes = [centres]
+    for direction in (np.inf, -np.inf):
+        step = centres
+        for _ in range(4):
+            step = np.nextafter(step, np.float32(direction))
+            probes.append(step)
+    values = np.concatenate(probes)
+    start, end = rule.support
+    values = values[(values >= start) & (values <= end)]
+    exact = np.clip(
+        np.searchsorted(rule.breakpoints, values.astype(np.float64), side="right") - 1,
+        0,
+        rule._last_open,
+    )
+    located = rule.locate(values)
+    misplaced = np.flatnonzero(located != exact)
+    assert misplaced.size == 0, values[misplaced[:5]]

@@ -272,11 +272,26 @@ def test_arrays_from_mutable_buffers_do_not_alias(wrap):
     assert values.tolist() == [0, 1, 2, 3]
 
 
+def test_reader_reads_any_contiguous_buffer_as_its_bytes():
+    payload = bytes(range(8))
+    for buffer in (
+        bytearray(payload),
+        memoryview(payload).cast("I"),
+        memoryview(payload).cast("B", (2, 4)),
+        np.frombuffer(payload, dtype="<u2"),
+    ):
+        reader = PayloadReader(buffer)
+        assert reader.size == 8
+        assert reader.read_bytes(8, "all") == payload
+
+
 def test_reader_rejects_non_buffers_and_bad_dtypes():
     with pytest.raises(PayloadError):
         PayloadReader("text")
-    with pytest.raises(PayloadError):
-        PayloadReader(np.zeros(4, dtype=np.uint8))
+    with pytest.raises(PayloadError, match="contiguous"):
+        PayloadReader(np.zeros(8, dtype=np.uint8)[::2])
+    with pytest.raises(PayloadError, match="MaskedArray"):
+        PayloadReader(np.ma.masked_array(np.zeros(4, dtype=np.uint8)))
     reader = PayloadReader(b"\x00" * 8)
     for dtype in (np.bool_, object, "U2", np.complex64):
         with pytest.raises(ParameterError):

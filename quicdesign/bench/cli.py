@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib
 
 from .._argtypes import bounded_int, int_list
@@ -13,7 +14,13 @@ __all__ = ["register"]
 def _run_runtime(args):
     from .runtime import bench_runtime
 
-    bench_runtime(dim=args.dim, bits=args.bits, clients=args.clients, repeats=args.repeats)
+    bench_runtime(
+        dim=args.dim,
+        bits=args.bits,
+        clients=args.clients,
+        repeats=args.repeats,
+        progress=args.progress,
+    )
     return 0
 
 
@@ -45,6 +52,12 @@ def register(commands) -> None:
         help="clients aggregated (default: 16)",
     )
     runtime.add_argument("--repeats", type=repeats, default=5, help="timed runs (default: 5)")
+    runtime.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress: a bar on a terminal, one line per step otherwise (default: on)",
+    )
     runtime.set_defaults(run=_run_runtime)
     transform = sub.add_parser("transform", help="Hadamard transform speed")
     transform.add_argument("--dim", type=dim, default=2**20, help="vector length (default: 2^20)")

@@ -44,7 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-from quicdesign._progress import limit_blas_threads, progress_bar
+from quicdesign._progress import limit_blas_threads
+from quicdesign._progress import progress as reporter
 from quicdesign._validate import check_int, writable_dir
 from quicdesign.compressors import COMPRESSORS, make_compressor
 from quicdesign.errors import ParameterError, QuicDesignError
@@ -230,11 +231,29 @@ def _design_vnmse(compressor):
     return float(value) if isinstance(value, (int, float)) else None
 
 
+#: Compressors that need an optional module: name -> (module, extra).
+_OPTIONAL_NEEDS = {"quicfl-ec": ("constriction", "entropy")}
+
+
+def _unavailable(name) -> str | None:
+    """Why compressor ``name`` cannot run here (a missing optional module), or None."""
+    import importlib.util
+
+    module, extra = _OPTIONAL_NEEDS.get(name, (None, None))
+    if module is None or importlib.util.find_spec(module) is not None:
+        return None
+    return f"needs {module} (pip install 'quicdesign[{extra}]')"
+
+
 def _build_configs(specs, bits_list, dim):
     configs, seen = [], set()
     for spec in specs:
         name, overrides = parse_compressor_spec(spec)
         label = str(spec).strip()
+        reason = _unavailable(name)
+        if reason is not None:
+            print(f"bench dme: skipping {label}: {reason}", file=sys.stderr, flush=True)
+            continue
         for bits in bits_list:
             params = {**bits_parameters(name, bits, dim, overrides), **overrides}
             key = (name, tuple(sorted((k, repr(v)) for k, v in params.items())))
@@ -248,6 +267,8 @@ def _build_configs(specs, bits_list, dim):
                 raise ParameterError(f"compressor {label!r}: {exc}") from None
             seed_key = zlib.crc32(f"{name}|{key[1]}".encode())
             configs.append(_Config(label, name, nominal, params, compressor, seed_key))
+    if not configs:
+        raise ParameterError("none of the requested compressors can run here (notes above)")
     return configs
 
 
@@ -356,7 +377,10 @@ def run_dme_benchmark(
     most_clients = client_counts[-1]
     results = {}
     total = len(families) * trials * len(configs)
-    with limit_blas_threads(blas_threads), progress_bar(total, "bench dme", progress) as bar:
+    with (
+        limit_blas_threads(blas_threads),
+        reporter(total, "bench dme", progress, unit="config") as bar,
+    ):
         for config in configs:
             _warm_up(config, dim, seed)
         for family in families:
@@ -543,7 +567,10 @@ def run_server_scaling(
     ]
     rows, fits = [], {}
     total = len(configs) * (1 + len(client_counts))
-    with limit_blas_threads(blas_threads), progress_bar(total, "server scaling", progress) as bar:
+    with (
+        limit_blas_threads(blas_threads),
+        reporter(total, "server scaling", progress, unit="config") as bar,
+    ):
         for config in configs:
             _warm_up(config, dim, seed)
         for config in configs:
@@ -650,7 +677,8 @@ def run_cossgd_comparison(
     )
     seed = check_int(seed, "seed", 0)
     rows = []
-    with progress_bar(len(families) * len(dims) * len(bits_list), "cossgd table", progress) as bar:
+    cells = len(families) * len(dims) * len(bits_list)
+    with reporter(cells, "cossgd table", progress, unit="config") as bar:
         for family in families:
             family_code = FAMILIES.index(family)
             for dim in dims:
@@ -946,7 +974,7 @@ def _run(args):
         check_int(args.trials, "trials", 1)
     check_int(args.blas_threads, "blas-threads", 0)
     out = writable_dir(args.out) if args.out else None
-    progress = sys.stderr.isatty() if args.progress is None else args.progress
+    progress = args.progress
     families = args.families or FAMILIES
     if args.sweep:
         rows = run_dme_benchmark(
@@ -1036,7 +1064,9 @@ def register(sub) -> None:
     parser.add_argument("--clients", type=int, nargs="+", help="client counts n (1 4 16)")
     parser.add_argument("--families", nargs="+", choices=FAMILIES, help="input families (all)")
     parser.add_argument("--trials", type=int, help="independent rounds per configuration (3)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--seed", type=int, default=0, help="seed of inputs and rounds (default: 0)"
+    )
     parser.add_argument("--out", help="folder for CSV, Markdown and PNG files")
     parser.add_argument(
         "--progress",

@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS, BENCH_MAX_VALUES
+from .._progress import progress as reporter
 from .._validate import check_int
 from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..errors import ParameterError
@@ -32,7 +33,7 @@ def _naive_per_client_decode(table, round_seed, dim, payloads):
     return total / len(payloads)
 
 
-def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0):
+def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0, progress=None):
     """Time the QUIC-FL encoder and aggregator and print a table of figures.
 
     Parameters
@@ -47,6 +48,8 @@ def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0):
         Timed repetitions, the median is reported (1..1000).
     seed : int
         Seed of the inputs and private randomness.
+    progress : bool, optional
+        False: silent; otherwise a bar on a terminal, one line per timed step elsewhere.
 
     Returns
     -------
@@ -77,31 +80,38 @@ def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0):
         f"{'ms/client':>9} {'agg Mcoord/s':>12} {'naive ms/client':>15} {'speedup':>7} "
         f"{'bytes/coord':>11}"
     )
-    print(header)
-    for b in bits:
-        row = _bench_bits(b, vectors, repeats, seed)
-        rows.append(row)
-        print(
-            f"{b:>2} {row['shared_bits']:>2} {row['encode_ms']:>10.1f} "
-            f"{row['encode_mcoord_s']:>12.1f} {row['aggregate_ms']:>11.1f} "
-            f"{row['aggregate_ms_per_client']:>9.2f} {row['aggregate_mcoord_s']:>12.1f} "
-            f"{row['naive_ms_per_client']:>15.2f} "
-            f"{row['naive_ms_per_client'] / row['aggregate_ms_per_client']:>7.2f} "
-            f"{row['bytes_per_coordinate']:>11.4f}"
-        )
+    print(header, flush=True)
+    with reporter(3 * len(bits), "bench runtime", progress, unit="step") as bar:
+        for b in bits:
+            row = _bench_bits(b, vectors, repeats, seed, bar)
+            rows.append(row)
+            _print_row(b, row)
     print(
         "reference (paper notes, PyTorch CPU): encode ~120 ms, decode ~60 ms per client at d = 2^20"
     )
     return rows
 
 
-def _bench_bits(b, vectors, repeats, seed):
+def _print_row(b, row):
+    print(
+        f"{b:>2} {row['shared_bits']:>2} {row['encode_ms']:>10.1f} "
+        f"{row['encode_mcoord_s']:>12.1f} {row['aggregate_ms']:>11.1f} "
+        f"{row['aggregate_ms_per_client']:>9.2f} {row['aggregate_mcoord_s']:>12.1f} "
+        f"{row['naive_ms_per_client']:>15.2f} "
+        f"{row['naive_ms_per_client'] / row['aggregate_ms_per_client']:>7.2f} "
+        f"{row['bytes_per_coordinate']:>11.4f}",
+        flush=True,
+    )
+
+
+def _bench_bits(b, vectors, repeats, seed, bar):
     clients, dim = vectors.shape
     table = load_table(b)
     encoder = QuicFLEncoder(table, round_seed=1)
     private = np.random.default_rng(seed + 1)
     encode_s = _median_seconds(lambda: encoder.encode(vectors[0], 0, rng=private), repeats)
     payloads = [encoder.encode(v, c, rng=private) for c, v in enumerate(vectors)]
+    bar.update(note=f"b={b} encode")
 
     def aggregate():
         aggregator = QuicFLAggregator(table, 1, dim)
@@ -110,9 +120,11 @@ def _bench_bits(b, vectors, repeats, seed):
         return aggregator.result()
 
     aggregate_s = _median_seconds(aggregate, repeats)
+    bar.update(note=f"b={b} aggregate")
     began = time.perf_counter()
     _naive_per_client_decode(table, 1, dim, payloads)
     naive_s = time.perf_counter() - began
+    bar.update(note=f"b={b} naive decode")
     return {
         "bits": b,
         "shared_bits": table.shared_bits,

@@ -9,7 +9,7 @@ import numpy as np
 from quicdesign._limits import BENCH_MAX_DIM, BENCH_MAX_REPEATS
 from quicdesign._validate import check_int
 from quicdesign.randomness import rotation_signs
-from quicdesign.rotation import RotationLayout, fwht, rotate, unrotate
+from quicdesign.rotation import RotationLayout, exact_order_fwht, fwht, rotate, unrotate
 
 __all__ = ["bench_transform"]
 
@@ -25,7 +25,8 @@ def _median_seconds(run, repeats):
 
 
 def bench_transform(dims=(2**16, 2**18, 2**20), repeats=7):
-    """Time ``fwht`` (float32, float64) and ``rotate``/``unrotate`` (float32) and print it.
+    """Time ``fwht`` and the encoder's BLAS-free ``exact_order_fwht`` (float32, float64,
+    with their ratio) and ``rotate``/``unrotate`` (float32), and print it.
 
     Parameters
     ----------
@@ -66,7 +67,12 @@ def bench_transform(dims=(2**16, 2**18, 2**20), repeats=7):
             x = rng.standard_normal(padded).astype(dtype)
             out = np.empty_like(x)
             run = functools.partial(fwht, x, out=out)
-            record("fwht", dtype, padded, _median_seconds(run, repeats))
+            blas = _median_seconds(run, repeats)
+            record("fwht", dtype, padded, blas)
+            # the encoder's BLAS-free transform: same bytes on every CPU, at this cost
+            exact = _median_seconds(functools.partial(exact_order_fwht, x), repeats)
+            record("exact", dtype, padded, exact)
+            print(f"{'':>9} {np.dtype(dtype).name:>8} exact / fwht = {exact / blas:.2f}x")
         layout = RotationLayout.for_dim(d)
         signs = rotation_signs(0, layout.rotated_dim)
         x = rng.standard_normal(d).astype(np.float32)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._accumulate import WeightedSumAggregator
+from .._accumulate import WeightedSumAggregator, check_contribution_bound
 from .._validate import as_client_vector, check_client_id, check_dim, check_round_seed
 from .._wire import PayloadReader, PayloadWriter
 from ..errors import InputVectorError, PayloadError
@@ -54,7 +54,8 @@ __all__ = [
     "write_header",
 ]
 
-WIRE_VERSION = 1
+# 2: rotation layout with up to 64 chunks (EDEN, Hadamard, Kashin payload lengths)
+WIRE_VERSION = 2
 HEADER_SIZE = 4 + 1 + 4 + 4 + 4 + 4
 _F32_MAX = float(np.finfo(np.float32).max)
 
@@ -96,11 +97,24 @@ def f32_floor(value, what="value") -> float:
 
 
 def to_float32(values, what) -> np.ndarray:
-    """Little-endian float32 copy of ``values``; ``InputVectorError`` if any overflows."""
-    with np.errstate(over="ignore"):
-        converted = np.asarray(values).astype("<f4")
+    """Little-endian float32 copy of ``values``.
+
+    ``InputVectorError`` if any value overflows float32, or is below float32's normal
+    range and not exactly representable there (it would lose most of its bits, or
+    underflow to zero and turn a nonzero value into 0).
+    """
+    values = np.asarray(values)
+    with np.errstate(over="ignore", under="ignore"):
+        converted = values.astype("<f4")
     if not np.all(np.isfinite(converted)):
         raise InputVectorError(f"{what} exceed the float32 range of the payload")
+    if values.dtype != np.float32:
+        tiny = np.abs(values) < np.finfo(np.float32).tiny
+        if np.any(converted[tiny] != values[tiny]):
+            raise InputVectorError(
+                f"{what} underflow float32 (nonzero values below 2**-126 would lose their "
+                "bits); scale the vector up first"
+            )
     return converted
 
 
@@ -280,7 +294,8 @@ class SumAggregator(WeightedSumAggregator):
         self.round_seed = round_seed
         self._magic = compressor.magic
         self._scheme = compressor.name
-        self._config_tag = config_tag(compressor.name, *compressor._config())
+        self._wire_config = (compressor.name, *compressor._config())
+        self._config_tag = config_tag(*self._wire_config)
         self._round_tag = round_tag(round_seed)
         self._payload_size = compressor.payload_size(dim)
 
@@ -289,7 +304,7 @@ class SumAggregator(WeightedSumAggregator):
         """Parse the body and return the client's float64 contribution (sum domain)."""
 
     def _merge_key(self) -> tuple:
-        return (self._config_tag, self._round_tag, self.dim)
+        return (self._magic, self._wire_config, self.round_seed, self.dim)
 
     def _decode(self, payload, weight) -> tuple[int, np.ndarray]:
         reader = PayloadReader(payload)
@@ -310,10 +325,9 @@ class SumAggregator(WeightedSumAggregator):
             raise PayloadError(f"{kind} payload: {size} bytes, expected {self._payload_size}")
         contribution = self._contribution(reader, header)
         reader.expect_end()
-        scaled = np.multiply(contribution, weight, dtype=np.float64)
-        if not np.all(np.isfinite(scaled)):
-            raise PayloadError("payload decodes to non-finite values")
-        return header.client_id, scaled
+        contribution = np.asarray(contribution, dtype=np.float64)
+        check_contribution_bound(float(np.max(np.abs(contribution), initial=0.0)))
+        return header.client_id, np.multiply(contribution, weight)
 
 
 class DirectSumAggregator(SumAggregator):

@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from .._validate import check_int
+from .._validate import check_f32_normal, check_int
 from .._wire import packed_size
 from ..errors import ParameterError, PayloadError
 from ._common import BaselineCompressor, euclidean_norm, f32_ceil, f32_floor, read_f32
@@ -96,7 +96,9 @@ class CosSGD(BaselineCompressor):
         bits = self._config()[0]
         top = (1 << bits) - 1
         x = flat.astype(np.float64)
-        norm = f32_ceil(euclidean_norm(x), "norm")
+        raw_norm = euclidean_norm(x)
+        check_f32_normal(raw_norm, "norm")
+        norm = f32_ceil(raw_norm, "norm")
         if norm == 0.0:
             writer.write_f32(0.0)
             writer.write_f32(0.0)

@@ -29,10 +29,10 @@ import math
 
 import numpy as np
 
-from .._validate import check_int
+from .._validate import check_f32_normal, check_int
 from .._wire import packed_size
 from ..randomness import rotation_signs
-from ..rotation import RotationLayout, rotate, unrotate
+from ..rotation import RotationLayout, scaled_rotate, unrotate
 from ._common import BaselineCompressor, read_f32, to_float32
 from .base import CompressorProperties
 
@@ -177,8 +177,9 @@ class EDEN(BaselineCompressor):
         signs = rotation_signs(
             round_seed, layout.rotated_dim, client_id=client_id, purpose=PURPOSE_EDEN_ROTATION
         )
-        rotated = rotate(flat, signs, layout)  # (chunks, chunk_size)
-        squared_norms = np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64)
+        # chunk k's rotation is rotated[k] * 2**exponents[k]: no overflow, no underflow
+        rotated, exponents = scaled_rotate(flat, signs, layout)
+        squared_norms = np.sum(np.square(rotated, dtype=np.float64), axis=1)
         norms = np.sqrt(squared_norms)
         positive = norms > 0
         to_unit = np.zeros_like(norms)
@@ -186,10 +187,13 @@ class EDEN(BaselineCompressor):
         z = rotated * to_unit[:, None].astype(rotated.dtype)
         codes = np.searchsorted(thresholds, z.reshape(-1)).reshape(z.shape)
         chosen = centroids[codes]
-        inner = np.einsum("ij,ij->i", rotated, chosen, dtype=np.float64)
+        inner = np.sum(rotated * chosen, axis=1)
         # <v, c> > 0 whenever v != 0: each centroid has the sign of its coordinate
         scales = np.zeros_like(norms)
         scales[positive] = squared_norms[positive] / inner[positive]
+        check_f32_normal(scales, "EDEN scale", exponents)
+        with np.errstate(over="ignore"):
+            scales = np.ldexp(scales, exponents)
         writer.write_array(to_float32(scales, "EDEN scales"))
         writer.write_codes(codes, bits)
 

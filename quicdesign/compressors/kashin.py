@@ -132,9 +132,16 @@ class KashinFrame(Stage):
 
     def apply(self, x, state):
         signs = self._signs(state, kashin_frame_dim(x.size))
+        # the coefficients are positively homogeneous in x: compute them for x scaled by a
+        # power of two (exact) so the transforms cannot overflow, then scale back
+        largest = float(np.max(np.abs(x)))
+        exponent = math.frexp(largest)[1] if largest > 0 else 0
+        scaled = np.ldexp(x.astype(np.float64), -exponent)
         coefficients = kashin_coefficients(
-            x, signs, variant=self.variant, eta=self.eta, delta=self.delta
+            scaled, signs, variant=self.variant, eta=self.eta, delta=self.delta
         )
+        with np.errstate(over="ignore"):
+            coefficients = np.ldexp(coefficients, exponent)
         return coefficients, None
 
     def invert(self, y, side, state, dim):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._validate import check_f32_normal
 from .._wire import packed_size
 from ._common import BaselineCompressor, f32_nearest, read_f32
 from .base import CompressorProperties
@@ -30,7 +31,12 @@ class SignSGD(BaselineCompressor):
         return 4 + packed_size(1, dim)
 
     def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
-        writer.write_f32(f32_nearest(np.mean(np.abs(flat), dtype=np.float64), "mean |x|"))
+        magnitude = np.abs(flat, dtype=np.float64)
+        largest = float(magnitude.max())
+        # mean of |x| / max |x| cannot overflow (a plain mean of 1e308s does)
+        mean = largest * float(np.mean(magnitude / largest)) if largest > 0 else 0.0
+        check_f32_normal(mean, "mean |x|")
+        writer.write_f32(f32_nearest(mean, "mean |x|"))
         writer.write_codes((np.signbit(flat) & (flat != 0)).astype(np.uint8), 1)
 
     def _decode_body(self, reader, header, round_seed):

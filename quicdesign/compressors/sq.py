@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .._validate import check_int
+from .._validate import check_f32_normal, check_int
 from .._wire import packed_size
 from ..errors import ParameterError, PayloadError
 from ..stages import Stage
@@ -217,6 +217,7 @@ class QSGD(BaselineCompressor):
         raw_scale = euclidean_norm(magnitude) if norm == "l2" else magnitude.max()
         # rounded up to float32 so |x_j| / scale <= 1 with the value the server reads
         scale = f32_ceil(raw_scale, "norm")
+        check_f32_normal(raw_scale, "norm")
         if scale == 0.0:
             signed = np.full(flat.size, levels, dtype=np.int64)
         else:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quicdesign._progress import progress_bar
+from quicdesign._progress import progress as reporter
 from quicdesign._validate import check_int
 from quicdesign.errors import ParameterError
 
@@ -159,7 +159,7 @@ def _execute(job):
 
 
 def _run_jobs(jobs, workers, progress, description):
-    bar = progress_bar(len(jobs), description, progress)
+    bar = reporter(len(jobs), description, progress, unit="run")
     if workers <= 1 or len(jobs) <= 1:
         results = []
         for job in jobs:

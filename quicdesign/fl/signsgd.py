@@ -36,7 +36,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quicdesign._progress import progress_bar, single_threaded_blas
+from quicdesign._progress import progress as reporter
+from quicdesign._progress import single_threaded_blas
 from quicdesign._validate import check_int, check_positive_float, check_probability
 from quicdesign.errors import ParameterError, PayloadError
 from quicdesign.randomness import raw_words
@@ -293,7 +294,7 @@ def run_signsgd(
     data_rng = generator(seed, "minibatches")
     model = problem.initial_point(seed).astype(np.float64)
     history.record(0, problem.metrics(model))
-    bar = progress_bar(rounds, history.label, progress)
+    bar = reporter(rounds, history.label, progress, unit="round")
     for t in range(rounds):
         grads = problem.gradients(model, everyone, batches, data_rng)
         uploads = encode_signs(grads)

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from quicdesign._validate import check_int
-from quicdesign.errors import ParameterError, PayloadError
+from quicdesign._accumulate import MAX_CONTRIBUTION, check_contribution_bound
+from quicdesign._validate import as_client_vector, check_int, check_weight
+from quicdesign._wire import PayloadReader
+from quicdesign.compressors._common import to_float32
+from quicdesign.errors import InputVectorError, ParameterError, PayloadError
 
 __all__ = [
     "RawFloats",
@@ -38,22 +41,23 @@ class _RawFloatsAggregator:
         return self._count
 
     def _values(self, payload):
-        if not isinstance(payload, (bytes, bytearray, memoryview)):
-            raise PayloadError(f"payload must be bytes, got {type(payload).__name__}")
-        if len(payload) != self._dim * self._dtype.itemsize:
+        reader = PayloadReader(payload)
+        if reader.size != self._dim * self._dtype.itemsize:
             raise PayloadError(
                 f"raw {self._dtype.name} payload must hold {self._dim} values "
-                f"({self._dim * self._dtype.itemsize} bytes), got {len(payload)} bytes"
+                f"({self._dim * self._dtype.itemsize} bytes), got {reader.size} bytes"
             )
-        values = np.frombuffer(payload, dtype=self._dtype).astype(np.float64)
+        values = reader.read_array(self._dtype, self._dim, "values")
+        # checked before widening: casting a signalling NaN raises a floating-point warning
         if not np.all(np.isfinite(values)):
             raise PayloadError("raw float payload holds non-finite values")
+        values = values.astype(np.float64)
+        check_contribution_bound(float(np.max(np.abs(values), initial=0.0)))
         return values
 
     def add(self, payload, weight=1.0):
+        weight = check_weight(weight)
         values = self._values(payload)
-        if not weight > 0:
-            raise ParameterError(f"weight must be positive, got {weight}")
         self._sum += weight * values
         self._weight += weight
         self._count += 1
@@ -102,7 +106,14 @@ class RawFloats:
         return 0.0
 
     def encode(self, vector, *, round_seed, client_id, rng=None):
-        return np.asarray(vector, dtype=np.dtype(self.dtype).newbyteorder("<")).tobytes()
+        flat = as_client_vector(vector)
+        wire = flat.astype("<f8") if self.dtype == "float64" else to_float32(flat, "values")
+        # the aggregator's bound on decoded magnitudes (running sums cannot overflow)
+        if not float(np.max(np.abs(wire))) <= MAX_CONTRIBUTION:
+            raise InputVectorError(
+                f"vector exceeds the {self.dtype} payload range (|x| <= 2**192 is accepted)"
+            )
+        return wire.tobytes()
 
     def aggregator(self, dim, round_seed):
         return _RawFloatsAggregator(np.dtype(self.dtype).newbyteorder("<"), dim)

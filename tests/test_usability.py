@@ -1,0 +1,172 @@
+"""What a new user sees: progress in every mode, a CLI that explains itself, README code."""
+
+import argparse
+import io
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import quicdesign
+from quicdesign._progress import progress
+from quicdesign.cli import build_parser, main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# -- progress ----------------------------------------------------------------------------
+def test_progress_prints_one_line_per_unit_off_a_terminal():
+    stream = io.StringIO()
+    with progress(3, "designing", None, unit="table", stream=stream) as bar:
+        for name in ("a", "b", "c"):
+            bar.update(note=name)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 3
+    assert lines[0].startswith("designing: 1/3 table (a) [") and lines[2].startswith(
+        "designing: 3/3 table (c)"
+    )
+
+
+def test_progress_is_concise_for_many_units_and_silent_when_disabled():
+    stream = io.StringIO()
+    with progress(1000, "rounds", True, stream=stream) as bar:
+        for _ in range(1000):
+            bar.update()
+    lines = stream.getvalue().splitlines()
+    assert 10 <= len(lines) <= 12 and lines[-1].startswith("rounds: 1000/1000")
+    silent = io.StringIO()
+    with progress(5, "quiet", False, stream=silent) as bar:
+        bar.update()
+    assert silent.getvalue() == ""
+
+
+def test_progress_is_a_tqdm_bar_on_a_terminal():
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    stream = Terminal()
+    with progress(2, "bar", None, stream=stream) as bar:
+        bar.update(2)
+    assert "\rbar:" in stream.getvalue() and "0/2" in stream.getvalue()
+
+
+def test_design_sweep_reports_progress_and_no_highs_banner():
+    code = (
+        "import solvers; solvers.sweep([(1, 1), (2, 1)], n_jobs=1, starts=1); "
+        "solvers.design(1, 1, starts=1)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    assert "HiGHS" not in result.stdout + result.stderr
+    assert "designing: 2/2 table (b2-l1-p1in512" in result.stderr
+
+
+# -- the CLI explains itself ---------------------------------------------------------------
+def _parsers(parser, path=("quicdesign",)):
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, child in action.choices.items():
+                yield from _parsers(child, (*path, name))
+
+
+def test_every_option_has_help_and_shows_its_default():
+    missing = []
+    for path, parser in _parsers(build_parser()):
+        for action in parser._actions:
+            ignored = (argparse._HelpAction, argparse._VersionAction, argparse._SubParsersAction)
+            if isinstance(action, ignored):
+                continue
+            name = " ".join(path) + " " + "/".join(action.option_strings or [action.dest])
+            if not action.help:
+                missing.append(f"{name}: no help")
+            elif action.default not in (None, False) and "default" not in action.help:
+                missing.append(f"{name}: default {action.default!r} not shown")
+    assert not missing, missing
+
+
+def test_help_is_plain_text_and_version_is_printed(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "``" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"quicdesign {quicdesign.__version__}"
+
+
+def test_no_certify_prints_off_not_nan(capsys):
+    argv = ["design", "--bits", "1", "--shared-bits", "1", "--starts", "1", "--no-certify"]
+    assert main([*argv, "--jobs", "1", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out and " off " in out
+
+
+@pytest.mark.parametrize(
+    "module, command, extra",
+    [
+        ("matplotlib", ["fl", "list"], "bench"),
+        ("cvxpy", ["tables", "list"], "design"),
+        ("scipy", ["tables", "list"], "design"),
+        ("scipy", ["fl", "list"], "bench"),
+        ("constriction", ["tables", "list"], "entropy"),
+    ],
+)
+def test_install_hint_names_the_right_extra(monkeypatch, capsys, module, command, extra):
+    def missing(args):
+        raise ModuleNotFoundError(f"No module named {module!r}", name=module)
+
+    import quicdesign.cli as cli
+    import quicdesign.fl.cli as fl_cli
+
+    monkeypatch.setattr(cli, "_cmd_tables_list", missing)
+    monkeypatch.setattr(fl_cli, "_cmd_list", missing)
+    assert main(command) == 2
+    assert f"quicdesign[{extra}]" in capsys.readouterr().err
+
+
+def test_entropy_tables_are_listed_and_named_by_rate(capsys):
+    table = quicdesign.load_entropy_table(2)
+    assert "rate=2 bits/coordinate" in repr(table) and table.name == "rate2-l6"
+    assert main(["tables", "list", "--path", str(quicdesign.shipped_tables_dir() / "entropy")]) == 0
+    out = capsys.readouterr().out
+    assert out.count("entropy") == 4 and "1.9980" in out
+
+
+def test_tables_list_prints_nothing_before_an_error(tmp_path, capsys):
+    assert main(["tables", "list", "--path", str(tmp_path)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.startswith("quicdesign: error:")
+
+
+# -- README --------------------------------------------------------------------------------
+def _readme_python_blocks():
+    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+
+
+def test_readme_has_python_blocks():
+    assert _readme_python_blocks()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(_readme_python_blocks())))
+def test_every_readme_python_block_runs(index, tmp_path):
+    source = _readme_python_blocks()[index]
+    env_path = {"PYTHONPATH": str(ROOT)}
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-c", source],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ, **env_path},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "HiGHS" not in result.stdout
