@@ -6,12 +6,11 @@ imports this package; scipy, cvxpy and joblib are imported only when a verb runs
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
 
-from quicdesign._argtypes import bounded_int, int_list, probability, real
+from quicdesign._argtypes import add_progress_option, bounded_int, int_list, probability, real
 from quicdesign._limits import DESIGN_MAX_BITS, DESIGN_MAX_SHARED_BITS, MAX_JOBS, MAX_STARTS
 from quicdesign._validate import writable_dir
 from quicdesign.errors import ParameterError
@@ -226,12 +225,7 @@ def register_design(commands) -> None:
         default=0.002,
         help="per-coordinate wire overhead budgeted by --entropy designs (default: 0.002)",
     )
-    design.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress: a bar on a terminal, one line per table otherwise (default: on)",
-    )
+    add_progress_option(design, "table")
     design.set_defaults(run=_cmd_design)
 
 

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 
-from .._argtypes import bounded_int, int_list
+from .._argtypes import add_progress_option, bounded_int, int_list
 from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS
 
 __all__ = ["register"]
@@ -52,12 +51,7 @@ def register(commands) -> None:
         help="clients aggregated (default: 16)",
     )
     runtime.add_argument("--repeats", type=repeats, default=5, help="timed runs (default: 5)")
-    runtime.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress: a bar on a terminal, one line per step otherwise (default: on)",
-    )
+    add_progress_option(runtime, "step")
     runtime.set_defaults(run=_run_runtime)
     transform = sub.add_parser("transform", help="Hadamard transform speed")
     transform.add_argument("--dim", type=dim, default=2**20, help="vector length (default: 2^20)")

@@ -44,6 +44,7 @@ from pathlib import Path
 
 import numpy as np
 
+from quicdesign._argtypes import add_progress_option
 from quicdesign._progress import limit_blas_threads
 from quicdesign._progress import progress as reporter
 from quicdesign._validate import check_int, writable_dir
@@ -1068,12 +1069,7 @@ def register(sub) -> None:
         "--seed", type=int, default=0, help="seed of inputs and rounds (default: 0)"
     )
     parser.add_argument("--out", help="folder for CSV, Markdown and PNG files")
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: on a terminal only)",
-    )
+    add_progress_option(parser, "configuration")
     parser.add_argument("--small", action="store_true", help="tiny sizes (tests, notebooks)")
     parser.add_argument(
         "--sweep",
