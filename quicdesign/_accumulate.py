@@ -89,12 +89,16 @@ class WeightedSumAggregator(Aggregator):
         payload : bytes
             A payload of this scheme, round and dimension.
         weight : float
-            Positive finite weight of this client in the mean.
+            Weight of this client in the mean: a real number (not a bool or string) in
+            ``[2**-256, 2**256]``, a range in which the running sums are exact to float64
+            rounding and cannot overflow.
 
         Raises
         ------
         PayloadError
             If the payload is malformed or does not belong; nothing is changed.
+        ParameterError
+            If the weight is not accepted; nothing is changed.
         """
         weight = check_weight(weight)
         client_id, contribution = self._decode(payload, weight)

@@ -43,7 +43,7 @@ def _cmd_tables_list(args) -> int:
     folder = Path(args.path) if args.path else shipped_tables_dir()
     entries = list_tables(folder)  # refuse a bad path before printing anything
     print(
-        f"{'bits':>4} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11} "
+        f"{'msg bits':>8} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11} "
         f"{'bits/coord':>10} {'coding':>8}  directory"
     )
     for e in entries:
@@ -52,7 +52,7 @@ def _cmd_tables_list(args) -> int:
         coding = "fixed" if expected is None else "entropy"
         per_coordinate = e["bits"] + 64 * e["tail_prob"] if expected is None else expected
         print(
-            f"{e['bits']:>4} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} {e['threshold']:>9.4f} "
+            f"{e['bits']:>8} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} {e['threshold']:>9.4f} "
             f"{vnmse:>11} {per_coordinate:>10.4f} {coding:>8}  {e['directory']}"
         )
     return 0
@@ -203,6 +203,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
+    except BrokenPipeError:  # output piped into `head`: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (QuicDesignError, OSError) as exc:
         # One line whatever the message holds (paths, nested reasons).
         print(f"quicdesign: error: {' '.join(str(exc).split())}", file=sys.stderr)

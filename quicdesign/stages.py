@@ -95,6 +95,7 @@ class Pipeline:
 
     def __init__(self, stages):
         self.stages = tuple(stages)
+        self._dims_cache: dict[int, list[int]] = {}
         # the deepest prefix of commuting stages is where the server sums
         self.sum_depth = 0
         for stage in self.stages:
@@ -150,10 +151,14 @@ class Pipeline:
         return mean
 
     def _input_dims(self, dim) -> list[int]:
-        dims = []
-        for stage in self.stages:
-            dims.append(dim)
-            dim = stage.output_dim(dim)
+        # computed once per length (decode runs once per client)
+        dims = self._dims_cache.get(dim)
+        if dims is None:
+            dims, length = [], dim
+            for stage in self.stages:
+                dims.append(length)
+                length = stage.output_dim(length)
+            self._dims_cache[dim] = dims
         return dims
 
     def __repr__(self):

@@ -580,7 +580,7 @@ def _default_order(entry: dict) -> tuple:
 def _previous_defaults(folder: Path) -> dict[str, str]:
     try:
         return dict(_read_index(folder)["defaults"])
-    except TableNotFoundError:
+    except TableError:  # no index yet, or a broken one that is about to be replaced
         return {}
 
 

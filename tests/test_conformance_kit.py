@@ -98,6 +98,14 @@ class NondeterministicBytes(Base):
         return super().encode(vector, round_seed=round_seed, client_id=client_id, rng=None)
 
 
+class NondeterministicDecode(Base):
+    """Decoding the same payload twice gives different vectors (fresh dither at the server)."""
+
+    def _decode_body(self, reader, header, round_seed):
+        decoded = super()._decode_body(reader, header, round_seed)
+        return decoded + 1e-6 * np.random.default_rng().standard_normal(decoded.shape)
+
+
 class _LeakyAggregator(DirectSumAggregator):
     def add(self, payload, weight=1.0):
         try:
@@ -199,6 +207,7 @@ BROKEN = [
     (MutatesInput, "round_trip", {}),
     (MergeNotSequential, "merge", {}),
     (NondeterministicBytes, "determinism", {}),
+    (NondeterministicDecode, "determinism", {}),
     (StateChangedAfterRefusal, "corrupt_payload", {}),
     (AcceptsIntegers, "input_validation", {}),
     (HeaderlessAccounting, "bytes_accounting", {}),

@@ -2,6 +2,7 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import types
@@ -246,6 +247,19 @@ def test_strategy_gives_each_node_its_own_config():
     assert len(seeds) == 8 and max(seeds) < 2**63
 
 
+def test_strategy_adds_a_config_when_the_inner_strategy_sends_none():
+    class NoConfig(FedAvg):
+        def configure_train(self, server_round, arrays, config, grid):
+            return [
+                Message(RecordDict({"arrays": arrays}), node_id, MessageType.TRAIN)
+                for node_id in grid.get_node_ids()
+            ]
+
+    strategy = QuicFLStrategy(NoConfig(), QuicFL(), seed=2)
+    _, messages = _configured(strategy, _global_arrays())
+    assert [m.content["config"][KEY_CLIENT_ID] for m in messages] == list(range(NUM_NODES))
+
+
 def _replies(strategy, arrays, examples=(10, 30, 20, 40)):
     _, messages = _configured(strategy, arrays)
     mod = QuicFLMod(strategy.compressor, rng=np.random.default_rng(0))
@@ -382,14 +396,22 @@ json.dump({"flat": flat.astype(float).tolist(), "uplink_bytes": outcome["uplink_
 @pytest.mark.slow
 def test_run_simulation_with_ray_tracks_fp32_fedavg(fedavg_reference):
     env = dict(os.environ, OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", RAY_DEDUP_LOGS="0")
-    # a subprocess so a stuck Ray start is killed by the timeout instead of hanging the suite
-    done = subprocess.run(
+    # its own process group, so a stuck Ray start is killed with its daemons by the timeout
+    process = subprocess.Popen(
         [sys.executable, "-c", _SIMULATION],
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=240,
         env=env,
+        start_new_session=True,
     )
+    try:
+        stdout, stderr = process.communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        pytest.fail("run_simulation did not finish within 240 s")
+    done = types.SimpleNamespace(returncode=process.returncode, stdout=stdout, stderr=stderr)
     assert done.returncode == 0, done.stderr[-3000:]
     outcome = json.loads(done.stdout.strip().splitlines()[-1])
     start = _flat(initial_arrays(0))

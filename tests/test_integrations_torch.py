@@ -304,6 +304,8 @@ def test_hook_mean_has_nmse_of_table_vnmse_over_world_size(two_ranks):
     ratios = np.array([error / expected for error, expected in two_ranks[0]["records"]])
     assert len(ratios) == len(two_ranks[0]["bucket_sizes"]) * (STEPS - 1)
     standard_error = ratios.std(ddof=1) / np.sqrt(len(ratios))
+    # 4 standard errors, plus 2 % for the table's vNMSE being that of an exactly normal z:
+    # rotated chunks of 1024..8192 coordinates are only close to normal
     assert abs(ratios.mean() - 1) < 4 * standard_error + 0.02, (ratios.mean(), standard_error)
     # both ranks decode the same payloads, so they see the same errors
     assert two_ranks[0]["records"] == two_ranks[1]["records"]

@@ -170,3 +170,32 @@ def test_every_readme_python_block_runs(index, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "HiGHS" not in result.stdout
+
+
+def test_bench_dme_skips_compressors_whose_module_is_missing(monkeypatch, capsys):
+    from quicdesign import ParameterError
+    from quicdesign.bench import _dme_setup, dme
+
+    needs = {"quicfl-ec": ("no_such_module_qd", "entropy")}
+    monkeypatch.setattr(_dme_setup, "_OPTIONAL_NEEDS", needs)
+    rows = dme.run_dme_benchmark(
+        compressors=["quicfl-ec", "eden"], bits=(2,), small=True, families=["normal"]
+    )
+    assert {row["compressor"] for row in rows} == {"eden"}
+    assert "skipping quicfl-ec: needs no_such_module_qd" in capsys.readouterr().err
+    with pytest.raises(ParameterError, match="none of the requested"):
+        dme.run_dme_benchmark(compressors=["quicfl-ec"], small=True, families=["normal"])
+
+
+def test_notebook_cells_do_not_end_in_a_stray_expression():
+    for notebook in sorted((ROOT / "notebooks").glob("*.py")):
+        cells = notebook.read_text().split("# %%")
+        for cell in cells[1:]:
+            if cell.startswith(" [markdown]"):
+                continue
+            code = [line for line in cell.splitlines()[1:] if line.strip()]
+            if code:
+                assert not re.search(r"\.(legend|set|plot|semilogy)\(.*\)$", code[-1]), (
+                    notebook.name,
+                    code[-1],
+                )

@@ -117,7 +117,9 @@ def bits_parameters(name, bits, dim, overrides=None):
     QSGD uses ``s = 2**(bits-1) - 1`` levels (``ceil(log2(2s+1)) = bits`` bits on the wire;
     ``bits = 1`` falls back to ``s = 1``, which costs 2 bits). Count-Sketch uses
     ``ceil(bits d / (32 rows))`` float32 buckets per row and rand-k keeps ``bits / 32`` of
-    the coordinates, so both send about ``bits`` bits per coordinate. Sign and DRIVE are
+    the coordinates, so both send about ``bits`` bits per coordinate. Kashin quantizes a
+    frame of twice the dimension, so it gets ``max(1, bits // 2)`` bits per frame
+    coefficient (``bits = 1`` costs 2 bits per coordinate). Sign and DRIVE are
     1-bit schemes and ignore ``bits``. Other compressors get ``bits`` when their
     constructor takes it. The measured bits per coordinate are always reported.
     """
@@ -132,6 +134,8 @@ def bits_parameters(name, bits, dim, overrides=None):
         if "k" in overrides or "fraction" in overrides:
             return {}
         return {"fraction": min(1.0, bits / 32)}
+    if name == "kashin":
+        return {"bits": max(1, bits // 2)}
     if name in ("sign", "drive"):
         return {}
     try:
@@ -208,6 +212,8 @@ def build_configs(specs, bits_list, dim):
                 continue
             seen.add(key)
             nominal = params["bits"] if isinstance(params.get("bits"), int) else bits
+            if name == "kashin":  # bits per frame coefficient; the frame is 2d long
+                nominal *= 2
             try:
                 compressor = make_compressor(name, **params)
             except TypeError as exc:

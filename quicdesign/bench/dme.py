@@ -62,7 +62,12 @@ from ._dme_setup import (
     warm_up,
 )
 from .cossgd_table import COSSGD_QUANTIZERS, run_cossgd_comparison  # re-exported
-from .dme_plots import plot_nmse_vs_bits, plot_server_scaling, plot_server_time  # re-exported
+from .dme_plots import (  # re-exported
+    plot_near_bound,
+    plot_nmse_vs_bits,
+    plot_server_scaling,
+    plot_server_time,
+)
 from .dme_report import (  # re-exported
     cossgd_markdown,
     server_scaling_markdown,
@@ -85,6 +90,7 @@ __all__ = [
     "server_scaling_markdown",
     "cossgd_markdown",
     "plot_nmse_vs_bits",
+    "plot_near_bound",
     "plot_server_time",
     "plot_server_scaling",
     "write_csv",

@@ -17,7 +17,7 @@ from ._dme_setup import (
 )
 from .cossgd_table import run_cossgd_comparison
 from .dme import run_dme_benchmark
-from .dme_plots import plot_nmse_vs_bits, plot_server_scaling, plot_server_time
+from .dme_plots import plot_near_bound, plot_nmse_vs_bits, plot_server_scaling, plot_server_time
 from .dme_report import cossgd_markdown, server_scaling_markdown, sweep_markdown, write_csv
 from .server_scaling import run_server_scaling
 
@@ -64,6 +64,7 @@ def _run(args):
             write_csv(rows, out / "dme.csv")
             (out / "dme.md").write_text(table + "\n")
             plot_nmse_vs_bits(rows, out / "dme_nmse_vs_bits.png")
+            plot_near_bound(rows, out / "dme_near_bound.png")
             plot_server_time(rows, out / "dme_server_time.png")
     if args.server_scaling:
         result = run_server_scaling(

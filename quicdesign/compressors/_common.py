@@ -125,7 +125,8 @@ def euclidean_norm(values) -> float:
     if largest == 0.0:
         return 0.0
     magnitude /= largest
-    return largest * math.sqrt(float(np.dot(magnitude, magnitude)))
+    # a pairwise sum, not BLAS's dot: the same rounding on every CPU
+    return largest * math.sqrt(float(np.sum(np.square(magnitude))))
 
 
 def read_f32(reader: PayloadReader, field: str, *, nonnegative=False) -> float:

@@ -31,7 +31,7 @@ import numpy as np
 from .._validate import check_int, check_positive_float, check_probability
 from ..errors import ParameterError
 from ..randomness import rotation_signs
-from ..rotation import fwht
+from ..rotation import exact_order_fwht, fwht
 from ..stages import Pipeline, Stage
 from ._common import PipelineCompressor, euclidean_norm
 from .base import CompressorProperties
@@ -58,11 +58,12 @@ def _forward(residual, signs):
     padded = np.zeros(signs.size, dtype=np.float64)
     padded[: residual.size] = residual
     padded *= signs
-    return fwht(padded)
+    # the client's transforms are BLAS-free so its bytes do not depend on the CPU
+    return exact_order_fwht(padded)
 
 
-def _inverse(coefficients, signs, dim):
-    transformed = fwht(coefficients)
+def _inverse(coefficients, signs, dim, transform=exact_order_fwht):
+    transformed = transform(coefficients)
     transformed *= signs
     return transformed[:dim]
 
@@ -145,7 +146,9 @@ class KashinFrame(Stage):
         return coefficients, None
 
     def invert(self, y, side, state, dim):
-        return _inverse(np.asarray(y, dtype=np.float64), self._signs(state, y.size), dim)
+        # the server sums first, so its one synthesis per round may use the BLAS transform
+        y = np.asarray(y, dtype=np.float64)
+        return _inverse(y, self._signs(state, y.size), dim, transform=fwht)
 
     def output_dim(self, dim):
         return kashin_frame_dim(dim)

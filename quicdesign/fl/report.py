@@ -45,6 +45,15 @@ def _mean_curves(histories, metric):
     return curves
 
 
+#: Axis labels in words (with units) for the recorded metrics.
+METRIC_LABELS = {
+    "excess_loss": "excess training loss f(x) - f* (log scale)",
+    "test_accuracy": "test accuracy (fraction correct)",
+    "loss": "training loss",
+    "train_loss": "training loss",
+}
+
+
 def plot_curves(path, histories, metric, *, log_metric=False, title=""):
     """Plot ``metric`` against rounds and against bits per client; returns the path or None.
 
@@ -55,19 +64,29 @@ def plot_curves(path, histories, metric, *, log_metric=False, title=""):
         return None
     plt = _pyplot()
     figure, (by_round, by_bits) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for config, (rounds, bits, values) in curves.items():
-        by_round.plot(rounds, values, label=config, linewidth=1.2)
+    for index, (config, (rounds, bits, values)) in enumerate(curves.items()):
+        # many configurations overlap: vary the dash pattern as well as the colour
+        style = {
+            "linewidth": 1.3,
+            "linestyle": ("-", "--", "-.", ":")[index % 4],
+            "marker": "o" if len(rounds) < 6 else None,  # short runs: keep lone points
+            "markersize": 4,
+        }
+        by_round.plot(rounds, values, label=config, **style)
         sent = bits > 0  # the initial model costs nothing and has no place on a log axis
-        by_bits.plot(bits[sent], values[sent], label=config, linewidth=1.2)
-    by_round.set_xlabel("round")
-    by_bits.set_xlabel("bits per client (uplink + downlink)")
+        by_bits.plot(bits[sent], values[sent], **style)
+    runs = len(histories) // max(len(curves), 1)
+    seeds = f"{runs} seed" + ("s" if runs != 1 else "")
+    by_round.set_xlabel(f"round (mean of {seeds} per configuration)")
+    by_bits.set_xlabel("bits sent per client, uplink + downlink (log scale)")
     by_bits.set_xscale("log")
     for axes in (by_round, by_bits):
-        axes.set_ylabel(metric)
+        label = METRIC_LABELS.get(metric, metric.replace("_", " "))
+        axes.set_ylabel(label if log_metric else label.replace(" (log scale)", ""))
         if log_metric:
             axes.set_yscale("log")
         axes.grid(True, alpha=0.3)
-    by_round.legend(fontsize=7)
+    figure.legend(fontsize=7, loc="outside right upper")
     figure.suptitle(title)
     figure.savefig(path, dpi=110)
     plt.close(figure)

@@ -21,6 +21,13 @@ import logging
 from collections.abc import Iterable
 
 import numpy as np
+
+try:
+    import flwr  # noqa: F401
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "quicdesign.integrations.flower needs Flower: pip install 'quicdesign[flower]'"
+    ) from error
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -273,7 +280,8 @@ class QuicFLStrategy(Strategy):
         for message in self.strategy.configure_train(server_round, arrays, config, grid):
             # the wrapped strategy may share one RecordDict between all messages
             content = RecordDict(dict(message.content.items()))
-            for key, record in message.content.config_records.items():
+            configs = dict(message.content.config_records.items()) or {"config": ConfigRecord()}
+            for key, record in configs.items():
                 node_config = ConfigRecord(dict(record.items()))
                 node_config[KEY_ROUND_SEED] = round_seed
                 node_config[KEY_CLIENT_ID] = self._client_id(message.metadata.dst_node_id)

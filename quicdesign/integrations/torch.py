@@ -21,8 +21,14 @@ import logging
 from collections.abc import Sequence
 
 import numpy as np
-import torch
-import torch.distributed as dist
+
+try:
+    import torch
+    import torch.distributed as dist
+except ImportError as error:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "quicdesign.integrations.torch needs PyTorch: pip install 'quicdesign[torch]'"
+    ) from error
 
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError, PayloadError
 from quicdesign.fl._common import stream_seed
