@@ -11,6 +11,7 @@ __version__ = _package_version()
 from ._deprecation import renamed_attributes
 from .codec import QuicFLAggregator, QuicFLEncoder
 from .convenience import ArrayLayout, compress, decompress
+from .direct import DirectAggregator, DirectEncoder
 from .errors import (
     InputDTypeError,
     InputVectorError,
@@ -23,11 +24,14 @@ from .errors import (
     TableVersionError,
 )
 from .sender import SenderRule
+from .shard import merge
 from .table import Table, list_tables, load_entropy_table, load_table, shipped_tables_dir
 
 __all__ = [
     "QuicFLAggregator",
     "ArrayLayout",
+    "DirectAggregator",
+    "DirectEncoder",
     "QuicFLEncoder",
     "compress",
     "decompress",
@@ -44,6 +48,7 @@ __all__ = [
     "TableVersionError",
     "__version__",
     "list_tables",
+    "merge",
     "load_entropy_table",
     "load_table",
     "shipped_tables_dir",

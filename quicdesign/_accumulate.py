@@ -108,6 +108,40 @@ class WeightedSumAggregator(Aggregator):
         self._total_weight += weight
         self._clients.add(client_id)
 
+    def add_many(self, payloads, weights=None) -> None:
+        """Add payloads in order: the same result, bit for bit, as a loop of :meth:`add`.
+
+        Parameters
+        ----------
+        payloads : sequence of bytes-like
+        weights : sequence of float, optional
+            One weight per payload (all 1 when omitted).
+
+        Raises
+        ------
+        PayloadError, ParameterError
+            For the first refused payload or weight, naming its position; the payloads
+            before it stay added, it and those after it are not.
+        """
+        payloads, weights = self._batch_arguments(payloads, weights)
+        for position, (payload, weight) in enumerate(zip(payloads, weights, strict=True)):
+            try:
+                self.add(payload, weight)
+            except (PayloadError, ParameterError) as exc:
+                self._raise_at(position, exc)
+
+    @staticmethod
+    def _batch_arguments(payloads, weights):
+        payloads = list(payloads)
+        weights = [1.0] * len(payloads) if weights is None else list(weights)
+        if len(weights) != len(payloads):
+            raise ParameterError(f"{len(payloads)} payloads but {len(weights)} weights")
+        return payloads, weights
+
+    @staticmethod
+    def _raise_at(position, exc):
+        raise type(exc)(f"payload {position} (earlier ones were added): {exc}") from None
+
     def merge(self, other: Aggregator) -> None:
         """Absorb a shard aggregated elsewhere (same scheme, round and dimension)."""
         if type(other) is not type(self):
@@ -126,6 +160,83 @@ class WeightedSumAggregator(Aggregator):
         self._sum += other._sum
         self._total_weight += other._total_weight
         self._clients |= other._clients
+
+    # -- partial aggregates as data (quicdesign.shard; docs/shard-format.md) -----------
+    def _shard_identity(self) -> tuple[bytes, bytes]:
+        """``(scheme, fingerprint)``: 4-byte scheme magic, 8-byte table/config fingerprint."""
+        raise NotImplementedError
+
+    def _shard_source(self):
+        """The table or compressor that rebuilds an empty twin of this aggregator."""
+        raise NotImplementedError
+
+    def _shard_state(self):
+        from .shard import ShardState
+
+        scheme, fingerprint = self._shard_identity()
+        return ShardState(
+            scheme=scheme,
+            fingerprint=fingerprint,
+            round_seed=self.round_seed,
+            dim=self.dim,
+            clients=np.array(sorted(self._clients), dtype=np.uint32),
+            total_weight=self._total_weight,
+            total=self._sum,
+        )
+
+    def _from_shard_state(self, state) -> None:
+        """Load a validated shard into this empty aggregator (``PayloadError`` if foreign)."""
+        scheme, fingerprint = self._shard_identity()
+        if state.scheme != scheme:
+            raise PayloadError(f"shard of scheme {state.scheme!r}, expected {scheme!r}")
+        if state.fingerprint != fingerprint:
+            raise PayloadError(
+                f"shard fingerprint {state.fingerprint.hex()} does not match "
+                f"{fingerprint.hex()} (another table or configuration)"
+            )
+        if (state.round_seed, state.dim) != (self.round_seed, self.dim):
+            raise PayloadError("shard belongs to another round or dimension")
+        if state.total.size != self._sum.size:
+            raise PayloadError(
+                f"shard sum has {state.total.size} values, expected {self._sum.size}"
+            )
+        if self._clients:
+            raise ParameterError("shards load into an empty aggregator; use merge to combine")
+        self._sum = np.array(state.total, dtype=np.float64).reshape(self._sum.shape)
+        self._total_weight = state.total_weight
+        self._clients = {int(c) for c in state.clients}
+
+    def to_bytes(self, *, key: bytes | None = None) -> bytes:
+        """This partial aggregate as shard bytes (``docs/shard-format.md``)."""
+        from .shard import to_bytes
+
+        return to_bytes(self, key=key)
+
+    @classmethod
+    def from_bytes(cls, source, data, *, key: bytes | None = None):
+        """Rebuild an aggregator of this class from shard bytes.
+
+        See :func:`quicdesign.shard.from_bytes`; ``PayloadError`` if the bytes are bad or
+        hold another kind of aggregator.
+        """
+        from .shard import from_bytes
+
+        aggregator = from_bytes(source, data, key=key)
+        if not isinstance(aggregator, cls):
+            raise PayloadError(f"shard holds a {type(aggregator).__name__}, not a {cls.__name__}")
+        return aggregator
+
+    def merged(self, other):
+        """A new aggregator holding both shards' clients; ``self`` and ``other`` unchanged."""
+        from .shard import merged
+
+        return merged(self, other)
+
+    def __reduce__(self):
+        # Pickles carry only what cannot be regenerated: the source and the shard bytes.
+        from .shard import _restore
+
+        return _restore, (self._shard_source(), self.to_bytes())
 
     def weighted_mean(self) -> np.ndarray:
         """The weighted mean still in the summation domain."""

@@ -1,4 +1,4 @@
-"""The one progress reporter of every long job, and the one BLAS-thread limiter.
+"""The one progress reporter of every long job (designs, benchmarks, simulations).
 
 On a terminal it is a tqdm bar (when tqdm is installed). Anywhere else (CI logs,
 ``nohup``, notebooks run by nbconvert) it prints one concise line to stderr per unit of
@@ -8,12 +8,10 @@ silent and a static log never holds a frozen bar or a notebook widget.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import sys
 import time
 
-__all__ = ["progress", "limit_blas_threads", "single_threaded_blas"]
+__all__ = ["progress"]
 
 
 class _Silent:
@@ -103,35 +101,3 @@ def progress(total, description, enabled=None, *, unit="step", stream=None):
             bar = tqdm(total=total, desc=description, unit=unit, leave=False, file=stream)
             return _Bar(bar)
     return _Lines(total, description, unit, stream)
-
-
-@contextlib.contextmanager
-def limit_blas_threads(limit):
-    """Limit BLAS to ``limit`` threads inside the block (0 or None: leave it alone).
-
-    Simulations and rotations are many small BLAS products, where thread hand-offs on a
-    shared machine cost far more than they gain: a ``(10, 1669) @ (1669, 100)`` product
-    took 50 ms with threads on a loaded 2-core machine and 0.3 ms without, and one QUIC-FL
-    aggregation of 8 clients at d = 2^18 took 260-340 ms instead of 35-60 ms.
-    """
-    if not limit:
-        yield
-        return
-    try:
-        from threadpoolctl import threadpool_limits
-    except ModuleNotFoundError:  # optional: without it BLAS keeps its own setting
-        yield
-        return
-    with threadpool_limits(limit, user_api="blas"):
-        yield
-
-
-def single_threaded_blas(function):
-    """Decorator: run ``function`` inside ``limit_blas_threads(1)``."""
-
-    @functools.wraps(function)
-    def wrapper(*args, **kwargs):
-        with limit_blas_threads(1):
-            return function(*args, **kwargs)
-
-    return wrapper

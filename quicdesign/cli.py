@@ -15,10 +15,18 @@ import sys
 from pathlib import Path
 
 from ._argtypes import bounded_int, probability
+from ._validate import writable_dir
 from .errors import QuicDesignError
 from .table import list_tables, load_table, shipped_tables_dir
 
-__all__ = ["main", "build_parser", "registered_commands", "ENTRY_POINT_GROUP"]
+__all__ = [
+    "main",
+    "build_parser",
+    "collection_tables",
+    "registered_commands",
+    "ENTRY_POINT_GROUP",
+    "EVALUATOR_GROUP",
+]
 
 #: Entry-point group of CLI verbs. An entry's name is the verb's path ("design",
 #: "tables.verify"); its object is a function ``register(subparsers)`` adding that verb
@@ -32,6 +40,9 @@ _OWN_COMMANDS = {
     "bench": "quicdesign.bench.cli:register",
     "fl": "quicdesign.fl.cli:register",
 }
+#: Entry-point group of design-layer helpers the runtime verbs use when installed.
+EVALUATOR_GROUP = "quicdesign.evaluators"
+_OWN_EVALUATORS = {"vnmse": "solvers.cli:exact_vnmse"}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -73,6 +84,87 @@ def _cmd_tables_show(args) -> int:
     return 0
 
 
+def collection_tables(folder: Path):
+    """Every table of a table directory or collection (validated on load)."""
+    from .table import Table, _is_table_dir, _load_entry, _read_index
+
+    if _is_table_dir(folder):
+        return [Table.load(folder)]
+    return [_load_entry(folder, entry) for entry in _read_index(folder)["tables"]]
+
+
+def _cmd_tables_export(args) -> int:
+    out = writable_dir(args.out)
+    if args.path:
+        tables = [(t.name, t) for t in collection_tables(Path(args.path))]
+    else:
+        tables = [(t.name, t) for t in collection_tables(shipped_tables_dir())]
+        entropy = collection_tables(shipped_tables_dir() / "entropy")
+        tables += [(f"entropy-{t.name}", t) for t in entropy]
+    for name, table in tables:
+        target = table.save(out / f"{name}.{args.format}", format=args.format)
+        print(f"{target}  fingerprint {table.fingerprint.hex()}")
+    print(f"{len(tables)} tables exported as {args.format} to {out}")
+    return 0
+
+
+def _exact_vnmse(table) -> tuple[float | None, str]:
+    """vNMSE on N(0, 1) recomputed by the design layer when installed, else as recorded.
+
+    The evaluator is found through the ``quicdesign.evaluators`` entry point ``vnmse``,
+    so this module never imports the design layer.
+    """
+    module_name, _, function = _registered(EVALUATOR_GROUP, _OWN_EVALUATORS)["vnmse"].partition(":")
+    try:
+        evaluate = getattr(importlib.import_module(module_name), function)
+        return evaluate(table), "recomputed"
+    except ImportError:
+        return table.vnmse, "recorded"
+
+
+def _cmd_tables_diff(args) -> int:
+    import numpy as np
+
+    from .table import Table
+
+    tables = [Table.load(Path(args.a)), Table.load(Path(args.b))]
+    for label, path, table in zip("AB", (args.a, args.b), tables, strict=True):
+        print(f"{label}: {path}  {table!r}  fingerprint {table.fingerprint.hex()}")
+    a, b = tables
+    fields = ("bits", "shared_bits", "tail_prob", "lower", "upper")
+    differ = [
+        f"{f} {getattr(a, f)!r} vs {getattr(b, f)!r}"
+        for f in fields
+        if getattr(a, f) != getattr(b, f)
+    ]
+    print("parameters: " + ("identical" if not differ else "differ: " + "; ".join(differ)))
+    if a.receiver.shape == b.receiver.shape:
+        delta = np.abs(a.receiver - b.receiver)
+        h, x = np.unravel_index(int(np.argmax(delta)), delta.shape)
+        print(
+            f"max |dR|: {delta[h, x]:.3e} at h={h}, x={x} (max |R| {np.abs(a.receiver).max():.4g})"
+        )
+    else:
+        print(f"max |dR|: receivers differ in shape {a.receiver.shape} vs {b.receiver.shape}")
+    (va, source), (vb, _) = _exact_vnmse(a), _exact_vnmse(b)
+    if va is not None and vb is not None:
+        print(f"vNMSE on N(0,1) ({source}): A {va:.9g}  B {vb:.9g}  B/A - 1 = {vb / va - 1:+.3e}")
+    if a.code_model is not None or b.code_model is not None:
+        same_model = (
+            a.code_model is not None
+            and b.code_model is not None
+            and np.array_equal(a.code_model, b.code_model)
+        )
+        print(f"code model: {'identical' if same_model else 'differs'}")
+    same = a.fingerprint == b.fingerprint
+    print(
+        "same table: payloads are interchangeable"
+        if same
+        else "different tables: payloads made with one are refused by the other"
+    )
+    return 0 if same else 1
+
+
 def build_parser(argv=None) -> argparse.ArgumentParser:
     """The argument parser of the ``quicdesign`` command.
 
@@ -109,6 +201,27 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     )
     show.add_argument("--path", help="table or collection folder (default: shipped tables)")
     show.set_defaults(run=_cmd_tables_show)
+    export = table_cmds.add_parser(
+        "export", help="write tables as safetensors or npz files (all parameters in metadata)"
+    )
+    export.add_argument(
+        "--format",
+        choices=("safetensors", "npz"),
+        required=True,
+        help="safetensors (needs the export extra) or npz",
+    )
+    export.add_argument("--out", required=True, help="output folder")
+    export.add_argument(
+        "--path", help="table or collection folder (default: shipped tables, entropy included)"
+    )
+    export.set_defaults(run=_cmd_tables_export)
+    diff = table_cmds.add_parser(
+        "diff", help="compare two tables: fingerprints, max |dR|, vNMSE (exit 1 if different)"
+    )
+    diff.add_argument("a", help="table folder or .safetensors/.npz file")
+    diff.add_argument("b", help="table folder or .safetensors/.npz file")
+    diff.set_defaults(run=_cmd_tables_diff)
+
     _add_registered_commands({"": commands, "tables": table_cmds}, argv)
     return parser
 
@@ -120,9 +233,13 @@ def registered_commands() -> dict[str, str]:
     this distribution's own (declared in ``pyproject.toml``) are also known when it runs
     from a source tree without installed metadata.
     """
-    found = dict(_OWN_COMMANDS)
+    return _registered(ENTRY_POINT_GROUP, _OWN_COMMANDS)
+
+
+def _registered(group: str, own: dict) -> dict[str, str]:
+    found = dict(own)
     try:
-        for entry in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        for entry in importlib.metadata.entry_points(group=group):
             found[entry.name] = entry.value
     except Exception:  # noqa: BLE001 - broken metadata elsewhere must not break the CLI
         pass

@@ -28,10 +28,12 @@ from ._validate import (
     check_client_id,
     check_f32_normal,
     check_round_seed,
+    check_weight,
 )
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
-from .randomness import rotation_signs, round_tag, shared_values
+from .input_model import ROTATED, check_input_model
+from .randomness import rotation_signs, round_tag, shared_values, stratified_shared_values
 from .rotation import MAX_CHUNKS, RotationLayout, scaled_rotate, unrotate
 from .table import Table
 
@@ -48,7 +50,16 @@ __all__ = [
 WIRE_MAGIC = b"QDQF"
 # 2: the layout allows up to 64 chunks (padding below max(d / 32, 1024))
 WIRE_VERSION = 2
+# Clients gathered per pass of the compiled kernel (8 bytes of index per coordinate each).
+_KERNEL_BLOCK = 8
 _FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
+
+
+def _client_shared_values(round_seed, client_id, bits, size, stratified) -> np.ndarray:
+    """The client's ``h``: independent per client, or stratified by its index."""
+    if stratified:
+        return stratified_shared_values(round_seed, client_id, bits, size)
+    return shared_values(round_seed, client_id, bits, size)
 
 
 def _table_digest(table: Table) -> bytes:
@@ -59,6 +70,16 @@ def _table_digest(table: Table) -> bytes:
     if getattr(table, "code_model", None) is not None:
         parts.append(np.ascontiguousarray(table.code_model, dtype="<f8").tobytes())
     return hashlib.sha256(b"".join(parts)).digest()
+
+
+#: Shard scheme of fixed-rate QUIC-FL rounds with stratified shared values.
+STRATIFIED_SHARD_SCHEME = b"QDQS"
+
+
+def _check_stratified(stratified) -> bool:
+    if not isinstance(stratified, (bool, np.bool_)):
+        raise ParameterError(f"stratified must be True or False, got {stratified!r}")
+    return bool(stratified)
 
 
 def _check_table(table) -> Table:
@@ -132,12 +153,24 @@ class QuicFLEncoder:
         The quantizer (``bits``, ``shared_bits`` <= 8).
     round_seed : int
         Seed shared by the server and every client of the round, in ``[0, 2**64)``.
+    stratified : bool
+        Opt-in stratified shared values (``docs/randomness.md``): ``client_id`` must then
+        be the client's index in the round, 0..n-1, assigned by the server. Each client
+        stays exactly unbiased with the same error; the errors of a round's clients are
+        negatively correlated, which helps when their vectors are similar.
+    force : bool
+        Accept a table designed for another input model (``docs/wire-format.md``); by
+        default only ``rotated`` tables designed for the standard normal are accepted.
     """
 
-    def __init__(self, table: Table, round_seed: int):
+    def __init__(
+        self, table: Table, round_seed: int, *, stratified: bool = False, force: bool = False
+    ):
         self.table = _check_table(table)
+        check_input_model(table, ROTATED, force)
+        self.stratified = _check_stratified(stratified)
         self.round_seed = check_round_seed(round_seed)
-        self._tag = round_tag(self.round_seed)
+        self._tag = round_tag(self.round_seed, stratified=self.stratified)
         self._rounds: dict[int, _RoundState] = {}
 
     def _state(self, dim: int) -> _RoundState:
@@ -181,7 +214,9 @@ class QuicFLEncoder:
         lower, upper = table.support
         outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
         exact = np.flatnonzero(outside)
-        shared = shared_values(self.round_seed, client_id, table.shared_bits, layout.rotated_dim)
+        shared = _client_shared_values(
+            self.round_seed, client_id, table.shared_bits, layout.rotated_dim, self.stratified
+        )
         rng = np.random.default_rng(rng)  # a Generator passes through; None or an int seeds one
         # The sampler clamps values beyond the support; their codes are overwritten below.
         codes = table.sender.sample(z, shared, rng=rng)
@@ -327,14 +362,28 @@ class QuicFLAggregator(WeightedSumAggregator):
         The round's seed.
     dim : int
         Length of the client vectors.
+    stratified : bool
+        Decode clients whose ``h`` is stratified by their index (see :class:`Encoder`).
+    force : bool
+        Accept a table designed for another input model.
     """
 
-    def __init__(self, table: Table, round_seed: int, dim: int):
+    def __init__(
+        self,
+        table: Table,
+        round_seed: int,
+        dim: int,
+        *,
+        stratified: bool = False,
+        force: bool = False,
+    ):
         self.table = _check_table(table)
+        check_input_model(table, ROTATED, force)
         self.round_seed = check_round_seed(round_seed)
+        self.stratified = _check_stratified(stratified)
         self._state = _RoundState(self.round_seed, dim)  # validates dim
         self.dim = self._state.layout.dim
-        self._tag = round_tag(self.round_seed)
+        self._tag = round_tag(self.round_seed, stratified=self.stratified)
         self._fingerprint = table.fingerprint
         self._table_digest = _table_digest(table)
         self._flat_receiver = table.receiver.reshape(-1)
@@ -403,12 +452,28 @@ class QuicFLAggregator(WeightedSumAggregator):
 
     def _decode(self, payload, weight: float) -> tuple[int, np.ndarray]:
         """Validate ``payload``; return ``(client_id, weighted rotated contribution)``."""
+        client_id, tables, index, indices, exact = self._prepare(payload, weight)
+        decoded = tables[index]
+        decoded[indices] = exact
+        layout = self._state.layout
+        return client_id, decoded.reshape(layout.num_chunks, layout.chunk_size)
+
+    def _prepare(self, payload, weight: float):
+        """Validate ``payload`` completely; return what decoding gathers from.
+
+        ``(client_id, tables, index, exact_positions, exact_values)``: the decoded
+        contribution is ``tables[index]`` with ``exact_values`` at ``exact_positions``.
+        """
         reader = PayloadReader(payload)
         header = read_header(reader, self._magic, self._wire_version)
         self._check_header(header)
         table, layout = self.table, self._state.layout
-        shared = shared_values(
-            self.round_seed, header.client_id, table.shared_bits, layout.rotated_dim
+        shared = _client_shared_values(
+            self.round_seed,
+            header.client_id,
+            table.shared_bits,
+            layout.rotated_dim,
+            self.stratified,
         )
         codes, indices, values = self._parse(payload, reader, header, shared)
         # Fold norm, 1/sqrt(chunk) and weight into one small table per chunk, so decoding
@@ -428,12 +493,76 @@ class QuicFLAggregator(WeightedSumAggregator):
         index |= codes
         if layout.num_chunks > 1:
             index.reshape(layout.num_chunks, -1)[1:] += self._chunk_offsets[1:]
-        decoded = tables[index]
-        decoded[indices] = exact
-        return header.client_id, decoded.reshape(layout.num_chunks, layout.chunk_size)
+        return header.client_id, tables, index, indices, exact
+
+    def add_many(self, payloads, weights=None) -> None:
+        """Add payloads in order, exactly as a loop of :meth:`add` (same bits, same errors).
+
+        With the compiled kernels (``pip install quicdesign[fast]``, unless
+        ``QUICDESIGN_KERNELS=numpy``) blocks of clients are gathered and summed in one
+        pass over the accumulator; the sums are bit-identical to the numpy path.
+        """
+        from ._kernels import compiled_kernels
+
+        kernels = compiled_kernels()
+        if kernels is None:
+            super().add_many(payloads, weights)
+            return
+        payloads, weights = self._batch_arguments(payloads, weights)
+        for start in range(0, len(payloads), _KERNEL_BLOCK):
+            block, failure = [], None
+            seen = set()
+            for position in range(start, min(len(payloads), start + _KERNEL_BLOCK)):
+                try:
+                    weight = check_weight(weights[position])
+                    prepared = self._prepare(payloads[position], weight)
+                    if prepared[0] in seen:
+                        raise PayloadError(f"client {prepared[0]} was already added this round")
+                except (PayloadError, ParameterError) as exc:
+                    failure = (position, exc)
+                    break
+                seen.add(prepared[0])
+                block.append((weight, prepared))
+            if block:
+                self._commit_block(kernels, block)
+            if failure is not None:
+                self._raise_at(*failure)
+
+    def _commit_block(self, kernels, block) -> None:
+        """Accumulate validated clients with the compiled gather (nothing below fails)."""
+        prepared = [item for _, item in block]
+        width = max(tables.size + exact.size for _, tables, _, _, exact in prepared)
+        # each client's exact values sit after its table; its index points there
+        dtype = self._index_dtype if width <= np.iinfo(self._index_dtype).max + 1 else np.uint32
+        tables_block = np.zeros((len(block), width), dtype=np.float64)
+        indices = np.empty((len(block), self._state.layout.rotated_dim), dtype=dtype)
+        for row, (_, tables, index, positions, exact) in enumerate(prepared):
+            tables_block[row, : tables.size] = tables
+            tables_block[row, tables.size : tables.size + exact.size] = exact
+            indices[row] = index
+            indices[row, positions] = tables.size + np.arange(exact.size)
+        kernels.gather_accumulate(self._sum.reshape(-1), tables_block, indices)
+        for weight, item in block:
+            self._total_weight += weight
+            self._clients.add(item[0])
 
     def _merge_key(self) -> tuple:
-        return (self._magic, self._table_digest, self.round_seed, self.dim)
+        return (self._magic, self._table_digest, self.round_seed, self.dim, self.stratified)
+
+    def _shard_identity(self) -> tuple[bytes, bytes]:
+        # stratified rounds get their own shard scheme (docs/shard-format.md)
+        return (STRATIFIED_SHARD_SCHEME if self.stratified else self._magic), self._fingerprint
+
+    def _shard_source(self) -> Table:
+        return self.table
+
+    def rotated_mean(self) -> np.ndarray:
+        """The weighted mean still in the rotated domain, shape (chunks, chunk_size).
+
+        What a port (``docs/porting.md``, tests/test_port_c.py) checks before its inverse
+        rotation.
+        """
+        return self.weighted_mean()
 
     def _finalize(self, mean: np.ndarray) -> np.ndarray:
         # The single inverse rotation of the round.

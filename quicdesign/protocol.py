@@ -4,8 +4,10 @@ A :class:`Compressor` is a plain description: its constructor only stores parame
 Clients call :meth:`Compressor.encode` to turn a vector into real payload bytes; the
 server makes one :class:`Aggregator` per round and dimension, feeds it payloads with
 :meth:`Aggregator.add` and reads the weighted mean with :meth:`Aggregator.result`.
-Aggregators of the same round combine exactly with :meth:`Aggregator.merge`, so shards
-can be aggregated in different processes.
+Aggregators of the same round combine exactly with :meth:`Aggregator.merge` (in place) or
+``merged`` (a new aggregator), so shards can be aggregated in different processes; they
+cross process boundaries as shard bytes (``to_bytes`` / ``from_bytes``,
+:mod:`quicdesign.shard`, ``docs/shard-format.md``), never as pickles of untrusted data.
 
 Shared randomness is derived from ``(round_seed, client_id, purpose)`` by
 :mod:`quicdesign.randomness`; client-private randomness comes from the ``rng`` the caller

@@ -28,6 +28,18 @@ Shared values
     Purpose ``"shared-h"`` by default. Byte ``j`` of the stream is byte ``j % 8`` (least
     significant first) of raw word ``j // 8``; value ``j`` is ``byte_j & (2**bits - 1)``.
 
+Stratified shared values (opt-in, stratification version 1)
+    Purpose ``"stratified-h"``. A client with index ``i`` in the round (``0 <= i < 2**32``,
+    assigned by the server) belongs to block ``B = i // H`` and slot ``s = i % H``, with
+    ``H = 2**bits``. The block's stream is ``(round_seed, B, "stratified-h")``; bytes
+    ``3j``, ``3j + 1``, ``3j + 2`` of it give ``x_j = byte & (H - 1)``,
+    ``a_j = (2 * byte + 1) & (H - 1)`` and ``c_j = byte & (H - 1)``, and value ``j`` is
+    ``(((s ^ x_j) * a_j) + c_j) & (H - 1)``. For each ``j`` this is a bijection of the
+    slots of a block (xor, multiplication by an odd number and addition modulo ``2**bits``),
+    so the ``H`` clients of a block use every value exactly once, while each client's value
+    is uniform (``c_j`` is): unbiasedness and per-client error are those of independent
+    draws.
+
 Client-private randomness (coin flips only the sender needs) is not part of this spec:
 callers pass their own ``numpy.random.Generator``.
 """
@@ -49,11 +61,17 @@ __all__ = [
     "rotation_signs",
     "shared_values",
     "round_tag",
+    "stratified_shared_values",
+    "STRATIFICATION_VERSION",
+    "PURPOSE_STRATIFIED_H",
 ]
 
 SPEC_VERSION = 1
 PURPOSE_ROTATION = "rotation"
 PURPOSE_SHARED_H = "shared-h"
+PURPOSE_STRATIFIED_H = "stratified-h"
+#: Version of the stratified mapping below (part of the spec; bump on any change).
+STRATIFICATION_VERSION = 1
 
 _PERSONALIZATION = b"quicdesign.rng1"
 _UINT64_LIMIT = 1 << 64
@@ -152,6 +170,51 @@ def rotation_signs(round_seed, n, dtype=np.float32, *, client_id=0, purpose=PURP
     return signs
 
 
+def _check_shared_bits(bits):
+    return check_int(bits, "bits", 0, _MAX_SHARED_BITS)
+
+
+def stratified_shared_values(round_seed, client_index, bits, n):
+    """Return ``n`` shared values for the client at ``client_index``, stratified.
+
+    The clients with indices ``k * 2**bits .. (k + 1) * 2**bits - 1`` use, at every
+    coordinate, each of the ``2**bits`` values exactly once (a permutation drawn per
+    coordinate from the round's stream); each client's values alone are uniform and
+    independent across coordinates, exactly like :func:`shared_values`.
+
+    Parameters
+    ----------
+    round_seed : int
+        Integer in ``[0, 2**64)``.
+    client_index : int
+        The client's index in the round, in ``[0, 2**32)`` (assigned by the server).
+    bits : int
+        Bits per value, ``0 <= bits <= 8``.
+    n : int
+        Number of values, ``>= 0``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``uint8`` array of shape ``(n,)`` (see the module docstring for the mapping).
+    """
+    n = check_int(n, "n", 0)
+    bits = _check_shared_bits(bits)
+    client_index = check_int(client_index, "client_index", 0, 2**32 - 1)
+    block, slot = divmod(client_index, 1 << bits)
+    if bits == 0:
+        derive_key(round_seed, block, PURPOSE_STRATIFIED_H)
+        return np.zeros(n, dtype=np.uint8)
+    mask = np.uint8((1 << bits) - 1)
+    stream = _stream_bytes(round_seed, block, PURPOSE_STRATIFIED_H, 3 * n)[: 3 * n]
+    triples = stream.reshape(n, 3) if n else stream.reshape(0, 3)
+    xor, multiplier, offset = triples[:, 0], triples[:, 1], triples[:, 2]
+    values = np.bitwise_xor(np.uint8(slot), xor)
+    values *= (multiplier << np.uint8(1)) | np.uint8(1)  # odd: a bijection modulo 2**bits
+    values += offset
+    return values & mask
+
+
 def shared_values(round_seed, client_id, bits, n, *, purpose=PURPOSE_SHARED_H):
     """Return ``n`` shared integers in ``[0, 2**bits)`` for one client.
 
@@ -173,7 +236,7 @@ def shared_values(round_seed, client_id, bits, n, *, purpose=PURPOSE_SHARED_H):
         masked to its low ``bits`` bits.
     """
     n = check_int(n, "n", 0)
-    bits = check_int(bits, "bits", 0, _MAX_SHARED_BITS)
+    bits = _check_shared_bits(bits)
     if bits == 0:
         # validate the stream identity anyway so bad seeds fail the same way for every bits
         derive_key(round_seed, client_id, purpose)
@@ -182,12 +245,15 @@ def shared_values(round_seed, client_id, bits, n, *, purpose=PURPOSE_SHARED_H):
     return stream[:n] & np.uint8((1 << bits) - 1)
 
 
-def round_tag(round_seed) -> int:
+def round_tag(round_seed, *, stratified: bool = False) -> int:
     """32-bit tag of a round seed carried in every payload (detects cross-round mixups).
 
     ``blake2b(u64 little-endian round_seed, digest_size=4, person=b"quicdesign.tag1")``
-    read as a little-endian u32 (``docs/randomness.md``).
+    read as a little-endian u32 (``docs/randomness.md``). Rounds with stratified shared
+    values use the personalisation ``b"quicdesign.tgs1"``, so a payload is never decoded
+    with the other mode's ``h``.
     """
     seed = check_int(round_seed, "round_seed", 0, _UINT64_LIMIT - 1)
-    digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=b"quicdesign.tag1")
+    person = b"quicdesign.tgs1" if stratified else b"quicdesign.tag1"
+    digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=person)
     return int.from_bytes(digest.digest(), "little")

@@ -3,8 +3,10 @@
 A table is a directory holding ``manifest.json`` and one raw little-endian array file
 per array (see ``docs/table-format.md``). The manifest records the format name and
 major/minor version, the parameters, the design provenance and, for every array, its
-dtype, shape and sha256; the manifest carries a sha256 of its own canonical JSON. Loading
-never unpickles or evaluates anything and refuses unknown major versions, checksum
+dtype, shape and sha256. Since format 1.1 the manifest carries a sha256 of its own raw
+bytes (with the hash values themselves zeroed), which any language reproduces without a
+JSON canonicalizer; 1.0 manifests (a sha256 of Python's canonical JSON) are still read.
+Loading never unpickles or evaluates anything and refuses unknown major versions, checksum
 mismatches, path tricks and oversized files before reading them.
 
 A *collection* is a directory of table directories plus ``index.json`` listing them, with
@@ -24,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._export import export_format, load_export, save_export
 from ._validate import check_int, check_tail_prob
 from .errors import (
     ParameterError,
@@ -32,6 +35,7 @@ from .errors import (
     TableNotFoundError,
     TableVersionError,
 )
+from .input_model import input_model_of
 from .sender import SenderRule
 
 __all__ = [
@@ -44,10 +48,11 @@ __all__ = [
     "list_tables",
     "write_index",
     "shipped_tables_dir",
+    "manifest_bytes_digest",
 ]
 
 FORMAT_NAME = "quicdesign-table"
-FORMAT_VERSION = (1, 0)
+FORMAT_VERSION = (1, 1)
 INDEX_NAME = "quicdesign-table-index"
 MANIFEST_FILE = "manifest.json"
 INDEX_FILE = "index.json"
@@ -63,8 +68,65 @@ _ARRAY_DTYPES = {"<f8": np.float64}
 _MAX_BITS, _MAX_SHARED_BITS = 16, 12
 
 
+#: Manifest keys holding sha256 hex digests of the manifest itself; their 64 hex digits
+#: are replaced by ASCII "0" before hashing the raw bytes (format 1.1).
+_SELF_HASH_KEYS = ("manifest_bytes_sha256", "manifest_sha256")
+_ZERO_DIGEST = "0" * 64
+#: Float parameters also recorded as ``float.hex()`` strings so any language gets the
+#: exact double without trusting its JSON number parser.
+_EXACT_PARAMETERS = ("tail_prob", "lower", "upper")
+
+
 def _canonical_json(obj) -> bytes:
+    """Format 1.0 self-hash input: Python's canonical JSON (not portable; kept for 1.0)."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def manifest_bytes_digest(raw: bytes) -> str:
+    """sha256 of a manifest file's raw bytes with its self-hash values zeroed (format 1.1).
+
+    Every ``"<key>": "<64 hex digits>"`` for the keys ``manifest_bytes_sha256`` and
+    ``manifest_sha256`` has its 64 digits replaced by ASCII ``0``; each key may occur at
+    most once. See ``docs/table-format.md``.
+
+    Raises
+    ------
+    TableChecksumError
+        If a key occurs more than once or its value is not 64 lowercase hex digits.
+    """
+    data = bytearray(raw)
+    for key in _SELF_HASH_KEYS:
+        marker = f'"{key}": "'.encode()
+        start = data.find(marker)
+        if start < 0:
+            continue
+        if data.find(marker, start + 1) >= 0:
+            raise TableChecksumError(f"manifest holds {key!r} more than once")
+        begin = start + len(marker)
+        digest = bytes(data[begin : begin + 64])
+        if (
+            len(digest) != 64
+            or data[begin + 64 : begin + 65] != b'"'
+            or any(c not in b"0123456789abcdef" for c in digest)
+        ):
+            raise TableChecksumError(f"manifest {key!r} is not 64 lowercase hex digits")
+        data[begin : begin + 64] = _ZERO_DIGEST.encode()
+    return _sha256(bytes(data))
+
+
+def _serialize_manifest(manifest: dict) -> bytes:
+    """The manifest file bytes with both self-hashes filled in (format 1.1)."""
+    manifest = {**manifest, **dict.fromkeys(_SELF_HASH_KEYS, _ZERO_DIGEST)}
+
+    def dump(obj):
+        return json.dumps(obj, indent=2, sort_keys=True, allow_nan=False).encode() + b"\n"
+
+    # Only the zeroed hex digits change below, so the raw-bytes digest stays valid.
+    manifest["manifest_bytes_sha256"] = manifest_bytes_digest(dump(manifest))
+    # The 1.0 self-hash (canonical JSON) keeps 1.0 readers working on 1.1 files.
+    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    manifest["manifest_sha256"] = _sha256(_canonical_json(body))
+    return dump(manifest)
 
 
 def _sha256(data: bytes) -> str:
@@ -214,6 +276,12 @@ class Table:
         return hashlib.sha256(head + body).digest()[:8]
 
     @property
+    def input_model(self) -> dict:
+        """``{"normalization", "scale", "law"}``: the input this table was designed for
+        (:mod:`quicdesign.input_model`)."""
+        return input_model_of(self._manifest)
+
+    @property
     def bits_per_coordinate(self) -> float:
         """Expected wire bits per coordinate, tails included (as recorded by the design).
 
@@ -268,6 +336,20 @@ class Table:
     def __hash__(self):
         return hash(self.fingerprint)
 
+    def __reduce__(self):
+        # Ship the receiver and parameters only: the sender rule's derived tables are
+        # rebuilt (and everything re-validated) by the constructor on the other side.
+        return _rebuild_table, (
+            self.receiver,
+            self.bits,
+            self.shared_bits,
+            self.tail_prob,
+            self.lower,
+            self.upper,
+            self._manifest,
+            self.code_model,
+        )
+
     def with_manifest(self, **sections) -> Table:
         """Return a copy whose manifest has the given top-level sections replaced."""
         manifest = {**self._manifest, **sections}
@@ -293,7 +375,7 @@ class Table:
         manifest = {
             key: value
             for key, value in self._manifest.items()
-            if key not in ("format", "parameters", "arrays", "manifest_sha256")
+            if key not in ("format", "parameters", "arrays", *_SELF_HASH_KEYS)
         }
         manifest["format"] = {
             "name": FORMAT_NAME,
@@ -310,8 +392,10 @@ class Table:
             **{
                 k: v
                 for k, v in self._manifest.get("parameters", {}).items()
-                if k not in ("bits", "shared_bits", "tail_prob", "lower", "upper", "threshold")
+                if k
+                not in ("bits", "shared_bits", "tail_prob", "lower", "upper", "threshold", "exact")
             },
+            "exact": {name: float.hex(getattr(self, name)) for name in _EXACT_PARAMETERS},
         }
         manifest["arrays"] = {
             key: {
@@ -324,31 +408,41 @@ class Table:
             for key, (file_name, array) in self._array_files().items()
         }
         manifest["fingerprint"] = self.fingerprint.hex()
-        manifest["manifest_sha256"] = _sha256(_canonical_json(manifest))
-        return manifest
+        return json.loads(_serialize_manifest(manifest))
 
-    def save(self, path) -> Path:
-        """Write the table directory ``path`` (created if needed; files are replaced).
+    def save(self, path, format="directory") -> Path:
+        """Write the table (files are replaced).
+
+        Parameters
+        ----------
+        path : path-like
+            The table directory (created if needed), or the file for an export format.
+        format : {"directory", "safetensors", "npz"}
+            ``"directory"``: the table format (``docs/table-format.md``). ``"safetensors"``
+            (needs the ``export`` extra) or ``"npz"``: one file with the arrays as float64
+            tensors and every parameter, floats exact, in its metadata.
 
         Returns
         -------
         pathlib.Path
-            The table directory.
+            The table directory or file.
         """
+        if format != "directory":
+            return save_export(self, path, format)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         manifest = self._build_manifest()
         files = {
             name: array.astype("<f8").tobytes() for name, array in self._array_files().values()
         }
-        files[MANIFEST_FILE] = json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n"
+        files[MANIFEST_FILE] = _serialize_manifest(manifest)
         for name, data in files.items():
             _atomic_write(path / name, data)
         return path
 
     @classmethod
     def load(cls, path) -> Table:
-        """Load and validate a table directory.
+        """Load and validate a table directory, or a ``.safetensors`` / ``.npz`` export.
 
         Raises
         ------
@@ -362,6 +456,8 @@ class Table:
             For any other malformed content.
         """
         path = Path(path)
+        if export_format(path) is not None and not path.is_dir():
+            return load_export(cls, path)
         manifest_path = path / MANIFEST_FILE
         manifest = _read_manifest(manifest_path)
         params = manifest["parameters"]
@@ -402,6 +498,20 @@ class Table:
         if manifest.get("fingerprint") not in (None, table.fingerprint.hex()):
             raise TableChecksumError(f"{manifest_path}: fingerprint does not match the arrays")
         return table
+
+
+def _rebuild_table(receiver, bits, shared_bits, tail_prob, lower, upper, manifest, code_model):
+    """Unpickle hook of :class:`Table` (keyword-only constructor)."""
+    return Table(
+        receiver,
+        bits=bits,
+        shared_bits=shared_bits,
+        tail_prob=tail_prob,
+        lower=lower,
+        upper=upper,
+        manifest=manifest,
+        code_model=code_model,
+    )
 
 
 def _check_code_model(code_model, expected_shape) -> np.ndarray:
@@ -514,17 +624,62 @@ def _read_manifest(manifest_path: Path) -> dict:
             f"{manifest_path}: format major version {fmt.get('major')!r} is not supported "
             f"(this release reads {FORMAT_VERSION[0]}.x)"
         )
-    recorded = manifest.get("manifest_sha256")
-    body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
-    try:
-        actual = _sha256(_canonical_json(body))
-    except ValueError:
-        raise TableError(f"{manifest_path}: manifest contains non-finite numbers") from None
-    if recorded != actual:
-        raise TableChecksumError(f"{manifest_path}: manifest sha256 mismatch (edited or corrupt)")
+    _check_self_hashes(manifest_path, data, manifest)
     if not isinstance(manifest.get("parameters"), dict):
         raise TableError(f"{manifest_path}: manifest has no parameters object")
+    _check_exact_parameters(manifest_path, manifest["parameters"])
     return manifest
+
+
+def _check_self_hashes(manifest_path: Path, raw: bytes, manifest: dict) -> None:
+    """Format >= 1.1: the raw-bytes digest is required; the canonical-JSON digest (the only
+    one in 1.0) is checked whenever present."""
+    minor = manifest["format"].get("minor")
+    if not isinstance(minor, int) or isinstance(minor, bool) or minor < 0:
+        raise TableVersionError(f"{manifest_path}: format minor version {minor!r} is invalid")
+    if minor >= 1 or "manifest_bytes_sha256" in manifest:
+        try:
+            actual = manifest_bytes_digest(raw)
+        except TableChecksumError as exc:
+            raise TableChecksumError(f"{manifest_path}: {exc}") from None
+        if manifest.get("manifest_bytes_sha256") != actual:
+            raise TableChecksumError(
+                f"{manifest_path}: manifest bytes sha256 mismatch (edited or corrupt)"
+            )
+    elif "manifest_sha256" not in manifest:
+        raise TableChecksumError(f"{manifest_path}: format 1.0 manifest lacks manifest_sha256")
+    if "manifest_sha256" in manifest:
+        body = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+        try:
+            actual = _sha256(_canonical_json(body))
+        except ValueError:
+            raise TableError(f"{manifest_path}: manifest contains non-finite numbers") from None
+        if manifest["manifest_sha256"] != actual:
+            raise TableChecksumError(
+                f"{manifest_path}: manifest sha256 mismatch (edited or corrupt)"
+            )
+
+
+def _check_exact_parameters(manifest_path: Path, params: dict) -> None:
+    """The ``float.hex()`` spellings, when present, must equal the JSON numbers."""
+    exact = params.get("exact")
+    if exact is None:
+        return
+    if not isinstance(exact, dict):
+        raise TableError(f"{manifest_path}: parameters.exact must be an object")
+    for name in _EXACT_PARAMETERS:
+        text = exact.get(name)
+        try:
+            value = float.fromhex(text)
+        except (TypeError, ValueError):
+            raise TableError(
+                f"{manifest_path}: parameters.exact.{name} {text!r} is not a float.hex() string"
+            ) from None
+        if value != params.get(name):
+            raise TableError(
+                f"{manifest_path}: parameters.exact.{name} {text} does not equal "
+                f"parameters.{name} {params.get(name)!r}"
+            )
 
 
 def _is_plain_name(name) -> bool:

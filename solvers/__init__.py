@@ -19,6 +19,7 @@ from .distributions import (
     StandardNormal,
     ValueDistribution,
 )
+from .fit import InputLawFit, fit_input_law
 from .objective import ObjectiveValue, evaluate, message_masses
 from .rate import design_entropy_coded, rate_distortion_curve, rate_point
 from .sweep import cached_design, sweep
@@ -29,6 +30,7 @@ __all__ = [
     "DesignResult",
     "DesignSpec",
     "EmpiricalDistribution",
+    "InputLawFit",
     "ObjectiveValue",
     "ScipyDistribution",
     "SenderLP",
@@ -40,6 +42,7 @@ __all__ = [
     "cached_design",
     "design",
     "design_entropy_coded",
+    "fit_input_law",
     "message_masses",
     "rate_distortion_curve",
     "rate_point",

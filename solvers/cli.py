@@ -6,6 +6,7 @@ imports this package; scipy, cvxpy and joblib are imported only when a verb runs
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -13,6 +14,7 @@ from pathlib import Path
 from quicdesign._argtypes import add_progress_option, bounded_int, int_list, probability, real
 from quicdesign._limits import DESIGN_MAX_BITS, DESIGN_MAX_SHARED_BITS, MAX_JOBS, MAX_STARTS
 from quicdesign._validate import writable_dir
+from quicdesign.cli import collection_tables
 from quicdesign.errors import ParameterError
 from quicdesign.reference import EDEN_VNMSE, QUIC_FL_VNMSE, values
 from quicdesign.table import shipped_tables_dir, table_name, write_index
@@ -61,6 +63,47 @@ def _cmd_design_entropy(args) -> int:
     return 1 if failed else 0
 
 
+_MAX_SAMPLE_FILE_BYTES = 1 << 30
+
+
+def _distribution(text: str):
+    """``--distribution``: ``(label, law)`` with law None for the standard normal."""
+    from scipy import stats
+
+    kind, _, value = text.partition(":")
+    try:
+        if text == "normal":
+            return "normal", None
+        if kind == "t" and value:
+            df = float(value)
+            if not 2 < df < 1e6:
+                raise ValueError("t needs 2 < DF (a finite variance)")
+            return f"t{value}", stats.t(df)
+        if text in ("laplace", "logistic"):
+            return text, getattr(stats, text)()
+        if kind == "samples" and value:
+            return f"samples-{Path(value).stem}", _read_samples(Path(value))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"bad --distribution {text!r}: {exc}") from None
+    raise argparse.ArgumentTypeError(
+        f"--distribution must be normal, t:DF, laplace, logistic or samples:FILE.npy, got {text!r}"
+    )
+
+
+def _read_samples(path: Path):
+    import numpy as np
+
+    if not path.is_file() or path.stat().st_size > _MAX_SAMPLE_FILE_BYTES:
+        raise ValueError(f"{path} is not a regular .npy file of at most 1 GiB")
+    from quicdesign._export import read_npy
+
+    with open(path, "rb") as stream:
+        samples = read_npy(stream, _MAX_SAMPLE_FILE_BYTES)
+    if samples.dtype.kind != "f" or samples.size < 2 or not np.all(np.isfinite(samples)):
+        raise ValueError(f"{path} must hold at least 2 finite floats")
+    return samples.ravel()
+
+
 def _cmd_design(args) -> int:
     if args.entropy:
         return _cmd_design_entropy(args)
@@ -73,12 +116,24 @@ def _cmd_design(args) -> int:
         bits_list = args.bits or [1, 2, 3, 4]
         tail = DEFAULT_TAIL_PROB if args.tail_prob is None else args.tail_prob
         specs = []
+        label, law = args.distribution or ("normal", None)
+        if args.input_model != "direct" and law is not None:
+            raise ParameterError(
+                "--distribution needs --input-model direct: with rotation the table sees "
+                "values close to N(0, 1) whatever the input law"
+            )
+        input_model = args.input_model
         for bits in bits_list:
             shared = args.shared_bits or [DEFAULT_SHARED_BITS.get(bits, 0)]
-            specs += [DesignSpec(bits, shared_bits, tail) for shared_bits in shared]
+            specs += [
+                DesignSpec(bits, shared_bits, tail, None, law, input_model)
+                for shared_bits in shared
+            ]
+    suffix = f"-direct-{args.distribution[0] if args.distribution else 'normal'}"
+    suffix = suffix if not args.defaults and args.input_model == "direct" else ""
     out = writable_dir(args.out) if args.out else None
     if out is not None:
-        names = [table_name(spec.bits, spec.shared_bits, spec.tail_prob) for spec in specs]
+        names = [table_name(spec.bits, spec.shared_bits, spec.tail_prob) + suffix for spec in specs]
         _refuse_overwrite(out, names, args)
     if args.cache_dir:
         writable_dir(args.cache_dir)
@@ -95,11 +150,16 @@ def _cmd_design(args) -> int:
     print(_quality_report(results))
     print(f"\n{len(results)} tables designed in {wall:.1f} s wall (n_jobs={args.jobs})")
     failed = [r for r in results if not r.success]
+    for result in results:
+        if suffix:
+            law = result.table.input_model["input_law"]
+            name = f"{law.get('name', law.get('kind'))} {law.get('args', '')}".strip()
+            print(f"{result.table.name}{suffix}: design vNMSE {result.vnmse:.6g} on {name}")
     if out is not None:
         for result in results:
-            result.table.save(out / result.table.name)
+            result.table.save(out / (result.table.name + suffix))
         defaults = {
-            r.table.bits: r.table.name
+            r.table.bits: r.table.name + suffix
             for r in results
             if r.table.shared_bits == DEFAULT_SHARED_BITS.get(r.table.bits)
         }
@@ -147,15 +207,9 @@ def _quality_report(results) -> str:
 
 
 def _cmd_tables_verify(args) -> int:
-    from quicdesign.table import Table, _is_table_dir, _load_entry, _read_index
-
     from .verify import verify
 
-    folder = Path(args.path) if args.path else shipped_tables_dir()
-    if _is_table_dir(folder):
-        tables = [Table.load(folder)]
-    else:
-        tables = [_load_entry(folder, entry) for entry in _read_index(folder)["tables"]]
+    tables = collection_tables(Path(args.path) if args.path else shipped_tables_dir())
     bad = 0
     for table in tables:
         report = verify(table)
@@ -167,6 +221,14 @@ def _cmd_tables_verify(args) -> int:
             + (f" failed: {', '.join(report.failures)}" if report.failures else "")
         )
     return 1 if bad else 0
+
+
+def exact_vnmse(table) -> float:
+    """vNMSE of ``table`` on N(0, 1), recomputed exactly (``quicdesign tables diff``)."""
+    from .distributions import StandardNormal
+    from .objective import evaluate
+
+    return evaluate(table.receiver, StandardNormal(), *table.support, gradient=False).vnmse
 
 
 def register_design(commands) -> None:
@@ -189,6 +251,19 @@ def register_design(commands) -> None:
     )
     design.add_argument(
         "--tail-prob", type=probability, help="tail probability p, e.g. 1/512 (default: 1/512)"
+    )
+    design.add_argument(
+        "--input-model",
+        choices=("rotated", "direct"),
+        default="rotated",
+        help="rotated: for Encoder (inputs become ~N(0,1)); direct: for DirectEncoder, "
+        "designed for --distribution after unit-RMS scaling (default: rotated)",
+    )
+    design.add_argument(
+        "--distribution",
+        type=_distribution,
+        help="value law for --input-model direct: normal, t:DF, laplace, logistic or "
+        "samples:FILE.npy, a float array read without pickle (default: normal)",
     )
     design.add_argument(
         "--out", help="write the tables and an index to this folder (default: print only)"

@@ -20,9 +20,10 @@ from quicdesign._limits import (
 )
 from quicdesign._validate import check_int, check_positive_float, check_tail_prob
 from quicdesign.errors import ParameterError
+from quicdesign.input_model import DIRECT, ROTATED
 from quicdesign.table import Table
 
-from .distributions import StandardNormal, as_distribution
+from .distributions import StandardNormal, as_distribution, seen_after_rms
 from .objective import evaluate
 from .optimize import LocalSolution, refine, starting_points
 
@@ -90,6 +91,13 @@ class DesignSpec:
     distribution : optional
         ``None`` (standard normal), a frozen ``scipy.stats`` continuous distribution, a
         1-D sample, or a :class:`ValueDistribution`.
+    input_model : {None, "rotated", "direct"}
+        What the runtime does to inputs before the table sees them. ``"direct"``: no
+        rotation, unit-RMS chunks, so the design targets ``distribution`` rescaled to unit
+        variance (use :class:`quicdesign.DirectEncoder`). ``"rotated"``: rotation makes
+        inputs close to N(0, 1), so the design targets the standard normal whatever
+        ``distribution`` is. ``None``: design for ``distribution`` as given, recorded as a
+        rotated table (the rotated encoder then refuses a non-normal one unless forced).
     """
 
     bits: int
@@ -97,11 +105,27 @@ class DesignSpec:
     tail_prob: float = DEFAULT_TAIL_PROB
     threshold: float | None = None
     distribution: object = field(default=None, compare=False)
+    input_model: str | None = None
 
     def __post_init__(self):
         check_int(self.bits, "bits", 1, MAX_BITS)
         check_int(self.shared_bits, "shared_bits", 0, MAX_SHARED_BITS)
-        object.__setattr__(self, "distribution", as_distribution(self.distribution))
+        law = as_distribution(self.distribution)
+        if self.input_model not in (None, ROTATED, DIRECT):
+            raise ParameterError(
+                f"input_model must be None, 'rotated' or 'direct', got {self.input_model!r}"
+            )
+        # a law already normalized for the runtime remembers the input law it came from
+        input_law = law.description.get("input_law", law.description)
+        object.__setattr__(self, "input_law", input_law)
+        if self.input_model == DIRECT and law.description.get("normalization") != DIRECT:
+            # the runtime scales every chunk to unit RMS: design for what it then sees
+            raw = self.distribution
+            law = seen_after_rms(raw if isinstance(raw, (list, tuple, np.ndarray)) else law)
+            law.description = {**law.description, "normalization": DIRECT, "input_law": input_law}
+        elif self.input_model == ROTATED:
+            law = StandardNormal()  # rotation makes any input close to N(0, 1)
+        object.__setattr__(self, "distribution", law)
         if self.threshold is not None:
             threshold = check_positive_float(self.threshold, "threshold")
             low, high = self.distribution.partial_moments(np.array([-threshold, threshold]))[0]
@@ -130,6 +154,16 @@ class DesignSpec:
             "tail_prob": self.tail_prob,
             "threshold": self.threshold,
             "distribution": self.distribution.key,
+            "input_model": self.input_model,
+        }
+
+    def input_model_record(self) -> dict:
+        """``parameters.input_model`` of the designed table (:mod:`quicdesign.input_model`)."""
+        return {
+            "normalization": DIRECT if self.input_model == DIRECT else ROTATED,
+            "scale": "chunk-rms",
+            "law": self.distribution.description,
+            "input_law": self.input_law,
         }
 
 
@@ -180,6 +214,7 @@ def design(
     seed: int = 0,
     n_jobs: int = 1,
     hops: int = 0,
+    input_model: str | None = None,
 ) -> DesignResult:
     """Design a near-optimal unbiased quantizer table.
 
@@ -210,6 +245,8 @@ def design(
     hops : int
         Basin-hopping rounds after the starts (0..``MAX_HOPS`` = 1000): perturb the best
         table at a random scale, re-optimize, keep it if better.
+    input_model : {None, "rotated", "direct"}
+        The runtime's input normalization (see :class:`DesignSpec`).
 
     Raises
     ------
@@ -220,7 +257,7 @@ def design(
     -------
     DesignResult
     """
-    spec = DesignSpec(bits, shared_bits, tail_prob, threshold, distribution)
+    spec = DesignSpec(bits, shared_bits, tail_prob, threshold, distribution, input_model)
     options = check_design_options(
         starts=starts, max_iter=max_iter, certify=certify, seed=seed, hops=hops
     )
@@ -284,7 +321,7 @@ def _design_spec(spec, *, starts, max_iter, warm_start, certify, seed, n_jobs, h
     certificate = run_certificate(table, dist).as_dict() if certify else None
     wall_time = time.perf_counter() - began
     manifest = {
-        "parameters": {"distribution": dist.description},
+        "parameters": {"distribution": dist.description, "input_model": spec.input_model_record()},
         "quality": {
             "vnmse": normal_vnmse,
             "vnmse_definition": "E|Zhat-Z|^2 / E|Z|^2 for Z ~ N(0,1), tail sent exactly",

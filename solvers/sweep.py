@@ -4,14 +4,16 @@ The cache is a folder of table directories in the shipped table format (see
 ``solvers/_cache.py`` and ``docs/table-format.md``), keyed on the spec, the design options
 and the package version; nothing in it is ever unpickled. Sweeps use
 ``joblib.Parallel``: ``backend="loky"`` locally, or any registered joblib backend
-(``"dask"`` with ``distributed``, ``"ray"``) to run the same sweep on a cluster; an
-enclosing ``joblib.parallel_config(...)`` is honoured when ``backend`` is None.
+(``"dask"`` with a running ``distributed.Client``, ``"ray"`` after ``ray.init()``,
+registered here when needed) to run the same sweep on a cluster; an enclosing
+``joblib.parallel_config(...)`` is honoured when ``backend`` is None.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+from quicdesign._threads import single_threaded_blas
 from quicdesign.errors import ParameterError
 
 from . import _cache
@@ -42,9 +44,15 @@ def default_specs() -> list[DesignSpec]:
     return specs
 
 
+@single_threaded_blas  # same platform, same options -> the same table, bit for bit
 def _design_from_key(key: dict, distribution, options: dict) -> DesignResult:
     spec = DesignSpec(
-        key["bits"], key["shared_bits"], key["tail_prob"], key["threshold"], distribution
+        key["bits"],
+        key["shared_bits"],
+        key["tail_prob"],
+        key["threshold"],
+        distribution,
+        key.get("input_model"),
     )
     return _design_spec(spec, warm_start=None, n_jobs=1, **options)
 
@@ -83,6 +91,48 @@ def cached_design(spec: DesignSpec, cache_dir=None, **options) -> DesignResult:
     return result
 
 
+def _require_backend(backend: str | None) -> None:
+    """Register ``backend`` with joblib if it needs it; clear errors for missing engines."""
+    if backend == "ray":
+        try:
+            import ray
+            from ray.util.joblib import register_ray
+        except ImportError as exc:
+            raise ParameterError('backend "ray" needs ray (pip install quicdesign[ray])') from exc
+        if not ray.is_initialized():
+            raise ParameterError('backend "ray" needs a running ray.init() in this process')
+        register_ray()
+    elif backend == "dask":
+        try:
+            from distributed import get_client
+        except ImportError as exc:
+            raise ParameterError('backend "dask" needs distributed (quicdesign[dask])') from exc
+        try:
+            get_client()
+        except ValueError as exc:
+            raise ParameterError('backend "dask" needs a running distributed.Client') from exc
+
+
+def _list_mode_parallel(bar):
+    """A joblib Parallel returning a list that reports each task to ``bar`` as it ends.
+
+    For backends without generator mode (Ray's, multiprocessing): joblib calls
+    ``print_progress`` after every completed batch, from its callback thread.
+    """
+    from joblib import Parallel
+
+    class _Parallel(Parallel):
+        reported = 0
+
+        def print_progress(self):
+            done = self.n_completed_tasks
+            if done > self.reported:
+                bar.update(done - self.reported)
+                self.reported = done
+
+    return _Parallel(return_as="list")
+
+
 def sweep(
     specs: Iterable[DesignSpec] | Sequence[tuple],
     *,
@@ -98,11 +148,15 @@ def sweep(
     ----------
     specs : iterable of DesignSpec or (bits, shared_bits[, tail_prob]) tuples
     n_jobs : int
-        joblib workers (-1: all cores).
+        joblib workers (-1: all cores, or all workers of the cluster).
     backend : str, optional
-        joblib backend name ("loky", "threading", "dask", "ray", ...).
+        ``"loky"`` (local processes), ``"threading"``, ``"dask"`` (needs a running
+        ``distributed.Client``; its workers do the designs) or ``"ray"`` (needs a running
+        ``ray.init()``). None honours an enclosing ``joblib.parallel_config``. Workers need
+        ``quicdesign[design]`` installed.
     cache_dir : path-like, optional
-        Cache folder shared by the workers (see :func:`cached_design`).
+        Cache folder shared by the workers (see :func:`cached_design`); on a cluster it
+        must be a folder every worker sees.
     progress : bool, optional
         False: silent; otherwise a bar on a terminal, one line per table elsewhere.
     **options
@@ -112,17 +166,28 @@ def sweep(
     -------
     list of DesignResult
     """
-    from joblib import Parallel, delayed
+    from joblib import Parallel, delayed, parallel_config
 
     from quicdesign._progress import progress as reporter
 
     n_jobs = check_n_jobs(n_jobs)
     specs = [s if isinstance(s, DesignSpec) else DesignSpec(*s) for s in specs]
     _checked_options(options)  # fail here, not once per worker
-    parallel = Parallel(n_jobs=n_jobs, backend=backend, return_as="generator")
-    jobs = (delayed(cached_design)(spec, cache_dir, **options) for spec in specs)
-    results = []
-    with reporter(len(specs), "designing", progress, unit="table") as bar:
+    _require_backend(backend)
+    jobs = [delayed(cached_design)(spec, cache_dir, **options) for spec in specs]
+    # backend=None keeps the backend of an enclosing parallel_config
+    config = {"n_jobs": n_jobs} if backend is None else {"n_jobs": n_jobs, "backend": backend}
+    with (
+        reporter(len(specs), "designing", progress, unit="table") as bar,
+        parallel_config(**config),
+    ):
+        try:
+            parallel = Parallel(return_as="generator")
+        except ValueError:
+            # Ray's backend (like multiprocessing) has no generator mode: take the list,
+            # with progress reported from joblib's completion callback instead.
+            return _list_mode_parallel(bar)(jobs)
+        results = []
         for result in parallel(jobs):
             results.append(result)
             bar.update(note=f"{result.table.name} vNMSE {result.vnmse:.4g}")

@@ -20,7 +20,7 @@ from quicdesign.cli import main
 from quicdesign.table import (
     MAX_INDEX_BYTES,
     MAX_MANIFEST_BYTES,
-    _canonical_json,
+    _serialize_manifest,
     _sha256,
     write_index,
 )
@@ -45,12 +45,10 @@ def deadline(seconds=5):
 
 
 def resign(folder, edit):
-    """Edit manifest.json and recompute its sha256, as anyone can."""
+    """Edit manifest.json and recompute its self-hashes, as anyone can."""
     manifest = json.loads((folder / "manifest.json").read_text())
     edit(manifest)
-    manifest.pop("manifest_sha256", None)
-    manifest["manifest_sha256"] = _sha256(_canonical_json(manifest))
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_bytes(_serialize_manifest(manifest))
 
 
 def setter(section, key, value):

@@ -92,13 +92,90 @@ def test_tampered_manifest_is_rejected(tmp_path, edit):
 
 
 def _rewrite(folder, edit):
-    from quicdesign.table import _canonical_json, _sha256
+    """Edit a manifest and sign it again (both self-hashes valid)."""
+    from quicdesign.table import _serialize_manifest
 
     manifest = json.loads((folder / "manifest.json").read_text())
     edit(manifest)
-    manifest.pop("manifest_sha256")
+    (folder / "manifest.json").write_bytes(_serialize_manifest(manifest))
+
+
+def _write_format_1_0(folder):
+    """Turn a saved table into what release 1.0 wrote: canonical-JSON self-hash only."""
+    from quicdesign.table import _canonical_json, _sha256
+
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for key in ("manifest_sha256", "manifest_bytes_sha256"):
+        manifest.pop(key)
+    manifest["parameters"].pop("exact")
+    manifest["format"]["minor"] = 0
     manifest["manifest_sha256"] = _sha256(_canonical_json(manifest))
-    (folder / "manifest.json").write_text(json.dumps(manifest))
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    return manifest
+
+
+def test_format_1_0_manifests_are_still_read_and_checked(tmp_path):
+    table = make_table(np.random.default_rng(3))
+    folder = table.save(tmp_path / "t")
+    _write_format_1_0(folder)
+    assert Table.load(folder) == table
+    text = (folder / "manifest.json").read_text().replace('"vnmse": 0.5', '"vnmse": 0.25')
+    (folder / "manifest.json").write_text(text)
+    with pytest.raises(TableChecksumError, match="manifest sha256"):
+        Table.load(folder)
+
+
+def test_manifest_bytes_hash_needs_no_json_canonicalizer(tmp_path):
+    """A port may spell numbers its own way and omit the 1.0 hash: only raw bytes count."""
+    from quicdesign.table import manifest_bytes_digest
+
+    table = make_table(np.random.default_rng(4))
+    folder = table.save(tmp_path / "t")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest.pop("manifest_sha256")
+    manifest["manifest_bytes_sha256"] = "0" * 64
+    text = json.dumps(manifest, separators=(", ", ": ")).replace('"vnmse": 0.5', '"vnmse": 5E-1')
+    raw = text.encode()
+    raw = raw.replace(b'"0' + b"0" * 63 + b'"', f'"{manifest_bytes_digest(raw)}"'.encode())
+    (folder / "manifest.json").write_bytes(raw)
+    assert Table.load(folder) == table
+    # one changed byte anywhere (here: whitespace) is refused
+    (folder / "manifest.json").write_bytes(raw.replace(b", ", b",  ", 1))
+    with pytest.raises(TableChecksumError, match="bytes sha256"):
+        Table.load(folder)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda raw: raw.replace(b'_bytes_sha256": "', b'_bytes_sha256": "x'), "hex"),
+        (lambda raw: raw[:-2] + b', "manifest_sha256": "' + b"0" * 64 + b'"}\n', "more than once"),
+        (lambda raw: raw.replace(b'"format"', b'"formats"', 1), "not a quicdesign-table"),
+    ],
+)
+def test_malformed_self_hashes_are_refused(tmp_path, damage, message):
+    folder = make_table(np.random.default_rng(5)).save(tmp_path / "t")
+    path = folder / "manifest.json"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(TableError, match=message):
+        Table.load(folder)
+
+
+def test_exact_hex_parameters_must_equal_the_numbers(tmp_path):
+    table = make_table(np.random.default_rng(6))
+    folder = table.save(tmp_path / "t")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["parameters"]["exact"] == {
+        "tail_prob": "0x1.0000000000000p-9",
+        "lower": "-0x1.8000000000000p+1",
+        "upper": "0x1.8000000000000p+1",
+    }
+    _rewrite(folder, lambda m: m["parameters"]["exact"].__setitem__("upper", "0x1.8p+2"))
+    with pytest.raises(TableError, match="exact.upper"):
+        Table.load(folder)
+    _rewrite(folder, lambda m: m["parameters"]["exact"].__setitem__("upper", "three"))
+    with pytest.raises(TableError, match="float.hex"):
+        Table.load(folder)
 
 
 def test_unknown_major_version_is_refused_even_with_a_valid_checksum(tmp_path):

@@ -19,6 +19,7 @@ def _run_runtime(args):
         clients=args.clients,
         repeats=args.repeats,
         progress=args.progress,
+        blas_threads=args.blas_threads,
     )
     return 0
 
@@ -51,6 +52,12 @@ def register(commands) -> None:
         help="clients aggregated (default: 16)",
     )
     runtime.add_argument("--repeats", type=repeats, default=5, help="timed runs (default: 5)")
+    runtime.add_argument(
+        "--blas-threads",
+        type=bounded_int("blas-threads", 1, 1024),
+        default=1,
+        help="BLAS threads while timing (default: 1, pinned with threadpoolctl)",
+    )
     add_progress_option(runtime, "step")
     runtime.set_defaults(run=_run_runtime)
     transform = sub.add_parser("transform", help="Hadamard transform speed")
@@ -58,7 +65,7 @@ def register(commands) -> None:
     transform.add_argument("--repeats", type=repeats, default=7, help="timed runs (default: 7)")
     transform.set_defaults(run=_run_transform)
     # Benchmarks that live in their own modules register themselves when present.
-    for name in ("dme_cli",):
+    for name in ("dme_cli", "distributed", "stratified"):
         try:
             module = importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:

@@ -36,8 +36,8 @@ import time
 
 import numpy as np
 
-from quicdesign._progress import limit_blas_threads
 from quicdesign._progress import progress as reporter
+from quicdesign._threads import limit_blas_threads
 from quicdesign._validate import check_int
 from quicdesign.errors import ParameterError
 

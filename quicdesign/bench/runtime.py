@@ -3,17 +3,26 @@
 Prints, per bit width: median encode time per vector, aggregation time for ``n`` clients
 (one inverse transform at the end), the same clients decoded the naive way (an inverse
 transform per client, as the reference implementation does), throughput and measured
-bytes per coordinate.
+bytes per coordinate. A second table sets the times against the machine's limits measured
+in the same run: the memory-copy floor (a 64 MiB copy gives the bandwidth; the encode floor
+is one read and one write of the float32 input, the aggregation floor one read and one write
+of the float64 accumulator), a numpy sort of the input, and ``add_many`` on the numpy and
+the compiled (numba) paths. BLAS is pinned to one thread by default: on a small shared
+machine BLAS threads fight each other and the figures become noise.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import time
 
 import numpy as np
 
+from .._kernels import KERNELS_ENV, compiled_kernels
 from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS, BENCH_MAX_VALUES
 from .._progress import progress as reporter
+from .._threads import limit_blas_threads
 from .._validate import check_int
 from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..errors import ParameterError
@@ -33,7 +42,20 @@ def _naive_per_client_decode(table, round_seed, dim, payloads):
     return total / len(payloads)
 
 
-def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0, progress=None):
+_COPY_BYTES = 64 * 2**20
+
+
+def _copy_bandwidth(repeats):
+    """Bytes per second moved by a large array copy (read + write), median of runs."""
+    source = np.ones(_COPY_BYTES // 8)
+    target = np.empty_like(source)
+    seconds = _median_seconds(lambda: np.copyto(target, source), max(repeats, 3))
+    return 2 * _COPY_BYTES / seconds
+
+
+def bench_runtime(
+    dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0, progress=None, blas_threads=1
+):
     """Time the QUIC-FL encoder and aggregator and print a table of figures.
 
     Parameters
@@ -50,6 +72,8 @@ def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0, prog
         Seed of the inputs and private randomness.
     progress : bool, optional
         False: silent; otherwise a bar on a terminal, one line per timed step elsewhere.
+    blas_threads : int or None
+        BLAS threads while timing (default 1); None leaves BLAS as configured.
 
     Returns
     -------
@@ -71,10 +95,22 @@ def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0, prog
         raise ParameterError(
             f"clients * dim = {clients * dim} exceeds {BENCH_MAX_VALUES} values held at once"
         )
+    if blas_threads is not None:
+        blas_threads = check_int(blas_threads, "blas_threads", 1, 1024)
     rng = np.random.default_rng(seed)
     vectors = rng.lognormal(size=(clients, dim)).astype(np.float32)
+    with limit_blas_threads(blas_threads):
+        return _bench_all(vectors, bits, repeats, seed, progress, blas_threads)
+
+
+def _bench_all(vectors, bits, repeats, seed, progress, blas_threads):
+    clients, dim = vectors.shape
     rows = []
-    print(f"QUIC-FL runtime, d = {dim}, n = {clients} clients, float32 input, median of {repeats}")
+    threads = "as configured" if blas_threads is None else str(blas_threads)
+    print(
+        f"QUIC-FL runtime, d = {dim}, n = {clients} clients, float32 input, "
+        f"median of {repeats} timed runs, BLAS threads: {threads}"
+    )
     header = (
         f"{'b':>2} {'l':>2} {'encode ms':>10} {'enc Mcoord/s':>12} {'agg ms (n)':>11} "
         f"{'ms/client':>9} {'agg Mcoord/s':>12} {'naive ms/client':>15} {'speedup':>7} "
@@ -89,7 +125,44 @@ def bench_runtime(dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0, prog
     print(
         "reference (paper notes, PyTorch CPU): encode ~120 ms, decode ~60 ms per client at d = 2^20"
     )
+    _print_limits(rows, vectors, repeats)
     return rows
+
+
+def _print_limits(rows, vectors, repeats):
+    """Times against the copy floor and a sort, measured now (ratios from one run)."""
+    clients, dim = vectors.shape
+    bandwidth = _copy_bandwidth(repeats)
+    encode_floor = 2 * 4 * dim / bandwidth
+    aggregate_floor = 2 * 8 * dim / bandwidth
+    sort_s = _median_seconds(lambda: np.sort(vectors[0]), repeats)
+    print(
+        f"limits: copy {bandwidth / 1e9:.1f} GB/s -> encode floor {1e3 * encode_floor:.2f} ms, "
+        f"aggregate floor {1e3 * aggregate_floor:.2f} ms/client; numpy sort of the input "
+        f"{1e3 * sort_s:.2f} ms"
+    )
+    print(
+        f"{'b':>2} {'enc/floor':>9} {'enc/sort':>8} {'add/floor':>9} "
+        f"{'add_many numpy ms/client':>24} {'compiled ms/client':>18} {'/floor':>6}"
+    )
+    for row in rows:
+        compiled = row["add_many_compiled_ms_per_client"]
+        compiled_text = "n/a" if compiled is None else f"{compiled:.2f}"
+        compiled_ratio = "" if compiled is None else f"{compiled / 1e3 / aggregate_floor:.1f}"
+        row.update(
+            copy_gb_s=bandwidth / 1e9,
+            encode_floor_ms=1e3 * encode_floor,
+            aggregate_floor_ms=1e3 * aggregate_floor,
+            sort_ms=1e3 * sort_s,
+        )
+        print(
+            f"{row['bits']:>2} {row['encode_ms'] / 1e3 / encode_floor:>9.1f} "
+            f"{row['encode_ms'] / 1e3 / sort_s:>8.2f} "
+            f"{row['aggregate_ms_per_client'] / 1e3 / aggregate_floor:>9.1f} "
+            f"{row['add_many_numpy_ms_per_client']:>24.2f} {compiled_text:>18} "
+            f"{compiled_ratio:>6}",
+            flush=True,
+        )
 
 
 def _print_row(b, row):
@@ -102,6 +175,19 @@ def _print_row(b, row):
         f"{row['bytes_per_coordinate']:>11.4f}",
         flush=True,
     )
+
+
+@contextlib.contextmanager
+def _kernels_choice(choice):
+    previous = os.environ.get(KERNELS_ENV)
+    os.environ[KERNELS_ENV] = choice
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(KERNELS_ENV, None)
+        else:
+            os.environ[KERNELS_ENV] = previous
 
 
 def _bench_bits(b, vectors, repeats, seed, bar):
@@ -121,6 +207,17 @@ def _bench_bits(b, vectors, repeats, seed, bar):
 
     aggregate_s = _median_seconds(aggregate, repeats)
     bar.update(note=f"b={b} aggregate")
+    batched = {}
+    for kernels in ("numpy", "auto"):
+        with _kernels_choice(kernels):
+            if kernels == "auto" and compiled_kernels() is None:
+                batched[kernels] = None
+                continue
+            # the first call compiles (or loads the numba cache); not timed
+            QuicFLAggregator(table, 1, dim).add_many(payloads[:1])
+            batched[kernels] = _median_seconds(
+                lambda: QuicFLAggregator(table, 1, dim).add_many(payloads), repeats
+            )
     began = time.perf_counter()
     _naive_per_client_decode(table, 1, dim, payloads)
     naive_s = time.perf_counter() - began
@@ -136,5 +233,9 @@ def _bench_bits(b, vectors, repeats, seed, bar):
         "aggregate_ms_per_client": 1e3 * aggregate_s / clients,
         "aggregate_mcoord_s": clients * dim / aggregate_s / 1e6,
         "naive_ms_per_client": 1e3 * naive_s / clients,
+        "add_many_numpy_ms_per_client": 1e3 * batched["numpy"] / clients,
+        "add_many_compiled_ms_per_client": (
+            None if batched["auto"] is None else 1e3 * batched["auto"] / clients
+        ),
         "bytes_per_coordinate": float(np.mean([len(p) for p in payloads])) / dim,
     }

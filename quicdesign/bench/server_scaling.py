@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quicdesign._progress import limit_blas_threads
 from quicdesign._progress import progress as reporter
+from quicdesign._threads import limit_blas_threads
 from quicdesign._validate import check_int
 
 from ._dme_setup import (

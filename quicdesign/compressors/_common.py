@@ -307,6 +307,12 @@ class SumAggregator(WeightedSumAggregator):
     def _merge_key(self) -> tuple:
         return (self._magic, self._wire_config, self.round_seed, self.dim)
 
+    def _shard_identity(self) -> tuple[bytes, bytes]:
+        return self._magic, self._config_tag.to_bytes(4, "little") + bytes(4)
+
+    def _shard_source(self):
+        return self.compressor
+
     def _decode(self, payload, weight) -> tuple[int, np.ndarray]:
         reader = PayloadReader(payload)
         size = reader.remaining

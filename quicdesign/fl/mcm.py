@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quicdesign._progress import progress as reporter
-from quicdesign._progress import single_threaded_blas
+from quicdesign._threads import single_threaded_blas
 from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError
 

@@ -458,7 +458,11 @@ class NoisyQuadratic(Problem):
     """``f(x) = 0.5 * sum_i a_i (x_i - c_i)**2`` with Gaussian per-sample gradient noise.
 
     A batch of size ``B`` adds ``N(0, noise_std**2 / B)`` noise per coordinate (the
-    signSGD-FV toy: workers with small batches have noisier signs).
+    signSGD-FV toy: workers with small batches have noisier signs). With
+    ``noise="skewed"`` each sample's noise is ``noise_std (E - 1)``, ``E ~ Exp(1)``: mean 0
+    and the same variance, but median ``-0.307 noise_std`` for ``B = 1``, so near the
+    optimum a small-batch worker's sign is wrong more often than right (the stress test
+    under which majority vote stops converging to the optimum).
 
     Parameters
     ----------
@@ -466,6 +470,8 @@ class NoisyQuadratic(Problem):
         Dimension and number of workers (all workers see the same objective).
     noise_std : float
         Per-sample noise standard deviation.
+    noise : {"gaussian", "skewed"}
+        Per-sample noise distribution (see above).
     curvature : (float, float)
         Range of the uniform draws of ``a_i``.
     seed : int
@@ -474,7 +480,19 @@ class NoisyQuadratic(Problem):
 
     optimum_loss = 0.0
 
-    def __init__(self, dim=200, num_clients=15, *, noise_std=4.0, curvature=(0.5, 2.0), seed=0):
+    def __init__(
+        self,
+        dim=200,
+        num_clients=15,
+        *,
+        noise_std=4.0,
+        curvature=(0.5, 2.0),
+        seed=0,
+        noise="gaussian",
+    ):
+        if noise not in ("gaussian", "skewed"):
+            raise ParameterError(f"noise must be 'gaussian' or 'skewed', got {noise!r}")
+        self.noise = noise
         self.dim = check_int(dim, "dim", 1)
         self.num_clients = check_int(num_clients, "num_clients", 1)
         self.noise_std = check_positive_float(noise_std, "noise_std", allow_zero=True)
@@ -488,7 +506,13 @@ class NoisyQuadratic(Problem):
         # batch 0 means the exact gradient
         scale = np.where(batch > 0, self.noise_std / np.sqrt(np.maximum(batch, 1)), 0.0)
         exact = self.curvature * (np.asarray(points) - self.center)
-        noise = rng.standard_normal((clients.size, self.dim)) * scale[:, None]
+        if self.noise == "gaussian":
+            noise = rng.standard_normal((clients.size, self.dim)) * scale[:, None]
+        else:
+            # the mean of B centred Exp(1) draws is Gamma(B, 1/B) - 1
+            shape = np.maximum(batch, 1)[:, None]
+            draws = rng.gamma(shape, 1.0 / shape, size=(clients.size, self.dim)) - 1.0
+            noise = draws * np.where(batch > 0, self.noise_std, 0.0)[:, None]
         return np.broadcast_to(exact, noise.shape) + noise
 
     def loss(self, point):

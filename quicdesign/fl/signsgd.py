@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quicdesign._progress import progress as reporter
-from quicdesign._progress import single_threaded_blas
+from quicdesign._threads import single_threaded_blas
 from quicdesign._validate import check_int, check_positive_float, check_probability
 from quicdesign._wire import PayloadReader, PayloadWriter, pack_codes
 from quicdesign.errors import ParameterError, PayloadError

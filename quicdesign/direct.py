@@ -1,0 +1,195 @@
+"""Direct (no rotation) QUIC-FL: for tables designed for the values' own law.
+
+Rotation makes any input close to N(0, 1), which is why the rotated path
+(:mod:`quicdesign.codec`) uses normal-designed tables. When rotation is unwanted (per-
+coordinate quantization of values with a known law, small or latency-bound vectors, no
+fast transform), :class:`DirectEncoder` quantizes the values themselves: each chunk is
+scaled to unit RMS and quantized with a table designed for the values' law rescaled to
+unit variance (``solvers.design(..., input_model="direct")``). Same guarantees as the
+rotated path: unbiased, the wire format is versioned and validated
+(``docs/wire-format.md``, magic ``QDQD``), a rejected payload changes nothing, and the
+server only sums decoded values (no transform at all).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._accumulate import WeightedSumAggregator
+from ._validate import as_client_vector, check_client_id, check_round_seed
+from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
+from .codec import _FIXED_HEADER, _check_table, read_header, round_tag
+from .errors import InputVectorError, PayloadError
+from .input_model import DIRECT, check_input_model
+from .randomness import shared_values
+from .rotation import RotationLayout
+from .table import Table
+
+__all__ = ["DirectEncoder", "DirectAggregator", "DIRECT_MAGIC", "direct_payload_size"]
+
+DIRECT_MAGIC = b"QDQD"
+#: Version of the direct payload (its chunking follows the rotated layout rule of wire 2).
+DIRECT_VERSION = 1
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _chunking(dim: int) -> tuple[int, int]:
+    """``(chunk_size, num_chunks)``: the rotated layout's chunk size, without padding."""
+    layout = RotationLayout.for_dim(dim)
+    return layout.chunk_size, layout.num_chunks
+
+
+def direct_payload_size(bits: int, dim: int, num_exact: int) -> int:
+    """Exact size of a direct payload."""
+    return _FIXED_HEADER.size + 4 * _chunking(dim)[1] + packed_size(bits, dim) + 8 * num_exact
+
+
+def _chunk_sums(values: np.ndarray, chunk_size: int) -> np.ndarray:
+    starts = np.arange(0, values.size, chunk_size)
+    return np.add.reduceat(values, starts)
+
+
+def _chunk_lengths(dim: int, chunk_size: int, num_chunks: int) -> np.ndarray:
+    lengths = np.full(num_chunks, chunk_size, dtype=np.float64)
+    lengths[-1] = dim - chunk_size * (num_chunks - 1)
+    return lengths
+
+
+class DirectEncoder:
+    """Client-side encoder for ``direct`` tables: no rotation, per-chunk RMS scaling.
+
+    Parameters
+    ----------
+    table : quicdesign.Table
+        A table whose input model is ``direct`` (``bits``, ``shared_bits`` <= 8).
+    round_seed : int
+        Seed shared by the server and the clients of the round, in ``[0, 2**64)``.
+    force : bool
+        Accept a table designed for rotated inputs (to measure the mismatch).
+    """
+
+    def __init__(self, table: Table, round_seed: int, *, force: bool = False):
+        self.table = _check_table(table)
+        check_input_model(table, DIRECT, force)
+        self.round_seed = check_round_seed(round_seed)
+        self._tag = round_tag(self.round_seed)
+
+    def encode(self, vector, client_id: int, rng=None) -> bytes:
+        """Encode one client's vector (any shape, flattened in C order).
+
+        Chunk ``k`` (``chunk_size`` consecutive values, the last one shorter) is scaled
+        by ``sqrt(n_k) / norm_k``; values of ``|z|`` beyond the table's support are sent
+        exactly; the others get the table's closed-form sender rule with the client's
+        shared values ``h``. ``rng`` (a Generator or seed) drives the sender's coins.
+        """
+        client_id = check_client_id(client_id)
+        flat = as_client_vector(vector).astype(np.float64)
+        dim = flat.size
+        chunk_size, num_chunks = _chunking(dim)
+        if float(np.max(np.abs(flat))) * math.sqrt(chunk_size) > _FLOAT32_MAX / 4:
+            raise InputVectorError("vector is too large to encode: its norm overflows float32")
+        norms32 = np.sqrt(_chunk_sums(flat * flat, chunk_size)).astype(np.float32)
+        lengths = _chunk_lengths(dim, chunk_size, num_chunks)
+        with np.errstate(divide="ignore"):
+            scale = np.where(norms32 > 0, np.sqrt(lengths) / norms32.astype(np.float64), 0.0)
+        z = flat * np.repeat(scale, chunk_size)[:dim]
+        table = self.table
+        lower, upper = table.support
+        exact = np.flatnonzero((z < lower) | (z > upper))
+        shared = shared_values(self.round_seed, client_id, table.shared_bits, dim)
+        codes = table.sender.sample(z, shared, rng=np.random.default_rng(rng))
+        codes[exact] = 0
+        writer = PayloadWriter()
+        writer.write_bytes(
+            _FIXED_HEADER.pack(
+                DIRECT_MAGIC,
+                DIRECT_VERSION,
+                table.bits,
+                table.shared_bits,
+                num_chunks,
+                table.fingerprint,
+                dim,
+                client_id,
+                self._tag,
+                exact.size,
+            )
+        )
+        writer.write_array(norms32.astype("<f4"))
+        writer.write_bytes(pack_codes(codes, table.bits))
+        writer.write_array(exact.astype("<u4"))
+        writer.write_array(z[exact].astype("<f4"))
+        return writer.to_bytes()
+
+
+class DirectAggregator(WeightedSumAggregator):
+    """Server side of the direct path: validate, decode ``R[h, x]`` times the chunk scale,
+    sum. No transform; :meth:`result` is the weighted mean.
+
+    Parameters
+    ----------
+    table : quicdesign.Table
+        The clients' ``direct`` table.
+    round_seed : int
+        The round's seed.
+    dim : int
+        Length of the client vectors.
+    force : bool
+        Accept a table designed for rotated inputs.
+    """
+
+    def __init__(self, table: Table, round_seed: int, dim: int, *, force: bool = False):
+        self.table = _check_table(table)
+        check_input_model(table, DIRECT, force)
+        self.round_seed = check_round_seed(round_seed)
+        self.dim = RotationLayout.for_dim(dim).dim  # validates dim
+        self._chunk_size, self._num_chunks = _chunking(self.dim)
+        self._lengths = _chunk_lengths(self.dim, self._chunk_size, self._num_chunks)
+        self._tag = round_tag(self.round_seed)
+        super().__init__((self.dim,))
+
+    def _merge_key(self) -> tuple:
+        return ("direct", self.table.fingerprint, self._tag, self.dim)
+
+    def _decode(self, payload, weight: float):
+        table = self.table
+        reader = PayloadReader(payload)
+        header = read_header(reader, DIRECT_MAGIC, DIRECT_VERSION)
+        if header.fingerprint != table.fingerprint:
+            raise PayloadError(
+                f"table fingerprint {header.fingerprint.hex()} does not match this "
+                f"aggregator's table {table.fingerprint.hex()}"
+            )
+        if (header.bits, header.shared_bits) != (table.bits, table.shared_bits):
+            raise PayloadError(f"payload has b={header.bits}, l={header.shared_bits}")
+        if header.round_tag != self._tag:
+            raise PayloadError(f"payload belongs to another round (tag {header.round_tag:#010x})")
+        if header.dim != self.dim or header.num_chunks != self._num_chunks:
+            raise PayloadError(f"payload dimension {header.dim} does not match {self.dim}")
+        if header.num_exact > self.dim:
+            raise PayloadError(f"{header.num_exact} exact coordinates exceed dim {self.dim}")
+        self._check_new_client(header.client_id)
+        expected = direct_payload_size(table.bits, self.dim, header.num_exact)
+        if len(payload) != expected:
+            kind = "truncated" if len(payload) < expected else "oversized"
+            raise PayloadError(f"{kind} payload: {len(payload)} bytes, expected {expected}")
+        codes = reader.read_codes(table.bits, self.dim, "codes")
+        indices = reader.read_array("<u4", header.num_exact, "exact indices")
+        values = reader.read_array("<f4", header.num_exact, "exact values")
+        reader.expect_end()
+        if indices.size and (
+            int(indices[-1]) >= self.dim or np.any(np.diff(indices.astype(np.int64)) <= 0)
+        ):
+            raise PayloadError("exact indices must be strictly increasing and in range")
+        if not np.all(np.isfinite(values)):
+            raise PayloadError("exact values must be finite")
+        shared = shared_values(self.round_seed, header.client_id, table.shared_bits, self.dim)
+        # value = R[h, x] * norm_k / sqrt(n_k): the inverse of the client's scaling
+        scale = header.norms.astype(np.float64) / np.sqrt(self._lengths) * weight
+        per_coordinate = np.repeat(scale, self._chunk_size)[: self.dim]
+        decoded = table.receiver[shared, codes] * per_coordinate
+        decoded[indices] = values * per_coordinate[indices]
+        if not np.all(np.isfinite(decoded)):
+            raise PayloadError("weighted contribution overflows float64")
+        return header.client_id, decoded

@@ -1,0 +1,25 @@
+"""``bench runtime`` prints its figures against limits measured in the same run (structure
+only: speed is measured by the benchmark itself, never asserted by a unit test)."""
+
+import pytest
+
+from quicdesign import ParameterError
+from quicdesign.bench.runtime import bench_runtime
+
+
+def test_runtime_bench_reports_floors_ratios_and_pinned_blas(capsys):
+    rows = bench_runtime(dim=4096, bits=(2,), clients=3, repeats=1, progress=False)
+    printed = capsys.readouterr().out
+    assert "median of 1 timed runs, BLAS threads: 1" in printed
+    assert "limits: copy" in printed and "add_many numpy" in printed
+    (row,) = rows
+    assert row["copy_gb_s"] > 0 and row["encode_floor_ms"] > 0 and row["sort_ms"] > 0
+    assert row["add_many_numpy_ms_per_client"] > 0
+    pytest.importorskip("numba")
+    assert row["add_many_compiled_ms_per_client"] > 0
+
+
+@pytest.mark.parametrize("threads", [0, -1, True, 2.5])
+def test_runtime_bench_refuses_bad_thread_counts(threads):
+    with pytest.raises(ParameterError, match="blas_threads"):
+        bench_runtime(dim=64, bits=(2,), clients=1, repeats=1, blas_threads=threads)
