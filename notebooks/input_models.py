@@ -76,7 +76,7 @@ def measured_vnmse(table, vectors, direct):
     encoder, aggregator = (
         (quicdesign.DirectEncoder, quicdesign.DirectAggregator)
         if direct
-        else (quicdesign.Encoder, quicdesign.Aggregator)
+        else (quicdesign.QuicFLEncoder, quicdesign.QuicFLAggregator)
     )
     ratios = []
     for i, x in enumerate(vectors):

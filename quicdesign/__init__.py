@@ -9,6 +9,7 @@ from ._version import package_version as _package_version
 __version__ = _package_version()
 
 from ._deprecation import renamed_attributes
+from .bound import BoundCheck, check_global_bound
 from .codec import QuicFLAggregator, QuicFLEncoder
 from .convenience import ArrayLayout, compress, decompress
 from .direct import DirectAggregator, DirectEncoder
@@ -41,6 +42,8 @@ __all__ = [
     "PayloadError",
     "QuicDesignError",
     "SenderRule",
+    "BoundCheck",
+    "check_global_bound",
     "Table",
     "TableChecksumError",
     "TableError",

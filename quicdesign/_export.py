@@ -11,8 +11,10 @@ needs numpy only and is read with ``allow_pickle=False``.
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+import tokenize
 import zipfile
 from pathlib import Path
 
@@ -22,7 +24,9 @@ from .errors import ParameterError, TableChecksumError, TableError, TableNotFoun
 
 EXPORT_FORMAT = "quicdesign-table-export/1"
 EXPORT_SUFFIXES = {".safetensors": "safetensors", ".npz": "npz"}
-_ARRAY_NAMES = ("receiver", "code_model")
+# The global bound's proof (1-D), carried when the table has one.
+_BOUND_NAMES = ("bound_edges", "bound_multipliers")
+_ARRAY_NAMES = ("receiver", "code_model", *_BOUND_NAMES)
 _FLOAT_FIELDS = ("tail_prob", "lower", "upper")
 # A 256 x 256 receiver and code model, plus a generous manifest.
 _MAX_EXPORT_BYTES = 2 * 256 * 256 * 8 + (4 << 20)
@@ -51,6 +55,8 @@ def _tensors(table) -> dict[str, np.ndarray]:
     arrays = {"receiver": table.receiver}
     if table.code_model is not None:
         arrays["code_model"] = table.code_model
+    if table._bound_arrays is not None:
+        arrays.update(zip(_BOUND_NAMES, table._bound_arrays, strict=True))
     return {name: np.ascontiguousarray(array, dtype="<f8") for name, array in arrays.items()}
 
 
@@ -115,12 +121,36 @@ def _read_safetensors(path: Path):
     return metadata, arrays
 
 
+_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
 def read_npy(stream, max_bytes: int) -> np.ndarray:
-    """Read one ``.npy`` array with ``allow_pickle=False`` (object arrays are refused)."""
-    array = np.lib.format.read_array(stream, allow_pickle=False, max_header_size=10_000)
-    if array.nbytes > max_bytes:
-        raise ValueError(f"array of {array.nbytes} bytes exceeds {max_bytes}")
-    return array
+    """Read one ``.npy`` array: no pickle, size checked from the header before reading.
+
+    Raises ``ValueError`` for anything malformed (numpy's header parser can also raise
+    ``SyntaxError`` or ``tokenize.TokenError``), object dtypes, a header whose shape
+    needs more than ``max_bytes``, and truncated data.
+    """
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in _HEADER_READERS:
+            raise ValueError(f"unsupported .npy version {version}")
+        shape, fortran_order, dtype = _HEADER_READERS[version](stream, max_header_size=10_000)
+    except (ValueError, SyntaxError, EOFError, tokenize.TokenError) as exc:
+        raise ValueError(f"not a readable .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise ValueError("object arrays are refused (they would need pickle)")
+    nbytes = math.prod(shape) * dtype.itemsize
+    if nbytes > max_bytes:
+        raise ValueError(f"array of {nbytes} bytes exceeds {max_bytes}")
+    data = stream.read(nbytes)
+    if len(data) != nbytes:
+        raise ValueError(f"truncated .npy data: {len(data)} of {nbytes} bytes")
+    array = np.frombuffer(data, dtype=dtype).copy()
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 def _read_npz(path: Path):
@@ -167,8 +197,12 @@ def load_export(table_class, path):
     if "receiver" not in arrays:
         raise TableError(f"{path}: no receiver tensor")
     for name, array in arrays.items():
-        if array.dtype != np.float64 or array.ndim != 2:
-            raise TableError(f"{path}: {name} must be a 2-D float64 tensor")
+        ndim = 1 if name in _BOUND_NAMES else 2
+        if array.dtype != np.float64 or array.ndim != ndim:
+            raise TableError(f"{path}: {name} must be a {ndim}-D float64 tensor")
+    bound = [arrays.get(name) for name in _BOUND_NAMES]
+    if (bound[0] is None) != (bound[1] is None):
+        raise TableError(f"{path}: the global bound needs both {' and '.join(_BOUND_NAMES)}")
     try:
         values = {name: float.fromhex(metadata[name]) for name in _FLOAT_FIELDS}
         bits, shared_bits = int(metadata["bits"]), int(metadata["shared_bits"])
@@ -184,6 +218,7 @@ def load_export(table_class, path):
         shared_bits=shared_bits,
         manifest={k: v for k, v in manifest.items() if k not in _LAYOUT_KEYS},
         code_model=arrays.get("code_model"),
+        bound_arrays=None if bound[0] is None else tuple(bound),
         **values,
     )
     if table.fingerprint.hex() != recorded:

@@ -118,7 +118,7 @@ def check_weight(weight) -> float:
     Only real numbers (``int``, ``float``, numpy integers and floats) are accepted: a bool,
     a string or a complex number is a caller bug, not a weight. The range ``[2**-256,
     2**256]`` keeps every weighted running sum exact to float64 rounding: decoded
-    contributions stay below ``2**160`` and a round has at most ``2**32`` clients, so the
+    contributions stay below ``2**192`` and a round has at most ``2**32`` clients, so the
     totals can neither overflow nor underflow into subnormals (``5e-324`` would).
     """
     if isinstance(weight, (bool, np.bool_)) or not isinstance(weight, numbers.Real):
@@ -235,3 +235,20 @@ def check_real(value, name, low=-math.inf, high=math.inf) -> float:
     if not (math.isfinite(result) and low <= result <= high):
         raise ParameterError(f"{name} must be a finite number in [{low}, {high}], got {value!r}")
     return result
+
+
+def check_minmax_magnitude(values, exponents=0) -> None:
+    """Refuse a nonzero vector whose largest magnitude is below float32's normal range.
+
+    The min-max bounds travel as float32; below ``2**-126`` they keep too few bits (or
+    round to 0), so the decoded values would be float32 grid noise many orders of
+    magnitude larger than the vector. ``values`` (rows) are scaled by
+    ``2**exponents`` (one per row), checked before that scaling can underflow float64.
+    """
+    peaks = np.max(np.abs(np.atleast_2d(values)), axis=-1)
+    mantissas, binary = np.frexp(peaks.astype(np.float64))
+    binary = binary + np.broadcast_to(exponents, binary.shape)
+    nonzero = mantissas != 0
+    if np.any(nonzero):
+        largest = int(np.argmax(np.where(nonzero, binary, np.iinfo(binary.dtype).min)))
+        check_f32_normal(mantissas[largest], "largest value", binary[largest])

@@ -33,7 +33,12 @@ from ._validate import (
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import ROTATED, check_input_model
-from .randomness import rotation_signs, round_tag, shared_values, stratified_shared_values
+from .randomness import (
+    _mode_round_tag,
+    rotation_signs,
+    shared_values,
+    stratified_shared_values,
+)
 from .rotation import MAX_CHUNKS, RotationLayout, scaled_rotate, unrotate
 from .table import Table
 
@@ -170,7 +175,7 @@ class QuicFLEncoder:
         check_input_model(table, ROTATED, force)
         self.stratified = _check_stratified(stratified)
         self.round_seed = check_round_seed(round_seed)
-        self._tag = round_tag(self.round_seed, stratified=self.stratified)
+        self._tag = _mode_round_tag(self.round_seed, self.stratified)
         self._rounds: dict[int, _RoundState] = {}
 
     def _state(self, dim: int) -> _RoundState:
@@ -383,7 +388,7 @@ class QuicFLAggregator(WeightedSumAggregator):
         self.stratified = _check_stratified(stratified)
         self._state = _RoundState(self.round_seed, dim)  # validates dim
         self.dim = self._state.layout.dim
-        self._tag = round_tag(self.round_seed, stratified=self.stratified)
+        self._tag = _mode_round_tag(self.round_seed, self.stratified)
         self._fingerprint = table.fingerprint
         self._table_digest = _table_digest(table)
         self._flat_receiver = table.receiver.reshape(-1)

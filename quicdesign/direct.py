@@ -13,17 +13,15 @@ server only sums decoded values (no transform at all).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from ._accumulate import WeightedSumAggregator
-from ._validate import as_client_vector, check_client_id, check_round_seed
+from ._validate import as_client_vector, check_client_id, check_f32_normal, check_round_seed
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
-from .codec import _FIXED_HEADER, _check_table, read_header, round_tag
+from .codec import _FIXED_HEADER, _check_table, read_header
 from .errors import InputVectorError, PayloadError
 from .input_model import DIRECT, check_input_model
-from .randomness import shared_values
+from .randomness import round_tag, shared_values
 from .rotation import RotationLayout
 from .table import Table
 
@@ -32,7 +30,6 @@ __all__ = ["DirectEncoder", "DirectAggregator", "DIRECT_MAGIC", "direct_payload_
 DIRECT_MAGIC = b"QDQD"
 #: Version of the direct payload (its chunking follows the rotated layout rule of wire 2).
 DIRECT_VERSION = 1
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def _chunking(dim: int) -> tuple[int, int]:
@@ -49,6 +46,26 @@ def direct_payload_size(bits: int, dim: int, num_exact: int) -> int:
 def _chunk_sums(values: np.ndarray, chunk_size: int) -> np.ndarray:
     starts = np.arange(0, values.size, chunk_size)
     return np.add.reduceat(values, starts)
+
+
+def _chunk_norms32(flat: np.ndarray, chunk_size: int) -> np.ndarray:
+    """Chunk norms as sent (float32), computed without overflow or underflow.
+
+    Each chunk is divided by its largest magnitude first, so any finite input gets an
+    accurate norm; a norm beyond float32, or nonzero below float32's normal range, is
+    refused (as on the rotated path).
+    """
+    starts = np.arange(0, flat.size, chunk_size)
+    largest = np.maximum.reduceat(np.abs(flat), starts)
+    safe = np.where(largest > 0, largest, 1.0)
+    scaled = flat / np.repeat(safe, chunk_size)[: flat.size]
+    with np.errstate(over="ignore"):  # an infinite norm is refused just below
+        norms = largest * np.sqrt(_chunk_sums(scaled * scaled, chunk_size))
+        norms32 = norms.astype(np.float32)
+    if not np.all(np.isfinite(norms32)):
+        raise InputVectorError("vector is too large to encode: a chunk norm overflows float32")
+    check_f32_normal(norms, "chunk norm")
+    return norms32
 
 
 def _chunk_lengths(dim: int, chunk_size: int, num_chunks: int) -> np.ndarray:
@@ -88,9 +105,7 @@ class DirectEncoder:
         flat = as_client_vector(vector).astype(np.float64)
         dim = flat.size
         chunk_size, num_chunks = _chunking(dim)
-        if float(np.max(np.abs(flat))) * math.sqrt(chunk_size) > _FLOAT32_MAX / 4:
-            raise InputVectorError("vector is too large to encode: its norm overflows float32")
-        norms32 = np.sqrt(_chunk_sums(flat * flat, chunk_size)).astype(np.float32)
+        norms32 = _chunk_norms32(flat, chunk_size)
         lengths = _chunk_lengths(dim, chunk_size, num_chunks)
         with np.errstate(divide="ignore"):
             scale = np.where(norms32 > 0, np.sqrt(lengths) / norms32.astype(np.float64), 0.0)
@@ -150,7 +165,14 @@ class DirectAggregator(WeightedSumAggregator):
         super().__init__((self.dim,))
 
     def _merge_key(self) -> tuple:
-        return ("direct", self.table.fingerprint, self._tag, self.dim)
+        # full seeds, not 32-bit tags: two rounds can share a tag
+        return (DIRECT_MAGIC, self.table.fingerprint, self.round_seed, self.dim)
+
+    def _shard_identity(self) -> tuple[bytes, bytes]:
+        return DIRECT_MAGIC, self.table.fingerprint
+
+    def _shard_source(self) -> Table:
+        return self.table
 
     def _decode(self, payload, weight: float):
         table = self.table

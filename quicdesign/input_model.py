@@ -5,7 +5,7 @@ two ways to produce ``z`` (``docs/wire-format.md``):
 
 ``"rotated"``
     randomized Hadamard transform, then each chunk scaled to unit RMS
-    (:class:`quicdesign.Encoder`). Whatever the input, ``z`` is then close to N(0, 1), so
+    (:class:`quicdesign.QuicFLEncoder`). Whatever the input, ``z`` is then close to N(0, 1), so
     a rotated table must be designed for the standard normal.
 ``"direct"``
     no rotation; each chunk scaled to unit RMS (:class:`quicdesign.DirectEncoder`).
@@ -29,6 +29,9 @@ NORMALIZATIONS = (ROTATED, DIRECT)
 #: How a chunk is scaled before the table sees it (the only scale so far).
 CHUNK_RMS = "chunk-rms"
 NORMAL_LAW = {"kind": "standard_normal"}
+#: Laws a rotated table may be designed for: the normal, or the exact law of a rotated
+#: chunk (``solvers.design(..., input_model="rotated:N")``).
+ROTATED_LAWS = ("standard_normal", "rotated_chunk")
 
 
 def input_model_of(manifest: dict) -> dict:
@@ -74,7 +77,7 @@ def check_input_model(table, normalization: str, force: bool) -> None:
             f"{normalization} path; use the matching encoder or pass force=True"
         )
     law = model.get("law", NORMAL_LAW)
-    if normalization == ROTATED and law.get("kind") != NORMAL_LAW["kind"]:
+    if normalization == ROTATED and law.get("kind") not in ROTATED_LAWS:
         raise ParameterError(
             f"{table.name} was designed for the law {law} but rotated inputs are close to "
             "N(0, 1): design it with input_model='direct' and use DirectEncoder, or pass "

@@ -245,15 +245,22 @@ def shared_values(round_seed, client_id, bits, n, *, purpose=PURPOSE_SHARED_H):
     return stream[:n] & np.uint8((1 << bits) - 1)
 
 
-def round_tag(round_seed, *, stratified: bool = False) -> int:
+def round_tag(round_seed) -> int:
     """32-bit tag of a round seed carried in every payload (detects cross-round mixups).
 
     ``blake2b(u64 little-endian round_seed, digest_size=4, person=b"quicdesign.tag1")``
-    read as a little-endian u32 (``docs/randomness.md``). Rounds with stratified shared
-    values use the personalisation ``b"quicdesign.tgs1"``, so a payload is never decoded
-    with the other mode's ``h``.
+    read as a little-endian u32 (``docs/randomness.md``).
     """
+    return _tag(round_seed, b"quicdesign.tag1")
+
+
+def _mode_round_tag(round_seed, stratified: bool) -> int:
+    """The payload tag of a round: stratified rounds use the personalisation
+    ``b"quicdesign.tgs1"``, so a payload is never decoded with the other mode's ``h``."""
+    return _tag(round_seed, b"quicdesign.tgs1") if stratified else round_tag(round_seed)
+
+
+def _tag(round_seed, person: bytes) -> int:
     seed = check_int(round_seed, "round_seed", 0, _UINT64_LIMIT - 1)
-    person = b"quicdesign.tgs1" if stratified else b"quicdesign.tag1"
     digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=person)
     return int.from_bytes(digest.digest(), "little")

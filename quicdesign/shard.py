@@ -204,6 +204,11 @@ def _empty_aggregator(source, state: ShardState):
 
         if state.scheme == ENTROPY_MAGIC:
             return QuicFLEntropyAggregator(source, state.round_seed, state.dim)
+        from .direct import DIRECT_MAGIC, DirectAggregator
+
+        if state.scheme == DIRECT_MAGIC:
+            # the shard's fingerprint pins the table; whoever wrote it accepted its model
+            return DirectAggregator(source, state.round_seed, state.dim, force=True)
         raise PayloadError(f"shard scheme {state.scheme!r} is not decoded with a table")
     raise ParameterError(
         f"source must be a quicdesign.Table or a Compressor, got {type(source).__name__}"

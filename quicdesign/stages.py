@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._validate import check_minmax_magnitude
 from .randomness import rotation_signs
 from .rotation import RotationLayout, scaled_rotate, unrotate
 
@@ -190,6 +191,7 @@ class RandomizedHadamard(Stage):
         # rotate each chunk scaled by a power of two (exact), so float32 cannot overflow
         # or underflow, then restore the true magnitudes in float64
         rotated, exponents = scaled_rotate(x, signs, layout)
+        check_minmax_magnitude(rotated, exponents)  # before ldexp can flush it to 0
         with np.errstate(over="ignore"):
             values = np.ldexp(rotated.astype(np.float64), exponents[:, None])
         return values.reshape(-1), None

@@ -28,6 +28,7 @@ import numpy as np
 
 from ._export import export_format, load_export, save_export
 from ._validate import check_int, check_tail_prob
+from .bound import MAX_BOUND_CELLS
 from .errors import (
     ParameterError,
     TableChecksumError,
@@ -177,6 +178,9 @@ class Table:
     code_model : array_like, shape (2**shared_bits, 2**bits), optional
         For entropy-coded designs: ``code_model[h, x]`` is the probability of message
         ``x`` given ``h`` used by the entropy coder (rows sum to 1).
+    bound_arrays : tuple of array_like, optional
+        ``(edges, multipliers)`` of the global lower-bound proof described by the
+        manifest's ``global_bound`` section (see :mod:`quicdesign.bound`).
 
     Raises
     ------
@@ -195,6 +199,7 @@ class Table:
         upper,
         manifest=None,
         code_model=None,
+        bound_arrays=None,
     ):
         self.bits = check_int(bits, "bits", 1, _MAX_BITS)
         self.shared_bits = check_int(shared_bits, "shared_bits", 0, _MAX_SHARED_BITS)
@@ -220,6 +225,15 @@ class Table:
             )
         self.code_model = None if code_model is None else _check_code_model(code_model, expected)
         self._manifest = dict(manifest or {})
+        if bound_arrays is None:
+            # A bound claim without its proof arrays (e.g. a manifest copied from another
+            # table) proves nothing: it is dropped rather than carried along unchecked.
+            self._manifest.pop("global_bound", None)
+            self._bound_arrays = None
+        else:
+            self._bound_arrays = _check_bound_arrays(bound_arrays)
+            if not isinstance(self._manifest.get("global_bound"), dict):
+                raise TableError("bound arrays need a global_bound manifest section")
 
     # -- parameters -----------------------------------------------------------------
     @property
@@ -348,6 +362,7 @@ class Table:
             self.upper,
             self._manifest,
             self.code_model,
+            self._bound_arrays,
         )
 
     def with_manifest(self, **sections) -> Table:
@@ -362,12 +377,43 @@ class Table:
             upper=self.upper,
             manifest=manifest,
             code_model=self.code_model,
+            bound_arrays=None if manifest.get("global_bound") is None else self._bound_arrays,
         )
+
+    def with_global_bound(self, section: dict, edges, multipliers) -> Table:
+        """Return a copy carrying a lower-bound proof (manifest section and arrays)."""
+        manifest = {**self._manifest, "global_bound": dict(section)}
+        return Table(
+            self.receiver,
+            bits=self.bits,
+            shared_bits=self.shared_bits,
+            tail_prob=self.tail_prob,
+            lower=self.lower,
+            upper=self.upper,
+            manifest=manifest,
+            code_model=self.code_model,
+            bound_arrays=(edges, multipliers),
+        )
+
+    def bound_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(edges, multipliers)`` of the shipped lower-bound proof.
+
+        Raises
+        ------
+        TableError
+            If the table carries no proof.
+        """
+        if self._bound_arrays is None:
+            raise TableError(f"{self.name} carries no global_bound proof")
+        return self._bound_arrays
 
     def _array_files(self) -> dict[str, tuple[str, np.ndarray]]:
         arrays = {"receiver": ("receiver.f64", self.receiver)}
         if self.code_model is not None:
             arrays["code_model"] = ("code_model.f64", self.code_model)
+        if self._bound_arrays is not None:
+            arrays["bound_edges"] = ("bound_edges.f64", self._bound_arrays[0])
+            arrays["bound_multipliers"] = ("bound_multipliers.f64", self._bound_arrays[1])
         return arrays
 
     # -- format ---------------------------------------------------------------------
@@ -464,7 +510,7 @@ class Table:
         arrays = manifest.get("arrays")
         if not isinstance(arrays, dict) or "receiver" not in arrays:
             raise TableError(f"{manifest_path}: manifest lists no receiver array")
-        unknown = set(arrays) - {"receiver", "code_model"}
+        unknown = set(arrays) - {"receiver", "code_model", *_BOUND_ARRAYS}
         if unknown:
             raise TableError(f"{manifest_path}: unknown arrays {sorted(unknown)}")
         try:
@@ -479,6 +525,7 @@ class Table:
                 if "code_model" in arrays
                 else None
             )
+            bound_arrays = _read_bound_arrays(path, manifest, arrays)
             table = cls(
                 receiver,
                 bits=bits,
@@ -488,6 +535,7 @@ class Table:
                 upper=params.get("upper"),
                 manifest=manifest,
                 code_model=code_model,
+                bound_arrays=bound_arrays,
             )
         except TableError as exc:
             if str(manifest_path) in str(exc) or str(path) in str(exc):
@@ -500,7 +548,48 @@ class Table:
         return table
 
 
-def _rebuild_table(receiver, bits, shared_bits, tail_prob, lower, upper, manifest, code_model):
+_BOUND_ARRAYS = ("bound_edges", "bound_multipliers")
+
+
+def _read_bound_arrays(path: Path, manifest: dict, arrays: dict):
+    """The proof arrays, sized by the ``global_bound`` section (bounded before reading)."""
+    section = manifest.get("global_bound")
+    listed = [name in arrays for name in _BOUND_ARRAYS]
+    if section is None and not any(listed):
+        return None
+    if not isinstance(section, dict) or not all(listed):
+        raise TableError(f"{path}: global_bound needs its section and both arrays")
+    cells = section.get("cells")
+    if isinstance(cells, bool) or not isinstance(cells, int) or not 1 <= cells <= MAX_BOUND_CELLS:
+        raise TableError(
+            f"{path}: global_bound cells must be an integer in [1, {MAX_BOUND_CELLS}], "
+            f"got {cells!r}"
+        )
+    edges = _read_array(path, arrays["bound_edges"], (cells + 1,))
+    multipliers = _read_array(path, arrays["bound_multipliers"], (cells,))
+    return edges, multipliers
+
+
+def _check_bound_arrays(bound_arrays) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        edges, multipliers = (np.array(a, dtype=np.float64) for a in bound_arrays)
+    except (TypeError, ValueError):
+        raise TableError("bound_arrays must be a pair of numeric arrays") from None
+    if edges.ndim != 1 or multipliers.ndim != 1 or edges.size != multipliers.size + 1:
+        raise TableError(
+            f"bound_arrays need n + 1 edges and n multipliers, got {edges.shape}, "
+            f"{multipliers.shape}"
+        )
+    if multipliers.size > MAX_BOUND_CELLS:
+        raise TableError(f"bound_arrays: more than {MAX_BOUND_CELLS} cells")
+    edges.setflags(write=False)
+    multipliers.setflags(write=False)
+    return edges, multipliers
+
+
+def _rebuild_table(
+    receiver, bits, shared_bits, tail_prob, lower, upper, manifest, code_model, bound_arrays=None
+):
     """Unpickle hook of :class:`Table` (keyword-only constructor)."""
     return Table(
         receiver,
@@ -511,6 +600,7 @@ def _rebuild_table(receiver, bits, shared_bits, tail_prob, lower, upper, manifes
         upper=upper,
         manifest=manifest,
         code_model=code_model,
+        bound_arrays=bound_arrays,
     )
 
 

@@ -4,6 +4,14 @@ Needs scipy, cvxpy (HiGHS), joblib and tqdm (``pip install quicdesign[design]``)
 produces :class:`quicdesign.Table` objects; the runtime never imports this package.
 """
 
+from .bound import (
+    LowerBound,
+    attach_bound,
+    attach_floor,
+    entropy_floor,
+    larger_design,
+    lower_bound,
+)
 from .certify import (
     Certificate,
     SenderLP,
@@ -27,6 +35,12 @@ from .verify import VerificationReport, verify
 
 __all__ = [
     "Certificate",
+    "LowerBound",
+    "attach_bound",
+    "attach_floor",
+    "entropy_floor",
+    "larger_design",
+    "lower_bound",
     "DesignResult",
     "DesignSpec",
     "EmpiricalDistribution",

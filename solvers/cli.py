@@ -15,7 +15,7 @@ from quicdesign._argtypes import add_progress_option, bounded_int, int_list, pro
 from quicdesign._limits import DESIGN_MAX_BITS, DESIGN_MAX_SHARED_BITS, MAX_JOBS, MAX_STARTS
 from quicdesign._validate import writable_dir
 from quicdesign.cli import collection_tables
-from quicdesign.errors import ParameterError
+from quicdesign.errors import ParameterError, TableError
 from quicdesign.reference import EDEN_VNMSE, QUIC_FL_VNMSE, values
 from quicdesign.table import shipped_tables_dir, table_name, write_index
 
@@ -26,6 +26,7 @@ _EDEN_VNMSE = values(EDEN_VNMSE)
 
 
 def _cmd_design_entropy(args) -> int:
+    from .bound import attach_floor, entropy_floor
     from .rate import design_entropy_coded
 
     shared_bits = (args.shared_bits or [6])[0]
@@ -34,7 +35,7 @@ def _cmd_design_entropy(args) -> int:
         _refuse_overwrite(out, [f"rate{rate}-l{shared_bits}" for rate in args.entropy], args)
     print(
         f"{'rate':>4} {'l':>2} {'K':>4} {'step':>7} {'vNMSE':>9} {'EDEN':>7} {'ratio':>6} "
-        f"{'expected bits':>13} {'cert gap':>9}"
+        f"{'expected bits':>13} {'cert gap':>9} {'floor':>11} {'within':>7}"
     )
     defaults, failed = {}, 0
     for rate in args.entropy:
@@ -45,11 +46,17 @@ def _cmd_design_entropy(args) -> int:
             certify=not args.no_certify,
         )
         table, eden = result.table, _EDEN_VNMSE.get(rate)
+        floor = entropy_floor(
+            table.manifest["coding"]["entropy_bits"],
+            table.tail_prob,
+            seconds=args.bound_seconds,
+        )
+        table = attach_floor(table, floor)
         print(
             f"{rate:>4} {table.shared_bits:>2} {table.num_messages:>4} {result.grid_step:>7.4f} "
             f"{result.vnmse:>9.5g} {eden if eden else '':>7} "
             f"{format(result.vnmse / eden, '.3f') if eden else '':>6} "
-            f"{result.expected_bits:>13.4f} {_cert_gap(result):>9}",
+            f"{result.expected_bits:>13.4f} {_cert_gap(result):>9} {_bound_columns(table)}",
             flush=True,
         )
         failed += not result.success
@@ -146,6 +153,7 @@ def _cmd_design(args) -> int:
         starts=args.starts,
         certify=not args.no_certify,
     )
+    _attach_bounds(results, args.bound_seconds)
     wall = time.perf_counter() - began
     print(_quality_report(results))
     print(f"\n{len(results)} tables designed in {wall:.1f} s wall (n_jobs={args.jobs})")
@@ -171,6 +179,20 @@ def _cmd_design(args) -> int:
     return 0
 
 
+def _attach_bounds(results, seconds) -> None:
+    """Certify every designed table against the global lower bound (in place)."""
+    from .bound import attach_bound, lower_bound
+
+    for result in results:
+        table = result.table
+        # A refined l = 8 design gives far better starting multipliers (b <= 4 only: larger
+        # b would make that design slow); a zero budget keeps the one-DP start.
+        start = 8 if seconds > 0 and table.bits <= 4 and table.shared_bits < 8 else None
+        bound = lower_bound(table, seconds=seconds, start=start)
+        result.table = attach_bound(result.table, bound)
+        result.bound = bound
+
+
 def _refuse_overwrite(out: Path, names, args) -> None:
     """Refuse, before any work, to replace tables already in ``out`` unless --force."""
     taken = sorted({name for name in names if (out / name).exists() or (out / name).is_symlink()})
@@ -188,7 +210,8 @@ def _cert_gap(result) -> str:
 
 def _quality_report(results) -> str:
     lines = [
-        f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'official':>9} {'ratio':>6} "
+        f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'certified':>11} {'within':>7} "
+        f"{'official':>9} {'ratio':>6} "
         f"{'EDEN':>7} {'1/(4^b-1)':>10} {'bits/coord':>10} {'cert gap':>9} {'time s':>6}",
     ]
     for r in results:
@@ -198,7 +221,7 @@ def _quality_report(results) -> str:
         cert = _cert_gap(r)
         lines.append(
             f"{t.bits:>2} {t.shared_bits:>2} {t.tail_prob:>9.3g} {t.threshold:>7.4f} "
-            f"{t.vnmse:>11.6g} {official if official else '':>9} "
+            f"{t.vnmse:>11.6g} {_bound_columns(t)} {official if official else '':>9} "
             f"{format(t.vnmse / official, '.4f') if official else '':>6} "
             f"{eden if eden else '':>7} {1 / (4**t.bits - 1):>10.4g} "
             f"{t.bits_per_coordinate:>10.4f} {cert:>9} {r.wall_time:>6.2f}"
@@ -206,18 +229,41 @@ def _quality_report(results) -> str:
     return "\n".join(lines)
 
 
+def _bound_columns(table) -> str:
+    """``certified lower bound`` and ``within x %`` columns (blank without a proof)."""
+    section = table.manifest.get("global_bound")
+    if not section:
+        return f"{'':>11} {'':>7}"
+    gap = section.get("relative_gap")
+    within = "" if gap is None else f"{100 * gap:.2f}%"
+    return f"{section['value']:>11.6g} {within:>7}"
+
+
 def _cmd_tables_verify(args) -> int:
+    from quicdesign.bound import check_global_bound
+
     from .verify import verify
 
     tables = collection_tables(Path(args.path) if args.path else shipped_tables_dir())
     bad = 0
     for table in tables:
         report = verify(table)
-        bad += not report.ok
+        try:
+            check = check_global_bound(table)
+            bound_text = (
+                "no bound"
+                if check is None
+                else f"bound {check.recomputed:.6g} (within {100 * check.relative_gap:.2f}%)"
+            )
+            bound_ok = True
+        except TableError as exc:
+            bound_text, bound_ok = f"bound REFUSED: {exc}", False
+        ok = report.ok and bound_ok
+        bad += not ok
         print(
-            f"{table.name:<16} {'ok' if report.ok else 'FAILED':<6} bias {report.max_bias:.1e} "
+            f"{table.name:<16} {'ok' if ok else 'FAILED':<6} bias {report.max_bias:.1e} "
             f"simplex {report.max_simplex_violation:.1e} vNMSE {report.recomputed_vnmse:.6g} "
-            f"(recorded {report.recorded_vnmse})"
+            f"(recorded {report.recorded_vnmse}) {bound_text}"
             + (f" failed: {', '.join(report.failures)}" if report.failures else "")
         )
     return 1 if bad else 0
@@ -288,6 +334,14 @@ def register_design(commands) -> None:
     )
     design.add_argument(
         "--no-certify", action="store_true", help="skip the LP certificate (default: certify)"
+    )
+    design.add_argument(
+        "--bound-seconds",  # also the scalar-floor budget of --entropy designs
+        type=real("bound seconds", 0.0, 3600.0),
+        default=5.0,
+        help="ascent budget per table for the certified global lower bound, 0..3600; "
+        "b <= 4 tables with l < 8 first refine an l = 8 design to start from "
+        "(0: the design's own multipliers only, one DP; default: 5)",
     )
     design.add_argument(
         "--entropy",

@@ -23,7 +23,7 @@ from quicdesign.errors import ParameterError
 from quicdesign.input_model import DIRECT, ROTATED
 from quicdesign.table import Table
 
-from .distributions import StandardNormal, as_distribution, seen_after_rms
+from .distributions import RotatedChunkLaw, StandardNormal, as_distribution, seen_after_rms
 from .objective import evaluate
 from .optimize import LocalSolution, refine, starting_points
 
@@ -74,6 +74,18 @@ def check_design_options(*, starts, max_iter, certify, seed, hops=0) -> dict:
     }
 
 
+def _rotated_chunk_size(input_model) -> int | None:
+    """``"rotated:N"`` -> N (design for the exact law of a rotated chunk of N values)."""
+    if input_model in (None, ROTATED, DIRECT):
+        return None
+    text = str(input_model)
+    if text.startswith(ROTATED + ":") and text[len(ROTATED) + 1 :].isdigit():
+        return int(text[len(ROTATED) + 1 :])
+    raise ParameterError(
+        f"input_model must be None, 'rotated', 'rotated:N' or 'direct', got {input_model!r}"
+    )
+
+
 @dataclass(frozen=True)
 class DesignSpec:
     """What to design: bits, shared bits, tail and value distribution.
@@ -91,13 +103,15 @@ class DesignSpec:
     distribution : optional
         ``None`` (standard normal), a frozen ``scipy.stats`` continuous distribution, a
         1-D sample, or a :class:`ValueDistribution`.
-    input_model : {None, "rotated", "direct"}
+    input_model : {None, "rotated", "rotated:N", "direct"}
         What the runtime does to inputs before the table sees them. ``"direct"``: no
-        rotation, unit-RMS chunks, so the design targets ``distribution`` rescaled to unit
-        variance (use :class:`quicdesign.DirectEncoder`). ``"rotated"``: rotation makes
+        rotation, unit-RMS chunks, so the design targets ``distribution`` as it looks after
+        that scaling (use :class:`quicdesign.DirectEncoder`). ``"rotated"``: rotation makes
         inputs close to N(0, 1), so the design targets the standard normal whatever
-        ``distribution`` is. ``None``: design for ``distribution`` as given, recorded as a
-        rotated table (the rotated encoder then refuses a non-normal one unless forced).
+        ``distribution`` is; ``"rotated:N"`` targets the exact law of a rotated chunk of
+        ``N`` values (:class:`~solvers.distributions.RotatedChunkLaw`). ``None``: design
+        for ``distribution`` as given, recorded as a rotated table (the rotated encoder
+        then refuses a non-normal one unless forced).
     """
 
     bits: int
@@ -111,10 +125,7 @@ class DesignSpec:
         check_int(self.bits, "bits", 1, MAX_BITS)
         check_int(self.shared_bits, "shared_bits", 0, MAX_SHARED_BITS)
         law = as_distribution(self.distribution)
-        if self.input_model not in (None, ROTATED, DIRECT):
-            raise ParameterError(
-                f"input_model must be None, 'rotated' or 'direct', got {self.input_model!r}"
-            )
+        chunk_size = _rotated_chunk_size(self.input_model)
         # a law already normalized for the runtime remembers the input law it came from
         input_law = law.description.get("input_law", law.description)
         object.__setattr__(self, "input_law", input_law)
@@ -123,6 +134,8 @@ class DesignSpec:
             raw = self.distribution
             law = seen_after_rms(raw if isinstance(raw, (list, tuple, np.ndarray)) else law)
             law.description = {**law.description, "normalization": DIRECT, "input_law": input_law}
+        elif chunk_size is not None:
+            law = RotatedChunkLaw(chunk_size)  # the exact law of a rotated chunk
         elif self.input_model == ROTATED:
             law = StandardNormal()  # rotation makes any input close to N(0, 1)
         object.__setattr__(self, "distribution", law)

@@ -21,6 +21,7 @@ __all__ = [
     "ScipyDistribution",
     "EmpiricalDistribution",
     "as_distribution",
+    "RotatedChunkLaw",
     "rms_normalized",
     "seen_after_rms",
 ]
@@ -147,16 +148,25 @@ class EmpiricalDistribution(ValueDistribution):
         digest = hashlib.sha256(values.tobytes()).hexdigest()[:16]
         self.description = {"kind": "empirical", "size": int(values.size), "sha256_16": digest}
         n = values.size
-        self._cumulative = [np.concatenate(([0.0], np.cumsum(values**k) / n)) for k in range(3)]
+        with np.errstate(over="ignore"):
+            self._cumulative = [np.concatenate(([0.0], np.cumsum(values**k) / n)) for k in range(3)]
+        if not np.isfinite(self._cumulative[2][-1]):
+            raise ParameterError("an empirical sample's squares overflow float64; rescale it")
+
+    def tail_interval(self, tail_prob):
+        low, high = np.quantile(self.values, [tail_prob / 2, 1 - tail_prob / 2])
+        if not low < high:
+            # a single-point interval leaves nothing to quantize (and divides by zero)
+            raise ParameterError(
+                f"the sample's central 1 - {tail_prob:g} interval is the single point {low:g}: "
+                "it needs more distinct values"
+            )
+        return float(low), float(high)
 
     def partial_moments(self, t):
         t = np.asarray(t, dtype=np.float64)
         count = np.searchsorted(self.values, t, side="right")
         return tuple(c[count] for c in self._cumulative)
-
-    def tail_interval(self, tail_prob):
-        low, high = np.quantile(self.values, [tail_prob / 2, 1 - tail_prob / 2])
-        return float(low), float(high)
 
     def second_moment(self):
         return float(np.mean(self.values**2))
@@ -220,3 +230,19 @@ def seen_after_rms(
         # a symmetric law: mirror the draws so the design (and its tails) stay symmetric
         draws = np.concatenate([draws, -draws])
     return EmpiricalDistribution(draws)
+
+
+class RotatedChunkLaw(ScipyDistribution):
+    """Exact law of one coordinate of a uniformly rotated chunk of ``n`` values scaled to
+    unit RMS: ``sqrt(n) * u`` with ``u`` a coordinate of a uniform point on the sphere,
+    i.e. ``(z / sqrt(n) + 1) / 2 ~ Beta((n-1)/2, (n-1)/2)`` on ``|z| < sqrt(n)``. It tends
+    to N(0, 1) as ``n`` grows; designing for it is what "rotated" means for small chunks.
+    """
+
+    def __init__(self, chunk_size: int):
+        if not isinstance(chunk_size, int) or chunk_size < 4 or chunk_size & (chunk_size - 1):
+            raise ParameterError(f"chunk_size must be a power of two >= 4, got {chunk_size!r}")
+        half = (chunk_size - 1) / 2
+        root = math.sqrt(chunk_size)
+        super().__init__(stats.beta(half, half, loc=-root, scale=2 * root))
+        self.description = {"kind": "rotated_chunk", "chunk_size": chunk_size}

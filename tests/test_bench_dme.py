@@ -157,7 +157,7 @@ def test_import_stays_light():
     "args, needle",
     [
         (["--bits", "0"], "bits"),
-        (["--bits", "x"], "invalid int"),
+        (["--bits", "x"], "integers like 1-4"),
         (["--dim", "0"], "dim"),
         (["--trials", "0"], "trials"),
         (["--clients", "-2"], "clients"),
@@ -181,3 +181,32 @@ def test_bad_options_give_one_line_and_exit_2(args, needle):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("quicdesign: error:") and needle in lines[0], lines[0]
+
+
+def test_list_options_take_the_same_syntax_as_the_other_commands(capsys):
+    from quicdesign.cli import main
+
+    argv = "bench dme --small --compressors sq --families normal --trials 1 --no-progress"
+    code = main([*argv.split(), "--bits", "1-2", "4", "--clients", "1,2"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert [line.split("|")[2].strip() for line in out.splitlines() if "| sq |" in line] == [
+        "bits=1",
+        "bits=2",
+        "bits=4",
+    ]
+    assert "n=2" in out
+
+
+def test_figures_carry_d_n_trials_and_keep_legends_off_the_data(small_rows):
+    pytest.importorskip("matplotlib")
+    from quicdesign.bench.dme import plot_nmse_vs_bits, plot_server_time
+
+    sample = small_rows[0]
+    clients = max(r["clients"] for r in small_rows)
+    caption = plot_nmse_vs_bits(small_rows).get_suptitle()
+    for part in (f"d = {sample['dim']}", f"n = {clients}", f"{sample['trials']} trials"):
+        assert part in caption, caption
+    timing = plot_server_time(small_rows)
+    assert timing.axes[0].get_legend() is None and timing.legends  # outside the axes
+    assert f"median of {sample['trials']} trials" in timing.axes[0].get_title()

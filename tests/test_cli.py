@@ -59,14 +59,19 @@ def test_design_writes_a_loadable_collection(tmp_path, capsys):
                 "--out",
                 str(tmp_path),
                 "--no-progress",
+                "--bound-seconds",
+                "0.5",
             ]
         )
         == 0
     )
     out = capsys.readouterr().out
     assert "vNMSE" in out and "2 tables designed" in out
+    assert "certified" in out and out.count("%") >= 2
     assert main(["tables", "list", "--path", str(tmp_path)]) == 0
     assert main(["tables", "verify", "--path", str(tmp_path)]) == 0
+    verified = capsys.readouterr().out
+    assert verified.count("within") == 2 and "REFUSED" not in verified
     assert main(["tables", "show", "2", "--shared-bits", "2", "--path", str(tmp_path)]) == 0
 
 
@@ -103,3 +108,28 @@ def test_verb_with_a_missing_dependency_says_what_is_missing(tmp_path, monkeypat
         cli.main(["ghost"])
     assert stop.value.code == 2
     assert "invalid choice" in capsys.readouterr().err
+
+
+def test_tables_verify_refuses_a_tampered_bound(tmp_path):
+    import json
+
+    import quicdesign
+
+    table = quicdesign.load_table(2)
+    folder = table.save(tmp_path / "t")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    section = {**manifest["global_bound"], "value": manifest["global_bound"]["value"] * 1.001}
+    edges, multipliers = table.bound_arrays()
+    table.with_global_bound(section, edges, multipliers).save(folder)  # re-signed, but false
+    result = run("tables", "verify", "--path", str(folder))
+    assert result.returncode == 1
+    assert "REFUSED" in result.stdout and "does not re-evaluate" in result.stdout
+
+
+def test_entropy_design_prints_and_ships_its_scalar_floor(tmp_path, capsys):
+    args = ["design", "--entropy", "2", "--no-certify", "--bound-seconds", "1"]
+    assert main([*args, "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "floor" in out and "%" in out
+    assert main(["tables", "verify", "--path", str(tmp_path)]) == 0
+    assert "within" in capsys.readouterr().out

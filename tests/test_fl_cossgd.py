@@ -122,3 +122,31 @@ def test_cosine_4_bit_bidirectional_training_is_close_to_full_precision(teacher_
     assert abs(mean[4] - mean["fp32"]) < 0.02, mean
     # 2 bits: close below full precision, not above it
     assert 0.70 < mean[2] < mean["fp32"] + 0.01, mean
+
+
+def test_accuracy_curves_are_fitted_past_the_first_rounds(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from quicdesign.fl import report
+
+    rounds = np.arange(101)
+    rising = 0.8 - 0.7 * np.exp(-rounds / 3.0)  # from chance to a plateau in ~10 rounds
+    curves = {
+        "fp32": (rounds, 1e4 * rounds, rising),
+        "4-bit": (rounds, 1e3 * rounds, rising - 0.01),
+    }
+    monkeypatch.setattr(report, "_mean_curves", lambda histories, metric: curves)
+    captured = {}
+    original = report._zoom_past_the_start
+
+    def spy(axes, curves, share=0.1):
+        original(axes, curves, share)
+        captured["ylim"] = axes.get_ylim()
+
+    monkeypatch.setattr(report, "_zoom_past_the_start", spy)
+    path = report.plot_curves(tmp_path / "curves.png", [None, None], "test_accuracy")
+    low, high = captured["ylim"]
+    # the 1-point gap between the plateaus spans a visible share of the axis
+    assert 0.7 < low < 0.79 - 0.01 and 0.8 < high < 0.81, (low, high)
+    assert imread(path).shape[0] > 100

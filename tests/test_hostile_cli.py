@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from quicdesign import load_table
@@ -52,6 +53,7 @@ BAD_COMMAND_LINES = [
     "design --entropy 1-1000000000",
     "design --bits 1 --out /proc/not-writable",
     "design --bits 1 --cache-dir /proc/not-writable",
+    "design --bits 1 --input-model direct --distribution samples:/dev/null",
     # tables
     "tables show -1",
     "tables show 99",
@@ -72,6 +74,19 @@ BAD_COMMAND_LINES = [
     "bench runtime --bits 0",
     "bench runtime --bits 1-1000000000",
     "bench runtime --clients 1024 --dim 67108864",
+    "bench dme --small --trials 99999999999",
+    "bench dme --small --trials 0",
+    "bench dme --small --dim 16777216 --clients 1024",
+    "bench dme --small --dim -1",
+    "bench dme --small --bits 1-1000000000",
+    "bench dme --small --bits 5-1",
+    "bench dme --small --bits 9",
+    "bench dme --small --clients 0",
+    "bench dme --small --seed -1",
+    "bench dme --small --blas-threads -5",
+    "bench dme --small --server-scaling --repeats 0",
+    "bench dme --small --compressors nope",
+    "bench dme --small --compressors quicfl:bits=abc",
     "bench transform --dim -1",
     "bench transform --repeats 0",
     # fl
@@ -111,6 +126,30 @@ def test_bad_command_lines_give_one_line_and_exit_2(line, capsys):
     assert code == 2, (line, err)
     assert len(lines) == 1 and lines[0].startswith("quicdesign: error:"), err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\x93NUMPY\x01\x00\x40\x00{'descr': '<f8', 'fortran_order': False, 'shape': (9,\n",
+        "constant",
+        "huge",
+    ],
+    ids=["unclosed-header", "constant", "huge"],
+)
+def test_bad_sample_files_give_one_line(tmp_path, raw, capsys):
+    path = tmp_path / "samples.npy"
+    if raw == "constant":
+        np.save(path, np.ones(100))
+    elif raw == "huge":
+        np.save(path, np.array([1e308, -1e308, 1e308]))
+    else:
+        path.write_bytes(raw)
+    argv = ["design", "--bits", "1", "--input-model", "direct", "--no-certify"]
+    argv += ["--starts", "1", "--jobs", "1", "--distribution", f"samples:{path}"]
+    code, _, err = run_in_process(argv, capsys, seconds=60)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("quicdesign: error:"), err
 
 
 def test_nul_in_a_path_is_one_clean_line(capsys):

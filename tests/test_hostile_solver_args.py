@@ -286,3 +286,54 @@ def test_no_unpickling_or_eval_anywhere_in_the_packages():
                 continue
             offences += [f"{path}:{node.lineno} imports {n}" for n in names & banned_modules]
     assert not offences, offences
+
+
+@pytest.mark.parametrize(
+    "sample, needle",
+    [
+        (np.ones(1000), "single point"),  # tail interval of one point: divided by zero
+        (np.r_[np.zeros(600), np.ones(400)] * 0 + 3.0, "single point"),
+        (np.array([1e308, -1e308, 1e308]), "overflow"),  # squares overflow to inf
+    ],
+    ids=["constant", "constant-3", "huge"],
+)
+def test_degenerate_empirical_samples_are_refused_before_designing(sample, needle):
+    from solvers.distributions import as_distribution
+
+    with pytest.raises(ParameterError, match=needle):
+        as_distribution(sample).tail_interval(1 / 512)
+
+
+def _npy_bytes(header: bytes, data: bytes = b"") -> bytes:
+    header = header.ljust(118 - 10, b" ") + b"\n"
+    return b"\x93NUMPY\x01\x00" + len(header).to_bytes(2, "little") + header + data
+
+
+def _f8(shape: str) -> bytes:
+    return b"{'descr': '<f8', 'fortran_order': False, 'shape': " + shape.encode() + b", }"
+
+
+@pytest.mark.parametrize(
+    "raw, needle",
+    [
+        # numpy's header parser raises tokenize.TokenError, not ValueError, for this
+        (_npy_bytes(b"{'descr': '<f8', 'fortran_order': False, 'shape': (3,"), "header"),
+        (_npy_bytes(_f8("(10**11,)")), "header"),
+        # a small file claiming 800 GB is refused from the header, before any read
+        (_npy_bytes(_f8("(100000000000,)")), "exceeds"),
+        (_npy_bytes(_f8("(4,)"), b"\0" * 16), "truncated"),
+        (_npy_bytes(b"{'descr': '|O', 'fortran_order': False, 'shape': (1,), }"), "object"),
+    ],
+    ids=["unclosed", "expression", "huge-shape", "truncated", "object"],
+)
+def test_npy_reader_refuses_malformed_files_with_value_error(raw, needle):
+    import io
+
+    from quicdesign._export import read_npy
+
+    with pytest.raises(ValueError, match=needle):
+        read_npy(io.BytesIO(raw), 1 << 30)
+    good = io.BytesIO()
+    np.save(good, np.arange(6.0).reshape(2, 3))
+    good.seek(0)
+    np.testing.assert_array_equal(read_npy(good, 1 << 30), np.arange(6.0).reshape(2, 3))

@@ -41,7 +41,9 @@ def _direct_version(table, target):
 def _vnmse(table, law, *, direct, vectors, dim, force=False):
     """Mean over vectors of |xhat - x|^2 / |x|^2 (fixed seeds), one client per round."""
     encoder_type, aggregator_type = (
-        (DirectEncoder, DirectAggregator) if direct else (quicdesign.Encoder, quicdesign.Aggregator)
+        (DirectEncoder, DirectAggregator)
+        if direct
+        else (quicdesign.QuicFLEncoder, quicdesign.QuicFLAggregator)
     )
     ratios = []
     for i in range(vectors):
@@ -202,3 +204,24 @@ def test_fit_input_law_proposes_the_law_and_measures_both_paths(law, bits, famil
     assert fit.gain == pytest.approx(1 - fit.direct_vnmse / fit.rotated_vnmse)
     assert fit.gain < 0  # at these budgets rotation wins, as the README says
     assert "keep rotation" in fit.summary()
+
+
+@pytest.mark.parametrize("chunk_size", [64, 1024])
+def test_exact_rotated_law_design_gains_under_one_percent(chunk_size):
+    """With rotation the table sees the exact law of a rotated chunk; designing for it
+    (same threshold, so the same bits) gains < 1 % over the shipped normal table."""
+    from solvers.distributions import RotatedChunkLaw
+
+    shipped = quicdesign.load_table(2)
+    law = RotatedChunkLaw(chunk_size)
+    assert law.second_moment() == pytest.approx(1.0, rel=1e-9)
+    result = solvers.design(
+        2, 5, threshold=shipped.upper, input_model=f"rotated:{chunk_size}", certify=False
+    )
+    on_law = solvers.evaluate(shipped.receiver, law, *shipped.support, gradient=False).vnmse
+    assert result.vnmse <= on_law + 1e-12  # the optimizer found no worse table
+    assert result.vnmse >= 0.99 * on_law
+    assert result.table.input_model["law"] == {"kind": "rotated_chunk", "chunk_size": chunk_size}
+    quicdesign.QuicFLEncoder(result.table, 1)  # a rotated-law table is a rotated table
+    with pytest.raises(ParameterError, match="rotated:N"):
+        solvers.design(2, 5, input_model="rotated:x")

@@ -243,6 +243,12 @@ def test_strategy_gives_each_node_its_own_config():
     _, again = _configured(strategy, _global_arrays(), server_round=2)
     ids = {m.metadata.dst_node_id: m.content["config"][KEY_CLIENT_ID] for m in messages}
     assert ids == {m.metadata.dst_node_id: m.content["config"][KEY_CLIENT_ID] for m in again}
+    # each round its own seed, so a reply replayed from an earlier round is refused
+    assert (
+        {m.content["config"][KEY_ROUND_SEED] for m in again}
+        == {flower_round_seed(9, RUN_ID, 2)}
+        != {flower_round_seed(9, RUN_ID, 1)}
+    )
     seeds = {flower_round_seed(s, r, t) for s in (0, 1) for r in (1, 2) for t in (1, 2)}
     assert len(seeds) == 8 and max(seeds) < 2**63
 
@@ -421,3 +427,28 @@ def test_run_simulation_with_ray_tracks_fp32_fedavg(fedavg_reference):
     bits = 32 * outcome["uplink_bytes"] / outcome["dense_uplink_bytes"]
     assert 4.0 < bits < 4.6, bits
     assert outcome["accuracy"]["3"] > 0.85
+
+
+def test_ray_start_is_retried_after_a_timeout_and_bounded(monkeypatch):
+    """Ray's raylet has a fixed 30 s start deadline that a loaded machine misses now and then."""
+    from quicdesign.integrations import flower_example
+
+    calls = []
+
+    def fake_ray(failures):
+        def init(**kwargs):
+            calls.append(kwargs)
+            if len(calls) <= failures:
+                raise Exception("The current node timed out during startup.")
+
+        return types.SimpleNamespace(is_initialized=lambda: False, init=init, shutdown=lambda: None)
+
+    monkeypatch.setitem(sys.modules, "ray", fake_ray(failures=2))
+    flower_example._start_ray(2)
+    assert len(calls) == 3 and calls[-1]["num_cpus"] == 2
+    assert "PYTHONPATH" in calls[-1]["runtime_env"]["env_vars"]
+    calls.clear()
+    monkeypatch.setitem(sys.modules, "ray", fake_ray(failures=3))
+    with pytest.raises(Exception, match="timed out"):
+        flower_example._start_ray(2)
+    assert len(calls) == 3

@@ -139,3 +139,30 @@ def test_modes_never_mix():
         np.testing.assert_array_equal(back.result(), stratified.result())
     with pytest.raises(ParameterError):
         quicdesign.merge([plain, shard], table)
+
+
+def test_the_quicfl_compressor_offers_the_mode():
+    from quicdesign.compressors import make_compressor
+
+    compressor = make_compressor("quicfl", bits=2, stratified=True)
+    vector = np.random.default_rng(4).normal(size=500)
+    aggregator = compressor.aggregator(500, 9)
+    for index in range(3):
+        aggregator.add(compressor.encode(vector, round_seed=9, client_id=index, rng=index))
+    assert aggregator.stratified
+    direct = QuicFLAggregator(quicdesign.load_table(2), 9, 500, stratified=True)
+    encoder = QuicFLEncoder(quicdesign.load_table(2), 9, stratified=True)
+    for index in range(3):
+        direct.add(encoder.encode(vector, index, rng=index))
+    np.testing.assert_array_equal(aggregator.result(), direct.result())
+    restored = quicdesign.shard.from_bytes(compressor, aggregator.to_bytes())
+    np.testing.assert_array_equal(restored.result(), direct.result())
+    with pytest.raises(ParameterError, match="stratified"):
+        make_compressor("quicfl", stratified="no").aggregator(500, 9)
+
+
+def test_stratified_quicfl_passes_the_conformance_kit():
+    from quicdesign.compressors import QuicFL
+    from quicdesign.testing import check_compressor
+
+    check_compressor(QuicFL(bits=2, stratified=True))  # raises on any failed check

@@ -250,7 +250,9 @@ def test_shipped_tables_beat_official_tables(bits, shared_bits):
 def test_shipped_tables_are_small():
     folder = quicdesign.shipped_tables_dir()
     total = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
-    assert total < 1_000_000
+    # Receivers are tiny; most bytes are the lower-bound proofs (edges and multipliers,
+    # up to 15360 cells for b = 4), ~1.3 MB in all.
+    assert total < 2_000_000
 
 
 def test_import_quicdesign_stays_numpy_only():

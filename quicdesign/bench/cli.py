@@ -18,6 +18,7 @@ def _run_runtime(args):
         bits=args.bits,
         clients=args.clients,
         repeats=args.repeats,
+        shared_bits=args.shared_bits,
         progress=args.progress,
         blas_threads=args.blas_threads,
     )
@@ -57,6 +58,11 @@ def register(commands) -> None:
         type=bounded_int("blas-threads", 1, 1024),
         default=1,
         help="BLAS threads while timing (default: 1, pinned with threadpoolctl)",
+    )
+    runtime.add_argument(
+        "--shared-bits",
+        type=int_list("shared_bits", 0, 12),
+        help="time the shipped tables with these l, e.g. 5,6,8 (default: b's default table)",
     )
     add_progress_option(runtime, "step")
     runtime.set_defaults(run=_run_runtime)

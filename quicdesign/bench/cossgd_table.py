@@ -6,6 +6,7 @@ import zlib
 
 import numpy as np
 
+from quicdesign._limits import BENCH_MAX_REPEATS
 from quicdesign._progress import progress as reporter
 from quicdesign._validate import check_int
 from quicdesign.compressors import make_compressor
@@ -93,7 +94,10 @@ def run_cossgd_comparison(
     dims = check_int_list(dims, "dim", MAX_DIM)
     families = check_families(families)
     trials = check_int(
-        resolve_default(trials, "trials", SMALL_DEFAULTS if small else DEFAULTS), "trials", 1
+        resolve_default(trials, "trials", SMALL_DEFAULTS if small else DEFAULTS),
+        "trials",
+        1,
+        BENCH_MAX_REPEATS,
     )
     seed = check_int(seed, "seed", 0)
     rows = []

@@ -36,6 +36,7 @@ import time
 
 import numpy as np
 
+from quicdesign._limits import BENCH_MAX_REPEATS, BENCH_MAX_VALUES
 from quicdesign._progress import progress as reporter
 from quicdesign._threads import limit_blas_threads
 from quicdesign._validate import check_int
@@ -151,7 +152,12 @@ def run_dme_benchmark(
     bits_list = check_int_list(resolve_default(bits, "bits", preset), "bits", MAX_BITS)
     dim = check_int(resolve_default(dim, "dim", preset), "dim", 1, MAX_DIM)
     client_counts = check_int_list(resolve_default(clients, "clients", preset), "clients", 2**16)
-    trials = check_int(resolve_default(trials, "trials", preset), "trials", 1)
+    trials = check_int(resolve_default(trials, "trials", preset), "trials", 1, BENCH_MAX_REPEATS)
+    if client_counts[-1] * dim > BENCH_MAX_VALUES:
+        # every client's input vector is held at once
+        raise ParameterError(
+            f"clients x dim = {client_counts[-1]} x {dim} exceeds {BENCH_MAX_VALUES} values"
+        )
     families = check_families(families)
     seed = check_int(seed, "seed", 0)
     specs = (compressors,) if isinstance(compressors, str) else tuple(compressors)

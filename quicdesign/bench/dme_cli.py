@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from quicdesign._argtypes import add_progress_option
-from quicdesign._validate import check_int, writable_dir
+from quicdesign._argtypes import add_progress_option, bounded_int, int_list
+from quicdesign._limits import BENCH_MAX_REPEATS
+from quicdesign._validate import writable_dir
 from quicdesign.errors import ParameterError
 
 from ._dme_setup import (
@@ -13,6 +14,8 @@ from ._dme_setup import (
     COSSGD_TENSOR_DIM,
     DEFAULT_COMPRESSORS,
     FAMILIES,
+    MAX_BITS,
+    MAX_DIM,
     SMALL_COSSGD_TENSOR_DIM,
 )
 from .cossgd_table import run_cossgd_comparison
@@ -31,11 +34,10 @@ def _threads_text(blas_threads):
 def _run(args):
     if not (args.sweep or args.server_scaling or args.cossgd_table):
         raise ParameterError("nothing to run: --no-sweep needs --server-scaling or --cossgd-table")
-    if args.repeats is not None:
-        check_int(args.repeats, "repeats", 1)
-    if args.trials is not None:
-        check_int(args.trials, "trials", 1)
-    check_int(args.blas_threads, "blas-threads", 0)
+    # --bits 1-4 and --bits 1 2 4 both work, as in the other commands
+    for name in ("bits", "clients"):
+        if getattr(args, name) is not None:
+            setattr(args, name, [value for part in getattr(args, name) for value in part])
     out = writable_dir(args.out) if args.out else None
     progress = args.progress
     families = args.families or FAMILIES
@@ -123,13 +125,30 @@ def register(sub) -> None:
         help=f"registry names with options, e.g. kashin:variant=tf "
         f"(default: {' '.join(DEFAULT_COMPRESSORS)})",
     )
-    parser.add_argument("--bits", type=int, nargs="+", help="target bits per coordinate (1-4)")
-    parser.add_argument("--dim", type=int, help="vector length d (2^16)")
-    parser.add_argument("--clients", type=int, nargs="+", help="client counts n (1 4 16)")
-    parser.add_argument("--families", nargs="+", choices=FAMILIES, help="input families (all)")
-    parser.add_argument("--trials", type=int, help="independent rounds per configuration (3)")
     parser.add_argument(
-        "--seed", type=int, default=0, help="seed of inputs and rounds (default: 0)"
+        "--bits",
+        type=int_list("bits", 1, MAX_BITS),
+        nargs="+",
+        help="target bits per coordinate, e.g. 1-4 or 1,2,4 (default: 1-4)",
+    )
+    parser.add_argument("--dim", type=bounded_int("dim", 1, MAX_DIM), help="vector length d (2^16)")
+    parser.add_argument(
+        "--clients",
+        type=int_list("clients", 1, 2**16),
+        nargs="+",
+        help="client counts n, e.g. 1,4,16 (default: 1,4,16)",
+    )
+    parser.add_argument("--families", nargs="+", choices=FAMILIES, help="input families (all)")
+    parser.add_argument(
+        "--trials",
+        type=bounded_int("trials", 1, BENCH_MAX_REPEATS),
+        help="independent rounds per configuration (3)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=bounded_int("seed", 0, 2**63 - 1),
+        default=0,
+        help="seed of inputs and rounds (default: 0)",
     )
     parser.add_argument("--out", help="folder for CSV, Markdown and PNG files")
     add_progress_option(parser, "configuration")
@@ -150,10 +169,14 @@ def register(sub) -> None:
         action="store_true",
         help="also compare CosSGD with uniform quantizers at 1-8 bits",
     )
-    parser.add_argument("--repeats", type=int, help="timed runs for --server-scaling (5)")
+    parser.add_argument(
+        "--repeats",
+        type=bounded_int("repeats", 1, BENCH_MAX_REPEATS),
+        help="timed runs for --server-scaling (5)",
+    )
     parser.add_argument(
         "--blas-threads",
-        type=int,
+        type=bounded_int("blas-threads", 0, 1024),
         default=1,
         help="BLAS threads while timing (1; 0 keeps the library default)",
     )

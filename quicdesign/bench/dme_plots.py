@@ -64,6 +64,11 @@ def plot_nmse_vs_bits(rows, path=None, clients=None):
         axes[1, column].set_xlabel("measured bits per coordinate")
     handles, names = axes[0, 0].get_legend_handles_labels()
     figure.legend(handles, names, fontsize=7, loc="outside right upper")
+    sample = rows[0]
+    figure.suptitle(
+        f"all schemes: d = {sample['dim']}, n = {clients} clients, {sample['trials']} trials",
+        fontsize=9,
+    )
     if path is not None:
         figure.savefig(path, dpi=110)
     return figure
@@ -133,7 +138,7 @@ def plot_server_time(rows, path=None, family=None):
     rows = [r for r in rows if r["family"] == family]
     from matplotlib.ticker import NullLocator
 
-    figure = _figure(figsize=(6.5, 4.5), layout="constrained")
+    figure = _figure(figsize=(8, 4.5), layout="constrained")
     ax = figure.subplots()
     for label in dict.fromkeys(r["compressor"] for r in rows):
         top = max(r["bits"] for r in rows if r["compressor"] == label)
@@ -149,13 +154,17 @@ def plot_server_time(rows, path=None, family=None):
         yscale="log",
         xlabel="clients n",
         ylabel="server time (ms)",
-        title=f"server aggregation time, d={rows[0]['dim']}, {family}",
+        title=(
+            f"server aggregation time (median of {rows[0]['trials']} trials), "
+            f"d = {rows[0]['dim']}, {family}"
+        ),
     )
     # label the measured n themselves; log-axis minor labels like "2x10^0" only clutter
     ax.set_xticks(counts, labels=[str(n) for n in counts])
     ax.xaxis.set_minor_locator(NullLocator())
     ax.grid(True, which="major", alpha=0.3)
-    ax.legend(fontsize=7)
+    # outside the axes: ten lines leave no corner of the data free
+    figure.legend(fontsize=7, loc="outside right upper")
     if path is not None:
         figure.savefig(path, dpi=110)
     return figure

@@ -26,7 +26,7 @@ from .._threads import limit_blas_threads
 from .._validate import check_int
 from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..errors import ParameterError
-from ..table import load_table
+from ..table import list_tables, load_table
 from .transform import _median_seconds
 
 __all__ = ["bench_runtime"]
@@ -54,7 +54,14 @@ def _copy_bandwidth(repeats):
 
 
 def bench_runtime(
-    dim=2**20, bits=(1, 2, 4), clients=16, repeats=5, seed=0, progress=None, blas_threads=1
+    dim=2**20,
+    bits=(1, 2, 4),
+    clients=16,
+    repeats=5,
+    seed=0,
+    progress=None,
+    blas_threads=1,
+    shared_bits=None,
 ):
     """Time the QUIC-FL encoder and aggregator and print a table of figures.
 
@@ -74,6 +81,9 @@ def bench_runtime(
         False: silent; otherwise a bar on a terminal, one line per timed step elsewhere.
     blas_threads : int or None
         BLAS threads while timing (default 1); None leaves BLAS as configured.
+    shared_bits : sequence of int, optional
+        Shared bits ``l`` of the shipped tables to time for every bit width (the default
+        table only when omitted; widths without such a table are skipped).
 
     Returns
     -------
@@ -100,10 +110,10 @@ def bench_runtime(
     rng = np.random.default_rng(seed)
     vectors = rng.lognormal(size=(clients, dim)).astype(np.float32)
     with limit_blas_threads(blas_threads):
-        return _bench_all(vectors, bits, repeats, seed, progress, blas_threads)
+        return _bench_all(vectors, bits, repeats, seed, progress, blas_threads, shared_bits)
 
 
-def _bench_all(vectors, bits, repeats, seed, progress, blas_threads):
+def _bench_all(vectors, bits, repeats, seed, progress, blas_threads, shared_bits=None):
     clients, dim = vectors.shape
     rows = []
     threads = "as configured" if blas_threads is None else str(blas_threads)
@@ -117,9 +127,16 @@ def _bench_all(vectors, bits, repeats, seed, progress, blas_threads):
         f"{'bytes/coord':>11}"
     )
     print(header, flush=True)
-    with reporter(3 * len(bits), "bench runtime", progress, unit="step") as bar:
-        for b in bits:
-            row = _bench_bits(b, vectors, repeats, seed, bar)
+    available = {(e["bits"], e["shared_bits"]) for e in list_tables()}
+    grid = [
+        (b, shared)
+        for b in bits
+        for shared in (shared_bits or [None])
+        if shared is None or (b, shared) in available
+    ]
+    with reporter(3 * len(grid), "bench runtime", progress, unit="step") as bar:
+        for b, shared in grid:
+            row = _bench_bits(b, vectors, repeats, seed, bar, shared)
             rows.append(row)
             _print_row(b, row)
     print(
@@ -190,9 +207,9 @@ def _kernels_choice(choice):
             os.environ[KERNELS_ENV] = previous
 
 
-def _bench_bits(b, vectors, repeats, seed, bar):
+def _bench_bits(b, vectors, repeats, seed, bar, shared_bits=None):
     clients, dim = vectors.shape
-    table = load_table(b)
+    table = load_table(b, shared_bits)
     encoder = QuicFLEncoder(table, round_seed=1)
     private = np.random.default_rng(seed + 1)
     encode_s = _median_seconds(lambda: encoder.encode(vectors[0], 0, rng=private), repeats)

@@ -15,7 +15,7 @@ from .countsketch import CountSketch
 from .eden import DRIVE, EDEN, lloyd_max_normal
 from .hadamard import HadamardSQ
 from .kashin import KashinSQ
-from .quicfl import QuicFL, QuicFLEntropy
+from .quicfl import QuicFL, QuicFLDirect, QuicFLEntropy
 from .randk import RandK
 from .sign import SignSGD
 from .sq import QSGD, StochasticQuantizer
@@ -34,6 +34,7 @@ __all__ = [
     "KashinSQ",
     "QSGD",
     "QuicFL",
+    "QuicFLDirect",
     "QuicFLEntropy",
     "RandK",
     "SignSGD",
@@ -56,6 +57,7 @@ COMPRESSORS = {
 }
 COMPRESSORS["quicfl"] = QuicFL
 COMPRESSORS["quicfl-ec"] = QuicFLEntropy
+COMPRESSORS["quicfl-direct"] = QuicFLDirect
 
 
 def make_compressor(name, **params) -> Compressor:

@@ -14,7 +14,7 @@ Common header (21 bytes, little-endian)::
     version    u8        WIRE_VERSION
     dim        u32       length of the client vector
     client_id  u32       client id in [0, 2**32)
-    round_tag  u32       quicdesign.codec.round_tag(round_seed)
+    round_tag  u32       quicdesign.randomness.round_tag(round_seed)
     config     u32       config_tag(...) of the wire-relevant parameters
 """
 

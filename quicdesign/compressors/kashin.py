@@ -28,7 +28,12 @@ import math
 
 import numpy as np
 
-from .._validate import check_int, check_positive_float, check_probability
+from .._validate import (
+    check_int,
+    check_minmax_magnitude,
+    check_positive_float,
+    check_probability,
+)
 from ..errors import ParameterError
 from ..randomness import rotation_signs
 from ..rotation import exact_order_fwht, fwht
@@ -141,6 +146,7 @@ class KashinFrame(Stage):
         coefficients = kashin_coefficients(
             scaled, signs, variant=self.variant, eta=self.eta, delta=self.delta
         )
+        check_minmax_magnitude(coefficients, exponent)  # before ldexp can flush it to 0
         with np.errstate(over="ignore"):
             coefficients = np.ldexp(coefficients, exponent)
         return coefficients, None

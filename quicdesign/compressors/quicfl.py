@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from ..codec import QuicFLAggregator, QuicFLEncoder
+from ..direct import DirectAggregator, DirectEncoder
 from ..entropy import QuicFLEntropyAggregator, QuicFLEntropyEncoder
 from ..table import Table, load_entropy_table, load_table
 from .base import Compressor, CompressorProperties
 
-__all__ = ["QuicFL", "QuicFLEntropy"]
+__all__ = ["QuicFL", "QuicFLDirect", "QuicFLEntropy"]
 
 
 class _TableCompressor(Compressor):
@@ -18,6 +19,10 @@ class _TableCompressor(Compressor):
 
     def _load_table(self) -> Table:
         raise NotImplementedError
+
+    def _codec_options(self) -> dict:
+        """Keyword options passed to the encoder and aggregator classes."""
+        return {}
 
     def resolved_table(self) -> Table:
         """The table in use: ``table`` if given, else the shipped one (loaded once).
@@ -36,11 +41,15 @@ class _TableCompressor(Compressor):
         table = self.resolved_table()
         if encoder is None or encoder.round_seed != round_seed or encoder.table is not table:
             # One encoder per round keeps its cached rotation signs.
-            encoder = self._encoder = self._encoder_class(table, round_seed)
+            encoder = self._encoder = self._encoder_class(
+                table, round_seed, **self._codec_options()
+            )
         return encoder.encode(vector, client_id, rng=rng)
 
     def aggregator(self, dim, round_seed):
-        return self._aggregator_class(self.resolved_table(), round_seed, dim)
+        return self._aggregator_class(
+            self.resolved_table(), round_seed, dim, **self._codec_options()
+        )
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -60,6 +69,9 @@ class QuicFL(_TableCompressor):
         Pick a non-default shipped table.
     table : quicdesign.Table, optional
         Use this table instead of a shipped one.
+    stratified : bool
+        Opt-in stratified shared values: ``client_id`` must be the client's index in the
+        round, 0..n-1 (see :class:`quicdesign.QuicFLEncoder`).
     """
 
     name = "quicfl"
@@ -70,16 +82,21 @@ class QuicFL(_TableCompressor):
         fixed_rate=True,
     )
 
-    def __init__(self, bits=2, shared_bits=None, tail_prob=None, table=None):
+    def __init__(self, bits=2, shared_bits=None, tail_prob=None, table=None, stratified=False):
         self.bits = bits
         self.shared_bits = shared_bits
         self.tail_prob = tail_prob
         self.table = table
+        self.stratified = stratified
         self._encoder = None
         self._loaded_table = None
 
     def _load_table(self) -> Table:
         return load_table(self.bits, self.shared_bits, self.tail_prob)
+
+    def _codec_options(self) -> dict:
+        # only when asked, so the default stays the plain (unstratified) codec
+        return {"stratified": self.stratified} if self.stratified else {}
 
 
 class QuicFLEntropy(_TableCompressor):
@@ -111,3 +128,40 @@ class QuicFLEntropy(_TableCompressor):
 
     def _load_table(self) -> Table:
         return load_entropy_table(self.bits)
+
+
+class QuicFLDirect(_TableCompressor):
+    """QUIC-FL without rotation: unit-RMS chunks quantized by a ``direct`` table.
+
+    Parameters
+    ----------
+    bits : int
+        Message bits; without ``table``, the shipped normal table of that width is used
+        as a direct table (right for normal-looking values).
+    table : quicdesign.Table, optional
+        A table designed with ``solvers.design(..., input_model="direct")``.
+    """
+
+    name = "quicfl-direct"
+    properties = CompressorProperties(
+        unbiased=True,
+        sums_before_decoding=True,
+        shared_randomness=("round", "client"),
+        fixed_rate=True,
+    )
+    _encoder_class = DirectEncoder
+    _aggregator_class = DirectAggregator
+
+    def __init__(self, bits=2, table=None):
+        self.bits = bits
+        self.table = table
+        self._encoder = None
+        self._loaded_table = None
+
+    def _load_table(self) -> Table:
+        shipped = load_table(self.bits)
+        parameters = {
+            **shipped.manifest["parameters"],
+            "input_model": {"normalization": "direct", "law": {"kind": "standard_normal"}},
+        }
+        return shipped.with_manifest(parameters=parameters)

@@ -24,7 +24,7 @@ import math
 
 import numpy as np
 
-from .._validate import check_f32_normal, check_int
+from .._validate import check_f32_normal, check_int, check_minmax_magnitude
 from .._wire import packed_size
 from ..errors import ParameterError, PayloadError
 from ..stages import Stage
@@ -34,6 +34,7 @@ from .base import CompressorProperties
 __all__ = [
     "StochasticQuantizer",
     "QSGD",
+    "check_minmax_magnitude",
     "minmax_quantize",
     "minmax_dequantize",
     "read_minmax_side",
@@ -57,7 +58,8 @@ def minmax_quantize(values, bits, rng):
     Parameters
     ----------
     values : numpy.ndarray
-        Finite float values (any shape; flattened).
+        Finite float values (any shape; flattened), zero or with a largest magnitude in
+        float32's normal range (else ``InputVectorError``).
     bits : int
         Bits per value, 1..16.
     rng : numpy.random.Generator
@@ -71,6 +73,7 @@ def minmax_quantize(values, bits, rng):
         int64 codes in ``0 .. 2**bits - 1``.
     """
     flat = np.asarray(values).reshape(-1)
+    check_minmax_magnitude(flat)
     lo = f32_floor(flat.min(), "minimum")
     hi = f32_ceil(flat.max(), "maximum")
     top = (1 << bits) - 1

@@ -54,6 +54,28 @@ METRIC_LABELS = {
 }
 
 
+def _zoom_past_the_start(axes, curves, share=0.1):
+    """Fit the y axis to rounds after the first ``share`` of the run.
+
+    The first rounds (accuracy rising from chance, loss falling from its start) stretch a
+    linear axis so far that configurations which differ by a percent look identical.
+    """
+    tails = [
+        values[rounds >= share * rounds.max()]
+        for rounds, _, values in curves.values()
+        if rounds.size >= 10
+    ]
+    tails = [tail[np.isfinite(tail)] for tail in tails]
+    if not tails or not all(tail.size for tail in tails):
+        return
+    low = min(float(tail.min()) for tail in tails)
+    high = max(float(tail.max()) for tail in tails)
+    margin = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
+    axes.set_ylim(low - margin, high + margin)
+    start = int(share * max(rounds.max() for rounds, _, _ in curves.values()))
+    axes.set_title(f"y axis fitted to rounds >= {start}; earlier rounds off the scale", fontsize=8)
+
+
 def plot_curves(path, histories, metric, *, log_metric=False, title=""):
     """Plot ``metric`` against rounds and against bits per client; returns the path or None.
 
@@ -86,6 +108,8 @@ def plot_curves(path, histories, metric, *, log_metric=False, title=""):
         if log_metric:
             axes.set_yscale("log")
         axes.grid(True, alpha=0.3)
+    if not log_metric:
+        _zoom_past_the_start(by_round, curves)
     figure.legend(fontsize=7, loc="outside right upper")
     figure.suptitle(title)
     figure.savefig(path, dpi=110)

@@ -168,10 +168,43 @@ def make_server_app(compressor=None, *, num_rounds=10, seed=0, outcome=None) -> 
     return app
 
 
+_RAY_START_ATTEMPTS = 3
+
+
+def _start_ray(num_cpus, attempts=_RAY_START_ATTEMPTS):
+    """Start local Ray for ``run_simulation``, retrying a start that timed out.
+
+    Ray gives its raylet a fixed 30 s to register; on a loaded machine that start fails now
+    and then, and inside ``run_simulation`` the failure leaves the ServerApp waiting for
+    replies until its round timeout. Flower's Ray backend reuses a running Ray, so
+    starting it here (with the runtime environment Flower would give it) is equivalent.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    pythonpath = os.pathsep.join(filter(None, [*sys.path, os.environ.get("PYTHONPATH")]))
+    for attempt in range(1, attempts + 1):
+        try:
+            ray.init(
+                num_cpus=num_cpus,
+                include_dashboard=False,
+                runtime_env={"env_vars": {"PYTHONPATH": pythonpath}},
+            )
+            return
+        except Exception as error:  # Ray raises a bare Exception on a start timeout
+            ray.shutdown()
+            if attempt == attempts:
+                raise
+            print(f"Ray did not start ({error}); retry {attempt}/{attempts - 1}", file=sys.stderr)
+
+
 def run_example(compressor=None, *, num_supernodes=4, num_rounds=10, num_cpus=2) -> dict:
     """Simulate the example with Flower's ``run_simulation`` (Ray, local); return outcome."""
     from flwr.simulation import run_simulation
 
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report from a test
+    _start_ray(num_cpus)
     outcome: dict = {}
     run_simulation(
         server_app=make_server_app(compressor, num_rounds=num_rounds, outcome=outcome),
