@@ -76,7 +76,7 @@ def measured_vnmse(table, vectors, direct):
     encoder, aggregator = (
         (quicdesign.DirectEncoder, quicdesign.DirectAggregator)
         if direct
-        else (quicdesign.Encoder, quicdesign.Aggregator)
+        else (quicdesign.QuicFLEncoder, quicdesign.QuicFLAggregator)
     )
     ratios = []
     for i, x in enumerate(vectors):
@@ -147,7 +147,7 @@ direct_table = solvers.design(
 ).table
 timings = {}
 for label, encoder in (
-    ("rotated", quicdesign.Encoder(table, 1)),
+    ("rotated", quicdesign.QuicFLEncoder(table, 1)),
     ("direct", quicdesign.DirectEncoder(direct_table, 1)),
 ):
     encoder.encode(x, client_id=1, rng=0)  # warm caches

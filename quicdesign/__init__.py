@@ -8,8 +8,9 @@ from ._version import package_version as _package_version
 
 __version__ = _package_version()
 
+from ._deprecation import renamed_attributes
 from .bound import BoundCheck, check_global_bound
-from .codec import Aggregator, Encoder
+from .codec import QuicFLAggregator, QuicFLEncoder
 from .convenience import ArrayLayout, compress, decompress
 from .direct import DirectAggregator, DirectEncoder
 from .errors import (
@@ -28,11 +29,11 @@ from .shard import merge
 from .table import Table, list_tables, load_entropy_table, load_table, shipped_tables_dir
 
 __all__ = [
-    "Aggregator",
+    "QuicFLAggregator",
     "ArrayLayout",
     "DirectAggregator",
     "DirectEncoder",
-    "Encoder",
+    "QuicFLEncoder",
     "compress",
     "decompress",
     "InputDTypeError",
@@ -55,3 +56,9 @@ __all__ = [
     "load_table",
     "shipped_tables_dir",
 ]
+
+# The QUIC-FL classes were called Encoder and Aggregator; "Aggregator" now names only the
+# protocol (quicdesign.compressors.Aggregator).
+__getattr__ = renamed_attributes(
+    __name__, {"Encoder": "QuicFLEncoder", "Aggregator": "QuicFLAggregator"}, globals()
+)

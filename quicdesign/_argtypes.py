@@ -10,7 +10,14 @@ from __future__ import annotations
 import argparse
 import math
 
-__all__ = ["int_list", "bounded_int", "real", "probability", "MAX_LIST_LENGTH"]
+__all__ = [
+    "int_list",
+    "bounded_int",
+    "real",
+    "probability",
+    "add_progress_option",
+    "MAX_LIST_LENGTH",
+]
 
 #: Longest list ``int_list`` expands (the sum of all its ranges).
 MAX_LIST_LENGTH = 10_000
@@ -96,3 +103,15 @@ def probability(text: str) -> float:
     if not 0.0 < value < 1.0:
         raise argparse.ArgumentTypeError(f"tail_prob must be in (0, 1), got {text!r}")
     return value
+
+
+def add_progress_option(parser, unit: str = "step") -> None:
+    """Add ``--progress/--no-progress`` (default None: the shared reporter decides)."""
+    import argparse
+
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"progress: a bar on a terminal, one line per {unit} otherwise (default: on)",
+    )

@@ -11,7 +11,7 @@ from __future__ import annotations
 import sys
 import time
 
-__all__ = ["progress", "progress_bar"]
+__all__ = ["progress"]
 
 
 class _Silent:
@@ -101,8 +101,3 @@ def progress(total, description, enabled=None, *, unit="step", stream=None):
             bar = tqdm(total=total, desc=description, unit=unit, leave=False, file=stream)
             return _Bar(bar)
     return _Lines(total, description, unit, stream)
-
-
-def progress_bar(total, description, enabled=None, unit="step"):
-    """:func:`progress` with positional ``enabled`` (the name the simulators use)."""
-    return progress(total, description, enabled, unit=unit)

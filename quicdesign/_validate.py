@@ -17,14 +17,15 @@ __all__ = [
     "MIN_WEIGHT",
     "MAX_WEIGHT",
     "check_int",
+    "check_positive_float",
+    "check_probability",
+    "check_tail_prob",
     "as_client_vector",
-    "check_bits",
     "check_client_id",
     "check_dim",
     "check_f32_normal",
     "check_round_seed",
     "check_weight",
-    "check_probability",
     "check_real",
     "writable_dir",
 ]
@@ -59,27 +60,56 @@ def check_int(value, name, low, high=None) -> int:
     return value
 
 
-_as_int = check_int
+def check_positive_float(value, name, *, allow_zero=False) -> float:
+    """Return ``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``).
+
+    Raises
+    ------
+    ParameterError
+        For non-numbers, bools, non-finite values and values out of range.
+    """
+    result = check_real(value, name, 0.0)
+    if result == 0 and not allow_zero:
+        raise ParameterError(f"{name} must be a finite number > 0, got {value!r}")
+    return result
+
+
+def check_probability(value, name, *, allow_zero=False, allow_one=True) -> float:
+    """Return ``value`` as a float in ``(0, 1]``; the ends are open or closed as asked.
+
+    Raises
+    ------
+    ParameterError
+        For non-numbers and values outside the interval.
+    """
+    value = check_positive_float(value, name, allow_zero=allow_zero)
+    if value > 1 or (value == 1 and not allow_one):
+        bound = "at most 1" if allow_one else "below 1"
+        raise ParameterError(f"{name} must be {bound}, got {value}")
+    return value
+
+
+def check_tail_prob(tail_prob, name="tail_prob") -> float:
+    """Return a tail probability ``p`` in the open interval ``(0, 1)``."""
+    result = check_real(tail_prob, name, 0.0, 1.0)
+    if not 0.0 < result < 1.0:
+        raise ParameterError(f"{name} must be in (0, 1), got {tail_prob!r}")
+    return result
 
 
 def check_round_seed(round_seed) -> int:
     """Return ``round_seed`` as an int in ``[0, 2**64)`` or raise ``ParameterError``."""
-    return _as_int(round_seed, "round_seed", 0, 2**64 - 1)
+    return check_int(round_seed, "round_seed", 0, 2**64 - 1)
 
 
 def check_client_id(client_id) -> int:
     """Return ``client_id`` as an int in ``[0, 2**32)`` (it travels as a u32)."""
-    return _as_int(client_id, "client_id", 0, _MAX_CLIENT_ID)
+    return check_int(client_id, "client_id", 0, _MAX_CLIENT_ID)
 
 
 def check_dim(dim) -> int:
     """Return ``dim`` as an int in ``[1, 2**31 - 1]``."""
-    return _as_int(dim, "dim", 1, MAX_DIM)
-
-
-def check_bits(bits, low=1, high=8, name="bits") -> int:
-    """Return an integer parameter checked to lie in ``[low, high]``."""
-    return _as_int(bits, name, low, high)
+    return check_int(dim, "dim", 1, MAX_DIM)
 
 
 def check_weight(weight) -> float:
@@ -207,9 +237,18 @@ def check_real(value, name, low=-math.inf, high=math.inf) -> float:
     return result
 
 
-def check_probability(value, name="tail_prob") -> float:
-    """Return ``value`` as a float strictly between 0 and 1 or raise ``ParameterError``."""
-    result = check_real(value, name, 0.0, 1.0)
-    if not 0.0 < result < 1.0:
-        raise ParameterError(f"{name} must be in (0, 1), got {value!r}")
-    return result
+def check_minmax_magnitude(values, exponents=0) -> None:
+    """Refuse a nonzero vector whose largest magnitude is below float32's normal range.
+
+    The min-max bounds travel as float32; below ``2**-126`` they keep too few bits (or
+    round to 0), so the decoded values would be float32 grid noise many orders of
+    magnitude larger than the vector. ``values`` (rows) are scaled by
+    ``2**exponents`` (one per row), checked before that scaling can underflow float64.
+    """
+    peaks = np.max(np.abs(np.atleast_2d(values)), axis=-1)
+    mantissas, binary = np.frexp(peaks.astype(np.float64))
+    binary = binary + np.broadcast_to(exponents, binary.shape)
+    nonzero = mantissas != 0
+    if np.any(nonzero):
+        largest = int(np.argmax(np.where(nonzero, binary, np.iinfo(binary.dtype).min)))
+        check_f32_normal(mantissas[largest], "largest value", binary[largest])

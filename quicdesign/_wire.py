@@ -35,11 +35,8 @@ _GROUP = 8
 _ARRAY_KINDS = "iuf"
 
 
-_check_int = check_int
-
-
 def _check_bits(bits):
-    return _check_int(bits, "bits", 1, MAX_CODE_BITS)
+    return check_int(bits, "bits", 1, MAX_CODE_BITS)
 
 
 def packed_size(bits, count):
@@ -58,7 +55,7 @@ def packed_size(bits, count):
         ``ceil(bits * count / 8)``.
     """
     bits = _check_bits(bits)
-    count = _check_int(count, "count", 0)
+    count = check_int(count, "count", 0)
     return (bits * count + 7) // 8
 
 
@@ -243,7 +240,7 @@ def unpack_codes(buffer, bits, count):
         If the length is not exactly ``packed_size(bits, count)`` or a padding bit is set.
     """
     bits = _check_bits(bits)
-    count = _check_int(count, "count", 0)
+    count = check_int(count, "count", 0)
     data = _as_byte_array(buffer, "packed codes")
     expected = (bits * count + 7) // 8
     # checked before any allocation, so ``count`` is bounded by the bytes actually received
@@ -270,10 +267,7 @@ _FORMATS = {
     "u8": (struct.Struct("<B"), 0, 2**8 - 1),
     "u16": (struct.Struct("<H"), 0, 2**16 - 1),
     "u32": (struct.Struct("<I"), 0, 2**32 - 1),
-    "u64": (struct.Struct("<Q"), 0, 2**64 - 1),
-    "i64": (struct.Struct("<q"), -(2**63), 2**63 - 1),
     "f32": (struct.Struct("<f"), None, None),
-    "f64": (struct.Struct("<d"), None, None),
 }
 
 
@@ -312,7 +306,7 @@ class PayloadWriter:
 
     def _write_int(self, kind, value):
         codec, low, high = _FORMATS[kind]
-        value = _check_int(value, kind, low, high)
+        value = check_int(value, kind, low, high)
         self._append(codec.pack(value))
 
     def _write_float(self, kind, value):
@@ -336,21 +330,9 @@ class PayloadWriter:
         """Append an unsigned 32-bit integer."""
         self._write_int("u32", value)
 
-    def write_u64(self, value):
-        """Append an unsigned 64-bit integer."""
-        self._write_int("u64", value)
-
-    def write_i64(self, value):
-        """Append a signed 64-bit integer."""
-        self._write_int("i64", value)
-
     def write_f32(self, value):
         """Append an IEEE float32 (rounded from ``value``)."""
         self._write_float("f32", value)
-
-    def write_f64(self, value):
-        """Append an IEEE float64."""
-        self._write_float("f64", value)
 
     def write_bytes(self, data):
         """Append raw bytes (any contiguous bytes-like object), copied now."""
@@ -447,25 +429,13 @@ class PayloadReader:
         """Read an unsigned 32-bit integer named ``field``."""
         return self._read_scalar("u32", field)
 
-    def read_u64(self, field):
-        """Read an unsigned 64-bit integer named ``field``."""
-        return self._read_scalar("u64", field)
-
-    def read_i64(self, field):
-        """Read a signed 64-bit integer named ``field``."""
-        return self._read_scalar("i64", field)
-
     def read_f32(self, field):
         """Read a float32 named ``field`` (returned as a Python float)."""
         return self._read_scalar("f32", field)
 
-    def read_f64(self, field):
-        """Read a float64 named ``field``."""
-        return self._read_scalar("f64", field)
-
     def read_bytes(self, count, field):
         """Read ``count`` raw bytes named ``field`` as ``bytes``."""
-        count = _check_int(count, "count", 0)
+        count = check_int(count, "count", 0)
         return self._take(count, field).tobytes()
 
     def read_array(self, dtype, count, field):
@@ -475,7 +445,7 @@ class PayloadReader:
         Returns a read-only view when the payload is ``bytes``, otherwise a copy.
         """
         dtype = _little_endian_dtype(dtype)
-        count = _check_int(count, "count", 0)
+        count = check_int(count, "count", 0)
         raw = self._take(count * dtype.itemsize, field)
         values = raw.view(dtype)
         if not dtype.isnative:

@@ -1,246 +1,53 @@
 """The ``quicdesign`` command line: a thin shell over the Python API.
 
-``design`` and ``tables verify`` import the design layer (``solvers``) lazily; every
-other command needs the runtime only. Errors print one line and exit with status 2.
+The runtime's own verbs (``tables list``, ``tables show``) live here; every other verb
+registers itself through the ``quicdesign.commands`` entry points (``design`` and
+``tables verify`` from the design layer, ``bench`` and ``fl`` from the lab), so this
+module never imports them. Errors print one line and exit with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.metadata
 import sys
-import time
 from pathlib import Path
 
-from ._argtypes import bounded_int, int_list, probability, real
-from ._limits import DESIGN_MAX_BITS, DESIGN_MAX_SHARED_BITS, MAX_JOBS, MAX_STARTS
+from ._argtypes import bounded_int, probability
 from ._validate import writable_dir
-from .errors import ParameterError, QuicDesignError, TableError
-from .table import list_tables, load_table, shipped_tables_dir, table_name, write_index
+from .errors import QuicDesignError
+from .table import list_tables, load_table, shipped_tables_dir
 
-__all__ = ["main", "REFERENCE_VNMSE"]
+__all__ = [
+    "main",
+    "build_parser",
+    "collection_tables",
+    "registered_commands",
+    "ENTRY_POINT_GROUP",
+    "EVALUATOR_GROUP",
+]
 
-#: Official QUIC-FL tables (p = 1/512) and EDEN, from the paper notes.
-REFERENCE_VNMSE = {(1, 6): 1.4670, (2, 5): 0.2149, (3, 4): 0.04312, (4, 4): 0.009684}
-EDEN_VNMSE = {1: 0.5708, 2: 0.1331, 3: 0.03578, 4: 0.009592}
+#: Entry-point group of CLI verbs. An entry's name is the verb's path ("design",
+#: "tables.verify"); its object is a function ``register(subparsers)`` adding that verb
+#: to the subparsers of its parent (the top level, or ``tables``).
+ENTRY_POINT_GROUP = "quicdesign.commands"
+# Kept equal to [project.entry-points."quicdesign.commands"] in pyproject.toml (a test
+# checks it), for runs from a source tree where no metadata is installed.
+_OWN_COMMANDS = {
+    "design": "solvers.cli:register_design",
+    "tables.verify": "solvers.cli:register_tables_verify",
+    "bench": "quicdesign.bench.cli:register",
+    "fl": "quicdesign.fl.cli:register",
+}
+#: Entry-point group of design-layer helpers the runtime verbs use when installed.
+EVALUATOR_GROUP = "quicdesign.evaluators"
+_OWN_EVALUATORS = {"vnmse": "solvers.cli:exact_vnmse"}
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f"quicdesign: error: {message}\n")
-
-
-def _cmd_design_entropy(args) -> int:
-    from solvers.bound import attach_floor, entropy_floor
-    from solvers.rate import design_entropy_coded
-
-    shared_bits = (args.shared_bits or [6])[0]
-    out = writable_dir(args.out) if args.out else None
-    if out is not None:
-        _refuse_overwrite(out, [f"rate{rate}-l{shared_bits}" for rate in args.entropy], args)
-    print(
-        f"{'rate':>4} {'l':>2} {'K':>4} {'step':>7} {'vNMSE':>9} {'EDEN':>7} {'ratio':>6} "
-        f"{'expected bits':>13} {'cert gap':>9} {'floor':>11} {'within':>7}"
-    )
-    defaults, failed = {}, 0
-    for rate in args.entropy:
-        result = design_entropy_coded(
-            target_bits=rate,
-            shared_bits=shared_bits,
-            overhead_bits=args.overhead_bits,
-            certify=not args.no_certify,
-        )
-        table, eden = result.table, EDEN_VNMSE.get(rate)
-        floor = entropy_floor(
-            table.manifest["coding"]["entropy_bits"],
-            table.tail_prob,
-            seconds=args.bound_seconds,
-        )
-        table = attach_floor(table, floor)
-        print(
-            f"{rate:>4} {table.shared_bits:>2} {table.num_messages:>4} {result.grid_step:>7.4f} "
-            f"{result.vnmse:>9.5g} {eden if eden else '':>7} "
-            f"{format(result.vnmse / eden, '.3f') if eden else '':>6} "
-            f"{result.expected_bits:>13.4f} {_cert_gap(result):>9} {_bound_columns(table)}",
-            flush=True,
-        )
-        failed += not result.success
-        if out is not None:
-            name = f"rate{rate}-l{table.shared_bits}"
-            table.save(out / name)
-            defaults[rate] = name
-    if out is not None:
-        write_index(out, defaults)
-        print(f"tables written to {out}")
-    return 1 if failed else 0
-
-
-_MAX_SAMPLE_FILE_BYTES = 1 << 30
-
-
-def _distribution(text: str):
-    """``--distribution``: ``(label, law)`` with law None for the standard normal."""
-    from scipy import stats
-
-    kind, _, value = text.partition(":")
-    try:
-        if text == "normal":
-            return "normal", None
-        if kind == "t" and value:
-            df = float(value)
-            if not 2 < df < 1e6:
-                raise ValueError("t needs 2 < DF (a finite variance)")
-            return f"t{value}", stats.t(df)
-        if text in ("laplace", "logistic"):
-            return text, getattr(stats, text)()
-        if kind == "samples" and value:
-            return f"samples-{Path(value).stem}", _read_samples(Path(value))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad --distribution {text!r}: {exc}") from None
-    raise argparse.ArgumentTypeError(
-        f"--distribution must be normal, t:DF, laplace, logistic or samples:FILE.npy, got {text!r}"
-    )
-
-
-def _read_samples(path: Path):
-    import numpy as np
-
-    if not path.is_file() or path.stat().st_size > _MAX_SAMPLE_FILE_BYTES:
-        raise ValueError(f"{path} is not a regular .npy file of at most 1 GiB")
-    from ._export import read_npy
-
-    with open(path, "rb") as stream:
-        samples = read_npy(stream, _MAX_SAMPLE_FILE_BYTES)
-    if samples.dtype.kind != "f" or samples.size < 2 or not np.all(np.isfinite(samples)):
-        raise ValueError(f"{path} must hold at least 2 finite floats")
-    return samples.ravel()
-
-
-def _cmd_design(args) -> int:
-    if args.entropy:
-        return _cmd_design_entropy(args)
-    from solvers.design import DEFAULT_TAIL_PROB, DesignSpec
-    from solvers.sweep import DEFAULT_SHARED_BITS, default_specs, sweep
-
-    if args.defaults:
-        specs = default_specs()
-    else:
-        bits_list = args.bits or [1, 2, 3, 4]
-        tail = DEFAULT_TAIL_PROB if args.tail_prob is None else args.tail_prob
-        specs = []
-        label, law = args.distribution or ("normal", None)
-        if args.input_model != "direct" and law is not None:
-            raise ParameterError(
-                "--distribution needs --input-model direct: with rotation the table sees "
-                "values close to N(0, 1) whatever the input law"
-            )
-        input_model = args.input_model
-        for bits in bits_list:
-            shared = args.shared_bits or [DEFAULT_SHARED_BITS.get(bits, 0)]
-            specs += [
-                DesignSpec(bits, shared_bits, tail, None, law, input_model)
-                for shared_bits in shared
-            ]
-    suffix = f"-direct-{args.distribution[0] if args.distribution else 'normal'}"
-    suffix = suffix if not args.defaults and args.input_model == "direct" else ""
-    out = writable_dir(args.out) if args.out else None
-    if out is not None:
-        names = [table_name(spec.bits, spec.shared_bits, spec.tail_prob) + suffix for spec in specs]
-        _refuse_overwrite(out, names, args)
-    if args.cache_dir:
-        writable_dir(args.cache_dir)
-    began = time.perf_counter()
-    results = sweep(
-        specs,
-        n_jobs=args.jobs,
-        cache_dir=args.cache_dir,
-        progress=args.progress,
-        starts=args.starts,
-        certify=not args.no_certify,
-    )
-    _attach_bounds(results, args.bound_seconds)
-    wall = time.perf_counter() - began
-    print(_quality_report(results))
-    print(f"\n{len(results)} tables designed in {wall:.1f} s wall (n_jobs={args.jobs})")
-    failed = [r for r in results if not r.success]
-    for result in results:
-        if suffix:
-            law = result.table.input_model["input_law"]
-            name = f"{law.get('name', law.get('kind'))} {law.get('args', '')}".strip()
-            print(f"{result.table.name}{suffix}: design vNMSE {result.vnmse:.6g} on {name}")
-    if out is not None:
-        for result in results:
-            result.table.save(out / (result.table.name + suffix))
-        defaults = {
-            r.table.bits: r.table.name + suffix
-            for r in results
-            if r.table.shared_bits == DEFAULT_SHARED_BITS.get(r.table.bits)
-        }
-        write_index(out, defaults or None)
-        print(f"tables written to {out}")
-    if failed:
-        print(f"quicdesign: error: {len(failed)} design(s) failed verification", file=sys.stderr)
-        return 1
-    return 0
-
-
-def _attach_bounds(results, seconds) -> None:
-    """Certify every designed table against the global lower bound (in place)."""
-    from solvers.bound import attach_bound, lower_bound
-
-    for result in results:
-        table = result.table
-        # A refined l = 8 design gives far better starting multipliers (b <= 4 only: larger
-        # b would make that design slow); a zero budget keeps the one-DP start.
-        start = 8 if seconds > 0 and table.bits <= 4 and table.shared_bits < 8 else None
-        bound = lower_bound(table, seconds=seconds, start=start)
-        result.table = attach_bound(result.table, bound)
-        result.bound = bound
-
-
-def _refuse_overwrite(out: Path, names, args) -> None:
-    """Refuse, before any work, to replace tables already in ``out`` unless --force."""
-    taken = sorted({name for name in names if (out / name).exists() or (out / name).is_symlink()})
-    if taken and not args.force:
-        raise ParameterError(
-            f"{out} already holds {', '.join(taken)}; pass --force to replace "
-            f"{'it' if len(taken) == 1 else 'them'}"
-        )
-
-
-def _cert_gap(result) -> str:
-    """The LP certificate's gap, or ``off`` when --no-certify skipped it."""
-    return format(result.certificate["gap"], ".1e") if result.certificate else "off"
-
-
-def _quality_report(results) -> str:
-    lines = [
-        f"{'b':>2} {'l':>2} {'p':>9} {'T':>7} {'vNMSE':>11} {'certified':>11} {'within':>7} "
-        f"{'official':>9} {'ratio':>6} "
-        f"{'EDEN':>7} {'1/(4^b-1)':>10} {'bits/coord':>10} {'cert gap':>9} {'time s':>6}",
-    ]
-    for r in results:
-        t = r.table
-        official = REFERENCE_VNMSE.get((t.bits, t.shared_bits))
-        eden = EDEN_VNMSE.get(t.bits)
-        cert = _cert_gap(r)
-        lines.append(
-            f"{t.bits:>2} {t.shared_bits:>2} {t.tail_prob:>9.3g} {t.threshold:>7.4f} "
-            f"{t.vnmse:>11.6g} {_bound_columns(t)} {official if official else '':>9} "
-            f"{format(t.vnmse / official, '.4f') if official else '':>6} "
-            f"{eden if eden else '':>7} {1 / (4**t.bits - 1):>10.4g} "
-            f"{t.bits_per_coordinate:>10.4f} {cert:>9} {r.wall_time:>6.2f}"
-        )
-    return "\n".join(lines)
-
-
-def _bound_columns(table) -> str:
-    """``certified lower bound`` and ``within x %`` columns (blank without a proof)."""
-    section = table.manifest.get("global_bound")
-    if not section:
-        return f"{'':>11} {'':>7}"
-    gap = section.get("relative_gap")
-    within = "" if gap is None else f"{100 * gap:.2f}%"
-    return f"{section['value']:>11.6g} {within:>7}"
 
 
 def _cmd_tables_list(args) -> int:
@@ -277,37 +84,7 @@ def _cmd_tables_show(args) -> int:
     return 0
 
 
-def _cmd_tables_verify(args) -> int:
-    from solvers.verify import verify
-
-    from .bound import check_global_bound
-
-    tables = _collection_tables(Path(args.path) if args.path else shipped_tables_dir())
-    bad = 0
-    for table in tables:
-        report = verify(table)
-        try:
-            check = check_global_bound(table)
-            bound_text = (
-                "no bound"
-                if check is None
-                else f"bound {check.recomputed:.6g} (within {100 * check.relative_gap:.2f}%)"
-            )
-            bound_ok = True
-        except TableError as exc:
-            bound_text, bound_ok = f"bound REFUSED: {exc}", False
-        ok = report.ok and bound_ok
-        bad += not ok
-        print(
-            f"{table.name:<16} {'ok' if ok else 'FAILED':<6} bias {report.max_bias:.1e} "
-            f"simplex {report.max_simplex_violation:.1e} vNMSE {report.recomputed_vnmse:.6g} "
-            f"(recorded {report.recorded_vnmse}) {bound_text}"
-            + (f" failed: {', '.join(report.failures)}" if report.failures else "")
-        )
-    return 1 if bad else 0
-
-
-def _collection_tables(folder: Path):
+def collection_tables(folder: Path):
     """Every table of a table directory or collection (validated on load)."""
     from .table import Table, _is_table_dir, _load_entry, _read_index
 
@@ -319,10 +96,10 @@ def _collection_tables(folder: Path):
 def _cmd_tables_export(args) -> int:
     out = writable_dir(args.out)
     if args.path:
-        tables = [(t.name, t) for t in _collection_tables(Path(args.path))]
+        tables = [(t.name, t) for t in collection_tables(Path(args.path))]
     else:
-        tables = [(t.name, t) for t in _collection_tables(shipped_tables_dir())]
-        entropy = _collection_tables(shipped_tables_dir() / "entropy")
+        tables = [(t.name, t) for t in collection_tables(shipped_tables_dir())]
+        entropy = collection_tables(shipped_tables_dir() / "entropy")
         tables += [(f"entropy-{t.name}", t) for t in entropy]
     for name, table in tables:
         target = table.save(out / f"{name}.{args.format}", format=args.format)
@@ -332,14 +109,17 @@ def _cmd_tables_export(args) -> int:
 
 
 def _exact_vnmse(table) -> tuple[float | None, str]:
-    """vNMSE on N(0, 1) recomputed exactly (design extra) or the recorded value."""
+    """vNMSE on N(0, 1) recomputed by the design layer when installed, else as recorded.
+
+    The evaluator is found through the ``quicdesign.evaluators`` entry point ``vnmse``,
+    so this module never imports the design layer.
+    """
+    module_name, _, function = _registered(EVALUATOR_GROUP, _OWN_EVALUATORS)["vnmse"].partition(":")
     try:
-        from solvers.distributions import StandardNormal
-        from solvers.objective import evaluate
+        evaluate = getattr(importlib.import_module(module_name), function)
+        return evaluate(table), "recomputed"
     except ImportError:
         return table.vnmse, "recorded"
-    value = evaluate(table.receiver, StandardNormal(), *table.support, gradient=False).vnmse
-    return value, "recomputed"
 
 
 def _cmd_tables_diff(args) -> int:
@@ -385,8 +165,15 @@ def _cmd_tables_diff(args) -> int:
     return 0 if same else 1
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``quicdesign`` command."""
+def build_parser(argv=None) -> argparse.ArgumentParser:
+    """The argument parser of the ``quicdesign`` command.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments about to be parsed: only the registered verbs they can name are
+        imported (so ``tables list`` never loads the design layer). None: all verbs.
+    """
     from . import __version__
 
     parser = _Parser(
@@ -396,89 +183,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"quicdesign {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    design = commands.add_parser("design", help="design tables and print their quality")
-    design.add_argument(
-        "--defaults",
-        action="store_true",
-        help="design every shipped table (b = 1..8 defaults and l = 8 extras)",
-    )
-    design.add_argument(
-        "--bits",
-        type=int_list("bits", 1, DESIGN_MAX_BITS),
-        help=f"bit widths in 1..{DESIGN_MAX_BITS}, e.g. 1-4 or 1,2,8 (default: 1-4)",
-    )
-    design.add_argument(
-        "--shared-bits",
-        type=int_list("shared_bits", 0, DESIGN_MAX_SHARED_BITS),
-        help=f"shared bits l in 0..{DESIGN_MAX_SHARED_BITS} (default: per b)",
-    )
-    design.add_argument(
-        "--tail-prob", type=probability, help="tail probability p, e.g. 1/512 (default: 1/512)"
-    )
-    design.add_argument(
-        "--input-model",
-        choices=("rotated", "direct"),
-        default="rotated",
-        help="rotated: for Encoder (inputs become ~N(0,1)); direct: for DirectEncoder, "
-        "designed for --distribution after unit-RMS scaling (default: rotated)",
-    )
-    design.add_argument(
-        "--distribution",
-        type=_distribution,
-        help="value law for --input-model direct: normal, t:DF, laplace, logistic or "
-        "samples:FILE.npy, a float array read without pickle (default: normal)",
-    )
-    design.add_argument(
-        "--out", help="write the tables and an index to this folder (default: print only)"
-    )
-    design.add_argument(
-        "--force",
-        action="store_true",
-        help="replace tables of the same name already in --out",
-    )
-    design.add_argument(
-        "--jobs",
-        type=bounded_int("jobs", -1, MAX_JOBS),
-        default=-1,
-        help="parallel workers; -1 means all cores (default: -1)",
-    )
-    design.add_argument("--cache-dir", help="design cache folder, table format (off by default)")
-    design.add_argument(
-        "--starts",
-        type=bounded_int("starts", 1, MAX_STARTS),
-        default=4,
-        help=f"optimizer starts per table, 1..{MAX_STARTS} (default: 4)",
-    )
-    design.add_argument(
-        "--no-certify", action="store_true", help="skip the LP certificate (default: certify)"
-    )
-    design.add_argument(
-        "--bound-seconds",  # also the scalar-floor budget of --entropy designs
-        type=real("bound seconds", 0.0, 3600.0),
-        default=5.0,
-        help="ascent budget per table for the certified global lower bound, 0..3600; "
-        "b <= 4 tables with l < 8 first refine an l = 8 design to start from "
-        "(0: the design's own multipliers only, one DP; default: 5)",
-    )
-    design.add_argument(
-        "--entropy",
-        type=int_list("entropy rate", 1, 7),
-        help="design entropy-coded tables for these bits per coordinate (1..7)",
-    )
-    design.add_argument(
-        "--overhead-bits",
-        type=real("overhead_bits", 0.0, 1.0),
-        default=0.002,
-        help="per-coordinate wire overhead budgeted by --entropy designs (default: 0.002)",
-    )
-    design.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress: a bar on a terminal, one line per table otherwise (default: on)",
-    )
-    design.set_defaults(run=_cmd_design)
 
     tables = commands.add_parser("tables", help="list, show or verify stored tables")
     table_cmds = tables.add_subparsers(dest="tables_command", required=True, parser_class=_Parser)
@@ -497,9 +201,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     show.add_argument("--path", help="table or collection folder (default: shipped tables)")
     show.set_defaults(run=_cmd_tables_show)
-    check = table_cmds.add_parser("verify", help="re-verify tables (needs the design extra)")
-    check.add_argument("--path", help="table or collection folder (default: shipped tables)")
-    check.set_defaults(run=_cmd_tables_verify)
     export = table_cmds.add_parser(
         "export", help="write tables as safetensors or npz files (all parameters in metadata)"
     )
@@ -521,22 +222,67 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("b", help="table folder or .safetensors/.npz file")
     diff.set_defaults(run=_cmd_tables_diff)
 
-    _add_optional_commands(commands)
+    _add_registered_commands({"": commands, "tables": table_cmds}, argv)
     return parser
 
 
-def _add_optional_commands(commands) -> None:
-    """Register ``bench`` and ``fl`` commands when their modules are present."""
-    import importlib
+def registered_commands() -> dict[str, str]:
+    """Command name -> ``"module:function"`` of every CLI verb that registers itself.
 
-    for module_name in ("quicdesign.bench.cli", "quicdesign.fl.cli"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name is None or not module_name.startswith(exc.name):
-                raise
+    Verbs come from the ``quicdesign.commands`` entry points of installed distributions;
+    this distribution's own (declared in ``pyproject.toml``) are also known when it runs
+    from a source tree without installed metadata.
+    """
+    return _registered(ENTRY_POINT_GROUP, _OWN_COMMANDS)
+
+
+def _registered(group: str, own: dict) -> dict[str, str]:
+    found = dict(own)
+    try:
+        for entry in importlib.metadata.entry_points(group=group):
+            found[entry.name] = entry.value
+    except Exception:  # noqa: BLE001 - broken metadata elsewhere must not break the CLI
+        pass
+    return found
+
+
+def _wanted(path: str, argv) -> bool:
+    """Whether the verb ``path`` can be named by ``argv`` (its words agree so far)."""
+    if argv is None:
+        return True
+    words = [word for word in argv if not word.startswith("-")]
+    return all(a == b for a, b in zip(path.split("."), words, strict=False))
+
+
+def _add_registered_commands(groups, argv) -> None:
+    """Let every registered verb that ``argv`` may name add its parser."""
+    for path, target in sorted(registered_commands().items()):
+        parent, _, name = path.rpartition(".")
+        if parent not in groups or not _wanted(path, argv):
             continue
-        module.register(commands)
+        module_name, _, function = target.partition(":")
+        try:
+            register = getattr(importlib.import_module(module_name), function)
+        except ModuleNotFoundError as exc:
+            if exc.name is None or module_name.startswith(exc.name):
+                continue  # the verb's own module is not installed: no such verb
+            _add_missing_dependency(groups[parent], name, exc)
+            continue
+        register(groups[parent])
+
+
+def _add_missing_dependency(commands, name, error) -> None:
+    """A verb whose module needs an extra that is not installed: running it says so."""
+    # "\0" as the option prefix: every word, options included, lands in ``rest``
+    stub = commands.add_parser(
+        name, help=f"(needs {error.name})", add_help=False, prefix_chars="\0"
+    )
+    stub.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def run(args):
+        raise error
+
+    stub.set_defaults(run=run)
 
 
 #: The extra (pyproject.toml) that installs each optional module.
@@ -569,7 +315,8 @@ def _extra_providing(module: str | None, args) -> str:
 
 def main(argv=None) -> int:
     """Run the command line; returns the exit status."""
-    parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

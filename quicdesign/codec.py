@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._accumulate import WeightedSumAggregator, check_contribution_bound
+from ._deprecation import renamed_attributes
 from ._validate import (
     MAX_DIM,
     as_client_vector,
@@ -32,17 +33,21 @@ from ._validate import (
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import ROTATED, check_input_model
-from .randomness import rotation_signs, shared_values, stratified_shared_values
+from .randomness import (
+    _mode_round_tag,
+    rotation_signs,
+    shared_values,
+    stratified_shared_values,
+)
 from .rotation import MAX_CHUNKS, RotationLayout, scaled_rotate, unrotate
 from .table import Table
 
 __all__ = [
-    "Encoder",
-    "Aggregator",
+    "QuicFLEncoder",
+    "QuicFLAggregator",
     "PayloadHeader",
     "read_header",
-    "round_tag",
-    "max_payload_size",
+    "payload_size",
     "WIRE_MAGIC",
     "WIRE_VERSION",
 ]
@@ -53,23 +58,6 @@ WIRE_VERSION = 2
 # Clients gathered per pass of the compiled kernel (8 bytes of index per coordinate each).
 _KERNEL_BLOCK = 8
 _FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
-
-
-def _tag(round_seed: int, person: bytes) -> int:
-    seed = check_round_seed(round_seed)
-    digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=person)
-    return int.from_bytes(digest.digest(), "little")
-
-
-def round_tag(round_seed: int) -> int:
-    """32-bit tag of a round seed carried in payloads (detects cross-round mixups)."""
-    return _tag(round_seed, b"quicdesign.tag1")
-
-
-def _mode_round_tag(round_seed: int, stratified: bool) -> int:
-    """The payload tag of a round: stratified rounds (``docs/randomness.md``) use another
-    personalisation, so a payload is never decoded with the other mode's ``h``."""
-    return _tag(round_seed, b"quicdesign.tgs1") if stratified else round_tag(round_seed)
 
 
 def _client_shared_values(round_seed, client_id, bits, size, stratified) -> np.ndarray:
@@ -107,7 +95,7 @@ def _check_table(table) -> Table:
     return table
 
 
-def max_payload_size(bits: int, dim: int, num_exact: int) -> int:
+def payload_size(bits: int, dim: int, num_exact: int) -> int:
     """Exact payload size for ``dim`` and ``num_exact`` exactly-sent coordinates."""
     layout = RotationLayout.for_dim(dim)
     return (
@@ -161,7 +149,7 @@ def _norms_and_scales(rotated, exponents, chunk_size):
     return norms32, scale
 
 
-class Encoder:
+class QuicFLEncoder:
     """Client-side QUIC-FL encoder for one round.
 
     Parameters
@@ -364,7 +352,7 @@ def _check_size(size: int, expected: int) -> None:
         raise PayloadError(f"{kind} payload: {size} bytes, expected {expected}")
 
 
-class Aggregator(WeightedSumAggregator):
+class QuicFLAggregator(WeightedSumAggregator):
     """Server-side QUIC-FL aggregation for one round and dimension.
 
     Decoded clients are summed in the rotated domain; :meth:`result` applies one inverse
@@ -458,7 +446,7 @@ class Aggregator(WeightedSumAggregator):
     def _parse(self, payload, reader: PayloadReader, header: PayloadHeader, shared: np.ndarray):
         """Read codes and exact coordinates; returns ``(codes, indices, values)``."""
         table, layout = self.table, self._state.layout
-        expected = max_payload_size(table.bits, self.dim, header.num_exact)
+        expected = payload_size(table.bits, self.dim, header.num_exact)
         _check_size(reader.size, expected)
         codes = reader.read_codes(table.bits, layout.rotated_dim, "codes")
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
@@ -574,9 +562,24 @@ class Aggregator(WeightedSumAggregator):
         return self.table
 
     def rotated_mean(self) -> np.ndarray:
-        """The weighted mean still in the rotated domain, shape (chunks, chunk_size)."""
+        """The weighted mean still in the rotated domain, shape (chunks, chunk_size).
+
+        What a port (``docs/porting.md``, tests/test_port_c.py) checks before its inverse
+        rotation.
+        """
         return self.weighted_mean()
 
     def _finalize(self, mean: np.ndarray) -> np.ndarray:
         # The single inverse rotation of the round.
         return unrotate(mean, self._state.signs(np.float64), self._state.layout)
+
+
+__getattr__ = renamed_attributes(
+    __name__,
+    {
+        "Encoder": "QuicFLEncoder",
+        "Aggregator": "QuicFLAggregator",
+        "max_payload_size": "payload_size",
+    },
+    globals(),
+)

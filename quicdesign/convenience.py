@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._wire import PayloadReader
-from .codec import Aggregator, Encoder, max_payload_size, read_header
+from .codec import QuicFLAggregator, QuicFLEncoder, payload_size, read_header
 from .errors import InputVectorError, PayloadError, TableNotFoundError
 from .table import Table, list_tables, load_table
 
@@ -43,7 +43,7 @@ def compress(
     bytes
     """
     table = load_table(bits) if table is None else table
-    return Encoder(table, round_seed).encode(vector, client_id, rng=rng)
+    return QuicFLEncoder(table, round_seed).encode(vector, client_id, rng=rng)
 
 
 def decompress(payload, *, table: Table | None = None, round_seed: int = 0) -> np.ndarray:
@@ -59,7 +59,7 @@ def decompress(payload, *, table: Table | None = None, round_seed: int = 0) -> n
     header = read_header(reader)
     # The dimension comes from the payload: check the payload could hold it before the
     # aggregator allocates O(dim) memory (a 68-byte payload may claim d = 2**31 - 1).
-    expected = max_payload_size(header.bits, header.dim, header.num_exact)
+    expected = payload_size(header.bits, header.dim, header.num_exact)
     if reader.size != expected:
         raise PayloadError(
             f"payload of {reader.size} bytes cannot hold the dimension {header.dim} it "
@@ -67,7 +67,7 @@ def decompress(payload, *, table: Table | None = None, round_seed: int = 0) -> n
         )
     if table is None:
         table = _shipped_table_with_fingerprint(header.fingerprint)
-    aggregator = Aggregator(table, round_seed, header.dim)
+    aggregator = QuicFLAggregator(table, round_seed, header.dim)
     aggregator.add(payload)
     return aggregator.result()
 

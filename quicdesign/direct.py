@@ -18,10 +18,10 @@ import numpy as np
 from ._accumulate import WeightedSumAggregator
 from ._validate import as_client_vector, check_client_id, check_f32_normal, check_round_seed
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
-from .codec import _FIXED_HEADER, _check_table, read_header, round_tag
+from .codec import _FIXED_HEADER, _check_table, read_header
 from .errors import InputVectorError, PayloadError
 from .input_model import DIRECT, check_input_model
-from .randomness import shared_values
+from .randomness import round_tag, shared_values
 from .rotation import RotationLayout
 from .table import Table
 

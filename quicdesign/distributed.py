@@ -29,14 +29,14 @@ def _empty(source, round_seed: int, dim: int):
 
     if isinstance(source, Compressor):
         return source.aggregator(dim, round_seed)
-    from .codec import Aggregator
+    from .codec import QuicFLAggregator
 
     # A table with a code model is an entropy-coded design (QuicFLEntropy's aggregator).
     if getattr(source, "code_model", None) is not None:
-        from .entropy import EntropyAggregator
+        from .entropy import QuicFLEntropyAggregator
 
-        return EntropyAggregator(source, round_seed, dim)
-    return Aggregator(source, round_seed, dim)
+        return QuicFLEntropyAggregator(source, round_seed, dim)
+    return QuicFLAggregator(source, round_seed, dim)
 
 
 def _leaf(source, round_seed: int, dim: int, payloads, weights, key) -> bytes:
@@ -250,7 +250,7 @@ def aggregate(
 
     Returns
     -------
-    Aggregator
+    QuicFLAggregator
         A new aggregator holding every client; ``result()`` gives the weighted mean.
 
     Raises

@@ -21,12 +21,25 @@ import hashlib
 
 import numpy as np
 
+from ._deprecation import renamed_attributes
 from ._wire import PayloadReader, PayloadWriter
-from .codec import _FIXED_HEADER, Aggregator, Encoder, PayloadHeader, _check_size, _Quantized
+from .codec import (
+    _FIXED_HEADER,
+    PayloadHeader,
+    QuicFLAggregator,
+    QuicFLEncoder,
+    _check_size,
+    _Quantized,
+)
 from .errors import ParameterError, PayloadError
 from .table import Table
 
-__all__ = ["EntropyEncoder", "EntropyAggregator", "ENTROPY_MAGIC", "ENTROPY_WIRE_VERSION"]
+__all__ = [
+    "QuicFLEntropyEncoder",
+    "QuicFLEntropyAggregator",
+    "ENTROPY_MAGIC",
+    "ENTROPY_WIRE_VERSION",
+]
 
 ENTROPY_MAGIC = b"QDQE"
 #: Versions 1 and 2 carried no symbol count or digest; they are refused
@@ -78,7 +91,7 @@ def _coded_positions(rotated_dim: int, exact_indices: np.ndarray) -> np.ndarray 
     return np.flatnonzero(keep)
 
 
-class EntropyEncoder(Encoder):
+class QuicFLEntropyEncoder(QuicFLEncoder):
     """Client-side encoder for entropy-coded tables (``table.code_model`` set)."""
 
     _wire_version = ENTROPY_WIRE_VERSION
@@ -110,10 +123,10 @@ class EntropyEncoder(Encoder):
         return writer.to_bytes()
 
 
-class EntropyAggregator(Aggregator):
+class QuicFLEntropyAggregator(QuicFLAggregator):
     """Server-side aggregation of entropy-coded payloads (one inverse rotation in total).
 
-    Every guarantee of :class:`quicdesign.Aggregator` holds: a payload is validated and
+    Every guarantee of :class:`quicdesign.QuicFLAggregator` holds: a payload is validated and
     decoded completely (the ANS stream must decode to exactly the expected number of
     symbols and be used up) before any state changes.
     """
@@ -179,3 +192,10 @@ class EntropyAggregator(Aggregator):
         if _symbol_digest(symbols) != digest:
             raise PayloadError("coded stream does not decode to the symbols that were encoded")
         return codes, indices, values
+
+
+__getattr__ = renamed_attributes(
+    __name__,
+    {"EntropyEncoder": "QuicFLEntropyEncoder", "EntropyAggregator": "QuicFLEntropyAggregator"},
+    globals(),
+)

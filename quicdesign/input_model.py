@@ -5,7 +5,7 @@ two ways to produce ``z`` (``docs/wire-format.md``):
 
 ``"rotated"``
     randomized Hadamard transform, then each chunk scaled to unit RMS
-    (:class:`quicdesign.Encoder`). Whatever the input, ``z`` is then close to N(0, 1), so
+    (:class:`quicdesign.QuicFLEncoder`). Whatever the input, ``z`` is then close to N(0, 1), so
     a rotated table must be designed for the standard normal.
 ``"direct"``
     no rotation; each chunk scaled to unit RMS (:class:`quicdesign.DirectEncoder`).

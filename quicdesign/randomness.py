@@ -45,7 +45,6 @@ callers pass their own ``numpy.random.Generator``.
 """
 
 import hashlib
-import operator
 import struct
 
 import numpy as np
@@ -61,6 +60,7 @@ __all__ = [
     "raw_words",
     "rotation_signs",
     "shared_values",
+    "round_tag",
     "stratified_shared_values",
     "STRATIFICATION_VERSION",
     "PURPOSE_STRATIFIED_H",
@@ -79,14 +79,6 @@ _MAX_SHARED_BITS = 8
 _SIGN_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64), np.dtype(np.int8))
 
 
-def _check_uint64(value, name):
-    return check_int(value, name, 0, _UINT64_LIMIT - 1)
-
-
-def _check_count(value, name):
-    return check_int(value, name, 0)
-
-
 def derive_key(round_seed, client_id, purpose):
     """Derive the 128-bit Philox key for one ``(round, client, purpose)`` stream.
 
@@ -102,8 +94,8 @@ def derive_key(round_seed, client_id, purpose):
     int
         The key, ``0 <= key < 2**128``.
     """
-    round_seed = _check_uint64(round_seed, "round_seed")
-    client_id = _check_uint64(client_id, "client_id")
+    round_seed = check_int(round_seed, "round_seed", 0, _UINT64_LIMIT - 1)
+    client_id = check_int(client_id, "client_id", 0, _UINT64_LIMIT - 1)
     if not isinstance(purpose, str) or not purpose:
         raise ParameterError(f"purpose must be a non-empty str, got {purpose!r}")
     data = struct.pack("<QQ", round_seed, client_id) + purpose.encode("utf-8")
@@ -130,7 +122,7 @@ def raw_words(round_seed, client_id, purpose, count):
         ``derive_key(round_seed, client_id, purpose)`` and a zero initial counter.
     """
     key = derive_key(round_seed, client_id, purpose)
-    count = _check_count(count, "count")
+    count = check_int(count, "count", 0)
     return np.random.Philox(key=key).random_raw(count)
 
 
@@ -162,7 +154,7 @@ def rotation_signs(round_seed, n, dtype=np.float32, *, client_id=0, purpose=PURP
         Shape ``(n,)``; sign ``j`` is ``-1`` exactly when bit ``j`` of the
         ``(round_seed, client_id, purpose)`` stream is set.
     """
-    n = _check_count(n, "n")
+    n = check_int(n, "n", 0)
     try:
         dtype = np.dtype(dtype)
     except TypeError:
@@ -179,17 +171,7 @@ def rotation_signs(round_seed, n, dtype=np.float32, *, client_id=0, purpose=PURP
 
 
 def _check_shared_bits(bits):
-    if isinstance(bits, (bool, np.bool_)):
-        raise ParameterError("bits must be an integer in 0..8, got a bool")
-    try:
-        bits = operator.index(bits)
-    except TypeError:
-        raise ParameterError(
-            f"bits must be an integer in 0..8, got {type(bits).__name__}"
-        ) from None
-    if not 0 <= bits <= _MAX_SHARED_BITS:
-        raise ParameterError(f"bits must be in 0..8, got {bits}")
-    return bits
+    return check_int(bits, "bits", 0, _MAX_SHARED_BITS)
 
 
 def stratified_shared_values(round_seed, client_index, bits, n):
@@ -216,7 +198,7 @@ def stratified_shared_values(round_seed, client_index, bits, n):
     numpy.ndarray
         ``uint8`` array of shape ``(n,)`` (see the module docstring for the mapping).
     """
-    n = _check_count(n, "n")
+    n = check_int(n, "n", 0)
     bits = _check_shared_bits(bits)
     client_index = check_int(client_index, "client_index", 0, 2**32 - 1)
     block, slot = divmod(client_index, 1 << bits)
@@ -253,7 +235,7 @@ def shared_values(round_seed, client_id, bits, n, *, purpose=PURPOSE_SHARED_H):
         ``uint8`` array of shape ``(n,)``; value ``j`` is byte ``j`` of the stream
         masked to its low ``bits`` bits.
     """
-    n = _check_count(n, "n")
+    n = check_int(n, "n", 0)
     bits = _check_shared_bits(bits)
     if bits == 0:
         # validate the stream identity anyway so bad seeds fail the same way for every bits
@@ -261,3 +243,24 @@ def shared_values(round_seed, client_id, bits, n, *, purpose=PURPOSE_SHARED_H):
         return np.zeros(n, dtype=np.uint8)
     stream = _stream_bytes(round_seed, client_id, purpose, n)
     return stream[:n] & np.uint8((1 << bits) - 1)
+
+
+def round_tag(round_seed) -> int:
+    """32-bit tag of a round seed carried in every payload (detects cross-round mixups).
+
+    ``blake2b(u64 little-endian round_seed, digest_size=4, person=b"quicdesign.tag1")``
+    read as a little-endian u32 (``docs/randomness.md``).
+    """
+    return _tag(round_seed, b"quicdesign.tag1")
+
+
+def _mode_round_tag(round_seed, stratified: bool) -> int:
+    """The payload tag of a round: stratified rounds use the personalisation
+    ``b"quicdesign.tgs1"``, so a payload is never decoded with the other mode's ``h``."""
+    return _tag(round_seed, b"quicdesign.tgs1") if stratified else round_tag(round_seed)
+
+
+def _tag(round_seed, person: bytes) -> int:
+    seed = check_int(round_seed, "round_seed", 0, _UINT64_LIMIT - 1)
+    digest = hashlib.blake2b(struct.pack("<Q", seed), digest_size=4, person=person)
+    return int.from_bytes(digest.digest(), "little")

@@ -29,12 +29,12 @@ loky backend does; otherwise ``OPENBLAS_NUM_THREADS=1`` or threadpoolctl).
 
 import functools
 import math
-import operator
 from dataclasses import dataclass
 
 import numpy as np
 
 from quicdesign._kernels import compiled_kernels
+from quicdesign._validate import check_dim
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError
 
 __all__ = [
@@ -53,7 +53,6 @@ _MAX_PASS_BITS = 4
 # A single dense matmul is cheaper than several passes up to this length.
 _SINGLE_PASS_MAX = 128
 _FWHT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
-_MAX_DIM = 2**31 - 1
 _SMALL_VECTOR_CHUNK = 1024
 # Up to 64 chunks bound the zero padding by dim / 32 (wire version 2). With 8 chunks a
 # 267,786-long DDP bucket padded to 327,680 (22 % waste); arbitrary bucket sizes need a bound.
@@ -236,18 +235,6 @@ def exact_order_fwht(a):
     return result.reshape(arr.shape)
 
 
-def _check_dim(d):
-    if isinstance(d, (bool, np.bool_)):
-        raise ParameterError("dim must be an integer >= 1, got a bool")
-    try:
-        d = operator.index(d)
-    except TypeError:
-        raise ParameterError(f"dim must be an integer >= 1, got {type(d).__name__}") from None
-    if not 1 <= d <= _MAX_DIM:
-        raise ParameterError(f"dim must be in [1, 2**31 - 1], got {d}")
-    return d
-
-
 def _layout_sizes(d):
     padded = 1 << (d - 1).bit_length()
     largest = max(padded // _PREFERRED_CHUNKS, min(padded, _SMALL_VECTOR_CHUNK))
@@ -288,7 +275,7 @@ class RotationLayout:
     num_chunks: int
 
     def __post_init__(self):
-        dim = _check_dim(self.dim)
+        dim = check_dim(self.dim)
         expected = _layout_sizes(dim)
         given = (self.chunk_size, self.num_chunks)
         if any(type(value) is not int for value in given) or given != expected:
@@ -303,7 +290,7 @@ class RotationLayout:
     @classmethod
     def for_dim(cls, d):
         """Return the layout of a length-``d`` vector (see the class docstring)."""
-        d = _check_dim(d)
+        d = check_dim(d)
         chunk_size, num_chunks = _layout_sizes(d)
         return cls(dim=d, chunk_size=chunk_size, num_chunks=num_chunks)
 

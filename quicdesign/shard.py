@@ -190,8 +190,8 @@ def read_state(data, *, key: bytes | None = None) -> ShardState:
 
 def _empty_aggregator(source, state: ShardState):
     """A fresh aggregator for the shard's scheme, round and dimension from ``source``."""
-    from .codec import STRATIFIED_SHARD_SCHEME, WIRE_MAGIC, Aggregator
-    from .compressors.base import Compressor
+    from .codec import STRATIFIED_SHARD_SCHEME, WIRE_MAGIC, QuicFLAggregator
+    from .protocol import Compressor
     from .table import Table
 
     if isinstance(source, Compressor):
@@ -199,11 +199,11 @@ def _empty_aggregator(source, state: ShardState):
     if isinstance(source, Table):
         if state.scheme in (WIRE_MAGIC, STRATIFIED_SHARD_SCHEME):
             stratified = state.scheme == STRATIFIED_SHARD_SCHEME
-            return Aggregator(source, state.round_seed, state.dim, stratified=stratified)
-        from .entropy import ENTROPY_MAGIC, EntropyAggregator
+            return QuicFLAggregator(source, state.round_seed, state.dim, stratified=stratified)
+        from .entropy import ENTROPY_MAGIC, QuicFLEntropyAggregator
 
         if state.scheme == ENTROPY_MAGIC:
-            return EntropyAggregator(source, state.round_seed, state.dim)
+            return QuicFLEntropyAggregator(source, state.round_seed, state.dim)
         from .direct import DIRECT_MAGIC, DirectAggregator
 
         if state.scheme == DIRECT_MAGIC:
@@ -232,7 +232,7 @@ def from_bytes(source, data, *, key: bytes | None = None, round_seed=None, dim=N
 
     Returns
     -------
-    Aggregator
+    QuicFLAggregator
         A new aggregator holding the shard's clients, weight and sum.
 
     Raises
@@ -282,7 +282,7 @@ def merge(shards: Iterable, source=None, *, key: bytes | None = None):
 
     Returns
     -------
-    Aggregator
+    QuicFLAggregator
         A new aggregator; ``ParameterError`` if the shards overlap or do not match.
     """
     result = None

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from ._export import export_format, load_export, save_export
-from ._validate import check_int, check_probability
+from ._validate import check_int, check_tail_prob
 from .bound import MAX_BOUND_CELLS
 from .errors import (
     ParameterError,
@@ -134,10 +134,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_int(name, value, low, high):
-    return check_int(value, name, low, high)
-
-
 def _check_real(name, value) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.number)):
         raise TableError(f"{name} must be a real number, got {type(value).__name__}")
@@ -153,10 +149,6 @@ def _check_cells(bits, shared_bits) -> None:
             f"a table with bits={bits} and shared_bits={shared_bits} has more than "
             f"{MAX_TABLE_CELLS} cells (the documented maximum)"
         )
-
-
-def _check_tail_prob(tail_prob):
-    return check_probability(tail_prob, "tail_prob")
 
 
 def table_name(bits: int, shared_bits: int, tail_prob: float) -> str:
@@ -209,9 +201,9 @@ class Table:
         code_model=None,
         bound_arrays=None,
     ):
-        self.bits = _check_int("bits", bits, 1, _MAX_BITS)
-        self.shared_bits = _check_int("shared_bits", shared_bits, 0, _MAX_SHARED_BITS)
-        self.tail_prob = _check_tail_prob(tail_prob)
+        self.bits = check_int(bits, "bits", 1, _MAX_BITS)
+        self.shared_bits = check_int(shared_bits, "shared_bits", 0, _MAX_SHARED_BITS)
+        self.tail_prob = check_tail_prob(tail_prob)
         _check_cells(self.bits, self.shared_bits)
         self.lower, self.upper = _check_real("lower", lower), _check_real("upper", upper)
         if not (
@@ -524,8 +516,8 @@ class Table:
             raise TableError(f"{manifest_path}: unknown arrays {sorted(unknown)}")
         try:
             # Range-check the shape before any array is read or allocated.
-            bits = _check_int("bits", params.get("bits"), 1, _MAX_BITS)
-            shared_bits = _check_int("shared_bits", params.get("shared_bits"), 0, _MAX_SHARED_BITS)
+            bits = check_int(params.get("bits"), "bits", 1, _MAX_BITS)
+            shared_bits = check_int(params.get("shared_bits"), "shared_bits", 0, _MAX_SHARED_BITS)
             _check_cells(bits, shared_bits)
             expected_shape = (1 << shared_bits, 1 << bits)
             receiver = _read_array(path, arrays["receiver"], expected_shape)
@@ -1024,11 +1016,11 @@ def load_table(bits, shared_bits=None, tail_prob=None, path=None) -> Table:
     TableError
         If the collection or the table is malformed.
     """
-    bits = _check_int("bits", bits, 1, _MAX_BITS)
+    bits = check_int(bits, "bits", 1, _MAX_BITS)
     if shared_bits is not None:
-        shared_bits = _check_int("shared_bits", shared_bits, 0, _MAX_SHARED_BITS)
+        shared_bits = check_int(shared_bits, "shared_bits", 0, _MAX_SHARED_BITS)
     if tail_prob is not None:
-        tail_prob = _check_tail_prob(tail_prob)
+        tail_prob = check_tail_prob(tail_prob)
     folder = shipped_tables_dir() if path is None else Path(path)
     if _is_table_dir(folder):
         table = Table.load(folder)
@@ -1094,7 +1086,7 @@ def load_entropy_table(rate_bits: int, path=None) -> Table:
         A table with a ``code_model``.
     """
     folder = shipped_tables_dir() / "entropy" if path is None else Path(path)
-    rate_bits = _check_int("rate_bits", rate_bits, 1, _MAX_BITS)
+    rate_bits = check_int(rate_bits, "rate_bits", 1, _MAX_BITS)
     index = _read_index(folder)
     directory = index["defaults"].get(str(rate_bits))
     entries = [e for e in index["tables"] if e["directory"] == directory]

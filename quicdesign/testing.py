@@ -349,6 +349,192 @@ def check_empty_aggregator(ctx):
     _fail(ctx, check, "result() of an empty aggregator did not raise ValueError")
 
 
+def _public_state(compressor):
+    """What a user set: the repr and the public attributes, compared by repr."""
+    return repr(compressor), {
+        key: repr(value) for key, value in vars(compressor).items() if not key.startswith("_")
+    }
+
+
+@register_check("parameters_unchanged")
+def check_parameters_unchanged(ctx):
+    """Encoding, aggregating and decoding leave the compressor's parameters as given."""
+    check = "parameters_unchanged"
+    before = _public_state(ctx.compressor)
+    properties = ctx.compressor.properties
+    aggregator = ctx.aggregator()
+    for payload in _payloads(ctx, 2, salt=7):
+        aggregator.add(payload)
+    aggregator.result()
+    after = _public_state(ctx.compressor)
+    if after != before or ctx.compressor.properties != properties:
+        _fail(ctx, check, f"using the compressor changed it from {before[0]} to {after[0]}")
+
+
+_PLAIN = (type(None), bool, int, float, complex, str, bytes, range, slice)
+
+
+def _not_picklable(obj, where="compressor", depth=0):
+    """Where ``obj`` holds something pickle cannot rebuild by reference, or None.
+
+    Follows the reduction pickle itself uses (``__reduce_ex__(4)``): lambdas, local
+    functions and classes, open files, locks and generators are found wherever they sit.
+    """
+    if depth > 30:
+        return f"{where}: nested deeper than 30 levels"
+    if isinstance(obj, _PLAIN) or isinstance(obj, (np.generic, np.dtype)):
+        return None
+    if isinstance(obj, np.ndarray):
+        return f"{where}: an object array" if obj.dtype.hasobject else None
+    if isinstance(obj, (tuple, list, set, frozenset)):
+        for k, item in enumerate(obj):
+            found = _not_picklable(item, f"{where}[{k}]", depth + 1)
+            if found:
+                return found
+        return None
+    if isinstance(obj, dict):
+        for key, item in obj.items():
+            found = _not_picklable(key, f"{where} key", depth + 1) or _not_picklable(
+                item, f"{where}[{key!r}]", depth + 1
+            )
+            if found:
+                return found
+        return None
+    if isinstance(obj, type) or callable(obj) and hasattr(obj, "__qualname__"):
+        name = getattr(obj, "__qualname__", "")
+        if "<lambda>" in name or "<locals>" in name:
+            return f"{where}: {name} cannot be pickled by reference"
+        if isinstance(obj, type) or not hasattr(obj, "__self__"):
+            return None  # module-level classes and functions travel by name
+    try:
+        reduced = obj.__reduce_ex__(4)
+    except Exception as exc:  # noqa: BLE001 - what pickle would raise
+        return f"{where}: {type(obj).__name__} refuses to be pickled ({exc})"
+    if isinstance(reduced, str):
+        return None  # a global, pickled by name
+    factory = reduced[0]
+    if getattr(factory, "__qualname__", "").endswith(("<lambda>",)) or "<locals>" in getattr(
+        factory, "__qualname__", ""
+    ):
+        return f"{where}: rebuilt by a local function"
+    for part in reduced[1:3]:
+        found = _not_picklable(part, f"{where}.{type(obj).__name__}", depth + 1)
+        if found:
+            return found
+    return None
+
+
+@register_check("pickle")
+def check_pickle(ctx):
+    """The compressor survives the pickle protocol: same repr, bytes and decodes.
+
+    Compressors travel to worker processes (loky, Dask, Ray) by pickle. The package
+    never imports pickle, so the check follows pickle's own reduction
+    (``__reduce_ex__``/``__getstate__``/``__setstate__``, the path ``copy.deepcopy``
+    also takes): the state must hold nothing pickle cannot rebuild, and the rebuilt
+    compressor must behave the same.
+    """
+    check = "pickle"
+    import copy
+
+    problem = _not_picklable(ctx.compressor)
+    if problem:
+        _fail(ctx, check, f"cannot be pickled: {problem}")
+    restored = copy.deepcopy(ctx.compressor)
+    if repr(restored) != repr(ctx.compressor):
+        _fail(ctx, check, f"restored as {restored!r}")
+    # 64 coordinates, so a compressor ignoring the rng cannot repeat its bytes by chance
+    longer = np.resize(ctx.x, max(ctx.dim, 64))
+    payload = ctx.encode(longer, client_id=3, salt=5)
+    again = restored.encode(longer, round_seed=ctx.round_seed, client_id=3, rng=ctx.rng(3, 5))
+    # bytes that differ between two encodes of the original are the determinism check's
+    if again != payload and ctx.encode(longer, client_id=3, salt=5) == payload:
+        _fail(ctx, check, "the restored compressor encodes other bytes")
+    payload = ctx.encode(client_id=3, salt=5)
+    decoded = restored.decode(payload, dim=ctx.dim, round_seed=ctx.round_seed)
+    if not _close(decoded, ctx.decode(payload), ctx):
+        _fail(ctx, check, "the restored compressor decodes differently")
+
+
+#: Clients added while the aggregator's memory is watched by the commutes_with_sum check.
+_WATCHED_CLIENTS = 14
+#: Dimension from which per-client storage stands out from bookkeeping.
+_MEMORY_CHECK_MIN_DIM = 256
+
+
+@register_check("commutes_with_sum")
+def check_commutes_with_sum(ctx):
+    """What a compressor declares about summing before decoding holds.
+
+    Where ``properties.sums_before_decoding`` is declared, the server sums clients in a
+    transformed domain and inverts once: its memory does not grow with the number of
+    clients (watched with ``tracemalloc`` over 14 clients at ``dim >= 256``). Where the
+    compressor also exposes ``stages`` (a :class:`quicdesign.stages.Pipeline`), every
+    stage declaring ``commutes_with_sum`` inverts a weighted sum of client outputs to
+    the weighted sum of their inverses.
+    """
+    check = "commutes_with_sum"
+    stages = getattr(ctx.compressor, "stages", None)
+    if stages is not None:
+        _check_stages_commute(ctx, check, stages)
+    if not ctx.compressor.properties.sums_before_decoding or ctx.dim < _MEMORY_CHECK_MIN_DIM:
+        return
+    import tracemalloc
+
+    payloads = _payloads(ctx, 2 + _WATCHED_CLIENTS, salt=11)
+    aggregator = ctx.aggregator()
+    for payload in payloads[:2]:  # let lazy caches fill before watching
+        aggregator.add(payload)
+    was_tracing = tracemalloc.is_tracing()
+    if not was_tracing:
+        tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for payload in payloads[2:]:
+            aggregator.add(payload)
+        grown = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        if not was_tracing:
+            tracemalloc.stop()
+    # storing every client's float64 vector would take 8 * dim bytes per client
+    limit = 2 * 8 * ctx.dim + 512 * _WATCHED_CLIENTS
+    if grown > limit:
+        _fail(
+            ctx,
+            check,
+            f"declares sums_before_decoding, but its memory grew by {grown} bytes over "
+            f"{_WATCHED_CLIENTS} clients (limit {limit}): it keeps per-client data",
+        )
+
+
+def _check_stages_commute(ctx, check, pipeline):
+    """TFF-style base test: ``invert(sum w_i y_i) == sum w_i invert(y_i)`` per stage."""
+    weights = [0.5, 1.0, 2.5]
+    for index, stage in enumerate(pipeline.stages):
+        if not stage.commutes_with_sum:
+            continue
+        outputs = []
+        for k, weight in enumerate(weights):
+            state = pipeline.client_state(ctx.dim, ctx.round_seed, k, ctx.rng(k, 13))
+            x = ctx.x * (1.0 + k)
+            for earlier in pipeline.stages[:index]:
+                x, _ = earlier.apply(x, state)
+            y, side = stage.apply(x, state)
+            outputs.append((weight, x, y, side))
+        server = pipeline.server_state(ctx.dim, ctx.round_seed)
+        dim = outputs[0][1].size
+        summed = sum(w * np.asarray(y, dtype=np.float64) for w, _, y, _ in outputs)
+        inverted = stage.invert(summed, None, server, dim)
+        expected = sum(w * stage.invert(y, side, server, dim) for w, _, y, side in outputs)
+        if not _close(inverted, expected, ctx, rtol=1e-6):
+            _fail(
+                ctx,
+                check,
+                f"stage {index} ({type(stage).__name__}) declares commutes_with_sum but "
+                "inverting a weighted sum differs from the weighted sum of inverses",
+            )
+
+
 @register_check("unbiasedness")
 def check_unbiasedness(ctx):
     """Mean of independent encodings matches the input within a variance-derived bound.

@@ -18,7 +18,7 @@ from quicdesign._limits import (
     MAX_JOBS,
     MAX_STARTS,
 )
-from quicdesign._validate import check_int, check_probability, check_real
+from quicdesign._validate import check_int, check_positive_float, check_tail_prob
 from quicdesign.errors import ParameterError
 from quicdesign.input_model import DIRECT, ROTATED
 from quicdesign.table import Table
@@ -45,13 +45,9 @@ MAX_SHARED_BITS = DESIGN_MAX_SHARED_BITS
 DEFAULT_TAIL_PROB = 1 / 512
 
 
-def _check_int(name, value, low, high):
-    return check_int(value, name, low, high)
-
-
 def check_n_jobs(n_jobs) -> int:
     """``n_jobs`` as joblib reads it: -1 (all cores) or 1..``MAX_JOBS``."""
-    n_jobs = _check_int("n_jobs", n_jobs, -1, MAX_JOBS)
+    n_jobs = check_int(n_jobs, "n_jobs", -1, MAX_JOBS)
     if n_jobs == 0:
         raise ParameterError("n_jobs must be -1 (all cores) or a positive count, got 0")
     return n_jobs
@@ -70,11 +66,11 @@ def check_design_options(*, starts, max_iter, certify, seed, hops=0) -> dict:
     if not isinstance(certify, (bool, np.bool_)):
         raise ParameterError(f"certify must be True or False, got {certify!r}")
     return {
-        "starts": _check_int("starts", starts, 1, MAX_STARTS),
-        "max_iter": _check_int("max_iter", max_iter, 1, MAX_ITER),
+        "starts": check_int(starts, "starts", 1, MAX_STARTS),
+        "max_iter": check_int(max_iter, "max_iter", 1, MAX_ITER),
         "certify": bool(certify),
-        "seed": _check_int("seed", seed, 0, 2**64 - 1),
-        "hops": _check_int("hops", hops, 0, MAX_HOPS),
+        "seed": check_int(seed, "seed", 0, 2**64 - 1),
+        "hops": check_int(hops, "hops", 0, MAX_HOPS),
     }
 
 
@@ -126,8 +122,8 @@ class DesignSpec:
     input_model: str | None = None
 
     def __post_init__(self):
-        _check_int("bits", self.bits, 1, MAX_BITS)
-        _check_int("shared_bits", self.shared_bits, 0, MAX_SHARED_BITS)
+        check_int(self.bits, "bits", 1, MAX_BITS)
+        check_int(self.shared_bits, "shared_bits", 0, MAX_SHARED_BITS)
         law = as_distribution(self.distribution)
         chunk_size = _rotated_chunk_size(self.input_model)
         # a law already normalized for the runtime remembers the input law it came from
@@ -144,9 +140,7 @@ class DesignSpec:
             law = StandardNormal()  # rotation makes any input close to N(0, 1)
         object.__setattr__(self, "distribution", law)
         if self.threshold is not None:
-            threshold = check_real(self.threshold, "threshold", 0.0)
-            if threshold <= 0:
-                raise ParameterError(f"threshold must be a positive number, got {self.threshold!r}")
+            threshold = check_positive_float(self.threshold, "threshold")
             low, high = self.distribution.partial_moments(np.array([-threshold, threshold]))[0]
             tail = 1.0 - float(high - low)
             if not 0 < tail < 1:
@@ -156,8 +150,7 @@ class DesignSpec:
             object.__setattr__(self, "threshold", threshold)
             object.__setattr__(self, "tail_prob", tail)
         else:
-            tail = check_probability(self.tail_prob, "tail_prob")
-            object.__setattr__(self, "tail_prob", tail)
+            object.__setattr__(self, "tail_prob", check_tail_prob(self.tail_prob))
 
     @property
     def interval(self) -> tuple[float, float]:

@@ -140,8 +140,8 @@ def fit_input_law(
     )
     rotated = _measure(
         pieces,
-        lambda i: quicdesign.Encoder(shipped, i),
-        lambda i: quicdesign.Aggregator(shipped, i, pieces[i].size),
+        lambda i: quicdesign.QuicFLEncoder(shipped, i),
+        lambda i: quicdesign.QuicFLAggregator(shipped, i, pieces[i].size),
     )
     return InputLawFit(
         law=laws[name],

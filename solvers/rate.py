@@ -22,7 +22,7 @@ import numpy as np
 from scipy import optimize
 
 import quicdesign
-from quicdesign._validate import check_probability, check_real
+from quicdesign._validate import check_real, check_tail_prob
 from quicdesign.errors import ParameterError
 from quicdesign.sender import SenderRule
 from quicdesign.table import Table
@@ -72,7 +72,12 @@ def dithered_receiver(delta: float, shared_bits: int, threshold: float) -> np.nd
 class RatePoint(dict):
     """vNMSE and expected wire bits of one design (a dict with attribute access)."""
 
-    __getattr__ = dict.__getitem__
+    def __getattr__(self, name):
+        # AttributeError (not KeyError) for a missing key, so hasattr/getattr work
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"RatePoint has no field {name!r}") from None
 
 
 def _entropy_bits(probabilities: np.ndarray) -> np.ndarray:
@@ -99,7 +104,7 @@ def rate_point(receiver, distribution=None, tail_prob=DEFAULT_TAIL_PROB) -> Rate
         ``expected_bits`` (including exact tails), ``code_model`` (H, K), ``lower``,
         ``upper``.
     """
-    tail_prob = check_probability(tail_prob)
+    tail_prob = check_tail_prob(tail_prob)
     dist = as_distribution(distribution)
     lower, upper = dist.tail_interval(tail_prob)
     rule = SenderRule(receiver)

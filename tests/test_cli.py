@@ -93,6 +93,23 @@ def test_cached_design_is_reused(tmp_path, monkeypatch):
     assert [(r.table.bits, r.table.shared_bits) for r in results] == [(1, 1), (2, 1), (1, 2)]
 
 
+def test_verb_with_a_missing_dependency_says_what_is_missing(tmp_path, monkeypatch, capsys):
+    import quicdesign.cli as cli
+
+    (tmp_path / "fake_verb_qd.py").write_text("import not_installed_package_qd\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(
+        cli, "_OWN_COMMANDS", {"fake": "fake_verb_qd:register", "ghost": "ghost_verb_qd:register"}
+    )
+    assert cli.main(["fake", "--anything"]) == 2
+    assert "not_installed_package_qd" in capsys.readouterr().err
+    # a verb whose own module is absent does not exist at all
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["ghost"])
+    assert stop.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
 def test_tables_verify_refuses_a_tampered_bound(tmp_path):
     import json
 

@@ -9,17 +9,17 @@ from hypothesis import strategies as st
 
 import quicdesign
 from quicdesign import (
-    Aggregator,
     ArrayLayout,
-    Encoder,
     InputDTypeError,
     InputVectorError,
     ParameterError,
     PayloadError,
+    QuicFLAggregator,
+    QuicFLEncoder,
     compress,
     decompress,
 )
-from quicdesign.codec import max_payload_size
+from quicdesign.codec import payload_size
 from quicdesign.rotation import RotationLayout
 
 from ._fuzz import MUTATIONS, assert_rejected_or_harmless, mutate
@@ -33,7 +33,7 @@ def table2():
 
 
 def encode_many(table, vectors, round_seed=ROUND, seed=0):
-    encoder = Encoder(table, round_seed)
+    encoder = QuicFLEncoder(table, round_seed)
     rng = np.random.default_rng(seed)
     return [encoder.encode(v, client, rng=rng) for client, v in enumerate(vectors)]
 
@@ -41,7 +41,7 @@ def encode_many(table, vectors, round_seed=ROUND, seed=0):
 def test_mean_of_independent_encodings_converges_to_input(table2):
     d, trials = 1000, 600
     x = np.random.default_rng(1).lognormal(size=d)
-    encoder = Encoder(table2, ROUND)
+    encoder = QuicFLEncoder(table2, ROUND)
     rng = np.random.default_rng(2)
     decoded = np.empty((trials, d))
     for trial in range(trials):
@@ -59,7 +59,7 @@ def test_measured_vnmse_matches_design(bits, family):
     d, trials = 2**16, 12
     rng = np.random.default_rng(bits)
     ratios = []
-    encoder = Encoder(table, ROUND)
+    encoder = QuicFLEncoder(table, ROUND)
     for trial in range(trials):
         x = rng.standard_normal(d) if family == "normal" else rng.lognormal(size=d)
         y = decompress(encoder.encode(x, trial, rng=rng), table=table, round_seed=ROUND)
@@ -75,7 +75,7 @@ def test_nmse_falls_as_one_over_number_of_clients(table2):
     d, n = 2**14, 16
     rng = np.random.default_rng(3)
     vectors = rng.standard_normal((n, d))
-    aggregator = Aggregator(table2, ROUND, d)
+    aggregator = QuicFLAggregator(table2, ROUND, d)
     for payload in encode_many(table2, vectors, seed=4):
         aggregator.add(payload)
     truth = vectors.mean(axis=0)
@@ -91,8 +91,8 @@ def test_aggregator_equals_average_of_individual_decodes_and_merge(table2):
     vectors = rng.standard_normal((n, d)) * rng.uniform(0.1, 10, size=(n, 1))
     weights = rng.uniform(0.5, 2, n)
     payloads = encode_many(table2, vectors, seed=6)
-    whole = Aggregator(table2, ROUND, d)
-    first, second = Aggregator(table2, ROUND, d), Aggregator(table2, ROUND, d)
+    whole = QuicFLAggregator(table2, ROUND, d)
+    first, second = QuicFLAggregator(table2, ROUND, d), QuicFLAggregator(table2, ROUND, d)
     for index, (payload, weight) in enumerate(zip(payloads, weights, strict=True)):
         whole.add(payload, weight)
         (first if index % 2 else second).add(payload, weight)
@@ -108,9 +108,9 @@ def test_aggregator_equals_average_of_individual_decodes_and_merge(table2):
 
 def test_same_inputs_seeds_and_rng_give_identical_bytes(table2):
     x = np.random.default_rng(7).standard_normal(5000)
-    a = Encoder(table2, ROUND).encode(x, 3, rng=np.random.default_rng(8))
-    b = Encoder(table2, ROUND).encode(x, 3, rng=np.random.default_rng(8))
-    c = Encoder(table2, ROUND).encode(x, 3, rng=np.random.default_rng(9))
+    a = QuicFLEncoder(table2, ROUND).encode(x, 3, rng=np.random.default_rng(8))
+    b = QuicFLEncoder(table2, ROUND).encode(x, 3, rng=np.random.default_rng(8))
+    c = QuicFLEncoder(table2, ROUND).encode(x, 3, rng=np.random.default_rng(9))
     assert a == b and a != c
 
 
@@ -119,11 +119,11 @@ def test_payload_size_bound(bits):
     table = quicdesign.load_table(bits)
     d = 2**16 + 5
     x = np.random.default_rng(bits).standard_t(3, size=d)
-    payload = Encoder(table, ROUND).encode(x, 0)
+    payload = QuicFLEncoder(table, ROUND).encode(x, 0)
     layout = RotationLayout.for_dim(d)
     num_exact = struct.unpack_from("<I", payload, 28)[0]
     assert num_exact > 0
-    assert len(payload) == max_payload_size(bits, d, num_exact)
+    assert len(payload) == payload_size(bits, d, num_exact)
     assert len(payload) <= -(-bits * layout.rotated_dim // 8) + 8 * num_exact + 32 + 4 * 64
     # the layout bounds the padding, so the cost per original coordinate stays near b
     assert layout.rotated_dim - d < max(d / 32, 1024)
@@ -135,7 +135,7 @@ def test_encode_handles_dtypes_sizes_and_leaves_input_alone(table2, dtype, d):
     base = np.random.default_rng(d).standard_normal(2 * d).astype(dtype)
     x = base[::2]  # non-contiguous
     before = x.copy()
-    y = decompress(Encoder(table2, ROUND).encode(x, 1), table=table2, round_seed=ROUND)
+    y = decompress(QuicFLEncoder(table2, ROUND).encode(x, 1), table=table2, round_seed=ROUND)
     np.testing.assert_array_equal(x, before)
     assert y.shape == (d,) and y.dtype == np.float64 and np.all(np.isfinite(y))
 
@@ -146,7 +146,7 @@ def test_zero_vector_decodes_to_zero(table2):
 
 
 def test_bad_vectors_are_rejected(table2):
-    encoder = Encoder(table2, ROUND)
+    encoder = QuicFLEncoder(table2, ROUND)
     x = np.ones(10)
     x[4] = np.nan
     with pytest.raises(InputVectorError, match="index 4"):
@@ -159,16 +159,16 @@ def test_bad_vectors_are_rejected(table2):
     with pytest.raises(ParameterError, match="client_id"):
         encoder.encode(np.ones(5), -1)
     with pytest.raises(ParameterError, match="round_seed"):
-        Encoder(table2, -3)
+        QuicFLEncoder(table2, -3)
 
 
 def test_array_layout_round_trip_through_the_codec(table2):
     layers = [np.ones((3, 4)), np.arange(5.0), np.full((2, 2, 2), -1.0)]
     layout = ArrayLayout.from_arrays(layers)
-    aggregator = Aggregator(table2, ROUND, layout.dim)
+    aggregator = QuicFLAggregator(table2, ROUND, layout.dim)
     rng = np.random.default_rng(0)
     for client in range(200):
-        aggregator.add(Encoder(table2, ROUND).encode(layout.flatten(layers), client, rng=rng))
+        aggregator.add(QuicFLEncoder(table2, ROUND).encode(layout.flatten(layers), client, rng=rng))
     restored = layout.unflatten(aggregator.result())
     assert [r.shape for r in restored] == [(3, 4), (5,), (2, 2, 2)]
     for got, want in zip(restored, layers, strict=True):
@@ -188,7 +188,7 @@ D = 5000
 @pytest.fixture(scope="module")
 def valid_payloads(table2):
     x = np.random.default_rng(12).standard_t(2, size=D)
-    encoder = Encoder(table2, ROUND)
+    encoder = QuicFLEncoder(table2, ROUND)
     rng = np.random.default_rng(13)
     return [encoder.encode(x, client, rng=rng) for client in range(3)]
 
@@ -198,7 +198,7 @@ def snapshot(aggregator):
 
 
 def primed(table2, valid_payloads):
-    aggregator = Aggregator(table2, ROUND, D)
+    aggregator = QuicFLAggregator(table2, ROUND, D)
     aggregator.add(valid_payloads[0])
     return aggregator
 
@@ -263,7 +263,7 @@ def test_fuzzed_payloads_never_corrupt_the_aggregator(table2, valid_payloads, ed
 
 
 def test_bad_weights_are_rejected(table2, valid_payloads):
-    aggregator = Aggregator(table2, ROUND, D)
+    aggregator = QuicFLAggregator(table2, ROUND, D)
     for weight in (0, -1, float("nan"), float("inf"), "x"):
         with pytest.raises(ParameterError, match="weight"):
             aggregator.add(valid_payloads[0], weight)
@@ -274,6 +274,13 @@ def test_bad_weights_are_rejected(table2, valid_payloads):
 
 def test_huge_vectors_are_refused_before_overflowing(table2):
     with pytest.raises(InputVectorError, match="overflows float32"):
-        Encoder(table2, ROUND).encode(np.full(16, 1e38, dtype=np.float32), 0)
-    payload = Encoder(table2, ROUND).encode(np.full(16, 1e30), 0, rng=5)  # an int seed works
+        QuicFLEncoder(table2, ROUND).encode(np.full(16, 1e38, dtype=np.float32), 0)
+    payload = QuicFLEncoder(table2, ROUND).encode(np.full(16, 1e30), 0, rng=5)  # an int seed works
     assert decompress(payload, table=table2, round_seed=ROUND).shape == (16,)
+
+
+def test_payload_size_old_name_is_deprecated():
+    import quicdesign.codec
+
+    with pytest.warns(DeprecationWarning, match="payload_size"):
+        assert quicdesign.codec.max_payload_size is payload_size

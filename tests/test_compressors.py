@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from quicdesign._validate import as_client_vector
 from quicdesign.compressors import (
     COMPRESSORS,
     DRIVE,
@@ -20,12 +21,14 @@ from quicdesign.compressors import (
     lloyd_max_normal,
     make_compressor,
 )
-from quicdesign.compressors._common import HEADER_SIZE, as_client_vector, f32_ceil, f32_floor
+from quicdesign.compressors._common import HEADER_SIZE, f32_ceil, f32_floor
 from quicdesign.compressors.cossgd import cosine_levels
 from quicdesign.compressors.kashin import _inverse, kashin_coefficients, kashin_frame_dim
 from quicdesign.compressors.randk import randk_indices
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError, PayloadError
 from quicdesign.randomness import rotation_signs
+from quicdesign.reference import EDEN_VNMSE as EDEN_VNMSE_REFERENCE
+from quicdesign.reference import LLOYD_MAX_NORMAL, values
 from quicdesign.rotation import RotationLayout, rotate
 from quicdesign.testing import check_compressor, parametrize_checks
 
@@ -204,14 +207,8 @@ def test_sq_constant_vector_is_exact():
 
 # ----------------------------------------------------------------------------- EDEN
 
-# The notes' table (quic-fl.md, section 8): positive centroids and D_LM.
-LLOYD_MAX_TABLE = {
-    1: ([0.79788], 0.3634),
-    2: ([0.45278, 1.51042], 0.1175),
-    3: ([0.24509, 0.75601, 1.34391, 2.15195], 0.03455),
-    4: ([0.12840, 0.38805, 0.65676, 0.94234, 1.25623, 1.61805, 2.06902, 2.73259], 0.009501),
-}
-EDEN_VNMSE = {1: 0.5708, 2: 0.1331, 3: 0.03578, 4: 0.009592}
+LLOYD_MAX_TABLE = values(LLOYD_MAX_NORMAL)
+EDEN_VNMSE = values(EDEN_VNMSE_REFERENCE)
 
 
 @pytest.mark.parametrize("bits", sorted(LLOYD_MAX_TABLE))
@@ -476,3 +473,15 @@ def test_randk_sends_only_values_at_shared_indices():
     np.testing.assert_allclose(decoded[indices], x[indices] * dim / 10)
     assert not np.array_equal(randk_indices(5, 4, dim, 10), indices)
     assert RandK(k=50).payload_size(20) == HEADER_SIZE + 4 * 20
+
+
+def test_quicfl_parameters_and_repr_do_not_change_with_use():
+    from quicdesign.compressors import QuicFL
+
+    compressor = QuicFL(bits=2)
+    before = repr(compressor)
+    payload = compressor.encode(np.ones(64), round_seed=1, client_id=0, rng=0)
+    compressor.decode(payload, dim=64, round_seed=1)
+    assert repr(compressor) == before
+    assert compressor.table is None
+    assert compressor.resolved_table().bits == 2

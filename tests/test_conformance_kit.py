@@ -9,10 +9,12 @@ and the message points at the right place). The unbroken base passes every check
 import numpy as np
 import pytest
 
-from quicdesign.compressors import Compressor, StochasticQuantizer
+from quicdesign.compressors import Compressor, CompressorProperties, HadamardSQ, StochasticQuantizer
 from quicdesign.compressors._common import DirectSumAggregator
+from quicdesign.compressors.sq import MinMaxQuantize
 from quicdesign.errors import PayloadError
 from quicdesign.fl import RawFloats
+from quicdesign.stages import Pipeline, RandomizedHadamard
 from quicdesign.testing import (
     CHECKS,
     check_compressor,
@@ -150,6 +152,53 @@ class EmptyResultIsZero(Base):
         return _ZeroWhenEmptyAggregator(self, dim, round_seed, (dim,))
 
 
+class CountsItsUse(Base):
+    """Encoding writes a public attribute, so the repr changes after first use."""
+
+    def encode(self, vector, **kwargs):
+        self.encoded = getattr(self, "encoded", 0) + 1
+        return super().encode(vector, **kwargs)
+
+
+class Unpicklable(Base):
+    """Holds a lambda, so it cannot travel to a worker process."""
+
+    def __init__(self):
+        super().__init__()
+        self._hook = lambda: None
+
+
+class _KeepsEveryClientAggregator(DirectSumAggregator):
+    def add(self, payload, weight=1.0):
+        super().add(payload, weight)
+        self._kept = [*getattr(self, "_kept", []), self._sum.copy()]
+
+
+class ClaimsToSumButKeepsClients(Base):
+    """Declares sums_before_decoding but keeps a vector per client."""
+
+    properties = CompressorProperties(unbiased=True, sums_before_decoding=True)
+
+    def _make_aggregator(self, dim, round_seed):
+        return _KeepsEveryClientAggregator(self, dim, round_seed, (dim,))
+
+
+class _ShiftedRotation(RandomizedHadamard):
+    def invert(self, y, side, state, dim):
+        return super().invert(y, side, state, dim) + 1.0  # affine, not linear
+
+
+class NonlinearCommutingStage(HadamardSQ):
+    """A stage claims commutes_with_sum while its inverse adds a constant."""
+
+    def __init__(self):
+        super().__init__(bits=BASE_BITS)
+
+    @property
+    def stages(self):
+        return Pipeline((_ShiftedRotation(), MinMaxQuantize(BASE_BITS)))
+
+
 #: (broken compressor, the check that must name it, kit options)
 BROKEN = [
     (BiasedByOnePercent, "unbiasedness", {"dims": (1000,)}),
@@ -163,6 +212,10 @@ BROKEN = [
     (AcceptsIntegers, "input_validation", {}),
     (HeaderlessAccounting, "bytes_accounting", {}),
     (EmptyResultIsZero, "empty_aggregator", {}),
+    (CountsItsUse, "parameters_unchanged", {}),
+    (Unpicklable, "pickle", {}),
+    (ClaimsToSumButKeepsClients, "commutes_with_sum", {"dims": (1000,)}),
+    (NonlinearCommutingStage, "commutes_with_sum", {}),
 ]
 
 

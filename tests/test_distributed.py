@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import quicdesign
-from quicdesign import Encoder, ParameterError, PayloadError
+from quicdesign import ParameterError, PayloadError, QuicFLEncoder
 from quicdesign.compressors import COMPRESSORS, make_compressor
 from quicdesign.distributed import _combine, _leaf, aggregate, tree_levels
 
@@ -28,7 +28,7 @@ def table():
 
 @pytest.fixture(scope="module")
 def payloads(table):
-    encoder = Encoder(table, ROUND)
+    encoder = QuicFLEncoder(table, ROUND)
     return [
         encoder.encode(np.random.default_rng(client).normal(size=DIM), client, rng=client)
         for client in range(64)
@@ -42,7 +42,7 @@ def weights():
 
 @pytest.fixture(scope="module")
 def serial(table, payloads, weights):
-    aggregator = quicdesign.Aggregator(table, ROUND, DIM)
+    aggregator = quicdesign.QuicFLAggregator(table, ROUND, DIM)
     for payload, weight in zip(payloads, weights, strict=True):
         aggregator.add(payload, weight)
     return aggregator.result()
@@ -216,8 +216,8 @@ def test_ray_tree_equals_serial(ray_session, table, payloads, weights, serial):
 
 def test_ray_merges_read_only_shards_and_refuses_tampering(ray_session, table, payloads):
     ray = ray_session
-    left = quicdesign.Aggregator(table, ROUND, DIM)
-    right = quicdesign.Aggregator(table, ROUND, DIM)
+    left = quicdesign.QuicFLAggregator(table, ROUND, DIM)
+    right = quicdesign.QuicFLAggregator(table, ROUND, DIM)
     for client, payload in enumerate(payloads[:10]):
         (left if client < 5 else right).add(payload)
 

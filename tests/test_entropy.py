@@ -7,13 +7,14 @@ from hypothesis import strategies as st
 
 import solvers
 from quicdesign import ParameterError, PayloadError, load_table
-from quicdesign.entropy import EntropyAggregator, EntropyEncoder
+from quicdesign.entropy import QuicFLEntropyAggregator, QuicFLEntropyEncoder
+from quicdesign.reference import EDEN_VNMSE, values
 from quicdesign.table import load_entropy_table
 from solvers.rate import design_entropy_coded, rate_point
 
 from ._fuzz import MUTATIONS, assert_rejected_or_harmless, mutate
 
-EDEN = {1: 0.5708, 2: 0.1331, 3: 0.03578, 4: 0.009592}
+EDEN = values(EDEN_VNMSE)
 ROUND = 99
 
 
@@ -67,7 +68,7 @@ def test_entropy_design_rejects_bad_requests():
     with pytest.raises(ParameterError, match="target_bits"):
         design_entropy_coded(target_bits=40)
     with pytest.raises(ParameterError, match="code_model"):
-        EntropyEncoder(load_table(2), ROUND)
+        QuicFLEntropyEncoder(load_table(2), ROUND)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +79,11 @@ def table2():
 def test_runtime_round_trip_bits_and_vnmse(table2):
     d, trials = 2**16, 6
     rng = np.random.default_rng(1)
-    encoder = EntropyEncoder(table2, ROUND)
+    encoder = QuicFLEntropyEncoder(table2, ROUND)
     errors, bits = [], []
     for client in range(trials):
         x = rng.standard_normal(d)
-        aggregator = EntropyAggregator(table2, ROUND, d)
+        aggregator = QuicFLEntropyAggregator(table2, ROUND, d)
         payload = encoder.encode(x, client, rng=rng)
         aggregator.add(payload)
         errors.append(np.sum((aggregator.result() - x) ** 2) / np.sum(x**2))
@@ -98,15 +99,15 @@ def test_runtime_round_trip_bits_and_vnmse(table2):
 def test_unbiased_and_merge_consistent(table2):
     d, n = 500, 400
     x = np.random.default_rng(2).lognormal(size=d)
-    encoder = EntropyEncoder(table2, ROUND)
+    encoder = QuicFLEntropyEncoder(table2, ROUND)
     rng = np.random.default_rng(3)
     payloads = [encoder.encode(x, c, rng=rng) for c in range(n)]
-    whole, left, right = (EntropyAggregator(table2, ROUND, d) for _ in range(3))
+    whole, left, right = (QuicFLEntropyAggregator(table2, ROUND, d) for _ in range(3))
     singles = []
     for client, payload in enumerate(payloads):
         whole.add(payload)
         (left if client % 2 else right).add(payload)
-        single = EntropyAggregator(table2, ROUND, d)
+        single = QuicFLEntropyAggregator(table2, ROUND, d)
         single.add(payload)
         singles.append(single.result())
     singles = np.array(singles)
@@ -120,7 +121,7 @@ def test_unbiased_and_merge_consistent(table2):
 @pytest.fixture(scope="module")
 def valid(table2):
     x = np.random.default_rng(4).standard_t(2, size=3000)
-    encoder = EntropyEncoder(table2, ROUND)
+    encoder = QuicFLEntropyEncoder(table2, ROUND)
     rng = np.random.default_rng(5)
     return [encoder.encode(x, c, rng=rng) for c in range(2)]
 
@@ -130,14 +131,22 @@ def valid(table2):
 )
 @given(st.lists(MUTATIONS, min_size=1, max_size=3))
 def test_fuzzed_coded_payloads_never_corrupt_the_aggregator(table2, valid, edits):
-    aggregator = EntropyAggregator(table2, ROUND, 3000)
+    aggregator = QuicFLEntropyAggregator(table2, ROUND, 3000)
     aggregator.add(valid[0])
     assert_rejected_or_harmless(aggregator, mutate(valid[1], edits))
 
 
 def test_fixed_rate_payload_is_refused_by_entropy_aggregator(table2):
-    from quicdesign import Encoder
+    from quicdesign import QuicFLEncoder
 
-    fixed = Encoder(load_table(2), ROUND).encode(np.ones(100), 0)
+    fixed = QuicFLEncoder(load_table(2), ROUND).encode(np.ones(100), 0)
     with pytest.raises(PayloadError, match="magic"):
-        EntropyAggregator(table2, ROUND, 100).add(fixed)
+        QuicFLEntropyAggregator(table2, ROUND, 100).add(fixed)
+
+
+def test_rate_point_missing_field_is_an_attribute_error():
+    point = rate_point(solvers.rate.dithered_receiver(0.6, 3, 5.0))
+    assert point.vnmse == point["vnmse"]
+    assert not hasattr(point, "no_such_field")
+    with pytest.raises(AttributeError, match="no_such_field"):
+        point.no_such_field  # noqa: B018

@@ -198,3 +198,20 @@ def test_per_coordinate_estimator_runs_and_warmup_is_majority_vote():
     assert warm.extras["weights"].shape == (15, 50)
     with pytest.raises(ParameterError):
         run_signsgd(problem, "fv", rounds=1, step_size=1e-2, batch_size=4, estimator="median")
+
+
+def test_sign_payloads_go_through_the_validated_reader():
+    gradients = np.array([[0.5, -1.0, 2.0], [-0.1, 0.0, -3.0]])
+    payloads = encode_signs(gradients)
+    assert [len(p) for p in payloads] == [1, 1]
+    np.testing.assert_array_equal(decode_signs(payloads, 3), [[1, -1, 1], [-1, 1, -1]])
+    with pytest.raises(PayloadError, match="padding"):
+        decode_signs([bytes([payloads[0][0] | 0x80])], 3)  # a bit beyond dim
+    with pytest.raises(PayloadError):
+        decode_signs([payloads[0] + b"\x00"], 3)  # trailing byte
+    vote = encode_vote(np.array([1, 0, -1], dtype=np.int8))
+    np.testing.assert_array_equal(decode_vote(vote, 3), [1, 0, -1])
+    with pytest.raises(PayloadError, match="4 per tie"):
+        decode_vote(vote + b"\x00", 3)
+    with pytest.raises(PayloadError, match="out of range"):
+        decode_vote(vote[:1] + np.array([7], dtype="<u4").tobytes(), 3)

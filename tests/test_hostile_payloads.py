@@ -204,8 +204,9 @@ def test_merge_compares_full_seeds_not_tags(name, valid, monkeypatch):
     import quicdesign.compressors._common
     import quicdesign.direct
 
-    # patched where each scheme looks it up (the baselines and direct.py import the name)
-    for module in (quicdesign.codec, quicdesign.direct, quicdesign.compressors._common):
+    # patched where each scheme looks it up (the baselines and direct.py import the name;
+    # the QUIC-FL codec reaches it through randomness._mode_round_tag)
+    for module in (quicdesign.randomness, quicdesign.direct, quicdesign.compressors._common):
         monkeypatch.setattr(module, "round_tag", lambda seed, **_: 0)
     compressor = _compressor(name)
     first = compressor.aggregator(DIM, ROUND)
@@ -257,8 +258,9 @@ def test_decompress_refuses_a_huge_claimed_dimension_before_allocating():
 
 
 def test_dimension_mismatch_message_names_both_sides():
-    aggregator = quicdesign.codec.Aggregator(quicdesign.load_table(2), ROUND, 2000)
-    payload = quicdesign.codec.Encoder(quicdesign.load_table(2), ROUND).encode(np.ones(1999), 1)
+    aggregator = quicdesign.codec.QuicFLAggregator(quicdesign.load_table(2), ROUND, 2000)
+    encoder = quicdesign.codec.QuicFLEncoder(quicdesign.load_table(2), ROUND)
+    payload = encoder.encode(np.ones(1999), 1)
     with pytest.raises(PayloadError, match="1999 does not match the aggregator's 2000"):
         aggregator.add(payload)
 
@@ -347,11 +349,11 @@ def test_min_max_schemes_refuse_vectors_below_float32_normal_range(name, vector)
 
 @pytest.fixture(scope="module")
 def entropy_payloads():
-    from quicdesign.entropy import EntropyEncoder
+    from quicdesign.entropy import QuicFLEntropyEncoder
     from quicdesign.table import load_entropy_table
 
     table = load_entropy_table(2)
-    encoder = EntropyEncoder(table, ROUND)
+    encoder = QuicFLEntropyEncoder(table, ROUND)
     rng = np.random.default_rng(11)
     dims = (1, 7, 300, 1025, 5000)
     return table, {d: encoder.encode(rng.standard_t(3, d), 1, rng=rng) for d in dims}
@@ -396,7 +398,7 @@ def _stream_edits(payload, chunks):
 
 
 def test_entropy_stream_decodes_exactly_or_is_refused(entropy_payloads):
-    from quicdesign.entropy import EntropyAggregator
+    from quicdesign.entropy import QuicFLEntropyAggregator
     from quicdesign.rotation import RotationLayout
 
     table, payloads = entropy_payloads
@@ -405,7 +407,7 @@ def test_entropy_stream_decodes_exactly_or_is_refused(entropy_payloads):
         for edited in _stream_edits(payload, chunks).values():
             if edited == payload:
                 continue
-            aggregator = EntropyAggregator(table, ROUND, dim)
+            aggregator = QuicFLEntropyAggregator(table, ROUND, dim)
             _assert_refused_without_trace(aggregator, edited)
 
 

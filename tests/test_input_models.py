@@ -41,7 +41,9 @@ def _direct_version(table, target):
 def _vnmse(table, law, *, direct, vectors, dim, force=False):
     """Mean over vectors of |xhat - x|^2 / |x|^2 (fixed seeds), one client per round."""
     encoder_type, aggregator_type = (
-        (DirectEncoder, DirectAggregator) if direct else (quicdesign.Encoder, quicdesign.Aggregator)
+        (DirectEncoder, DirectAggregator)
+        if direct
+        else (quicdesign.QuicFLEncoder, quicdesign.QuicFLAggregator)
     )
     ratios = []
     for i in range(vectors):
@@ -71,17 +73,17 @@ def test_input_model_survives_save_and_load(direct_t3, tmp_path):
 def test_mismatched_tables_are_refused_unless_forced(direct_t3):
     shipped = quicdesign.load_table(2)
     with pytest.raises(ParameterError, match="direct inputs"):
-        quicdesign.Encoder(direct_t3.table, 1)
+        quicdesign.QuicFLEncoder(direct_t3.table, 1)
     with pytest.raises(ParameterError, match="direct inputs"):
-        quicdesign.Aggregator(direct_t3.table, 1, 10)
+        quicdesign.QuicFLAggregator(direct_t3.table, 1, 10)
     with pytest.raises(ParameterError, match="rotated inputs"):
         DirectEncoder(shipped, 1)
     with pytest.raises(ParameterError, match="rotated inputs"):
         DirectAggregator(shipped, 1, 10)
     legacy_t = solvers.design(1, 1, distribution=stats.t(4), certify=False, starts=1).table
     with pytest.raises(ParameterError, match="close to N"):
-        quicdesign.Encoder(legacy_t, 1)
-    quicdesign.Encoder(legacy_t, 1, force=True)
+        quicdesign.QuicFLEncoder(legacy_t, 1)
+    quicdesign.QuicFLEncoder(legacy_t, 1, force=True)
     DirectEncoder(shipped, 1, force=True)
 
 
@@ -125,7 +127,7 @@ def test_direct_payloads_are_not_rotated_payloads(direct_t3):
     assert payload[:4] == b"QDQD"
     assert len(payload) == quicdesign.direct.direct_payload_size(2, 64, payload[28])
     with pytest.raises(PayloadError, match="magic"):
-        quicdesign.Aggregator(direct_t3.table, 4, 64, force=True).add(payload)
+        quicdesign.QuicFLAggregator(direct_t3.table, 4, 64, force=True).add(payload)
 
 
 @pytest.mark.slow
@@ -220,6 +222,6 @@ def test_exact_rotated_law_design_gains_under_one_percent(chunk_size):
     assert result.vnmse <= on_law + 1e-12  # the optimizer found no worse table
     assert result.vnmse >= 0.99 * on_law
     assert result.table.input_model["law"] == {"kind": "rotated_chunk", "chunk_size": chunk_size}
-    quicdesign.Encoder(result.table, 1)  # a rotated-law table is a rotated table
+    quicdesign.QuicFLEncoder(result.table, 1)  # a rotated-law table is a rotated table
     with pytest.raises(ParameterError, match="rotated:N"):
         solvers.design(2, 5, input_model="rotated:x")

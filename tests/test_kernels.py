@@ -4,7 +4,7 @@ numpy path, and add_many is exactly a loop of add (same bits, same refusals)."""
 import numpy as np
 import pytest
 
-from quicdesign import Aggregator, Encoder, ParameterError, PayloadError, load_table
+from quicdesign import ParameterError, PayloadError, QuicFLAggregator, QuicFLEncoder, load_table
 from quicdesign._kernels import KERNELS_ENV, compiled_kernels
 from quicdesign._wire import pack_codes
 from quicdesign.rotation import exact_order_fwht
@@ -16,7 +16,7 @@ ROUND = 13
 
 def _payloads(bits, dim, magnitude, count=11):
     table = load_table(bits)
-    encoder = Encoder(table, ROUND)
+    encoder = QuicFLEncoder(table, ROUND)
     rng = np.random.default_rng(bits * 1000 + dim)
     payloads = []
     for client in range(count):
@@ -32,7 +32,7 @@ def _state(aggregator):
 
 def _aggregate(monkeypatch, kernels, table, dim, payloads, weights, batched=True):
     monkeypatch.setenv(KERNELS_ENV, kernels)
-    aggregator = Aggregator(table, ROUND, dim)
+    aggregator = QuicFLAggregator(table, ROUND, dim)
     if batched:
         aggregator.add_many(payloads, weights)
     else:
@@ -68,25 +68,25 @@ def test_add_many_stops_at_the_first_refusal_like_a_loop(monkeypatch, kernels):
     table, payloads = _payloads(2, 3000, 1.0, count=12)
     corrupt = payloads[:10] + [payloads[10][:-1], payloads[11]]
     expected = _aggregate(monkeypatch, "numpy", table, 3000, payloads[:10], [1.0] * 10, False)
-    aggregator = Aggregator(table, ROUND, 3000)
+    aggregator = QuicFLAggregator(table, ROUND, 3000)
     monkeypatch.setenv(KERNELS_ENV, kernels)
     with pytest.raises(PayloadError, match="payload 10"):
         aggregator.add_many(corrupt)
     assert _state(aggregator) == _state(expected)
     for bad in ([payloads[0], payloads[0]], [payloads[11]] * 2):
-        fresh = Aggregator(table, ROUND, 3000)
+        fresh = QuicFLAggregator(table, ROUND, 3000)
         with pytest.raises(PayloadError, match="payload 1 .*already added"):
             fresh.add_many(bad)
         assert fresh.count == 1
     with pytest.raises(ParameterError, match="payload 1"):
-        Aggregator(table, ROUND, 3000).add_many(payloads[:2], [1.0, True])
+        QuicFLAggregator(table, ROUND, 3000).add_many(payloads[:2], [1.0, True])
     with pytest.raises(ParameterError, match="2 payloads but 1 weights"):
-        Aggregator(table, ROUND, 3000).add_many(payloads[:2], [1.0])
+        QuicFLAggregator(table, ROUND, 3000).add_many(payloads[:2], [1.0])
 
 
 def _encode(monkeypatch, kernels, table, x, client, seed, stratified=False):
     monkeypatch.setenv(KERNELS_ENV, kernels)
-    encoder = Encoder(table, ROUND, stratified=stratified)
+    encoder = QuicFLEncoder(table, ROUND, stratified=stratified)
     return encoder.encode(x, client, rng=np.random.default_rng(seed))
 
 

@@ -98,8 +98,8 @@ def test_refuses_a_tampered_table(qdref, tmp_path, target, offset, message):
 @pytest.mark.parametrize("dim", [5, 1500, 20000, 33000])  # 33000: 33 chunks of 1024
 def test_decodes_python_payloads_to_the_aggregator_result(qdref, tmp_path, bits, dim):
     table = quicdesign.load_table(bits)
-    encoder = quicdesign.Encoder(table, round_seed=99)
-    aggregator = quicdesign.Aggregator(table, round_seed=99, dim=dim)
+    encoder = quicdesign.QuicFLEncoder(table, round_seed=99)
+    aggregator = quicdesign.QuicFLAggregator(table, round_seed=99, dim=dim)
     files = []
     for client in range(3):
         vector = np.random.default_rng([bits, dim, client]).standard_t(3, size=dim)
@@ -132,7 +132,7 @@ def _payload_variants(payload):
 
 def test_refuses_hostile_payloads_and_repeated_clients(qdref, tmp_path):
     table = quicdesign.load_table(1)
-    payload = quicdesign.Encoder(table, 5).encode(np.arange(3.0), client_id=1, rng=0)
+    payload = quicdesign.QuicFLEncoder(table, 5).encode(np.arange(3.0), client_id=1, rng=0)
     assert len(payload) == 37
     folder, out = _table_dir(table), tmp_path / "m.f64"
     assert (
@@ -143,7 +143,7 @@ def test_refuses_hostile_payloads_and_repeated_clients(qdref, tmp_path):
         result = _run(qdref, "decode", folder, 5, 3, out, _write(tmp_path / "bad.bin", bad))
         assert result.returncode == 1, name
         with pytest.raises(quicdesign.PayloadError):  # the Python server agrees
-            quicdesign.Aggregator(table, 5, 3).add(bad)
+            quicdesign.QuicFLAggregator(table, 5, 3).add(bad)
     twice = _run(qdref, "decode", folder, 5, 3, out, tmp_path / "ok.bin", tmp_path / "ok.bin")
     assert twice.returncode == 1 and "twice" in twice.stderr
 
@@ -157,11 +157,11 @@ def _write(path, data):
 def test_golden_payloads(qdref, tmp_path, golden):
     table = quicdesign.load_table(golden["bits"])
     vector = golden["vector"]
-    payload = quicdesign.Encoder(table, ROUND_SEED).encode(vector, CLIENT_ID, rng=RNG_SEED)
+    payload = quicdesign.QuicFLEncoder(table, ROUND_SEED).encode(vector, CLIENT_ID, rng=RNG_SEED)
     assert hashlib.sha256(payload).hexdigest() == golden["payload_sha256"]
     if "payload_hex" in golden:
         assert payload.hex() == golden["payload_hex"]
-    aggregator = quicdesign.Aggregator(table, ROUND_SEED, vector.size)
+    aggregator = quicdesign.QuicFLAggregator(table, ROUND_SEED, vector.size)
     aggregator.add(payload)
     rotated = aggregator.rotated_mean().astype("<f8").tobytes()
     assert hashlib.sha256(rotated).hexdigest() == golden["rotated_mean_sha256"]
@@ -201,7 +201,7 @@ def test_ties_and_flat_pieces_follow_the_documented_rule(qdref, tmp_path):
     assert rule.event_shared[rule._last_open] != rule.event_shared[-1]
     folder = table.save(tmp_path / "ties")
     vector = np.random.default_rng(8).standard_t(3, size=1500)
-    payload = quicdesign.Encoder(table, 77).encode(vector, client_id=4, rng=6)
+    payload = quicdesign.QuicFLEncoder(table, 77).encode(vector, client_id=4, rng=6)
     vector.astype("<f8").tofile(tmp_path / "x.f64")
     result = _run(qdref, "encode", folder, 77, 4, 6, tmp_path / "x.f64", tmp_path / "c.bin")
     assert result.returncode == 0, result.stderr
@@ -213,7 +213,7 @@ def test_encodes_the_same_bytes_as_python(qdref, tmp_path, bits, dim):
     """Layout v2, exact-order transform, rounded-up norms, sender and coins, bit for bit."""
     table = quicdesign.load_table(bits)
     vector = np.random.default_rng([bits, dim]).standard_t(3, size=dim)
-    payload = quicdesign.Encoder(table, 31).encode(vector, client_id=5, rng=17)
+    payload = quicdesign.QuicFLEncoder(table, 31).encode(vector, client_id=5, rng=17)
     vector.astype("<f8").tofile(tmp_path / "x.f64")
     args = (_table_dir(table), 31, 5, 17, tmp_path / "x.f64", tmp_path / "c.bin")
     result = _run(qdref, "encode", *args)

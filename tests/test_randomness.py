@@ -236,3 +236,15 @@ def test_numpy_integers_are_accepted_as_seeds():
 def test_bad_arguments_raise_parameter_error(call):
     with pytest.raises(ParameterError):
         call()
+
+
+def test_round_tag_golden_and_checked():
+    from quicdesign.randomness import round_tag
+
+    # the values in docs/randomness.md section 5
+    assert round_tag(0) == 0x6B2B776A
+    assert round_tag(123456789) == 0xFED374A3
+    with pytest.raises(ParameterError):
+        round_tag(-1)
+    with pytest.raises(ParameterError):
+        round_tag(2**64)

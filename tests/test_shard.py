@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import quicdesign
-from quicdesign import Aggregator, Encoder, ParameterError, PayloadError
+from quicdesign import ParameterError, PayloadError, QuicFLAggregator, QuicFLEncoder
 from quicdesign.compressors import COMPRESSORS, make_compressor
 from quicdesign.shard import _HEADER, SHARD_MAGIC, from_bytes, read_state, shard_size, to_bytes
 
@@ -25,8 +25,8 @@ def table():
 
 
 def filled(table, clients, dim=DIM, round_seed=ROUND):
-    encoder = Encoder(table, round_seed)
-    aggregator = Aggregator(table, round_seed, dim)
+    encoder = QuicFLEncoder(table, round_seed)
+    aggregator = QuicFLAggregator(table, round_seed, dim)
     for client in clients:
         vector = np.random.default_rng(client).normal(size=dim)
         aggregator.add(encoder.encode(vector, client, rng=client), weight=1 + client % 3)
@@ -99,7 +99,7 @@ def test_merged_is_pure_and_works_on_read_only_arrays(table):
     serial = filled(table, range(8))
     np.testing.assert_allclose(combined.result(), serial.result(), rtol=0, atol=1e-12)
     assert combined.count == 8
-    combined.add(Encoder(table, ROUND).encode(np.ones(DIM), 99, rng=0))  # still usable
+    combined.add(QuicFLEncoder(table, ROUND).encode(np.ones(DIM), 99, rng=0))  # still usable
     assert left.count == 4
 
 

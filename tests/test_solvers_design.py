@@ -6,10 +6,11 @@ from scipy import stats
 
 import solvers
 from quicdesign import ParameterError
+from quicdesign.reference import QUIC_FL_VNMSE, STOCHASTIC_ROUNDING_VNMSE, values
 from solvers.certify import cap_message_probability, solve_sender_lp, symmetric_sender
 
-OFFICIAL = {(1, 6): 1.4670, (2, 5): 0.2149, (3, 4): 0.04312, (4, 4): 0.009684}
-STOCHASTIC_ROUNDING = {1: 8.5967, 2: 0.57327, 3: 0.09259, 4: 0.019468}
+OFFICIAL = values(QUIC_FL_VNMSE)
+STOCHASTIC_ROUNDING = values(STOCHASTIC_ROUNDING_VNMSE)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])

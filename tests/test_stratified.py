@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import quicdesign
-from quicdesign import Aggregator, Encoder, ParameterError, PayloadError
+from quicdesign import ParameterError, PayloadError, QuicFLAggregator, QuicFLEncoder
 from quicdesign.randomness import stratified_shared_values
 
 from .test_randomness import _ref_words
@@ -69,15 +69,15 @@ def test_bad_arguments_are_refused():
     with pytest.raises(ParameterError, match="bits"):
         stratified_shared_values(1, 0, 9, 4)
     with pytest.raises(ParameterError, match="stratified"):
-        Encoder(quicdesign.load_table(2), 1, stratified="yes")
+        QuicFLEncoder(quicdesign.load_table(2), 1, stratified="yes")
 
 
 def per_client_errors(table, stratified, index, rounds, vector):
     """Error vectors of one client at ``index`` over independent rounds."""
     errors = []
     for round_seed in range(rounds):
-        encoder = Encoder(table, round_seed, stratified=stratified)
-        aggregator = Aggregator(table, round_seed, vector.size, stratified=stratified)
+        encoder = QuicFLEncoder(table, round_seed, stratified=stratified)
+        aggregator = QuicFLAggregator(table, round_seed, vector.size, stratified=stratified)
         aggregator.add(encoder.encode(vector, index, rng=round_seed))
         errors.append(aggregator.result() - vector)
     return np.array(errors)
@@ -107,8 +107,8 @@ def test_identical_clients_gain():
     for stratified in (False, True):
         values = []
         for round_seed in range(8):
-            encoder = Encoder(table, round_seed, stratified=stratified)
-            aggregator = Aggregator(table, round_seed, vector.size, stratified=stratified)
+            encoder = QuicFLEncoder(table, round_seed, stratified=stratified)
+            aggregator = QuicFLAggregator(table, round_seed, vector.size, stratified=stratified)
             for index in range(32):
                 aggregator.add(encoder.encode(vector, index, rng=100 * round_seed + index))
             values.append(np.sum((aggregator.result() - vector) ** 2) / np.sum(vector**2))
@@ -120,21 +120,21 @@ def test_identical_clients_gain():
 def test_modes_never_mix():
     table = quicdesign.load_table(2)
     vector = np.random.default_rng(2).normal(size=300)
-    stratified_payload = Encoder(table, 5, stratified=True).encode(vector, 3, rng=0)
-    plain_payload = Encoder(table, 5).encode(vector, 4, rng=0)
+    stratified_payload = QuicFLEncoder(table, 5, stratified=True).encode(vector, 3, rng=0)
+    plain_payload = QuicFLEncoder(table, 5).encode(vector, 4, rng=0)
     with pytest.raises(PayloadError, match="another round"):
-        Aggregator(table, 5, 300).add(stratified_payload)
+        QuicFLAggregator(table, 5, 300).add(stratified_payload)
     with pytest.raises(PayloadError, match="another round"):
-        Aggregator(table, 5, 300, stratified=True).add(plain_payload)
-    stratified = Aggregator(table, 5, 300, stratified=True)
+        QuicFLAggregator(table, 5, 300, stratified=True).add(plain_payload)
+    stratified = QuicFLAggregator(table, 5, 300, stratified=True)
     stratified.add(stratified_payload)
-    plain = Aggregator(table, 5, 300)
+    plain = QuicFLAggregator(table, 5, 300)
     plain.add(plain_payload)
     with pytest.raises(ParameterError):
         plain.merge(stratified)
     shard = stratified.to_bytes()
     assert shard[5:9] == b"QDQS"
-    for back in (Aggregator.from_bytes(table, shard), pickle.loads(pickle.dumps(stratified))):
+    for back in (QuicFLAggregator.from_bytes(table, shard), pickle.loads(pickle.dumps(stratified))):
         assert back.stratified
         np.testing.assert_array_equal(back.result(), stratified.result())
     with pytest.raises(ParameterError):
@@ -150,8 +150,8 @@ def test_the_quicfl_compressor_offers_the_mode():
     for index in range(3):
         aggregator.add(compressor.encode(vector, round_seed=9, client_id=index, rng=index))
     assert aggregator.stratified
-    direct = Aggregator(quicdesign.load_table(2), 9, 500, stratified=True)
-    encoder = Encoder(quicdesign.load_table(2), 9, stratified=True)
+    direct = QuicFLAggregator(quicdesign.load_table(2), 9, 500, stratified=True)
+    encoder = QuicFLEncoder(quicdesign.load_table(2), 9, stratified=True)
     for index in range(3):
         direct.add(encoder.encode(vector, index, rng=index))
     np.testing.assert_array_equal(aggregator.result(), direct.result())

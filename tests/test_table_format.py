@@ -18,9 +18,10 @@ from quicdesign import (
     TableVersionError,
     load_table,
 )
+from quicdesign.reference import QUIC_FL_VNMSE, values
 from quicdesign.table import write_index
 
-OFFICIAL = {(1, 6): 1.4670, (2, 5): 0.2149, (3, 4): 0.04312, (4, 4): 0.009684}
+OFFICIAL = values(QUIC_FL_VNMSE)
 
 
 def make_table(rng, bits=2, shared_bits=2, tail_prob=1 / 512):

@@ -174,9 +174,10 @@ def test_every_readme_python_block_runs(index, tmp_path):
 
 def test_bench_dme_skips_compressors_whose_module_is_missing(monkeypatch, capsys):
     from quicdesign import ParameterError
-    from quicdesign.bench import dme
+    from quicdesign.bench import _dme_setup, dme
 
-    monkeypatch.setattr(dme, "_OPTIONAL_NEEDS", {"quicfl-ec": ("no_such_module_qd", "entropy")})
+    needs = {"quicfl-ec": ("no_such_module_qd", "entropy")}
+    monkeypatch.setattr(_dme_setup, "_OPTIONAL_NEEDS", needs)
     rows = dme.run_dme_benchmark(
         compressors=["quicfl-ec", "eden"], bits=(2,), small=True, families=["normal"]
     )

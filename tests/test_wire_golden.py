@@ -20,7 +20,7 @@ CORETYPES = ("", "Haswell", "Prescott", "Sandybridge")
 ENCODE = """
 import hashlib, sys
 import numpy as np
-from quicdesign import Encoder, load_table
+from quicdesign import QuicFLEncoder, load_table
 
 def golden_input(d, dtype):
     j = np.arange(d, dtype=np.uint64)
@@ -29,7 +29,7 @@ def golden_input(d, dtype):
 
 table = load_table(2, shared_bits=5, tail_prob=1 / 512)
 for dtype, d in (("float32", 2**20), ("float64", 300_001)):
-    payload = Encoder(table, 2026).encode(
+    payload = QuicFLEncoder(table, 2026).encode(
         golden_input(d, dtype), 7, rng=np.random.default_rng(11)
     )
     print(dtype, d, len(payload), hashlib.sha256(payload).hexdigest())

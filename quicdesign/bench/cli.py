@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 
-from .._argtypes import bounded_int, int_list
+from .._argtypes import add_progress_option, bounded_int, int_list
 from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS
 
 __all__ = ["register"]
@@ -65,19 +64,14 @@ def register(commands) -> None:
         type=int_list("shared_bits", 0, 12),
         help="time the shipped tables with these l, e.g. 5,6,8 (default: b's default table)",
     )
-    runtime.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress: a bar on a terminal, one line per step otherwise (default: on)",
-    )
+    add_progress_option(runtime, "step")
     runtime.set_defaults(run=_run_runtime)
     transform = sub.add_parser("transform", help="Hadamard transform speed")
     transform.add_argument("--dim", type=dim, default=2**20, help="vector length (default: 2^20)")
     transform.add_argument("--repeats", type=repeats, default=7, help="timed runs (default: 7)")
     transform.set_defaults(run=_run_transform)
     # Benchmarks that live in their own modules register themselves when present.
-    for name in ("dme", "distributed", "stratified"):
+    for name in ("dme_cli", "distributed", "stratified"):
         try:
             module = importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from .._validate import check_int
-from ..codec import Aggregator, Encoder
+from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..errors import ParameterError
 from ..table import load_table
 
@@ -54,7 +54,7 @@ def _transfer_counters(dask_worker=None) -> int:
 
 def _serial_seconds(table, round_seed, dim, payloads) -> float:
     began = time.perf_counter()
-    aggregator = Aggregator(table, round_seed, dim)
+    aggregator = QuicFLAggregator(table, round_seed, dim)
     for payload in payloads:
         aggregator.add(payload)
     aggregator.result()
@@ -96,7 +96,7 @@ def bench_distributed(dim=2**22, clients=64, bits=2, workers=2, repeats=3, seed=
     check_int(repeats, "repeats", 1)
     table = load_table(bits)
     round_seed = seed + 2**40
-    encoder = Encoder(table, round_seed)
+    encoder = QuicFLEncoder(table, round_seed)
     rng = np.random.default_rng(seed)
     payloads = []
     with reporter(clients, "encoding", progress, unit="client") as bar:
@@ -108,7 +108,7 @@ def bench_distributed(dim=2**22, clients=64, bits=2, workers=2, repeats=3, seed=
     serial = float(
         np.median([_serial_seconds(table, round_seed, dim, payloads) for _ in range(repeats)])
     )
-    halves = [Aggregator(table, round_seed, dim) for _ in range(2)]
+    halves = [QuicFLAggregator(table, round_seed, dim) for _ in range(2)]
     for client, payload in enumerate(payloads):
         halves[client % 2].add(payload)
     reference = halves[0].merged(halves[1])

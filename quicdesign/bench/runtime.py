@@ -22,8 +22,9 @@ import numpy as np
 from .._kernels import KERNELS_ENV, compiled_kernels
 from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS, BENCH_MAX_VALUES
 from .._progress import progress as reporter
+from .._threads import limit_blas_threads
 from .._validate import check_int
-from ..codec import Aggregator, Encoder
+from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..errors import ParameterError
 from ..table import list_tables, load_table
 from .transform import _median_seconds
@@ -35,7 +36,7 @@ def _naive_per_client_decode(table, round_seed, dim, payloads):
     """Decode every client with its own inverse transform, then average (the baseline)."""
     total = np.zeros(dim)
     for payload in payloads:
-        single = Aggregator(table, round_seed, dim)
+        single = QuicFLAggregator(table, round_seed, dim)
         single.add(payload)
         total += single.result()
     return total / len(payloads)
@@ -50,15 +51,6 @@ def _copy_bandwidth(repeats):
     target = np.empty_like(source)
     seconds = _median_seconds(lambda: np.copyto(target, source), max(repeats, 3))
     return 2 * _COPY_BYTES / seconds
-
-
-def _blas_limit(threads):
-    """A context pinning BLAS to ``threads`` threads (threadpoolctl), or a no-op."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # pragma: no cover - threadpoolctl ships with the bench extra
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=threads, user_api="blas")
 
 
 def bench_runtime(
@@ -117,7 +109,7 @@ def bench_runtime(
         blas_threads = check_int(blas_threads, "blas_threads", 1, 1024)
     rng = np.random.default_rng(seed)
     vectors = rng.lognormal(size=(clients, dim)).astype(np.float32)
-    with contextlib.nullcontext() if blas_threads is None else _blas_limit(blas_threads):
+    with limit_blas_threads(blas_threads):
         return _bench_all(vectors, bits, repeats, seed, progress, blas_threads, shared_bits)
 
 
@@ -244,7 +236,7 @@ def _both_paths(run, repeats):
 def _bench_bits(b, vectors, repeats, seed, bar, shared_bits=None):
     clients, dim = vectors.shape
     table = load_table(b, shared_bits)
-    encoder = Encoder(table, round_seed=1)
+    encoder = QuicFLEncoder(table, round_seed=1)
     private = np.random.default_rng(seed + 1)
     encode_s = _median_seconds(lambda: encoder.encode(vectors[0], 0, rng=private), repeats)
     encodes = _both_paths(lambda: encoder.encode(vectors[0], 0, rng=private), repeats)
@@ -252,14 +244,14 @@ def _bench_bits(b, vectors, repeats, seed, bar, shared_bits=None):
     bar.update(note=f"b={b} encode")
 
     def aggregate():
-        aggregator = Aggregator(table, 1, dim)
+        aggregator = QuicFLAggregator(table, 1, dim)
         for payload in payloads:
             aggregator.add(payload)
         return aggregator.result()
 
     aggregate_s = _median_seconds(aggregate, repeats)
     bar.update(note=f"b={b} aggregate")
-    batched = _both_paths(lambda: Aggregator(table, 1, dim).add_many(payloads), repeats)
+    batched = _both_paths(lambda: QuicFLAggregator(table, 1, dim).add_many(payloads), repeats)
     began = time.perf_counter()
     _naive_per_client_decode(table, 1, dim, payloads)
     naive_s = time.perf_counter() - began

@@ -16,7 +16,7 @@ from .._argtypes import bounded_int
 from .._limits import BENCH_MAX_DIM, BENCH_MAX_REPEATS
 from .._progress import progress as reporter
 from .._validate import check_int
-from ..codec import Aggregator, Encoder
+from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..errors import ParameterError
 from ..table import load_table
 
@@ -30,8 +30,8 @@ def _mean_nmse(table, vectors, trials, stratified, seed) -> float:
     errors = []
     for trial in range(trials):
         round_seed = seed * 1000 + trial
-        encoder = Encoder(table, round_seed, stratified=stratified)
-        aggregator = Aggregator(table, round_seed, vectors.shape[1], stratified=stratified)
+        encoder = QuicFLEncoder(table, round_seed, stratified=stratified)
+        aggregator = QuicFLAggregator(table, round_seed, vectors.shape[1], stratified=stratified)
         for index, vector in enumerate(vectors):
             aggregator.add(encoder.encode(vector, index, rng=round_seed * 7919 + index))
         errors.append(np.sum((aggregator.result() - mean) ** 2) / np.sum(mean**2))

@@ -1,6 +1,5 @@
 """Private helpers shared by the baseline compressors (one implementation of each).
 
-- Validation of client vectors, seeds, client ids, dimensions and weights.
 - The common payload header every baseline writes first (see :func:`write_header`).
 - Float32 side information rounded in a known direction, so the client quantizes with
   exactly the value the server will read.
@@ -15,7 +14,7 @@ Common header (21 bytes, little-endian)::
     version    u8        WIRE_VERSION
     dim        u32       length of the client vector
     client_id  u32       client id in [0, 2**32)
-    round_tag  u32       quicdesign.codec.round_tag(round_seed)
+    round_tag  u32       quicdesign.randomness.round_tag(round_seed)
     config     u32       config_tag(...) of the wire-relevant parameters
 """
 
@@ -29,34 +28,21 @@ from dataclasses import dataclass
 import numpy as np
 
 from .._accumulate import WeightedSumAggregator, check_contribution_bound
-from .._validate import (
-    MAX_DIM,
-    as_client_vector,
-    check_bits,
-    check_client_id,
-    check_dim,
-    check_round_seed,
-    check_weight,
-)
+from .._validate import as_client_vector, check_client_id, check_dim, check_round_seed
 from .._wire import PayloadReader, PayloadWriter
-from ..codec import round_tag
 from ..errors import InputVectorError, PayloadError
+from ..randomness import round_tag
 from .base import Compressor
 
 __all__ = [
     "WIRE_VERSION",
     "HEADER_SIZE",
-    "MAX_DIM",
     "PayloadHeader",
     "BaselineCompressor",
     "SumAggregator",
     "DirectSumAggregator",
-    "as_client_vector",
-    "check_bits",
-    "check_client_id",
-    "check_dim",
-    "check_round_seed",
-    "check_weight",
+    "PipelineAggregator",
+    "PipelineCompressor",
     "config_tag",
     "euclidean_norm",
     "f32_ceil",
@@ -72,9 +58,6 @@ __all__ = [
 WIRE_VERSION = 2
 HEADER_SIZE = 4 + 1 + 4 + 4 + 4 + 4
 _F32_MAX = float(np.finfo(np.float32).max)
-
-
-# --------------------------------------------------------------------------- validation
 
 
 # ------------------------------------------------------------------- float32 side info
@@ -153,9 +136,6 @@ def read_f32(reader: PayloadReader, field: str, *, nonnegative=False) -> float:
         kind = "finite and non-negative" if nonnegative else "finite"
         raise PayloadError(f"{field} must be {kind}, got {value!r}")
     return value
-
-
-# ------------------------------------------------------------------------ randomness
 
 
 # -------------------------------------------------------------------------- header
@@ -362,3 +342,49 @@ class DirectSumAggregator(SumAggregator):
 
     def _contribution(self, reader, header):
         return self.compressor._decode_body(reader, header, self.round_seed)
+
+
+# ------------------------------------------------------------------ stage pipelines
+
+
+class PipelineAggregator(SumAggregator):
+    """Sums clients at the pipeline's deepest commuting stage; inverts the rest once.
+
+    Each payload is decoded only through the stages after the commuting prefix
+    (:meth:`quicdesign.stages.Pipeline.decode_to_sum_domain`); :meth:`result` applies
+    the prefix's inverses once to the weighted mean.
+    """
+
+    def __init__(self, compressor, dim, round_seed):
+        self._pipeline = compressor.stages
+        self._state = self._pipeline.server_state(dim, round_seed)
+        super().__init__(compressor, dim, round_seed, self._pipeline.sum_shape(dim))
+
+    def _contribution(self, reader, header):
+        return self._pipeline.decode_to_sum_domain(reader, self._state)
+
+    def _finalize(self, mean):
+        return self._pipeline.finalize(mean, self._state)
+
+
+class PipelineCompressor(BaselineCompressor):
+    """A baseline declared as a :class:`quicdesign.stages.Pipeline` (property ``stages``).
+
+    The body is the stages' side information in order; the aggregator is a
+    :class:`PipelineAggregator`.
+    """
+
+    @property
+    @abstractmethod
+    def stages(self):
+        """The compressor's :class:`~quicdesign.stages.Pipeline` (parameters validated)."""
+
+    def _body_size(self, dim):
+        return self.stages.body_size(dim)
+
+    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
+        state = self.stages.client_state(flat.size, round_seed, client_id, rng)
+        self.stages.encode(flat, writer, state)
+
+    def _make_aggregator(self, dim, round_seed):
+        return PipelineAggregator(self, dim, round_seed)

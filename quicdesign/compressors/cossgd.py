@@ -25,17 +25,10 @@ import math
 
 import numpy as np
 
-from .._validate import check_f32_normal
+from .._validate import check_f32_normal, check_int
 from .._wire import packed_size
 from ..errors import ParameterError, PayloadError
-from ._common import (
-    BaselineCompressor,
-    check_bits,
-    euclidean_norm,
-    f32_ceil,
-    f32_floor,
-    read_f32,
-)
+from ._common import BaselineCompressor, euclidean_norm, f32_ceil, f32_floor, read_f32
 from .base import CompressorProperties
 
 __all__ = ["CosSGD", "cosine_levels"]
@@ -82,7 +75,7 @@ class CosSGD(BaselineCompressor):
         )
 
     def _config(self):
-        bits = check_bits(self.bits, 1, 16)
+        bits = check_int(self.bits, "bits", 1, 16)
         if (
             isinstance(self.clip, bool)
             or not isinstance(self.clip, (int, float))

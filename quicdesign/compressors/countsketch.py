@@ -19,9 +19,10 @@ import functools
 
 import numpy as np
 
+from .._validate import MAX_DIM, check_int
 from ..errors import ParameterError, PayloadError
 from ..randomness import raw_words
-from ._common import MAX_DIM, BaselineCompressor, SumAggregator, check_bits, to_float32
+from ._common import BaselineCompressor, SumAggregator, to_float32
 from .base import CompressorProperties
 
 __all__ = ["CountSketch", "PURPOSE_COUNTSKETCH", "sketch_hashes"]
@@ -104,9 +105,9 @@ class CountSketch(BaselineCompressor):
         return self.estimator == "mean"
 
     def _config(self):
-        rows = check_bits(self.rows, 1, 64, name="rows")
+        rows = check_int(self.rows, "rows", 1, 64)
         if self.columns is not None:
-            check_bits(self.columns, 1, MAX_DIM // rows, name="columns")
+            check_int(self.columns, "columns", 1, MAX_DIM // rows)
         if self.estimator not in ("mean", "median"):
             raise ParameterError(f"estimator must be 'mean' or 'median', got {self.estimator!r}")
         return rows, self.columns

@@ -2,43 +2,25 @@
 
 Every client of a round applies the *same* randomized Hadamard transform
 (:func:`quicdesign.rotation.rotate` with the round's signs) and quantizes all
-``rotated_dim`` rotated coordinates with unbiased min-max SQ (two float32 bounds). The
-server decodes each client in the rotated domain, sums there and applies one inverse
+``rotated_dim`` rotated coordinates with unbiased min-max SQ (two float32 bounds). As a
+pipeline of stages, ``RandomizedHadamard`` (commutes with sum) then ``MinMaxQuantize``:
+the server decodes each client in the rotated domain, sums there and applies one inverse
 rotation in ``result()``: O(n d + d log d) server work. Unbiased because SQ is unbiased
 given the rotation and the inverse rotation is linear.
 """
 
 from __future__ import annotations
 
-import numpy as np
-
-from .._wire import packed_size
-from ..randomness import rotation_signs
-from ..rotation import RotationLayout, scaled_rotate, unrotate
-from ._common import BaselineCompressor, SumAggregator, check_bits
+from .._validate import check_int
+from ..stages import Pipeline, RandomizedHadamard
+from ._common import PipelineCompressor
 from .base import CompressorProperties
-from .sq import check_minmax_magnitude, minmax_dequantize, minmax_quantize, read_minmax_side
+from .sq import MinMaxQuantize
 
 __all__ = ["HadamardSQ"]
 
 
-class _RotatedSumAggregator(SumAggregator):
-    def __init__(self, compressor, dim, round_seed):
-        self._layout = RotationLayout.for_dim(dim)
-        super().__init__(compressor, dim, round_seed, (self._layout.rotated_dim,))
-        self._signs = rotation_signs(round_seed, self._layout.rotated_dim, np.float64)
-
-    def _contribution(self, reader, header):
-        bits = self.compressor._config()[0]
-        lo, hi = read_minmax_side(reader)
-        codes = reader.read_codes(bits, self._layout.rotated_dim, "codes")
-        return minmax_dequantize(lo, hi, codes, bits)
-
-    def _finalize(self, mean):
-        return unrotate(mean, self._signs, self._layout)
-
-
-class HadamardSQ(BaselineCompressor):
+class HadamardSQ(PipelineCompressor):
     """Randomized Hadamard rotation shared by the round, then min-max SQ.
 
     Parameters
@@ -59,24 +41,9 @@ class HadamardSQ(BaselineCompressor):
         self.bits = bits
 
     def _config(self):
-        return (check_bits(self.bits, 1, 16),)
+        return (check_int(self.bits, "bits", 1, 16),)
 
-    def _body_size(self, dim):
-        return 8 + packed_size(self._config()[0], RotationLayout.for_dim(dim).rotated_dim)
-
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
-        bits = self._config()[0]
-        layout = RotationLayout.for_dim(flat.size)
-        signs = rotation_signs(round_seed, layout.rotated_dim, np.float32)
-        rotated, exponents = scaled_rotate(flat, signs, layout)
-        check_minmax_magnitude(rotated, exponents)  # before ldexp can flush it to 0
-        # back to true magnitudes in float64; beyond float32 the bounds are refused
-        with np.errstate(over="ignore"):
-            values = np.ldexp(rotated.astype(np.float64), exponents[:, None])
-        lo, hi, codes = minmax_quantize(values, bits, rng)
-        writer.write_f32(lo)
-        writer.write_f32(hi)
-        writer.write_codes(codes, bits)
-
-    def _make_aggregator(self, dim, round_seed):
-        return _RotatedSumAggregator(self, dim, round_seed)
+    @property
+    def stages(self):
+        """Shared rotation (summed over clients), then min-max SQ of its output."""
+        return Pipeline((RandomizedHadamard(), MinMaxQuantize(self._config()[0])))

@@ -28,13 +28,19 @@ import math
 
 import numpy as np
 
-from .._wire import packed_size
+from .._validate import (
+    check_int,
+    check_minmax_magnitude,
+    check_positive_float,
+    check_probability,
+)
 from ..errors import ParameterError
 from ..randomness import rotation_signs
 from ..rotation import exact_order_fwht, fwht
-from ._common import BaselineCompressor, SumAggregator, check_bits, euclidean_norm
+from ..stages import Pipeline, Stage
+from ._common import PipelineCompressor, euclidean_norm
 from .base import CompressorProperties
-from .sq import check_minmax_magnitude, minmax_dequantize, minmax_quantize, read_minmax_side
+from .sq import MinMaxQuantize
 
 __all__ = ["KashinSQ", "kashin_frame_dim", "kashin_coefficients"]
 
@@ -107,23 +113,54 @@ def kashin_coefficients(x, signs, *, variant="exact", eta=0.9, delta=1.0):
     return coefficients
 
 
-class _FrameSumAggregator(SumAggregator):
-    def __init__(self, compressor, dim, round_seed):
-        frame = kashin_frame_dim(dim)
-        super().__init__(compressor, dim, round_seed, (frame,))
-        self._signs = rotation_signs(round_seed, frame, np.float64)
+class KashinFrame(Stage):
+    """Kashin coefficients in the round's shared frame; synthesis is the inverse.
 
-    def _contribution(self, reader, header):
-        bits = self.compressor._config()[0]
-        lo, hi = read_minmax_side(reader)
-        codes = reader.read_codes(bits, self._signs.size, "codes")
-        return minmax_dequantize(lo, hi, codes, bits)
+    Computing the coefficients is not linear, but synthesis (``_inverse``) is, with the
+    same frame for every client of a round: the server sums coefficients and
+    synthesizes once, so the stage commutes with sum.
+    """
 
-    def _finalize(self, mean):
-        return _inverse(mean, self._signs, self.dim, transform=fwht)
+    commutes_with_sum = True
+
+    def __init__(self, variant, eta, delta):
+        self.variant = variant
+        self.eta = eta
+        self.delta = delta
+
+    @staticmethod
+    def _signs(state, frame):
+        key = ("kashin signs", frame)
+        signs = state.cache.get(key)
+        if signs is None:
+            signs = state.cache[key] = rotation_signs(state.round_seed, frame, np.float64)
+        return signs
+
+    def apply(self, x, state):
+        signs = self._signs(state, kashin_frame_dim(x.size))
+        # the coefficients are positively homogeneous in x: compute them for x scaled by a
+        # power of two (exact) so the transforms cannot overflow, then scale back
+        largest = float(np.max(np.abs(x)))
+        exponent = math.frexp(largest)[1] if largest > 0 else 0
+        scaled = np.ldexp(x.astype(np.float64), -exponent)
+        coefficients = kashin_coefficients(
+            scaled, signs, variant=self.variant, eta=self.eta, delta=self.delta
+        )
+        check_minmax_magnitude(coefficients, exponent)  # before ldexp can flush it to 0
+        with np.errstate(over="ignore"):
+            coefficients = np.ldexp(coefficients, exponent)
+        return coefficients, None
+
+    def invert(self, y, side, state, dim):
+        # the server sums first, so its one synthesis per round may use the BLAS transform
+        y = np.asarray(y, dtype=np.float64)
+        return _inverse(y, self._signs(state, y.size), dim, transform=fwht)
+
+    def output_dim(self, dim):
+        return kashin_frame_dim(dim)
 
 
-class KashinSQ(BaselineCompressor):
+class KashinSQ(PipelineCompressor):
     """Kashin representation in a round-shared Hadamard frame, then min-max SQ.
 
     Parameters
@@ -156,37 +193,16 @@ class KashinSQ(BaselineCompressor):
         )
 
     def _config(self):
-        bits = check_bits(self.bits, 1, 16)
+        bits = check_int(self.bits, "bits", 1, 16)
         if self.variant not in ("exact", "tf"):
             raise ParameterError(f"variant must be 'exact' or 'tf', got {self.variant!r}")
-        if not (isinstance(self.eta, (int, float)) and 0 < self.eta <= 1):
-            raise ParameterError(f"eta must be in (0, 1], got {self.eta!r}")
-        if not (isinstance(self.delta, (int, float)) and 0 < self.delta < math.inf):
-            raise ParameterError(f"delta must be positive and finite, got {self.delta!r}")
+        check_probability(self.eta, "eta")
+        check_positive_float(self.delta, "delta")
         # only bits changes how a payload is read
         return (bits,)
 
-    def _body_size(self, dim):
-        return 8 + packed_size(self._config()[0], kashin_frame_dim(dim))
-
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
+    @property
+    def stages(self):
+        """Kashin frame (summed over clients), then min-max SQ of the coefficients."""
         bits = self._config()[0]
-        signs = rotation_signs(round_seed, kashin_frame_dim(flat.size), np.float64)
-        # the coefficients are positively homogeneous in x: compute them for x scaled by a
-        # power of two (exact) so the transforms cannot overflow, then scale back
-        largest = float(np.max(np.abs(flat)))
-        exponent = math.frexp(largest)[1] if largest > 0 else 0
-        scaled = np.ldexp(flat.astype(np.float64), -exponent)
-        coefficients = kashin_coefficients(
-            scaled, signs, variant=self.variant, eta=self.eta, delta=self.delta
-        )
-        check_minmax_magnitude(coefficients, exponent)  # before ldexp can flush it to 0
-        with np.errstate(over="ignore"):
-            coefficients = np.ldexp(coefficients, exponent)
-        lo, hi, codes = minmax_quantize(coefficients, bits, rng)
-        writer.write_f32(lo)
-        writer.write_f32(hi)
-        writer.write_codes(codes, bits)
-
-    def _make_aggregator(self, dim, round_seed):
-        return _FrameSumAggregator(self, dim, round_seed)
+        return Pipeline((KashinFrame(self.variant, self.eta, self.delta), MinMaxQuantize(bits)))

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from ..codec import Aggregator, Encoder
+from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..direct import DirectAggregator, DirectEncoder
-from ..entropy import EntropyAggregator, EntropyEncoder
+from ..entropy import QuicFLEntropyAggregator, QuicFLEntropyEncoder
 from ..table import Table, load_entropy_table, load_table
 from .base import Compressor, CompressorProperties
 
@@ -14,8 +14,8 @@ __all__ = ["QuicFL", "QuicFLDirect", "QuicFLEntropy"]
 class _TableCompressor(Compressor):
     """A compressor driven by a table: one encoder per round, one aggregator per round."""
 
-    _encoder_class = Encoder
-    _aggregator_class = Aggregator
+    _encoder_class = QuicFLEncoder
+    _aggregator_class = QuicFLAggregator
 
     def _load_table(self) -> Table:
         raise NotImplementedError
@@ -25,17 +25,24 @@ class _TableCompressor(Compressor):
         return {}
 
     def resolved_table(self) -> Table:
-        """The table in use (loaded once)."""
-        if self.table is None:
-            self.table = self._load_table()
-        return self.table
+        """The table in use: ``table`` if given, else the shipped one (loaded once).
+
+        The loaded table is cached privately, so the public parameters (and the repr)
+        stay what the caller passed.
+        """
+        if self.table is not None:
+            return self.table
+        if self._loaded_table is None:
+            self._loaded_table = self._load_table()
+        return self._loaded_table
 
     def encode(self, vector, *, round_seed, client_id, rng=None) -> bytes:
         encoder = self._encoder
-        if encoder is None or encoder.round_seed != round_seed:
+        table = self.resolved_table()
+        if encoder is None or encoder.round_seed != round_seed or encoder.table is not table:
             # One encoder per round keeps its cached rotation signs.
             encoder = self._encoder = self._encoder_class(
-                self.resolved_table(), round_seed, **self._codec_options()
+                table, round_seed, **self._codec_options()
             )
         return encoder.encode(vector, client_id, rng=rng)
 
@@ -47,6 +54,7 @@ class _TableCompressor(Compressor):
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_encoder"] = None
+        state["_loaded_table"] = None  # reloaded (checksummed) where it is unpickled
         return state
 
 
@@ -63,7 +71,7 @@ class QuicFL(_TableCompressor):
         Use this table instead of a shipped one.
     stratified : bool
         Opt-in stratified shared values: ``client_id`` must be the client's index in the
-        round, 0..n-1 (see :class:`quicdesign.Encoder`).
+        round, 0..n-1 (see :class:`quicdesign.QuicFLEncoder`).
     """
 
     name = "quicfl"
@@ -81,6 +89,7 @@ class QuicFL(_TableCompressor):
         self.table = table
         self.stratified = stratified
         self._encoder = None
+        self._loaded_table = None
 
     def _load_table(self) -> Table:
         return load_table(self.bits, self.shared_bits, self.tail_prob)
@@ -108,13 +117,14 @@ class QuicFLEntropy(_TableCompressor):
         shared_randomness=("round", "client"),
         fixed_rate=False,
     )
-    _encoder_class = EntropyEncoder
-    _aggregator_class = EntropyAggregator
+    _encoder_class = QuicFLEntropyEncoder
+    _aggregator_class = QuicFLEntropyAggregator
 
     def __init__(self, bits=2, table=None):
         self.bits = bits
         self.table = table
         self._encoder = None
+        self._loaded_table = None
 
     def _load_table(self) -> Table:
         return load_entropy_table(self.bits)
@@ -146,6 +156,7 @@ class QuicFLDirect(_TableCompressor):
         self.bits = bits
         self.table = table
         self._encoder = None
+        self._loaded_table = None
 
     def _load_table(self) -> Table:
         shipped = load_table(self.bits)

@@ -15,9 +15,10 @@ import math
 
 import numpy as np
 
+from .._validate import MAX_DIM, check_int
 from ..errors import ParameterError, PayloadError
 from ..randomness import raw_words
-from ._common import MAX_DIM, BaselineCompressor, check_bits, to_float32
+from ._common import BaselineCompressor, to_float32
 from .base import CompressorProperties
 
 __all__ = ["RandK", "PURPOSE_RANDK", "randk_indices"]
@@ -66,7 +67,7 @@ class RandK(BaselineCompressor):
         if self.k is not None and self.fraction is not None:
             raise ParameterError("give k or fraction, not both")
         if self.k is not None:
-            return ("k", check_bits(self.k, 1, MAX_DIM, name="k"))
+            return ("k", check_int(self.k, "k", 1, MAX_DIM))
         fraction = _DEFAULT_FRACTION if self.fraction is None else self.fraction
         if (
             isinstance(fraction, bool)

@@ -24,17 +24,11 @@ import math
 
 import numpy as np
 
-from .._validate import check_f32_normal
+from .._validate import check_f32_normal, check_int, check_minmax_magnitude
 from .._wire import packed_size
 from ..errors import ParameterError, PayloadError
-from ._common import (
-    BaselineCompressor,
-    check_bits,
-    euclidean_norm,
-    f32_ceil,
-    f32_floor,
-    read_f32,
-)
+from ..stages import Stage
+from ._common import BaselineCompressor, euclidean_norm, f32_ceil, f32_floor, read_f32
 from .base import CompressorProperties
 
 __all__ = [
@@ -56,23 +50,6 @@ def _stochastic_round(t, upper, rng):
     t -= codes  # fractional part: probability of rounding up
     codes += rng.random(t.shape) < t
     return np.minimum(codes, upper).astype(np.int64)
-
-
-def check_minmax_magnitude(values, exponents=0) -> None:
-    """Refuse a nonzero vector whose largest magnitude is below float32's normal range.
-
-    The min-max bounds travel as float32; below ``2**-126`` they keep too few bits (or
-    round to 0), so the decoded values would be float32 grid noise many orders of
-    magnitude larger than the vector. ``values`` (rows) are scaled by
-    ``2**exponents`` (one per row), checked before that scaling can underflow float64.
-    """
-    peaks = np.max(np.abs(np.atleast_2d(values)), axis=-1)
-    mantissas, binary = np.frexp(peaks.astype(np.float64))
-    binary = binary + np.broadcast_to(exponents, binary.shape)
-    nonzero = mantissas != 0
-    if np.any(nonzero):
-        largest = int(np.argmax(np.where(nonzero, binary, np.iinfo(binary.dtype).min)))
-        check_f32_normal(mantissas[largest], "largest value", binary[largest])
 
 
 def minmax_quantize(values, bits, rng):
@@ -127,6 +104,46 @@ def read_minmax_side(reader):
     return lo, hi
 
 
+class MinMaxQuantize(Stage):
+    """Unbiased min-max SQ as a stage: side information is ``lo``, ``hi`` and the codes.
+
+    Its inverse depends on each client's grid, so it does not commute with sum.
+
+    Parameters
+    ----------
+    bits : int
+        Bits per value, 1..16 (validated by the compressor).
+    """
+
+    commutes_with_sum = False
+
+    def __init__(self, bits):
+        self.bits = bits
+
+    def apply(self, x, state):
+        return None, minmax_quantize(x, self.bits, state.rng)
+
+    def invert(self, y, side, state, dim):
+        lo, hi, codes = side
+        return minmax_dequantize(lo, hi, codes, self.bits)
+
+    def write_side(self, writer, side):
+        lo, hi, codes = side
+        writer.write_f32(lo)
+        writer.write_f32(hi)
+        writer.write_codes(codes, self.bits)
+
+    def read_side(self, reader, state, dim):
+        lo, hi = read_minmax_side(reader)
+        return lo, hi, reader.read_codes(self.bits, dim, "codes")
+
+    def side_size(self, dim):
+        return 8 + packed_size(self.bits, dim)
+
+    def output_dim(self, dim):
+        return 0
+
+
 class StochasticQuantizer(BaselineCompressor):
     """Unbiased min-max stochastic quantization with ``2**bits`` levels.
 
@@ -145,7 +162,7 @@ class StochasticQuantizer(BaselineCompressor):
         self.bits = bits
 
     def _config(self):
-        return (check_bits(self.bits, 1, 16),)
+        return (check_int(self.bits, "bits", 1, 16),)
 
     def _body_size(self, dim):
         return _SIDE_BYTES + packed_size(self._config()[0], dim)
@@ -184,7 +201,7 @@ class QSGD(BaselineCompressor):
         self.norm = norm
 
     def _config(self):
-        levels = check_bits(self.levels, 1, 2**15 - 1, name="levels")
+        levels = check_int(self.levels, "levels", 1, 2**15 - 1)
         if self.norm not in ("l2", "max"):
             raise ParameterError(f"norm must be 'l2' or 'max', got {self.norm!r}")
         return levels, self.norm

@@ -1,4 +1,4 @@
-"""Seeds, argument checks and progress reporting shared by the simulators."""
+"""Seed streams of the simulators (one per run, direction and round)."""
 
 from __future__ import annotations
 
@@ -7,19 +7,11 @@ import zlib
 
 import numpy as np
 
-from quicdesign._progress import progress_bar
-from quicdesign._threads import single_threaded_blas
-from quicdesign._validate import check_int as _shared_check_int
-from quicdesign.errors import ParameterError
+from quicdesign._validate import check_int
 
 __all__ = [
     "stream_seed",
     "generator",
-    "check_int",
-    "check_positive_float",
-    "check_probability",
-    "progress_bar",
-    "single_threaded_blas",
 ]
 
 _UINT64_MASK = (1 << 64) - 1
@@ -53,25 +45,3 @@ def stream_seed(seed, *labels) -> int:
 def generator(seed, *labels) -> np.random.Generator:
     """A numpy ``Generator`` for one independent stream of a run (private randomness)."""
     return np.random.default_rng(stream_seed(seed, *labels))
-
-
-check_int = _shared_check_int
-
-
-def check_positive_float(value, name, *, allow_zero=False) -> float:
-    """Return ``value`` as a finite float ``> 0`` (``>= 0`` with ``allow_zero``)."""
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name} must be a number, got {value!r}") from None
-    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
-        raise ParameterError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
-    return value
-
-
-def check_probability(value, name, *, allow_zero=False) -> float:
-    """Return ``value`` as a float in ``(0, 1]`` (``[0, 1]`` with ``allow_zero``)."""
-    value = check_positive_float(value, name, allow_zero=allow_zero)
-    if value > 1:
-        raise ParameterError(f"{name} must be at most 1, got {value}")
-    return value

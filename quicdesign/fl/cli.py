@@ -7,10 +7,9 @@
 
 from __future__ import annotations
 
-import argparse
 import time
 
-from quicdesign._argtypes import bounded_int, int_list
+from quicdesign._argtypes import add_progress_option, bounded_int, int_list
 from quicdesign._limits import MAX_JOBS
 from quicdesign._validate import writable_dir
 from quicdesign.errors import ParameterError
@@ -90,10 +89,5 @@ def register(commands):
         type=bounded_int("workers", 1, MAX_JOBS),
         help="processes running the runs (default: min(2, CPUs))",
     )
-    run.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress bar (default: on a terminal only)",
-    )
+    add_progress_option(run, "run")
     run.set_defaults(run=_cmd_run)

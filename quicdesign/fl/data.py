@@ -11,9 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quicdesign._validate import check_int, check_positive_float, check_probability
 from quicdesign.errors import ParameterError
 
-from ._common import check_int, check_positive_float, check_probability, generator
+from ._common import generator
 
 __all__ = [
     "Dataset",

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from quicdesign._progress import progress as reporter
+from quicdesign._validate import check_int
 from quicdesign.errors import ParameterError
-
-from ._common import check_int, progress_bar
 
 __all__ = ["Experiment", "ExperimentResult", "EXPERIMENTS", "run_experiment", "format_table"]
 
@@ -186,7 +186,7 @@ class _TailAverage:
 
 
 def _run_jobs(jobs, workers, progress, description):
-    bar = progress_bar(len(jobs), description, progress, unit="run")
+    bar = reporter(len(jobs), description, progress, unit="run")
     if workers <= 1 or len(jobs) <= 1:
         results = []
         for job in jobs:

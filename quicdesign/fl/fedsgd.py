@@ -22,16 +22,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from quicdesign._progress import progress as reporter
+from quicdesign._threads import single_threaded_blas
+from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError
 
-from ._common import (
-    check_int,
-    check_positive_float,
-    generator,
-    progress_bar,
-    single_threaded_blas,
-    stream_seed,
-)
+from ._common import generator, stream_seed
 from .history import RunHistory
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes
@@ -132,7 +128,7 @@ def run_fedsgd(
     # the initial model derives from the shared seed, so it is not sent
     visible = server_model.copy()
     history.record(0, problem.metrics(visible))
-    bar = progress_bar(rounds, history.label, progress)
+    bar = reporter(rounds, history.label, progress, unit="round")
     for t in range(rounds):
         active = participation.sample(num_clients, sampling_rng)
         if active.size:

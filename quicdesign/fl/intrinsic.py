@@ -63,18 +63,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quicdesign._progress import progress as reporter
+from quicdesign._threads import single_threaded_blas
+from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError, PayloadError
 from quicdesign.randomness import raw_words
 from quicdesign.rotation import fwht
 
-from ._common import (
-    check_int,
-    check_positive_float,
-    generator,
-    progress_bar,
-    single_threaded_blas,
-    stream_seed,
-)
+from ._common import generator, stream_seed
 from .history import RunHistory
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes
@@ -397,7 +393,7 @@ def run_intrinsic(
 
     vector = 0
     history.record(0, problem.metrics(current_model(vector)))
-    bar = progress_bar(rounds, history.label, progress)
+    bar = reporter(rounds, history.label, progress, unit="round")
     for t in range(rounds):
         vector = _vector_index(variant, t, num_subspaces, period, schedule, seed)
         if variant == "time-varying" and vector > 0 and t % period == 0:

@@ -42,16 +42,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quicdesign._progress import progress as reporter
+from quicdesign._threads import single_threaded_blas
+from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError
 
-from ._common import (
-    check_int,
-    check_positive_float,
-    generator,
-    progress_bar,
-    single_threaded_blas,
-    stream_seed,
-)
+from ._common import generator, stream_seed
 from .history import RunHistory
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes
@@ -295,7 +291,7 @@ def run_mcm(
         server.up_memories[:] = sent
     history.record(0, problem.metrics(server.model))
 
-    bar = progress_bar(rounds, history.label, progress)
+    bar = reporter(rounds, history.label, progress, unit="round")
     for t in range(rounds):
         active = participation.sample(num_clients, sampling_rng)
         up_seed = stream_seed(seed, "uplink", t)

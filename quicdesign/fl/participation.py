@@ -6,9 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quicdesign._validate import check_int, check_probability
 from quicdesign.errors import ParameterError
-
-from ._common import check_int, check_probability
 
 __all__ = ["Participation", "FULL_PARTICIPATION", "split_batch_sizes"]
 

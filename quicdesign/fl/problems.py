@@ -14,9 +14,10 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 
+from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError
 
-from ._common import check_int, check_positive_float, generator
+from ._common import generator
 from .data import Dataset, Partition, dirichlet_partition, iid_partition, shard_partition
 
 __all__ = [

@@ -36,18 +36,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quicdesign._progress import progress as reporter
+from quicdesign._threads import single_threaded_blas
+from quicdesign._validate import check_int, check_positive_float, check_probability
+from quicdesign._wire import PayloadReader, PayloadWriter, pack_codes
 from quicdesign.errors import ParameterError, PayloadError
 from quicdesign.randomness import raw_words
 
-from ._common import (
-    check_int,
-    check_positive_float,
-    check_probability,
-    generator,
-    progress_bar,
-    single_threaded_blas,
-    stream_seed,
-)
+from ._common import generator, stream_seed
 from .history import RunHistory
 from .problems import client_batch_sizes
 from .wire import BitCounter
@@ -169,39 +165,47 @@ def _tie_coins(seed, dim):
 
 
 def encode_signs(gradients):
-    """Pack each row's signs into a 1-bit-per-coordinate payload (bit set = negative)."""
-    packed = np.packbits(np.asarray(gradients) < 0, axis=-1, bitorder="little")
-    return [row.tobytes() for row in np.atleast_2d(packed)]
+    """Pack each row's signs into a 1-bit-per-coordinate payload (bit set = negative).
+
+    The bits are :func:`quicdesign._wire.pack_codes` codes of width 1, so the payloads go
+    through the one validated reader on the way back.
+    """
+    negative = np.atleast_2d(np.asarray(gradients) < 0)
+    return [pack_codes(row.view(np.uint8), 1) for row in negative]
+
+
+def _read_signs(reader, dim, field):
+    bits = reader.read_codes(1, dim, field)
+    return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
 
 
 def decode_signs(payloads, dim):
     """Unpack payloads from :func:`encode_signs` into an ``(M, dim)`` int8 array of +-1."""
-    width = -(-dim // 8)
-    if any(len(p) != width for p in payloads):
-        raise PayloadError(f"every sign payload must be {width} bytes for dim={dim}")
-    packed = np.frombuffer(b"".join(payloads), dtype=np.uint8).reshape(len(payloads), width)
-    bits = np.unpackbits(packed, axis=1, count=dim, bitorder="little")
-    return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
+    rows = []
+    for payload in payloads:
+        reader = PayloadReader(payload)
+        rows.append(_read_signs(reader, dim, "sign bits"))
+        reader.expect_end()
+    return np.array(rows, dtype=np.int8).reshape(len(rows), dim)
 
 
 def encode_vote(decoded):
     """Downlink payload: sign bits, then uint32 indices of tied (zero) coordinates."""
     decoded = np.asarray(decoded)
-    ties = np.flatnonzero(decoded == 0).astype("<u4")
-    return np.packbits(decoded < 0, bitorder="little").tobytes() + ties.tobytes()
+    writer = PayloadWriter()
+    writer.write_codes((decoded < 0).view(np.uint8), 1)
+    writer.write_array(np.flatnonzero(decoded == 0).astype("<u4"))
+    return writer.to_bytes()
 
 
 def decode_vote(payload, dim):
     """Invert :func:`encode_vote` into an int8 vector in ``{-1, 0, +1}``."""
-    width = -(-dim // 8)
-    if len(payload) < width or (len(payload) - width) % 4:
-        raise PayloadError(f"a vote payload for dim={dim} is {width} bytes plus 4 per tie")
-    bits = np.unpackbits(
-        np.frombuffer(payload[:width], dtype=np.uint8), count=dim, bitorder="little"
-    )
-    decoded = (1 - 2 * bits.astype(np.int8)).astype(np.int8)
-    ties = np.frombuffer(payload[width:], dtype="<u4")
-    if ties.size and ties.max() >= dim:
+    reader = PayloadReader(payload)
+    decoded = _read_signs(reader, dim, "vote sign bits")
+    if reader.remaining % 4:
+        raise PayloadError(f"a vote payload for dim={dim} is {-(-dim // 8)} bytes plus 4 per tie")
+    ties = reader.read_array("<u4", reader.remaining // 4, "tie indices")
+    if ties.size and int(ties.max()) >= dim:
         raise PayloadError("a tie index is out of range")
     decoded[ties] = 0
     return decoded
@@ -299,7 +303,7 @@ def run_signsgd(
     data_rng = generator(seed, "minibatches")
     model = problem.initial_point(seed).astype(np.float64)
     history.record(0, problem.metrics(model))
-    bar = progress_bar(rounds, history.label, progress)
+    bar = reporter(rounds, history.label, progress, unit="round")
     for t in range(rounds):
         grads = problem.gradients(model, everyone, batches, data_rng)
         uploads = encode_signs(grads)

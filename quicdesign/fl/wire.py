@@ -13,12 +13,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quicdesign._accumulate import MAX_CONTRIBUTION, check_contribution_bound
-from quicdesign._validate import as_client_vector, check_weight
+from quicdesign._validate import as_client_vector, check_int, check_weight
 from quicdesign._wire import PayloadReader
 from quicdesign.compressors._common import to_float32
 from quicdesign.errors import InputVectorError, ParameterError, PayloadError
-
-from ._common import check_int
 
 __all__ = [
     "RawFloats",

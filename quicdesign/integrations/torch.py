@@ -30,6 +30,7 @@ except ImportError as error:  # pragma: no cover - depends on the environment
         "quicdesign.integrations.torch needs PyTorch: pip install 'quicdesign[torch]'"
     ) from error
 
+from quicdesign._threads import limit_blas_threads
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError, PayloadError
 from quicdesign.fl._common import stream_seed
 from quicdesign.protocol import Compressor
@@ -257,12 +258,6 @@ def _allreduce_mean(group, buffer):
     return work.get_future().then(lambda _: buffer)
 
 
-def _blas_limit(threads):
-    from threadpoolctl import threadpool_limits
-
-    return threadpool_limits(limits=threads, user_api="blas")
-
-
 def _gather_payloads(group, payload, max_bytes):
     """All-gather variable-length payloads: lengths first, then zero-padded bytes."""
     world = group.size()
@@ -314,7 +309,7 @@ def quicfl_hook(state: QuicFLHookState, bucket) -> torch.futures.Future[torch.Te
     rank = dist.get_rank(group)
     dim = buffer.numel()
     round_seed = bucket_round_seed(state.seed, iteration, bucket.index())
-    with _blas_limit(state.blas_threads):
+    with limit_blas_threads(state.blas_threads):
         payload = encode_tensor(
             buffer,
             state.compressor,
@@ -333,7 +328,7 @@ def quicfl_hook(state: QuicFLHookState, bucket) -> torch.futures.Future[torch.Te
         # NCCL) would silently pick rank 0's payload only.
         pairs = zip(gathered, sizes, strict=True)
         payloads = [tensor[:size].numpy().tobytes() for tensor, size in pairs]
-        with _blas_limit(state.blas_threads):
+        with limit_blas_threads(state.blas_threads):
             mean = decode_mean(
                 payloads, state.compressor, dim=dim, round_seed=round_seed, dtype=torch.float32
             )

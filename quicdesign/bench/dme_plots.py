@@ -1,0 +1,199 @@
+"""Figures of the DME benchmark (Agg canvas, no pyplot; matplotlib imported when used)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def _figure(**kwargs):
+    # A bare Figure on the Agg canvas: no pyplot, no global backend switch.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _bound(bits):
+    return 1.0 / (4.0**bits - 1.0)
+
+
+def plot_nmse_vs_bits(rows, path=None, clients=None):
+    """vNMSE (top) and NMSE at ``n`` clients (bottom) against measured bits per coordinate.
+
+    One column per family, log y. The dashed line is the bound ``1/(4^b - 1)`` for any
+    unbiased b-bit estimate (``1/(n (4^b - 1))`` for the mean of ``n`` independent ones),
+    evaluated at the measured bits.
+    """
+    clients = max(r["clients"] for r in rows) if clients is None else clients
+    rows = [r for r in rows if r["clients"] == clients]
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    labels = list(dict.fromkeys(r["compressor"] for r in rows))
+    figure = _figure(figsize=(4.2 * len(families), 7.5), layout="constrained")
+    axes = figure.subplots(2, len(families), squeeze=False, sharex=True)
+    low = max(min(r["bits_per_coordinate"] for r in rows), 0.05)
+    high = max(r["bits_per_coordinate"] for r in rows)
+    grid = np.linspace(low, high, 200)
+    for column, family in enumerate(families):
+        for row_index, (key, scale) in enumerate((("vnmse", 1), ("nmse", clients))):
+            ax = axes[row_index, column]
+            for label in labels:
+                points = sorted(
+                    (r["bits_per_coordinate"], r[key])
+                    for r in rows
+                    if r["family"] == family and r["compressor"] == label and r[key] > 0
+                )
+                if points:
+                    ax.plot(*zip(*points, strict=True), "o-", ms=4, label=label)
+            ax.plot(
+                grid,
+                _bound(grid) / scale,
+                "k--",
+                lw=1,
+                label="1/(4^b-1)" if scale == 1 else f"1/({clients}(4^b-1))",
+            )
+            ax.set_yscale("log")
+            # the bound falls fast with b; do not let it squash the measured points
+            measured = [r[key] for r in rows if r["family"] == family and r[key] > 0]
+            if measured:
+                ax.set_ylim(bottom=min(measured) / 3)
+            name = "vNMSE" if scale == 1 else f"NMSE, n={clients}"
+            ax.set(title=f"{family}: {name}", ylabel=name)
+            ax.grid(True, which="major", alpha=0.3)
+        axes[1, column].set_xlabel("measured bits per coordinate")
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    figure.legend(handles, names, fontsize=7, loc="outside right upper")
+    sample = rows[0]
+    figure.suptitle(
+        f"all schemes: d = {sample['dim']}, n = {clients} clients, {sample['trials']} trials",
+        fontsize=9,
+    )
+    if path is not None:
+        figure.savefig(path, dpi=110)
+    return figure
+
+
+#: Compressors whose vNMSE sits near the bound (the comparison that matters).
+NEAR_BOUND = ("quicfl", "quicfl-ec", "eden")
+
+
+def plot_near_bound(rows, path=None):
+    """vNMSE of the near-bound unbiased schemes against measured bits, with error bars.
+
+    One panel per family; the weak baselines are left out so the differences between
+    QUIC-FL, its entropy-coded variant and EDEN are visible. Error bars are one standard
+    error over the trials; the dashed line is the bound ``1/(4^b - 1)`` at the measured
+    bits. Returns None when no near-bound scheme was run.
+    """
+    rows = [r for r in rows if r["compressor"].split(":")[0].strip() in NEAR_BOUND]
+    if not rows:
+        return None
+    rows = [r for r in rows if r["clients"] == min(r["clients"] for r in rows)]
+    families = list(dict.fromkeys(r["family"] for r in rows))
+    figure = _figure(figsize=(4.2 * len(families) + 1.8, 4.2), layout="constrained")
+    axes = figure.subplots(1, len(families), squeeze=False)[0]
+    for ax, family in zip(axes, families, strict=True):
+        mine = [r for r in rows if r["family"] == family]
+        for label in dict.fromkeys(r["compressor"] for r in mine):
+            points = sorted(
+                (r["bits_per_coordinate"], r["vnmse"], r["vnmse_se"] or 0.0)
+                for r in mine
+                if r["compressor"] == label
+            )
+            bits, vnmse, error = zip(*points, strict=True)
+            ax.errorbar(bits, vnmse, yerr=error, fmt="o-", ms=4, capsize=3, label=label)
+        grid = np.linspace(
+            min(r["bits_per_coordinate"] for r in mine),
+            max(r["bits_per_coordinate"] for r in mine),
+            200,
+        )
+        ax.plot(grid, _bound(grid), "k--", lw=1, label="bound 1/(4^b - 1)")
+        ax.set(
+            yscale="log",
+            title=family,
+            xlabel="measured bits per coordinate",
+            ylabel="vNMSE (one client)",
+        )
+        ax.grid(True, which="both", alpha=0.3)
+    handles, names = axes[0].get_legend_handles_labels()
+    figure.legend(handles, names, fontsize=8, loc="outside right upper")
+    sample = rows[0]
+    figure.suptitle(
+        f"near-bound unbiased schemes: d = {sample['dim']}, {sample['trials']} trials, "
+        "error bars one standard error",
+        fontsize=9,
+    )
+    if path is not None:
+        figure.savefig(path, dpi=110)
+    return figure
+
+
+def plot_server_time(rows, path=None, family=None):
+    """Server aggregation time against ``n`` (log-log), one line per compressor.
+
+    Uses one family (the first by default) and each compressor's highest bit width.
+    """
+    family = rows[0]["family"] if family is None else family
+    rows = [r for r in rows if r["family"] == family]
+    from matplotlib.ticker import NullLocator
+
+    figure = _figure(figsize=(8, 4.5), layout="constrained")
+    ax = figure.subplots()
+    for label in dict.fromkeys(r["compressor"] for r in rows):
+        top = max(r["bits"] for r in rows if r["compressor"] == label)
+        points = sorted(
+            (r["clients"], r["server_ms"])
+            for r in rows
+            if r["compressor"] == label and r["bits"] == top
+        )
+        ax.plot(*zip(*points, strict=True), "o-", ms=4, label=f"{label} (b={top})")
+    counts = sorted({r["clients"] for r in rows})
+    ax.set(
+        xscale="log",
+        yscale="log",
+        xlabel="clients n",
+        ylabel="server time (ms)",
+        title=(
+            f"server aggregation time (median of {rows[0]['trials']} trials), "
+            f"d = {rows[0]['dim']}, {family}"
+        ),
+    )
+    # label the measured n themselves; log-axis minor labels like "2x10^0" only clutter
+    ax.set_xticks(counts, labels=[str(n) for n in counts])
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.grid(True, which="major", alpha=0.3)
+    # outside the axes: ten lines leave no corner of the data free
+    figure.legend(fontsize=7, loc="outside right upper")
+    if path is not None:
+        figure.savefig(path, dpi=110)
+    return figure
+
+
+def plot_server_scaling(result, path=None):
+    """Server time against ``n`` (linear axes) with the least-squares lines."""
+    figure = _figure(figsize=(6.5, 4.5), layout="constrained")
+    ax = figure.subplots()
+    counts = np.array(result.clients, dtype=float)
+    for label, fit in result.fits.items():
+        times = [r["server_ms"] for r in result.rows if r["compressor"] == label]
+        (line,) = ax.plot(counts, times, "o", label=label)
+        if fit["slope_ms_per_client"] is not None:
+            ax.plot(
+                counts,
+                fit["slope_ms_per_client"] * counts + fit["intercept_ms"],
+                "-",
+                color=line.get_color(),
+                lw=1,
+                label=f"{label} fit: {fit['slope_ms_per_client']:.3g} ms/client",
+            )
+    ax.set(
+        xlabel="clients n",
+        ylabel="server time (ms)",
+        title=f"server time, d={result.dim}, b={result.bits}",
+    )
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    if path is not None:
+        figure.savefig(path, dpi=110)
+    return figure
