@@ -297,6 +297,8 @@ def _worker(rank, port, out_dir):
             result["mismatch_error"] = str(error)
         with open(f"{out_dir}/rank{rank}.json", "w") as handle:
             json.dump(result, handle)
+        # no rank tears gloo down while the other is still inside a collective
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
@@ -308,14 +310,23 @@ def two_ranks(tmp_path_factory):
         _worker, args=(free_port(), str(out_dir)), nprocs=WORLD, join=False, start_method="spawn"
     )
     # bounded: a hang in a collective would otherwise block the suite
-    for _ in range(120):
-        if context.join(timeout=1):
-            break
-    else:
-        for process in context.processes:
-            process.kill()
-        pytest.fail("the 2-rank DDP run did not finish within 120 s")
-    return [json.loads((out_dir / f"rank{r}.json").read_text()) for r in range(WORLD)]
+    results = [out_dir / f"rank{r}.json" for r in range(WORLD)]
+    try:
+        for _ in range(120):
+            if context.join(timeout=1):
+                break
+        else:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the 2-rank DDP run did not finish within 120 s")
+    except mp.ProcessExitedException as exc:
+        # gloo's C++ teardown occasionally aborts ("terminate called without an active
+        # exception") after both ranks have finished and written their results; only a
+        # failure before that point is ours
+        if not all(path.exists() for path in results):
+            raise
+        print(f"a rank aborted during gloo teardown after finishing: {exc}")
+    return [json.loads(path.read_text()) for path in results]
 
 
 def test_ddp_uses_several_buckets_and_counts_iterations(two_ranks):
