@@ -113,11 +113,15 @@ class _Dask:
         self.client = client
         self.workers = max(1, len(client.scheduler_info().get("workers", {})))
         # every task needs the table: one copy per worker, not one per task
-        self.source = None if source is None else client.scatter([source], broadcast=True)[0]
+        # hash=False: a content-hashed key would be shared with an earlier call's scatter of
+        # the same table, whose release can then race with this use ("lost dependencies")
+        self.source = (
+            None if source is None else client.scatter([source], broadcast=True, hash=False)[0]
+        )
 
     def put_all(self, groups):
         # one scatter call spreads the groups over the workers round-robin
-        return self.client.scatter(groups)
+        return self.client.scatter(groups, hash=False)
 
     def leaf(self, *args):
         return self.client.submit(_leaf, self.source, *args, pure=False)
@@ -271,5 +275,16 @@ def aggregate(
         engine.leaf(round_seed, dim, group, group_weights, key)
         for group, group_weights in zip(payloads.groups, payloads.weights, strict=True)
     ]
-    root = _reduce(leaves, lambda *shards: engine.combine(round_seed, dim, key, *shards), fan_in)
-    return from_bytes(table, engine.result(root), key=key, round_seed=round_seed, dim=dim)
+    # Dask may forget a task's result as soon as no client-side future references it, even
+    # while a dependent task is being submitted ("computation on lost data"): every
+    # intermediate handle stays referenced until the root's bytes are back.
+    handles = list(leaves)
+
+    def combine(*shards):
+        handles.append(engine.combine(round_seed, dim, key, *shards))
+        return handles[-1]
+
+    root = _reduce(leaves, combine, fan_in)
+    data = engine.result(root)
+    handles.clear()
+    return from_bytes(table, data, key=key, round_seed=round_seed, dim=dim)
