@@ -369,21 +369,16 @@ class Table:
     def with_manifest(self, **sections) -> Table:
         """Return a copy whose manifest has the given top-level sections replaced."""
         manifest = {**self._manifest, **sections}
-        return Table(
-            self.receiver,
-            bits=self.bits,
-            shared_bits=self.shared_bits,
-            tail_prob=self.tail_prob,
-            lower=self.lower,
-            upper=self.upper,
-            manifest=manifest,
-            code_model=self.code_model,
-            bound_arrays=None if manifest.get("global_bound") is None else self._bound_arrays,
-        )
+        bound = None if manifest.get("global_bound") is None else self._bound_arrays
+        return self._copy(manifest, bound)
 
     def with_global_bound(self, section: dict, edges, multipliers) -> Table:
         """Return a copy carrying a lower-bound proof (manifest section and arrays)."""
         manifest = {**self._manifest, "global_bound": dict(section)}
+        return self._copy(manifest, (edges, multipliers))
+
+    def _copy(self, manifest: dict, bound_arrays) -> Table:
+        """The same quantizer with another manifest and bound proof (re-validated)."""
         return Table(
             self.receiver,
             bits=self.bits,
@@ -393,7 +388,7 @@ class Table:
             upper=self.upper,
             manifest=manifest,
             code_model=self.code_model,
-            bound_arrays=(edges, multipliers),
+            bound_arrays=bound_arrays,
         )
 
     def bound_arrays(self) -> tuple[np.ndarray, np.ndarray]:

@@ -224,9 +224,7 @@ def _run(args) -> int:
 
 def register(sub) -> None:
     """Add the ``distributed`` subcommand to the ``bench`` subparsers object ``sub``."""
-    import argparse
-
-    from .._argtypes import bounded_int
+    from .._argtypes import add_progress_option, bounded_int
     from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS
 
     parser = sub.add_parser(
@@ -260,10 +258,5 @@ def register(sub) -> None:
         default=3,
         help="timed repetitions, medians reported (default: 3)",
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress while encoding (default: on a terminal only)",
-    )
+    add_progress_option(parser, "step")
     parser.set_defaults(run=_run)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._argtypes import bounded_int
+from .._argtypes import add_progress_option, bounded_int
 from .._limits import BENCH_MAX_DIM, BENCH_MAX_REPEATS
 from .._progress import progress as reporter
 from .._validate import check_int
@@ -106,8 +106,6 @@ def _run(args) -> int:
 
 def register(sub) -> None:
     """Add the ``stratified`` subcommand to the ``bench`` subparsers object ``sub``."""
-    import argparse
-
     parser = sub.add_parser(
         "stratified",
         help="NMSE of the mean with independent vs stratified shared randomness",
@@ -124,10 +122,5 @@ def register(sub) -> None:
         default=5,
         help="rounds per configuration (default: 5)",
     )
-    parser.add_argument(
-        "--progress",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="progress output (default: a bar on a terminal, lines elsewhere)",
-    )
+    add_progress_option(parser, "configuration")
     parser.set_defaults(run=_run)

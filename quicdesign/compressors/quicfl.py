@@ -17,6 +17,12 @@ class _TableCompressor(Compressor):
     _encoder_class = QuicFLEncoder
     _aggregator_class = QuicFLAggregator
 
+    def __init__(self, bits=2, table=None):
+        self.bits = bits
+        self.table = table
+        self._encoder = None
+        self._loaded_table = None
+
     def _load_table(self) -> Table:
         raise NotImplementedError
 
@@ -120,12 +126,6 @@ class QuicFLEntropy(_TableCompressor):
     _encoder_class = QuicFLEntropyEncoder
     _aggregator_class = QuicFLEntropyAggregator
 
-    def __init__(self, bits=2, table=None):
-        self.bits = bits
-        self.table = table
-        self._encoder = None
-        self._loaded_table = None
-
     def _load_table(self) -> Table:
         return load_entropy_table(self.bits)
 
@@ -151,12 +151,6 @@ class QuicFLDirect(_TableCompressor):
     )
     _encoder_class = DirectEncoder
     _aggregator_class = DirectAggregator
-
-    def __init__(self, bits=2, table=None):
-        self.bits = bits
-        self.table = table
-        self._encoder = None
-        self._loaded_table = None
 
     def _load_table(self) -> Table:
         shipped = load_table(self.bits)
