@@ -720,8 +720,26 @@ _FULL_LR = 0.5
 
 
 def _intrinsic_jobs(seeds, rounds):
+    # (label, (variant tag, d tag), runner options): the paper's three variants beside
+    # full training
+    variants = [
+        (f"static d={d}", ("static", d), {"variant": "static", "subspace_dim": d})
+        for d in (25, 100, 400)
+    ]
+    variants += [
+        (
+            "k-subspace K=8 d=25",
+            ("k-subspace", 25),
+            {"variant": "k-subspace", "num_subspaces": 8, "subspace_dim": 25},
+        ),
+        (
+            "time-varying period=10 d=25",
+            ("time-varying", 25),
+            {"variant": "time-varying", "period": 10, "subspace_dim": 25},
+        ),
+    ]
+    common = {"rounds": rounds, "batch_size": 32, "record_every": max(1, rounds // 50)}
     jobs = []
-    record = max(1, rounds // 50)
     for seed in seeds:
         problem = ("teacher-mlp", seed)
         jobs.append(
@@ -731,60 +749,23 @@ def _intrinsic_jobs(seeds, rounds):
                 "full training",
                 seed,
                 (("variant", "full"), ("d", 1669)),
-                rounds=rounds,
                 step_size=_FULL_LR,
-                batch_size=32,
-                record_every=record,
+                **common,
             )
         )
-        for d in (25, 100, 400):
+        for label, (variant, d), options in variants:
             jobs.append(
                 _job(
                     "intrinsic",
                     problem,
-                    f"static d={d}",
+                    label,
                     seed,
-                    (("variant", "static"), ("d", d)),
-                    variant="static",
-                    subspace_dim=d,
-                    rounds=rounds,
+                    (("variant", variant), ("d", d)),
                     step_size=_INTRINSIC_LR,
-                    batch_size=32,
-                    record_every=record,
+                    **common,
+                    **options,
                 )
             )
-        jobs.append(
-            _job(
-                "intrinsic",
-                problem,
-                "k-subspace K=8 d=25",
-                seed,
-                (("variant", "k-subspace"), ("d", 25)),
-                variant="k-subspace",
-                num_subspaces=8,
-                subspace_dim=25,
-                rounds=rounds,
-                step_size=_INTRINSIC_LR,
-                batch_size=32,
-                record_every=record,
-            )
-        )
-        jobs.append(
-            _job(
-                "intrinsic",
-                problem,
-                "time-varying period=10 d=25",
-                seed,
-                (("variant", "time-varying"), ("d", 25)),
-                variant="time-varying",
-                period=10,
-                subspace_dim=25,
-                rounds=rounds,
-                step_size=_INTRINSIC_LR,
-                batch_size=32,
-                record_every=record,
-            )
-        )
     return jobs
 
 
