@@ -252,20 +252,14 @@ def _randk(fraction):
     return ("randk", (("fraction", fraction),))
 
 
-def _mcm_jobs(seeds, rounds):
+def _mcm_grid(problem, seeds, common, algorithms):
+    """Diana (exact downlink), then ``algorithms(fraction)`` at each rand-k downlink."""
     jobs = []
-    common = dict(
-        rounds=rounds,
-        step_size="1/(2L)",
-        uplink=_MCM_UPLINK,
-        batch_size=16,
-        record_every=max(1, rounds // 200),
-    )
     for seed in seeds:
         jobs.append(
             _job(
                 "mcm",
-                ("least-squares", 1.0),
+                problem,
                 "diana",
                 seed,
                 (("algorithm", "diana"), ("omega_dwn", 0)),
@@ -273,17 +267,13 @@ def _mcm_jobs(seeds, rounds):
                 **common,
             )
         )
+        # rand-k keeping a fraction f has downlink variance omega = 1/f - 1
         for fraction, omega in ((0.5, 1), (0.2, 4), (0.1, 9)):
-            runs = (
-                ["mcm", "artemis"]
-                + (["mc"] if fraction == 0.5 else [])
-                + (["rand-mcm"] if fraction == 0.1 else [])
-            )
-            for algorithm in runs:
+            for algorithm in algorithms(fraction):
                 jobs.append(
                     _job(
                         "mcm",
-                        ("least-squares", 1.0),
+                        problem,
                         f"{algorithm} w_dwn={omega}",
                         seed,
                         (("algorithm", algorithm), ("omega_dwn", omega)),
@@ -293,6 +283,25 @@ def _mcm_jobs(seeds, rounds):
                     )
                 )
     return jobs
+
+
+def _mcm_jobs(seeds, rounds):
+    common = dict(
+        rounds=rounds,
+        step_size="1/(2L)",
+        uplink=_MCM_UPLINK,
+        batch_size=16,
+        record_every=max(1, rounds // 200),
+    )
+
+    def algorithms(fraction):
+        return (
+            ["mcm", "artemis"]
+            + (["mc"] if fraction == 0.5 else [])
+            + (["rand-mcm"] if fraction == 0.1 else [])
+        )
+
+    return _mcm_grid(("least-squares", 1.0), seeds, common, algorithms)
 
 
 def _mcm_summary(histories, rounds):
@@ -442,34 +451,7 @@ def _mcm_real_jobs(seeds, rounds):
         average_from=rounds // 2,
     )
     problem = ("breast-cancer-logistic", _BREAST_CANCER_WORKERS)
-    jobs = []
-    for seed in seeds:
-        jobs.append(
-            _job(
-                "mcm",
-                problem,
-                "diana",
-                seed,
-                (("algorithm", "diana"), ("omega_dwn", 0)),
-                algorithm="diana",
-                **common,
-            )
-        )
-        for fraction, omega in ((0.5, 1), (0.2, 4), (0.1, 9)):
-            for algorithm in ("mcm", "artemis", "mc"):
-                jobs.append(
-                    _job(
-                        "mcm",
-                        problem,
-                        f"{algorithm} w_dwn={omega}",
-                        seed,
-                        (("algorithm", algorithm), ("omega_dwn", omega)),
-                        algorithm=algorithm,
-                        downlink=_randk(fraction),
-                        **common,
-                    )
-                )
-    return jobs
+    return _mcm_grid(problem, seeds, common, lambda fraction: ("mcm", "artemis", "mc"))
 
 
 def _mcm_real_summary(histories, rounds):
