@@ -96,6 +96,8 @@ def plot_curves(path, histories, metric, *, log_metric=False, title=""):
             "linestyle": ("-", "--", "-.", ":")[index % 4],
             "marker": "o" if len(rounds) < 6 else None,  # short runs: keep lone points
             "markersize": 4,
+            # past ten configurations the default colour cycle repeats
+            "color": plt.get_cmap("tab20")(index % 20) if len(curves) > 10 else f"C{index % 10}",
         }
         (line,) = by_round.plot(rounds, values, label=config, **style)
         sent = bits > 0  # the initial model costs nothing and has no place on a log axis
