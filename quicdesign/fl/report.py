@@ -159,6 +159,24 @@ def plot_decoding(path, rows, *, title=""):
     return Path(path)
 
 
+def _best_rate_only(histories, metric):
+    """Per ``config["method"]``, the runs of its learning rate with the best final metric.
+
+    A learning-rate sweep puts every rate in the table; the figure shows one curve per
+    method so that it stays readable.
+    """
+    finals = {}
+    for history in histories:
+        key = (history.config["method"], history.config["config"])
+        finals.setdefault(key, []).append(history.final(metric))
+    best = {}
+    for (method, config), values in finals.items():
+        if method not in best or np.mean(values) > best[method][1]:
+            best[method] = (config, float(np.mean(values)))
+    kept = {config for config, _ in best.values()}
+    return [h for h in histories if h.config["config"] in kept]
+
+
 def write_result(result, folder):
     """Write ``<name>_curves.csv``, ``<name>_summary.csv`` and ``<name>.png`` to ``folder``.
 
@@ -182,7 +200,9 @@ def write_result(result, folder):
         written.append(write_csv(folder / f"{name}_curves.csv", rows))
         figure = plot_curves(
             folder / f"{name}.png",
-            result.histories,
+            _best_rate_only(result.histories, result.experiment.metric)
+            if result.experiment.plot == "best-rate"
+            else result.histories,
             result.experiment.metric,
             log_metric=result.experiment.log_metric,
             title=f"{name}: {result.experiment.claim}",
