@@ -121,7 +121,7 @@ def plot_curves(path, histories, metric, *, log_metric=False, title=""):
     if not log_metric:
         _zoom_past_the_start(by_round, curves)
     figure.legend(fontsize=7, loc="outside right upper")
-    figure.suptitle(textwrap.fill(title, 110), fontsize=10)
+    figure.suptitle(textwrap.fill(title, 85), fontsize=10)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
