@@ -17,7 +17,7 @@ def rows():
 
 
 def test_equal_upload_bits_and_both_download_accountings(rows):
-    assert len(rows) == 23
+    assert len(rows) == 32
     for config, row in rows.items():
         up, down = row["up_bits/client/round"], row["down_bits/client/round"]
         if config.startswith("intrinsic"):

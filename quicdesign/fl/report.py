@@ -109,7 +109,11 @@ def plot_curves(path, histories, metric, *, log_metric=False, title=""):
             by_bits.fill_between(bits[sent], low[sent], high[sent], **shade)
     runs = len(histories) // max(len(curves), 1)
     seeds = f"{runs} seed" + ("s" if runs != 1 else "")
-    by_round.set_xlabel(f"round (line: mean of {seeds}; band: lowest to highest seed)")
+    by_round.set_xlabel(
+        f"round (line: mean of {seeds}; band: lowest to highest seed)"
+        if runs > 1
+        else "round (one seed)"
+    )
     by_bits.set_xlabel("bits sent per client, uplink + downlink (log scale)")
     by_bits.set_xscale("log")
     for axes in (by_round, by_bits):
@@ -121,7 +125,7 @@ def plot_curves(path, histories, metric, *, log_metric=False, title=""):
     if not log_metric:
         _zoom_past_the_start(by_round, curves)
     figure.legend(fontsize=7, loc="outside right upper")
-    figure.suptitle(textwrap.fill(title, 85), fontsize=10)
+    figure.suptitle(textwrap.fill(title, 75), fontsize=10)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
