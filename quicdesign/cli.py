@@ -53,18 +53,23 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_tables_list(args) -> int:
     folder = Path(args.path) if args.path else shipped_tables_dir()
     entries = list_tables(folder)  # refuse a bad path before printing anything
+    # rate: the nominal bits per coordinate (b, or an entropy table's design rate);
+    # bits/coord: what a coordinate costs on average (b + 64 p, or the expected code length)
     print(
-        f"{'msg bits':>8} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11} "
-        f"{'bits/coord':>10} {'coding':>8}  directory"
+        f"{'rate':>5} {'coding':>8} {'msg bits':>8} {'shared':>6} {'tail_prob':>10} "
+        f"{'threshold':>9} {'vNMSE':>11} {'bits/coord':>10}  directory"
     )
     for e in entries:
         vnmse = "" if e.get("vnmse") is None else format(e["vnmse"], ".6g")
         expected = e.get("expected_bits")
-        coding = "fixed" if expected is None else "entropy"
-        per_coordinate = e["bits"] + 64 * e["tail_prob"] if expected is None else expected
+        if expected is None:
+            coding, rate, per_coordinate = "fixed", f"{e['bits']}", e["bits"] + 64 * e["tail_prob"]
+        else:
+            nominal = e.get("nominal_rate")
+            coding, rate, per_coordinate = "entropy", f"{nominal:g}" if nominal else "?", expected
         print(
-            f"{e['bits']:>8} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} {e['threshold']:>9.4f} "
-            f"{vnmse:>11} {per_coordinate:>10.4f} {coding:>8}  {e['directory']}"
+            f"{rate:>5} {coding:>8} {e['bits']:>8} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} "
+            f"{e['threshold']:>9.4f} {vnmse:>11} {per_coordinate:>10.4f}  {e['directory']}"
         )
     return 0
 

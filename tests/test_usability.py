@@ -83,11 +83,43 @@ def test_every_option_has_help_and_shows_its_default():
             if isinstance(action, ignored):
                 continue
             name = " ".join(path) + " " + "/".join(action.option_strings or [action.dest])
+            # a value option the user may leave out must say what leaving it out means
+            optional_value = action.option_strings and action.nargs != 0 and not action.required
             if not action.help:
                 missing.append(f"{name}: no help")
-            elif action.default not in (None, False) and "default" not in action.help:
+            elif (optional_value or action.default not in (None, False)) and (
+                "default" not in action.help
+            ):
                 missing.append(f"{name}: default {action.default!r} not shown")
+            elif "terminal only" in action.help:
+                missing.append(f"{name}: progress is shown in every mode now")
     assert not missing, missing
+
+
+@pytest.mark.parametrize(
+    "argv, option",
+    [
+        (["design", "--bits"], "bits"),
+        (["design", "--entropy"], "entropy"),
+        (["bench", "runtime", "--bits"], "bits"),
+        (["bench", "dme", "--bits"], "bits"),
+        (["bench", "dme", "--clients"], "clients"),
+        (["fl", "run", "mcm", "--seeds"], "seeds"),
+    ],
+)
+def test_every_integer_list_option_takes_every_spelling(argv, option):
+    parser = build_parser(argv)
+    for spelling in (["1-3"], ["1,2,3"], ["1", "2", "3"], ["1-2", "3"]):
+        assert getattr(parser.parse_args([*argv, *spelling]), option) == [1, 2, 3], spelling
+
+
+def test_integer_lists_refuse_too_many_values_in_total(capsys):
+    parser = build_parser(["fl", "run"])
+    with pytest.raises(SystemExit) as refused:
+        parser.parse_args(
+            ["fl", "run", "mcm", "--seeds", *[f"{k * 600}-{k * 600 + 599}" for k in range(2)]]
+        )
+    assert refused.value.code == 2 and "more than" in capsys.readouterr().err
 
 
 def test_help_is_plain_text_and_version_is_printed(capsys):
@@ -133,9 +165,16 @@ def test_install_hint_names_the_right_extra(monkeypatch, capsys, module, command
 def test_entropy_tables_are_listed_and_named_by_rate(capsys):
     table = quicdesign.load_entropy_table(2)
     assert "rate=2 bits/coordinate" in repr(table) and table.name == "rate2-l6"
-    assert main(["tables", "list", "--path", str(quicdesign.shipped_tables_dir() / "entropy")]) == 0
-    out = capsys.readouterr().out
-    assert out.count("entropy") == 4 and "1.9980" in out
+    entropy = quicdesign.shipped_tables_dir() / "entropy"
+    assert main(["tables", "list", "--path", str(entropy)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split()[:2] == ["rate", "coding"] and len(out) == 5
+    rate2 = next(line.split() for line in out if line.endswith("rate2-l6"))
+    # nominal rate 2, 16 messages, 1.998 expected bits per coordinate
+    assert rate2[:3] == ["2", "entropy", "4"] and rate2[-2] == "1.9980"
+    # one table folder lists the same line
+    assert main(["tables", "list", "--path", str(entropy / "rate2-l6")]) == 0
+    assert capsys.readouterr().out.splitlines()[1].split() == rate2
 
 
 def test_tables_list_prints_nothing_before_an_error(tmp_path, capsys):

@@ -106,7 +106,7 @@ def run_dme_benchmark(
     families=FAMILIES,
     trials=None,
     seed=0,
-    progress=False,
+    progress=None,
     small=False,
     blas_threads=1,
 ):
@@ -130,8 +130,9 @@ def run_dme_benchmark(
         Independent rounds per configuration and family.
     seed : int
         Seed of the inputs, round seeds and private randomness.
-    progress : bool
-        Show a tqdm progress bar.
+    progress : bool, optional
+        False: silent; otherwise (default) a bar on a terminal, one line per configuration
+        elsewhere.
     small : bool
         Tiny defaults (``d = 1024``, ``n <= 8``, 2 trials) for tests and notebooks;
         explicit arguments still win.

@@ -56,7 +56,8 @@ def bench_stratified(
     seed : int
         Seed of the vectors and of the rounds.
     progress : bool, optional
-        Progress lines (default: on a terminal, a bar).
+        False: silent; otherwise (default) a bar on a terminal, one line per configuration
+        elsewhere.
 
     Returns
     -------
