@@ -2,6 +2,7 @@
 
 import argparse
 import io
+import os
 import re
 import subprocess
 import sys
@@ -184,31 +185,92 @@ def test_tables_list_prints_nothing_before_an_error(tmp_path, capsys):
 
 
 # -- README --------------------------------------------------------------------------------
-def _readme_python_blocks():
-    return re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+#: A README code block preceded by this HTML comment (invisible on GitHub) is not run here;
+#: the comment must say why, e.g. ``<!-- readme-test: skip: CI runs it (.ci/run) -->``.
+SKIP_MARKER = re.compile(r"<!-- readme-test: skip: (?P<reason>[^>]*\S) -->\s*$")
+FENCE = re.compile(r"^```(?P<language>[\w-]*)\s*$")
 
 
-def test_readme_has_python_blocks():
-    assert _readme_python_blocks()
+def _readme_blocks():
+    """Every fenced block of README.md: (language, code, first line, skip reason or None)."""
+    lines = (ROOT / "README.md").read_text().splitlines()
+    blocks, index = [], 0
+    while index < len(lines):
+        opening = FENCE.match(lines[index])
+        if not opening:
+            index += 1
+            continue
+        closing = next(k for k in range(index + 1, len(lines)) if lines[k].startswith("```"))
+        above = lines[index - 1] if index else ""
+        marker = SKIP_MARKER.match(above)
+        code = "\n".join(lines[index + 1 : closing]) + "\n"
+        language = opening["language"]
+        blocks.append((language, code, index + 1, marker["reason"] if marker else None))
+        index = closing + 1
+    return blocks
+
+
+def test_readme_blocks_are_python_or_bash_and_every_skip_says_why():
+    blocks = _readme_blocks()
+    assert any(language == "python" for language, *_ in blocks)
+    assert {language for language, *_ in blocks} <= {"python", "bash"}, "unknown block language"
+    text = (ROOT / "README.md").read_text()
+    # a marker that lost its reason (or its block) would silently stop a block being run
+    assert text.count("readme-test:") == sum(reason is not None for *_, reason in blocks)
+
+
+def _run_block(language, code, cwd):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
+    # the venv running the tests provides `python` and the `quicdesign` script
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    command = (
+        [sys.executable, "-c", code]
+        if language == "python"
+        else ["bash", "-euo", "pipefail", "-c", code]
+    )
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(_readme_python_blocks())))
-def test_every_readme_python_block_runs(index, tmp_path):
-    source = _readme_python_blocks()[index]
-    env_path = {"PYTHONPATH": str(ROOT)}
-    import os
-
-    result = subprocess.run(
-        [sys.executable, "-c", source],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-        env={**os.environ, **env_path},
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+@pytest.mark.parametrize(
+    "language, code, line, skip",
+    _readme_blocks(),
+    ids=[f"{language}-line{line}" for language, _, line, _ in _readme_blocks()],
+)
+def test_every_readme_block_runs(language, code, line, skip, tmp_path):
+    if skip:
+        pytest.skip(f"README line {line}: {skip}")
+    result = _run_block(language, code, tmp_path)
+    assert result.returncode == 0, f"README line {line}:\n{result.stderr[-3000:]}"
+    assert result.stdout.strip(), f"README line {line} printed nothing"
     assert "HiGHS" not in result.stdout
+
+
+def _readme_cli_commands():
+    """Every ``quicdesign ...`` command quoted inline in README.md (placeholders filled)."""
+    text = (ROOT / "README.md").read_text()
+    placeholders = {"EXPERIMENT": "mcm", "DIR": "out", "A": "a", "B": "b"}
+    commands = []
+    for span in re.findall(r"`(quicdesign [^`|]*)`", text):
+        words = [placeholders.get(word, word) for word in span.split()[1:]]
+        commands.append(words)
+    return commands
+
+
+def test_every_cli_command_quoted_in_the_readme_parses():
+    from quicdesign.fl.experiments import EXPERIMENTS
+
+    commands = _readme_cli_commands()
+    assert len(commands) >= 10
+    for words in commands:
+        try:
+            args = build_parser(words).parse_args(words)
+        except SystemExit:
+            pytest.fail(
+                f"README quotes a command that does not parse: quicdesign {' '.join(words)}"
+            )
+        if words[:2] == ["fl", "run"]:
+            assert args.experiment in EXPERIMENTS, words
 
 
 def test_bench_dme_skips_compressors_whose_module_is_missing(monkeypatch, capsys):
