@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ._argtypes import bounded_int, probability
 from ._validate import writable_dir
-from .errors import QuicDesignError
-from .table import list_tables, load_table, shipped_tables_dir
+from .errors import ParameterError, QuicDesignError
+from .table import list_tables, load_entropy_table, load_table, shipped_tables_dir
 
 __all__ = [
     "main",
@@ -79,7 +79,23 @@ def _cmd_tables_show(args) -> int:
 
     import numpy as np
 
-    table = load_table(args.bits, args.shared_bits, args.tail_prob, path=args.path)
+    from .table import _is_table_dir
+
+    entries = list_tables(args.path)  # validates --path
+    if args.path and _is_table_dir(Path(args.path)):
+        table = collection_tables(Path(args.path))[0]
+        chosen = table.bits if table.nominal_rate is None else table.nominal_rate
+        if args.bits is not None and args.bits != chosen:
+            raise ParameterError(f"{args.path} holds {table!r}, not b = {args.bits}")
+    elif args.bits is None:
+        raise ParameterError("name the table: quicdesign tables show B [--shared-bits L]")
+    elif entries and all(e.get("expected_bits") is not None for e in entries):
+        # an entropy-coded collection is indexed by nominal rate, as load_entropy_table
+        if args.shared_bits is not None or args.tail_prob is not None:
+            raise ParameterError("an entropy-coded collection is chosen by its rate alone")
+        table = load_entropy_table(args.bits, path=args.path)
+    else:
+        table = load_table(args.bits, args.shared_bits, args.tail_prob, path=args.path)
     print(repr(table))
     with np.printoptions(precision=5, suppress=True, linewidth=120):
         print("receiver R[h, x]:")
@@ -195,7 +211,13 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     listing.add_argument("--path", help="collection or table folder (default: shipped tables)")
     listing.set_defaults(run=_cmd_tables_list)
     show = table_cmds.add_parser("show", help="print one table and its provenance")
-    show.add_argument("bits", type=bounded_int("bits", 1, 16), help="message bits b")
+    show.add_argument(
+        "bits",
+        type=bounded_int("bits", 1, 16),
+        nargs="?",
+        help="message bits b; for a collection of entropy-coded tables, the nominal rate "
+        "(default: required unless --path is one table)",
+    )
     show.add_argument(
         "--shared-bits",
         type=bounded_int("shared_bits", 0, 12),

@@ -311,3 +311,20 @@ def test_notebook_cells_do_not_end_in_a_stray_expression():
             elif isinstance(last, ast.Expr) and not isinstance(last.value, ast.Constant):
                 stray.append((notebook.name, ast.unparse(last)))
     assert not stray, stray
+
+
+def test_tables_show_takes_an_entropy_rate_or_one_table_folder(capsys):
+    entropy = quicdesign.shipped_tables_dir() / "entropy"
+    assert main(["tables", "show", "2", "--path", str(entropy)]) == 0
+    assert capsys.readouterr().out.startswith("Table(entropy-coded, rate=2 bits/coordinate")
+    assert main(["tables", "show", "--path", str(entropy / "rate3-l6")]) == 0
+    assert "rate=3 bits/coordinate" in capsys.readouterr().out.splitlines()[0]
+    # a b that contradicts the folder, a missing b, and l for an entropy collection: refused
+    for argv in (
+        ["2", "--path", str(entropy / "rate3-l6")],
+        [],
+        ["2", "--path", str(entropy), "--shared-bits", "6"],
+    ):
+        assert main(["tables", "show", *argv]) == 2
+        captured = capsys.readouterr()
+        assert captured.out == "" and captured.err.startswith("quicdesign: error:")

@@ -59,6 +59,7 @@ from ._dme_setup import (
     parse_compressor_spec,
     relative_error,
     resolve_default,
+    runnable_families,
     vector_source,
     warm_up,
 )
@@ -159,7 +160,7 @@ def run_dme_benchmark(
         raise ParameterError(
             f"clients x dim = {client_counts[-1]} x {dim} exceeds {BENCH_MAX_VALUES} values"
         )
-    families = check_families(families)
+    families = runnable_families(check_families(families))
     seed = check_int(seed, "seed", 0)
     specs = (compressors,) if isinstance(compressors, str) else tuple(compressors)
     if not specs:

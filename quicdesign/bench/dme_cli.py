@@ -6,6 +6,7 @@ import argparse
 
 from quicdesign._argtypes import add_int_list_option, add_progress_option, bounded_int
 from quicdesign._limits import BENCH_MAX_REPEATS
+from quicdesign._threads import blas_threads_text
 from quicdesign._validate import writable_dir
 from quicdesign.errors import ParameterError
 
@@ -27,14 +28,12 @@ from .server_scaling import run_server_scaling
 __all__ = ["register"]
 
 
-def _threads_text(blas_threads):
-    return f"{blas_threads} BLAS thread(s)" if blas_threads else "default BLAS threads"
-
-
 def _run(args):
     if not (args.sweep or args.server_scaling or args.cossgd_table):
         raise ParameterError("nothing to run: --no-sweep needs --server-scaling or --cossgd-table")
     out = writable_dir(args.out) if args.out else None
+    if out is not None:
+        import matplotlib  # noqa: F401 - without it, fail before the run rather than after
     progress = args.progress
     families = args.families or FAMILIES
     if args.sweep:
@@ -54,7 +53,7 @@ def _run(args):
         print(
             f"DME benchmark: d = {first['dim']}, {first['trials']} trials, "
             f"n = {max(r['clients'] for r in rows)} clients for NMSE and server time, "
-            f"{_threads_text(args.blas_threads)}"
+            f"{blas_threads_text(args.blas_threads)}"
         )
         table = sweep_markdown(rows)
         print(table)
@@ -74,7 +73,7 @@ def _run(args):
         )
         print(
             f"\nServer scaling: d = {result.dim}, b = {result.bits}, LogNormal(0,1) inputs, "
-            f"median of {result.repeats} timed runs, {_threads_text(args.blas_threads)}"
+            f"median of {result.repeats} timed runs, {blas_threads_text(args.blas_threads)}"
         )
         text = server_scaling_markdown(result)
         print(text)

@@ -72,7 +72,9 @@ def bench_stratified(
     rows = []
     print(f"stratified shared randomness: NMSE of the mean, d = {dim}, {trials} rounds each")
     print(f"{'b':>2} {'n':>3} {'rho':>5} {'independent':>12} {'stratified':>11} {'ratio':>6}")
-    with reporter(len(bits) * len(correlations), "configurations", progress) as bar:
+    with reporter(
+        len(bits) * len(correlations), "bench stratified", progress, unit="configuration"
+    ) as bar:
         for b in bits:
             table = load_table(b)
             clients = table.num_shared

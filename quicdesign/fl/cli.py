@@ -38,8 +38,11 @@ def _cmd_run(args):
         )
     from .report import write_result
 
-    # fail before a long run, not after it, when the folder cannot be written
+    # fail before a long run, not after it, when the folder cannot be written or the
+    # curves cannot be drawn
     writable_dir(args.out)
+    import matplotlib  # noqa: F401
+
     began = time.perf_counter()
     result = run_experiment(
         args.experiment,
