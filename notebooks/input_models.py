@@ -189,12 +189,17 @@ fig.suptitle(
     "(one client each, shipped l)",
     fontsize=9,
 )
-if not SMALL:
-    target = Path.cwd()
-    while not (target / "docs").is_dir() and target != target.parent:
-        target = target.parent
-    (target / "docs" / "figures").mkdir(exist_ok=True)
-    fig.savefig(target / "docs" / "figures" / "input_models.png", dpi=120)
+# the full run refreshes the README's figure when it runs inside the repository
+figures = next(
+    (
+        p / "docs" / "figures"
+        for p in (Path.cwd(), *Path.cwd().parents)
+        if (p / "docs" / "figures").is_dir()
+    ),
+    None,
+)
+if not SMALL and figures is not None:
+    fig.savefig(figures / "input_models.png", dpi=120)
 plt.show()
 
 # %% [markdown]

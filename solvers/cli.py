@@ -159,10 +159,11 @@ def _cmd_design(args) -> int:
         starts=args.starts,
         certify=not args.no_certify,
     )
-    _attach_bounds(results, args.bound_seconds)
+    _attach_bounds(results, args.bound_seconds, args.progress)
     wall = time.perf_counter() - began
     print(_quality_report(results))
-    print(f"\n{len(results)} tables designed in {wall:.1f} s wall (n_jobs={args.jobs})")
+    count = f"{len(results)} table{'s' if len(results) > 1 else ''}"
+    print(f"\n{count} designed and bounded in {wall:.1f} s wall (n_jobs={args.jobs})")
     failed = [r for r in results if not r.success]
     for result in results:
         if suffix:
@@ -185,18 +186,24 @@ def _cmd_design(args) -> int:
     return 0
 
 
-def _attach_bounds(results, seconds) -> None:
+def _attach_bounds(results, seconds, progress=None) -> None:
     """Certify every designed table against the global lower bound (in place)."""
+    from quicdesign._progress import progress as reporter
+
     from .bound import attach_bound, lower_bound
 
-    for result in results:
-        table = result.table
-        # A refined l = 8 design gives far better starting multipliers (b <= 4 only: larger
-        # b would make that design slow); a zero budget keeps the one-DP start.
-        start = 8 if seconds > 0 and table.bits <= 4 and table.shared_bits < 8 else None
-        bound = lower_bound(table, seconds=seconds, start=start)
-        result.table = attach_bound(result.table, bound)
-        result.bound = bound
+    with reporter(len(results), "bounding", progress, unit="table") as bar:
+        for result in results:
+            table = result.table
+            # A refined l = 8 design gives far better starting multipliers (b <= 4 only:
+            # larger b would make that design slow); a zero budget keeps the one-DP start.
+            start = 8 if seconds > 0 and table.bits <= 4 and table.shared_bits < 8 else None
+            bound = lower_bound(table, seconds=seconds, start=start)
+            result.table = attach_bound(result.table, bound)
+            result.bound = bound
+            gap = result.table.manifest["global_bound"].get("relative_gap")
+            within = "" if gap is None else f" within {100 * gap:.2f}%"
+            bar.update(note=f"{table.name}{within}")
 
 
 def _refuse_overwrite(out: Path, names, args) -> None:
