@@ -205,7 +205,9 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"quicdesign {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    tables = commands.add_parser("tables", help="list, show or verify stored tables")
+    tables = commands.add_parser(
+        "tables", help="list, show, export, compare or verify stored tables"
+    )
     table_cmds = tables.add_subparsers(dest="tables_command", required=True, parser_class=_Parser)
     listing = table_cmds.add_parser("list", help="list a table collection")
     listing.add_argument("--path", help="collection or table folder (default: shipped tables)")
