@@ -182,7 +182,7 @@ left.legend(fontsize=7, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.14))
 right.bar(list(timings), list(timings.values()), color=["tab:gray", "tab:olive"])
 right.set(
     ylabel=f"encode time (ms), median of {repeats}",
-    title="encode, d = 2^16, b = 2, t(3) input",
+    title="encode, d = 2^16, b = 2\nt(3) input",
 )
 fig.suptitle(
     f"measured vNMSE, mean over {VECTORS} vectors of d = {DIM} per law and b "

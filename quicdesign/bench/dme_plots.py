@@ -122,8 +122,8 @@ def plot_near_bound(rows, path=None):
     figure.legend(handles, names, fontsize=8, loc="outside right upper")
     sample = rows[0]
     figure.suptitle(
-        f"near-bound unbiased schemes: d = {sample['dim']}, {sample['trials']} trials, "
-        "error bars one standard error",
+        f"near-bound unbiased schemes: d = {sample['dim']}, one client, {sample['trials']} "
+        "trials, error bars one standard error; dashed: the bound at the measured bits",
         fontsize=9,
     )
     if path is not None:
