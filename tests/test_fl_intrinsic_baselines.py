@@ -75,3 +75,30 @@ def test_accuracy_at_equal_upload_and_against_total_bits(rows):
     intrinsic = min(v for k, v in to_target.items() if "stateful" in k and not math.isnan(v))
     baseline = min(v for k, v in to_target.items() if "intrinsic" not in k)
     assert 0.02 < intrinsic < 0.2 and intrinsic < baseline / 3, to_target
+
+
+def test_larger_model_counts_equal_upload_exactly():
+    result = run_experiment("intrinsic-large", seeds=(0,), rounds=20, workers=2)
+    rows = {row["config"]: row for row in result.summary}
+    assert len(rows) == 22
+    for config, row in rows.items():
+        up, down = row["up_bits/client/round"], row["down_bits/client/round"]
+        if config.startswith("intrinsic"):
+            assert up == 100 * 32  # d = 100 float32
+        elif config.startswith(("rand-k", "count-sketch")):
+            assert up == 168 + 94 * 32 and down == 9610 * 32  # header + 94 floats; fp32 update
+        elif config.startswith("local top-k"):
+            assert up == 66 * 48  # uint16 index + float32 value
+        else:
+            assert up == down == 9610 * 32
+    for variant in ("static", "k-subspace", "time-varying"):
+        for rate in (1, 3, 10):
+            stateful = rows[f"intrinsic {variant} d=100 lr={rate} (stateful)"]
+            stateless = rows[f"intrinsic {variant} d=100 lr={rate} (stateless)"]
+            assert stateless["test_accuracy"] == stateful["test_accuracy"]
+            assert stateless["down_bits/client/round"] >= stateful["down_bits/client/round"]
+    # K-subspace stateless: min(t, 8) of the 8 vectors, 100 floats each, per step
+    expected = sum(min(t, 8) for t in range(20)) * 3200 / 20
+    assert rows["intrinsic k-subspace d=100 lr=1 (stateless)"]["down_bits/client/round"] == (
+        expected
+    )
