@@ -303,9 +303,11 @@ class PayloadHeader:
 
 
 def read_header(
-    reader: PayloadReader, magic: bytes = WIRE_MAGIC, version: int = WIRE_VERSION
+    reader: PayloadReader, magic: bytes = WIRE_MAGIC, version: int | tuple = WIRE_VERSION
 ) -> PayloadHeader:
     """Read the fixed header and chunk norms, checking what needs no table.
+
+    ``version`` is the wire version read, or a tuple of those accepted.
 
     The claimed dimension is checked against :data:`~quicdesign._validate.MAX_DIM` and
     the chunk count against the layout rule here, before anyone allocates for it.
@@ -316,10 +318,11 @@ def read_header(
     dim, client_id, tag, num_exact = fields[6:]
     if found != magic:
         raise PayloadError(f"bad magic {found!r}: expected {magic!r}")
-    if found_version != version:
+    accepted = (version,) if isinstance(version, int) else tuple(version)
+    if found_version not in accepted:
         raise PayloadError(
             f"unsupported {magic.decode()} wire version {found_version} "
-            f"(this release reads {version})"
+            f"(this release reads {', '.join(map(str, accepted))})"
         )
     if not 1 <= dim <= MAX_DIM:
         raise PayloadError(f"payload dimension {dim} outside 1..{MAX_DIM}")

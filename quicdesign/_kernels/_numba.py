@@ -5,7 +5,20 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["gather_accumulate", "sender_levels", "pack_codes", "butterfly_passes"]
+__all__ = [
+    "gather_accumulate",
+    "sender_levels",
+    "pack_codes",
+    "butterfly_passes",
+    "rans_encode",
+    "rans_decode",
+]
+
+# quicdesign._rans format constants (checked equal by tests/test_rans.py)
+_LANES = 8
+_PROB_BITS = 14
+_STATE_LOW = 1 << 16
+_BUCKET_SHIFT = 4
 
 
 @numba.njit(cache=True, nogil=True)
@@ -163,3 +176,66 @@ def butterfly_passes(source, scratch):  # pragma: no cover - compiled
                 write[row, 2 * j + 1] = a - b
         current = 1 - current
     return current
+
+
+@numba.njit(cache=True, nogil=True)
+def rans_encode(symbols, model_of, freq, cum):  # pragma: no cover - compiled
+    """``_rans._encode_numpy`` as one scalar loop: the same states and words."""
+    count = symbols.size
+    states = np.full(_LANES, _STATE_LOW, dtype=np.uint64)
+    pushed = np.empty(count, dtype=np.uint16)
+    emitted = 0
+    for i in range(count - 1, -1, -1):
+        lane = i % _LANES
+        x = states[lane]
+        h = model_of[i]
+        s = symbols[i]
+        f = np.uint64(freq[h, s])
+        if x >= (f << np.uint64(32 - _PROB_BITS)):
+            pushed[emitted] = np.uint16(x & np.uint64(0xFFFF))
+            emitted += 1
+            x >>= np.uint64(16)
+        states[lane] = ((x // f) << np.uint64(_PROB_BITS)) + (x % f) + np.uint64(cum[h, s])
+    words = np.empty(emitted, dtype=np.uint16)
+    for j in range(emitted):
+        words[j] = pushed[emitted - 1 - j]
+    return states.astype(np.uint32), words
+
+
+@numba.njit(cache=True, nogil=True)
+def rans_decode(states, words, model_of, freq, cum, bucket_symbol):  # pragma: no cover
+    """``_rans._decode_numpy`` as one scalar loop; returns ``(symbols, status)``.
+
+    The symbol of a slot is found from its bucket's first symbol by a short forward scan
+    of the cumulative table (a 2**10-entry start table per model stays in cache where a
+    full 2**14 slot table would not).
+    """
+    count = model_of.size
+    symbols = np.empty(count, dtype=np.uint8)
+    x = states.astype(np.uint64)
+    mask = np.uint64((1 << _PROB_BITS) - 1)
+    position = 0
+    available = words.size
+    for i in range(count):
+        lane = i % _LANES
+        state = x[lane]
+        h = model_of[i]
+        slot = state & mask
+        s = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
+        while np.uint64(cum[h, s + 1]) <= slot:
+            s += 1
+        symbols[i] = s
+        state = np.uint64(freq[h, s]) * (state >> np.uint64(_PROB_BITS)) + slot
+        state -= np.uint64(cum[h, s])
+        if state < np.uint64(_STATE_LOW):
+            if position >= available:
+                return symbols, 1
+            state = (state << np.uint64(16)) | np.uint64(words[position])
+            position += 1
+        x[lane] = state
+    if position != available:
+        return symbols, 2
+    for lane in range(_LANES):
+        if x[lane] != np.uint64(_STATE_LOW):
+            return symbols, 3
+    return symbols, 0
