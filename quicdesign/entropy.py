@@ -56,10 +56,25 @@ _DIGEST_PERSON = {
 _VERSION_OFFSET = 4
 
 
-def _symbol_digest(symbols: np.ndarray, version: int = ENTROPY_WIRE_VERSION) -> bytes:
-    """8-byte blake2b of the coded symbols, one byte each, in coding order."""
+def _symbol_digest(symbols: np.ndarray) -> bytes:
+    """Version 3: 8-byte blake2b of the coded symbols, one byte each, in coding order."""
     data = np.ascontiguousarray(symbols, dtype=np.uint8)
-    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, person=_DIGEST_PERSON[version]).digest()
+    person = _DIGEST_PERSON[_CONSTRICTION_VERSION]
+    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, person=person).digest()
+
+
+def _stream_digest(states: np.ndarray, words: np.ndarray) -> bytes:
+    """Version 4: 8-byte blake2b of the coded stream as sent (states, then words).
+
+    The decoder is a fixed function of the stream, the table and the symbol count, so an
+    unchanged stream decodes to exactly the encoded symbols; hashing the stream instead
+    of the symbols reads 2-8x fewer bytes and refuses a damaged stream before decoding.
+    """
+    person = _DIGEST_PERSON[ENTROPY_WIRE_VERSION]
+    digest = hashlib.blake2b(digest_size=_DIGEST_SIZE, person=person)
+    digest.update(np.ascontiguousarray(states, dtype="<u4"))
+    digest.update(np.ascontiguousarray(words, dtype="<u2"))
+    return digest.digest()
 
 
 def _require_code_model(table: Table) -> None:
@@ -127,7 +142,7 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
         writer.write_array(quantized.norms.astype("<f4"))
         writer.write_u32(words.size)
         writer.write_u32(symbols.size)
-        writer.write_bytes(_symbol_digest(symbols))
+        writer.write_bytes(_stream_digest(states, words))
         writer.write_array(quantized.exact_indices.astype("<u4"))
         writer.write_array(quantized.exact_values.astype("<f4"))
         writer.write_array(states.astype("<u4"))
@@ -151,7 +166,7 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
         writer.write_array(quantized.norms.astype("<f4"))
         writer.write_u32(stream.size)
         writer.write_u32(symbols.size)
-        writer.write_bytes(_symbol_digest(symbols, _CONSTRICTION_VERSION))
+        writer.write_bytes(_symbol_digest(symbols))
         writer.write_array(quantized.exact_indices.astype("<u4"))
         writer.write_array(quantized.exact_values.astype("<f4"))
         writer.write_array(stream)
@@ -207,6 +222,8 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
             states = reader.read_array("<u4", _rans.LANES, "coder states")
             stream = reader.read_array("<u2", words, "coded stream")
             reader.expect_end()
+            if _stream_digest(states, stream) != digest:
+                raise PayloadError("coded stream does not match its digest")
             model_of = shared if coded is None else shared[coded]
             symbols = _rans.decode(self._coder, states, stream, model_of)
             if coded is None:
@@ -218,10 +235,10 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
             stream = reader.read_array("<u4", words, "coded stream")
             reader.expect_end()
             codes, symbols = self._decode_constriction(stream, shared, coded)
+            if _symbol_digest(symbols) != digest:
+                raise PayloadError("coded stream does not decode to the symbols that were encoded")
         if codes.max(initial=0) >= self.table.num_messages:
             raise PayloadError("decoded message outside the table")
-        if _symbol_digest(symbols, version) != digest:
-            raise PayloadError("coded stream does not decode to the symbols that were encoded")
         return codes, indices, values
 
     def _decode_constriction(self, stream, shared, coded):
