@@ -97,6 +97,8 @@ class RansModel:
         for h in range(self.num_models):
             self.slot_symbol[h] = np.searchsorted(self.cum[h, 1:], slots, side="right")
         self.bucket_symbol = np.ascontiguousarray(self.slot_symbol[:, :: 1 << _BUCKET_SHIFT])
+        for table in (self.freq, self.cum, self.slot_symbol, self.bucket_symbol):
+            table.flags.writeable = False  # shared by every coder of the table
 
 
 _BUCKET_SHIFT = 4

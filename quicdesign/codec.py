@@ -22,6 +22,7 @@ import numpy as np
 
 from ._accumulate import WeightedSumAggregator, check_contribution_bound
 from ._deprecation import renamed_attributes
+from ._kernels import compiled_kernels
 from ._validate import (
     MAX_DIM,
     as_client_vector,
@@ -131,7 +132,13 @@ def _norms_and_scales(rotated, exponents, chunk_size):
     refused with :class:`~quicdesign.InputVectorError`.
     """
     # a plain pairwise sum, not einsum or BLAS: its rounding is the same on every CPU
-    scaled_norms = np.sqrt(np.sum(np.square(rotated, dtype=np.float64), axis=1))
+    # (the compiled kernel reproduces it without an 8-byte-per-value temporary)
+    kernels = compiled_kernels()
+    if kernels is not None and rotated.dtype in (np.float32, np.float64):
+        squares = kernels.row_square_sums(np.ascontiguousarray(rotated))
+    else:
+        squares = np.sum(np.square(rotated, dtype=np.float64), axis=1)
+    scaled_norms = np.sqrt(squares)
     with np.errstate(over="ignore"):
         norms = np.ldexp(scaled_norms, exponents)
         norms32 = norms.astype(np.float32)

@@ -166,3 +166,27 @@ def test_compiled_packing_is_byte_identical(monkeypatch, bits):
         monkeypatch.setenv(KERNELS_ENV, "auto")
         assert pack_codes(codes, bits) == expected
         assert pack_codes(codes.astype(np.int64), bits) == expected
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
+    kernels = compiled_kernels()
+    rng = np.random.default_rng(17)
+    shapes = [
+        (1, 0),
+        (1, 1),
+        (2, 7),
+        (3, 8),
+        (1, 129),
+        (4, 136),
+        (5, 1025),
+        (8, 131072),
+        (1, 300_001),
+    ]
+    for shape in shapes:
+        magnitude = 10.0 ** rng.uniform(-30, 30, shape)
+        rows = (rng.standard_normal(shape) * magnitude).astype(dtype)
+        if rows.size:
+            rows.flat[0] = np.finfo(dtype).max  # squares beyond float32 stay exact in float64
+        expected = np.sum(np.square(rows, dtype=np.float64), axis=1)
+        assert kernels.row_square_sums(rows).tobytes() == expected.tobytes(), shape

@@ -12,6 +12,7 @@ __all__ = [
     "butterfly_passes",
     "rans_encode",
     "rans_decode",
+    "row_square_sums",
 ]
 
 # quicdesign._rans format constants (checked equal by tests/test_rans.py)
@@ -239,3 +240,83 @@ def rans_decode(states, words, model_of, freq, cum, bucket_symbol):  # pragma: n
         if x[lane] != np.uint64(_STATE_LOW):
             return symbols, 3
     return symbols, 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_squares(row, start, n):  # pragma: no cover - compiled
+    """numpy's pairwise sum of a block of at most 128 squares: 8 partial sums."""
+    if n < 8:
+        total = 0.0
+        for i in range(n):
+            value = np.float64(row[start + i])
+            total += value * value
+        return total
+    v0, v1 = np.float64(row[start]), np.float64(row[start + 1])
+    v2, v3 = np.float64(row[start + 2]), np.float64(row[start + 3])
+    v4, v5 = np.float64(row[start + 4]), np.float64(row[start + 5])
+    v6, v7 = np.float64(row[start + 6]), np.float64(row[start + 7])
+    r0, r1, r2, r3 = v0 * v0, v1 * v1, v2 * v2, v3 * v3
+    r4, r5, r6, r7 = v4 * v4, v5 * v5, v6 * v6, v7 * v7
+    i = 8
+    whole = n - n % 8
+    while i < whole:
+        v0, v1 = np.float64(row[start + i]), np.float64(row[start + i + 1])
+        v2, v3 = np.float64(row[start + i + 2]), np.float64(row[start + i + 3])
+        v4, v5 = np.float64(row[start + i + 4]), np.float64(row[start + i + 5])
+        v6, v7 = np.float64(row[start + i + 6]), np.float64(row[start + i + 7])
+        r0 += v0 * v0
+        r1 += v1 * v1
+        r2 += v2 * v2
+        r3 += v3 * v3
+        r4 += v4 * v4
+        r5 += v5 * v5
+        r6 += v6 * v6
+        r7 += v7 * v7
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        value = np.float64(row[start + i])
+        total += value * value
+        i += 1
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_squares(row, n):  # pragma: no cover - compiled
+    """numpy's pairwise float64 sum (``add.reduce``) of ``row[:n]`` squared: halves rounded
+    down to a multiple of 8 until blocks of at most 128. An explicit stack, not recursion
+    (numba's on-disk cache of recursive functions is not dependable)."""
+    task_start = np.empty(128, dtype=np.intp)
+    task_size = np.empty(128, dtype=np.intp)  # -1: add the last two partial sums
+    partial = np.empty(64, dtype=np.float64)
+    tasks, partials = 1, 0
+    task_start[0], task_size[0] = 0, n
+    while tasks:
+        tasks -= 1
+        start, size = task_start[tasks], task_size[tasks]
+        if size < 0:
+            partials -= 1
+            partial[partials - 1] = partial[partials - 1] + partial[partials]
+        elif size <= 128:
+            partial[partials] = _block_squares(row, start, size)
+            partials += 1
+        else:
+            half = size // 2
+            half -= half % 8
+            # popped in reverse: the left half, the right half, then their sum
+            task_size[tasks] = -1
+            task_start[tasks + 1], task_size[tasks + 1] = start + half, size - half
+            task_start[tasks + 2], task_size[tasks + 2] = start, half
+            tasks += 3
+    return partial[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def row_square_sums(rows):  # pragma: no cover - compiled
+    """``np.sum(np.square(rows, dtype=np.float64), axis=1)`` bit for bit, without the
+    float64 temporary (squares of float32 are exact in float64; float64 squares round
+    as numpy's do)."""
+    out = np.empty(rows.shape[0], dtype=np.float64)
+    for k in range(rows.shape[0]):
+        out[k] = _pairwise_squares(rows[k], rows.shape[1])
+    return out
