@@ -60,6 +60,19 @@ def _search_event(breakpoints, value, last_open, start, stop):  # pragma: no cov
     return min(max(low - 1, 0), last_open)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bucket_of(value, low, per_unit, top):  # pragma: no cover - compiled
+    """numpy's ``clip((value - low) * per_unit, 0, top)`` truncated to intp, rounded in
+    the dtype of ``value``; NaN takes bucket 0 (numpy would fail on it), so no index
+    ever leaves the tables."""
+    position = (value - low) * per_unit
+    if position > top:
+        return np.intp(top)
+    if position >= 0:
+        return np.intp(position)
+    return np.intp(0)
+
+
 @numba.njit(cache=True, nogil=True)
 def sender_levels(
     values,
@@ -67,52 +80,76 @@ def sender_levels(
     low,
     per_unit,
     first,
-    dirty,
+    bucket_levels,
+    flag_shift,
     windows,
     level_table,
     event_shared,
     breakpoints,
     last_open,
 ):  # pragma: no cover - compiled
-    """One pass of :meth:`SenderRule.sample` before the coin flips.
+    """:meth:`SenderRule.sample` before the coin flips, in two passes.
 
-    ``windows[k]`` bounds the breakpoints a value of dirty bucket ``k`` is searched among
-    first (see :func:`_search_event`). ``low`` and ``per_unit`` have the dtype of
-    ``values`` (float32 or float64), so the bucket index is rounded exactly as numpy's
-    ``(values - low) * per_unit``. Returns the deterministic levels, the randomizing
-    positions in increasing order and the event randomizing at each of them.
+    ``bucket_levels[bucket * H + h]`` is ``h``'s level in a clean bucket, with bit
+    ``flag_shift`` set when the bucket's event moves ``h`` and bit ``flag_shift + 1``
+    when the bucket is dirty (a breakpoint lies in it). The first pass is one table
+    lookup per value; the second visits only the flagged values (a few percent): dirty
+    ones are searched (``windows[k]`` bounds the breakpoints of bucket ``k``, see
+    :func:`_search_event`), randomizing ones compacted. ``low`` and ``per_unit`` have the
+    dtype of ``values`` (float32 or float64), so buckets round exactly as numpy's.
+    Returns the deterministic levels, the randomizing positions in increasing order and
+    the event randomizing at each of them.
     """
     size = values.size
-    messages = np.empty(size, dtype=level_table.dtype)
-    randomizing = np.empty(size, dtype=np.intp)
-    events = np.empty(size, dtype=np.intp)
-    top = first.size - 1
     num_shared = level_table.shape[1]
-    count = 0
+    # min and max first (a vectorized pass): a raise inside a loop keeps it scalar
+    smallest, largest = 0, 0
     for i in range(size):
-        value = values[i]
-        position = (value - low) * per_unit
-        # numpy's clip(position, 0, top), then truncation to intp; NaN takes bucket 0
-        # (numpy would fail on it) so no index ever leaves the tables
-        bucket = 0
-        if position > top:
-            bucket = top
-        elif position >= 0:
-            bucket = np.intp(position)
-        if dirty[bucket]:
+        smallest = min(smallest, shared[i])
+        largest = max(largest, shared[i])
+    if smallest < 0 or largest >= num_shared:
+        raise IndexError("a shared value is outside [0, H)")
+    messages = np.empty(size, dtype=level_table.dtype)
+    flags = np.empty(size, dtype=np.uint8)
+    top = first.size - 1
+    level_mask = (1 << flag_shift) - 1
+    for i in range(size):
+        entry = bucket_levels[_bucket_of(values[i], low, per_unit, top) * num_shared + shared[i]]
+        messages[i] = entry & level_mask
+        flags[i] = entry >> flag_shift
+    flagged = 0
+    for i in range(size):
+        flagged += flags[i] != 0
+    # branch-free compaction of the flagged positions (a flag is a coin flip to the
+    # branch predictor); the randomizing ones are compacted again in place below
+    randomizing = np.empty(flagged + 1, dtype=np.intp)
+    events = np.empty(flagged, dtype=np.intp)
+    found = 0
+    for i in range(size):
+        randomizing[found] = i
+        found += flags[i] != 0
+    count = 0
+    for j in range(flagged):
+        i = randomizing[j]
+        flag = flags[i]
+        bucket = _bucket_of(values[i], low, per_unit, top)
+        if flag & 2:
+            h = shared[i]
             event = _search_event(
-                breakpoints, np.float64(value), last_open, windows[bucket, 0], windows[bucket, 1]
+                breakpoints,
+                np.float64(values[i]),
+                last_open,
+                windows[bucket, 0],
+                windows[bucket, 1],
             )
+            messages[i] = level_table[event, h]
+            if event_shared[event] != h:
+                continue
         else:
             event = np.intp(first[bucket])
-        h = shared[i]
-        if h < 0 or h >= num_shared:
-            raise IndexError("a shared value is outside [0, H)")
-        messages[i] = level_table[event, h]
-        # branch-free compaction: the mover test is a coin flip to the branch predictor
         randomizing[count] = i
         events[count] = event
-        count += event_shared[event] == h
+        count += 1
     return messages, randomizing[:count], events[:count]
 
 
