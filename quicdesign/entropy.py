@@ -24,7 +24,7 @@ import numpy as np
 from ._deprecation import renamed_attributes
 from ._wire import PayloadReader, PayloadWriter
 from .codec import (
-    _FIXED_HEADER,
+    WIRE_VERSION,
     PayloadHeader,
     QuicFLAggregator,
     QuicFLEncoder,
@@ -42,9 +42,9 @@ __all__ = [
 ]
 
 ENTROPY_MAGIC = b"QDQE"
-#: Versions 1 and 2 carried no symbol count or digest; they are refused
-#: (see docs/wire-format.md).
-ENTROPY_WIRE_VERSION = 3
+#: The envelope's version. Version 3 (the pre-envelope header) is still read; versions
+#: 1 and 2 carried no symbol count or digest and are refused (see docs/wire-format.md).
+ENTROPY_WIRE_VERSION = WIRE_VERSION
 _DIGEST_SIZE = 8
 
 
@@ -94,8 +94,6 @@ def _coded_positions(rotated_dim: int, exact_indices: np.ndarray) -> np.ndarray 
 class QuicFLEntropyEncoder(QuicFLEncoder):
     """Client-side encoder for entropy-coded tables (``table.code_model`` set)."""
 
-    _wire_version = ENTROPY_WIRE_VERSION
-
     def __init__(self, table: Table, round_seed: int):
         _require_code_model(table)
         super().__init__(table, round_seed)
@@ -112,7 +110,7 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
                 coder.encode_reverse(symbols[bounds[h] : bounds[h + 1]], self._coder_models[h])
         stream = coder.get_compressed().astype("<u4")
         writer = PayloadWriter()
-        writer.write_bytes(self._header(quantized, ENTROPY_MAGIC))
+        self._write_header(writer, quantized, ENTROPY_MAGIC)
         writer.write_array(quantized.norms.astype("<f4"))
         writer.write_u32(stream.size)
         writer.write_u32(symbols.size)
@@ -132,7 +130,6 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
     """
 
     _magic = ENTROPY_MAGIC
-    _wire_version = ENTROPY_WIRE_VERSION
 
     def __init__(self, table: Table, round_seed: int, dim: int):
         _require_code_model(table)
@@ -150,7 +147,7 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
                 f"minus {header.num_exact} exact ones leave {layout.rotated_dim - header.num_exact}"
             )
         expected = (
-            _FIXED_HEADER.size
+            header.header_size
             + 4 * header.num_chunks
             + 8
             + _DIGEST_SIZE
