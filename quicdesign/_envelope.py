@@ -34,6 +34,7 @@ __all__ = [
     "read_envelope",
     "read_envelope_fields",
     "check_envelope",
+    "framing_size",
 ]
 
 #: One version for every scheme: 4 is above every version written before the envelope.
@@ -134,7 +135,9 @@ def read_envelope(
 def check_envelope(envelope: Envelope, *, dim: int, round_tag: int, config: int, scheme: str):
     """Refuse a payload of another dimension, round or configuration (``PayloadError``)."""
     if envelope.dim != dim:
-        raise PayloadError(f"payload dimension {envelope.dim} does not match {dim}")
+        raise PayloadError(
+            f"payload dimension {envelope.dim} does not match the aggregator's {dim}"
+        )
     if envelope.round_tag != round_tag:
         raise PayloadError(f"payload belongs to another round (tag {envelope.round_tag:#010x})")
     if envelope.config_tag != config:
@@ -142,3 +145,16 @@ def check_envelope(envelope: Envelope, *, dim: int, round_tag: int, config: int,
             f"payload was encoded with other {scheme} parameters "
             f"(config {envelope.config_tag:#010x})"
         )
+
+
+def framing_size(payload) -> int:
+    """Bytes of framing in front of ``payload``'s body: ``ENVELOPE_SIZE`` for a payload
+    that starts with a current envelope (magic ``QD..``, version 4), else 0.
+
+    Lets bit counters report header-free sizes beside framed ones.
+    """
+    view = memoryview(payload).cast("B")
+    head = bytes(view[:5])
+    if len(view) >= ENVELOPE_SIZE and head[:2] == b"QD" and head[4] == ENVELOPE_VERSION:
+        return ENVELOPE_SIZE
+    return 0

@@ -20,6 +20,8 @@ from quicdesign.compressors import COMPRESSORS, make_compressor
 from quicdesign.convenience import compress, decompress
 from quicdesign.fl import RawFloats
 
+from ._wire_layout import ENVELOPE, ENVELOPE_SIZE, LEGACY_QUICFL, QUICFL, to_legacy
+
 ROUND = 7
 DIM = 300
 NAMES = sorted(COMPRESSORS)
@@ -119,6 +121,79 @@ def test_foreign_round_dim_scheme_and_duplicates_are_refused(name, valid):
     for other in NAMES:
         if other != name:
             _assert_refused_without_trace(aggregator, valid[other][1])
+
+
+def _envelope_cases(payload, magics):
+    """Edits of the documented envelope fields, each with the refusal it must cause."""
+
+    def edited(offset, fmt, value):
+        data = bytearray(payload)
+        struct.pack_into(fmt, data, offset, value)
+        return bytes(data)
+
+    dim = struct.unpack_from("<I", payload, ENVELOPE["dim"])[0]
+    tag = struct.unpack_from("<I", payload, ENVELOPE["round"])[0]
+    config = struct.unpack_from("<I", payload, ENVELOPE["config"])[0]
+    cases = {f"cut{cut}": (payload[:cut], "truncated") for cut in range(1, ENVELOPE_SIZE + 1)}
+    cases["empty"] = (b"", "truncated")
+    cases["bad magic"] = (b"QDXX" + payload[4:], "magic")
+    for magic in magics:
+        if magic != payload[:4]:
+            cases[f"foreign {magic!r}"] = (magic + payload[4:], "magic")
+    for version in (0, 3, 5, 255):
+        if payload[:4] != b"QDQE" or version != 3:  # QDQE 3 is the pre-envelope layout
+            cases[f"version {version}"] = (edited(ENVELOPE["version"], "<B", version), "version")
+    for claim in (dim - 1, dim + 1):
+        cases[f"dim {claim}"] = (edited(ENVELOPE["dim"], "<I", claim), "dimension")
+    for claim in (0, 2**31, 2**32 - 1):
+        cases[f"dim {claim}"] = (edited(ENVELOPE["dim"], "<I", claim), "dimension")
+    cases["round"] = (edited(ENVELOPE["round"], "<I", tag ^ 1), "round")
+    cases["config"] = (edited(ENVELOPE["config"], "<I", config ^ 1), "parameters")
+    cases["client already added"] = (edited(ENVELOPE["client"], "<I", 1), "already added")
+    return cases
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_envelope_field_is_checked_and_a_refusal_changes_nothing(name, valid):
+    """The one envelope (docs/wire-format.md) fronts every scheme's payload."""
+    payload = valid[name][1]
+    magics = sorted({valid[other][0][:4] for other in ALL})
+    assert len(magics) == len(ALL) - 1  # one magic per scheme (QUIC-FL and EC included)
+    assert payload[ENVELOPE["version"]] == 4
+    assert struct.unpack_from("<I", payload, ENVELOPE["client"])[0] == 2
+    assert struct.unpack_from("<I", payload, ENVELOPE["dim"])[0] == DIM
+    for label, (case, needle) in _envelope_cases(payload, magics).items():
+        aggregator = _loaded(name, valid)
+        before = _snapshot(aggregator)
+        with pytest.raises(PayloadError, match=needle):
+            aggregator.add(case)
+        assert _snapshot(aggregator) == before, label
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pre_envelope_payloads_aggregate_to_the_same_result(name, valid):
+    """Payloads of the previous wire versions (QDQF 2, QDQE 3, QDQD 1, baselines 2)."""
+    current = _compressor(name).aggregator(DIM, ROUND)
+    legacy = _compressor(name).aggregator(DIM, ROUND)
+    for payload in valid[name]:
+        current.add(payload)
+        legacy.add(to_legacy(payload))
+    assert legacy.result().tobytes() == current.result().tobytes()
+    old = to_legacy(valid[name][1])
+    aggregator = _loaded(name, valid)
+    # hostile old-format payloads: cut, another version, duplicated client
+    for case in (old[:-1], old[:4] + b"\x00" + old[5:], to_legacy(valid[name][0])):
+        _assert_refused_without_trace(aggregator, case)
+    # a structural fuzz of the old layout's header never corrupts the aggregator
+    for label, case in _structural_cases(old).items():
+        aggregator = _loaded(name, valid)
+        before = _snapshot(aggregator)
+        try:
+            aggregator.add(case)
+        except PayloadError:
+            assert _snapshot(aggregator) == before, label
+        else:
+            assert np.all(np.isfinite(aggregator.result())), label
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -244,17 +319,20 @@ def test_decompress_refuses_a_huge_claimed_dimension_before_allocating():
     for claim in (2**28, 2**31 - 1, 2**32 - 1, 0):
         valid_dim = 1 <= claim <= 2**31 - 1
         chunks = quicdesign.rotation.RotationLayout.for_dim(claim).num_chunks if valid_dim else 8
-        # the header, consistent chunk norms and four code bytes (68 bytes for 8 chunks)
-        edited = bytearray(payload[:32] + b"\x00" * (4 * chunks + 4))
-        struct.pack_into("<I", edited, 16, claim)
-        edited[7] = chunks
-        tracemalloc.start()
-        with pytest.raises(PayloadError) as refused:
-            decompress(bytes(edited))
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        assert peak < 1 << 20, f"d={claim}: {peak} bytes allocated before refusing"
-        assert f"does not match {claim}" not in str(refused.value)
+        # the header, consistent chunk norms and four code bytes; both the current and
+        # the pre-envelope layout
+        for layout, start in ((QUICFL, payload), (LEGACY_QUICFL, to_legacy(payload))):
+            edited = bytearray(start[: layout["norms"]] + b"\x00" * (4 * chunks + 4))
+            struct.pack_into("<I", edited, layout["dim"], claim)
+            edited[layout["chunks"]] = chunks
+            tracemalloc.start()
+            with pytest.raises(PayloadError) as refused:
+                decompress(bytes(edited))
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < 1 << 20, f"d={claim}: {peak} bytes allocated before refusing"
+            assert f"does not match {claim}" not in str(refused.value)
+            assert "dimension" in str(refused.value)
 
 
 def test_dimension_mismatch_message_names_both_sides():
@@ -361,7 +439,7 @@ def entropy_payloads():
 
 def _stream_edits(payload, chunks):
     """Edits of the ANS stream that keep the payload self-consistent in length."""
-    words_at = 32 + 4 * chunks
+    words_at = QUICFL["norms"] + 4 * chunks
     words = struct.unpack_from("<I", payload, words_at)[0]
     stream_start = len(payload) - 4 * words
     edits = {}
@@ -390,11 +468,22 @@ def _stream_edits(payload, chunks):
         edited = bytearray(payload)
         edited[offset] ^= 1
         edits[f"flip-{field}"] = bytes(edited)
-    for version in (1, 2):
+    for version in (1, 2, 5):
         edited = bytearray(payload)
         edited[4] = version
         edits[f"version-{version}"] = bytes(edited)
+    # the same edits of a pre-envelope (version 3) payload: its stream is checked alike
+    legacy = to_legacy(payload)
+    for label, edited in list(edits.items()):
+        if label.startswith(("drop", "flip", "swap")):
+            edits[f"legacy-{label}"] = to_legacy_stream_edit(payload, edited)
+    edits["legacy-version-2"] = legacy[:4] + b"\x02" + legacy[5:]
     return edits
+
+
+def to_legacy_stream_edit(payload, edited):
+    """``edited`` (an edit of the current payload's body) in the pre-envelope layout."""
+    return to_legacy(edited) if edited[4] == 4 else edited
 
 
 def test_entropy_stream_decodes_exactly_or_is_refused(entropy_payloads):
