@@ -114,9 +114,10 @@ def _read_raw(payload, dtype, dim, tag, config):
     check_envelope(envelope, dim=dim, round_tag=tag, config=config, scheme="raw float")
     expected = ENVELOPE_SIZE + dim * dtype.itemsize
     if reader.size != expected:
+        kind = "truncated" if reader.size < expected else "oversized"
         raise PayloadError(
-            f"raw {dtype.name} payload must hold {dim} values ({expected} bytes with its "
-            f"envelope), got {reader.size} bytes"
+            f"{kind} payload: {reader.size} bytes, expected {expected} ({dim} {dtype.name} "
+            "values and the envelope)"
         )
     values = reader.read_array(dtype, dim, "values")
     # checked before widening: casting a signalling NaN raises a floating-point warning
