@@ -5,13 +5,12 @@ run must produce the sha256 published in the docs. A control run shows that the 
 transform (``fwht``) *does* change with the kernel here, so the check is not vacuous.
 """
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
-
-import hashlib
 
 import numpy as np
 import pytest
