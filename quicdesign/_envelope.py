@@ -21,9 +21,9 @@ import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from ._validate import MAX_DIM
+from ._validate import MAX_DIM, check_int
 from ._wire import PayloadReader, PayloadWriter
-from .errors import PayloadError
+from .errors import ParameterError, PayloadError
 
 __all__ = [
     "ENVELOPE_VERSION",
@@ -66,12 +66,27 @@ def config_tag(*items) -> int:
     return int.from_bytes(digest.digest(), "little")
 
 
+_WHOLE = struct.Struct("<4sBIIII")
+
+
 def write_envelope(writer: PayloadWriter, envelope: Envelope) -> None:
-    """Write the 21-byte envelope (always the current version)."""
-    writer.write_bytes(envelope.magic)
-    writer.write_u8(ENVELOPE_VERSION)
-    for value in (envelope.dim, envelope.client_id, envelope.round_tag, envelope.config_tag):
-        writer.write_u32(value)
+    """Write the 21-byte envelope (always the current version).
+
+    Raises ``ParameterError`` if the magic is not 4 bytes or a field is not a u32.
+    """
+    fields = (envelope.dim, envelope.client_id, envelope.round_tag, envelope.config_tag)
+    if len(envelope.magic) != 4:
+        raise ParameterError(f"a payload magic is 4 bytes, got {envelope.magic!r}")
+    if any(type(value) is bool for value in fields):
+        raise ParameterError("envelope fields must be integers, got a bool")
+    try:
+        writer.write_bytes(_WHOLE.pack(envelope.magic, ENVELOPE_VERSION, *fields))
+    except struct.error:
+        for name, value in zip(
+            ("dim", "client_id", "round_tag", "config_tag"), fields, strict=True
+        ):
+            check_int(value, name, 0, 2**32 - 1)
+        raise  # pragma: no cover - every struct.error above is a field out of range
 
 
 def read_envelope_fields(reader: PayloadReader, magic: bytes, version: int) -> Envelope:
