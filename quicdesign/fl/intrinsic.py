@@ -42,9 +42,10 @@ SRHT (spec)
 
 Bandwidth accounting
 --------------------
-Floats are sent at ``wire_dtype`` precision (``float32``: 32 bits each), framed like every
-payload by the 21-byte envelope (:class:`~quicdesign.fl.RawFloats`; a download with nothing
-to send is no message). Upload: ``d`` floats per participating client per step. Download: at the start of a step a
+Floats are sent at ``wire_dtype`` precision (``float32``: 32 bits each), framed like
+every payload by the 21-byte envelope (:class:`~quicdesign.fl.RawFloats`; a download
+with nothing to send is no message). Upload: ``d`` floats per participating client per
+step. Download: at the start of a step a
 participating client receives exactly the z-vectors that changed since it last synced
 (``A`` and ``theta_0`` derive from seeds and cost nothing), or the whole model (``D``
 floats) when that is smaller. A client that synced in the previous step of a static run
