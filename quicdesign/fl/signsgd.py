@@ -43,31 +43,17 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quicdesign._envelope import (
-    ENVELOPE_SIZE,
-    Envelope,
-    check_envelope,
-    config_tag,
-    read_envelope,
-    write_envelope,
-)
+from quicdesign._envelope import ENVELOPE_SIZE, config_tag
 from quicdesign._progress import progress as reporter
 from quicdesign._threads import single_threaded_blas
-from quicdesign._validate import (
-    check_client_id,
-    check_int,
-    check_positive_float,
-    check_probability,
-    check_round_seed,
-)
-from quicdesign._wire import PayloadReader, PayloadWriter
+from quicdesign._validate import check_int, check_positive_float, check_probability
 from quicdesign.errors import ParameterError, PayloadError
-from quicdesign.randomness import raw_words, round_tag
+from quicdesign.randomness import raw_words
 
 from ._common import generator, stream_seed
 from .history import RunHistory
 from .problems import client_batch_sizes
-from .wire import BitCounter
+from .wire import BitCounter, _framed, _opened
 
 __all__ = [
     "SIGN_RULES",
@@ -190,21 +176,6 @@ SIGNS_MAGIC = b"QDSU"
 VOTE_MAGIC = b"QDSV"
 _SIGNS_CONFIG = config_tag("signs", 1)
 _VOTE_CONFIG = config_tag("vote", 1)
-
-
-def _framed(magic, dim, client_id, round_seed, config):
-    writer = PayloadWriter()
-    tag = round_tag(check_round_seed(round_seed))
-    write_envelope(writer, Envelope(magic, dim, check_client_id(client_id), tag, config))
-    return writer
-
-
-def _opened(payload, magic, scheme, dim, round_seed, config):
-    reader = PayloadReader(payload)
-    envelope = read_envelope(reader, magic, scheme)
-    tag = round_tag(check_round_seed(round_seed))
-    check_envelope(envelope, dim=dim, round_tag=tag, config=config, scheme=scheme)
-    return reader, envelope
 
 
 def encode_signs(gradients, *, round_seed=0, client_ids=None):

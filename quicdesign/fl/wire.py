@@ -220,6 +220,30 @@ class RawFloats:
         return decoded
 
 
+#: Magic of :class:`LocalTopK` payloads (``k`` is in the envelope's config tag).
+TOPK_MAGIC = b"QDTK"
+
+
+def _framed(magic, dim, client_id, round_seed, config):
+    """A writer holding the envelope of one simulator message (round seed, not tag)."""
+    writer = PayloadWriter()
+    tag = round_tag(check_round_seed(round_seed))
+    write_envelope(writer, Envelope(magic, dim, check_client_id(client_id), tag, config))
+    return writer
+
+
+def _opened(payload, magic, scheme, dim, round_seed, config):
+    """Read and check a simulator message's envelope; the reader is left at the body.
+
+    ``PayloadError`` for a foreign, other-dimension, other-round or other-config payload.
+    """
+    reader = PayloadReader(payload)
+    envelope = read_envelope(reader, magic, scheme)
+    tag = round_tag(check_round_seed(round_seed))
+    check_envelope(envelope, dim=dim, round_tag=tag, config=config, scheme=scheme)
+    return reader, envelope
+
+
 class LocalTopK:
     """Top-k sparsification with per-client error feedback (the "local top-k" baseline).
 
@@ -227,8 +251,9 @@ class LocalTopK:
     sends the ``k`` largest-magnitude entries and keeps the rest as its new residual
     (Stich et al., 2018; the local top-k baseline of FetchSGD). Biased and stateful: the
     residuals live in this object, keyed by ``client_id``, so one instance serves one
-    run. Payload: ``k`` little-endian indices (uint16 when ``dim <= 65536``, else
-    uint32) followed by ``k`` float32 values, no header, like :class:`RawFloats`.
+    run. Payload (``docs/wire-format.md``): the envelope (magic ``QDTK``, ``k`` in the
+    config tag), then ``min(k, dim)`` strictly increasing little-endian indices (uint16
+    when ``dim <= 65536``, else uint32) and as many float32 values.
 
     Parameters
     ----------
@@ -241,15 +266,23 @@ class LocalTopK:
 
     def __init__(self, k):
         self.k = check_int(k, "k", 1)
+        self._config = config_tag("local-topk", self.k)
         self._residuals = {}
 
     @staticmethod
     def _index_dtype(dim):
         return np.dtype("<u2") if dim <= 1 << 16 else np.dtype("<u4")
 
+    def payload_size(self, dim) -> int:
+        """Bytes of one payload for a vector of length ``dim`` (envelope included)."""
+        dim = check_int(dim, "dim", 1)
+        return ENVELOPE_SIZE + min(self.k, dim) * (self._index_dtype(dim).itemsize + 4)
+
     def encode(self, vector, *, round_seed, client_id, rng=None):
+        """One client's payload; updates that client's residual."""
         flat = as_client_vector(vector).astype(np.float64)
         dim = flat.size
+        writer = _framed(TOPK_MAGIC, dim, client_id, round_seed, self._config)
         residual = self._residuals.get(client_id)
         if residual is None or residual.size != dim:
             residual = np.zeros(dim)
@@ -261,7 +294,9 @@ class LocalTopK:
         sent = np.zeros(dim)
         sent[indices] = values
         self._residuals[client_id] = target - sent
-        return indices.astype(self._index_dtype(dim)).tobytes() + values.tobytes()
+        writer.write_array(indices.astype(self._index_dtype(dim)))
+        writer.write_array(values)
+        return writer.to_bytes()
 
     def encode_batch(self, vectors, *, round_seed, client_ids, rng=None):
         """Encode the rows of a ``(k, dim)`` array, row ``j`` from ``client_ids[j]``."""
@@ -270,30 +305,46 @@ class LocalTopK:
             for row, client in zip(np.asarray(vectors), client_ids, strict=True)
         ]
 
-    def decode(self, payload, *, dim, round_seed):
-        """The dense vector of one payload (zeros off the sent indices), as float64."""
-        dim = check_int(dim, "dim", 1)
-        index_dtype = self._index_dtype(dim)
-        kept = min(self.k, dim)
-        reader = PayloadReader(payload)
-        if reader.size != kept * (index_dtype.itemsize + 4):
+    def _read(self, payload, dim, round_seed):
+        reader, envelope = _opened(
+            payload, TOPK_MAGIC, "local top-k", dim, round_seed, self._config
+        )
+        expected = self.payload_size(dim)
+        if reader.size != expected:
+            kind = "truncated" if reader.size < expected else "oversized"
             raise PayloadError(
-                f"a local top-k payload holds {kept} indices and {kept} float32 values "
-                f"({kept * (index_dtype.itemsize + 4)} bytes), got {reader.size} bytes"
+                f"{kind} local top-k payload: {reader.size} bytes, expected {expected} "
+                f"(the envelope, {min(self.k, dim)} indices and float32 values)"
             )
-        indices = reader.read_array(index_dtype, kept, "indices").astype(np.int64)
+        kept = min(self.k, dim)
+        indices = reader.read_array(self._index_dtype(dim), kept, "indices").astype(np.int64)
         values = reader.read_array("<f4", kept, "values")
-        if indices.size and (int(indices.max()) >= dim or np.any(np.diff(indices) <= 0)):
+        if int(indices.max()) >= dim or np.any(np.diff(indices) <= 0):
             raise PayloadError("top-k indices must be strictly increasing and below dim")
         if not np.all(np.isfinite(values)):
             raise PayloadError("top-k payload holds non-finite values")
         out = np.zeros(dim)
         out[indices] = values
-        return out
+        return envelope.client_id, out
+
+    def decode(self, payload, *, dim, round_seed):
+        """The dense vector of one payload (zeros off the sent indices), as float64.
+
+        ``PayloadError`` for a foreign, other-round, other-dimension, other-``k`` or
+        malformed payload.
+        """
+        return self._read(payload, check_int(dim, "dim", 1), round_seed)[1]
 
     def decode_batch(self, payloads, *, dim, round_seed):
-        """Decode payloads into a ``(k, dim)`` float64 array."""
-        return np.array([self.decode(p, dim=dim, round_seed=round_seed) for p in payloads])
+        """Decode payloads into a ``(k, dim)`` float64 array (a client at most once)."""
+        dim = check_int(dim, "dim", 1)
+        decoded, clients = np.empty((len(payloads), dim)), set()
+        for row, payload in enumerate(payloads):
+            client, decoded[row] = self._read(payload, dim, round_seed)
+            if client in clients:
+                raise PayloadError(f"client {client} sent two local top-k payloads")
+            clients.add(client)
+        return decoded
 
     def __repr__(self):
         return f"LocalTopK(k={self.k})"
