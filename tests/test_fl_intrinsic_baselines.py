@@ -4,10 +4,27 @@ import math
 
 import pytest
 
+from quicdesign._envelope import ENVELOPE_SIZE
 from quicdesign.fl.experiments import run_experiment
 
 ROUNDS = 200
 pytestmark = pytest.mark.slow
+
+
+#: Every message starts with the 21-byte envelope (docs/wire-format.md).
+ENVELOPE_BITS = 8 * ENVELOPE_SIZE
+
+
+def floats_message(floats):
+    """Bits of one float32 message: nothing to send is no message, else envelope + floats."""
+    return 0 if floats == 0 else ENVELOPE_BITS + 32 * floats
+
+
+def stateless_download(held, subspace_dim, full_dim, rounds):
+    """Mean download bits per step of a stateless client: one message per step holding
+    every non-zero z (``held(t)`` of them at step ``t``), or the model when that is smaller."""
+    bits = sum(floats_message(min(held(t) * subspace_dim, full_dim)) for t in range(rounds))
+    return bits / rounds
 
 
 @pytest.fixture(scope="module")
@@ -18,53 +35,55 @@ def rows():
 
 def test_equal_upload_bits_and_both_download_accountings(rows):
     assert len(rows) == 32
+    budget = floats_message(25)  # intrinsic d = 25: 968 bits
+    fp32 = floats_message(1669)
     for config, row in rows.items():
         up, down = row["up_bits/client/round"], row["down_bits/client/round"]
-        # every message is framed by the same 21-byte envelope (168 bits)
         if config.startswith("intrinsic"):
-            assert up == 800 + 168  # 25 float32
+            assert up == budget
             if "stateful" in config:
-                # the changed z after the first step: d floats
-                assert down == pytest.approx((800 + 168) * (ROUNDS - 1) / ROUNDS)
+                # one message per step from step 1 on: the z changed in the previous step
+                assert down == pytest.approx(budget * (ROUNDS - 1) / ROUNDS)
         elif config.startswith(("rand-k", "count-sketch")):
-            assert up == 808  # envelope + 20 float32 (sized when intrinsic had no envelope)
-            assert down == 32 * 1669 + 168  # the fp32 update
+            assert up == budget and down == fp32  # k = d floats; the fp32 update down
         elif config.startswith("local top-k"):
-            assert up == 16 * (16 + 32)  # uint16 index + float32 value per entry
+            # the largest k within the budget: uint16 index + float32 value per entry
+            assert up == ENVELOPE_BITS + 16 * 48 <= budget < ENVELOPE_BITS + 17 * 48
+            assert down == fp32
         elif config.startswith("quic-fl"):
-            assert 2400 < up < 2800, row  # QUIC-FL b = 1: chunk norms, tails, header
+            assert 2400 < up < 2800, row  # QUIC-FL b = 1: chunk norms, tails, envelope
         else:
-            assert up == down == 32 * 1669 + 168
+            assert up == down == fp32
     # the paper's stateless accounting: every non-zero z each step, same trajectory
     for variant in ("static", "k-subspace", "time-varying"):
         stateful = rows[f"intrinsic {variant} d=25 lr=1 (stateful)"]
         stateless = rows[f"intrinsic {variant} d=25 lr=1 (stateless)"]
         assert stateless["test_accuracy"] == stateful["test_accuracy"]
-    k_sub = sum(min(t, 8) for t in range(ROUNDS)) * 800 / ROUNDS  # K d once all 8 are used
-    assert rows["intrinsic k-subspace d=25 lr=1 (stateless)"]["down_bits/client/round"] == k_sub
-    periods = sum(t // 10 + (t % 10 > 0) for t in range(ROUNDS)) * 800 / ROUNDS
-    assert rows["intrinsic time-varying d=25 lr=1 (stateless)"]["down_bits/client/round"] == (
-        periods
-    )
-    assert rows["intrinsic static d=25 lr=1 (stateless)"]["down_bits/client/round"] == (
-        pytest.approx(800 * (ROUNDS - 1) / ROUNDS)
-    )
+    expected = {
+        "static": lambda t: min(t, 1),
+        "k-subspace": lambda t: min(t, 8),  # K d once all 8 are used
+        "time-varying": lambda t: -(-t // 10),  # every period begun before step t
+    }
+    for variant, held in expected.items():
+        down = rows[f"intrinsic {variant} d=25 lr=1 (stateless)"]["down_bits/client/round"]
+        assert down == pytest.approx(stateless_download(held, 25, 1669, ROUNDS), rel=1e-12)
 
 
 def test_accuracy_at_equal_upload_and_against_total_bits(rows):
     accuracy = {config: row["test_accuracy"] for config, row in rows.items()}
     # seeds 0-2 at 200 rounds: static 0.371-0.407, k-subspace lr 10 0.685-0.740,
     # time-varying lr 10 0.696-0.747, rand-k 0.716-0.751, count-sketch 0.722-0.777,
-    # local top-k 0.733-0.800, QUIC-FL b=1 0.746-0.802, fp32 0.738-0.792
+    # local top-k 0.733-0.800, QUIC-FL b=1 0.746-0.802, fp32 0.738-0.792; rand-k k=25
+    # 0.722-0.767, count-sketch 1x25 0.718-0.781
     bounds = {
         "intrinsic static d=25 lr=1 (stateful)": (0.33, 0.47),
         "intrinsic k-subspace d=25 lr=10 (stateful)": (0.62, 0.79),
         "intrinsic time-varying d=25 lr=10 (stateful)": (0.64, 0.80),
-        "rand-k k=20 lr=0.1": (0.66, 0.80),
-        "count-sketch 1x20 lr=0.1": (0.66, 0.82),
+        "rand-k k=25 lr=0.1": (0.66, 0.82),
+        "count-sketch 1x25 lr=0.1": (0.66, 0.83),
         "local top-k k=16 lr=0.5": (0.68, 0.85),
-        "quic-fl b=1 (3.3x budget) lr=0.5": (0.69, 0.85),
-        "fedsgd fp32 (67x budget) lr=0.5": (0.69, 0.84),
+        "quic-fl b=1 (2.7x budget) lr=0.5": (0.69, 0.85),
+        "fedsgd fp32 (55x budget) lr=0.5": (0.69, 0.84),
     }
     for config, (low, high) in bounds.items():
         assert low < accuracy[config] < high, (config, accuracy)
@@ -80,27 +99,34 @@ def test_accuracy_at_equal_upload_and_against_total_bits(rows):
 
 
 def test_larger_model_counts_equal_upload_exactly():
-    result = run_experiment("intrinsic-large", seeds=(0,), rounds=20, workers=2)
+    rounds = 20
+    result = run_experiment("intrinsic-large", seeds=(0,), rounds=rounds, workers=2)
     rows = {row["config"]: row for row in result.summary}
     assert len(rows) == 22
+    budget, fp32 = floats_message(100), floats_message(9610)  # 3368 and 307688 bits
     for config, row in rows.items():
         up, down = row["up_bits/client/round"], row["down_bits/client/round"]
         if config.startswith("intrinsic"):
-            assert up == 100 * 32  # d = 100 float32
+            assert up == budget  # envelope + d = 100 float32
         elif config.startswith(("rand-k", "count-sketch")):
-            assert up == 168 + 94 * 32 and down == 9610 * 32  # header + 94 floats; fp32 update
+            assert up == budget and down == fp32  # envelope + 100 floats; fp32 update
         elif config.startswith("local top-k"):
-            assert up == 66 * 48  # uint16 index + float32 value
+            # envelope + 66 (uint16 index + float32 value): the largest k within budget
+            assert up == ENVELOPE_BITS + 66 * 48 <= budget < ENVELOPE_BITS + 67 * 48
+            assert down == fp32
         else:
-            assert up == down == 9610 * 32
+            assert up == down == fp32
     for variant in ("static", "k-subspace", "time-varying"):
         for rate in (1, 3, 10):
             stateful = rows[f"intrinsic {variant} d=100 lr={rate} (stateful)"]
             stateless = rows[f"intrinsic {variant} d=100 lr={rate} (stateless)"]
             assert stateless["test_accuracy"] == stateful["test_accuracy"]
-            assert stateless["down_bits/client/round"] >= stateful["down_bits/client/round"]
-    # K-subspace stateless: min(t, 8) of the 8 vectors, 100 floats each, per step
-    expected = sum(min(t, 8) for t in range(20)) * 3200 / 20
-    assert rows["intrinsic k-subspace d=100 lr=1 (stateless)"]["down_bits/client/round"] == (
-        expected
-    )
+            assert stateful["down_bits/client/round"] == pytest.approx(
+                budget * (rounds - 1) / rounds
+            )
+    # K-subspace stateless: one message holding min(t, 8) of the 8 vectors per step
+    down = rows["intrinsic k-subspace d=100 lr=1 (stateless)"]["down_bits/client/round"]
+    assert down == pytest.approx(stateless_download(lambda t: min(t, 8), 100, 9610, rounds))
+    # time-varying (period 10): the periods begun so far, still one message per step
+    down = rows["intrinsic time-varying d=100 lr=1 (stateless)"]["down_bits/client/round"]
+    assert down == pytest.approx(stateless_download(lambda t: -(-t // 10), 100, 9610, rounds))
