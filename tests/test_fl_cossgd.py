@@ -96,6 +96,55 @@ def test_other_protocol_compressors_plug_in(teacher_problems):
         run_fedsgd(problem, rounds=1, step_size=0.5, downlink_mode="gradients")
 
 
+def test_one_local_step_of_fedavg_is_fedsgd(teacher_problems):
+    problem = teacher_problems[0]
+    fedsgd = run_fedsgd(problem, rounds=5, step_size=0.3, seed=4)
+    fedavg = run_fedsgd(
+        problem, rounds=5, step_size=1.0, local_steps=1, local_step_size=0.3, seed=4
+    )
+    # equal up to float32 rounding of the upload (0.3 g is rounded, not g)
+    np.testing.assert_allclose(fedavg.extras["model"], fedsgd.extras["model"], atol=1e-7)
+
+
+def test_fedavg_server_model_is_the_mean_of_the_local_models(teacher_problems):
+    from quicdesign.fl._common import generator
+
+    problem = teacher_problems[1]
+    history = run_fedsgd(
+        problem,
+        rounds=2,
+        step_size=1.0,
+        local_steps=3,
+        local_step_size=0.2,
+        batch_size=16,
+        downlink_mode="none",
+        uplink=None,
+        seed=5,
+    )
+    # replay: every client takes 3 SGD steps from the float32 model, the server averages
+    clients = np.arange(problem.num_clients)
+    batches = np.full(problem.num_clients, 16)
+    data = generator(5, "minibatches")
+    model = problem.initial_point(5)
+    for _ in range(2):
+        local = np.repeat(model[None], clients.size, axis=0)
+        for _ in range(3):
+            local -= 0.2 * problem.gradients(local, clients, batches, data)
+        uploads = (model[None] - local).astype(np.float32).astype(np.float64)
+        model = (model - uploads.mean(axis=0)).astype(np.float32).astype(np.float64)
+    np.testing.assert_allclose(history.extras["model"], model, atol=1e-6)
+    assert history.config["local_steps"] == 3
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(local_steps=0, local_step_size=0.1), dict(local_steps=2), dict(local_steps=2.5)],
+)
+def test_fedavg_options_are_checked(teacher_problems, options):
+    with pytest.raises(ParameterError):
+        run_fedsgd(teacher_problems[0], rounds=1, step_size=1.0, **options)
+
+
 @pytest.mark.slow
 def test_cosine_4_bit_bidirectional_training_is_close_to_full_precision(teacher_problems):
     accuracy = {}

@@ -49,6 +49,8 @@ def run_fedsgd(
     downlink=None,
     downlink_mode="update",
     per_tensor=True,
+    local_steps=None,
+    local_step_size=None,
     participation=FULL_PARTICIPATION,
     seed=0,
     record_every=1,
@@ -65,7 +67,7 @@ def run_fedsgd(
     rounds : int
         Number of rounds.
     step_size : float
-        Server learning rate.
+        Server learning rate, applied to the mean decoded upload.
     batch_size : int, sequence of int or None
         Client mini-batch sizes.
     uplink, downlink : Compressor, optional
@@ -74,6 +76,12 @@ def run_fedsgd(
         What goes down (see the module docstring); ``"none"`` ignores ``downlink``.
     per_tensor : bool
         Compress each tensor separately (CosSGD's choice) or the flat vector.
+    local_steps : int, optional
+        None: FedSGD, clients upload one stochastic gradient. An int: FedAvg, clients
+        take this many local SGD steps from the model they hold and upload the
+        pseudo-gradient (held model minus local model); the usual server step is then 1.
+    local_step_size : float, optional
+        Client learning rate of the local steps (required with ``local_steps``).
     participation : Participation
         Client sampling.
     seed : int
@@ -101,6 +109,9 @@ def run_fedsgd(
     rounds = check_int(rounds, "rounds", 0)
     record_every = check_int(record_every, "record_every", 1)
     step = check_positive_float(step_size, "step_size")
+    if local_steps is not None:
+        local_steps = check_int(local_steps, "local_steps", 1)
+        local_step = check_positive_float(local_step_size, "local_step_size")
     raw = RawFloats("float32")
     uplink = raw if uplink is None else uplink
     downlink = raw if downlink is None or downlink_mode == "none" else downlink
@@ -116,6 +127,7 @@ def run_fedsgd(
             "downlink": "fp32" if downlink is raw else describe_compressor(downlink),
             "downlink_mode": downlink_mode,
             "step_size": step,
+            "local_steps": local_steps or 0,
             "seed": seed,
         },
         counter,
@@ -132,12 +144,20 @@ def run_fedsgd(
     for t in range(rounds):
         active = participation.sample(num_clients, sampling_rng)
         if active.size:
-            grads = problem.gradients(visible, active, batches[active], data_rng)
-            decoded = np.empty_like(grads)
+            if local_steps is None:
+                uploads = problem.gradients(visible, active, batches[active], data_rng)
+            else:
+                local = np.repeat(visible[None], active.size, axis=0)
+                for _ in range(local_steps):
+                    local -= local_step * problem.gradients(
+                        local, active, batches[active], data_rng
+                    )
+                uploads = visible[None] - local
+            decoded = np.empty_like(uploads)
             for index, part in enumerate(tensors):
                 decoded[:, part] = send_each(
                     uplink,
-                    grads[:, part],
+                    uploads[:, part],
                     active,
                     round_seed=stream_seed(seed, "up", t, index),
                     rng=coin_rng,
