@@ -1,17 +1,20 @@
-"""FedSGD with per-tensor compression in both directions, and bidirectional CosSGD.
+"""FedSGD / FedAvg with per-tensor compression in both directions, and bidirectional CosSGD.
 
 Each round the participating clients compute a stochastic gradient at the model they
-hold, compress it tensor by tensor (uplink) and the server averages the decoded tensors
-and steps its exact model. The downlink then brings every client's model up to date:
+hold (FedSGD) or take ``local_steps`` SGD steps from it and form the pseudo-gradient,
+held model minus local model (FedAvg), compress it tensor by tensor (uplink); the server
+averages the decoded tensors and steps its exact model. The downlink then brings every
+client's model up to date:
 
 ``"none"``
     The model is sent uncompressed (float32).
 ``"update"``
     The server keeps a copy of the client-visible model and compresses the difference
     to it tensor by tensor, so quantization errors are corrected in later rounds instead
-    of accumulating (clients do not drift).
+    of accumulating (clients do not drift). Our extension, not CosSGD's protocol.
 ``"weights"``
-    The absolute weights are compressed each round (what CosSGD's abstract describes).
+    The absolute weights are compressed each round (CosSGD's protocol, with FedAvg
+    pseudo-gradients up).
 
 The downlink is broadcast to every client each round, so absent clients stay in sync;
 metrics are those of the client-visible model. Compressors may be biased here (CosSGD
@@ -190,6 +193,10 @@ def run_fedsgd(
 
 def run_cossgd(problem, *, bits_up=4, bits_down=4, downlink_mode="update", **options):
     """Bidirectional CosSGD: cosine quantization per tensor on the uplink and downlink.
+
+    The paper's protocol is ``downlink_mode="weights"`` with FedAvg
+    (``local_steps=..., local_step_size=..., step_size=1.0``); the default ``"update"``
+    downlink is our error-corrected extension.
 
     Parameters
     ----------
