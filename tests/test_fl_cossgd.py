@@ -199,3 +199,134 @@ def test_accuracy_curves_are_fitted_past_the_first_rounds(tmp_path, monkeypatch)
     # the 1-point gap between the plateaus spans a visible share of the axis
     assert 0.7 < low < 0.79 - 0.01 and 0.8 < high < 0.81, (low, high)
     assert imread(path).shape[0] > 100
+
+
+def _history(config, seed, values):
+    from quicdesign.fl import BitCounter, RunHistory
+
+    history = RunHistory(config, {"config": config, "seed": seed}, BitCounter(1))
+    for round_index, value in enumerate(values):
+        history.record(round_index, {"test_accuracy": value})
+    return history
+
+
+def test_seed_bands_and_paired_gaps_compare_the_same_seed():
+    from quicdesign.fl.cossgd_study import _seed_band, paired_gap
+
+    # seed 1 has easier data: every configuration is 0.1 higher there
+    fp32 = [_history("fp32", 0, [0.5, 0.7, 0.7, 0.7]), _history("fp32", 1, [0.6, 0.8, 0.8, 0.8])]
+    four = [_history("4b", 0, [0.5, 0.6, 0.68, 0.69]), _history("4b", 1, [0.6, 0.7, 0.78, 0.79])]
+    rounds, mean, sd = _seed_band(four)
+    np.testing.assert_allclose(mean, [0.55, 0.65, 0.73, 0.74])
+    np.testing.assert_allclose(sd, [0.1 / np.sqrt(2)] * 4)
+    rounds, mean, sd = _seed_band(four, fp32)
+    np.testing.assert_allclose(mean, [0.0, -0.1, -0.02, -0.01], atol=1e-12)
+    np.testing.assert_allclose(sd, 0.0, atol=1e-12)
+    # plateau = records at rounds >= 3 (the last quarter of 4 rounds)
+    gap, spread = paired_gap(four + fp32, 4, "4b", "fp32")
+    assert gap == pytest.approx(-0.01) and spread == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def quick_cossgd():
+    from quicdesign.fl.experiments import run_experiment
+
+    return run_experiment("cossgd", quick=True, workers=2, progress=False)
+
+
+def _accuracy(result):
+    return {row["config"]: row["test_accuracy"] for row in result.summary}
+
+
+# Bounds of the quick-mode claims (60 rounds, seeds 0 and 1): the measured value +- 3 sd
+# of the same-seed difference over the two seeds (the sd measured with the value).
+
+
+@pytest.mark.slow
+def test_quick_four_bits_on_weights_is_within_two_points_of_fp32(quick_cossgd):
+    from quicdesign.fl.cossgd_study import paired_gap
+
+    result = quick_cossgd
+    assert {h.config["seed"] for h in result.histories} == {0, 1}
+    assert {h.rounds[-1] for h in result.histories} == {60}
+    # measured -0.012, sd 0.002; 8 bits: +0.001
+    gap = paired_gap(result.histories, 60, "cosine 4b weights", "fp32")[0]
+    assert -0.018 < gap < -0.006, gap
+    gap = paired_gap(result.histories, 60, "cosine 8b weights", "fp32")[0]
+    assert -0.01 < gap < 0.01, gap
+    fp32 = _accuracy(result)["fp32"]
+    assert 0.70 < fp32 < 0.83, fp32  # measured 0.767, sd 0.033 over the seeds (data)
+
+
+@pytest.mark.slow
+def test_quick_two_bit_cosine_loses_to_min_max_sq_at_equal_measured_bits(quick_cossgd):
+    from quicdesign.fl.cossgd_study import paired_gap
+
+    result = quick_cossgd
+    rows = {row["config"]: row for row in result.summary}
+    # equal measured bits: same codes, same two floats, same header per tensor
+    for bits in (2, 4):
+        cosine, sq = rows[f"cosine {bits}b weights"], rows[f"sq {bits}b weights"]
+        assert cosine["up_bits/coord"] == sq["up_bits/coord"]
+        assert cosine["down_bits/coord"] == sq["down_bits/coord"]
+        assert bits < cosine["up_bits/coord"] < bits + 0.6
+    # measured -0.023, sd 0.004
+    gap = paired_gap(result.histories, 60, "cosine 2b weights", "sq 2b weights")[0]
+    assert -0.035 < gap < -0.011, gap
+    accuracy = _accuracy(result)
+    # 2 bits on weights: far below fp32 and far above chance (measured 0.586, sd 0.030)
+    assert 0.49 < accuracy["cosine 2b weights"] < 0.68, accuracy
+    # 1 bit: cosine (max-scaled levels) 0.412 (sd 0.013) below scaled sign 0.627 (sd 0.047)
+    assert 0.37 < accuracy["cosine 1b weights"] < 0.45, accuracy
+    assert 0.48 < accuracy["sign 1b weights"] < 0.77, accuracy
+
+
+@pytest.mark.slow
+def test_quick_clipping_helps_two_bits_and_kills_one_bit(quick_cossgd):
+    from quicdesign.fl.cossgd_study import paired_gap
+
+    result = quick_cossgd
+    # measured +0.080, sd 0.013
+    gap = paired_gap(result.histories, 60, "cosine 2b weights c=0.01", "cosine 2b weights")[0]
+    assert 0.04 < gap < 0.12, gap
+    # one bit with clipping: chance (0.2), measured 0.205, sd 0.017
+    one_bit = _accuracy(result)["cosine 1b weights c=0.01"]
+    assert 0.15 < one_bit < 0.26, one_bit
+
+
+@pytest.mark.slow
+def test_quick_update_downlink_recovers_and_stochastic_rounding_does_not(quick_cossgd):
+    from quicdesign.fl.cossgd_study import paired_gap
+
+    result = quick_cossgd
+    # measured +0.158, sd 0.002
+    gap = paired_gap(result.histories, 60, "cosine 2b update", "cosine 2b weights")[0]
+    assert 0.15 < gap < 0.165, gap
+    # measured -0.005, sd 0.019: no detectable difference either way
+    gap = paired_gap(result.histories, 60, "cosine-stochastic 2b weights", "cosine 2b weights")[0]
+    assert -0.06 < gap < 0.05, gap
+
+
+@pytest.mark.slow
+def test_quick_notes_state_each_verdict_and_the_plot_is_written(quick_cossgd, tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from quicdesign.fl.cossgd_study import cossgd_claims
+    from quicdesign.fl.report import write_result
+
+    result = quick_cossgd
+    claims = cossgd_claims(result.summary, result.histories, 60)
+    verdicts = [claim["verdict"] for claim in claims]
+    assert verdicts[0] == "reproduced" and verdicts[1].startswith("not reproduced"), verdicts
+    notes = "\n".join(result.notes)
+    assert "Not reproduced / not attempted" in notes and "extension" in notes
+    for claim in claims:
+        assert claim["ours"] in notes
+    files = write_result(result, tmp_path)
+    assert {path.name for path in files} == {
+        "cossgd_summary.csv",
+        "cossgd_curves.csv",
+        "cossgd.png",
+    }
+    assert imread(tmp_path / "cossgd.png").shape[1] > 1500
