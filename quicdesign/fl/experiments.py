@@ -42,7 +42,8 @@ class Experiment:
     plot : str or callable, optional
         ``"decoding"``, or ``plot(path, result)`` drawing the experiment's own figure.
     quick : tuple, optional
-        ``(rounds, seeds)`` of the quick mode used by tests.
+        ``(rounds, seeds)`` of the quick mode used by tests, optionally with the names of
+        the only configurations it runs.
     """
 
     name: str
@@ -54,7 +55,8 @@ class Experiment:
     jobs: object = field(repr=False, compare=False)
     summarize: object = field(repr=False, compare=False)
     plot: object = field(default=None, repr=False, compare=False)
-    #: ``(rounds, seeds)`` of ``--quick`` (None: a tenth of the rounds, the first seed).
+    #: ``(rounds, seeds)`` or ``(rounds, seeds, configurations)`` of ``--quick`` (None: a
+    #: tenth of the rounds and the first seed).
     quick: tuple = field(default=None, compare=False)
 
 
@@ -924,6 +926,12 @@ def _cossgd_summary(histories, rounds):
     return cossgd_summary(histories, rounds)
 
 
+def _cossgd_claim_configs():
+    from .cossgd_study import CLAIM_CONFIGS
+
+    return CLAIM_CONFIGS
+
+
 def _cossgd_plot(path, result):
     from .cossgd_study import plot_cossgd
 
@@ -1060,7 +1068,7 @@ EXPERIMENTS = {
             _cossgd_jobs,
             _cossgd_summary,
             _cossgd_plot,
-            quick=(60, (0, 1)),
+            quick=(300, (0, 1), _cossgd_claim_configs()),
         ),
     )
 }
@@ -1082,8 +1090,8 @@ def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None
     progress : bool, optional
         Progress bar (None: on a terminal only).
     quick : bool
-        Few rounds and seeds (the experiment's ``quick`` pair; default a tenth of the
-        rounds and the first seed); ``seeds`` and ``rounds`` still override it.
+        Few rounds, seeds or configurations (the experiment's ``quick``; default a tenth
+        of the rounds and the first seed); ``seeds`` and ``rounds`` still override it.
 
     Returns
     -------
@@ -1093,11 +1101,13 @@ def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None
         raise ParameterError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
     experiment = EXPERIMENTS[name]
     default_rounds, default_seeds = experiment.rounds, experiment.seeds
+    only = None
     if quick:
-        default_rounds, default_seeds = experiment.quick or (
+        default_rounds, default_seeds, *only = experiment.quick or (
             max(1, experiment.rounds // 10),
             experiment.seeds[:1],
         )
+        only = set(only[0]) if only else None
     seeds = tuple(default_seeds if seeds is None else (check_int(s, "seed", 0) for s in seeds))
     if not seeds:
         raise ParameterError("give at least one seed")
@@ -1105,6 +1115,9 @@ def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     workers = check_int(workers, "workers", 1)
-    histories = _run_jobs(experiment.jobs(seeds, rounds), workers, progress, name)
+    jobs = experiment.jobs(seeds, rounds)
+    if only is not None:
+        jobs = [job for job in jobs if job.config in only]
+    histories = _run_jobs(jobs, workers, progress, name)
     summary, notes = experiment.summarize(histories, rounds)
     return ExperimentResult(experiment, histories, summary, notes)
