@@ -2,8 +2,8 @@
 
 Each experiment is a list of independent runs (one per configuration and seed), run in
 this process or in a small process pool, then summarized in a table. Sizes are chosen so
-that every experiment finishes in under two minutes on a 2-core machine with the
-default seeds and rounds.
+that every experiment finishes in minutes on a 2-core machine with the default seeds and
+rounds (``cossgd``, the largest grid, needs about 300 s of CPU).
 """
 
 from __future__ import annotations
