@@ -88,3 +88,37 @@ def test_experiments_accept_smaller_sizes_and_two_processes():
     assert rules == {"mv", "fv-pooled", "fv-per-coordinate", "fv-oracle"}
     # d = 200 sign bits and the 21-byte envelope every payload carries
     assert all(row["bits/worker/round"] == 200 + 8 * 21 for row in result.summary)
+
+
+def test_quick_mode_takes_the_experiments_quick_rounds_and_seeds(tmp_path, monkeypatch, capsys):
+    from quicdesign.fl.experiments import Experiment
+
+    asked = []
+
+    def jobs(seeds, rounds):
+        asked.append((tuple(seeds), rounds))
+        return []
+
+    def experiment(name, quick):
+        return Experiment(
+            name,
+            "claim",
+            500,
+            (3, 4, 5),
+            "loss",
+            False,
+            jobs,
+            lambda histories, rounds: ([{"rounds": rounds}], []),
+            quick=quick,
+        )
+
+    monkeypatch.setitem(EXPERIMENTS, "own-quick", experiment("own-quick", (7, (1, 2))))
+    monkeypatch.setitem(EXPERIMENTS, "no-quick", experiment("no-quick", None))
+    run_experiment("own-quick", quick=True, workers=1)
+    run_experiment("no-quick", quick=True, workers=1)  # a tenth of the rounds, first seed
+    run_experiment("own-quick", quick=True, rounds=9, seeds=[6], workers=1)  # explicit wins
+    run_experiment("own-quick", workers=1)  # the full mode
+    assert asked == [((1, 2), 7), ((3,), 50), ((6,), 9), ((3, 4, 5), 500)]
+    assert main(["fl", "run", "own-quick", "--quick", "--out", str(tmp_path), "--no-progress"]) == 0
+    assert asked[-1] == ((1, 2), 7)
+    assert "0 runs" in capsys.readouterr().out

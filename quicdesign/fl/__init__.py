@@ -9,7 +9,8 @@ payloads in both directions (:class:`BitCounter`):
   decoding-error theory (:func:`decoding_error`, :func:`hoeffding_bound`);
 - :func:`run_intrinsic`: intrinsic gradient compression (static, K-subspace,
   time-varying) with shared-seed projections;
-- :func:`run_fedsgd` / :func:`run_cossgd`: FedSGD with per-tensor compression both ways.
+- :func:`run_fedsgd` / :func:`run_cossgd`: FedSGD or FedAvg (local steps, pseudo-gradients
+  up) with per-tensor compression both ways.
 
 Named experiments (:data:`EXPERIMENTS`) back the ``quicdesign fl`` command. Importing
 this package needs numpy only; scikit-learn and matplotlib are imported on use.

@@ -50,6 +50,7 @@ def _cmd_run(args):
         rounds=args.rounds,
         workers=args.workers,
         progress=args.progress,
+        quick=args.quick,
     )
     wall = time.perf_counter() - began
     files = write_result(result, args.out)
@@ -96,6 +97,11 @@ def register(commands):
         "--workers",
         type=bounded_int("workers", 1, MAX_JOBS),
         help="processes running the runs (default: min(2, CPUs))",
+    )
+    run.add_argument(
+        "--quick",
+        action="store_true",
+        help="few rounds and seeds (what the tests run); --rounds/--seeds still apply",
     )
     add_progress_option(run, "run")
     run.set_defaults(run=_cmd_run)

@@ -2,8 +2,8 @@
 
 Each experiment is a list of independent runs (one per configuration and seed), run in
 this process or in a small process pool, then summarized in a table. Sizes are chosen so
-that every experiment finishes in under two minutes on a 2-core machine with the
-default seeds and rounds.
+that every experiment finishes in minutes on a 2-core machine with the default seeds and
+rounds (``cossgd``, the largest grid, needs about 300 s of CPU).
 """
 
 from __future__ import annotations
@@ -39,6 +39,11 @@ class Experiment:
         Curve plotted against rounds and bits.
     log_metric : bool
         Plot the metric on a log scale.
+    plot : str or callable, optional
+        ``"decoding"``, or ``plot(path, result)`` drawing the experiment's own figure.
+    quick : tuple, optional
+        ``(rounds, seeds)`` of the quick mode used by tests, optionally with the names of
+        the only configurations it runs.
     """
 
     name: str
@@ -50,6 +55,9 @@ class Experiment:
     jobs: object = field(repr=False, compare=False)
     summarize: object = field(repr=False, compare=False)
     plot: object = field(default=None, repr=False, compare=False)
+    #: ``(rounds, seeds)`` or ``(rounds, seeds, configurations)`` of ``--quick`` (None: a
+    #: tenth of the rounds and the first seed).
+    quick: tuple = field(default=None, compare=False)
 
 
 @dataclass
@@ -1282,68 +1290,27 @@ def _intrinsic_bandwidth_summary(histories, rounds):
 
 
 def _cossgd_jobs(seeds, rounds):
-    cos = lambda b: ("cossgd", (("bits", b),))  # noqa: E731
-    configs = [
-        ("fp32", {}),
-        ("cossgd 4/4 update", dict(uplink=cos(4), downlink=cos(4), downlink_mode="update")),
-        ("cossgd 4/4 weights", dict(uplink=cos(4), downlink=cos(4), downlink_mode="weights")),
-        ("cossgd 2/2 update", dict(uplink=cos(2), downlink=cos(2), downlink_mode="update")),
-        (
-            "qsgd-max s=7 4/4 update",
-            dict(
-                uplink=("qsgd", (("levels", 7), ("norm", "max"))),
-                downlink=("qsgd", (("levels", 7), ("norm", "max"))),
-                downlink_mode="update",
-            ),
-        ),
-        (
-            "hadamard-sq 4/4 update (flat)",
-            dict(
-                uplink=("hadamard", (("bits", 4),)),
-                downlink=("hadamard", (("bits", 4),)),
-                downlink_mode="update",
-                per_tensor=False,
-            ),
-        ),
-        (
-            "quicfl 4/4 update (flat)",
-            dict(
-                uplink=("quicfl", (("bits", 4),)),
-                downlink=("quicfl", (("bits", 4),)),
-                downlink_mode="update",
-                per_tensor=False,
-            ),
-        ),
-    ]
-    jobs = []
-    for seed in seeds:
-        for name, options in configs:
-            jobs.append(
-                _job(
-                    "fedsgd",
-                    ("teacher-mlp", seed),
-                    name,
-                    seed,
-                    (),
-                    rounds=rounds,
-                    step_size=_FULL_LR,
-                    batch_size=32,
-                    record_every=max(1, rounds // 50),
-                    **options,
-                )
-            )
-    return jobs
+    from .cossgd_study import cossgd_jobs
+
+    return cossgd_jobs(seeds, rounds)
 
 
 def _cossgd_summary(histories, rounds):
-    return _accuracy_summary(histories, rounds), [
-        "Claim: 4-bit cosine quantization both ways is close to fp32; 2-bit stays above "
-        "chance (0.2) and below fp32. Other quantizers are a recorded comparison.",
-        "Not reproduced: the paper's protocol (quantized weights down, FedAvg local epochs "
-        "up) as the primary run; the error-corrected 'update' downlink is our extension. "
-        "Not attempted: runs to convergence, the bits x {update, weights} x clip grid, "
-        "comparisons at equal measured bits.",
-    ]
+    from .cossgd_study import cossgd_summary
+
+    return cossgd_summary(histories, rounds)
+
+
+def _cossgd_claim_configs():
+    from .cossgd_study import CLAIM_CONFIGS
+
+    return CLAIM_CONFIGS
+
+
+def _cossgd_plot(path, result):
+    from .cossgd_study import plot_cossgd
+
+    return plot_cossgd(path, result)
 
 
 def _decoding_jobs(seeds, rounds):
@@ -1503,19 +1470,22 @@ EXPERIMENTS = {
         ),
         Experiment(
             "cossgd",
-            "4-bit bidirectional cosine quantization trains close to fp32",
-            500,
-            (0, 1),
+            "CosSGD (quantized weights down, FedAvg updates up): 4 bits ~ fp32; "
+            "is cosine best at low bits?",
+            300,
+            (0, 1, 2),
             "test_accuracy",
             False,
             _cossgd_jobs,
             _cossgd_summary,
+            _cossgd_plot,
+            quick=(300, (0, 1), _cossgd_claim_configs()),
         ),
     )
 }
 
 
-def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None):
+def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None, quick=False):
     """Run a named experiment.
 
     Parameters
@@ -1531,6 +1501,9 @@ def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None
     progress : bool, optional
         False: silent; otherwise (default) a bar on a terminal, one line per run
         elsewhere.
+    quick : bool
+        Few rounds, seeds or configurations (the experiment's ``quick``; default a tenth
+        of the rounds and the first seed); ``seeds`` and ``rounds`` still override it.
 
     Returns
     -------
@@ -1539,13 +1512,24 @@ def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None
     if name not in EXPERIMENTS:
         raise ParameterError(f"unknown experiment {name!r}; choose from {sorted(EXPERIMENTS)}")
     experiment = EXPERIMENTS[name]
-    seeds = tuple(experiment.seeds if seeds is None else (check_int(s, "seed", 0) for s in seeds))
+    default_rounds, default_seeds = experiment.rounds, experiment.seeds
+    only = None
+    if quick:
+        default_rounds, default_seeds, *only = experiment.quick or (
+            max(1, experiment.rounds // 10),
+            experiment.seeds[:1],
+        )
+        only = set(only[0]) if only else None
+    seeds = tuple(default_seeds if seeds is None else (check_int(s, "seed", 0) for s in seeds))
     if not seeds:
         raise ParameterError("give at least one seed")
-    rounds = experiment.rounds if rounds is None else check_int(rounds, "rounds", 1)
+    rounds = default_rounds if rounds is None else check_int(rounds, "rounds", 1)
     if workers is None:
         workers = min(2, os.cpu_count() or 1)
     workers = check_int(workers, "workers", 1)
-    histories = _run_jobs(experiment.jobs(seeds, rounds), workers, progress, name)
+    jobs = experiment.jobs(seeds, rounds)
+    if only is not None:
+        jobs = [job for job in jobs if job.config in only]
+    histories = _run_jobs(jobs, workers, progress, name)
     summary, notes = experiment.summarize(histories, rounds)
     return ExperimentResult(experiment, histories, summary, notes)

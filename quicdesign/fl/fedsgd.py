@@ -1,17 +1,20 @@
-"""FedSGD with per-tensor compression in both directions, and bidirectional CosSGD.
+"""FedSGD / FedAvg with per-tensor compression in both directions, and bidirectional CosSGD.
 
 Each round the participating clients compute a stochastic gradient at the model they
-hold, compress it tensor by tensor (uplink) and the server averages the decoded tensors
-and steps its exact model. The downlink then brings every client's model up to date:
+hold (FedSGD) or take ``local_steps`` SGD steps from it and form the pseudo-gradient,
+held model minus local model (FedAvg), compress it tensor by tensor (uplink); the server
+averages the decoded tensors and steps its exact model. The downlink then brings every
+client's model up to date:
 
 ``"none"``
     The model is sent uncompressed (float32).
 ``"update"``
     The server keeps a copy of the client-visible model and compresses the difference
     to it tensor by tensor, so quantization errors are corrected in later rounds instead
-    of accumulating (clients do not drift).
+    of accumulating (clients do not drift). Our extension, not CosSGD's protocol.
 ``"weights"``
-    The absolute weights are compressed each round (what CosSGD's abstract describes).
+    The absolute weights are compressed each round (CosSGD's protocol, with FedAvg
+    pseudo-gradients up).
 
 The downlink is broadcast to every client each round, so absent clients stay in sync;
 metrics are those of the client-visible model. Compressors may be biased here (CosSGD
@@ -49,6 +52,8 @@ def run_fedsgd(
     downlink=None,
     downlink_mode="update",
     per_tensor=True,
+    local_steps=None,
+    local_step_size=None,
     participation=FULL_PARTICIPATION,
     seed=0,
     record_every=1,
@@ -65,7 +70,7 @@ def run_fedsgd(
     rounds : int
         Number of rounds.
     step_size : float
-        Server learning rate.
+        Server learning rate, applied to the mean decoded upload.
     batch_size : int, sequence of int or None
         Client mini-batch sizes.
     uplink, downlink : Compressor, optional
@@ -74,6 +79,12 @@ def run_fedsgd(
         What goes down (see the module docstring); ``"none"`` ignores ``downlink``.
     per_tensor : bool
         Compress each tensor separately (CosSGD's choice) or the flat vector.
+    local_steps : int, optional
+        None: FedSGD, clients upload one stochastic gradient. An int: FedAvg, clients
+        take this many local SGD steps from the model they hold and upload the
+        pseudo-gradient (held model minus local model); the usual server step is then 1.
+    local_step_size : float, optional
+        Client learning rate of the local steps (required with ``local_steps``).
     participation : Participation
         Client sampling.
     seed : int
@@ -102,6 +113,9 @@ def run_fedsgd(
     rounds = check_int(rounds, "rounds", 0)
     record_every = check_int(record_every, "record_every", 1)
     step = check_positive_float(step_size, "step_size")
+    if local_steps is not None:
+        local_steps = check_int(local_steps, "local_steps", 1)
+        local_step = check_positive_float(local_step_size, "local_step_size")
     raw = RawFloats("float32")
     uplink = raw if uplink is None else uplink
     downlink = raw if downlink is None or downlink_mode == "none" else downlink
@@ -117,6 +131,7 @@ def run_fedsgd(
             "downlink": "fp32" if downlink is raw else describe_compressor(downlink),
             "downlink_mode": downlink_mode,
             "step_size": step,
+            "local_steps": local_steps or 0,
             "seed": seed,
         },
         counter,
@@ -133,12 +148,20 @@ def run_fedsgd(
     for t in range(rounds):
         active = participation.sample(num_clients, sampling_rng)
         if active.size:
-            grads = problem.gradients(visible, active, batches[active], data_rng)
-            decoded = np.empty_like(grads)
+            if local_steps is None:
+                uploads = problem.gradients(visible, active, batches[active], data_rng)
+            else:
+                local = np.repeat(visible[None], active.size, axis=0)
+                for _ in range(local_steps):
+                    local -= local_step * problem.gradients(
+                        local, active, batches[active], data_rng
+                    )
+                uploads = visible[None] - local
+            decoded = np.empty_like(uploads)
             for index, part in enumerate(tensors):
                 decoded[:, part] = send_each(
                     uplink,
-                    grads[:, part],
+                    uploads[:, part],
                     active,
                     round_seed=stream_seed(seed, "up", t, index),
                     rng=coin_rng,
@@ -171,6 +194,10 @@ def run_fedsgd(
 
 def run_cossgd(problem, *, bits_up=4, bits_down=4, downlink_mode="update", **options):
     """Bidirectional CosSGD: cosine quantization per tensor on the uplink and downlink.
+
+    The paper's protocol is ``downlink_mode="weights"`` with FedAvg
+    (``local_steps=..., local_step_size=..., step_size=1.0``); the default ``"update"``
+    downlink is our error-corrected extension.
 
     Parameters
     ----------

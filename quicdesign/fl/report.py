@@ -193,7 +193,9 @@ def write_result(result, folder):
     folder.mkdir(parents=True, exist_ok=True)
     name = result.experiment.name
     written = [write_csv(folder / f"{name}_summary.csv", result.summary)]
-    if result.experiment.plot == "decoding":
+    if callable(result.experiment.plot):
+        written.append(result.experiment.plot(folder / f"{name}.png", result))
+    elif result.experiment.plot == "decoding":
         written.append(
             plot_decoding(
                 folder / f"{name}.png", result.summary, title=f"{name}: {result.experiment.claim}"
@@ -202,6 +204,7 @@ def write_result(result, folder):
     if result.histories:
         rows = (row for history in result.histories for row in history.rows())
         written.append(write_csv(folder / f"{name}_curves.csv", rows))
+    if result.histories and not callable(result.experiment.plot):
         figure = plot_curves(
             folder / f"{name}.png",
             _best_rate_only(result.histories, result.experiment.metric)
