@@ -22,20 +22,22 @@ import hashlib
 import numpy as np
 
 from ._deprecation import renamed_attributes
-from ._wire import PayloadReader, PayloadWriter
 from .codec import (
     _FIXED_HEADER,
-    PayloadHeader,
     QuicFLAggregator,
     QuicFLEncoder,
+    QuicFLQuantize,
+    _check_exact,
     _check_size,
     _Quantized,
 )
 from .errors import ParameterError, PayloadError
+from .stages import Pipeline, RandomizedHadamard
 from .table import Table
 
 __all__ = [
     "QuicFLEntropyEncoder",
+    "QuicFLEntropyQuantize",
     "QuicFLEntropyAggregator",
     "ENTROPY_MAGIC",
     "ENTROPY_WIRE_VERSION",
@@ -91,63 +93,44 @@ def _coded_positions(rotated_dim: int, exact_indices: np.ndarray) -> np.ndarray 
     return np.flatnonzero(keep)
 
 
-class QuicFLEntropyEncoder(QuicFLEncoder):
-    """Client-side encoder for entropy-coded tables (``table.code_model`` set)."""
+class QuicFLEntropyQuantize(QuicFLQuantize):
+    """:class:`~quicdesign.codec.QuicFLQuantize` with its messages ANS coded.
 
-    _wire_version = ENTROPY_WIRE_VERSION
+    Side information: the stream word count, the coded symbol count, the symbol digest,
+    the exact indices and values, then the ANS stream. Decoding validates all of it
+    (the stream must decode to exactly the expected symbols and be used up).
+    """
 
-    def __init__(self, table: Table, round_seed: int):
-        _require_code_model(table)
-        super().__init__(table, round_seed)
+    def __init__(self, table: Table):
+        super().__init__(table)
         self._constriction, self._coder_models = _models(table)
 
-    def _serialize(self, quantized: _Quantized) -> bytes:
-        coded = _coded_positions(quantized.layout.rotated_dim, quantized.exact_indices)
-        order, bounds = _group_by_shared(quantized.shared, coded, self.table.num_shared)
-        symbols = quantized.codes[order].astype(np.int32)
+    def write_side(self, writer, side: _Quantized):
+        coded = _coded_positions(side.layout.rotated_dim, side.exact_indices)
+        order, bounds = _group_by_shared(side.shared, coded, self.table.num_shared)
+        symbols = side.codes[order].astype(np.int32)
         coder = self._constriction.stream.stack.AnsCoder()
         # ANS is a stack: encode the groups backwards so they decode in order h = 0, 1, ...
         for h in range(self.table.num_shared - 1, -1, -1):
             if bounds[h + 1] > bounds[h]:
                 coder.encode_reverse(symbols[bounds[h] : bounds[h + 1]], self._coder_models[h])
         stream = coder.get_compressed().astype("<u4")
-        writer = PayloadWriter()
-        writer.write_bytes(self._header(quantized, ENTROPY_MAGIC))
-        writer.write_array(quantized.norms.astype("<f4"))
         writer.write_u32(stream.size)
         writer.write_u32(symbols.size)
         writer.write_bytes(_symbol_digest(symbols))
-        writer.write_array(quantized.exact_indices.astype("<u4"))
-        writer.write_array(quantized.exact_values.astype("<f4"))
+        writer.write_array(side.exact_indices.astype("<u4"))
+        writer.write_array(side.exact_values.astype("<f4"))
         writer.write_array(stream)
-        return writer.to_bytes()
 
-
-class QuicFLEntropyAggregator(QuicFLAggregator):
-    """Server-side aggregation of entropy-coded payloads (one inverse rotation in total).
-
-    Every guarantee of :class:`quicdesign.QuicFLAggregator` holds: a payload is validated and
-    decoded completely (the ANS stream must decode to exactly the expected number of
-    symbols and be used up) before any state changes.
-    """
-
-    _magic = ENTROPY_MAGIC
-    _wire_version = ENTROPY_WIRE_VERSION
-
-    def __init__(self, table: Table, round_seed: int, dim: int):
-        _require_code_model(table)
-        super().__init__(table, round_seed, dim)
-        self._constriction, self._coder_models = _models(table)
-
-    def _parse(self, payload, reader: PayloadReader, header: PayloadHeader, shared):
+    def read_side(self, reader, state, dim):
+        header = state.header
         words = reader.read_u32("stream word count")
         num_coded = reader.read_u32("coded symbol count")
         digest = reader.read_bytes(_DIGEST_SIZE, "symbol digest")
-        layout = self._state.layout
-        if num_coded != layout.rotated_dim - header.num_exact:
+        if num_coded != dim - header.num_exact:
             raise PayloadError(
-                f"payload claims {num_coded} coded symbols; {layout.rotated_dim} positions "
-                f"minus {header.num_exact} exact ones leave {layout.rotated_dim - header.num_exact}"
+                f"payload claims {num_coded} coded symbols; {dim} positions "
+                f"minus {header.num_exact} exact ones leave {dim - header.num_exact}"
             )
         expected = (
             _FIXED_HEADER.size
@@ -161,13 +144,12 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
         values = reader.read_array("<f4", header.num_exact, "exact values")
         stream = reader.read_array("<u4", words, "coded stream")
-        reader.expect_end()
-        self._check_exact(indices, values)
-        layout = self._state.layout
+        _check_exact(indices, values, dim)
+        shared = self._shared(state, dim)
         order, bounds = _group_by_shared(
-            shared, _coded_positions(layout.rotated_dim, indices), self.table.num_shared
+            shared, _coded_positions(dim, indices), self.table.num_shared
         )
-        codes = np.zeros(layout.rotated_dim, dtype=np.uint16)
+        codes = np.zeros(dim, dtype=np.uint16)
         symbols = np.zeros(0, dtype=np.int32)
         try:
             coder = self._constriction.stream.stack.AnsCoder(
@@ -191,7 +173,44 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
             raise PayloadError("decoded message outside the table")
         if _symbol_digest(symbols) != digest:
             raise PayloadError("coded stream does not decode to the symbols that were encoded")
-        return codes, indices, values
+        return codes, indices, values, shared
+
+
+def _entropy_pipeline(table: Table) -> Pipeline:
+    return Pipeline((RandomizedHadamard(scaled=True), QuicFLEntropyQuantize(table)))
+
+
+class QuicFLEntropyEncoder(QuicFLEncoder):
+    """Client-side encoder for entropy-coded tables (``table.code_model`` set)."""
+
+    _magic = ENTROPY_MAGIC
+    _wire_version = ENTROPY_WIRE_VERSION
+
+    def __init__(self, table: Table, round_seed: int):
+        _require_code_model(table)
+        super().__init__(table, round_seed)
+
+    def _make_pipeline(self) -> Pipeline:
+        return _entropy_pipeline(self.table)
+
+
+class QuicFLEntropyAggregator(QuicFLAggregator):
+    """Server-side aggregation of entropy-coded payloads (one inverse rotation in total).
+
+    Every guarantee of :class:`quicdesign.QuicFLAggregator` holds: a payload is validated and
+    decoded completely (the ANS stream must decode to exactly the expected number of
+    symbols and be used up) before any state changes.
+    """
+
+    _magic = ENTROPY_MAGIC
+    _wire_version = ENTROPY_WIRE_VERSION
+
+    def __init__(self, table: Table, round_seed: int, dim: int):
+        _require_code_model(table)
+        super().__init__(table, round_seed, dim)
+
+    def _make_pipeline(self) -> Pipeline:
+        return _entropy_pipeline(self.table)
 
 
 __getattr__ = renamed_attributes(
