@@ -296,6 +296,8 @@ class QuicFLEncoder:
     _magic = WIRE_MAGIC
     _wire_version = WIRE_VERSION
     _input_model = ROTATED
+    #: ``(table, stratified) -> Pipeline``: the scheme's stages (shared with the aggregator)
+    pipeline_for = staticmethod(quicfl_pipeline)
 
     def __init__(
         self, table: Table, round_seed: int, *, stratified: bool = False, force: bool = False
@@ -305,11 +307,8 @@ class QuicFLEncoder:
         self.stratified = _check_stratified(stratified)
         self.round_seed = check_round_seed(round_seed)
         self._tag = _mode_round_tag(self.round_seed, self.stratified)
-        self._pipeline = self._make_pipeline()
+        self._pipeline = self.pipeline_for(self.table, self.stratified)
         self._cache: dict = {}  # the round's rotation signs, per length
-
-    def _make_pipeline(self) -> Pipeline:
-        return quicfl_pipeline(self.table, self.stratified)
 
     def encode(self, vector, client_id: int, rng=None) -> bytes:
         """Encode one client's vector.
@@ -472,6 +471,7 @@ class QuicFLAggregator(PipelineAggregator):
     _magic = WIRE_MAGIC
     _wire_version = WIRE_VERSION
     _input_model = ROTATED
+    pipeline_for = staticmethod(quicfl_pipeline)
 
     def __init__(
         self,
@@ -490,12 +490,9 @@ class QuicFLAggregator(PipelineAggregator):
         self._tag = _mode_round_tag(round_seed, self.stratified)
         self._fingerprint = table.fingerprint
         self._table_digest = _table_digest(table)
-        pipeline = self._make_pipeline()
+        pipeline = self.pipeline_for(self.table, self.stratified)
         self._num_codes = pipeline.sum_shape(self._layout.dim)[0]
         super().__init__(pipeline, self._layout.dim, round_seed)
-
-    def _make_pipeline(self) -> Pipeline:
-        return quicfl_pipeline(self.table, self.stratified)
 
     def _read_envelope(self, reader: PayloadReader) -> PayloadHeader:
         header = read_header(reader, self._magic, self._wire_version)

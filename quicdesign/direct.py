@@ -25,7 +25,7 @@ from .codec import (
     _Quantized,
     _split_tail_and_sample,
 )
-from .errors import InputVectorError, PayloadError
+from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import DIRECT
 from .rotation import RotationLayout
 from .stages import Pipeline
@@ -35,6 +35,7 @@ __all__ = [
     "DirectEncoder",
     "DirectAggregator",
     "DirectQuantize",
+    "direct_pipeline",
     "DIRECT_MAGIC",
     "direct_payload_size",
 ]
@@ -145,7 +146,10 @@ class DirectQuantize(QuicFLQuantize):
         return f"{type(self).__name__}(table={self.table!r})"
 
 
-def _direct_pipeline(table: Table) -> Pipeline:
+def direct_pipeline(table: Table, stratified: bool = False) -> Pipeline:
+    """Direct QUIC-FL as stages: one per-client quantizer, no transform."""
+    if stratified:
+        raise ParameterError("direct QUIC-FL has no stratified mode")
     return Pipeline((DirectQuantize(table),))
 
 
@@ -168,12 +172,10 @@ class DirectEncoder(QuicFLEncoder):
     _magic = DIRECT_MAGIC
     _wire_version = DIRECT_VERSION
     _input_model = DIRECT
+    pipeline_for = staticmethod(direct_pipeline)
 
     def __init__(self, table: Table, round_seed: int, *, force: bool = False):
         super().__init__(table, round_seed, force=force)
-
-    def _make_pipeline(self) -> Pipeline:
-        return _direct_pipeline(self.table)
 
 
 class DirectAggregator(QuicFLAggregator):
@@ -195,9 +197,7 @@ class DirectAggregator(QuicFLAggregator):
     _magic = DIRECT_MAGIC
     _wire_version = DIRECT_VERSION
     _input_model = DIRECT
+    pipeline_for = staticmethod(direct_pipeline)
 
     def __init__(self, table: Table, round_seed: int, dim: int, *, force: bool = False):
         super().__init__(table, round_seed, dim, force=force)
-
-    def _make_pipeline(self) -> Pipeline:
-        return _direct_pipeline(self.table)

@@ -38,6 +38,7 @@ from .table import Table
 __all__ = [
     "QuicFLEntropyEncoder",
     "QuicFLEntropyQuantize",
+    "entropy_pipeline",
     "QuicFLEntropyAggregator",
     "ENTROPY_MAGIC",
     "ENTROPY_WIRE_VERSION",
@@ -176,7 +177,10 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         return codes, indices, values, shared
 
 
-def _entropy_pipeline(table: Table) -> Pipeline:
+def entropy_pipeline(table: Table, stratified: bool = False) -> Pipeline:
+    """Entropy-coded QUIC-FL as stages: the round's rotation (summed), the ANS quantizer."""
+    if stratified:
+        raise ParameterError("entropy-coded QUIC-FL has no stratified mode")
     return Pipeline((RandomizedHadamard(scaled=True), QuicFLEntropyQuantize(table)))
 
 
@@ -185,13 +189,11 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
 
     _magic = ENTROPY_MAGIC
     _wire_version = ENTROPY_WIRE_VERSION
+    pipeline_for = staticmethod(entropy_pipeline)
 
     def __init__(self, table: Table, round_seed: int):
         _require_code_model(table)
         super().__init__(table, round_seed)
-
-    def _make_pipeline(self) -> Pipeline:
-        return _entropy_pipeline(self.table)
 
 
 class QuicFLEntropyAggregator(QuicFLAggregator):
@@ -204,13 +206,11 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
 
     _magic = ENTROPY_MAGIC
     _wire_version = ENTROPY_WIRE_VERSION
+    pipeline_for = staticmethod(entropy_pipeline)
 
     def __init__(self, table: Table, round_seed: int, dim: int):
         _require_code_model(table)
         super().__init__(table, round_seed, dim)
-
-    def _make_pipeline(self) -> Pipeline:
-        return _entropy_pipeline(self.table)
 
 
 __getattr__ = renamed_attributes(

@@ -132,8 +132,9 @@ class Stage(ABC):
         """
         return None
 
-    def side_size(self, dim: int) -> int:
-        """Exact bytes :meth:`write_side` writes for an input of length ``dim``."""
+    def side_size(self, dim: int, vector_dim: int) -> int:
+        """Exact bytes :meth:`write_side` writes for an input of length ``dim`` (the
+        client vector has length ``vector_dim``)."""
         return 0
 
     def output_dim(self, dim: int) -> int:
@@ -183,10 +184,10 @@ class Pipeline:
 
     def body_size(self, dim) -> int:
         """Exact bytes of all side information for a ``dim``-long vector."""
-        size = 0
+        size, length = 0, dim
         for stage in self.stages:
-            size += stage.side_size(dim)
-            dim = stage.output_dim(dim)
+            size += stage.side_size(length, dim)
+            length = stage.output_dim(length)
         return size
 
     def apply(self, x, state: StageState) -> list:
@@ -368,27 +369,51 @@ class ScaledChunks:
     exponents: np.ndarray
     layout: RotationLayout
 
+    def __array__(self, dtype=None, copy=None):
+        """The true values as a flat float64 vector.
+
+        Refused (``InputVectorError``) when the largest magnitude is below float32's
+        normal range, before ``ldexp`` could flush it to 0.
+        """
+        check_minmax_magnitude(self.rotated, self.exponents)
+        with np.errstate(over="ignore"):
+            values = np.ldexp(self.rotated.astype(np.float64), self.exponents[:, None])
+        return values.reshape(-1).astype(dtype or np.float64, copy=False)
+
 
 class RandomizedHadamard(Stage):
-    """Pad, then rotate with the round's shared signs (:mod:`quicdesign.rotation`).
+    """Pad, then rotate chunk by chunk with random signs (:mod:`quicdesign.rotation`).
 
-    Linear with the same signs for every client of a round, so it commutes with sum:
-    the server inverts it once per round.
+    With the round's shared signs it is linear and the same for every client, so it
+    commutes with sum: the server inverts it once per round. With per-client signs
+    (``client_purpose``, EDEN) the server inverts it per client.
 
     Parameters
     ----------
     scaled : bool
         Output :class:`ScaledChunks` (the rotation in the input's compute dtype with one
-        power of two per chunk, as QUIC-FL quantizes it) instead of a float64 vector.
+        power of two per chunk, as the quantizers of QUIC-FL and EDEN use it) instead of
+        a float64 vector.
+    client_purpose : str, optional
+        Draw the signs from the client's shared stream
+        ``(round_seed, client_id, client_purpose)`` instead of the round's.
     """
 
-    commutes_with_sum = True
-
-    def __init__(self, scaled=False):
+    def __init__(self, scaled=False, client_purpose=None):
         self.scaled = scaled
+        self.client_purpose = client_purpose
+        self.commutes_with_sum = client_purpose is None
 
-    @staticmethod
-    def _signs(state, layout, dtype):
+    def _signs(self, state, layout, dtype):
+        if self.client_purpose is not None:
+            # the client's own signs: never cached (a server would keep one per client)
+            return rotation_signs(
+                state.round_seed,
+                layout.rotated_dim,
+                dtype,
+                client_id=state.client_id,
+                purpose=self.client_purpose,
+            )
         # one sign stream per round and length, shared by every client of the server
         key = ("rotation signs", layout.rotated_dim, np.dtype(dtype).str)
         signs = state.cache.get(key)
@@ -406,10 +431,7 @@ class RandomizedHadamard(Stage):
         rotated, exponents = scaled_rotate(x, signs, layout)
         if self.scaled:
             return ScaledChunks(rotated, exponents, layout), None
-        check_minmax_magnitude(rotated, exponents)  # before ldexp can flush it to 0
-        with np.errstate(over="ignore"):
-            values = np.ldexp(rotated.astype(np.float64), exponents[:, None])
-        return values.reshape(-1), None
+        return np.asarray(ScaledChunks(rotated, exponents, layout)), None
 
     def invert(self, y, side, state, dim):
         layout = RotationLayout.for_dim(dim)
