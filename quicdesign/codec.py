@@ -136,18 +136,6 @@ def _norms_and_scales(rotated, exponents, chunk_size):
     return norms32, scale
 
 
-def _split_tail_and_sample(table: Table, z, shared, rng):
-    """Exactly-sent positions (``z`` outside the support) and the sender's messages."""
-    lower, upper = table.support
-    outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
-    exact = np.flatnonzero(outside)
-    rng = np.random.default_rng(rng)  # a Generator passes through; None or an int seeds one
-    # The sampler clamps values beyond the support; their codes are overwritten below.
-    codes = table.sender.sample(z, shared, rng=rng)
-    codes[exact] = 0
-    return exact, codes
-
-
 def _check_exact(indices: np.ndarray, values: np.ndarray, count: int) -> None:
     if indices.size:
         if int(indices[-1]) >= count or np.any(np.diff(indices.astype(np.int64)) <= 0):
@@ -196,9 +184,19 @@ class QuicFLQuantize(Stage):
         rotated, exponents, layout = x.rotated, x.exponents, x.layout
         norms32, scale = _norms_and_scales(rotated, exponents, layout.chunk_size)
         z = (rotated * scale[:, None].astype(rotated.dtype)).reshape(-1)
-        shared = self._shared(state, layout.rotated_dim)
-        exact, codes = _split_tail_and_sample(self.table, z, shared, state.rng)
-        return None, _Quantized(
+        return None, self._quantize(z, norms32, layout, state)
+
+    def _quantize(self, z, norms32, layout, state) -> _Quantized:
+        """Split off the exact tail of the unit-variance ``z`` and draw the messages."""
+        shared = self._shared(state, z.size)
+        lower, upper = self.table.support
+        outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
+        exact = np.flatnonzero(outside)
+        rng = np.random.default_rng(state.rng)  # a Generator passes through; a seed seeds one
+        # The sampler clamps values beyond the support; their codes are overwritten below.
+        codes = self.table.sender.sample(z, shared, rng=rng)
+        codes[exact] = 0
+        return _Quantized(
             client_id=state.client_id,
             layout=layout,
             norms=norms32,

@@ -22,8 +22,6 @@ from .codec import (
     QuicFLAggregator,
     QuicFLEncoder,
     QuicFLQuantize,
-    _Quantized,
-    _split_tail_and_sample,
 )
 from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import DIRECT
@@ -110,17 +108,7 @@ class DirectQuantize(QuicFLQuantize):
         with np.errstate(divide="ignore"):
             scale = np.where(norms32 > 0, np.sqrt(lengths) / norms32.astype(np.float64), 0.0)
         z = flat * np.repeat(scale, chunk_size)[:dim]
-        shared = self._shared(state, dim)
-        exact, codes = _split_tail_and_sample(self.table, z, shared, state.rng)
-        return None, _Quantized(
-            client_id=state.client_id,
-            layout=RotationLayout.for_dim(dim),
-            norms=norms32,
-            shared=shared,
-            codes=codes,
-            exact_indices=exact.astype(np.uint32),
-            exact_values=z[exact].astype(np.float32),
-        )
+        return None, self._quantize(z, norms32, RotationLayout.for_dim(dim), state)
 
     def _payload_size(self, dim, num_exact):
         return direct_payload_size(self.table.bits, dim, num_exact)
