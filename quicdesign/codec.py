@@ -174,6 +174,7 @@ class QuicFLQuantize(Stage):
         self.table = table
         self.stratified = stratified
         self._flat_receiver = table.receiver.reshape(-1)
+        self._receiver_peak = float(np.max(np.abs(self._flat_receiver)))
 
     def _shared(self, state, count):
         return _client_shared_values(
@@ -223,21 +224,23 @@ class QuicFLQuantize(Stage):
         _check_exact(indices, values, dim)
         return codes, indices, values, None
 
-    def _gather_index(self, state, layout):
-        """Index dtype (narrow: numpy gathers fastest with those) and chunk offsets."""
-        key = ("quicfl gather", layout.num_chunks)
-        found = state.cache.get(key)
-        if found is None:
+    def _gather_plan(self, state):
+        """The round's layout, index dtype (narrow: numpy gathers fastest with those) and
+        chunk offsets into the per-chunk tables; cached for the round."""
+        key = ("quicfl gather", state.dim)
+        plan = state.cache.get(key)
+        if plan is None:
+            layout = RotationLayout.for_dim(state.dim)
             entries = layout.num_chunks * self._flat_receiver.size
             dtype = np.uint16 if entries <= 1 << 16 else np.uint32
             offsets = (np.arange(layout.num_chunks) * self._flat_receiver.size).astype(dtype)
-            found = state.cache[key] = (dtype, offsets[:, None])
-        return found
+            plan = state.cache[key] = (layout, dtype, offsets[:, None])
+        return plan
 
     def contribution(self, y, side, state, dim, weight):
         codes, indices, values, shared = side
         table, norms = self.table, state.header.norms
-        layout = RotationLayout.for_dim(state.dim)
+        layout, index_dtype, offsets = self._gather_plan(state)
         if shared is None:  # the entropy decoder already derived h
             shared = self._shared(state, layout.rotated_dim)
         # Fold norm, 1/sqrt(chunk) and weight into one small table per chunk, so decoding
@@ -247,12 +250,8 @@ class QuicFLQuantize(Stage):
         exact = values * scale[indices // layout.chunk_size]
         # max |R| bounds every decoded coordinate, so this costs O(table), not O(d)
         unweighted = float(np.max(norms, initial=0.0)) / math.sqrt(layout.chunk_size)
-        largest = unweighted * max(
-            float(np.max(np.abs(self._flat_receiver))),
-            float(np.max(np.abs(values), initial=0.0)),
-        )
+        largest = unweighted * max(self._receiver_peak, float(np.max(np.abs(values), initial=0.0)))
         check_contribution_bound(largest)
-        index_dtype, offsets = self._gather_index(state, layout)
         index = shared.astype(index_dtype)
         index <<= table.bits
         index |= codes

@@ -3,7 +3,6 @@
 - The common payload header every baseline writes first (see :func:`write_header`).
 - Float32 side information rounded in a known direction, so the client quantizes with
   exactly the value the server will read.
-- Signs drawn from a per-client shared stream (EDEN's private rotation).
 - :class:`PipelineCompressor` (a baseline as a pipeline of stages behind the common
   header) and :class:`BaselineAggregator` (the one pipeline aggregator reading that
   header), which every baseline builds on; :class:`Float32Values`, a stage sending
