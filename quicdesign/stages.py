@@ -415,7 +415,7 @@ class RandomizedHadamard(Stage):
                 purpose=self.client_purpose,
             )
         # one sign stream per round and length, shared by every client of the server
-        key = ("rotation signs", layout.rotated_dim, np.dtype(dtype).str)
+        key = ("rotation signs", layout.rotated_dim, dtype)
         signs = state.cache.get(key)
         if signs is None:
             signs = rotation_signs(state.round_seed, layout.rotated_dim, dtype)
