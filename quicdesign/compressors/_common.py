@@ -209,7 +209,16 @@ class PipelineCompressor(Compressor):
 
     def payload_size(self, dim) -> int:
         """Exact payload size in bytes for a ``dim``-long vector (header included)."""
-        return HEADER_SIZE + self.stages.body_size(check_dim(dim))
+        return HEADER_SIZE + self._pipeline().body_size(check_dim(dim))
+
+    def _pipeline(self):
+        """:attr:`stages`, rebuilt only when a public parameter changed (encode runs per
+        client; building the stages each time costs as much as a small vector's encode)."""
+        params = tuple(value for key, value in vars(self).items() if not key.startswith("_"))
+        cached = self.__dict__.get("_stages_cache")
+        if cached is None or cached[0] != params:
+            cached = self._stages_cache = (params, self.stages)
+        return cached[1]
 
     def encode(self, vector, *, round_seed, client_id, rng=None) -> bytes:
         """Encode one client's vector to payload bytes.
@@ -232,7 +241,7 @@ class PipelineCompressor(Compressor):
             ``payload_size(vector.size)`` bytes.
         """
         config = self._config()
-        stages = self.stages
+        stages = self._pipeline()
         round_seed = check_round_seed(round_seed)
         client_id = check_client_id(client_id)
         flat = as_client_vector(vector)
@@ -285,7 +294,7 @@ class BaselineAggregator(PipelineAggregator):
         self._config_tag = config_tag(*self._wire_config)
         self._round_tag = round_tag(round_seed)
         self._payload_size = compressor.payload_size(dim)
-        super().__init__(compressor.stages, dim, round_seed)
+        super().__init__(compressor._pipeline(), dim, round_seed)
 
     def _read_envelope(self, reader) -> PayloadHeader:
         size = reader.remaining

@@ -42,35 +42,39 @@ def randk_indices(round_seed, client_id, dim, k):
     return np.sort(chosen)
 
 
+def _kept(kind, value, dim):
+    if kind == "k":
+        return min(value, dim)
+    return min(dim, max(1, math.ceil(value * dim)))
+
+
 class RandKSelect(Stage):
     """Keep the client's ``k`` shared-random coordinates; the server scatters them back
     scaled by ``d / k``. Per client: the kept indices are the client's own.
 
     Parameters
     ----------
-    kept : callable
-        ``kept(dim)``: the number of coordinates kept.
+    kind, value
+        ``("k", k)`` or ``("fraction", fraction)``, validated by :class:`RandK`.
     """
 
-    def __init__(self, kept):
-        self._kept = kept
+    def __init__(self, kind, value):
+        self.kind = kind
+        self.value = value
 
     def apply(self, x, state):
-        indices = randk_indices(state.round_seed, state.client_id, x.size, self._kept(x.size))
-        return x[indices], None
+        k = _kept(self.kind, self.value, x.size)
+        return x[randk_indices(state.round_seed, state.client_id, x.size, k)], None
 
     def invert(self, y, side, state, dim):
-        k = self._kept(dim)
+        k = _kept(self.kind, self.value, dim)
         decoded = np.zeros(dim, dtype=np.float64)
         decoded[randk_indices(state.round_seed, state.client_id, dim, k)] = y
         decoded *= dim / k
         return decoded
 
     def output_dim(self, dim):
-        return self._kept(dim)
-
-    def __repr__(self):
-        return "RandKSelect()"
+        return _kept(self.kind, self.value, dim)
 
 
 class RandK(PipelineCompressor):
@@ -111,13 +115,9 @@ class RandK(PipelineCompressor):
 
     def kept(self, dim):
         """Number of coordinates kept for a ``dim``-long vector."""
-        kind, value = self._config()
-        if kind == "k":
-            return min(value, dim)
-        return min(dim, max(1, math.ceil(value * dim)))
+        return _kept(*self._config(), dim)
 
     @property
     def stages(self):
         """The client's coordinates, then their float32 values."""
-        self._config()
-        return Pipeline((RandKSelect(self.kept), Float32Values("kept values")))
+        return Pipeline((RandKSelect(*self._config()), Float32Values("kept values")))
