@@ -333,16 +333,22 @@ class QuicFLEncoder:
             The payload (``docs/wire-format.md``).
         """
         client_id = check_client_id(client_id)
-        flat = as_client_vector(vector)
-        pipeline = self._pipeline
-        state = pipeline.client_state(flat.size, self.round_seed, client_id, rng, self._cache)
-        sides = pipeline.apply(flat, state)
+        sides = self._apply(as_client_vector(vector), client_id, rng)
         quantized = sides[-1]
         writer = PayloadWriter()
         writer.write_bytes(self._header(quantized, self._magic))
         writer.write_array(quantized.norms.astype("<f4"))
-        pipeline.write(writer, sides)
+        self._pipeline.write(writer, sides)
         return writer.to_bytes()
+
+    def _apply(self, flat, client_id, rng) -> list:
+        """Every stage's side information for the validated vector ``flat``."""
+        state = self._pipeline.client_state(flat.size, self.round_seed, client_id, rng, self._cache)
+        return self._pipeline.apply(flat, state)
+
+    def _quantize(self, flat, client_id, rng) -> _Quantized:
+        """The quantized vector before packing (benchmarks time the coders on it)."""
+        return self._apply(flat, client_id, rng)[-1]
 
     def _header(self, quantized: _Quantized, magic: bytes) -> bytes:
         table, layout = self.table, quantized.layout
