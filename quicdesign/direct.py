@@ -18,7 +18,8 @@ import numpy as np
 from ._validate import check_f32_normal
 from ._wire import packed_size
 from .codec import (
-    _FIXED_HEADER,
+    HEADER_SIZE,
+    WIRE_VERSION,
     QuicFLAggregator,
     QuicFLEncoder,
     QuicFLQuantize,
@@ -39,8 +40,8 @@ __all__ = [
 ]
 
 DIRECT_MAGIC = b"QDQD"
-#: Version of the direct payload (its chunking follows the rotated layout rule of wire 2).
-DIRECT_VERSION = 1
+#: The envelope's version; version 1 (the pre-envelope header) is still read.
+DIRECT_VERSION = WIRE_VERSION
 
 
 def _chunking(dim: int) -> tuple[int, int]:
@@ -51,7 +52,7 @@ def _chunking(dim: int) -> tuple[int, int]:
 
 def direct_payload_size(bits: int, dim: int, num_exact: int) -> int:
     """Exact size of a direct payload."""
-    return _FIXED_HEADER.size + 4 * _chunking(dim)[1] + packed_size(bits, dim) + 8 * num_exact
+    return HEADER_SIZE + 4 * _chunking(dim)[1] + packed_size(bits, dim) + 8 * num_exact
 
 
 def _chunk_sums(values: np.ndarray, chunk_size: int) -> np.ndarray:
@@ -158,7 +159,6 @@ class DirectEncoder(QuicFLEncoder):
     """
 
     _magic = DIRECT_MAGIC
-    _wire_version = DIRECT_VERSION
     _input_model = DIRECT
     pipeline_for = staticmethod(direct_pipeline)
 
@@ -183,7 +183,6 @@ class DirectAggregator(QuicFLAggregator):
     """
 
     _magic = DIRECT_MAGIC
-    _wire_version = DIRECT_VERSION
     _input_model = DIRECT
     pipeline_for = staticmethod(direct_pipeline)
 

@@ -18,13 +18,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import struct
 
 import numpy as np
 
 from . import _rans
 from ._deprecation import renamed_attributes
 from .codec import (
-    _FIXED_HEADER,
+    WIRE_VERSION,
     QuicFLAggregator,
     QuicFLEncoder,
     QuicFLQuantize,
@@ -46,18 +47,17 @@ __all__ = [
 ]
 
 ENTROPY_MAGIC = b"QDQE"
-#: The version written (interleaved rANS). Version 3 (constriction) is still read;
-#: versions 1 and 2 carried no symbol count or digest and are refused
-#: (see docs/wire-format.md).
-ENTROPY_WIRE_VERSION = 4
+#: The version written: the envelope's version, with an interleaved rANS body. Version 3
+#: (the pre-envelope header, constriction's ANS body) is still read; versions 1 and 2
+#: carried no symbol count or digest and are refused (see docs/wire-format.md).
+ENTROPY_WIRE_VERSION = WIRE_VERSION
 _CONSTRICTION_VERSION = 3
-_READ_VERSIONS = (_CONSTRICTION_VERSION, ENTROPY_WIRE_VERSION)
 _DIGEST_SIZE = 8
+_LEGACY_HEADER = struct.Struct("<4sBBBB8sIIII")
 _DIGEST_PERSON = {
     _CONSTRICTION_VERSION: b"quicdesign.ans2",
     ENTROPY_WIRE_VERSION: b"quicdesign.rans4",
 }
-_VERSION_OFFSET = 4
 
 
 def _symbol_digest(symbols: np.ndarray) -> bytes:
@@ -198,7 +198,7 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
 
     def read_side(self, reader, state, dim):
         header = state.header
-        version = memoryview(state.payload).cast("B")[_VERSION_OFFSET]
+        version = header.version
         words = reader.read_u32("stream word count")
         num_coded = reader.read_u32("coded symbol count")
         digest = reader.read_bytes(_DIGEST_SIZE, "symbol digest")
@@ -216,7 +216,7 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         else:
             stream_bytes = 4 * words
         expected = (
-            _FIXED_HEADER.size + 4 * header.num_chunks + 8 + _DIGEST_SIZE + 8 * header.num_exact
+            header.header_size + 4 * header.num_chunks + 8 + _DIGEST_SIZE + 8 * header.num_exact
         )
         _check_size(reader.size, expected + stream_bytes)
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
@@ -299,6 +299,27 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
     def _wire_version(self, version):
         self._pipeline.stages[-1].version = version
 
+    def _write_header(self, writer, quantized, magic):
+        if self._wire_version == _CONSTRICTION_VERSION:
+            writer.write_bytes(self._legacy_header(quantized))
+        else:
+            super()._write_header(writer, quantized, magic)
+
+    def _legacy_header(self, quantized: _Quantized) -> bytes:
+        """The pre-envelope 32-byte header of version 3 (docs/wire-format.md, legacy)."""
+        return _LEGACY_HEADER.pack(
+            ENTROPY_MAGIC,
+            _CONSTRICTION_VERSION,
+            self.table.bits,
+            self.table.shared_bits,
+            quantized.layout.num_chunks,
+            self.table.fingerprint,
+            quantized.layout.dim,
+            quantized.client_id,
+            self._tag,
+            quantized.exact_indices.size,
+        )
+
 
 class QuicFLEntropyAggregator(QuicFLAggregator):
     """Server-side aggregation of entropy-coded payloads (one inverse rotation in total).
@@ -310,7 +331,6 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
     """
 
     _magic = ENTROPY_MAGIC
-    _wire_version = _READ_VERSIONS
     pipeline_for = staticmethod(entropy_pipeline)
 
     def __init__(self, table: Table, round_seed: int, dim: int):

@@ -56,8 +56,7 @@ class StageState:
 
     ``client_id`` and ``rng`` are None on the server's shared state. ``cache`` holds
     values derived from the round that several stages or calls reuse (e.g. rotation
-    signs). ``header`` is the envelope of the payload being decoded and ``payload`` its
-    bytes (server side).
+    signs). ``header`` is the envelope of the payload being decoded (server side).
     """
 
     dim: int
@@ -66,7 +65,6 @@ class StageState:
     rng: np.random.Generator | None = None
     cache: dict = field(default_factory=dict)
     header: Any = None
-    payload: Any = None
 
 
 @dataclass
@@ -291,7 +289,7 @@ class PipelineAggregator(WeightedSumAggregator):
         header = self._read_envelope(reader)
         server = self._state
         state = StageState(
-            server.dim, server.round_seed, header.client_id, None, server.cache, header, payload
+            server.dim, server.round_seed, header.client_id, None, server.cache, header
         )
         return header.client_id, self._pipeline.decode_to_sum_domain(reader, state, weight)
 

@@ -171,6 +171,7 @@ def run_mcm(
     up_rate=None,
     down_rate=None,
     smart_init=True,
+    step_decay=None,
     seed=0,
     record_every=1,
     callback=None,
@@ -188,9 +189,10 @@ def run_mcm(
     rounds : int
         Number of rounds.
     step_size : float
-        Constant step ``gamma``.
+        Step ``gamma`` (constant unless ``step_decay`` is given).
     uplink, downlink : Compressor, optional
-        Unbiased protocol compressors. ``None`` means uncompressed float64 (exact); the
+        Unbiased protocol compressors. ``None`` means uncompressed float32 (the
+        simulator's exact channel at the usual 32 bits per coordinate); the
         downlink of ``sgd`` and ``diana`` is always uncompressed, the other algorithms
         need a downlink compressor.
     batch_size : int, sequence of int or None
@@ -201,8 +203,12 @@ def run_mcm(
     up_rate, down_rate : float, optional
         Memory rates; default ``1 / (2 (omega + 1))`` from each compressor's ``omega``.
     smart_init : bool
-        Start ``h^i`` at each worker's first gradient, sent uncompressed (float64) and
+        Start ``h^i`` at each worker's first gradient, sent uncompressed (float32) and
         counted as upload.
+    step_decay : int, optional
+        Decreasing step ``gamma * t0 / (t0 + t)`` with ``t0 = step_decay`` (round ``t``
+        from 0): a constant step stops at a noise floor, an O(1/t) step keeps going
+        toward the optimum (strongly convex objectives).
     seed : int
         Seeds mini-batches, participation, compressor coins and round seeds.
     record_every : int
@@ -225,7 +231,8 @@ def run_mcm(
         raise ParameterError(f"unknown algorithm {algorithm!r}; choose from {MCM_ALGORITHMS}")
     rounds = check_int(rounds, "rounds", 0)
     record_every = check_int(record_every, "record_every", 1)
-    step = check_positive_float(step_size, "step_size")
+    base_step = check_positive_float(step_size, "step_size")
+    decay = None if step_decay is None else check_int(step_decay, "step_decay", 1)
     if not isinstance(participation, Participation):
         raise ParameterError("participation must be a Participation")
     if algorithm == "mcm" and not participation.is_full:
@@ -233,7 +240,7 @@ def run_mcm(
             "mcm keeps one downlink memory that absent workers would lose; "
             "use rand-mcm under partial participation"
         )
-    exact = RawFloats("float64")
+    exact = RawFloats("float32")
     uplink = exact if uplink is None else uplink
     if algorithm in _DOWNLINK_COMPRESSED:
         if downlink is None:
@@ -268,7 +275,8 @@ def run_mcm(
             "algorithm": algorithm,
             "uplink": describe_compressor(uplink),
             "downlink": describe_compressor(downlink if downlink is not None else exact),
-            "step_size": step,
+            "step_size": base_step,
+            **({} if decay is None else {"step_decay": decay}),
             "seed": seed,
         },
         counter,
@@ -294,6 +302,7 @@ def run_mcm(
 
     bar = reporter(rounds, history.label, progress, unit="round")
     for t in range(rounds):
+        step = base_step if decay is None else base_step * decay / (decay + t)
         active = participation.sample(num_clients, sampling_rng)
         up_seed = stream_seed(seed, "uplink", t)
         down_seed = stream_seed(seed, "downlink", t)

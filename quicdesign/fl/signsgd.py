@@ -6,7 +6,10 @@ decodes one sign per coordinate by a vote and broadcasts it; everyone steps
 2024) weights worker ``m`` by the clipped log-likelihood ratio
 ``clip(ln((a + eps) / (1 - a + eps)), -L, L)`` of its agreement rate ``a`` with the
 *decoded* sign, learned online by the server (it never sees true gradients), after a
-majority-vote warm-up.
+majority-vote warm-up. ``"fv-oracle"`` (ours, not deployable) learns the same pooled
+weights from agreement with the sign of the exact gradient instead of the vote: the
+weights a perfect flip-probability estimator would give, which separates what the
+weighted decoder is worth from what the online estimator loses.
 
 Conventions of this implementation
 ----------------------------------
@@ -27,6 +30,10 @@ Agreement counts
     one-channel-per-worker model); ``"per-coordinate"`` keeps one per worker and
     coordinate, as in the released code. The latter's statistics near an optimum are
     noisy and self-referential; nothing is claimed about it.
+Diagnostics
+    ``track_truth=True`` (implied by ``"fv-oracle"``) also counts each worker's agreement
+    with the sign of the exact gradient (``problem.full_gradient``, the server cannot
+    know it), so a run reports agreement with the vote beside agreement with the truth.
 """
 
 from __future__ import annotations
@@ -36,12 +43,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quicdesign._envelope import (
+    ENVELOPE_SIZE,
+    Envelope,
+    check_envelope,
+    config_tag,
+    read_envelope,
+    write_envelope,
+)
 from quicdesign._progress import progress as reporter
 from quicdesign._threads import single_threaded_blas
-from quicdesign._validate import check_int, check_positive_float, check_probability
-from quicdesign._wire import PayloadReader, PayloadWriter, pack_codes
+from quicdesign._validate import (
+    check_client_id,
+    check_int,
+    check_positive_float,
+    check_probability,
+    check_round_seed,
+)
+from quicdesign._wire import PayloadReader, PayloadWriter
 from quicdesign.errors import ParameterError, PayloadError
-from quicdesign.randomness import raw_words
+from quicdesign.randomness import raw_words, round_tag
 
 from ._common import generator, stream_seed
 from .history import RunHistory
@@ -64,7 +85,7 @@ __all__ = [
     "hoeffding_bound",
 ]
 
-SIGN_RULES = ("mv", "fv")
+SIGN_RULES = ("mv", "fv", "fv-oracle")
 _ESTIMATORS = ("pooled", "per-coordinate")
 _TIE_RULES = ("zero", "random")
 _TIE_PURPOSE = "fl.signsgd.tie-coins"
@@ -164,14 +185,43 @@ def _tie_coins(seed, dim):
     return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
 
 
-def encode_signs(gradients):
+#: Magics of the sign uplink and the vote downlink (docs/wire-format.md).
+SIGNS_MAGIC = b"QDSU"
+VOTE_MAGIC = b"QDSV"
+_SIGNS_CONFIG = config_tag("signs", 1)
+_VOTE_CONFIG = config_tag("vote", 1)
+
+
+def _framed(magic, dim, client_id, round_seed, config):
+    writer = PayloadWriter()
+    tag = round_tag(check_round_seed(round_seed))
+    write_envelope(writer, Envelope(magic, dim, check_client_id(client_id), tag, config))
+    return writer
+
+
+def _opened(payload, magic, scheme, dim, round_seed, config):
+    reader = PayloadReader(payload)
+    envelope = read_envelope(reader, magic, scheme)
+    tag = round_tag(check_round_seed(round_seed))
+    check_envelope(envelope, dim=dim, round_tag=tag, config=config, scheme=scheme)
+    return reader, envelope
+
+
+def encode_signs(gradients, *, round_seed=0, client_ids=None):
     """Pack each row's signs into a 1-bit-per-coordinate payload (bit set = negative).
 
-    The bits are :func:`quicdesign._wire.pack_codes` codes of width 1, so the payloads go
-    through the one validated reader on the way back.
+    Each payload is the envelope (magic ``QDSU``; ``client_ids[j]``, row ``j``'s index by
+    default) and ``ceil(dim / 8)`` bytes of :func:`quicdesign._wire.pack_codes` codes of
+    width 1, so the payloads go through the one validated reader on the way back.
     """
     negative = np.atleast_2d(np.asarray(gradients) < 0)
-    return [pack_codes(row.view(np.uint8), 1) for row in negative]
+    clients = range(len(negative)) if client_ids is None else client_ids
+    payloads = []
+    for row, client in zip(negative, clients, strict=True):
+        writer = _framed(SIGNS_MAGIC, row.size, client, round_seed, _SIGNS_CONFIG)
+        writer.write_codes(row.view(np.uint8), 1)
+        payloads.append(writer.to_bytes())
+    return payloads
 
 
 def _read_signs(reader, dim, field):
@@ -179,31 +229,41 @@ def _read_signs(reader, dim, field):
     return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
 
 
-def decode_signs(payloads, dim):
-    """Unpack payloads from :func:`encode_signs` into an ``(M, dim)`` int8 array of +-1."""
-    rows = []
+def decode_signs(payloads, dim, *, round_seed=0):
+    """Unpack payloads from :func:`encode_signs` into an ``(M, dim)`` int8 array of +-1.
+
+    ``PayloadError`` for a foreign, other-round, other-dimension, malformed or repeated
+    client's payload.
+    """
+    rows, clients = [], set()
     for payload in payloads:
-        reader = PayloadReader(payload)
+        reader, envelope = _opened(payload, SIGNS_MAGIC, "sign", dim, round_seed, _SIGNS_CONFIG)
+        if envelope.client_id in clients:
+            raise PayloadError(f"client {envelope.client_id} sent two sign payloads")
+        clients.add(envelope.client_id)
         rows.append(_read_signs(reader, dim, "sign bits"))
         reader.expect_end()
     return np.array(rows, dtype=np.int8).reshape(len(rows), dim)
 
 
-def encode_vote(decoded):
-    """Downlink payload: sign bits, then uint32 indices of tied (zero) coordinates."""
+def encode_vote(decoded, *, round_seed=0):
+    """Downlink payload: the envelope (magic ``QDSV``, client 0 = the server), sign bits,
+    then uint32 indices of tied (zero) coordinates."""
     decoded = np.asarray(decoded)
-    writer = PayloadWriter()
+    writer = _framed(VOTE_MAGIC, decoded.size, 0, round_seed, _VOTE_CONFIG)
     writer.write_codes((decoded < 0).view(np.uint8), 1)
     writer.write_array(np.flatnonzero(decoded == 0).astype("<u4"))
     return writer.to_bytes()
 
 
-def decode_vote(payload, dim):
+def decode_vote(payload, dim, *, round_seed=0):
     """Invert :func:`encode_vote` into an int8 vector in ``{-1, 0, +1}``."""
-    reader = PayloadReader(payload)
+    reader, _ = _opened(payload, VOTE_MAGIC, "vote", dim, round_seed, _VOTE_CONFIG)
     decoded = _read_signs(reader, dim, "vote sign bits")
     if reader.remaining % 4:
-        raise PayloadError(f"a vote payload for dim={dim} is {-(-dim // 8)} bytes plus 4 per tie")
+        raise PayloadError(
+            f"a vote payload for dim={dim} is {ENVELOPE_SIZE + -(-dim // 8)} bytes plus 4 per tie"
+        )
     ties = reader.read_array("<u4", reader.remaining // 4, "tie indices")
     if ties.size and int(ties.max()) >= dim:
         raise PayloadError("a tie index is out of range")
@@ -225,6 +285,7 @@ def run_signsgd(
     forgetting=1.0,
     estimator="pooled",
     tie="zero",
+    track_truth=False,
     seed=0,
     record_every=1,
     callback=None,
@@ -237,8 +298,9 @@ def run_signsgd(
     ----------
     problem : Problem
         Objective and stochastic gradients.
-    rule : {"mv", "fv"}
-        Majority vote or federated (weighted) vote.
+    rule : {"mv", "fv", "fv-oracle"}
+        Majority vote, federated (weighted) vote, or FV with weights learned from the
+        exact gradient's sign (a baseline; needs ``problem.full_gradient``).
     rounds : int
         Number of rounds.
     step_size : float
@@ -255,6 +317,8 @@ def run_signsgd(
         One weight per worker, or one per worker and coordinate (released code).
     tie : {"zero", "random"}
         Tie rule.
+    track_truth : bool
+        Also count agreement with the exact gradient's sign (a diagnostic).
     seed : int
         Seeds mini-batches and the tie coins.
     record_every : int
@@ -271,7 +335,8 @@ def run_signsgd(
     -------
     RunHistory
         ``extras["weights"]`` holds the final learned weights and ``extras["state"]``
-        the :class:`VoteWeights`.
+        the :class:`VoteWeights`; with the truth tracked, ``extras["truth_state"]``
+        holds the counts of agreement with the exact gradient's sign (else None).
     """
     if rule not in SIGN_RULES:
         raise ParameterError(f"rule must be one of {SIGN_RULES}, got {rule!r}")
@@ -288,6 +353,12 @@ def run_signsgd(
     batches = client_batch_sizes(batch_size, num_workers)
     everyone = np.arange(num_workers)
     state = VoteWeights.zeros(num_workers, dim, estimator)
+    truth = None
+    if rule == "fv-oracle" or track_truth:
+        if not callable(getattr(problem, "full_gradient", None)):
+            raise ParameterError(f"{rule} with the truth tracked needs problem.full_gradient")
+        truth = VoteWeights.zeros(num_workers, dim, estimator)
+    learned = truth if rule == "fv-oracle" else state
     counter = BitCounter(num_workers)
     history = RunHistory(
         label or f"signsgd-{rule}",
@@ -310,10 +381,12 @@ def run_signsgd(
         uploads = encode_signs(grads)
         counter.add_upload(everyone, uploads)
         signs = decode_signs(uploads, dim)
-        weights = None if rule == "mv" or t < warmup else state.weights(clip=clip, eps=eps)
+        weights = None if rule == "mv" or t < warmup else learned.weights(clip=clip, eps=eps)
         decoded = weighted_vote(signs, weights, tie=tie, tie_seed=stream_seed(seed, "ties", t))
         payload = encode_vote(decoded)
         counter.add_download(everyone, payload)
+        if truth is not None:  # the sign at the model the gradients were taken at
+            truth.update(signs, np.sign(problem.full_gradient(model)), forgetting)
         model = model - step * decode_vote(payload, dim)
         state.update(signs, decoded, forgetting)
         if callback is not None:
@@ -322,7 +395,9 @@ def run_signsgd(
             history.record(t + 1, problem.metrics(model))
         bar.update()
     bar.close()
-    history.extras.update(weights=state.weights(clip=clip, eps=eps), state=state, model=model)
+    history.extras.update(
+        weights=learned.weights(clip=clip, eps=eps), state=state, truth_state=truth, model=model
+    )
     return history
 
 
