@@ -7,7 +7,9 @@ and the client's shared values ``h`` (:mod:`quicdesign.randomness`).
 
 Server: regenerate each client's ``h``, decode ``R[h, x]`` in the rotated domain, add it
 (weighted) to one running sum, and apply a single inverse rotation in :meth:`result`.
-Memory is O(d) whatever the number of clients. The wire format is specified byte by
+Memory is O(d) whatever the number of clients. As stages (:mod:`quicdesign.stages`):
+``RandomizedHadamard(scaled=True)`` (summed) then :class:`QuicFLQuantize`; the server is
+the one :class:`~quicdesign.stages.PipelineAggregator`. The wire format is specified byte by
 byte in ``docs/wire-format.md``.
 """
 
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._accumulate import WeightedSumAggregator, check_contribution_bound
+from ._accumulate import check_contribution_bound
 from ._deprecation import renamed_attributes
 from ._envelope import (
     ENVELOPE_SIZE,
@@ -36,22 +38,25 @@ from ._validate import (
     check_client_id,
     check_f32_normal,
     check_round_seed,
-    check_weight,
 )
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import ROTATED, check_input_model
-from .randomness import (
-    _mode_round_tag,
-    rotation_signs,
-    shared_values,
-    stratified_shared_values,
+from .randomness import _mode_round_tag, shared_values, stratified_shared_values
+from .rotation import MAX_CHUNKS, RotationLayout
+from .stages import (
+    GatheredContribution,
+    Pipeline,
+    PipelineAggregator,
+    RandomizedHadamard,
+    Stage,
 )
-from .rotation import MAX_CHUNKS, RotationLayout, scaled_rotate, unrotate
 from .table import Table
 
 __all__ = [
     "QuicFLEncoder",
+    "QuicFLQuantize",
+    "quicfl_pipeline",
     "QuicFLAggregator",
     "PayloadHeader",
     "read_header",
@@ -63,8 +68,6 @@ __all__ = [
 WIRE_MAGIC = b"QDQF"
 #: The envelope's version (``quicdesign._envelope``), the same for every scheme.
 WIRE_VERSION = ENVELOPE_VERSION
-# Clients gathered per pass of the compiled kernel (8 bytes of index per coordinate each).
-_KERNEL_BLOCK = 8
 # After the envelope: b, l, chunks, table fingerprint, n_exact; then one f32 norm per chunk.
 _QUICFL_HEAD = struct.Struct("<BBB8sI")
 #: Bytes before the chunk norms: the envelope and the QUIC-FL head (36, so norms align).
@@ -152,22 +155,6 @@ def payload_size(bits: int, dim: int, num_exact: int) -> int:
     )
 
 
-class _RoundState:
-    """Per-round, per-dimension values shared by encoder and aggregator (cached)."""
-
-    def __init__(self, round_seed: int, dim: int):
-        self.layout = RotationLayout.for_dim(dim)
-        self.signs32 = rotation_signs(round_seed, self.layout.rotated_dim, np.float32)
-        self._signs64 = None
-
-    def signs(self, dtype) -> np.ndarray:
-        if np.dtype(dtype) == np.float64:
-            if self._signs64 is None:
-                self._signs64 = self.signs32.astype(np.float64)
-            return self._signs64
-        return self.signs32
-
-
 def _norms_and_scales(rotated, exponents, chunk_size):
     """Chunk norms as sent (float32, rounded up) and the factors mapping to unit variance.
 
@@ -201,6 +188,144 @@ def _norms_and_scales(rotated, exponents, chunk_size):
     return norms32, scale
 
 
+def _check_exact(indices: np.ndarray, values: np.ndarray, count: int) -> None:
+    if indices.size:
+        if int(indices[-1]) >= count or np.any(np.diff(indices.astype(np.int64)) <= 0):
+            raise PayloadError("exact indices must be strictly increasing and in range")
+        if not np.all(np.isfinite(values)):
+            raise PayloadError("exact values must be finite")
+
+
+class QuicFLQuantize(Stage):
+    """QUIC-FL's quantizer on the rotated chunks (a :class:`~quicdesign.stages.ScaledChunks`).
+
+    Client: scale each chunk to unit variance per coordinate with its float32 norm
+    (rounded up), send coordinates outside the table's support exactly, map the rest to
+    ``b``-bit messages with the table's sender rule and the client's shared values ``h``.
+    Side information: the packed messages, then the exact indices and values; the chunk
+    norms travel in the QUIC-FL header (:func:`read_header` reads them).
+
+    Server (:meth:`contribution`, the fused inverse): fold norm, ``1/sqrt(chunk)`` and the
+    weight into one small table per chunk, so decoding is a single gather
+    ``table[h << b | x]`` with a narrow index, summed by the compiled kernels in blocks.
+    Not commuting with sum: ``h`` and the norms are the client's own.
+
+    Parameters
+    ----------
+    table : quicdesign.Table
+        The quantizer (validated by the encoder or aggregator).
+    stratified : bool
+        Whether ``h`` is stratified by the client's index.
+    """
+
+    commutes_with_sum = False
+    #: contributions are :class:`~quicdesign.stages.GatheredContribution`s
+    gathers = True
+
+    def __init__(self, table: Table, stratified: bool = False):
+        self.table = table
+        self.stratified = stratified
+        self._flat_receiver = table.receiver.reshape(-1)
+        self._receiver_peak = float(np.max(np.abs(self._flat_receiver)))
+
+    def _shared(self, state, count):
+        return _client_shared_values(
+            state.round_seed, state.client_id, self.table.shared_bits, count, self.stratified
+        )
+
+    def apply(self, x, state):
+        rotated, exponents, layout = x.rotated, x.exponents, x.layout
+        norms32, scale = _norms_and_scales(rotated, exponents, layout.chunk_size)
+        z = (rotated * scale[:, None].astype(rotated.dtype)).reshape(-1)
+        return None, self._quantize(z, norms32, layout, state)
+
+    def _quantize(self, z, norms32, layout, state) -> _Quantized:
+        """Split off the exact tail of the unit-variance ``z`` and draw the messages."""
+        shared = self._shared(state, z.size)
+        lower, upper = self.table.support
+        outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
+        exact = np.flatnonzero(outside)
+        rng = np.random.default_rng(state.rng)  # a Generator passes through; a seed seeds one
+        # The sampler clamps values beyond the support; their codes are overwritten below.
+        codes = self.table.sender.sample(z, shared, rng=rng)
+        codes[exact] = 0
+        return _Quantized(
+            client_id=state.client_id,
+            layout=layout,
+            norms=norms32,
+            shared=shared,
+            codes=codes,
+            exact_indices=exact.astype(np.uint32),
+            exact_values=z[exact].astype(np.float32),
+        )
+
+    def write_side(self, writer, side):
+        writer.write_bytes(pack_codes(side.codes, self.table.bits))
+        writer.write_array(side.exact_indices.astype("<u4"))
+        writer.write_array(side.exact_values.astype("<f4"))
+
+    def _payload_size(self, dim, num_exact):
+        return payload_size(self.table.bits, dim, num_exact)
+
+    def read_side(self, reader, state, dim):
+        header = state.header
+        num_exact = header.num_exact
+        # a pre-envelope payload's header has another size (docs/wire-format.md)
+        expected = self._payload_size(state.dim, num_exact) - HEADER_SIZE + header.header_size
+        _check_size(reader.size, expected)
+        codes = reader.read_codes(self.table.bits, dim, "codes")
+        indices = reader.read_array("<u4", num_exact, "exact indices")
+        values = reader.read_array("<f4", num_exact, "exact values")
+        _check_exact(indices, values, dim)
+        return codes, indices, values, None
+
+    def _gather_plan(self, state):
+        """The round's layout, index dtype (narrow: numpy gathers fastest with those) and
+        chunk offsets into the per-chunk tables; cached for the round."""
+        key = ("quicfl gather", state.dim)
+        plan = state.cache.get(key)
+        if plan is None:
+            layout = RotationLayout.for_dim(state.dim)
+            entries = layout.num_chunks * self._flat_receiver.size
+            dtype = np.uint16 if entries <= 1 << 16 else np.uint32
+            offsets = (np.arange(layout.num_chunks) * self._flat_receiver.size).astype(dtype)
+            plan = state.cache[key] = (layout, dtype, offsets[:, None])
+        return plan
+
+    def contribution(self, y, side, state, dim, weight):
+        codes, indices, values, shared = side
+        table, norms = self.table, state.header.norms
+        layout, index_dtype, offsets = self._gather_plan(state)
+        if shared is None:  # the entropy decoder already derived h
+            shared = self._shared(state, layout.rotated_dim)
+        # Fold norm, 1/sqrt(chunk) and weight into one small table per chunk, so decoding
+        # is a single gather with a narrow index.
+        scale = norms.astype(np.float64) * (weight / math.sqrt(layout.chunk_size))
+        tables = (scale[:, None] * self._flat_receiver[None, :]).reshape(-1)
+        exact = values * scale[indices // layout.chunk_size]
+        # max |R| bounds every decoded coordinate, so this costs O(table), not O(d)
+        unweighted = float(np.max(norms, initial=0.0)) / math.sqrt(layout.chunk_size)
+        largest = unweighted * max(self._receiver_peak, float(np.max(np.abs(values), initial=0.0)))
+        check_contribution_bound(largest)
+        index = shared.astype(index_dtype)
+        index <<= table.bits
+        index |= codes
+        if layout.num_chunks > 1:
+            index.reshape(layout.num_chunks, -1)[1:] += offsets[1:]
+        return GatheredContribution(tables, index, indices, exact)
+
+    def invert(self, y, side, state, dim):
+        return self.contribution(y, side, state, dim, 1.0).materialize()
+
+    def __repr__(self):
+        return f"{type(self).__name__}(table={self.table!r}, stratified={self.stratified!r})"
+
+
+def quicfl_pipeline(table: Table, stratified: bool = False) -> Pipeline:
+    """QUIC-FL as stages: the round's chunked rotation (summed), then the quantizer."""
+    return Pipeline((RandomizedHadamard(scaled=True), QuicFLQuantize(table, stratified)))
+
+
 class QuicFLEncoder:
     """Client-side QUIC-FL encoder for one round.
 
@@ -220,21 +345,21 @@ class QuicFLEncoder:
         default only ``rotated`` tables designed for the standard normal are accepted.
     """
 
+    _magic = WIRE_MAGIC
+    _input_model = ROTATED
+    #: ``(table, stratified) -> Pipeline``: the scheme's stages (shared with the aggregator)
+    pipeline_for = staticmethod(quicfl_pipeline)
+
     def __init__(
         self, table: Table, round_seed: int, *, stratified: bool = False, force: bool = False
     ):
         self.table = _check_table(table)
-        check_input_model(table, ROTATED, force)
+        check_input_model(table, self._input_model, force)
         self.stratified = _check_stratified(stratified)
         self.round_seed = check_round_seed(round_seed)
         self._tag = _mode_round_tag(self.round_seed, self.stratified)
-        self._rounds: dict[int, _RoundState] = {}
-
-    def _state(self, dim: int) -> _RoundState:
-        state = self._rounds.get(dim)
-        if state is None:
-            state = self._rounds[dim] = _RoundState(self.round_seed, dim)
-        return state
+        self._pipeline = self.pipeline_for(self.table, self.stratified)
+        self._cache: dict = {}  # the round's rotation signs, per length
 
     def encode(self, vector, client_id: int, rng=None) -> bytes:
         """Encode one client's vector.
@@ -255,38 +380,22 @@ class QuicFLEncoder:
             The payload (``docs/wire-format.md``).
         """
         client_id = check_client_id(client_id)
-        flat = as_client_vector(vector)
-        return self._serialize(self._quantize(flat, client_id, rng))
+        sides = self._apply(as_client_vector(vector), client_id, rng)
+        quantized = sides[-1]
+        writer = PayloadWriter()
+        self._write_header(writer, quantized, self._magic)
+        writer.write_array(quantized.norms.astype("<f4"))
+        self._pipeline.write(writer, sides)
+        return writer.to_bytes()
 
-    def _quantize(self, flat: np.ndarray, client_id: int, rng) -> _Quantized:
-        """Rotate, scale, split off the exact tail and draw the messages."""
-        table = self.table
-        state = self._state(flat.size)
-        layout = state.layout
-        # rotated[k] * 2**exponents[k] is chunk k's rotation: nothing overflows or
-        # underflows, and the butterflies give the same bits on every CPU
-        rotated, exponents = scaled_rotate(flat, state.signs(flat.dtype), layout)
-        norms32, scale = _norms_and_scales(rotated, exponents, layout.chunk_size)
-        z = (rotated * scale[:, None].astype(rotated.dtype)).reshape(-1)
-        lower, upper = table.support
-        outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
-        exact = np.flatnonzero(outside)
-        shared = _client_shared_values(
-            self.round_seed, client_id, table.shared_bits, layout.rotated_dim, self.stratified
-        )
-        rng = np.random.default_rng(rng)  # a Generator passes through; None or an int seeds one
-        # The sampler clamps values beyond the support; their codes are overwritten below.
-        codes = table.sender.sample(z, shared, rng=rng)
-        codes[exact] = 0
-        return _Quantized(
-            client_id=client_id,
-            layout=layout,
-            norms=norms32,
-            shared=shared,
-            codes=codes,
-            exact_indices=exact.astype(np.uint32),
-            exact_values=z[exact].astype(np.float32),
-        )
+    def _apply(self, flat, client_id, rng) -> list:
+        """Every stage's side information for the validated vector ``flat``."""
+        state = self._pipeline.client_state(flat.size, self.round_seed, client_id, rng, self._cache)
+        return self._pipeline.apply(flat, state)
+
+    def _quantize(self, flat, client_id, rng) -> _Quantized:
+        """The quantized vector before packing (benchmarks time the coders on it)."""
+        return self._apply(flat, client_id, rng)[-1]
 
     def _write_header(self, writer: PayloadWriter, quantized: _Quantized, magic: bytes):
         write_header(
@@ -298,15 +407,6 @@ class QuicFLEncoder:
             self._tag,
             quantized.exact_indices.size,
         )
-
-    def _serialize(self, quantized: _Quantized) -> bytes:
-        writer = PayloadWriter()
-        self._write_header(writer, quantized, WIRE_MAGIC)
-        writer.write_array(quantized.norms.astype("<f4"))
-        writer.write_bytes(pack_codes(quantized.codes, self.table.bits))
-        writer.write_array(quantized.exact_indices.astype("<u4"))
-        writer.write_array(quantized.exact_values.astype("<f4"))
-        return writer.to_bytes()
 
 
 @dataclass
@@ -426,10 +526,11 @@ def _check_size(size: int, expected: int) -> None:
         raise PayloadError(f"{kind} payload: {size} bytes, expected {expected}")
 
 
-class QuicFLAggregator(WeightedSumAggregator):
+class QuicFLAggregator(PipelineAggregator):
     """Server-side QUIC-FL aggregation for one round and dimension.
 
-    Decoded clients are summed in the rotated domain; :meth:`result` applies one inverse
+    The pipeline aggregator of :func:`quicfl_pipeline`: decoded clients are summed in the
+    rotated domain with the quantizer's fused gather; :meth:`result` applies one inverse
     rotation. A payload is validated completely before any state changes, so a rejected
     payload (:class:`~quicdesign.PayloadError`) leaves the aggregator exactly as it was.
 
@@ -442,10 +543,15 @@ class QuicFLAggregator(WeightedSumAggregator):
     dim : int
         Length of the client vectors.
     stratified : bool
-        Decode clients whose ``h`` is stratified by their index (see :class:`Encoder`).
+        Decode clients whose ``h`` is stratified by their index (see
+        :class:`QuicFLEncoder`).
     force : bool
         Accept a table designed for another input model.
     """
+
+    _magic = WIRE_MAGIC
+    _input_model = ROTATED
+    pipeline_for = staticmethod(quicfl_pipeline)
 
     def __init__(
         self,
@@ -457,152 +563,30 @@ class QuicFLAggregator(WeightedSumAggregator):
         force: bool = False,
     ):
         self.table = _check_table(table)
-        check_input_model(table, ROTATED, force)
-        self.round_seed = check_round_seed(round_seed)
+        check_input_model(table, self._input_model, force)
+        round_seed = check_round_seed(round_seed)
         self.stratified = _check_stratified(stratified)
-        self._state = _RoundState(self.round_seed, dim)  # validates dim
-        self.dim = self._state.layout.dim
-        self._tag = _mode_round_tag(self.round_seed, self.stratified)
+        self._layout = RotationLayout.for_dim(dim)  # validates dim
+        self._tag = _mode_round_tag(round_seed, self.stratified)
         self._fingerprint = table.fingerprint
         self._table_digest = _table_digest(table)
-        self._flat_receiver = table.receiver.reshape(-1)
-        layout = self._state.layout
-        entries = layout.num_chunks * self._flat_receiver.size
-        self._index_dtype = np.uint16 if entries <= 1 << 16 else np.uint32
-        self._chunk_offsets = (np.arange(layout.num_chunks) * self._flat_receiver.size).astype(
-            self._index_dtype
-        )[:, None]
-        super().__init__((layout.num_chunks, layout.chunk_size))
+        pipeline = self.pipeline_for(self.table, self.stratified)
+        self._num_codes = pipeline.sum_shape(self._layout.dim)[0]
+        super().__init__(pipeline, self._layout.dim, round_seed)
 
-    _magic = WIRE_MAGIC
+    def _read_envelope(self, reader: PayloadReader) -> PayloadHeader:
+        header = read_header(reader, self._magic)
+        self._check_header(header)
+        return header
 
     def _check_header(self, header: PayloadHeader) -> None:
         """Check the header against this aggregator (before reading any array)."""
-        layout = self._state.layout
         check_table_header(header, self.table, self._tag, self.dim)
         self._check_new_client(header.client_id)
-        if header.num_exact > layout.rotated_dim:
+        if header.num_exact > self._num_codes:
             raise PayloadError(
-                f"{header.num_exact} exact coordinates exceed the rotated dimension "
-                f"{layout.rotated_dim}"
+                f"{header.num_exact} exact coordinates exceed the {self._num_codes} coded ones"
             )
-
-    def _check_exact(self, indices: np.ndarray, values: np.ndarray) -> None:
-        if indices.size:
-            if int(indices[-1]) >= self._state.layout.rotated_dim or np.any(
-                np.diff(indices.astype(np.int64)) <= 0
-            ):
-                raise PayloadError("exact indices must be strictly increasing and in range")
-            if not np.all(np.isfinite(values)):
-                raise PayloadError("exact values must be finite")
-
-    def _parse(self, payload, reader: PayloadReader, header: PayloadHeader, shared: np.ndarray):
-        """Read codes and exact coordinates; returns ``(codes, indices, values)``."""
-        table, layout = self.table, self._state.layout
-        expected = payload_size(table.bits, self.dim, header.num_exact)
-        _check_size(reader.size, expected - HEADER_SIZE + header.header_size)
-        codes = reader.read_codes(table.bits, layout.rotated_dim, "codes")
-        indices = reader.read_array("<u4", header.num_exact, "exact indices")
-        values = reader.read_array("<f4", header.num_exact, "exact values")
-        reader.expect_end()
-        self._check_exact(indices, values)
-        return codes, indices, values
-
-    def _decode(self, payload, weight: float) -> tuple[int, np.ndarray]:
-        """Validate ``payload``; return ``(client_id, weighted rotated contribution)``."""
-        client_id, tables, index, indices, exact = self._prepare(payload, weight)
-        decoded = tables[index]
-        decoded[indices] = exact
-        layout = self._state.layout
-        return client_id, decoded.reshape(layout.num_chunks, layout.chunk_size)
-
-    def _prepare(self, payload, weight: float):
-        """Validate ``payload`` completely; return what decoding gathers from.
-
-        ``(client_id, tables, index, exact_positions, exact_values)``: the decoded
-        contribution is ``tables[index]`` with ``exact_values`` at ``exact_positions``.
-        """
-        reader = PayloadReader(payload)
-        header = read_header(reader, self._magic)
-        self._check_header(header)
-        table, layout = self.table, self._state.layout
-        shared = _client_shared_values(
-            self.round_seed,
-            header.client_id,
-            table.shared_bits,
-            layout.rotated_dim,
-            self.stratified,
-        )
-        codes, indices, values = self._parse(payload, reader, header, shared)
-        # Fold norm, 1/sqrt(chunk) and weight into one small table per chunk, so decoding
-        # is a single gather with a narrow index (numpy gathers fastest with those).
-        scale = header.norms.astype(np.float64) * (weight / math.sqrt(layout.chunk_size))
-        tables = (scale[:, None] * self._flat_receiver[None, :]).reshape(-1)
-        exact = values * scale[indices // layout.chunk_size]
-        # max |R| bounds every decoded coordinate, so this costs O(table), not O(d)
-        unweighted = float(np.max(header.norms, initial=0.0)) / math.sqrt(layout.chunk_size)
-        largest = unweighted * max(
-            float(np.max(np.abs(self._flat_receiver))),
-            float(np.max(np.abs(values), initial=0.0)),
-        )
-        check_contribution_bound(largest)
-        index = shared.astype(self._index_dtype)
-        index <<= table.bits
-        index |= codes
-        if layout.num_chunks > 1:
-            index.reshape(layout.num_chunks, -1)[1:] += self._chunk_offsets[1:]
-        return header.client_id, tables, index, indices, exact
-
-    def add_many(self, payloads, weights=None) -> None:
-        """Add payloads in order, exactly as a loop of :meth:`add` (same bits, same errors).
-
-        With the compiled kernels (``pip install quicdesign[fast]``, unless
-        ``QUICDESIGN_KERNELS=numpy``) blocks of clients are gathered and summed in one
-        pass over the accumulator; the sums are bit-identical to the numpy path.
-        """
-        from ._kernels import compiled_kernels
-
-        kernels = compiled_kernels()
-        if kernels is None:
-            super().add_many(payloads, weights)
-            return
-        payloads, weights = self._batch_arguments(payloads, weights)
-        for start in range(0, len(payloads), _KERNEL_BLOCK):
-            block, failure = [], None
-            seen = set()
-            for position in range(start, min(len(payloads), start + _KERNEL_BLOCK)):
-                try:
-                    weight = check_weight(weights[position])
-                    prepared = self._prepare(payloads[position], weight)
-                    if prepared[0] in seen:
-                        raise PayloadError(f"client {prepared[0]} was already added this round")
-                except (PayloadError, ParameterError) as exc:
-                    failure = (position, exc)
-                    break
-                seen.add(prepared[0])
-                block.append((weight, prepared))
-            if block:
-                self._commit_block(kernels, block)
-            if failure is not None:
-                self._raise_at(*failure)
-
-    def _commit_block(self, kernels, block) -> None:
-        """Accumulate validated clients with the compiled gather (nothing below fails)."""
-        prepared = [item for _, item in block]
-        width = max(tables.size + exact.size for _, tables, _, _, exact in prepared)
-        # each client's exact values sit after its table; its index points there
-        dtype = self._index_dtype if width <= np.iinfo(self._index_dtype).max + 1 else np.uint32
-        tables_block = np.zeros((len(block), width), dtype=np.float64)
-        indices = np.empty((len(block), self._state.layout.rotated_dim), dtype=dtype)
-        for row, (_, tables, index, positions, exact) in enumerate(prepared):
-            tables_block[row, : tables.size] = tables
-            tables_block[row, tables.size : tables.size + exact.size] = exact
-            indices[row] = index
-            indices[row, positions] = tables.size + np.arange(exact.size)
-        kernels.gather_accumulate(self._sum.reshape(-1), tables_block, indices)
-        for weight, item in block:
-            self._total_weight += weight
-            self._clients.add(item[0])
 
     def _merge_key(self) -> tuple:
         return (self._magic, self._table_digest, self.round_seed, self.dim, self.stratified)
@@ -613,18 +597,6 @@ class QuicFLAggregator(WeightedSumAggregator):
 
     def _shard_source(self) -> Table:
         return self.table
-
-    def rotated_mean(self) -> np.ndarray:
-        """The weighted mean still in the rotated domain, shape (chunks, chunk_size).
-
-        What a port (``docs/porting.md``, tests/test_port_c.py) checks before its inverse
-        rotation.
-        """
-        return self.weighted_mean()
-
-    def _finalize(self, mean: np.ndarray) -> np.ndarray:
-        # The single inverse rotation of the round.
-        return unrotate(mean, self._state.signs(np.float64), self._state.layout)
 
 
 __getattr__ = renamed_attributes(

@@ -15,25 +15,29 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._accumulate import WeightedSumAggregator
-from ._validate import as_client_vector, check_client_id, check_f32_normal, check_round_seed
-from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
+from ._validate import check_f32_normal
+from ._wire import packed_size
 from .codec import (
     HEADER_SIZE,
     WIRE_VERSION,
-    _check_size,
-    _check_table,
-    check_table_header,
-    read_header,
-    write_header,
+    QuicFLAggregator,
+    QuicFLEncoder,
+    QuicFLQuantize,
 )
-from .errors import InputVectorError, PayloadError
-from .input_model import DIRECT, check_input_model
-from .randomness import round_tag, shared_values
+from .errors import InputVectorError, ParameterError, PayloadError
+from .input_model import DIRECT
 from .rotation import RotationLayout
+from .stages import Pipeline
 from .table import Table
 
-__all__ = ["DirectEncoder", "DirectAggregator", "DIRECT_MAGIC", "direct_payload_size"]
+__all__ = [
+    "DirectEncoder",
+    "DirectAggregator",
+    "DirectQuantize",
+    "direct_pipeline",
+    "DIRECT_MAGIC",
+    "direct_payload_size",
+]
 
 DIRECT_MAGIC = b"QDQD"
 #: The envelope's version; version 1 (the pre-envelope header) is still read.
@@ -82,8 +86,67 @@ def _chunk_lengths(dim: int, chunk_size: int, num_chunks: int) -> np.ndarray:
     return lengths
 
 
-class DirectEncoder:
+class DirectQuantize(QuicFLQuantize):
+    """QUIC-FL's quantizer on the values themselves: chunk ``k`` (``chunk_size``
+    consecutive values, the last one shorter) is scaled by ``sqrt(n_k) / norm_k``.
+
+    Same side information as :class:`~quicdesign.codec.QuicFLQuantize` (norms in the
+    header, then packed messages and exact coordinates). The server decodes
+    ``R[h, x] * norm_k / sqrt(n_k)`` with the weight folded into the per-chunk scale.
+    """
+
+    gathers = False
+
+    def __init__(self, table: Table):
+        super().__init__(table)
+
+    def apply(self, x, state):
+        flat = x.astype(np.float64)
+        dim = flat.size
+        chunk_size, num_chunks = _chunking(dim)
+        norms32 = _chunk_norms32(flat, chunk_size)
+        lengths = _chunk_lengths(dim, chunk_size, num_chunks)
+        with np.errstate(divide="ignore"):
+            scale = np.where(norms32 > 0, np.sqrt(lengths) / norms32.astype(np.float64), 0.0)
+        z = flat * np.repeat(scale, chunk_size)[:dim]
+        return None, self._quantize(z, norms32, RotationLayout.for_dim(dim), state)
+
+    def _payload_size(self, dim, num_exact):
+        return direct_payload_size(self.table.bits, dim, num_exact)
+
+    def contribution(self, y, side, state, dim, weight):
+        codes, indices, values, _ = side
+        chunk_size, num_chunks = _chunking(dim)
+        # value = R[h, x] * norm_k / sqrt(n_k): the inverse of the client's scaling
+        lengths = _chunk_lengths(dim, chunk_size, num_chunks)
+        scale = state.header.norms.astype(np.float64) / np.sqrt(lengths) * weight
+        per_coordinate = np.repeat(scale, chunk_size)[:dim]
+        shared = self._shared(state, dim)
+        decoded = self.table.receiver[shared, codes] * per_coordinate
+        decoded[indices] = values * per_coordinate[indices]
+        if not np.all(np.isfinite(decoded)):
+            raise PayloadError("weighted contribution overflows float64")
+        return decoded
+
+    def invert(self, y, side, state, dim):
+        return self.contribution(y, side, state, dim, 1.0)
+
+    def __repr__(self):
+        return f"{type(self).__name__}(table={self.table!r})"
+
+
+def direct_pipeline(table: Table, stratified: bool = False) -> Pipeline:
+    """Direct QUIC-FL as stages: one per-client quantizer, no transform."""
+    if stratified:
+        raise ParameterError("direct QUIC-FL has no stratified mode")
+    return Pipeline((DirectQuantize(table),))
+
+
+class DirectEncoder(QuicFLEncoder):
     """Client-side encoder for ``direct`` tables: no rotation, per-chunk RMS scaling.
+
+    Values of ``|z|`` beyond the table's support are sent exactly; the others get the
+    table's closed-form sender rule with the client's shared values ``h``.
 
     Parameters
     ----------
@@ -95,53 +158,15 @@ class DirectEncoder:
         Accept a table designed for rotated inputs (to measure the mismatch).
     """
 
+    _magic = DIRECT_MAGIC
+    _input_model = DIRECT
+    pipeline_for = staticmethod(direct_pipeline)
+
     def __init__(self, table: Table, round_seed: int, *, force: bool = False):
-        self.table = _check_table(table)
-        check_input_model(table, DIRECT, force)
-        self.round_seed = check_round_seed(round_seed)
-        self._tag = round_tag(self.round_seed)
-
-    def encode(self, vector, client_id: int, rng=None) -> bytes:
-        """Encode one client's vector (any shape, flattened in C order).
-
-        Chunk ``k`` (``chunk_size`` consecutive values, the last one shorter) is scaled
-        by ``sqrt(n_k) / norm_k``; values of ``|z|`` beyond the table's support are sent
-        exactly; the others get the table's closed-form sender rule with the client's
-        shared values ``h``. ``rng`` (a Generator or seed) drives the sender's coins.
-        """
-        client_id = check_client_id(client_id)
-        flat = as_client_vector(vector).astype(np.float64)
-        dim = flat.size
-        chunk_size, num_chunks = _chunking(dim)
-        norms32 = _chunk_norms32(flat, chunk_size)
-        lengths = _chunk_lengths(dim, chunk_size, num_chunks)
-        with np.errstate(divide="ignore"):
-            scale = np.where(norms32 > 0, np.sqrt(lengths) / norms32.astype(np.float64), 0.0)
-        z = flat * np.repeat(scale, chunk_size)[:dim]
-        table = self.table
-        lower, upper = table.support
-        exact = np.flatnonzero((z < lower) | (z > upper))
-        shared = shared_values(self.round_seed, client_id, table.shared_bits, dim)
-        codes = table.sender.sample(z, shared, rng=np.random.default_rng(rng))
-        codes[exact] = 0
-        writer = PayloadWriter()
-        write_header(
-            writer,
-            DIRECT_MAGIC,
-            table,
-            RotationLayout.for_dim(dim),
-            client_id,
-            self._tag,
-            exact.size,
-        )
-        writer.write_array(norms32.astype("<f4"))
-        writer.write_bytes(pack_codes(codes, table.bits))
-        writer.write_array(exact.astype("<u4"))
-        writer.write_array(z[exact].astype("<f4"))
-        return writer.to_bytes()
+        super().__init__(table, round_seed, force=force)
 
 
-class DirectAggregator(WeightedSumAggregator):
+class DirectAggregator(QuicFLAggregator):
     """Server side of the direct path: validate, decode ``R[h, x]`` times the chunk scale,
     sum. No transform; :meth:`result` is the weighted mean.
 
@@ -157,53 +182,9 @@ class DirectAggregator(WeightedSumAggregator):
         Accept a table designed for rotated inputs.
     """
 
+    _magic = DIRECT_MAGIC
+    _input_model = DIRECT
+    pipeline_for = staticmethod(direct_pipeline)
+
     def __init__(self, table: Table, round_seed: int, dim: int, *, force: bool = False):
-        self.table = _check_table(table)
-        check_input_model(table, DIRECT, force)
-        self.round_seed = check_round_seed(round_seed)
-        self.dim = RotationLayout.for_dim(dim).dim  # validates dim
-        self._chunk_size, self._num_chunks = _chunking(self.dim)
-        self._lengths = _chunk_lengths(self.dim, self._chunk_size, self._num_chunks)
-        self._tag = round_tag(self.round_seed)
-        super().__init__((self.dim,))
-
-    def _merge_key(self) -> tuple:
-        # full seeds, not 32-bit tags: two rounds can share a tag
-        return (DIRECT_MAGIC, self.table.fingerprint, self.round_seed, self.dim)
-
-    def _shard_identity(self) -> tuple[bytes, bytes]:
-        return DIRECT_MAGIC, self.table.fingerprint
-
-    def _shard_source(self) -> Table:
-        return self.table
-
-    def _decode(self, payload, weight: float):
-        table = self.table
-        reader = PayloadReader(payload)
-        header = read_header(reader, DIRECT_MAGIC)
-        check_table_header(header, table, self._tag, self.dim)
-        if header.num_exact > self.dim:
-            raise PayloadError(f"{header.num_exact} exact coordinates exceed dim {self.dim}")
-        self._check_new_client(header.client_id)
-        expected = direct_payload_size(table.bits, self.dim, header.num_exact)
-        expected += header.header_size - HEADER_SIZE
-        _check_size(reader.size, expected)
-        codes = reader.read_codes(table.bits, self.dim, "codes")
-        indices = reader.read_array("<u4", header.num_exact, "exact indices")
-        values = reader.read_array("<f4", header.num_exact, "exact values")
-        reader.expect_end()
-        if indices.size and (
-            int(indices[-1]) >= self.dim or np.any(np.diff(indices.astype(np.int64)) <= 0)
-        ):
-            raise PayloadError("exact indices must be strictly increasing and in range")
-        if not np.all(np.isfinite(values)):
-            raise PayloadError("exact values must be finite")
-        shared = shared_values(self.round_seed, header.client_id, table.shared_bits, self.dim)
-        # value = R[h, x] * norm_k / sqrt(n_k): the inverse of the client's scaling
-        scale = header.norms.astype(np.float64) / np.sqrt(self._lengths) * weight
-        per_coordinate = np.repeat(scale, self._chunk_size)[: self.dim]
-        decoded = table.receiver[shared, codes] * per_coordinate
-        decoded[indices] = values * per_coordinate[indices]
-        if not np.all(np.isfinite(decoded)):
-            raise PayloadError("weighted contribution overflows float64")
-        return header.client_id, decoded
+        super().__init__(table, round_seed, dim, force=force)

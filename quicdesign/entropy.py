@@ -24,20 +24,23 @@ import numpy as np
 
 from . import _rans
 from ._deprecation import renamed_attributes
-from ._wire import PayloadReader, PayloadWriter
 from .codec import (
     WIRE_VERSION,
-    PayloadHeader,
     QuicFLAggregator,
     QuicFLEncoder,
+    QuicFLQuantize,
+    _check_exact,
     _check_size,
     _Quantized,
 )
 from .errors import ParameterError, PayloadError
+from .stages import Pipeline, RandomizedHadamard
 from .table import Table
 
 __all__ = [
     "QuicFLEntropyEncoder",
+    "QuicFLEntropyQuantize",
+    "entropy_pipeline",
     "QuicFLEntropyAggregator",
     "ENTROPY_MAGIC",
     "ENTROPY_WIRE_VERSION",
@@ -135,104 +138,74 @@ def _coded_positions(rotated_dim: int, exact_indices: np.ndarray) -> np.ndarray 
     return None if keep is None else np.flatnonzero(keep)
 
 
-class QuicFLEntropyEncoder(QuicFLEncoder):
-    """Client-side encoder for entropy-coded tables (``table.code_model`` set)."""
+class QuicFLEntropyQuantize(QuicFLQuantize):
+    """:class:`~quicdesign.codec.QuicFLQuantize` with its messages entropy coded.
 
-    #: The version written; tests and ``bench runtime`` set 3 to produce the legacy format.
-    _wire_version = ENTROPY_WIRE_VERSION
+    Side information: the stream word count, the coded symbol count, the digest, the
+    exact indices and values, then the coded stream (version 4: rANS lane states and
+    16-bit words; version 3: constriction's 32-bit ANS words). Decoding validates all of
+    it (the stream must match its digest, decode to exactly the expected symbols and be
+    used up). Writes ``version`` (4; 3 only to test its reader), reads both.
+    """
 
-    def __init__(self, table: Table, round_seed: int):
-        _require_code_model(table)
-        super().__init__(table, round_seed)
+    def __init__(self, table: Table, version: int = ENTROPY_WIRE_VERSION):
+        super().__init__(table)
+        self.version = version
         self._coder = _rans_model(table)
+        self._constriction_models = None
 
-    def _serialize(self, quantized: _Quantized) -> bytes:
-        if self._wire_version == _CONSTRICTION_VERSION:
-            return self._serialize_constriction(quantized)
+    def _constriction(self):
+        if self._constriction_models is None:
+            self._constriction_models = _models(self.table)
+        return self._constriction_models
+
+    def write_side(self, writer, side: _Quantized):
+        if self.version == _CONSTRICTION_VERSION:
+            self._write_constriction(writer, side)
+            return
         # a boolean mask compresses several times faster than a gather by positions
-        coded = _coded_mask(quantized.layout.rotated_dim, quantized.exact_indices)
-        symbols, model_of = quantized.codes, quantized.shared
+        coded = _coded_mask(side.layout.rotated_dim, side.exact_indices)
+        symbols, model_of = side.codes, side.shared
         if coded is not None:
             symbols, model_of = symbols[coded], model_of[coded]
         states, words = _rans.encode(self._coder, symbols, model_of)
-        writer = PayloadWriter()
-        self._write_header(writer, quantized, ENTROPY_MAGIC)
-        writer.write_array(quantized.norms.astype("<f4"))
         writer.write_u32(words.size)
         writer.write_u32(symbols.size)
         writer.write_bytes(_stream_digest(states, words))
-        writer.write_array(quantized.exact_indices.astype("<u4"))
-        writer.write_array(quantized.exact_values.astype("<f4"))
+        writer.write_array(side.exact_indices.astype("<u4"))
+        writer.write_array(side.exact_values.astype("<f4"))
         writer.write_array(states.astype("<u4"))
         writer.write_array(words.astype("<u2"))
-        return writer.to_bytes()
 
-    def _legacy_header(self, quantized: _Quantized) -> bytes:
-        """The pre-envelope 32-byte header of version 3 (docs/wire-format.md, legacy)."""
-        return _LEGACY_HEADER.pack(
-            ENTROPY_MAGIC,
-            _CONSTRICTION_VERSION,
-            self.table.bits,
-            self.table.shared_bits,
-            quantized.layout.num_chunks,
-            self.table.fingerprint,
-            quantized.layout.dim,
-            quantized.client_id,
-            self._tag,
-            quantized.exact_indices.size,
-        )
-
-    def _serialize_constriction(self, quantized: _Quantized) -> bytes:
+    def _write_constriction(self, writer, side: _Quantized):
         """Version 3 (what earlier releases wrote; kept to test the version 3 reader)."""
-        constriction, models = _models(self.table)
-        coded = _coded_positions(quantized.layout.rotated_dim, quantized.exact_indices)
-        order, bounds = _group_by_shared(quantized.shared, coded, self.table.num_shared)
-        symbols = quantized.codes[order].astype(np.int32)
+        constriction, models = self._constriction()
+        coded = _coded_positions(side.layout.rotated_dim, side.exact_indices)
+        order, bounds = _group_by_shared(side.shared, coded, self.table.num_shared)
+        symbols = side.codes[order].astype(np.int32)
         coder = constriction.stream.stack.AnsCoder()
         # ANS is a stack: encode the groups backwards so they decode in order h = 0, 1, ...
         for h in range(self.table.num_shared - 1, -1, -1):
             if bounds[h + 1] > bounds[h]:
                 coder.encode_reverse(symbols[bounds[h] : bounds[h + 1]], models[h])
         stream = coder.get_compressed().astype("<u4")
-        writer = PayloadWriter()
-        writer.write_bytes(self._legacy_header(quantized))
-        writer.write_array(quantized.norms.astype("<f4"))
         writer.write_u32(stream.size)
         writer.write_u32(symbols.size)
         writer.write_bytes(_symbol_digest(symbols))
-        writer.write_array(quantized.exact_indices.astype("<u4"))
-        writer.write_array(quantized.exact_values.astype("<f4"))
+        writer.write_array(side.exact_indices.astype("<u4"))
+        writer.write_array(side.exact_values.astype("<f4"))
         writer.write_array(stream)
-        return writer.to_bytes()
 
-
-class QuicFLEntropyAggregator(QuicFLAggregator):
-    """Server-side aggregation of entropy-coded payloads (one inverse rotation in total).
-
-    Every guarantee of :class:`quicdesign.QuicFLAggregator` holds: a payload is validated and
-    decoded completely (the stream must decode to exactly the expected number of symbols,
-    be used up and match the symbol digest) before any state changes. Reads wire versions
-    4 (rANS) and 3 (constriction, needs ``pip install quicdesign[entropy]``).
-    """
-
-    _magic = ENTROPY_MAGIC
-
-    def __init__(self, table: Table, round_seed: int, dim: int):
-        _require_code_model(table)
-        super().__init__(table, round_seed, dim)
-        self._coder = _rans_model(table)
-        self._constriction_models = None
-
-    def _parse(self, payload, reader: PayloadReader, header: PayloadHeader, shared):
+    def read_side(self, reader, state, dim):
+        header = state.header
         version = header.version
         words = reader.read_u32("stream word count")
         num_coded = reader.read_u32("coded symbol count")
         digest = reader.read_bytes(_DIGEST_SIZE, "symbol digest")
-        layout = self._state.layout
-        if num_coded != layout.rotated_dim - header.num_exact:
+        if num_coded != dim - header.num_exact:
             raise PayloadError(
-                f"payload claims {num_coded} coded symbols; {layout.rotated_dim} positions "
-                f"minus {header.num_exact} exact ones leave {layout.rotated_dim - header.num_exact}"
+                f"payload claims {num_coded} coded symbols; {dim} positions "
+                f"minus {header.num_exact} exact ones leave {dim - header.num_exact}"
             )
         if version == ENTROPY_WIRE_VERSION:
             if words > num_coded:
@@ -248,12 +221,12 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
         _check_size(reader.size, expected + stream_bytes)
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
         values = reader.read_array("<f4", header.num_exact, "exact values")
-        self._check_exact(indices, values)
+        _check_exact(indices, values, dim)
+        shared = self._shared(state, dim)
         if version == ENTROPY_WIRE_VERSION:
-            coded = _coded_mask(layout.rotated_dim, indices)
+            coded = _coded_mask(dim, indices)
             states = reader.read_array("<u4", _rans.LANES, "coder states")
             stream = reader.read_array("<u2", words, "coded stream")
-            reader.expect_end()
             if _stream_digest(states, stream) != digest:
                 raise PayloadError("coded stream does not match its digest")
             model_of = shared if coded is None else shared[coded]
@@ -261,26 +234,23 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
             if coded is None:
                 codes = symbols
             else:
-                codes = np.zeros(layout.rotated_dim, dtype=np.uint8)
+                codes = np.zeros(dim, dtype=np.uint8)
                 codes[coded] = symbols
         else:
             stream = reader.read_array("<u4", words, "coded stream")
-            reader.expect_end()
-            coded = _coded_positions(layout.rotated_dim, indices)
-            codes, symbols = self._decode_constriction(stream, shared, coded)
+            coded = _coded_positions(dim, indices)
+            codes, symbols = self._decode_constriction(stream, shared, coded, dim)
             if _symbol_digest(symbols) != digest:
                 raise PayloadError("coded stream does not decode to the symbols that were encoded")
         if codes.max(initial=0) >= self.table.num_messages:
             raise PayloadError("decoded message outside the table")
-        return codes, indices, values
+        return codes, indices, values, shared
 
-    def _decode_constriction(self, stream, shared, coded):
+    def _decode_constriction(self, stream, shared, coded, dim):
         """Version 3: groups by ``h`` decoded with constriction; ``(codes, symbols)``."""
-        if self._constriction_models is None:
-            self._constriction_models = _models(self.table)
-        constriction, models = self._constriction_models
+        constriction, models = self._constriction()
         order, bounds = _group_by_shared(shared, coded, self.table.num_shared)
-        codes = np.zeros(self._state.layout.rotated_dim, dtype=np.uint16)
+        codes = np.zeros(dim, dtype=np.uint16)
         symbols = np.zeros(0, dtype=np.int32)
         try:
             coder = constriction.stream.stack.AnsCoder(
@@ -301,6 +271,71 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
         except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad stream
             raise PayloadError(f"corrupt coded stream: {exc}") from None
         return codes, symbols
+
+
+def entropy_pipeline(table: Table, stratified: bool = False) -> Pipeline:
+    """Entropy-coded QUIC-FL as stages: the round's rotation (summed), the coded quantizer."""
+    if stratified:
+        raise ParameterError("entropy-coded QUIC-FL has no stratified mode")
+    return Pipeline((RandomizedHadamard(scaled=True), QuicFLEntropyQuantize(table)))
+
+
+class QuicFLEntropyEncoder(QuicFLEncoder):
+    """Client-side encoder for entropy-coded tables (``table.code_model`` set)."""
+
+    _magic = ENTROPY_MAGIC
+    pipeline_for = staticmethod(entropy_pipeline)
+
+    def __init__(self, table: Table, round_seed: int):
+        _require_code_model(table)
+        super().__init__(table, round_seed)
+
+    @property
+    def _wire_version(self):
+        # the version written is the coded quantizer's (3 only to test its reader)
+        return self._pipeline.stages[-1].version
+
+    @_wire_version.setter
+    def _wire_version(self, version):
+        self._pipeline.stages[-1].version = version
+
+    def _write_header(self, writer, quantized, magic):
+        if self._wire_version == _CONSTRICTION_VERSION:
+            writer.write_bytes(self._legacy_header(quantized))
+        else:
+            super()._write_header(writer, quantized, magic)
+
+    def _legacy_header(self, quantized: _Quantized) -> bytes:
+        """The pre-envelope 32-byte header of version 3 (docs/wire-format.md, legacy)."""
+        return _LEGACY_HEADER.pack(
+            ENTROPY_MAGIC,
+            _CONSTRICTION_VERSION,
+            self.table.bits,
+            self.table.shared_bits,
+            quantized.layout.num_chunks,
+            self.table.fingerprint,
+            quantized.layout.dim,
+            quantized.client_id,
+            self._tag,
+            quantized.exact_indices.size,
+        )
+
+
+class QuicFLEntropyAggregator(QuicFLAggregator):
+    """Server-side aggregation of entropy-coded payloads (one inverse rotation in total).
+
+    Every guarantee of :class:`quicdesign.QuicFLAggregator` holds: a payload is validated and
+    decoded completely (the stream must decode to exactly the expected number of symbols,
+    be used up and match the symbol digest) before any state changes. Reads wire versions
+    4 (rANS) and 3 (constriction, needs ``pip install quicdesign[entropy]``).
+    """
+
+    _magic = ENTROPY_MAGIC
+    pipeline_for = staticmethod(entropy_pipeline)
+
+    def __init__(self, table: Table, round_seed: int, dim: int):
+        _require_code_model(table)
+        super().__init__(table, round_seed, dim)
 
 
 __getattr__ = renamed_attributes(

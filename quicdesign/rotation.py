@@ -235,6 +235,13 @@ def exact_order_fwht(a):
     return result.reshape(arr.shape)
 
 
+@functools.lru_cache(maxsize=256)
+def _layout_for(cls, d):
+    # layouts are frozen; encoders and servers ask for the same few lengths per client
+    chunk_size, num_chunks = _layout_sizes(d)
+    return cls(dim=d, chunk_size=chunk_size, num_chunks=num_chunks)
+
+
 def _layout_sizes(d):
     padded = 1 << (d - 1).bit_length()
     largest = max(padded // _PREFERRED_CHUNKS, min(padded, _SMALL_VECTOR_CHUNK))
@@ -290,9 +297,7 @@ class RotationLayout:
     @classmethod
     def for_dim(cls, d):
         """Return the layout of a length-``d`` vector (see the class docstring)."""
-        d = check_dim(d)
-        chunk_size, num_chunks = _layout_sizes(d)
-        return cls(dim=d, chunk_size=chunk_size, num_chunks=num_chunks)
+        return _layout_for(cls, check_dim(d))
 
     @property
     def rotated_dim(self):

@@ -8,32 +8,55 @@ information is written and read through the one validated wire writer/reader
 linear and the same for every client of a round, i.e.
 ``invert(sum w_i y_i) == sum w_i invert(y_i)``; the conformance kit checks the claim.
 
-A :class:`Pipeline` is a short list of stages. Its server side decodes each client only
-through the stages after the deepest prefix of commuting stages, sums there, and applies
-the remaining inverses once per round (QUIC-FL's "one inverse rotation per round" is the
-case of a shared rotation followed by a quantizer).
+A :class:`Pipeline` is a short list of stages. Its server side, the one
+:class:`PipelineAggregator`, decodes each client only through the stages after the
+deepest prefix of commuting stages, sums there, and applies the remaining inverses once
+per round (QUIC-FL's "one inverse rotation per round" is the case of a shared rotation
+followed by a quantizer). A stage may give its weighted contribution as a
+:class:`GatheredContribution` (QUIC-FL's fused norm x weight x receiver-table gather),
+which the aggregator sums with the compiled kernels when they are installed.
+
+Each scheme's envelope (magic, version, dimension, client id, round and configuration
+tags) is written before the stages' side information and read by the aggregator's
+:meth:`PipelineAggregator._read_envelope`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from ._validate import check_minmax_magnitude
+from ._accumulate import WeightedSumAggregator, check_contribution_bound
+from ._validate import check_minmax_magnitude, check_weight
+from ._wire import PayloadReader
+from .errors import ParameterError, PayloadError
 from .randomness import rotation_signs
 from .rotation import RotationLayout, scaled_rotate, unrotate
 
-__all__ = ["Stage", "StageState", "Pipeline", "RandomizedHadamard"]
+__all__ = [
+    "Stage",
+    "StageState",
+    "Pipeline",
+    "PipelineAggregator",
+    "GatheredContribution",
+    "RandomizedHadamard",
+    "ScaledChunks",
+]
+
+# Clients gathered per pass of the compiled kernel (8 bytes of index per coordinate each).
+_KERNEL_BLOCK = 8
 
 
-@dataclass
+@dataclass(slots=True)  # built once per client: slots make that cheaper
 class StageState:
     """What stages of one client (or the server) of one round may use.
 
-    ``client_id`` and ``rng`` are None on the server. ``cache`` holds values derived
-    from the round that several stages or calls reuse (e.g. rotation signs).
+    ``client_id`` and ``rng`` are None on the server's shared state. ``cache`` holds
+    values derived from the round that several stages or calls reuse (e.g. rotation
+    signs). ``header`` is the envelope of the payload being decoded (server side).
     """
 
     dim: int
@@ -41,6 +64,24 @@ class StageState:
     client_id: int | None = None
     rng: np.random.Generator | None = None
     cache: dict = field(default_factory=dict)
+    header: Any = None
+
+
+@dataclass
+class GatheredContribution:
+    """A weighted contribution given as one gather: ``tables[index]``, then ``exact``
+    written at ``positions``. Summed by the compiled kernels in blocks of clients."""
+
+    tables: np.ndarray
+    index: np.ndarray
+    positions: np.ndarray
+    exact: np.ndarray
+
+    def materialize(self) -> np.ndarray:
+        """The contribution as a float64 vector."""
+        decoded = self.tables[self.index]
+        decoded[self.positions] = self.exact
+        return decoded
 
 
 class Stage(ABC):
@@ -48,6 +89,15 @@ class Stage(ABC):
 
     #: ``invert`` is linear and client-independent, so it may be applied to a sum once.
     commutes_with_sum: bool = False
+
+    @property
+    def sums_before_invert(self) -> bool:
+        """The server sums this stage's outputs and inverts once per round.
+
+        True for stages that commute with sum; a stage whose inverse of the sum *defines*
+        the aggregate (e.g. a median sketch estimate) also says True.
+        """
+        return self.commutes_with_sum
 
     @abstractmethod
     def apply(self, x, state: StageState):
@@ -61,6 +111,17 @@ class Stage(ABC):
         (only stages that commute with sum are inverted that way).
         """
 
+    def contribution(self, y, side, state: StageState, dim: int, weight: float):
+        """One client's weighted contribution at this stage's input (the sum domain).
+
+        The plain path: :meth:`invert`, refuse magnitudes beyond
+        :data:`~quicdesign._accumulate.MAX_CONTRIBUTION`, multiply by ``weight``. A stage
+        may fuse the weight into its decoding and return a :class:`GatheredContribution`.
+        """
+        decoded = np.asarray(self.invert(y, side, state, dim), dtype=np.float64)
+        check_contribution_bound(float(np.max(np.abs(decoded), initial=0.0)))
+        return np.multiply(decoded, weight)
+
     def write_side(self, writer, side) -> None:  # noqa: B027 - most stages have no side info
         """Write ``side`` with a :class:`quicdesign._wire.PayloadWriter` (none by default)."""
 
@@ -71,8 +132,9 @@ class Stage(ABC):
         """
         return None
 
-    def side_size(self, dim: int) -> int:
-        """Exact bytes :meth:`write_side` writes for an input of length ``dim``."""
+    def side_size(self, dim: int, vector_dim: int) -> int:
+        """Exact bytes :meth:`write_side` writes for an input of length ``dim`` (the
+        client vector has length ``vector_dim``)."""
         return 0
 
     def output_dim(self, dim: int) -> int:
@@ -90,23 +152,25 @@ class Pipeline:
     Parameters
     ----------
     stages : sequence of Stage
-        Applied in order on the client; the last one's side information is the payload
-        body (e.g. packed codes).
+        Applied in order on the client; their side information follows the envelope in
+        the same order (the last one's is typically the packed codes).
     """
 
     def __init__(self, stages):
         self.stages = tuple(stages)
         self._dims_cache: dict[int, list[int]] = {}
-        # the deepest prefix of commuting stages is where the server sums
+        # the deepest prefix of summing stages is where the server sums
         self.sum_depth = 0
         for stage in self.stages:
-            if not stage.commutes_with_sum:
+            if not stage.sums_before_invert:
                 break
             self.sum_depth += 1
+        if self.sum_depth == len(self.stages):
+            raise ParameterError("a pipeline needs a per-client stage after the summed ones")
 
-    def client_state(self, dim, round_seed, client_id, rng) -> StageState:
-        """State of one client's encoding."""
-        return StageState(dim, round_seed, client_id, rng)
+    def client_state(self, dim, round_seed, client_id, rng, cache=None) -> StageState:
+        """State of one client's encoding (``cache`` shared across a round's clients)."""
+        return StageState(dim, round_seed, client_id, rng, {} if cache is None else cache)
 
     def server_state(self, dim, round_seed) -> StageState:
         """State shared by every decode of a round (caches persist across clients)."""
@@ -120,32 +184,50 @@ class Pipeline:
 
     def body_size(self, dim) -> int:
         """Exact bytes of all side information for a ``dim``-long vector."""
-        size = 0
+        size, length = 0, dim
         for stage in self.stages:
-            size += stage.side_size(dim)
-            dim = stage.output_dim(dim)
+            size += stage.side_size(length, dim)
+            length = stage.output_dim(length)
         return size
+
+    def apply(self, x, state: StageState) -> list:
+        """Apply every stage to ``x``; return their side information in order."""
+        sides = []
+        for stage in self.stages:
+            x, side = stage.apply(x, state)
+            sides.append(side)
+        return sides
+
+    def write(self, writer, sides) -> None:
+        """Write the side information :meth:`apply` returned, in stage order."""
+        for stage, side in zip(self.stages, sides, strict=True):
+            stage.write_side(writer, side)
 
     def encode(self, x, writer, state: StageState) -> None:
         """Apply every stage to ``x`` and write their side information in order."""
-        for stage in self.stages:
-            x, side = stage.apply(x, state)
-            stage.write_side(writer, side)
+        self.write(writer, self.apply(x, state))
 
-    def decode_to_sum_domain(self, reader, state: StageState) -> np.ndarray:
-        """Read one client's side information and invert the non-commuting stages."""
+    def decode_to_sum_domain(self, reader, state: StageState, weight=1.0):
+        """Read one client's side information; return its weighted contribution.
+
+        Every stage's side information is read and validated and the payload must end
+        there before anything is decoded; the stages after the summed prefix are
+        inverted, the shallowest of them through :meth:`Stage.contribution`.
+        """
         dims = self._input_dims(state.dim)
         sides = [
             stage.read_side(reader, state, dim)
             for stage, dim in zip(self.stages, dims, strict=True)
         ]
+        reader.expect_end()
         y = None
-        for index in reversed(range(self.sum_depth, len(self.stages))):
+        for index in reversed(range(self.sum_depth + 1, len(self.stages))):
             y = self.stages[index].invert(y, sides[index], state, dims[index])
-        return y
+        depth = self.sum_depth
+        return self.stages[depth].contribution(y, sides[depth], state, dims[depth], weight)
 
     def finalize(self, mean, state: StageState) -> np.ndarray:
-        """Apply the commuting stages' inverses once to the (weighted) mean."""
+        """Apply the summed stages' inverses once to the (weighted) mean."""
         dims = self._input_dims(state.dim)
         for index in reversed(range(self.sum_depth)):
             mean = self.stages[index].invert(mean, None, state, dims[index])
@@ -166,19 +248,174 @@ class Pipeline:
         return f"Pipeline({list(self.stages)!r})"
 
 
-class RandomizedHadamard(Stage):
-    """Pad, then rotate with the round's shared signs (:mod:`quicdesign.rotation`).
+class PipelineAggregator(WeightedSumAggregator):
+    """The one server: sums clients at the pipeline's deepest summed stage, inverts the
+    rest once in :meth:`result`.
 
-    Linear with the same signs for every client of a round, so it commutes with sum:
-    the server inverts it once per round.
+    A payload is read as the scheme's envelope (:meth:`_read_envelope`, which checks it
+    against this aggregator, the client id included), then every stage's side
+    information; everything is validated before any state changes, so a rejected payload
+    leaves the aggregator exactly as it was.
+
+    Parameters
+    ----------
+    pipeline : Pipeline
+        The compressor's stages.
+    dim : int
+        Length of the client vectors (validated).
+    round_seed : int
+        The round's seed (validated).
     """
 
-    commutes_with_sum = True
+    def __init__(self, pipeline: Pipeline, dim: int, round_seed: int):
+        self._pipeline = pipeline
+        self.dim = dim
+        self.round_seed = round_seed
+        self._state = pipeline.server_state(dim, round_seed)
+        super().__init__(pipeline.sum_shape(dim))
 
-    @staticmethod
-    def _signs(state, layout, dtype):
+    @abstractmethod
+    def _read_envelope(self, reader: PayloadReader):
+        """Read the scheme's envelope and check it against this aggregator.
+
+        Returns the header (with ``client_id``); raises ``PayloadError`` if the payload
+        belongs to another scheme, version, configuration, round or dimension, repeats a
+        client, or (for fixed sizes) has the wrong length.
+        """
+
+    def _contribution(self, payload, weight: float):
+        """Validate ``payload`` fully; return ``(client_id, weighted contribution)``."""
+        reader = PayloadReader(payload)
+        header = self._read_envelope(reader)
+        server = self._state
+        state = StageState(
+            server.dim, server.round_seed, header.client_id, None, server.cache, header
+        )
+        return header.client_id, self._pipeline.decode_to_sum_domain(reader, state, weight)
+
+    def _decode(self, payload, weight: float) -> tuple[int, np.ndarray]:
+        client_id, contribution = self._contribution(payload, weight)
+        if isinstance(contribution, GatheredContribution):
+            contribution = contribution.materialize()
+        return client_id, contribution
+
+    def add_many(self, payloads, weights=None) -> None:
+        """Add payloads in order, exactly as a loop of :meth:`add` (same bits, same errors).
+
+        Gathered contributions (QUIC-FL) are summed in blocks of clients in one pass over
+        the accumulator by the compiled kernels (``pip install quicdesign[fast]``, unless
+        ``QUICDESIGN_KERNELS=numpy``); the sums are bit-identical to the numpy path.
+        """
+        from ._kernels import compiled_kernels
+
+        kernels = compiled_kernels()
+        if kernels is None or not self._pipeline_gathers():
+            super().add_many(payloads, weights)
+            return
+        payloads, weights = self._batch_arguments(payloads, weights)
+        for start in range(0, len(payloads), _KERNEL_BLOCK):
+            block, failure, seen = [], None, set()
+            for position in range(start, min(len(payloads), start + _KERNEL_BLOCK)):
+                try:
+                    weight = check_weight(weights[position])
+                    client_id, gathered = self._contribution(payloads[position], weight)
+                    if client_id in seen:
+                        raise PayloadError(f"client {client_id} was already added this round")
+                except (PayloadError, ParameterError) as exc:
+                    failure = (position, exc)
+                    break
+                seen.add(client_id)
+                block.append((client_id, weight, gathered))
+            if block:
+                self._commit_block(kernels, block)
+            if failure is not None:
+                self._raise_at(*failure)
+
+    def _pipeline_gathers(self) -> bool:
+        return getattr(self._pipeline.stages[self._pipeline.sum_depth], "gathers", False)
+
+    def _commit_block(self, kernels, block) -> None:
+        """Accumulate validated gathered clients with the compiled kernel (cannot fail)."""
+        gathered = [item for _, _, item in block]
+        width = max(g.tables.size + g.exact.size for g in gathered)
+        index_dtype = gathered[0].index.dtype
+        # each client's exact values sit after its table; its index points there
+        dtype = index_dtype if width <= np.iinfo(index_dtype).max + 1 else np.uint32
+        tables_block = np.zeros((len(block), width), dtype=np.float64)
+        indices = np.empty((len(block), self._sum.size), dtype=dtype)
+        for row, g in enumerate(gathered):
+            tables_block[row, : g.tables.size] = g.tables
+            tables_block[row, g.tables.size : g.tables.size + g.exact.size] = g.exact
+            indices[row] = g.index
+            indices[row, g.positions] = g.tables.size + np.arange(g.exact.size)
+        kernels.gather_accumulate(self._sum.reshape(-1), tables_block, indices)
+        for client_id, weight, _ in block:
+            self._total_weight += weight
+            self._clients.add(client_id)
+
+    def _finalize(self, mean: np.ndarray) -> np.ndarray:
+        return self._pipeline.finalize(mean, self._state)
+
+
+@dataclass
+class ScaledChunks:
+    """A rotated vector in chunks: chunk ``k`` is ``rotated[k] * 2**exponents[k]``.
+
+    ``rotated`` has the compute dtype of the input (float32 or float64) and shape
+    ``(num_chunks, chunk_size)`` of ``layout``.
+    """
+
+    rotated: np.ndarray
+    exponents: np.ndarray
+    layout: RotationLayout
+
+    def __array__(self, dtype=None, copy=None):
+        """The true values as a flat float64 vector.
+
+        Refused (``InputVectorError``) when the largest magnitude is below float32's
+        normal range, before ``ldexp`` could flush it to 0.
+        """
+        check_minmax_magnitude(self.rotated, self.exponents)
+        with np.errstate(over="ignore"):
+            values = np.ldexp(self.rotated.astype(np.float64), self.exponents[:, None])
+        return values.reshape(-1).astype(dtype or np.float64, copy=False)
+
+
+class RandomizedHadamard(Stage):
+    """Pad, then rotate chunk by chunk with random signs (:mod:`quicdesign.rotation`).
+
+    With the round's shared signs it is linear and the same for every client, so it
+    commutes with sum: the server inverts it once per round. With per-client signs
+    (``client_purpose``, EDEN) the server inverts it per client.
+
+    Parameters
+    ----------
+    scaled : bool
+        Output :class:`ScaledChunks` (the rotation in the input's compute dtype with one
+        power of two per chunk, as the quantizers of QUIC-FL and EDEN use it) instead of
+        a float64 vector.
+    client_purpose : str, optional
+        Draw the signs from the client's shared stream
+        ``(round_seed, client_id, client_purpose)`` instead of the round's.
+    """
+
+    def __init__(self, scaled=False, client_purpose=None):
+        self.scaled = scaled
+        self.client_purpose = client_purpose
+        self.commutes_with_sum = client_purpose is None
+
+    def _signs(self, state, layout, dtype):
+        if self.client_purpose is not None:
+            # the client's own signs: never cached (a server would keep one per client)
+            return rotation_signs(
+                state.round_seed,
+                layout.rotated_dim,
+                dtype,
+                client_id=state.client_id,
+                purpose=self.client_purpose,
+            )
         # one sign stream per round and length, shared by every client of the server
-        key = ("rotation signs", layout.rotated_dim, np.dtype(dtype).str)
+        key = ("rotation signs", layout.rotated_dim, dtype)
         signs = state.cache.get(key)
         if signs is None:
             signs = rotation_signs(state.round_seed, layout.rotated_dim, dtype)
@@ -187,14 +424,14 @@ class RandomizedHadamard(Stage):
 
     def apply(self, x, state):
         layout = RotationLayout.for_dim(x.size)
-        signs = self._signs(state, layout, np.float32)
+        # signs in the compute dtype (exact either way; no mixed-dtype multiply)
+        signs = self._signs(state, layout, np.float64 if x.dtype == np.float64 else np.float32)
         # rotate each chunk scaled by a power of two (exact), so float32 cannot overflow
-        # or underflow, then restore the true magnitudes in float64
+        # or underflow; the ends of the pipeline restore the true magnitudes
         rotated, exponents = scaled_rotate(x, signs, layout)
-        check_minmax_magnitude(rotated, exponents)  # before ldexp can flush it to 0
-        with np.errstate(over="ignore"):
-            values = np.ldexp(rotated.astype(np.float64), exponents[:, None])
-        return values.reshape(-1), None
+        if self.scaled:
+            return ScaledChunks(rotated, exponents, layout), None
+        return np.asarray(ScaledChunks(rotated, exponents, layout)), None
 
     def invert(self, y, side, state, dim):
         layout = RotationLayout.for_dim(dim)

@@ -469,13 +469,23 @@ def check_commutes_with_sum(ctx):
     Where ``properties.sums_before_decoding`` is declared, the server sums clients in a
     transformed domain and inverts once: its memory does not grow with the number of
     clients (watched with ``tracemalloc`` over 14 clients at ``dim >= 256``). Where the
-    compressor also exposes ``stages`` (a :class:`quicdesign.stages.Pipeline`), every
+    compressor also exposes ``stages`` (a :class:`quicdesign.stages.Pipeline`), the
+    declaration matches the pipeline (it sums after at least one stage), and every
     stage declaring ``commutes_with_sum`` inverts a weighted sum of client outputs to
     the weighted sum of their inverses.
     """
     check = "commutes_with_sum"
     stages = getattr(ctx.compressor, "stages", None)
     if stages is not None:
+        summed = stages.sum_depth > 0
+        if summed != ctx.compressor.properties.sums_before_decoding:
+            _fail(
+                ctx,
+                check,
+                f"properties.sums_before_decoding is "
+                f"{ctx.compressor.properties.sums_before_decoding}, but its pipeline "
+                f"{'sums after' if summed else 'has no'} summed stage(s)",
+            )
         _check_stages_commute(ctx, check, stages)
     if not ctx.compressor.properties.sums_before_decoding or ctx.dim < _MEMORY_CHECK_MIN_DIM:
         return

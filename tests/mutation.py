@@ -265,8 +265,8 @@ MUTANTS = [
     Mutant(
         "quicfl-server-drops-weight",
         "quicdesign/codec.py",
-        "scale = header.norms.astype(np.float64) * (weight / math.sqrt(layout.chunk_size))",
-        "scale = header.norms.astype(np.float64) * (1.0 / math.sqrt(layout.chunk_size))",
+        "scale = norms.astype(np.float64) * (weight / math.sqrt(layout.chunk_size))",
+        "scale = norms.astype(np.float64) * (1.0 / math.sqrt(layout.chunk_size))",
         ("tests/test_codec.py",),
     ),
     Mutant(
@@ -279,7 +279,7 @@ MUTANTS = [
     Mutant(
         "randk-without-d-over-k",
         "quicdesign/compressors/randk.py",
-        "        decoded *= header.dim / k\n",
+        "        decoded *= dim / k\n",
         "        decoded *= 1.0\n",
         ("tests/test_compressors.py",),
     ),

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from quicdesign.compressors import Compressor, CompressorProperties, HadamardSQ, StochasticQuantizer
-from quicdesign.compressors._common import DirectSumAggregator
+from quicdesign.compressors._common import BaselineAggregator
 from quicdesign.compressors.sq import MinMaxQuantize
 from quicdesign.errors import PayloadError
 from quicdesign.fl import RawFloats
@@ -35,14 +35,20 @@ class Base(StochasticQuantizer):
         super().__init__(bits=BASE_BITS)
 
 
+class _LongQuantize(MinMaxQuantize):
+    def invert(self, y, side, state, dim):
+        return 1.01 * super().invert(y, side, state, dim)
+
+
 class BiasedByOnePercent(Base):
     """Every decoded vector is 1 % too long."""
 
-    def _decode_body(self, reader, header, round_seed):
-        return 1.01 * super()._decode_body(reader, header, round_seed)
+    @property
+    def stages(self):
+        return Pipeline((_LongQuantize(BASE_BITS),))
 
 
-class _CountMeanAggregator(DirectSumAggregator):
+class _CountMeanAggregator(BaselineAggregator):
     def weighted_mean(self):
         if not self._clients:
             return super().weighted_mean()
@@ -53,10 +59,10 @@ class WrongScale(Base):
     """``result()`` divides the weighted sum by the number of clients, not their weight."""
 
     def _make_aggregator(self, dim, round_seed):
-        return _CountMeanAggregator(self, dim, round_seed, (dim,))
+        return _CountMeanAggregator(self, dim, round_seed)
 
 
-class _DuplicateBlindAggregator(DirectSumAggregator):
+class _DuplicateBlindAggregator(BaselineAggregator):
     def _check_new_client(self, client_id):
         pass
 
@@ -65,7 +71,7 @@ class AcceptsDuplicates(Base):
     """The aggregator never looks at client ids."""
 
     def _make_aggregator(self, dim, round_seed):
-        return _DuplicateBlindAggregator(self, dim, round_seed, (dim,))
+        return _DuplicateBlindAggregator(self, dim, round_seed)
 
 
 class MutatesInput(Base):
@@ -78,7 +84,7 @@ class MutatesInput(Base):
         return payload
 
 
-class _SumTwiceAggregator(DirectSumAggregator):
+class _SumTwiceAggregator(BaselineAggregator):
     def merge(self, other):
         super().merge(other)
         self._sum += other._sum  # the shard's sum is counted twice
@@ -88,7 +94,7 @@ class MergeNotSequential(Base):
     """Merging two shards differs from adding all payloads to one aggregator."""
 
     def _make_aggregator(self, dim, round_seed):
-        return _SumTwiceAggregator(self, dim, round_seed, (dim,))
+        return _SumTwiceAggregator(self, dim, round_seed)
 
 
 class NondeterministicBytes(Base):
@@ -98,15 +104,21 @@ class NondeterministicBytes(Base):
         return super().encode(vector, round_seed=round_seed, client_id=client_id, rng=None)
 
 
-class NondeterministicDecode(Base):
-    """Decoding the same payload twice gives different vectors (fresh dither at the server)."""
-
-    def _decode_body(self, reader, header, round_seed):
-        decoded = super()._decode_body(reader, header, round_seed)
+class _DitheredQuantize(MinMaxQuantize):
+    def invert(self, y, side, state, dim):
+        decoded = super().invert(y, side, state, dim)
         return decoded + 1e-6 * np.random.default_rng().standard_normal(decoded.shape)
 
 
-class _LeakyAggregator(DirectSumAggregator):
+class NondeterministicDecode(Base):
+    """Decoding the same payload twice gives different vectors (fresh dither at the server)."""
+
+    @property
+    def stages(self):
+        return Pipeline((_DitheredQuantize(BASE_BITS),))
+
+
+class _LeakyAggregator(BaselineAggregator):
     def add(self, payload, weight=1.0):
         try:
             super().add(payload, weight)
@@ -119,7 +131,7 @@ class StateChangedAfterRefusal(Base):
     """A refused payload leaves its weight behind in the aggregator."""
 
     def _make_aggregator(self, dim, round_seed):
-        return _LeakyAggregator(self, dim, round_seed, (dim,))
+        return _LeakyAggregator(self, dim, round_seed)
 
 
 class AcceptsIntegers(Base):
@@ -138,7 +150,7 @@ class HeaderlessAccounting(Base):
         return 8.0 * (len(payload) - 21) / dim
 
 
-class _ZeroWhenEmptyAggregator(DirectSumAggregator):
+class _ZeroWhenEmptyAggregator(BaselineAggregator):
     def result(self):
         if not self._clients:
             return np.zeros(self.dim)
@@ -149,7 +161,7 @@ class EmptyResultIsZero(Base):
     """``result()`` of an empty aggregator returns zeros instead of raising."""
 
     def _make_aggregator(self, dim, round_seed):
-        return _ZeroWhenEmptyAggregator(self, dim, round_seed, (dim,))
+        return _ZeroWhenEmptyAggregator(self, dim, round_seed)
 
 
 class CountsItsUse(Base):
@@ -168,19 +180,26 @@ class Unpicklable(Base):
         self._hook = lambda: None
 
 
-class _KeepsEveryClientAggregator(DirectSumAggregator):
+class _KeepsEveryClientAggregator(BaselineAggregator):
     def add(self, payload, weight=1.0):
         super().add(payload, weight)
         self._kept = [*getattr(self, "_kept", []), self._sum.copy()]
 
 
-class ClaimsToSumButKeepsClients(Base):
-    """Declares sums_before_decoding but keeps a vector per client."""
+class ClaimsToSumButKeepsClients(HadamardSQ):
+    """Sums in the rotated domain as declared, but also keeps a vector per client."""
 
-    properties = CompressorProperties(unbiased=True, sums_before_decoding=True)
+    def __init__(self):
+        super().__init__(bits=BASE_BITS)
 
     def _make_aggregator(self, dim, round_seed):
-        return _KeepsEveryClientAggregator(self, dim, round_seed, (dim,))
+        return _KeepsEveryClientAggregator(self, dim, round_seed)
+
+
+class ClaimsToSumWithoutSummedStage(Base):
+    """Declares sums_before_decoding, but its pipeline decodes every client on its own."""
+
+    properties = CompressorProperties(unbiased=True, sums_before_decoding=True)
 
 
 class _ShiftedRotation(RandomizedHadamard):
@@ -215,6 +234,7 @@ BROKEN = [
     (CountsItsUse, "parameters_unchanged", {}),
     (Unpicklable, "pickle", {}),
     (ClaimsToSumButKeepsClients, "commutes_with_sum", {"dims": (1000,)}),
+    (ClaimsToSumWithoutSummedStage, "commutes_with_sum", {}),
     (NonlinearCommutingStage, "commutes_with_sum", {}),
 ]
 

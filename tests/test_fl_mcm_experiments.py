@@ -72,11 +72,15 @@ def test_decreasing_step_follows_its_schedule_and_is_validated():
     history = run_mcm(
         problem, "sgd", rounds=4, step_size=gamma, batch_size=None, step_decay=t0, seed=0
     )
-    # full-batch, uncompressed float64: plain gradient descent with step gamma t0/(t0+t)
+    # full-batch, uncompressed: plain gradient descent with step gamma t0/(t0+t); the
+    # uncompressed channel sends float32, so a few float32 roundings per step (a wrong
+    # schedule is off by more than 10 %)
     model = problem.initial_point(0)
     for t in range(4):
         model = model - gamma * t0 / (t0 + t) * problem.full_gradient(model)
-    np.testing.assert_allclose(history.extras["server"].model, model, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(
+        history.extras["server"].model, model, rtol=50 * 2.0**-24, atol=1e-12
+    )
     for bad in (0, -1, 2.5):
         with pytest.raises(ParameterError, match="step_decay"):
             run_mcm(problem, "sgd", rounds=1, step_size=gamma, step_decay=bad)

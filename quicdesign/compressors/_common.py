@@ -5,10 +5,10 @@
   layout, written before the envelope was shared with QUIC-FL) are still read.
 - Float32 side information rounded in a known direction, so the client quantizes with
   exactly the value the server will read.
-- Signs drawn from a per-client shared stream (EDEN's private rotation).
-- :class:`BaselineCompressor` (encode/aggregator plumbing) and :class:`SumAggregator`
-  (validate fully, compute the contribution, only then commit; duplicate detection;
-  merge), which every baseline builds on.
+- :class:`PipelineCompressor` (a baseline as a pipeline of stages behind the envelope)
+  and :class:`BaselineAggregator` (the one pipeline aggregator reading that envelope),
+  which every baseline builds on; :class:`Float32Values`, a stage sending float32
+  values.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from abc import abstractmethod
 
 import numpy as np
 
-from .._accumulate import WeightedSumAggregator, check_contribution_bound
 from .._envelope import (
     ENVELOPE_SIZE,
     ENVELOPE_VERSION,
@@ -33,16 +32,15 @@ from .._validate import as_client_vector, check_client_id, check_dim, check_roun
 from .._wire import PayloadReader, PayloadWriter
 from ..errors import InputVectorError, PayloadError
 from ..randomness import round_tag
+from ..stages import PipelineAggregator, Stage
 from .base import Compressor
 
 __all__ = [
     "WIRE_VERSION",
     "HEADER_SIZE",
     "PayloadHeader",
-    "BaselineCompressor",
-    "SumAggregator",
-    "DirectSumAggregator",
-    "PipelineAggregator",
+    "BaselineAggregator",
+    "Float32Values",
     "PipelineCompressor",
     "config_tag",
     "euclidean_norm",
@@ -155,14 +153,14 @@ def read_header(reader: PayloadReader, magic: bytes, scheme: str) -> Envelope:
 # ------------------------------------------------------------------ compressor base
 
 
-class BaselineCompressor(Compressor):
-    """Encode/aggregate plumbing shared by the baselines.
+class PipelineCompressor(Compressor):
+    """A baseline declared as a :class:`quicdesign.stages.Pipeline` (property ``stages``).
 
-    Subclasses set ``name`` and ``magic`` and implement :meth:`_config`,
-    :meth:`_body_size` and :meth:`_encode_body`; schemes that sum decoded vectors in the
-    original coordinates implement :meth:`_decode_body`, the others override
-    :meth:`_make_aggregator`. Constructors only store parameters; :meth:`_config`
-    validates them when they are used.
+    The payload is the common header, then the stages' side information in order; the
+    server is a :class:`BaselineAggregator` (the one pipeline aggregator behind the
+    common header). Subclasses set ``name`` and ``magic`` and implement :meth:`_config`
+    and :attr:`stages`. Constructors only store parameters; :meth:`_config` validates
+    them when they are used.
     """
 
     magic: bytes = b"????"
@@ -171,26 +169,23 @@ class BaselineCompressor(Compressor):
     def _config(self) -> tuple:
         """Validated wire-relevant parameters (raise ``ParameterError`` if invalid)."""
 
+    @property
     @abstractmethod
-    def _body_size(self, dim: int) -> int:
-        """Bytes after the common header for a ``dim``-long vector."""
-
-    @abstractmethod
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng) -> None:
-        """Append the scheme's body for the validated 1-D vector ``flat``."""
-
-    def _decode_body(self, reader, header, round_seed) -> np.ndarray:
-        """Parse the body and return the decoded float64 vector of length ``header.dim``."""
-        raise NotImplementedError
-
-    def _make_aggregator(self, dim: int, round_seed: int) -> SumAggregator:
-        """A fresh aggregator (arguments already validated)."""
-        return DirectSumAggregator(self, dim, round_seed, (dim,))
+    def stages(self):
+        """The compressor's :class:`~quicdesign.stages.Pipeline` (parameters validated)."""
 
     def payload_size(self, dim) -> int:
         """Exact payload size in bytes for a ``dim``-long vector (header included)."""
-        self._config()
-        return HEADER_SIZE + self._body_size(check_dim(dim))
+        return HEADER_SIZE + self._pipeline().body_size(check_dim(dim))
+
+    def _pipeline(self):
+        """:attr:`stages`, rebuilt only when a public parameter changed (encode runs per
+        client; building the stages each time costs as much as a small vector's encode)."""
+        params = tuple(value for key, value in vars(self).items() if not key.startswith("_"))
+        cached = self.__dict__.get("_stages_cache")
+        if cached is None or cached[0] != params:
+            cached = self._stages_cache = (params, self.stages)
+        return cached[1]
 
     def encode(self, vector, *, round_seed, client_id, rng=None) -> bytes:
         """Encode one client's vector to payload bytes.
@@ -213,6 +208,7 @@ class BaselineCompressor(Compressor):
             ``payload_size(vector.size)`` bytes.
         """
         config = self._config()
+        stages = self._pipeline()
         round_seed = check_round_seed(round_seed)
         client_id = check_client_id(client_id)
         flat = as_client_vector(vector)
@@ -228,60 +224,46 @@ class BaselineCompressor(Compressor):
                 config_tag(self.name, *config),
             ),
         )
-        self._encode_body(flat, writer, round_seed=round_seed, client_id=client_id, rng=rng)
+        stages.encode(flat, writer, stages.client_state(flat.size, round_seed, client_id, rng))
         return writer.to_bytes()
 
-    def aggregator(self, dim, round_seed) -> SumAggregator:
+    def aggregator(self, dim, round_seed) -> BaselineAggregator:
         """A fresh server-side aggregator for ``dim``-long vectors of one round."""
         self._config()
         return self._make_aggregator(check_dim(dim), check_round_seed(round_seed))
 
+    def _make_aggregator(self, dim: int, round_seed: int) -> BaselineAggregator:
+        """A fresh aggregator (arguments already validated)."""
+        return BaselineAggregator(self, dim, round_seed)
 
-# ------------------------------------------------------------------ aggregator base
+
+# ------------------------------------------------------------------ aggregator
 
 
-class SumAggregator(WeightedSumAggregator):
-    """Weighted sum of per-client contributions of a baseline, finalized once.
+class BaselineAggregator(PipelineAggregator):
+    """The pipeline aggregator behind the common header.
 
     Parameters
     ----------
-    compressor : BaselineCompressor
+    compressor : PipelineCompressor
         The compressor whose payloads are accepted.
     dim : int
         Length of the client vectors.
     round_seed : int
         The round's seed.
-    shape : tuple of int
-        Shape of the running sum (the summation domain).
     """
 
-    def __init__(self, compressor: BaselineCompressor, dim: int, round_seed: int, shape):
-        super().__init__(shape)
+    def __init__(self, compressor: PipelineCompressor, dim: int, round_seed: int):
         self.compressor = compressor
-        self.dim = dim
-        self.round_seed = round_seed
         self._magic = compressor.magic
         self._scheme = compressor.name
         self._wire_config = (compressor.name, *compressor._config())
         self._config_tag = config_tag(*self._wire_config)
         self._round_tag = round_tag(round_seed)
         self._payload_size = compressor.payload_size(dim)
+        super().__init__(compressor._pipeline(), dim, round_seed)
 
-    @abstractmethod
-    def _contribution(self, reader: PayloadReader, header: PayloadHeader) -> np.ndarray:
-        """Parse the body and return the client's float64 contribution (sum domain)."""
-
-    def _merge_key(self) -> tuple:
-        return (self._magic, self._wire_config, self.round_seed, self.dim)
-
-    def _shard_identity(self) -> tuple[bytes, bytes]:
-        return self._magic, self._config_tag.to_bytes(4, "little") + bytes(4)
-
-    def _shard_source(self):
-        return self.compressor
-
-    def _decode(self, payload, weight) -> tuple[int, np.ndarray]:
-        reader = PayloadReader(payload)
+    def _read_envelope(self, reader) -> PayloadHeader:
         size = reader.remaining
         header = read_header(reader, self._magic, self._scheme)
         check_envelope(
@@ -295,61 +277,51 @@ class SumAggregator(WeightedSumAggregator):
         if size != self._payload_size:
             kind = "truncated" if size < self._payload_size else "oversized"
             raise PayloadError(f"{kind} payload: {size} bytes, expected {self._payload_size}")
-        contribution = self._contribution(reader, header)
-        reader.expect_end()
-        contribution = np.asarray(contribution, dtype=np.float64)
-        check_contribution_bound(float(np.max(np.abs(contribution), initial=0.0)))
-        return header.client_id, np.multiply(contribution, weight)
+        return header
+
+    def _merge_key(self) -> tuple:
+        return (self._magic, self._wire_config, self.round_seed, self.dim)
+
+    def _shard_identity(self) -> tuple[bytes, bytes]:
+        return self._magic, self._config_tag.to_bytes(4, "little") + bytes(4)
+
+    def _shard_source(self):
+        return self.compressor
 
 
-class DirectSumAggregator(SumAggregator):
-    """Sums each client's decoded vector in the original coordinates."""
-
-    def _contribution(self, reader, header):
-        return self.compressor._decode_body(reader, header, self.round_seed)
+# ------------------------------------------------------------------ shared stages
 
 
-# ------------------------------------------------------------------ stage pipelines
+class Float32Values(Stage):
+    """Send the input as float32 values (checked finite); the last stage of sketches and
+    rand-k. Per client: its inverse is the values themselves.
 
-
-class PipelineAggregator(SumAggregator):
-    """Sums clients at the pipeline's deepest commuting stage; inverts the rest once.
-
-    Each payload is decoded only through the stages after the commuting prefix
-    (:meth:`quicdesign.stages.Pipeline.decode_to_sum_domain`); :meth:`result` applies
-    the prefix's inverses once to the weighted mean.
+    Parameters
+    ----------
+    what : str
+        What the values are, for error messages.
     """
 
-    def __init__(self, compressor, dim, round_seed):
-        self._pipeline = compressor.stages
-        self._state = self._pipeline.server_state(dim, round_seed)
-        super().__init__(compressor, dim, round_seed, self._pipeline.sum_shape(dim))
+    def __init__(self, what):
+        self.what = what
 
-    def _contribution(self, reader, header):
-        return self._pipeline.decode_to_sum_domain(reader, self._state)
+    def apply(self, x, state):
+        return None, to_float32(x, self.what)
 
-    def _finalize(self, mean):
-        return self._pipeline.finalize(mean, self._state)
+    def write_side(self, writer, side):
+        writer.write_array(side)
 
+    def read_side(self, reader, state, dim):
+        values = reader.read_array("<f4", dim, self.what)
+        if not np.all(np.isfinite(values)):
+            raise PayloadError(f"{self.what} must be finite")
+        return values
 
-class PipelineCompressor(BaselineCompressor):
-    """A baseline declared as a :class:`quicdesign.stages.Pipeline` (property ``stages``).
+    def invert(self, y, side, state, dim):
+        return side.astype(np.float64)
 
-    The body is the stages' side information in order; the aggregator is a
-    :class:`PipelineAggregator`.
-    """
+    def side_size(self, dim, vector_dim):
+        return 4 * dim
 
-    @property
-    @abstractmethod
-    def stages(self):
-        """The compressor's :class:`~quicdesign.stages.Pipeline` (parameters validated)."""
-
-    def _body_size(self, dim):
-        return self.stages.body_size(dim)
-
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
-        state = self.stages.client_state(flat.size, round_seed, client_id, rng)
-        self.stages.encode(flat, writer, state)
-
-    def _make_aggregator(self, dim, round_seed):
-        return PipelineAggregator(self, dim, round_seed)
+    def output_dim(self, dim):
+        return 0

@@ -28,7 +28,8 @@ import numpy as np
 from .._validate import check_f32_normal, check_int
 from .._wire import packed_size
 from ..errors import ParameterError, PayloadError
-from ._common import BaselineCompressor, euclidean_norm, f32_ceil, f32_floor, read_f32
+from ..stages import Pipeline, Stage
+from ._common import PipelineCompressor, euclidean_norm, f32_ceil, f32_floor, read_f32
 from .base import CompressorProperties
 
 __all__ = ["CosSGD", "cosine_levels"]
@@ -46,7 +47,87 @@ def cosine_levels(norm, beta, bits):
     return norm * np.cos(np.pi * angles)
 
 
-class CosSGD(BaselineCompressor):
+class CosineQuantize(Stage):
+    """The cosine quantizer of one tensor; side information ``n``, ``beta`` and codes.
+
+    Parameters
+    ----------
+    bits, clip, rounding
+        As for :class:`CosSGD` (validated there).
+    """
+
+    def __init__(self, bits, clip, rounding):
+        self.bits = bits
+        self.clip = clip
+        self.rounding = rounding
+
+    def apply(self, flat, state):
+        bits = self.bits
+        top = (1 << bits) - 1
+        x = flat.astype(np.float64)
+        raw_norm = euclidean_norm(x)
+        check_f32_normal(raw_norm, "norm")
+        norm = f32_ceil(raw_norm, "norm")
+        if norm == 0.0:
+            return None, (0.0, 0.0, np.zeros(x.size, dtype=np.uint8))
+        u = np.arccos(np.clip(x / norm, -1.0, 1.0)) / np.pi
+        deviation = np.abs(u - 0.5)
+        dropped = math.floor(self.clip * x.size)
+        # the (dropped + 1)-th largest deviation, by selection
+        kth = x.size - 1 - dropped
+        largest_kept = float(np.partition(deviation, kth)[kth])
+        beta = f32_floor(0.5 - largest_kept, "beta")
+        span = 1.0 - 2.0 * beta
+        if span <= 0.0:
+            codes = np.zeros(x.size, dtype=np.int64)
+        else:
+            t = (np.clip(u, beta, 1.0 - beta) - beta) * (top / span)
+            codes = self._round(t, x, top, norm, beta, bits, state.rng)
+        return None, (norm, beta, codes)
+
+    def write_side(self, writer, side):
+        norm, beta, codes = side
+        writer.write_f32(norm)
+        writer.write_f32(beta)
+        writer.write_codes(codes, self.bits)
+
+    def _round(self, t, x, top, norm, beta, bits, rng):
+        if self.rounding == "deterministic":
+            return np.clip(np.rint(t), 0, top).astype(np.int64)
+        if self.rounding == "stochastic":
+            lower = np.floor(t)
+            codes = lower + (rng.random(t.shape) < (t - lower))
+            return np.clip(codes, 0, top).astype(np.int64)
+        # unbiased in x: between the decoded levels L[lower] >= x >= L[lower + 1]
+        levels = cosine_levels(norm, beta, bits)
+        lower = np.clip(np.floor(t), 0, top - 1).astype(np.int64)
+        above, below = levels[lower], levels[lower + 1]
+        gap = above - below
+        safe_gap = np.where(gap > 0, gap, 1.0)
+        up_probability = np.clip(np.where(gap > 0, (above - x) / safe_gap, 0.0), 0.0, 1.0)
+        return lower + (rng.random(t.shape) < up_probability)
+
+    def read_side(self, reader, state, dim):
+        norm = read_f32(reader, "norm", nonnegative=True)
+        beta = read_f32(reader, "beta")
+        if not 0.0 <= beta <= 0.5:
+            raise PayloadError(f"beta must be in [0, 0.5], got {beta!r}")
+        return norm, beta, reader.read_codes(self.bits, dim, "codes")
+
+    def invert(self, y, side, state, dim):
+        norm, beta, codes = side
+        if norm == 0.0 or beta == 0.5:
+            return np.zeros(dim, dtype=np.float64)
+        return cosine_levels(norm, beta, self.bits)[codes]
+
+    def side_size(self, dim, vector_dim):
+        return 8 + packed_size(self.bits, dim)
+
+    def output_dim(self, dim):
+        return 0
+
+
+class CosSGD(PipelineCompressor):
     """Cosine quantization of one tensor with per-tensor norm and range.
 
     Parameters
@@ -89,61 +170,7 @@ class CosSGD(BaselineCompressor):
         # only bits changes how a payload is read
         return (bits,)
 
-    def _body_size(self, dim):
-        return 8 + packed_size(self._config()[0], dim)
-
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
-        bits = self._config()[0]
-        top = (1 << bits) - 1
-        x = flat.astype(np.float64)
-        raw_norm = euclidean_norm(x)
-        check_f32_normal(raw_norm, "norm")
-        norm = f32_ceil(raw_norm, "norm")
-        if norm == 0.0:
-            writer.write_f32(0.0)
-            writer.write_f32(0.0)
-            writer.write_codes(np.zeros(x.size, dtype=np.uint8), bits)
-            return
-        u = np.arccos(np.clip(x / norm, -1.0, 1.0)) / np.pi
-        deviation = np.abs(u - 0.5)
-        dropped = math.floor(self.clip * x.size)
-        # the (dropped + 1)-th largest deviation, by selection
-        kth = x.size - 1 - dropped
-        largest_kept = float(np.partition(deviation, kth)[kth])
-        beta = f32_floor(0.5 - largest_kept, "beta")
-        span = 1.0 - 2.0 * beta
-        if span <= 0.0:
-            codes = np.zeros(x.size, dtype=np.int64)
-        else:
-            t = (np.clip(u, beta, 1.0 - beta) - beta) * (top / span)
-            codes = self._round(t, x, top, norm, beta, bits, rng)
-        writer.write_f32(norm)
-        writer.write_f32(beta)
-        writer.write_codes(codes, bits)
-
-    def _round(self, t, x, top, norm, beta, bits, rng):
-        if self.rounding == "deterministic":
-            return np.clip(np.rint(t), 0, top).astype(np.int64)
-        if self.rounding == "stochastic":
-            lower = np.floor(t)
-            codes = lower + (rng.random(t.shape) < (t - lower))
-            return np.clip(codes, 0, top).astype(np.int64)
-        # unbiased in x: between the decoded levels L[lower] >= x >= L[lower + 1]
-        levels = cosine_levels(norm, beta, bits)
-        lower = np.clip(np.floor(t), 0, top - 1).astype(np.int64)
-        above, below = levels[lower], levels[lower + 1]
-        gap = above - below
-        safe_gap = np.where(gap > 0, gap, 1.0)
-        up_probability = np.clip(np.where(gap > 0, (above - x) / safe_gap, 0.0), 0.0, 1.0)
-        return lower + (rng.random(t.shape) < up_probability)
-
-    def _decode_body(self, reader, header, round_seed):
-        bits = self._config()[0]
-        norm = read_f32(reader, "norm", nonnegative=True)
-        beta = read_f32(reader, "beta")
-        if not 0.0 <= beta <= 0.5:
-            raise PayloadError(f"beta must be in [0, 0.5], got {beta!r}")
-        codes = reader.read_codes(bits, header.dim, "codes")
-        if norm == 0.0 or beta == 0.5:
-            return np.zeros(header.dim, dtype=np.float64)
-        return cosine_levels(norm, beta, bits)[codes]
+    @property
+    def stages(self):
+        """The cosine quantizer of the tensor itself."""
+        return Pipeline((CosineQuantize(self._config()[0], self.clip, self.rounding),))

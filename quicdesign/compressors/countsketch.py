@@ -20,9 +20,10 @@ import functools
 import numpy as np
 
 from .._validate import MAX_DIM, check_int
-from ..errors import ParameterError, PayloadError
+from ..errors import ParameterError
 from ..randomness import raw_words
-from ._common import BaselineCompressor, SumAggregator, to_float32
+from ..stages import Pipeline, Stage
+from ._common import Float32Values, PipelineCompressor
 from .base import CompressorProperties
 
 __all__ = ["CountSketch", "PURPOSE_COUNTSKETCH", "sketch_hashes"]
@@ -48,28 +49,53 @@ def sketch_hashes(round_seed, dim, rows, columns):
     return index, signs
 
 
-class _SketchSumAggregator(SumAggregator):
-    def __init__(self, compressor, dim, round_seed):
-        rows, columns, estimator = compressor._shape(dim)
-        super().__init__(compressor, dim, round_seed, (rows * columns,))
-        self._rows, self._columns, self._estimator = rows, columns, estimator
+class SketchStage(Stage):
+    """Count-Sketch with the round's hashes: linear and the same for every client, so
+    the server sums sketches and estimates once.
 
-    def _contribution(self, reader, header):
-        sketch = reader.read_array("<f4", self._rows * self._columns, "sketch")
-        if not np.all(np.isfinite(sketch)):
-            raise PayloadError("sketch values must be finite")
-        return sketch.astype(np.float64)
+    The mean estimate commutes with sum. The median estimate does not (it is not
+    linear), but the scheme defines its aggregate as the median estimate of the summed
+    sketch, so the server still sums first (``sums_before_invert``).
 
-    def _finalize(self, mean):
-        index, signs = sketch_hashes(self.round_seed, self.dim, self._rows, self._columns)
-        estimates = mean[index]
+    Parameters
+    ----------
+    rows, columns, estimator
+        As for :class:`CountSketch` (validated there; ``columns`` None for ``ceil(d/32)``).
+    """
+
+    sums_before_invert = True
+
+    def __init__(self, rows, columns, estimator):
+        self.rows = rows
+        self.columns = columns
+        self.estimator = estimator
+        self.commutes_with_sum = estimator == "mean"
+
+    def _columns(self, dim):
+        return -(-dim // _DEFAULT_COLUMN_RATIO) if self.columns is None else int(self.columns)
+
+    def apply(self, x, state):
+        rows, columns = self.rows, self._columns(x.size)
+        index, signs = sketch_hashes(state.round_seed, x.size, rows, columns)
+        signed = signs * x.astype(np.float64)[None, :]
+        sketch = np.bincount(
+            index.reshape(-1), weights=signed.reshape(-1), minlength=rows * columns
+        )
+        return sketch, None
+
+    def invert(self, y, side, state, dim):
+        index, signs = sketch_hashes(state.round_seed, dim, self.rows, self._columns(dim))
+        estimates = y[index]
         estimates *= signs
-        if self._estimator == "median":
+        if self.estimator == "median":
             return np.median(estimates, axis=0)
         return estimates.mean(axis=0)
 
+    def output_dim(self, dim):
+        return self.rows * self._columns(dim)
 
-class CountSketch(BaselineCompressor):
+
+class CountSketch(PipelineCompressor):
     """Count-Sketch with round-shared hashes; sketches are summed by the server.
 
     Parameters
@@ -112,24 +138,9 @@ class CountSketch(BaselineCompressor):
             raise ParameterError(f"estimator must be 'mean' or 'median', got {self.estimator!r}")
         return rows, self.columns
 
-    def _shape(self, dim):
+    @property
+    def stages(self):
+        """The sketch (summed over clients), then its float32 values."""
         rows, columns = self._config()
-        if columns is None:
-            columns = -(-dim // _DEFAULT_COLUMN_RATIO)
-        return rows, int(columns), self.estimator
-
-    def _body_size(self, dim):
-        rows, columns, _ = self._shape(dim)
-        return 4 * rows * columns
-
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
-        rows, columns, _ = self._shape(flat.size)
-        index, signs = sketch_hashes(round_seed, flat.size, rows, columns)
-        signed = signs * flat.astype(np.float64)[None, :]
-        sketch = np.bincount(
-            index.reshape(-1), weights=signed.reshape(-1), minlength=rows * columns
-        )
-        writer.write_array(to_float32(sketch, "sketch values"))
-
-    def _make_aggregator(self, dim, round_seed):
-        return _SketchSumAggregator(self, dim, round_seed)
+        sketch = SketchStage(rows, columns, self.estimator)
+        return Pipeline((sketch, Float32Values("sketch values")))

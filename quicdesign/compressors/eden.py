@@ -31,9 +31,9 @@ import numpy as np
 
 from .._validate import check_f32_normal, check_int
 from .._wire import packed_size
-from ..randomness import rotation_signs
-from ..rotation import RotationLayout, scaled_rotate, unrotate
-from ._common import BaselineCompressor, read_f32, to_float32
+from ..rotation import RotationLayout
+from ..stages import Pipeline, RandomizedHadamard, Stage
+from ._common import PipelineCompressor, read_f32, to_float32
 from .base import CompressorProperties
 
 __all__ = ["EDEN", "DRIVE", "lloyd_max_normal", "PURPOSE_EDEN_ROTATION"]
@@ -138,7 +138,69 @@ def lloyd_max_normal(bits):
     return full, thresholds, distortion
 
 
-class EDEN(BaselineCompressor):
+class LloydMaxQuantize(Stage):
+    """EDEN's quantizer on rotated chunks (a :class:`~quicdesign.stages.ScaledChunks`):
+    nearest Lloyd-Max centroid of the unit-variance chunk, and one unbiasing scale
+    ``S = ||v||**2 / <v, c>`` per chunk (float32). Decodes to ``S c`` per chunk.
+
+    Parameters
+    ----------
+    bits : int
+        1..8 (validated by the compressor).
+    """
+
+    def __init__(self, bits):
+        self.bits = bits
+
+    def apply(self, x, state):
+        centroids, thresholds, _ = lloyd_max_normal(self.bits)
+        rotated, exponents, layout = x.rotated, x.exponents, x.layout
+        squared_norms = np.sum(np.square(rotated, dtype=np.float64), axis=1)
+        norms = np.sqrt(squared_norms)
+        positive = norms > 0
+        to_unit = np.zeros_like(norms)
+        to_unit[positive] = math.sqrt(layout.chunk_size) / norms[positive]
+        z = rotated * to_unit[:, None].astype(rotated.dtype)
+        codes = np.searchsorted(thresholds, z.reshape(-1)).reshape(z.shape)
+        chosen = centroids[codes]
+        inner = np.sum(rotated * chosen, axis=1)
+        # <v, c> > 0 whenever v != 0: each centroid has the sign of its coordinate
+        scales = np.zeros_like(norms)
+        scales[positive] = squared_norms[positive] / inner[positive]
+        check_f32_normal(scales, "EDEN scale", exponents)
+        with np.errstate(over="ignore"):
+            scales = np.ldexp(scales, exponents)
+        return None, (to_float32(scales, "EDEN scales"), codes)
+
+    def write_side(self, writer, side):
+        scales, codes = side
+        writer.write_array(scales)
+        writer.write_codes(codes, self.bits)
+
+    def read_side(self, reader, state, dim):
+        layout = RotationLayout.for_dim(state.dim)
+        scales = np.array(
+            [read_f32(reader, f"scale[{k}]", nonnegative=True) for k in range(layout.num_chunks)]
+        )
+        return scales, reader.read_codes(self.bits, dim, "codes")
+
+    def invert(self, y, side, state, dim):
+        scales, codes = side
+        layout = RotationLayout.for_dim(state.dim)
+        rotated = lloyd_max_normal(self.bits)[0][codes].reshape(
+            layout.num_chunks, layout.chunk_size
+        )
+        rotated *= scales[:, None]
+        return rotated
+
+    def side_size(self, dim, vector_dim):
+        return 4 * RotationLayout.for_dim(vector_dim).num_chunks + packed_size(self.bits, dim)
+
+    def output_dim(self, dim):
+        return 0
+
+
+class EDEN(PipelineCompressor):
     """EDEN with ``2**bits`` Lloyd-Max levels and a per-client rotation.
 
     Parameters
@@ -166,55 +228,15 @@ class EDEN(BaselineCompressor):
         distortion = lloyd_max_normal(self._config()[0])[2]
         return distortion / (1.0 - distortion)
 
-    def _body_size(self, dim):
-        layout = RotationLayout.for_dim(dim)
-        return 4 * layout.num_chunks + packed_size(self._config()[0], layout.rotated_dim)
-
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
-        bits = self._config()[0]
-        centroids, thresholds, _ = lloyd_max_normal(bits)
-        layout = RotationLayout.for_dim(flat.size)
-        signs = rotation_signs(
-            round_seed, layout.rotated_dim, client_id=client_id, purpose=PURPOSE_EDEN_ROTATION
+    @property
+    def stages(self):
+        """The client's own rotation (not summed), then Lloyd-Max quantization."""
+        return Pipeline(
+            (
+                RandomizedHadamard(scaled=True, client_purpose=PURPOSE_EDEN_ROTATION),
+                LloydMaxQuantize(self._config()[0]),
+            )
         )
-        # chunk k's rotation is rotated[k] * 2**exponents[k]: no overflow, no underflow
-        rotated, exponents = scaled_rotate(flat, signs, layout)
-        squared_norms = np.sum(np.square(rotated, dtype=np.float64), axis=1)
-        norms = np.sqrt(squared_norms)
-        positive = norms > 0
-        to_unit = np.zeros_like(norms)
-        to_unit[positive] = math.sqrt(layout.chunk_size) / norms[positive]
-        z = rotated * to_unit[:, None].astype(rotated.dtype)
-        codes = np.searchsorted(thresholds, z.reshape(-1)).reshape(z.shape)
-        chosen = centroids[codes]
-        inner = np.sum(rotated * chosen, axis=1)
-        # <v, c> > 0 whenever v != 0: each centroid has the sign of its coordinate
-        scales = np.zeros_like(norms)
-        scales[positive] = squared_norms[positive] / inner[positive]
-        check_f32_normal(scales, "EDEN scale", exponents)
-        with np.errstate(over="ignore"):
-            scales = np.ldexp(scales, exponents)
-        writer.write_array(to_float32(scales, "EDEN scales"))
-        writer.write_codes(codes, bits)
-
-    def _decode_body(self, reader, header, round_seed):
-        bits = self._config()[0]
-        centroids = lloyd_max_normal(bits)[0]
-        layout = RotationLayout.for_dim(header.dim)
-        scales = np.array(
-            [read_f32(reader, f"scale[{k}]", nonnegative=True) for k in range(layout.num_chunks)]
-        )
-        codes = reader.read_codes(bits, layout.rotated_dim, "codes")
-        rotated = centroids[codes].reshape(layout.num_chunks, layout.chunk_size)
-        rotated *= scales[:, None]
-        signs = rotation_signs(
-            round_seed,
-            layout.rotated_dim,
-            np.float64,
-            client_id=header.client_id,
-            purpose=PURPOSE_EDEN_ROTATION,
-        )
-        return unrotate(rotated, signs, layout)
 
 
 class DRIVE(EDEN):

@@ -57,6 +57,11 @@ class _TableCompressor(Compressor):
             self.resolved_table(), round_seed, dim, **self._codec_options()
         )
 
+    @property
+    def stages(self):
+        """The :class:`~quicdesign.stages.Pipeline` the encoder and aggregator run."""
+        return self._encoder_class.pipeline_for(self.resolved_table(), **self._codec_options())
+
     def __getstate__(self):
         state = dict(self.__dict__)
         state["_encoder"] = None
@@ -145,7 +150,7 @@ class QuicFLDirect(_TableCompressor):
     name = "quicfl-direct"
     properties = CompressorProperties(
         unbiased=True,
-        sums_before_decoding=True,
+        sums_before_decoding=False,  # no transform: each client decodes on its own
         shared_randomness=("round", "client"),
         fixed_rate=True,
     )

@@ -16,9 +16,10 @@ import math
 import numpy as np
 
 from .._validate import MAX_DIM, check_int
-from ..errors import ParameterError, PayloadError
+from ..errors import ParameterError
 from ..randomness import raw_words
-from ._common import BaselineCompressor, to_float32
+from ..stages import Pipeline, Stage
+from ._common import Float32Values, PipelineCompressor
 from .base import CompressorProperties
 
 __all__ = ["RandK", "PURPOSE_RANDK", "randk_indices"]
@@ -41,7 +42,42 @@ def randk_indices(round_seed, client_id, dim, k):
     return np.sort(chosen)
 
 
-class RandK(BaselineCompressor):
+def _kept(kind, value, dim):
+    if kind == "k":
+        return min(value, dim)
+    return min(dim, max(1, math.ceil(value * dim)))
+
+
+class RandKSelect(Stage):
+    """Keep the client's ``k`` shared-random coordinates; the server scatters them back
+    scaled by ``d / k``. Per client: the kept indices are the client's own.
+
+    Parameters
+    ----------
+    kind, value
+        ``("k", k)`` or ``("fraction", fraction)``, validated by :class:`RandK`.
+    """
+
+    def __init__(self, kind, value):
+        self.kind = kind
+        self.value = value
+
+    def apply(self, x, state):
+        k = _kept(self.kind, self.value, x.size)
+        return x[randk_indices(state.round_seed, state.client_id, x.size, k)], None
+
+    def invert(self, y, side, state, dim):
+        k = _kept(self.kind, self.value, dim)
+        decoded = np.zeros(dim, dtype=np.float64)
+        decoded[randk_indices(state.round_seed, state.client_id, dim, k)] = y
+        decoded *= dim / k
+        return decoded
+
+    def output_dim(self, dim):
+        return _kept(self.kind, self.value, dim)
+
+
+class RandK(PipelineCompressor):
     """Keep ``k`` shared-random coordinates, scaled by ``d / k`` at the server.
 
     Parameters
@@ -79,24 +115,9 @@ class RandK(BaselineCompressor):
 
     def kept(self, dim):
         """Number of coordinates kept for a ``dim``-long vector."""
-        kind, value = self._config()
-        if kind == "k":
-            return min(value, dim)
-        return min(dim, max(1, math.ceil(value * dim)))
+        return _kept(*self._config(), dim)
 
-    def _body_size(self, dim):
-        return 4 * self.kept(dim)
-
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
-        indices = randk_indices(round_seed, client_id, flat.size, self.kept(flat.size))
-        writer.write_array(to_float32(flat[indices], "kept values"))
-
-    def _decode_body(self, reader, header, round_seed):
-        k = self.kept(header.dim)
-        values = reader.read_array("<f4", k, "values")
-        if not np.all(np.isfinite(values)):
-            raise PayloadError("rand-k values must be finite")
-        decoded = np.zeros(header.dim, dtype=np.float64)
-        decoded[randk_indices(round_seed, header.client_id, header.dim, k)] = values
-        decoded *= header.dim / k
-        return decoded
+    @property
+    def stages(self):
+        """The client's coordinates, then their float32 values."""
+        return Pipeline((RandKSelect(*self._config()), Float32Values("kept values")))

@@ -11,13 +11,47 @@ import numpy as np
 
 from .._validate import check_f32_normal
 from .._wire import packed_size
-from ._common import BaselineCompressor, f32_nearest, read_f32
+from ..stages import Pipeline, Stage
+from ._common import PipelineCompressor, f32_nearest, read_f32
 from .base import CompressorProperties
 
 __all__ = ["SignSGD"]
 
 
-class SignSGD(BaselineCompressor):
+class ScaledSign(Stage):
+    """``a * sign(x)`` with ``a = mean |x|``: side information ``a`` and one bit each."""
+
+    def apply(self, x, state):
+        magnitude = np.abs(x, dtype=np.float64)
+        largest = float(magnitude.max())
+        # mean of |x| / max |x| cannot overflow (a plain mean of 1e308s does)
+        mean = largest * float(np.mean(magnitude / largest)) if largest > 0 else 0.0
+        check_f32_normal(mean, "mean |x|")
+        negative = (np.signbit(x) & (x != 0)).astype(np.uint8)
+        return None, (f32_nearest(mean, "mean |x|"), negative)
+
+    def write_side(self, writer, side):
+        scale, negative = side
+        writer.write_f32(scale)
+        writer.write_codes(negative, 1)
+
+    def read_side(self, reader, state, dim):
+        return read_f32(reader, "scale", nonnegative=True), reader.read_codes(1, dim, "signs")
+
+    def invert(self, y, side, state, dim):
+        scale, negative = side
+        decoded = 1.0 - 2.0 * negative.astype(np.float64)
+        decoded *= scale
+        return decoded
+
+    def side_size(self, dim, vector_dim):
+        return 4 + packed_size(1, dim)
+
+    def output_dim(self, dim):
+        return 0
+
+
+class SignSGD(PipelineCompressor):
     """Scaled sign: one bit per coordinate plus ``mean |x|``; biased."""
 
     name = "sign"
@@ -27,21 +61,7 @@ class SignSGD(BaselineCompressor):
     def _config(self):
         return ()
 
-    def _body_size(self, dim):
-        return 4 + packed_size(1, dim)
-
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
-        magnitude = np.abs(flat, dtype=np.float64)
-        largest = float(magnitude.max())
-        # mean of |x| / max |x| cannot overflow (a plain mean of 1e308s does)
-        mean = largest * float(np.mean(magnitude / largest)) if largest > 0 else 0.0
-        check_f32_normal(mean, "mean |x|")
-        writer.write_f32(f32_nearest(mean, "mean |x|"))
-        writer.write_codes((np.signbit(flat) & (flat != 0)).astype(np.uint8), 1)
-
-    def _decode_body(self, reader, header, round_seed):
-        scale = read_f32(reader, "scale", nonnegative=True)
-        negative = reader.read_codes(1, header.dim, "signs")
-        decoded = 1.0 - 2.0 * negative.astype(np.float64)
-        decoded *= scale
-        return decoded
+    @property
+    def stages(self):
+        """The scaled sign of the vector itself."""
+        return Pipeline((ScaledSign(),))

@@ -27,20 +27,20 @@ import numpy as np
 from .._validate import check_f32_normal, check_int, check_minmax_magnitude
 from .._wire import packed_size
 from ..errors import ParameterError, PayloadError
-from ..stages import Stage
-from ._common import BaselineCompressor, euclidean_norm, f32_ceil, f32_floor, read_f32
+from ..stages import Pipeline, Stage
+from ._common import PipelineCompressor, euclidean_norm, f32_ceil, f32_floor, read_f32
 from .base import CompressorProperties
 
 __all__ = [
     "StochasticQuantizer",
     "QSGD",
+    "MinMaxQuantize",
+    "QSGDQuantize",
     "check_minmax_magnitude",
     "minmax_quantize",
     "minmax_dequantize",
     "read_minmax_side",
 ]
-
-_SIDE_BYTES = 8  # lo, hi as float32
 
 
 def _stochastic_round(t, upper, rng):
@@ -137,14 +137,14 @@ class MinMaxQuantize(Stage):
         lo, hi = read_minmax_side(reader)
         return lo, hi, reader.read_codes(self.bits, dim, "codes")
 
-    def side_size(self, dim):
+    def side_size(self, dim, vector_dim):
         return 8 + packed_size(self.bits, dim)
 
     def output_dim(self, dim):
         return 0
 
 
-class StochasticQuantizer(BaselineCompressor):
+class StochasticQuantizer(PipelineCompressor):
     """Unbiased min-max stochastic quantization with ``2**bits`` levels.
 
     Parameters
@@ -164,23 +164,70 @@ class StochasticQuantizer(BaselineCompressor):
     def _config(self):
         return (check_int(self.bits, "bits", 1, 16),)
 
-    def _body_size(self, dim):
-        return _SIDE_BYTES + packed_size(self._config()[0], dim)
-
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
-        bits = self._config()[0]
-        lo, hi, codes = minmax_quantize(flat, bits, rng)
-        writer.write_f32(lo)
-        writer.write_f32(hi)
-        writer.write_codes(codes, bits)
-
-    def _decode_body(self, reader, header, round_seed):
-        bits = self._config()[0]
-        lo, hi = read_minmax_side(reader)
-        return minmax_dequantize(lo, hi, reader.read_codes(bits, header.dim, "codes"), bits)
+    @property
+    def stages(self):
+        """Min-max SQ of the vector itself."""
+        return Pipeline((MinMaxQuantize(self._config()[0]),))
 
 
-class QSGD(BaselineCompressor):
+class QSGDQuantize(Stage):
+    """QSGD's norm-scaled levels (see the module docstring); side: ``n`` and the codes.
+
+    Parameters
+    ----------
+    levels : int
+        ``s``, validated by the compressor.
+    norm : {"l2", "max"}
+        The scale ``n``.
+    """
+
+    def __init__(self, levels, norm):
+        self.levels = levels
+        self.norm = norm
+        self.code_bits = math.ceil(math.log2(2 * levels + 1))
+
+    def apply(self, x, state):
+        levels = self.levels
+        magnitude = np.abs(x, dtype=np.float64)
+        raw_scale = euclidean_norm(magnitude) if self.norm == "l2" else magnitude.max()
+        # rounded up to float32 so |x_j| / scale <= 1 with the value the server reads
+        scale = f32_ceil(raw_scale, "norm")
+        check_f32_normal(raw_scale, "norm")
+        if scale == 0.0:
+            signed = np.full(x.size, levels, dtype=np.int64)
+        else:
+            magnitude *= levels / scale
+            xi = _stochastic_round(magnitude, levels, state.rng)
+            signed = np.where(x < 0, levels - xi, levels + xi)
+        return None, (scale, signed)
+
+    def write_side(self, writer, side):
+        scale, signed = side
+        writer.write_f32(scale)
+        writer.write_codes(signed, self.code_bits)
+
+    def read_side(self, reader, state, dim):
+        scale = read_f32(reader, "norm", nonnegative=True)
+        codes = reader.read_codes(self.code_bits, dim, "codes")
+        if codes.size and int(codes.max()) > 2 * self.levels:
+            raise PayloadError(f"QSGD code {int(codes.max())} exceeds 2s = {2 * self.levels}")
+        return scale, codes
+
+    def invert(self, y, side, state, dim):
+        scale, codes = side
+        decoded = codes.astype(np.float64)
+        decoded -= self.levels
+        decoded *= scale / self.levels
+        return decoded
+
+    def side_size(self, dim, vector_dim):
+        return 4 + packed_size(self.code_bits, dim)
+
+    def output_dim(self, dim):
+        return 0
+
+
+class QSGD(PipelineCompressor):
     """QSGD with ``s`` levels per sign, norm-scaled (see the module docstring).
 
     Parameters
@@ -211,32 +258,7 @@ class QSGD(BaselineCompressor):
         """Bits per coordinate on the wire, ``ceil(log2(2s + 1))``."""
         return math.ceil(math.log2(2 * self._config()[0] + 1))
 
-    def _body_size(self, dim):
-        return 4 + packed_size(self.code_bits, dim)
-
-    def _encode_body(self, flat, writer, *, round_seed, client_id, rng):
-        levels, norm = self._config()
-        magnitude = np.abs(flat, dtype=np.float64)
-        raw_scale = euclidean_norm(magnitude) if norm == "l2" else magnitude.max()
-        # rounded up to float32 so |x_j| / scale <= 1 with the value the server reads
-        scale = f32_ceil(raw_scale, "norm")
-        check_f32_normal(raw_scale, "norm")
-        if scale == 0.0:
-            signed = np.full(flat.size, levels, dtype=np.int64)
-        else:
-            magnitude *= levels / scale
-            xi = _stochastic_round(magnitude, levels, rng)
-            signed = np.where(flat < 0, levels - xi, levels + xi)
-        writer.write_f32(scale)
-        writer.write_codes(signed, self.code_bits)
-
-    def _decode_body(self, reader, header, round_seed):
-        levels, _ = self._config()
-        scale = read_f32(reader, "norm", nonnegative=True)
-        codes = reader.read_codes(self.code_bits, header.dim, "codes")
-        if codes.size and int(codes.max()) > 2 * levels:
-            raise PayloadError(f"QSGD code {int(codes.max())} exceeds 2s = {2 * levels}")
-        decoded = codes.astype(np.float64)
-        decoded -= levels
-        decoded *= scale / levels
-        return decoded
+    @property
+    def stages(self):
+        """QSGD's levels of the vector itself."""
+        return Pipeline((QSGDQuantize(*self._config()),))
