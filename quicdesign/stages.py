@@ -71,8 +71,9 @@ class Stage(ABC):
         """
         return None
 
-    def side_size(self, dim: int) -> int:
-        """Exact bytes :meth:`write_side` writes for an input of length ``dim``."""
+    def side_size(self, dim: int) -> int | None:
+        """Exact bytes :meth:`write_side` writes for an input of length ``dim``, or None
+        when the length depends on the data (the stage's reader then checks it)."""
         return 0
 
     def output_dim(self, dim: int) -> int:
@@ -118,11 +119,14 @@ class Pipeline:
             dim = stage.output_dim(dim)
         return (dim,)
 
-    def body_size(self, dim) -> int:
-        """Exact bytes of all side information for a ``dim``-long vector."""
+    def body_size(self, dim) -> int | None:
+        """Exact bytes of all side information for a ``dim``-long vector (None: variable)."""
         size = 0
         for stage in self.stages:
-            size += stage.side_size(dim)
+            side = stage.side_size(dim)
+            if side is None:
+                return None
+            size += side
             dim = stage.output_dim(dim)
         return size
 

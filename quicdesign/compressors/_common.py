@@ -220,10 +220,12 @@ class BaselineCompressor(Compressor):
         """A fresh aggregator (arguments already validated)."""
         return DirectSumAggregator(self, dim, round_seed, (dim,))
 
-    def payload_size(self, dim) -> int:
-        """Exact payload size in bytes for a ``dim``-long vector (header included)."""
+    def payload_size(self, dim) -> int | None:
+        """Exact payload size in bytes for a ``dim``-long vector (header included), or
+        None for variable-length (entropy-coded) payloads."""
         self._config()
-        return HEADER_SIZE + self._body_size(check_dim(dim))
+        body = self._body_size(check_dim(dim))
+        return None if body is None else HEADER_SIZE + body
 
     def encode(self, vector, *, round_seed, client_id, rng=None) -> bytes:
         """Encode one client's vector to payload bytes.
@@ -327,7 +329,7 @@ class SumAggregator(WeightedSumAggregator):
                 f"(config {header.config_tag:#010x})"
             )
         self._check_new_client(header.client_id)
-        if size != self._payload_size:
+        if self._payload_size is not None and size != self._payload_size:
             kind = "truncated" if size < self._payload_size else "oversized"
             raise PayloadError(f"{kind} payload: {size} bytes, expected {self._payload_size}")
         contribution = self._contribution(reader, header)
