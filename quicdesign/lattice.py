@@ -95,36 +95,54 @@ def lattice_spec(name) -> LatticeSpec:
 
 
 # ------------------------------------------------------------------------ nearest points
+# Blocks are *columns*: arrays have shape (n, blocks), so every per-coordinate step is a
+# contiguous vector operation over all blocks.
 
 
 def nearest_dn(x: np.ndarray) -> np.ndarray:
-    """Nearest point of ``D_n`` to every row of ``x`` (float64, integer-valued).
+    """Nearest point of ``D_n`` to every column of ``x`` (float64, integer-valued).
 
     Round every coordinate; where the sum is odd, round the coordinate farthest from an
     integer the other way.
     """
     rounded = np.floor(x + 0.5)
-    error = x - rounded
-    odd = np.flatnonzero(np.sum(rounded, axis=1) % 2 != 0)
+    odd = np.flatnonzero(np.sum(rounded, axis=0) % 2 != 0)
     if odd.size:
-        worst = np.argmax(np.abs(error[odd]), axis=1)
-        rounded[odd, worst] += np.where(error[odd, worst] > 0, 1.0, -1.0)
+        error = x[:, odd] - rounded[:, odd]
+        worst = np.argmax(np.abs(error), axis=0)
+        picked = error[worst, np.arange(odd.size)]
+        rounded[worst, odd] += np.where(picked > 0, 1.0, -1.0)
     return rounded
 
 
 def nearest_lattice_point(x: np.ndarray, spec: LatticeSpec) -> tuple[np.ndarray, np.ndarray]:
-    """Nearest lattice point to every row of ``x``: ``(y, c)`` with the point ``y + c / 2``.
+    """Nearest lattice point to every column of ``x`` (shape ``(n, blocks)``).
 
-    ``y`` has even row sums; ``c`` (int64) is the coset bit, 0 for ``d4``.
+    Returns ``(y, c)``: the point is ``y + c / 2`` with ``y`` integer-valued of even column
+    sums and ``c`` (int64, one per block) the coset bit, always 0 for ``d4``. For E8 both
+    ``D8`` roundings are scored before either is fixed up: fixing an odd sum moves the
+    coordinate with the largest error ``|e|`` and adds ``1 - 2|e|`` to the squared distance.
     """
-    y = nearest_dn(x)
-    coset = np.zeros(x.shape[0], dtype=np.int64)
-    if spec.cosets == 2:
-        shifted = nearest_dn(x - 0.5)
-        closer = np.sum(np.square(x - 0.5 - shifted), axis=1) < np.sum(np.square(x - y), axis=1)
-        y[closer] = shifted[closer]
-        coset[closer] = 1
-    return y, coset
+    if spec.cosets == 1:
+        return nearest_dn(x), np.zeros(x.shape[1], dtype=np.int64)
+    candidates = []
+    for rounded in (np.floor(x + 0.5), np.floor(x)):  # D8 and D8 + 1/2 (shifted back)
+        error = x - rounded if not candidates else x - 0.5 - rounded
+        magnitude = np.abs(error)
+        distance = np.sum(error * error, axis=0)
+        odd = np.sum(rounded, axis=0) % 2 != 0
+        distance += np.where(odd, 1.0 - 2.0 * np.max(magnitude, axis=0), 0.0)
+        candidates.append((rounded, error, odd, distance))
+    take = candidates[1][3] < candidates[0][3]
+    (r0, e0, odd0, _), (r1, e1, odd1, _) = candidates
+    y = np.where(take, r1, r0)
+    error = np.where(take, e1, e0)
+    fix = np.flatnonzero(np.where(take, odd1, odd0))
+    if fix.size:
+        worst = np.argmax(np.abs(error[:, fix]), axis=0)
+        picked = error[worst, fix]
+        y[worst, fix] += np.where(picked > 0, 1.0, -1.0)
+    return y, take.astype(np.int64)
 
 
 # ---------------------------------------------------------------------------- code model
@@ -341,97 +359,104 @@ def load_lattice_model(lattice="e8", rate_bits=2, path=None) -> LatticeCodeModel
 # ------------------------------------------------------------------- model probabilities
 
 
-@dataclass
-class BlockGeometry:
-    """Per-coordinate offsets of one coset: ``floor(c/2 - w)`` and the offset bin."""
+class CosetGeometry:
+    """Offsets, parity masses and suffix weights of the candidates of one coset.
 
-    floor: np.ndarray  # int64 (blocks, n)
-    offset: np.ndarray  # float64 in [0, 1)
-    bin: np.ndarray  # int64 (blocks, n)
-
-
-def block_geometry(model: LatticeCodeModel, dither: np.ndarray, coset) -> BlockGeometry:
-    """Offsets of the candidates of coset ``coset`` (scalar or per block) given ``dither``.
-
-    ``dither`` (blocks, n) holds values in ``[0, 2)``; ``c/2 - w`` is exact in float64.
+    Arrays have shape ``(n, blocks)`` (``(n + 1, blocks)`` for the suffix weights):
+    ``floor = floor(c/2 - w)`` (exact in float64 for ``w`` in ``[0, 2)``), ``offset`` in
+    ``[0, 1)``, ``bin = floor(offset * bins)``, ``even``/``odd`` the model's mass of even
+    and odd ``y = k - floor``, and ``w_even[j]``/``w_odd[j]`` the total weight of
+    coordinates ``j..n-1`` with even/odd parity sum (computed by :meth:`with_suffix`).
     """
-    shift = np.asarray(coset, dtype=np.float64).reshape(-1, 1) * 0.5
-    shifted = shift - dither
-    floor = np.floor(shifted)
-    offset = shifted - floor
-    return BlockGeometry(floor.astype(np.int64), offset, (offset * model.bins).astype(np.int64))
 
+    def __init__(self, model, dither, coset):
+        shift = np.asarray(coset, dtype=np.float64) * 0.5
+        shifted = shift - dither
+        floor = np.floor(shifted)
+        self.offset = shifted - floor
+        self.floor = floor.astype(np.int64)
+        self.bin = (self.offset * model.bins).astype(np.int64)
+        index = 2 * self.bin + (self.floor & 1)
+        flat = model.class_mass.reshape(-1)
+        self.even = flat[index]
+        self.odd = flat[index ^ 1]
 
-def _parity_masses(model, geometry):
-    """Masses of even and odd ``y`` per coordinate (``y = k - floor``)."""
-    flip = geometry.floor & 1
-    even = model.class_mass[geometry.bin, flip]
-    odd = model.class_mass[geometry.bin, 1 - flip]
-    return even, odd
+    def total_even(self) -> np.ndarray:
+        """``W_0(0)``: the total weight of the coset (same arithmetic as the suffixes)."""
+        w_even, w_odd = np.ones(self.even.shape[1]), np.zeros(self.even.shape[1])
+        for j in range(self.even.shape[0] - 1, -1, -1):
+            w_even, w_odd = (
+                self.even[j] * w_even + self.odd[j] * w_odd,
+                self.even[j] * w_odd + self.odd[j] * w_even,
+            )
+        return w_even
 
+    def with_suffix(self) -> CosetGeometry:
+        """Compute the suffix weights ``w_even``, ``w_odd`` (returns self)."""
+        n, blocks = self.even.shape
+        self.w_even = np.ones((n + 1, blocks))
+        self.w_odd = np.zeros((n + 1, blocks))
+        for j in range(n - 1, -1, -1):
+            self.w_even[j] = self.even[j] * self.w_even[j + 1] + self.odd[j] * self.w_odd[j + 1]
+            self.w_odd[j] = self.even[j] * self.w_odd[j + 1] + self.odd[j] * self.w_even[j + 1]
+        return self
 
-def _suffix_weights(even, odd):
-    """``W[p][:, j]``: total weight of coordinates ``j..n-1`` with parity ``p``."""
-    blocks, n = even.shape
-    w_even = np.ones((blocks, n + 1))
-    w_odd = np.zeros((blocks, n + 1))
-    for j in range(n - 1, -1, -1):
-        w_even[:, j] = even[:, j] * w_even[:, j + 1] + odd[:, j] * w_odd[:, j + 1]
-        w_odd[:, j] = even[:, j] * w_odd[:, j + 1] + odd[:, j] * w_even[:, j + 1]
-    return w_even, w_odd
-
-
-def coset_probability(model, dither) -> np.ndarray:
-    """``P(c = 1 | w)`` per block (all zeros for single-coset lattices)."""
-    if model.spec.cosets == 1:
-        return np.zeros(dither.shape[0])
-    totals = []
-    for coset in (0, 1):
-        even, odd = _parity_masses(model, block_geometry(model, dither, coset))
-        totals.append(_suffix_weights(even, odd)[0][:, 0])
-    return totals[1] / (totals[0] + totals[1])
-
-
-class ParityModel:
-    """Sequential parity probabilities of one block set given the coset geometry."""
-
-    def __init__(self, model, geometry):
-        self.even, self.odd = _parity_masses(model, geometry)
-        self.w_even, self.w_odd = _suffix_weights(self.even, self.odd)
+    def select(self, other, take_other) -> CosetGeometry:
+        """Per block, this geometry or ``other``'s (where ``take_other``)."""
+        chosen = object.__new__(CosetGeometry)
+        for name, value in vars(self).items():
+            setattr(chosen, name, np.where(take_other, getattr(other, name), value))
+        return chosen
 
     def probability_odd(self, column, required) -> np.ndarray:
-        """``P(y_column odd | the suffix from column must have parity required)``."""
+        """``P(y_column odd | the parity still required of columns column..n-1)``."""
         follow = column + 1
-        if_odd = self.odd[:, column] * np.where(
-            required == 1, self.w_even[:, follow], self.w_odd[:, follow]
-        )
-        if_even = self.even[:, column] * np.where(
-            required == 1, self.w_odd[:, follow], self.w_even[:, follow]
-        )
-        return if_odd / (if_odd + if_even)
+        odd_rest = np.where(required == 1, self.w_even[follow], self.w_odd[follow])
+        even_rest = np.where(required == 1, self.w_odd[follow], self.w_even[follow])
+        if_odd = self.odd[column] * odd_rest
+        return if_odd / (if_odd + self.even[column] * even_rest)
+
+
+class BlockModel:
+    """The code model's view of a set of blocks given their dither (both cosets)."""
+
+    def __init__(self, model, dither):
+        self.model = model
+        self.cosets = [CosetGeometry(model, dither, c) for c in range(model.spec.cosets)]
+
+    def coset_probability(self) -> np.ndarray:
+        """``P(c = 1 | w)`` per block (E8): ``Z_1 / (Z_0 + Z_1)`` with ``Z_c = W_0(0)``."""
+        first, second = self.cosets[0].total_even(), self.cosets[1].total_even()
+        return second / (first + second)
+
+    def geometry(self, coset) -> CosetGeometry:
+        """The geometry of each block's own coset, with its suffix weights."""
+        if len(self.cosets) == 1:
+            return self.cosets[0].with_suffix()
+        return self.cosets[0].select(self.cosets[1], coset == 1).with_suffix()
 
 
 def block_code_lengths(model, dither, y, coset) -> np.ndarray:
     """Ideal code length in bits of every block under the model (escapes excluded).
 
-    The figure the solver minimizes; the coder adds the ANS stream's rounding.
+    ``dither`` and ``y`` have shape ``(n, blocks)``. The figure the solver minimizes; the
+    ANS coder adds at most a few bits per stream.
     """
     n = model.block
-    bits = np.zeros(y.shape[0])
+    view = BlockModel(model, dither)
+    bits = np.zeros(y.shape[1])
     if model.spec.cosets == 2:
-        p1 = coset_probability(model, dither)
+        p1 = view.coset_probability()
         bits -= np.log2(np.where(coset == 1, p1, 1.0 - p1))
-    geometry = block_geometry(model, dither, coset)
-    parity_model = ParityModel(model, geometry)
-    parities = (y.astype(np.int64)) & 1
-    required = np.zeros(y.shape[0], dtype=np.int64)
+    geometry = view.geometry(coset)
+    parities = y.astype(np.int64) & 1
+    required = np.zeros(y.shape[1], dtype=np.int64)
     for column in range(n - 1):
-        p_odd = parity_model.probability_odd(column, required)
-        bits -= np.log2(np.where(parities[:, column] == 1, p_odd, 1.0 - p_odd))
-        required ^= parities[:, column]
+        p_odd = geometry.probability_odd(column, required)
+        bits -= np.log2(np.where(parities[column] == 1, p_odd, 1.0 - p_odd))
+        required ^= parities[column]
     k = y.astype(np.int64) + geometry.floor
-    column = np.clip(k - model.k_min, 0, model.num_symbols - 1)
-    k_parity = k & 1
-    mass = model.class_mass[geometry.bin, k_parity]
-    bits -= np.sum(np.log2(model.weights[geometry.bin, column] / mass), axis=1)
+    position = np.clip(k - model.k_min, 0, model.num_symbols - 1)
+    mass = model.class_mass[geometry.bin, k & 1]
+    bits -= np.sum(np.log2(model.weights[geometry.bin, position] / mass), axis=0)
     return bits

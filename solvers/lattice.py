@@ -51,9 +51,10 @@ def gaussian_lattice_model(lattice, scale, bins=64, manifest=None) -> LatticeCod
 
 
 def _samples(spec, count, seed):
+    """``count`` Gaussian blocks and dithers as columns ``(n, count)``."""
     rng = np.random.default_rng(seed)
-    z = rng.normal(size=(count, spec.block))
-    dither = rng.uniform(0.0, 2.0, size=(count, spec.block))
+    z = rng.normal(size=(spec.block, count))
+    dither = rng.uniform(0.0, 2.0, size=(spec.block, count))
     return z, dither
 
 
@@ -68,7 +69,7 @@ def lattice_rate(model, samples=100_000, seed=0):
     spec = model.spec
     z, dither = _samples(spec, samples, seed)
     y, coset = nearest_lattice_point(z / model.scale + dither, spec)
-    decoded = model.scale * (y + 0.5 * coset[:, None] - dither)
+    decoded = model.scale * (y + 0.5 * coset - dither)
     bits = block_code_lengths(model, dither, y, coset)
     return float(np.mean(bits)) / spec.block, float(np.mean((decoded - z) ** 2))
 

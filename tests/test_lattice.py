@@ -48,10 +48,10 @@ def _brute_force(x, spec):
 @pytest.mark.parametrize("name", ["e8", "d4"])
 def test_nearest_point_matches_brute_force(name):
     spec = LATTICES[name]
-    x = np.random.default_rng(1).uniform(-3, 3, size=(60, spec.block))
+    x = np.random.default_rng(1).uniform(-3, 3, size=(spec.block, 60))  # blocks as columns
     y, coset = nearest_lattice_point(x, spec)
-    assert np.all(y.sum(axis=1) % 2 == 0)
-    for row, point, c in zip(x, y, coset, strict=True):
+    assert np.all(y.sum(axis=0) % 2 == 0)
+    for row, point, c in zip(x.T, y.T, coset, strict=True):
         assert np.allclose(point + 0.5 * c, _brute_force(row, spec))
 
 
@@ -242,7 +242,7 @@ def test_coded_length_is_the_model_code_length():
     chunks = rotated.reshape(8, -1) if dim >= 8 * 1024 else rotated.reshape(1, -1)
     unit = chunks / np.linalg.norm(chunks, axis=1, keepdims=True) * math.sqrt(chunks.shape[1])
     dither = stage._dither(state, dim)
-    y, coset = nearest_lattice_point(unit.reshape(-1, 8) / model.scale + dither, model.spec)
+    y, coset = nearest_lattice_point(unit.reshape(-1, 8).T / model.scale + dither, model.spec)
     ideal = float(np.sum(block_code_lengths(model, dither, y, coset)))
     _, escapes, words = _body_fields(payload, chunks.shape[0])
     assert escapes == 0

@@ -22,13 +22,7 @@ import numpy as np
 
 from .._validate import check_int
 from ..errors import InputVectorError, ParameterError, PayloadError
-from ..lattice import (
-    ParityModel,
-    block_geometry,
-    coset_probability,
-    load_lattice_model,
-    nearest_lattice_point,
-)
+from ..lattice import BlockModel, load_lattice_model, nearest_lattice_point
 from ..randomness import dither_uniforms
 from ..rotation import RotationLayout
 from ..stages import Pipeline, RandomizedHadamard, Stage
@@ -62,9 +56,15 @@ def _constriction():
 
 
 def _digest(k: np.ndarray, coset: np.ndarray) -> bytes:
-    """8-byte blake2b of the coded points (k as little-endian i32, then coset bytes)."""
+    """8-byte blake2b of the coded points: ``k`` (shape (n, blocks), C order) as
+    little-endian i32, then the coset bits as bytes."""
     data = np.ascontiguousarray(k, dtype="<i4").tobytes() + coset.astype(np.uint8).tobytes()
     return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, person=b"quicdesign.lat1").digest()
+
+
+def _group_order(groups, bins):
+    """Positions sorted by group, stable (a radix sort: the groups fit in 16 bits)."""
+    return np.argsort(groups.astype(np.uint16 if 2 * bins > 256 else np.uint8), kind="stable")
 
 
 class _Coder:
@@ -101,9 +101,11 @@ class DitheredLatticeStage(Stage):
         return -(-dim // self.model.block)
 
     def _dither(self, state, dim):
+        """The client's dither as columns ``(n, blocks)``, uniform on ``[0, 2)^n``."""
         n = self.model.block
         uniforms = dither_uniforms(state.round_seed, state.client_id, self._blocks(dim) * n)
-        return 2.0 * uniforms.reshape(-1, n)  # uniform on [0, 2)^n: exact in float64
+        uniforms *= 2.0  # exact in float64
+        return np.ascontiguousarray(uniforms.reshape(-1, n).T)
 
     def side_size(self, dim):
         return None  # variable length
@@ -134,32 +136,34 @@ class DitheredLatticeStage(Stage):
         padded = np.zeros(self._blocks(dim) * n)
         padded[:dim] = unit
         dither = self._dither(state, dim)
-        y, coset = nearest_lattice_point(padded.reshape(-1, n) / model.scale + dither, model.spec)
+        columns = padded.reshape(-1, n).T / model.scale
+        y, coset = nearest_lattice_point(columns + dither, model.spec)
         return None, (norms, self._code(y, coset, dither))
 
-    def _code(self, y, coset, dither) -> tuple[bytes, np.ndarray, np.ndarray]:
+    def _code(self, y, coset, dither) -> tuple[np.ndarray, np.ndarray, bytes]:
         model, n = self.model, self.model.block
         coder = self._models()
-        geometry = block_geometry(model, dither, coset)
-        k = y.astype(np.int64) + geometry.floor
-        parities = y.astype(np.int64) & 1
+        view = BlockModel(model, dither)
+        geometry = view.geometry(coset)
+        y = y.astype(np.int64)
+        k = y + geometry.floor
+        parities = y & 1
         k_parity = k & 1
         groups = (2 * geometry.bin + k_parity).reshape(-1)
         symbols = ((k - model.k_min - k_parity) >> 1).reshape(-1)
         escaped = (symbols < 0) | (symbols >= model.num_symbols // 2)
         symbols[escaped] = model.num_symbols // 2
-        order = np.argsort(groups, kind="stable")
+        order = _group_order(groups, model.bins)
         bounds = np.concatenate(([0], np.cumsum(np.bincount(groups, minlength=2 * model.bins))))
         ordered = symbols[order].astype(np.int32)
-        escapes = k.reshape(-1)[order][escaped[order]].astype("<i4")
-        if escapes.size and np.max(np.abs(escapes.astype(np.int64))) > MAX_ESCAPE_MAGNITUDE:
+        escapes = k.reshape(-1)[order][escaped[order]]
+        if escapes.size and np.max(np.abs(escapes)) > MAX_ESCAPE_MAGNITUDE:
             raise InputVectorError("a coordinate is too far out for the lattice code")
-        parity_model = ParityModel(model, geometry)
-        required = np.zeros(y.shape[0], dtype=np.int64)
+        required = np.zeros(y.shape[1], dtype=np.int64)
         parity_probs = []
         for column in range(n - 1):
-            parity_probs.append(parity_model.probability_odd(column, required))
-            required ^= parities[:, column]
+            parity_probs.append(geometry.probability_odd(column, required))
+            required ^= parities[column]
         ans = coder.constriction.stream.stack.AnsCoder()
         # ANS is a stack: encode backwards so the decoder reads coset, parities, classes
         for group in range(2 * model.bins - 1, -1, -1):
@@ -167,13 +171,12 @@ class DitheredLatticeStage(Stage):
                 ans.encode_reverse(ordered[bounds[group] : bounds[group + 1]], coder.rows[group])
         for column in range(n - 2, -1, -1):
             ans.encode_reverse(
-                parities[:, column].astype(np.int32), coder.bernoulli, parity_probs[column]
+                parities[column].astype(np.int32), coder.bernoulli, parity_probs[column]
             )
         if model.spec.cosets == 2:
-            probability = coset_probability(model, dither)
-            ans.encode_reverse(coset.astype(np.int32), coder.bernoulli, probability)
+            ans.encode_reverse(coset.astype(np.int32), coder.bernoulli, view.coset_probability())
         stream = ans.get_compressed().astype("<u4")
-        return stream, escapes, _digest(k, coset)
+        return stream, escapes.astype("<i4"), _digest(k, coset)
 
     def write_side(self, writer, side):
         norms, (stream, escapes, digest) = side
@@ -210,36 +213,33 @@ class DitheredLatticeStage(Stage):
         stream = reader.read_array("<u4", words, "coded stream")
         reader.expect_end()
         dither = self._dither(state, dim)
-        k, coset = self._decode(stream, escapes, dither)
+        k, coset, geometry = self._decode(stream, escapes, dither)
         if _digest(k, coset) != digest:
             raise PayloadError("coded stream does not decode to the points that were encoded")
-        geometry = block_geometry(self.model, dither, coset)
-        unit = (self.model.scale * (k + geometry.offset)).reshape(-1)[:dim]
+        unit = (self.model.scale * (k + geometry.offset)).T.reshape(-1)[:dim]
         return norms, unit
 
     def _decode(self, stream, escapes, dither):
         model, n = self.model, self.model.block
         coder = self._models()
-        blocks = dither.shape[0]
+        blocks = dither.shape[1]
+        view = BlockModel(model, dither)
         try:
             ans = coder.constriction.stream.stack.AnsCoder(np.ascontiguousarray(stream, np.uint32))
+            coset = np.zeros(blocks, dtype=np.int64)
             if model.spec.cosets == 2:
-                probability = coset_probability(model, dither)
-                coset = ans.decode(coder.bernoulli, probability).astype(np.int64)
-            else:
-                coset = np.zeros(blocks, dtype=np.int64)
-            geometry = block_geometry(model, dither, coset)
-            parity_model = ParityModel(model, geometry)
-            parities = np.zeros((blocks, n), dtype=np.int64)
+                coset[:] = ans.decode(coder.bernoulli, view.coset_probability())
+            geometry = view.geometry(coset)
+            parities = np.zeros((n, blocks), dtype=np.int64)
             required = np.zeros(blocks, dtype=np.int64)
             for column in range(n - 1):
-                probability = parity_model.probability_odd(column, required)
-                parities[:, column] = ans.decode(coder.bernoulli, probability)
-                required ^= parities[:, column]
-            parities[:, n - 1] = required  # the block's sum is even
+                probability = geometry.probability_odd(column, required)
+                parities[column] = ans.decode(coder.bernoulli, probability)
+                required ^= parities[column]
+            parities[n - 1] = required  # the block's sum is even
             k_parity = (parities + geometry.floor) & 1
             groups = (2 * geometry.bin + k_parity).reshape(-1)
-            order = np.argsort(groups, kind="stable")
+            order = _group_order(groups, model.bins)
             counts = np.bincount(groups, minlength=2 * model.bins)
             decoded = [
                 ans.decode(coder.rows[group], int(counts[group]))
@@ -271,7 +271,7 @@ class DitheredLatticeStage(Stage):
             ):
                 raise PayloadError("an escaped value is in range, too large or of the wrong parity")
             k[escaped_at] = escapes
-        return k.reshape(blocks, n), coset
+        return k.reshape(n, blocks), coset, geometry
 
     def invert(self, y, side, state, dim):
         norms, unit = side
