@@ -247,3 +247,44 @@ def test_coded_length_is_the_model_code_length():
     _, escapes, words = _body_fields(payload, chunks.shape[0])
     assert escapes == 0
     assert ideal - 1 <= 32 * words <= ideal + 64
+
+
+def test_bench_dme_reports_stratified_by_correlation_and_plots_the_lattice(tmp_path, capsys):
+    from quicdesign.cli import main
+
+    status = main(
+        [
+            "bench", "dme", "--small", "--compressors", "quicfl-ec", "lattice-e8",
+            "--bits", "1", "4", "--families", "normal", "--clients", "1", "--trials", "1",
+            "--out", str(tmp_path), "--no-progress", "--stratified",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    table = (tmp_path / "stratified.md").read_text().splitlines()
+    correlations = [line.split("|")[3].strip() for line in table[2:]]
+    assert correlations == ["1", "0.99", "0.9", "0.5"] * 3  # b = 1, 2, 4
+    assert (tmp_path / "dme_near_bound.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| lattice-e8 |" in (tmp_path / "dme.md").read_text()
+
+
+def test_certified_scalar_floor_is_the_envelope_of_the_shipped_proofs():
+    from quicdesign.bench.dme_plots import certified_scalar_floor
+
+    _, anchors = certified_scalar_floor([1.0])
+    assert len(anchors) == 4
+    floor, _ = certified_scalar_floor([rate for rate, _ in anchors])
+    for value, (_, anchor) in zip(floor, anchors, strict=True):
+        assert value == pytest.approx(anchor, rel=1e-12)  # each proof is tightest at its rate
+    floor, _ = certified_scalar_floor([1.0, 2.0, 3.0, 4.0])
+    lattice = [load_lattice_model("e8", r) for r in (1, 2, 3, 4)]
+    for model, value in zip(lattice, floor, strict=True):
+        assert model.expected_bits <= 4.01 and model.vnmse < value  # past the scalar floor
+
+
+def test_bench_lattice_reports_ratios(capsys):
+    from quicdesign.bench.lattice import bench_lattice
+
+    rows = bench_lattice(dim=512, bits=(2,), clients=2, repeats=1, progress=False)
+    assert [r["scheme"] for r in rows] == ["quicfl-ec", "lattice-e8", "lattice-d4"]
+    assert rows[0]["encode_ratio"] == 1.0 and all(r["encode_ms"] > 0 for r in rows)
+    assert "x ec" in capsys.readouterr().out
