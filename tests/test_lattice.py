@@ -94,6 +94,20 @@ def test_exactly_unbiased_and_error_as_designed(cls, bits):
     assert 0.7 * vnmse / trials < mean_error < 1.4 * vnmse / trials
 
 
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+def test_dither_is_the_spec_stream_on_0_2(cls):
+    """Uniform on [0, 2)^n (2 Z^n is a sublattice: the error is uniform on the cell)."""
+    compressor = cls(bits=2)
+    stage = compressor.stages.stages[1]
+    state = compressor.stages.client_state(100, ROUND, 9, None)
+    n = stage.model.block
+    blocks = -(-compressor.stages.stages[0].output_dim(100) // n)
+    expected = 2.0 * dither_uniforms(ROUND, 9, blocks * n).reshape(-1, n).T
+    assert np.array_equal(
+        stage._dither(state, compressor.stages.stages[0].output_dim(100)), expected
+    )
+
+
 def test_server_sums_in_the_rotated_domain():
     compressor = LatticeE8(bits=2)
     rng = np.random.default_rng(3)
@@ -188,8 +202,9 @@ def test_an_in_range_escape_is_refused():
     offset, escapes, words = _body_fields(bytes(payload), 1)
     assert escapes > 0
     start = offset + 16
-    payload[start : start + 4] = np.int32(0).tobytes()
-    with pytest.raises(PayloadError, match="escape"):
+    original = int(np.frombuffer(bytes(payload[start : start + 4]), "<i4")[0])
+    payload[start : start + 4] = np.int32(original & 1).tobytes()  # in range, same parity
+    with pytest.raises(PayloadError, match="in range"):
         compressor.decode(bytes(payload), dim=1024, round_seed=ROUND)
 
 
