@@ -45,7 +45,7 @@ def show(figure):
 # ## The sweep: compressors x bits x input families
 
 # %%
-rows = dme.run_dme_benchmark(bits=(1, 2, 3, 4), seed=0, progress=not SMALL, **SWEEP)
+rows = dme.run_dme_benchmark(bits=(1, 2, 3, 4), seed=0, **SWEEP)  # one line per config
 display(Markdown(dme.sweep_markdown(rows)))
 
 # %% [markdown]
@@ -101,7 +101,7 @@ show(dme.plot_server_time(rows))
 # issue's setting, `d = 2^18`, `b = 4`, `n` up to 64.
 
 # %%
-scaling = dme.run_server_scaling(small=SMALL, progress=not SMALL)
+scaling = dme.run_server_scaling(small=SMALL)
 display(Markdown(dme.server_scaling_markdown(scaling)))
 show(dme.plot_server_scaling(scaling))
 
@@ -114,5 +114,5 @@ show(dme.plot_server_scaling(scaling))
 # columns' error after averaging clients.
 
 # %%
-cossgd_rows = dme.run_cossgd_comparison(small=SMALL, progress=not SMALL)
+cossgd_rows = dme.run_cossgd_comparison(small=SMALL)
 display(Markdown(dme.cossgd_markdown(cossgd_rows)))

@@ -16,6 +16,7 @@ __all__ = [
     "real",
     "probability",
     "add_progress_option",
+    "add_int_list_option",
     "MAX_LIST_LENGTH",
 ]
 
@@ -59,6 +60,39 @@ def int_list(what: str, low: int, high: int, max_length: int = MAX_LIST_LENGTH):
         return values
 
     return parse
+
+
+class _JoinedLists(argparse.Action):
+    """Join the parts of ``--bits 1 2 8`` (each part may itself be ``1-4`` or ``1,2``)."""
+
+    def __init__(self, *args, max_length=MAX_LIST_LENGTH, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.max_length = max_length
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        joined = [value for part in values for value in part]
+        if len(joined) > self.max_length:
+            parser.error(f"{option_string} lists more than {self.max_length} values")
+        setattr(namespace, self.dest, joined)
+
+
+def add_int_list_option(
+    parser, flag, what, low, high, help, shown, *, default=None, max_length=MAX_LIST_LENGTH
+):
+    """Add an integer-list option; ``1-4``, ``1,2,8`` and ``1 2 8`` all work, everywhere.
+
+    ``help`` says what the values are, ``shown`` what the default means (``"1-4"``).
+    """
+    parser.add_argument(
+        flag,
+        type=int_list(what, low, high, max_length),
+        nargs="+",
+        action=_JoinedLists,
+        max_length=max_length,
+        default=default,
+        metavar="N",
+        help=f"{help}, e.g. 1-4, 1,2,8 or 1 2 8 (default: {shown})",
+    )
 
 
 def bounded_int(what: str, low: int, high: int):
@@ -107,8 +141,6 @@ def probability(text: str) -> float:
 
 def add_progress_option(parser, unit: str = "step") -> None:
     """Add ``--progress/--no-progress`` (default None: the shared reporter decides)."""
-    import argparse
-
     parser.add_argument(
         "--progress",
         action=argparse.BooleanOptionalAction,

@@ -47,11 +47,11 @@ class _Lines(_Silent):
         total = f"/{self.total}" if self.total else ""
         suffix = f" ({note})" if note else ""
         elapsed = time.perf_counter() - self.began
-        print(
-            f"{self.description}: {self.done}{total} {self.unit}{suffix} [{elapsed:.1f} s]",
-            file=self.stream,
-            flush=True,
+        # one write per line: a notebook's stream may flush between print's two writes
+        self.stream.write(
+            f"{self.description}: {self.done}{total} {self.unit}{suffix} [{elapsed:.1f} s]\n"
         )
+        self.stream.flush()
 
 
 class _Bar(_Silent):

@@ -3,7 +3,18 @@
 import contextlib
 import functools
 
-__all__ = ["limit_blas_threads", "single_threaded_blas"]
+__all__ = ["limit_blas_threads", "single_threaded_blas", "blas_threads_text"]
+
+
+def blas_threads_text(limit) -> str:
+    """What ``limit_blas_threads(limit)`` really does here, for a benchmark's caption."""
+    import importlib.util
+
+    if not limit:
+        return "default BLAS threads"
+    if importlib.util.find_spec("threadpoolctl") is None:
+        return "default BLAS threads (threadpoolctl missing, could not pin them)"
+    return f"{limit} BLAS thread{'s' if limit > 1 else ''}"
 
 
 @contextlib.contextmanager

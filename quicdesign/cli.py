@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ._argtypes import bounded_int, probability
 from ._validate import writable_dir
-from .errors import QuicDesignError
-from .table import list_tables, load_table, shipped_tables_dir
+from .errors import ParameterError, QuicDesignError
+from .table import list_tables, load_entropy_table, load_table, shipped_tables_dir
 
 __all__ = [
     "main",
@@ -53,18 +53,23 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_tables_list(args) -> int:
     folder = Path(args.path) if args.path else shipped_tables_dir()
     entries = list_tables(folder)  # refuse a bad path before printing anything
+    # rate: the nominal bits per coordinate (b, or an entropy table's design rate);
+    # bits/coord: what a coordinate costs on average (b + 64 p, or the expected code length)
     print(
-        f"{'msg bits':>8} {'shared':>6} {'tail_prob':>10} {'threshold':>9} {'vNMSE':>11} "
-        f"{'bits/coord':>10} {'coding':>8}  directory"
+        f"{'rate':>5} {'coding':>8} {'msg bits':>8} {'shared':>6} {'tail_prob':>10} "
+        f"{'threshold':>9} {'vNMSE':>11} {'bits/coord':>10}  directory"
     )
     for e in entries:
         vnmse = "" if e.get("vnmse") is None else format(e["vnmse"], ".6g")
         expected = e.get("expected_bits")
-        coding = "fixed" if expected is None else "entropy"
-        per_coordinate = e["bits"] + 64 * e["tail_prob"] if expected is None else expected
+        if expected is None:
+            coding, rate, per_coordinate = "fixed", f"{e['bits']}", e["bits"] + 64 * e["tail_prob"]
+        else:
+            nominal = e.get("nominal_rate")
+            coding, rate, per_coordinate = "entropy", f"{nominal:g}" if nominal else "?", expected
         print(
-            f"{e['bits']:>8} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} {e['threshold']:>9.4f} "
-            f"{vnmse:>11} {per_coordinate:>10.4f} {coding:>8}  {e['directory']}"
+            f"{rate:>5} {coding:>8} {e['bits']:>8} {e['shared_bits']:>6} {e['tail_prob']:>10.4g} "
+            f"{e['threshold']:>9.4f} {vnmse:>11} {per_coordinate:>10.4f}  {e['directory']}"
         )
     return 0
 
@@ -74,7 +79,23 @@ def _cmd_tables_show(args) -> int:
 
     import numpy as np
 
-    table = load_table(args.bits, args.shared_bits, args.tail_prob, path=args.path)
+    from .table import _is_table_dir
+
+    entries = list_tables(args.path)  # validates --path
+    if args.path and _is_table_dir(Path(args.path)):
+        table = collection_tables(Path(args.path))[0]
+        chosen = table.bits if table.nominal_rate is None else table.nominal_rate
+        if args.bits is not None and args.bits != chosen:
+            raise ParameterError(f"{args.path} holds {table!r}, not b = {args.bits}")
+    elif args.bits is None:
+        raise ParameterError("name the table: quicdesign tables show B [--shared-bits L]")
+    elif entries and all(e.get("expected_bits") is not None for e in entries):
+        # an entropy-coded collection is indexed by nominal rate, as load_entropy_table
+        if args.shared_bits is not None or args.tail_prob is not None:
+            raise ParameterError("an entropy-coded collection is chosen by its rate alone")
+        table = load_entropy_table(args.bits, path=args.path)
+    else:
+        table = load_table(args.bits, args.shared_bits, args.tail_prob, path=args.path)
     print(repr(table))
     with np.printoptions(precision=5, suppress=True, linewidth=120):
         print("receiver R[h, x]:")
@@ -184,13 +205,21 @@ def build_parser(argv=None) -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"quicdesign {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    tables = commands.add_parser("tables", help="list, show or verify stored tables")
+    tables = commands.add_parser(
+        "tables", help="list, show, export, compare or verify stored tables"
+    )
     table_cmds = tables.add_subparsers(dest="tables_command", required=True, parser_class=_Parser)
     listing = table_cmds.add_parser("list", help="list a table collection")
     listing.add_argument("--path", help="collection or table folder (default: shipped tables)")
     listing.set_defaults(run=_cmd_tables_list)
     show = table_cmds.add_parser("show", help="print one table and its provenance")
-    show.add_argument("bits", type=bounded_int("bits", 1, 16), help="message bits b")
+    show.add_argument(
+        "bits",
+        type=bounded_int("bits", 1, 16),
+        nargs="?",
+        help="message bits b; for a collection of entropy-coded tables, the nominal rate "
+        "(default: required unless --path is one table)",
+    )
     show.add_argument(
         "--shared-bits",
         type=bounded_int("shared_bits", 0, 12),

@@ -955,7 +955,8 @@ def _read_index(folder: Path) -> dict:
 def list_tables(path=None) -> list[dict]:
     """Entries of a table collection (the shipped one by default), as dicts.
 
-    ``path`` may also be a single table directory: its one entry is returned.
+    ``path`` may also be a single table directory: its one entry is returned. Entries of
+    entropy-coded tables carry ``expected_bits`` and, when known, ``nominal_rate``.
     """
     folder = shipped_tables_dir() if path is None else Path(path)
     if _is_table_dir(folder):
@@ -969,9 +970,17 @@ def list_tables(path=None) -> list[dict]:
                 "threshold": table.threshold,
                 "vnmse": table.vnmse,
                 "expected_bits": table._manifest.get("coding", {}).get("expected_bits"),
+                "nominal_rate": table.nominal_rate,
             }
         ]
-    return [dict(entry) for entry in _read_index(folder)["tables"]]
+    index = _read_index(folder)
+    entries = [dict(entry) for entry in index["tables"]]
+    # An entropy collection's defaults are keyed by nominal rate (load_entropy_table).
+    rate_of = {directory: key for key, directory in index["defaults"].items()}
+    for entry in entries:
+        if entry.get("expected_bits") is not None and entry["directory"] in rate_of:
+            entry["nominal_rate"] = float(rate_of[entry["directory"]])
+    return entries
 
 
 def _is_table_dir(folder: Path) -> bool:

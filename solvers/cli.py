@@ -11,7 +11,13 @@ import sys
 import time
 from pathlib import Path
 
-from quicdesign._argtypes import add_progress_option, bounded_int, int_list, probability, real
+from quicdesign._argtypes import (
+    add_int_list_option,
+    add_progress_option,
+    bounded_int,
+    probability,
+    real,
+)
 from quicdesign._limits import DESIGN_MAX_BITS, DESIGN_MAX_SHARED_BITS, MAX_JOBS, MAX_STARTS
 from quicdesign._validate import writable_dir
 from quicdesign.cli import collection_tables
@@ -153,10 +159,11 @@ def _cmd_design(args) -> int:
         starts=args.starts,
         certify=not args.no_certify,
     )
-    _attach_bounds(results, args.bound_seconds)
+    _attach_bounds(results, args.bound_seconds, args.progress)
     wall = time.perf_counter() - began
     print(_quality_report(results))
-    print(f"\n{len(results)} tables designed in {wall:.1f} s wall (n_jobs={args.jobs})")
+    count = f"{len(results)} table{'s' if len(results) > 1 else ''}"
+    print(f"\n{count} designed and bounded in {wall:.1f} s wall (n_jobs={args.jobs})")
     failed = [r for r in results if not r.success]
     for result in results:
         if suffix:
@@ -179,18 +186,24 @@ def _cmd_design(args) -> int:
     return 0
 
 
-def _attach_bounds(results, seconds) -> None:
+def _attach_bounds(results, seconds, progress=None) -> None:
     """Certify every designed table against the global lower bound (in place)."""
+    from quicdesign._progress import progress as reporter
+
     from .bound import attach_bound, lower_bound
 
-    for result in results:
-        table = result.table
-        # A refined l = 8 design gives far better starting multipliers (b <= 4 only: larger
-        # b would make that design slow); a zero budget keeps the one-DP start.
-        start = 8 if seconds > 0 and table.bits <= 4 and table.shared_bits < 8 else None
-        bound = lower_bound(table, seconds=seconds, start=start)
-        result.table = attach_bound(result.table, bound)
-        result.bound = bound
+    with reporter(len(results), "bounding", progress, unit="table") as bar:
+        for result in results:
+            table = result.table
+            # A refined l = 8 design gives far better starting multipliers (b <= 4 only:
+            # larger b would make that design slow); a zero budget keeps the one-DP start.
+            start = 8 if seconds > 0 and table.bits <= 4 and table.shared_bits < 8 else None
+            bound = lower_bound(table, seconds=seconds, start=start)
+            result.table = attach_bound(result.table, bound)
+            result.bound = bound
+            gap = result.table.manifest["global_bound"].get("relative_gap")
+            within = "" if gap is None else f" within {100 * gap:.2f}%"
+            bar.update(note=f"{table.name}{within}")
 
 
 def _refuse_overwrite(out: Path, names, args) -> None:
@@ -260,8 +273,14 @@ def _cmd_tables_verify(args) -> int:
             bound_text, bound_ok = f"bound REFUSED: {exc}", False
         ok = report.ok and bound_ok
         bad += not ok
+        coding = ""
+        if table.code_model is not None:
+            coding = (
+                f"entropy-coded, rate {table.nominal_rate:g} "
+                f"(expected {table.bits_per_coordinate:.4f} bits/coordinate) "
+            )
         print(
-            f"{table.name:<16} {'ok' if ok else 'FAILED':<6} bias {report.max_bias:.1e} "
+            f"{table.name:<16} {'ok' if ok else 'FAILED':<6} {coding}bias {report.max_bias:.1e} "
             f"simplex {report.max_simplex_violation:.1e} vNMSE {report.recomputed_vnmse:.6g} "
             f"(recorded {report.recorded_vnmse}) {bound_text}"
             + (f" failed: {', '.join(report.failures)}" if report.failures else "")
@@ -285,15 +304,17 @@ def register_design(commands) -> None:
         action="store_true",
         help="design every shipped table (b = 1..8 defaults and l = 8 extras)",
     )
-    design.add_argument(
-        "--bits",
-        type=int_list("bits", 1, DESIGN_MAX_BITS),
-        help=f"bit widths in 1..{DESIGN_MAX_BITS}, e.g. 1-4 or 1,2,8 (default: 1-4)",
+    add_int_list_option(
+        design, "--bits", "bits", 1, DESIGN_MAX_BITS, f"bit widths in 1..{DESIGN_MAX_BITS}", "1-4"
     )
-    design.add_argument(
+    add_int_list_option(
+        design,
         "--shared-bits",
-        type=int_list("shared_bits", 0, DESIGN_MAX_SHARED_BITS),
-        help=f"shared bits l in 0..{DESIGN_MAX_SHARED_BITS} (default: per b)",
+        "shared_bits",
+        0,
+        DESIGN_MAX_SHARED_BITS,
+        f"shared bits l in 0..{DESIGN_MAX_SHARED_BITS}",
+        "the shipped l of each b",
     )
     design.add_argument(
         "--tail-prob", type=probability, help="tail probability p, e.g. 1/512 (default: 1/512)"
@@ -325,7 +346,7 @@ def register_design(commands) -> None:
         default=-1,
         help="parallel workers; -1 means all cores (default: -1)",
     )
-    design.add_argument("--cache-dir", help="design cache folder, table format (off by default)")
+    design.add_argument("--cache-dir", help="design cache folder, table format (default: no cache)")
     design.add_argument(
         "--starts",
         type=bounded_int("starts", 1, MAX_STARTS),
@@ -343,10 +364,14 @@ def register_design(commands) -> None:
         "b <= 4 tables with l < 8 first refine an l = 8 design to start from "
         "(0: the design's own multipliers only, one DP; default: 5)",
     )
-    design.add_argument(
+    add_int_list_option(
+        design,
         "--entropy",
-        type=int_list("entropy rate", 1, 7),
-        help="design entropy-coded tables for these bits per coordinate (1..7)",
+        "entropy rate",
+        1,
+        7,
+        "design entropy-coded tables for these bits per coordinate, 1..7",
+        "none",
     )
     design.add_argument(
         "--overhead-bits",
@@ -361,5 +386,7 @@ def register_design(commands) -> None:
 def register_tables_verify(tables) -> None:
     """Add the ``verify`` verb to the subparsers of ``quicdesign tables``."""
     check = tables.add_parser("verify", help="re-verify tables (needs the design extra)")
-    check.add_argument("--path", help="table or collection folder (default: shipped tables)")
+    check.add_argument(
+        "--path", help="table or collection folder (default: the shipped fixed-rate tables)"
+    )
     check.set_defaults(run=_cmd_tables_verify)

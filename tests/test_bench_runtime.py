@@ -10,7 +10,7 @@ from quicdesign.bench.runtime import bench_runtime
 def test_runtime_bench_reports_floors_ratios_and_pinned_blas(capsys):
     rows = bench_runtime(dim=4096, bits=(2,), clients=3, repeats=1, progress=False)
     printed = capsys.readouterr().out
-    assert "median of 1 timed runs, BLAS threads: 1" in printed
+    assert "median of 1 timed runs, 1 BLAS thread" in printed
     assert "limits: copy" in printed and "add_many numpy" in printed
     assert "encode numpy ms" in printed
     (row,) = rows

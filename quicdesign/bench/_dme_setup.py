@@ -73,6 +73,20 @@ def check_families(families):
     return tuple(dict.fromkeys(families))
 
 
+def runnable_families(families):
+    """``families`` without those whose optional module is missing (each skip noted)."""
+    runnable = []
+    for family in families:
+        reason = _unavailable(family, _FAMILY_NEEDS)
+        if reason is None:
+            runnable.append(family)
+        else:
+            print(f"bench dme: skipping family {family}: {reason}", file=sys.stderr, flush=True)
+    if not runnable:
+        raise ParameterError("none of the requested input families can run here (notes above)")
+    return tuple(runnable)
+
+
 def resolve_default(value, key, preset):
     return preset[key] if value is None else value
 
@@ -184,18 +198,24 @@ def _design_vnmse(compressor):
 
 
 #: Compressors that need an optional module: name -> (module, extra).
+<<<<<<< HEAD
 _OPTIONAL_NEEDS = {
     "quicfl-ec": ("constriction", "entropy"),
     "lattice-e8": ("constriction", "entropy"),
     "lattice-d4": ("constriction", "entropy"),
 }
+=======
+_OPTIONAL_NEEDS = {"quicfl-ec": ("constriction", "entropy")}
+#: Input families that need an optional module: (module, extra installing it).
+_FAMILY_NEEDS = {"gradients": ("sklearn", "bench")}
+>>>>>>> main
 
 
-def _unavailable(name) -> str | None:
-    """Why compressor ``name`` cannot run here (a missing optional module), or None."""
+def _unavailable(name, needs=None) -> str | None:
+    """Why compressor (or family) ``name`` cannot run here (a missing module), or None."""
     import importlib.util
 
-    module, extra = _OPTIONAL_NEEDS.get(name, (None, None))
+    module, extra = (_OPTIONAL_NEEDS if needs is None else needs).get(name, (None, None))
     if module is None or importlib.util.find_spec(module) is not None:
         return None
     return f"needs {module} (pip install 'quicdesign[{extra}]')"

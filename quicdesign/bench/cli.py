@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import importlib
 
-from .._argtypes import add_progress_option, bounded_int, int_list
+from .._argtypes import add_int_list_option, add_progress_option, bounded_int
 from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS
 
 __all__ = ["register"]
@@ -40,12 +40,7 @@ def register(commands) -> None:
     dim = bounded_int("dim", 1, BENCH_MAX_DIM)
     repeats = bounded_int("repeats", 1, BENCH_MAX_REPEATS)
     runtime.add_argument("--dim", type=dim, default=2**20, help="vector length (default: 2^20)")
-    runtime.add_argument(
-        "--bits",
-        type=int_list("bits", 1, 8),
-        default=[1, 2, 4],
-        help="bit widths, e.g. 1-4 or 1,2,4 (default: 1,2,4)",
-    )
+    add_int_list_option(runtime, "--bits", "bits", 1, 8, "bit widths", "1,2,4", default=[1, 2, 4])
     runtime.add_argument(
         "--clients",
         type=bounded_int("clients", 1, BENCH_MAX_CLIENTS),
@@ -59,10 +54,14 @@ def register(commands) -> None:
         default=1,
         help="BLAS threads while timing (default: 1, pinned with threadpoolctl)",
     )
-    runtime.add_argument(
+    add_int_list_option(
+        runtime,
         "--shared-bits",
-        type=int_list("shared_bits", 0, 12),
-        help="time the shipped tables with these l, e.g. 5,6,8 (default: b's default table)",
+        "shared_bits",
+        0,
+        12,
+        "time the shipped tables with these l",
+        "b's default table",
     )
     add_progress_option(runtime, "step")
     runtime.set_defaults(run=_run_runtime)

@@ -51,7 +51,7 @@ def run_cossgd_comparison(
     families=COSSGD_FAMILIES,
     trials=None,
     seed=0,
-    progress=False,
+    progress=None,
     small=False,
 ):
     """Per-vector NMSE of CosSGD against uniform quantizers at each bit width.
@@ -77,8 +77,11 @@ def run_cossgd_comparison(
         Minimum number of vectors per ``(family, dim)``.
     seed : int
         Seed of the inputs and rounding.
-    progress, small : bool
-        Progress bar; tiny defaults.
+    progress : bool, optional
+        False: silent; otherwise (default) a bar on a terminal, one line per configuration
+        elsewhere.
+    small : bool
+        Tiny defaults.
 
     Returns
     -------

@@ -75,7 +75,8 @@ def bench_distributed(dim=2**22, clients=64, bits=2, workers=2, repeats=3, seed=
     seed : int
         Seed of the synthetic client vectors.
     progress : bool, optional
-        Show a progress bar while encoding (default: on a terminal only).
+        False: silent; otherwise (default) a bar on a terminal, one line per client encoded
+        elsewhere.
 
     Returns
     -------

@@ -59,6 +59,7 @@ from ._dme_setup import (
     parse_compressor_spec,
     relative_error,
     resolve_default,
+    runnable_families,
     vector_source,
     warm_up,
 )
@@ -106,7 +107,7 @@ def run_dme_benchmark(
     families=FAMILIES,
     trials=None,
     seed=0,
-    progress=False,
+    progress=None,
     small=False,
     blas_threads=1,
 ):
@@ -130,8 +131,9 @@ def run_dme_benchmark(
         Independent rounds per configuration and family.
     seed : int
         Seed of the inputs, round seeds and private randomness.
-    progress : bool
-        Show a tqdm progress bar.
+    progress : bool, optional
+        False: silent; otherwise (default) a bar on a terminal, one line per configuration
+        elsewhere.
     small : bool
         Tiny defaults (``d = 1024``, ``n <= 8``, 2 trials) for tests and notebooks;
         explicit arguments still win.
@@ -158,7 +160,7 @@ def run_dme_benchmark(
         raise ParameterError(
             f"clients x dim = {client_counts[-1]} x {dim} exceeds {BENCH_MAX_VALUES} values"
         )
-    families = check_families(families)
+    families = runnable_families(check_families(families))
     seed = check_int(seed, "seed", 0)
     specs = (compressors,) if isinstance(compressors, str) else tuple(compressors)
     if not specs:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from quicdesign._argtypes import add_progress_option, bounded_int, int_list
+from quicdesign._argtypes import add_int_list_option, add_progress_option, bounded_int
 from quicdesign._limits import BENCH_MAX_REPEATS
+from quicdesign._threads import blas_threads_text
 from quicdesign._validate import writable_dir
 from quicdesign.errors import ParameterError
 
@@ -27,20 +28,14 @@ from .server_scaling import run_server_scaling
 __all__ = ["register"]
 
 
-def _threads_text(blas_threads):
-    return f"{blas_threads} BLAS thread(s)" if blas_threads else "default BLAS threads"
-
-
 def _run(args):
     if not (args.sweep or args.server_scaling or args.cossgd_table or args.stratified):
         raise ParameterError(
             "nothing to run: --no-sweep needs --server-scaling, --cossgd-table or --stratified"
         )
-    # --bits 1-4 and --bits 1 2 4 both work, as in the other commands
-    for name in ("bits", "clients"):
-        if getattr(args, name) is not None:
-            setattr(args, name, [value for part in getattr(args, name) for value in part])
     out = writable_dir(args.out) if args.out else None
+    if out is not None:
+        import matplotlib  # noqa: F401 - without it, fail before the run rather than after
     progress = args.progress
     families = args.families or FAMILIES
     if args.sweep:
@@ -60,7 +55,7 @@ def _run(args):
         print(
             f"DME benchmark: d = {first['dim']}, {first['trials']} trials, "
             f"n = {max(r['clients'] for r in rows)} clients for NMSE and server time, "
-            f"{_threads_text(args.blas_threads)}"
+            f"{blas_threads_text(args.blas_threads)}"
         )
         table = sweep_markdown(rows)
         print(table)
@@ -80,7 +75,7 @@ def _run(args):
         )
         print(
             f"\nServer scaling: d = {result.dim}, b = {result.bits}, LogNormal(0,1) inputs, "
-            f"median of {result.repeats} timed runs, {_threads_text(args.blas_threads)}"
+            f"median of {result.repeats} timed runs, {blas_threads_text(args.blas_threads)}"
         )
         text = server_scaling_markdown(result)
         print(text)
@@ -141,27 +136,29 @@ def register(sub) -> None:
         "--compressors",
         nargs="+",
         metavar="NAME[:KEY=VALUE,...]",
-        help=f"registry names with options, e.g. kashin:variant=tf "
+        help=f"registry names with options, space-separated, e.g. quicfl kashin:variant=tf "
         f"(default: {' '.join(DEFAULT_COMPRESSORS)})",
     )
+    add_int_list_option(parser, "--bits", "bits", 1, MAX_BITS, "target bits per coordinate", "1-4")
     parser.add_argument(
-        "--bits",
-        type=int_list("bits", 1, MAX_BITS),
-        nargs="+",
-        help="target bits per coordinate, e.g. 1-4 or 1,2,4 (default: 1-4)",
+        "--dim",
+        type=bounded_int("dim", 1, MAX_DIM),
+        help="vector length d (default: 2^16; 2^10 with --small)",
     )
-    parser.add_argument("--dim", type=bounded_int("dim", 1, MAX_DIM), help="vector length d (2^16)")
+    add_int_list_option(
+        parser, "--clients", "clients", 1, 2**16, "client counts n", "1,4,16; 1,4,8 with --small"
+    )
     parser.add_argument(
-        "--clients",
-        type=int_list("clients", 1, 2**16),
+        "--families",
         nargs="+",
-        help="client counts n, e.g. 1,4,16 (default: 1,4,16)",
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help=f"input families, space-separated, from {' '.join(FAMILIES)} (default: all)",
     )
-    parser.add_argument("--families", nargs="+", choices=FAMILIES, help="input families (all)")
     parser.add_argument(
         "--trials",
         type=bounded_int("trials", 1, BENCH_MAX_REPEATS),
-        help="independent rounds per configuration (3)",
+        help="independent rounds per configuration (default: 3; 2 with --small)",
     )
     parser.add_argument(
         "--seed",
@@ -169,14 +166,16 @@ def register(sub) -> None:
         default=0,
         help="seed of inputs and rounds (default: 0)",
     )
-    parser.add_argument("--out", help="folder for CSV, Markdown and PNG files")
+    parser.add_argument(
+        "--out", help="folder for CSV, Markdown and PNG files (default: print only)"
+    )
     add_progress_option(parser, "configuration")
     parser.add_argument("--small", action="store_true", help="tiny sizes (tests, notebooks)")
     parser.add_argument(
         "--sweep",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="run the compressor x bits x family sweep (default on)",
+        help="run the compressor x bits x family sweep (default: on)",
     )
     parser.add_argument(
         "--server-scaling",
@@ -197,12 +196,12 @@ def register(sub) -> None:
     parser.add_argument(
         "--repeats",
         type=bounded_int("repeats", 1, BENCH_MAX_REPEATS),
-        help="timed runs for --server-scaling (5)",
+        help="timed runs for --server-scaling (default: 5; 1 with --small)",
     )
     parser.add_argument(
         "--blas-threads",
         type=bounded_int("blas-threads", 0, 1024),
         default=1,
-        help="BLAS threads while timing (1; 0 keeps the library default)",
+        help="BLAS threads while timing; 0 keeps the library's own (default: 1)",
     )
     parser.set_defaults(run=_run)

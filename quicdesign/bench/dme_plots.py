@@ -51,22 +51,24 @@ def plot_nmse_vs_bits(rows, path=None, clients=None):
                 _bound(grid) / scale,
                 "k--",
                 lw=1,
-                label="1/(4^b-1)" if scale == 1 else f"1/({clients}(4^b-1))",
+                label="bound 1/(4^b - 1), unbiased" if scale == 1 else None,
             )
             ax.set_yscale("log")
             # the bound falls fast with b; do not let it squash the measured points
             measured = [r[key] for r in rows if r["family"] == family and r[key] > 0]
             if measured:
                 ax.set_ylim(bottom=min(measured) / 3)
-            name = "vNMSE" if scale == 1 else f"NMSE, n={clients}"
-            ax.set(title=f"{family}: {name}", ylabel=name)
+            name = "vNMSE" if scale == 1 else f"NMSE, n = {clients}"
+            ylabel = "vNMSE of one client" if scale == 1 else f"NMSE of the mean of {clients}"
+            ax.set(title=f"{family}: {name}", ylabel=ylabel)
             ax.grid(True, which="major", alpha=0.3)
         axes[1, column].set_xlabel("measured bits per coordinate")
     handles, names = axes[0, 0].get_legend_handles_labels()
     figure.legend(handles, names, fontsize=7, loc="outside right upper")
     sample = rows[0]
     figure.suptitle(
-        f"all schemes: d = {sample['dim']}, n = {clients} clients, {sample['trials']} trials",
+        f"all schemes: d = {sample['dim']}, n = {clients} clients, {sample['trials']} trials; "
+        f"dashed: the bound (divided by n below)",
         fontsize=9,
     )
     if path is not None:
@@ -153,15 +155,15 @@ def plot_near_bound(rows, path=None):
             yscale="log",
             title=family,
             xlabel="measured bits per coordinate",
-            ylabel="vNMSE (one client)",
+            ylabel="vNMSE of one client",
         )
         ax.grid(True, which="both", alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
     figure.legend(handles, names, fontsize=8, loc="outside right upper")
     sample = rows[0]
     figure.suptitle(
-        f"near-bound unbiased schemes: d = {sample['dim']}, {sample['trials']} trials, "
-        "error bars one standard error",
+        f"near-bound unbiased schemes: d = {sample['dim']}, one client, {sample['trials']} "
+        "trials, error bars one standard error; dashed: the bound at the measured bits",
         fontsize=9,
     )
     if path is not None:
@@ -193,7 +195,7 @@ def plot_server_time(rows, path=None, family=None):
         xscale="log",
         yscale="log",
         xlabel="clients n",
-        ylabel="server time (ms)",
+        ylabel="server time per round (ms)",
         title=(
             f"server aggregation time (median of {rows[0]['trials']} trials), "
             f"d = {rows[0]['dim']}, {family}"
@@ -212,7 +214,7 @@ def plot_server_time(rows, path=None, family=None):
 
 def plot_server_scaling(result, path=None):
     """Server time against ``n`` (linear axes) with the least-squares lines."""
-    figure = _figure(figsize=(6.5, 4.5), layout="constrained")
+    figure = _figure(figsize=(8.5, 4.5), layout="constrained")
     ax = figure.subplots()
     counts = np.array(result.clients, dtype=float)
     for label, fit in result.fits.items():
@@ -229,11 +231,12 @@ def plot_server_scaling(result, path=None):
             )
     ax.set(
         xlabel="clients n",
-        ylabel="server time (ms)",
-        title=f"server time, d={result.dim}, b={result.bits}",
+        ylabel="server time per round (ms)",
+        title=f"server time, d = {result.dim}, b = {result.bits}, "
+        f"median of {result.repeats} timed run{'s' if result.repeats > 1 else ''}",
     )
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    figure.legend(fontsize=8, loc="outside right upper")
     if path is not None:
         figure.savefig(path, dpi=110)
     return figure

@@ -22,7 +22,7 @@ import numpy as np
 from .._kernels import KERNELS_ENV, compiled_kernels
 from .._limits import BENCH_MAX_CLIENTS, BENCH_MAX_DIM, BENCH_MAX_REPEATS, BENCH_MAX_VALUES
 from .._progress import progress as reporter
-from .._threads import limit_blas_threads
+from .._threads import blas_threads_text, limit_blas_threads
 from .._validate import check_int
 from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..errors import ParameterError
@@ -116,10 +116,9 @@ def bench_runtime(
 def _bench_all(vectors, bits, repeats, seed, progress, blas_threads, shared_bits=None):
     clients, dim = vectors.shape
     rows = []
-    threads = "as configured" if blas_threads is None else str(blas_threads)
     print(
         f"QUIC-FL runtime, d = {dim}, n = {clients} clients, float32 input, "
-        f"median of {repeats} timed runs, BLAS threads: {threads}"
+        f"median of {repeats} timed runs, {blas_threads_text(blas_threads)}"
     )
     header = (
         f"{'b':>2} {'l':>2} {'encode ms':>10} {'enc Mcoord/s':>12} {'agg ms (n)':>11} "

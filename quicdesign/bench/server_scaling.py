@@ -67,7 +67,7 @@ def run_server_scaling(
     clients=None,
     repeats=None,
     seed=0,
-    progress=False,
+    progress=None,
     small=False,
     compressors=("quicfl", "eden"),
     blas_threads=1,
@@ -76,7 +76,9 @@ def run_server_scaling(
 
     Defaults: ``d = 2**18``, ``b = 4``, ``n = 1, 2, ..., 64``, median of 5 timed runs
     (``small``: ``d = 2**12``, ``n <= 8``, one run), one BLAS thread (``blas_threads``,
-    see :func:`run_dme_benchmark`). Inputs are LogNormal(0, 1) vectors.
+    see :func:`run_dme_benchmark`). Inputs are LogNormal(0, 1) vectors. ``progress``:
+    False is silent; otherwise (default) a bar on a terminal, one line per configuration
+    elsewhere.
 
     Returns
     -------

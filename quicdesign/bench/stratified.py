@@ -56,7 +56,8 @@ def bench_stratified(
     seed : int
         Seed of the vectors and of the rounds.
     progress : bool, optional
-        Progress lines (default: on a terminal, a bar).
+        False: silent; otherwise (default) a bar on a terminal, one line per configuration
+        elsewhere.
 
     Returns
     -------
@@ -71,7 +72,9 @@ def bench_stratified(
     rows = []
     print(f"stratified shared randomness: NMSE of the mean, d = {dim}, {trials} rounds each")
     print(f"{'b':>2} {'n':>3} {'rho':>5} {'independent':>12} {'stratified':>11} {'ratio':>6}")
-    with reporter(len(bits) * len(correlations), "configurations", progress) as bar:
+    with reporter(
+        len(bits) * len(correlations), "bench stratified", progress, unit="configuration"
+    ) as bar:
         for b in bits:
             table = load_table(b)
             clients = table.num_shared

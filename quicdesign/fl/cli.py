@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 
-from quicdesign._argtypes import add_progress_option, bounded_int, int_list
+from quicdesign._argtypes import add_int_list_option, add_progress_option, bounded_int
 from quicdesign._limits import MAX_JOBS
 from quicdesign._validate import writable_dir
 from quicdesign.errors import ParameterError
@@ -38,8 +38,11 @@ def _cmd_run(args):
         )
     from .report import write_result
 
-    # fail before a long run, not after it, when the folder cannot be written
+    # fail before a long run, not after it, when the folder cannot be written or the
+    # curves cannot be drawn
     writable_dir(args.out)
+    import matplotlib  # noqa: F401
+
     began = time.perf_counter()
     result = run_experiment(
         args.experiment,
@@ -74,10 +77,15 @@ def register(commands):
     run = fl_commands.add_parser("run", help="run a named experiment")
     run.add_argument("experiment", metavar="EXPERIMENT", help=f"one of: {', '.join(EXPERIMENTS)}")
     run.add_argument("--out", default="fl-results", help="output folder (default: fl-results)")
-    run.add_argument(
+    add_int_list_option(
+        run,
         "--seeds",
-        type=int_list("seeds", 0, 2**32 - 1, max_length=MAX_SEEDS),
-        help=f"seeds, e.g. 0-2 or 0,3 (at most {MAX_SEEDS}; default per experiment)",
+        "seeds",
+        0,
+        2**32 - 1,
+        f"seeds, at most {MAX_SEEDS}",
+        "per experiment",
+        max_length=MAX_SEEDS,
     )
     run.add_argument(
         "--rounds",

@@ -1118,7 +1118,8 @@ def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None
     workers : int, optional
         Processes running the runs (default: up to the CPU count, at most 2).
     progress : bool, optional
-        Progress bar (None: on a terminal only).
+        False: silent; otherwise (default) a bar on a terminal, one line per run
+        elsewhere.
 
     Returns
     -------

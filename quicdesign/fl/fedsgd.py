@@ -83,7 +83,8 @@ def run_fedsgd(
     callback : callable, optional
         ``callback(round_index, server_model, visible_model)`` after every round.
     progress : bool, optional
-        Progress bar (None: on a terminal only).
+        False: silent; otherwise (default) a bar on a terminal, one line per round
+        elsewhere.
     label : str, optional
         Run name.
 

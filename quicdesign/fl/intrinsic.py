@@ -324,7 +324,8 @@ def run_intrinsic(
         ``downloads`` maps client id to ``(vector_ids, payload)``; ``vector_ids`` is None
         when the whole model was sent.
     progress : bool, optional
-        Progress bar (None: on a terminal only).
+        False: silent; otherwise (default) a bar on a terminal, one line per round
+        elsewhere.
     label : str, optional
         Run name.
 

@@ -210,7 +210,8 @@ def run_mcm(
     callback : callable, optional
         ``callback(round_index, server_state, worker_states)`` after every round.
     progress : bool, optional
-        Show a progress bar (None: only on a terminal).
+        False: silent; otherwise (default) a bar on a terminal, one line per round
+        elsewhere.
     label : str, optional
         Run name (default: the algorithm).
 

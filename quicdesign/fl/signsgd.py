@@ -262,7 +262,8 @@ def run_signsgd(
     callback : callable, optional
         ``callback(round_index, model, vote_weights)`` after every round.
     progress : bool, optional
-        Progress bar (None: on a terminal only).
+        False: silent; otherwise (default) a bar on a terminal, one line per round
+        elsewhere.
     label : str, optional
         Run name.
 

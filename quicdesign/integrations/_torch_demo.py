@@ -23,6 +23,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from quicdesign._argtypes import bounded_int
 from quicdesign.compressors import make_compressor
 
 from .torch import QuicFLHookState, quicfl_hook
@@ -128,9 +129,20 @@ def main(argv=None):
         description="2-rank DDP on scikit-learn digits: QUIC-FL hook versus all-reduce.",
     )
     parser.add_argument("--demo", action="store_true", help="run the demo")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--compressor", default="quicfl", help="e.g. quicfl, quicfl-ec, eden")
+    parser.add_argument(
+        "--steps",
+        type=bounded_int("steps", 1, 100_000),
+        default=150,
+        help="SGD steps per run (default: 150)",
+    )
+    parser.add_argument(
+        "--bits", type=bounded_int("bits", 1, 8), default=4, help="bits per coordinate (default: 4)"
+    )
+    parser.add_argument(
+        "--compressor",
+        default="quicfl",
+        help="registry name, e.g. quicfl, quicfl-ec, eden (default: quicfl)",
+    )
     args = parser.parse_args(argv)
     if not args.demo:
         parser.print_help()

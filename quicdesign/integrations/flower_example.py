@@ -22,6 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
+from quicdesign._argtypes import bounded_int
 from quicdesign.compressors import make_compressor
 
 from .flower import QuicFLMod, QuicFLStrategy
@@ -223,9 +224,20 @@ def main(argv=None):
         prog="python -m quicdesign.integrations.flower_example",
         description="Flower simulation: FedAvg versus QuicFLStrategy on digits (4 nodes).",
     )
-    parser.add_argument("--rounds", type=int, default=10)
-    parser.add_argument("--bits", type=int, default=4)
-    parser.add_argument("--compressor", default="quicfl")
+    parser.add_argument(
+        "--rounds",
+        type=bounded_int("rounds", 1, 10_000),
+        default=10,
+        help="federated rounds per run (default: 10)",
+    )
+    parser.add_argument(
+        "--bits", type=bounded_int("bits", 1, 8), default=4, help="bits per coordinate (default: 4)"
+    )
+    parser.add_argument(
+        "--compressor",
+        default="quicfl",
+        help="registry name, e.g. quicfl, quicfl-ec, eden (default: quicfl)",
+    )
     args = parser.parse_args(argv)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
