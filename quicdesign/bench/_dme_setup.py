@@ -198,17 +198,13 @@ def _design_vnmse(compressor):
 
 
 #: Compressors that need an optional module: name -> (module, extra).
-<<<<<<< HEAD
 _OPTIONAL_NEEDS = {
     "quicfl-ec": ("constriction", "entropy"),
     "lattice-e8": ("constriction", "entropy"),
     "lattice-d4": ("constriction", "entropy"),
 }
-=======
-_OPTIONAL_NEEDS = {"quicfl-ec": ("constriction", "entropy")}
 #: Input families that need an optional module: (module, extra installing it).
 _FAMILY_NEEDS = {"gradients": ("sklearn", "bench")}
->>>>>>> main
 
 
 def _unavailable(name, needs=None) -> str | None:
