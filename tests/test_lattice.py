@@ -108,6 +108,18 @@ def test_dither_is_the_spec_stream_on_0_2(cls):
     )
 
 
+@pytest.mark.parametrize("dim", [1, 7, 9, 70000])
+def test_awkward_lengths_round_trip(dim):
+    """Padding, several rotation chunks and a partial last block (layout of the input)."""
+    compressor = LatticeE8(bits=4)
+    x = np.random.default_rng(dim).normal(size=dim)
+    decoded = compressor.decode(
+        compressor.encode(x, round_seed=ROUND, client_id=0), dim=dim, round_seed=ROUND
+    )
+    assert decoded.shape == (dim,)
+    assert np.sum((decoded - x) ** 2) < 8 * compressor.expected_vnmse * np.sum(x**2) + 1e-12
+
+
 def test_server_sums_in_the_rotated_domain():
     compressor = LatticeE8(bits=2)
     rng = np.random.default_rng(3)

@@ -116,19 +116,22 @@ def register(sub) -> None:
         "lattice", help="encode and server speed of the lattices vs scalar entropy coding"
     )
     parser.add_argument(
-        "--dim", type=bounded_int("dim", 8, BENCH_MAX_DIM), default=2**16, help="(2^16)"
+        "--dim",
+        type=bounded_int("dim", 8, BENCH_MAX_DIM),
+        default=2**16,
+        help="vector length (default: 2^16)",
     )
     parser.add_argument(
         "--clients",
         type=bounded_int("clients", 1, BENCH_MAX_CLIENTS),
         default=8,
-        help="payloads per aggregation (8)",
+        help="payloads per aggregation (default: 8)",
     )
     parser.add_argument(
         "--repeats",
         type=bounded_int("repeats", 1, BENCH_MAX_REPEATS),
         default=11,
-        help="timed runs per scheme (11)",
+        help="timed runs per scheme (default: 11)",
     )
     add_progress_option(parser, "run")
     parser.set_defaults(run=_run)

@@ -120,7 +120,7 @@ class DitheredLatticeStage(Stage):
     def apply(self, x, state):
         model, n = self.model, self.model.block
         dim = x.size
-        layout = RotationLayout.for_dim(dim)
+        layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
         chunks = x.reshape(layout.num_chunks, layout.chunk_size)
         if not np.all(np.isfinite(chunks)):
             raise InputVectorError("the rotated vector exceeds the float32 range of the norms")
@@ -189,7 +189,7 @@ class DitheredLatticeStage(Stage):
 
     # -- server ------------------------------------------------------------------------
     def read_side(self, reader, state, dim):
-        layout = RotationLayout.for_dim(dim)
+        layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
         norms = np.array(
             [read_f32(reader, f"norm[{i}]", nonnegative=True) for i in range(layout.num_chunks)]
         )
@@ -275,7 +275,7 @@ class DitheredLatticeStage(Stage):
 
     def invert(self, y, side, state, dim):
         norms, unit = side
-        layout = RotationLayout.for_dim(dim)
+        layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
         chunks = unit.reshape(layout.num_chunks, layout.chunk_size)
         return (chunks * (norms / math.sqrt(layout.chunk_size))[:, None]).reshape(-1)
 
