@@ -22,6 +22,7 @@ import numpy as np
 
 from ._accumulate import WeightedSumAggregator, check_contribution_bound
 from ._deprecation import renamed_attributes
+from ._kernels import compiled_kernels
 from ._validate import (
     MAX_DIM,
     as_client_vector,
@@ -131,7 +132,13 @@ def _norms_and_scales(rotated, exponents, chunk_size):
     refused with :class:`~quicdesign.InputVectorError`.
     """
     # a plain pairwise sum, not einsum or BLAS: its rounding is the same on every CPU
-    scaled_norms = np.sqrt(np.sum(np.square(rotated, dtype=np.float64), axis=1))
+    # (the compiled kernel reproduces it without an 8-byte-per-value temporary)
+    kernels = compiled_kernels()
+    if kernels is not None and rotated.dtype in (np.float32, np.float64):
+        squares = kernels.row_square_sums(np.ascontiguousarray(rotated))
+    else:
+        squares = np.sum(np.square(rotated, dtype=np.float64), axis=1)
+    scaled_norms = np.sqrt(squares)
     with np.errstate(over="ignore"):
         norms = np.ldexp(scaled_norms, exponents)
         norms32 = norms.astype(np.float32)
@@ -303,9 +310,11 @@ class PayloadHeader:
 
 
 def read_header(
-    reader: PayloadReader, magic: bytes = WIRE_MAGIC, version: int = WIRE_VERSION
+    reader: PayloadReader, magic: bytes = WIRE_MAGIC, version: int | tuple = WIRE_VERSION
 ) -> PayloadHeader:
     """Read the fixed header and chunk norms, checking what needs no table.
+
+    ``version`` is the wire version read, or a tuple of those accepted.
 
     The claimed dimension is checked against :data:`~quicdesign._validate.MAX_DIM` and
     the chunk count against the layout rule here, before anyone allocates for it.
@@ -316,10 +325,11 @@ def read_header(
     dim, client_id, tag, num_exact = fields[6:]
     if found != magic:
         raise PayloadError(f"bad magic {found!r}: expected {magic!r}")
-    if found_version != version:
+    accepted = (version,) if isinstance(version, int) else tuple(version)
+    if found_version not in accepted:
         raise PayloadError(
             f"unsupported {magic.decode()} wire version {found_version} "
-            f"(this release reads {version})"
+            f"(this release reads {', '.join(map(str, accepted))})"
         )
     if not 1 <= dim <= MAX_DIM:
         raise PayloadError(f"payload dimension {dim} outside 1..{MAX_DIM}")

@@ -92,6 +92,7 @@ class SenderRule:
         self._level_table = None
         self._bucket_cache = None
         self._windows = None
+        self._flagged_cache = None
         self._build_locator()
 
     @property
@@ -285,13 +286,15 @@ class SenderRule:
         if values.dtype != np.float32:
             values = np.ascontiguousarray(values, dtype=np.float64)
         kind = values.dtype.type
+        bucket_levels, flag_shift = self._flagged_bucket_levels()
         messages, randomizing, event = kernels.sender_levels(
             values,
             np.ascontiguousarray(shared.reshape(-1)),
             kind(low),
             kind(per_unit),
             first,
-            self._dirty,
+            bucket_levels,
+            flag_shift,
             self._search_windows(),
             self.level_table(),
             self.event_shared,
@@ -299,6 +302,29 @@ class SenderRule:
             self._last_open,
         )
         return values, messages, randomizing, event
+
+    def _flagged_bucket_levels(self):
+        """For the compiled sender: ``(table, shift)`` with ``table[bucket * H + h]`` the
+        level of ``h`` in a clean bucket, bit ``shift`` set if the bucket's event moves
+        ``h``, bit ``shift + 1`` if the bucket is dirty; built once (as many entries as
+        the numpy path's per-bucket levels, one byte each when ``K <= 64``)."""
+        if self._flagged_cache is None:
+            first = self._locator[2]
+            shift, dtype = (
+                next(
+                    (shift, dtype)
+                    for limit, shift, dtype in ((64, 6, np.uint8), (256, 8, np.uint16))
+                    if self.num_messages <= limit
+                )
+                if self.num_messages <= 256
+                else (16, np.uint32)
+            )
+            levels = self.level_table()[first].astype(dtype)
+            moves = self.event_shared[first][:, None] == np.arange(self.num_shared)[None, :]
+            levels |= moves.astype(dtype) << dtype(shift)
+            levels |= (self._dirty.astype(dtype) << dtype(shift + 1))[:, None]
+            self._flagged_cache = (levels.reshape(-1), shift)
+        return self._flagged_cache
 
     def _search_windows(self):
         """Per bucket ``(start, stop)``: the breakpoints bracketing the bucket's edges."""

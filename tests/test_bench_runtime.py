@@ -10,14 +10,20 @@ from quicdesign.bench.runtime import bench_runtime
 def test_runtime_bench_reports_floors_ratios_and_pinned_blas(capsys):
     rows = bench_runtime(dim=4096, bits=(2,), clients=3, repeats=1, progress=False)
     printed = capsys.readouterr().out
-    assert "median of 1 timed runs, 1 BLAS thread" in printed
+    assert "median of 1 timed runs (CPU time), 1 BLAS thread" in printed
     assert "limits: copy" in printed and "add_many numpy" in printed
     assert "encode numpy ms" in printed
     (row,) = rows
     assert row["copy_gb_s"] > 0 and row["encode_floor_ms"] > 0 and row["sort_ms"] > 0
     assert row["add_many_numpy_ms_per_client"] > 0 and row["encode_numpy_ms"] > 0
+    # the entropy-coded server against the fixed-rate one at the same d, in the same run
+    assert "entropy-coded (QDQE v4, rANS) vs fixed-rate server" in printed
+    ratio = row["entropy_ms_per_client"] / row["entropy_fixed_ms_per_client"]
+    assert row["entropy_ratio_to_fixed"] == pytest.approx(ratio)
+    assert row["entropy_rans_numpy_ns"] > 0 and row["entropy_v4_bytes_per_coordinate"] > 0
     pytest.importorskip("numba")
     assert row["add_many_compiled_ms_per_client"] > 0 and row["encode_compiled_ms"] > 0
+    assert row["entropy_rans_compiled_ns"] > 0
 
 
 @pytest.mark.parametrize("threads", [0, -1, True, 2.5])

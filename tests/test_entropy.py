@@ -150,3 +150,49 @@ def test_rate_point_missing_field_is_an_attribute_error():
     assert not hasattr(point, "no_such_field")
     with pytest.raises(AttributeError, match="no_such_field"):
         point.no_such_field  # noqa: B018
+
+
+def _redigested(payload, chunks, edit):
+    """Apply ``edit`` to the v4 stream (states, words) and recompute count and digest, so
+    only the rANS decoder's own checks stand between the stream and the aggregator."""
+    import struct
+
+    from quicdesign.entropy import _stream_digest
+
+    words_at = 32 + 4 * chunks
+    words = struct.unpack_from("<I", payload, words_at)[0]
+    stream_at = len(payload) - 2 * words - 32
+    states = np.frombuffer(payload, "<u4", 8, stream_at).copy()
+    stream = np.frombuffer(payload, "<u2", words, stream_at + 32).copy()
+    states, stream = edit(states, stream)
+    head = bytearray(payload[:stream_at])
+    struct.pack_into("<I", head, words_at, stream.size)
+    head[words_at + 8 : words_at + 16] = _stream_digest(states, stream)
+    return bytes(head) + states.astype("<u4").tobytes() + stream.astype("<u2").tobytes()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda s, w: (s, w[:-1]), "ends before"),
+        (lambda s, w: (s, np.append(w, np.uint16(7))), "left after"),
+        (lambda s, w: (np.where(np.arange(8) == 2, s ^ (1 << 30), s), w), "stream"),
+        (lambda s, w: (np.where(np.arange(8) == 0, 1 << 15, s), w), "below"),
+    ],
+)
+def test_v4_stream_checks_hold_without_the_digest(table2, edit, message):
+    from quicdesign.rotation import RotationLayout
+
+    dim = 3000
+    x = np.random.default_rng(6).standard_normal(dim)
+    payload = QuicFLEntropyEncoder(table2, ROUND).encode(x, 3, rng=1)
+    edited = _redigested(payload, RotationLayout.for_dim(dim).num_chunks, edit)
+    assert (
+        _redigested(payload, RotationLayout.for_dim(dim).num_chunks, lambda s, w: (s, w)) == payload
+    )
+    aggregator = QuicFLEntropyAggregator(table2, ROUND, dim)
+    with pytest.raises(PayloadError, match=message):
+        aggregator.add(edited)
+    assert aggregator.count == 0
+    aggregator.add(payload)
+    assert aggregator.count == 1

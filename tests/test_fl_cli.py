@@ -83,6 +83,7 @@ def test_bad_input_gives_one_line_and_exit_2(args, needle):
 
 def test_experiments_accept_smaller_sizes_and_two_processes():
     result = run_experiment("signsgd-fv", seeds=[0], rounds=60, workers=2, progress=False)
-    assert len(result.histories) == 9
-    assert {row["rule"] for row in result.summary} == {"mv", "fv-pooled", "fv-per-coordinate"}
+    assert len(result.histories) == 12
+    rules = {row["rule"] for row in result.summary}
+    assert rules == {"mv", "fv-pooled", "fv-per-coordinate", "fv-oracle"}
     assert all(row["bits/worker/round"] == 200 for row in result.summary)

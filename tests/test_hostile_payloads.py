@@ -347,53 +347,68 @@ def test_min_max_schemes_refuse_vectors_below_float32_normal_range(name, vector)
 # ------------------------------------------------------------- entropy-coded streams
 
 
-@pytest.fixture(scope="module")
-def entropy_payloads():
+@pytest.fixture(scope="module", params=[4, 3], ids=["v4-rans", "v3-constriction"])
+def entropy_payloads(request):
     from quicdesign.entropy import QuicFLEntropyEncoder
     from quicdesign.table import load_entropy_table
 
     table = load_entropy_table(2)
     encoder = QuicFLEntropyEncoder(table, ROUND)
+    encoder._wire_version = request.param  # version 3 is written only to test its reader
     rng = np.random.default_rng(11)
     dims = (1, 7, 300, 1025, 5000)
     return table, {d: encoder.encode(rng.standard_t(3, d), 1, rng=rng) for d in dims}
 
 
 def _stream_edits(payload, chunks):
-    """Edits of the ANS stream that keep the payload self-consistent in length."""
+    """Edits of the coded stream that keep the payload self-consistent in length.
+
+    Version 4 streams are 8 u32 coder states then u16 words; version 3 streams u32 words.
+    """
     words_at = 32 + 4 * chunks
     words = struct.unpack_from("<I", payload, words_at)[0]
-    stream_start = len(payload) - 4 * words
+    word = 2 if payload[4] == 4 else 4
+    stream_start = len(payload) - word * words
     edits = {}
     for dropped in (1, 2):
         if words >= dropped:
-            edited = bytearray(payload[: len(payload) - 4 * dropped])
+            edited = bytearray(payload[: len(payload) - word * dropped])
             struct.pack_into("<I", edited, words_at, words - dropped)
             edits[f"drop-last-{dropped}"] = bytes(edited)
-    edited = bytearray(payload[:stream_start] + payload[stream_start + 4 :])
-    struct.pack_into("<I", edited, words_at, words - 1)
-    edits["drop-first"] = bytes(edited)
+    if words:
+        edited = bytearray(payload[:stream_start] + payload[stream_start + word :])
+        struct.pack_into("<I", edited, words_at, words - 1)
+        edits["drop-first"] = bytes(edited)
+    edited = bytearray(payload + bytes(word))
+    struct.pack_into("<I", edited, words_at, words + 1)
+    edits["append-zero-word"] = bytes(edited)
     for k in range(min(words, 8)):
-        for bit in (0, 13, 31):
+        for bit in (0, 13, 8 * word - 1):
             edited = bytearray(payload)
-            edited[stream_start + 4 * k + bit // 8] ^= 1 << (bit % 8)
+            edited[stream_start + word * k + bit // 8] ^= 1 << (bit % 8)
             edits[f"flip-word{k}-bit{bit}"] = bytes(edited)
+    if word == 2:
+        for lane in range(8):
+            for bit in (0, 17, 31):
+                edited = bytearray(payload)
+                edited[stream_start - 32 + 4 * lane + bit // 8] ^= 1 << (bit % 8)
+                edits[f"flip-state{lane}-bit{bit}"] = bytes(edited)
     if words >= 2:
         edited = bytearray(payload)
-        first, second = (
-            edited[stream_start : stream_start + 4],
-            edited[stream_start + 4 : stream_start + 8],
-        )
-        edited[stream_start : stream_start + 8] = second + first
-        edits["swap-words"] = bytes(edited)
+        first = edited[stream_start : stream_start + word]
+        second = edited[stream_start + word : stream_start + 2 * word]
+        if first != second:
+            edited[stream_start : stream_start + 2 * word] = second + first
+            edits["swap-words"] = bytes(edited)
     for field, offset in (("count", words_at + 4), ("digest", words_at + 8)):
         edited = bytearray(payload)
         edited[offset] ^= 1
         edits[f"flip-{field}"] = bytes(edited)
-    for version in (1, 2):
+    for version in (1, 2, 5):
         edited = bytearray(payload)
         edited[4] = version
         edits[f"version-{version}"] = bytes(edited)
+    edits["truncated"] = payload[:-1]
     return edits
 
 
@@ -403,6 +418,7 @@ def test_entropy_stream_decodes_exactly_or_is_refused(entropy_payloads):
 
     table, payloads = entropy_payloads
     for dim, payload in payloads.items():
+        QuicFLEntropyAggregator(table, ROUND, dim).add(payload)  # the unedited one is read
         chunks = RotationLayout.for_dim(dim).num_chunks
         for edited in _stream_edits(payload, chunks).values():
             if edited == payload:

@@ -137,6 +137,25 @@ def test_compiled_sender_matches_numpy_beyond_the_support(monkeypatch, bits):
         )
 
 
+@pytest.mark.parametrize(("num_shared", "num_messages"), [(1, 2), (3, 64), (5, 65), (2, 300)])
+def test_compiled_sender_matches_numpy_for_every_entry_width(monkeypatch, num_shared, num_messages):
+    # the compiled sender packs level and flags in 1, 2 or 4 bytes by the message count
+    from quicdesign.sender import SenderRule
+
+    rng = np.random.default_rng(num_messages)
+    rule = SenderRule(np.sort(rng.standard_normal((num_shared, num_messages)) * 3, axis=1))
+    lower, upper = rule.support
+    values = np.concatenate([rng.uniform(1.2 * lower, 1.2 * upper, 30_001), rule.breakpoints])
+    shared = rng.integers(0, num_shared, values.size).astype(np.int8)
+    uniforms = rng.random(values.size)
+    monkeypatch.setenv(KERNELS_ENV, "numpy")
+    expected = rule.sample(values, shared, uniforms=uniforms)
+    monkeypatch.setenv(KERNELS_ENV, "auto")
+    assert rule.sample(values, shared, uniforms=uniforms).tobytes() == expected.tobytes()
+    with pytest.raises(IndexError, match="shared value"):
+        rule.sample(values[:3], np.array([0, -1, 0], dtype=np.int8), uniforms=uniforms[:3])
+
+
 def test_compiled_sender_refuses_shared_values_out_of_range(monkeypatch):
     rule = load_table(2).sender
     monkeypatch.setenv(KERNELS_ENV, "auto")
@@ -166,3 +185,27 @@ def test_compiled_packing_is_byte_identical(monkeypatch, bits):
         monkeypatch.setenv(KERNELS_ENV, "auto")
         assert pack_codes(codes, bits) == expected
         assert pack_codes(codes.astype(np.int64), bits) == expected
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
+    kernels = compiled_kernels()
+    rng = np.random.default_rng(17)
+    shapes = [
+        (1, 0),
+        (1, 1),
+        (2, 7),
+        (3, 8),
+        (1, 129),
+        (4, 136),
+        (5, 1025),
+        (8, 131072),
+        (1, 300_001),
+    ]
+    for shape in shapes:
+        magnitude = 10.0 ** rng.uniform(-30, 30, shape)
+        rows = (rng.standard_normal(shape) * magnitude).astype(dtype)
+        if rows.size:
+            rows.flat[0] = np.finfo(np.float32).max  # its square is exact in float64
+        expected = np.sum(np.square(rows, dtype=np.float64), axis=1)
+        assert kernels.row_square_sums(rows).tobytes() == expected.tobytes(), shape

@@ -5,7 +5,21 @@ from __future__ import annotations
 import numba
 import numpy as np
 
-__all__ = ["gather_accumulate", "sender_levels", "pack_codes", "butterfly_passes"]
+__all__ = [
+    "gather_accumulate",
+    "sender_levels",
+    "pack_codes",
+    "butterfly_passes",
+    "rans_encode",
+    "rans_decode",
+    "row_square_sums",
+]
+
+# quicdesign._rans format constants (checked equal by tests/test_rans.py)
+_LANES = 8
+_PROB_BITS = 14
+_STATE_LOW = 1 << 16
+_BUCKET_SHIFT = 4
 
 
 @numba.njit(cache=True, nogil=True)
@@ -46,6 +60,19 @@ def _search_event(breakpoints, value, last_open, start, stop):  # pragma: no cov
     return min(max(low - 1, 0), last_open)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bucket_of(value, low, per_unit, top):  # pragma: no cover - compiled
+    """numpy's ``clip((value - low) * per_unit, 0, top)`` truncated to intp, rounded in
+    the dtype of ``value``; NaN takes bucket 0 (numpy would fail on it), so no index
+    ever leaves the tables."""
+    position = (value - low) * per_unit
+    if position > top:
+        return np.intp(top)
+    if position >= 0:
+        return np.intp(position)
+    return np.intp(0)
+
+
 @numba.njit(cache=True, nogil=True)
 def sender_levels(
     values,
@@ -53,52 +80,76 @@ def sender_levels(
     low,
     per_unit,
     first,
-    dirty,
+    bucket_levels,
+    flag_shift,
     windows,
     level_table,
     event_shared,
     breakpoints,
     last_open,
 ):  # pragma: no cover - compiled
-    """One pass of :meth:`SenderRule.sample` before the coin flips.
+    """:meth:`SenderRule.sample` before the coin flips, in two passes.
 
-    ``windows[k]`` bounds the breakpoints a value of dirty bucket ``k`` is searched among
-    first (see :func:`_search_event`). ``low`` and ``per_unit`` have the dtype of
-    ``values`` (float32 or float64), so the bucket index is rounded exactly as numpy's
-    ``(values - low) * per_unit``. Returns the deterministic levels, the randomizing
-    positions in increasing order and the event randomizing at each of them.
+    ``bucket_levels[bucket * H + h]`` is ``h``'s level in a clean bucket, with bit
+    ``flag_shift`` set when the bucket's event moves ``h`` and bit ``flag_shift + 1``
+    when the bucket is dirty (a breakpoint lies in it). The first pass is one table
+    lookup per value; the second visits only the flagged values (a few percent): dirty
+    ones are searched (``windows[k]`` bounds the breakpoints of bucket ``k``, see
+    :func:`_search_event`), randomizing ones compacted. ``low`` and ``per_unit`` have the
+    dtype of ``values`` (float32 or float64), so buckets round exactly as numpy's.
+    Returns the deterministic levels, the randomizing positions in increasing order and
+    the event randomizing at each of them.
     """
     size = values.size
-    messages = np.empty(size, dtype=level_table.dtype)
-    randomizing = np.empty(size, dtype=np.intp)
-    events = np.empty(size, dtype=np.intp)
-    top = first.size - 1
     num_shared = level_table.shape[1]
-    count = 0
+    # min and max first (a vectorized pass): a raise inside a loop keeps it scalar
+    smallest, largest = 0, 0
     for i in range(size):
-        value = values[i]
-        position = (value - low) * per_unit
-        # numpy's clip(position, 0, top), then truncation to intp; NaN takes bucket 0
-        # (numpy would fail on it) so no index ever leaves the tables
-        bucket = 0
-        if position > top:
-            bucket = top
-        elif position >= 0:
-            bucket = np.intp(position)
-        if dirty[bucket]:
+        smallest = min(smallest, shared[i])
+        largest = max(largest, shared[i])
+    if smallest < 0 or largest >= num_shared:
+        raise IndexError("a shared value is outside [0, H)")
+    messages = np.empty(size, dtype=level_table.dtype)
+    flags = np.empty(size, dtype=np.uint8)
+    top = first.size - 1
+    level_mask = (1 << flag_shift) - 1
+    for i in range(size):
+        entry = bucket_levels[_bucket_of(values[i], low, per_unit, top) * num_shared + shared[i]]
+        messages[i] = entry & level_mask
+        flags[i] = entry >> flag_shift
+    flagged = 0
+    for i in range(size):
+        flagged += flags[i] != 0
+    # branch-free compaction of the flagged positions (a flag is a coin flip to the
+    # branch predictor); the randomizing ones are compacted again in place below
+    randomizing = np.empty(flagged + 1, dtype=np.intp)
+    events = np.empty(flagged, dtype=np.intp)
+    found = 0
+    for i in range(size):
+        randomizing[found] = i
+        found += flags[i] != 0
+    count = 0
+    for j in range(flagged):
+        i = randomizing[j]
+        flag = flags[i]
+        bucket = _bucket_of(values[i], low, per_unit, top)
+        if flag & 2:
+            h = shared[i]
             event = _search_event(
-                breakpoints, np.float64(value), last_open, windows[bucket, 0], windows[bucket, 1]
+                breakpoints,
+                np.float64(values[i]),
+                last_open,
+                windows[bucket, 0],
+                windows[bucket, 1],
             )
+            messages[i] = level_table[event, h]
+            if event_shared[event] != h:
+                continue
         else:
             event = np.intp(first[bucket])
-        h = shared[i]
-        if h < 0 or h >= num_shared:
-            raise IndexError("a shared value is outside [0, H)")
-        messages[i] = level_table[event, h]
-        # branch-free compaction: the mover test is a coin flip to the branch predictor
         randomizing[count] = i
         events[count] = event
-        count += event_shared[event] == h
+        count += 1
     return messages, randomizing[:count], events[:count]
 
 
@@ -163,3 +214,146 @@ def butterfly_passes(source, scratch):  # pragma: no cover - compiled
                 write[row, 2 * j + 1] = a - b
         current = 1 - current
     return current
+
+
+@numba.njit(cache=True, nogil=True)
+def rans_encode(symbols, model_of, freq, cum):  # pragma: no cover - compiled
+    """``_rans._encode_numpy`` as one scalar loop: the same states and words."""
+    count = symbols.size
+    states = np.full(_LANES, _STATE_LOW, dtype=np.uint64)
+    pushed = np.empty(count, dtype=np.uint16)
+    emitted = 0
+    for i in range(count - 1, -1, -1):
+        lane = i % _LANES
+        x = states[lane]
+        h = model_of[i]
+        s = symbols[i]
+        f = np.uint64(freq[h, s])
+        if x >= (f << np.uint64(32 - _PROB_BITS)):
+            pushed[emitted] = np.uint16(x & np.uint64(0xFFFF))
+            emitted += 1
+            x >>= np.uint64(16)
+        states[lane] = ((x // f) << np.uint64(_PROB_BITS)) + (x % f) + np.uint64(cum[h, s])
+    words = np.empty(emitted, dtype=np.uint16)
+    for j in range(emitted):
+        words[j] = pushed[emitted - 1 - j]
+    return states.astype(np.uint32), words
+
+
+@numba.njit(cache=True, nogil=True)
+def rans_decode(states, words, model_of, freq, cum, bucket_symbol):  # pragma: no cover
+    """``_rans._decode_numpy`` as one scalar loop; returns ``(symbols, status)``.
+
+    The symbol of a slot is found from its bucket's first symbol by a short forward scan
+    of the cumulative table (a 2**10-entry start table per model stays in cache where a
+    full 2**14 slot table would not).
+    """
+    count = model_of.size
+    symbols = np.empty(count, dtype=np.uint8)
+    x = states.astype(np.uint64)
+    mask = np.uint64((1 << _PROB_BITS) - 1)
+    position = 0
+    available = words.size
+    for i in range(count):
+        lane = i % _LANES
+        state = x[lane]
+        h = model_of[i]
+        slot = state & mask
+        s = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
+        while np.uint64(cum[h, s + 1]) <= slot:
+            s += 1
+        symbols[i] = s
+        state = np.uint64(freq[h, s]) * (state >> np.uint64(_PROB_BITS)) + slot
+        state -= np.uint64(cum[h, s])
+        if state < np.uint64(_STATE_LOW):
+            if position >= available:
+                return symbols, 1
+            state = (state << np.uint64(16)) | np.uint64(words[position])
+            position += 1
+        x[lane] = state
+    if position != available:
+        return symbols, 2
+    for lane in range(_LANES):
+        if x[lane] != np.uint64(_STATE_LOW):
+            return symbols, 3
+    return symbols, 0
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_squares(row, start, n):  # pragma: no cover - compiled
+    """numpy's pairwise sum of a block of at most 128 squares: 8 partial sums."""
+    if n < 8:
+        total = 0.0
+        for i in range(n):
+            value = np.float64(row[start + i])
+            total += value * value
+        return total
+    v0, v1 = np.float64(row[start]), np.float64(row[start + 1])
+    v2, v3 = np.float64(row[start + 2]), np.float64(row[start + 3])
+    v4, v5 = np.float64(row[start + 4]), np.float64(row[start + 5])
+    v6, v7 = np.float64(row[start + 6]), np.float64(row[start + 7])
+    r0, r1, r2, r3 = v0 * v0, v1 * v1, v2 * v2, v3 * v3
+    r4, r5, r6, r7 = v4 * v4, v5 * v5, v6 * v6, v7 * v7
+    i = 8
+    whole = n - n % 8
+    while i < whole:
+        v0, v1 = np.float64(row[start + i]), np.float64(row[start + i + 1])
+        v2, v3 = np.float64(row[start + i + 2]), np.float64(row[start + i + 3])
+        v4, v5 = np.float64(row[start + i + 4]), np.float64(row[start + i + 5])
+        v6, v7 = np.float64(row[start + i + 6]), np.float64(row[start + i + 7])
+        r0 += v0 * v0
+        r1 += v1 * v1
+        r2 += v2 * v2
+        r3 += v3 * v3
+        r4 += v4 * v4
+        r5 += v5 * v5
+        r6 += v6 * v6
+        r7 += v7 * v7
+        i += 8
+    total = ((r0 + r1) + (r2 + r3)) + ((r4 + r5) + (r6 + r7))
+    while i < n:
+        value = np.float64(row[start + i])
+        total += value * value
+        i += 1
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _pairwise_squares(row, n):  # pragma: no cover - compiled
+    """numpy's pairwise float64 sum (``add.reduce``) of ``row[:n]`` squared: halves rounded
+    down to a multiple of 8 until blocks of at most 128. An explicit stack, not recursion
+    (numba's on-disk cache of recursive functions is not dependable)."""
+    task_start = np.empty(128, dtype=np.intp)
+    task_size = np.empty(128, dtype=np.intp)  # -1: add the last two partial sums
+    partial = np.empty(64, dtype=np.float64)
+    tasks, partials = 1, 0
+    task_start[0], task_size[0] = 0, n
+    while tasks:
+        tasks -= 1
+        start, size = task_start[tasks], task_size[tasks]
+        if size < 0:
+            partials -= 1
+            partial[partials - 1] = partial[partials - 1] + partial[partials]
+        elif size <= 128:
+            partial[partials] = _block_squares(row, start, size)
+            partials += 1
+        else:
+            half = size // 2
+            half -= half % 8
+            # popped in reverse: the left half, the right half, then their sum
+            task_size[tasks] = -1
+            task_start[tasks + 1], task_size[tasks + 1] = start + half, size - half
+            task_start[tasks + 2], task_size[tasks + 2] = start, half
+            tasks += 3
+    return partial[0]
+
+
+@numba.njit(cache=True, nogil=True)
+def row_square_sums(rows):  # pragma: no cover - compiled
+    """``np.sum(np.square(rows, dtype=np.float64), axis=1)`` bit for bit, without the
+    float64 temporary (squares of float32 are exact in float64; float64 squares round
+    as numpy's do)."""
+    out = np.empty(rows.shape[0], dtype=np.float64)
+    for k in range(rows.shape[0]):
+        out[k] = _pairwise_squares(rows[k], rows.shape[1])
+    return out

@@ -8,7 +8,9 @@ in the same run: the memory-copy floor (a 64 MiB copy gives the bandwidth; the e
 is one read and one write of the float32 input, the aggregation floor one read and one write
 of the float64 accumulator), a numpy sort of the input, and ``add_many`` and encode on the
 numpy and the compiled (numba) paths. BLAS is pinned to one thread by default: on a small shared
-machine BLAS threads fight each other and the figures become noise.
+machine BLAS threads fight each other and the figures become noise; for the same reason
+every time is CPU time of this (single-threaded) process. A third table sets the
+entropy-coded server (wire v4, rANS) against the fixed-rate one and times the decoders.
 """
 
 from __future__ import annotations
@@ -27,9 +29,15 @@ from .._validate import check_int
 from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..errors import ParameterError
 from ..table import list_tables, load_table
-from .transform import _median_seconds
+from .transform import _median_seconds as _wall_median_seconds
 
 __all__ = ["bench_runtime"]
+
+
+def _median_seconds(run, repeats):
+    """Median CPU seconds of ``run``: every timed step is single-threaded (BLAS pinned,
+    numba serial), and on a shared machine wall time mostly measures the scheduler."""
+    return _wall_median_seconds(run, repeats, clock=time.process_time)
 
 
 def _naive_per_client_decode(table, round_seed, dim, payloads):
@@ -118,7 +126,7 @@ def _bench_all(vectors, bits, repeats, seed, progress, blas_threads, shared_bits
     rows = []
     print(
         f"QUIC-FL runtime, d = {dim}, n = {clients} clients, float32 input, "
-        f"median of {repeats} timed runs, {blas_threads_text(blas_threads)}"
+        f"median of {repeats} timed runs (CPU time), {blas_threads_text(blas_threads)}"
     )
     header = (
         f"{'b':>2} {'l':>2} {'encode ms':>10} {'enc Mcoord/s':>12} {'agg ms (n)':>11} "
@@ -142,7 +150,124 @@ def _bench_all(vectors, bits, repeats, seed, progress, blas_threads, shared_bits
         "reference (paper notes, PyTorch CPU): encode ~120 ms, decode ~60 ms per client at d = 2^20"
     )
     _print_limits(rows, vectors, repeats)
+    _print_entropy(rows, vectors, repeats, seed)
     return rows
+
+
+def _print_entropy(rows, vectors, repeats, seed):
+    """Entropy-coded server (wire v4, rANS) against the fixed-rate one at the same d, and
+    the rANS decoder (numpy reference, compiled) against constriction (wire v3)."""
+    rates = [row for row in rows if row["bits"] in _ENTROPY_RATES]
+    if not rates:
+        return
+    clients, dim = vectors.shape
+    print(
+        "entropy-coded (QDQE v4, rANS) vs fixed-rate server, ms/client with add_many on "
+        "the default path; decode ns/symbol of one client"
+    )
+    print(
+        f"{'b':>2} {'fixed ms/client':>15} {'entropy ms/client':>17} {'ratio':>5} "
+        f"{'rANS numpy ns':>13} {'rANS compiled ns':>16} {'constriction ns':>15} "
+        f"{'v4 bytes/coord':>14} {'v3 bytes/coord':>14} {'v4-v3 %':>7}",
+        flush=True,
+    )
+    for row in rates:
+        figures = _entropy_figures(row["bits"], vectors, repeats, seed)
+        fixed = row["add_many_compiled_ms_per_client"] or row["add_many_numpy_ms_per_client"]
+        figures["fixed_ms_per_client"] = fixed
+        figures["ratio_to_fixed"] = figures["ms_per_client"] / fixed
+        row.update({f"entropy_{key}": value for key, value in figures.items()})
+        print(
+            f"{row['bits']:>2} {fixed:>15.2f} {figures['ms_per_client']:>17.2f} "
+            f"{figures['ratio_to_fixed']:>5.2f} {_text(figures['rans_numpy_ns']):>13} "
+            f"{_text(figures['rans_compiled_ns']):>16} {_text(figures['constriction_ns']):>15} "
+            f"{figures['v4_bytes_per_coordinate']:>14.4f} "
+            f"{_text(figures['v3_bytes_per_coordinate'], 4):>14} "
+            f"{_text(figures['v4_overhead_percent'], 3):>7}",
+            flush=True,
+        )
+
+
+_ENTROPY_RATES = (1, 2, 3, 4)
+
+
+def _text(value, digits=2):
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _entropy_figures(rate, vectors, repeats, seed):
+    from .. import _rans
+    from ..entropy import QuicFLEntropyAggregator, QuicFLEntropyEncoder, _models
+    from ..table import load_entropy_table
+
+    clients, dim = vectors.shape
+    table = load_entropy_table(rate)
+    encoder = QuicFLEntropyEncoder(table, round_seed=1)
+    private = np.random.default_rng(seed + 2)
+    payloads = [encoder.encode(v, c, rng=private) for c, v in enumerate(vectors)]
+    server_s = _median_seconds(
+        lambda: QuicFLEntropyAggregator(table, 1, dim).add_many(payloads), repeats
+    )
+    # one client's symbols, coded and decoded by each coder on its own
+    quantized = encoder._quantize(vectors[0], 0, np.random.default_rng(seed))
+    keep = np.ones(quantized.codes.size, dtype=bool)
+    keep[quantized.exact_indices] = False
+    symbols, model_of = quantized.codes[keep], quantized.shared[keep]
+    model = _rans.RansModel(table.code_model)
+    states, words = _rans.encode(model, symbols, model_of)
+    began = time.process_time()
+    _rans.decode(model, states, words, model_of, kernels=None)  # ~1 us/symbol: run once
+    numpy_ns = 1e9 * (time.process_time() - began) / symbols.size
+    compiled_ns = None
+    if compiled_kernels() is not None:
+        compiled_s = _median_seconds(lambda: _rans.decode(model, states, words, model_of), repeats)
+        compiled_ns = 1e9 * compiled_s / symbols.size
+    constriction_ns = v3_bytes = overhead = None
+    v4_bytes = float(np.mean([len(p) for p in payloads])) / dim
+    try:
+        constriction, coder_models = _models(table)
+    except ParameterError:  # constriction is not installed: no version 3 figures
+        pass
+    else:
+        constriction_ns = (
+            1e9
+            * _constriction_decode_seconds(constriction, coder_models, symbols, model_of, repeats)
+            / symbols.size
+        )
+        encoder._wire_version = 3
+        private = np.random.default_rng(seed + 2)
+        v3 = [encoder.encode(v, c, rng=private) for c, v in enumerate(vectors)]
+        v3_bytes = float(np.mean([len(p) for p in v3])) / dim
+        overhead = 100 * (v4_bytes / v3_bytes - 1)
+    return {
+        "ms_per_client": 1e3 * server_s / clients,
+        "rans_numpy_ns": numpy_ns,
+        "rans_compiled_ns": compiled_ns,
+        "constriction_ns": constriction_ns,
+        "v4_bytes_per_coordinate": v4_bytes,
+        "v3_bytes_per_coordinate": v3_bytes,
+        "v4_overhead_percent": overhead,
+    }
+
+
+def _constriction_decode_seconds(constriction, coder_models, symbols, model_of, repeats):
+    """Median seconds of constriction decoding the symbols grouped by model (as v3 does)."""
+    order = np.argsort(model_of, kind="stable")
+    grouped = symbols[order].astype(np.int32)
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(model_of, minlength=len(coder_models)))))
+    coder = constriction.stream.stack.AnsCoder()
+    for h in range(len(coder_models) - 1, -1, -1):
+        if bounds[h + 1] > bounds[h]:
+            coder.encode_reverse(grouped[bounds[h] : bounds[h + 1]], coder_models[h])
+    stream = coder.get_compressed()
+
+    def decode():
+        decoder = constriction.stream.stack.AnsCoder(stream)
+        for h, model in enumerate(coder_models):
+            if bounds[h + 1] > bounds[h]:
+                decoder.decode(model, int(bounds[h + 1] - bounds[h]))
+
+    return _median_seconds(decode, repeats)
 
 
 def _print_limits(rows, vectors, repeats):
@@ -251,9 +376,9 @@ def _bench_bits(b, vectors, repeats, seed, bar, shared_bits=None):
     aggregate_s = _median_seconds(aggregate, repeats)
     bar.update(note=f"b={b} aggregate")
     batched = _both_paths(lambda: QuicFLAggregator(table, 1, dim).add_many(payloads), repeats)
-    began = time.perf_counter()
+    began = time.process_time()
     _naive_per_client_decode(table, 1, dim, payloads)
-    naive_s = time.perf_counter() - began
+    naive_s = time.process_time() - began
     bar.update(note=f"b={b} naive decode")
     return {
         "bits": b,

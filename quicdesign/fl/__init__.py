@@ -74,7 +74,7 @@ from .signsgd import (
     run_signsgd,
     weighted_vote,
 )
-from .wire import BitCounter, RawFloats, broadcast, compressor_omega, send_each
+from .wire import BitCounter, LocalTopK, RawFloats, broadcast, compressor_omega, send_each
 
 __all__ = [
     "BitCounter",
@@ -100,6 +100,7 @@ __all__ = [
     "Problem",
     "ProjectionSpec",
     "RawFloats",
+    "LocalTopK",
     "RunHistory",
     "SIGN_RULES",
     "SRHTProjection",

@@ -171,6 +171,7 @@ def run_mcm(
     up_rate=None,
     down_rate=None,
     smart_init=True,
+    step_decay=None,
     seed=0,
     record_every=1,
     callback=None,
@@ -188,7 +189,7 @@ def run_mcm(
     rounds : int
         Number of rounds.
     step_size : float
-        Constant step ``gamma``.
+        Step ``gamma`` (constant unless ``step_decay`` is given).
     uplink, downlink : Compressor, optional
         Unbiased protocol compressors. ``None`` means uncompressed float64 (exact); the
         downlink of ``sgd`` and ``diana`` is always uncompressed, the other algorithms
@@ -203,6 +204,10 @@ def run_mcm(
     smart_init : bool
         Start ``h^i`` at each worker's first gradient, sent uncompressed (float64) and
         counted as upload.
+    step_decay : int, optional
+        Decreasing step ``gamma * t0 / (t0 + t)`` with ``t0 = step_decay`` (round ``t``
+        from 0): a constant step stops at a noise floor, an O(1/t) step keeps going
+        toward the optimum (strongly convex objectives).
     seed : int
         Seeds mini-batches, participation, compressor coins and round seeds.
     record_every : int
@@ -225,7 +230,8 @@ def run_mcm(
         raise ParameterError(f"unknown algorithm {algorithm!r}; choose from {MCM_ALGORITHMS}")
     rounds = check_int(rounds, "rounds", 0)
     record_every = check_int(record_every, "record_every", 1)
-    step = check_positive_float(step_size, "step_size")
+    base_step = check_positive_float(step_size, "step_size")
+    decay = None if step_decay is None else check_int(step_decay, "step_decay", 1)
     if not isinstance(participation, Participation):
         raise ParameterError("participation must be a Participation")
     if algorithm == "mcm" and not participation.is_full:
@@ -268,7 +274,8 @@ def run_mcm(
             "algorithm": algorithm,
             "uplink": describe_compressor(uplink),
             "downlink": describe_compressor(downlink if downlink is not None else exact),
-            "step_size": step,
+            "step_size": base_step,
+            **({} if decay is None else {"step_decay": decay}),
             "seed": seed,
         },
         counter,
@@ -294,6 +301,7 @@ def run_mcm(
 
     bar = reporter(rounds, history.label, progress, unit="round")
     for t in range(rounds):
+        step = base_step if decay is None else base_step * decay / (decay + t)
         active = participation.sample(num_clients, sampling_rng)
         up_seed = stream_seed(seed, "uplink", t)
         down_seed = stream_seed(seed, "downlink", t)

@@ -505,7 +505,7 @@ class NoisyQuadratic(Problem):
         batch = np.asarray(batch_sizes, dtype=np.float64)
         # batch 0 means the exact gradient
         scale = np.where(batch > 0, self.noise_std / np.sqrt(np.maximum(batch, 1)), 0.0)
-        exact = self.curvature * (np.asarray(points) - self.center)
+        exact = self.full_gradient(points)
         if self.noise == "gaussian":
             noise = rng.standard_normal((clients.size, self.dim)) * scale[:, None]
         else:
@@ -517,6 +517,10 @@ class NoisyQuadratic(Problem):
 
     def loss(self, point):
         return float(0.5 * np.sum(self.curvature * (np.asarray(point) - self.center) ** 2))
+
+    def full_gradient(self, point):
+        """The exact gradient ``a * (x - c)`` (the noise has mean zero)."""
+        return self.curvature * (np.asarray(point, dtype=np.float64) - self.center)
 
 
 def heterogeneous_least_squares(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ def write_csv(path, rows):
 
 
 def _mean_curves(histories, metric):
-    """Per configuration: rounds, mean bits per client (up + down) and the mean metric."""
+    """Per configuration: rounds, mean bits per client (up + down), the mean metric, and
+    the lowest and highest seed's metric (the band)."""
     grouped = {}
     for history in histories:
         if metric in history.metrics:
@@ -31,7 +33,8 @@ def _mean_curves(histories, metric):
     for config, runs in grouped.items():
         length = min(len(h.rounds) for h in runs)
         rounds = np.asarray(runs[0].rounds[:length])
-        values = np.mean([h.curve(metric)[:length] for h in runs], axis=0)
+        per_seed = np.array([h.curve(metric)[:length] for h in runs])
+        values = per_seed.mean(axis=0)
         clients = runs[0].counter.num_clients
         bits = np.mean(
             [
@@ -41,7 +44,7 @@ def _mean_curves(histories, metric):
             ],
             axis=0,
         )
-        curves[config] = (rounds, bits, values)
+        curves[config] = (rounds, bits, values, per_seed.min(axis=0), per_seed.max(axis=0))
     return curves
 
 
@@ -62,7 +65,7 @@ def _zoom_past_the_start(axes, curves, share=0.1):
     """
     tails = [
         values[rounds >= share * rounds.max()]
-        for rounds, _, values in curves.values()
+        for rounds, _, values, *_ in curves.values()
         if rounds.size >= 10
     ]
     tails = [tail[np.isfinite(tail)] for tail in tails]
@@ -72,7 +75,7 @@ def _zoom_past_the_start(axes, curves, share=0.1):
     high = max(float(tail.max()) for tail in tails)
     margin = 0.05 * (high - low) or 0.05 * abs(high) or 0.05
     axes.set_ylim(low - margin, high + margin)
-    start = int(share * max(rounds.max() for rounds, _, _ in curves.values()))
+    start = int(share * max(rounds.max() for rounds, *_ in curves.values()))
     axes.set_title(f"y axis fitted to rounds >= {start}; earlier rounds off the scale", fontsize=8)
 
 
@@ -86,20 +89,31 @@ def plot_curves(path, histories, metric, *, log_metric=False, title=""):
         return None
     plt = _pyplot()
     figure, (by_round, by_bits) = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for index, (config, (rounds, bits, values)) in enumerate(curves.items()):
+    for index, (config, (rounds, bits, values, *band)) in enumerate(curves.items()):
         # many configurations overlap: vary the dash pattern as well as the colour
         style = {
             "linewidth": 1.3,
             "linestyle": ("-", "--", "-.", ":")[index % 4],
             "marker": "o" if len(rounds) < 6 else None,  # short runs: keep lone points
             "markersize": 4,
+            # past ten configurations the default colour cycle repeats
+            "color": plt.get_cmap("tab20")(index % 20) if len(curves) > 10 else f"C{index % 10}",
         }
-        by_round.plot(rounds, values, label=config, **style)
+        (line,) = by_round.plot(rounds, values, label=config, **style)
         sent = bits > 0  # the initial model costs nothing and has no place on a log axis
         by_bits.plot(bits[sent], values[sent], **style)
+        if band and np.any(band[1] > band[0]):  # one seed has no band
+            low, high = band
+            shade = {"color": line.get_color(), "alpha": 0.15, "linewidth": 0}
+            by_round.fill_between(rounds, low, high, **shade)
+            by_bits.fill_between(bits[sent], low[sent], high[sent], **shade)
     runs = len(histories) // max(len(curves), 1)
     seeds = f"{runs} seed" + ("s" if runs != 1 else "")
-    by_round.set_xlabel(f"round (mean of {seeds} per configuration)")
+    by_round.set_xlabel(
+        f"round (line: mean of {seeds}; band: lowest to highest seed)"
+        if runs > 1
+        else "round (one seed)"
+    )
     by_bits.set_xlabel("bits sent per client, uplink + downlink (log scale)")
     by_bits.set_xscale("log")
     for axes in (by_round, by_bits):
@@ -111,7 +125,7 @@ def plot_curves(path, histories, metric, *, log_metric=False, title=""):
     if not log_metric:
         _zoom_past_the_start(by_round, curves)
     figure.legend(fontsize=7, loc="outside right upper")
-    figure.suptitle(title)
+    figure.suptitle(textwrap.fill(title, 75), fontsize=10)
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return Path(path)
@@ -149,6 +163,24 @@ def plot_decoding(path, rows, *, title=""):
     return Path(path)
 
 
+def _best_rate_only(histories, metric):
+    """Per ``config["method"]``, the runs of its learning rate with the best final metric.
+
+    A learning-rate sweep puts every rate in the table; the figure shows one curve per
+    method so that it stays readable.
+    """
+    finals = {}
+    for history in histories:
+        key = (history.config["method"], history.config["config"])
+        finals.setdefault(key, []).append(history.final(metric))
+    best = {}
+    for (method, config), values in finals.items():
+        if method not in best or np.mean(values) > best[method][1]:
+            best[method] = (config, float(np.mean(values)))
+    kept = {config for config, _ in best.values()}
+    return [h for h in histories if h.config["config"] in kept]
+
+
 def write_result(result, folder):
     """Write ``<name>_curves.csv``, ``<name>_summary.csv`` and ``<name>.png`` to ``folder``.
 
@@ -172,7 +204,9 @@ def write_result(result, folder):
         written.append(write_csv(folder / f"{name}_curves.csv", rows))
         figure = plot_curves(
             folder / f"{name}.png",
-            result.histories,
+            _best_rate_only(result.histories, result.experiment.metric)
+            if result.experiment.plot == "best-rate"
+            else result.histories,
             result.experiment.metric,
             log_metric=result.experiment.log_metric,
             title=f"{name}: {result.experiment.claim}",

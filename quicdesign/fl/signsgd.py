@@ -6,7 +6,10 @@ decodes one sign per coordinate by a vote and broadcasts it; everyone steps
 2024) weights worker ``m`` by the clipped log-likelihood ratio
 ``clip(ln((a + eps) / (1 - a + eps)), -L, L)`` of its agreement rate ``a`` with the
 *decoded* sign, learned online by the server (it never sees true gradients), after a
-majority-vote warm-up.
+majority-vote warm-up. ``"fv-oracle"`` (ours, not deployable) learns the same pooled
+weights from agreement with the sign of the exact gradient instead of the vote: the
+weights a perfect flip-probability estimator would give, which separates what the
+weighted decoder is worth from what the online estimator loses.
 
 Conventions of this implementation
 ----------------------------------
@@ -27,6 +30,10 @@ Agreement counts
     one-channel-per-worker model); ``"per-coordinate"`` keeps one per worker and
     coordinate, as in the released code. The latter's statistics near an optimum are
     noisy and self-referential; nothing is claimed about it.
+Diagnostics
+    ``track_truth=True`` (implied by ``"fv-oracle"``) also counts each worker's agreement
+    with the sign of the exact gradient (``problem.full_gradient``, the server cannot
+    know it), so a run reports agreement with the vote beside agreement with the truth.
 """
 
 from __future__ import annotations
@@ -64,7 +71,7 @@ __all__ = [
     "hoeffding_bound",
 ]
 
-SIGN_RULES = ("mv", "fv")
+SIGN_RULES = ("mv", "fv", "fv-oracle")
 _ESTIMATORS = ("pooled", "per-coordinate")
 _TIE_RULES = ("zero", "random")
 _TIE_PURPOSE = "fl.signsgd.tie-coins"
@@ -225,6 +232,7 @@ def run_signsgd(
     forgetting=1.0,
     estimator="pooled",
     tie="zero",
+    track_truth=False,
     seed=0,
     record_every=1,
     callback=None,
@@ -237,8 +245,9 @@ def run_signsgd(
     ----------
     problem : Problem
         Objective and stochastic gradients.
-    rule : {"mv", "fv"}
-        Majority vote or federated (weighted) vote.
+    rule : {"mv", "fv", "fv-oracle"}
+        Majority vote, federated (weighted) vote, or FV with weights learned from the
+        exact gradient's sign (a baseline; needs ``problem.full_gradient``).
     rounds : int
         Number of rounds.
     step_size : float
@@ -255,6 +264,8 @@ def run_signsgd(
         One weight per worker, or one per worker and coordinate (released code).
     tie : {"zero", "random"}
         Tie rule.
+    track_truth : bool
+        Also count agreement with the exact gradient's sign (a diagnostic).
     seed : int
         Seeds mini-batches and the tie coins.
     record_every : int
@@ -271,7 +282,8 @@ def run_signsgd(
     -------
     RunHistory
         ``extras["weights"]`` holds the final learned weights and ``extras["state"]``
-        the :class:`VoteWeights`.
+        the :class:`VoteWeights`; with the truth tracked, ``extras["truth_state"]``
+        holds the counts of agreement with the exact gradient's sign (else None).
     """
     if rule not in SIGN_RULES:
         raise ParameterError(f"rule must be one of {SIGN_RULES}, got {rule!r}")
@@ -288,6 +300,12 @@ def run_signsgd(
     batches = client_batch_sizes(batch_size, num_workers)
     everyone = np.arange(num_workers)
     state = VoteWeights.zeros(num_workers, dim, estimator)
+    truth = None
+    if rule == "fv-oracle" or track_truth:
+        if not callable(getattr(problem, "full_gradient", None)):
+            raise ParameterError(f"{rule} with the truth tracked needs problem.full_gradient")
+        truth = VoteWeights.zeros(num_workers, dim, estimator)
+    learned = truth if rule == "fv-oracle" else state
     counter = BitCounter(num_workers)
     history = RunHistory(
         label or f"signsgd-{rule}",
@@ -310,10 +328,12 @@ def run_signsgd(
         uploads = encode_signs(grads)
         counter.add_upload(everyone, uploads)
         signs = decode_signs(uploads, dim)
-        weights = None if rule == "mv" or t < warmup else state.weights(clip=clip, eps=eps)
+        weights = None if rule == "mv" or t < warmup else learned.weights(clip=clip, eps=eps)
         decoded = weighted_vote(signs, weights, tie=tie, tie_seed=stream_seed(seed, "ties", t))
         payload = encode_vote(decoded)
         counter.add_download(everyone, payload)
+        if truth is not None:  # the sign at the model the gradients were taken at
+            truth.update(signs, np.sign(problem.full_gradient(model)), forgetting)
         model = model - step * decode_vote(payload, dim)
         state.update(signs, decoded, forgetting)
         if callback is not None:
@@ -322,7 +342,9 @@ def run_signsgd(
             history.record(t + 1, problem.metrics(model))
         bar.update()
     bar.close()
-    history.extras.update(weights=state.weights(clip=clip, eps=eps), state=state, model=model)
+    history.extras.update(
+        weights=learned.weights(clip=clip, eps=eps), state=state, truth_state=truth, model=model
+    )
     return history
 
 

@@ -20,6 +20,7 @@ from quicdesign.errors import InputVectorError, ParameterError, PayloadError
 
 __all__ = [
     "RawFloats",
+    "LocalTopK",
     "BitCounter",
     "send_each",
     "broadcast",
@@ -143,6 +144,85 @@ class RawFloats:
             raise PayloadError(f"every raw payload must hold {dim} {self.dtype} values")
         joined = np.frombuffer(b"".join(payloads), dtype=wire_dtype)
         return joined.reshape(len(payloads), dim).astype(np.float64)
+
+
+class LocalTopK:
+    """Top-k sparsification with per-client error feedback (the "local top-k" baseline).
+
+    Each client adds its residual (what earlier rounds did not send) to its vector,
+    sends the ``k`` largest-magnitude entries and keeps the rest as its new residual
+    (Stich et al., 2018; the local top-k baseline of FetchSGD). Biased and stateful: the
+    residuals live in this object, keyed by ``client_id``, so one instance serves one
+    run. Payload: ``k`` little-endian indices (uint16 when ``dim <= 65536``, else
+    uint32) followed by ``k`` float32 values, no header, like :class:`RawFloats`.
+
+    Parameters
+    ----------
+    k : int
+        Entries sent per message.
+    """
+
+    name = "local-topk"
+    exact = False
+
+    def __init__(self, k):
+        self.k = check_int(k, "k", 1)
+        self._residuals = {}
+
+    @staticmethod
+    def _index_dtype(dim):
+        return np.dtype("<u2") if dim <= 1 << 16 else np.dtype("<u4")
+
+    def encode(self, vector, *, round_seed, client_id, rng=None):
+        flat = as_client_vector(vector).astype(np.float64)
+        dim = flat.size
+        residual = self._residuals.get(client_id)
+        if residual is None or residual.size != dim:
+            residual = np.zeros(dim)
+        target = flat + residual
+        kept = min(self.k, dim)
+        # stable order of the kept indices so payloads are deterministic
+        indices = np.sort(np.argpartition(-np.abs(target), kept - 1)[:kept])
+        values = to_float32(target[indices], "values")
+        sent = np.zeros(dim)
+        sent[indices] = values
+        self._residuals[client_id] = target - sent
+        return indices.astype(self._index_dtype(dim)).tobytes() + values.tobytes()
+
+    def encode_batch(self, vectors, *, round_seed, client_ids, rng=None):
+        """Encode the rows of a ``(k, dim)`` array, row ``j`` from ``client_ids[j]``."""
+        return [
+            self.encode(row, round_seed=round_seed, client_id=int(client))
+            for row, client in zip(np.asarray(vectors), client_ids, strict=True)
+        ]
+
+    def decode(self, payload, *, dim, round_seed):
+        """The dense vector of one payload (zeros off the sent indices), as float64."""
+        dim = check_int(dim, "dim", 1)
+        index_dtype = self._index_dtype(dim)
+        kept = min(self.k, dim)
+        reader = PayloadReader(payload)
+        if reader.size != kept * (index_dtype.itemsize + 4):
+            raise PayloadError(
+                f"a local top-k payload holds {kept} indices and {kept} float32 values "
+                f"({kept * (index_dtype.itemsize + 4)} bytes), got {reader.size} bytes"
+            )
+        indices = reader.read_array(index_dtype, kept, "indices").astype(np.int64)
+        values = reader.read_array("<f4", kept, "values")
+        if indices.size and (int(indices.max()) >= dim or np.any(np.diff(indices) <= 0)):
+            raise PayloadError("top-k indices must be strictly increasing and below dim")
+        if not np.all(np.isfinite(values)):
+            raise PayloadError("top-k payload holds non-finite values")
+        out = np.zeros(dim)
+        out[indices] = values
+        return out
+
+    def decode_batch(self, payloads, *, dim, round_seed):
+        """Decode payloads into a ``(k, dim)`` float64 array."""
+        return np.array([self.decode(p, dim=dim, round_seed=round_seed) for p in payloads])
+
+    def __repr__(self):
+        return f"LocalTopK(k={self.k})"
 
 
 @dataclass

@@ -1,0 +1,241 @@
+"""Interleaved rANS under a per-symbol categorical model (the QDQE v4 body coder).
+
+Format (``docs/wire-format.md``, "QDQE version 4"): :data:`LANES` coder states of 32 bits,
+16-bit renormalization, probabilities quantized to ``2**PROB_BITS``. Symbol ``i`` (in
+coding order) is coded by state ``i % LANES`` with model ``model_of[i]``; the encoder runs
+backwards over the symbols and the words it emits, reversed, are read by the decoder in
+order. A valid stream is used up exactly and leaves every state at its start value.
+
+This module is the numpy reference, vectorized across the lanes (one row of
+:data:`LANES` symbols per step); the compiled kernels (``quicdesign._kernels``) produce the
+same words and symbols (``tests/test_rans.py``) and are chosen when available.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._kernels import compiled_kernels
+from .errors import PayloadError, TableError
+
+__all__ = ["LANES", "PROB_BITS", "RansModel", "encode", "decode"]
+
+#: Interleaved coder states.
+LANES = 8
+#: Probabilities are integers summing to ``2**PROB_BITS`` (0.05-0.1 % above the entropy
+#: for the shipped tables; every symbol keeps at least one slot).
+PROB_BITS = 14
+#: Smallest normalized state; states live in ``[STATE_LOW, 2**32)``.
+STATE_LOW = 1 << 16
+_WORD_BITS = 16
+#: Most symbols per stream (the wire's u32 count; the rotated dimension is far below).
+MAX_SYMBOLS = 2**32 - 1
+# decoder statuses shared with the compiled kernel
+OK, TRUNCATED, LEFT_OVER, BAD_FINAL_STATE = 0, 1, 2, 3
+_FAILURES = {
+    TRUNCATED: "coded stream ends before the last symbol",
+    LEFT_OVER: "coded stream has words left after the last symbol",
+    BAD_FINAL_STATE: "coded stream does not end in the coder's start state",
+}
+
+
+def quantize_frequencies(probabilities) -> np.ndarray:
+    """Integer frequencies summing to ``2**PROB_BITS`` with every symbol at least 1.
+
+    Each row ``p`` (normalized to sum 1) gets ``1 + floor(p * (T - K))`` slots, ``T =
+    2**PROB_BITS``; the slots left over go one each to the largest fractional parts
+    (ties to the lower symbol). Pure IEEE arithmetic and a stable sort: the same on every
+    machine, so encoder and decoder derive the same model from the table.
+
+    Raises
+    ------
+    TableError
+        If a row is not finite and non-negative with a positive sum, or has more than
+        ``T / 2`` symbols.
+    """
+    p = np.array(probabilities, dtype=np.float64, ndmin=2)
+    if p.ndim != 2 or p.shape[1] < 1:
+        raise TableError(f"code model must be a (shared values, messages) array, got {p.shape}")
+    total, symbols = 1 << PROB_BITS, p.shape[1]
+    if symbols > total // 2:
+        raise TableError(f"{symbols} messages exceed the coder's {total // 2}")
+    if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p.sum(axis=1) <= 0):
+        raise TableError("code model rows must be finite, non-negative and not all zero")
+    p = p / p.sum(axis=1, keepdims=True)
+    scaled = p * (total - symbols)
+    whole = np.floor(scaled)
+    freq = 1 + whole.astype(np.int64)
+    left = total - freq.sum(axis=1)
+    if np.any(left < 0) or np.any(left >= symbols):  # pragma: no cover - arithmetic bound
+        raise TableError("code model could not be quantized")
+    order = np.argsort(-(scaled - whole), axis=1, kind="stable")
+    rank = np.empty_like(order)
+    np.put_along_axis(rank, order, np.arange(symbols)[None, :], axis=1)
+    freq += rank < left[:, None]
+    return freq.astype(np.uint32)
+
+
+class RansModel:
+    """Quantized models for every shared value: frequencies, cumulative starts, lookups.
+
+    Parameters
+    ----------
+    probabilities : array_like, shape (H, K)
+        The table's code model ``P(x | h)``.
+    """
+
+    def __init__(self, probabilities):
+        self.freq = quantize_frequencies(probabilities)
+        self.num_models, self.num_symbols = self.freq.shape
+        self.cum = np.zeros((self.num_models, self.num_symbols + 1), dtype=np.uint32)
+        np.cumsum(self.freq, axis=1, out=self.cum[:, 1:])
+        check_frequencies(self.freq, self.cum)
+        # slot -> symbol (numpy reference) and 2**_BUCKET_BITS-wide starting points
+        # for the compiled decoder's short forward scan
+        slots = np.arange(1 << PROB_BITS)
+        self.slot_symbol = np.empty((self.num_models, slots.size), dtype=np.uint8)
+        for h in range(self.num_models):
+            self.slot_symbol[h] = np.searchsorted(self.cum[h, 1:], slots, side="right")
+        self.bucket_symbol = np.ascontiguousarray(self.slot_symbol[:, :: 1 << _BUCKET_SHIFT])
+        for table in (self.freq, self.cum, self.slot_symbol, self.bucket_symbol):
+            table.flags.writeable = False  # shared by every coder of the table
+
+
+_BUCKET_SHIFT = 4
+
+
+def check_frequencies(freq, cum) -> None:
+    """Refuse frequency tables that are not a valid rANS model (every row sums to 2**14,
+    every symbol at least 1, ``cum`` their running sums from 0)."""
+    freq = np.asarray(freq)
+    cum = np.asarray(cum)
+    if freq.ndim != 2 or cum.shape != (freq.shape[0], freq.shape[1] + 1):
+        raise TableError("frequency and cumulative tables have inconsistent shapes")
+    if freq.shape[1] > 256:
+        raise TableError("at most 256 symbols per model")
+    if np.any(freq < 1) or np.any(cum[:, 0] != 0) or np.any(cum[:, -1] != 1 << PROB_BITS):
+        raise TableError(f"frequencies must be >= 1 and sum to 2**{PROB_BITS} in every row")
+    if np.any(np.diff(cum.astype(np.int64), axis=1) != freq):
+        raise TableError("cumulative table is not the running sum of the frequencies")
+
+
+def _check_symbols(model: RansModel, symbols, model_of):
+    symbols = np.ascontiguousarray(symbols, dtype=np.uint8)
+    model_of = _check_model_of(model, model_of)
+    if symbols.shape != model_of.shape:
+        raise ValueError("symbols and model_of must be 1-d arrays of one length")
+    if symbols.size and int(symbols.max()) >= model.num_symbols:
+        raise ValueError("a symbol is outside the model")
+    return symbols, model_of
+
+
+def _check_model_of(model: RansModel, model_of):
+    """The per-symbol model indices as a 1-d integer array inside the model (kept in its
+    narrow dtype: the compiled loops read it once per symbol)."""
+    model_of = np.ascontiguousarray(model_of)
+    if model_of.ndim != 1 or model_of.dtype.kind not in "iu":
+        raise ValueError("model_of must be a 1-d integer array")
+    if model_of.size > MAX_SYMBOLS:
+        raise ValueError(f"at most {MAX_SYMBOLS} symbols per stream")
+    if model_of.size and (int(model_of.min()) < 0 or int(model_of.max()) >= model.num_models):
+        raise ValueError("a model index is outside the model")
+    return model_of
+
+
+def encode(model: RansModel, symbols, model_of, *, kernels="auto"):
+    """Code ``symbols[i]`` under model row ``model_of[i]``.
+
+    Parameters
+    ----------
+    kernels : "auto" or None
+        ``"auto"`` uses the compiled kernel when available; None forces the numpy code.
+
+    Returns
+    -------
+    states : ndarray of uint32, shape (LANES,)
+        The final coder states (the decoder's initial ones).
+    words : ndarray of uint16
+        The stream words in decoding order.
+    """
+    symbols, model_of = _check_symbols(model, symbols, model_of)
+    compiled = compiled_kernels() if kernels == "auto" else None
+    if compiled is not None:
+        return compiled.rans_encode(symbols, model_of, model.freq, model.cum)
+    return _encode_numpy(model, symbols, model_of)
+
+
+def _encode_numpy(model, symbols, model_of):
+    count = symbols.size
+    freq = model.freq[model_of, symbols].astype(np.uint64)
+    start = model.cum[model_of, symbols].astype(np.uint64)
+    limit = freq << np.uint64(32 - PROB_BITS)
+    states = np.full(LANES, STATE_LOW, dtype=np.uint64)
+    emitted = []
+    for row_start in range(((count - 1) // LANES) * LANES, -1, -LANES):
+        width = min(LANES, count - row_start)
+        rows = slice(row_start, row_start + width)
+        x = states[:width]
+        need = x >= limit[rows]
+        if need.any():
+            # lanes run backwards within a row, so their words are pushed high lane first
+            emitted.append((x[need] & np.uint64(0xFFFF))[::-1])
+            x[need] >>= np.uint64(_WORD_BITS)
+        f = freq[rows]
+        x[:] = ((x // f) << np.uint64(PROB_BITS)) + (x % f) + start[rows]
+    pushed = np.concatenate(emitted) if emitted else np.zeros(0, np.uint64)
+    return states.astype(np.uint32), pushed[::-1].astype(np.uint16)
+
+
+def decode(model: RansModel, states, words, model_of, *, kernels="auto") -> np.ndarray:
+    """Decode ``model_of.size`` symbols; PayloadError unless the stream is exactly theirs.
+
+    The stream must hold exactly the words the symbols consume and leave every state at
+    :data:`STATE_LOW` (where the encoder started).
+    """
+    states = np.ascontiguousarray(states, dtype=np.uint32)
+    words = np.ascontiguousarray(words, dtype=np.uint16)
+    model_of = _check_model_of(model, model_of)
+    if states.shape != (LANES,):
+        raise PayloadError(f"coded stream needs {LANES} coder states")
+    if np.any(states < STATE_LOW):
+        raise PayloadError("coded stream starts from a state below the coder's range")
+    compiled = compiled_kernels() if kernels == "auto" else None
+    if compiled is not None:
+        symbols, status = compiled.rans_decode(
+            states, words, model_of, model.freq, model.cum, model.bucket_symbol
+        )
+    else:
+        symbols, status = _decode_numpy(model, states, words, model_of)
+    if status != OK:
+        raise PayloadError(_FAILURES[status])
+    return symbols
+
+
+def _decode_numpy(model, states, words, model_of):
+    count = model_of.size
+    symbols = np.empty(count, dtype=np.uint8)
+    x = states.astype(np.uint64)
+    position = 0
+    mask = np.uint64((1 << PROB_BITS) - 1)
+    words64 = words.astype(np.uint64)
+    for row_start in range(0, count, LANES):
+        width = min(LANES, count - row_start)
+        h = model_of[row_start : row_start + width]
+        lanes = x[:width]
+        slot = lanes & mask
+        s = model.slot_symbol[h, slot]
+        symbols[row_start : row_start + width] = s
+        lanes[:] = model.freq[h, s] * (lanes >> np.uint64(PROB_BITS)) + slot - model.cum[h, s]
+        need = np.flatnonzero(lanes < STATE_LOW)
+        if need.size:
+            if position + need.size > words.size:
+                return symbols, TRUNCATED
+            lanes[need] = (lanes[need] << np.uint64(_WORD_BITS)) | words64[
+                position : position + need.size
+            ]
+            position += need.size
+    if position != words.size:
+        return symbols, LEFT_OVER
+    if np.any(x != STATE_LOW):
+        return symbols, BAD_FINAL_STATE
+    return symbols, OK

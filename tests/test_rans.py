@@ -1,0 +1,212 @@
+"""The interleaved rANS coder (QDQE v4 body): numpy reference and compiled kernels give
+identical words and symbols, streams decode exactly or are refused, models are checked."""
+
+import numpy as np
+import pytest
+
+from quicdesign import PayloadError, TableError, _rans, load_entropy_table
+from quicdesign._kernels import KERNELS_ENV
+
+numba_kernels = pytest.importorskip("quicdesign._kernels._numba")
+
+
+def _model_and_symbols(num_models, num_symbols, count, seed, skew=1.0):
+    rng = np.random.default_rng(seed)
+    probabilities = rng.dirichlet(np.full(num_symbols, skew), num_models)
+    probabilities[:, rng.integers(0, num_symbols)] = 0.0  # zero-probability symbols stay codable
+    probabilities[0] /= probabilities[0].sum()
+    model = _rans.RansModel(probabilities)
+    model_of = rng.integers(0, num_models, count).astype(np.uint8)
+    cdf = np.cumsum(probabilities, axis=1)
+    symbols = (cdf[model_of] < rng.random(count)[:, None]).sum(axis=1)
+    return model, np.minimum(symbols, num_symbols - 1).astype(np.uint8), model_of
+
+
+CASES = [
+    (1, 2, 1.0),
+    (5, 8, 0.3),
+    (64, 16, 1.0),
+    (3, 64, 0.05),
+    (2, 256, 0.5),
+]
+
+
+@pytest.mark.parametrize(("num_models", "num_symbols", "skew"), CASES)
+@pytest.mark.parametrize("count", [0, 1, 7, 8, 9, 1001, 20_003])
+def test_compiled_coder_is_identical_to_the_numpy_reference(num_models, num_symbols, skew, count):
+    model, symbols, model_of = _model_and_symbols(num_models, num_symbols, count, count, skew)
+    states, words = _rans.encode(model, symbols, model_of, kernels=None)
+    compiled_states, compiled_words = _rans.encode(model, symbols, model_of)
+    assert states.dtype == compiled_states.dtype == np.uint32
+    assert states.tobytes() == compiled_states.tobytes()
+    assert words.tobytes() == compiled_words.tobytes()
+    for kernels in (None, "auto"):
+        decoded = _rans.decode(model, states, words, model_of, kernels=kernels)
+        assert decoded.tobytes() == symbols.tobytes()
+
+
+@pytest.mark.parametrize("kernels", [None, "auto"])
+def test_rarest_symbols_and_extreme_models_round_trip(kernels):
+    # every symbol the least likely one: the most words per symbol the coder emits
+    probabilities = np.array([[1.0 - 1e-12] + [1e-12 / 255] * 255, [1.0] + [0.0] * 255])
+    model = _rans.RansModel(probabilities)
+    count = 5000
+    model_of = np.arange(count) % 2
+    symbols = np.where(np.arange(count) % 3 == 0, 255, 1 + np.arange(count) % 200)
+    states, words = _rans.encode(model, symbols, model_of, kernels=kernels)
+    assert words.size <= count
+    decoded = _rans.decode(model, states, words, model_of, kernels=kernels)
+    np.testing.assert_array_equal(decoded, symbols)
+    # and the likeliest symbol costs almost nothing
+    states, words = _rans.encode(model, np.zeros(count), model_of, kernels=kernels)
+    assert words.size <= 2
+
+
+def test_bits_follow_the_quantized_model():
+    model, symbols, model_of = _model_and_symbols(64, 16, 200_000, 5)
+    states, words = _rans.encode(model, symbols, model_of)
+    probability = model.freq[model_of, symbols] / 2.0**_rans.PROB_BITS
+    information = -np.sum(np.log2(probability))
+    coded = 16 * words.size + 32 * _rans.LANES
+    # the flush costs at most 32 bits per lane; states of 2**16..2**32 against 2**14 slots
+    # lose well under 0.2 % to integer division (0.06 % here)
+    assert information - 16 * _rans.LANES <= coded <= 1.002 * information + 32 * _rans.LANES
+
+
+@pytest.mark.parametrize("kernels", [None, "auto"])
+def test_damaged_streams_are_refused(kernels):
+    model, symbols, model_of = _model_and_symbols(8, 16, 3001, 9)
+    states, words = _rans.encode(model, symbols, model_of)
+    assert words.size > 40
+
+    def refused(edited_states, edited_words, match=None):
+        with pytest.raises(PayloadError, match=match):
+            _rans.decode(model, edited_states, edited_words, model_of, kernels=kernels)
+
+    refused(states, words[:-1], "ends before")
+    refused(states, words[:-2])
+    refused(states, words[1:])
+    refused(states, np.append(words, np.uint16(0)), "left after")
+    refused(states, words[:0])
+    refused(states[:7], words, "8 coder states")
+    low = states.copy()
+    low[3] = _rans.STATE_LOW - 1
+    refused(low, words, "below")
+    for position in (0, 1, words.size // 2, words.size - 1):
+        for bit in (0, 7, 15):
+            edited = words.copy()
+            edited[position] ^= np.uint16(1 << bit)
+            try:
+                decoded = _rans.decode(model, states, edited, model_of, kernels=kernels)
+            except PayloadError:
+                continue
+            # accepted only if it still decodes to other symbols (the digest refuses those)
+            assert decoded.tobytes() != symbols.tobytes()
+    for lane in range(_rans.LANES):
+        edited = states.copy()
+        edited[lane] ^= np.uint32(1 << 20)
+        refused(edited, words)
+
+
+@pytest.mark.parametrize("kernels", [None, "auto"])
+def test_a_stream_must_end_in_the_start_state(kernels):
+    model = _rans.RansModel([[0.5, 0.5]])
+    states = np.full(_rans.LANES, _rans.STATE_LOW, dtype=np.uint32)
+    empty = np.zeros(0, dtype=np.uint8)
+    assert _rans.decode(model, states, empty, empty, kernels=kernels).size == 0
+    states[5] += 1
+    with pytest.raises(PayloadError, match="start state"):
+        _rans.decode(model, states, empty, empty, kernels=kernels)
+
+
+def test_decoder_refuses_foreign_lengths_consistently():
+    model, symbols, model_of = _model_and_symbols(4, 8, 999, 3)
+    states, words = _rans.encode(model, symbols, model_of)
+    for count in (998, 1000):
+        other = np.resize(model_of, count)
+        results = []
+        for kernels in (None, "auto"):
+            with pytest.raises(PayloadError) as info:
+                _rans.decode(model, states, words, other, kernels=kernels)
+            results.append(str(info.value))
+        assert results[0] == results[1]
+
+
+@pytest.mark.parametrize(
+    "probabilities",
+    [
+        [[0.5, np.nan]],
+        [[0.5, -0.1, 0.6]],
+        [[0.0, 0.0]],
+        [[np.inf, 1.0]],
+        np.ones((1, 9000)),
+    ],
+)
+def test_bad_code_models_are_refused(probabilities):
+    with pytest.raises(TableError):
+        _rans.RansModel(probabilities)
+
+
+def test_bad_frequency_tables_are_refused():
+    model = _rans.RansModel([[0.25, 0.25, 0.5]])
+    freq, cum = model.freq.copy(), model.cum.copy()
+    _rans.check_frequencies(freq, cum)
+    bad_sum = freq.copy()
+    bad_sum[0, 0] += 1
+    with pytest.raises(TableError, match="sum"):
+        _rans.check_frequencies(bad_sum, cum)
+    zero = freq.copy()
+    zero[0, 0], zero[0, 1] = 0, zero[0, 1] + zero[0, 0]
+    zero_cum = np.concatenate(([[0]], np.cumsum(zero, axis=1)), axis=1)
+    with pytest.raises(TableError, match=">= 1"):
+        _rans.check_frequencies(zero, zero_cum)
+    shifted = cum.copy()
+    shifted[0, 1] += 1
+    with pytest.raises(TableError, match="running sum"):
+        _rans.check_frequencies(freq, shifted)
+    with pytest.raises(TableError, match="shapes"):
+        _rans.check_frequencies(freq, cum[:, :-1])
+
+
+def test_encoder_refuses_symbols_outside_the_model():
+    model = _rans.RansModel([[0.5, 0.5], [0.1, 0.9]])
+    with pytest.raises(ValueError, match="symbol"):
+        _rans.encode(model, np.array([0, 2]), np.array([0, 1]))
+    with pytest.raises(ValueError, match="model index"):
+        _rans.encode(model, np.array([0, 1]), np.array([0, 2]))
+    with pytest.raises(ValueError, match="model index"):
+        _rans.decode(model, np.full(8, 1 << 16), np.zeros(0), np.array([-1]))
+
+
+def test_quantized_frequencies_are_close_to_the_model_and_sum_exactly():
+    table = load_entropy_table(4)
+    freq = _rans.quantize_frequencies(table.code_model)
+    total = 1 << _rans.PROB_BITS
+    assert np.all(freq.sum(axis=1) == total) and np.all(freq >= 1)
+    # 1 + floor(p (T - K)) plus at most one leftover slot
+    ideal = 1 + table.code_model * (total - table.num_messages)
+    assert np.all(np.abs(freq - ideal) <= 1.0)
+
+
+def test_format_constants_agree_with_the_compiled_kernels():
+    assert numba_kernels._LANES == _rans.LANES
+    assert numba_kernels._PROB_BITS == _rans.PROB_BITS
+    assert numba_kernels._STATE_LOW == _rans.STATE_LOW
+
+
+def test_entropy_payloads_are_byte_identical_between_paths(monkeypatch):
+    from quicdesign.entropy import QuicFLEntropyAggregator, QuicFLEntropyEncoder
+
+    table = load_entropy_table(3)
+    x = np.random.default_rng(8).standard_t(3, 4099) * 1e20
+    payloads = {}
+    for kernels in ("numpy", "auto"):
+        monkeypatch.setenv(KERNELS_ENV, kernels)
+        encoder = QuicFLEntropyEncoder(table, 21)
+        payloads[kernels] = encoder.encode(x, 4, rng=1)
+        aggregator = QuicFLEntropyAggregator(table, 21, x.size)
+        aggregator.add(payloads[kernels])
+        payloads[kernels + "-sum"] = aggregator._sum.tobytes()
+    assert payloads["numpy"] == payloads["auto"]
+    assert payloads["numpy-sum"] == payloads["auto-sum"]
+    assert payloads["numpy"][4] == 4
