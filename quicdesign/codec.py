@@ -22,9 +22,16 @@ import numpy as np
 
 from ._accumulate import WeightedSumAggregator, check_contribution_bound
 from ._deprecation import renamed_attributes
+from ._envelope import (
+    ENVELOPE_SIZE,
+    ENVELOPE_VERSION,
+    Envelope,
+    check_envelope,
+    read_envelope,
+    write_envelope,
+)
 from ._kernels import compiled_kernels
 from ._validate import (
-    MAX_DIM,
     as_client_vector,
     check_client_id,
     check_f32_normal,
@@ -54,11 +61,52 @@ __all__ = [
 ]
 
 WIRE_MAGIC = b"QDQF"
-# 2: the layout allows up to 64 chunks (padding below max(d / 32, 1024))
-WIRE_VERSION = 2
+#: The envelope's version (``quicdesign._envelope``), the same for every scheme.
+WIRE_VERSION = ENVELOPE_VERSION
 # Clients gathered per pass of the compiled kernel (8 bytes of index per coordinate each).
 _KERNEL_BLOCK = 8
-_FIXED_HEADER = struct.Struct("<4sBBBB8sIIII")  # 32 bytes, then one f32 norm per chunk
+# After the envelope: b, l, chunks, table fingerprint, n_exact; then one f32 norm per chunk.
+_QUICFL_HEAD = struct.Struct("<BBB8sI")
+#: Bytes before the chunk norms: the envelope and the QUIC-FL head (36, so norms align).
+HEADER_SIZE = ENVELOPE_SIZE + _QUICFL_HEAD.size
+# The pre-envelope header (QDQF 2, QDQE 3, QDQD 1) after magic and version:
+# b, l, chunks, fingerprint, dim, client id, round tag, n_exact (32 bytes in all).
+_LEGACY_HEAD = struct.Struct("<BBB8sIIII")
+_LEGACY_HEADER_SIZE = 5 + _LEGACY_HEAD.size
+#: The last pre-envelope version of each QUIC-FL magic, still read (docs/wire-format.md).
+LEGACY_VERSIONS = {b"QDQF": 2, b"QDQE": 3, b"QDQD": 1}
+
+
+def table_config_tag(fingerprint: bytes) -> int:
+    """The envelope's config tag of a QUIC-FL payload: the fingerprint's first 4 bytes."""
+    return int.from_bytes(fingerprint[:4], "little")
+
+
+def _read_legacy_head(reader: PayloadReader, magic: bytes, version: int) -> Envelope:
+    bits, shared_bits, chunks, fingerprint, dim, client_id, tag, num_exact = _LEGACY_HEAD.unpack(
+        reader.read_bytes(_LEGACY_HEAD.size, "fixed header")
+    )
+    return Envelope(
+        magic,
+        dim,
+        client_id,
+        tag,
+        table_config_tag(fingerprint),
+        version,
+        legacy_head=(bits, shared_bits, chunks, fingerprint, num_exact),
+    )
+
+
+def write_header(writer, magic, table, layout, client_id, tag, num_exact) -> None:
+    """Write the envelope and the QUIC-FL head (``HEADER_SIZE`` bytes) of one payload."""
+    write_envelope(
+        writer, Envelope(magic, layout.dim, client_id, tag, table_config_tag(table.fingerprint))
+    )
+    writer.write_bytes(
+        _QUICFL_HEAD.pack(
+            table.bits, table.shared_bits, layout.num_chunks, table.fingerprint, num_exact
+        )
+    )
 
 
 def _client_shared_values(round_seed, client_id, bits, size, stratified) -> np.ndarray:
@@ -100,10 +148,7 @@ def payload_size(bits: int, dim: int, num_exact: int) -> int:
     """Exact payload size for ``dim`` and ``num_exact`` exactly-sent coordinates."""
     layout = RotationLayout.for_dim(dim)
     return (
-        _FIXED_HEADER.size
-        + 4 * layout.num_chunks
-        + packed_size(bits, layout.rotated_dim)
-        + 8 * num_exact
+        HEADER_SIZE + 4 * layout.num_chunks + packed_size(bits, layout.rotated_dim) + 8 * num_exact
     )
 
 
@@ -243,18 +288,12 @@ class QuicFLEncoder:
             exact_values=z[exact].astype(np.float32),
         )
 
-    _wire_version = WIRE_VERSION
-
-    def _header(self, quantized: _Quantized, magic: bytes) -> bytes:
-        table, layout = self.table, quantized.layout
-        return _FIXED_HEADER.pack(
+    def _write_header(self, writer: PayloadWriter, quantized: _Quantized, magic: bytes):
+        write_header(
+            writer,
             magic,
-            self._wire_version,
-            table.bits,
-            table.shared_bits,
-            layout.num_chunks,
-            table.fingerprint,
-            layout.dim,
+            self.table,
+            quantized.layout,
             quantized.client_id,
             self._tag,
             quantized.exact_indices.size,
@@ -262,7 +301,7 @@ class QuicFLEncoder:
 
     def _serialize(self, quantized: _Quantized) -> bytes:
         writer = PayloadWriter()
-        writer.write_bytes(self._header(quantized, WIRE_MAGIC))
+        self._write_header(writer, quantized, WIRE_MAGIC)
         writer.write_array(quantized.norms.astype("<f4"))
         writer.write_bytes(pack_codes(quantized.codes, self.table.bits))
         writer.write_array(quantized.exact_indices.astype("<u4"))
@@ -284,9 +323,16 @@ class _Quantized:
 
 
 class PayloadHeader:
-    """Parsed and validated fixed header of a QUIC-FL payload."""
+    """Parsed and validated header (envelope, QUIC-FL head, chunk norms) of a payload.
+
+    ``header_size`` is the number of bytes before the chunk norms: ``HEADER_SIZE`` for
+    the current version, 32 for a pre-envelope payload.
+    """
 
     __slots__ = (
+        "version",
+        "header_size",
+        "config_tag",
         "bits",
         "shared_bits",
         "num_chunks",
@@ -304,35 +350,29 @@ class PayloadHeader:
 
     def __repr__(self):
         return (
-            f"PayloadHeader(bits={self.bits}, shared_bits={self.shared_bits}, "
-            f"dim={self.dim}, client_id={self.client_id}, num_exact={self.num_exact})"
+            f"PayloadHeader(version={self.version}, bits={self.bits}, "
+            f"shared_bits={self.shared_bits}, dim={self.dim}, client_id={self.client_id}, "
+            f"num_exact={self.num_exact})"
         )
 
 
-def read_header(
-    reader: PayloadReader, magic: bytes = WIRE_MAGIC, version: int | tuple = WIRE_VERSION
-) -> PayloadHeader:
-    """Read the fixed header and chunk norms, checking what needs no table.
+def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHeader:
+    """Read the envelope, QUIC-FL head and chunk norms, checking what needs no table.
 
-    ``version`` is the wire version read, or a tuple of those accepted.
-
-    The claimed dimension is checked against :data:`~quicdesign._validate.MAX_DIM` and
-    the chunk count against the layout rule here, before anyone allocates for it.
+    Reads the current version and the pre-envelope one of ``magic``
+    (:data:`LEGACY_VERSIONS`). The claimed dimension is checked against
+    :data:`~quicdesign._validate.MAX_DIM` and the chunk count against the layout rule
+    here, before anyone allocates for it.
     """
-    raw = reader.read_bytes(_FIXED_HEADER.size, "fixed header")
-    fields = _FIXED_HEADER.unpack(raw)
-    found, found_version, bits, shared_bits, num_chunks, fingerprint = fields[:6]
-    dim, client_id, tag, num_exact = fields[6:]
-    if found != magic:
-        raise PayloadError(f"bad magic {found!r}: expected {magic!r}")
-    accepted = (version,) if isinstance(version, int) else tuple(version)
-    if found_version not in accepted:
-        raise PayloadError(
-            f"unsupported {magic.decode()} wire version {found_version} "
-            f"(this release reads {', '.join(map(str, accepted))})"
-        )
-    if not 1 <= dim <= MAX_DIM:
-        raise PayloadError(f"payload dimension {dim} outside 1..{MAX_DIM}")
+    legacy = {LEGACY_VERSIONS[magic]: _read_legacy_head} if magic in LEGACY_VERSIONS else None
+    envelope = read_envelope(reader, magic, magic.decode("ascii"), legacy=legacy)
+    if envelope.legacy_head is None:
+        head = _QUICFL_HEAD.unpack(reader.read_bytes(_QUICFL_HEAD.size, "QUIC-FL head"))
+        header_size = HEADER_SIZE
+    else:
+        head, header_size = envelope.legacy_head, _LEGACY_HEADER_SIZE
+    bits, shared_bits, num_chunks, fingerprint, num_exact = head
+    dim = envelope.dim
     if not 1 <= num_chunks <= MAX_CHUNKS:
         raise PayloadError(f"num_chunks {num_chunks} outside 1..{MAX_CHUNKS}")
     expected_chunks = RotationLayout.for_dim(dim).num_chunks
@@ -344,15 +384,39 @@ def read_header(
     if not np.all(np.isfinite(norms)) or np.any(norms < 0):
         raise PayloadError("chunk norms must be finite and non-negative")
     return PayloadHeader(
+        version=envelope.version,
+        header_size=header_size,
+        config_tag=envelope.config_tag,
         bits=bits,
         shared_bits=shared_bits,
         num_chunks=num_chunks,
         fingerprint=fingerprint,
         dim=dim,
-        client_id=client_id,
-        round_tag=tag,
+        client_id=envelope.client_id,
+        round_tag=envelope.round_tag,
         num_exact=num_exact,
         norms=norms,
+    )
+
+
+def check_table_header(header: PayloadHeader, table: Table, round_tag: int, dim: int) -> None:
+    """Check a header against the receiver's table, round and dimension (``PayloadError``)."""
+    if header.fingerprint != table.fingerprint:
+        raise PayloadError(
+            f"table fingerprint {header.fingerprint.hex()} does not match this "
+            f"aggregator's table {table.fingerprint.hex()}"
+        )
+    if (header.bits, header.shared_bits) != (table.bits, table.shared_bits):
+        raise PayloadError(
+            f"payload has b={header.bits}, l={header.shared_bits}; table has "
+            f"b={table.bits}, l={table.shared_bits}"
+        )
+    check_envelope(
+        header,
+        dim=dim,
+        round_tag=round_tag,
+        config=table_config_tag(table.fingerprint),
+        scheme="QUIC-FL",
     )
 
 
@@ -411,32 +475,11 @@ class QuicFLAggregator(WeightedSumAggregator):
         super().__init__((layout.num_chunks, layout.chunk_size))
 
     _magic = WIRE_MAGIC
-    _wire_version = WIRE_VERSION
 
     def _check_header(self, header: PayloadHeader) -> None:
         """Check the header against this aggregator (before reading any array)."""
-        table, layout = self.table, self._state.layout
-        if header.fingerprint != self._fingerprint:
-            raise PayloadError(
-                f"table fingerprint {header.fingerprint.hex()} does not match this "
-                f"aggregator's table {self._fingerprint.hex()}"
-            )
-        if (header.bits, header.shared_bits) != (table.bits, table.shared_bits):
-            raise PayloadError(
-                f"payload has b={header.bits}, l={header.shared_bits}; table has "
-                f"b={table.bits}, l={table.shared_bits}"
-            )
-        if header.round_tag != self._tag:
-            raise PayloadError(f"payload belongs to another round (tag {header.round_tag:#010x})")
-        if header.dim != self.dim:
-            raise PayloadError(
-                f"payload dimension {header.dim} does not match the aggregator's {self.dim}"
-            )
-        if header.num_chunks != layout.num_chunks:
-            raise PayloadError(
-                f"payload has {header.num_chunks} chunks, dimension {self.dim} has "
-                f"{layout.num_chunks}"
-            )
+        layout = self._state.layout
+        check_table_header(header, self.table, self._tag, self.dim)
         self._check_new_client(header.client_id)
         if header.num_exact > layout.rotated_dim:
             raise PayloadError(
@@ -457,7 +500,7 @@ class QuicFLAggregator(WeightedSumAggregator):
         """Read codes and exact coordinates; returns ``(codes, indices, values)``."""
         table, layout = self.table, self._state.layout
         expected = payload_size(table.bits, self.dim, header.num_exact)
-        _check_size(reader.size, expected)
+        _check_size(reader.size, expected - HEADER_SIZE + header.header_size)
         codes = reader.read_codes(table.bits, layout.rotated_dim, "codes")
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
         values = reader.read_array("<f4", header.num_exact, "exact values")
@@ -480,7 +523,7 @@ class QuicFLAggregator(WeightedSumAggregator):
         contribution is ``tables[index]`` with ``exact_values`` at ``exact_positions``.
         """
         reader = PayloadReader(payload)
-        header = read_header(reader, self._magic, self._wire_version)
+        header = read_header(reader, self._magic)
         self._check_header(header)
         table, layout = self.table, self._state.layout
         shared = _client_shared_values(

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._wire import PayloadReader
-from .codec import QuicFLAggregator, QuicFLEncoder, payload_size, read_header
+from .codec import HEADER_SIZE, QuicFLAggregator, QuicFLEncoder, payload_size, read_header
 from .errors import InputVectorError, PayloadError, TableNotFoundError
 from .table import Table, list_tables, load_table
 
@@ -60,6 +60,7 @@ def decompress(payload, *, table: Table | None = None, round_seed: int = 0) -> n
     # The dimension comes from the payload: check the payload could hold it before the
     # aggregator allocates O(dim) memory (a 68-byte payload may claim d = 2**31 - 1).
     expected = payload_size(header.bits, header.dim, header.num_exact)
+    expected += header.header_size - HEADER_SIZE  # a pre-envelope header is 32 bytes
     if reader.size != expected:
         raise PayloadError(
             f"payload of {reader.size} bytes cannot hold the dimension {header.dim} it "

@@ -18,7 +18,15 @@ import numpy as np
 from ._accumulate import WeightedSumAggregator
 from ._validate import as_client_vector, check_client_id, check_f32_normal, check_round_seed
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
-from .codec import _FIXED_HEADER, _check_table, read_header
+from .codec import (
+    HEADER_SIZE,
+    WIRE_VERSION,
+    _check_size,
+    _check_table,
+    check_table_header,
+    read_header,
+    write_header,
+)
 from .errors import InputVectorError, PayloadError
 from .input_model import DIRECT, check_input_model
 from .randomness import round_tag, shared_values
@@ -28,8 +36,8 @@ from .table import Table
 __all__ = ["DirectEncoder", "DirectAggregator", "DIRECT_MAGIC", "direct_payload_size"]
 
 DIRECT_MAGIC = b"QDQD"
-#: Version of the direct payload (its chunking follows the rotated layout rule of wire 2).
-DIRECT_VERSION = 1
+#: The envelope's version; version 1 (the pre-envelope header) is still read.
+DIRECT_VERSION = WIRE_VERSION
 
 
 def _chunking(dim: int) -> tuple[int, int]:
@@ -40,7 +48,7 @@ def _chunking(dim: int) -> tuple[int, int]:
 
 def direct_payload_size(bits: int, dim: int, num_exact: int) -> int:
     """Exact size of a direct payload."""
-    return _FIXED_HEADER.size + 4 * _chunking(dim)[1] + packed_size(bits, dim) + 8 * num_exact
+    return HEADER_SIZE + 4 * _chunking(dim)[1] + packed_size(bits, dim) + 8 * num_exact
 
 
 def _chunk_sums(values: np.ndarray, chunk_size: int) -> np.ndarray:
@@ -117,19 +125,14 @@ class DirectEncoder:
         codes = table.sender.sample(z, shared, rng=np.random.default_rng(rng))
         codes[exact] = 0
         writer = PayloadWriter()
-        writer.write_bytes(
-            _FIXED_HEADER.pack(
-                DIRECT_MAGIC,
-                DIRECT_VERSION,
-                table.bits,
-                table.shared_bits,
-                num_chunks,
-                table.fingerprint,
-                dim,
-                client_id,
-                self._tag,
-                exact.size,
-            )
+        write_header(
+            writer,
+            DIRECT_MAGIC,
+            table,
+            RotationLayout.for_dim(dim),
+            client_id,
+            self._tag,
+            exact.size,
         )
         writer.write_array(norms32.astype("<f4"))
         writer.write_bytes(pack_codes(codes, table.bits))
@@ -177,25 +180,14 @@ class DirectAggregator(WeightedSumAggregator):
     def _decode(self, payload, weight: float):
         table = self.table
         reader = PayloadReader(payload)
-        header = read_header(reader, DIRECT_MAGIC, DIRECT_VERSION)
-        if header.fingerprint != table.fingerprint:
-            raise PayloadError(
-                f"table fingerprint {header.fingerprint.hex()} does not match this "
-                f"aggregator's table {table.fingerprint.hex()}"
-            )
-        if (header.bits, header.shared_bits) != (table.bits, table.shared_bits):
-            raise PayloadError(f"payload has b={header.bits}, l={header.shared_bits}")
-        if header.round_tag != self._tag:
-            raise PayloadError(f"payload belongs to another round (tag {header.round_tag:#010x})")
-        if header.dim != self.dim or header.num_chunks != self._num_chunks:
-            raise PayloadError(f"payload dimension {header.dim} does not match {self.dim}")
+        header = read_header(reader, DIRECT_MAGIC)
+        check_table_header(header, table, self._tag, self.dim)
         if header.num_exact > self.dim:
             raise PayloadError(f"{header.num_exact} exact coordinates exceed dim {self.dim}")
         self._check_new_client(header.client_id)
         expected = direct_payload_size(table.bits, self.dim, header.num_exact)
-        if len(payload) != expected:
-            kind = "truncated" if len(payload) < expected else "oversized"
-            raise PayloadError(f"{kind} payload: {len(payload)} bytes, expected {expected}")
+        expected += header.header_size - HEADER_SIZE
+        _check_size(reader.size, expected)
         codes = reader.read_codes(table.bits, self.dim, "codes")
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
         values = reader.read_array("<f4", header.num_exact, "exact values")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import struct
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from . import _rans
 from ._deprecation import renamed_attributes
 from ._wire import PayloadReader, PayloadWriter
 from .codec import (
-    _FIXED_HEADER,
+    WIRE_VERSION,
     PayloadHeader,
     QuicFLAggregator,
     QuicFLEncoder,
@@ -43,18 +44,17 @@ __all__ = [
 ]
 
 ENTROPY_MAGIC = b"QDQE"
-#: The version written (interleaved rANS). Version 3 (constriction) is still read;
-#: versions 1 and 2 carried no symbol count or digest and are refused
-#: (see docs/wire-format.md).
-ENTROPY_WIRE_VERSION = 4
+#: The version written: the envelope's version, with an interleaved rANS body. Version 3
+#: (the pre-envelope header, constriction's ANS body) is still read; versions 1 and 2
+#: carried no symbol count or digest and are refused (see docs/wire-format.md).
+ENTROPY_WIRE_VERSION = WIRE_VERSION
 _CONSTRICTION_VERSION = 3
-_READ_VERSIONS = (_CONSTRICTION_VERSION, ENTROPY_WIRE_VERSION)
 _DIGEST_SIZE = 8
+_LEGACY_HEADER = struct.Struct("<4sBBBB8sIIII")
 _DIGEST_PERSON = {
     _CONSTRICTION_VERSION: b"quicdesign.ans2",
     ENTROPY_WIRE_VERSION: b"quicdesign.rans4",
 }
-_VERSION_OFFSET = 4
 
 
 def _symbol_digest(symbols: np.ndarray) -> bytes:
@@ -138,6 +138,7 @@ def _coded_positions(rotated_dim: int, exact_indices: np.ndarray) -> np.ndarray 
 class QuicFLEntropyEncoder(QuicFLEncoder):
     """Client-side encoder for entropy-coded tables (``table.code_model`` set)."""
 
+    #: The version written; tests and ``bench runtime`` set 3 to produce the legacy format.
     _wire_version = ENTROPY_WIRE_VERSION
 
     def __init__(self, table: Table, round_seed: int):
@@ -155,7 +156,7 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
             symbols, model_of = symbols[coded], model_of[coded]
         states, words = _rans.encode(self._coder, symbols, model_of)
         writer = PayloadWriter()
-        writer.write_bytes(self._header(quantized, ENTROPY_MAGIC))
+        self._write_header(writer, quantized, ENTROPY_MAGIC)
         writer.write_array(quantized.norms.astype("<f4"))
         writer.write_u32(words.size)
         writer.write_u32(symbols.size)
@@ -165,6 +166,21 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
         writer.write_array(states.astype("<u4"))
         writer.write_array(words.astype("<u2"))
         return writer.to_bytes()
+
+    def _legacy_header(self, quantized: _Quantized) -> bytes:
+        """The pre-envelope 32-byte header of version 3 (docs/wire-format.md, legacy)."""
+        return _LEGACY_HEADER.pack(
+            ENTROPY_MAGIC,
+            _CONSTRICTION_VERSION,
+            self.table.bits,
+            self.table.shared_bits,
+            quantized.layout.num_chunks,
+            self.table.fingerprint,
+            quantized.layout.dim,
+            quantized.client_id,
+            self._tag,
+            quantized.exact_indices.size,
+        )
 
     def _serialize_constriction(self, quantized: _Quantized) -> bytes:
         """Version 3 (what earlier releases wrote; kept to test the version 3 reader)."""
@@ -179,7 +195,7 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
                 coder.encode_reverse(symbols[bounds[h] : bounds[h + 1]], models[h])
         stream = coder.get_compressed().astype("<u4")
         writer = PayloadWriter()
-        writer.write_bytes(self._header(quantized, ENTROPY_MAGIC))
+        writer.write_bytes(self._legacy_header(quantized))
         writer.write_array(quantized.norms.astype("<f4"))
         writer.write_u32(stream.size)
         writer.write_u32(symbols.size)
@@ -200,7 +216,6 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
     """
 
     _magic = ENTROPY_MAGIC
-    _wire_version = _READ_VERSIONS
 
     def __init__(self, table: Table, round_seed: int, dim: int):
         _require_code_model(table)
@@ -209,7 +224,7 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
         self._constriction_models = None
 
     def _parse(self, payload, reader: PayloadReader, header: PayloadHeader, shared):
-        version = memoryview(payload).cast("B")[_VERSION_OFFSET]
+        version = header.version
         words = reader.read_u32("stream word count")
         num_coded = reader.read_u32("coded symbol count")
         digest = reader.read_bytes(_DIGEST_SIZE, "symbol digest")
@@ -228,7 +243,7 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
         else:
             stream_bytes = 4 * words
         expected = (
-            _FIXED_HEADER.size + 4 * header.num_chunks + 8 + _DIGEST_SIZE + 8 * header.num_exact
+            header.header_size + 4 * header.num_chunks + 8 + _DIGEST_SIZE + 8 * header.num_exact
         )
         _check_size(reader.size, expected + stream_bytes)
         indices = reader.read_array("<u4", header.num_exact, "exact indices")

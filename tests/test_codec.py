@@ -23,6 +23,7 @@ from quicdesign.codec import payload_size
 from quicdesign.rotation import RotationLayout
 
 from ._fuzz import MUTATIONS, assert_rejected_or_harmless, mutate
+from ._wire_layout import QUICFL, QUICFL_HEADER_SIZE, num_exact, to_legacy
 
 ROUND = 20261122
 
@@ -121,10 +122,12 @@ def test_payload_size_bound(bits):
     x = np.random.default_rng(bits).standard_t(3, size=d)
     payload = QuicFLEncoder(table, ROUND).encode(x, 0)
     layout = RotationLayout.for_dim(d)
-    num_exact = struct.unpack_from("<I", payload, 28)[0]
-    assert num_exact > 0
-    assert len(payload) == payload_size(bits, d, num_exact)
-    assert len(payload) <= -(-bits * layout.rotated_dim // 8) + 8 * num_exact + 32 + 4 * 64
+    exact = num_exact(payload)
+    assert exact > 0
+    assert len(payload) == payload_size(bits, d, exact)
+    codes = -(-bits * layout.rotated_dim // 8)
+    assert len(payload) == QUICFL_HEADER_SIZE + 4 * layout.num_chunks + codes + 8 * exact
+    assert len(payload) <= codes + 8 * exact + QUICFL_HEADER_SIZE + 4 * 64
     # the layout bounds the padding, so the cost per original coordinate stays near b
     assert layout.rotated_dim - d < max(d / 32, 1024)
 
@@ -214,18 +217,28 @@ def first_index(payload, exact_start):
 
 
 def hostile_cases(payload, table2):
-    num_exact = struct.unpack_from("<I", payload, 28)[0]
-    exact_start = len(payload) - 8 * num_exact
+    exact_count = num_exact(payload)
+    exact_start = len(payload) - 8 * exact_count
     other_table = quicdesign.load_table(2, 8)
+    fingerprint = QUICFL["fingerprint"]
     return {
         "truncated": (payload[:-1], "truncated"),
         "oversized": (payload + b"\0", "oversized"),
         "bad magic": (b"XXXX" + payload[4:], "magic"),
-        "bad version": (rewrite(payload, 4, "<B", 9), "version"),
-        "fingerprint": (payload[:8] + other_table.fingerprint + payload[16:], "fingerprint"),
-        "round": (rewrite(payload, 24, "<I", 12345), "round"),
-        "dimension": (rewrite(payload, 16, "<I", D + 1), "dimension"),
-        "huge exact count": (rewrite(payload, 28, "<I", 2**31), "exceed"),
+        "entropy magic": (b"QDQE" + payload[4:], "magic"),
+        "bad version": (rewrite(payload, QUICFL["version"], "<B", 9), "version"),
+        "envelope only": (payload[:21], "truncated"),
+        "fingerprint": (
+            payload[:fingerprint] + other_table.fingerprint + payload[fingerprint + 8 :],
+            "fingerprint",
+        ),
+        "bits": (rewrite(payload, QUICFL["bits"], "<B", 3), "b=3"),
+        "config tag": (rewrite(payload, QUICFL["config"], "<I", 7), "parameters"),
+        "round": (rewrite(payload, QUICFL["round"], "<I", 12345), "round"),
+        "dimension": (rewrite(payload, QUICFL["dim"], "<I", D + 1), "dimension"),
+        "zero dimension": (rewrite(payload, QUICFL["dim"], "<I", 0), "dimension"),
+        "chunks": (rewrite(payload, QUICFL["chunks"], "<B", 2), "chunks"),
+        "huge exact count": (rewrite(payload, QUICFL["num_exact"], "<I", 2**31), "exceed"),
         "index out of range": (rewrite(payload, exact_start, "<I", 10**6), "indices"),
         "repeated index": (
             rewrite(
@@ -233,14 +246,27 @@ def hostile_cases(payload, table2):
             ),
             "indices",
         ),
-        "nan value": (rewrite(payload, exact_start + 4 * num_exact, "<f", float("nan")), "finite"),
-        "nan norm": (rewrite(payload, 32, "<f", float("inf")), "norms"),
+        "nan value": (
+            rewrite(payload, exact_start + 4 * exact_count, "<f", float("nan")),
+            "finite",
+        ),
+        "nan norm": (rewrite(payload, QUICFL["norms"], "<f", float("inf")), "norms"),
+        # a pre-envelope payload is read by its own layout, with the same checks
+        "legacy truncated": (to_legacy(payload)[:-1], "truncated"),
+        "legacy version 1": (rewrite(to_legacy(payload), 4, "<B", 1), "version"),
+        "legacy fingerprint": (
+            to_legacy(payload)[:8] + other_table.fingerprint + to_legacy(payload)[16:],
+            "fingerprint",
+        ),
+        "legacy round": (rewrite(to_legacy(payload), 24, "<I", 12345), "round"),
+        "legacy dimension": (rewrite(to_legacy(payload), 16, "<I", D + 1), "dimension"),
+        "legacy nan norm": (rewrite(to_legacy(payload), 32, "<f", float("inf")), "norms"),
     }
 
 
 def test_each_hostile_payload_is_rejected_and_changes_nothing(table2, valid_payloads):
     payload = valid_payloads[1]
-    assert struct.unpack_from("<I", payload, 28)[0] >= 2  # the cases need exact values
+    assert num_exact(payload) >= 2  # the cases need exact values
     for name, (bad, needle) in hostile_cases(payload, table2).items():
         aggregator = primed(table2, valid_payloads)
         before = snapshot(aggregator)
@@ -284,3 +310,23 @@ def test_payload_size_old_name_is_deprecated():
 
     with pytest.warns(DeprecationWarning, match="payload_size"):
         assert quicdesign.codec.max_payload_size is payload_size
+
+
+def test_pre_envelope_payloads_aggregate_to_the_same_result(table2, valid_payloads):
+    current = QuicFLAggregator(table2, ROUND, D)
+    current.add_many(valid_payloads)
+    legacy = QuicFLAggregator(table2, ROUND, D)
+    legacy.add_many([to_legacy(p) for p in valid_payloads])
+    mixed = QuicFLAggregator(table2, ROUND, D)
+    for index, payload in enumerate(valid_payloads):
+        mixed.add(to_legacy(payload) if index % 2 else payload)
+    assert len(to_legacy(valid_payloads[0])) == len(valid_payloads[0]) - 4
+    assert legacy.result().tobytes() == current.result().tobytes()
+    assert mixed.result().tobytes() == current.result().tobytes()
+    assert np.array_equal(
+        decompress(to_legacy(valid_payloads[0]), round_seed=ROUND),
+        decompress(valid_payloads[0], round_seed=ROUND),
+    )
+    # a client is one client whatever version it sent
+    with pytest.raises(PayloadError, match="already added"):
+        mixed.add(valid_payloads[1])

@@ -13,6 +13,7 @@ from quicdesign.table import load_entropy_table
 from solvers.rate import design_entropy_coded, rate_point
 
 from ._fuzz import MUTATIONS, assert_rejected_or_harmless, mutate
+from ._wire_layout import QUICFL
 
 EDEN = values(EDEN_VNMSE)
 ROUND = 99
@@ -159,7 +160,7 @@ def _redigested(payload, chunks, edit):
 
     from quicdesign.entropy import _stream_digest
 
-    words_at = 32 + 4 * chunks
+    words_at = QUICFL["norms"] + 4 * chunks
     words = struct.unpack_from("<I", payload, words_at)[0]
     stream_at = len(payload) - 2 * words - 32
     states = np.frombuffer(payload, "<u4", 8, stream_at).copy()

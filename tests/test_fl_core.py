@@ -162,18 +162,38 @@ def test_raw_floats_and_bit_counters_use_real_payloads():
         RawFloats("float32"), vectors, [4, 0, 4], round_seed=1, rng=rng, counter=counter
     )
     np.testing.assert_array_equal(decoded, vectors.astype(np.float32))
-    assert list(counter.upload) == [320, 0, 0, 0, 640]
+    # every payload: the 21-byte envelope, then the values (10 float32 = 40 bytes)
+    assert list(counter.upload) == [8 * 61, 0, 0, 0, 2 * 8 * 61]
+    assert list(counter.upload_framing) == [8 * 21, 0, 0, 0, 2 * 8 * 21]
     value = broadcast(
         RawFloats("float64"), vectors[0], [1, 2], round_seed=1, rng=rng, counter=counter
     )
     assert np.array_equal(value, vectors[0])
-    assert list(counter.download) == [0, 640, 640, 0, 0] and counter.broadcast == 640
-    assert counter.total_upload == 960 and counter.total_download == 1280
+    assert list(counter.download) == [0, 808, 808, 0, 0] and counter.broadcast == 808
+    assert counter.total_upload == 3 * 488 and counter.total_download == 2 * 808
+    assert counter.total_upload_unframed == 3 * 320
+    assert counter.total_download_unframed == 2 * 640
     raw = RawFloats()
     aggregator = raw.aggregator(10, 0)
-    with pytest.raises(PayloadError):
-        aggregator.add(b"\x00" * 7)
+    payload = raw.encode(vectors[0], round_seed=0, client_id=3)
+    assert payload[:5] == b"QDRF\x04" and len(payload) == 21 + 40
+    for bad, needle in (
+        (b"\x00" * 7, "magic"),
+        (payload[:7], "truncated"),
+        (payload[:-1], "bytes"),
+        (raw.encode(vectors[0], round_seed=1, client_id=3), "round"),
+        (raw.encode(vectors[0, :9], round_seed=0, client_id=3), "dimension"),
+        (RawFloats("float64").encode(vectors[0], round_seed=0, client_id=3), "parameters"),
+    ):
+        with pytest.raises(PayloadError, match=needle):
+            aggregator.add(bad)
     assert aggregator.count == 0
+    aggregator.add(payload)
+    with pytest.raises(PayloadError, match="already added"):
+        aggregator.add(payload)
+    assert aggregator.count == 1
+    with pytest.raises(PayloadError, match="round"):
+        raw.decode_batch([payload], dim=10, round_seed=1)
     with pytest.raises(ParameterError):
         RawFloats("int8")
 

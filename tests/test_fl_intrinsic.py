@@ -7,11 +7,13 @@ import sys
 import numpy as np
 import pytest
 
+from quicdesign._envelope import ENVELOPE_SIZE
 from quicdesign.errors import ParameterError
 from quicdesign.fl import (
     DenseGaussianProjection,
     Participation,
     ProjectionSpec,
+    RawFloats,
     SRHTProjection,
     classification_problem,
     linear_teacher_dataset,
@@ -206,22 +208,28 @@ def test_bandwidth_counters_equal_the_formulas(
             lacking = sum(1 for step in last_changed.values() if step >= since)
             floats = min(lacking * d, problem.dim)
             capped += lacking * d > problem.dim
-            assert size == 4 * floats, (t, client, lacking)
-            expected_down[client] += 32 * floats
-            expected_up[client] += 32 * d
+            # each message is framed by the 21-byte envelope; nothing to send is no message
+            framing = ENVELOPE_SIZE if floats else 0
+            assert size == 4 * floats + framing, (t, client, lacking)
+            expected_down[client] += 32 * floats + 8 * framing
+            expected_up[client] += 32 * d + 8 * ENVELOPE_SIZE
             synced[client] = t
         last_changed[_vector_of(variant, t, options)] = t
     assert np.array_equal(history.counter.upload, expected_up)
     assert np.array_equal(history.counter.download, expected_down)
     if stateless and variant == "time-varying":
         assert capped > 0  # the whole-model cap (D = 39 floats) is exercised
+    frame = 8 * ENVELOPE_SIZE
+    assert np.array_equal(history.counter.upload_framing, frame * (expected_up // (32 * d + frame)))
     if per_round is None and not stateless:
         # full participation: d floats up per step, d down after the first step
-        assert np.all(history.counter.upload == 32 * d * rounds)
-        assert np.all(history.counter.download == 32 * d * (rounds - 1))
+        assert np.all(history.counter.upload == (32 * d + frame) * rounds)
+        assert np.all(history.counter.download == (32 * d + frame) * (rounds - 1))
+        assert history.counter.total_upload_unframed == problem.num_clients * 32 * d * rounds
     if per_round is None and stateless and variant == "k-subspace":
         k = options["num_subspaces"]
-        assert np.all(history.counter.download == 32 * d * sum(min(t, k) for t in range(rounds)))
+        down = sum(32 * d * min(t, k) + frame * (t > 0) for t in range(rounds))
+        assert np.all(history.counter.download == down)
 
 
 @pytest.mark.parametrize(
@@ -266,7 +274,12 @@ def test_a_client_replica_rebuilds_the_servers_model_from_its_downloads(
     for t, downloads in enumerate(received):
         for client, (ids, payload) in downloads.items():
             assert ids is not None  # no whole-model download in this configuration
-            values = np.frombuffer(payload, dtype="<f8").reshape(-1, d)
+            if len(ids):
+                flat = RawFloats("float64").decode(payload, dim=len(ids) * d, round_seed=t)
+            else:
+                assert payload == b""  # nothing to send is no message
+                flat = np.zeros(0)
+            values = flat.reshape(-1, d)
             known = replicas[client]
             known.update({int(v): values[i] for i, v in enumerate(ids)})
             if variant == "time-varying":

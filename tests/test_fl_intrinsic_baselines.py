@@ -20,19 +20,21 @@ def test_equal_upload_bits_and_both_download_accountings(rows):
     assert len(rows) == 32
     for config, row in rows.items():
         up, down = row["up_bits/client/round"], row["down_bits/client/round"]
+        # every message is framed by the same 21-byte envelope (168 bits)
         if config.startswith("intrinsic"):
-            assert up == 800
+            assert up == 800 + 168  # 25 float32
             if "stateful" in config:
                 # the changed z after the first step: d floats
-                assert down == pytest.approx(800 * (ROUNDS - 1) / ROUNDS)
+                assert down == pytest.approx((800 + 168) * (ROUNDS - 1) / ROUNDS)
         elif config.startswith(("rand-k", "count-sketch")):
-            assert up == 808 and down == 32 * 1669  # 21-byte header + 20 float32; fp32 update
+            assert up == 808  # envelope + 20 float32 (sized when intrinsic had no envelope)
+            assert down == 32 * 1669 + 168  # the fp32 update
         elif config.startswith("local top-k"):
             assert up == 16 * (16 + 32)  # uint16 index + float32 value per entry
         elif config.startswith("quic-fl"):
             assert 2400 < up < 2800, row  # QUIC-FL b = 1: chunk norms, tails, header
         else:
-            assert up == down == 32 * 1669
+            assert up == down == 32 * 1669 + 168
     # the paper's stateless accounting: every non-zero z each step, same trajectory
     for variant in ("static", "k-subspace", "time-varying"):
         stateful = rows[f"intrinsic {variant} d=25 lr=1 (stateful)"]

@@ -41,7 +41,8 @@ def test_sign_payloads_are_one_bit_per_coordinate():
     grads = rng.normal(size=(4, 37))
     grads[0, 3] = 0.0  # sent as +1
     payloads = encode_signs(grads)
-    assert [len(p) for p in payloads] == [5] * 4
+    # the envelope (21 bytes, as for every payload) and one bit per coordinate
+    assert [len(p) for p in payloads] == [21 + 5] * 4
     signs = decode_signs(payloads, 37)
     expected = np.where(grads < 0, -1, 1)
     assert np.array_equal(signs, expected)
@@ -54,12 +55,12 @@ def test_vote_payload_carries_ties_only_under_the_zero_rule():
     decoded = weighted_vote(signs)  # two voters: ties at 0 and 3
     assert list(decoded) == [0, 1, -1, 0]
     payload = encode_vote(decoded)
-    assert len(payload) == 1 + 4 * 2
+    assert len(payload) == 21 + 1 + 4 * 2
     assert np.array_equal(decode_vote(payload, 4), decoded)
     coins = weighted_vote(signs, tie="random", tie_seed=11)
     assert np.all(coins != 0) and list(coins[[1, 2]]) == [1, -1]
     assert np.array_equal(coins, weighted_vote(signs, tie="random", tie_seed=11))
-    assert len(encode_vote(coins)) == 1
+    assert len(encode_vote(coins)) == 21 + 1
     with pytest.raises(PayloadError):
         decode_vote(payload + b"\x01", 4)
 
@@ -175,9 +176,15 @@ def test_bits_are_one_per_coordinate_each_way_and_fv_costs_nothing_extra():
             warmup=5,
             seed=0,
         )
-        assert np.all(history.counter.upload == 30 * 8 * 13)
+        counter = history.counter
+        # framed like every payload: the 21-byte envelope, then 13 bytes of sign bits
+        assert np.all(counter.upload == 30 * 8 * (21 + 13))
+        assert np.all(counter.upload_framing == 30 * 8 * 21)
+        assert counter.total_upload_unframed == 15 * 30 * 8 * 13
         # odd M and continuous weights: no ties, so the downlink is d bits too
-        assert np.all(history.counter.download == 30 * 8 * 13)
+        assert np.all(counter.download == 30 * 8 * (21 + 13))
+        assert counter.total_download_unframed == 15 * 30 * 8 * 13
+        assert history.upload_bits_unframed[-1] == counter.total_upload_unframed
 
 
 def test_per_coordinate_estimator_runs_and_warmup_is_majority_vote():
@@ -202,16 +209,31 @@ def test_per_coordinate_estimator_runs_and_warmup_is_majority_vote():
 
 def test_sign_payloads_go_through_the_validated_reader():
     gradients = np.array([[0.5, -1.0, 2.0], [-0.1, 0.0, -3.0]])
-    payloads = encode_signs(gradients)
-    assert [len(p) for p in payloads] == [1, 1]
-    np.testing.assert_array_equal(decode_signs(payloads, 3), [[1, -1, 1], [-1, 1, -1]])
+    payloads = encode_signs(gradients, round_seed=5)
+    assert [len(p) for p in payloads] == [22, 22]
+    assert [p[:5] for p in payloads] == [b"QDSU\x04"] * 2
+    np.testing.assert_array_equal(
+        decode_signs(payloads, 3, round_seed=5), [[1, -1, 1], [-1, 1, -1]]
+    )
+    first = payloads[0]
     with pytest.raises(PayloadError, match="padding"):
-        decode_signs([bytes([payloads[0][0] | 0x80])], 3)  # a bit beyond dim
+        decode_signs([first[:21] + bytes([first[21] | 0x80])], 3, round_seed=5)  # beyond dim
     with pytest.raises(PayloadError):
-        decode_signs([payloads[0] + b"\x00"], 3)  # trailing byte
+        decode_signs([first + b"\x00"], 3, round_seed=5)  # trailing byte
+    # the envelope: another round, dimension, scheme, or a client twice
+    with pytest.raises(PayloadError, match="round"):
+        decode_signs(payloads, 3, round_seed=6)
+    with pytest.raises(PayloadError, match="dimension"):
+        decode_signs(payloads, 4, round_seed=5)
+    with pytest.raises(PayloadError, match="two sign payloads"):
+        decode_signs([first, first], 3, round_seed=5)
     vote = encode_vote(np.array([1, 0, -1], dtype=np.int8))
+    with pytest.raises(PayloadError, match="magic"):
+        decode_signs([vote], 3)
     np.testing.assert_array_equal(decode_vote(vote, 3), [1, 0, -1])
+    with pytest.raises(PayloadError, match="magic"):
+        decode_vote(first, 3, round_seed=5)
     with pytest.raises(PayloadError, match="4 per tie"):
         decode_vote(vote + b"\x00", 3)
     with pytest.raises(PayloadError, match="out of range"):
-        decode_vote(vote[:1] + np.array([7], dtype="<u4").tobytes(), 3)
+        decode_vote(vote[:22] + np.array([7], dtype="<u4").tobytes(), 3)

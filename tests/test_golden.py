@@ -186,5 +186,10 @@ def test_intrinsic_bandwidth_counters(
         seed=1,
         **options,
     )
-    assert history.counter.upload.tolist() == [upload_bits] * 6
-    assert history.counter.download.tolist() == [download_bits] * 6
+    # every message also carries the 21-byte envelope (168 bits): 9 uploads, and 8
+    # downloads (the empty one at t = 0 is no message)
+    counter = history.counter
+    assert counter.upload.tolist() == [upload_bits + 9 * 168] * 6
+    assert counter.download.tolist() == [download_bits + 8 * 168] * 6
+    assert counter.total_upload_unframed == 6 * upload_bits
+    assert counter.total_download_unframed == 6 * download_bits

@@ -20,6 +20,8 @@ from quicdesign.compressors import COMPRESSORS, make_compressor
 from quicdesign.convenience import compress, decompress
 from quicdesign.fl import RawFloats
 
+from ._wire_layout import ENVELOPE, ENVELOPE_SIZE, LEGACY_QUICFL, QUICFL, to_legacy
+
 ROUND = 7
 DIM = 300
 NAMES = sorted(COMPRESSORS)
@@ -49,10 +51,14 @@ def _assert_refused_without_trace(aggregator, payload, weight=1.0, error=Payload
     assert _snapshot(aggregator) == before
 
 
+def _valid_vector():
+    return np.random.default_rng(0).standard_normal(DIM)
+
+
 @pytest.fixture(scope="module")
 def valid():
     """Two valid payloads per compressor, for clients 1 and 2."""
-    x = np.random.default_rng(0).standard_normal(DIM)
+    x = _valid_vector()
     return {
         name: [_compressor(name).encode(x, round_seed=ROUND, client_id=c, rng=c) for c in (1, 2)]
         for name in ALL
@@ -119,6 +125,100 @@ def test_foreign_round_dim_scheme_and_duplicates_are_refused(name, valid):
     for other in NAMES:
         if other != name:
             _assert_refused_without_trace(aggregator, valid[other][1])
+
+
+def _envelope_cases(payload, magics):
+    """Edits of the documented envelope fields, each with the refusal it must cause."""
+
+    def edited(offset, fmt, value):
+        data = bytearray(payload)
+        struct.pack_into(fmt, data, offset, value)
+        return bytes(data)
+
+    dim = struct.unpack_from("<I", payload, ENVELOPE["dim"])[0]
+    tag = struct.unpack_from("<I", payload, ENVELOPE["round"])[0]
+    config = struct.unpack_from("<I", payload, ENVELOPE["config"])[0]
+    cases = {f"cut{cut}": (payload[:cut], "truncated") for cut in range(1, ENVELOPE_SIZE + 1)}
+    cases["empty"] = (b"", "truncated")
+    cases["bad magic"] = (b"QDXX" + payload[4:], "magic")
+    for magic in magics:
+        if magic != payload[:4]:
+            cases[f"foreign {magic!r}"] = (magic + payload[4:], "magic")
+    for version in (0, 3, 5, 255):
+        if payload[:4] != b"QDQE" or version != 3:  # QDQE 3 is the pre-envelope layout
+            cases[f"version {version}"] = (edited(ENVELOPE["version"], "<B", version), "version")
+    for claim in (dim - 1, dim + 1):
+        cases[f"dim {claim}"] = (edited(ENVELOPE["dim"], "<I", claim), "dimension")
+    for claim in (0, 2**31, 2**32 - 1):
+        cases[f"dim {claim}"] = (edited(ENVELOPE["dim"], "<I", claim), "dimension")
+    cases["round"] = (edited(ENVELOPE["round"], "<I", tag ^ 1), "round")
+    cases["config"] = (edited(ENVELOPE["config"], "<I", config ^ 1), "parameters")
+    cases["client already added"] = (edited(ENVELOPE["client"], "<I", 1), "already added")
+    return cases
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_envelope_field_is_checked_and_a_refusal_changes_nothing(name, valid):
+    """The one envelope (docs/wire-format.md) fronts every scheme's payload."""
+    payload = valid[name][1]
+    magics = sorted({valid[other][0][:4] for other in ALL})
+    # magic and config tag tell every scheme apart (a family such as EDEN/DRIVE or raw
+    # float32/float64 shares a magic)
+    schemes = {valid[other][0][:4] + valid[other][0][17:21] for other in ALL}
+    assert len(schemes) == len(ALL)
+    assert payload[ENVELOPE["version"]] == 4
+    assert struct.unpack_from("<I", payload, ENVELOPE["client"])[0] == 2
+    assert struct.unpack_from("<I", payload, ENVELOPE["dim"])[0] == DIM
+    for label, (case, needle) in _envelope_cases(payload, magics).items():
+        aggregator = _loaded(name, valid)
+        before = _snapshot(aggregator)
+        with pytest.raises(PayloadError, match=needle):
+            aggregator.add(case)
+        assert _snapshot(aggregator) == before, label
+
+
+def _pre_envelope(name, valid):
+    """``valid[name]`` as the previous wire version wrote it.
+
+    QDQE 3 codes the same messages with constriction's ANS (version 4 with rANS), so
+    those are encoded again in the old format; the others only get the old header.
+    """
+    if name != "quicfl-ec":
+        return [to_legacy(payload) for payload in valid[name]]
+    compressor = _compressor(name)
+    compressor.encode(_valid_vector(), round_seed=ROUND, client_id=1, rng=1)
+    compressor._encoder._wire_version = 3  # version 3 is written only to test its reader
+    return [
+        compressor.encode(_valid_vector(), round_seed=ROUND, client_id=c, rng=c) for c in (1, 2)
+    ]
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_pre_envelope_payloads_aggregate_to_the_same_result(name, valid):
+    """Payloads of the previous wire versions (QDQF 2, QDQE 3, QDQD 1, baselines 2)."""
+    current = _compressor(name).aggregator(DIM, ROUND)
+    legacy = _compressor(name).aggregator(DIM, ROUND)
+    olds = _pre_envelope(name, valid)
+    assert [old[4] for old in olds] != [payload[4] for payload in valid[name]]
+    for payload, old in zip(valid[name], olds, strict=True):
+        current.add(payload)
+        legacy.add(old)
+    assert legacy.result().tobytes() == current.result().tobytes()
+    old = olds[1]
+    aggregator = _loaded(name, valid)
+    # hostile old-format payloads: cut, another version, duplicated client
+    for case in (old[:-1], old[:4] + b"\x00" + old[5:], olds[0]):
+        _assert_refused_without_trace(aggregator, case)
+    # a structural fuzz of the old layout's header never corrupts the aggregator
+    for label, case in _structural_cases(old).items():
+        aggregator = _loaded(name, valid)
+        before = _snapshot(aggregator)
+        try:
+            aggregator.add(case)
+        except PayloadError:
+            assert _snapshot(aggregator) == before, label
+        else:
+            assert np.all(np.isfinite(aggregator.result())), label
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -244,17 +344,20 @@ def test_decompress_refuses_a_huge_claimed_dimension_before_allocating():
     for claim in (2**28, 2**31 - 1, 2**32 - 1, 0):
         valid_dim = 1 <= claim <= 2**31 - 1
         chunks = quicdesign.rotation.RotationLayout.for_dim(claim).num_chunks if valid_dim else 8
-        # the header, consistent chunk norms and four code bytes (68 bytes for 8 chunks)
-        edited = bytearray(payload[:32] + b"\x00" * (4 * chunks + 4))
-        struct.pack_into("<I", edited, 16, claim)
-        edited[7] = chunks
-        tracemalloc.start()
-        with pytest.raises(PayloadError) as refused:
-            decompress(bytes(edited))
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        assert peak < 1 << 20, f"d={claim}: {peak} bytes allocated before refusing"
-        assert f"does not match {claim}" not in str(refused.value)
+        # the header, consistent chunk norms and four code bytes; both the current and
+        # the pre-envelope layout
+        for layout, start in ((QUICFL, payload), (LEGACY_QUICFL, to_legacy(payload))):
+            edited = bytearray(start[: layout["norms"]] + b"\x00" * (4 * chunks + 4))
+            struct.pack_into("<I", edited, layout["dim"], claim)
+            edited[layout["chunks"]] = chunks
+            tracemalloc.start()
+            with pytest.raises(PayloadError) as refused:
+                decompress(bytes(edited))
+            peak = tracemalloc.get_traced_memory()[1]
+            tracemalloc.stop()
+            assert peak < 1 << 20, f"d={claim}: {peak} bytes allocated before refusing"
+            assert f"does not match {claim}" not in str(refused.value)
+            assert "dimension" in str(refused.value)
 
 
 def test_dimension_mismatch_message_names_both_sides():
@@ -363,9 +466,11 @@ def entropy_payloads(request):
 def _stream_edits(payload, chunks):
     """Edits of the coded stream that keep the payload self-consistent in length.
 
-    Version 4 streams are 8 u32 coder states then u16 words; version 3 streams u32 words.
+    Version 4 streams (after the 36-byte envelope and head) are 8 u32 coder states then
+    u16 words; version 3 streams (after the 32-byte pre-envelope header) u32 words.
     """
-    words_at = 32 + 4 * chunks
+    head = QUICFL["norms"] if payload[4] == 4 else LEGACY_QUICFL["norms"]
+    words_at = head + 4 * chunks
     words = struct.unpack_from("<I", payload, words_at)[0]
     word = 2 if payload[4] == 4 else 4
     stream_start = len(payload) - word * words

@@ -14,6 +14,7 @@ import solvers
 from quicdesign import DirectAggregator, DirectEncoder, ParameterError, PayloadError, Table
 
 from ._fuzz import MUTATIONS, assert_rejected_or_harmless, mutate
+from ._wire_layout import QUICFL_HEADER_SIZE, num_exact, to_legacy
 
 T3 = stats.t(3, scale=1 / math.sqrt(3))  # unit variance
 
@@ -124,10 +125,18 @@ def test_hostile_direct_payloads_are_refused_without_a_trace(direct_t3, edits):
 def test_direct_payloads_are_not_rotated_payloads(direct_t3):
     x = T3.rvs(size=64, random_state=3)
     payload = DirectEncoder(direct_t3.table, 4).encode(x, client_id=1, rng=0)
-    assert payload[:4] == b"QDQD"
-    assert len(payload) == quicdesign.direct.direct_payload_size(2, 64, payload[28])
+    assert payload[:5] == b"QDQD\x04"
+    exact = num_exact(payload)
+    assert len(payload) == quicdesign.direct.direct_payload_size(2, 64, exact)
+    assert len(payload) == QUICFL_HEADER_SIZE + 4 + 16 + 8 * exact  # one chunk, 64 2-bit codes
     with pytest.raises(PayloadError, match="magic"):
         quicdesign.QuicFLAggregator(direct_t3.table, 4, 64, force=True).add(payload)
+    # the direct payload of a release before the envelope (version 1) is still read
+    current = quicdesign.DirectAggregator(direct_t3.table, 4, 64)
+    current.add(payload)
+    legacy = quicdesign.DirectAggregator(direct_t3.table, 4, 64)
+    legacy.add(to_legacy(payload))
+    assert legacy.result().tobytes() == current.result().tobytes()
 
 
 @pytest.mark.slow

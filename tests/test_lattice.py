@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from quicdesign.compressors import LatticeD4, LatticeE8, make_compressor
+from quicdesign.compressors._common import HEADER_SIZE
 from quicdesign.errors import (
     ParameterError,
     PayloadError,
@@ -156,7 +157,7 @@ def test_far_out_coordinates_are_escaped_and_round_trip():
     compressor = LatticeE8(bits=3)
     x = _spike_after_rotation(compressor, 1024)
     payload = compressor.encode(x, round_seed=ROUND, client_id=0)
-    assert int.from_bytes(payload[21 + 4 : 21 + 8], "little") > 0  # escape count
+    assert int.from_bytes(payload[HEADER_SIZE + 4 : HEADER_SIZE + 8], "little") > 0  # escape count
     decoded = compressor.decode(payload, dim=1024, round_seed=ROUND)
     error = np.sum((decoded - x) ** 2) / np.sum(x**2)
     assert error < 3 * compressor.expected_vnmse
@@ -168,7 +169,7 @@ def _valid(compressor, dim=300, client=1):
 
 
 def _body_fields(payload, chunks):
-    offset = 21 + 4 * chunks
+    offset = HEADER_SIZE + 4 * chunks
     escapes, words = np.frombuffer(payload[offset : offset + 8], "<u4")
     return offset, int(escapes), int(words)
 
@@ -192,8 +193,12 @@ def test_hostile_payloads_are_refused_and_leave_no_trace():
         + payload[offset + 4 :],
         "flipped stream byte": bytes(data[:-3]) + bytes([data[-3] ^ 0x55]) + bytes(data[-2:]),
         "bad digest": payload[: offset + 8] + bytes(8) + payload[offset + 16 :],
-        "negative norm": payload[:21] + np.float32(-1).tobytes() + payload[25:],
-        "nan norm": payload[:21] + np.float32(np.nan).tobytes() + payload[25:],
+        "negative norm": payload[:HEADER_SIZE]
+        + np.float32(-1).tobytes()
+        + payload[HEADER_SIZE + 4 :],
+        "nan norm": payload[:HEADER_SIZE]
+        + np.float32(np.nan).tobytes()
+        + payload[HEADER_SIZE + 4 :],
     }
     for label, bad in cases.items():
         with pytest.raises(PayloadError):

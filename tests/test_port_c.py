@@ -17,6 +17,8 @@ import pytest
 
 import quicdesign
 
+from ._wire_layout import to_legacy
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCE = ROOT / "tests" / "ports" / "qdref.c"
 COMPILER = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
@@ -31,16 +33,21 @@ GOLDEN = [
     {
         "vector": np.array([1.5, -0.25, 3.0, 0.0, -2.0]),
         "bits": 2,
-        "payload_hex": "51445146020205016ac7c8bec7e0ce3d0500000003000000b42d6e0400000000"
-        "8b707a40eaa5",
-        "payload_sha256": "f9c290a4019e9258cf6af96282afbb5db81a1bf297eff3fc1cad2440b8c374e3",
+        "payload_hex": "51445146040500000003000000b42d6e046ac7c8be0205016ac7c8bec7e0ce3d"
+        "000000008b707a40eaa5",
+        "payload_sha256": "19964d008631f6141e069e9d5c63b433a9fbd1d3116d9e06bf5a77e1d07d4d77",
+        # the same encoding in wire version 2 (before the envelope), still read
+        "legacy_payload_hex": "51445146020205016ac7c8bec7e0ce3d0500000003000000b42d6e04"
+        "000000008b707a40eaa5",
+        "legacy_payload_sha256": "f9c290a4019e9258cf6af96282afbb5db81a1bf297eff3fc1cad2440b8c374e3",
         "rotated_mean_sha256": "0f6700ae6dd8332455207b94466d9b2c3ae696ff57b8d2639f9c467a6f6607e7",
         "mean_sha256": "d4b810068fb3f314fd2ef15e79dbb47408858b5abff60ae56c550a91a3d89c75",
     },
     {
         "vector": ((np.arange(3000) * 37) % 101 - 50) / 8.0,
         "bits": 4,
-        "payload_sha256": "6d50a882c40a25af2092b44eaae7e3a47cd2a0b8869ff3cdcbf410a8e21089c1",
+        "payload_sha256": "7e217883675394127dc5dc76e6275be958431b80544c513a7948f8f8c14a47e8",
+        "legacy_payload_sha256": "6d50a882c40a25af2092b44eaae7e3a47cd2a0b8869ff3cdcbf410a8e21089c1",
         "rotated_mean_sha256": "a262193fdb36c39cef1173f51cef42f19f037a5ed134e4b2d6a7d1184ee0df4c",
         "mean_sha256": "45cdb9b619a25479441ad9f50a5a9a9ad5ce2fd0be520422f868fc64fbbba63d",
     },
@@ -114,26 +121,31 @@ def test_decodes_python_payloads_to_the_aggregator_result(qdref, tmp_path, bits,
 
 
 def _payload_variants(payload):
-    """Hostile variants of a valid d = 3, b = 1 payload (37 bytes: 4 codes in one byte)."""
-    flip = bytearray(payload)
-    flip[9] ^= 1
-    padding = bytearray(payload)
-    padding[36] |= 0x80  # bits 4..7 of the code byte are padding
+    """Hostile variants of a valid d = 3, b = 1 payload (41 bytes: 4 codes in one byte)."""
+
+    def edited(offset, data):
+        return payload[:offset] + data + payload[offset + len(data) :]
+
     return {
         "truncated": payload[:-1],
-        "fingerprint": bytes(flip),
-        "padding": bytes(padding),
-        "version": payload[:4] + b"\x09" + payload[5:],
-        "round": payload[:24] + b"\0\0\0\0" + payload[28:],
+        "header only": payload[:36],
+        "fingerprint": edited(25, bytes([payload[25] ^ 1])),
+        "config tag": edited(17, bytes([payload[17] ^ 1])),
+        "padding": edited(40, bytes([payload[40] | 0x80])),  # bits 4..7 are padding
+        "version": edited(4, b"\x09"),
+        "magic": edited(0, b"QDQE"),
+        "dimension": edited(5, b"\x04\0\0\0"),
+        "round": edited(13, b"\0\0\0\0"),
+        "chunks": edited(23, b"\x02"),
         "oversized": payload + b"\0",
-        "nan norm": payload[:32] + b"\x00\x00\xc0\x7f" + payload[36:],
+        "nan norm": edited(36, b"\x00\x00\xc0\x7f"),
     }
 
 
 def test_refuses_hostile_payloads_and_repeated_clients(qdref, tmp_path):
     table = quicdesign.load_table(1)
     payload = quicdesign.QuicFLEncoder(table, 5).encode(np.arange(3.0), client_id=1, rng=0)
-    assert len(payload) == 37
+    assert len(payload) == 41
     folder, out = _table_dir(table), tmp_path / "m.f64"
     assert (
         _run(qdref, "decode", folder, 5, 3, out, _write(tmp_path / "ok.bin", payload)).returncode
@@ -146,6 +158,11 @@ def test_refuses_hostile_payloads_and_repeated_clients(qdref, tmp_path):
             quicdesign.QuicFLAggregator(table, 5, 3).add(bad)
     twice = _run(qdref, "decode", folder, 5, 3, out, tmp_path / "ok.bin", tmp_path / "ok.bin")
     assert twice.returncode == 1 and "twice" in twice.stderr
+    # the C port reads the current version only; the Python server also reads version 2
+    legacy = _write(tmp_path / "v2.bin", to_legacy(payload))
+    refused = _run(qdref, "decode", folder, 5, 3, out, legacy)
+    assert refused.returncode == 1 and "version" in refused.stderr
+    quicdesign.QuicFLAggregator(table, 5, 3).add(legacy.read_bytes())
 
 
 def _write(path, data):
@@ -169,6 +186,15 @@ def test_golden_payloads(qdref, tmp_path, golden):
         hashlib.sha256(aggregator.result().astype("<f8").tobytes()).hexdigest()
         == (golden["mean_sha256"])
     )
+    # the payload of wire version 2 (published before the envelope) decodes alike
+    legacy = to_legacy(payload)
+    assert hashlib.sha256(legacy).hexdigest() == golden["legacy_payload_sha256"]
+    if "legacy_payload_hex" in golden:
+        assert legacy.hex() == golden["legacy_payload_hex"]
+    old = quicdesign.QuicFLAggregator(table, ROUND_SEED, vector.size)
+    old.add(legacy)
+    assert old.rotated_mean().tobytes() == aggregator.rotated_mean().tobytes()
+    assert old.result().tobytes() == aggregator.result().tobytes()
     # the C port: the same payload bytes by encoding, the same rotated mean bit for bit
     vector.astype("<f8").tofile(tmp_path / "x.f64")
     args = (_table_dir(table), ROUND_SEED, CLIENT_ID, RNG_SEED, tmp_path / "x.f64")
@@ -186,9 +212,9 @@ def test_golden_payloads(qdref, tmp_path, golden):
 def test_golden_values_are_the_ones_in_the_porting_guide():
     text = (ROOT / "docs" / "porting.md").read_text()
     for golden in GOLDEN:
-        for key in ("payload_sha256", "rotated_mean_sha256", "mean_sha256", "payload_hex"):
-            if key in golden:
-                assert golden[key] in text.replace("\n", "").replace(" ", ""), key
+        for key, value in golden.items():
+            if key not in ("vector", "bits"):
+                assert value in text.replace("\n", "").replace(" ", ""), key
 
 
 def test_ties_and_flat_pieces_follow_the_documented_rule(qdref, tmp_path):

@@ -5,13 +5,17 @@ run must produce the sha256 published in the docs. A control run shows that the 
 transform (``fwht``) *does* change with the kernel here, so the check is not vacuous.
 """
 
+import hashlib
 import os
 import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
+
+from ._wire_layout import to_legacy
 
 ROOT = Path(__file__).resolve().parent.parent
 CORETYPES = ("", "Haswell", "Prescott", "Sandybridge")
@@ -67,9 +71,11 @@ def _run(code, coretype, kernels="auto"):
     return done.stdout.strip()
 
 
-def _published():
+def _published(legacy=False):
     text = (ROOT / "docs" / "wire-format.md").read_text(encoding="utf-8")
-    rows = re.findall(r"^\| (float\d+) \| (\d+) \| (\d+) \| `([0-9a-f]{64})` \|$", text, re.M)
+    prefix = r"\| QDQF 2 " if legacy else ""
+    pattern = rf"^{prefix}\| (float\d+) \| (\d+) \| (\d+) \| `([0-9a-f]{{64}})` \|$"
+    rows = re.findall(pattern, text, re.M)
     assert len(rows) == 2, "golden rows missing from docs/wire-format.md"
     return "\n".join(" ".join(row) for row in rows)
 
@@ -97,3 +103,27 @@ def test_every_scheme_encodes_the_same_bytes_under_every_blas_kernel():
         pytest.skip("OPENBLAS_CORETYPE changes nothing here (not a DYNAMIC_ARCH OpenBLAS)")
     outputs = {core: _run(EVERY_SCHEME, core) for core in ("", "Haswell", "Prescott")}
     assert len(set(outputs.values())) == 1, outputs
+
+
+def test_pre_envelope_golden_payloads_are_read_to_the_same_mean():
+    """The published QDQF version 2 payloads (the golden vectors before the envelope) are
+    the current payloads with the old 32-byte header; the legacy reader aggregates them to
+    exactly the current payload's result."""
+    from quicdesign import QuicFLAggregator, QuicFLEncoder, load_table
+
+    table = load_table(2, shared_bits=5, tail_prob=1 / 512)
+    namespace = {}
+    exec(ENCODE.split("table = ")[0], namespace)  # golden_input, as specified
+    old_rows = []
+    for dtype, d in (("float32", 2**20), ("float64", 300_001)):
+        x = namespace["golden_input"](d, dtype)
+        payload = QuicFLEncoder(table, 2026).encode(x, 7, rng=np.random.default_rng(11))
+        legacy = to_legacy(payload)
+        old_rows.append(f"{dtype} {d} {len(legacy)} {hashlib.sha256(legacy).hexdigest()}")
+        results = []
+        for candidate in (payload, legacy):
+            aggregator = QuicFLAggregator(table, 2026, d)
+            aggregator.add(candidate)
+            results.append(aggregator.result().tobytes())
+        assert results[0] == results[1], dtype
+    assert "\n".join(old_rows) == _published(legacy=True)

@@ -331,3 +331,70 @@ def test_writer_rejects_bad_arrays_and_bytes():
     with pytest.raises(InputVectorError):
         writer.write_codes(np.array([4], dtype=np.uint8), 2)
     assert writer.to_bytes() == b""
+
+
+# ------------------------------------------------------------------------ the envelope
+
+
+def test_envelope_bytes_are_the_documented_21():
+    from quicdesign._envelope import Envelope, read_envelope, write_envelope
+
+    writer = PayloadWriter()
+    write_envelope(writer, Envelope(b"QDXY", 1000, 3, 0xDEADBEEF, 7))
+    data = writer.to_bytes()
+    # magic, version 4, then d, client id, round tag, config tag (u32 little-endian)
+    assert data == b"QDXY\x04" + struct.pack("<IIII", 1000, 3, 0xDEADBEEF, 7)
+    reader = PayloadReader(data + b"body")
+    envelope = read_envelope(reader, b"QDXY", "test")
+    assert envelope == Envelope(b"QDXY", 1000, 3, 0xDEADBEEF, 7)
+    assert reader.offset == 21
+
+
+@pytest.mark.parametrize(
+    "envelope",
+    [(b"QDX", 1, 1, 1, 1), (b"QDXY", -1, 1, 1, 1), (b"QDXY", 1, 2**32, 1, 1)]
+    + [(b"QDXY", 1, 1, 1.0, 1), (b"QDXY", 1, 1, 1, True)],
+)
+def test_envelope_writer_refuses_fields_that_do_not_fit(envelope):
+    from quicdesign._envelope import Envelope, write_envelope
+
+    writer = PayloadWriter()
+    with pytest.raises(ParameterError):
+        write_envelope(writer, Envelope(*envelope))
+    assert len(writer) == 0
+
+
+def test_envelope_reader_dispatches_versions_and_names_what_it_reads():
+    from quicdesign._envelope import Envelope, read_envelope, read_envelope_fields
+
+    body = struct.pack("<IIII", 5, 1, 2, 3)
+    old = b"QDXY\x02" + body
+    with pytest.raises(PayloadError, match=r"version 2 \(this release reads 4\)"):
+        read_envelope(PayloadReader(old), b"QDXY", "test")
+    legacy = {2: read_envelope_fields}
+    assert read_envelope(PayloadReader(old), b"QDXY", "test", legacy=legacy) == Envelope(
+        b"QDXY", 5, 1, 2, 3, version=2
+    )
+    with pytest.raises(PayloadError, match=r"version 3 \(this release reads 2, 4\)"):
+        read_envelope(PayloadReader(b"QDXY\x03" + body), b"QDXY", "test", legacy=legacy)
+    with pytest.raises(PayloadError, match="not a test payload"):
+        read_envelope(PayloadReader(b"QDXZ\x04" + body), b"QDXY", "test")
+    for cut in range(21):
+        with pytest.raises(PayloadError, match="truncated"):
+            read_envelope(PayloadReader((b"QDXY\x04" + body)[:cut]), b"QDXY", "test")
+    for dim in (0, 2**31):
+        with pytest.raises(PayloadError, match="dimension"):
+            read_envelope(
+                PayloadReader(b"QDXY\x04" + struct.pack("<IIII", dim, 1, 2, 3)), b"QDXY", "test"
+            )
+
+
+def test_framing_size_counts_only_current_envelopes():
+    from quicdesign._envelope import framing_size
+
+    envelope = b"QDXY\x04" + bytes(16)
+    assert framing_size(envelope + b"abc") == 21
+    assert framing_size(memoryview(envelope + b"abc")) == 21
+    assert framing_size(b"QDXY\x02" + bytes(16)) == 0  # a pre-envelope version
+    assert framing_size(b"\x00" * 40) == 0  # a bare array
+    assert framing_size(envelope[:20]) == 0

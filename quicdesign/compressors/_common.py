@@ -1,33 +1,34 @@
 """Private helpers shared by the baseline compressors (one implementation of each).
 
-- The common payload header every baseline writes first (see :func:`write_header`).
+- The envelope every baseline writes first (:mod:`quicdesign._envelope`, 21 bytes:
+  magic, version, dim, client id, round tag, config tag); version 2 payloads (the same
+  layout, written before the envelope was shared with QUIC-FL) are still read.
 - Float32 side information rounded in a known direction, so the client quantizes with
   exactly the value the server will read.
 - Signs drawn from a per-client shared stream (EDEN's private rotation).
 - :class:`BaselineCompressor` (encode/aggregator plumbing) and :class:`SumAggregator`
   (validate fully, compute the contribution, only then commit; duplicate detection;
   merge), which every baseline builds on.
-
-Common header (21 bytes, little-endian)::
-
-    magic      4 bytes   one per scheme, e.g. b"QDSQ"
-    version    u8        WIRE_VERSION
-    dim        u32       length of the client vector
-    client_id  u32       client id in [0, 2**32)
-    round_tag  u32       quicdesign.randomness.round_tag(round_seed)
-    config     u32       config_tag(...) of the wire-relevant parameters
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from abc import abstractmethod
-from dataclasses import dataclass
 
 import numpy as np
 
 from .._accumulate import WeightedSumAggregator, check_contribution_bound
+from .._envelope import (
+    ENVELOPE_SIZE,
+    ENVELOPE_VERSION,
+    Envelope,
+    check_envelope,
+    config_tag,
+    read_envelope,
+    read_envelope_fields,
+    write_envelope,
+)
 from .._validate import as_client_vector, check_client_id, check_dim, check_round_seed
 from .._wire import PayloadReader, PayloadWriter
 from ..errors import InputVectorError, PayloadError
@@ -51,12 +52,13 @@ __all__ = [
     "read_f32",
     "read_header",
     "to_float32",
-    "write_header",
 ]
 
-# 2: rotation layout with up to 64 chunks (EDEN, Hadamard, Kashin payload lengths)
-WIRE_VERSION = 2
-HEADER_SIZE = 4 + 1 + 4 + 4 + 4 + 4
+WIRE_VERSION = ENVELOPE_VERSION
+HEADER_SIZE = ENVELOPE_SIZE
+#: Baseline payloads written before the shared envelope: the same fields, version 2.
+LEGACY_VERSION = 2
+_LEGACY = {LEGACY_VERSION: read_envelope_fields}
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -141,48 +143,13 @@ def read_f32(reader: PayloadReader, field: str, *, nonnegative=False) -> float:
 # -------------------------------------------------------------------------- header
 
 
-def config_tag(*items) -> int:
-    """32-bit tag of the wire-relevant parameters (detects payloads of another config)."""
-    digest = hashlib.blake2b(repr(items).encode(), digest_size=4, person=b"quicdesign.cfg1")
-    return int.from_bytes(digest.digest(), "little")
+#: The baselines' header is the envelope (kept under its old name for callers).
+PayloadHeader = Envelope
 
 
-@dataclass(frozen=True)
-class PayloadHeader:
-    """Fields of the common header (magic and version already checked)."""
-
-    dim: int
-    client_id: int
-    round_tag: int
-    config_tag: int
-
-
-def write_header(writer: PayloadWriter, magic: bytes, header: PayloadHeader) -> None:
-    """Write the 21-byte common header (see the module docstring)."""
-    writer.write_bytes(magic)
-    writer.write_u8(WIRE_VERSION)
-    writer.write_u32(header.dim)
-    writer.write_u32(header.client_id)
-    writer.write_u32(header.round_tag)
-    writer.write_u32(header.config_tag)
-
-
-def read_header(reader: PayloadReader, magic: bytes, scheme: str) -> PayloadHeader:
-    """Read and check magic and version; return the remaining header fields."""
-    found = reader.read_bytes(len(magic), "magic")
-    if found != magic:
-        raise PayloadError(f"bad magic {found!r}: not a {scheme} payload (expected {magic!r})")
-    version = reader.read_u8("version")
-    if version != WIRE_VERSION:
-        raise PayloadError(
-            f"unsupported {scheme} wire version {version} (this release reads {WIRE_VERSION})"
-        )
-    return PayloadHeader(
-        dim=reader.read_u32("dim"),
-        client_id=reader.read_u32("client_id"),
-        round_tag=reader.read_u32("round_tag"),
-        config_tag=reader.read_u32("config"),
-    )
+def read_header(reader: PayloadReader, magic: bytes, scheme: str) -> Envelope:
+    """Read the envelope of a baseline payload (current version or version 2)."""
+    return read_envelope(reader, magic, scheme, legacy=_LEGACY)
 
 
 # ------------------------------------------------------------------ compressor base
@@ -253,14 +220,14 @@ class BaselineCompressor(Compressor):
         flat = as_client_vector(vector)
         rng = np.random.default_rng(rng)
         writer = PayloadWriter()
-        write_header(
+        write_envelope(
             writer,
-            self.magic,
-            PayloadHeader(
-                dim=flat.size,
-                client_id=client_id,
-                round_tag=round_tag(round_seed),
-                config_tag=config_tag(self.name, *config),
+            Envelope(
+                self.magic,
+                flat.size,
+                client_id,
+                round_tag(round_seed),
+                config_tag(self.name, *config),
             ),
         )
         self._encode_body(flat, writer, round_seed=round_seed, client_id=client_id, rng=rng)
@@ -319,15 +286,13 @@ class SumAggregator(WeightedSumAggregator):
         reader = PayloadReader(payload)
         size = reader.remaining
         header = read_header(reader, self._magic, self._scheme)
-        if header.dim != self.dim:
-            raise PayloadError(f"payload dimension {header.dim} does not match {self.dim}")
-        if header.round_tag != self._round_tag:
-            raise PayloadError(f"payload belongs to another round (tag {header.round_tag:#010x})")
-        if header.config_tag != self._config_tag:
-            raise PayloadError(
-                f"payload was encoded with other {self._scheme} parameters "
-                f"(config {header.config_tag:#010x})"
-            )
+        check_envelope(
+            header,
+            dim=self.dim,
+            round_tag=self._round_tag,
+            config=self._config_tag,
+            scheme=self._scheme,
+        )
         self._check_new_client(header.client_id)
         if self._payload_size is not None and size != self._payload_size:
             kind = "truncated" if size < self._payload_size else "oversized"

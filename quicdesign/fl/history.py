@@ -28,7 +28,9 @@ class RunHistory:
     metrics : dict of str to list of float
         One curve per metric name, aligned with ``rounds``.
     upload_bits, download_bits : list of int
-        Cumulative total bits of all clients at each record.
+        Cumulative total bits of all clients at each record (envelopes included).
+    upload_bits_unframed, download_bits_unframed : list of int
+        The same without the envelopes (header-free payload bits).
     counter : BitCounter
         Final per-client counts.
     extras : dict
@@ -42,6 +44,8 @@ class RunHistory:
     metrics: dict = field(default_factory=dict)
     upload_bits: list = field(default_factory=list)
     download_bits: list = field(default_factory=list)
+    upload_bits_unframed: list = field(default_factory=list)
+    download_bits_unframed: list = field(default_factory=list)
     extras: dict = field(default_factory=dict)
 
     def record(self, round_index, values):
@@ -51,6 +55,8 @@ class RunHistory:
             self.metrics.setdefault(name, []).append(float(value))
         self.upload_bits.append(self.counter.total_upload)
         self.download_bits.append(self.counter.total_download)
+        self.upload_bits_unframed.append(self.counter.total_upload_unframed)
+        self.download_bits_unframed.append(self.counter.total_download_unframed)
 
     def curve(self, metric) -> np.ndarray:
         """One metric as an array aligned with ``rounds``."""
@@ -82,6 +88,8 @@ class RunHistory:
                 "round": round_index,
                 "upload_bits": self.upload_bits[i],
                 "download_bits": self.download_bits[i],
+                "upload_bits_unframed": self.upload_bits_unframed[i],
+                "download_bits_unframed": self.download_bits_unframed[i],
             }
             row.update({name: curve[i] for name, curve in self.metrics.items()})
             yield row

@@ -42,8 +42,10 @@ SRHT (spec)
 
 Bandwidth accounting
 --------------------
-Floats are sent at ``wire_dtype`` precision (``float32``: 32 bits each). Upload: ``d``
-floats per participating client per step. Download: at the start of a step a
+Floats are sent at ``wire_dtype`` precision (``float32``: 32 bits each), framed like
+every payload by the 21-byte envelope (:class:`~quicdesign.fl.RawFloats`; a download
+with nothing to send is no message). Upload: ``d`` floats per participating client per
+step. Download: at the start of a step a
 participating client receives exactly the z-vectors that changed since it last synced
 (``A`` and ``theta_0`` derive from seeds and cost nothing), or the whole model (``D``
 floats) when that is smaller. A client that synced in the previous step of a static run
@@ -66,7 +68,7 @@ import numpy as np
 from quicdesign._progress import progress as reporter
 from quicdesign._threads import single_threaded_blas
 from quicdesign._validate import check_int, check_positive_float
-from quicdesign.errors import ParameterError, PayloadError
+from quicdesign.errors import ParameterError
 from quicdesign.randomness import raw_words
 from quicdesign.rotation import fwht
 
@@ -74,7 +76,7 @@ from ._common import generator, stream_seed
 from .history import RunHistory
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes
-from .wire import BitCounter
+from .wire import BitCounter, RawFloats
 
 __all__ = [
     "INTRINSIC_VARIANTS",
@@ -348,6 +350,7 @@ def run_intrinsic(
     dtype = np.dtype(wire_dtype).newbyteorder("<")
     if dtype.kind != "f" or dtype.itemsize not in (4, 8):
         raise ParameterError(f"wire_dtype must be float32 or float64, got {wire_dtype!r}")
+    wire = RawFloats(dtype.name)
     full_dim, num_clients = problem.dim, problem.num_clients
     sub_dim = check_int(subspace_dim, "subspace_dim", 1)
     spec = ProjectionSpec(
@@ -412,19 +415,27 @@ def run_intrinsic(
         for row, client in enumerate(active):
             ids = np.flatnonzero(lacking[row])
             if ids.size * sub_dim <= full_dim:
-                payload = state.coordinates[ids].astype(dtype).tobytes()
+                values = state.coordinates[ids].reshape(1, -1)
             else:
-                ids, payload = None, model.astype(dtype).tobytes()
+                ids, values = None, model[None]
+            # framed like every payload (the envelope, then the floats); nothing to send
+            # is no message
+            payload = (
+                wire.encode_batch(values, round_seed=t, client_ids=[client])[0]
+                if values.size
+                else b""
+            )
             payloads.append(payload)
             downloads[int(client)] = (ids, payload)
         counter.add_downloads(active, payloads)
         state.synced_at[active] = t
 
         grads = problem.gradients(model, active, batches[active], data_rng)
-        uploads = [row.tobytes() for row in projection_of(vector).adjoint(grads).astype(dtype)]
+        adjoint = projection_of(vector).adjoint(grads)
+        uploads = wire.encode_batch(adjoint, round_seed=t, client_ids=active)
         counter.add_upload(active, uploads)
         if active.size:
-            received = _decode_uploads(uploads, sub_dim, dtype)
+            received = wire.decode_batch(uploads, dim=sub_dim, round_seed=t)
             updated = state.coordinates[vector] - step * received.mean(axis=0)
             state.coordinates[vector] = _wire_round(updated, dtype)
             state.touched_at[vector] = t
@@ -437,9 +448,3 @@ def run_intrinsic(
     bar.close()
     history.extras.update(state=state, spec=spec, model=current_model(vector))
     return history
-
-
-def _decode_uploads(payloads, sub_dim, dtype):
-    if any(len(p) != sub_dim * dtype.itemsize for p in payloads):
-        raise PayloadError(f"every upload must hold {sub_dim} {dtype.name} values")
-    return np.frombuffer(b"".join(payloads), dtype=dtype).reshape(len(payloads), sub_dim)

@@ -191,7 +191,8 @@ def run_mcm(
     step_size : float
         Step ``gamma`` (constant unless ``step_decay`` is given).
     uplink, downlink : Compressor, optional
-        Unbiased protocol compressors. ``None`` means uncompressed float64 (exact); the
+        Unbiased protocol compressors. ``None`` means uncompressed float32 (the
+        simulator's exact channel at the usual 32 bits per coordinate); the
         downlink of ``sgd`` and ``diana`` is always uncompressed, the other algorithms
         need a downlink compressor.
     batch_size : int, sequence of int or None
@@ -202,7 +203,7 @@ def run_mcm(
     up_rate, down_rate : float, optional
         Memory rates; default ``1 / (2 (omega + 1))`` from each compressor's ``omega``.
     smart_init : bool
-        Start ``h^i`` at each worker's first gradient, sent uncompressed (float64) and
+        Start ``h^i`` at each worker's first gradient, sent uncompressed (float32) and
         counted as upload.
     step_decay : int, optional
         Decreasing step ``gamma * t0 / (t0 + t)`` with ``t0 = step_decay`` (round ``t``
@@ -239,7 +240,7 @@ def run_mcm(
             "mcm keeps one downlink memory that absent workers would lose; "
             "use rand-mcm under partial participation"
         )
-    exact = RawFloats("float64")
+    exact = RawFloats("float32")
     uplink = exact if uplink is None else uplink
     if algorithm in _DOWNLINK_COMPRESSED:
         if downlink is None:

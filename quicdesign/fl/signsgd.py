@@ -43,12 +43,26 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from quicdesign._envelope import (
+    ENVELOPE_SIZE,
+    Envelope,
+    check_envelope,
+    config_tag,
+    read_envelope,
+    write_envelope,
+)
 from quicdesign._progress import progress as reporter
 from quicdesign._threads import single_threaded_blas
-from quicdesign._validate import check_int, check_positive_float, check_probability
-from quicdesign._wire import PayloadReader, PayloadWriter, pack_codes
+from quicdesign._validate import (
+    check_client_id,
+    check_int,
+    check_positive_float,
+    check_probability,
+    check_round_seed,
+)
+from quicdesign._wire import PayloadReader, PayloadWriter
 from quicdesign.errors import ParameterError, PayloadError
-from quicdesign.randomness import raw_words
+from quicdesign.randomness import raw_words, round_tag
 
 from ._common import generator, stream_seed
 from .history import RunHistory
@@ -171,14 +185,43 @@ def _tie_coins(seed, dim):
     return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
 
 
-def encode_signs(gradients):
+#: Magics of the sign uplink and the vote downlink (docs/wire-format.md).
+SIGNS_MAGIC = b"QDSU"
+VOTE_MAGIC = b"QDSV"
+_SIGNS_CONFIG = config_tag("signs", 1)
+_VOTE_CONFIG = config_tag("vote", 1)
+
+
+def _framed(magic, dim, client_id, round_seed, config):
+    writer = PayloadWriter()
+    tag = round_tag(check_round_seed(round_seed))
+    write_envelope(writer, Envelope(magic, dim, check_client_id(client_id), tag, config))
+    return writer
+
+
+def _opened(payload, magic, scheme, dim, round_seed, config):
+    reader = PayloadReader(payload)
+    envelope = read_envelope(reader, magic, scheme)
+    tag = round_tag(check_round_seed(round_seed))
+    check_envelope(envelope, dim=dim, round_tag=tag, config=config, scheme=scheme)
+    return reader, envelope
+
+
+def encode_signs(gradients, *, round_seed=0, client_ids=None):
     """Pack each row's signs into a 1-bit-per-coordinate payload (bit set = negative).
 
-    The bits are :func:`quicdesign._wire.pack_codes` codes of width 1, so the payloads go
-    through the one validated reader on the way back.
+    Each payload is the envelope (magic ``QDSU``; ``client_ids[j]``, row ``j``'s index by
+    default) and ``ceil(dim / 8)`` bytes of :func:`quicdesign._wire.pack_codes` codes of
+    width 1, so the payloads go through the one validated reader on the way back.
     """
     negative = np.atleast_2d(np.asarray(gradients) < 0)
-    return [pack_codes(row.view(np.uint8), 1) for row in negative]
+    clients = range(len(negative)) if client_ids is None else client_ids
+    payloads = []
+    for row, client in zip(negative, clients, strict=True):
+        writer = _framed(SIGNS_MAGIC, row.size, client, round_seed, _SIGNS_CONFIG)
+        writer.write_codes(row.view(np.uint8), 1)
+        payloads.append(writer.to_bytes())
+    return payloads
 
 
 def _read_signs(reader, dim, field):
@@ -186,31 +229,41 @@ def _read_signs(reader, dim, field):
     return (1 - 2 * bits.astype(np.int8)).astype(np.int8)
 
 
-def decode_signs(payloads, dim):
-    """Unpack payloads from :func:`encode_signs` into an ``(M, dim)`` int8 array of +-1."""
-    rows = []
+def decode_signs(payloads, dim, *, round_seed=0):
+    """Unpack payloads from :func:`encode_signs` into an ``(M, dim)`` int8 array of +-1.
+
+    ``PayloadError`` for a foreign, other-round, other-dimension, malformed or repeated
+    client's payload.
+    """
+    rows, clients = [], set()
     for payload in payloads:
-        reader = PayloadReader(payload)
+        reader, envelope = _opened(payload, SIGNS_MAGIC, "sign", dim, round_seed, _SIGNS_CONFIG)
+        if envelope.client_id in clients:
+            raise PayloadError(f"client {envelope.client_id} sent two sign payloads")
+        clients.add(envelope.client_id)
         rows.append(_read_signs(reader, dim, "sign bits"))
         reader.expect_end()
     return np.array(rows, dtype=np.int8).reshape(len(rows), dim)
 
 
-def encode_vote(decoded):
-    """Downlink payload: sign bits, then uint32 indices of tied (zero) coordinates."""
+def encode_vote(decoded, *, round_seed=0):
+    """Downlink payload: the envelope (magic ``QDSV``, client 0 = the server), sign bits,
+    then uint32 indices of tied (zero) coordinates."""
     decoded = np.asarray(decoded)
-    writer = PayloadWriter()
+    writer = _framed(VOTE_MAGIC, decoded.size, 0, round_seed, _VOTE_CONFIG)
     writer.write_codes((decoded < 0).view(np.uint8), 1)
     writer.write_array(np.flatnonzero(decoded == 0).astype("<u4"))
     return writer.to_bytes()
 
 
-def decode_vote(payload, dim):
+def decode_vote(payload, dim, *, round_seed=0):
     """Invert :func:`encode_vote` into an int8 vector in ``{-1, 0, +1}``."""
-    reader = PayloadReader(payload)
+    reader, _ = _opened(payload, VOTE_MAGIC, "vote", dim, round_seed, _VOTE_CONFIG)
     decoded = _read_signs(reader, dim, "vote sign bits")
     if reader.remaining % 4:
-        raise PayloadError(f"a vote payload for dim={dim} is {-(-dim // 8)} bytes plus 4 per tie")
+        raise PayloadError(
+            f"a vote payload for dim={dim} is {ENVELOPE_SIZE + -(-dim // 8)} bytes plus 4 per tie"
+        )
     ties = reader.read_array("<u4", reader.remaining // 4, "tie indices")
     if ties.size and int(ties.max()) >= dim:
         raise PayloadError("a tie index is out of range")

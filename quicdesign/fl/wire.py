@@ -13,10 +13,26 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from quicdesign._accumulate import MAX_CONTRIBUTION, check_contribution_bound
-from quicdesign._validate import as_client_vector, check_int, check_weight
-from quicdesign._wire import PayloadReader
+from quicdesign._envelope import (
+    ENVELOPE_SIZE,
+    Envelope,
+    check_envelope,
+    config_tag,
+    framing_size,
+    read_envelope,
+    write_envelope,
+)
+from quicdesign._validate import (
+    as_client_vector,
+    check_client_id,
+    check_int,
+    check_round_seed,
+    check_weight,
+)
+from quicdesign._wire import PayloadReader, PayloadWriter
 from quicdesign.compressors._common import to_float32
 from quicdesign.errors import InputVectorError, ParameterError, PayloadError
+from quicdesign.randomness import round_tag
 
 __all__ = [
     "RawFloats",
@@ -29,46 +45,58 @@ __all__ = [
 ]
 
 
+#: Magic of :class:`RawFloats` payloads (the dtype is in the envelope's config tag).
+RAW_MAGIC = b"QDRF"
+
+
 class _RawFloatsAggregator:
-    def __init__(self, dtype, dim):
+    def __init__(self, dtype, dim, round_seed):
         self._dtype = dtype
-        self._dim = dim
-        self._sum = np.zeros(dim)
+        self._dim = check_int(dim, "dim", 1)
+        self._round_tag = round_tag(round_seed)
+        self._config = _raw_config(dtype)
+        self._sum = np.zeros(self._dim)
         self._weight = 0.0
         self._count = 0
+        self._clients = set()
 
     @property
     def count(self):
         return self._count
 
     def _values(self, payload):
-        reader = PayloadReader(payload)
-        if reader.size != self._dim * self._dtype.itemsize:
-            raise PayloadError(
-                f"raw {self._dtype.name} payload must hold {self._dim} values "
-                f"({self._dim * self._dtype.itemsize} bytes), got {reader.size} bytes"
-            )
-        values = reader.read_array(self._dtype, self._dim, "values")
-        # checked before widening: casting a signalling NaN raises a floating-point warning
-        if not np.all(np.isfinite(values)):
-            raise PayloadError("raw float payload holds non-finite values")
+        client_id, values = _read_raw(
+            payload, self._dtype, self._dim, self._round_tag, self._config
+        )
+        if client_id in self._clients:
+            raise PayloadError(f"client {client_id} was already added this round")
         values = values.astype(np.float64)
         check_contribution_bound(float(np.max(np.abs(values), initial=0.0)))
-        return values
+        return client_id, values
 
     def add(self, payload, weight=1.0):
         weight = check_weight(weight)
-        values = self._values(payload)
+        client_id, values = self._values(payload)
         self._sum += weight * values
         self._weight += weight
         self._count += 1
+        self._clients.add(client_id)
 
     def merge(self, other):
-        if not isinstance(other, _RawFloatsAggregator) or other._dim != self._dim:
-            raise ParameterError("can only merge raw-float aggregators of the same dimension")
+        if (
+            not isinstance(other, _RawFloatsAggregator)
+            or other._dim != self._dim
+            or (other._round_tag, other._config) != (self._round_tag, self._config)
+        ):
+            raise ParameterError(
+                "can only merge raw-float aggregators of the same dimension, dtype and round"
+            )
+        if self._clients & other._clients:
+            raise ParameterError("the aggregators share clients")
         self._sum += other._sum
         self._weight += other._weight
         self._count += other._count
+        self._clients |= other._clients
 
     def result(self):
         if self._count == 0:
@@ -76,21 +104,46 @@ class _RawFloatsAggregator:
         return self._sum / self._weight
 
 
+def _raw_config(dtype) -> int:
+    return config_tag("raw", np.dtype(dtype).name)
+
+
+def _read_raw(payload, dtype, dim, tag, config):
+    """Validate one raw payload; return ``(client_id, values)`` (values in ``dtype``)."""
+    reader = PayloadReader(payload)
+    envelope = read_envelope(reader, RAW_MAGIC, "raw float")
+    check_envelope(envelope, dim=dim, round_tag=tag, config=config, scheme="raw float")
+    expected = ENVELOPE_SIZE + dim * dtype.itemsize
+    if reader.size != expected:
+        kind = "truncated" if reader.size < expected else "oversized"
+        raise PayloadError(
+            f"{kind} payload: {reader.size} bytes, expected {expected} ({dim} {dtype.name} "
+            "values and the envelope)"
+        )
+    values = reader.read_array(dtype, dim, "values")
+    # checked before widening: casting a signalling NaN raises a floating-point warning
+    if not np.all(np.isfinite(values)):
+        raise PayloadError("raw float payload holds non-finite values")
+    return envelope.client_id, values
+
+
 class RawFloats:
     """Uncompressed vectors as little-endian IEEE floats (the "no compression" baseline).
 
-    Not a :class:`~quicdesign.compressors.base.Compressor`: the payload is the bare array
-    (``dim * itemsize`` bytes, no header), so it carries no client id, round tag or scheme
-    magic and cannot refuse duplicates or foreign payloads. That is what the simulator's
-    exact channel needs (every counted bit is a value bit) and why it would fail the
-    conformance kit; it duck-types ``encode``/``aggregator``/``decode`` for
-    :func:`send_each` and :func:`broadcast` and declares itself exact (unbiased).
+    Not a :class:`~quicdesign.compressors.base.Compressor` (it is the simulator's exact
+    channel and makes no compression claim), but its payloads are framed like every
+    other: the envelope (``docs/wire-format.md``, magic ``QDRF``, the dtype in the config
+    tag), then ``dim`` values. So its bits compare with the compressors' bits, and its
+    aggregator refuses foreign, other-round and duplicate payloads. It duck-types
+    ``encode``/``aggregator``/``decode`` for :func:`send_each` and :func:`broadcast` and
+    declares itself exact (unbiased).
 
     Parameters
     ----------
     dtype : {"float32", "float64"}
-        Wire precision. ``float64`` is exact for a float64 simulation, which the
-        linear-convergence runs need; ``float32`` is the usual 32 bits per coordinate.
+        Wire precision. ``float32`` (the default) is the usual 32 bits per coordinate
+        that uncompressed baselines are counted at; ``float64`` is exact for a float64
+        simulation, which linear-convergence runs need.
     """
 
     name = "raw"
@@ -106,18 +159,33 @@ class RawFloats:
         """Relative variance bound: 0 (the wire only rounds to ``dtype``)."""
         return 0.0
 
-    def encode(self, vector, *, round_seed, client_id, rng=None):
-        flat = as_client_vector(vector)
+    def _wire_values(self, flat):
         wire = flat.astype("<f8") if self.dtype == "float64" else to_float32(flat, "values")
         # the aggregator's bound on decoded magnitudes (running sums cannot overflow)
-        if not float(np.max(np.abs(wire))) <= MAX_CONTRIBUTION:
+        if not float(np.max(np.abs(wire), initial=0.0)) <= MAX_CONTRIBUTION:
             raise InputVectorError(
                 f"vector exceeds the {self.dtype} payload range (|x| <= 2**192 is accepted)"
             )
-        return wire.tobytes()
+        return wire
+
+    def _frame(self, wire, round_seed, client_id):
+        writer = PayloadWriter()
+        config = _raw_config(self.dtype)
+        write_envelope(writer, Envelope(RAW_MAGIC, wire.size, client_id, round_seed, config))
+        writer.write_array(wire)
+        return writer.to_bytes()
+
+    def encode(self, vector, *, round_seed, client_id, rng=None):
+        """One payload: the envelope, then the values in ``dtype``."""
+        flat = as_client_vector(vector)
+        wire = self._wire_values(flat)
+        tag = round_tag(check_round_seed(round_seed))
+        return self._frame(wire, tag, check_client_id(client_id))
 
     def aggregator(self, dim, round_seed):
-        return _RawFloatsAggregator(np.dtype(self.dtype).newbyteorder("<"), dim)
+        return _RawFloatsAggregator(
+            np.dtype(self.dtype).newbyteorder("<"), dim, check_round_seed(round_seed)
+        )
 
     def decode(self, payload, *, dim, round_seed):
         """The vector of one payload, as float64."""
@@ -134,16 +202,22 @@ class RawFloats:
 
     def encode_batch(self, vectors, *, round_seed, client_ids, rng=None):
         """Encode the rows of a ``(k, dim)`` array (one payload per row)."""
-        wire = np.asarray(vectors, dtype=np.dtype(self.dtype).newbyteorder("<"))
-        return [row.tobytes() for row in wire]
+        tag = round_tag(check_round_seed(round_seed))
+        # a plain cast, as the simulator always did (tiny values round like the model's)
+        rows = np.asarray(vectors, dtype=np.dtype(self.dtype).newbyteorder("<"))
+        return [
+            self._frame(row, tag, check_client_id(client))
+            for row, client in zip(rows, client_ids, strict=True)
+        ]
 
     def decode_batch(self, payloads, *, dim, round_seed):
-        """Decode payloads of equal length into a ``(k, dim)`` float64 array."""
-        wire_dtype = np.dtype(self.dtype).newbyteorder("<")
-        if any(len(p) != dim * wire_dtype.itemsize for p in payloads):
-            raise PayloadError(f"every raw payload must hold {dim} {self.dtype} values")
-        joined = np.frombuffer(b"".join(payloads), dtype=wire_dtype)
-        return joined.reshape(len(payloads), dim).astype(np.float64)
+        """Decode payloads into a ``(k, dim)`` float64 array (each one validated)."""
+        dtype = np.dtype(self.dtype).newbyteorder("<")
+        tag, config = round_tag(check_round_seed(round_seed)), _raw_config(self.dtype)
+        decoded = np.empty((len(payloads), dim))
+        for row, payload in enumerate(payloads):
+            decoded[row] = _read_raw(payload, dtype, dim, tag, config)[1]
+        return decoded
 
 
 class LocalTopK:
@@ -229,10 +303,16 @@ class LocalTopK:
 class BitCounter:
     """Bits that crossed the wire, per client and direction, counted from payload lengths.
 
+    Every payload is counted whole (``8 * len(payload)``, its envelope included); the
+    framing (the 21-byte envelope, ``docs/wire-format.md``) is also counted apart, so
+    header-free bits can be reported beside framed ones.
+
     Attributes
     ----------
     upload, download : numpy.ndarray
         ``int64`` bits each client sent and received.
+    upload_framing, download_framing : numpy.ndarray
+        ``int64`` bits of those that were envelopes.
     broadcast : int
         Bits the server transmitted when a downlink payload went to several clients at
         once (each distinct payload counted once); point-to-point downlinks count here too.
@@ -241,28 +321,37 @@ class BitCounter:
     num_clients: int
     upload: np.ndarray = field(init=False)
     download: np.ndarray = field(init=False)
+    upload_framing: np.ndarray = field(init=False)
+    download_framing: np.ndarray = field(init=False)
     broadcast: int = 0
 
     def __post_init__(self):
         check_int(self.num_clients, "num_clients", 1)
         self.upload = np.zeros(self.num_clients, dtype=np.int64)
         self.download = np.zeros(self.num_clients, dtype=np.int64)
+        self.upload_framing = np.zeros(self.num_clients, dtype=np.int64)
+        self.download_framing = np.zeros(self.num_clients, dtype=np.int64)
 
     def add_upload(self, clients, payloads):
         """Count one payload per client in ``clients`` (aligned sequences)."""
-        np.add.at(self.upload, np.asarray(clients), [8 * len(p) for p in payloads])
+        clients = np.asarray(clients)
+        np.add.at(self.upload, clients, [8 * len(p) for p in payloads])
+        np.add.at(self.upload_framing, clients, [8 * framing_size(p) for p in payloads])
 
     def add_download(self, clients, payload):
         """Count one payload received by every client in ``clients`` (a broadcast)."""
         clients = np.asarray(clients)
         if clients.size:
             np.add.at(self.download, clients, 8 * len(payload))
+            np.add.at(self.download_framing, clients, 8 * framing_size(payload))
             self.broadcast += 8 * len(payload)
 
     def add_downloads(self, clients, payloads):
         """Count one distinct payload per client (point-to-point messages)."""
+        clients = np.asarray(clients)
         bits = [8 * len(p) for p in payloads]
-        np.add.at(self.download, np.asarray(clients), bits)
+        np.add.at(self.download, clients, bits)
+        np.add.at(self.download_framing, clients, [8 * framing_size(p) for p in payloads])
         self.broadcast += sum(bits)
 
     @property
@@ -274,6 +363,16 @@ class BitCounter:
     def total_download(self) -> int:
         """All downlink bits received by clients (a broadcast counts once per receiver)."""
         return int(self.download.sum())
+
+    @property
+    def total_upload_unframed(self) -> int:
+        """Uplink bits without the envelopes (header-free payload bits)."""
+        return int(self.upload.sum() - self.upload_framing.sum())
+
+    @property
+    def total_download_unframed(self) -> int:
+        """Downlink bits received without the envelopes."""
+        return int(self.download.sum() - self.download_framing.sum())
 
 
 def _encode_rows(compressor, vectors, clients, round_seed, rng):

@@ -5,8 +5,9 @@
  * Philox4x64-10 (Salmon et al. 2011, Random123) and numpy's SeedSequence + PCG64 (the
  * client-private generator of the golden payloads) are written here from their specs.
  * Implements table format 1.1 (docs/table-format.md), shared randomness spec 1
- * (docs/randomness.md) and the fixed-rate payload QDQF wire version 2
- * (docs/wire-format.md: layout v2 with up to 64 chunks, norms rounded up to float32,
+ * (docs/randomness.md) and the fixed-rate payload QDQF in the envelope of wire
+ * version 4 (docs/wire-format.md: the 21-byte envelope, the QUIC-FL head, layout v2 with
+ * up to 64 chunks, norms rounded up to float32,
  * the exact-order butterfly transform); the sender rule and transform order follow
  * docs/porting.md. Inputs whose chunks need the power-of-two rescaling (largest |x|
  * outside [2^-60, 2^60]) are refused by the encoder here.
@@ -29,6 +30,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* bytes before the chunk norms: the 21-byte envelope and the 15-byte QUIC-FL head */
+#define QDQF_HEADER 36
 
 static void fail(const char *what, const char *detail) {
     fprintf(stderr, "qdref: %s%s%s\n", what, detail ? ": " : "", detail ? detail : "");
@@ -657,23 +661,25 @@ static int decode(const Table *T, uint64_t round_seed, Layout L, uint32_t tag,
     unsigned *h;
     const unsigned char *codes, *idx, *vals;
     double norms[64];
-    if (size < 32) return fprintf(stderr, "qdref: truncated header\n"), 0;
-    if (memcmp(p, "QDQF", 4) != 0 || p[4] != 2) return fprintf(stderr, "qdref: bad magic/version\n"), 0;
-    if (p[5] != T->bits || p[6] != T->shared_bits || p[7] != L.chunks)
+    /* the envelope (21 bytes) and the QUIC-FL head (15 bytes): docs/wire-format.md */
+    if (size < QDQF_HEADER) return fprintf(stderr, "qdref: truncated header\n"), 0;
+    if (memcmp(p, "QDQF", 4) != 0 || p[4] != 4) return fprintf(stderr, "qdref: bad magic/version\n"), 0;
+    if (load_u32(p + 5) != L.dim) return fprintf(stderr, "qdref: dimension\n"), 0;
+    client = load_u32(p + 9);
+    if (load_u32(p + 13) != tag) return fprintf(stderr, "qdref: round tag\n"), 0;
+    if (load_u32(p + 17) != load_u32(T->fingerprint)) return fprintf(stderr, "qdref: config tag\n"), 0;
+    if (p[21] != T->bits || p[22] != T->shared_bits || p[23] != L.chunks)
         return fprintf(stderr, "qdref: b, l or chunks do not match\n"), 0;
-    if (memcmp(p + 8, T->fingerprint, 8) != 0) return fprintf(stderr, "qdref: fingerprint\n"), 0;
-    if (load_u32(p + 16) != L.dim) return fprintf(stderr, "qdref: dimension\n"), 0;
-    client = load_u32(p + 20);
-    if (load_u32(p + 24) != tag) return fprintf(stderr, "qdref: round tag\n"), 0;
-    n_exact = load_u32(p + 28);
+    if (memcmp(p + 24, T->fingerprint, 8) != 0) return fprintf(stderr, "qdref: fingerprint\n"), 0;
+    n_exact = load_u32(p + 32);
     if (n_exact > L.rotated) return fprintf(stderr, "qdref: too many exact\n"), 0;
-    expected = 32 + 4 * L.chunks + code_bytes + 8 * (size_t)n_exact;
+    expected = QDQF_HEADER + 4 * L.chunks + code_bytes + 8 * (size_t)n_exact;
     if (size != expected) return fprintf(stderr, "qdref: size %zu, expected %zu\n", size, expected), 0;
     for (k = 0; k < L.chunks; k++) {
-        norms[k] = load_f32(p + 32 + 4 * k);
+        norms[k] = load_f32(p + QDQF_HEADER + 4 * k);
         if (!isfinite(norms[k]) || norms[k] < 0) return fprintf(stderr, "qdref: norm\n"), 0;
     }
-    codes = p + 32 + 4 * L.chunks;
+    codes = p + QDQF_HEADER + 4 * L.chunks;
     if ((T->bits * L.rotated) % 8 && codes[code_bytes - 1] >> ((T->bits * L.rotated) % 8))
         return fprintf(stderr, "qdref: nonzero padding bits\n"), 0;
     idx = codes + code_bytes;
@@ -816,21 +822,22 @@ static int cmd_encode(char **argv) {
     }
     /* 4. serialize */
     code_bytes = (T.bits * L.rotated + 7) / 8;
-    total = 32 + 4 * L.chunks + code_bytes + 8 * (size_t)n_exact;
+    total = QDQF_HEADER + 4 * L.chunks + code_bytes + 8 * (size_t)n_exact;
     p = calloc(total, 1);
-    memcpy(p, "QDQF", 4);
-    p[4] = 2;
-    p[5] = (unsigned char)T.bits;
-    p[6] = (unsigned char)T.shared_bits;
-    p[7] = (unsigned char)L.chunks;
-    memcpy(p + 8, T.fingerprint, 8);
-    store_u32(p + 16, (uint32_t)dim);
-    store_u32(p + 20, client);
-    store_u32(p + 24, round_tag(round_seed));
-    store_u32(p + 28, n_exact);
-    for (j = 0; j < L.chunks; j++) store_f32(p + 32 + 4 * j, norms32[j]);
+    memcpy(p, "QDQF", 4); /* the envelope */
+    p[4] = 4;
+    store_u32(p + 5, (uint32_t)dim);
+    store_u32(p + 9, client);
+    store_u32(p + 13, round_tag(round_seed));
+    memcpy(p + 17, T.fingerprint, 4); /* config tag: the fingerprint's first 4 bytes */
+    p[21] = (unsigned char)T.bits;    /* the QUIC-FL head */
+    p[22] = (unsigned char)T.shared_bits;
+    p[23] = (unsigned char)L.chunks;
+    memcpy(p + 24, T.fingerprint, 8);
+    store_u32(p + 32, n_exact);
+    for (j = 0; j < L.chunks; j++) store_f32(p + QDQF_HEADER + 4 * j, norms32[j]);
     {
-        unsigned char *c = p + 32 + 4 * L.chunks, *idx = c + code_bytes;
+        unsigned char *c = p + QDQF_HEADER + 4 * L.chunks, *idx = c + code_bytes;
         unsigned char *vals = idx + 4 * (size_t)n_exact;
         size_t e = 0;
         for (j = 0; j < L.rotated; j++) {
