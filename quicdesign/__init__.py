@@ -24,6 +24,7 @@ from .errors import (
     TableNotFoundError,
     TableVersionError,
 )
+from .lattice import LatticeCodeModel, load_lattice_model
 from .sender import SenderRule
 from .shard import merge
 from .table import Table, list_tables, load_entropy_table, load_table, shipped_tables_dir
@@ -53,6 +54,8 @@ __all__ = [
     "list_tables",
     "merge",
     "load_entropy_table",
+    "LatticeCodeModel",
+    "load_lattice_model",
     "load_table",
     "shipped_tables_dir",
 ]

@@ -40,6 +40,11 @@ Stratified shared values (opt-in, stratification version 1)
     is uniform (``c_j`` is): unbiasedness and per-client error are those of independent
     draws.
 
+Lattice dither (opt-in, dither version 1)
+    Purpose ``"lattice-dither"``, per client (``client_id`` of the payload). Value ``j`` is
+    ``(word_j >> 11) * 2**-53``, a uniform double in ``[0, 1)`` with 53 random bits
+    (exactly representable, so every platform gets the same value).
+
 Client-private randomness (coin flips only the sender needs) is not part of this spec:
 callers pass their own ``numpy.random.Generator``.
 """
@@ -64,6 +69,9 @@ __all__ = [
     "stratified_shared_values",
     "STRATIFICATION_VERSION",
     "PURPOSE_STRATIFIED_H",
+    "PURPOSE_LATTICE_DITHER",
+    "DITHER_VERSION",
+    "dither_uniforms",
 ]
 
 SPEC_VERSION = 1
@@ -72,6 +80,9 @@ PURPOSE_SHARED_H = "shared-h"
 PURPOSE_STRATIFIED_H = "stratified-h"
 #: Version of the stratified mapping below (part of the spec; bump on any change).
 STRATIFICATION_VERSION = 1
+PURPOSE_LATTICE_DITHER = "lattice-dither"
+#: Version of the dither mapping of :func:`dither_uniforms` (bump on any change).
+DITHER_VERSION = 1
 
 _PERSONALIZATION = b"quicdesign.rng1"
 _UINT64_LIMIT = 1 << 64
@@ -243,6 +254,29 @@ def shared_values(round_seed, client_id, bits, n, *, purpose=PURPOSE_SHARED_H):
         return np.zeros(n, dtype=np.uint8)
     stream = _stream_bytes(round_seed, client_id, purpose, n)
     return stream[:n] & np.uint8((1 << bits) - 1)
+
+
+def dither_uniforms(round_seed, client_id, n, *, purpose=PURPOSE_LATTICE_DITHER):
+    """Return ``n`` shared uniform doubles in ``[0, 1)`` (the lattice dither stream).
+
+    Parameters
+    ----------
+    round_seed, client_id : int
+        Integers in ``[0, 2**64)``; the server regenerates the values from them.
+    n : int
+        Number of values, ``>= 0``.
+    purpose : str, optional
+        Stream label, ``PURPOSE_LATTICE_DITHER`` by default.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``float64`` array of shape ``(n,)``; value ``j`` is ``(word_j >> 11) * 2**-53``.
+    """
+    n = check_int(n, "n", 0)
+    words = raw_words(round_seed, client_id, purpose, n)
+    # the top 53 bits scaled by 2**-53: exact in float64, the same on every platform
+    return np.ldexp((words >> np.uint64(11)).astype(np.float64), -53)
 
 
 def round_tag(round_seed) -> int:

@@ -132,9 +132,10 @@ class Stage(ABC):
         """
         return None
 
-    def side_size(self, dim: int, vector_dim: int) -> int:
+    def side_size(self, dim: int, vector_dim: int) -> int | None:
         """Exact bytes :meth:`write_side` writes for an input of length ``dim`` (the
-        client vector has length ``vector_dim``)."""
+        client vector has length ``vector_dim``), or None when the length depends on the
+        data (the stage's reader then checks it)."""
         return 0
 
     def output_dim(self, dim: int) -> int:
@@ -182,11 +183,14 @@ class Pipeline:
             dim = stage.output_dim(dim)
         return (dim,)
 
-    def body_size(self, dim) -> int:
-        """Exact bytes of all side information for a ``dim``-long vector."""
+    def body_size(self, dim) -> int | None:
+        """Exact bytes of all side information for a ``dim``-long vector (None: variable)."""
         size, length = 0, dim
         for stage in self.stages:
-            size += stage.side_size(length, dim)
+            side = stage.side_size(length, dim)
+            if side is None:
+                return None
+            size += side
             length = stage.output_dim(length)
         return size
 

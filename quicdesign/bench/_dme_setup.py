@@ -20,6 +20,7 @@ FAMILIES = ("lognormal", "normal", "student-t", "gradients")
 DEFAULT_COMPRESSORS = (
     "quicfl",
     "quicfl-ec",
+    "lattice-e8",
     "eden",
     "hadamard",
     "qsgd",
@@ -197,7 +198,11 @@ def _design_vnmse(compressor):
 
 
 #: Compressors that need an optional module: name -> (module, extra).
-_OPTIONAL_NEEDS = {"quicfl-ec": ("constriction", "entropy")}
+_OPTIONAL_NEEDS = {
+    "quicfl-ec": ("constriction", "entropy"),
+    "lattice-e8": ("constriction", "entropy"),
+    "lattice-d4": ("constriction", "entropy"),
+}
 #: Input families that need an optional module: (module, extra installing it).
 _FAMILY_NEEDS = {"gradients": ("sklearn", "bench")}
 

@@ -70,7 +70,7 @@ def register(commands) -> None:
     transform.add_argument("--repeats", type=repeats, default=7, help="timed runs (default: 7)")
     transform.set_defaults(run=_run_transform)
     # Benchmarks that live in their own modules register themselves when present.
-    for name in ("dme_cli", "distributed", "stratified"):
+    for name in ("dme_cli", "distributed", "stratified", "lattice"):
         try:
             module = importlib.import_module(f"{__package__}.{name}")
         except ModuleNotFoundError as exc:

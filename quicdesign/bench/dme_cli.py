@@ -29,8 +29,10 @@ __all__ = ["register"]
 
 
 def _run(args):
-    if not (args.sweep or args.server_scaling or args.cossgd_table):
-        raise ParameterError("nothing to run: --no-sweep needs --server-scaling or --cossgd-table")
+    if not (args.sweep or args.server_scaling or args.cossgd_table or args.stratified):
+        raise ParameterError(
+            "nothing to run: --no-sweep needs --server-scaling, --cossgd-table or --stratified"
+        )
     out = writable_dir(args.out) if args.out else None
     if out is not None:
         import matplotlib  # noqa: F401 - without it, fail before the run rather than after
@@ -101,6 +103,23 @@ def _run(args):
         if out is not None:
             write_csv(cos_rows, out / "cossgd.csv")
             (out / "cossgd.md").write_text(text + "\n")
+    if args.stratified:
+        from .stratified import bench_stratified, stratified_markdown
+
+        print(
+            "\nStratified shared randomness (opt-in), reported apart from the sweep: NMSE of "
+            "the mean by client correlation; rho = 1 (identical vectors) is the best case"
+        )
+        strat_rows = bench_stratified(
+            dim=2**10 if args.small else 2**14,
+            trials=args.trials or (2 if args.small else 5),
+            seed=args.seed,
+            progress=progress,
+        )
+        text = stratified_markdown(strat_rows)
+        if out is not None:
+            write_csv(strat_rows, out / "stratified.csv")
+            (out / "stratified.md").write_text(text + "\n")
     if out is not None:
         print(f"\nwrote results to {out}")
     return 0
@@ -167,6 +186,12 @@ def register(sub) -> None:
         "--cossgd-table",
         action="store_true",
         help="also compare CosSGD with uniform quantizers at 1-8 bits",
+    )
+    parser.add_argument(
+        "--stratified",
+        action="store_true",
+        help="also measure stratified shared randomness at client correlations "
+        "1, 0.99, 0.9, 0.5 (a separate table)",
     )
     parser.add_argument(
         "--repeats",

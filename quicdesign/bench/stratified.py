@@ -20,7 +20,7 @@ from ..codec import QuicFLAggregator, QuicFLEncoder
 from ..errors import ParameterError
 from ..table import load_table
 
-__all__ = ["bench_stratified", "register"]
+__all__ = ["bench_stratified", "stratified_markdown", "register"]
 
 CORRELATIONS = (1.0, 0.99, 0.9, 0.5)
 
@@ -100,6 +100,20 @@ def bench_stratified(
                 )
                 bar.update()
     return rows
+
+
+def stratified_markdown(rows) -> str:
+    """Markdown table of :func:`bench_stratified` rows (one per bits and correlation)."""
+    lines = [
+        "| b | clients n | correlation | NMSE independent h | NMSE stratified h | ratio |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {r['bits']} | {r['clients']} | {r['correlation']:g} | {r['independent']:.4g} "
+        f"| {r['stratified']:.4g} | {r['ratio']:.3f} |"
+        for r in rows
+    ]
+    return "\n".join(lines)
 
 
 def _run(args) -> int:

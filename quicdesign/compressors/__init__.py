@@ -15,6 +15,7 @@ from .countsketch import CountSketch
 from .eden import DRIVE, EDEN, lloyd_max_normal
 from .hadamard import HadamardSQ
 from .kashin import KashinSQ
+from .lattice import LatticeD4, LatticeE8
 from .quicfl import QuicFL, QuicFLDirect, QuicFLEntropy
 from .randk import RandK
 from .sign import SignSGD
@@ -32,6 +33,8 @@ __all__ = [
     "EDEN",
     "HadamardSQ",
     "KashinSQ",
+    "LatticeD4",
+    "LatticeE8",
     "QSGD",
     "QuicFL",
     "QuicFLDirect",
@@ -58,6 +61,8 @@ COMPRESSORS = {
 COMPRESSORS["quicfl"] = QuicFL
 COMPRESSORS["quicfl-ec"] = QuicFLEntropy
 COMPRESSORS["quicfl-direct"] = QuicFLDirect
+COMPRESSORS["lattice-e8"] = LatticeE8
+COMPRESSORS["lattice-d4"] = LatticeD4
 
 
 def make_compressor(name, **params) -> Compressor:

@@ -174,9 +174,11 @@ class PipelineCompressor(Compressor):
     def stages(self):
         """The compressor's :class:`~quicdesign.stages.Pipeline` (parameters validated)."""
 
-    def payload_size(self, dim) -> int:
-        """Exact payload size in bytes for a ``dim``-long vector (header included)."""
-        return HEADER_SIZE + self._pipeline().body_size(check_dim(dim))
+    def payload_size(self, dim) -> int | None:
+        """Exact payload size in bytes for a ``dim``-long vector (header included), or
+        None for variable-length (entropy-coded) payloads."""
+        body = self._pipeline().body_size(check_dim(dim))
+        return None if body is None else HEADER_SIZE + body
 
     def _pipeline(self):
         """:attr:`stages`, rebuilt only when a public parameter changed (encode runs per
@@ -274,7 +276,7 @@ class BaselineAggregator(PipelineAggregator):
             scheme=self._scheme,
         )
         self._check_new_client(header.client_id)
-        if size != self._payload_size:
+        if self._payload_size is not None and size != self._payload_size:
             kind = "truncated" if size < self._payload_size else "oversized"
             raise PayloadError(f"{kind} payload: {size} bytes, expected {self._payload_size}")
         return header

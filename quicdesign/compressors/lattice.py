@@ -1,0 +1,368 @@
+"""Dithered-lattice entropy-coded compressors: ``lattice-e8`` and ``lattice-d4``.
+
+A pipeline of two stages: the round's shared randomized Hadamard rotation
+(:class:`quicdesign.stages.RandomizedHadamard`, inverted once per round) and
+:class:`DitheredLatticeStage`, which scales every rotation chunk to unit RMS (its norm is
+sent as float32), quantizes blocks of 8 (E8) or 4 (D4) coordinates to the nearest point
+of the lattice scaled by the code model's step after adding the client's shared dither
+(:func:`quicdesign.randomness.dither_uniforms`), and codes the points with constriction's
+ANS coder under the shipped code model (:mod:`quicdesign.lattice`). The server subtracts
+the same dither, so each client decodes to its rotated vector plus an error uniform on
+the lattice's Voronoi cell, independent of the vector: exactly unbiased. Payloads are
+variable length (``payload_size`` is None); the body is documented in
+``docs/wire-format.md`` (section "Dithered lattice").
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+
+import numpy as np
+
+from .._validate import check_int
+from ..errors import InputVectorError, ParameterError, PayloadError
+from ..lattice import BlockModel, load_lattice_model, nearest_lattice_point
+from ..randomness import dither_uniforms
+from ..rotation import RotationLayout
+from ..stages import Pipeline, RandomizedHadamard, Stage
+from ._common import (
+    PipelineCompressor,
+    euclidean_norm,
+    f32_nearest,
+    read_f32,
+)
+from .base import CompressorProperties
+
+__all__ = ["DitheredLatticeStage", "LatticeE8", "LatticeD4", "MAX_ESCAPE_MAGNITUDE"]
+
+_DIGEST_SIZE = 8
+#: Largest ``|k|`` an escaped coordinate may carry (larger values are refused).
+MAX_ESCAPE_MAGNITUDE = 1 << 30
+# constriction's default models use 24-bit probabilities: a symbol never costs more
+_MAX_SYMBOL_BITS = 24
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def _constriction():
+    try:
+        import constriction
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ParameterError(
+            "lattice compressors need the 'constriction' package (pip install quicdesign[entropy])"
+        ) from exc
+    return constriction
+
+
+def _digest(k: np.ndarray, coset: np.ndarray) -> bytes:
+    """8-byte blake2b of the coded points: ``k`` (shape (n, blocks), C order) as
+    little-endian i32, then the coset bits as bytes."""
+    data = np.ascontiguousarray(k, dtype="<i4").tobytes() + coset.astype(np.uint8).tobytes()
+    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, person=b"quicdesign.lat1").digest()
+
+
+def _group_order(groups, bins):
+    """Positions sorted by group, stable (a radix sort: the groups fit in 16 bits)."""
+    return np.argsort(groups.astype(np.uint16 if 2 * bins > 256 else np.uint8), kind="stable")
+
+
+class _Coder:
+    """constriction models of one code model (built once per compressor)."""
+
+    def __init__(self, model):
+        self.constriction = _constriction()
+        model_module = self.constriction.stream.model
+        self.bernoulli = model_module.Bernoulli(perfect=False)
+        self.rows = [model_module.Categorical(row, perfect=False) for row in model.class_rows()]
+
+
+class DitheredLatticeStage(Stage):
+    """Unit-RMS scaling per chunk, dithered lattice quantization and ANS coding.
+
+    Not commuting with sum (the dither differs per client); its inverse is the client's
+    rotated vector estimate, which the pipeline sums before the shared rotation's inverse.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self._coder = None
+
+    def __getstate__(self):
+        return {"model": self.model, "_coder": None}
+
+    def _models(self):
+        if self._coder is None:
+            self._coder = _Coder(self.model)
+        return self._coder
+
+    # -- geometry --------------------------------------------------------------------
+    def _blocks(self, dim):
+        return -(-dim // self.model.block)
+
+    def _dither(self, state, dim):
+        """The client's dither as columns ``(n, blocks)``, uniform on ``[0, 2)^n``."""
+        n = self.model.block
+        uniforms = dither_uniforms(state.round_seed, state.client_id, self._blocks(dim) * n)
+        uniforms *= 2.0  # exact in float64
+        return np.ascontiguousarray(uniforms.reshape(-1, n).T)
+
+    def side_size(self, dim, vector_dim):
+        return None  # variable length
+
+    def max_stream_words(self, dim) -> int:
+        """Documented bound on the coded stream (checked before it is read)."""
+        blocks = self._blocks(dim)
+        symbols = blocks * (2 * self.model.block)
+        return -(-symbols * _MAX_SYMBOL_BITS // 32) + 2
+
+    # -- client ------------------------------------------------------------------------
+    def apply(self, x, state):
+        model, n = self.model, self.model.block
+        dim = x.size
+        layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
+        chunks = x.reshape(layout.num_chunks, layout.chunk_size)
+        if not np.all(np.isfinite(chunks)):
+            raise InputVectorError("the rotated vector exceeds the float32 range of the norms")
+        norms = np.array([f32_nearest(euclidean_norm(c), "chunk norm") for c in chunks])
+        if np.any((norms > 0) & (norms < _F32_TINY)):
+            raise InputVectorError(
+                "a rotation chunk's norm is below float32's normal range; scale the vector up"
+            )
+        factor = np.zeros_like(norms)
+        nonzero = norms > 0
+        factor[nonzero] = math.sqrt(layout.chunk_size) / norms[nonzero]
+        unit = (chunks * factor[:, None]).reshape(-1)
+        padded = np.zeros(self._blocks(dim) * n)
+        padded[:dim] = unit
+        dither = self._dither(state, dim)
+        columns = padded.reshape(-1, n).T / model.scale
+        y, coset = nearest_lattice_point(columns + dither, model.spec)
+        return None, (norms, self._code(y, coset, dither))
+
+    def _code(self, y, coset, dither) -> tuple[np.ndarray, np.ndarray, bytes]:
+        model, n = self.model, self.model.block
+        coder = self._models()
+        view = BlockModel(model, dither)
+        geometry = view.geometry(coset)
+        y = y.astype(np.int64)
+        k = y + geometry.floor
+        parities = y & 1
+        k_parity = k & 1
+        groups = (2 * geometry.bin + k_parity).reshape(-1)
+        symbols = ((k - model.k_min - k_parity) >> 1).reshape(-1)
+        escaped = (symbols < 0) | (symbols >= model.num_symbols // 2)
+        symbols[escaped] = model.num_symbols // 2
+        order = _group_order(groups, model.bins)
+        bounds = np.concatenate(([0], np.cumsum(np.bincount(groups, minlength=2 * model.bins))))
+        ordered = symbols[order].astype(np.int32)
+        escapes = k.reshape(-1)[order][escaped[order]]
+        if escapes.size and np.max(np.abs(escapes)) > MAX_ESCAPE_MAGNITUDE:
+            raise InputVectorError("a coordinate is too far out for the lattice code")
+        required = np.zeros(y.shape[1], dtype=np.int64)
+        parity_probs = []
+        for column in range(n - 1):
+            parity_probs.append(geometry.probability_odd(column, required))
+            required ^= parities[column]
+        ans = coder.constriction.stream.stack.AnsCoder()
+        # ANS is a stack: encode backwards so the decoder reads coset, parities, classes
+        for group in range(2 * model.bins - 1, -1, -1):
+            if bounds[group + 1] > bounds[group]:
+                ans.encode_reverse(ordered[bounds[group] : bounds[group + 1]], coder.rows[group])
+        for column in range(n - 2, -1, -1):
+            ans.encode_reverse(
+                parities[column].astype(np.int32), coder.bernoulli, parity_probs[column]
+            )
+        if model.spec.cosets == 2:
+            ans.encode_reverse(coset.astype(np.int32), coder.bernoulli, view.coset_probability())
+        stream = ans.get_compressed().astype("<u4")
+        return stream, escapes.astype("<i4"), _digest(k, coset)
+
+    def write_side(self, writer, side):
+        norms, (stream, escapes, digest) = side
+        writer.write_array(norms.astype("<f4"))
+        writer.write_u32(escapes.size)
+        writer.write_u32(stream.size)
+        writer.write_bytes(digest)
+        writer.write_array(escapes)
+        writer.write_array(stream)
+
+    # -- server ------------------------------------------------------------------------
+    def read_side(self, reader, state, dim):
+        layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
+        norms = np.array(
+            [read_f32(reader, f"norm[{i}]", nonnegative=True) for i in range(layout.num_chunks)]
+        )
+        num_escapes = reader.read_u32("escape count")
+        words = reader.read_u32("stream word count")
+        digest = reader.read_bytes(_DIGEST_SIZE, "point digest")
+        coordinates = self._blocks(dim) * self.model.block
+        if num_escapes > coordinates:
+            raise PayloadError(f"payload claims {num_escapes} escapes for {coordinates} values")
+        if words > self.max_stream_words(dim):
+            raise PayloadError(
+                f"payload claims {words} stream words, more than the bound "
+                f"{self.max_stream_words(dim)} for dimension {dim}"
+            )
+        if reader.remaining != 4 * (num_escapes + words):
+            raise PayloadError(
+                f"payload body has {reader.remaining} bytes after the counts, "
+                f"expected {4 * (num_escapes + words)}"
+            )
+        escapes = reader.read_array("<i4", num_escapes, "escapes").astype(np.int64)
+        stream = reader.read_array("<u4", words, "coded stream")
+        reader.expect_end()
+        dither = self._dither(state, dim)
+        k, coset, geometry = self._decode(stream, escapes, dither)
+        if _digest(k, coset) != digest:
+            raise PayloadError("coded stream does not decode to the points that were encoded")
+        unit = (self.model.scale * (k + geometry.offset)).T.reshape(-1)[:dim]
+        return norms, unit
+
+    def _decode(self, stream, escapes, dither):
+        model, n = self.model, self.model.block
+        coder = self._models()
+        blocks = dither.shape[1]
+        view = BlockModel(model, dither)
+        try:
+            ans = coder.constriction.stream.stack.AnsCoder(np.ascontiguousarray(stream, np.uint32))
+            coset = np.zeros(blocks, dtype=np.int64)
+            if model.spec.cosets == 2:
+                coset[:] = ans.decode(coder.bernoulli, view.coset_probability())
+            geometry = view.geometry(coset)
+            parities = np.zeros((n, blocks), dtype=np.int64)
+            required = np.zeros(blocks, dtype=np.int64)
+            for column in range(n - 1):
+                probability = geometry.probability_odd(column, required)
+                parities[column] = ans.decode(coder.bernoulli, probability)
+                required ^= parities[column]
+            parities[n - 1] = required  # the block's sum is even
+            k_parity = (parities + geometry.floor) & 1
+            groups = (2 * geometry.bin + k_parity).reshape(-1)
+            order = _group_order(groups, model.bins)
+            counts = np.bincount(groups, minlength=2 * model.bins)
+            decoded = [
+                ans.decode(coder.rows[group], int(counts[group]))
+                for group in range(2 * model.bins)
+                if counts[group]
+            ]
+            if not ans.is_empty():
+                raise PayloadError("coded stream has data left after the last point")
+        except PayloadError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad stream
+            raise PayloadError(f"corrupt coded stream: {exc}") from None
+        symbols = np.zeros(blocks * n, dtype=np.int64)
+        if decoded:
+            symbols[order] = np.concatenate(decoded)
+        flat_parity = k_parity.reshape(-1)
+        k = model.k_min + flat_parity + 2 * symbols
+        escaped_at = order[symbols[order] == model.num_symbols // 2]
+        if escaped_at.size != escapes.size:
+            raise PayloadError(
+                f"coded stream has {escaped_at.size} escapes, the payload lists {escapes.size}"
+            )
+        if escapes.size:
+            in_range = (escapes >= model.k_min) & (escapes < model.k_min + model.num_symbols)
+            if (
+                np.any(np.abs(escapes) > MAX_ESCAPE_MAGNITUDE)
+                or np.any(in_range)
+                or np.any((escapes & 1) != flat_parity[escaped_at])
+            ):
+                raise PayloadError("an escaped value is in range, too large or of the wrong parity")
+            k[escaped_at] = escapes
+        return k.reshape(n, blocks), coset, geometry
+
+    def invert(self, y, side, state, dim):
+        norms, unit = side
+        layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
+        chunks = unit.reshape(layout.num_chunks, layout.chunk_size)
+        return (chunks * (norms / math.sqrt(layout.chunk_size))[:, None]).reshape(-1)
+
+    def output_dim(self, dim):
+        return dim
+
+    def __repr__(self):
+        return f"DitheredLatticeStage({self.model!r})"
+
+
+class _LatticeCompressor(PipelineCompressor):
+    """Shared rotation + dithered lattice code; ``bits`` picks the shipped code model."""
+
+    lattice = "e8"
+    properties = CompressorProperties(
+        unbiased=True,
+        sums_before_decoding=True,
+        shared_randomness=("round", "client"),
+        fixed_rate=False,
+    )
+
+    def __init__(self, bits=2, model=None):
+        self.bits = bits
+        self.model = model
+        self._lattice_pipeline = None
+        self._loaded_model = None
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_lattice_pipeline"] = None
+        state["_loaded_model"] = None  # reloaded (checksummed) where it is unpickled
+        return state
+
+    def resolved_model(self):
+        """The code model in use: ``model`` if given, else the shipped one for ``bits``."""
+        bits = check_int(self.bits, "bits", 1, 4)
+        if self.model is not None:
+            if getattr(self.model, "lattice", None) != self.lattice:
+                raise ParameterError(f"{self.name} needs a {self.lattice} LatticeCodeModel")
+            return self.model
+        if self._loaded_model is None:
+            self._loaded_model = load_lattice_model(self.lattice, bits)
+        return self._loaded_model
+
+    def _config(self):
+        model = self.resolved_model()
+        return (self.bits, model.lattice, float.hex(model.scale), model.fingerprint)
+
+    @property
+    def stages(self):
+        model = self.resolved_model()
+        if self._lattice_pipeline is None or self._lattice_pipeline.stages[1].model is not model:
+            self._lattice_pipeline = Pipeline([RandomizedHadamard(), DitheredLatticeStage(model)])
+        return self._lattice_pipeline
+
+    @property
+    def expected_vnmse(self) -> float:
+        """The exact vNMSE on unit-RMS rotated chunks: ``G det^(2/n) s^2``."""
+        return self.resolved_model().vnmse
+
+
+class LatticeE8(_LatticeCompressor):
+    """Dithered E8 lattice, entropy coded (nearest point by two D8 roundings).
+
+    Parameters
+    ----------
+    bits : int
+        1..4: the shipped code model designed for about that many wire bits per coordinate.
+    model : quicdesign.lattice.LatticeCodeModel, optional
+        Use this (E8) code model instead.
+    """
+
+    name = "lattice-e8"
+    magic = b"QDL8"
+    lattice = "e8"
+
+
+class LatticeD4(_LatticeCompressor):
+    """Dithered D4 lattice, entropy coded (the same code with one D4 rounding per block).
+
+    Parameters
+    ----------
+    bits : int
+        1..4: the shipped code model designed for about that many wire bits per coordinate.
+    model : quicdesign.lattice.LatticeCodeModel, optional
+        Use this (D4) code model instead.
+    """
+
+    name = "lattice-d4"
+    magic = b"QDL4"
+    lattice = "d4"
