@@ -18,7 +18,7 @@ import numpy as np
 from ._kernels import compiled_kernels
 from .errors import PayloadError, TableError
 
-__all__ = ["LANES", "PROB_BITS", "RansModel", "encode", "decode"]
+__all__ = ["LANES", "PROB_BITS", "RansModel", "StreamDecoder", "encode", "decode"]
 
 #: Interleaved coder states.
 LANES = 8
@@ -238,4 +238,86 @@ def _decode_numpy(model, states, words, model_of):
         return symbols, LEFT_OVER
     if np.any(x != STATE_LOW):
         return symbols, BAD_FINAL_STATE
+    return symbols, OK
+
+
+class StreamDecoder:
+    """Decode one stream in parts whose models depend on the symbols already decoded.
+
+    The words and states are those of one :func:`encode` call over all parts in order;
+    :meth:`take` decodes the next ``model_of.size`` symbols (symbol ``i`` of the stream
+    still uses lane ``i % LANES``) and :meth:`finish` refuses a stream that is not used
+    up or does not end in the start states (so the checks equal :func:`decode`'s).
+    """
+
+    def __init__(self, model: RansModel, states, words, *, kernels="auto"):
+        states = np.ascontiguousarray(states, dtype=np.uint32)
+        if states.shape != (LANES,):
+            raise PayloadError(f"coded stream needs {LANES} coder states")
+        if np.any(states < STATE_LOW):
+            raise PayloadError("coded stream starts from a state below the coder's range")
+        self.model = model
+        self.words = np.ascontiguousarray(words, dtype=np.uint16)
+        self.states = states.astype(np.uint64)
+        self.position = 0
+        self.decoded = 0
+        self._compiled = compiled_kernels() if kernels == "auto" else None
+
+    def take(self, model_of) -> np.ndarray:
+        """The next ``model_of.size`` symbols (PayloadError if the stream runs out)."""
+        model_of = _check_model_of(self.model, model_of)
+        model = self.model
+        if self._compiled is not None:
+            symbols, self.position, status = self._compiled.rans_decode_part(
+                self.states,
+                self.words,
+                self.position,
+                self.decoded,
+                model_of,
+                model.freq,
+                model.cum,
+                model.bucket_symbol,
+            )
+        else:
+            symbols, status = _decode_part_numpy(self, model_of)
+        if status != OK:
+            raise PayloadError(_FAILURES[status])
+        self.decoded += model_of.size
+        return symbols
+
+    def finish(self) -> None:
+        """PayloadError unless every word was read and the states are back at the start."""
+        if self.position != self.words.size:
+            raise PayloadError(_FAILURES[LEFT_OVER])
+        if np.any(self.states != STATE_LOW):
+            raise PayloadError(_FAILURES[BAD_FINAL_STATE])
+
+
+def _decode_part_numpy(decoder, model_of):
+    """:func:`_decode_numpy`'s row loop from symbol ``decoder.decoded`` on (rows stay
+    aligned to the lanes, so the first and last rows may be partial)."""
+    model, x, words = decoder.model, decoder.states, decoder.words
+    count, first = model_of.size, decoder.decoded
+    symbols = np.empty(count, dtype=np.uint8)
+    mask = np.uint64((1 << PROB_BITS) - 1)
+    begin = 0
+    while begin < count:
+        lane0 = (first + begin) % LANES
+        width = min(LANES - lane0, count - begin)
+        h = model_of[begin : begin + width]
+        lanes = x[lane0 : lane0 + width]
+        slot = lanes & mask
+        s = model.slot_symbol[h, slot]
+        symbols[begin : begin + width] = s
+        lanes[:] = model.freq[h, s] * (lanes >> np.uint64(PROB_BITS)) + slot - model.cum[h, s]
+        need = np.flatnonzero(lanes < STATE_LOW)
+        if need.size:
+            position = decoder.position
+            if position + need.size > words.size:
+                return symbols, TRUNCATED
+            lanes[need] = (lanes[need] << np.uint64(_WORD_BITS)) | words[
+                position : position + need.size
+            ].astype(np.uint64)
+            decoder.position = position + need.size
+        begin += width
     return symbols, OK

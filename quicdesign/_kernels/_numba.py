@@ -280,6 +280,37 @@ def rans_decode(states, words, model_of, freq, cum, bucket_symbol):  # pragma: n
 
 
 @numba.njit(cache=True, nogil=True)
+def rans_decode_part(  # pragma: no cover - compiled
+    x, words, position, first, model_of, freq, cum, bucket_symbol
+):
+    """``_rans._decode_part_numpy``: symbols ``first ..`` of a stream, updating the
+    uint64 states ``x`` in place; returns ``(symbols, position, status)``."""
+    count = model_of.size
+    symbols = np.empty(count, dtype=np.uint8)
+    mask = np.uint64((1 << _PROB_BITS) - 1)
+    available = words.size
+    for i in range(count):
+        lane = (first + i) % _LANES
+        state = x[lane]
+        h = model_of[i]
+        slot = state & mask
+        s = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
+        while np.uint64(cum[h, s + 1]) <= slot:
+            s += 1
+        symbols[i] = s
+        state = np.uint64(freq[h, s]) * (state >> np.uint64(_PROB_BITS)) + slot
+        state -= np.uint64(cum[h, s])
+        if state < np.uint64(_STATE_LOW):
+            if position >= available:
+                x[lane] = state
+                return symbols, position, 1
+            state = (state << np.uint64(16)) | np.uint64(words[position])
+            position += 1
+        x[lane] = state
+    return symbols, position, 0
+
+
+@numba.njit(cache=True, nogil=True)
 def _block_squares(row, start, n):  # pragma: no cover - compiled
     """numpy's pairwise sum of a block of at most 128 squares: 8 partial sums."""
     if n < 8:
