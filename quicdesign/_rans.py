@@ -82,14 +82,32 @@ class RansModel:
     ----------
     probabilities : array_like, shape (H, K)
         The table's code model ``P(x | h)``.
+    widths : array_like of int, shape (H,), optional
+        Row ``h`` codes only symbols ``0 .. widths[h] - 1`` (quantized on their own);
+        the others get frequency 0 and cannot be encoded (a decoder never yields them).
+        Default: every row is ``K`` wide.
     """
 
-    def __init__(self, probabilities):
-        self.freq = quantize_frequencies(probabilities)
+    def __init__(self, probabilities, widths=None):
+        p = np.array(probabilities, dtype=np.float64, ndmin=2)
+        if widths is None:
+            self.freq = quantize_frequencies(p)
+            self.narrow = False
+        else:
+            widths = np.asarray(widths, dtype=np.int64)
+            if p.ndim != 2 or widths.shape != (p.shape[0],) or np.any(widths < 1):
+                raise TableError("widths must give every row of the model at least one symbol")
+            if np.any(widths > p.shape[1]):
+                raise TableError("a row's width exceeds the model's symbols")
+            self.freq = np.zeros(p.shape, dtype=np.uint32)
+            for width in np.unique(widths):
+                rows = widths == width
+                self.freq[rows, :width] = quantize_frequencies(p[rows, :width])
+            self.narrow = bool(np.any(widths < p.shape[1]))
         self.num_models, self.num_symbols = self.freq.shape
         self.cum = np.zeros((self.num_models, self.num_symbols + 1), dtype=np.uint32)
         np.cumsum(self.freq, axis=1, out=self.cum[:, 1:])
-        check_frequencies(self.freq, self.cum)
+        check_frequencies(self.freq, self.cum, allow_empty=self.narrow)
         # slot -> symbol (numpy reference) and 2**_BUCKET_BITS-wide starting points
         # for the compiled decoder's short forward scan
         slots = np.arange(1 << PROB_BITS)
@@ -104,16 +122,20 @@ class RansModel:
 _BUCKET_SHIFT = 4
 
 
-def check_frequencies(freq, cum) -> None:
+def check_frequencies(freq, cum, allow_empty=False) -> None:
     """Refuse frequency tables that are not a valid rANS model (every row sums to 2**14,
-    every symbol at least 1, ``cum`` their running sums from 0)."""
+    every symbol at least 1 (0 too if ``allow_empty``), ``cum`` their running sums from 0)."""
     freq = np.asarray(freq)
     cum = np.asarray(cum)
     if freq.ndim != 2 or cum.shape != (freq.shape[0], freq.shape[1] + 1):
         raise TableError("frequency and cumulative tables have inconsistent shapes")
     if freq.shape[1] > 256:
         raise TableError("at most 256 symbols per model")
-    if np.any(freq < 1) or np.any(cum[:, 0] != 0) or np.any(cum[:, -1] != 1 << PROB_BITS):
+    if (
+        np.any(freq < (0 if allow_empty else 1))
+        or np.any(cum[:, 0] != 0)
+        or np.any(cum[:, -1] != 1 << PROB_BITS)
+    ):
         raise TableError(f"frequencies must be >= 1 and sum to 2**{PROB_BITS} in every row")
     if np.any(np.diff(cum.astype(np.int64), axis=1) != freq):
         raise TableError("cumulative table is not the running sum of the frequencies")
@@ -126,6 +148,8 @@ def _check_symbols(model: RansModel, symbols, model_of):
         raise ValueError("symbols and model_of must be 1-d arrays of one length")
     if symbols.size and int(symbols.max()) >= model.num_symbols:
         raise ValueError("a symbol is outside the model")
+    if model.narrow and np.any(model.freq[model_of, symbols] == 0):
+        raise ValueError("a symbol is outside its row's width")
     return symbols, model_of
 
 

@@ -57,8 +57,8 @@ def _digest(k: np.ndarray, coset: np.ndarray) -> bytes:
 
 class _Coder:
     """One rANS model for a code model: its ``2 bins`` class rows, then
-    :data:`BINARY_LEVELS` two-symbol rows for the coset and parity bits (padded with
-    zeros to the class rows' width; a bit of probability ``p`` uses the row of level
+    :data:`BINARY_LEVELS` two-symbol rows for the coset and parity bits (the rest
+    of their width empty; a bit of probability ``p`` uses the row of level
     ``floor(p L)``, probability ``(level + 1/2) / L``)."""
 
     def __init__(self, model):
@@ -69,7 +69,8 @@ class _Coder:
         binary[:, 0] = 1.0 - levels
         binary[:, 1] = levels
         self.first_binary = rows.shape[0]
-        self.rans = RansModel(np.vstack([rows, binary]))
+        widths = np.r_[np.full(rows.shape[0], width), np.full(BINARY_LEVELS, 2)]
+        self.rans = RansModel(np.vstack([rows, binary]), widths=widths)
 
     def binary_rows(self, probability) -> np.ndarray:
         """The model rows of bits that are 1 with ``probability``."""
