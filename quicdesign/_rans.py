@@ -30,6 +30,7 @@ STATE_LOW = 1 << 16
 _WORD_BITS = 16
 #: Most symbols per stream (the wire's u32 count; the rotated dimension is far below).
 MAX_SYMBOLS = 2**32 - 1
+_OUTSIDE_WIDTH = "a symbol is outside its row's width"
 # decoder statuses shared with the compiled kernel
 OK, TRUNCATED, LEFT_OVER, BAD_FINAL_STATE = 0, 1, 2, 3
 _FAILURES = {
@@ -148,8 +149,6 @@ def _check_symbols(model: RansModel, symbols, model_of):
         raise ValueError("symbols and model_of must be 1-d arrays of one length")
     if symbols.size and int(symbols.max()) >= model.num_symbols:
         raise ValueError("a symbol is outside the model")
-    if model.narrow and np.any(model.freq[model_of, symbols] == 0):
-        raise ValueError("a symbol is outside its row's width")
     return symbols, model_of
 
 
@@ -184,13 +183,18 @@ def encode(model: RansModel, symbols, model_of, *, kernels="auto"):
     symbols, model_of = _check_symbols(model, symbols, model_of)
     compiled = compiled_kernels() if kernels == "auto" else None
     if compiled is not None:
-        return compiled.rans_encode(symbols, model_of, model.freq, model.cum)
+        states, words = compiled.rans_encode(symbols, model_of, model.freq, model.cum)
+        if states[0] == 0:  # the kernel's mark of an empty symbol (states are >= 2**16)
+            raise ValueError(_OUTSIDE_WIDTH)
+        return states, words
     return _encode_numpy(model, symbols, model_of)
 
 
 def _encode_numpy(model, symbols, model_of):
     count = symbols.size
     freq = model.freq[model_of, symbols].astype(np.uint64)
+    if np.any(freq == 0):  # only narrow rows have empty symbols; the kernel checks too
+        raise ValueError(_OUTSIDE_WIDTH)
     start = model.cum[model_of, symbols].astype(np.uint64)
     limit = freq << np.uint64(32 - PROB_BITS)
     states = np.full(LANES, STATE_LOW, dtype=np.uint64)

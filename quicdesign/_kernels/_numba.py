@@ -229,6 +229,8 @@ def rans_encode(symbols, model_of, freq, cum):  # pragma: no cover - compiled
         h = model_of[i]
         s = symbols[i]
         f = np.uint64(freq[h, s])
+        if f == 0:  # an empty symbol of a narrow row: all-zero states mark the refusal
+            return np.zeros(_LANES, dtype=np.uint32), np.empty(0, dtype=np.uint16)
         if x >= (f << np.uint64(32 - _PROB_BITS)):
             pushed[emitted] = np.uint16(x & np.uint64(0xFFFF))
             emitted += 1
