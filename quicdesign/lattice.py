@@ -35,6 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._kernels import compiled_kernels
 from ._validate import check_int
 from .errors import ParameterError, TableError
 from .table import (
@@ -115,14 +116,24 @@ def nearest_dn(x: np.ndarray) -> np.ndarray:
     return rounded
 
 
-def nearest_lattice_point(x: np.ndarray, spec: LatticeSpec) -> tuple[np.ndarray, np.ndarray]:
+def nearest_lattice_point(
+    x: np.ndarray, spec: LatticeSpec, *, kernels="auto"
+) -> tuple[np.ndarray, np.ndarray]:
     """Nearest lattice point to every column of ``x`` (shape ``(n, blocks)``).
 
     Returns ``(y, c)``: the point is ``y + c / 2`` with ``y`` integer-valued of even column
     sums and ``c`` (int64, one per block) the coset bit, always 0 for ``d4``. For E8 both
     ``D8`` roundings are scored before either is fixed up: fixing an odd sum moves the
     coordinate with the largest error ``|e|`` and adds ``1 - 2|e|`` to the squared distance.
+    ``kernels="auto"`` uses the compiled kernel when available (the same points), None
+    the numpy code.
     """
+    compiled = compiled_kernels() if kernels == "auto" else None
+    if compiled is not None:
+        x = np.ascontiguousarray(x, dtype=np.float64)
+        if spec.cosets == 1:
+            return compiled.nearest_dn(x), np.zeros(x.shape[1], dtype=np.int64)
+        return compiled.nearest_e8(x)
     if spec.cosets == 1:
         return nearest_dn(x), np.zeros(x.shape[1], dtype=np.int64)
     candidates = []

@@ -390,3 +390,82 @@ def row_square_sums(rows):  # pragma: no cover - compiled
     for k in range(rows.shape[0]):
         out[k] = _pairwise_squares(rows[k], rows.shape[1])
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def nearest_e8(x):  # pragma: no cover - compiled
+    """``lattice.nearest_lattice_point`` for E8, one block (column of ``x``) at a time with
+    the same float64 operations in the same order: returns ``(y, coset)``."""
+    n, blocks = x.shape
+    y = np.empty((n, blocks))
+    coset = np.zeros(blocks, dtype=np.int64)
+    r0 = np.empty(n)
+    r1 = np.empty(n)
+    for b in range(blocks):
+        d0 = 0.0
+        d1 = 0.0
+        m0 = 0.0
+        m1 = 0.0
+        s0 = 0.0
+        s1 = 0.0
+        for j in range(n):
+            v = x[j, b]
+            a = np.floor(v + 0.5)
+            c = np.floor(v)
+            r0[j] = a
+            r1[j] = c
+            e0 = v - a
+            e1 = v - 0.5 - c
+            d0 += e0 * e0
+            d1 += e1 * e1
+            m0 = max(m0, abs(e0))
+            m1 = max(m1, abs(e1))
+            s0 += a
+            s1 += c
+        odd0 = s0 % 2 != 0
+        odd1 = s1 % 2 != 0
+        if odd0:
+            d0 += 1.0 - 2.0 * m0
+        if odd1:
+            d1 += 1.0 - 2.0 * m1
+        take = d1 < d0
+        rounded = r1 if take else r0
+        shift = 0.5 if take else 0.0
+        for j in range(n):
+            y[j, b] = rounded[j]
+        if odd1 if take else odd0:
+            worst = 0
+            largest = -1.0
+            for j in range(n):
+                e = abs(x[j, b] - shift - rounded[j]) if take else abs(x[j, b] - rounded[j])
+                if e > largest:
+                    largest = e
+                    worst = j
+            picked = x[worst, b] - shift - rounded[worst] if take else x[worst, b] - rounded[worst]
+            y[worst, b] += 1.0 if picked > 0 else -1.0
+        coset[b] = 1 if take else 0
+    return y, coset
+
+
+@numba.njit(cache=True, nogil=True)
+def nearest_dn(x):  # pragma: no cover - compiled
+    """``lattice.nearest_dn``, one column at a time (the same float64 operations)."""
+    n, blocks = x.shape
+    y = np.empty((n, blocks))
+    for b in range(blocks):
+        total = 0.0
+        for j in range(n):
+            a = np.floor(x[j, b] + 0.5)
+            y[j, b] = a
+            total += a
+        if total % 2 != 0:
+            worst = 0
+            largest = -1.0
+            for j in range(n):
+                e = abs(x[j, b] - y[j, b])
+                if e > largest:
+                    largest = e
+                    worst = j
+            picked = x[worst, b] - y[worst, b]
+            y[worst, b] += 1.0 if picked > 0 else -1.0
+    return y
