@@ -74,8 +74,11 @@ class _Coder:
 
     def binary_rows(self, probability) -> np.ndarray:
         """The model rows of bits that are 1 with ``probability``."""
-        level = np.clip((probability * BINARY_LEVELS).astype(np.int64), 0, BINARY_LEVELS - 1)
-        return (self.first_binary + level).astype(np.uint16)
+        # probabilities lie in [0, 1]: the cast truncates like floor
+        level = (probability * BINARY_LEVELS).astype(np.uint16)
+        np.minimum(level, BINARY_LEVELS - 1, out=level)
+        level += self.first_binary
+        return level
 
 
 class DitheredLatticeStage(Stage):
