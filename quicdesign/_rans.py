@@ -220,53 +220,11 @@ def decode(model: RansModel, states, words, model_of, *, kernels="auto") -> np.n
     The stream must hold exactly the words the symbols consume and leave every state at
     :data:`STATE_LOW` (where the encoder started).
     """
-    states = np.ascontiguousarray(states, dtype=np.uint32)
-    words = np.ascontiguousarray(words, dtype=np.uint16)
     model_of = _check_model_of(model, model_of)
-    if states.shape != (LANES,):
-        raise PayloadError(f"coded stream needs {LANES} coder states")
-    if np.any(states < STATE_LOW):
-        raise PayloadError("coded stream starts from a state below the coder's range")
-    compiled = compiled_kernels() if kernels == "auto" else None
-    if compiled is not None:
-        symbols, status = compiled.rans_decode(
-            states, words, model_of, model.freq, model.cum, model.bucket_symbol
-        )
-    else:
-        symbols, status = _decode_numpy(model, states, words, model_of)
-    if status != OK:
-        raise PayloadError(_FAILURES[status])
+    decoder = StreamDecoder(model, states, words, kernels=kernels)
+    symbols = decoder.take(model_of)
+    decoder.finish()
     return symbols
-
-
-def _decode_numpy(model, states, words, model_of):
-    count = model_of.size
-    symbols = np.empty(count, dtype=np.uint8)
-    x = states.astype(np.uint64)
-    position = 0
-    mask = np.uint64((1 << PROB_BITS) - 1)
-    words64 = words.astype(np.uint64)
-    for row_start in range(0, count, LANES):
-        width = min(LANES, count - row_start)
-        h = model_of[row_start : row_start + width]
-        lanes = x[:width]
-        slot = lanes & mask
-        s = model.slot_symbol[h, slot]
-        symbols[row_start : row_start + width] = s
-        lanes[:] = model.freq[h, s] * (lanes >> np.uint64(PROB_BITS)) + slot - model.cum[h, s]
-        need = np.flatnonzero(lanes < STATE_LOW)
-        if need.size:
-            if position + need.size > words.size:
-                return symbols, TRUNCATED
-            lanes[need] = (lanes[need] << np.uint64(_WORD_BITS)) | words64[
-                position : position + need.size
-            ]
-            position += need.size
-    if position != words.size:
-        return symbols, LEFT_OVER
-    if np.any(x != STATE_LOW):
-        return symbols, BAD_FINAL_STATE
-    return symbols, OK
 
 
 class StreamDecoder:
@@ -322,8 +280,8 @@ class StreamDecoder:
 
 
 def _decode_part_numpy(decoder, model_of):
-    """:func:`_decode_numpy`'s row loop from symbol ``decoder.decoded`` on (rows stay
-    aligned to the lanes, so the first and last rows may be partial)."""
+    """The numpy decoder: symbols from ``decoder.decoded`` on, vectorized across the lanes
+    (rows stay aligned to them, so the first and last rows may be partial)."""
     model, x, words = decoder.model, decoder.states, decoder.words
     count, first = model_of.size, decoder.decoded
     symbols = np.empty(count, dtype=np.uint8)

@@ -11,7 +11,9 @@ __all__ = [
     "pack_codes",
     "butterfly_passes",
     "rans_encode",
-    "rans_decode",
+    "rans_decode_part",
+    "nearest_e8",
+    "nearest_dn",
     "row_square_sums",
 ]
 
@@ -243,50 +245,16 @@ def rans_encode(symbols, model_of, freq, cum):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def rans_decode(states, words, model_of, freq, cum, bucket_symbol):  # pragma: no cover
-    """``_rans._decode_numpy`` as one scalar loop; returns ``(symbols, status)``.
+def rans_decode_part(  # pragma: no cover - compiled
+    x, words, position, first, model_of, freq, cum, bucket_symbol
+):
+    """``_rans._decode_part_numpy`` as one scalar loop: symbols ``first ..`` of a stream,
+    updating the uint64 states ``x`` in place; returns ``(symbols, position, status)``.
 
     The symbol of a slot is found from its bucket's first symbol by a short forward scan
     of the cumulative table (a 2**10-entry start table per model stays in cache where a
     full 2**14 slot table would not).
     """
-    count = model_of.size
-    symbols = np.empty(count, dtype=np.uint8)
-    x = states.astype(np.uint64)
-    mask = np.uint64((1 << _PROB_BITS) - 1)
-    position = 0
-    available = words.size
-    for i in range(count):
-        lane = i % _LANES
-        state = x[lane]
-        h = model_of[i]
-        slot = state & mask
-        s = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
-        while np.uint64(cum[h, s + 1]) <= slot:
-            s += 1
-        symbols[i] = s
-        state = np.uint64(freq[h, s]) * (state >> np.uint64(_PROB_BITS)) + slot
-        state -= np.uint64(cum[h, s])
-        if state < np.uint64(_STATE_LOW):
-            if position >= available:
-                return symbols, 1
-            state = (state << np.uint64(16)) | np.uint64(words[position])
-            position += 1
-        x[lane] = state
-    if position != available:
-        return symbols, 2
-    for lane in range(_LANES):
-        if x[lane] != np.uint64(_STATE_LOW):
-            return symbols, 3
-    return symbols, 0
-
-
-@numba.njit(cache=True, nogil=True)
-def rans_decode_part(  # pragma: no cover - compiled
-    x, words, position, first, model_of, freq, cum, bucket_symbol
-):
-    """``_rans._decode_part_numpy``: symbols ``first ..`` of a stream, updating the
-    uint64 states ``x`` in place; returns ``(symbols, position, status)``."""
     count = model_of.size
     symbols = np.empty(count, dtype=np.uint8)
     mask = np.uint64((1 << _PROB_BITS) - 1)
