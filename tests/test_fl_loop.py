@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 
 from quicdesign.compressors import QSGD, CosSGD, QuicFL, RandK
+from quicdesign.errors import ParameterError
 from quicdesign.fl import (
+    BitCounter,
     NoisyQuadratic,
     Participation,
     classification_problem,
@@ -24,6 +26,7 @@ from quicdesign.fl import (
     run_mcm,
     run_signsgd,
 )
+from quicdesign.fl.loop import RoundStep, train
 
 
 def _classification():
@@ -195,3 +198,48 @@ EXPECTED = {
 @pytest.mark.parametrize("name", sorted(RUNS))
 def test_runner_reproduces_its_pre_refactor_trajectory(name):
     assert _fingerprint(RUNS[name]()) == EXPECTED[name]
+
+
+class _Counting(RoundStep):
+    """A toy algorithm: the model is the number of rounds run."""
+
+    label, config = "toy", {}
+
+    def __init__(self):
+        self.counter = BitCounter(1)
+        self.value = 0.0
+
+    def model(self):
+        return np.array([self.value])
+
+    def step(self, round_index):
+        self.value += 1.0
+        return (self.value,)
+
+
+class _Identity:
+    def metrics(self, point):
+        return {"value": float(point[0])}
+
+
+def test_train_records_round_zero_every_kth_round_and_the_last_and_calls_back():
+    calls = []
+    history = train(
+        _Identity(),
+        _Counting(),
+        rounds=7,
+        record_every=3,
+        callback=lambda t, value: calls.append((t, value)),
+        progress=False,
+    )
+    assert history.rounds == [0, 3, 6, 7]
+    assert history.metrics["value"] == [0.0, 3.0, 6.0, 7.0]
+    assert calls == [(t, t + 1.0) for t in range(7)]
+    assert history.extras["model"].tolist() == [7.0]
+    assert history.upload_bits == [0, 0, 0, 0]
+
+
+@pytest.mark.parametrize("bad", [{"rounds": -1}, {"rounds": 2, "record_every": 0}])
+def test_train_refuses_bad_round_counts(bad):
+    with pytest.raises(ParameterError):
+        train(_Identity(), _Counting(), progress=False, **bad)
