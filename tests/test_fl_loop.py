@@ -17,6 +17,7 @@ from quicdesign.fl import (
     BitCounter,
     NoisyQuadratic,
     Participation,
+    RoundStep,
     classification_problem,
     heterogeneous_least_squares,
     linear_teacher_dataset,
@@ -25,8 +26,8 @@ from quicdesign.fl import (
     run_intrinsic,
     run_mcm,
     run_signsgd,
+    train,
 )
-from quicdesign.fl.loop import RoundStep, train
 
 
 def _classification():
