@@ -18,7 +18,7 @@ import numpy as np
 from ._kernels import compiled_kernels
 from .errors import PayloadError, TableError
 
-__all__ = ["LANES", "PROB_BITS", "RansModel", "encode", "decode"]
+__all__ = ["LANES", "PROB_BITS", "RansModel", "StreamDecoder", "encode", "decode"]
 
 #: Interleaved coder states.
 LANES = 8
@@ -30,6 +30,7 @@ STATE_LOW = 1 << 16
 _WORD_BITS = 16
 #: Most symbols per stream (the wire's u32 count; the rotated dimension is far below).
 MAX_SYMBOLS = 2**32 - 1
+_OUTSIDE_WIDTH = "a symbol is outside its row's width"
 # decoder statuses shared with the compiled kernel
 OK, TRUNCATED, LEFT_OVER, BAD_FINAL_STATE = 0, 1, 2, 3
 _FAILURES = {
@@ -82,14 +83,32 @@ class RansModel:
     ----------
     probabilities : array_like, shape (H, K)
         The table's code model ``P(x | h)``.
+    widths : array_like of int, shape (H,), optional
+        Row ``h`` codes only symbols ``0 .. widths[h] - 1`` (quantized on their own);
+        the others get frequency 0 and cannot be encoded (a decoder never yields them).
+        Default: every row is ``K`` wide.
     """
 
-    def __init__(self, probabilities):
-        self.freq = quantize_frequencies(probabilities)
+    def __init__(self, probabilities, widths=None):
+        p = np.array(probabilities, dtype=np.float64, ndmin=2)
+        if widths is None:
+            self.freq = quantize_frequencies(p)
+            self.narrow = False
+        else:
+            widths = np.asarray(widths, dtype=np.int64)
+            if p.ndim != 2 or widths.shape != (p.shape[0],) or np.any(widths < 1):
+                raise TableError("widths must give every row of the model at least one symbol")
+            if np.any(widths > p.shape[1]):
+                raise TableError("a row's width exceeds the model's symbols")
+            self.freq = np.zeros(p.shape, dtype=np.uint32)
+            for width in np.unique(widths):
+                rows = widths == width
+                self.freq[rows, :width] = quantize_frequencies(p[rows, :width])
+            self.narrow = bool(np.any(widths < p.shape[1]))
         self.num_models, self.num_symbols = self.freq.shape
         self.cum = np.zeros((self.num_models, self.num_symbols + 1), dtype=np.uint32)
         np.cumsum(self.freq, axis=1, out=self.cum[:, 1:])
-        check_frequencies(self.freq, self.cum)
+        check_frequencies(self.freq, self.cum, allow_empty=self.narrow)
         # slot -> symbol (numpy reference) and 2**_BUCKET_BITS-wide starting points
         # for the compiled decoder's short forward scan
         slots = np.arange(1 << PROB_BITS)
@@ -104,16 +123,20 @@ class RansModel:
 _BUCKET_SHIFT = 4
 
 
-def check_frequencies(freq, cum) -> None:
+def check_frequencies(freq, cum, allow_empty=False) -> None:
     """Refuse frequency tables that are not a valid rANS model (every row sums to 2**14,
-    every symbol at least 1, ``cum`` their running sums from 0)."""
+    every symbol at least 1 (0 too if ``allow_empty``), ``cum`` their running sums from 0)."""
     freq = np.asarray(freq)
     cum = np.asarray(cum)
     if freq.ndim != 2 or cum.shape != (freq.shape[0], freq.shape[1] + 1):
         raise TableError("frequency and cumulative tables have inconsistent shapes")
     if freq.shape[1] > 256:
         raise TableError("at most 256 symbols per model")
-    if np.any(freq < 1) or np.any(cum[:, 0] != 0) or np.any(cum[:, -1] != 1 << PROB_BITS):
+    if (
+        np.any(freq < (0 if allow_empty else 1))
+        or np.any(cum[:, 0] != 0)
+        or np.any(cum[:, -1] != 1 << PROB_BITS)
+    ):
         raise TableError(f"frequencies must be >= 1 and sum to 2**{PROB_BITS} in every row")
     if np.any(np.diff(cum.astype(np.int64), axis=1) != freq):
         raise TableError("cumulative table is not the running sum of the frequencies")
@@ -160,13 +183,18 @@ def encode(model: RansModel, symbols, model_of, *, kernels="auto"):
     symbols, model_of = _check_symbols(model, symbols, model_of)
     compiled = compiled_kernels() if kernels == "auto" else None
     if compiled is not None:
-        return compiled.rans_encode(symbols, model_of, model.freq, model.cum)
+        states, words = compiled.rans_encode(symbols, model_of, model.freq, model.cum)
+        if states[0] == 0:  # the kernel's mark of an empty symbol (states are >= 2**16)
+            raise ValueError(_OUTSIDE_WIDTH)
+        return states, words
     return _encode_numpy(model, symbols, model_of)
 
 
 def _encode_numpy(model, symbols, model_of):
     count = symbols.size
     freq = model.freq[model_of, symbols].astype(np.uint64)
+    if np.any(freq == 0):  # only narrow rows have empty symbols; the kernel checks too
+        raise ValueError(_OUTSIDE_WIDTH)
     start = model.cum[model_of, symbols].astype(np.uint64)
     limit = freq << np.uint64(32 - PROB_BITS)
     states = np.full(LANES, STATE_LOW, dtype=np.uint64)
@@ -192,50 +220,90 @@ def decode(model: RansModel, states, words, model_of, *, kernels="auto") -> np.n
     The stream must hold exactly the words the symbols consume and leave every state at
     :data:`STATE_LOW` (where the encoder started).
     """
-    states = np.ascontiguousarray(states, dtype=np.uint32)
-    words = np.ascontiguousarray(words, dtype=np.uint16)
     model_of = _check_model_of(model, model_of)
-    if states.shape != (LANES,):
-        raise PayloadError(f"coded stream needs {LANES} coder states")
-    if np.any(states < STATE_LOW):
-        raise PayloadError("coded stream starts from a state below the coder's range")
-    compiled = compiled_kernels() if kernels == "auto" else None
-    if compiled is not None:
-        symbols, status = compiled.rans_decode(
-            states, words, model_of, model.freq, model.cum, model.bucket_symbol
-        )
-    else:
-        symbols, status = _decode_numpy(model, states, words, model_of)
-    if status != OK:
-        raise PayloadError(_FAILURES[status])
+    decoder = StreamDecoder(model, states, words, kernels=kernels)
+    symbols = decoder.take(model_of)
+    decoder.finish()
     return symbols
 
 
-def _decode_numpy(model, states, words, model_of):
-    count = model_of.size
+class StreamDecoder:
+    """Decode one stream in parts whose models depend on the symbols already decoded.
+
+    The words and states are those of one :func:`encode` call over all parts in order;
+    :meth:`take` decodes the next ``model_of.size`` symbols (symbol ``i`` of the stream
+    still uses lane ``i % LANES``) and :meth:`finish` refuses a stream that is not used
+    up or does not end in the start states (so the checks equal :func:`decode`'s).
+    """
+
+    def __init__(self, model: RansModel, states, words, *, kernels="auto"):
+        states = np.ascontiguousarray(states, dtype=np.uint32)
+        if states.shape != (LANES,):
+            raise PayloadError(f"coded stream needs {LANES} coder states")
+        if np.any(states < STATE_LOW):
+            raise PayloadError("coded stream starts from a state below the coder's range")
+        self.model = model
+        self.words = np.ascontiguousarray(words, dtype=np.uint16)
+        self.states = states.astype(np.uint64)
+        self.position = 0
+        self.decoded = 0
+        self._compiled = compiled_kernels() if kernels == "auto" else None
+
+    def take(self, model_of) -> np.ndarray:
+        """The next ``model_of.size`` symbols (PayloadError if the stream runs out)."""
+        model_of = _check_model_of(self.model, model_of)
+        model = self.model
+        if self._compiled is not None:
+            symbols, self.position, status = self._compiled.rans_decode_part(
+                self.states,
+                self.words,
+                self.position,
+                self.decoded,
+                model_of,
+                model.freq,
+                model.cum,
+                model.bucket_symbol,
+            )
+        else:
+            symbols, status = _decode_part_numpy(self, model_of)
+        if status != OK:
+            raise PayloadError(_FAILURES[status])
+        self.decoded += model_of.size
+        return symbols
+
+    def finish(self) -> None:
+        """PayloadError unless every word was read and the states are back at the start."""
+        if self.position != self.words.size:
+            raise PayloadError(_FAILURES[LEFT_OVER])
+        if np.any(self.states != STATE_LOW):
+            raise PayloadError(_FAILURES[BAD_FINAL_STATE])
+
+
+def _decode_part_numpy(decoder, model_of):
+    """The numpy decoder: symbols from ``decoder.decoded`` on, vectorized across the lanes
+    (rows stay aligned to them, so the first and last rows may be partial)."""
+    model, x, words = decoder.model, decoder.states, decoder.words
+    count, first = model_of.size, decoder.decoded
     symbols = np.empty(count, dtype=np.uint8)
-    x = states.astype(np.uint64)
-    position = 0
     mask = np.uint64((1 << PROB_BITS) - 1)
-    words64 = words.astype(np.uint64)
-    for row_start in range(0, count, LANES):
-        width = min(LANES, count - row_start)
-        h = model_of[row_start : row_start + width]
-        lanes = x[:width]
+    begin = 0
+    while begin < count:
+        lane0 = (first + begin) % LANES
+        width = min(LANES - lane0, count - begin)
+        h = model_of[begin : begin + width]
+        lanes = x[lane0 : lane0 + width]
         slot = lanes & mask
         s = model.slot_symbol[h, slot]
-        symbols[row_start : row_start + width] = s
+        symbols[begin : begin + width] = s
         lanes[:] = model.freq[h, s] * (lanes >> np.uint64(PROB_BITS)) + slot - model.cum[h, s]
         need = np.flatnonzero(lanes < STATE_LOW)
         if need.size:
+            position = decoder.position
             if position + need.size > words.size:
                 return symbols, TRUNCATED
-            lanes[need] = (lanes[need] << np.uint64(_WORD_BITS)) | words64[
+            lanes[need] = (lanes[need] << np.uint64(_WORD_BITS)) | words[
                 position : position + need.size
-            ]
-            position += need.size
-    if position != words.size:
-        return symbols, LEFT_OVER
-    if np.any(x != STATE_LOW):
-        return symbols, BAD_FINAL_STATE
+            ].astype(np.uint64)
+            decoder.position = position + need.size
+        begin += width
     return symbols, OK

@@ -209,3 +209,18 @@ def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
             rows.flat[0] = np.finfo(np.float32).max  # its square is exact in float64
         expected = np.sum(np.square(rows, dtype=np.float64), axis=1)
         assert kernels.row_square_sums(rows).tobytes() == expected.tobytes(), shape
+
+
+@pytest.mark.parametrize("name", ["e8", "d4"])
+def test_nearest_lattice_point_kernel_is_identical(name):
+    """The compiled nearest point equals the numpy one, near-ties and odd sums included."""
+    from quicdesign.lattice import lattice_spec, nearest_lattice_point
+
+    spec = lattice_spec(name)
+    rng = np.random.default_rng(21)
+    x = rng.normal(scale=3.0, size=(spec.block, 20_000))
+    x[:, :5000] = np.round(x[:, :5000] * 4) / 4  # exact halves and quarters: ties
+    reference = nearest_lattice_point(x, spec, kernels=None)
+    compiled = nearest_lattice_point(x, spec)
+    assert reference[0].tobytes() == compiled[0].tobytes()
+    assert reference[1].tobytes() == compiled[1].tobytes()

@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 
+from quicdesign._rans import LANES
 from quicdesign.compressors import LatticeD4, LatticeE8, make_compressor
 from quicdesign.compressors._common import HEADER_SIZE
 from quicdesign.errors import (
@@ -24,8 +25,6 @@ from quicdesign.lattice import (
     nearest_lattice_point,
 )
 from quicdesign.randomness import DITHER_VERSION, dither_uniforms
-
-pytest.importorskip("constriction")
 
 ROUND = 11
 
@@ -193,6 +192,21 @@ def test_hostile_payloads_are_refused_and_leave_no_trace():
         + payload[offset + 4 :],
         "flipped stream byte": bytes(data[:-3]) + bytes([data[-3] ^ 0x55]) + bytes(data[-2:]),
         "bad digest": payload[: offset + 8] + bytes(8) + payload[offset + 16 :],
+        # the coded stream (8 u32 states after the escapes, then u16 words)
+        "state below the coder's range": payload[: offset + 16] + bytes(4) + payload[offset + 20 :],
+        "changed state": bytes(data[: offset + 16])
+        + bytes([data[offset + 16] ^ 1])
+        + bytes(data[offset + 17 :]),
+        "word dropped, count adjusted": payload[: offset + 4]
+        + (words - 1).to_bytes(4, "little")
+        + payload[offset + 8 : -2],
+        "word added, count adjusted": payload[: offset + 4]
+        + (words + 1).to_bytes(4, "little")
+        + payload[offset + 8 :]
+        + b"\x12\x34",
+        "zero words": payload[: offset + 4]
+        + (0).to_bytes(4, "little")
+        + payload[offset + 8 : offset + 16 + 4 * LANES],
         "negative norm": payload[:HEADER_SIZE]
         + np.float32(-1).tobytes()
         + payload[HEADER_SIZE + 4 :],
@@ -218,7 +232,7 @@ def test_an_in_range_escape_is_refused():
     payload = bytearray(compressor.encode(x, round_seed=ROUND, client_id=0))
     offset, escapes, words = _body_fields(bytes(payload), 1)
     assert escapes > 0
-    start = offset + 16
+    start = offset + 16  # the first escape
     original = int(np.frombuffer(bytes(payload[start : start + 4]), "<i4")[0])
     payload[start : start + 4] = np.int32(original & 1).tobytes()  # in range, same parity
     with pytest.raises(PayloadError, match="in range"):
@@ -262,7 +276,8 @@ def test_model_of_another_lattice_is_refused():
 
 
 def test_coded_length_is_the_model_code_length():
-    """The ANS stream costs the model's ideal code length (plus < 64 bits)."""
+    """The rANS stream costs the model's ideal code length: the information in the words
+    and final states (less the encoder's start states) is within 0.2 % of it."""
     compressor = LatticeE8(bits=1)
     dim = 2**13
     x = np.random.default_rng(6).normal(size=dim)
@@ -276,9 +291,12 @@ def test_coded_length_is_the_model_code_length():
     dither = stage._dither(state, dim)
     y, coset = nearest_lattice_point(unit.reshape(-1, 8).T / model.scale + dither, model.spec)
     ideal = float(np.sum(block_code_lengths(model, dither, y, coset)))
-    _, escapes, words = _body_fields(payload, chunks.shape[0])
+    offset, escapes, words = _body_fields(payload, chunks.shape[0])
     assert escapes == 0
-    assert ideal - 1 <= 32 * words <= ideal + 64
+    states = np.frombuffer(payload[offset + 16 : offset + 16 + 4 * LANES], "<u4")
+    assert len(payload) == offset + 16 + 4 * LANES + 2 * words
+    information = 16 * words + float(np.sum(np.log2(states.astype(float)))) - 16 * LANES
+    assert 0.999 * ideal <= information <= 1.002 * ideal
 
 
 def test_bench_dme_reports_stratified_by_correlation_and_plots_the_lattice(tmp_path, capsys):
@@ -320,3 +338,18 @@ def test_bench_lattice_reports_ratios(capsys):
     assert [r["scheme"] for r in rows] == ["quicfl-ec", "lattice-e8", "lattice-d4"]
     assert rows[0]["encode_ratio"] == 1.0 and all(r["encode_ms"] > 0 for r in rows)
     assert "x ec" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+def test_numpy_and_compiled_coders_write_the_same_bytes(cls, monkeypatch):
+    """The lattice stream is the same with the numba kernels and the numpy reference,
+    and each side decodes the other's payload."""
+    pytest.importorskip("numba")
+    compressor = cls(bits=2)
+    x = np.random.default_rng(9).normal(size=1000)
+    compiled = compressor.encode(x, round_seed=ROUND, client_id=3)
+    decoded = compressor.decode(compiled, dim=1000, round_seed=ROUND)
+    monkeypatch.setenv("QUICDESIGN_KERNELS", "numpy")
+    reference = compressor.encode(x, round_seed=ROUND, client_id=3)
+    assert reference == compiled
+    np.testing.assert_array_equal(compressor.decode(compiled, dim=1000, round_seed=ROUND), decoded)

@@ -1,6 +1,8 @@
 """The interleaved rANS coder (QDQE v4 body): numpy reference and compiled kernels give
 identical words and symbols, streams decode exactly or are refused, models are checked."""
 
+import itertools
+
 import numpy as np
 import pytest
 
@@ -210,3 +212,48 @@ def test_entropy_payloads_are_byte_identical_between_paths(monkeypatch):
     assert payloads["numpy"] == payloads["auto"]
     assert payloads["numpy-sum"] == payloads["auto-sum"]
     assert payloads["numpy"][4] == 4
+
+
+@pytest.mark.parametrize("kernels", [None, "auto"])
+@pytest.mark.parametrize("count", [1, 9, 1001])
+def test_stream_decoder_in_parts_equals_one_decode(kernels, count):
+    """Parts of any length (lanes not aligned) decode the same symbols; the end checks
+    are those of decode."""
+    model, symbols, model_of = _model_and_symbols(5, 8, count, count + 1, 0.3)
+    states, words = _rans.encode(model, symbols, model_of)
+    cuts = sorted({0, count, *np.random.default_rng(count).integers(0, count, 4).tolist()})
+    decoder = _rans.StreamDecoder(model, states, words, kernels=kernels)
+    parts = [decoder.take(model_of[a:b]) for a, b in itertools.pairwise(cuts)]
+    decoder.finish()
+    assert np.concatenate(parts).tobytes() == symbols.tobytes()
+    # one symbol short: words or states are left over
+    short = _rans.StreamDecoder(model, states, words, kernels=kernels)
+    short.take(model_of[:-1])
+    with pytest.raises(PayloadError):
+        short.finish()
+    # truncated words: refused when a part runs out
+    if words.size:
+        cut = _rans.StreamDecoder(model, states, words[:-1], kernels=kernels)
+        with pytest.raises(PayloadError):
+            cut.take(model_of)
+            cut.finish()
+
+
+@pytest.mark.parametrize("kernels", [None, "auto"])
+def test_narrow_rows_leave_their_tail_empty(kernels):
+    """Rows of width 2 in a 6-symbol model spend no slots on the tail, round trip, and
+    refuse to encode a symbol past their width."""
+    probabilities = np.array([[0.1, 0.2, 0.3, 0.2, 0.1, 0.1], [0.7, 0.3, 0, 0, 0, 0]])
+    model = _rans.RansModel(probabilities, widths=[6, 2])
+    assert model.freq[1, 2:].sum() == 0 and model.freq[1, :2].sum() == 1 << _rans.PROB_BITS
+    np.testing.assert_array_equal(model.freq[0], _rans.RansModel(probabilities[:1]).freq[0])
+    rng = np.random.default_rng(3)
+    model_of = rng.integers(0, 2, 999)
+    symbols = np.where(model_of == 1, rng.integers(0, 2, 999), rng.integers(0, 6, 999))
+    states, words = _rans.encode(model, symbols, model_of, kernels=kernels)
+    decoded = _rans.decode(model, states, words, model_of, kernels=kernels)
+    np.testing.assert_array_equal(decoded, symbols)
+    with pytest.raises(ValueError, match="width"):
+        _rans.encode(model, [3], [1], kernels=kernels)
+    with pytest.raises(TableError):
+        _rans.RansModel(probabilities, widths=[6, 0])

@@ -11,7 +11,9 @@ __all__ = [
     "pack_codes",
     "butterfly_passes",
     "rans_encode",
-    "rans_decode",
+    "rans_decode_part",
+    "nearest_e8",
+    "nearest_dn",
     "row_square_sums",
 ]
 
@@ -229,6 +231,8 @@ def rans_encode(symbols, model_of, freq, cum):  # pragma: no cover - compiled
         h = model_of[i]
         s = symbols[i]
         f = np.uint64(freq[h, s])
+        if f == 0:  # an empty symbol of a narrow row: all-zero states mark the refusal
+            return np.zeros(_LANES, dtype=np.uint32), np.empty(0, dtype=np.uint16)
         if x >= (f << np.uint64(32 - _PROB_BITS)):
             pushed[emitted] = np.uint16(x & np.uint64(0xFFFF))
             emitted += 1
@@ -241,8 +245,11 @@ def rans_encode(symbols, model_of, freq, cum):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def rans_decode(states, words, model_of, freq, cum, bucket_symbol):  # pragma: no cover
-    """``_rans._decode_numpy`` as one scalar loop; returns ``(symbols, status)``.
+def rans_decode_part(  # pragma: no cover - compiled
+    x, words, position, first, model_of, freq, cum, bucket_symbol
+):
+    """``_rans._decode_part_numpy`` as one scalar loop: symbols ``first ..`` of a stream,
+    updating the uint64 states ``x`` in place; returns ``(symbols, position, status)``.
 
     The symbol of a slot is found from its bucket's first symbol by a short forward scan
     of the cumulative table (a 2**10-entry start table per model stays in cache where a
@@ -250,12 +257,10 @@ def rans_decode(states, words, model_of, freq, cum, bucket_symbol):  # pragma: n
     """
     count = model_of.size
     symbols = np.empty(count, dtype=np.uint8)
-    x = states.astype(np.uint64)
     mask = np.uint64((1 << _PROB_BITS) - 1)
-    position = 0
     available = words.size
     for i in range(count):
-        lane = i % _LANES
+        lane = (first + i) % _LANES
         state = x[lane]
         h = model_of[i]
         slot = state & mask
@@ -267,16 +272,12 @@ def rans_decode(states, words, model_of, freq, cum, bucket_symbol):  # pragma: n
         state -= np.uint64(cum[h, s])
         if state < np.uint64(_STATE_LOW):
             if position >= available:
-                return symbols, 1
+                x[lane] = state
+                return symbols, position, 1
             state = (state << np.uint64(16)) | np.uint64(words[position])
             position += 1
         x[lane] = state
-    if position != available:
-        return symbols, 2
-    for lane in range(_LANES):
-        if x[lane] != np.uint64(_STATE_LOW):
-            return symbols, 3
-    return symbols, 0
+    return symbols, position, 0
 
 
 @numba.njit(cache=True, nogil=True)
@@ -357,3 +358,82 @@ def row_square_sums(rows):  # pragma: no cover - compiled
     for k in range(rows.shape[0]):
         out[k] = _pairwise_squares(rows[k], rows.shape[1])
     return out
+
+
+@numba.njit(cache=True, nogil=True)
+def nearest_e8(x):  # pragma: no cover - compiled
+    """``lattice.nearest_lattice_point`` for E8, one block (column of ``x``) at a time with
+    the same float64 operations in the same order: returns ``(y, coset)``."""
+    n, blocks = x.shape
+    y = np.empty((n, blocks))
+    coset = np.zeros(blocks, dtype=np.int64)
+    r0 = np.empty(n)
+    r1 = np.empty(n)
+    for b in range(blocks):
+        d0 = 0.0
+        d1 = 0.0
+        m0 = 0.0
+        m1 = 0.0
+        s0 = 0.0
+        s1 = 0.0
+        for j in range(n):
+            v = x[j, b]
+            a = np.floor(v + 0.5)
+            c = np.floor(v)
+            r0[j] = a
+            r1[j] = c
+            e0 = v - a
+            e1 = v - 0.5 - c
+            d0 += e0 * e0
+            d1 += e1 * e1
+            m0 = max(m0, abs(e0))
+            m1 = max(m1, abs(e1))
+            s0 += a
+            s1 += c
+        odd0 = s0 % 2 != 0
+        odd1 = s1 % 2 != 0
+        if odd0:
+            d0 += 1.0 - 2.0 * m0
+        if odd1:
+            d1 += 1.0 - 2.0 * m1
+        take = d1 < d0
+        rounded = r1 if take else r0
+        shift = 0.5 if take else 0.0
+        for j in range(n):
+            y[j, b] = rounded[j]
+        if odd1 if take else odd0:
+            worst = 0
+            largest = -1.0
+            for j in range(n):
+                e = abs(x[j, b] - shift - rounded[j]) if take else abs(x[j, b] - rounded[j])
+                if e > largest:
+                    largest = e
+                    worst = j
+            picked = x[worst, b] - shift - rounded[worst] if take else x[worst, b] - rounded[worst]
+            y[worst, b] += 1.0 if picked > 0 else -1.0
+        coset[b] = 1 if take else 0
+    return y, coset
+
+
+@numba.njit(cache=True, nogil=True)
+def nearest_dn(x):  # pragma: no cover - compiled
+    """``lattice.nearest_dn``, one column at a time (the same float64 operations)."""
+    n, blocks = x.shape
+    y = np.empty((n, blocks))
+    for b in range(blocks):
+        total = 0.0
+        for j in range(n):
+            a = np.floor(x[j, b] + 0.5)
+            y[j, b] = a
+            total += a
+        if total % 2 != 0:
+            worst = 0
+            largest = -1.0
+            for j in range(n):
+                e = abs(x[j, b] - y[j, b])
+                if e > largest:
+                    largest = e
+                    worst = j
+            picked = x[worst, b] - y[worst, b]
+            y[worst, b] += 1.0 if picked > 0 else -1.0
+    return y

@@ -200,8 +200,6 @@ def _design_vnmse(compressor):
 #: Compressors that need an optional module: name -> (module, extra).
 _OPTIONAL_NEEDS = {
     "quicfl-ec": ("constriction", "entropy"),
-    "lattice-e8": ("constriction", "entropy"),
-    "lattice-d4": ("constriction", "entropy"),
 }
 #: Input families that need an optional module: (module, extra installing it).
 _FAMILY_NEEDS = {"gradients": ("sklearn", "bench")}

@@ -159,11 +159,11 @@ def plot_near_bound(rows, path=None):
         )
         ax.grid(True, which="both", alpha=0.3)
     handles, names = axes[0].get_legend_handles_labels()
-    figure.legend(handles, names, fontsize=8, loc="outside right upper")
+    figure.legend(handles, names, fontsize=8, loc="outside right center")
     sample = rows[0]
     figure.suptitle(
         f"near-bound unbiased schemes: d = {sample['dim']}, one client, {sample['trials']} "
-        "trials, error bars one standard error; dashed: the bound at the measured bits",
+        "trials\nerror bars one standard error; dashed: the bound at the measured bits",
         fontsize=9,
     )
     if path is not None:

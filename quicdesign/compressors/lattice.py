@@ -5,8 +5,9 @@ A pipeline of two stages: the round's shared randomized Hadamard rotation
 :class:`DitheredLatticeStage`, which scales every rotation chunk to unit RMS (its norm is
 sent as float32), quantizes blocks of 8 (E8) or 4 (D4) coordinates to the nearest point
 of the lattice scaled by the code model's step after adding the client's shared dither
-(:func:`quicdesign.randomness.dither_uniforms`), and codes the points with constriction's
-ANS coder under the shipped code model (:mod:`quicdesign.lattice`). The server subtracts
+(:func:`quicdesign.randomness.dither_uniforms`), and codes the points with the project's
+interleaved rANS (:mod:`quicdesign._rans`, compiled when numba is present) under the
+shipped code model (:mod:`quicdesign.lattice`). The server subtracts
 the same dither, so each client decodes to its rotated vector plus an error uniform on
 the lattice's Voronoi cell, independent of the vector: exactly unbiased. Payloads are
 variable length (``payload_size`` is None); the body is documented in
@@ -20,6 +21,7 @@ import math
 
 import numpy as np
 
+from .._rans import LANES, RansModel, StreamDecoder, encode
 from .._validate import check_int
 from ..errors import InputVectorError, ParameterError, PayloadError
 from ..lattice import BlockModel, load_lattice_model, nearest_lattice_point
@@ -37,43 +39,46 @@ from .base import CompressorProperties
 __all__ = ["DitheredLatticeStage", "LatticeE8", "LatticeD4", "MAX_ESCAPE_MAGNITUDE"]
 
 _DIGEST_SIZE = 8
+#: Quantized probability levels of the coset and parity bits.
+BINARY_LEVELS = 256
+#: Version of the lattice body (part of the config tag; 2 = interleaved rANS).
+BODY_VERSION = 2
 #: Largest ``|k|`` an escaped coordinate may carry (larger values are refused).
 MAX_ESCAPE_MAGNITUDE = 1 << 30
-# constriction's default models use 24-bit probabilities: a symbol never costs more
-_MAX_SYMBOL_BITS = 24
 _F32_TINY = float(np.finfo(np.float32).tiny)
-
-
-def _constriction():
-    try:
-        import constriction
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ParameterError(
-            "lattice compressors need the 'constriction' package (pip install quicdesign[entropy])"
-        ) from exc
-    return constriction
 
 
 def _digest(k: np.ndarray, coset: np.ndarray) -> bytes:
     """8-byte blake2b of the coded points: ``k`` (shape (n, blocks), C order) as
     little-endian i32, then the coset bits as bytes."""
     data = np.ascontiguousarray(k, dtype="<i4").tobytes() + coset.astype(np.uint8).tobytes()
-    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, person=b"quicdesign.lat1").digest()
-
-
-def _group_order(groups, bins):
-    """Positions sorted by group, stable (a radix sort: the groups fit in 16 bits)."""
-    return np.argsort(groups.astype(np.uint16 if 2 * bins > 256 else np.uint8), kind="stable")
+    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, person=b"quicdesign.lat2").digest()
 
 
 class _Coder:
-    """constriction models of one code model (built once per compressor)."""
+    """One rANS model for a code model: its ``2 bins`` class rows, then
+    :data:`BINARY_LEVELS` two-symbol rows for the coset and parity bits (the rest
+    of their width empty; a bit of probability ``p`` uses the row of level
+    ``floor(p L)``, probability ``(level + 1/2) / L``)."""
 
     def __init__(self, model):
-        self.constriction = _constriction()
-        model_module = self.constriction.stream.model
-        self.bernoulli = model_module.Bernoulli(perfect=False)
-        self.rows = [model_module.Categorical(row, perfect=False) for row in model.class_rows()]
+        rows = model.class_rows()
+        width = rows.shape[1]
+        levels = (np.arange(BINARY_LEVELS) + 0.5) / BINARY_LEVELS
+        binary = np.zeros((BINARY_LEVELS, width))
+        binary[:, 0] = 1.0 - levels
+        binary[:, 1] = levels
+        self.first_binary = rows.shape[0]
+        widths = np.r_[np.full(rows.shape[0], width), np.full(BINARY_LEVELS, 2)]
+        self.rans = RansModel(np.vstack([rows, binary]), widths=widths)
+
+    def binary_rows(self, probability) -> np.ndarray:
+        """The model rows of bits that are 1 with ``probability``."""
+        # probabilities lie in [0, 1]: the cast truncates like floor
+        level = (probability * BINARY_LEVELS).astype(np.uint16)
+        np.minimum(level, BINARY_LEVELS - 1, out=level)
+        level += self.first_binary
+        return level
 
 
 class DitheredLatticeStage(Stage):
@@ -111,9 +116,8 @@ class DitheredLatticeStage(Stage):
 
     def max_stream_words(self, dim) -> int:
         """Documented bound on the coded stream (checked before it is read)."""
-        blocks = self._blocks(dim)
-        symbols = blocks * (2 * self.model.block)
-        return -(-symbols * _MAX_SYMBOL_BITS // 32) + 2
+        # the rANS decoder reads at most one word per symbol
+        return self._blocks(dim) * (2 * self.model.block)
 
     # -- client ------------------------------------------------------------------------
     def apply(self, x, state):
@@ -152,39 +156,32 @@ class DitheredLatticeStage(Stage):
         symbols = ((k - model.k_min - k_parity) >> 1).reshape(-1)
         escaped = (symbols < 0) | (symbols >= model.num_symbols // 2)
         symbols[escaped] = model.num_symbols // 2
-        order = _group_order(groups, model.bins)
-        bounds = np.concatenate(([0], np.cumsum(np.bincount(groups, minlength=2 * model.bins))))
-        ordered = symbols[order].astype(np.int32)
-        escapes = k.reshape(-1)[order][escaped[order]]
+        escapes = k.reshape(-1)[escaped]
         if escapes.size and np.max(np.abs(escapes)) > MAX_ESCAPE_MAGNITUDE:
             raise InputVectorError("a coordinate is too far out for the lattice code")
         required = np.zeros(y.shape[1], dtype=np.int64)
-        parity_probs = []
-        for column in range(n - 1):
-            parity_probs.append(geometry.probability_odd(column, required))
-            required ^= parities[column]
-        ans = coder.constriction.stream.stack.AnsCoder()
-        # ANS is a stack: encode backwards so the decoder reads coset, parities, classes
-        for group in range(2 * model.bins - 1, -1, -1):
-            if bounds[group + 1] > bounds[group]:
-                ans.encode_reverse(ordered[bounds[group] : bounds[group + 1]], coder.rows[group])
-        for column in range(n - 2, -1, -1):
-            ans.encode_reverse(
-                parities[column].astype(np.int32), coder.bernoulli, parity_probs[column]
-            )
+        bits, bit_rows = [], []
         if model.spec.cosets == 2:
-            ans.encode_reverse(coset.astype(np.int32), coder.bernoulli, view.coset_probability())
-        stream = ans.get_compressed().astype("<u4")
-        return stream, escapes.astype("<i4"), _digest(k, coset)
+            bits.append(coset)
+            bit_rows.append(coder.binary_rows(view.coset_probability()))
+        for column in range(n - 1):
+            bits.append(parities[column])
+            bit_rows.append(coder.binary_rows(geometry.probability_odd(column, required)))
+            required ^= parities[column]
+        all_symbols = np.concatenate(bits + [symbols])
+        model_of = np.concatenate(bit_rows + [groups.astype(np.uint16)])
+        states, words = encode(coder.rans, all_symbols, model_of)
+        return states.astype("<u4"), words.astype("<u2"), escapes.astype("<i4"), _digest(k, coset)
 
     def write_side(self, writer, side):
-        norms, (stream, escapes, digest) = side
+        norms, (states, words, escapes, digest) = side
         writer.write_array(norms.astype("<f4"))
         writer.write_u32(escapes.size)
-        writer.write_u32(stream.size)
+        writer.write_u32(words.size)
         writer.write_bytes(digest)
         writer.write_array(escapes)
-        writer.write_array(stream)
+        writer.write_array(states)
+        writer.write_array(words)
 
     # -- server ------------------------------------------------------------------------
     def read_side(self, reader, state, dim):
@@ -203,60 +200,50 @@ class DitheredLatticeStage(Stage):
                 f"payload claims {words} stream words, more than the bound "
                 f"{self.max_stream_words(dim)} for dimension {dim}"
             )
-        if reader.remaining != 4 * (num_escapes + words):
+        expected = 4 * (num_escapes + LANES) + 2 * words
+        if reader.remaining != expected:
             raise PayloadError(
-                f"payload body has {reader.remaining} bytes after the counts, "
-                f"expected {4 * (num_escapes + words)}"
+                f"payload body has {reader.remaining} bytes after the counts, expected {expected}"
             )
         escapes = reader.read_array("<i4", num_escapes, "escapes").astype(np.int64)
-        stream = reader.read_array("<u4", words, "coded stream")
+        states = reader.read_array("<u4", LANES, "coder states")
+        stream = reader.read_array("<u2", words, "coded stream")
         reader.expect_end()
         dither = self._dither(state, dim)
-        k, coset, geometry = self._decode(stream, escapes, dither)
+        k, coset, geometry = self._decode(states, stream, escapes, dither)
         if _digest(k, coset) != digest:
             raise PayloadError("coded stream does not decode to the points that were encoded")
         unit = (self.model.scale * (k + geometry.offset)).T.reshape(-1)[:dim]
         return norms, unit
 
-    def _decode(self, stream, escapes, dither):
+    def _decode(self, states, stream, escapes, dither):
         model, n = self.model, self.model.block
         coder = self._models()
         blocks = dither.shape[1]
         view = BlockModel(model, dither)
-        try:
-            ans = coder.constriction.stream.stack.AnsCoder(np.ascontiguousarray(stream, np.uint32))
-            coset = np.zeros(blocks, dtype=np.int64)
-            if model.spec.cosets == 2:
-                coset[:] = ans.decode(coder.bernoulli, view.coset_probability())
-            geometry = view.geometry(coset)
-            parities = np.zeros((n, blocks), dtype=np.int64)
-            required = np.zeros(blocks, dtype=np.int64)
-            for column in range(n - 1):
-                probability = geometry.probability_odd(column, required)
-                parities[column] = ans.decode(coder.bernoulli, probability)
-                required ^= parities[column]
-            parities[n - 1] = required  # the block's sum is even
-            k_parity = (parities + geometry.floor) & 1
-            groups = (2 * geometry.bin + k_parity).reshape(-1)
-            order = _group_order(groups, model.bins)
-            counts = np.bincount(groups, minlength=2 * model.bins)
-            decoded = [
-                ans.decode(coder.rows[group], int(counts[group]))
-                for group in range(2 * model.bins)
-                if counts[group]
-            ]
-            if not ans.is_empty():
-                raise PayloadError("coded stream has data left after the last point")
-        except PayloadError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - any decoder failure means a bad stream
-            raise PayloadError(f"corrupt coded stream: {exc}") from None
-        symbols = np.zeros(blocks * n, dtype=np.int64)
-        if decoded:
-            symbols[order] = np.concatenate(decoded)
+        decoder = StreamDecoder(coder.rans, states, stream)
+        coset = np.zeros(blocks, dtype=np.int64)
+        if model.spec.cosets == 2:
+            coset[:] = decoder.take(coder.binary_rows(view.coset_probability()))
+        geometry = view.geometry(coset)
+        parities = np.zeros((n, blocks), dtype=np.int64)
+        required = np.zeros(blocks, dtype=np.int64)
+        for column in range(n - 1):
+            rows = coder.binary_rows(geometry.probability_odd(column, required))
+            parities[column] = decoder.take(rows)
+            if np.any(parities[column] > 1):
+                raise PayloadError("coded stream has a parity symbol outside {0, 1}")
+            required ^= parities[column]
+        parities[n - 1] = required  # the block's sum is even
+        k_parity = (parities + geometry.floor) & 1
+        groups = (2 * geometry.bin + k_parity).reshape(-1)
+        symbols = decoder.take(groups.astype(np.uint16)).astype(np.int64)
+        decoder.finish()
+        if model.spec.cosets == 2 and np.any(coset > 1):
+            raise PayloadError("coded stream has a coset symbol outside {0, 1}")
         flat_parity = k_parity.reshape(-1)
         k = model.k_min + flat_parity + 2 * symbols
-        escaped_at = order[symbols[order] == model.num_symbols // 2]
+        escaped_at = np.flatnonzero(symbols == model.num_symbols // 2)
         if escaped_at.size != escapes.size:
             raise PayloadError(
                 f"coded stream has {escaped_at.size} escapes, the payload lists {escapes.size}"
@@ -321,7 +308,13 @@ class _LatticeCompressor(PipelineCompressor):
 
     def _config(self):
         model = self.resolved_model()
-        return (self.bits, model.lattice, float.hex(model.scale), model.fingerprint)
+        return (
+            self.bits,
+            model.lattice,
+            float.hex(model.scale),
+            model.fingerprint,
+            f"body{BODY_VERSION}",
+        )
 
     @property
     def stages(self):

@@ -12,6 +12,9 @@ payloads in both directions (:class:`BitCounter`):
 - :func:`run_fedsgd` / :func:`run_cossgd`: FedSGD or FedAvg (local steps, pseudo-gradients
   up) with per-tensor compression both ways.
 
+Each runner is a :class:`RoundStep` (the algorithm's state and one round) driven by the
+one training loop :func:`train`, which owns recording, progress and callbacks.
+
 Named experiments (:data:`EXPERIMENTS`) back the ``quicdesign fl`` command. Importing
 this package needs numpy only; scikit-learn and matplotlib are imported on use.
 """
@@ -38,6 +41,7 @@ from .intrinsic import (
     SRHTProjection,
     run_intrinsic,
 )
+from .loop import RoundStep, train
 from .mcm import (
     MCM_ALGORITHMS,
     MCMServerState,
@@ -102,6 +106,7 @@ __all__ = [
     "ProjectionSpec",
     "RawFloats",
     "LocalTopK",
+    "RoundStep",
     "RunHistory",
     "SIGN_RULES",
     "SRHTProjection",
@@ -139,6 +144,7 @@ __all__ = [
     "sklearn_dataset",
     "split_batch_sizes",
     "teacher_dataset",
+    "train",
     "train_test_split",
     "weighted_vote",
 ]

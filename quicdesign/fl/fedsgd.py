@@ -25,13 +25,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from quicdesign._progress import progress as reporter
 from quicdesign._threads import single_threaded_blas
 from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError
 
 from ._common import generator, stream_seed
-from .history import RunHistory
+from .loop import RoundStep, train
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes
 from .wire import BitCounter, RawFloats, broadcast, describe_compressor, send_each
@@ -104,92 +103,135 @@ def run_fedsgd(
     RunHistory
         Metrics of the client-visible model; ``extras`` has both final models.
     """
-    if downlink_mode not in DOWNLINK_MODES:
-        raise ParameterError(
-            f"downlink_mode must be one of {DOWNLINK_MODES}, got {downlink_mode!r}"
-        )
-    if not isinstance(participation, Participation):
-        raise ParameterError("participation must be a Participation")
-    rounds = check_int(rounds, "rounds", 0)
-    record_every = check_int(record_every, "record_every", 1)
-    step = check_positive_float(step_size, "step_size")
-    if local_steps is not None:
-        local_steps = check_int(local_steps, "local_steps", 1)
-        local_step = check_positive_float(local_step_size, "local_step_size")
-    raw = RawFloats("float32")
-    uplink = raw if uplink is None else uplink
-    downlink = raw if downlink is None or downlink_mode == "none" else downlink
-    num_clients = problem.num_clients
-    tensors = [s for _, s in problem.tensor_slices] if per_tensor else [slice(0, problem.dim)]
-    batches = client_batch_sizes(batch_size, num_clients)
-    everyone = np.arange(num_clients)
-    counter = BitCounter(num_clients)
-    history = RunHistory(
-        label or "fedsgd",
-        {
-            "uplink": "fp32" if uplink is raw else describe_compressor(uplink),
-            "downlink": "fp32" if downlink is raw else describe_compressor(downlink),
+    algorithm = _FedSGDStep(
+        problem,
+        step_size=step_size,
+        batch_size=batch_size,
+        uplink=uplink,
+        downlink=downlink,
+        downlink_mode=downlink_mode,
+        per_tensor=per_tensor,
+        local_steps=local_steps,
+        local_step_size=local_step_size,
+        participation=participation,
+        seed=seed,
+        label=label,
+    )
+    return train(
+        problem,
+        algorithm,
+        rounds=rounds,
+        record_every=record_every,
+        callback=callback,
+        progress=progress,
+    )
+
+
+class _FedSGDStep(RoundStep):
+    """FedSGD/FedAvg state: the exact server model and the client-visible one."""
+
+    def __init__(
+        self,
+        problem,
+        *,
+        step_size,
+        batch_size,
+        uplink,
+        downlink,
+        downlink_mode,
+        per_tensor,
+        local_steps,
+        local_step_size,
+        participation,
+        seed,
+        label,
+    ):
+        if downlink_mode not in DOWNLINK_MODES:
+            raise ParameterError(
+                f"downlink_mode must be one of {DOWNLINK_MODES}, got {downlink_mode!r}"
+            )
+        if not isinstance(participation, Participation):
+            raise ParameterError("participation must be a Participation")
+        step = check_positive_float(step_size, "step_size")
+        local_step = None
+        if local_steps is not None:
+            local_steps = check_int(local_steps, "local_steps", 1)
+            local_step = check_positive_float(local_step_size, "local_step_size")
+        raw = RawFloats("float32")
+        self.uplink = raw if uplink is None else uplink
+        self.downlink = raw if downlink is None or downlink_mode == "none" else downlink
+        self.raw, self.problem, self.step_size, self.mode = raw, problem, step, downlink_mode
+        self.local_steps, self.local_step = local_steps, local_step
+        self.participation, self.seed = participation, seed
+        num_clients = problem.num_clients
+        slices = [s for _, s in problem.tensor_slices] if per_tensor else [slice(0, problem.dim)]
+        self.tensors = slices
+        self.batches = client_batch_sizes(batch_size, num_clients)
+        self.everyone = np.arange(num_clients)
+        self.counter = BitCounter(num_clients)
+        self.label = label or "fedsgd"
+        self.config = {
+            "uplink": "fp32" if self.uplink is raw else describe_compressor(self.uplink),
+            "downlink": "fp32" if self.downlink is raw else describe_compressor(self.downlink),
             "downlink_mode": downlink_mode,
             "step_size": step,
             "local_steps": local_steps or 0,
             "seed": seed,
-        },
-        counter,
-    )
-    data_rng = generator(seed, "minibatches")
-    coin_rng = generator(seed, "compressor-coins")
-    sampling_rng = generator(seed, "participation")
+        }
+        self.data_rng = generator(seed, "minibatches")
+        self.coin_rng = generator(seed, "compressor-coins")
+        self.sampling_rng = generator(seed, "participation")
+        self.server_model = problem.initial_point(seed).astype(np.float64)
+        # the initial model derives from the shared seed, so it is not sent
+        self.visible = self.server_model.copy()
 
-    server_model = problem.initial_point(seed).astype(np.float64)
-    # the initial model derives from the shared seed, so it is not sent
-    visible = server_model.copy()
-    history.record(0, problem.metrics(visible))
-    bar = reporter(rounds, history.label, progress, unit="round")
-    for t in range(rounds):
-        active = participation.sample(num_clients, sampling_rng)
+    def model(self):
+        return self.visible
+
+    def extras(self):
+        return {"server_model": self.server_model, "model": self.visible}
+
+    def _uploads(self, active):
+        problem, batches = self.problem, self.batches[active]
+        if self.local_steps is None:
+            return problem.gradients(self.visible, active, batches, self.data_rng)
+        local = np.repeat(self.visible[None], active.size, axis=0)
+        for _ in range(self.local_steps):
+            local -= self.local_step * problem.gradients(local, active, batches, self.data_rng)
+        return self.visible[None] - local
+
+    def step(self, t):
+        seed, counter, coins = self.seed, self.counter, self.coin_rng
+        active = self.participation.sample(self.problem.num_clients, self.sampling_rng)
         if active.size:
-            if local_steps is None:
-                uploads = problem.gradients(visible, active, batches[active], data_rng)
-            else:
-                local = np.repeat(visible[None], active.size, axis=0)
-                for _ in range(local_steps):
-                    local -= local_step * problem.gradients(
-                        local, active, batches[active], data_rng
-                    )
-                uploads = visible[None] - local
+            uploads = self._uploads(active)
             decoded = np.empty_like(uploads)
-            for index, part in enumerate(tensors):
+            for index, part in enumerate(self.tensors):
                 decoded[:, part] = send_each(
-                    uplink,
+                    self.uplink,
                     uploads[:, part],
                     active,
                     round_seed=stream_seed(seed, "up", t, index),
-                    rng=coin_rng,
+                    rng=coins,
                     counter=counter,
                 )
-            server_model = server_model - step * decoded.mean(axis=0)
+            self.server_model = self.server_model - self.step_size * decoded.mean(axis=0)
 
-        target = server_model - visible if downlink_mode == "update" else server_model
-        received = np.empty_like(server_model)
-        for index, part in enumerate(tensors if downlink is not raw else [slice(None)]):
+        update = self.mode == "update"
+        target = self.server_model - self.visible if update else self.server_model
+        received = np.empty_like(self.server_model)
+        parts = self.tensors if self.downlink is not self.raw else [slice(None)]
+        for index, part in enumerate(parts):
             received[part] = broadcast(
-                downlink,
+                self.downlink,
                 target[part],
-                everyone,
+                self.everyone,
                 round_seed=stream_seed(seed, "down", t, index),
-                rng=coin_rng,
+                rng=coins,
                 counter=counter,
             )
-        visible = visible + received if downlink_mode == "update" else received
-
-        if callback is not None:
-            callback(t, server_model, visible)
-        if (t + 1) % record_every == 0 or t + 1 == rounds:
-            history.record(t + 1, problem.metrics(visible))
-        bar.update()
-    bar.close()
-    history.extras.update(server_model=server_model, model=visible)
-    return history
+        self.visible = self.visible + received if update else received
+        return self.server_model, self.visible
 
 
 def run_cossgd(problem, *, bits_up=4, bits_down=4, downlink_mode="update", **options):

@@ -65,7 +65,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quicdesign._progress import progress as reporter
 from quicdesign._threads import single_threaded_blas
 from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError
@@ -73,7 +72,7 @@ from quicdesign.randomness import raw_words
 from quicdesign.rotation import fwht
 
 from ._common import generator, stream_seed
-from .history import RunHistory
+from .loop import RoundStep, train
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes
 from .wire import BitCounter, RawFloats
@@ -336,115 +335,169 @@ def run_intrinsic(
     RunHistory
         ``extras`` holds the final state, the projection spec and ``model``.
     """
-    if variant not in INTRINSIC_VARIANTS:
-        raise ParameterError(f"variant must be one of {INTRINSIC_VARIANTS}, got {variant!r}")
-    if schedule not in ("round-robin", "random"):
-        raise ParameterError(f"schedule must be round-robin or random, got {schedule!r}")
-    if not isinstance(participation, Participation):
-        raise ParameterError("participation must be a Participation")
-    rounds = check_int(rounds, "rounds", 0)
-    record_every = check_int(record_every, "record_every", 1)
-    step = check_positive_float(step_size, "step_size")
-    num_subspaces = check_int(num_subspaces, "num_subspaces", 1)
-    period = check_int(period, "period", 1)
-    dtype = np.dtype(wire_dtype).newbyteorder("<")
-    if dtype.kind != "f" or dtype.itemsize not in (4, 8):
-        raise ParameterError(f"wire_dtype must be float32 or float64, got {wire_dtype!r}")
-    wire = RawFloats(dtype.name)
-    full_dim, num_clients = problem.dim, problem.num_clients
-    sub_dim = check_int(subspace_dim, "subspace_dim", 1)
-    spec = ProjectionSpec(
-        full_dim, sub_dim, stream_seed(seed, "intrinsic-projection"), projection, orthonormalize
+    algorithm = _IntrinsicStep(
+        problem,
+        variant,
+        subspace_dim=subspace_dim,
+        rounds=rounds,
+        step_size=step_size,
+        batch_size=batch_size,
+        num_subspaces=num_subspaces,
+        period=period,
+        schedule=schedule,
+        projection=projection,
+        orthonormalize=orthonormalize,
+        participation=participation,
+        wire_dtype=wire_dtype,
+        stateless_clients=stateless_clients,
+        seed=seed,
+        label=label,
     )
-    batches = client_batch_sizes(batch_size, num_clients)
-    num_vectors = {
-        "static": 1,
-        "k-subspace": num_subspaces,
-        "time-varying": max(1, -(-rounds // period)),
-    }[variant]
-    state = IntrinsicServerState(
-        base=problem.initial_point(seed).astype(np.float64),
-        coordinates=np.zeros((num_vectors, sub_dim)),
-        touched_at=np.full(num_vectors, -2, dtype=np.int64),
-        synced_at=np.full(num_clients, -1, dtype=np.int64),
+    return train(
+        problem,
+        algorithm,
+        rounds=rounds,
+        record_every=record_every,
+        callback=callback,
+        progress=progress,
     )
-    # the server and the clients regenerate the same projection; one cache serves both
-    projection_of = functools.lru_cache(maxsize=max(2, num_subspaces))(spec.build)
-    counter = BitCounter(num_clients)
-    history = RunHistory(
-        label or f"intrinsic-{variant}-d{sub_dim}",
-        {
+
+
+class _IntrinsicStep(RoundStep):
+    """Intrinsic compression state: the server state, its projections and streams."""
+
+    def __init__(
+        self,
+        problem,
+        variant,
+        *,
+        subspace_dim,
+        rounds,
+        step_size,
+        batch_size,
+        num_subspaces,
+        period,
+        schedule,
+        projection,
+        orthonormalize,
+        participation,
+        wire_dtype,
+        stateless_clients,
+        seed,
+        label,
+    ):
+        if variant not in INTRINSIC_VARIANTS:
+            raise ParameterError(f"variant must be one of {INTRINSIC_VARIANTS}, got {variant!r}")
+        if schedule not in ("round-robin", "random"):
+            raise ParameterError(f"schedule must be round-robin or random, got {schedule!r}")
+        if not isinstance(participation, Participation):
+            raise ParameterError("participation must be a Participation")
+        rounds = check_int(rounds, "rounds", 0)
+        self.step_size = check_positive_float(step_size, "step_size")
+        self.num_subspaces = check_int(num_subspaces, "num_subspaces", 1)
+        self.period = check_int(period, "period", 1)
+        dtype = np.dtype(wire_dtype).newbyteorder("<")
+        if dtype.kind != "f" or dtype.itemsize not in (4, 8):
+            raise ParameterError(f"wire_dtype must be float32 or float64, got {wire_dtype!r}")
+        self.dtype, self.wire = dtype, RawFloats(dtype.name)
+        full_dim, num_clients = problem.dim, problem.num_clients
+        sub_dim = check_int(subspace_dim, "subspace_dim", 1)
+        self.spec = ProjectionSpec(
+            full_dim, sub_dim, stream_seed(seed, "intrinsic-projection"), projection, orthonormalize
+        )
+        self.problem, self.variant, self.schedule, self.seed = problem, variant, schedule, seed
+        self.participation, self.stateless_clients = participation, stateless_clients
+        self.batches = client_batch_sizes(batch_size, num_clients)
+        num_vectors = {
+            "static": 1,
+            "k-subspace": self.num_subspaces,
+            "time-varying": max(1, -(-rounds // self.period)),
+        }[variant]
+        self.state = IntrinsicServerState(
+            base=problem.initial_point(seed).astype(np.float64),
+            coordinates=np.zeros((num_vectors, sub_dim)),
+            touched_at=np.full(num_vectors, -2, dtype=np.int64),
+            synced_at=np.full(num_clients, -1, dtype=np.int64),
+        )
+        # the server and the clients regenerate the same projection; one cache serves both
+        self.projection_of = functools.lru_cache(maxsize=max(2, self.num_subspaces))(
+            self.spec.build
+        )
+        self.counter = BitCounter(num_clients)
+        self.label = label or f"intrinsic-{variant}-d{sub_dim}"
+        self.config = {
             "variant": variant,
             "subspace_dim": sub_dim,
-            "num_subspaces": num_subspaces,
-            "period": period,
-            "projection": spec.resolved_kind,
-            "step_size": step,
+            "num_subspaces": self.num_subspaces,
+            "period": self.period,
+            "projection": self.spec.resolved_kind,
+            "step_size": self.step_size,
             "seed": seed,
-        },
-        counter,
-    )
-    data_rng = generator(seed, "minibatches")
-    sampling_rng = generator(seed, "participation")
+        }
+        self.data_rng = generator(seed, "minibatches")
+        self.sampling_rng = generator(seed, "participation")
+        self.vector = 0
 
-    def current_model(last_vector):
-        if variant == "time-varying":
-            return state.base + projection_of(last_vector).forward(state.coordinates[last_vector])
+    def model(self):
+        state, projection_of, last = self.state, self.projection_of, self.vector
+        if self.variant == "time-varying":
+            return state.base + projection_of(last).forward(state.coordinates[last])
         model = state.base.copy()
         for v in np.flatnonzero(state.touched_at >= 0):
             model += projection_of(int(v)).forward(state.coordinates[v])
         return model
 
-    vector = 0
-    history.record(0, problem.metrics(current_model(vector)))
-    bar = reporter(rounds, history.label, progress, unit="round")
-    for t in range(rounds):
-        vector = _vector_index(variant, t, num_subspaces, period, schedule, seed)
-        if variant == "time-varying" and vector > 0 and t % period == 0:
-            # fold the finished period into the base; its final z stays for late clients
-            state.base = state.base + projection_of(vector - 1).forward(
-                state.coordinates[vector - 1]
-            )
-        model = current_model(vector)
-        active = participation.sample(num_clients, sampling_rng)
+    def extras(self):
+        return {"state": self.state, "spec": self.spec, "model": self.model()}
 
+    def _send_downloads(self, t, active, model):
+        """Bring each active client up to date; ``{client: (vector_ids, payload)}``."""
+        state, sub_dim = self.state, self.spec.sub_dim
         downloads = {}
-        synced = np.full(active.size, -1) if stateless_clients else state.synced_at[active]
+        synced = np.full(active.size, -1) if self.stateless_clients else state.synced_at[active]
         lacking = state.touched_at[None, :] >= synced[:, None]
         payloads = []
         for row, client in enumerate(active):
             ids = np.flatnonzero(lacking[row])
-            if ids.size * sub_dim <= full_dim:
+            if ids.size * sub_dim <= self.spec.full_dim:
                 values = state.coordinates[ids].reshape(1, -1)
             else:
                 ids, values = None, model[None]
             # framed like every payload (the envelope, then the floats); nothing to send
             # is no message
             payload = (
-                wire.encode_batch(values, round_seed=t, client_ids=[client])[0]
+                self.wire.encode_batch(values, round_seed=t, client_ids=[client])[0]
                 if values.size
                 else b""
             )
             payloads.append(payload)
             downloads[int(client)] = (ids, payload)
-        counter.add_downloads(active, payloads)
+        self.counter.add_downloads(active, payloads)
         state.synced_at[active] = t
+        return downloads
 
-        grads = problem.gradients(model, active, batches[active], data_rng)
+    def step(self, t):
+        state, projection_of, period = self.state, self.projection_of, self.period
+        vector = _vector_index(
+            self.variant, t, self.num_subspaces, period, self.schedule, self.seed
+        )
+        self.vector = vector
+        if self.variant == "time-varying" and vector > 0 and t % period == 0:
+            # fold the finished period into the base; its final z stays for late clients
+            state.base = state.base + projection_of(vector - 1).forward(
+                state.coordinates[vector - 1]
+            )
+        model = self.model()
+        active = self.participation.sample(self.problem.num_clients, self.sampling_rng)
+        downloads = self._send_downloads(t, active, model)
+
+        grads = self.problem.gradients(model, active, self.batches[active], self.data_rng)
         adjoint = projection_of(vector).adjoint(grads)
-        uploads = wire.encode_batch(adjoint, round_seed=t, client_ids=active)
-        counter.add_upload(active, uploads)
+        uploads = self.wire.encode_batch(adjoint, round_seed=t, client_ids=active)
+        self.counter.add_upload(active, uploads)
         if active.size:
-            received = wire.decode_batch(uploads, dim=sub_dim, round_seed=t)
-            updated = state.coordinates[vector] - step * received.mean(axis=0)
-            state.coordinates[vector] = _wire_round(updated, dtype)
+            received = self.wire.decode_batch(uploads, dim=self.spec.sub_dim, round_seed=t)
+            updated = state.coordinates[vector] - self.step_size * received.mean(axis=0)
+            state.coordinates[vector] = _wire_round(updated, self.dtype)
             state.touched_at[vector] = t
-
-        if callback is not None:
-            callback(t, state, downloads)
-        if (t + 1) % record_every == 0 or t + 1 == rounds:
-            history.record(t + 1, problem.metrics(current_model(vector)))
-        bar.update()
-    bar.close()
-    history.extras.update(state=state, spec=spec, model=current_model(vector))
-    return history
+        return state, downloads

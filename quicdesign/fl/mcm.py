@@ -42,13 +42,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from quicdesign._progress import progress as reporter
 from quicdesign._threads import single_threaded_blas
 from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError
 
 from ._common import generator, stream_seed
-from .history import RunHistory
+from .loop import RoundStep, train
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes
 from .wire import (
@@ -227,94 +226,140 @@ def run_mcm(
         Metrics of the server model; ``extras`` holds the final ``server`` and ``workers``
         states and the memory rates used.
     """
-    if algorithm not in MCM_ALGORITHMS:
-        raise ParameterError(f"unknown algorithm {algorithm!r}; choose from {MCM_ALGORITHMS}")
-    rounds = check_int(rounds, "rounds", 0)
-    record_every = check_int(record_every, "record_every", 1)
-    base_step = check_positive_float(step_size, "step_size")
-    decay = None if step_decay is None else check_int(step_decay, "step_decay", 1)
-    if not isinstance(participation, Participation):
-        raise ParameterError("participation must be a Participation")
-    if algorithm == "mcm" and not participation.is_full:
-        raise ParameterError(
-            "mcm keeps one downlink memory that absent workers would lose; "
-            "use rand-mcm under partial participation"
+    mcm = _MCMStep(
+        problem,
+        algorithm,
+        step_size=step_size,
+        uplink=uplink,
+        downlink=downlink,
+        batch_size=batch_size,
+        participation=participation,
+        up_rate=up_rate,
+        down_rate=down_rate,
+        smart_init=smart_init,
+        step_decay=step_decay,
+        seed=seed,
+        label=label,
+    )
+    return train(
+        problem, mcm, rounds=rounds, record_every=record_every, callback=callback, progress=progress
+    )
+
+
+class _MCMStep(RoundStep):
+    """State of the MCM family: the server's and the workers' models and memories."""
+
+    def __init__(
+        self,
+        problem,
+        algorithm,
+        *,
+        step_size,
+        uplink,
+        downlink,
+        batch_size,
+        participation,
+        up_rate,
+        down_rate,
+        smart_init,
+        step_decay,
+        seed,
+        label,
+    ):
+        if algorithm not in MCM_ALGORITHMS:
+            raise ParameterError(f"unknown algorithm {algorithm!r}; choose from {MCM_ALGORITHMS}")
+        self.base_step = check_positive_float(step_size, "step_size")
+        self.decay = None if step_decay is None else check_int(step_decay, "step_decay", 1)
+        if not isinstance(participation, Participation):
+            raise ParameterError("participation must be a Participation")
+        if algorithm == "mcm" and not participation.is_full:
+            raise ParameterError(
+                "mcm keeps one downlink memory that absent workers would lose; "
+                "use rand-mcm under partial participation"
+            )
+        exact = RawFloats("float32")
+        uplink = exact if uplink is None else uplink
+        if algorithm in _DOWNLINK_COMPRESSED:
+            if downlink is None:
+                raise ParameterError(f"{algorithm} needs a downlink compressor")
+        elif downlink is not None:
+            raise ParameterError(f"{algorithm} sends the model uncompressed; leave downlink unset")
+        _check_unbiased(uplink, "uplink")
+        if downlink is not None:
+            _check_unbiased(downlink, "downlink")
+
+        num_clients, dim = problem.num_clients, problem.dim
+        self.alpha_up, self.alpha_down = _resolve_rates(
+            algorithm, uplink, downlink, dim, up_rate, down_rate
         )
-    exact = RawFloats("float32")
-    uplink = exact if uplink is None else uplink
-    if algorithm in _DOWNLINK_COMPRESSED:
-        if downlink is None:
-            raise ParameterError(f"{algorithm} needs a downlink compressor")
-    elif downlink is not None:
-        raise ParameterError(f"{algorithm} sends the model uncompressed; leave downlink unset")
-    _check_unbiased(uplink, "uplink")
-    if downlink is not None:
-        _check_unbiased(downlink, "downlink")
+        self.problem, self.algorithm, self.seed = problem, algorithm, seed
+        self.exact, self.uplink, self.downlink = exact, uplink, downlink
+        self.participation = participation
+        self.batches = client_batch_sizes(batch_size, num_clients)
+        self.inclusion = participation.inclusion_probability(num_clients)
+        self.everyone = np.arange(num_clients)
 
-    num_clients, dim = problem.num_clients, problem.dim
-    alpha_up, alpha_down = _resolve_rates(algorithm, uplink, downlink, dim, up_rate, down_rate)
-    batches = client_batch_sizes(batch_size, num_clients)
-    inclusion = participation.inclusion_probability(num_clients)
-    everyone = np.arange(num_clients)
-
-    start = problem.initial_point(seed).astype(np.float64)
-    # H starts at w0 on both sides, so the first w_hat = w0 + C(0) = w0
-    per_worker_down = 1 if algorithm in ("mcm", "mc") else num_clients
-    server = MCMServerState(
-        start.copy(), np.zeros((num_clients, dim)), np.tile(start, (per_worker_down, 1))
-    )
-    workers = MCMWorkerStates(
-        np.zeros((num_clients, dim)),
-        np.tile(start, (num_clients, 1)),
-        np.tile(start, (num_clients, 1)),
-    )
-    counter = BitCounter(num_clients)
-    history = RunHistory(
-        label or algorithm,
-        {
+        start = problem.initial_point(seed).astype(np.float64)
+        # H starts at w0 on both sides, so the first w_hat = w0 + C(0) = w0
+        per_worker_down = 1 if algorithm in ("mcm", "mc") else num_clients
+        self.server = MCMServerState(
+            start.copy(), np.zeros((num_clients, dim)), np.tile(start, (per_worker_down, 1))
+        )
+        self.workers = MCMWorkerStates(
+            np.zeros((num_clients, dim)),
+            np.tile(start, (num_clients, 1)),
+            np.tile(start, (num_clients, 1)),
+        )
+        self.counter = BitCounter(num_clients)
+        self.label = label or algorithm
+        self.config = {
             "algorithm": algorithm,
             "uplink": describe_compressor(uplink),
             "downlink": describe_compressor(downlink if downlink is not None else exact),
-            "step_size": base_step,
-            **({} if decay is None else {"step_decay": decay}),
+            "step_size": self.base_step,
+            **({} if self.decay is None else {"step_decay": self.decay}),
             "seed": seed,
-        },
-        counter,
-    )
-    history.extras.update(up_rate=alpha_up, down_rate=alpha_down)
-    data_rng = generator(seed, "minibatches")
-    coin_rng = generator(seed, "compressor-coins")
-    sampling_rng = generator(seed, "participation")
+        }
+        self.data_rng = generator(seed, "minibatches")
+        self.coin_rng = generator(seed, "compressor-coins")
+        self.sampling_rng = generator(seed, "participation")
 
-    if smart_init and algorithm != "sgd":
-        first = problem.gradients(workers.local_models, everyone, batches, data_rng)
-        sent = send_each(
-            exact,
-            first,
-            everyone,
-            round_seed=stream_seed(seed, "smart-init"),
-            rng=coin_rng,
-            counter=counter,
-        )
-        workers.up_memories[:] = sent
-        server.up_memories[:] = sent
-    history.record(0, problem.metrics(server.model))
+        if smart_init and algorithm != "sgd":
+            models = self.workers.local_models
+            first = problem.gradients(models, self.everyone, self.batches, self.data_rng)
+            sent = send_each(
+                exact,
+                first,
+                self.everyone,
+                round_seed=stream_seed(seed, "smart-init"),
+                rng=self.coin_rng,
+                counter=self.counter,
+            )
+            self.workers.up_memories[:] = sent
+            self.server.up_memories[:] = sent
 
-    bar = reporter(rounds, history.label, progress, unit="round")
-    for t in range(rounds):
-        step = base_step if decay is None else base_step * decay / (decay + t)
-        active = participation.sample(num_clients, sampling_rng)
-        up_seed = stream_seed(seed, "uplink", t)
-        down_seed = stream_seed(seed, "downlink", t)
+    def model(self):
+        return self.server.model
 
-        # 1. the model goes down to this round's workers
+    def extras(self):
+        return {
+            "up_rate": self.alpha_up,
+            "down_rate": self.alpha_down,
+            "server": self.server,
+            "workers": self.workers,
+        }
+
+    def _downlink(self, active, down_seed):
+        """1. the model goes down to this round's workers."""
+        algorithm, server, workers = self.algorithm, self.server, self.workers
+        alpha_down, coins, counter = self.alpha_down, self.coin_rng, self.counter
         if algorithm in ("mcm", "mc"):
             omega = broadcast(
-                downlink,
+                self.downlink,
                 server.model - server.down_memories[0],
                 active,
                 round_seed=down_seed,
-                rng=coin_rng,
+                rng=coins,
                 counter=counter,
             )
             workers.local_models[active] = workers.down_memories[active] + omega
@@ -324,11 +369,11 @@ def run_mcm(
             server.down_memories[0] = memory_step(server.down_memories[0], omega, alpha_down)
         elif algorithm == "rand-mcm":
             omegas = send_each(
-                downlink,
+                self.downlink,
                 server.model - server.down_memories[active],
                 active,
                 round_seed=down_seed,
-                rng=coin_rng,
+                rng=coins,
                 counter=counter,
                 direction="down",
             )
@@ -341,49 +386,58 @@ def run_mcm(
             )
         elif algorithm in ("sgd", "diana"):
             workers.local_models[active] = broadcast(
-                exact, server.model, active, round_seed=down_seed, rng=coin_rng, counter=counter
+                self.exact, server.model, active, round_seed=down_seed, rng=coins, counter=counter
             )
         # artemis: every worker already applied the last broadcast step
 
+    def step(self, t):
+        decay, base_step = self.decay, self.base_step
+        step = base_step if decay is None else base_step * decay / (decay + t)
+        server, workers, seed = self.server, self.workers, self.seed
+        num_clients, coins, counter = self.problem.num_clients, self.coin_rng, self.counter
+        active = self.participation.sample(num_clients, self.sampling_rng)
+        up_seed = stream_seed(seed, "uplink", t)
+        down_seed = stream_seed(seed, "downlink", t)
+        self._downlink(active, down_seed)
+
         # 2. gradients at each worker's own model
-        grads = problem.gradients(workers.local_models[active], active, batches[active], data_rng)
+        grads = self.problem.gradients(
+            workers.local_models[active], active, self.batches[active], self.data_rng
+        )
 
         # 3. uplink: compressed difference to the memory
-        if algorithm == "sgd":
+        scale = num_clients * self.inclusion
+        if self.algorithm == "sgd":
             sent = send_each(
-                uplink, grads, active, round_seed=up_seed, rng=coin_rng, counter=counter
+                self.uplink, grads, active, round_seed=up_seed, rng=coins, counter=counter
             )
-            estimate = sent.sum(axis=0) / (num_clients * inclusion)
+            estimate = sent.sum(axis=0) / scale
         else:
             sent = send_each(
-                uplink,
+                self.uplink,
                 grads - workers.up_memories[active],
                 active,
                 round_seed=up_seed,
-                rng=coin_rng,
+                rng=coins,
                 counter=counter,
             )
-            estimate = server.up_memories.mean(axis=0) + sent.sum(axis=0) / (
-                num_clients * inclusion
-            )
+            estimate = server.up_memories.mean(axis=0) + sent.sum(axis=0) / scale
+            alpha_up = self.alpha_up
             workers.up_memories[active] = memory_step(workers.up_memories[active], sent, alpha_up)
             server.up_memories[active] = memory_step(server.up_memories[active], sent, alpha_up)
 
         # 4. the step
-        if algorithm == "artemis":
+        if self.algorithm == "artemis":
             omega = broadcast(
-                downlink, estimate, everyone, round_seed=down_seed, rng=coin_rng, counter=counter
+                self.downlink,
+                estimate,
+                self.everyone,
+                round_seed=down_seed,
+                rng=coins,
+                counter=counter,
             )
             server.model = server.model - step * omega
             workers.local_models = workers.local_models - step * omega
         else:
             server.model = server.model - step * estimate
-
-        if callback is not None:
-            callback(t, server, workers)
-        if (t + 1) % record_every == 0 or t + 1 == rounds:
-            history.record(t + 1, problem.metrics(server.model))
-        bar.update()
-    bar.close()
-    history.extras.update(server=server, workers=workers)
-    return history
+        return server, workers

@@ -44,14 +44,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from quicdesign._envelope import ENVELOPE_SIZE, config_tag
-from quicdesign._progress import progress as reporter
 from quicdesign._threads import single_threaded_blas
 from quicdesign._validate import check_int, check_positive_float, check_probability
 from quicdesign.errors import ParameterError, PayloadError
 from quicdesign.randomness import raw_words
 
 from ._common import generator, stream_seed
-from .history import RunHistory
+from .loop import RoundStep, train
 from .problems import client_batch_sizes
 from .wire import BitCounter, _framed, _opened
 
@@ -309,67 +308,114 @@ def run_signsgd(
         the :class:`VoteWeights`; with the truth tracked, ``extras["truth_state"]``
         holds the counts of agreement with the exact gradient's sign (else None).
     """
-    if rule not in SIGN_RULES:
-        raise ParameterError(f"rule must be one of {SIGN_RULES}, got {rule!r}")
-    if tie not in _TIE_RULES:
-        raise ParameterError(f"tie must be one of {_TIE_RULES}, got {tie!r}")
-    rounds = check_int(rounds, "rounds", 0)
-    warmup = check_int(warmup, "warmup", 0)
-    record_every = check_int(record_every, "record_every", 1)
-    step = check_positive_float(step_size, "step_size")
-    clip = check_positive_float(clip, "clip")
-    eps = check_positive_float(eps, "eps")
-    forgetting = check_probability(forgetting, "forgetting")
-    num_workers, dim = problem.num_clients, problem.dim
-    batches = client_batch_sizes(batch_size, num_workers)
-    everyone = np.arange(num_workers)
-    state = VoteWeights.zeros(num_workers, dim, estimator)
-    truth = None
-    if rule == "fv-oracle" or track_truth:
-        if not callable(getattr(problem, "full_gradient", None)):
-            raise ParameterError(f"{rule} with the truth tracked needs problem.full_gradient")
-        truth = VoteWeights.zeros(num_workers, dim, estimator)
-    learned = truth if rule == "fv-oracle" else state
-    counter = BitCounter(num_workers)
-    history = RunHistory(
-        label or f"signsgd-{rule}",
-        {
+    algorithm = _SignSGDStep(
+        problem,
+        rule,
+        step_size=step_size,
+        batch_size=batch_size,
+        warmup=warmup,
+        clip=clip,
+        eps=eps,
+        forgetting=forgetting,
+        estimator=estimator,
+        tie=tie,
+        track_truth=track_truth,
+        seed=seed,
+        label=label,
+    )
+    return train(
+        problem,
+        algorithm,
+        rounds=rounds,
+        record_every=record_every,
+        callback=callback,
+        progress=progress,
+    )
+
+
+class _SignSGDStep(RoundStep):
+    """signSGD state: the model, the vote counts and (optionally) the truth counts."""
+
+    def __init__(
+        self,
+        problem,
+        rule,
+        *,
+        step_size,
+        batch_size,
+        warmup,
+        clip,
+        eps,
+        forgetting,
+        estimator,
+        tie,
+        track_truth,
+        seed,
+        label,
+    ):
+        if rule not in SIGN_RULES:
+            raise ParameterError(f"rule must be one of {SIGN_RULES}, got {rule!r}")
+        if tie not in _TIE_RULES:
+            raise ParameterError(f"tie must be one of {_TIE_RULES}, got {tie!r}")
+        self.warmup = check_int(warmup, "warmup", 0)
+        self.step_size = check_positive_float(step_size, "step_size")
+        self.clip = check_positive_float(clip, "clip")
+        self.eps = check_positive_float(eps, "eps")
+        self.forgetting = check_probability(forgetting, "forgetting")
+        self.problem, self.rule, self.tie, self.seed = problem, rule, tie, seed
+        num_workers, dim = problem.num_clients, problem.dim
+        self.batches = client_batch_sizes(batch_size, num_workers)
+        self.everyone = np.arange(num_workers)
+        self.state = VoteWeights.zeros(num_workers, dim, estimator)
+        self.truth = None
+        if rule == "fv-oracle" or track_truth:
+            if not callable(getattr(problem, "full_gradient", None)):
+                raise ParameterError(f"{rule} with the truth tracked needs problem.full_gradient")
+            self.truth = VoteWeights.zeros(num_workers, dim, estimator)
+        self.learned = self.truth if rule == "fv-oracle" else self.state
+        self.counter = BitCounter(num_workers)
+        self.label = label or f"signsgd-{rule}"
+        self.config = {
             "rule": rule,
             "estimator": estimator,
-            "warmup": warmup,
-            "step_size": step,
-            "batch_sizes": "/".join(map(str, batches)),
+            "warmup": self.warmup,
+            "step_size": self.step_size,
+            "batch_sizes": "/".join(map(str, self.batches)),
             "seed": seed,
-        },
-        counter,
-    )
-    data_rng = generator(seed, "minibatches")
-    model = problem.initial_point(seed).astype(np.float64)
-    history.record(0, problem.metrics(model))
-    bar = reporter(rounds, history.label, progress, unit="round")
-    for t in range(rounds):
-        grads = problem.gradients(model, everyone, batches, data_rng)
+        }
+        self.data_rng = generator(seed, "minibatches")
+        self.current = problem.initial_point(seed).astype(np.float64)
+
+    def model(self):
+        return self.current
+
+    def extras(self):
+        return {
+            "weights": self.learned.weights(clip=self.clip, eps=self.eps),
+            "state": self.state,
+            "truth_state": self.truth,
+            "model": self.current,
+        }
+
+    def step(self, t):
+        problem, everyone, dim = self.problem, self.everyone, self.problem.dim
+        grads = problem.gradients(self.current, everyone, self.batches, self.data_rng)
         uploads = encode_signs(grads)
-        counter.add_upload(everyone, uploads)
+        self.counter.add_upload(everyone, uploads)
         signs = decode_signs(uploads, dim)
-        weights = None if rule == "mv" or t < warmup else learned.weights(clip=clip, eps=eps)
-        decoded = weighted_vote(signs, weights, tie=tie, tie_seed=stream_seed(seed, "ties", t))
+        weights = None
+        if self.rule != "mv" and t >= self.warmup:
+            weights = self.learned.weights(clip=self.clip, eps=self.eps)
+        tie_seed = stream_seed(self.seed, "ties", t)
+        decoded = weighted_vote(signs, weights, tie=self.tie, tie_seed=tie_seed)
         payload = encode_vote(decoded)
-        counter.add_download(everyone, payload)
-        if truth is not None:  # the sign at the model the gradients were taken at
-            truth.update(signs, np.sign(problem.full_gradient(model)), forgetting)
-        model = model - step * decode_vote(payload, dim)
-        state.update(signs, decoded, forgetting)
-        if callback is not None:
-            callback(t, model, state)
-        if (t + 1) % record_every == 0 or t + 1 == rounds:
-            history.record(t + 1, problem.metrics(model))
-        bar.update()
-    bar.close()
-    history.extras.update(
-        weights=learned.weights(clip=clip, eps=eps), state=state, truth_state=truth, model=model
-    )
-    return history
+        self.counter.add_download(everyone, payload)
+        if self.truth is not None:  # the sign at the model the gradients were taken at
+            exact_signs = np.sign(problem.full_gradient(self.current))
+            self.truth.update(signs, exact_signs, self.forgetting)
+        self.current = self.current - self.step_size * decode_vote(payload, dim)
+        self.state.update(signs, decoded, self.forgetting)
+        return self.current, self.state
 
 
 def _normal_cdf(x):
