@@ -11,6 +11,7 @@ import argparse
 import math
 
 __all__ = [
+    "add_compressor_options",
     "int_list",
     "bounded_int",
     "real",
@@ -146,4 +147,16 @@ def add_progress_option(parser, unit: str = "step") -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help=f"progress: a bar on a terminal, one line per {unit} otherwise (default: on)",
+    )
+
+
+def add_compressor_options(parser) -> None:
+    """Add ``--bits`` and ``--compressor`` (the integration demos' choice of scheme)."""
+    parser.add_argument(
+        "--bits", type=bounded_int("bits", 1, 8), default=4, help="bits per coordinate (default: 4)"
+    )
+    parser.add_argument(
+        "--compressor",
+        default="quicfl",
+        help="registry name, e.g. quicfl, quicfl-ec, eden (default: quicfl)",
     )

@@ -325,14 +325,19 @@ def _mcm_grid(problem, seeds, common, algorithms, paper_downlink=()):
     return jobs
 
 
-def _mcm_jobs(seeds, rounds):
-    common = dict(
+def _mcm_common(rounds, **options):
+    """Options every MCM experiment shares: step 1/(2L), the paper's uplink, ~200 records."""
+    return dict(
         rounds=rounds,
         step_size="1/(2L)",
         uplink=_MCM_UPLINK,
-        batch_size=16,
         record_every=max(1, rounds // 200),
+        **options,
     )
+
+
+def _mcm_jobs(seeds, rounds):
+    common = _mcm_common(rounds, batch_size=16)
 
     def algorithms(fraction):
         return ["mcm", "artemis", "mc"] + (["rand-mcm"] if fraction == 0.1 else [])
@@ -367,13 +372,7 @@ def _mcm_summary(histories, rounds):
 
 
 def _mcm_full_batch_jobs(seeds, rounds):
-    common = dict(
-        rounds=rounds,
-        step_size="1/(2L)",
-        uplink=_MCM_UPLINK,
-        batch_size=None,
-        record_every=max(1, rounds // 200),
-    )
+    common = _mcm_common(rounds, batch_size=None)
     jobs = []
     for seed in seeds:
         jobs.append(
@@ -479,14 +478,7 @@ def _breast_cancer_logistic(workers):
 
 
 def _mcm_real_jobs(seeds, rounds):
-    common = dict(
-        rounds=rounds,
-        step_size="1/(2L)",
-        uplink=_MCM_UPLINK,
-        batch_size=8,
-        record_every=max(1, rounds // 200),
-        average_from=rounds // 2,
-    )
+    common = _mcm_common(rounds, batch_size=8, average_from=rounds // 2)
     problem = ("breast-cancer-logistic", _BREAST_CANCER_WORKERS)
     return _mcm_grid(
         problem,
@@ -532,13 +524,7 @@ def _mcm_real_summary(histories, rounds):
 
 
 def _mcm_alpha_jobs(seeds, rounds):
-    common = dict(
-        rounds=rounds,
-        step_size="1/(2L)",
-        uplink=_MCM_UPLINK,
-        batch_size=16,
-        record_every=max(1, rounds // 200),
-    )
+    common = _mcm_common(rounds, batch_size=16)
     problem = ("least-squares", 1.0)
     jobs = []
     for seed in seeds:
@@ -609,13 +595,7 @@ _MCM_CHECKPOINTS = (200, 400, 800, 1600)
 
 
 def _mcm_decreasing_jobs(seeds, rounds):
-    common = dict(
-        rounds=rounds,
-        step_size="1/(2L)",
-        uplink=_MCM_UPLINK,
-        batch_size=8,
-        record_every=max(1, rounds // 200),
-    )
+    common = _mcm_common(rounds, batch_size=8)
     # (algorithm, downlink, decay): the constant-step floors, then every algorithm decayed
     configs = [("diana", None, None), ("mcm", _randk(0.1), None)] + [
         (algorithm, None if algorithm == "diana" else _randk(0.1), _MCM_DECAY)

@@ -30,7 +30,7 @@ from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError
 
 from ._common import generator, stream_seed
-from .loop import RoundStep, train
+from .loop import RoundStep, run_steps
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes
 from .wire import BitCounter, RawFloats, broadcast, describe_compressor, send_each
@@ -103,8 +103,13 @@ def run_fedsgd(
     RunHistory
         Metrics of the client-visible model; ``extras`` has both final models.
     """
-    algorithm = _FedSGDStep(
+    return run_steps(
+        _FedSGDStep,
         problem,
+        rounds=rounds,
+        record_every=record_every,
+        callback=callback,
+        progress=progress,
         step_size=step_size,
         batch_size=batch_size,
         uplink=uplink,
@@ -116,14 +121,6 @@ def run_fedsgd(
         participation=participation,
         seed=seed,
         label=label,
-    )
-    return train(
-        problem,
-        algorithm,
-        rounds=rounds,
-        record_every=record_every,
-        callback=callback,
-        progress=progress,
     )
 
 

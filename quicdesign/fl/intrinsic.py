@@ -72,7 +72,7 @@ from quicdesign.randomness import raw_words
 from quicdesign.rotation import fwht
 
 from ._common import generator, stream_seed
-from .loop import RoundStep, train
+from .loop import RoundStep, run_steps
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes
 from .wire import BitCounter, RawFloats
@@ -335,11 +335,16 @@ def run_intrinsic(
     RunHistory
         ``extras`` holds the final state, the projection spec and ``model``.
     """
-    algorithm = _IntrinsicStep(
+    return run_steps(
+        _IntrinsicStep,
         problem,
-        variant,
-        subspace_dim=subspace_dim,
         rounds=rounds,
+        record_every=record_every,
+        callback=callback,
+        progress=progress,
+        variant=variant,
+        subspace_dim=subspace_dim,
+        total_rounds=rounds,
         step_size=step_size,
         batch_size=batch_size,
         num_subspaces=num_subspaces,
@@ -353,14 +358,6 @@ def run_intrinsic(
         seed=seed,
         label=label,
     )
-    return train(
-        problem,
-        algorithm,
-        rounds=rounds,
-        record_every=record_every,
-        callback=callback,
-        progress=progress,
-    )
 
 
 class _IntrinsicStep(RoundStep):
@@ -372,7 +369,7 @@ class _IntrinsicStep(RoundStep):
         variant,
         *,
         subspace_dim,
-        rounds,
+        total_rounds,
         step_size,
         batch_size,
         num_subspaces,
@@ -392,7 +389,7 @@ class _IntrinsicStep(RoundStep):
             raise ParameterError(f"schedule must be round-robin or random, got {schedule!r}")
         if not isinstance(participation, Participation):
             raise ParameterError("participation must be a Participation")
-        rounds = check_int(rounds, "rounds", 0)
+        rounds = check_int(total_rounds, "rounds", 0)
         self.step_size = check_positive_float(step_size, "step_size")
         self.num_subspaces = check_int(num_subspaces, "num_subspaces", 1)
         self.period = check_int(period, "period", 1)

@@ -89,3 +89,24 @@ def train(problem, algorithm, *, rounds, record_every=1, callback=None, progress
     bar.close()
     history.extras.update(algorithm.extras())
     return history
+
+
+def run_steps(
+    step_class, problem, *, rounds, record_every=1, callback=None, progress=None, **options
+):
+    """Build ``step_class(problem, **options)`` and :func:`train` it (the runners' tail).
+
+    Returns
+    -------
+    RunHistory
+        What :func:`train` returns.
+    """
+    algorithm = step_class(problem, **options)
+    return train(
+        problem,
+        algorithm,
+        rounds=rounds,
+        record_every=record_every,
+        callback=callback,
+        progress=progress,
+    )

@@ -47,7 +47,7 @@ from quicdesign._validate import check_int, check_positive_float
 from quicdesign.errors import ParameterError
 
 from ._common import generator, stream_seed
-from .loop import RoundStep, train
+from .loop import RoundStep, run_steps
 from .participation import FULL_PARTICIPATION, Participation
 from .problems import client_batch_sizes
 from .wire import (
@@ -226,9 +226,14 @@ def run_mcm(
         Metrics of the server model; ``extras`` holds the final ``server`` and ``workers``
         states and the memory rates used.
     """
-    mcm = _MCMStep(
+    return run_steps(
+        _MCMStep,
         problem,
-        algorithm,
+        rounds=rounds,
+        record_every=record_every,
+        callback=callback,
+        progress=progress,
+        algorithm=algorithm,
         step_size=step_size,
         uplink=uplink,
         downlink=downlink,
@@ -240,9 +245,6 @@ def run_mcm(
         step_decay=step_decay,
         seed=seed,
         label=label,
-    )
-    return train(
-        problem, mcm, rounds=rounds, record_every=record_every, callback=callback, progress=progress
     )
 
 

@@ -50,7 +50,7 @@ from quicdesign.errors import ParameterError, PayloadError
 from quicdesign.randomness import raw_words
 
 from ._common import generator, stream_seed
-from .loop import RoundStep, train
+from .loop import RoundStep, run_steps
 from .problems import client_batch_sizes
 from .wire import BitCounter, _framed, _opened
 
@@ -308,9 +308,14 @@ def run_signsgd(
         the :class:`VoteWeights`; with the truth tracked, ``extras["truth_state"]``
         holds the counts of agreement with the exact gradient's sign (else None).
     """
-    algorithm = _SignSGDStep(
+    return run_steps(
+        _SignSGDStep,
         problem,
-        rule,
+        rounds=rounds,
+        record_every=record_every,
+        callback=callback,
+        progress=progress,
+        rule=rule,
         step_size=step_size,
         batch_size=batch_size,
         warmup=warmup,
@@ -322,14 +327,6 @@ def run_signsgd(
         track_truth=track_truth,
         seed=seed,
         label=label,
-    )
-    return train(
-        problem,
-        algorithm,
-        rounds=rounds,
-        record_every=record_every,
-        callback=callback,
-        progress=progress,
     )
 
 

@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from quicdesign._argtypes import bounded_int
+from quicdesign._argtypes import add_compressor_options, bounded_int
 from quicdesign.compressors import make_compressor
 
 from .torch import QuicFLHookState, quicfl_hook
@@ -135,14 +135,7 @@ def main(argv=None):
         default=150,
         help="SGD steps per run (default: 150)",
     )
-    parser.add_argument(
-        "--bits", type=bounded_int("bits", 1, 8), default=4, help="bits per coordinate (default: 4)"
-    )
-    parser.add_argument(
-        "--compressor",
-        default="quicfl",
-        help="registry name, e.g. quicfl, quicfl-ec, eden (default: quicfl)",
-    )
+    add_compressor_options(parser)
     args = parser.parse_args(argv)
     if not args.demo:
         parser.print_help()

@@ -22,7 +22,7 @@ from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp.strategy import FedAvg
 
-from quicdesign._argtypes import bounded_int
+from quicdesign._argtypes import add_compressor_options, bounded_int
 from quicdesign.compressors import make_compressor
 
 from .flower import QuicFLMod, QuicFLStrategy
@@ -230,14 +230,7 @@ def main(argv=None):
         default=10,
         help="federated rounds per run (default: 10)",
     )
-    parser.add_argument(
-        "--bits", type=bounded_int("bits", 1, 8), default=4, help="bits per coordinate (default: 4)"
-    )
-    parser.add_argument(
-        "--compressor",
-        default="quicfl",
-        help="registry name, e.g. quicfl, quicfl-ec, eden (default: quicfl)",
-    )
+    add_compressor_options(parser)
     args = parser.parse_args(argv)
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(name, "1")
