@@ -6,7 +6,7 @@ import numba
 import numpy as np
 
 __all__ = [
-    "gather_accumulate",
+    "accumulate_gathered",
     "sender_levels",
     "pack_codes",
     "butterfly_passes",
@@ -24,20 +24,109 @@ _STATE_LOW = 1 << 16
 _BUCKET_SHIFT = 4
 
 
-@numba.njit(cache=True, nogil=True)
-def gather_accumulate(accumulator, tables, indices):  # pragma: no cover - compiled
-    """``accumulator[i] += tables[c, indices[c, i]]`` for ``c = 0, 1, ...`` in order.
+def accumulate_gathered(accumulator, gathered):
+    """Add a block of validated ``stages.GatheredContribution``s (sharing receiver table,
+    chunking and code widths) to the flat float64 ``accumulator`` in one pass."""
+    first = gathered[0]
+    scales = np.stack([g.scale for g in gathered])
+    masks = np.array([g.shared_mask for g in gathered], dtype=np.uint8)
+    _coded_accumulate(
+        accumulator,
+        first.receiver,
+        first.chunk_size,
+        first.bits,
+        first.code_width,
+        scales,
+        masks,
+        numba.typed.List([g.codes for g in gathered]),
+        numba.typed.List([g.shared for g in gathered]),
+        numba.typed.List([g.positions.astype(np.intp) for g in gathered]),
+        numba.typed.List([g.exact for g in gathered]),
+    )
 
-    One pass over the accumulator for a block of clients. Per coordinate the additions
-    happen in client order, exactly as a sequence of ``accumulator += decoded_c`` numpy
-    adds, so the float64 sums are bit-identical to the numpy path.
+
+_TILE = 1024  # coordinates summed per tile: the tile's partial sums stay in L1
+
+
+@numba.njit(cache=True, nogil=True)
+def _coded_accumulate(
+    accumulator,
+    receiver,
+    chunk_size,
+    bits,
+    code_width,
+    scales,
+    masks,
+    codes,
+    shared,
+    positions,
+    exact,
+):  # pragma: no cover - compiled
+    """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(shared[c]
+    [i] & masks[c]) << bits | x]`` with ``x`` the ``i``-th ``code_width``-bit code of
+    ``codes[c]``, or ``exact[c][j]`` where ``i == positions[c][j]`` (increasing). The inputs
+    are validated (every index stays in the table). Per coordinate the additions happen in
+    client order and the products are numpy's ``scale * receiver`` table entries, so the
+    float64 sums are bit-identical to ``accumulator += materialize()`` per client. Tiles of
+    coordinates are visited one client at a time (a simple loop per client; the order of
+    the additions of each coordinate is unchanged).
     """
-    clients, size = indices.shape
-    for i in range(size):
-        total = accumulator[i]
-        for c in range(clients):
-            total += tables[c, indices[c, i]]
-        accumulator[i] = total
+    clients = scales.shape[0]
+    code_mask = np.uint64((1 << code_width) - 1)
+    width = np.uint64(code_width)
+    cursor = np.zeros(clients, dtype=np.intp)
+    partial = np.empty(_TILE, dtype=np.float64)
+    values = np.empty(_TILE, dtype=np.float64)
+    tables = np.empty((clients, receiver.size), dtype=np.float64)
+    for k in range(accumulator.size // chunk_size):
+        for c in range(clients):  # numpy's scale * receiver table entries
+            for e in range(receiver.size):
+                tables[c, e] = scales[c, k] * receiver[e]
+        chunk_end = (k + 1) * chunk_size
+        for start in range(k * chunk_size, chunk_end, _TILE):
+            stop = min(start + _TILE, chunk_end)
+            count = stop - start
+            for j in range(count):
+                partial[j] = accumulator[start + j]
+            for c in range(clients):
+                table = tables[c]
+                row = codes[c]
+                hs = shared[c]
+                mask = np.uint64(masks[c])
+                # groups of 8 coordinates: 8 shared bytes and code_width code bytes
+                groups = count // 8
+                for g in range(groups):
+                    i = start + 8 * g
+                    hword = np.uint64(0)
+                    for t in range(8):
+                        hword |= np.uint64(hs[i + t]) << np.uint64(8 * t)
+                    cword = np.uint64(0)
+                    first_byte = (i >> 3) * code_width
+                    for t in range(code_width):
+                        cword |= np.uint64(row[first_byte + t]) << np.uint64(8 * t)
+                    for u in range(8):
+                        h = (hword >> np.uint64(8 * u)) & mask
+                        x = (cword >> (width * np.uint64(u))) & code_mask
+                        values[8 * g + u] = table[np.intp((h << np.uint64(bits)) | x)]
+                for j in range(8 * groups, count):  # a tile shorter than 8 (tiny chunks)
+                    i = start + j
+                    bit = i * code_width
+                    word = np.uint64(row[bit >> 3])
+                    if (bit & 7) + code_width > 8:
+                        word |= np.uint64(row[(bit >> 3) + 1]) << np.uint64(8)
+                    x = (word >> np.uint64(bit & 7)) & code_mask
+                    h = np.uint64(hs[i]) & mask
+                    values[j] = table[np.intp((h << np.uint64(bits)) | x)]
+                where = positions[c]
+                taken = cursor[c]
+                while taken < where.size and where[taken] < stop:
+                    values[where[taken] - start] = exact[c][taken]
+                    taken += 1
+                cursor[c] = taken
+                for j in range(count):
+                    partial[j] += values[j]
+            for j in range(count):
+                accumulator[start + j] = partial[j]
 
 
 @numba.njit(cache=True, nogil=True)
