@@ -29,7 +29,7 @@ def accumulate_gathered(accumulator, gathered):
     chunking and code widths) to the flat float64 ``accumulator`` in one pass."""
     first = gathered[0]
     scales = np.stack([g.scale for g in gathered])
-    masks = np.array([g.shared_mask for g in gathered], dtype=np.uint8)
+    masks = np.array([g.shared_mask for g in gathered], dtype=np.uint64)
     _coded_accumulate(
         accumulator,
         first.receiver,
@@ -38,11 +38,31 @@ def accumulate_gathered(accumulator, gathered):
         first.code_width,
         scales,
         masks,
-        numba.typed.List([g.codes for g in gathered]),
-        numba.typed.List([g.shared for g in gathered]),
+        numba.typed.List([_code_words(g.codes) for g in gathered]),
+        numba.typed.List([_shared_words(g.shared, accumulator.size) for g in gathered]),
         numba.typed.List([g.positions.astype(np.intp) for g in gathered]),
         numba.typed.List([g.exact for g in gathered]),
     )
+
+
+def _code_words(codes):
+    """Packed codes as little-endian uint64 words, one zero word past the end (a group's
+    codes may straddle two words)."""
+    padded = np.zeros((-(-codes.size // 8) + 1) * 8, dtype=np.uint8)
+    padded[: codes.size] = codes
+    return padded.view("<u8").astype(np.uint64, copy=False)
+
+
+def _shared_words(shared, size):
+    """The shared bytes as uint64 words, byte ``j`` of word ``w`` (least significant
+    first) being value ``8 w + j``: the spec's raw Philox words are already that."""
+    if shared.base is not None and shared.base.dtype == np.uint64 and shared.size % 8 == 0:
+        words = shared.base
+        if words.ndim == 1 and words.size * 8 == shared.size and words.flags.c_contiguous:
+            return words
+    padded = np.zeros(-(-size // 8) * 8, dtype=np.uint8)
+    padded[:size] = shared[:size]
+    return padded.view("<u8").astype(np.uint64)
 
 
 _TILE = 1024  # coordinates summed per tile: the tile's partial sums stay in L1
@@ -62,10 +82,11 @@ def _coded_accumulate(
     positions,
     exact,
 ):  # pragma: no cover - compiled
-    """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(shared[c]
-    [i] & masks[c]) << bits | x]`` with ``x`` the ``i``-th ``code_width``-bit code of
-    ``codes[c]``, or ``exact[c][j]`` where ``i == positions[c][j]`` (increasing). The inputs
-    are validated (every index stays in the table). Per coordinate the additions happen in
+    """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(h &
+    masks[c]) << bits | x]`` with ``h`` byte ``i % 8`` (least significant first) of
+    ``shared[c][i // 8]`` and ``x`` the ``i``-th ``code_width``-bit code of the words ``codes[c]``,
+    or ``exact[c][j]`` where ``i == positions[c][j]`` (increasing). The inputs are
+    validated (every index stays in the table). Per coordinate the additions happen in
     client order and the products are numpy's ``scale * receiver`` table entries, so the
     float64 sums are bit-identical to ``accumulator += materialize()`` per client. Tiles of
     coordinates are visited one client at a time (a simple loop per client; the order of
@@ -74,9 +95,9 @@ def _coded_accumulate(
     clients = scales.shape[0]
     code_mask = np.uint64((1 << code_width) - 1)
     width = np.uint64(code_width)
+    shift = np.uint64(bits)
     cursor = np.zeros(clients, dtype=np.intp)
     partial = np.empty(_TILE, dtype=np.float64)
-    values = np.empty(_TILE, dtype=np.float64)
     tables = np.empty((clients, receiver.size), dtype=np.float64)
     for k in range(accumulator.size // chunk_size):
         for c in range(clients):  # numpy's scale * receiver table entries
@@ -91,40 +112,53 @@ def _coded_accumulate(
             for c in range(clients):
                 table = tables[c]
                 row = codes[c]
-                hs = shared[c]
-                mask = np.uint64(masks[c])
-                # groups of 8 coordinates: 8 shared bytes and code_width code bytes
-                groups = count // 8
-                for g in range(groups):
-                    i = start + 8 * g
-                    hword = np.uint64(0)
-                    for t in range(8):
-                        hword |= np.uint64(hs[i + t]) << np.uint64(8 * t)
-                    cword = np.uint64(0)
-                    first_byte = (i >> 3) * code_width
-                    for t in range(code_width):
-                        cword |= np.uint64(row[first_byte + t]) << np.uint64(8 * t)
-                    for u in range(8):
-                        h = (hword >> np.uint64(8 * u)) & mask
-                        x = (cword >> (width * np.uint64(u))) & code_mask
-                        values[8 * g + u] = table[np.intp((h << np.uint64(bits)) | x)]
-                for j in range(8 * groups, count):  # a tile shorter than 8 (tiny chunks)
-                    i = start + j
-                    bit = i * code_width
-                    word = np.uint64(row[bit >> 3])
-                    if (bit & 7) + code_width > 8:
-                        word |= np.uint64(row[(bit >> 3) + 1]) << np.uint64(8)
-                    x = (word >> np.uint64(bit & 7)) & code_mask
-                    h = np.uint64(hs[i]) & mask
-                    values[j] = table[np.intp((h << np.uint64(bits)) | x)]
+                words = shared[c]
+                mask = masks[c]
                 where = positions[c]
                 taken = cursor[c]
-                while taken < where.size and where[taken] < stop:
-                    values[where[taken] - start] = exact[c][taken]
-                    taken += 1
+                upcoming = where[taken] if taken < where.size else accumulator.size
+                # groups of 8 coordinates: one shared word and code_width code bytes
+                for g in range(count // 8):
+                    i = start + 8 * g
+                    hword = words[i >> 3]
+                    bit = i * code_width
+                    within = np.uint64(bit & 63)
+                    cword = row[bit >> 6] >> within
+                    if within + np.uint64(8) * width > np.uint64(64):
+                        cword |= row[(bit >> 6) + 1] << (np.uint64(64) - within)
+                    if upcoming >= i + 8:
+                        for u in range(8):
+                            h = (hword >> np.uint64(8 * u)) & mask
+                            x = (cword >> (width * np.uint64(u))) & code_mask
+                            partial[8 * g + u] += table[np.intp((h << shift) | x)]
+                    else:  # an exact coordinate in this group (rare)
+                        for u in range(8):
+                            if i + u == upcoming:
+                                value = exact[c][taken]
+                                taken += 1
+                                upcoming = where[taken] if taken < where.size else accumulator.size
+                            else:
+                                h = (hword >> np.uint64(8 * u)) & mask
+                                x = (cword >> (width * np.uint64(u))) & code_mask
+                                value = table[np.intp((h << shift) | x)]
+                            partial[8 * g + u] += value
+                for j in range(count // 8 * 8, count):  # chunks shorter than 8
+                    i = start + j
+                    if i == upcoming:
+                        value = exact[c][taken]
+                        taken += 1
+                        upcoming = where[taken] if taken < where.size else accumulator.size
+                    else:
+                        bit = i * code_width
+                        within = np.uint64(bit & 63)
+                        word = row[bit >> 6] >> within
+                        if within + width > np.uint64(64):
+                            word |= row[(bit >> 6) + 1] << (np.uint64(64) - within)
+                        x = word & code_mask
+                        h = (words[i >> 3] >> np.uint64(8 * (i & 7))) & mask
+                        value = table[np.intp((h << shift) | x)]
+                    partial[j] += value
                 cursor[c] = taken
-                for j in range(count):
-                    partial[j] += values[j]
             for j in range(count):
                 accumulator[start + j] = partial[j]
 
