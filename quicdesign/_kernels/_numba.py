@@ -367,39 +367,87 @@ def rans_encode(symbols, model_of, freq, cum):  # pragma: no cover - compiled
     return states.astype(np.uint32), words
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _rans_update(state, h, entries, bucket_symbol):  # pragma: no cover - compiled
+    """One rANS decode step before renormalization: ``(state, symbol)``. ``entries[h, s]``
+    is ``cum << 16 | freq``; the symbol of a slot is found from its bucket's first symbol
+    by a short forward scan (a 2**10-entry start table per model stays in cache where a
+    full 2**14 slot table would not)."""
+    slot = state & np.uint64((1 << _PROB_BITS) - 1)
+    s = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
+    while np.uint64(entries[h, s + 1] >> 16) <= slot:
+        s += 1
+    entry = np.uint64(entries[h, s])
+    state = (entry & np.uint64(0xFFFF)) * (state >> np.uint64(_PROB_BITS)) + slot
+    return state - (entry >> np.uint64(16)), s
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _rans_refill(state, padded, position, available):  # pragma: no cover - compiled
+    """Renormalize without a branch: a word is read when the state fell below the range
+    (past the end ``padded[available]`` is 0 and the caller reports the truncation)."""
+    need = state < np.uint64(_STATE_LOW)
+    word = np.uint64(padded[min(position, available)])
+    refilled = (state << np.uint64(16)) | word
+    return (refilled if need else state), position + np.intp(need)
+
+
 @numba.njit(cache=True, nogil=True)
 def rans_decode_part(  # pragma: no cover - compiled
     x, words, position, first, model_of, freq, cum, bucket_symbol
 ):
-    """``_rans._decode_part_numpy`` as one scalar loop: symbols ``first ..`` of a stream,
-    updating the uint64 states ``x`` in place; returns ``(symbols, position, status)``.
+    """``_rans._decode_part_numpy`` for symbols ``first ..`` of a stream, updating the
+    uint64 states ``x`` in place; returns ``(symbols, position, status)``.
 
-    The symbol of a slot is found from its bucket's first symbol by a short forward scan
-    of the cumulative table (a 2**10-entry start table per model stays in cache where a
-    full 2**14 slot table would not).
+    The same symbols and states: full rows of the 8 lanes keep their states in registers
+    and decode all lanes before renormalizing them in lane order (the words are consumed
+    in the same order, without a branch the predictor cannot learn at high rates).
     """
     count = model_of.size
     symbols = np.empty(count, dtype=np.uint8)
-    mask = np.uint64((1 << _PROB_BITS) - 1)
     available = words.size
-    for i in range(count):
+    padded = np.zeros(available + 1, dtype=np.uint16)
+    padded[:available] = words
+    entries = np.zeros(cum.shape, dtype=np.uint32)  # cum << 16 | freq: one load per step
+    for h in range(cum.shape[0]):
+        for t in range(cum.shape[1]):
+            frequency = np.uint32(freq[h, t]) if t < freq.shape[1] else np.uint32(0)
+            entries[h, t] = (np.uint32(cum[h, t]) << np.uint32(16)) | frequency
+    i = 0
+    while i < count and (first + i) % _LANES != 0:  # up to the first full row
         lane = (first + i) % _LANES
-        state = x[lane]
-        h = model_of[i]
-        slot = state & mask
-        s = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
-        while np.uint64(cum[h, s + 1]) <= slot:
-            s += 1
-        symbols[i] = s
-        state = np.uint64(freq[h, s]) * (state >> np.uint64(_PROB_BITS)) + slot
-        state -= np.uint64(cum[h, s])
-        if state < np.uint64(_STATE_LOW):
-            if position >= available:
-                x[lane] = state
-                return symbols, position, 1
-            state = (state << np.uint64(16)) | np.uint64(words[position])
-            position += 1
-        x[lane] = state
+        state, symbols[i] = _rans_update(x[lane], model_of[i], entries, bucket_symbol)
+        x[lane], position = _rans_refill(state, padded, position, available)
+        i += 1
+    x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
+    x4, x5, x6, x7 = x[4], x[5], x[6], x[7]
+    while i + _LANES <= count:
+        x0, symbols[i + 0] = _rans_update(x0, model_of[i + 0], entries, bucket_symbol)
+        x1, symbols[i + 1] = _rans_update(x1, model_of[i + 1], entries, bucket_symbol)
+        x2, symbols[i + 2] = _rans_update(x2, model_of[i + 2], entries, bucket_symbol)
+        x3, symbols[i + 3] = _rans_update(x3, model_of[i + 3], entries, bucket_symbol)
+        x4, symbols[i + 4] = _rans_update(x4, model_of[i + 4], entries, bucket_symbol)
+        x5, symbols[i + 5] = _rans_update(x5, model_of[i + 5], entries, bucket_symbol)
+        x6, symbols[i + 6] = _rans_update(x6, model_of[i + 6], entries, bucket_symbol)
+        x7, symbols[i + 7] = _rans_update(x7, model_of[i + 7], entries, bucket_symbol)
+        x0, position = _rans_refill(x0, padded, position, available)
+        x1, position = _rans_refill(x1, padded, position, available)
+        x2, position = _rans_refill(x2, padded, position, available)
+        x3, position = _rans_refill(x3, padded, position, available)
+        x4, position = _rans_refill(x4, padded, position, available)
+        x5, position = _rans_refill(x5, padded, position, available)
+        x6, position = _rans_refill(x6, padded, position, available)
+        x7, position = _rans_refill(x7, padded, position, available)
+        i += _LANES
+    x[0], x[1], x[2], x[3] = x0, x1, x2, x3
+    x[4], x[5], x[6], x[7] = x4, x5, x6, x7
+    while i < count:  # the last partial row
+        lane = (first + i) % _LANES
+        state, symbols[i] = _rans_update(x[lane], model_of[i], entries, bucket_symbol)
+        x[lane], position = _rans_refill(state, padded, position, available)
+        i += 1
+    if position > available:
+        return symbols, available, 1
     return symbols, position, 0
 
 
