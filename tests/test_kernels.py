@@ -279,3 +279,45 @@ def test_nearest_lattice_point_kernel_is_identical(name):
     compiled = nearest_lattice_point(x, spec)
     assert reference[0].tobytes() == compiled[0].tobytes()
     assert reference[1].tobytes() == compiled[1].tobytes()
+
+
+@pytest.mark.parametrize("code_width", range(1, 9))
+@pytest.mark.parametrize(
+    ("chunk_size", "chunks", "shared_bits"), [(4, 3, 2), (2048, 2, 3), (64, 2, 8)]
+)
+def test_server_kernel_sums_gathered_contributions_like_numpy(
+    code_width, chunk_size, chunks, shared_bits
+):
+    # synthetic contributions: tiny chunks (no whole bytes of codes), tiles with runs of
+    # exact coordinates, and (8 + 8 bits) a 2**16-entry receiver: indices wider than 16 bits
+    from quicdesign._wire import pack_codes
+    from quicdesign.stages import GatheredContribution
+
+    rng = np.random.default_rng(code_width * 100 + shared_bits)
+    size = chunk_size * chunks
+    receiver = rng.standard_normal(1 << (shared_bits + code_width))
+    accumulator = rng.standard_normal(size)
+    expected = accumulator.copy()
+    gathered = []
+    for client in range(5):
+        codes = rng.integers(0, 1 << code_width, size, dtype=np.uint8)
+        raw_shared = rng.integers(0, 256, size, dtype=np.uint8)
+        positions = np.flatnonzero(rng.random(size) < (0.3 if client % 2 else 0.01))
+        g = GatheredContribution(
+            receiver,
+            rng.uniform(0.1, 10.0, chunks),
+            chunk_size,
+            code_width,
+            pack_codes(codes, code_width) if code_width < 8 else codes,
+            code_width,
+            raw_shared,
+            (1 << shared_bits) - 1,
+            positions.astype(np.uint32),
+            rng.standard_normal(positions.size),
+        )
+        if code_width < 8:
+            g.codes = np.frombuffer(g.codes, dtype=np.uint8)
+        gathered.append(g)
+        expected += g.materialize()
+    compiled_kernels().accumulate_gathered(accumulator, gathered)
+    assert accumulator.tobytes() == expected.tobytes()

@@ -28,44 +28,65 @@ def accumulate_gathered(accumulator, gathered):
     """Add a block of validated ``stages.GatheredContribution``s (sharing receiver table,
     chunking and code widths) to the flat float64 ``accumulator`` in one pass."""
     first = gathered[0]
-    scales = np.stack([g.scale for g in gathered])
-    masks = np.array([g.shared_mask for g in gathered], dtype=np.uint64)
+    slots = first.receiver.size + _TILE  # the table, then the tile's exact values
+    index_dtype = np.uint16 if slots <= 1 << 16 else np.uint32
     _coded_accumulate(
         accumulator,
         first.receiver,
         first.chunk_size,
         first.bits,
         first.code_width,
-        scales,
-        masks,
-        numba.typed.List([_code_words(g.codes) for g in gathered]),
-        numba.typed.List([_shared_words(g.shared, accumulator.size) for g in gathered]),
+        np.stack([g.scale for g in gathered]),
+        np.array([g.shared_mask for g in gathered], dtype=np.uint8),
+        # one zero byte past the codes: a code may straddle two bytes
+        numba.typed.List([np.append(g.codes, np.uint8(0)) for g in gathered]),
+        numba.typed.List([np.ascontiguousarray(g.shared) for g in gathered]),
         numba.typed.List([g.positions.astype(np.intp) for g in gathered]),
         numba.typed.List([g.exact for g in gathered]),
+        np.empty((len(gathered), _TILE), dtype=index_dtype),
     )
 
 
-def _code_words(codes):
-    """Packed codes as little-endian uint64 words, one zero word past the end (a group's
-    codes may straddle two words)."""
-    padded = np.zeros((-(-codes.size // 8) + 1) * 8, dtype=np.uint8)
-    padded[: codes.size] = codes
-    return padded.view("<u8").astype(np.uint64, copy=False)
+_TILE = 1024  # coordinates per tile: the tile's indices (8 clients) stay in L1
 
 
-def _shared_words(shared, size):
-    """The shared bytes as uint64 words, byte ``j`` of word ``w`` (least significant
-    first) being value ``8 w + j``: the spec's raw Philox words are already that."""
-    if shared.base is not None and shared.base.dtype == np.uint64 and shared.size % 8 == 0:
-        words = shared.base
-        if words.ndim == 1 and words.size * 8 == shared.size and words.flags.c_contiguous:
-            return words
-    padded = np.zeros(-(-size // 8) * 8, dtype=np.uint8)
-    padded[:size] = shared[:size]
-    return padded.view("<u8").astype(np.uint64)
-
-
-_TILE = 1024  # coordinates summed per tile: the tile's partial sums stay in L1
+@numba.njit(cache=True, nogil=True)
+def _tile_index(out, shared, mask, bits, codes, code_width, start, count):  # pragma: no cover
+    """``out[j] = (shared[i] & mask) << bits | x_i`` for ``i = start + j``, ``x_i`` the
+    ``i``-th ``code_width``-bit code of ``codes``; simple loops for whole bytes."""
+    kind = out.dtype.type
+    shift = kind(bits)
+    for j in range(count):
+        out[j] = kind(shared[start + j] & mask) << shift
+    if count % 8 == 0 and code_width == 8:
+        for j in range(count):
+            out[j] |= kind(codes[start + j])
+    elif count % 8 == 0 and code_width == 4:
+        first = start >> 1
+        for q in range(count >> 1):
+            byte = codes[first + q]
+            out[2 * q] |= kind(byte & 15)
+            out[2 * q + 1] |= kind(byte >> 4)
+    elif count % 8 == 0 and code_width == 2:
+        first = start >> 2
+        for q in range(count >> 2):
+            byte = codes[first + q]
+            out[4 * q] |= kind(byte & 3)
+            out[4 * q + 1] |= kind((byte >> 2) & 3)
+            out[4 * q + 2] |= kind((byte >> 4) & 3)
+            out[4 * q + 3] |= kind(byte >> 6)
+    elif count % 8 == 0 and code_width == 1:
+        first = start >> 3
+        for q in range(count >> 3):
+            byte = codes[first + q]
+            for u in range(8):
+                out[8 * q + u] |= kind((byte >> u) & 1)
+    else:
+        code_mask = (1 << code_width) - 1
+        for j in range(count):
+            bit = (start + j) * code_width
+            word = np.intp(codes[bit >> 3]) | (np.intp(codes[(bit >> 3) + 1]) << 8)
+            out[j] |= kind((word >> (bit & 7)) & code_mask)
 
 
 @numba.njit(cache=True, nogil=True)
@@ -81,86 +102,45 @@ def _coded_accumulate(
     shared,
     positions,
     exact,
+    index,
 ):  # pragma: no cover - compiled
-    """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(h &
-    masks[c]) << bits | x]`` with ``h`` byte ``i % 8`` (least significant first) of
-    ``shared[c][i // 8]`` and ``x`` the ``i``-th ``code_width``-bit code of the words ``codes[c]``,
-    or ``exact[c][j]`` where ``i == positions[c][j]`` (increasing). The inputs are
-    validated (every index stays in the table). Per coordinate the additions happen in
-    client order and the products are numpy's ``scale * receiver`` table entries, so the
-    float64 sums are bit-identical to ``accumulator += materialize()`` per client. Tiles of
-    coordinates are visited one client at a time (a simple loop per client; the order of
-    the additions of each coordinate is unchanged).
+    """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(shared[c]
+    [i] & masks[c]) << bits | x]`` with ``x`` the ``i``-th ``code_width``-bit code of
+    ``codes[c]``, or ``exact[c][j]`` where ``i == positions[c][j]`` (increasing). The inputs
+    are validated (every index stays in the table). Per tile of coordinates each client's
+    indices are built first (its exact values get slots after its table), then summed
+    coordinate by coordinate in client order; the products are numpy's ``scale *
+    receiver`` table entries, so the float64 sums are bit-identical to ``accumulator +=
+    materialize()`` per client.
     """
     clients = scales.shape[0]
-    code_mask = np.uint64((1 << code_width) - 1)
-    width = np.uint64(code_width)
-    shift = np.uint64(bits)
+    slots = receiver.size
     cursor = np.zeros(clients, dtype=np.intp)
-    partial = np.empty(_TILE, dtype=np.float64)
-    tables = np.empty((clients, receiver.size), dtype=np.float64)
+    tables = np.empty((clients, slots + _TILE), dtype=np.float64)
     for k in range(accumulator.size // chunk_size):
         for c in range(clients):  # numpy's scale * receiver table entries
-            for e in range(receiver.size):
+            for e in range(slots):
                 tables[c, e] = scales[c, k] * receiver[e]
         chunk_end = (k + 1) * chunk_size
         for start in range(k * chunk_size, chunk_end, _TILE):
             stop = min(start + _TILE, chunk_end)
             count = stop - start
-            for j in range(count):
-                partial[j] = accumulator[start + j]
             for c in range(clients):
-                table = tables[c]
-                row = codes[c]
-                words = shared[c]
-                mask = masks[c]
+                _tile_index(index[c], shared[c], masks[c], bits, codes[c], code_width, start, count)
                 where = positions[c]
                 taken = cursor[c]
-                upcoming = where[taken] if taken < where.size else accumulator.size
-                # groups of 8 coordinates: one shared word and code_width code bytes
-                for g in range(count // 8):
-                    i = start + 8 * g
-                    hword = words[i >> 3]
-                    bit = i * code_width
-                    within = np.uint64(bit & 63)
-                    cword = row[bit >> 6] >> within
-                    if within + np.uint64(8) * width > np.uint64(64):
-                        cword |= row[(bit >> 6) + 1] << (np.uint64(64) - within)
-                    if upcoming >= i + 8:
-                        for u in range(8):
-                            h = (hword >> np.uint64(8 * u)) & mask
-                            x = (cword >> (width * np.uint64(u))) & code_mask
-                            partial[8 * g + u] += table[np.intp((h << shift) | x)]
-                    else:  # an exact coordinate in this group (rare)
-                        for u in range(8):
-                            if i + u == upcoming:
-                                value = exact[c][taken]
-                                taken += 1
-                                upcoming = where[taken] if taken < where.size else accumulator.size
-                            else:
-                                h = (hword >> np.uint64(8 * u)) & mask
-                                x = (cword >> (width * np.uint64(u))) & code_mask
-                                value = table[np.intp((h << shift) | x)]
-                            partial[8 * g + u] += value
-                for j in range(count // 8 * 8, count):  # chunks shorter than 8
-                    i = start + j
-                    if i == upcoming:
-                        value = exact[c][taken]
-                        taken += 1
-                        upcoming = where[taken] if taken < where.size else accumulator.size
-                    else:
-                        bit = i * code_width
-                        within = np.uint64(bit & 63)
-                        word = row[bit >> 6] >> within
-                        if within + width > np.uint64(64):
-                            word |= row[(bit >> 6) + 1] << (np.uint64(64) - within)
-                        x = word & code_mask
-                        h = (words[i >> 3] >> np.uint64(8 * (i & 7))) & mask
-                        value = table[np.intp((h << shift) | x)]
-                    partial[j] += value
+                slot = slots
+                while taken < where.size and where[taken] < stop:
+                    tables[c, slot] = exact[c][taken]
+                    index[c, where[taken] - start] = slot
+                    taken += 1
+                    slot += 1
                 cursor[c] = taken
             for j in range(count):
-                accumulator[start + j] = partial[j]
+                total = accumulator[start + j]
+                for c in range(clients):
+                    total += tables[c, index[c, j]]
+                accumulator[start + j] = total
 
 
 @numba.njit(cache=True, nogil=True)
