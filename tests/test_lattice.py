@@ -11,7 +11,9 @@ import pytest
 from quicdesign._rans import LANES
 from quicdesign.compressors import LatticeD4, LatticeE8, make_compressor
 from quicdesign.compressors._common import HEADER_SIZE
+from quicdesign.compressors.lattice import BODY_VERSION, _bfloat16_scales
 from quicdesign.errors import (
+    InputVectorError,
     ParameterError,
     PayloadError,
     TableChecksumError,
@@ -156,7 +158,7 @@ def test_far_out_coordinates_are_escaped_and_round_trip():
     compressor = LatticeE8(bits=3)
     x = _spike_after_rotation(compressor, 1024)
     payload = compressor.encode(x, round_seed=ROUND, client_id=0)
-    assert int.from_bytes(payload[HEADER_SIZE + 4 : HEADER_SIZE + 8], "little") > 0  # escape count
+    assert _body_fields(payload, 1)[1] > 0
     decoded = compressor.decode(payload, dim=1024, round_seed=ROUND)
     error = np.sum((decoded - x) ** 2) / np.sum(x**2)
     assert error < 3 * compressor.expected_vnmse
@@ -168,9 +170,12 @@ def _valid(compressor, dim=300, client=1):
 
 
 def _body_fields(payload, chunks):
-    offset = HEADER_SIZE + 4 * chunks
-    escapes, words = np.frombuffer(payload[offset : offset + 8], "<u4")
-    return offset, int(escapes), int(words)
+    """Offset of the escape count (after the u16 chunk scales), the escape count and the
+    number of stream words (implied by the payload length, body version 3)."""
+    offset = HEADER_SIZE + 2 * chunks
+    escapes = int(np.frombuffer(payload[offset : offset + 4], "<u4")[0])
+    words = (len(payload) - offset - 12 - 4 * escapes - 4 * LANES) // 2
+    return offset, escapes, words
 
 
 def test_hostile_payloads_are_refused_and_leave_no_trace():
@@ -181,38 +186,33 @@ def test_hostile_payloads_are_refused_and_leave_no_trace():
     before = aggregator.result().copy()
     offset, escapes, words = _body_fields(payload, 1)
     data = bytearray(payload)
+    states = offset + 12  # no escapes: the 8 u32 coder states, then the u16 words
+    assert escapes == 0
     cases = {
         "truncated": payload[:-4],
         "oversized": payload + b"\0\0\0\0",
-        "huge word count": payload[: offset + 4]
-        + (2**31).to_bytes(4, "little")
-        + payload[offset + 8 :],
+        "odd stream length": payload + b"\0",
+        "shorter than the coder states": payload[: states + 4 * LANES - 2],
         "escape count beyond the values": payload[:offset]
         + (10**6).to_bytes(4, "little")
         + payload[offset + 4 :],
+        "escape count beyond the body": payload[:offset]
+        + (words).to_bytes(4, "little")
+        + payload[offset + 4 :],
         "flipped stream byte": bytes(data[:-3]) + bytes([data[-3] ^ 0x55]) + bytes(data[-2:]),
-        "bad digest": payload[: offset + 8] + bytes(8) + payload[offset + 16 :],
-        # the coded stream (8 u32 states after the escapes, then u16 words)
-        "state below the coder's range": payload[: offset + 16] + bytes(4) + payload[offset + 20 :],
-        "changed state": bytes(data[: offset + 16])
-        + bytes([data[offset + 16] ^ 1])
-        + bytes(data[offset + 17 :]),
-        "word dropped, count adjusted": payload[: offset + 4]
-        + (words - 1).to_bytes(4, "little")
-        + payload[offset + 8 : -2],
-        "word added, count adjusted": payload[: offset + 4]
-        + (words + 1).to_bytes(4, "little")
-        + payload[offset + 8 :]
-        + b"\x12\x34",
-        "zero words": payload[: offset + 4]
-        + (0).to_bytes(4, "little")
-        + payload[offset + 8 : offset + 16 + 4 * LANES],
-        "negative norm": payload[:HEADER_SIZE]
-        + np.float32(-1).tobytes()
-        + payload[HEADER_SIZE + 4 :],
-        "nan norm": payload[:HEADER_SIZE]
-        + np.float32(np.nan).tobytes()
-        + payload[HEADER_SIZE + 4 :],
+        "bad digest": payload[: offset + 4] + bytes(8) + payload[offset + 12 :],
+        "state below the coder's range": payload[:states] + bytes(4) + payload[states + 4 :],
+        "changed state": bytes(data[:states]) + bytes([data[states] ^ 1]) + bytes(data[states + 1 :]),
+        "word dropped": payload[:-2],
+        "word added": payload + b"\x12\x34",
+        "zero words": payload[: states + 4 * LANES],
+        "negative scale": payload[:HEADER_SIZE]
+        + np.uint16(0xBF80).tobytes()  # -1.0
+        + payload[HEADER_SIZE + 2 :],
+        "nan scale": payload[:HEADER_SIZE] + np.uint16(0x7FC0).tobytes() + payload[HEADER_SIZE + 2 :],
+        "infinite scale": payload[:HEADER_SIZE]
+        + np.uint16(0x7F80).tobytes()
+        + payload[HEADER_SIZE + 2 :],
     }
     for label, bad in cases.items():
         with pytest.raises(PayloadError):
@@ -232,7 +232,7 @@ def test_an_in_range_escape_is_refused():
     payload = bytearray(compressor.encode(x, round_seed=ROUND, client_id=0))
     offset, escapes, words = _body_fields(bytes(payload), 1)
     assert escapes > 0
-    start = offset + 16  # the first escape
+    start = offset + 12  # the first escape
     original = int(np.frombuffer(bytes(payload[start : start + 4]), "<i4")[0])
     payload[start : start + 4] = np.int32(original & 1).tobytes()  # in range, same parity
     with pytest.raises(PayloadError, match="in range"):
@@ -287,14 +287,15 @@ def test_coded_length_is_the_model_code_length():
     state = compressor.stages.client_state(dim, ROUND, 0, None)
     rotated, _ = compressor.stages.stages[0].apply(np.asarray(x, float), state)
     chunks = rotated.reshape(8, -1) if dim >= 8 * 1024 else rotated.reshape(1, -1)
-    unit = chunks / np.linalg.norm(chunks, axis=1, keepdims=True) * math.sqrt(chunks.shape[1])
+    _, scales = _bfloat16_scales(np.linalg.norm(chunks, axis=1).astype(np.float32))
+    unit = chunks / scales[:, None] * math.sqrt(chunks.shape[1])
     dither = stage._dither(state, dim)
     y, coset = nearest_lattice_point(unit.reshape(-1, 8).T / model.scale + dither, model.spec)
     ideal = float(np.sum(block_code_lengths(model, dither, y, coset)))
     offset, escapes, words = _body_fields(payload, chunks.shape[0])
     assert escapes == 0
-    states = np.frombuffer(payload[offset + 16 : offset + 16 + 4 * LANES], "<u4")
-    assert len(payload) == offset + 16 + 4 * LANES + 2 * words
+    states = np.frombuffer(payload[offset + 12 : offset + 12 + 4 * LANES], "<u4")
+    assert len(payload) == offset + 12 + 4 * LANES + 2 * words
     information = 16 * words + float(np.sum(np.log2(states.astype(float)))) - 16 * LANES
     assert 0.999 * ideal <= information <= 1.002 * ideal
 
@@ -353,3 +354,49 @@ def test_numpy_and_compiled_coders_write_the_same_bytes(cls, monkeypatch):
     reference = compressor.encode(x, round_seed=ROUND, client_id=3)
     assert reference == compiled
     np.testing.assert_array_equal(compressor.decode(compiled, dim=1000, round_seed=ROUND), decoded)
+
+
+def test_chunk_scales_are_bfloat16_rounded_to_nearest_and_overflow_is_refused():
+    codes, values = _bfloat16_scales(np.array([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.0e38, 0.0]))
+    # 1 + 2^-8 is a tie (to even: 1.0); 1 + 3*2^-8 rounds up to 1 + 2^-6 (the next even)
+    assert list(codes) == [0x3F80, 0x3F80, 0x3F82, 0x7F62, 0]
+    assert values[2] == 1.0 + 2**-6 and values[4] == 0.0
+    with pytest.raises(InputVectorError, match="bfloat16"):
+        _bfloat16_scales(np.array([np.finfo(np.float32).max]))
+
+
+def test_decoder_scales_by_exactly_the_value_the_client_used():
+    """Client and server both use the bfloat16 scale: the decoded rotated vector is
+    ``scale / sqrt(m) * s (q - w)`` with ``q`` the nearest point of the input normalized
+    by that scale (a float32 norm on either side would be off by up to 2**-9)."""
+    compressor = LatticeE8(bits=4)
+    dim = 2**14
+    x = np.random.default_rng(12).lognormal(size=dim)
+    payload = compressor.encode(x, round_seed=ROUND, client_id=3)
+    state = compressor.stages.client_state(dim, ROUND, 3, None)
+    rotate = compressor.stages.stages[0]
+    chunks = rotate.apply(np.asarray(x, float), state)[0].reshape(8, -1)
+    codes, scales = _bfloat16_scales(np.linalg.norm(chunks, axis=1).astype(np.float32))
+    assert np.array_equal(np.frombuffer(payload[HEADER_SIZE : HEADER_SIZE + 16], "<u2"), codes)
+    assert not np.array_equal(scales, np.linalg.norm(chunks, axis=1).astype(np.float32))
+    m, stage = chunks.shape[1], compressor.stages.stages[1]
+    model = stage.model
+    dither = stage._dither(state, dim)
+    unit = chunks / scales[:, None] * math.sqrt(m)
+    y, coset = nearest_lattice_point(unit.reshape(-1, 8).T / model.scale + dither, model.spec)
+    points = (model.scale * (y + 0.5 * coset - dither)).T.reshape(8, m)
+    expected = points * (scales / math.sqrt(m))[:, None]
+    decoded = compressor.decode(payload, dim=dim, round_seed=ROUND)
+    assert np.allclose(rotate.apply(decoded, state)[0].reshape(8, m), expected, atol=1e-9)
+
+
+def test_a_payload_of_the_previous_body_version_is_refused():
+    """Body version 2 (float32 norms, explicit word count) is refused by its config tag."""
+    assert BODY_VERSION == 3
+    compressor = LatticeE8(bits=2)
+    old = LatticeE8(bits=2)
+    old._config = lambda: (*compressor._config()[:-1], "body2")
+    payload = bytearray(_valid(compressor))
+    payload[17:21] = _valid(old)[17:21]  # the envelope's config tag of a version 2 writer
+    with pytest.raises(PayloadError, match="config|parameters"):
+        compressor.decode(bytes(payload), dim=300, round_seed=ROUND)
