@@ -202,14 +202,18 @@ def test_hostile_payloads_are_refused_and_leave_no_trace():
         "flipped stream byte": bytes(data[:-3]) + bytes([data[-3] ^ 0x55]) + bytes(data[-2:]),
         "bad digest": payload[: offset + 4] + bytes(8) + payload[offset + 12 :],
         "state below the coder's range": payload[:states] + bytes(4) + payload[states + 4 :],
-        "changed state": bytes(data[:states]) + bytes([data[states] ^ 1]) + bytes(data[states + 1 :]),
+        "changed state": bytes(data[:states])
+        + bytes([data[states] ^ 1])
+        + bytes(data[states + 1 :]),
         "word dropped": payload[:-2],
         "word added": payload + b"\x12\x34",
         "zero words": payload[: states + 4 * LANES],
         "negative scale": payload[:HEADER_SIZE]
         + np.uint16(0xBF80).tobytes()  # -1.0
         + payload[HEADER_SIZE + 2 :],
-        "nan scale": payload[:HEADER_SIZE] + np.uint16(0x7FC0).tobytes() + payload[HEADER_SIZE + 2 :],
+        "nan scale": payload[:HEADER_SIZE]
+        + np.uint16(0x7FC0).tobytes()
+        + payload[HEADER_SIZE + 2 :],
         "infinite scale": payload[:HEADER_SIZE]
         + np.uint16(0x7F80).tobytes()
         + payload[HEADER_SIZE + 2 :],
@@ -400,3 +404,21 @@ def test_a_payload_of_the_previous_body_version_is_refused():
     payload[17:21] = _valid(old)[17:21]  # the envelope's config tag of a version 2 writer
     with pytest.raises(PayloadError, match="config|parameters"):
         compressor.decode(bytes(payload), dim=300, round_seed=ROUND)
+
+
+def test_point_entropy_sees_a_wrong_model_and_not_the_shipped_one():
+    """The shipped product model costs (almost) nothing over H(point | dither); a model
+    with twice the variance (square roots of the weights) costs bits the estimator sees."""
+    from solvers.lattice import point_entropy
+
+    model = load_lattice_model("d4", 2)
+    shipped = point_entropy(model, samples=300, cell_samples=1024, seed=3)
+    # the paired gap's noise plus the O(1 / cell_samples) bias of the log of a mean
+    assert abs(shipped["gap"]) < 4 * shipped["gap_stderr"] + 0.002
+    assert shipped["entropy"] == pytest.approx(2.0, abs=0.05)
+    wide = np.sqrt(model.weights)
+    masses = np.stack((wide[:, 0::2].sum(axis=1), wide[:, 1::2].sum(axis=1)), axis=1)
+    wrong = LatticeCodeModel("d4", model.scale, wide, masses)
+    worse = point_entropy(wrong, samples=300, cell_samples=1024, seed=3)
+    assert worse["gap"] > 0.05 and worse["gap"] > 5 * worse["gap_stderr"]
+    assert worse["entropy"] == pytest.approx(shipped["entropy"], abs=1e-12)  # same points
