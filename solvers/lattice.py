@@ -37,6 +37,7 @@ __all__ = [
     "lattice_rate",
     "design_lattice_model",
     "point_entropy",
+    "verify_lattice_model",
     "wire_overhead_bits",
 ]
 
@@ -193,6 +194,43 @@ def point_entropy(model, samples=2000, cell_samples=16384, seed=0):
         "gap": float(np.mean(gap)),
         "gap_stderr": float(np.std(gap) / math.sqrt(samples)),
     }
+
+
+def verify_lattice_model(model, samples=50_000, seed=20_261_130):
+    """Re-check a lattice code model against what its manifest records.
+
+    The recorded vNMSE must be ``G det^(2/n) s^2``; a fresh Monte Carlo (``seed``, not the
+    design's) of the model's code length and of the error must agree with the recorded
+    ``model_bits`` and the exact vNMSE within 5 standard errors.
+
+    Returns
+    -------
+    (list of str, float, float)
+        Failures (empty when the model is consistent), the recomputed bits per coordinate
+        and the measured vNMSE.
+    """
+    spec = model.spec
+    z, dither = _samples(spec, samples, seed)
+    y, coset = nearest_lattice_point(z / model.scale + dither, spec)
+    bits = block_code_lengths(model, dither, y, coset) / spec.block
+    errors = np.mean((model.scale * (y + 0.5 * coset - dither) - z) ** 2, axis=0)
+    failures = []
+    manifest = model.manifest
+    recorded_vnmse = manifest.get("quality", {}).get("vnmse")
+    if not isinstance(recorded_vnmse, float) or not math.isclose(
+        recorded_vnmse, model.vnmse, rel_tol=1e-12
+    ):
+        failures.append(f"recorded vNMSE {recorded_vnmse!r} is not G s^2 = {model.vnmse!r}")
+    recorded_bits = manifest.get("coding", {}).get("model_bits")
+    rate = float(np.mean(bits))
+    if not isinstance(recorded_bits, float) or abs(rate - recorded_bits) > 5 * np.std(
+        bits
+    ) / math.sqrt(samples):
+        failures.append(f"recorded model_bits {recorded_bits!r}, recomputed {rate:.5f}")
+    measured = float(np.mean(errors))
+    if abs(measured - model.vnmse) > 5 * np.std(errors) / math.sqrt(samples):
+        failures.append(f"measured vNMSE {measured:.6g} is not G s^2 = {model.vnmse:.6g}")
+    return failures, rate, measured
 
 
 #: Bits per coordinate the interleaved rANS stream takes beyond the model's ideal code

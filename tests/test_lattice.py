@@ -422,3 +422,22 @@ def test_point_entropy_sees_a_wrong_model_and_not_the_shipped_one():
     worse = point_entropy(wrong, samples=300, cell_samples=1024, seed=3)
     assert worse["gap"] > 0.05 and worse["gap"] > 5 * worse["gap_stderr"]
     assert worse["entropy"] == pytest.approx(shipped["entropy"], abs=1e-12)  # same points
+
+
+def test_tables_verify_checks_lattice_models_and_refuses_a_wrong_one(tmp_path, capsys):
+    from quicdesign.cli import main
+
+    shipped = load_lattice_model("e8", 1)
+    shipped.save(tmp_path / "good")
+    # the same manifest over weights of twice the variance: valid checksums, wrong rate
+    wide = np.sqrt(shipped.weights)
+    masses = np.stack((wide[:, 0::2].sum(axis=1), wide[:, 1::2].sum(axis=1)), axis=1)
+    LatticeCodeModel("e8", shipped.scale, wide, masses, shipped.manifest).save(tmp_path / "wide")
+    assert main(["tables", "verify", "--path", str(tmp_path / "good")]) == 0
+    assert main(["tables", "verify", "--path", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "good             ok" in out and "wide             FAILED" in out and "model_bits" in out
+    weights = tmp_path / "good" / "weights.f64"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    assert main(["tables", "verify", "--path", str(tmp_path / "good")]) == 1
+    assert "FAILED" in capsys.readouterr().out
