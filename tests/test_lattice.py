@@ -4,6 +4,7 @@ error law, code model table format and hostile payloads."""
 import itertools
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -158,7 +159,7 @@ def test_far_out_coordinates_are_escaped_and_round_trip():
     compressor = LatticeE8(bits=3)
     x = _spike_after_rotation(compressor, 1024)
     payload = compressor.encode(x, round_seed=ROUND, client_id=0)
-    assert _body_fields(payload, 1)[1] > 0
+    assert _body_fields(payload, 1).escapes > 0
     decoded = compressor.decode(payload, dim=1024, round_seed=ROUND)
     error = np.sum((decoded - x) ** 2) / np.sum(x**2)
     assert error < 3 * compressor.expected_vnmse
@@ -170,12 +171,33 @@ def _valid(compressor, dim=300, client=1):
 
 
 def _body_fields(payload, chunks):
-    """Offset of the escape count (after the u16 chunk scales), the escape count and the
-    number of stream words (implied by the payload length, body version 3)."""
-    offset = HEADER_SIZE + 2 * chunks
-    escapes = int(np.frombuffer(payload[offset : offset + 4], "<u4")[0])
-    words = (len(payload) - offset - 12 - 4 * escapes - 4 * LANES) // 2
-    return offset, escapes, words
+    """Parse a body version 3 lattice payload: after the u16 chunk scales, the LEB128
+    escape count, the digest, the escapes, the state-length mask and 3- or 4-byte
+    states, then the u16 words (as many as the length leaves)."""
+    at = HEADER_SIZE + 2 * chunks
+    fields = SimpleNamespace(count_at=at, escapes=0)
+    shift = 0
+    while True:
+        byte = payload[at]
+        at += 1
+        fields.escapes |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            break
+    fields.digest_at = at
+    fields.escapes_at = at + 8
+    fields.mask_at = fields.escapes_at + 4 * fields.escapes
+    mask, at = payload[fields.mask_at], fields.mask_at + 1
+    fields.state_at, fields.states = [], []
+    for lane in range(LANES):
+        size = 3 + ((mask >> lane) & 1)
+        fields.state_at.append(at)
+        fields.states.append(int.from_bytes(payload[at : at + size], "little"))
+        at += size
+    fields.mask = mask
+    fields.words_at = at
+    fields.words = (len(payload) - at) // 2
+    return fields
 
 
 def test_hostile_payloads_are_refused_and_leave_no_trace():
@@ -184,30 +206,40 @@ def test_hostile_payloads_are_refused_and_leave_no_trace():
     aggregator = compressor.aggregator(300, ROUND)
     aggregator.add(_valid(compressor, client=2))
     before = aggregator.result().copy()
-    offset, escapes, words = _body_fields(payload, 1)
+    body = _body_fields(payload, 1)
+    count, mask, words_at = body.count_at, body.mask_at, body.words_at
+    assert body.escapes == 0 and 0 < body.mask < 255  # short and long states both present
+    short = next(lane for lane in range(LANES) if not (body.mask >> lane) & 1)
+    first = body.state_at[0]
     data = bytearray(payload)
-    states = offset + 12  # no escapes: the 8 u32 coder states, then the u16 words
-    assert escapes == 0
+
+    def with_mask(value, states):
+        return payload[:mask] + bytes([value]) + states + payload[words_at:]
+
+    long_form = bytearray(payload[mask + 1 : words_at])
+    long_form[body.state_at[short] - mask - 1 + 3 : body.state_at[short] - mask - 1 + 3] = b"\0"
     cases = {
         "truncated": payload[:-4],
         "oversized": payload + b"\0\0\0\0",
         "odd stream length": payload + b"\0",
-        "shorter than the coder states": payload[: states + 4 * LANES - 2],
-        "escape count beyond the values": payload[:offset]
-        + (10**6).to_bytes(4, "little")
-        + payload[offset + 4 :],
-        "escape count beyond the body": payload[:offset]
-        + (words).to_bytes(4, "little")
-        + payload[offset + 4 :],
+        "ends inside the coder states": payload[: words_at - 2],
+        "escape count beyond the values": payload[:count] + b"\xc0\x84\x3d" + payload[count + 1 :],
+        "escape count not in shortest form": payload[:count] + b"\x80\x00" + payload[count + 1 :],
+        "escape count past five bytes": payload[:count] + b"\xff" * 6 + payload[count + 1 :],
+        "escape count beyond the body": payload[:count] + b"\x7f" + payload[count + 1 :],
         "flipped stream byte": bytes(data[:-3]) + bytes([data[-3] ^ 0x55]) + bytes(data[-2:]),
-        "bad digest": payload[: offset + 4] + bytes(8) + payload[offset + 12 :],
-        "state below the coder's range": payload[:states] + bytes(4) + payload[states + 4 :],
-        "changed state": bytes(data[:states])
-        + bytes([data[states] ^ 1])
-        + bytes(data[states + 1 :]),
+        "bad digest": payload[: body.digest_at] + bytes(8) + payload[body.digest_at + 8 :],
+        "state below the coder's range": payload[: body.state_at[short]]
+        + bytes(3)
+        + payload[body.state_at[short] + 3 :],
+        "state in 4 bytes though below 2**24": with_mask(body.mask | 1 << short, long_form),
+        "flipped state-length mask": with_mask(
+            body.mask ^ 1 << short, payload[mask + 1 : words_at]
+        ),
+        "changed state": bytes(data[:first]) + bytes([data[first] ^ 1]) + bytes(data[first + 1 :]),
         "word dropped": payload[:-2],
         "word added": payload + b"\x12\x34",
-        "zero words": payload[: states + 4 * LANES],
+        "zero words": payload[:words_at],
         "negative scale": payload[:HEADER_SIZE]
         + np.uint16(0xBF80).tobytes()  # -1.0
         + payload[HEADER_SIZE + 2 :],
@@ -234,9 +266,9 @@ def test_an_in_range_escape_is_refused():
     compressor = LatticeE8(bits=3)
     x = _spike_after_rotation(compressor, 1024)
     payload = bytearray(compressor.encode(x, round_seed=ROUND, client_id=0))
-    offset, escapes, words = _body_fields(bytes(payload), 1)
-    assert escapes > 0
-    start = offset + 12  # the first escape
+    body = _body_fields(bytes(payload), 1)
+    assert body.escapes > 0
+    start = body.escapes_at  # the first escape
     original = int(np.frombuffer(bytes(payload[start : start + 4]), "<i4")[0])
     payload[start : start + 4] = np.int32(original & 1).tobytes()  # in range, same parity
     with pytest.raises(PayloadError, match="in range"):
@@ -296,11 +328,11 @@ def test_coded_length_is_the_model_code_length():
     dither = stage._dither(state, dim)
     y, coset = nearest_lattice_point(unit.reshape(-1, 8).T / model.scale + dither, model.spec)
     ideal = float(np.sum(block_code_lengths(model, dither, y, coset)))
-    offset, escapes, words = _body_fields(payload, chunks.shape[0])
-    assert escapes == 0
-    states = np.frombuffer(payload[offset + 12 : offset + 12 + 4 * LANES], "<u4")
-    assert len(payload) == offset + 12 + 4 * LANES + 2 * words
-    information = 16 * words + float(np.sum(np.log2(states.astype(float)))) - 16 * LANES
+    body = _body_fields(payload, chunks.shape[0])
+    assert body.escapes == 0
+    states = np.array(body.states)
+    assert len(payload) == body.words_at + 2 * body.words
+    information = 16 * body.words + float(np.sum(np.log2(states.astype(float)))) - 16 * LANES
     assert 0.999 * ideal <= information <= 1.002 * ideal
 
 
@@ -441,3 +473,20 @@ def test_tables_verify_checks_lattice_models_and_refuses_a_wrong_one(tmp_path, c
     weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
     assert main(["tables", "verify", "--path", str(tmp_path / "good")]) == 1
     assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**21, 2**32 - 1])
+def test_escape_count_leb128_round_trip(value):
+    from quicdesign._wire import PayloadReader, PayloadWriter
+    from quicdesign.compressors.lattice import _read_count, _write_count
+
+    writer = PayloadWriter()
+    _write_count(writer, value)
+    data = writer.to_bytes()
+    assert len(data) == max(1, -(-value.bit_length() // 7))
+    reader = PayloadReader(data)
+    assert _read_count(reader, "count", 2**32 - 1) == value
+    assert reader.remaining == 0
+    if value:
+        with pytest.raises(PayloadError, match="more than"):
+            _read_count(PayloadReader(data), "count", value - 1)
