@@ -490,3 +490,25 @@ def test_escape_count_leb128_round_trip(value):
     if value:
         with pytest.raises(PayloadError, match="more than"):
             _read_count(PayloadReader(data), "count", value - 1)
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+def test_payloads_and_sums_are_byte_identical_between_numpy_and_compiled(cls, monkeypatch):
+    pytest.importorskip("numba")
+    from quicdesign._kernels import KERNELS_ENV
+
+    spike = _spike_after_rotation(cls(bits=3), 1024)  # escapes too
+    vectors = [np.random.default_rng(13).normal(size=1024), spike]
+    results = {}
+    for kernels in ("numpy", "auto"):
+        monkeypatch.setenv(KERNELS_ENV, kernels)
+        compressor = cls(bits=3)
+        payloads = [
+            compressor.encode(v, round_seed=ROUND, client_id=i) for i, v in enumerate(vectors)
+        ]
+        aggregator = compressor.aggregator(1024, ROUND)
+        for payload in payloads:
+            aggregator.add(payload)
+        results[kernels] = (payloads, aggregator.result().tobytes())
+    assert results["numpy"] == results["auto"]
+    assert _body_fields(results["numpy"][0][1], 1).escapes > 0
