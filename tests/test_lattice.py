@@ -490,6 +490,9 @@ def test_escape_count_leb128_round_trip(value):
     if value:
         with pytest.raises(PayloadError, match="more than"):
             _read_count(PayloadReader(data), "count", value - 1)
+    padded = data[:-1] + bytes([data[-1] | 0x80, 0])  # the same value, one byte longer
+    with pytest.raises(PayloadError, match="shortest" if len(padded) <= 5 else "past 5"):
+        _read_count(PayloadReader(padded), "count", 2**32 - 1)
 
 
 @pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
