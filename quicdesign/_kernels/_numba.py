@@ -53,34 +53,41 @@ _TILE = 1024  # coordinates per tile: the tile's indices (8 clients) stay in L1
 @numba.njit(cache=True, nogil=True)
 def _tile_index(out, shared, mask, bits, codes, code_width, start, count):  # pragma: no cover
     """``out[j] = (shared[i] & mask) << bits | x_i`` for ``i = start + j``, ``x_i`` the
-    ``i``-th ``code_width``-bit code of ``codes``; simple loops for whole bytes."""
+    ``i``-th ``code_width``-bit code of ``codes``; simple loops for whole bytes.
+
+    The loops run over views starting at the tile, in the index dtype: offset indices or
+    intp arithmetic keep LLVM from vectorizing them (5x slower at d = 2**20).
+    """
     kind = out.dtype.type
     shift = kind(bits)
+    narrow = kind(mask)
+    values = shared[start : start + count]
     for j in range(count):
-        out[j] = kind(shared[start + j] & mask) << shift
+        out[j] = (kind(values[j]) & narrow) << shift
     if count % 8 == 0 and code_width == 8:
+        tile = codes[start : start + count]
         for j in range(count):
-            out[j] |= kind(codes[start + j])
+            out[j] |= kind(tile[j])
     elif count % 8 == 0 and code_width == 4:
-        first = start >> 1
+        tile = codes[start >> 1 : (start + count) >> 1]
         for q in range(count >> 1):
-            byte = codes[first + q]
-            out[2 * q] |= kind(byte & 15)
-            out[2 * q + 1] |= kind(byte >> 4)
+            byte = kind(tile[q])
+            out[2 * q] |= byte & kind(15)
+            out[2 * q + 1] |= byte >> kind(4)
     elif count % 8 == 0 and code_width == 2:
-        first = start >> 2
+        tile = codes[start >> 2 : (start + count) >> 2]
         for q in range(count >> 2):
-            byte = codes[first + q]
-            out[4 * q] |= kind(byte & 3)
-            out[4 * q + 1] |= kind((byte >> 2) & 3)
-            out[4 * q + 2] |= kind((byte >> 4) & 3)
-            out[4 * q + 3] |= kind(byte >> 6)
+            byte = kind(tile[q])
+            out[4 * q] |= byte & kind(3)
+            out[4 * q + 1] |= (byte >> kind(2)) & kind(3)
+            out[4 * q + 2] |= (byte >> kind(4)) & kind(3)
+            out[4 * q + 3] |= byte >> kind(6)
     elif count % 8 == 0 and code_width == 1:
-        first = start >> 3
+        tile = codes[start >> 3 : (start + count) >> 3]
         for q in range(count >> 3):
-            byte = codes[first + q]
+            byte = kind(tile[q])
             for u in range(8):
-                out[8 * q + u] |= kind((byte >> u) & 1)
+                out[8 * q + u] |= (byte >> kind(u)) & kind(1)
     else:
         code_mask = (1 << code_width) - 1
         for j in range(count):
