@@ -242,8 +242,32 @@ class QuicFLQuantize(Stage):
     def apply(self, x, state):
         rotated, exponents, layout = x.rotated, x.exponents, x.layout
         norms32, scale = _norms_and_scales(rotated, exponents, layout.chunk_size)
-        z = (rotated * scale[:, None].astype(rotated.dtype)).reshape(-1)
+        factors = scale.astype(rotated.dtype)
+        kernels = compiled_kernels()
+        if kernels is not None and rotated.dtype in (np.float32, np.float64):
+            return None, self._quantize_rows(kernels, rotated, factors, norms32, layout, state)
+        z = (rotated * factors[:, None]).reshape(-1)
         return None, self._quantize(z, norms32, layout, state)
+
+    def _quantize_rows(self, kernels, rotated, factors, norms32, layout, state) -> _Quantized:
+        """:meth:`_quantize` of ``z = rotated * factors[:, None]`` in one compiled pass
+        over ``rotated`` (the same bytes: ``tests/test_kernels.py``)."""
+        rotated = np.ascontiguousarray(rotated)
+        shared = self._shared(state, rotated.size)
+        rng = np.random.default_rng(state.rng)
+        codes, exact, values = self.table.sender.sample_rows(
+            kernels, rotated, factors, self.table.support, shared, rng
+        )
+        codes[exact] = 0  # the sampler clamped them, as in _quantize
+        return _Quantized(
+            client_id=state.client_id,
+            layout=layout,
+            norms=norms32,
+            shared=shared,
+            codes=codes,
+            exact_indices=exact.astype(np.uint32),
+            exact_values=values.astype(np.float32),
+        )
 
     def _quantize(self, z, norms32, layout, state) -> _Quantized:
         """Split off the exact tail of the unit-variance ``z`` and draw the messages."""

@@ -270,14 +270,75 @@ class SenderRule:
             values, messages, randomizing, event = self._levels(values, shared)
         if randomizing.size:
             fraction = self._fraction(values[randomizing].astype(np.float64), event)
-            if uniforms is None:
-                if rng is None:
-                    rng = np.random.default_rng()
-                draws = rng.random(randomizing.size)
-            else:
-                draws = np.asarray(uniforms)[randomizing]
-            messages[randomizing] += (draws < fraction).astype(messages.dtype)
+            self._flip_coins(messages, randomizing, fraction, uniforms, rng)
         return messages
+
+    @staticmethod
+    def _flip_coins(messages, randomizing, fraction, uniforms, rng):
+        """Raise the randomizing positions' levels by one with probability ``fraction``."""
+        if uniforms is None:
+            if rng is None:
+                rng = np.random.default_rng()
+            draws = rng.random(randomizing.size)
+        else:
+            draws = np.asarray(uniforms)[randomizing]
+        messages[randomizing] += (draws < fraction).astype(messages.dtype)
+
+    def sample_rows(self, kernels, rows, factors, bounds, shared, rng):
+        """Compiled: :meth:`sample` of ``z = (rows * factors[:, None]).reshape(-1)`` and
+        the positions of ``z`` outside ``bounds``, without materializing ``z``.
+
+        Parameters
+        ----------
+        kernels : module
+            The compiled kernels.
+        rows : ndarray of float32 or float64, shape (k, m)
+            C-contiguous.
+        factors : ndarray, shape (k,)
+            In the dtype of ``rows``.
+        bounds : tuple of float
+            ``(lower, upper)``: ``z`` outside them is reported (compared as numpy
+            compares an array of ``z`` with these scalars).
+        shared : ndarray of int, shape (k * m,)
+            Shared values ``h``.
+        rng : numpy.random.Generator
+            Draws the private uniforms (the same draws as :meth:`sample`).
+
+        Returns
+        -------
+        messages : ndarray
+            As :meth:`sample` returns for ``z``.
+        outside : ndarray of intp
+            Increasing positions of ``z`` outside ``bounds``.
+        outside_values : ndarray
+            ``z`` there, in the dtype of ``rows``.
+        """
+        low, per_unit, first, _ = self._locator
+        kind = rows.dtype.type
+        compare = np.result_type(rows.dtype, *bounds)  # numpy's loop for ``z < lower``
+        bucket_levels, flag_shift = self._flagged_bucket_levels()
+        messages, randomizing, event, values, outside, outside_values = (
+            kernels.sender_levels_scaled(
+                rows,
+                factors,
+                compare.type(bounds[0]),
+                compare.type(bounds[1]),
+                np.ascontiguousarray(shared.reshape(-1)),
+                kind(low),
+                kind(per_unit),
+                first,
+                bucket_levels,
+                flag_shift,
+                self._search_windows(),
+                self.level_table(),
+                self.event_shared,
+                self.breakpoints,
+                self._last_open,
+            )
+        )
+        if randomizing.size:
+            self._flip_coins(messages, randomizing, self._fraction(values, event), None, rng)
+        return messages, outside, outside_values
 
     def _levels_compiled(self, kernels, values, shared):
         """:meth:`_levels` in one compiled pass (bit-identical, ``tests/test_kernels.py``)."""

@@ -211,6 +211,38 @@ def test_compiled_sender_matches_numpy_for_every_entry_width(monkeypatch, num_sh
         rule.sample(values[:3], np.array([0, -1, 0], dtype=np.int8), uniforms=uniforms[:3])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_compiled_scaled_sender_matches_numpy_sample_and_exact_split(monkeypatch, dtype, symmetric):
+    # the encoder's fused pass: scale rows, sample levels and split off the outside values
+    # as codec's numpy path does (z = rows * factors, sample, then |z| > upper or z < lower)
+    from quicdesign.sender import SenderRule
+
+    rng = np.random.default_rng(7 + symmetric)
+    if symmetric:
+        rule = load_table(3).sender
+    else:
+        rule = SenderRule(np.sort(rng.standard_normal((4, 8)) * 2 + 0.7, axis=1))
+    lower, upper = (float(v) for v in rule.support)
+    rows = rng.uniform(1.3 * lower, 1.3 * upper, (5, 4099)).astype(dtype)
+    factors = np.array([1.0, 0.5, 3.0, 1e-3, 0.0], dtype=dtype)
+    edges = [lower, upper, np.nextafter(dtype(upper), dtype(0)), np.nextafter(dtype(upper), 9)]
+    rows[0, :4] = edges  # numpy compares z with the bounds in z's dtype (NEP 50)
+    rows[0, 4 : 4 + rule.breakpoints.size] = rule.breakpoints
+    shared = rng.integers(0, rule.num_shared, rows.size).astype(np.uint8)
+    z = (rows * factors[:, None]).reshape(-1)
+    monkeypatch.setenv(KERNELS_ENV, "numpy")
+    expected = rule.sample(z, shared, rng=np.random.default_rng(3))
+    outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
+    monkeypatch.setenv(KERNELS_ENV, "auto")
+    codes, exact, values = rule.sample_rows(
+        compiled_kernels(), rows, factors, (lower, upper), shared, np.random.default_rng(3)
+    )
+    assert codes.tobytes() == expected.tobytes()
+    assert np.array_equal(exact, np.flatnonzero(outside)) and exact.size > 0
+    assert values.dtype == dtype and values.tobytes() == z[outside].tobytes()
+
+
 def test_compiled_sender_refuses_shared_values_out_of_range(monkeypatch):
     rule = load_table(2).sender
     monkeypatch.setenv(KERNELS_ENV, "auto")

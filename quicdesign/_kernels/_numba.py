@@ -8,6 +8,7 @@ import numpy as np
 __all__ = [
     "accumulate_gathered",
     "sender_levels",
+    "sender_levels_scaled",
     "pack_codes",
     "butterfly_passes",
     "rans_encode",
@@ -200,19 +201,66 @@ def sender_levels(
     breakpoints,
     last_open,
 ):  # pragma: no cover - compiled
-    """:meth:`SenderRule.sample` before the coin flips, in two passes.
+    """:meth:`SenderRule.sample` before the coin flips: :func:`sender_levels_scaled` of
+    one row scaled by 1 (exact) with nothing outside; returns the deterministic levels,
+    the randomizing positions in increasing order and the event randomizing at each."""
+    infinite = values.dtype.type(np.inf)
+    messages, randomizing, events, _, _, _ = sender_levels_scaled(
+        values.reshape(1, values.size),
+        np.ones(1, dtype=values.dtype),
+        -infinite,
+        infinite,
+        shared,
+        low,
+        per_unit,
+        first,
+        bucket_levels,
+        flag_shift,
+        windows,
+        level_table,
+        event_shared,
+        breakpoints,
+        last_open,
+    )
+    return messages, randomizing, events
 
-    ``bucket_levels[bucket * H + h]`` is ``h``'s level in a clean bucket, with bit
-    ``flag_shift`` set when the bucket's event moves ``h`` and bit ``flag_shift + 1``
-    when the bucket is dirty (a breakpoint lies in it). The first pass is one table
-    lookup per value; the second visits only the flagged values (a few percent): dirty
-    ones are searched (``windows[k]`` bounds the breakpoints of bucket ``k``, see
-    :func:`_search_event`), randomizing ones compacted. ``low`` and ``per_unit`` have the
-    dtype of ``values`` (float32 or float64), so buckets round exactly as numpy's.
-    Returns the deterministic levels, the randomizing positions in increasing order and
-    the event randomizing at each of them.
+
+@numba.njit(cache=True, nogil=True)
+def sender_levels_scaled(
+    rows,
+    factors,
+    lower,
+    upper,
+    shared,
+    low,
+    per_unit,
+    first,
+    bucket_levels,
+    flag_shift,
+    windows,
+    level_table,
+    event_shared,
+    breakpoints,
+    last_open,
+):  # pragma: no cover - compiled
+    """The QUIC-FL sender on ``z = (rows * factors[:, None]).reshape(-1)`` without
+    materializing ``z``: the levels before the coin flips and the exact (outside) split.
+
+    ``z`` is rounded as numpy's product in the dtype of ``rows``; ``lower``/``upper`` have
+    the dtype numpy compares ``z`` with them in. ``bucket_levels[bucket * H + h]`` is
+    ``h``'s level in a clean bucket, with bit ``flag_shift`` set when the bucket's event
+    moves ``h`` and bit ``flag_shift + 1`` when the bucket is dirty (a breakpoint lies in
+    it). The first pass is one table lookup per value (values outside the support take
+    the clamped bucket, as numpy's sampler); the second visits only the flagged values (a
+    few percent): dirty ones are searched (``windows[k]`` bounds the breakpoints of bucket
+    ``k``, see :func:`_search_event`), randomizing ones and outside ones compacted.
+    ``low`` and ``per_unit`` have the dtype of ``rows`` (float32 or float64), so buckets
+    round exactly as numpy's. Returns the levels, the randomizing positions (increasing),
+    their events and ``z`` as float64, then the outside positions (increasing) and their
+    ``z``.
     """
-    size = values.size
+    width = rows.shape[1]
+    size = rows.shape[0] * width
     num_shared = level_table.shape[1]
     # min and max first (a vectorized pass): a raise inside a loop keeps it scalar
     smallest, largest = 0, 0
@@ -222,37 +270,55 @@ def sender_levels(
     if smallest < 0 or largest >= num_shared:
         raise IndexError("a shared value is outside [0, H)")
     messages = np.empty(size, dtype=level_table.dtype)
-    flags = np.empty(size, dtype=np.uint8)
+    flags = np.empty(size, dtype=np.uint8)  # bits 0-1: the table's flags; bit 2: outside
     top = first.size - 1
     level_mask = (1 << flag_shift) - 1
-    for i in range(size):
-        entry = bucket_levels[_bucket_of(values[i], low, per_unit, top) * num_shared + shared[i]]
-        messages[i] = entry & level_mask
-        flags[i] = entry >> flag_shift
     flagged = 0
-    for i in range(size):
-        flagged += flags[i] != 0
+    outside = 0
+    for k in range(rows.shape[0]):
+        row = rows[k]
+        factor = factors[k]
+        start = k * width
+        row_shared = shared[start : start + width]
+        row_messages = messages[start : start + width]
+        row_flags = flags[start : start + width]
+        for j in range(width):
+            z = row[j] * factor
+            entry = bucket_levels[_bucket_of(z, low, per_unit, top) * num_shared + row_shared[j]]
+            row_messages[j] = entry & level_mask
+            beyond = np.uint8((z < lower) | (z > upper))
+            flag = np.uint8(entry >> flag_shift) | (beyond << np.uint8(2))
+            row_flags[j] = flag
+            flagged += flag != 0
+            outside += beyond
     # branch-free compaction of the flagged positions (a flag is a coin flip to the
     # branch predictor); the randomizing ones are compacted again in place below
     randomizing = np.empty(flagged + 1, dtype=np.intp)
-    events = np.empty(flagged, dtype=np.intp)
     found = 0
     for i in range(size):
         randomizing[found] = i
         found += flags[i] != 0
+    events = np.empty(flagged, dtype=np.intp)
+    randomizing_z = np.empty(flagged, dtype=np.float64)
+    exact = np.empty(outside, dtype=np.intp)
+    exact_z = np.empty(outside, dtype=rows.dtype)
     count = 0
-    for j in range(flagged):
-        i = randomizing[j]
+    taken = 0
+    for f in range(flagged):
+        i = randomizing[f]
         flag = flags[i]
-        bucket = _bucket_of(values[i], low, per_unit, top)
+        z = rows[i // width, i % width] * factors[i // width]
+        if flag & 4:
+            exact[taken] = i
+            exact_z[taken] = z
+            taken += 1
+        if flag & 3 == 0:
+            continue
+        bucket = _bucket_of(z, low, per_unit, top)
         if flag & 2:
             h = shared[i]
             event = _search_event(
-                breakpoints,
-                np.float64(values[i]),
-                last_open,
-                windows[bucket, 0],
-                windows[bucket, 1],
+                breakpoints, np.float64(z), last_open, windows[bucket, 0], windows[bucket, 1]
             )
             messages[i] = level_table[event, h]
             if event_shared[event] != h:
@@ -261,8 +327,16 @@ def sender_levels(
             event = np.intp(first[bucket])
         randomizing[count] = i
         events[count] = event
+        randomizing_z[count] = z
         count += 1
-    return messages, randomizing[:count], events[:count]
+    return (
+        messages,
+        randomizing[:count],
+        events[:count],
+        randomizing_z[:count],
+        exact,
+        exact_z,
+    )
 
 
 @numba.njit(cache=True, nogil=True)
