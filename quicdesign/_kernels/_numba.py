@@ -273,8 +273,6 @@ def sender_levels_scaled(
     flags = np.empty(size, dtype=np.uint8)  # bits 0-1: the table's flags; bit 2: outside
     top = first.size - 1
     level_mask = (1 << flag_shift) - 1
-    flagged = 0
-    outside = 0
     for k in range(rows.shape[0]):
         row = rows[k]
         factor = factors[k]
@@ -289,8 +287,11 @@ def sender_levels_scaled(
             beyond = np.uint8((z < lower) | (z > upper))
             flag = np.uint8(entry >> flag_shift) | (beyond << np.uint8(2))
             row_flags[j] = flag
-            flagged += flag != 0
-            outside += beyond
+    flagged = 0
+    outside = 0
+    for i in range(size):  # counted apart: the lookup loop stays short
+        flagged += flags[i] != 0
+        outside += flags[i] >> 2
     # branch-free compaction of the flagged positions (a flag is a coin flip to the
     # branch predictor); the randomizing ones are compacted again in place below
     randomizing = np.empty(flagged + 1, dtype=np.intp)
