@@ -414,12 +414,32 @@ def scaled_rotate(x, signs, layout):
     exponents : numpy.ndarray of int64
         Shape ``(num_chunks,)``: the power of two to multiply each chunk by.
     """
-    arr, dtype, s = _check_rotation_input(x, signs, layout)
+    return _scaled_rotate(x, signs, layout)
+
+
+def _scaled_rotate(x, signs, layout, generated_signs=False):
+    """:func:`scaled_rotate`; ``generated_signs``: the signs come from
+    :func:`~quicdesign.randomness.rotation_signs` (only +1/-1, in the compute dtype),
+    so the pass checking them is skipped."""
+    if generated_signs:
+        _check_layout(layout)
+        arr = np.asarray(x)
+        dtype = _compute_dtype(arr.dtype, "x")
+        if arr.shape != (layout.dim,):
+            raise InputVectorError(f"x must have shape ({layout.dim},), got {arr.shape}")
+        s = signs
+    else:
+        arr, dtype, s = _check_rotation_input(x, signs, layout)
     padded = np.empty(layout.rotated_dim, dtype=dtype)
-    np.multiply(arr, s[: layout.dim], out=padded[: layout.dim], dtype=dtype)
-    padded[layout.dim :] = 0
     chunks = padded.reshape(layout.num_chunks, layout.chunk_size)
-    largest = np.max(np.abs(chunks), axis=1).astype(np.float64)
+    kernels = compiled_kernels()
+    if kernels is not None and arr.dtype == dtype == s.dtype and arr.flags.c_contiguous:
+        # sign flips and chunk peaks in one pass (flips and maxima are exact: same bits)
+        largest = kernels.signed_chunk_peaks(arr, s, chunks)
+    else:
+        np.multiply(arr, s[: layout.dim], out=padded[: layout.dim], dtype=dtype)
+        padded[layout.dim :] = 0
+        largest = np.max(np.abs(chunks), axis=1).astype(np.float64)
     exponents = np.zeros(layout.num_chunks, dtype=np.int64)
     low, high = _UNSCALED_RANGE
     nonzero = largest > 0

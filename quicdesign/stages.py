@@ -34,7 +34,7 @@ from ._validate import check_minmax_magnitude, check_weight
 from ._wire import PayloadReader, unpack_codes
 from .errors import ParameterError, PayloadError
 from .randomness import rotation_signs
-from .rotation import RotationLayout, scaled_rotate, unrotate
+from .rotation import RotationLayout, _scaled_rotate, unrotate
 
 __all__ = [
     "Stage",
@@ -449,7 +449,7 @@ class RandomizedHadamard(Stage):
         signs = self._signs(state, layout, np.float64 if x.dtype == np.float64 else np.float32)
         # rotate each chunk scaled by a power of two (exact), so float32 cannot overflow
         # or underflow; the ends of the pipeline restore the true magnitudes
-        rotated, exponents = scaled_rotate(x, signs, layout)
+        rotated, exponents = _scaled_rotate(x, signs, layout, generated_signs=True)
         if self.scaled:
             return ScaledChunks(rotated, exponents, layout), None
         return np.asarray(ScaledChunks(rotated, exponents, layout)), None

@@ -353,3 +353,28 @@ def test_server_kernel_sums_gathered_contributions_like_numpy(
         expected += g.materialize()
     compiled_kernels().accumulate_gathered(accumulator, gathered)
     assert accumulator.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("dim", [1, 7, 1025, 70_001])
+def test_compiled_sign_flip_and_chunk_peaks_match_numpy(monkeypatch, dtype, dim):
+    # scaled_rotate's first passes fused (the padding, every row's peak, NaN propagated)
+    from quicdesign.rotation import RotationLayout, scaled_rotate
+
+    layout = RotationLayout.for_dim(dim)
+    rng = np.random.default_rng(dim)
+    signs = np.where(rng.random(layout.rotated_dim) < 0.5, -1.0, 1.0).astype(dtype)
+    reach = 30 if dtype == np.float32 else 290  # magnitudes across the dtype's range
+    x = (rng.standard_t(2, dim) * 10.0 ** rng.integers(-reach, reach, dim)).astype(dtype)
+    for vector in (x, np.zeros(dim, dtype)):
+        monkeypatch.setenv(KERNELS_ENV, "numpy")
+        rotated, exponents = scaled_rotate(vector, signs, layout)
+        monkeypatch.setenv(KERNELS_ENV, "auto")
+        compiled, compiled_exponents = scaled_rotate(vector, signs, layout)
+        assert compiled.tobytes() == rotated.tobytes()
+        assert np.array_equal(compiled_exponents, exponents)
+    chunks = np.empty((layout.num_chunks, layout.chunk_size), dtype)
+    x[-1] = np.nan
+    peaks = compiled_kernels().signed_chunk_peaks(x, signs, chunks)
+    assert np.isnan(peaks[(dim - 1) // layout.chunk_size])
+    assert np.array_equal(chunks.reshape(-1)[dim:], np.zeros(layout.rotated_dim - dim))

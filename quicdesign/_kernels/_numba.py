@@ -11,6 +11,7 @@ __all__ = [
     "sender_levels_scaled",
     "pack_codes",
     "butterfly_passes",
+    "signed_chunk_peaks",
     "rans_encode",
     "rans_decode_part",
     "nearest_e8",
@@ -401,6 +402,31 @@ def butterfly_passes(source, scratch):  # pragma: no cover - compiled
                 write[row, 2 * j + 1] = a - b
         current = 1 - current
     return current
+
+
+@numba.njit(cache=True, nogil=True)
+def signed_chunk_peaks(values, signs, chunks):  # pragma: no cover - compiled
+    """``chunks.reshape(-1)[:n] = values * signs[:n]``, zeros after, and the largest
+    ``|chunk|`` per row as float64, NaN if it holds one, as numpy's ``max``
+    (``rotation.scaled_rotate``'s first two passes)."""
+    rows, width = chunks.shape
+    size = values.size
+    peaks = np.zeros(rows, dtype=np.float64)
+    for k in range(rows):
+        start = k * width
+        stop = min(start + width, size)
+        row = chunks[k]
+        peak = values.dtype.type(0)
+        unordered = False  # numpy's max propagates NaN
+        for j in range(max(stop - start, 0)):
+            flipped = values[start + j] * signs[start + j]
+            row[j] = flipped
+            peak = max(peak, abs(flipped))
+            unordered |= flipped != flipped
+        for j in range(max(stop - start, 0), width):
+            row[j] = 0
+        peaks[k] = np.nan if unordered else peak
+    return peaks
 
 
 @numba.njit(cache=True, nogil=True)
