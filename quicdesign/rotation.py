@@ -161,15 +161,18 @@ def fwht(a, *, out=None):
     return out
 
 
-def _butterfly_passes(source, scratch):
-    """Unnormalized Walsh-Hadamard transform of the rows of ``source`` (2-D, C order).
+def _butterfly_passes(source, scratch, factor):
+    """Walsh-Hadamard transform of the rows of ``source`` (2-D, C order) times ``factor``
+    (a scalar of its dtype, one correctly rounded multiply after the butterflies).
 
     Returns the buffer holding the result (``source`` or ``scratch``; both are clobbered).
     """
     kernels = compiled_kernels()
     if kernels is not None and source.flags.c_contiguous and scratch.flags.c_contiguous:
-        return (source, scratch)[kernels.butterfly_passes(source, scratch)]
-    return _numpy_butterfly_passes(source, scratch)
+        return (source, scratch)[kernels.butterfly_passes(source, scratch, factor)]
+    result = _numpy_butterfly_passes(source, scratch)
+    result *= factor
+    return result
 
 
 def _numpy_butterfly_passes(source, scratch):
@@ -229,9 +232,8 @@ def exact_order_fwht(a):
     if arr.size == 0:
         return arr
     rows = arr.reshape(-1, n)
-    result = _butterfly_passes(rows, np.empty_like(rows))
     # one correctly rounded multiply; a power of two (exact) when log2(n) is even
-    result *= arr.dtype.type(1.0 / math.sqrt(n))
+    result = _butterfly_passes(rows, np.empty_like(rows), arr.dtype.type(1.0 / math.sqrt(n)))
     return result.reshape(arr.shape)
 
 
@@ -356,9 +358,8 @@ def _check_rotation_input(x, signs, layout):
 def _transform_padded(padded, layout):
     """Exact-order transform of the padded, sign-flipped vector, chunk by chunk."""
     rows = padded.reshape(layout.num_chunks, layout.chunk_size)
-    result = _butterfly_passes(rows, np.empty_like(rows))
-    result *= padded.dtype.type(1.0 / math.sqrt(layout.chunk_size))
-    return result
+    factor = padded.dtype.type(1.0 / math.sqrt(layout.chunk_size))
+    return _butterfly_passes(rows, np.empty_like(rows), factor)
 
 
 def rotate(x, signs, layout):

@@ -362,12 +362,14 @@ def pack_codes(codes, bits):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def butterfly_passes(source, scratch):  # pragma: no cover - compiled
+def butterfly_passes(source, scratch, factor):  # pragma: no cover - compiled
     """``rotation._butterfly_passes`` fused per pass; returns 0 (``source``) or 1.
 
     Every output element is formed by the same additions and subtractions of the same
-    operands as in the numpy passes, so the bits are identical; only the memory traffic
-    (one read and one write per pass instead of eight array operations) changes.
+    operands as in the numpy passes, then multiplied by ``factor`` (in the last pass, as
+    numpy's ``result *= factor`` after it; earlier passes multiply by 1, which is exact),
+    so the bits are identical; only the memory traffic (one read and one write per pass
+    instead of eight array operations, no pass of its own for the factor) changes.
     """
     batch, n = source.shape
     log_n = 0
@@ -376,8 +378,11 @@ def butterfly_passes(source, scratch):  # pragma: no cover - compiled
     quarter = n // 4
     buffers = (source, scratch)
     current = 0
-    for _ in range(log_n // 2):
+    one = source.dtype.type(1)
+    passes = log_n // 2 + log_n % 2
+    for p in range(log_n // 2):
         read, write = buffers[current], buffers[1 - current]
+        f = factor if p == passes - 1 else one
         for row in range(batch):
             for j in range(quarter):
                 a = read[row, j]
@@ -386,10 +391,10 @@ def butterfly_passes(source, scratch):  # pragma: no cover - compiled
                 e = read[row, 3 * quarter + j]
                 sum_low, diff_low = a + b, a - b
                 sum_high, diff_high = c + e, c - e
-                write[row, 4 * j] = sum_low + sum_high
-                write[row, 4 * j + 1] = diff_low + diff_high
-                write[row, 4 * j + 2] = sum_low - sum_high
-                write[row, 4 * j + 3] = diff_low - diff_high
+                write[row, 4 * j] = (sum_low + sum_high) * f
+                write[row, 4 * j + 1] = (diff_low + diff_high) * f
+                write[row, 4 * j + 2] = (sum_low - sum_high) * f
+                write[row, 4 * j + 3] = (diff_low - diff_high) * f
         current = 1 - current
     if log_n % 2:
         read, write = buffers[current], buffers[1 - current]
@@ -398,9 +403,13 @@ def butterfly_passes(source, scratch):  # pragma: no cover - compiled
             for j in range(half):
                 a = read[row, j]
                 b = read[row, half + j]
-                write[row, 2 * j] = a + b
-                write[row, 2 * j + 1] = a - b
+                write[row, 2 * j] = (a + b) * factor
+                write[row, 2 * j + 1] = (a - b) * factor
         current = 1 - current
+    if passes == 0:
+        for row in range(batch):
+            for j in range(n):
+                source[row, j] *= factor
     return current
 
 
