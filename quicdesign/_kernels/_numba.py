@@ -40,13 +40,20 @@ def accumulate_gathered(accumulator, gathered):
         first.code_width,
         np.stack([g.scale for g in gathered]),
         np.array([g.shared_mask for g in gathered], dtype=np.uint8),
-        # one zero byte past the codes: a code may straddle two bytes
-        numba.typed.List([np.append(g.codes, np.uint8(0)) for g in gathered]),
+        numba.typed.List(_same_kind([g.codes for g in gathered])),
         numba.typed.List([np.ascontiguousarray(g.shared) for g in gathered]),
         numba.typed.List([g.positions.astype(np.intp) for g in gathered]),
         numba.typed.List([g.exact for g in gathered]),
         np.empty((len(gathered), _TILE), dtype=index_dtype),
     )
+
+
+def _same_kind(arrays):
+    """The arrays, read-only ones copied when some are writable (payload ``bytes`` and
+    ``bytearray`` mixed): a typed list holds arrays of one numba type."""
+    if len({a.flags.writeable for a in arrays}) == 1:
+        return arrays
+    return [a if a.flags.writeable else a.copy() for a in arrays]
 
 
 _TILE = 1024  # coordinates per tile: the tile's indices (8 clients) stay in L1
@@ -92,9 +99,12 @@ def _tile_index(out, shared, mask, bits, codes, code_width, start, count):  # pr
                 out[8 * q + u] |= (byte >> kind(u)) & kind(1)
     else:
         code_mask = (1 << code_width) - 1
+        last = codes.size - 1
         for j in range(count):
             bit = (start + j) * code_width
-            word = np.intp(codes[bit >> 3]) | (np.intp(codes[(bit >> 3) + 1]) << 8)
+            byte = bit >> 3
+            # a code may straddle two bytes; past the last byte there are no code bits
+            word = np.intp(codes[byte]) | (np.intp(codes[min(byte + 1, last)]) << 8)
             out[j] |= kind((word >> (bit & 7)) & code_mask)
 
 
