@@ -23,6 +23,7 @@ import struct
 import numpy as np
 
 from . import _rans
+from ._kernels import compiled_kernels
 from ._deprecation import renamed_attributes
 from .codec import (
     WIRE_VERSION,
@@ -224,18 +225,11 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         _check_exact(indices, values, dim)
         shared = self._shared(state, dim)
         if version == ENTROPY_WIRE_VERSION:
-            coded = _coded_mask(dim, indices)
             states = reader.read_array("<u4", _rans.LANES, "coder states")
             stream = reader.read_array("<u2", words, "coded stream")
             if _stream_digest(states, stream) != digest:
                 raise PayloadError("coded stream does not match its digest")
-            model_of = shared if coded is None else shared[coded]
-            symbols = _rans.decode(self._coder, states, stream, model_of)
-            if coded is None:
-                codes = symbols
-            else:
-                codes = np.zeros(dim, dtype=np.uint8)
-                codes[coded] = symbols
+            codes = self._decode_rans(states, stream, shared, indices, dim)
         else:
             stream = reader.read_array("<u4", words, "coded stream")
             coded = _coded_positions(dim, indices)
@@ -245,6 +239,24 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         if codes.max(initial=0) >= self.table.num_messages:
             raise PayloadError("decoded message outside the table")
         return codes, indices, values, shared
+
+    def _decode_rans(self, states, stream, shared, exact_indices, dim):
+        """Version 4: the codes of all ``dim`` positions, 0 at the exact ones (checked
+        increasing); the compiled kernels skip and refill those positions in one pass
+        each instead of a boolean mask, its gather and its scatter."""
+        if exact_indices.size == 0:
+            return _rans.decode(self._coder, states, stream, shared)
+        kernels = compiled_kernels()
+        if kernels is not None:
+            positions = exact_indices.astype(np.intp)
+            symbols = _rans.decode(
+                self._coder, states, stream, kernels.drop_positions(shared, positions)
+            )
+            return kernels.insert_zeros(symbols, positions, dim)
+        coded = _coded_mask(dim, exact_indices)
+        codes = np.zeros(dim, dtype=np.uint8)
+        codes[coded] = _rans.decode(self._coder, states, stream, shared[coded])
+        return codes
 
     def _decode_constriction(self, stream, shared, coded, dim):
         """Version 3: groups by ``h`` decoded with constriction; ``(codes, symbols)``."""

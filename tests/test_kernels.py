@@ -379,3 +379,21 @@ def test_compiled_sign_flip_and_chunk_peaks_match_numpy(monkeypatch, dtype, dim)
     peaks = compiled_kernels().signed_chunk_peaks(x, signs, chunks)
     assert np.isnan(peaks[(dim - 1) // layout.chunk_size])
     assert np.array_equal(chunks.reshape(-1)[dim:], np.zeros(layout.rotated_dim - dim))
+
+
+def test_position_kernels_drop_and_refill_like_a_boolean_mask():
+    # the entropy decoder's exact-position bookkeeping: ends, adjacent runs, none, all
+    kernels = compiled_kernels()
+    rng = np.random.default_rng(11)
+    values = rng.integers(1, 256, 40).astype(np.uint8)
+    cases = [[], [0], [39], [0, 1, 2, 39], [5, 6, 7, 20, 38, 39], list(range(40))]
+    cases += [np.sort(rng.choice(40, k, replace=False)) for k in (3, 17)]
+    for case in cases:
+        positions = np.asarray(case, dtype=np.intp)
+        keep = np.ones(values.size, dtype=bool)
+        keep[positions] = False
+        dropped = kernels.drop_positions(values, positions)
+        assert dropped.tobytes() == values[keep].tobytes(), case
+        expected = np.zeros_like(values)
+        expected[keep] = values[keep]
+        assert kernels.insert_zeros(dropped, positions, values.size).tobytes() == expected.tobytes()

@@ -13,6 +13,8 @@ __all__ = [
     "butterfly_passes",
     "signed_chunk_peaks",
     "rans_encode",
+    "drop_positions",
+    "insert_zeros",
     "rans_decode_part",
     "nearest_e8",
     "nearest_dn",
@@ -446,6 +448,31 @@ def signed_chunk_peaks(values, signs, chunks):  # pragma: no cover - compiled
             row[j] = 0
         peaks[k] = np.nan if unordered else peak
     return peaks
+
+
+@numba.njit(cache=True, nogil=True)
+def drop_positions(values, positions):  # pragma: no cover - compiled
+    """``values`` without the entries at ``positions`` (strictly increasing, in range)."""
+    out = np.empty(values.size - positions.size, dtype=values.dtype)
+    start = 0
+    for skipped, position in enumerate(positions):
+        out[start - skipped : position - skipped] = values[start:position]
+        start = position + 1
+    out[start - positions.size :] = values[start:]
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def insert_zeros(values, positions, size):  # pragma: no cover - compiled
+    """The inverse of :func:`drop_positions`: ``size`` entries, 0 at ``positions``."""
+    out = np.empty(size, dtype=values.dtype)
+    start = 0
+    for inserted, position in enumerate(positions):
+        out[start:position] = values[start - inserted : position - inserted]
+        out[position] = 0
+        start = position + 1
+    out[start:] = values[start - positions.size :]
+    return out
 
 
 @numba.njit(cache=True, nogil=True)
