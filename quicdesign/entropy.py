@@ -23,8 +23,8 @@ import struct
 import numpy as np
 
 from . import _rans
-from ._kernels import compiled_kernels
 from ._deprecation import renamed_attributes
+from ._kernels import compiled_kernels
 from .codec import (
     WIRE_VERSION,
     QuicFLAggregator,
