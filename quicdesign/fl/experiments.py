@@ -9,6 +9,7 @@ rounds (``cossgd``, the largest grid, needs about 300 s of CPU).
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -1003,6 +1004,8 @@ _INTRINSIC_VARIANT_OPTIONS = (
     ("time-varying", {"period": 10}),
 )
 _INTRINSIC_SWEEP = (0.3, 1.0, 3.0, 10.0)
+#: Local SGD steps per round of the FedAvg baselines (labels start with "fedavg").
+_FEDAVG_STEPS = 5
 _EQUAL_UPLOAD_BASELINES = (
     # rand-k and a 1 x 25 Count-Sketch: envelope + 25 float32 = 968 bits, the budget
     ("rand-k k=25", ("randk", (("k", 25),)), (0.02, 0.1)),
@@ -1014,6 +1017,10 @@ _EQUAL_UPLOAD_BASELINES = (
     ("quic-fl b=1 (2.7x budget)", ("quicfl", (("bits", 1),)), (0.5,)),
     # no compression (envelope + 1669 float32 = 53576 bits up): the accuracy to aim at
     ("fedsgd fp32 (55x budget)", None, (_FULL_LR,)),
+    # FedAvg: 5 local SGD steps per round, the pseudo-gradient up (server step 1; the
+    # rates are the clients' local learning rates), uncompressed and within the budget
+    (f"fedavg E={_FEDAVG_STEPS} fp32 (55x budget)", None, (0.1, 0.5)),
+    (f"fedavg E={_FEDAVG_STEPS} local top-k k=16", ("local-topk", (("k", 16),)), (0.1, 0.5)),
 )
 _INTRINSIC_TARGET = 0.65
 
@@ -1050,9 +1057,17 @@ def _intrinsic_runs(problem, seed, subspace_dim, rates, common):
 
 
 def _baseline_runs(problem, seed, baselines, common):
+    """FedSGD jobs per baseline and rate; labels starting with ``fedavg`` run FedAvg
+    (:data:`_FEDAVG_STEPS` local steps at the rate, server step 1)."""
     jobs = []
     for label, compressor, rates in baselines:
+        fedavg = label.startswith("fedavg")
         for rate in rates:
+            steps = (
+                {"step_size": 1.0, "local_steps": _FEDAVG_STEPS, "local_step_size": rate}
+                if fedavg
+                else {"step_size": rate}
+            )
             jobs.append(
                 _job(
                     "fedsgd",
@@ -1060,14 +1075,14 @@ def _baseline_runs(problem, seed, baselines, common):
                     f"{label} lr={rate:g}",
                     seed,
                     (
-                        ("family", "gradient compression"),
+                        ("family", "fedavg" if fedavg else "gradient compression"),
                         ("lr", rate),
                         ("accounting", "-"),
                         ("method", label),
                     ),
                     uplink=compressor,
                     per_tensor=False,
-                    step_size=rate,
+                    **steps,
                     **common,
                 )
             )
@@ -1112,6 +1127,67 @@ def _equal_upload_summary(histories, rounds, target):
     return rows
 
 
+def _method_of(config):
+    """The configuration without its learning rate (one method per learning-rate sweep)."""
+    return " ".join(word for word in config.split() if not word.startswith("lr="))
+
+
+def _equal_upload_verdicts(rows, target):
+    """Measured verdicts: accuracy at equal upload, then bits to ``target`` per accounting.
+
+    Each method is represented by its best learning rate (final accuracy, resp. fewest
+    Mbit to the target among rates that reach it).
+    """
+    column = f"Mbit_to_acc_{target:g}"
+    best_accuracy, best_bits = {}, {}
+    for row in rows:
+        method = _method_of(row["config"])
+        if row["test_accuracy"] > best_accuracy.get(method, (None, -1.0))[1]:
+            best_accuracy[method] = (row["config"], row["test_accuracy"])
+        bits = row[column]
+        if not math.isnan(bits) and bits < best_bits.get(method, (None, math.inf))[1]:
+            best_bits[method] = (row["config"], bits)
+
+    def best(table, keep, pick):
+        chosen = [(v, m) for m, v in table.items() if keep(m)]
+        return pick(chosen, key=lambda item: item[0][1]) if chosen else None
+
+    intrinsic = best(best_accuracy, lambda m: m.startswith("intrinsic"), max)
+    within = [
+        (m, v[1])
+        for m, v in best_accuracy.items()
+        if not m.startswith("intrinsic") and "budget" not in m
+    ]
+    lines = []
+    if intrinsic is not None and within:
+        beaten = [f"{m} ({a:.3f})" for m, a in within if a > intrinsic[0][1]]
+        listing = "; ".join(f"{m} {a:.3f}" for m, a in within)
+        lines.append(
+            f"Verdict, accuracy at equal upload (final, best rate): best intrinsic "
+            f"{intrinsic[0][1]:.3f} ({intrinsic[1]}) vs {listing} -> "
+            + ("intrinsic is best" if not beaten else "beaten by " + ", ".join(beaten))
+            + "."
+        )
+    for accounting in ("stateful", "stateless"):
+        ours = best(best_bits, lambda m, a=accounting: m.endswith(f"({a})"), min)
+        theirs = best(best_bits, lambda m: not m.startswith("intrinsic"), min)
+        if ours is None or theirs is None:
+            continue
+        fedavg = "; ".join(
+            f"{m} {v[1]:.3g}" for m, v in best_bits.items() if m.startswith("fedavg")
+        )
+        ratio = theirs[0][1] / ours[0][1]
+        lines.append(
+            f"Verdict, {column} (up + down), {accounting} clients: intrinsic "
+            f"{ours[0][1]:.3g} ({ours[1]}) vs the best baseline {theirs[0][1]:.3g} "
+            f"({theirs[1]})"
+            + (f"; FedAvg: {fedavg}" if fedavg else "")
+            + " -> intrinsic "
+            + (f"needs {ratio:.1f}x fewer bits." if ratio > 1 else f"needs {1 / ratio:.1f}x more.")
+        )
+    return lines
+
+
 #: How downloads are framed, in both accountings (the rule the tests derive counts from).
 _DOWNLOAD_FRAMING_NOTE = (
     "Framing: every message carries the 21-byte envelope (168 bits), uploads and downloads "
@@ -1123,13 +1199,20 @@ _DOWNLOAD_FRAMING_NOTE = (
 
 
 def _intrinsic_baselines_summary(histories, rounds):
-    return _equal_upload_summary(histories, rounds, _INTRINSIC_TARGET), [
+    rows = _equal_upload_summary(histories, rounds, _INTRINSIC_TARGET)
+    return rows, [
         "Teacher MLP (D = 1669), 10 clients with label shards, FedSGD steps, batch 32; "
         "upload budget 968 bits per client and step (intrinsic d = 25 float32 + the "
         "envelope). rand-k k = 25 and a 1 x 25 Count-Sketch send 968 bits, local top-k "
         "k = 16 (the largest that fits) 936 (envelope + 16 uint16 indices and float32 "
         "values; client error feedback); QUIC-FL b = 1 is its smallest rate (about 2.7x "
         "the budget); fp32 FedSGD (53576 bits, 55x) is the uncompressed reference.",
+        f"FedAvg rows: {_FEDAVG_STEPS} local SGD steps (batch 32) per round at the local "
+        "rate lr, the pseudo-gradient (model received minus model after the local steps) "
+        "up, server step 1; uncompressed (fp32, 55x the budget) or local top-k k = 16 with "
+        "error feedback (936 bits, within the budget). A round is one communication, so "
+        f"FedAvg spends {_FEDAVG_STEPS}x the client computation of a FedSGD step.",
+        *_equal_upload_verdicts(rows, _INTRINSIC_TARGET),
         "Downloads: baselines receive the fp32 update (53576 bits) every step. Intrinsic "
         "rows come twice (same trajectory): stateful clients receive the "
         "z-vectors that changed since their last step (d floats); stateless clients keep "
@@ -1142,7 +1225,7 @@ def _intrinsic_baselines_summary(histories, rounds):
         "first reaches the target (mean over seeds that reach it): accuracy against total "
         "bits. Learning rates: intrinsic swept over 0.3 / 1 / 3 / 10, baselines over two.",
         "Claim checked: intrinsic compression beats gradient compression at equal upload. "
-        "Not attempted: FedAvg (local epochs) as a baseline, QUIC-FL at the 968-bit "
+        "Not attempted: QUIC-FL at the 968-bit "
         "budget (it cannot go below ~1.5 bits per coordinate), the paper's models "
         "(100M parameters, GPT-2/BERT). A larger D: intrinsic-large.",
     ]
@@ -1172,7 +1255,9 @@ _LARGE_D = 100
 
 
 def _intrinsic_large_summary(histories, rounds):
-    return _equal_upload_summary(histories, rounds, 0.9), [
+    rows = _equal_upload_summary(histories, rounds, 0.9)
+    return rows, [
+        *_equal_upload_verdicts(rows, 0.9),
         "load_digits, MLP 64-128-10 (D = 9610, 5.8x the teacher MLP), 10 clients with "
         "label shards, batch 32; upload budget 3368 bits (intrinsic d = 100 float32 + the "
         "envelope); rand-k and Count-Sketch 100 floats + envelope (3368 bits), local top-k "
@@ -1425,7 +1510,7 @@ EXPERIMENTS = {
         ),
         Experiment(
             "intrinsic-baselines",
-            "intrinsic compression vs rand-k, Count-Sketch, local top-k at equal upload "
+            "intrinsic compression vs rand-k, Count-Sketch, local top-k, FedAvg at equal upload "
             "(968 bits/step), QUIC-FL and fp32 above it; learning-rate sweep; both "
             "download accountings",
             1000,
