@@ -34,7 +34,7 @@ def rows():
 
 
 def test_equal_upload_bits_and_both_download_accountings(rows):
-    assert len(rows) == 32
+    assert len(rows) == 36
     budget = floats_message(25)  # intrinsic d = 25: 968 bits
     fp32 = floats_message(1669)
     for config, row in rows.items():
@@ -46,7 +46,7 @@ def test_equal_upload_bits_and_both_download_accountings(rows):
                 assert down == pytest.approx(budget * (ROUNDS - 1) / ROUNDS)
         elif config.startswith(("rand-k", "count-sketch")):
             assert up == budget and down == fp32  # k = d floats; the fp32 update down
-        elif config.startswith("local top-k"):
+        elif config.startswith("local top-k") or config.startswith("fedavg E=5 local top-k"):
             # the largest k within the budget: uint16 index + float32 value per entry
             assert up == ENVELOPE_BITS + 16 * 48 <= budget < ENVELOPE_BITS + 17 * 48
             assert down == fp32
@@ -130,3 +130,54 @@ def test_larger_model_counts_equal_upload_exactly():
     # time-varying (period 10): the periods begun so far, still one message per step
     down = rows["intrinsic time-varying d=100 lr=1 (stateless)"]["down_bits/client/round"]
     assert down == pytest.approx(stateless_download(lambda t: -(-t // 10), 100, 9610, rounds))
+
+
+def test_fedavg_baselines_at_equal_upload_and_against_total_bits(rows):
+    accuracy = {config: row["test_accuracy"] for config, row in rows.items()}
+    to_target = {config: row["Mbit_to_acc_0.65"] for config, row in rows.items()}
+    # seeds 0-2 at 200 rounds (mean +- sd): FedAvg E=5 fp32 lr 0.5 0.811 +- 0.019, lr 0.1
+    # 0.762 +- 0.030; FedAvg E=5 local top-k k=16 lr 0.5 0.759 +- 0.016, lr 0.1 0.759 +-
+    # 0.039; bounds are about mean +- 3 sd
+    bounds = {
+        "fedavg E=5 fp32 (55x budget) lr=0.5": (0.75, 0.87),
+        "fedavg E=5 fp32 (55x budget) lr=0.1": (0.67, 0.85),
+        "fedavg E=5 local top-k k=16 lr=0.5": (0.71, 0.81),
+        "fedavg E=5 local top-k k=16 lr=0.1": (0.64, 0.88),
+    }
+    for config, (low, high) in bounds.items():
+        assert low < accuracy[config] < high, (config, accuracy)
+    # five local steps per round: FedAvg (lr 0.5) beats FedSGD at the same uplink
+    assert (
+        accuracy["fedavg E=5 fp32 (55x budget) lr=0.5"]
+        > accuracy["fedsgd fp32 (55x budget) lr=0.5"]
+    )
+    # FedAvg fp32 reaches 65 % after 2 records (2 rounds each, 0.107 Mbit per round up +
+    # down) for seeds 0-2: the cheapest baseline, yet 2x above intrinsic's stateful count
+    fedavg = to_target["fedavg E=5 fp32 (55x budget) lr=0.5"]
+    assert 0.1 < fedavg < 0.33, to_target
+    baselines = [v for k, v in to_target.items() if "intrinsic" not in k and "fedavg" not in k]
+    assert fedavg < min(baselines), to_target
+    stateful = min(v for k, v in to_target.items() if "stateful" in k and not math.isnan(v))
+    assert stateful < fedavg / 2, to_target
+
+
+def test_equal_upload_verdicts_name_fedavg_and_both_accountings():
+    from quicdesign.fl.experiments import _equal_upload_verdicts
+
+    def row(config, accuracy, mbit):
+        return {"config": config, "test_accuracy": accuracy, "Mbit_to_acc_0.65": mbit}
+
+    rows = [
+        row("intrinsic static d=25 lr=1 (stateful)", 0.70, 0.05),
+        row("intrinsic static d=25 lr=1 (stateless)", 0.70, 0.40),
+        row("fedavg E=5 local top-k k=16 lr=0.5", 0.75, 0.5),
+        row("fedavg E=5 fp32 (55x budget) lr=0.5", 0.80, 0.2),
+        row("rand-k k=25 lr=0.1", 0.60, math.nan),
+    ]
+    accuracy, stateful, stateless = _equal_upload_verdicts(rows, 0.65)
+    # the 55x-budget row is not "at equal upload"; FedAvg within the budget beats intrinsic
+    assert "fp32" not in accuracy
+    assert "beaten by fedavg E=5 local top-k k=16 (0.750)" in accuracy
+    assert "intrinsic 0.05" in stateful and "best baseline 0.2 (fedavg E=5 fp32" in stateful
+    assert "4.0x fewer" in stateful
+    assert "intrinsic 0.4" in stateless and "2.0x more" in stateless

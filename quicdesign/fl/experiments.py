@@ -59,6 +59,8 @@ class Experiment:
     #: ``(rounds, seeds)`` or ``(rounds, seeds, configurations)`` of ``--quick`` (None: a
     #: tenth of the rounds and the first seed).
     quick: tuple = field(default=None, compare=False)
+    #: Where the same comparison runs with framing below 5 % (None: here, or nowhere).
+    at_scale: str = field(default=None, compare=False)
 
 
 @dataclass
@@ -109,9 +111,17 @@ def _problem(key):
     if kind == "least-squares":
         (shift,) = args
         return heterogeneous_least_squares(20, 20, 200, shift_scale=shift, seed=0)
+    if kind == "least-squares-large":
+        # the toy's per-client shift energy (||mu_i||^2 ~ 20) at d = 2000; 3000 samples
+        return heterogeneous_least_squares(
+            20, _MCM_LARGE_DIM, 150, shift_scale=(20 / _MCM_LARGE_DIM) ** 0.5, seed=0
+        )
     if kind == "quadratic":
         (seed,) = args
         return NoisyQuadratic(200, 15, noise_std=4.0, seed=seed)
+    if kind == "quadratic-large":
+        (seed,) = args
+        return NoisyQuadratic(_SIGN_LARGE_DIM, 15, noise_std=4.0, seed=seed)
     if kind == "quadratic-skewed":
         (seed,) = args
         return NoisyQuadratic(200, 15, noise_std=4.0, seed=seed, noise="skewed")
@@ -164,8 +174,8 @@ def _execute(job):
 
         options["participation"] = Participation(**dict(options["participation"]))
     if job.runner == "mcm":
-        if options.get("step_size") == "1/(2L)":
-            options["step_size"] = 1.0 / (2.0 * problem.smoothness)
+        if options.get("step_size") in _STEP_RULES:
+            options["step_size"] = 1.0 / (_STEP_RULES[options["step_size"]] * problem.smoothness)
         average = _TailAverage(options.pop("average_from", None))
         history = run_mcm(problem, seed=job.seed, progress=False, callback=average, **options)
         if average.count:
@@ -243,6 +253,48 @@ def _mean_sd(values):
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
+#: Largest share of envelope bits (percent of all bits) called "small framing".
+SMALL_FRAMING_PERCENT = 5.0
+
+
+def framing_percent(histories) -> float:
+    """Envelope bits as a percentage of all bits sent (up + down) by ``histories``.
+
+    Both come from the bit counters, which add ``8 * len(payload)`` and the envelope
+    found at the front of each real payload (:func:`quicdesign._envelope.framing_size`).
+    """
+    framing = sum(
+        int(h.counter.upload_framing.sum() + h.counter.download_framing.sum()) for h in histories
+    )
+    total = sum(h.counter.total_upload + h.counter.total_download for h in histories)
+    return 100.0 * framing / total if total else 0.0
+
+
+def _add_framing(experiment, histories, summary, notes):
+    """A ``framing_%`` column (one row per configuration) and a note with its range."""
+    groups = _groups(histories)
+    if not histories or len(summary) != len(groups):
+        return
+    shares = [framing_percent(runs) for runs in groups.values()]
+    for row, share in zip(summary, shares, strict=True):
+        row["framing_%"] = share
+    line = (
+        f"framing_%: measured share of the 21-byte envelopes in all bits, up + down: "
+        f"{min(shares):.2f} to {max(shares):.2f} % over the configurations"
+    )
+    large = sum(share >= SMALL_FRAMING_PERCENT for share in shares)
+    if not large:
+        line += f", below {SMALL_FRAMING_PERCENT:g} % in every one."
+    else:
+        line += f"; {large} at or above {SMALL_FRAMING_PERCENT:g} % (small dimensions)"
+        line += (
+            f"; with framing below {SMALL_FRAMING_PERCENT:g} %: {experiment.at_scale}."
+            if experiment.at_scale
+            else f"; not run at a dimension where it is below {SMALL_FRAMING_PERCENT:g} %."
+        )
+    notes.append(line)
+
+
 def _per_client_round(history, direction, rounds):
     counter = history.counter
     bits = counter.upload if direction == "up" else counter.download
@@ -269,7 +321,13 @@ def format_table(rows, columns=None) -> str:
 
 # ----------------------------------------------------------------------------- MCM
 
+#: Dimension of mcm-large: QSGD s = 1 sends 2 bits per coordinate, so the 21-byte
+#: envelope is 4 % of an uplink payload (70 % at the toy's d = 20).
+_MCM_LARGE_DIM = 2000
+
 _MCM_UPLINK = ("qsgd", (("levels", 1),))  # l2 stochastic quantization, s = 1: omega = sqrt(d)
+#: Step-size rules of the MCM experiments, step = 1 / (factor L).
+_STEP_RULES = {"1/(2L)": 2.0, "1/(8L)": 8.0}
 
 
 def _randk(fraction):
@@ -370,6 +428,47 @@ def _mcm_summary(histories, rounds):
         "averaging and the paper's s = 1 quantizer in the downlink (all three in "
         "mcm-breast-cancer); a decreasing step (mcm-decreasing).",
     ]
+
+
+def _mcm_large_jobs(seeds, rounds):
+    # 1/(2L) diverges for MCM and MC here (omega_up = sqrt(2000) = 45); a quarter of it
+    common = _mcm_common(rounds, batch_size=16)
+    common["step_size"] = "1/(8L)"
+    return _mcm_grid(
+        ("least-squares-large",), seeds, common, lambda fraction: ("mcm", "artemis", "mc")
+    )
+
+
+def _mcm_large_summary(histories, rounds):
+    rows, _ = _mcm_summary(histories, rounds)
+    return rows, [
+        f"Least squares at d = {_MCM_LARGE_DIM} (20 workers x 150 samples, per-worker "
+        "feature shifts of the toy's energy), batch 16, step 1/(8L) (1/(2L) diverges for "
+        "MCM at omega_up = sqrt(2000) = 45), QSGD s = 1 up (2 bits per coordinate and a "
+        "norm), rand-k down; floor_log10 as in mcm.",
+        "The toy's claim at a dimension where framing is small (see framing_%): MCM stays "
+        "near Diana as omega_dwn grows, Artemis and MC rise with omega_dwn.",
+        *_mcm_verdicts(rows),
+        "Not attempted here: real data (mcm-breast-cancer, d = 31, where the envelope is a "
+        "large share), averaging and decreasing steps.",
+    ]
+
+
+def _mcm_verdicts(rows):
+    """One measured line per omega_dwn: each algorithm's floor minus Diana's."""
+    floors = {row["config"]: row["floor_log10"] for row in rows}
+    if "diana" not in floors:
+        return []
+    lines = []
+    for omega in (1, 4, 9):
+        gaps = [
+            f"{algorithm} {floors[f'{algorithm} w_dwn={omega}'] - floors['diana']:+.2f}"
+            for algorithm in ("mcm", "artemis", "mc")
+            if f"{algorithm} w_dwn={omega}" in floors
+        ]
+        if gaps:
+            lines.append(f"omega_dwn = {omega}: floor minus Diana's (decades): {', '.join(gaps)}.")
+    return lines
 
 
 def _mcm_full_batch_jobs(seeds, rounds):
@@ -825,6 +924,43 @@ def _signsgd_summary(histories, rounds):
         "Caveat: the sign noise is i.i.d. Gaussian, where agreement with the vote ranks "
         "workers like agreement with the truth; real data: signsgd-digits; skewed noise: "
         "signsgd-skewed. Not attempted: the paper's CIFAR/ResNet runs.",
+    ]
+
+
+#: Dimension of signsgd-large: a 1-bit-per-coordinate payload of 1 KiB, so the 21-byte
+#: envelope is 2 % of it (46 % at d = 200).
+_SIGN_LARGE_DIM = 8192
+#: signsgd-large's loss target: signsgd-fv's 0.3 per 200 coordinates
+_SIGN_LARGE_TARGET = _QUADRATIC_TARGET * _SIGN_LARGE_DIM / 200
+
+
+def _signsgd_large_jobs(seeds, rounds):
+    return _sign_jobs(
+        seeds,
+        lambda seed: ("quadratic-large", seed),
+        _SIGN_SPLITS,
+        ("mv", "fv-pooled", "fv-oracle"),
+        240,
+        rounds=rounds,
+        step_size=1e-2,
+        warmup=50,
+        record_every=max(1, rounds // 300),
+    )
+
+
+def _signsgd_large_summary(histories, rounds):
+    rows = _sign_rows(histories, rounds, metric="loss", target=_SIGN_LARGE_TARGET, above=False)
+    return rows, [
+        *_sign_verdicts(rows, "tail_loss", higher_is_better=False),
+        f"signsgd-fv's quadratic at d = {_SIGN_LARGE_DIM} (independent coordinates, so the "
+        "loss scales with d: divide by "
+        f"{_SIGN_LARGE_DIM / 200:g} to compare with "
+        f"signsgd-fv); the target {_SIGN_LARGE_TARGET:g} is signsgd-fv's 0.3 per 200 "
+        "coordinates. Same splits, step and warm-up; Gaussian sign noise.",
+        _SIGN_DIAGNOSTIC_NOTE,
+        "Claim checked where framing is small: FV beats MV under heterogeneous batches, "
+        "equal under 15x16. Real data and skewed noise: signsgd-digits, signsgd-skewed "
+        "(small dimensions).",
     ]
 
 
@@ -1403,6 +1539,19 @@ EXPERIMENTS = {
             True,
             _mcm_jobs,
             _mcm_summary,
+            at_scale="mcm-large (synthetic least squares at d = 2000)",
+        ),
+        Experiment(
+            "mcm-large",
+            f"MCM at d = {_MCM_LARGE_DIM} (framing below 5 %): Diana's floor as downlink "
+            "variance grows; Artemis and MC degrade",
+            600,
+            (0, 1),
+            "excess_loss",
+            True,
+            _mcm_large_jobs,
+            _mcm_large_summary,
+            quick=(300, (0,), ("diana", "mcm w_dwn=9", "artemis w_dwn=9", "mc w_dwn=9")),
         ),
         Experiment(
             "mcm-full-batch",
@@ -1413,6 +1562,7 @@ EXPERIMENTS = {
             True,
             _mcm_full_batch_jobs,
             _mcm_full_batch_summary,
+            at_scale="mcm-large (synthetic least squares at d = 2000)",
         ),
         Experiment(
             "mcm-breast-cancer",
@@ -1423,6 +1573,7 @@ EXPERIMENTS = {
             True,
             _mcm_real_jobs,
             _mcm_real_summary,
+            at_scale="mcm-large (synthetic least squares at d = 2000)",
         ),
         Experiment(
             "mcm-alpha",
@@ -1433,6 +1584,7 @@ EXPERIMENTS = {
             True,
             _mcm_alpha_jobs,
             _mcm_alpha_summary,
+            at_scale="mcm-large (synthetic least squares at d = 2000)",
         ),
         Experiment(
             "mcm-decreasing",
@@ -1443,6 +1595,7 @@ EXPERIMENTS = {
             True,
             _mcm_decreasing_jobs,
             _mcm_decreasing_summary,
+            at_scale="mcm-large (synthetic least squares at d = 2000)",
         ),
         Experiment(
             "signsgd-fv",
@@ -1453,6 +1606,23 @@ EXPERIMENTS = {
             True,
             _signsgd_jobs,
             _signsgd_summary,
+            at_scale=f"signsgd-large (Gaussian noise, d = {_SIGN_LARGE_DIM})",
+        ),
+        Experiment(
+            "signsgd-large",
+            f"signSGD-FV at d = {_SIGN_LARGE_DIM} (framing below 5 %): FV beats MV under "
+            "heterogeneous batches, equal under equal ones",
+            1500,
+            (0, 1),
+            "loss",
+            True,
+            _signsgd_large_jobs,
+            _signsgd_large_summary,
+            quick=(
+                600,
+                (0,),
+                ("14x1+1x226 mv", "14x1+1x226 fv-pooled", "15x16 mv", "15x16 fv-pooled"),
+            ),
         ),
         Experiment(
             "signsgd-skewed",
@@ -1463,6 +1633,7 @@ EXPERIMENTS = {
             True,
             _signsgd_skewed_jobs,
             _signsgd_skewed_summary,
+            at_scale=f"signsgd-large (Gaussian noise, d = {_SIGN_LARGE_DIM})",
         ),
         Experiment(
             "signsgd-digits",
@@ -1474,6 +1645,7 @@ EXPERIMENTS = {
             False,
             _signsgd_digits_jobs,
             _signsgd_digits_summary,
+            at_scale=f"signsgd-large (Gaussian noise, d = {_SIGN_LARGE_DIM})",
         ),
         Experiment(
             "signsgd-decoding",
@@ -1496,6 +1668,7 @@ EXPERIMENTS = {
             False,
             _intrinsic_jobs,
             _intrinsic_summary,
+            at_scale="intrinsic-large (d = 100 floats per upload)",
         ),
         Experiment(
             "intrinsic-bandwidth",
@@ -1507,6 +1680,7 @@ EXPERIMENTS = {
             False,
             _intrinsic_bandwidth_jobs,
             _intrinsic_bandwidth_summary,
+            at_scale="intrinsic-large (d = 100 floats per upload)",
         ),
         Experiment(
             "intrinsic-baselines",
@@ -1520,6 +1694,7 @@ EXPERIMENTS = {
             _intrinsic_baselines_jobs,
             _intrinsic_baselines_summary,
             "best-rate",
+            at_scale="intrinsic-large (d = 100 floats per upload)",
         ),
         Experiment(
             "intrinsic-large",
@@ -1597,4 +1772,5 @@ def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None
         jobs = [job for job in jobs if job.config in only]
     histories = _run_jobs(jobs, workers, progress, name)
     summary, notes = experiment.summarize(histories, rounds)
+    _add_framing(experiment, histories, summary, notes)
     return ExperimentResult(experiment, histories, summary, notes)
