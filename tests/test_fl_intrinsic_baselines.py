@@ -102,7 +102,7 @@ def test_larger_model_counts_equal_upload_exactly():
     rounds = 20
     result = run_experiment("intrinsic-large", seeds=(0,), rounds=rounds, workers=2)
     rows = {row["config"]: row for row in result.summary}
-    assert len(rows) == 22
+    assert len(rows) == 24
     budget, fp32 = floats_message(100), floats_message(9610)  # 3368 and 307688 bits
     for config, row in rows.items():
         up, down = row["up_bits/client/round"], row["down_bits/client/round"]
@@ -110,7 +110,7 @@ def test_larger_model_counts_equal_upload_exactly():
             assert up == budget  # envelope + d = 100 float32
         elif config.startswith(("rand-k", "count-sketch")):
             assert up == budget and down == fp32  # envelope + 100 floats; fp32 update
-        elif config.startswith("local top-k"):
+        elif config.startswith(("local top-k", "fedavg E=5 local top-k")):
             # envelope + 66 (uint16 index + float32 value): the largest k within budget
             assert up == ENVELOPE_BITS + 66 * 48 <= budget < ENVELOPE_BITS + 67 * 48
             assert down == fp32
@@ -124,6 +124,14 @@ def test_larger_model_counts_equal_upload_exactly():
             assert stateful["down_bits/client/round"] == pytest.approx(
                 budget * (rounds - 1) / rounds
             )
+    # at d = 100 every configuration's envelopes are below 5 % of its bits (the
+    # intrinsic uplink: 168 of 3368 bits, 4.99 %)
+    for config, row in rows.items():
+        assert row["framing_%"] < 5.0, (config, row["framing_%"])
+    stateful = rows["intrinsic static d=100 lr=1 (stateful)"]
+    messages = rounds + rounds - 1  # uploads, and downloads from step 1 on
+    total = rounds * (stateful["up_bits/client/round"] + stateful["down_bits/client/round"])
+    assert stateful["framing_%"] == pytest.approx(100 * ENVELOPE_BITS * messages / total)
     # K-subspace stateless: one message holding min(t, 8) of the 8 vectors per step
     down = rows["intrinsic k-subspace d=100 lr=1 (stateless)"]["down_bits/client/round"]
     assert down == pytest.approx(stateless_download(lambda t: min(t, 8), 100, 9610, rounds))
@@ -164,14 +172,19 @@ def test_fedavg_baselines_at_equal_upload_and_against_total_bits(rows):
 def test_equal_upload_verdicts_name_fedavg_and_both_accountings():
     from quicdesign.fl.experiments import _equal_upload_verdicts
 
-    def row(config, accuracy, mbit):
-        return {"config": config, "test_accuracy": accuracy, "Mbit_to_acc_0.65": mbit}
+    def row(config, accuracy, mbit, up=968):
+        return {
+            "config": config,
+            "test_accuracy": accuracy,
+            "Mbit_to_acc_0.65": mbit,
+            "up_bits/client/round": up,
+        }
 
     rows = [
         row("intrinsic static d=25 lr=1 (stateful)", 0.70, 0.05),
         row("intrinsic static d=25 lr=1 (stateless)", 0.70, 0.40),
-        row("fedavg E=5 local top-k k=16 lr=0.5", 0.75, 0.5),
-        row("fedavg E=5 fp32 (55x budget) lr=0.5", 0.80, 0.2),
+        row("fedavg E=5 local top-k k=16 lr=0.5", 0.75, 0.5, up=936),
+        row("fedavg E=5 fp32 (55x budget) lr=0.5", 0.80, 0.2, up=53576),
         row("rand-k k=25 lr=0.1", 0.60, math.nan),
     ]
     accuracy, stateful, stateless = _equal_upload_verdicts(rows, 0.65)

@@ -1275,9 +1275,10 @@ def _equal_upload_verdicts(rows, target):
     Mbit to the target among rates that reach it).
     """
     column = f"Mbit_to_acc_{target:g}"
-    best_accuracy, best_bits = {}, {}
+    best_accuracy, best_bits, upload = {}, {}, {}
     for row in rows:
         method = _method_of(row["config"])
+        upload[method] = row["up_bits/client/round"]
         if row["test_accuracy"] > best_accuracy.get(method, (None, -1.0))[1]:
             best_accuracy[method] = (row["config"], row["test_accuracy"])
         bits = row[column]
@@ -1289,10 +1290,12 @@ def _equal_upload_verdicts(rows, target):
         return pick(chosen, key=lambda item: item[0][1]) if chosen else None
 
     intrinsic = best(best_accuracy, lambda m: m.startswith("intrinsic"), max)
+    # at equal upload: the baselines sending no more than the intrinsic rows
+    budget = max((b for m, b in upload.items() if m.startswith("intrinsic")), default=0)
     within = [
         (m, v[1])
         for m, v in best_accuracy.items()
-        if not m.startswith("intrinsic") and "budget" not in m
+        if not m.startswith("intrinsic") and upload[m] <= budget
     ]
     lines = []
     if intrinsic is not None and within:
@@ -1377,6 +1380,8 @@ def _intrinsic_large_jobs(seeds, rounds):
         (f"count-sketch 1x{d}", ("countsketch", (("columns", d), ("rows", 1))), (0.1,)),
         ("local top-k k=66", ("local-topk", (("k", 66),)), (0.5,)),
         ("fedsgd fp32", None, (_FULL_LR,)),
+        (f"fedavg E={_FEDAVG_STEPS} fp32", None, (0.5,)),
+        (f"fedavg E={_FEDAVG_STEPS} local top-k k=66", ("local-topk", (("k", 66),)), (0.5,)),
     )
     jobs = []
     for seed in seeds:
@@ -1399,7 +1404,8 @@ def _intrinsic_large_summary(histories, rounds):
         "envelope); rand-k and Count-Sketch 100 floats + envelope (3368 bits), local top-k "
         "66 entries (3336 bits, the largest that fits). Intrinsic learning rates 1 / 3 / 10; "
         "one rate per baseline (the one of the D = 1669 sweep that reaches 65 % with the "
-        "fewest bits).",
+        f"fewest bits). FedAvg: {_FEDAVG_STEPS} local steps at lr 0.5, server step 1, the "
+        "pseudo-gradient up in fp32 or as local top-k k = 66.",
         _DOWNLOAD_FRAMING_NOTE,
         "Not attempted: D in the millions (the paper's 100M-parameter models); the SRHT "
         "projection is implemented for that but not run here.",
@@ -1494,6 +1500,12 @@ def _cossgd_jobs(seeds, rounds):
     from .cossgd_study import cossgd_jobs
 
     return cossgd_jobs(seeds, rounds)
+
+
+def _cossgd_large_jobs(seeds, rounds):
+    from .cossgd_study import CLAIM_CONFIGS, cossgd_jobs
+
+    return cossgd_jobs(seeds, rounds, "digits-mlp", only=CLAIM_CONFIGS)
 
 
 def _cossgd_summary(histories, rounds):
@@ -1720,6 +1732,20 @@ EXPERIMENTS = {
             _cossgd_summary,
             _cossgd_plot,
             quick=(300, (0, 1), _cossgd_claim_configs()),
+            at_scale="cossgd-large (digits MLP, D = 9610)",
+        ),
+        Experiment(
+            "cossgd-large",
+            "CosSGD's claim configurations on a larger model (digits MLP, D = 9610: "
+            "per-tensor envelopes below 5 % of the bits)",
+            200,
+            (0, 1, 2),
+            "test_accuracy",
+            False,
+            _cossgd_large_jobs,
+            _cossgd_summary,
+            _cossgd_plot,
+            quick=(100, (0,), ("fp32", "cosine 4b weights", "cosine 2b weights", "sq 2b weights")),
         ),
     )
 }
