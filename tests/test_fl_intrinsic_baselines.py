@@ -91,10 +91,13 @@ def test_accuracy_at_equal_upload_and_against_total_bits(rows):
     best_intrinsic = max(v for k, v in accuracy.items() if k.startswith("intrinsic"))
     assert accuracy["local top-k k=16 lr=0.5"] > best_intrinsic, accuracy
     # against total bits (up + down, stateful clients) intrinsic wins by a wide margin:
-    # 0.047-0.095 Mbit to 65 % accuracy vs >= 0.336 (QUIC-FL) for the baselines
+    # seeds 0-2, every round recorded: 0.057-0.106 Mbit to 65 % accuracy vs >= 0.337
+    # (QUIC-FL) for the gradient compressors (FedAvg: its own test)
     to_target = {config: row["Mbit_to_acc_0.65"] for config, row in rows.items()}
     intrinsic = min(v for k, v in to_target.items() if "stateful" in k and not math.isnan(v))
-    baseline = min(v for k, v in to_target.items() if "intrinsic" not in k)
+    baseline = min(
+        v for k, v in to_target.items() if "intrinsic" not in k and not k.startswith("fedavg")
+    )
     assert 0.02 < intrinsic < 0.2 and intrinsic < baseline / 3, to_target
 
 
@@ -143,9 +146,9 @@ def test_larger_model_counts_equal_upload_exactly():
 def test_fedavg_baselines_at_equal_upload_and_against_total_bits(rows):
     accuracy = {config: row["test_accuracy"] for config, row in rows.items()}
     to_target = {config: row["Mbit_to_acc_0.65"] for config, row in rows.items()}
-    # seeds 0-2 at 200 rounds (mean +- sd): FedAvg E=5 fp32 lr 0.5 0.811 +- 0.019, lr 0.1
-    # 0.762 +- 0.030; FedAvg E=5 local top-k k=16 lr 0.5 0.759 +- 0.016, lr 0.1 0.759 +-
-    # 0.039; bounds are about mean +- 3 sd
+    # seeds 0-2 at 200 rounds: FedAvg E=5 fp32 lr 0.5 0.792-0.830, lr 0.1 0.740-0.796;
+    # FedAvg E=5 local top-k k=16 lr 0.5 0.748-0.777, lr 0.1 0.733-0.804 (mean +- sd
+    # 0.811 +- 0.019, 0.762 +- 0.030, 0.759 +- 0.016, 0.759 +- 0.039); bounds ~ mean +- 3 sd
     bounds = {
         "fedavg E=5 fp32 (55x budget) lr=0.5": (0.75, 0.87),
         "fedavg E=5 fp32 (55x budget) lr=0.1": (0.67, 0.85),
@@ -159,14 +162,16 @@ def test_fedavg_baselines_at_equal_upload_and_against_total_bits(rows):
         accuracy["fedavg E=5 fp32 (55x budget) lr=0.5"]
         > accuracy["fedsgd fp32 (55x budget) lr=0.5"]
     )
-    # FedAvg fp32 reaches 65 % after 2 records (2 rounds each, 0.107 Mbit per round up +
-    # down) for seeds 0-2: the cheapest baseline, yet 2x above intrinsic's stateful count
+    # FedAvg fp32 reaches 65 % at round 2 (0.107 Mbit per round up + down) for seeds 0-2:
+    # 0.214 Mbit, the cheapest baseline (gradient compressors >= 0.337), above intrinsic's
+    # stateful count (K-subspace 0.057-0.106) but inside its stateless range (0.197-0.386)
     fedavg = to_target["fedavg E=5 fp32 (55x budget) lr=0.5"]
     assert 0.1 < fedavg < 0.33, to_target
     baselines = [v for k, v in to_target.items() if "intrinsic" not in k and "fedavg" not in k]
     assert fedavg < min(baselines), to_target
     stateful = min(v for k, v in to_target.items() if "stateful" in k and not math.isnan(v))
-    assert stateful < fedavg / 2, to_target
+    stateless = min(v for k, v in to_target.items() if "stateless" in k and not math.isnan(v))
+    assert stateful < fedavg < 2 * stateless, to_target
 
 
 def test_equal_upload_verdicts_name_fedavg_and_both_accountings():

@@ -1226,7 +1226,7 @@ def _baseline_runs(problem, seed, baselines, common):
 
 
 def _intrinsic_baselines_jobs(seeds, rounds):
-    common = {"rounds": rounds, "batch_size": 32, "record_every": max(1, rounds // 100)}
+    common = {"rounds": rounds, "batch_size": 32, "record_every": 1}
     jobs = []
     for seed in seeds:
         problem = ("teacher-mlp", seed)
@@ -1236,7 +1236,11 @@ def _intrinsic_baselines_jobs(seeds, rounds):
 
 
 def _bits_to(history, target):
-    """Mbit per client (up + down) when test accuracy first reaches ``target`` (None)."""
+    """Mbit per client (up + down) when test accuracy first reaches ``target`` (None).
+
+    Read at the first record at or above the target: the equal-upload experiments record
+    every round, so the count is exact to one round.
+    """
     hit = _rounds_to(history, "test_accuracy", target, above=True)
     if hit is None:
         return None
@@ -1371,7 +1375,7 @@ def _intrinsic_baselines_summary(histories, rounds):
 
 
 def _intrinsic_large_jobs(seeds, rounds):
-    common = {"rounds": rounds, "batch_size": 32, "record_every": max(1, rounds // 100)}
+    common = {"rounds": rounds, "batch_size": 32, "record_every": 1}
     d = _LARGE_D
     # the budget is the envelope + d float32 = 3368 bits: rand-k / Count-Sketch send d
     # floats; local top-k 66 entries (3336 bits; 67 would be 3384)
