@@ -27,7 +27,8 @@ def test_framing_percent_counts_only_envelopes_found_in_the_payloads():
     counter.add_upload([0], [framed])
     # a body without an envelope (e.g. a foreign payload) adds bits but no framing
     counter.add_download([0, 1], b"\x00" * 400)
-    expected = 100.0 * ENVELOPE_BITS / (8 * len(framed) + 2 * 8 * 400)
+    counter.add_downloads([1], [framed])
+    expected = 100.0 * 2 * ENVELOPE_BITS / (2 * 8 * len(framed) + 2 * 8 * 400)
     assert framing_percent([_Counted(counter)]) == pytest.approx(expected, rel=1e-12)
     assert framing_percent([_Counted(BitCounter(1))]) == 0.0
 
