@@ -1715,7 +1715,7 @@ EXPERIMENTS = {
         Experiment(
             "intrinsic-large",
             "a larger model (digits MLP, D = 9610): intrinsic d = 100 vs gradient "
-            "compression at equal upload (3368 bits/step)",
+            "compression and FedAvg at equal upload (3368 bits/step)",
             1000,
             (0,),
             "test_accuracy",
