@@ -286,11 +286,11 @@ def _add_framing(experiment, histories, summary, notes):
     if not large:
         line += f", below {SMALL_FRAMING_PERCENT:g} % in every one."
     else:
-        line += f"; {large} at or above {SMALL_FRAMING_PERCENT:g} % (small dimensions)"
+        line += f"; {large} at or above {SMALL_FRAMING_PERCENT:g} % (the smallest payloads)"
         line += (
             f"; with framing below {SMALL_FRAMING_PERCENT:g} %: {experiment.at_scale}."
             if experiment.at_scale
-            else f"; not run at a dimension where it is below {SMALL_FRAMING_PERCENT:g} %."
+            else "."
         )
     notes.append(line)
 
