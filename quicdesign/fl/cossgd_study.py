@@ -48,6 +48,8 @@ _BATCH = 32
 _TAIL = 0.25
 #: Chance accuracy of the five-class task.
 CHANCE = 0.2
+#: Classes of each task (the chance line of the plot is one over it).
+_CLASSES = {"teacher-mlp": 5, "digits-mlp": 10}
 #: The configurations the claims compare: ``--quick`` runs only these, for all rounds.
 CLAIM_CONFIGS = (
     "fp32",
@@ -407,7 +409,7 @@ def _draw_rounds(full, zoom, groups):
         axes.grid(True, alpha=0.3)
 
 
-def _draw_bits(axes, summary):
+def _draw_bits(axes, summary, classes):
     """Plateau accuracy against measured bits, one line per quantizer family."""
     for family, (color, marker) in _FAMILY_STYLE.items():
         points = sorted(
@@ -424,7 +426,7 @@ def _draw_bits(axes, summary):
     fp32 = [r["test_accuracy"] for r in summary if r["family"] == "fp32"]
     if fp32:
         axes.axhline(fp32[0], color="k", lw=0.8, ls="--", label="fp32 (64 bits)")
-    axes.axhline(CHANCE, color="grey", lw=0.8, ls=":", label="chance (5 classes)")
+    axes.axhline(1.0 / classes, color="grey", lw=0.8, ls=":", label=f"chance ({classes} classes)")
     axes.set_xscale("log", base=2)
     axes.set_xlabel("measured bits per parameter per round, uplink + downlink (log scale)")
     axes.set_ylabel(f"test accuracy, mean of last {_TAIL:.0%} of rounds (± sd over seeds)")
@@ -444,7 +446,7 @@ def plot_cossgd(path, result):
         1, 3, figsize=(17, 5.2), constrained_layout=True, width_ratios=(1, 1, 1.1)
     )
     _draw_rounds(full, zoom, _groups(result.histories))
-    _draw_bits(by_bits, result.summary)
+    _draw_bits(by_bits, result.summary, _CLASSES[result.histories[0].config["task"]])
     handles, labels = full.get_legend_handles_labels()
     more_handles, more_labels = by_bits.get_legend_handles_labels()
     figure.legend(
