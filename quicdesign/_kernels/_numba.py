@@ -286,20 +286,27 @@ def sender_levels_scaled(
     flags = np.empty(size, dtype=np.uint8)  # bits 0-1: the table's flags; bit 2: outside
     top = first.size - 1
     level_mask = (1 << flag_shift) - 1
+    # per tile: the arithmetic in one loop (LLVM vectorizes it), the lookups in another
+    where = np.empty(_TILE, dtype=np.intp)
+    outside_tile = np.empty(_TILE, dtype=np.uint8)
     for k in range(rows.shape[0]):
         row = rows[k]
         factor = factors[k]
-        start = k * width
-        row_shared = shared[start : start + width]
-        row_messages = messages[start : start + width]
-        row_flags = flags[start : start + width]
-        for j in range(width):
-            z = row[j] * factor
-            entry = bucket_levels[_bucket_of(z, low, per_unit, top) * num_shared + row_shared[j]]
-            row_messages[j] = entry & level_mask
-            beyond = np.uint8((z < lower) | (z > upper))
-            flag = np.uint8(entry >> flag_shift) | (beyond << np.uint8(2))
-            row_flags[j] = flag
+        for start in range(0, width, _TILE):
+            count = min(_TILE, width - start)
+            tile = row[start : start + count]
+            first_index = k * width + start
+            tile_shared = shared[first_index : first_index + count]
+            for j in range(count):
+                z = tile[j] * factor
+                where[j] = _bucket_of(z, low, per_unit, top) * num_shared + tile_shared[j]
+                outside_tile[j] = np.uint8((z < lower) | (z > upper))
+            tile_messages = messages[first_index : first_index + count]
+            tile_flags = flags[first_index : first_index + count]
+            for j in range(count):
+                entry = bucket_levels[where[j]]
+                tile_messages[j] = entry & level_mask
+                tile_flags[j] = np.uint8(entry >> flag_shift) | (outside_tile[j] << np.uint8(2))
     flagged = 0
     outside = 0
     for i in range(size):  # counted apart: the lookup loop stays short
