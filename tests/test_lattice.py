@@ -353,3 +353,91 @@ def test_numpy_and_compiled_coders_write_the_same_bytes(cls, monkeypatch):
     reference = compressor.encode(x, round_seed=ROUND, client_id=3)
     assert reference == compiled
     np.testing.assert_array_equal(compressor.decode(compiled, dim=1000, round_seed=ROUND), decoded)
+
+
+def _server_state(compressor, payloads, dim, weights):
+    aggregator = compressor.aggregator(dim, ROUND)
+    for payload, weight in zip(payloads, weights, strict=True):
+        aggregator.add(payload, weight)
+    return aggregator._sum.tobytes(), aggregator.result().tobytes()
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_compiled_lattice_server_is_bit_identical_to_numpy(cls, bits, monkeypatch):
+    """The fused decode kernel gives the numpy path's sums bit for bit (escapes, partial
+    blocks and several rotation chunks included), and both accept the same payloads."""
+    pytest.importorskip("numba")
+    compressor = cls(bits=bits)
+    for dim in (1, 7, 1001, 4096, 70_001):
+        rng = np.random.default_rng(dim + 10 * bits)
+        vectors = list(rng.standard_t(3, size=(3, dim)))
+        if dim == 4096:
+            vectors.append(_spike_after_rotation(compressor, dim))  # escapes
+        payloads = [
+            compressor.encode(v, round_seed=ROUND, client_id=i) for i, v in enumerate(vectors)
+        ]
+        weights = rng.uniform(0.5, 2.0, len(payloads))
+        monkeypatch.setenv("QUICDESIGN_KERNELS", "numpy")
+        reference = _server_state(compressor, payloads, dim, weights)
+        monkeypatch.setenv("QUICDESIGN_KERNELS", "auto")
+        assert _server_state(compressor, payloads, dim, weights) == reference, dim
+
+
+def _refusal(compressor, payload, dim):
+    try:
+        compressor.aggregator(dim, ROUND).add(payload)
+    except PayloadError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+def test_compiled_lattice_decoder_refuses_as_numpy(cls, monkeypatch):
+    """Corrupted streams, states and escapes: the kernel refuses every payload the numpy
+    path refuses, with the same message."""
+    pytest.importorskip("numba")
+    compressor = cls(bits=3)
+    dim = 1024
+    payload = compressor.encode(
+        _spike_after_rotation(compressor, dim), round_seed=ROUND, client_id=0
+    )
+    offset, escapes, words = _body_fields(payload, 1)
+    assert escapes > 0
+    rng = np.random.default_rng(1)
+    cases = []
+    stream_start = offset + 16 + 4 * escapes + 4 * LANES
+    for _ in range(40):  # flipped bits in the states and the stream
+        data = bytearray(payload)
+        data[int(rng.integers(offset + 16 + 4 * escapes, len(data)))] ^= 1 << int(rng.integers(8))
+        cases.append(bytes(data))
+    model = compressor.resolved_model()
+    edges = (model.k_min, model.k_min - 1, model.k_min - 2)
+    edges += tuple(model.k_min + model.num_symbols + v for v in (-1, 0, 1))
+    for position in range(escapes):  # in range, edges, wrong parity, too large
+        start = offset + 16 + 4 * position
+        for value in (3, 10**6 + 1, 10**6, 2**30 + 2, 2**30, -(2**30) - 2, *edges):
+            data = bytearray(payload)
+            data[start : start + 4] = np.int32(value).tobytes()
+            cases.append(bytes(data))
+    cases.append(  # one escape fewer listed than coded
+        payload[:offset]
+        + (escapes - 1).to_bytes(4, "little")
+        + payload[offset + 4 : offset + 16]
+        + payload[offset + 20 :]
+    )
+    for cut in (2, 4, 20):  # words missing, count adjusted
+        cases.append(
+            payload[: offset + 4]
+            + (words - cut // 2).to_bytes(4, "little")
+            + payload[offset + 8 : len(payload) - cut]
+        )
+    assert stream_start < len(payload)
+    refused = 0
+    for case in cases:
+        monkeypatch.setenv("QUICDESIGN_KERNELS", "numpy")
+        reference = _refusal(compressor, case, dim)
+        monkeypatch.setenv("QUICDESIGN_KERNELS", "auto")
+        assert _refusal(compressor, case, dim) == reference
+        refused += reference is not None
+    assert refused >= len(cases) - 5  # nearly every corruption is caught

@@ -437,3 +437,168 @@ def nearest_dn(x):  # pragma: no cover - compiled
             picked = x[worst, b] - y[worst, b]
             y[worst, b] += 1.0 if picked > 0 else -1.0
     return y
+
+
+# lattice decoder statuses (quicdesign.compressors.lattice reads them; 1 is _rans's
+# TRUNCATED)
+_LATTICE_TRUNCATED = 1
+_LATTICE_BAD_PARITY = 4
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _binary_level(probability, levels):  # pragma: no cover - compiled
+    """``_Coder.binary_rows`` without the row offset: ``min(uint16(p L), L - 1)``."""
+    return min(np.intp(np.uint16(probability * levels)), levels - 1)
+
+
+@numba.njit(cache=True, nogil=True)
+def lattice_decode(  # pragma: no cover - compiled
+    dither,
+    cosets,
+    scale,
+    bins,
+    class_mass,
+    k_min,
+    num_symbols,
+    first_binary,
+    levels,
+    x,
+    words,
+    freq,
+    cum,
+    bucket_symbol,
+    escapes,
+    max_escape,
+    k_out,
+    coset_out,
+    unit_out,
+):
+    """``DitheredLatticeStage._decode`` and the unit values of ``read_side`` in one pass
+    over the stream, with the same float64 operations in the same order.
+
+    ``dither`` is flat in client order (block ``b``'s coordinate ``j`` at ``b n + j``, ``n
+    = k_out.shape[0]``), ``class_mass`` flattened, ``x`` the uint64 coder states
+    (updated). Fills ``k_out`` (int32, shape ``(n, blocks)``), ``coset_out`` (uint8,
+    zeros for D4) and ``unit_out`` (``scale (k + offset)`` in client order). Returns
+    ``(position, status, escapes found, a coset over 1, a bad escape)``; status 0, 1
+    (stream truncated) or 4 (a parity over 1), after which the outputs are partial.
+
+    The stream holds segments of ``blocks`` symbols: the coset bits (E8), the parities of
+    coordinates ``0..n-2``, then ``k`` of every coordinate. One copy of the rANS step
+    serves them all (a helper taking the arrays would cost reference counting per call).
+    """
+    n, blocks = k_out.shape
+    group = np.empty((n, blocks), dtype=np.int32)
+    offset = np.empty((n, blocks))
+    # the parity bits' model levels if an even (0) or an odd (1) sum is still required
+    level_if = np.empty((2, n, blocks), dtype=np.uint8)
+    required = np.zeros(blocks, dtype=np.uint8)
+    even = np.empty(n)
+    odd = np.empty(n)
+    w_even = np.empty(n + 1)
+    w_odd = np.empty(n + 1)
+    w_even[n] = 1.0
+    w_odd[n] = 0.0
+    mask = np.uint64((1 << _PROB_BITS) - 1)
+    available = words.size
+    escape = num_symbols // 2
+    position = 0
+    found = 0
+    coset_over = False
+    bad_escape = False
+    index = 0
+    for segment in range(0 if cosets == 2 else 1, 2 * n):
+        # segment 0: coset bits; 1..n-1: parities of column segment - 1; n..2n-1: k of
+        # column segment - n
+        column = segment - 1 if segment < n else segment - n
+        parity_over = False
+        for b in range(blocks):
+            if segment == 0:
+                # P(c = 1 | w) = Z_1 / (Z_0 + Z_1), Z_c as CosetGeometry.total_even
+                total_0 = 0.0
+                for c in range(2):
+                    we = 1.0
+                    wo = 0.0
+                    for j in range(n - 1, -1, -1):
+                        shifted = c * 0.5 - dither[b * n + j]
+                        floor = np.floor(shifted)
+                        at = 2 * np.intp((shifted - floor) * bins) + (np.intp(floor) & 1)
+                        e = class_mass[at]
+                        o = class_mass[at ^ 1]
+                        we, wo = e * we + o * wo, e * wo + o * we
+                    if c == 0:
+                        total_0 = we
+                h = first_binary + _binary_level(we / (total_0 + we), levels)
+            elif segment < n:
+                if segment == 1:
+                    # the block's coset is known: its CosetGeometry.with_suffix and the
+                    # levels of its parity bits either way
+                    shift = coset_out[b] * 0.5
+                    for j in range(n):
+                        shifted = shift - dither[b * n + j]
+                        floor = np.floor(shifted)
+                        fraction = shifted - floor
+                        offset[j, b] = fraction
+                        at = 2 * np.intp(fraction * bins) + (np.intp(floor) & 1)
+                        group[j, b] = at
+                        even[j] = class_mass[at]
+                        odd[j] = class_mass[at ^ 1]
+                    for j in range(n - 1, -1, -1):
+                        w_even[j] = even[j] * w_even[j + 1] + odd[j] * w_odd[j + 1]
+                        w_odd[j] = even[j] * w_odd[j + 1] + odd[j] * w_even[j + 1]
+                    for j in range(n - 1):
+                        if_odd = odd[j] * w_odd[j + 1]
+                        level_if[0, j, b] = _binary_level(
+                            if_odd / (if_odd + even[j] * w_even[j + 1]), levels
+                        )
+                        if_odd = odd[j] * w_even[j + 1]
+                        level_if[1, j, b] = _binary_level(
+                            if_odd / (if_odd + even[j] * w_odd[j + 1]), levels
+                        )
+                h = first_binary + level_if[required[b], column, b]
+            else:
+                if column == n - 1:
+                    group[column, b] ^= required[b]  # the block's sum is even
+                h = group[column, b]
+            # the rANS step of rans_decode_part
+            lane = index % _LANES
+            index += 1
+            state = x[lane]
+            slot = state & mask
+            symbol = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
+            while np.uint64(cum[h, symbol + 1]) <= slot:
+                symbol += 1
+            state = np.uint64(freq[h, symbol]) * (state >> np.uint64(_PROB_BITS)) + slot
+            state -= np.uint64(cum[h, symbol])
+            if state < np.uint64(_STATE_LOW):
+                if position >= available:
+                    x[lane] = state
+                    return position, _LATTICE_TRUNCATED, found, coset_over, bad_escape
+                state = (state << np.uint64(16)) | np.uint64(words[position])
+                position += 1
+            x[lane] = state
+            if segment == 0:
+                coset_over |= symbol > 1
+                coset_out[b] = symbol
+            elif segment < n:
+                parity_over |= symbol > 1
+                required[b] ^= symbol & 1
+                # the group becomes 2 bin + parity of k (the parity of y plus the floor's)
+                group[column, b] ^= symbol & 1
+            else:
+                k_parity = h & 1
+                k = k_min + k_parity + 2 * symbol
+                if symbol == escape:
+                    if found < escapes.size:
+                        k = escapes[found]
+                        bad_escape |= (
+                            abs(k) > max_escape
+                            or (k_min <= k < k_min + num_symbols)
+                            or (k & 1) != k_parity
+                        )
+                    found += 1
+                k_out[column, b] = k
+                unit_out[b * n + column] = scale * (k + offset[column, b])
+        if parity_over:
+            return position, _LATTICE_BAD_PARITY, found, coset_over, bad_escape
+    return position, 0, found, coset_over, bad_escape

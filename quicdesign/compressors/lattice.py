@@ -21,7 +21,8 @@ import math
 
 import numpy as np
 
-from .._rans import LANES, RansModel, StreamDecoder, encode
+from .._kernels import compiled_kernels
+from .._rans import FAILURES, LANES, OK, TRUNCATED, RansModel, StreamDecoder, encode
 from .._validate import check_int
 from ..errors import InputVectorError, ParameterError, PayloadError
 from ..lattice import BlockModel, load_lattice_model, nearest_lattice_point
@@ -46,6 +47,13 @@ BODY_VERSION = 2
 #: Largest ``|k|`` an escaped coordinate may carry (larger values are refused).
 MAX_ESCAPE_MAGNITUDE = 1 << 30
 _F32_TINY = float(np.finfo(np.float32).tiny)
+_BAD_PARITY = "coded stream has a parity symbol outside {0, 1}"
+_BAD_ESCAPE = "an escaped value is in range, too large or of the wrong parity"
+
+
+def _check_escape_count(found, listed) -> None:
+    if found != listed:
+        raise PayloadError(f"coded stream has {found} escapes, the payload lists {listed}")
 
 
 def _digest(k: np.ndarray, coset: np.ndarray) -> bytes:
@@ -104,12 +112,13 @@ class DitheredLatticeStage(Stage):
     def _blocks(self, dim):
         return -(-dim // self.model.block)
 
-    def _dither(self, state, dim):
-        """The client's dither as columns ``(n, blocks)``, uniform on ``[0, 2)^n``."""
+    def _dither(self, state, dim, columns=True):
+        """The client's dither, uniform on ``[0, 2)^n`` per block: as columns ``(n,
+        blocks)``, or flat in client order (block ``b``'s coordinate ``j`` at ``b n + j``)."""
         n = self.model.block
         uniforms = dither_uniforms(state.round_seed, state.client_id, self._blocks(dim) * n)
         uniforms *= 2.0  # exact in float64
-        return np.ascontiguousarray(uniforms.reshape(-1, n).T)
+        return np.ascontiguousarray(uniforms.reshape(-1, n).T) if columns else uniforms
 
     def side_size(self, dim, vector_dim):
         return None  # variable length
@@ -209,12 +218,17 @@ class DitheredLatticeStage(Stage):
         states = reader.read_array("<u4", LANES, "coder states")
         stream = reader.read_array("<u2", words, "coded stream")
         reader.expect_end()
-        dither = self._dither(state, dim)
-        k, coset, geometry = self._decode(states, stream, escapes, dither)
+        compiled = compiled_kernels()
+        if compiled is None:
+            dither = self._dither(state, dim)
+            k, coset, geometry = self._decode(states, stream, escapes, dither)
+            unit = (self.model.scale * (k + geometry.offset)).T.reshape(-1)
+        else:
+            dither = self._dither(state, dim, columns=False)
+            k, coset, unit = self._decode_compiled(compiled, states, stream, escapes, dither)
         if _digest(k, coset) != digest:
             raise PayloadError("coded stream does not decode to the points that were encoded")
-        unit = (self.model.scale * (k + geometry.offset)).T.reshape(-1)[:dim]
-        return norms, unit
+        return norms, unit[:dim]
 
     def _decode(self, states, stream, escapes, dither):
         model, n = self.model, self.model.block
@@ -232,7 +246,7 @@ class DitheredLatticeStage(Stage):
             rows = coder.binary_rows(geometry.probability_odd(column, required))
             parities[column] = decoder.take(rows)
             if np.any(parities[column] > 1):
-                raise PayloadError("coded stream has a parity symbol outside {0, 1}")
+                raise PayloadError(_BAD_PARITY)
             required ^= parities[column]
         parities[n - 1] = required  # the block's sum is even
         k_parity = (parities + geometry.floor) & 1
@@ -244,10 +258,7 @@ class DitheredLatticeStage(Stage):
         flat_parity = k_parity.reshape(-1)
         k = model.k_min + flat_parity + 2 * symbols
         escaped_at = np.flatnonzero(symbols == model.num_symbols // 2)
-        if escaped_at.size != escapes.size:
-            raise PayloadError(
-                f"coded stream has {escaped_at.size} escapes, the payload lists {escapes.size}"
-            )
+        _check_escape_count(escaped_at.size, escapes.size)
         if escapes.size:
             in_range = (escapes >= model.k_min) & (escapes < model.k_min + model.num_symbols)
             if (
@@ -255,9 +266,53 @@ class DitheredLatticeStage(Stage):
                 or np.any(in_range)
                 or np.any((escapes & 1) != flat_parity[escaped_at])
             ):
-                raise PayloadError("an escaped value is in range, too large or of the wrong parity")
+                raise PayloadError(_BAD_ESCAPE)
             k[escaped_at] = escapes
         return k.reshape(n, blocks), coset, geometry
+
+    def _decode_compiled(self, compiled, states, stream, escapes, dither):
+        """:meth:`_decode` and the unit values by the compiled kernel (the same points,
+        values and refusals, in the same order); ``dither`` flat in client order."""
+        model, n = self.model, self.model.block
+        coder = self._models()
+        blocks = dither.size // n
+        decoder = StreamDecoder(coder.rans, states, stream)
+        k = np.empty((n, blocks), dtype=np.int32)
+        coset = np.zeros(blocks, dtype=np.uint8)
+        unit = np.empty(blocks * n)
+        position, status, found, coset_over, bad_escape = compiled.lattice_decode(
+            dither,
+            model.spec.cosets,
+            model.scale,
+            model.bins,
+            model.class_mass.reshape(-1),
+            model.k_min,
+            model.num_symbols,
+            coder.first_binary,
+            BINARY_LEVELS,
+            decoder.states,
+            decoder.words,
+            coder.rans.freq,
+            coder.rans.cum,
+            coder.rans.bucket_symbol,
+            escapes,
+            MAX_ESCAPE_MAGNITUDE,
+            k,
+            coset,
+            unit,
+        )
+        if status == TRUNCATED:
+            raise PayloadError(FAILURES[TRUNCATED])
+        if status != OK:
+            raise PayloadError(_BAD_PARITY)
+        decoder.position = position
+        decoder.finish()
+        if coset_over:
+            raise PayloadError("coded stream has a coset symbol outside {0, 1}")
+        _check_escape_count(found, escapes.size)
+        if bad_escape:
+            raise PayloadError(_BAD_ESCAPE)
+        return k, coset, unit
 
     def invert(self, y, side, state, dim):
         norms, unit = side
