@@ -452,6 +452,51 @@ def _binary_level(probability, levels):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
+def _lattice_geometry(  # pragma: no cover - compiled
+    dither, coset, bins, class_mass, levels, offset, group, level_if, total, full
+):
+    """``CosetGeometry(model, dither, coset).with_suffix()`` and both parity levels of
+    every block, column by column (the blocks of a column are independent, so the loops
+    pipeline and the arithmetic one vectorizes): fills ``total`` (``W_0(0)``) and if
+    ``full`` ``offset``, ``group`` (``2 bin + parity of the floor``) and ``level_if``
+    (``[required parity, column, block]``, columns ``0..n-2``)."""
+    n, blocks = offset.shape
+    w_odd = np.zeros(blocks)
+    even = np.empty(blocks)
+    odd = np.empty(blocks)
+    total[:] = 1.0
+    for j in range(n - 1, -1, -1):
+        for b in range(blocks):
+            shifted = coset[b] * 0.5 - dither[b * n + j]
+            floor = np.floor(shifted)
+            fraction = shifted - floor
+            at = 2 * np.intp(fraction * bins) + (np.intp(floor) & 1)
+            even[b] = class_mass[at]
+            odd[b] = class_mass[at ^ 1]
+            if full:
+                offset[j, b] = fraction
+                group[j, b] = at
+        if full and j < n - 1:
+            _parity_levels(even, odd, total, w_odd, levels, level_if[0, j], level_if[1, j])
+        for b in range(blocks):
+            w_even_next = total[b]
+            w_odd_next = w_odd[b]
+            total[b] = even[b] * w_even_next + odd[b] * w_odd_next
+            w_odd[b] = even[b] * w_odd_next + odd[b] * w_even_next
+
+
+@numba.njit(cache=True, nogil=True)
+def _parity_levels(even, odd, w_even, w_odd, levels, if_even, if_odd):  # pragma: no cover
+    """``CosetGeometry.probability_odd`` of one column as model levels, if an even
+    (``if_even``) or an odd (``if_odd``) sum is still required of it and the rest."""
+    for b in range(even.size):
+        odd_mass = odd[b] * w_odd[b]
+        if_even[b] = _binary_level(odd_mass / (odd_mass + even[b] * w_even[b]), levels)
+        odd_mass = odd[b] * w_even[b]
+        if_odd[b] = _binary_level(odd_mass / (odd_mass + even[b] * w_odd[b]), levels)
+
+
+@numba.njit(cache=True, nogil=True)
 def lattice_decode(  # pragma: no cover - compiled
     dither,
     cosets,
@@ -493,12 +538,26 @@ def lattice_decode(  # pragma: no cover - compiled
     # the parity bits' model levels if an even (0) or an odd (1) sum is still required
     level_if = np.empty((2, n, blocks), dtype=np.uint8)
     required = np.zeros(blocks, dtype=np.uint8)
-    even = np.empty(n)
-    odd = np.empty(n)
-    w_even = np.empty(n + 1)
-    w_odd = np.empty(n + 1)
-    w_even[n] = 1.0
-    w_odd[n] = 0.0
+    coset_level = np.empty(blocks, dtype=np.intp)
+    if cosets == 2:
+        # P(c = 1 | w) = Z_1 / (Z_0 + Z_1) with Z_c the total weight of coset c
+        totals = np.empty((2, blocks))
+        for c in range(2):
+            coset_out[:] = c
+            _lattice_geometry(
+                dither,
+                coset_out,
+                bins,
+                class_mass,
+                levels,
+                offset,
+                group,
+                level_if,
+                totals[c],
+                False,
+            )
+        for b in range(blocks):
+            coset_level[b] = _binary_level(totals[1, b] / (totals[0, b] + totals[1, b]), levels)
     mask = np.uint64((1 << _PROB_BITS) - 1)
     available = words.size
     escape = num_symbols // 2
@@ -511,50 +570,24 @@ def lattice_decode(  # pragma: no cover - compiled
         # segment 0: coset bits; 1..n-1: parities of column segment - 1; n..2n-1: k of
         # column segment - n
         column = segment - 1 if segment < n else segment - n
+        if segment == 1:  # every block's coset is known
+            _lattice_geometry(
+                dither,
+                coset_out,
+                bins,
+                class_mass,
+                levels,
+                offset,
+                group,
+                level_if,
+                np.empty(blocks),
+                True,
+            )
         parity_over = False
         for b in range(blocks):
             if segment == 0:
-                # P(c = 1 | w) = Z_1 / (Z_0 + Z_1), Z_c as CosetGeometry.total_even
-                total_0 = 0.0
-                for c in range(2):
-                    we = 1.0
-                    wo = 0.0
-                    for j in range(n - 1, -1, -1):
-                        shifted = c * 0.5 - dither[b * n + j]
-                        floor = np.floor(shifted)
-                        at = 2 * np.intp((shifted - floor) * bins) + (np.intp(floor) & 1)
-                        e = class_mass[at]
-                        o = class_mass[at ^ 1]
-                        we, wo = e * we + o * wo, e * wo + o * we
-                    if c == 0:
-                        total_0 = we
-                h = first_binary + _binary_level(we / (total_0 + we), levels)
+                h = first_binary + coset_level[b]
             elif segment < n:
-                if segment == 1:
-                    # the block's coset is known: its CosetGeometry.with_suffix and the
-                    # levels of its parity bits either way
-                    shift = coset_out[b] * 0.5
-                    for j in range(n):
-                        shifted = shift - dither[b * n + j]
-                        floor = np.floor(shifted)
-                        fraction = shifted - floor
-                        offset[j, b] = fraction
-                        at = 2 * np.intp(fraction * bins) + (np.intp(floor) & 1)
-                        group[j, b] = at
-                        even[j] = class_mass[at]
-                        odd[j] = class_mass[at ^ 1]
-                    for j in range(n - 1, -1, -1):
-                        w_even[j] = even[j] * w_even[j + 1] + odd[j] * w_odd[j + 1]
-                        w_odd[j] = even[j] * w_odd[j + 1] + odd[j] * w_even[j + 1]
-                    for j in range(n - 1):
-                        if_odd = odd[j] * w_odd[j + 1]
-                        level_if[0, j, b] = _binary_level(
-                            if_odd / (if_odd + even[j] * w_even[j + 1]), levels
-                        )
-                        if_odd = odd[j] * w_even[j + 1]
-                        level_if[1, j, b] = _binary_level(
-                            if_odd / (if_odd + even[j] * w_odd[j + 1]), levels
-                        )
                 h = first_binary + level_if[required[b], column, b]
             else:
                 if column == n - 1:
