@@ -453,9 +453,9 @@ def _binary_level(probability, levels):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _lattice_geometry(  # pragma: no cover - compiled
-    dither, coset, bins, class_mass, levels, offset, group, level_if, total, full
+    uniforms, coset, bins, class_mass, levels, offset, group, level_if, total, full
 ):
-    """``CosetGeometry(model, dither, coset).with_suffix()`` and both parity levels of
+    """``CosetGeometry(model, 2 uniforms, coset).with_suffix()`` and both parity levels of
     every block, column by column (the blocks of a column are independent, so the loops
     pipeline and the arithmetic one vectorizes): fills ``total`` (``W_0(0)``) and if
     ``full`` ``offset``, ``group`` (``2 bin + parity of the floor``) and ``level_if``
@@ -467,7 +467,7 @@ def _lattice_geometry(  # pragma: no cover - compiled
     total[:] = 1.0
     for j in range(n - 1, -1, -1):
         for b in range(blocks):
-            shifted = coset[b] * 0.5 - dither[b * n + j]
+            shifted = coset[b] * 0.5 - uniforms[b * n + j] * 2.0  # the dither
             floor = np.floor(shifted)
             fraction = shifted - floor
             at = 2 * np.intp(fraction * bins) + (np.intp(floor) & 1)
@@ -498,7 +498,7 @@ def _parity_levels(even, odd, w_even, w_odd, levels, if_even, if_odd):  # pragma
 
 @numba.njit(cache=True, nogil=True)
 def lattice_decode(  # pragma: no cover - compiled
-    dither,
+    uniforms,
     cosets,
     scale,
     bins,
@@ -521,16 +521,19 @@ def lattice_decode(  # pragma: no cover - compiled
     """``DitheredLatticeStage._decode`` and the unit values of ``read_side`` in one pass
     over the stream, with the same float64 operations in the same order.
 
-    ``dither`` is flat in client order (block ``b``'s coordinate ``j`` at ``b n + j``, ``n
-    = k_out.shape[0]``), ``class_mass`` flattened, ``x`` the uint64 coder states
-    (updated). Fills ``k_out`` (int32, shape ``(n, blocks)``), ``coset_out`` (uint8,
-    zeros for D4) and ``unit_out`` (``scale (k + offset)`` in client order). Returns
-    ``(position, status, escapes found, a coset over 1, a bad escape)``; status 0, 1
-    (stream truncated) or 4 (a parity over 1), after which the outputs are partial.
+    ``uniforms`` are the shared uniforms (the dither halved) in client order (block
+    ``b``'s coordinate ``j`` at ``b n + j``, ``n = k_out.shape[0]``), ``class_mass``
+    flattened, ``x`` the uint64 coder states (updated). Fills ``k_out`` (int32, shape
+    ``(n, blocks)``), ``coset_out`` (uint8, zeros for D4) and ``unit_out`` (``scale (k +
+    offset)`` in client order). Returns ``(position, status, escapes found, a coset
+    over 1, a bad escape)``; status 0, 1 (stream truncated) or 4 (a parity over 1), after
+    which the outputs are partial.
 
     The stream holds segments of ``blocks`` symbols: the coset bits (E8), the parities of
     coordinates ``0..n-2``, then ``k`` of every coordinate. One copy of the rANS step
-    serves them all (a helper taking the arrays would cost reference counting per call).
+    serves them all (a helper taking the arrays would cost reference counting per call);
+    the coset and parity rows are two symbols wide (``_Coder``), so their symbol is
+    ``slot >= cum[h, 1]``, the lookup's answer without its table.
     """
     n, blocks = k_out.shape
     group = np.empty((n, blocks), dtype=np.int32)
@@ -545,7 +548,7 @@ def lattice_decode(  # pragma: no cover - compiled
         for c in range(2):
             coset_out[:] = c
             _lattice_geometry(
-                dither,
+                uniforms,
                 coset_out,
                 bins,
                 class_mass,
@@ -572,7 +575,7 @@ def lattice_decode(  # pragma: no cover - compiled
         column = segment - 1 if segment < n else segment - n
         if segment == 1:  # every block's coset is known
             _lattice_geometry(
-                dither,
+                uniforms,
                 coset_out,
                 bins,
                 class_mass,
@@ -598,9 +601,13 @@ def lattice_decode(  # pragma: no cover - compiled
             index += 1
             state = x[lane]
             slot = state & mask
-            symbol = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
-            while np.uint64(cum[h, symbol + 1]) <= slot:
-                symbol += 1
+            if segment < n:
+                # a two-symbol row (the coset and parity bits): no lookup table
+                symbol = np.intp(slot >= np.uint64(cum[h, 1]))
+            else:
+                symbol = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
+                while np.uint64(cum[h, symbol + 1]) <= slot:
+                    symbol += 1
             state = np.uint64(freq[h, symbol]) * (state >> np.uint64(_PROB_BITS)) + slot
             state -= np.uint64(cum[h, symbol])
             if state < np.uint64(_STATE_LOW):

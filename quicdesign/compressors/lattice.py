@@ -112,13 +112,18 @@ class DitheredLatticeStage(Stage):
     def _blocks(self, dim):
         return -(-dim // self.model.block)
 
-    def _dither(self, state, dim, columns=True):
-        """The client's dither, uniform on ``[0, 2)^n`` per block: as columns ``(n,
-        blocks)``, or flat in client order (block ``b``'s coordinate ``j`` at ``b n + j``)."""
-        n = self.model.block
-        uniforms = dither_uniforms(state.round_seed, state.client_id, self._blocks(dim) * n)
+    def _uniforms(self, state, dim):
+        """The client's shared uniforms on ``[0, 1)``, block ``b``'s coordinate ``j`` at
+        ``b n + j``."""
+        return dither_uniforms(
+            state.round_seed, state.client_id, self._blocks(dim) * self.model.block
+        )
+
+    def _dither(self, state, dim):
+        """The client's dither as columns ``(n, blocks)``, uniform on ``[0, 2)^n``."""
+        uniforms = self._uniforms(state, dim)
         uniforms *= 2.0  # exact in float64
-        return np.ascontiguousarray(uniforms.reshape(-1, n).T) if columns else uniforms
+        return np.ascontiguousarray(uniforms.reshape(-1, self.model.block).T)
 
     def side_size(self, dim, vector_dim):
         return None  # variable length
@@ -224,8 +229,8 @@ class DitheredLatticeStage(Stage):
             k, coset, geometry = self._decode(states, stream, escapes, dither)
             unit = (self.model.scale * (k + geometry.offset)).T.reshape(-1)
         else:
-            dither = self._dither(state, dim, columns=False)
-            k, coset, unit = self._decode_compiled(compiled, states, stream, escapes, dither)
+            uniforms = self._uniforms(state, dim)
+            k, coset, unit = self._decode_compiled(compiled, states, stream, escapes, uniforms)
         if _digest(k, coset) != digest:
             raise PayloadError("coded stream does not decode to the points that were encoded")
         return norms, unit[:dim]
@@ -270,18 +275,18 @@ class DitheredLatticeStage(Stage):
             k[escaped_at] = escapes
         return k.reshape(n, blocks), coset, geometry
 
-    def _decode_compiled(self, compiled, states, stream, escapes, dither):
+    def _decode_compiled(self, compiled, states, stream, escapes, uniforms):
         """:meth:`_decode` and the unit values by the compiled kernel (the same points,
-        values and refusals, in the same order); ``dither`` flat in client order."""
+        values and refusals, in the same order) from the shared :meth:`_uniforms`."""
         model, n = self.model, self.model.block
         coder = self._models()
-        blocks = dither.size // n
+        blocks = uniforms.size // n
         decoder = StreamDecoder(coder.rans, states, stream)
         k = np.empty((n, blocks), dtype=np.int32)
         coset = np.zeros(blocks, dtype=np.uint8)
         unit = np.empty(blocks * n)
         position, status, found, coset_over, bad_escape = compiled.lattice_decode(
-            dither,
+            uniforms,
             model.spec.cosets,
             model.scale,
             model.bins,
