@@ -447,11 +447,15 @@ _LATTICE_BAD_PARITY = 4
 
 @numba.njit(cache=True, nogil=True, inline="always")
 def _binary_level(probability, levels):  # pragma: no cover - compiled
-    """``_Coder.binary_rows`` without the row offset: ``min(uint16(p L), L - 1)``."""
-    return min(np.intp(np.uint16(probability * levels)), levels - 1)
+    """``_Coder.binary_rows`` without the row offset: ``min(uint16(p L), L - 1)``, 0 for
+    NaN as numpy's cast gives (0/0 if a model's masses underflow)."""
+    scaled = probability * levels
+    if not scaled >= 0.0:
+        return 0
+    return min(np.intp(np.uint16(scaled)), levels - 1)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _lattice_geometry(  # pragma: no cover - compiled
     uniforms, coset, bins, class_mass, levels, offset, group, level_if, total, full
 ):
@@ -485,7 +489,7 @@ def _lattice_geometry(  # pragma: no cover - compiled
             w_odd[b] = even[b] * w_odd_next + odd[b] * w_even_next
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _parity_levels(even, odd, w_even, w_odd, levels, if_even, if_odd):  # pragma: no cover
     """``CosetGeometry.probability_odd`` of one column as model levels, if an even
     (``if_even``) or an odd (``if_odd``) sum is still required of it and the rest."""
@@ -496,7 +500,7 @@ def _parity_levels(even, odd, w_even, w_odd, levels, if_even, if_odd):  # pragma
         if_odd[b] = _binary_level(odd_mass / (odd_mass + even[b] * w_odd[b]), levels)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def lattice_decode(  # pragma: no cover - compiled
     uniforms,
     cosets,
