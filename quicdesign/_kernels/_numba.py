@@ -457,17 +457,19 @@ def _binary_level(probability, levels):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _lattice_geometry(  # pragma: no cover - compiled
-    uniforms, coset, bins, class_mass, levels, offset, group, level_if, total, full
+    uniforms, coset, bins, class_mass, levels, group, level_if, total, scratch, full
 ):
     """``CosetGeometry(model, 2 uniforms, coset).with_suffix()`` and both parity levels of
     every block, column by column (the blocks of a column are independent, so the loops
     pipeline and the arithmetic one vectorizes): fills ``total`` (``W_0(0)``) and if
-    ``full`` ``offset``, ``group`` (``2 bin + parity of the floor``) and ``level_if``
-    (``[required parity, column, block]``, columns ``0..n-2``)."""
-    n, blocks = offset.shape
-    w_odd = np.zeros(blocks)
-    even = np.empty(blocks)
-    odd = np.empty(blocks)
+    ``full`` ``group`` (``2 bin + parity of the floor``) and ``level_if``
+    (``[required parity, column, block]``, columns ``0..n-2``); ``scratch`` has shape
+    ``(3, blocks)``."""
+    n, blocks = group.shape
+    w_odd = scratch[0]
+    even = scratch[1]
+    odd = scratch[2]
+    w_odd[:] = 0.0
     total[:] = 1.0
     for j in range(n - 1, -1, -1):
         for b in range(blocks):
@@ -478,7 +480,6 @@ def _lattice_geometry(  # pragma: no cover - compiled
             even[b] = class_mass[at]
             odd[b] = class_mass[at ^ 1]
             if full:
-                offset[j, b] = fraction
                 group[j, b] = at
         if full and j < n - 1:
             _parity_levels(even, odd, total, w_odd, levels, level_if[0, j], level_if[1, j])
@@ -521,6 +522,12 @@ def lattice_decode(  # pragma: no cover - compiled
     k_out,
     coset_out,
     unit_out,
+    group,
+    level_if,
+    required,
+    coset_level,
+    totals,
+    scratch,
 ):
     """``DitheredLatticeStage._decode`` and the unit values of ``read_side`` in one pass
     over the stream, with the same float64 operations in the same order.
@@ -538,17 +545,17 @@ def lattice_decode(  # pragma: no cover - compiled
     serves them all (a helper taking the arrays would cost reference counting per call);
     the coset and parity rows are two symbols wide (``_Coder``), so their symbol is
     ``slot >= cum[h, 1]``, the lookup's answer without its table.
+
+    The rest are work arrays of ``blocks`` columns, reused across calls (a server decodes
+    every client alike): ``group`` (int16, ``n`` rows),
+    ``level_if`` (uint8, ``(2, n, blocks)``: the parity bits' model levels if an even or
+    an odd sum is still required), ``required`` (uint8), ``coset_level`` (int32),
+    ``totals`` (2 rows) and ``scratch`` (3 rows).
     """
     n, blocks = k_out.shape
-    group = np.empty((n, blocks), dtype=np.int32)
-    offset = np.empty((n, blocks))
-    # the parity bits' model levels if an even (0) or an odd (1) sum is still required
-    level_if = np.empty((2, n, blocks), dtype=np.uint8)
-    required = np.zeros(blocks, dtype=np.uint8)
-    coset_level = np.empty(blocks, dtype=np.intp)
+    required[:] = 0
     if cosets == 2:
         # P(c = 1 | w) = Z_1 / (Z_0 + Z_1) with Z_c the total weight of coset c
-        totals = np.empty((2, blocks))
         for c in range(2):
             coset_out[:] = c
             _lattice_geometry(
@@ -557,10 +564,10 @@ def lattice_decode(  # pragma: no cover - compiled
                 bins,
                 class_mass,
                 levels,
-                offset,
                 group,
                 level_if,
                 totals[c],
+                scratch,
                 False,
             )
         for b in range(blocks):
@@ -584,10 +591,10 @@ def lattice_decode(  # pragma: no cover - compiled
                 bins,
                 class_mass,
                 levels,
-                offset,
                 group,
                 level_if,
-                np.empty(blocks),
+                totals[0],
+                scratch,
                 True,
             )
         parity_over = False
@@ -642,7 +649,8 @@ def lattice_decode(  # pragma: no cover - compiled
                         )
                     found += 1
                 k_out[column, b] = k
-                unit_out[b * n + column] = scale * (k + offset[column, b])
+                shifted = coset_out[b] * 0.5 - uniforms[b * n + column] * 2.0
+                unit_out[b * n + column] = scale * (k + (shifted - np.floor(shifted)))
         if parity_over:
             return position, _LATTICE_BAD_PARITY, found, coset_over, bad_escape
     return position, 0, found, coset_over, bad_escape

@@ -89,6 +89,28 @@ class _Coder:
         return level
 
 
+_WORKSPACE = "lattice decode workspace"
+
+
+class _DecodeWorkspace:
+    """Outputs and work arrays of the compiled decoder for ``blocks`` blocks of ``n``
+    (allocated once per aggregator: fresh pages for every client cost as much as a
+    third of the decoding)."""
+
+    def __init__(self, n, blocks):
+        self.k = np.empty((n, blocks), dtype=np.int32)
+        self.coset = np.zeros(blocks, dtype=np.uint8)
+        self.unit = np.empty(n * blocks)
+        self.scratch = (
+            np.empty((n, blocks), dtype=np.int16),  # group: 2 bin + parity, bins <= 2**10
+            np.empty((2, n, blocks), dtype=np.uint8),  # level_if
+            np.zeros(blocks, dtype=np.uint8),  # required
+            np.empty(blocks, dtype=np.int32),  # coset_level
+            np.empty((2, blocks)),  # totals
+            np.empty((3, blocks)),  # scratch
+        )
+
+
 class DitheredLatticeStage(Stage):
     """Unit-RMS scaling per chunk, dithered lattice quantization and ANS coding.
 
@@ -230,7 +252,9 @@ class DitheredLatticeStage(Stage):
             unit = (self.model.scale * (k + geometry.offset)).T.reshape(-1)
         else:
             uniforms = self._uniforms(state, dim)
-            k, coset, unit = self._decode_compiled(compiled, states, stream, escapes, uniforms)
+            k, coset, unit = self._decode_compiled(
+                compiled, states, stream, escapes, uniforms, state.cache
+            )
         if _digest(k, coset) != digest:
             raise PayloadError("coded stream does not decode to the points that were encoded")
         return norms, unit[:dim]
@@ -275,16 +299,21 @@ class DitheredLatticeStage(Stage):
             k[escaped_at] = escapes
         return k.reshape(n, blocks), coset, geometry
 
-    def _decode_compiled(self, compiled, states, stream, escapes, uniforms):
+    def _decode_compiled(self, compiled, states, stream, escapes, uniforms, cache):
         """:meth:`_decode` and the unit values by the compiled kernel (the same points,
-        values and refusals, in the same order) from the shared :meth:`_uniforms`."""
+        values and refusals, in the same order) from the shared :meth:`_uniforms`.
+
+        The arrays live in the aggregator's ``cache`` and are overwritten by its next
+        payload: the unit values are copied by :meth:`invert` before that.
+        """
         model, n = self.model, self.model.block
         coder = self._models()
-        blocks = uniforms.size // n
         decoder = StreamDecoder(coder.rans, states, stream)
-        k = np.empty((n, blocks), dtype=np.int32)
-        coset = np.zeros(blocks, dtype=np.uint8)
-        unit = np.empty(blocks * n)
+        work = cache.get(_WORKSPACE)
+        if work is None or work.unit.size != uniforms.size:
+            work = cache[_WORKSPACE] = _DecodeWorkspace(n, uniforms.size // n)
+        k, coset, unit = work.k, work.coset, work.unit
+        coset.fill(0)
         position, status, found, coset_over, bad_escape = compiled.lattice_decode(
             uniforms,
             model.spec.cosets,
@@ -305,6 +334,7 @@ class DitheredLatticeStage(Stage):
             k,
             coset,
             unit,
+            *work.scratch,
         )
         if status == TRUNCATED:
             raise PayloadError(FAILURES[TRUNCATED])
