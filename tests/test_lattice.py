@@ -441,3 +441,21 @@ def test_compiled_lattice_decoder_refuses_as_numpy(cls, monkeypatch):
         assert _refusal(compressor, case, dim) == reference
         refused += reference is not None
     assert refused >= len(cases) - 5  # nearly every corruption is caught
+
+
+def test_point_digest_is_the_documented_hash():
+    """blake2b-64 (person ``quicdesign.lat2``) of k as little-endian i32 in (n, blocks) C
+    order, then the coset bits as bytes, whatever the arrays' dtype and layout."""
+    import hashlib
+
+    from quicdesign.compressors.lattice import _digest
+
+    rng = np.random.default_rng(2)
+    k = rng.integers(-(2**30), 2**30, size=(5, 8))
+    coset = rng.integers(0, 2, size=8)
+    data = k.astype("<i4").tobytes() + coset.astype(np.uint8).tobytes()
+    expected = hashlib.blake2b(data, digest_size=8, person=b"quicdesign.lat2").digest()
+    for points in (k, k.astype(np.int32), np.asfortranarray(k), k.T.copy().T):
+        assert _digest(points, coset) == expected
+    assert _digest(k, coset.astype(np.uint8)) == expected
+    assert _digest(k[:, ::-1], coset) != expected

@@ -21,6 +21,7 @@ import math
 
 import numpy as np
 
+from .._accumulate import check_contribution_bound
 from .._kernels import compiled_kernels
 from .._rans import FAILURES, LANES, OK, TRUNCATED, RansModel, StreamDecoder, encode
 from .._validate import check_int
@@ -59,8 +60,10 @@ def _check_escape_count(found, listed) -> None:
 def _digest(k: np.ndarray, coset: np.ndarray) -> bytes:
     """8-byte blake2b of the coded points: ``k`` (shape (n, blocks), C order) as
     little-endian i32, then the coset bits as bytes."""
-    data = np.ascontiguousarray(k, dtype="<i4").tobytes() + coset.astype(np.uint8).tobytes()
-    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, person=b"quicdesign.lat2").digest()
+    hasher = hashlib.blake2b(digest_size=_DIGEST_SIZE, person=b"quicdesign.lat2")
+    hasher.update(np.ascontiguousarray(k, dtype="<i4"))  # no copy when already int32
+    hasher.update(np.ascontiguousarray(coset, dtype=np.uint8))
+    return hasher.digest()
 
 
 class _Coder:
@@ -354,6 +357,19 @@ class DitheredLatticeStage(Stage):
         layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
         chunks = unit.reshape(layout.num_chunks, layout.chunk_size)
         return (chunks * (norms / math.sqrt(layout.chunk_size))[:, None]).reshape(-1)
+
+    def contribution(self, y, side, state, dim, weight):
+        compiled = compiled_kernels()
+        if compiled is None:
+            return super().contribution(y, side, state, dim, weight)
+        # invert, bound and weight in one pass (the same values)
+        norms, unit = side
+        layout = RotationLayout.for_dim(state.dim)
+        factors = norms / math.sqrt(layout.chunk_size)
+        weighted = np.empty(unit.size)
+        largest = compiled.weighted_chunks(unit, factors, layout.chunk_size, weight, weighted)
+        check_contribution_bound(largest)
+        return weighted
 
     def output_dim(self, dim):
         return dim
