@@ -455,33 +455,61 @@ def _binary_level(probability, levels):  # pragma: no cover - compiled
     return min(np.intp(np.uint16(scaled)), levels - 1)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _offset_group(shift, uniform, bins):  # pragma: no cover - compiled
+    """``CosetGeometry``'s offset and ``2 bin + parity of the floor`` of one coordinate."""
+    shifted = shift - uniform * 2.0  # the dither
+    floor = np.floor(shifted)
+    fraction = shifted - floor
+    return fraction, 2 * np.intp(fraction * bins) + (np.intp(floor) & 1)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _coset_totals(uniforms, bins, class_mass, totals, scratch):  # pragma: no cover - compiled
+    """``CosetGeometry.total_even`` of both E8 cosets of every block into ``totals``
+    (shape ``(2, blocks)``), column by column, both cosets in one pass."""
+    blocks = totals.shape[1]
+    n = uniforms.size // blocks
+    for c in range(2):
+        total = totals[c]
+        w_odd = scratch[0]
+        total[:] = 1.0
+        w_odd[:] = 0.0
+        shift = c * 0.5
+        for j in range(n - 1, -1, -1):
+            for b in range(blocks):
+                at = _offset_group(shift, uniforms[b * n + j], bins)[1]
+                even = class_mass[at]
+                odd = class_mass[at ^ 1]
+                w_even_next = total[b]
+                w_odd_next = w_odd[b]
+                total[b] = even * w_even_next + odd * w_odd_next
+                w_odd[b] = even * w_odd_next + odd * w_even_next
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _lattice_geometry(  # pragma: no cover - compiled
-    uniforms, coset, bins, class_mass, levels, group, level_if, total, scratch, full
+    uniforms, coset, bins, class_mass, levels, group, level_if, scratch
 ):
     """``CosetGeometry(model, 2 uniforms, coset).with_suffix()`` and both parity levels of
     every block, column by column (the blocks of a column are independent, so the loops
-    pipeline and the arithmetic one vectorizes): fills ``total`` (``W_0(0)``) and if
-    ``full`` ``group`` (``2 bin + parity of the floor``) and ``level_if``
-    (``[required parity, column, block]``, columns ``0..n-2``); ``scratch`` has shape
-    ``(3, blocks)``."""
+    pipeline and the arithmetic one vectorizes): fills ``group`` (``2 bin + parity of the
+    floor``) and ``level_if`` (``[required parity, column, block]``, columns ``0..n-2``);
+    ``scratch`` has shape ``(4, blocks)``."""
     n, blocks = group.shape
-    w_odd = scratch[0]
-    even = scratch[1]
-    odd = scratch[2]
+    total = scratch[0]
+    w_odd = scratch[1]
+    even = scratch[2]
+    odd = scratch[3]
     w_odd[:] = 0.0
     total[:] = 1.0
     for j in range(n - 1, -1, -1):
         for b in range(blocks):
-            shifted = coset[b] * 0.5 - uniforms[b * n + j] * 2.0  # the dither
-            floor = np.floor(shifted)
-            fraction = shifted - floor
-            at = 2 * np.intp(fraction * bins) + (np.intp(floor) & 1)
+            at = _offset_group(coset[b] * 0.5, uniforms[b * n + j], bins)[1]
             even[b] = class_mass[at]
             odd[b] = class_mass[at ^ 1]
-            if full:
-                group[j, b] = at
-        if full and j < n - 1:
+            group[j, b] = at
+        if j < n - 1:
             _parity_levels(even, odd, total, w_odd, levels, level_if[0, j], level_if[1, j])
         for b in range(blocks):
             w_even_next = total[b]
@@ -541,35 +569,22 @@ def lattice_decode(  # pragma: no cover - compiled
     which the outputs are partial.
 
     The stream holds segments of ``blocks`` symbols: the coset bits (E8), the parities of
-    coordinates ``0..n-2``, then ``k`` of every coordinate. One copy of the rANS step
-    serves them all (a helper taking the arrays would cost reference counting per call);
-    the coset and parity rows are two symbols wide (``_Coder``), so their symbol is
-    ``slot >= cum[h, 1]``, the lookup's answer without its table.
+    coordinates ``0..n-2``, then ``k`` of every coordinate. The rANS step is written out
+    in the loop of the two-symbol rows (``_Coder``'s coset and parity bits, whose symbol
+    is ``slot >= cum[h, 1]``, the lookup's answer without its table) and in that of the
+    class rows: a helper taking the arrays would cost reference counting per symbol.
 
     The rest are work arrays of ``blocks`` columns, reused across calls (a server decodes
     every client alike): ``group`` (int16, ``n`` rows),
     ``level_if`` (uint8, ``(2, n, blocks)``: the parity bits' model levels if an even or
     an odd sum is still required), ``required`` (uint8), ``coset_level`` (int32),
-    ``totals`` (2 rows) and ``scratch`` (3 rows).
+    ``totals`` (2 rows) and ``scratch`` (4 rows).
     """
     n, blocks = k_out.shape
     required[:] = 0
     if cosets == 2:
         # P(c = 1 | w) = Z_1 / (Z_0 + Z_1) with Z_c the total weight of coset c
-        for c in range(2):
-            coset_out[:] = c
-            _lattice_geometry(
-                uniforms,
-                coset_out,
-                bins,
-                class_mass,
-                levels,
-                group,
-                level_if,
-                totals[c],
-                scratch,
-                False,
-            )
+        _coset_totals(uniforms, bins, class_mass, totals, scratch)
         for b in range(blocks):
             coset_level[b] = _binary_level(totals[1, b] / (totals[0, b] + totals[1, b]), levels)
     mask = np.uint64((1 << _PROB_BITS) - 1)
@@ -586,57 +601,61 @@ def lattice_decode(  # pragma: no cover - compiled
         column = segment - 1 if segment < n else segment - n
         if segment == 1:  # every block's coset is known
             _lattice_geometry(
-                uniforms,
-                coset_out,
-                bins,
-                class_mass,
-                levels,
-                group,
-                level_if,
-                totals[0],
-                scratch,
-                True,
+                uniforms, coset_out, bins, class_mass, levels, group, level_if, scratch
             )
         parity_over = False
-        for b in range(blocks):
-            if segment == 0:
-                h = first_binary + coset_level[b]
-            elif segment < n:
-                h = first_binary + level_if[required[b], column, b]
-            else:
+        if segment < n:
+            # two-symbol rows (the coset and parity bits): the symbol is the slot's side
+            # of cum[h, 1], no lookup table
+            for b in range(blocks):
+                if segment == 0:
+                    h = first_binary + coset_level[b]
+                else:
+                    h = first_binary + level_if[required[b], column, b]
+                lane = index & (_LANES - 1)
+                index += 1
+                state = x[lane]
+                slot = state & mask
+                symbol = np.intp(slot >= np.uint64(cum[h, 1]))
+                state = np.uint64(freq[h, symbol]) * (state >> np.uint64(_PROB_BITS)) + slot
+                state -= np.uint64(cum[h, symbol])
+                if state < np.uint64(_STATE_LOW):
+                    if position >= available:
+                        x[lane] = state
+                        return position, _LATTICE_TRUNCATED, found, coset_over, bad_escape
+                    state = (state << np.uint64(16)) | np.uint64(words[position])
+                    position += 1
+                x[lane] = state
+                if segment == 0:
+                    coset_over |= symbol > 1
+                    coset_out[b] = symbol
+                else:
+                    parity_over |= symbol > 1
+                    required[b] ^= symbol & 1
+                    # the group becomes 2 bin + parity of k (y's parity plus the floor's)
+                    group[column, b] ^= symbol & 1
+        else:
+            # the class rows of k: rans_decode_part's step
+            for b in range(blocks):
                 if column == n - 1:
                     group[column, b] ^= required[b]  # the block's sum is even
                 h = group[column, b]
-            # the rANS step of rans_decode_part
-            lane = index % _LANES
-            index += 1
-            state = x[lane]
-            slot = state & mask
-            if segment < n:
-                # a two-symbol row (the coset and parity bits): no lookup table
-                symbol = np.intp(slot >= np.uint64(cum[h, 1]))
-            else:
+                lane = index & (_LANES - 1)
+                index += 1
+                state = x[lane]
+                slot = state & mask
                 symbol = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
                 while np.uint64(cum[h, symbol + 1]) <= slot:
                     symbol += 1
-            state = np.uint64(freq[h, symbol]) * (state >> np.uint64(_PROB_BITS)) + slot
-            state -= np.uint64(cum[h, symbol])
-            if state < np.uint64(_STATE_LOW):
-                if position >= available:
-                    x[lane] = state
-                    return position, _LATTICE_TRUNCATED, found, coset_over, bad_escape
-                state = (state << np.uint64(16)) | np.uint64(words[position])
-                position += 1
-            x[lane] = state
-            if segment == 0:
-                coset_over |= symbol > 1
-                coset_out[b] = symbol
-            elif segment < n:
-                parity_over |= symbol > 1
-                required[b] ^= symbol & 1
-                # the group becomes 2 bin + parity of k (the parity of y plus the floor's)
-                group[column, b] ^= symbol & 1
-            else:
+                state = np.uint64(freq[h, symbol]) * (state >> np.uint64(_PROB_BITS)) + slot
+                state -= np.uint64(cum[h, symbol])
+                if state < np.uint64(_STATE_LOW):
+                    if position >= available:
+                        x[lane] = state
+                        return position, _LATTICE_TRUNCATED, found, coset_over, bad_escape
+                    state = (state << np.uint64(16)) | np.uint64(words[position])
+                    position += 1
+                x[lane] = state
                 k_parity = h & 1
                 k = k_min + k_parity + 2 * symbol
                 if symbol == escape:
@@ -649,8 +668,8 @@ def lattice_decode(  # pragma: no cover - compiled
                         )
                     found += 1
                 k_out[column, b] = k
-                shifted = coset_out[b] * 0.5 - uniforms[b * n + column] * 2.0
-                unit_out[b * n + column] = scale * (k + (shifted - np.floor(shifted)))
+                fraction = _offset_group(coset_out[b] * 0.5, uniforms[b * n + column], bins)[0]
+                unit_out[b * n + column] = scale * (k + fraction)
         if parity_over:
             return position, _LATTICE_BAD_PARITY, found, coset_over, bad_escape
     return position, 0, found, coset_over, bad_escape

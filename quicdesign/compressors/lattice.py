@@ -110,7 +110,7 @@ class _DecodeWorkspace:
             np.zeros(blocks, dtype=np.uint8),  # required
             np.empty(blocks, dtype=np.int32),  # coset_level
             np.empty((2, blocks)),  # totals
-            np.empty((3, blocks)),  # scratch
+            np.empty((4, blocks)),  # scratch
         )
 
 
