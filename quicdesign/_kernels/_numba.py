@@ -456,31 +456,32 @@ def _binary_level(probability, levels):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _offset_group(shift, uniform, bins):  # pragma: no cover - compiled
+def _offset_group(shift, dither, bins):  # pragma: no cover - compiled
     """``CosetGeometry``'s offset and ``2 bin + parity of the floor`` of one coordinate."""
-    shifted = shift - uniform * 2.0  # the dither
+    shifted = shift - dither
     floor = np.floor(shifted)
     fraction = shifted - floor
     return fraction, 2 * np.intp(fraction * bins) + (np.intp(floor) & 1)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _coset_totals(uniforms, bins, class_mass, totals, scratch):  # pragma: no cover - compiled
+def _coset_totals(dither, bins, class_mass, totals, scratch, at):  # pragma: no cover
     """``CosetGeometry.total_even`` of both E8 cosets of every block into ``totals``
-    (shape ``(2, blocks)``), column by column, both cosets in one pass."""
-    blocks = totals.shape[1]
-    n = uniforms.size // blocks
+    (shape ``(2, blocks)``) from the dither in columns, column by column: the indices in
+    a loop that vectorizes, then the lookups and the suffix recurrence."""
+    n, blocks = dither.shape
+    w_odd = scratch[0]
     for c in range(2):
         total = totals[c]
-        w_odd = scratch[0]
         total[:] = 1.0
         w_odd[:] = 0.0
-        shift = c * 0.5
         for j in range(n - 1, -1, -1):
+            column = dither[j]
             for b in range(blocks):
-                at = _offset_group(shift, uniforms[b * n + j], bins)[1]
-                even = class_mass[at]
-                odd = class_mass[at ^ 1]
+                at[b] = _offset_group(c * 0.5, column[b], bins)[1]
+            for b in range(blocks):
+                even = class_mass[at[b]]
+                odd = class_mass[at[b] ^ 1]
                 w_even_next = total[b]
                 w_odd_next = w_odd[b]
                 total[b] = even * w_even_next + odd * w_odd_next
@@ -489,13 +490,13 @@ def _coset_totals(uniforms, bins, class_mass, totals, scratch):  # pragma: no co
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _lattice_geometry(  # pragma: no cover - compiled
-    uniforms, coset, bins, class_mass, levels, group, level_if, scratch
+    dither, coset, bins, class_mass, levels, group, level_if, scratch
 ):
-    """``CosetGeometry(model, 2 uniforms, coset).with_suffix()`` and both parity levels of
+    """``CosetGeometry(model, dither, coset).with_suffix()`` and both parity levels of
     every block, column by column (the blocks of a column are independent, so the loops
-    pipeline and the arithmetic one vectorizes): fills ``group`` (``2 bin + parity of the
+    pipeline and the arithmetic ones vectorize): fills ``group`` (``2 bin + parity of the
     floor``) and ``level_if`` (``[required parity, column, block]``, columns ``0..n-2``);
-    ``scratch`` has shape ``(4, blocks)``."""
+    ``dither`` in columns, ``scratch`` of shape ``(4, blocks)``."""
     n, blocks = group.shape
     total = scratch[0]
     w_odd = scratch[1]
@@ -504,11 +505,13 @@ def _lattice_geometry(  # pragma: no cover - compiled
     w_odd[:] = 0.0
     total[:] = 1.0
     for j in range(n - 1, -1, -1):
+        column = dither[j]
+        row = group[j]
         for b in range(blocks):
-            at = _offset_group(coset[b] * 0.5, uniforms[b * n + j], bins)[1]
-            even[b] = class_mass[at]
-            odd[b] = class_mass[at ^ 1]
-            group[j, b] = at
+            row[b] = _offset_group(coset[b] * 0.5, column[b], bins)[1]
+        for b in range(blocks):
+            even[b] = class_mass[row[b]]
+            odd[b] = class_mass[row[b] ^ 1]
         if j < n - 1:
             _parity_levels(even, odd, total, w_odd, levels, level_if[0, j], level_if[1, j])
         for b in range(blocks):
@@ -556,6 +559,8 @@ def lattice_decode(  # pragma: no cover - compiled
     coset_level,
     totals,
     scratch,
+    dither,
+    indices,
 ):
     """``DitheredLatticeStage._decode`` and the unit values of ``read_side`` in one pass
     over the stream, with the same float64 operations in the same order.
@@ -578,13 +583,17 @@ def lattice_decode(  # pragma: no cover - compiled
     every client alike): ``group`` (int16, ``n`` rows),
     ``level_if`` (uint8, ``(2, n, blocks)``: the parity bits' model levels if an even or
     an odd sum is still required), ``required`` (uint8), ``coset_level`` (int32),
-    ``totals`` (2 rows) and ``scratch`` (4 rows).
+    ``totals`` (2 rows), ``scratch`` (4 rows), ``dither`` (``n`` rows: the dither in
+    columns, as the numpy code's) and ``indices`` (int32).
     """
     n, blocks = k_out.shape
     required[:] = 0
+    for b in range(blocks):
+        for j in range(n):
+            dither[j, b] = uniforms[b * n + j] * 2.0  # exact
     if cosets == 2:
         # P(c = 1 | w) = Z_1 / (Z_0 + Z_1) with Z_c the total weight of coset c
-        _coset_totals(uniforms, bins, class_mass, totals, scratch)
+        _coset_totals(dither, bins, class_mass, totals, scratch, indices)
         for b in range(blocks):
             coset_level[b] = _binary_level(totals[1, b] / (totals[0, b] + totals[1, b]), levels)
     mask = np.uint64((1 << _PROB_BITS) - 1)
@@ -600,9 +609,7 @@ def lattice_decode(  # pragma: no cover - compiled
         # column segment - n
         column = segment - 1 if segment < n else segment - n
         if segment == 1:  # every block's coset is known
-            _lattice_geometry(
-                uniforms, coset_out, bins, class_mass, levels, group, level_if, scratch
-            )
+            _lattice_geometry(dither, coset_out, bins, class_mass, levels, group, level_if, scratch)
         parity_over = False
         if segment < n:
             # two-symbol rows (the coset and parity bits): the symbol is the slot's side
@@ -668,7 +675,7 @@ def lattice_decode(  # pragma: no cover - compiled
                         )
                     found += 1
                 k_out[column, b] = k
-                fraction = _offset_group(coset_out[b] * 0.5, uniforms[b * n + column], bins)[0]
+                fraction = _offset_group(coset_out[b] * 0.5, dither[column, b], bins)[0]
                 unit_out[b * n + column] = scale * (k + fraction)
         if parity_over:
             return position, _LATTICE_BAD_PARITY, found, coset_over, bad_escape

@@ -111,6 +111,8 @@ class _DecodeWorkspace:
             np.empty(blocks, dtype=np.int32),  # coset_level
             np.empty((2, blocks)),  # totals
             np.empty((4, blocks)),  # scratch
+            np.empty((n, blocks)),  # the dither in columns
+            np.empty(blocks, dtype=np.int32),  # indices
         )
 
 
