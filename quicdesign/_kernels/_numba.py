@@ -495,8 +495,9 @@ def _lattice_geometry(  # pragma: no cover - compiled
     """``CosetGeometry(model, dither, coset).with_suffix()`` and both parity levels of
     every block, column by column (the blocks of a column are independent, so the loops
     pipeline and the arithmetic ones vectorize): fills ``group`` (``2 bin + parity of the
-    floor``) and ``level_if`` (``[required parity, column, block]``, columns ``0..n-2``);
-    ``dither`` in columns, ``scratch`` of shape ``(4, blocks)``."""
+    floor``) and ``level_if`` (``[required parity, column, block]``, columns ``0..n-2``)
+    and overwrites ``dither`` (in columns) with the offsets; ``scratch`` has shape ``(4,
+    blocks)``."""
     n, blocks = group.shape
     total = scratch[0]
     w_odd = scratch[1]
@@ -508,7 +509,8 @@ def _lattice_geometry(  # pragma: no cover - compiled
         column = dither[j]
         row = group[j]
         for b in range(blocks):
-            row[b] = _offset_group(coset[b] * 0.5, column[b], bins)[1]
+            # the dither is not needed again: its place takes the offset
+            column[b], row[b] = _offset_group(coset[b] * 0.5, column[b], bins)
         for b in range(blocks):
             even[b] = class_mass[row[b]]
             odd[b] = class_mass[row[b] ^ 1]
@@ -584,7 +586,7 @@ def lattice_decode(  # pragma: no cover - compiled
     ``level_if`` (uint8, ``(2, n, blocks)``: the parity bits' model levels if an even or
     an odd sum is still required), ``required`` (uint8), ``coset_level`` (int32),
     ``totals`` (2 rows), ``scratch`` (4 rows), ``dither`` (``n`` rows: the dither in
-    columns, as the numpy code's) and ``indices`` (int32).
+    columns, as the numpy code's, then the offsets) and ``indices`` (int32).
     """
     n, blocks = k_out.shape
     required[:] = 0
@@ -675,7 +677,7 @@ def lattice_decode(  # pragma: no cover - compiled
                         )
                     found += 1
                 k_out[column, b] = k
-                fraction = _offset_group(coset_out[b] * 0.5, dither[column, b], bins)[0]
+                fraction = dither[column, b]  # now the offset
                 unit_out[b * n + column] = scale * (k + fraction)
         if parity_over:
             return position, _LATTICE_BAD_PARITY, found, coset_over, bad_escape
