@@ -699,3 +699,55 @@ def weighted_chunks(values, factors, chunk_size, weight, out):  # pragma: no cov
                 largest = magnitude
             out[i] = value * weight
     return largest
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def lattice_code_models(  # pragma: no cover - compiled
+    uniforms,
+    y,
+    coset,
+    cosets,
+    bins,
+    class_mass,
+    levels,
+    first_binary,
+    bit_rows,
+    k_out,
+    groups,
+    group,
+    level_if,
+    totals,
+    scratch,
+    dither,
+    indices,
+):
+    """The encoder's half of ``lattice_decode``: for the nearest points ``y`` (float64,
+    ``(n, blocks)``) and their ``coset`` bits, the model rows of the coset bits (E8) and
+    of the parities of columns ``0..n-2`` in stream order (``bit_rows``, uint16), ``k = y
+    + floor`` (``k_out``, int64) and the class rows ``2 bin + parity of k`` (``groups``),
+    as ``DitheredLatticeStage._code`` computes them; work arrays as ``lattice_decode``'s.
+    """
+    n, blocks = y.shape
+    for b in range(blocks):
+        for j in range(n):
+            dither[j, b] = uniforms[b * n + j] * 2.0  # exact
+    base = 0
+    if cosets == 2:
+        _coset_totals(dither, bins, class_mass, totals, scratch, indices)
+        for b in range(blocks):
+            p_coset = totals[1, b] / (totals[0, b] + totals[1, b])
+            bit_rows[b] = first_binary + _binary_level(p_coset, levels)
+        base = blocks
+    _lattice_geometry(dither, coset, bins, class_mass, levels, group, level_if, scratch)
+    required = indices  # the parity still required of columns j..n-1, per block
+    required[:] = 0
+    for j in range(n - 1):
+        for b in range(blocks):
+            bit_rows[base + j * blocks + b] = first_binary + level_if[required[b], j, b]
+            required[b] ^= np.intp(y[j, b]) & 1
+    for j in range(n):
+        for b in range(blocks):
+            shifted = coset[b] * 0.5 - uniforms[b * n + j] * 2.0
+            parity = np.intp(y[j, b]) & 1
+            k_out[j, b] = np.intp(y[j, b]) + np.intp(np.floor(shifted))
+            groups[j, b] = group[j, b] ^ parity

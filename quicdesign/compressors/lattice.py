@@ -104,16 +104,21 @@ class _DecodeWorkspace:
         self.k = np.empty((n, blocks), dtype=np.int32)
         self.coset = np.zeros(blocks, dtype=np.uint8)
         self.unit = np.empty(n * blocks)
-        self.scratch = (
-            np.empty((n, blocks), dtype=np.int16),  # group: 2 bin + parity, bins <= 2**10
-            np.empty((2, n, blocks), dtype=np.uint8),  # level_if
-            np.zeros(blocks, dtype=np.uint8),  # required
-            np.empty(blocks, dtype=np.int32),  # coset_level
-            np.empty((2, blocks)),  # totals
-            np.empty((4, blocks)),  # scratch
-            np.empty((n, blocks)),  # the dither in columns
-            np.empty(blocks, dtype=np.int32),  # indices
-        )
+        self.scratch = _work_arrays(n, blocks)
+
+
+def _work_arrays(n, blocks):
+    """The work arrays of the compiled lattice kernels (see ``lattice_decode``)."""
+    return (
+        np.empty((n, blocks), dtype=np.int16),  # group: 2 bin + parity, bins <= 2**10
+        np.empty((2, n, blocks), dtype=np.uint8),  # level_if
+        np.zeros(blocks, dtype=np.uint8),  # required
+        np.empty(blocks, dtype=np.int32),  # coset_level
+        np.empty((2, blocks)),  # totals
+        np.empty((4, blocks)),  # scratch
+        np.empty((n, blocks)),  # the dither in columns
+        np.empty(blocks, dtype=np.int32),  # indices
+    )
 
 
 class DitheredLatticeStage(Stage):
@@ -179,14 +184,20 @@ class DitheredLatticeStage(Stage):
         unit = (chunks * factor[:, None]).reshape(-1)
         padded = np.zeros(self._blocks(dim) * n)
         padded[:dim] = unit
-        dither = self._dither(state, dim)
+        uniforms = self._uniforms(state, dim)
+        dither = np.ascontiguousarray((uniforms * 2.0).reshape(-1, n).T)  # exact
         columns = padded.reshape(-1, n).T / model.scale
         y, coset = nearest_lattice_point(columns + dither, model.spec)
-        return None, (norms, self._code(y, coset, dither))
+        return None, (norms, self._code(y, coset, uniforms))
 
-    def _code(self, y, coset, dither) -> tuple[np.ndarray, np.ndarray, bytes]:
+    def _code(self, y, coset, uniforms) -> tuple[np.ndarray, np.ndarray, bytes]:
         model, n = self.model, self.model.block
         coder = self._models()
+        compiled = compiled_kernels()
+        if compiled is not None:
+            return self._code_compiled(compiled, y, coset, uniforms)
+        uniforms = uniforms * 2.0  # the dither, exact
+        dither = np.ascontiguousarray(uniforms.reshape(-1, n).T)
         view = BlockModel(model, dither)
         geometry = view.geometry(coset)
         y = y.astype(np.int64)
@@ -194,12 +205,6 @@ class DitheredLatticeStage(Stage):
         parities = y & 1
         k_parity = k & 1
         groups = (2 * geometry.bin + k_parity).reshape(-1)
-        symbols = ((k - model.k_min - k_parity) >> 1).reshape(-1)
-        escaped = (symbols < 0) | (symbols >= model.num_symbols // 2)
-        symbols[escaped] = model.num_symbols // 2
-        escapes = k.reshape(-1)[escaped]
-        if escapes.size and np.max(np.abs(escapes)) > MAX_ESCAPE_MAGNITUDE:
-            raise InputVectorError("a coordinate is too far out for the lattice code")
         required = np.zeros(y.shape[1], dtype=np.int64)
         bits, bit_rows = [], []
         if model.spec.cosets == 2:
@@ -209,9 +214,54 @@ class DitheredLatticeStage(Stage):
             bits.append(parities[column])
             bit_rows.append(coder.binary_rows(geometry.probability_odd(column, required)))
             required ^= parities[column]
+        return self._stream(k, coset, bits, np.concatenate(bit_rows + [groups.astype(np.uint16)]))
+
+    def _code_compiled(self, compiled, y, coset, uniforms):
+        """:meth:`_code`'s model rows by the compiled kernel (the same rows)."""
+        model, n = self.model, self.model.block
+        coder = self._models()
+        blocks = y.shape[1]
+        cosets = model.spec.cosets
+        bit_count = (cosets - 2 + n) * blocks  # the coset bits (E8) and n - 1 parities
+        rows = np.empty(bit_count + n * blocks, dtype=np.uint16)
+        k = np.empty((n, blocks), dtype=np.int64)
+        group, level_if, _, _, totals, scratch, dither, indices = _work_arrays(n, blocks)
+        compiled.lattice_code_models(
+            uniforms,
+            y,
+            coset,
+            cosets,
+            model.bins,
+            model.class_mass.reshape(-1),
+            BINARY_LEVELS,
+            coder.first_binary,
+            rows,
+            k,
+            rows[bit_count:].reshape(n, blocks),
+            group,
+            level_if,
+            totals,
+            scratch,
+            dither,
+            indices,
+        )
+        parities = y[: n - 1].astype(np.int64) & 1
+        bits = ([coset] if cosets == 2 else []) + list(parities)
+        return self._stream(k, coset, bits, rows)
+
+    def _stream(self, k, coset, bits, model_of):
+        """Escapes, the coded stream and the digest of points ``k`` whose bits (coset,
+        parities) and class rows are coded under ``model_of``."""
+        model = self.model
+        k_parity = k & 1
+        symbols = ((k - model.k_min - k_parity) >> 1).reshape(-1)
+        escaped = (symbols < 0) | (symbols >= model.num_symbols // 2)
+        symbols[escaped] = model.num_symbols // 2
+        escapes = k.reshape(-1)[escaped]
+        if escapes.size and np.max(np.abs(escapes)) > MAX_ESCAPE_MAGNITUDE:
+            raise InputVectorError("a coordinate is too far out for the lattice code")
         all_symbols = np.concatenate(bits + [symbols])
-        model_of = np.concatenate(bit_rows + [groups.astype(np.uint16)])
-        states, words = encode(coder.rans, all_symbols, model_of)
+        states, words = encode(self._models().rans, all_symbols, model_of)
         return states.astype("<u4"), words.astype("<u2"), escapes.astype("<i4"), _digest(k, coset)
 
     def write_side(self, writer, side):
