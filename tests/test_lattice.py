@@ -341,18 +341,27 @@ def test_bench_lattice_reports_ratios(capsys):
 
 
 @pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
-def test_numpy_and_compiled_coders_write_the_same_bytes(cls, monkeypatch):
-    """The lattice stream is the same with the numba kernels and the numpy reference,
-    and each side decodes the other's payload."""
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_numpy_and_compiled_coders_write_the_same_bytes(cls, bits, monkeypatch):
+    """The lattice payload is byte for byte the same with the numba kernels (nearest
+    point, model rows, rANS) and the numpy reference (partial blocks, several rotation
+    chunks and escapes included), and each side decodes the other's payload."""
     pytest.importorskip("numba")
-    compressor = cls(bits=2)
-    x = np.random.default_rng(9).normal(size=1000)
-    compiled = compressor.encode(x, round_seed=ROUND, client_id=3)
-    decoded = compressor.decode(compiled, dim=1000, round_seed=ROUND)
-    monkeypatch.setenv("QUICDESIGN_KERNELS", "numpy")
-    reference = compressor.encode(x, round_seed=ROUND, client_id=3)
-    assert reference == compiled
-    np.testing.assert_array_equal(compressor.decode(compiled, dim=1000, round_seed=ROUND), decoded)
+    compressor = cls(bits=bits)
+    for dim in (1, 7, 1001, 4096, 70_001):
+        rng = np.random.default_rng(dim + bits)
+        vectors = [rng.standard_t(3, dim)]
+        if dim == 4096:
+            vectors.append(_spike_after_rotation(compressor, dim))  # escapes
+        for x in vectors:
+            monkeypatch.setenv("QUICDESIGN_KERNELS", "auto")
+            compiled = compressor.encode(x, round_seed=ROUND, client_id=3)
+            decoded = compressor.decode(compiled, dim=dim, round_seed=ROUND)
+            monkeypatch.setenv("QUICDESIGN_KERNELS", "numpy")
+            assert compressor.encode(x, round_seed=ROUND, client_id=3) == compiled, dim
+            np.testing.assert_array_equal(
+                compressor.decode(compiled, dim=dim, round_seed=ROUND), decoded
+            )
 
 
 def _server_state(compressor, payloads, dim, weights):
