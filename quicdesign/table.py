@@ -368,14 +368,22 @@ class Table:
 
     def with_manifest(self, **sections) -> Table:
         """Return a copy whose manifest has the given top-level sections replaced."""
-        manifest = {**self._manifest, **sections}
-        bound = None if manifest.get("global_bound") is None else self._bound_arrays
-        return self._copy(manifest, bound)
+        return self._copy_keeping_bound({**self._manifest, **sections})
+
+    def without_manifest(self, *names: str) -> Table:
+        """Return a copy whose manifest lacks the given top-level sections."""
+        kept = {name: value for name, value in self._manifest.items() if name not in names}
+        return self._copy_keeping_bound(kept)
 
     def with_global_bound(self, section: dict, edges, multipliers) -> Table:
         """Return a copy carrying a lower-bound proof (manifest section and arrays)."""
         manifest = {**self._manifest, "global_bound": dict(section)}
         return self._copy(manifest, (edges, multipliers))
+
+    def _copy_keeping_bound(self, manifest: dict) -> Table:
+        """A copy with ``manifest``; the bound proof stays while its section does."""
+        bound = None if manifest.get("global_bound") is None else self._bound_arrays
+        return self._copy(manifest, bound)
 
     def _copy(self, manifest: dict, bound_arrays) -> Table:
         """The same quantizer with another manifest and bound proof (re-validated)."""

@@ -73,18 +73,7 @@ def load_entry(cache_dir, key: str):
         or set(section["result"]) != set(_RESULT_FIELDS)
     ):
         return None
-    manifest = {name: value for name, value in table.manifest.items() if name != "cache"}
-    clean = Table(
-        table.receiver,
-        bits=table.bits,
-        shared_bits=table.shared_bits,
-        tail_prob=table.tail_prob,
-        lower=table.lower,
-        upper=table.upper,
-        manifest=manifest,
-        code_model=table.code_model,
-    )
-    return clean, dict(section["result"])
+    return table.without_manifest("cache"), dict(section["result"])
 
 
 def store_entry(cache_dir, key: str, result) -> bool:

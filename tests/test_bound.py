@@ -395,3 +395,30 @@ def test_bound_for_an_empirical_sample():
     proof = lower_bound(result.table, distribution=sample, seconds=1.0)
     assert np.all(np.isfinite(proof.multipliers))
     assert 0 < proof.bound < proof.vnmse
+
+
+def test_module_command_runs_without_runpy_warning(tmp_path):
+    """`python -m solvers.bound` (quoted in the README) starts cleanly and refuses a bad folder."""
+    import subprocess
+    import sys
+
+    help_run = subprocess.run(
+        [sys.executable, "-W", "error", "-m", "solvers.bound", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert help_run.returncode == 0, help_run.stderr
+    assert "RuntimeWarning" not in help_run.stderr
+    assert "--start-shared-bits" in help_run.stdout
+    missing = subprocess.run(
+        [sys.executable, "-m", "solvers.bound", str(tmp_path / "absent"), "--seconds", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert missing.returncode == 2
+    assert missing.stderr.strip().splitlines() == [
+        f"python -m solvers.bound: error: {tmp_path / 'absent'} is neither a table nor a table "
+        "collection"
+    ]

@@ -263,3 +263,17 @@ def test_import_quicdesign_stays_numpy_only():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_without_manifest_drops_sections_and_keeps_the_quantizer_and_proof():
+    shipped = quicdesign.load_table(2)
+    tagged = shipped.with_manifest(cache={"key": "k"})
+    assert tagged.manifest["cache"] == {"key": "k"}
+    plain = tagged.without_manifest("cache", "absent-section")
+    assert "cache" not in plain.manifest
+    assert plain == shipped and plain.manifest == shipped.manifest
+    if shipped.manifest.get("global_bound") is not None:
+        edges, multipliers = plain.bound_arrays()
+        np.testing.assert_array_equal(edges, shipped.bound_arrays()[0])
+        np.testing.assert_array_equal(multipliers, shipped.bound_arrays()[1])
+    assert "global_bound" not in shipped.without_manifest("global_bound").manifest

@@ -33,9 +33,9 @@ from quicdesign.bound import (
 from quicdesign.errors import ParameterError
 from quicdesign.table import Table
 
-from .design import DesignSpec
-from .distributions import StandardNormal, ValueDistribution, as_distribution
-from .objective import evaluate as evaluate_table
+from ..design import DesignSpec
+from ..distributions import StandardNormal, ValueDistribution, as_distribution
+from ..objective import evaluate as evaluate_table
 
 __all__ = [
     "LowerBound",
@@ -287,7 +287,7 @@ def larger_design(table: Table, dist=None, shared_bits: int = 10) -> Table:
     The rows of ``table`` are duplicated (same objective) and L-BFGS-B refines them; used
     for better starting multipliers and to look beyond the design layer's ``l <= 8``.
     """
-    from .optimize import refine
+    from ..optimize import refine
 
     dist = as_distribution(dist)
     if not table.shared_bits <= shared_bits <= 12:
@@ -308,7 +308,7 @@ def _resolve_source(source, distribution):
     if isinstance(source, Table):
         return source, as_distribution(distribution)
     if isinstance(source, DesignSpec):
-        from .design import _design_spec
+        from ..design import _design_spec
 
         dist = source.distribution if distribution is None else as_distribution(distribution)
         result = _design_spec(
@@ -588,41 +588,3 @@ def certify_collection(
                 f"({proof.evaluations} DP evaluations, {time.perf_counter() - began:.0f} s)"
             )
     write_index(folder, defaults)
-
-
-if __name__ == "__main__":
-    import argparse
-
-    from quicdesign._argtypes import add_int_list_option, bounded_int, real
-
-    parser = argparse.ArgumentParser(
-        prog="python -m solvers.bound", description="attach certified bounds to a collection"
-    )
-    parser.add_argument("folder", help="table collection (a folder with index.json)")
-    parser.add_argument(
-        "--seconds",
-        type=real("seconds", 0.0, 86_400.0),
-        default=60.0,
-        help="ascent budget per bit width (default: 60)",
-    )
-    parser.add_argument(
-        "--refine",
-        type=bounded_int("refine", 1, 100),
-        default=1,
-        help="split each piece of a design's sender into this many cells (default: 1)",
-    )
-    parser.add_argument(
-        "--start-shared-bits",
-        type=bounded_int("start-shared-bits", 0, 12),
-        help="start from a design refined to this l, if larger than the collection's "
-        "(default: the largest l in the collection)",
-    )
-    add_int_list_option(parser, "--bits", "bits", 1, 16, "bit widths to certify", "all")
-    options = parser.parse_args()
-    certify_collection(
-        options.folder,
-        seconds=options.seconds,
-        refine=options.refine,
-        start_shared_bits=options.start_shared_bits,
-        bits=options.bits,
-    )
