@@ -468,3 +468,26 @@ def test_point_digest_is_the_documented_hash():
         assert _digest(points, coset) == expected
     assert _digest(k, coset.astype(np.uint8)) == expected
     assert _digest(k[:, ::-1], coset) != expected
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+def test_a_refused_payload_leaves_the_decoder_work_arrays_harmless(cls):
+    """The compiled decoder reuses its arrays across an aggregator's payloads: a refused
+    payload between two valid ones changes nothing."""
+    compressor = cls(bits=1)
+    dim = 3000
+    rng = np.random.default_rng(4)
+    first, second = (
+        compressor.encode(rng.normal(size=dim), round_seed=ROUND, client_id=i) for i in (1, 2)
+    )
+    bad = bytearray(compressor.encode(rng.normal(size=dim), round_seed=ROUND, client_id=3))
+    bad[-5] ^= 0x10
+    clean = compressor.aggregator(dim, ROUND)
+    tried = compressor.aggregator(dim, ROUND)
+    clean.add(first)
+    tried.add(first)
+    with pytest.raises(PayloadError):
+        tried.add(bytes(bad))
+    clean.add(second)
+    tried.add(second)
+    assert tried.result().tobytes() == clean.result().tobytes()

@@ -93,12 +93,15 @@ class _Coder:
 
 
 _WORKSPACE = "lattice decode workspace"
+#: Largest rotated length whose decode arrays (about 30 bytes a value) an aggregator
+#: keeps between payloads; longer vectors allocate them per payload.
+_WORKSPACE_MAX_VALUES = 1 << 22
 
 
 class _DecodeWorkspace:
-    """Outputs and work arrays of the compiled decoder for ``blocks`` blocks of ``n``
-    (allocated once per aggregator: fresh pages for every client cost as much as a
-    third of the decoding)."""
+    """Outputs and work arrays of the compiled decoder for ``blocks`` blocks of ``n``,
+    kept by an aggregator for its next payloads (every array is rewritten before it is
+    read, so a refused payload leaves nothing behind)."""
 
     def __init__(self, n, blocks):
         self.k = np.empty((n, blocks), dtype=np.int32)
@@ -366,7 +369,9 @@ class DitheredLatticeStage(Stage):
         decoder = StreamDecoder(coder.rans, states, stream)
         work = cache.get(_WORKSPACE)
         if work is None or work.unit.size != uniforms.size:
-            work = cache[_WORKSPACE] = _DecodeWorkspace(n, uniforms.size // n)
+            work = _DecodeWorkspace(n, uniforms.size // n)
+            if uniforms.size <= _WORKSPACE_MAX_VALUES:
+                cache[_WORKSPACE] = work
         k, coset, unit = work.k, work.coset, work.unit
         coset.fill(0)
         position, status, found, coset_over, bad_escape = compiled.lattice_decode(
