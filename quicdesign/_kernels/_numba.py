@@ -578,7 +578,8 @@ def lattice_decode(  # pragma: no cover - compiled
     The stream holds segments of ``blocks`` symbols: the coset bits (E8), the parities of
     coordinates ``0..n-2``, then ``k`` of every coordinate. The rANS step is written out
     in the loop of the two-symbol rows (``_Coder``'s coset and parity bits, whose symbol
-    is ``slot >= cum[h, 1]``, the lookup's answer without its table) and in that of the
+    is ``slot >= cum[h, 1]``, the lookup's answer without its table, and whose frequencies
+    are ``cum[h, 1]`` and ``2**14 - cum[h, 1]``) and in that of the
     class rows: a helper taking the arrays would cost reference counting per symbol.
 
     The rest are work arrays of ``blocks`` columns, reused across calls (a server decodes
@@ -625,9 +626,13 @@ def lattice_decode(  # pragma: no cover - compiled
                 index += 1
                 state = x[lane]
                 slot = state & mask
-                symbol = np.intp(slot >= np.uint64(cum[h, 1]))
-                state = np.uint64(freq[h, symbol]) * (state >> np.uint64(_PROB_BITS)) + slot
-                state -= np.uint64(cum[h, symbol])
+                split = np.uint64(cum[h, 1])
+                one = np.uint64(slot >= split)
+                symbol = np.intp(one)
+                # frequency split or 2**14 - split, start 0 or split: selects, not loads
+                # that wait for the symbol
+                frequency = split + one * (np.uint64(1 << _PROB_BITS) - split - split)
+                state = frequency * (state >> np.uint64(_PROB_BITS)) + slot - one * split
                 if state < np.uint64(_STATE_LOW):
                     if position >= available:
                         x[lane] = state
