@@ -252,11 +252,57 @@ def _bound_columns(table) -> str:
     return f"{section['value']:>11.6g} {within:>7}"
 
 
+def _lattice_model_dirs(folder: Path) -> list[Path]:
+    """``folder`` if it holds a lattice code model, else its subfolders that do."""
+    from quicdesign.lattice import MODEL_KIND
+    from quicdesign.table import MANIFEST_FILE, _read_manifest
+
+    def is_model(path):
+        if not (path / MANIFEST_FILE).is_file():
+            return False
+        try:
+            return _read_manifest(path / MANIFEST_FILE)["parameters"].get("kind") == MODEL_KIND
+        except (TableError, KeyError, AttributeError):
+            return False
+
+    if is_model(folder):
+        return [folder]
+    if (folder / MANIFEST_FILE).exists() or not folder.is_dir():
+        return []
+    return sorted(path for path in folder.iterdir() if path.is_dir() and is_model(path))
+
+
+def _verify_lattice_models(folders) -> int:
+    from quicdesign.lattice import LatticeCodeModel
+
+    from .lattice import verify_lattice_model
+
+    bad = 0
+    for folder in folders:
+        try:
+            model = LatticeCodeModel.load(folder)
+        except TableError as exc:
+            print(f"{folder.name:<16} FAILED {exc}")
+            bad += 1
+            continue
+        failures, rate, measured = verify_lattice_model(model)
+        bad += bool(failures)
+        print(
+            f"{folder.name:<16} {'FAILED' if failures else 'ok':<6} lattice {model.lattice}, "
+            f"model bits {rate:.4f}/coordinate (recorded {model.manifest['coding']['model_bits']}"
+            f"), vNMSE {model.vnmse:.6g} (measured {measured:.6g})"
+            + (f" failed: {', '.join(failures)}" if failures else "")
+        )
+    return 1 if bad else 0
+
+
 def _cmd_tables_verify(args) -> int:
     from quicdesign.bound import check_global_bound
 
     from .verify import verify
 
+    if args.path and (lattice := _lattice_model_dirs(Path(args.path))):
+        return _verify_lattice_models(lattice)
     tables = collection_tables(Path(args.path) if args.path else shipped_tables_dir())
     bad = 0
     for table in tables:
@@ -387,6 +433,8 @@ def register_tables_verify(tables) -> None:
     """Add the ``verify`` verb to the subparsers of ``quicdesign tables``."""
     check = tables.add_parser("verify", help="re-verify tables (needs the design extra)")
     check.add_argument(
-        "--path", help="table or collection folder (default: the shipped fixed-rate tables)"
+        "--path",
+        help="table, collection or lattice code model folder (e.g. tables/lattice; default: "
+        "the shipped fixed-rate tables)",
     )
     check.set_defaults(run=_cmd_tables_verify)

@@ -4,6 +4,7 @@ error law, code model table format and hostile payloads."""
 import itertools
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,7 +12,9 @@ import pytest
 from quicdesign._rans import LANES
 from quicdesign.compressors import LatticeD4, LatticeE8, make_compressor
 from quicdesign.compressors._common import HEADER_SIZE
+from quicdesign.compressors.lattice import BODY_VERSION, _bfloat16_scales
 from quicdesign.errors import (
+    InputVectorError,
     ParameterError,
     PayloadError,
     TableChecksumError,
@@ -156,7 +159,7 @@ def test_far_out_coordinates_are_escaped_and_round_trip():
     compressor = LatticeE8(bits=3)
     x = _spike_after_rotation(compressor, 1024)
     payload = compressor.encode(x, round_seed=ROUND, client_id=0)
-    assert int.from_bytes(payload[HEADER_SIZE + 4 : HEADER_SIZE + 8], "little") > 0  # escape count
+    assert _body_fields(payload, 1).escapes > 0
     decoded = compressor.decode(payload, dim=1024, round_seed=ROUND)
     error = np.sum((decoded - x) ** 2) / np.sum(x**2)
     assert error < 3 * compressor.expected_vnmse
@@ -168,9 +171,33 @@ def _valid(compressor, dim=300, client=1):
 
 
 def _body_fields(payload, chunks):
-    offset = HEADER_SIZE + 4 * chunks
-    escapes, words = np.frombuffer(payload[offset : offset + 8], "<u4")
-    return offset, int(escapes), int(words)
+    """Parse a body version 3 lattice payload: after the u16 chunk scales, the LEB128
+    escape count, the digest, the escapes, the state-length mask and 3- or 4-byte
+    states, then the u16 words (as many as the length leaves)."""
+    at = HEADER_SIZE + 2 * chunks
+    fields = SimpleNamespace(count_at=at, escapes=0)
+    shift = 0
+    while True:
+        byte = payload[at]
+        at += 1
+        fields.escapes |= (byte & 0x7F) << shift
+        shift += 7
+        if byte < 0x80:
+            break
+    fields.digest_at = at
+    fields.escapes_at = at + 8
+    fields.mask_at = fields.escapes_at + 4 * fields.escapes
+    mask, at = payload[fields.mask_at], fields.mask_at + 1
+    fields.state_at, fields.states = [], []
+    for lane in range(LANES):
+        size = 3 + ((mask >> lane) & 1)
+        fields.state_at.append(at)
+        fields.states.append(int.from_bytes(payload[at : at + size], "little"))
+        at += size
+    fields.mask = mask
+    fields.words_at = at
+    fields.words = (len(payload) - at) // 2
+    return fields
 
 
 def test_hostile_payloads_are_refused_and_leave_no_trace():
@@ -179,40 +206,49 @@ def test_hostile_payloads_are_refused_and_leave_no_trace():
     aggregator = compressor.aggregator(300, ROUND)
     aggregator.add(_valid(compressor, client=2))
     before = aggregator.result().copy()
-    offset, escapes, words = _body_fields(payload, 1)
+    body = _body_fields(payload, 1)
+    count, mask, words_at = body.count_at, body.mask_at, body.words_at
+    assert body.escapes == 0 and 0 < body.mask < 255  # short and long states both present
+    short = next(lane for lane in range(LANES) if not (body.mask >> lane) & 1)
+    first = body.state_at[0]
     data = bytearray(payload)
+
+    def with_mask(value, states):
+        return payload[:mask] + bytes([value]) + states + payload[words_at:]
+
+    long_form = bytearray(payload[mask + 1 : words_at])
+    long_form[body.state_at[short] - mask - 1 + 3 : body.state_at[short] - mask - 1 + 3] = b"\0"
     cases = {
         "truncated": payload[:-4],
         "oversized": payload + b"\0\0\0\0",
-        "huge word count": payload[: offset + 4]
-        + (2**31).to_bytes(4, "little")
-        + payload[offset + 8 :],
-        "escape count beyond the values": payload[:offset]
-        + (10**6).to_bytes(4, "little")
-        + payload[offset + 4 :],
+        "odd stream length": payload + b"\0",
+        "ends inside the coder states": payload[: words_at - 2],
+        "escape count beyond the values": payload[:count] + b"\xc0\x84\x3d" + payload[count + 1 :],
+        "escape count not in shortest form": payload[:count] + b"\x80\x00" + payload[count + 1 :],
+        "escape count past five bytes": payload[:count] + b"\xff" * 6 + payload[count + 1 :],
+        "escape count beyond the body": payload[:count] + b"\x7f" + payload[count + 1 :],
         "flipped stream byte": bytes(data[:-3]) + bytes([data[-3] ^ 0x55]) + bytes(data[-2:]),
-        "bad digest": payload[: offset + 8] + bytes(8) + payload[offset + 16 :],
-        # the coded stream (8 u32 states after the escapes, then u16 words)
-        "state below the coder's range": payload[: offset + 16] + bytes(4) + payload[offset + 20 :],
-        "changed state": bytes(data[: offset + 16])
-        + bytes([data[offset + 16] ^ 1])
-        + bytes(data[offset + 17 :]),
-        "word dropped, count adjusted": payload[: offset + 4]
-        + (words - 1).to_bytes(4, "little")
-        + payload[offset + 8 : -2],
-        "word added, count adjusted": payload[: offset + 4]
-        + (words + 1).to_bytes(4, "little")
-        + payload[offset + 8 :]
-        + b"\x12\x34",
-        "zero words": payload[: offset + 4]
-        + (0).to_bytes(4, "little")
-        + payload[offset + 8 : offset + 16 + 4 * LANES],
-        "negative norm": payload[:HEADER_SIZE]
-        + np.float32(-1).tobytes()
-        + payload[HEADER_SIZE + 4 :],
-        "nan norm": payload[:HEADER_SIZE]
-        + np.float32(np.nan).tobytes()
-        + payload[HEADER_SIZE + 4 :],
+        "bad digest": payload[: body.digest_at] + bytes(8) + payload[body.digest_at + 8 :],
+        "state below the coder's range": payload[: body.state_at[short]]
+        + bytes(3)
+        + payload[body.state_at[short] + 3 :],
+        "state in 4 bytes though below 2**24": with_mask(body.mask | 1 << short, long_form),
+        "flipped state-length mask": with_mask(
+            body.mask ^ 1 << short, payload[mask + 1 : words_at]
+        ),
+        "changed state": bytes(data[:first]) + bytes([data[first] ^ 1]) + bytes(data[first + 1 :]),
+        "word dropped": payload[:-2],
+        "word added": payload + b"\x12\x34",
+        "zero words": payload[:words_at],
+        "negative scale": payload[:HEADER_SIZE]
+        + np.uint16(0xBF80).tobytes()  # -1.0
+        + payload[HEADER_SIZE + 2 :],
+        "nan scale": payload[:HEADER_SIZE]
+        + np.uint16(0x7FC0).tobytes()
+        + payload[HEADER_SIZE + 2 :],
+        "infinite scale": payload[:HEADER_SIZE]
+        + np.uint16(0x7F80).tobytes()
+        + payload[HEADER_SIZE + 2 :],
     }
     for label, bad in cases.items():
         with pytest.raises(PayloadError):
@@ -230,9 +266,9 @@ def test_an_in_range_escape_is_refused():
     compressor = LatticeE8(bits=3)
     x = _spike_after_rotation(compressor, 1024)
     payload = bytearray(compressor.encode(x, round_seed=ROUND, client_id=0))
-    offset, escapes, words = _body_fields(bytes(payload), 1)
-    assert escapes > 0
-    start = offset + 16  # the first escape
+    body = _body_fields(bytes(payload), 1)
+    assert body.escapes > 0
+    start = body.escapes_at  # the first escape
     original = int(np.frombuffer(bytes(payload[start : start + 4]), "<i4")[0])
     payload[start : start + 4] = np.int32(original & 1).tobytes()  # in range, same parity
     with pytest.raises(PayloadError, match="in range"):
@@ -287,15 +323,16 @@ def test_coded_length_is_the_model_code_length():
     state = compressor.stages.client_state(dim, ROUND, 0, None)
     rotated, _ = compressor.stages.stages[0].apply(np.asarray(x, float), state)
     chunks = rotated.reshape(8, -1) if dim >= 8 * 1024 else rotated.reshape(1, -1)
-    unit = chunks / np.linalg.norm(chunks, axis=1, keepdims=True) * math.sqrt(chunks.shape[1])
+    _, scales = _bfloat16_scales(np.linalg.norm(chunks, axis=1).astype(np.float32))
+    unit = chunks / scales[:, None] * math.sqrt(chunks.shape[1])
     dither = stage._dither(state, dim)
     y, coset = nearest_lattice_point(unit.reshape(-1, 8).T / model.scale + dither, model.spec)
     ideal = float(np.sum(block_code_lengths(model, dither, y, coset)))
-    offset, escapes, words = _body_fields(payload, chunks.shape[0])
-    assert escapes == 0
-    states = np.frombuffer(payload[offset + 16 : offset + 16 + 4 * LANES], "<u4")
-    assert len(payload) == offset + 16 + 4 * LANES + 2 * words
-    information = 16 * words + float(np.sum(np.log2(states.astype(float)))) - 16 * LANES
+    body = _body_fields(payload, chunks.shape[0])
+    assert body.escapes == 0
+    states = np.array(body.states)
+    assert len(payload) == body.words_at + 2 * body.words
+    information = 16 * body.words + float(np.sum(np.log2(states.astype(float)))) - 16 * LANES
     assert 0.999 * ideal <= information <= 1.002 * ideal
 
 
@@ -411,37 +448,33 @@ def test_compiled_lattice_decoder_refuses_as_numpy(cls, monkeypatch):
     payload = compressor.encode(
         _spike_after_rotation(compressor, dim), round_seed=ROUND, client_id=0
     )
-    offset, escapes, words = _body_fields(payload, 1)
-    assert escapes > 0
+    fields = _body_fields(payload, 1)
+    escapes = fields.escapes
+    assert 0 < escapes < 128  # a one-byte count
     rng = np.random.default_rng(1)
     cases = []
-    stream_start = offset + 16 + 4 * escapes + 4 * LANES
-    for _ in range(40):  # flipped bits in the states and the stream
+    for _ in range(40):  # flipped bits in the state lengths, the states and the stream
         data = bytearray(payload)
-        data[int(rng.integers(offset + 16 + 4 * escapes, len(data)))] ^= 1 << int(rng.integers(8))
+        data[int(rng.integers(fields.mask_at, len(data)))] ^= 1 << int(rng.integers(8))
         cases.append(bytes(data))
     model = compressor.resolved_model()
     edges = (model.k_min, model.k_min - 1, model.k_min - 2)
     edges += tuple(model.k_min + model.num_symbols + v for v in (-1, 0, 1))
     for position in range(escapes):  # in range, edges, wrong parity, too large
-        start = offset + 16 + 4 * position
+        start = fields.escapes_at + 4 * position
         for value in (3, 10**6 + 1, 10**6, 2**30 + 2, 2**30, -(2**30) - 2, *edges):
             data = bytearray(payload)
             data[start : start + 4] = np.int32(value).tobytes()
             cases.append(bytes(data))
     cases.append(  # one escape fewer listed than coded
-        payload[:offset]
-        + (escapes - 1).to_bytes(4, "little")
-        + payload[offset + 4 : offset + 16]
-        + payload[offset + 20 :]
+        payload[: fields.count_at]
+        + bytes([escapes - 1])
+        + payload[fields.count_at + 1 : fields.escapes_at]
+        + payload[fields.escapes_at + 4 :]
     )
-    for cut in (2, 4, 20):  # words missing, count adjusted
-        cases.append(
-            payload[: offset + 4]
-            + (words - cut // 2).to_bytes(4, "little")
-            + payload[offset + 8 : len(payload) - cut]
-        )
-    assert stream_start < len(payload)
+    for cut in (2, 4, 20):  # words missing
+        cases.append(payload[:-cut])
+    assert fields.words > 10
     refused = 0
     for case in cases:
         monkeypatch.setenv("QUICDESIGN_KERNELS", "numpy")
@@ -491,3 +524,128 @@ def test_a_refused_payload_leaves_the_decoder_work_arrays_harmless(cls):
     clean.add(second)
     tried.add(second)
     assert tried.result().tobytes() == clean.result().tobytes()
+
+
+def test_chunk_scales_are_bfloat16_rounded_to_nearest_and_overflow_is_refused():
+    codes, values = _bfloat16_scales(np.array([1.0, 1.0 + 2**-8, 1.0 + 3 * 2**-8, 3.0e38, 0.0]))
+    # 1 + 2^-8 is a tie (to even: 1.0); 1 + 3*2^-8 rounds up to 1 + 2^-6 (the next even)
+    assert list(codes) == [0x3F80, 0x3F80, 0x3F82, 0x7F62, 0]
+    assert values[2] == 1.0 + 2**-6 and values[4] == 0.0
+    with pytest.raises(InputVectorError, match="bfloat16"):
+        _bfloat16_scales(np.array([np.finfo(np.float32).max]))
+
+
+def test_decoder_scales_by_exactly_the_value_the_client_used():
+    """Client and server both use the bfloat16 scale: the decoded rotated vector is
+    ``scale / sqrt(m) * s (q - w)`` with ``q`` the nearest point of the input normalized
+    by that scale (a float32 norm on either side would be off by up to 2**-9)."""
+    compressor = LatticeE8(bits=4)
+    dim = 2**14
+    x = np.random.default_rng(12).lognormal(size=dim)
+    payload = compressor.encode(x, round_seed=ROUND, client_id=3)
+    state = compressor.stages.client_state(dim, ROUND, 3, None)
+    rotate = compressor.stages.stages[0]
+    chunks = rotate.apply(np.asarray(x, float), state)[0].reshape(8, -1)
+    codes, scales = _bfloat16_scales(np.linalg.norm(chunks, axis=1).astype(np.float32))
+    assert np.array_equal(np.frombuffer(payload[HEADER_SIZE : HEADER_SIZE + 16], "<u2"), codes)
+    assert not np.array_equal(scales, np.linalg.norm(chunks, axis=1).astype(np.float32))
+    m, stage = chunks.shape[1], compressor.stages.stages[1]
+    model = stage.model
+    dither = stage._dither(state, dim)
+    unit = chunks / scales[:, None] * math.sqrt(m)
+    y, coset = nearest_lattice_point(unit.reshape(-1, 8).T / model.scale + dither, model.spec)
+    points = (model.scale * (y + 0.5 * coset - dither)).T.reshape(8, m)
+    expected = points * (scales / math.sqrt(m))[:, None]
+    decoded = compressor.decode(payload, dim=dim, round_seed=ROUND)
+    assert np.allclose(rotate.apply(decoded, state)[0].reshape(8, m), expected, atol=1e-9)
+
+
+def test_a_payload_of_the_previous_body_version_is_refused():
+    """Body version 2 (float32 norms, explicit word count) is refused by its config tag."""
+    assert BODY_VERSION == 3
+    compressor = LatticeE8(bits=2)
+    old = LatticeE8(bits=2)
+    old._config = lambda: (*compressor._config()[:-1], "body2")
+    payload = bytearray(_valid(compressor))
+    payload[17:21] = _valid(old)[17:21]  # the envelope's config tag of a version 2 writer
+    with pytest.raises(PayloadError, match="config|parameters"):
+        compressor.decode(bytes(payload), dim=300, round_seed=ROUND)
+
+
+def test_point_entropy_sees_a_wrong_model_and_not_the_shipped_one():
+    """The shipped product model costs (almost) nothing over H(point | dither); a model
+    with twice the variance (square roots of the weights) costs bits the estimator sees."""
+    from solvers.lattice import point_entropy
+
+    model = load_lattice_model("d4", 2)
+    shipped = point_entropy(model, samples=300, cell_samples=1024, seed=3)
+    # the paired gap's noise plus the O(1 / cell_samples) bias of the log of a mean
+    assert abs(shipped["gap"]) < 4 * shipped["gap_stderr"] + 0.002
+    assert shipped["entropy"] == pytest.approx(2.0, abs=0.05)
+    wide = np.sqrt(model.weights)
+    masses = np.stack((wide[:, 0::2].sum(axis=1), wide[:, 1::2].sum(axis=1)), axis=1)
+    wrong = LatticeCodeModel("d4", model.scale, wide, masses)
+    worse = point_entropy(wrong, samples=300, cell_samples=1024, seed=3)
+    assert worse["gap"] > 0.05 and worse["gap"] > 5 * worse["gap_stderr"]
+    assert worse["entropy"] == pytest.approx(shipped["entropy"], abs=1e-12)  # same points
+
+
+def test_tables_verify_checks_lattice_models_and_refuses_a_wrong_one(tmp_path, capsys):
+    from quicdesign.cli import main
+
+    shipped = load_lattice_model("e8", 1)
+    shipped.save(tmp_path / "good")
+    # the same manifest over weights of twice the variance: valid checksums, wrong rate
+    wide = np.sqrt(shipped.weights)
+    masses = np.stack((wide[:, 0::2].sum(axis=1), wide[:, 1::2].sum(axis=1)), axis=1)
+    LatticeCodeModel("e8", shipped.scale, wide, masses, shipped.manifest).save(tmp_path / "wide")
+    assert main(["tables", "verify", "--path", str(tmp_path / "good")]) == 0
+    assert main(["tables", "verify", "--path", str(tmp_path)]) == 1
+    out = capsys.readouterr().out
+    assert "good             ok" in out and "wide             FAILED" in out and "model_bits" in out
+    weights = tmp_path / "good" / "weights.f64"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\x01")
+    assert main(["tables", "verify", "--path", str(tmp_path / "good")]) == 1
+    assert "FAILED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**21, 2**32 - 1])
+def test_escape_count_leb128_round_trip(value):
+    from quicdesign._wire import PayloadReader, PayloadWriter
+    from quicdesign.compressors.lattice import _read_count, _write_count
+
+    writer = PayloadWriter()
+    _write_count(writer, value)
+    data = writer.to_bytes()
+    assert len(data) == max(1, -(-value.bit_length() // 7))
+    reader = PayloadReader(data)
+    assert _read_count(reader, "count", 2**32 - 1) == value
+    assert reader.remaining == 0
+    if value:
+        with pytest.raises(PayloadError, match="more than"):
+            _read_count(PayloadReader(data), "count", value - 1)
+    padded = data[:-1] + bytes([data[-1] | 0x80, 0])  # the same value, one byte longer
+    with pytest.raises(PayloadError, match="shortest" if len(padded) <= 5 else "past 5"):
+        _read_count(PayloadReader(padded), "count", 2**32 - 1)
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+def test_payloads_and_sums_are_byte_identical_between_numpy_and_compiled(cls, monkeypatch):
+    pytest.importorskip("numba")
+    from quicdesign._kernels import KERNELS_ENV
+
+    spike = _spike_after_rotation(cls(bits=3), 1024)  # escapes too
+    vectors = [np.random.default_rng(13).normal(size=1024), spike]
+    results = {}
+    for kernels in ("numpy", "auto"):
+        monkeypatch.setenv(KERNELS_ENV, kernels)
+        compressor = cls(bits=3)
+        payloads = [
+            compressor.encode(v, round_seed=ROUND, client_id=i) for i, v in enumerate(vectors)
+        ]
+        aggregator = compressor.aggregator(1024, ROUND)
+        for payload in payloads:
+            aggregator.add(payload)
+        results[kernels] = (payloads, aggregator.result().tobytes())
+    assert results["numpy"] == results["auto"]
+    assert _body_fields(results["numpy"][0][1], 1).escapes > 0

@@ -3,7 +3,7 @@
 A pipeline of two stages: the round's shared randomized Hadamard rotation
 (:class:`quicdesign.stages.RandomizedHadamard`, inverted once per round) and
 :class:`DitheredLatticeStage`, which scales every rotation chunk to unit RMS (its norm is
-sent as float32), quantizes blocks of 8 (E8) or 4 (D4) coordinates to the nearest point
+sent as a bfloat16 scale), quantizes blocks of 8 (E8) or 4 (D4) coordinates to the nearest point
 of the lattice scaled by the code model's step after adding the client's shared dither
 (:func:`quicdesign.randomness.dither_uniforms`), and codes the points with the project's
 interleaved rANS (:mod:`quicdesign._rans`, compiled when numba is present) under the
@@ -23,7 +23,7 @@ import numpy as np
 
 from .._accumulate import check_contribution_bound
 from .._kernels import compiled_kernels
-from .._rans import FAILURES, LANES, OK, TRUNCATED, RansModel, StreamDecoder, encode
+from .._rans import FAILURES, LANES, OK, STATE_LOW, TRUNCATED, RansModel, StreamDecoder, encode
 from .._validate import check_int
 from ..errors import InputVectorError, ParameterError, PayloadError
 from ..lattice import BlockModel, load_lattice_model, nearest_lattice_point
@@ -34,7 +34,6 @@ from ._common import (
     PipelineCompressor,
     euclidean_norm,
     f32_nearest,
-    read_f32,
 )
 from .base import CompressorProperties
 
@@ -43,8 +42,10 @@ __all__ = ["DitheredLatticeStage", "LatticeE8", "LatticeD4", "MAX_ESCAPE_MAGNITU
 _DIGEST_SIZE = 8
 #: Quantized probability levels of the coset and parity bits.
 BINARY_LEVELS = 256
-#: Version of the lattice body (part of the config tag; 2 = interleaved rANS).
-BODY_VERSION = 2
+#: Version of the lattice body (part of the config tag; 2 = interleaved rANS, 3 = bfloat16
+#: chunk scales, a LEB128 escape count, 3- or 4-byte coder states and the word count
+#: implied by the payload length).
+BODY_VERSION = 3
 #: Largest ``|k|`` an escaped coordinate may carry (larger values are refused).
 MAX_ESCAPE_MAGNITUDE = 1 << 30
 _F32_TINY = float(np.finfo(np.float32).tiny)
@@ -55,6 +56,84 @@ _BAD_ESCAPE = "an escaped value is in range, too large or of the wrong parity"
 def _check_escape_count(found, listed) -> None:
     if found != listed:
         raise PayloadError(f"coded stream has {found} escapes, the payload lists {listed}")
+
+
+_BF16_EXPONENT = 0x7F80  # all-ones exponent: inf or nan
+
+
+def _bfloat16_scales(norms) -> tuple[np.ndarray, np.ndarray]:
+    """Round float32 chunk norms to bfloat16 (nearest, ties to even): the u16 codes sent
+    and the values the client scales by, so the server multiplies by exactly the same
+    number (the rounding costs no bias, only 2**-9 of relative scale, and saves 2 bytes
+    per chunk). ``InputVectorError`` if a norm rounds up past bfloat16's range."""
+    bits = np.asarray(norms, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    codes = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+    if np.any((codes & _BF16_EXPONENT) == _BF16_EXPONENT):
+        raise InputVectorError("a rotation chunk's norm exceeds the bfloat16 range of the scales")
+    codes = codes.astype(np.uint16)
+    return codes, _bfloat16_values(codes)
+
+
+#: Coder states below this take 3 bytes on the wire, the others 4 (flagged in a mask byte).
+_SHORT_STATE_END = 1 << 24
+_COUNT_BYTES = 5  # a LEB128 u32
+
+
+def _write_count(writer, value) -> None:
+    """``value`` (< 2**32) as unsigned LEB128: 7 bits per byte, low first, high bit = more."""
+    while value >= 0x80:
+        writer.write_u8((value & 0x7F) | 0x80)
+        value >>= 7
+    writer.write_u8(value)
+
+
+def _read_count(reader, field, bound) -> int:
+    """An unsigned LEB128 count of at most :data:`_COUNT_BYTES` bytes, in its shortest
+    form and ``<= bound``; ``PayloadError`` otherwise."""
+    value = 0
+    for position in range(_COUNT_BYTES):
+        byte = reader.read_u8(field)
+        value |= (byte & 0x7F) << (7 * position)
+        if not byte & 0x80:
+            if byte == 0 and position > 0:
+                raise PayloadError(f"{field} is not in its shortest LEB128 form")
+            break
+    else:
+        raise PayloadError(f"{field} runs past {_COUNT_BYTES} LEB128 bytes")
+    if value > bound:
+        raise PayloadError(f"payload claims {value} for the {field}, more than {bound}")
+    return value
+
+
+def _write_states(writer, states) -> None:
+    """A mask byte (bit ``i``: lane ``i``'s state takes 4 bytes), then each state in 3 or
+    4 little-endian bytes (the final states are about log-uniform on ``[2**16, 2**32)``,
+    so this saves about 3 of the 32 bytes)."""
+    long = states >= _SHORT_STATE_END
+    writer.write_u8(int(np.sum(long.astype(np.int64) << np.arange(LANES))))
+    raw = states.astype("<u4").tobytes()
+    writer.write_bytes(b"".join(raw[4 * i : 4 * i + 3 + int(long[i])] for i in range(LANES)))
+
+
+def _read_states(reader) -> np.ndarray:
+    """The coder states written by :func:`_write_states`; a 4-byte state must be
+    ``>= 2**24`` (shortest form) and a 3-byte one ``>= 2**16`` (the coder's range)."""
+    mask = reader.read_u8("coder state lengths")
+    states = np.empty(LANES, dtype=np.uint32)
+    for lane in range(LANES):
+        long = (mask >> lane) & 1
+        value = int.from_bytes(reader.read_bytes(3 + long, f"coder state {lane}"), "little")
+        if value < (_SHORT_STATE_END if long else STATE_LOW):
+            raise PayloadError(
+                f"coder state {lane} is {value}: below the coder's range or not in 3 bytes"
+            )
+        states[lane] = value
+    return states
+
+
+def _bfloat16_values(codes) -> np.ndarray:
+    """float64 values of bfloat16 ``codes`` (the high halves of float32s)."""
+    return (codes.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
 
 
 def _digest(k: np.ndarray, coset: np.ndarray) -> bytes:
@@ -177,6 +256,7 @@ class DitheredLatticeStage(Stage):
         if not np.all(np.isfinite(chunks)):
             raise InputVectorError("the rotated vector exceeds the float32 range of the norms")
         norms = np.array([f32_nearest(euclidean_norm(c), "chunk norm") for c in chunks])
+        codes, norms = _bfloat16_scales(norms)
         if np.any((norms > 0) & (norms < _F32_TINY)):
             raise InputVectorError(
                 "a rotation chunk's norm is below float32's normal range; scale the vector up"
@@ -191,7 +271,7 @@ class DitheredLatticeStage(Stage):
         dither = np.ascontiguousarray((uniforms * 2.0).reshape(-1, n).T)  # exact
         columns = padded.reshape(-1, n).T / model.scale
         y, coset = nearest_lattice_point(columns + dither, model.spec)
-        return None, (norms, self._code(y, coset, uniforms))
+        return None, (codes, self._code(y, coset, uniforms))
 
     def _code(self, y, coset, uniforms) -> tuple[np.ndarray, np.ndarray, bytes]:
         model, n = self.model, self.model.block
@@ -268,39 +348,34 @@ class DitheredLatticeStage(Stage):
         return states.astype("<u4"), words.astype("<u2"), escapes.astype("<i4"), _digest(k, coset)
 
     def write_side(self, writer, side):
-        norms, (states, words, escapes, digest) = side
-        writer.write_array(norms.astype("<f4"))
-        writer.write_u32(escapes.size)
-        writer.write_u32(words.size)
+        codes, (states, words, escapes, digest) = side
+        writer.write_array(codes.astype("<u2"))
+        _write_count(writer, escapes.size)  # the word count follows from the payload length
         writer.write_bytes(digest)
         writer.write_array(escapes)
-        writer.write_array(states)
+        _write_states(writer, states)
         writer.write_array(words)
 
     # -- server ------------------------------------------------------------------------
     def read_side(self, reader, state, dim):
         layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
-        norms = np.array(
-            [read_f32(reader, f"norm[{i}]", nonnegative=True) for i in range(layout.num_chunks)]
-        )
-        num_escapes = reader.read_u32("escape count")
-        words = reader.read_u32("stream word count")
-        digest = reader.read_bytes(_DIGEST_SIZE, "point digest")
+        codes = reader.read_array("<u2", layout.num_chunks, "chunk scales")
+        if np.any(codes & 0x8000) or np.any((codes & _BF16_EXPONENT) == _BF16_EXPONENT):
+            raise PayloadError("chunk scales must be finite, non-negative bfloat16 values")
+        norms = _bfloat16_values(codes)
         coordinates = self._blocks(dim) * self.model.block
-        if num_escapes > coordinates:
-            raise PayloadError(f"payload claims {num_escapes} escapes for {coordinates} values")
+        num_escapes = _read_count(reader, "escape count", coordinates)
+        digest = reader.read_bytes(_DIGEST_SIZE, "point digest")
+        escapes = reader.read_array("<i4", num_escapes, "escapes").astype(np.int64)
+        states = _read_states(reader)
+        if reader.remaining % 2:
+            raise PayloadError(f"coded stream has {reader.remaining} bytes: not whole 16-bit words")
+        words = reader.remaining // 2
         if words > self.max_stream_words(dim):
             raise PayloadError(
-                f"payload claims {words} stream words, more than the bound "
+                f"payload carries {words} stream words, more than the bound "
                 f"{self.max_stream_words(dim)} for dimension {dim}"
             )
-        expected = 4 * (num_escapes + LANES) + 2 * words
-        if reader.remaining != expected:
-            raise PayloadError(
-                f"payload body has {reader.remaining} bytes after the counts, expected {expected}"
-            )
-        escapes = reader.read_array("<i4", num_escapes, "escapes").astype(np.int64)
-        states = reader.read_array("<u4", LANES, "coder states")
         stream = reader.read_array("<u2", words, "coded stream")
         reader.expect_end()
         compiled = compiled_kernels()
