@@ -716,9 +716,12 @@ def lattice_code_models(  # pragma: no cover - compiled
     class_mass,
     levels,
     first_binary,
-    bit_rows,
+    k_min,
+    num_symbols,
+    symbols,
+    rows,
     k_out,
-    groups,
+    escapes,
     group,
     level_if,
     totals,
@@ -727,10 +730,12 @@ def lattice_code_models(  # pragma: no cover - compiled
     indices,
 ):
     """The encoder's half of ``lattice_decode``: for the nearest points ``y`` (float64,
-    ``(n, blocks)``) and their ``coset`` bits, the model rows of the coset bits (E8) and
-    of the parities of columns ``0..n-2`` in stream order (``bit_rows``, uint16), ``k = y
-    + floor`` (``k_out``, int64) and the class rows ``2 bin + parity of k`` (``groups``),
-    as ``DitheredLatticeStage._code`` computes them; work arrays as ``lattice_decode``'s.
+    ``(n, blocks)``) and their ``coset`` bits, the stream's ``symbols`` (uint8: the
+    coset bits (E8), the parities of columns ``0..n-2``, then every ``k`` as its class
+    symbol or the escape) and their model ``rows`` (uint16), ``k = y + floor``
+    (``k_out``, int32: escapes beyond its range are refused by the caller) and the
+    escaped values in stream order (``escapes``, int64; their count is returned), as
+    ``DitheredLatticeStage._code`` computes them; work arrays as ``lattice_decode``'s.
     """
     n, blocks = y.shape
     for b in range(blocks):
@@ -741,18 +746,35 @@ def lattice_code_models(  # pragma: no cover - compiled
         _coset_totals(dither, bins, class_mass, totals, scratch, indices)
         for b in range(blocks):
             p_coset = totals[1, b] / (totals[0, b] + totals[1, b])
-            bit_rows[b] = first_binary + _binary_level(p_coset, levels)
+            rows[b] = first_binary + _binary_level(p_coset, levels)
+            symbols[b] = coset[b]
         base = blocks
     _lattice_geometry(dither, coset, bins, class_mass, levels, group, level_if, scratch)
     required = indices  # the parity still required of columns j..n-1, per block
     required[:] = 0
     for j in range(n - 1):
         for b in range(blocks):
-            bit_rows[base + j * blocks + b] = first_binary + level_if[required[b], j, b]
-            required[b] ^= np.intp(y[j, b]) & 1
+            at = base + j * blocks + b
+            parity = np.intp(y[j, b]) & 1
+            rows[at] = first_binary + level_if[required[b], j, b]
+            symbols[at] = parity
+            required[b] ^= parity
+    base += (n - 1) * blocks
+    escape = num_symbols // 2
+    found = 0
     for j in range(n):
         for b in range(blocks):
+            at = base + j * blocks + b
             shifted = coset[b] * 0.5 - uniforms[b * n + j] * 2.0
-            parity = np.intp(y[j, b]) & 1
-            k_out[j, b] = np.intp(y[j, b]) + np.intp(np.floor(shifted))
-            groups[j, b] = group[j, b] ^ parity
+            point = np.intp(y[j, b])
+            k = point + np.intp(np.floor(shifted))
+            k_out[j, b] = k
+            k_parity = k & 1
+            rows[at] = group[j, b] ^ (point & 1)  # 2 bin + parity of k
+            symbol = (k - k_min - k_parity) >> 1
+            if symbol < 0 or symbol >= escape:
+                escapes[found] = k
+                found += 1
+                symbol = escape
+            symbols[at] = symbol
+    return found

@@ -300,27 +300,30 @@ class DitheredLatticeStage(Stage):
         return self._stream(k, coset, bits, np.concatenate(bit_rows + [groups.astype(np.uint16)]))
 
     def _code_compiled(self, compiled, y, coset, uniforms):
-        """:meth:`_code`'s model rows by the compiled kernel (the same rows)."""
+        """:meth:`_code` by the compiled kernel (the same symbols, rows and points)."""
         model, n = self.model, self.model.block
-        coder = self._models()
         blocks = y.shape[1]
-        cosets = model.spec.cosets
-        bit_count = (cosets - 2 + n) * blocks  # the coset bits (E8) and n - 1 parities
-        rows = np.empty(bit_count + n * blocks, dtype=np.uint16)
-        k = np.empty((n, blocks), dtype=np.int64)
+        count = (model.spec.cosets - 2 + 2 * n) * blocks  # bits, then one symbol a value
+        symbols = np.empty(count, dtype=np.uint8)
+        rows = np.empty(count, dtype=np.uint16)
+        k = np.empty((n, blocks), dtype=np.int32)
+        escapes = np.empty(n * blocks, dtype=np.int64)
         group, level_if, _, _, totals, scratch, dither, indices = _work_arrays(n, blocks)
-        compiled.lattice_code_models(
+        found = compiled.lattice_code_models(
             uniforms,
             y,
             coset,
-            cosets,
+            model.spec.cosets,
             model.bins,
             model.class_mass.reshape(-1),
             BINARY_LEVELS,
-            coder.first_binary,
+            self._models().first_binary,
+            model.k_min,
+            model.num_symbols,
+            symbols,
             rows,
             k,
-            rows[bit_count:].reshape(n, blocks),
+            escapes,
             group,
             level_if,
             totals,
@@ -328,23 +331,25 @@ class DitheredLatticeStage(Stage):
             dither,
             indices,
         )
-        parities = y[: n - 1].astype(np.int64) & 1
-        bits = ([coset] if cosets == 2 else []) + list(parities)
-        return self._stream(k, coset, bits, rows)
+        return self._coded(symbols, rows, escapes[:found], k, coset)
 
     def _stream(self, k, coset, bits, model_of):
-        """Escapes, the coded stream and the digest of points ``k`` whose bits (coset,
-        parities) and class rows are coded under ``model_of``."""
+        """:meth:`_coded` for points ``k`` (int64) whose bits (coset, parities) and class
+        rows are coded under ``model_of``: their class symbols and escapes first."""
         model = self.model
         k_parity = k & 1
         symbols = ((k - model.k_min - k_parity) >> 1).reshape(-1)
         escaped = (symbols < 0) | (symbols >= model.num_symbols // 2)
         symbols[escaped] = model.num_symbols // 2
         escapes = k.reshape(-1)[escaped]
+        return self._coded(np.concatenate(bits + [symbols]), model_of, escapes, k, coset)
+
+    def _coded(self, symbols, model_of, escapes, k, coset):
+        """The coded stream, escapes and point digest (``InputVectorError`` for an escape
+        too large)."""
         if escapes.size and np.max(np.abs(escapes)) > MAX_ESCAPE_MAGNITUDE:
             raise InputVectorError("a coordinate is too far out for the lattice code")
-        all_symbols = np.concatenate(bits + [symbols])
-        states, words = encode(self._models().rans, all_symbols, model_of)
+        states, words = encode(self._models().rans, symbols, model_of)
         return states.astype("<u4"), words.astype("<u2"), escapes.astype("<i4"), _digest(k, coset)
 
     def write_side(self, writer, side):
