@@ -649,3 +649,27 @@ def test_payloads_and_sums_are_byte_identical_between_numpy_and_compiled(cls, mo
         results[kernels] = (payloads, aggregator.result().tobytes())
     assert results["numpy"] == results["auto"]
     assert _body_fields(results["numpy"][0][1], 1).escapes > 0
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_compiled_point_coder_matches_numpy_at_the_escape_edges(cls, bits, monkeypatch):
+    """Points around both ends of the code's range (every symbol next to the escape):
+    the compiled encoder gives the numpy stream, escapes and digest."""
+    pytest.importorskip("numba")
+    stage = cls(bits=bits).stages.stages[1]
+    model, n = stage.model, stage.model.block
+    rng = np.random.default_rng(bits)
+    blocks = 600
+    low, high = model.k_min - 4, model.k_min + model.num_symbols + 4
+    y = rng.integers(low, high, size=(n, blocks)).astype(np.float64)
+    y[-1] += y.sum(axis=0) % 2  # even sums
+    coset = rng.integers(0, model.spec.cosets, size=blocks)
+    uniforms = rng.random(n * blocks)
+    coded = {}
+    for kernels in ("numpy", "auto"):
+        monkeypatch.setenv("QUICDESIGN_KERNELS", kernels)
+        states, words, escapes, digest = stage._code(y, coset, uniforms)
+        coded[kernels] = (states.tobytes(), words.tobytes(), escapes.tobytes(), digest)
+    assert coded["numpy"] == coded["auto"]
+    assert len(coded["numpy"][2]) > 4 * 50  # many escapes, on both sides
