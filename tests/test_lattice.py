@@ -673,3 +673,27 @@ def test_compiled_point_coder_matches_numpy_at_the_escape_edges(cls, bits, monke
         coded[kernels] = (states.tobytes(), words.tobytes(), escapes.tobytes(), digest)
     assert coded["numpy"] == coded["auto"]
     assert len(coded["numpy"][2]) > 4 * 50  # many escapes, on both sides
+
+
+def test_lattice_contribution_is_the_plain_one_and_bounds_both_signs():
+    """The stage's cheaper contribution gives Stage.contribution's values, and refuses a
+    decoded magnitude beyond 2**192 on either side of zero."""
+    from quicdesign.rotation import RotationLayout
+    from quicdesign.stages import Stage
+
+    compressor = LatticeE8(bits=2)
+    stage = compressor.stages.stages[1]
+    dim = 3000
+    state = compressor.stages.server_state(dim, ROUND)
+    layout = RotationLayout.for_dim(dim)
+    unit = np.random.default_rng(3).normal(size=layout.rotated_dim)
+    norms = np.linspace(0.5, 2.0, layout.num_chunks)
+    mine = stage.contribution(None, (norms, unit), state, dim, 0.7)
+    plain = Stage.contribution(stage, None, (norms, unit), state, dim, 0.7)
+    assert mine.tobytes() == plain.tobytes()
+    for sign in (1.0, -1.0):
+        spike = np.zeros(layout.rotated_dim)
+        spike[5] = sign * 2.0**30
+        huge = np.full(layout.num_chunks, 2.0**175)
+        with pytest.raises(PayloadError, match="2\\*\\*192"):
+            stage.contribution(None, (huge, spike), state, dim, 1.0)

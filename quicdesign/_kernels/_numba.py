@@ -689,23 +689,6 @@ def lattice_decode(  # pragma: no cover - compiled
     return position, 0, found, coset_over, bad_escape
 
 
-@numba.njit(cache=True, nogil=True)
-def weighted_chunks(values, factors, chunk_size, weight, out):  # pragma: no cover - compiled
-    """``Stage.contribution`` of chunked values: ``out = (values * factors[chunk]) *
-    weight``; returns ``max |values * factors[chunk]|`` (NaN if one is NaN), the figure
-    ``check_contribution_bound`` checks."""
-    largest = 0.0
-    for chunk in range(factors.size):
-        factor = factors[chunk]
-        for i in range(chunk * chunk_size, (chunk + 1) * chunk_size):
-            value = values[i] * factor
-            magnitude = abs(value)
-            if not magnitude <= largest:
-                largest = magnitude
-            out[i] = value * weight
-    return largest
-
-
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def lattice_code_models(  # pragma: no cover - compiled
     uniforms,

@@ -496,17 +496,12 @@ class DitheredLatticeStage(Stage):
         return (chunks * (norms / math.sqrt(layout.chunk_size))[:, None]).reshape(-1)
 
     def contribution(self, y, side, state, dim, weight):
-        compiled = compiled_kernels()
-        if compiled is None:
-            return super().contribution(y, side, state, dim, weight)
-        # invert, bound and weight in one pass (the same values)
-        norms, unit = side
-        layout = RotationLayout.for_dim(state.dim)
-        factors = norms / math.sqrt(layout.chunk_size)
-        weighted = np.empty(unit.size)
-        largest = compiled.weighted_chunks(unit, factors, layout.chunk_size, weight, weighted)
-        check_contribution_bound(largest)
-        return weighted
+        # Stage.contribution's values and bound, without its |x| temporary and its copy
+        # (the decoded vector is this call's own)
+        decoded = self.invert(y, side, state, dim)
+        check_contribution_bound(max(float(decoded.max()), -float(decoded.min())))
+        np.multiply(decoded, weight, out=decoded)
+        return decoded
 
     def output_dim(self, dim):
         return dim
