@@ -242,6 +242,20 @@ def unpack_codes(buffer, bits, count):
     bits = _check_bits(bits)
     count = check_int(count, "count", 0)
     data = _as_byte_array(buffer, "packed codes")
+    _check_packed(data, bits, count)
+    if bits == 1:
+        return np.unpackbits(data, count=count, bitorder="little")
+    if bits == 8:
+        return data.copy()
+    if bits == 16:
+        return data.view("<u2").astype(np.uint16)
+    if 8 % bits == 0:
+        return _unpack_sub_byte(data, bits, count)
+    return _unpack_groups(data, bits, count)
+
+
+def _check_packed(data, bits, count):
+    """PayloadError unless ``data`` is exactly ``count`` packed codes with zero padding."""
     expected = (bits * count + 7) // 8
     # checked before any allocation, so ``count`` is bounded by the bytes actually received
     if data.size != expected:
@@ -252,15 +266,6 @@ def unpack_codes(buffer, bits, count):
     spare_bits = expected * 8 - bits * count
     if spare_bits and data[-1] >> (8 - spare_bits):
         raise PayloadError(f"packed codes have nonzero padding in the last {spare_bits} bits")
-    if bits == 1:
-        return np.unpackbits(data, count=count, bitorder="little")
-    if bits == 8:
-        return data.copy()
-    if bits == 16:
-        return data.view("<u2").astype(np.uint16)
-    if 8 % bits == 0:
-        return _unpack_sub_byte(data, bits, count)
-    return _unpack_groups(data, bits, count)
 
 
 _FORMATS = {
@@ -459,6 +464,19 @@ class PayloadReader:
             return unpack_codes(raw, bits, count)
         except PayloadError as exc:
             raise PayloadError(f"{field}: {exc}") from None
+
+    def read_packed_codes(self, bits, count, field):
+        """The bytes of ``count`` packed ``bits``-bit codes, checked as :meth:`read_codes`
+        checks them (size, zero padding) but left packed."""
+        bits = _check_bits(bits)
+        count = check_int(count, "count", 0)
+        raw = self._take(packed_size(bits, count), field)
+        data = raw if self._immutable else raw.copy()
+        try:
+            _check_packed(data, bits, count)
+        except PayloadError as exc:
+            raise PayloadError(f"{field}: {exc}") from None
+        return data
 
     def expect_end(self):
         """Raise ``PayloadError`` if any bytes are left unread."""

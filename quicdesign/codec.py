@@ -42,7 +42,13 @@ from ._validate import (
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
 from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import ROTATED, check_input_model
-from .randomness import _mode_round_tag, shared_values, stratified_shared_values
+from .randomness import (
+    PURPOSE_SHARED_H,
+    _mode_round_tag,
+    _stream_bytes,
+    shared_values,
+    stratified_shared_values,
+)
 from .rotation import MAX_CHUNKS, RotationLayout
 from .stages import (
     GatheredContribution,
@@ -273,46 +279,51 @@ class QuicFLQuantize(Stage):
         # a pre-envelope payload's header has another size (docs/wire-format.md)
         expected = self._payload_size(state.dim, num_exact) - HEADER_SIZE + header.header_size
         _check_size(reader.size, expected)
-        codes = reader.read_codes(self.table.bits, dim, "codes")
+        # checked but left packed: the compiled server reads the codes where they lie
+        codes = reader.read_packed_codes(self.table.bits, dim, "codes")
         indices = reader.read_array("<u4", num_exact, "exact indices")
         values = reader.read_array("<f4", num_exact, "exact values")
         _check_exact(indices, values, dim)
         return codes, indices, values, None
 
-    def _gather_plan(self, state):
-        """The round's layout, index dtype (narrow: numpy gathers fastest with those) and
-        chunk offsets into the per-chunk tables; cached for the round."""
-        key = ("quicfl gather", state.dim)
-        plan = state.cache.get(key)
-        if plan is None:
-            layout = RotationLayout.for_dim(state.dim)
-            entries = layout.num_chunks * self._flat_receiver.size
-            dtype = np.uint16 if entries <= 1 << 16 else np.uint32
-            offsets = (np.arange(layout.num_chunks) * self._flat_receiver.size).astype(dtype)
-            plan = state.cache[key] = (layout, dtype, offsets[:, None])
-        return plan
+    def _shared_bytes(self, state, count):
+        """The client's ``h`` as ``(bytes, mask)``: the raw stream bytes and the mask
+        :func:`~quicdesign.randomness.shared_values` applies (no pass to mask them)."""
+        bits = self.table.shared_bits
+        if self.stratified or bits == 0:
+            return self._shared(state, count), 0xFF
+        return _stream_bytes(state.round_seed, state.client_id, PURPOSE_SHARED_H, count), (
+            1 << bits
+        ) - 1
 
     def contribution(self, y, side, state, dim, weight):
         codes, indices, values, shared = side
-        table, norms = self.table, state.header.norms
-        layout, index_dtype, offsets = self._gather_plan(state)
-        if shared is None:  # the entropy decoder already derived h
-            shared = self._shared(state, layout.rotated_dim)
-        # Fold norm, 1/sqrt(chunk) and weight into one small table per chunk, so decoding
-        # is a single gather with a narrow index.
+        layout = RotationLayout.for_dim(state.dim)
+        norms = state.header.norms
+        if shared is None:  # fixed rate: packed codes; the entropy decoder gives both
+            shared, shared_mask = self._shared_bytes(state, layout.rotated_dim)
+            code_width = self.table.bits
+        else:
+            shared_mask, code_width = 0xFF, 8
+        # norm, 1/sqrt(chunk) and weight are folded into one scale per chunk
         scale = norms.astype(np.float64) * (weight / math.sqrt(layout.chunk_size))
-        tables = (scale[:, None] * self._flat_receiver[None, :]).reshape(-1)
         exact = values * scale[indices // layout.chunk_size]
         # max |R| bounds every decoded coordinate, so this costs O(table), not O(d)
         unweighted = float(np.max(norms, initial=0.0)) / math.sqrt(layout.chunk_size)
         largest = unweighted * max(self._receiver_peak, float(np.max(np.abs(values), initial=0.0)))
         check_contribution_bound(largest)
-        index = shared.astype(index_dtype)
-        index <<= table.bits
-        index |= codes
-        if layout.num_chunks > 1:
-            index.reshape(layout.num_chunks, -1)[1:] += offsets[1:]
-        return GatheredContribution(tables, index, indices, exact)
+        return GatheredContribution(
+            self._flat_receiver,
+            scale,
+            layout.chunk_size,
+            self.table.bits,
+            codes,
+            code_width,
+            shared,
+            shared_mask,
+            indices,
+            exact,
+        )
 
     def invert(self, y, side, state, dim):
         return self.contribution(y, side, state, dim, 1.0).materialize()

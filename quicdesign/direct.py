@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._validate import check_f32_normal
-from ._wire import packed_size
+from ._wire import packed_size, unpack_codes
 from .codec import (
     HEADER_SIZE,
     WIRE_VERSION,
@@ -115,7 +115,8 @@ class DirectQuantize(QuicFLQuantize):
         return direct_payload_size(self.table.bits, dim, num_exact)
 
     def contribution(self, y, side, state, dim, weight):
-        codes, indices, values, _ = side
+        packed, indices, values, _ = side
+        codes = unpack_codes(packed, self.table.bits, dim)  # checked by read_side
         chunk_size, num_chunks = _chunking(dim)
         # value = R[h, x] * norm_k / sqrt(n_k): the inverse of the client's scaling
         lengths = _chunk_lengths(dim, chunk_size, num_chunks)

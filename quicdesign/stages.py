@@ -31,7 +31,7 @@ import numpy as np
 
 from ._accumulate import WeightedSumAggregator, check_contribution_bound
 from ._validate import check_minmax_magnitude, check_weight
-from ._wire import PayloadReader
+from ._wire import PayloadReader, unpack_codes
 from .errors import ParameterError, PayloadError
 from .randomness import rotation_signs
 from .rotation import RotationLayout, scaled_rotate, unrotate
@@ -69,17 +69,46 @@ class StageState:
 
 @dataclass
 class GatheredContribution:
-    """A weighted contribution given as one gather: ``tables[index]``, then ``exact``
-    written at ``positions``. Summed by the compiled kernels in blocks of clients."""
+    """A weighted contribution given as one gather from a scaled receiver table.
 
-    tables: np.ndarray
-    index: np.ndarray
+    Coordinate ``i`` of chunk ``k`` decodes to ``scale[k] * receiver[h_i << bits | x_i]``
+    with ``h_i = shared[i] & shared_mask`` and ``x_i`` the ``i``-th ``code_width``-bit code
+    of ``codes`` (packed LSB first as ``_wire.pack_codes``; 8 means one per byte); then
+    ``exact`` is written at ``positions``. Everything is validated before it is built, so
+    summing it cannot fail. :meth:`materialize` is the numpy path; the compiled kernels sum
+    blocks of clients straight from the packed codes and the raw shared bytes.
+    """
+
+    receiver: np.ndarray
+    scale: np.ndarray
+    chunk_size: int
+    bits: int
+    codes: np.ndarray
+    code_width: int
+    shared: np.ndarray
+    shared_mask: int
     positions: np.ndarray
     exact: np.ndarray
 
     def materialize(self) -> np.ndarray:
         """The contribution as a float64 vector."""
-        decoded = self.tables[self.index]
+        # one small table per chunk with norm, weight and 1/sqrt(chunk) folded in, then a
+        # single gather with a narrow index (numpy gathers fastest with those)
+        tables = (self.scale[:, None] * self.receiver[None, :]).reshape(-1)
+        size = self.scale.size * self.chunk_size
+        index_dtype = np.uint16 if tables.size <= 1 << 16 else np.uint32
+        index = (self.shared[:size] & np.uint8(self.shared_mask)).astype(index_dtype)
+        index <<= self.bits
+        if self.code_width == 8:
+            index |= self.codes[:size]
+        else:
+            index |= unpack_codes(self.codes, self.code_width, size)
+        if self.scale.size > 1:
+            offsets = np.arange(self.scale.size, dtype=index_dtype) * index_dtype(
+                self.receiver.size
+            )
+            index.reshape(self.scale.size, -1)[1:] += offsets[1:, None]
+        decoded = tables[index]
         decoded[self.positions] = self.exact
         return decoded
 
@@ -340,19 +369,7 @@ class PipelineAggregator(WeightedSumAggregator):
 
     def _commit_block(self, kernels, block) -> None:
         """Accumulate validated gathered clients with the compiled kernel (cannot fail)."""
-        gathered = [item for _, _, item in block]
-        width = max(g.tables.size + g.exact.size for g in gathered)
-        index_dtype = gathered[0].index.dtype
-        # each client's exact values sit after its table; its index points there
-        dtype = index_dtype if width <= np.iinfo(index_dtype).max + 1 else np.uint32
-        tables_block = np.zeros((len(block), width), dtype=np.float64)
-        indices = np.empty((len(block), self._sum.size), dtype=dtype)
-        for row, g in enumerate(gathered):
-            tables_block[row, : g.tables.size] = g.tables
-            tables_block[row, g.tables.size : g.tables.size + g.exact.size] = g.exact
-            indices[row] = g.index
-            indices[row, g.positions] = g.tables.size + np.arange(g.exact.size)
-        kernels.gather_accumulate(self._sum.reshape(-1), tables_block, indices)
+        kernels.accumulate_gathered(self._sum.reshape(-1), [item for _, _, item in block])
         for client_id, weight, _ in block:
             self._total_weight += weight
             self._clients.add(client_id)

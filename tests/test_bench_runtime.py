@@ -4,7 +4,7 @@ only: speed is measured by the benchmark itself, never asserted by a unit test).
 import pytest
 
 from quicdesign import ParameterError
-from quicdesign.bench.runtime import bench_runtime
+from quicdesign.bench.runtime import bench_runtime, stage_floors
 
 
 def test_runtime_bench_reports_floors_ratios_and_pinned_blas(capsys):
@@ -12,9 +12,14 @@ def test_runtime_bench_reports_floors_ratios_and_pinned_blas(capsys):
     printed = capsys.readouterr().out
     assert "median of 1 timed runs (CPU time), 1 BLAS thread" in printed
     assert "limits: copy" in printed and "add_many numpy" in printed
-    assert "encode numpy ms" in printed
+    assert "encode numpy" in printed and "floor = traffic + one client's h" in printed
     (row,) = rows
-    assert row["copy_gb_s"] > 0 and row["encode_floor_ms"] > 0 and row["sort_ms"] > 0
+    assert row["copy_gb_s"] > 0 and row["sort_ms"] > 0 and row["shared_values_ms"] > 0
+    # the floor adds the measured generation of h to the traffic floor
+    for stage in ("encode", "aggregate"):
+        traffic = row[f"{stage}_traffic_floor_ms"]
+        assert 0 < traffic < row[f"{stage}_floor_ms"]
+        assert row[f"{stage}_floor_ms"] == pytest.approx(traffic + row["shared_values_ms"])
     assert row["add_many_numpy_ms_per_client"] > 0 and row["encode_numpy_ms"] > 0
     # the entropy-coded server against the fixed-rate one at the same d, in the same run
     assert "entropy-coded (QDQE v4, rANS) vs fixed-rate server" in printed
@@ -30,3 +35,14 @@ def test_runtime_bench_reports_floors_ratios_and_pinned_blas(capsys):
 def test_runtime_bench_refuses_bad_thread_counts(threads):
     with pytest.raises(ParameterError, match="blas_threads"):
         bench_runtime(dim=64, bits=(2,), clients=1, repeats=1, blas_threads=threads)
+
+
+def test_stage_floors_count_the_bytes_each_stage_must_move():
+    # d = 1000 pads to 1024 rotated coordinates; 1 GB/s makes bytes read as nanoseconds
+    floors = stage_floors(1000, 300.0, 4, 1e9, shared_seconds=2e-6)
+    encode_bytes = 4 * 1000 + 1024 / 8 + 300  # float32 input, 1-bit signs, payload
+    aggregate_bytes = 300 + 16 * 1024 / 4  # payload, the float64 sum once per 4 clients
+    assert floors["encode_traffic"] == pytest.approx(encode_bytes * 1e-9)
+    assert floors["encode"] == pytest.approx(encode_bytes * 1e-9 + 2e-6)
+    assert floors["aggregate_traffic"] == pytest.approx(aggregate_bytes * 1e-9)
+    assert floors["aggregate"] == pytest.approx(aggregate_bytes * 1e-9 + 2e-6)

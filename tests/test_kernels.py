@@ -7,7 +7,9 @@ import pytest
 from quicdesign import ParameterError, PayloadError, QuicFLAggregator, QuicFLEncoder, load_table
 from quicdesign._kernels import KERNELS_ENV, compiled_kernels
 from quicdesign._wire import pack_codes
+from quicdesign.entropy import QuicFLEntropyAggregator, QuicFLEntropyEncoder
 from quicdesign.rotation import exact_order_fwht
+from quicdesign.table import load_entropy_table
 
 pytest.importorskip("numba")
 
@@ -54,6 +56,59 @@ def test_compiled_sums_are_bit_identical_to_numpy(monkeypatch, bits, dim):
         assert compiled_kernels() is not None
         assert _state(compiled) == _state(loop) == _state(numpy_batch)
         assert compiled.result().tobytes() == loop.result().tobytes()
+
+
+def _sums(monkeypatch, make, payloads, weights):
+    """The states of a loop of add (numpy), add_many (numpy) and add_many (compiled)."""
+    states = []
+    for kernels, batched in (("numpy", False), ("numpy", True), ("auto", True)):
+        monkeypatch.setenv(KERNELS_ENV, kernels)
+        aggregator = make()
+        if batched:
+            aggregator.add_many(payloads, weights)
+        else:
+            for payload, weight in zip(payloads, weights, strict=True):
+                aggregator.add(payload, weight)
+        states.append(_state(aggregator) + (aggregator.result().tobytes(),))
+    return states
+
+
+@pytest.mark.parametrize("rate", [1, 2, 4])
+def test_compiled_entropy_sums_are_bit_identical_to_numpy(monkeypatch, rate):
+    # the rANS symbols (one per byte) summed by the same kernel as packed codes
+    table = load_entropy_table(rate)
+    encoder = QuicFLEntropyEncoder(table, ROUND)
+    rng = np.random.default_rng(rate)
+    dim = 5001
+    payloads = [
+        encoder.encode(rng.standard_t(2, dim).astype(np.float32), c, rng=rng) for c in range(10)
+    ]
+    weights = rng.uniform(0.5, 3.0, len(payloads))
+    loop, batch, compiled = _sums(
+        monkeypatch, lambda: QuicFLEntropyAggregator(table, ROUND, dim), payloads, weights
+    )
+    assert compiled == loop == batch
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_compiled_stratified_sums_are_bit_identical_to_numpy(monkeypatch, bits):
+    table = load_table(bits)
+    encoder = QuicFLEncoder(table, ROUND, stratified=True)
+    rng = np.random.default_rng(bits)
+    dim = 3001
+    payloads = [
+        encoder.encode(rng.standard_t(2, dim).astype(np.float32), c, rng=rng) for c in range(9)
+    ]
+    # bytearrays: the compiled path keeps its own copy of the checked codes
+    payloads = [bytearray(p) for p in payloads]
+    weights = rng.uniform(0.5, 3.0, len(payloads))
+    loop, batch, compiled = _sums(
+        monkeypatch,
+        lambda: QuicFLAggregator(table, ROUND, dim, stratified=True),
+        payloads,
+        weights,
+    )
+    assert compiled == loop == batch
 
 
 def test_switch_turns_the_compiled_path_off(monkeypatch):
@@ -224,3 +279,45 @@ def test_nearest_lattice_point_kernel_is_identical(name):
     compiled = nearest_lattice_point(x, spec)
     assert reference[0].tobytes() == compiled[0].tobytes()
     assert reference[1].tobytes() == compiled[1].tobytes()
+
+
+@pytest.mark.parametrize("code_width", range(1, 9))
+@pytest.mark.parametrize(
+    ("chunk_size", "chunks", "shared_bits"), [(4, 3, 2), (2048, 2, 3), (64, 2, 8)]
+)
+def test_server_kernel_sums_gathered_contributions_like_numpy(
+    code_width, chunk_size, chunks, shared_bits
+):
+    # synthetic contributions: tiny chunks (no whole bytes of codes), tiles with runs of
+    # exact coordinates, and (8 + 8 bits) a 2**16-entry receiver: indices wider than 16 bits
+    from quicdesign._wire import pack_codes
+    from quicdesign.stages import GatheredContribution
+
+    rng = np.random.default_rng(code_width * 100 + shared_bits)
+    size = chunk_size * chunks
+    receiver = rng.standard_normal(1 << (shared_bits + code_width))
+    accumulator = rng.standard_normal(size)
+    expected = accumulator.copy()
+    gathered = []
+    for client in range(5):
+        codes = rng.integers(0, 1 << code_width, size, dtype=np.uint8)
+        raw_shared = rng.integers(0, 256, size, dtype=np.uint8)
+        positions = np.flatnonzero(rng.random(size) < (0.3 if client % 2 else 0.01))
+        g = GatheredContribution(
+            receiver,
+            rng.uniform(0.1, 10.0, chunks),
+            chunk_size,
+            code_width,
+            pack_codes(codes, code_width) if code_width < 8 else codes,
+            code_width,
+            raw_shared,
+            (1 << shared_bits) - 1,
+            positions.astype(np.uint32),
+            rng.standard_normal(positions.size),
+        )
+        if code_width < 8:
+            g.codes = np.frombuffer(g.codes, dtype=np.uint8)
+        gathered.append(g)
+        expected += g.materialize()
+    compiled_kernels().accumulate_gathered(accumulator, gathered)
+    assert accumulator.tobytes() == expected.tobytes()

@@ -255,6 +255,20 @@ def test_read_codes_reports_field_on_bad_padding():
     reader = PayloadReader(b"\xff")
     with pytest.raises(PayloadError, match="codes: .*padding"):
         reader.read_codes(3, 2, "codes")
+    with pytest.raises(PayloadError, match="codes: .*padding"):
+        PayloadReader(b"\xff").read_packed_codes(3, 2, "codes")
+    with pytest.raises(PayloadError, match="truncated"):
+        PayloadReader(b"\x01").read_packed_codes(3, 3, "codes")
+
+
+def test_packed_codes_are_checked_and_kept_packed():
+    codes = np.array([5, 0, 7, 2, 1], dtype=np.uint8)
+    packed = pack_codes(codes, 3)
+    buffer = bytearray(packed)
+    kept = PayloadReader(buffer).read_packed_codes(3, 5, "codes")
+    buffer[0] ^= 0xFF  # a mutable payload changed later does not change what was checked
+    assert kept.tobytes() == packed
+    assert np.array_equal(unpack_codes(kept, 3, 5), codes)
 
 
 def test_arrays_from_bytes_are_read_only_views():

@@ -6,7 +6,7 @@ import numba
 import numpy as np
 
 __all__ = [
-    "gather_accumulate",
+    "accumulate_gathered",
     "sender_levels",
     "pack_codes",
     "butterfly_passes",
@@ -24,20 +24,123 @@ _STATE_LOW = 1 << 16
 _BUCKET_SHIFT = 4
 
 
-@numba.njit(cache=True, nogil=True)
-def gather_accumulate(accumulator, tables, indices):  # pragma: no cover - compiled
-    """``accumulator[i] += tables[c, indices[c, i]]`` for ``c = 0, 1, ...`` in order.
+def accumulate_gathered(accumulator, gathered):
+    """Add a block of validated ``stages.GatheredContribution``s (sharing receiver table,
+    chunking and code widths) to the flat float64 ``accumulator`` in one pass."""
+    first = gathered[0]
+    slots = first.receiver.size + _TILE  # the table, then the tile's exact values
+    index_dtype = np.uint16 if slots <= 1 << 16 else np.uint32
+    _coded_accumulate(
+        accumulator,
+        first.receiver,
+        first.chunk_size,
+        first.bits,
+        first.code_width,
+        np.stack([g.scale for g in gathered]),
+        np.array([g.shared_mask for g in gathered], dtype=np.uint8),
+        # one zero byte past the codes: a code may straddle two bytes
+        numba.typed.List([np.append(g.codes, np.uint8(0)) for g in gathered]),
+        numba.typed.List([np.ascontiguousarray(g.shared) for g in gathered]),
+        numba.typed.List([g.positions.astype(np.intp) for g in gathered]),
+        numba.typed.List([g.exact for g in gathered]),
+        np.empty((len(gathered), _TILE), dtype=index_dtype),
+    )
 
-    One pass over the accumulator for a block of clients. Per coordinate the additions
-    happen in client order, exactly as a sequence of ``accumulator += decoded_c`` numpy
-    adds, so the float64 sums are bit-identical to the numpy path.
+
+_TILE = 1024  # coordinates per tile: the tile's indices (8 clients) stay in L1
+
+
+@numba.njit(cache=True, nogil=True)
+def _tile_index(out, shared, mask, bits, codes, code_width, start, count):  # pragma: no cover
+    """``out[j] = (shared[i] & mask) << bits | x_i`` for ``i = start + j``, ``x_i`` the
+    ``i``-th ``code_width``-bit code of ``codes``; simple loops for whole bytes."""
+    kind = out.dtype.type
+    shift = kind(bits)
+    for j in range(count):
+        out[j] = kind(shared[start + j] & mask) << shift
+    if count % 8 == 0 and code_width == 8:
+        for j in range(count):
+            out[j] |= kind(codes[start + j])
+    elif count % 8 == 0 and code_width == 4:
+        first = start >> 1
+        for q in range(count >> 1):
+            byte = codes[first + q]
+            out[2 * q] |= kind(byte & 15)
+            out[2 * q + 1] |= kind(byte >> 4)
+    elif count % 8 == 0 and code_width == 2:
+        first = start >> 2
+        for q in range(count >> 2):
+            byte = codes[first + q]
+            out[4 * q] |= kind(byte & 3)
+            out[4 * q + 1] |= kind((byte >> 2) & 3)
+            out[4 * q + 2] |= kind((byte >> 4) & 3)
+            out[4 * q + 3] |= kind(byte >> 6)
+    elif count % 8 == 0 and code_width == 1:
+        first = start >> 3
+        for q in range(count >> 3):
+            byte = codes[first + q]
+            for u in range(8):
+                out[8 * q + u] |= kind((byte >> u) & 1)
+    else:
+        code_mask = (1 << code_width) - 1
+        for j in range(count):
+            bit = (start + j) * code_width
+            word = np.intp(codes[bit >> 3]) | (np.intp(codes[(bit >> 3) + 1]) << 8)
+            out[j] |= kind((word >> (bit & 7)) & code_mask)
+
+
+@numba.njit(cache=True, nogil=True)
+def _coded_accumulate(
+    accumulator,
+    receiver,
+    chunk_size,
+    bits,
+    code_width,
+    scales,
+    masks,
+    codes,
+    shared,
+    positions,
+    exact,
+    index,
+):  # pragma: no cover - compiled
+    """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(shared[c]
+    [i] & masks[c]) << bits | x]`` with ``x`` the ``i``-th ``code_width``-bit code of
+    ``codes[c]``, or ``exact[c][j]`` where ``i == positions[c][j]`` (increasing). The inputs
+    are validated (every index stays in the table). Per tile of coordinates each client's
+    indices are built first (its exact values get slots after its table), then summed
+    coordinate by coordinate in client order; the products are numpy's ``scale *
+    receiver`` table entries, so the float64 sums are bit-identical to ``accumulator +=
+    materialize()`` per client.
     """
-    clients, size = indices.shape
-    for i in range(size):
-        total = accumulator[i]
-        for c in range(clients):
-            total += tables[c, indices[c, i]]
-        accumulator[i] = total
+    clients = scales.shape[0]
+    slots = receiver.size
+    cursor = np.zeros(clients, dtype=np.intp)
+    tables = np.empty((clients, slots + _TILE), dtype=np.float64)
+    for k in range(accumulator.size // chunk_size):
+        for c in range(clients):  # numpy's scale * receiver table entries
+            for e in range(slots):
+                tables[c, e] = scales[c, k] * receiver[e]
+        chunk_end = (k + 1) * chunk_size
+        for start in range(k * chunk_size, chunk_end, _TILE):
+            stop = min(start + _TILE, chunk_end)
+            count = stop - start
+            for c in range(clients):
+                _tile_index(index[c], shared[c], masks[c], bits, codes[c], code_width, start, count)
+                where = positions[c]
+                taken = cursor[c]
+                slot = slots
+                while taken < where.size and where[taken] < stop:
+                    tables[c, slot] = exact[c][taken]
+                    index[c, where[taken] - start] = slot
+                    taken += 1
+                    slot += 1
+                cursor[c] = taken
+            for j in range(count):
+                total = accumulator[start + j]
+                for c in range(clients):
+                    total += tables[c, index[c, j]]
+                accumulator[start + j] = total
 
 
 @numba.njit(cache=True, nogil=True)
@@ -244,39 +347,87 @@ def rans_encode(symbols, model_of, freq, cum):  # pragma: no cover - compiled
     return states.astype(np.uint32), words
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _rans_update(state, h, entries, bucket_symbol):  # pragma: no cover - compiled
+    """One rANS decode step before renormalization: ``(state, symbol)``. ``entries[h, s]``
+    is ``cum << 16 | freq``; the symbol of a slot is found from its bucket's first symbol
+    by a short forward scan (a 2**10-entry start table per model stays in cache where a
+    full 2**14 slot table would not)."""
+    slot = state & np.uint64((1 << _PROB_BITS) - 1)
+    s = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
+    while np.uint64(entries[h, s + 1] >> 16) <= slot:
+        s += 1
+    entry = np.uint64(entries[h, s])
+    state = (entry & np.uint64(0xFFFF)) * (state >> np.uint64(_PROB_BITS)) + slot
+    return state - (entry >> np.uint64(16)), s
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _rans_refill(state, padded, position, available):  # pragma: no cover - compiled
+    """Renormalize without a branch: a word is read when the state fell below the range
+    (past the end ``padded[available]`` is 0 and the caller reports the truncation)."""
+    need = state < np.uint64(_STATE_LOW)
+    word = np.uint64(padded[min(position, available)])
+    refilled = (state << np.uint64(16)) | word
+    return (refilled if need else state), position + np.intp(need)
+
+
 @numba.njit(cache=True, nogil=True)
 def rans_decode_part(  # pragma: no cover - compiled
     x, words, position, first, model_of, freq, cum, bucket_symbol
 ):
-    """``_rans._decode_part_numpy`` as one scalar loop: symbols ``first ..`` of a stream,
-    updating the uint64 states ``x`` in place; returns ``(symbols, position, status)``.
+    """``_rans._decode_part_numpy`` for symbols ``first ..`` of a stream, updating the
+    uint64 states ``x`` in place; returns ``(symbols, position, status)``.
 
-    The symbol of a slot is found from its bucket's first symbol by a short forward scan
-    of the cumulative table (a 2**10-entry start table per model stays in cache where a
-    full 2**14 slot table would not).
+    The same symbols and states: full rows of the 8 lanes keep their states in registers
+    and decode all lanes before renormalizing them in lane order (the words are consumed
+    in the same order, without a branch the predictor cannot learn at high rates).
     """
     count = model_of.size
     symbols = np.empty(count, dtype=np.uint8)
-    mask = np.uint64((1 << _PROB_BITS) - 1)
     available = words.size
-    for i in range(count):
+    padded = np.zeros(available + 1, dtype=np.uint16)
+    padded[:available] = words
+    entries = np.zeros(cum.shape, dtype=np.uint32)  # cum << 16 | freq: one load per step
+    for h in range(cum.shape[0]):
+        for t in range(cum.shape[1]):
+            frequency = np.uint32(freq[h, t]) if t < freq.shape[1] else np.uint32(0)
+            entries[h, t] = (np.uint32(cum[h, t]) << np.uint32(16)) | frequency
+    i = 0
+    while i < count and (first + i) % _LANES != 0:  # up to the first full row
         lane = (first + i) % _LANES
-        state = x[lane]
-        h = model_of[i]
-        slot = state & mask
-        s = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
-        while np.uint64(cum[h, s + 1]) <= slot:
-            s += 1
-        symbols[i] = s
-        state = np.uint64(freq[h, s]) * (state >> np.uint64(_PROB_BITS)) + slot
-        state -= np.uint64(cum[h, s])
-        if state < np.uint64(_STATE_LOW):
-            if position >= available:
-                x[lane] = state
-                return symbols, position, 1
-            state = (state << np.uint64(16)) | np.uint64(words[position])
-            position += 1
-        x[lane] = state
+        state, symbols[i] = _rans_update(x[lane], model_of[i], entries, bucket_symbol)
+        x[lane], position = _rans_refill(state, padded, position, available)
+        i += 1
+    x0, x1, x2, x3 = x[0], x[1], x[2], x[3]
+    x4, x5, x6, x7 = x[4], x[5], x[6], x[7]
+    while i + _LANES <= count:
+        x0, symbols[i + 0] = _rans_update(x0, model_of[i + 0], entries, bucket_symbol)
+        x1, symbols[i + 1] = _rans_update(x1, model_of[i + 1], entries, bucket_symbol)
+        x2, symbols[i + 2] = _rans_update(x2, model_of[i + 2], entries, bucket_symbol)
+        x3, symbols[i + 3] = _rans_update(x3, model_of[i + 3], entries, bucket_symbol)
+        x4, symbols[i + 4] = _rans_update(x4, model_of[i + 4], entries, bucket_symbol)
+        x5, symbols[i + 5] = _rans_update(x5, model_of[i + 5], entries, bucket_symbol)
+        x6, symbols[i + 6] = _rans_update(x6, model_of[i + 6], entries, bucket_symbol)
+        x7, symbols[i + 7] = _rans_update(x7, model_of[i + 7], entries, bucket_symbol)
+        x0, position = _rans_refill(x0, padded, position, available)
+        x1, position = _rans_refill(x1, padded, position, available)
+        x2, position = _rans_refill(x2, padded, position, available)
+        x3, position = _rans_refill(x3, padded, position, available)
+        x4, position = _rans_refill(x4, padded, position, available)
+        x5, position = _rans_refill(x5, padded, position, available)
+        x6, position = _rans_refill(x6, padded, position, available)
+        x7, position = _rans_refill(x7, padded, position, available)
+        i += _LANES
+    x[0], x[1], x[2], x[3] = x0, x1, x2, x3
+    x[4], x[5], x[6], x[7] = x4, x5, x6, x7
+    while i < count:  # the last partial row
+        lane = (first + i) % _LANES
+        state, symbols[i] = _rans_update(x[lane], model_of[i], entries, bucket_symbol)
+        x[lane], position = _rans_refill(state, padded, position, available)
+        i += 1
+    if position > available:
+        return symbols, available, 1
     return symbols, position, 0
 
 

@@ -9,6 +9,7 @@ rounds (``cossgd``, the largest grid, needs about 300 s of CPU).
 from __future__ import annotations
 
 import functools
+import math
 import os
 from dataclasses import dataclass, field
 
@@ -58,6 +59,8 @@ class Experiment:
     #: ``(rounds, seeds)`` or ``(rounds, seeds, configurations)`` of ``--quick`` (None: a
     #: tenth of the rounds and the first seed).
     quick: tuple = field(default=None, compare=False)
+    #: Where the same comparison runs with framing below 5 % (None: here, or nowhere).
+    at_scale: str = field(default=None, compare=False)
 
 
 @dataclass
@@ -108,9 +111,17 @@ def _problem(key):
     if kind == "least-squares":
         (shift,) = args
         return heterogeneous_least_squares(20, 20, 200, shift_scale=shift, seed=0)
+    if kind == "least-squares-large":
+        # the toy's per-client shift energy (||mu_i||^2 ~ 20) at d = 2000; 3000 samples
+        return heterogeneous_least_squares(
+            20, _MCM_LARGE_DIM, 150, shift_scale=(20 / _MCM_LARGE_DIM) ** 0.5, seed=0
+        )
     if kind == "quadratic":
         (seed,) = args
         return NoisyQuadratic(200, 15, noise_std=4.0, seed=seed)
+    if kind == "quadratic-large":
+        (seed,) = args
+        return NoisyQuadratic(_SIGN_LARGE_DIM, 15, noise_std=4.0, seed=seed)
     if kind == "quadratic-skewed":
         (seed,) = args
         return NoisyQuadratic(200, 15, noise_std=4.0, seed=seed, noise="skewed")
@@ -163,8 +174,8 @@ def _execute(job):
 
         options["participation"] = Participation(**dict(options["participation"]))
     if job.runner == "mcm":
-        if options.get("step_size") == "1/(2L)":
-            options["step_size"] = 1.0 / (2.0 * problem.smoothness)
+        if options.get("step_size") in _STEP_RULES:
+            options["step_size"] = 1.0 / (_STEP_RULES[options["step_size"]] * problem.smoothness)
         average = _TailAverage(options.pop("average_from", None))
         history = run_mcm(problem, seed=job.seed, progress=False, callback=average, **options)
         if average.count:
@@ -242,6 +253,48 @@ def _mean_sd(values):
     return float(values.mean()), float(values.std(ddof=1)) if values.size > 1 else 0.0
 
 
+#: Largest share of envelope bits (percent of all bits) called "small framing".
+SMALL_FRAMING_PERCENT = 5.0
+
+
+def framing_percent(histories) -> float:
+    """Envelope bits as a percentage of all bits sent (up + down) by ``histories``.
+
+    Both come from the bit counters, which add ``8 * len(payload)`` and the envelope
+    found at the front of each real payload (:func:`quicdesign._envelope.framing_size`).
+    """
+    framing = sum(
+        int(h.counter.upload_framing.sum() + h.counter.download_framing.sum()) for h in histories
+    )
+    total = sum(h.counter.total_upload + h.counter.total_download for h in histories)
+    return 100.0 * framing / total if total else 0.0
+
+
+def _add_framing(experiment, histories, summary, notes):
+    """A ``framing_%`` column (one row per configuration) and a note with its range."""
+    groups = _groups(histories)
+    if not histories or len(summary) != len(groups):
+        return
+    shares = [framing_percent(runs) for runs in groups.values()]
+    for row, share in zip(summary, shares, strict=True):
+        row["framing_%"] = share
+    line = (
+        f"framing_%: measured share of the 21-byte envelopes in all bits, up + down: "
+        f"{min(shares):.2f} to {max(shares):.2f} % over the configurations"
+    )
+    large = sum(share >= SMALL_FRAMING_PERCENT for share in shares)
+    if not large:
+        line += f", below {SMALL_FRAMING_PERCENT:g} % in every one."
+    else:
+        line += f"; {large} at or above {SMALL_FRAMING_PERCENT:g} % (the smallest payloads)"
+        line += (
+            f"; with framing below {SMALL_FRAMING_PERCENT:g} %: {experiment.at_scale}."
+            if experiment.at_scale
+            else "."
+        )
+    notes.append(line)
+
+
 def _per_client_round(history, direction, rounds):
     counter = history.counter
     bits = counter.upload if direction == "up" else counter.download
@@ -268,7 +321,13 @@ def format_table(rows, columns=None) -> str:
 
 # ----------------------------------------------------------------------------- MCM
 
+#: Dimension of mcm-large: QSGD s = 1 sends 2 bits per coordinate, so the 21-byte
+#: envelope is 4 % of an uplink payload (70 % at the toy's d = 20).
+_MCM_LARGE_DIM = 2000
+
 _MCM_UPLINK = ("qsgd", (("levels", 1),))  # l2 stochastic quantization, s = 1: omega = sqrt(d)
+#: Step-size rules of the MCM experiments, step = 1 / (factor L).
+_STEP_RULES = {"1/(2L)": 2.0, "1/(8L)": 8.0}
 
 
 def _randk(fraction):
@@ -369,6 +428,47 @@ def _mcm_summary(histories, rounds):
         "averaging and the paper's s = 1 quantizer in the downlink (all three in "
         "mcm-breast-cancer); a decreasing step (mcm-decreasing).",
     ]
+
+
+def _mcm_large_jobs(seeds, rounds):
+    # 1/(2L) diverges for MCM and MC here (omega_up = sqrt(2000) = 45); a quarter of it
+    common = _mcm_common(rounds, batch_size=16)
+    common["step_size"] = "1/(8L)"
+    return _mcm_grid(
+        ("least-squares-large",), seeds, common, lambda fraction: ("mcm", "artemis", "mc")
+    )
+
+
+def _mcm_large_summary(histories, rounds):
+    rows, _ = _mcm_summary(histories, rounds)
+    return rows, [
+        f"Least squares at d = {_MCM_LARGE_DIM} (20 workers x 150 samples, per-worker "
+        "feature shifts of the toy's energy), batch 16, step 1/(8L) (1/(2L) diverges for "
+        "MCM at omega_up = sqrt(2000) = 45), QSGD s = 1 up (2 bits per coordinate and a "
+        "norm), rand-k down; floor_log10 as in mcm.",
+        "The toy's claim at a dimension where framing is small (see framing_%): MCM stays "
+        "near Diana as omega_dwn grows, Artemis and MC rise with omega_dwn.",
+        *_mcm_verdicts(rows),
+        "Not attempted here: real data (mcm-breast-cancer, d = 31, where the envelope is a "
+        "large share), averaging and decreasing steps.",
+    ]
+
+
+def _mcm_verdicts(rows):
+    """One measured line per omega_dwn: each algorithm's floor minus Diana's."""
+    floors = {row["config"]: row["floor_log10"] for row in rows}
+    if "diana" not in floors:
+        return []
+    lines = []
+    for omega in (1, 4, 9):
+        gaps = [
+            f"{algorithm} {floors[f'{algorithm} w_dwn={omega}'] - floors['diana']:+.2f}"
+            for algorithm in ("mcm", "artemis", "mc")
+            if f"{algorithm} w_dwn={omega}" in floors
+        ]
+        if gaps:
+            lines.append(f"omega_dwn = {omega}: floor minus Diana's (decades): {', '.join(gaps)}.")
+    return lines
 
 
 def _mcm_full_batch_jobs(seeds, rounds):
@@ -827,6 +927,43 @@ def _signsgd_summary(histories, rounds):
     ]
 
 
+#: Dimension of signsgd-large: a 1-bit-per-coordinate payload of 1 KiB, so the 21-byte
+#: envelope is 2 % of it (46 % at d = 200).
+_SIGN_LARGE_DIM = 8192
+#: signsgd-large's loss target: signsgd-fv's 0.3 per 200 coordinates
+_SIGN_LARGE_TARGET = _QUADRATIC_TARGET * _SIGN_LARGE_DIM / 200
+
+
+def _signsgd_large_jobs(seeds, rounds):
+    return _sign_jobs(
+        seeds,
+        lambda seed: ("quadratic-large", seed),
+        _SIGN_SPLITS,
+        ("mv", "fv-pooled", "fv-oracle"),
+        240,
+        rounds=rounds,
+        step_size=1e-2,
+        warmup=50,
+        record_every=max(1, rounds // 300),
+    )
+
+
+def _signsgd_large_summary(histories, rounds):
+    rows = _sign_rows(histories, rounds, metric="loss", target=_SIGN_LARGE_TARGET, above=False)
+    return rows, [
+        *_sign_verdicts(rows, "tail_loss", higher_is_better=False),
+        f"signsgd-fv's quadratic at d = {_SIGN_LARGE_DIM} (independent coordinates, so the "
+        "loss scales with d: divide by "
+        f"{_SIGN_LARGE_DIM / 200:g} to compare with "
+        f"signsgd-fv); the target {_SIGN_LARGE_TARGET:g} is signsgd-fv's 0.3 per 200 "
+        "coordinates. Same splits, step and warm-up; Gaussian sign noise.",
+        _SIGN_DIAGNOSTIC_NOTE,
+        "Claim checked where framing is small: FV beats MV under heterogeneous batches, "
+        "equal under 15x16. Real data and skewed noise: signsgd-digits, signsgd-skewed "
+        "(small dimensions).",
+    ]
+
+
 def _signsgd_skewed_jobs(seeds, rounds):
     return _sign_jobs(
         seeds,
@@ -1003,6 +1140,8 @@ _INTRINSIC_VARIANT_OPTIONS = (
     ("time-varying", {"period": 10}),
 )
 _INTRINSIC_SWEEP = (0.3, 1.0, 3.0, 10.0)
+#: Local SGD steps per round of the FedAvg baselines (labels start with "fedavg").
+_FEDAVG_STEPS = 5
 _EQUAL_UPLOAD_BASELINES = (
     # rand-k and a 1 x 25 Count-Sketch: envelope + 25 float32 = 968 bits, the budget
     ("rand-k k=25", ("randk", (("k", 25),)), (0.02, 0.1)),
@@ -1014,6 +1153,10 @@ _EQUAL_UPLOAD_BASELINES = (
     ("quic-fl b=1 (2.7x budget)", ("quicfl", (("bits", 1),)), (0.5,)),
     # no compression (envelope + 1669 float32 = 53576 bits up): the accuracy to aim at
     ("fedsgd fp32 (55x budget)", None, (_FULL_LR,)),
+    # FedAvg: 5 local SGD steps per round, the pseudo-gradient up (server step 1; the
+    # rates are the clients' local learning rates), uncompressed and within the budget
+    (f"fedavg E={_FEDAVG_STEPS} fp32 (55x budget)", None, (0.1, 0.5)),
+    (f"fedavg E={_FEDAVG_STEPS} local top-k k=16", ("local-topk", (("k", 16),)), (0.1, 0.5)),
 )
 _INTRINSIC_TARGET = 0.65
 
@@ -1050,9 +1193,17 @@ def _intrinsic_runs(problem, seed, subspace_dim, rates, common):
 
 
 def _baseline_runs(problem, seed, baselines, common):
+    """FedSGD jobs per baseline and rate; labels starting with ``fedavg`` run FedAvg
+    (:data:`_FEDAVG_STEPS` local steps at the rate, server step 1)."""
     jobs = []
     for label, compressor, rates in baselines:
+        fedavg = label.startswith("fedavg")
         for rate in rates:
+            steps = (
+                {"step_size": 1.0, "local_steps": _FEDAVG_STEPS, "local_step_size": rate}
+                if fedavg
+                else {"step_size": rate}
+            )
             jobs.append(
                 _job(
                     "fedsgd",
@@ -1060,14 +1211,14 @@ def _baseline_runs(problem, seed, baselines, common):
                     f"{label} lr={rate:g}",
                     seed,
                     (
-                        ("family", "gradient compression"),
+                        ("family", "fedavg" if fedavg else "gradient compression"),
                         ("lr", rate),
                         ("accounting", "-"),
                         ("method", label),
                     ),
                     uplink=compressor,
                     per_tensor=False,
-                    step_size=rate,
+                    **steps,
                     **common,
                 )
             )
@@ -1075,7 +1226,7 @@ def _baseline_runs(problem, seed, baselines, common):
 
 
 def _intrinsic_baselines_jobs(seeds, rounds):
-    common = {"rounds": rounds, "batch_size": 32, "record_every": max(1, rounds // 100)}
+    common = {"rounds": rounds, "batch_size": 32, "record_every": 1}
     jobs = []
     for seed in seeds:
         problem = ("teacher-mlp", seed)
@@ -1085,7 +1236,11 @@ def _intrinsic_baselines_jobs(seeds, rounds):
 
 
 def _bits_to(history, target):
-    """Mbit per client (up + down) when test accuracy first reaches ``target`` (None)."""
+    """Mbit per client (up + down) when test accuracy first reaches ``target`` (None).
+
+    Read at the first record at or above the target: the equal-upload experiments record
+    every round, so the count is exact to one round.
+    """
     hit = _rounds_to(history, "test_accuracy", target, above=True)
     if hit is None:
         return None
@@ -1112,6 +1267,70 @@ def _equal_upload_summary(histories, rounds, target):
     return rows
 
 
+def _method_of(config):
+    """The configuration without its learning rate (one method per learning-rate sweep)."""
+    return " ".join(word for word in config.split() if not word.startswith("lr="))
+
+
+def _equal_upload_verdicts(rows, target):
+    """Measured verdicts: accuracy at equal upload, then bits to ``target`` per accounting.
+
+    Each method is represented by its best learning rate (final accuracy, resp. fewest
+    Mbit to the target among rates that reach it).
+    """
+    column = f"Mbit_to_acc_{target:g}"
+    best_accuracy, best_bits, upload = {}, {}, {}
+    for row in rows:
+        method = _method_of(row["config"])
+        upload[method] = row["up_bits/client/round"]
+        if row["test_accuracy"] > best_accuracy.get(method, (None, -1.0))[1]:
+            best_accuracy[method] = (row["config"], row["test_accuracy"])
+        bits = row[column]
+        if not math.isnan(bits) and bits < best_bits.get(method, (None, math.inf))[1]:
+            best_bits[method] = (row["config"], bits)
+
+    def best(table, keep, pick):
+        chosen = [(v, m) for m, v in table.items() if keep(m)]
+        return pick(chosen, key=lambda item: item[0][1]) if chosen else None
+
+    intrinsic = best(best_accuracy, lambda m: m.startswith("intrinsic"), max)
+    # at equal upload: the baselines sending no more than the intrinsic rows
+    budget = max((b for m, b in upload.items() if m.startswith("intrinsic")), default=0)
+    within = [
+        (m, v[1])
+        for m, v in best_accuracy.items()
+        if not m.startswith("intrinsic") and upload[m] <= budget
+    ]
+    lines = []
+    if intrinsic is not None and within:
+        beaten = [f"{m} ({a:.3f})" for m, a in within if a > intrinsic[0][1]]
+        listing = "; ".join(f"{m} {a:.3f}" for m, a in within)
+        lines.append(
+            f"Verdict, accuracy at equal upload (final, best rate): best intrinsic "
+            f"{intrinsic[0][1]:.3f} ({intrinsic[1]}) vs {listing} -> "
+            + ("intrinsic is best" if not beaten else "beaten by " + ", ".join(beaten))
+            + "."
+        )
+    for accounting in ("stateful", "stateless"):
+        ours = best(best_bits, lambda m, a=accounting: m.endswith(f"({a})"), min)
+        theirs = best(best_bits, lambda m: not m.startswith("intrinsic"), min)
+        if ours is None or theirs is None:
+            continue
+        fedavg = "; ".join(
+            f"{m} {v[1]:.3g}" for m, v in best_bits.items() if m.startswith("fedavg")
+        )
+        ratio = theirs[0][1] / ours[0][1]
+        lines.append(
+            f"Verdict, {column} (up + down), {accounting} clients: intrinsic "
+            f"{ours[0][1]:.3g} ({ours[1]}) vs the best baseline {theirs[0][1]:.3g} "
+            f"({theirs[1]})"
+            + (f"; FedAvg: {fedavg}" if fedavg else "")
+            + " -> intrinsic "
+            + (f"needs {ratio:.1f}x fewer bits." if ratio > 1 else f"needs {1 / ratio:.1f}x more.")
+        )
+    return lines
+
+
 #: How downloads are framed, in both accountings (the rule the tests derive counts from).
 _DOWNLOAD_FRAMING_NOTE = (
     "Framing: every message carries the 21-byte envelope (168 bits), uploads and downloads "
@@ -1123,13 +1342,20 @@ _DOWNLOAD_FRAMING_NOTE = (
 
 
 def _intrinsic_baselines_summary(histories, rounds):
-    return _equal_upload_summary(histories, rounds, _INTRINSIC_TARGET), [
+    rows = _equal_upload_summary(histories, rounds, _INTRINSIC_TARGET)
+    return rows, [
         "Teacher MLP (D = 1669), 10 clients with label shards, FedSGD steps, batch 32; "
         "upload budget 968 bits per client and step (intrinsic d = 25 float32 + the "
         "envelope). rand-k k = 25 and a 1 x 25 Count-Sketch send 968 bits, local top-k "
         "k = 16 (the largest that fits) 936 (envelope + 16 uint16 indices and float32 "
         "values; client error feedback); QUIC-FL b = 1 is its smallest rate (about 2.7x "
         "the budget); fp32 FedSGD (53576 bits, 55x) is the uncompressed reference.",
+        f"FedAvg rows: {_FEDAVG_STEPS} local SGD steps (batch 32) per round at the local "
+        "rate lr, the pseudo-gradient (model received minus model after the local steps) "
+        "up, server step 1; uncompressed (fp32, 55x the budget) or local top-k k = 16 with "
+        "error feedback (936 bits, within the budget). A round is one communication, so "
+        f"FedAvg spends {_FEDAVG_STEPS}x the client computation of a FedSGD step.",
+        *_equal_upload_verdicts(rows, _INTRINSIC_TARGET),
         "Downloads: baselines receive the fp32 update (53576 bits) every step. Intrinsic "
         "rows come twice (same trajectory): stateful clients receive the "
         "z-vectors that changed since their last step (d floats); stateless clients keep "
@@ -1142,14 +1368,14 @@ def _intrinsic_baselines_summary(histories, rounds):
         "first reaches the target (mean over seeds that reach it): accuracy against total "
         "bits. Learning rates: intrinsic swept over 0.3 / 1 / 3 / 10, baselines over two.",
         "Claim checked: intrinsic compression beats gradient compression at equal upload. "
-        "Not attempted: FedAvg (local epochs) as a baseline, QUIC-FL at the 968-bit "
+        "Not attempted: QUIC-FL at the 968-bit "
         "budget (it cannot go below ~1.5 bits per coordinate), the paper's models "
         "(100M parameters, GPT-2/BERT). A larger D: intrinsic-large.",
     ]
 
 
 def _intrinsic_large_jobs(seeds, rounds):
-    common = {"rounds": rounds, "batch_size": 32, "record_every": max(1, rounds // 100)}
+    common = {"rounds": rounds, "batch_size": 32, "record_every": 1}
     d = _LARGE_D
     # the budget is the envelope + d float32 = 3368 bits: rand-k / Count-Sketch send d
     # floats; local top-k 66 entries (3336 bits; 67 would be 3384)
@@ -1158,6 +1384,8 @@ def _intrinsic_large_jobs(seeds, rounds):
         (f"count-sketch 1x{d}", ("countsketch", (("columns", d), ("rows", 1))), (0.1,)),
         ("local top-k k=66", ("local-topk", (("k", 66),)), (0.5,)),
         ("fedsgd fp32", None, (_FULL_LR,)),
+        (f"fedavg E={_FEDAVG_STEPS} fp32", None, (0.5,)),
+        (f"fedavg E={_FEDAVG_STEPS} local top-k k=66", ("local-topk", (("k", 66),)), (0.5,)),
     )
     jobs = []
     for seed in seeds:
@@ -1172,13 +1400,16 @@ _LARGE_D = 100
 
 
 def _intrinsic_large_summary(histories, rounds):
-    return _equal_upload_summary(histories, rounds, 0.9), [
+    rows = _equal_upload_summary(histories, rounds, 0.9)
+    return rows, [
+        *_equal_upload_verdicts(rows, 0.9),
         "load_digits, MLP 64-128-10 (D = 9610, 5.8x the teacher MLP), 10 clients with "
         "label shards, batch 32; upload budget 3368 bits (intrinsic d = 100 float32 + the "
         "envelope); rand-k and Count-Sketch 100 floats + envelope (3368 bits), local top-k "
         "66 entries (3336 bits, the largest that fits). Intrinsic learning rates 1 / 3 / 10; "
         "one rate per baseline (the one of the D = 1669 sweep that reaches 65 % with the "
-        "fewest bits).",
+        f"fewest bits). FedAvg: {_FEDAVG_STEPS} local steps at lr 0.5, server step 1, the "
+        "pseudo-gradient up in fp32 or as local top-k k = 66.",
         _DOWNLOAD_FRAMING_NOTE,
         "Not attempted: D in the millions (the paper's 100M-parameter models); the SRHT "
         "projection is implemented for that but not run here.",
@@ -1275,6 +1506,12 @@ def _cossgd_jobs(seeds, rounds):
     return cossgd_jobs(seeds, rounds)
 
 
+def _cossgd_large_jobs(seeds, rounds):
+    from .cossgd_study import CLAIM_CONFIGS, cossgd_jobs
+
+    return cossgd_jobs(seeds, rounds, "digits-mlp", only=CLAIM_CONFIGS)
+
+
 def _cossgd_summary(histories, rounds):
     from .cossgd_study import cossgd_summary
 
@@ -1318,6 +1555,19 @@ EXPERIMENTS = {
             True,
             _mcm_jobs,
             _mcm_summary,
+            at_scale="mcm-large (synthetic least squares at d = 2000)",
+        ),
+        Experiment(
+            "mcm-large",
+            f"MCM at d = {_MCM_LARGE_DIM} (framing below 5 %): Diana's floor as downlink "
+            "variance grows; Artemis and MC degrade",
+            600,
+            (0, 1),
+            "excess_loss",
+            True,
+            _mcm_large_jobs,
+            _mcm_large_summary,
+            quick=(300, (0,), ("diana", "mcm w_dwn=9", "artemis w_dwn=9", "mc w_dwn=9")),
         ),
         Experiment(
             "mcm-full-batch",
@@ -1328,6 +1578,7 @@ EXPERIMENTS = {
             True,
             _mcm_full_batch_jobs,
             _mcm_full_batch_summary,
+            at_scale="mcm-large (synthetic least squares at d = 2000)",
         ),
         Experiment(
             "mcm-breast-cancer",
@@ -1338,6 +1589,7 @@ EXPERIMENTS = {
             True,
             _mcm_real_jobs,
             _mcm_real_summary,
+            at_scale="mcm-large (synthetic least squares at d = 2000)",
         ),
         Experiment(
             "mcm-alpha",
@@ -1348,6 +1600,7 @@ EXPERIMENTS = {
             True,
             _mcm_alpha_jobs,
             _mcm_alpha_summary,
+            at_scale="mcm-large (synthetic least squares at d = 2000)",
         ),
         Experiment(
             "mcm-decreasing",
@@ -1358,6 +1611,7 @@ EXPERIMENTS = {
             True,
             _mcm_decreasing_jobs,
             _mcm_decreasing_summary,
+            at_scale="mcm-large (synthetic least squares at d = 2000)",
         ),
         Experiment(
             "signsgd-fv",
@@ -1368,6 +1622,23 @@ EXPERIMENTS = {
             True,
             _signsgd_jobs,
             _signsgd_summary,
+            at_scale=f"signsgd-large (Gaussian noise, d = {_SIGN_LARGE_DIM})",
+        ),
+        Experiment(
+            "signsgd-large",
+            f"signSGD-FV at d = {_SIGN_LARGE_DIM} (framing below 5 %): FV beats MV under "
+            "heterogeneous batches, equal under equal ones",
+            1500,
+            (0, 1),
+            "loss",
+            True,
+            _signsgd_large_jobs,
+            _signsgd_large_summary,
+            quick=(
+                600,
+                (0,),
+                ("14x1+1x226 mv", "14x1+1x226 fv-pooled", "15x16 mv", "15x16 fv-pooled"),
+            ),
         ),
         Experiment(
             "signsgd-skewed",
@@ -1378,6 +1649,7 @@ EXPERIMENTS = {
             True,
             _signsgd_skewed_jobs,
             _signsgd_skewed_summary,
+            at_scale=f"signsgd-large (Gaussian noise, d = {_SIGN_LARGE_DIM})",
         ),
         Experiment(
             "signsgd-digits",
@@ -1389,6 +1661,7 @@ EXPERIMENTS = {
             False,
             _signsgd_digits_jobs,
             _signsgd_digits_summary,
+            at_scale=f"signsgd-large (Gaussian noise, d = {_SIGN_LARGE_DIM})",
         ),
         Experiment(
             "signsgd-decoding",
@@ -1411,6 +1684,7 @@ EXPERIMENTS = {
             False,
             _intrinsic_jobs,
             _intrinsic_summary,
+            at_scale="intrinsic-large (d = 100 floats per upload)",
         ),
         Experiment(
             "intrinsic-bandwidth",
@@ -1422,10 +1696,11 @@ EXPERIMENTS = {
             False,
             _intrinsic_bandwidth_jobs,
             _intrinsic_bandwidth_summary,
+            at_scale="intrinsic-large (d = 100 floats per upload)",
         ),
         Experiment(
             "intrinsic-baselines",
-            "intrinsic compression vs rand-k, Count-Sketch, local top-k at equal upload "
+            "intrinsic compression vs rand-k, Count-Sketch, local top-k, FedAvg at equal upload "
             "(968 bits/step), QUIC-FL and fp32 above it; learning-rate sweep; both "
             "download accountings",
             1000,
@@ -1435,11 +1710,12 @@ EXPERIMENTS = {
             _intrinsic_baselines_jobs,
             _intrinsic_baselines_summary,
             "best-rate",
+            at_scale="intrinsic-large (d = 100 floats per upload)",
         ),
         Experiment(
             "intrinsic-large",
             "a larger model (digits MLP, D = 9610): intrinsic d = 100 vs gradient "
-            "compression at equal upload (3368 bits/step)",
+            "compression and FedAvg at equal upload (3368 bits/step)",
             1000,
             (0,),
             "test_accuracy",
@@ -1460,6 +1736,20 @@ EXPERIMENTS = {
             _cossgd_summary,
             _cossgd_plot,
             quick=(300, (0, 1), _cossgd_claim_configs()),
+            at_scale="cossgd-large (digits MLP, D = 9610)",
+        ),
+        Experiment(
+            "cossgd-large",
+            "CosSGD's claim configurations on a larger model (digits MLP, D = 9610: "
+            "per-tensor envelopes below 5 % of the bits)",
+            200,
+            (0, 1, 2),
+            "test_accuracy",
+            False,
+            _cossgd_large_jobs,
+            _cossgd_summary,
+            _cossgd_plot,
+            quick=(100, (0,), ("fp32", "cosine 4b weights", "cosine 2b weights", "sq 2b weights")),
         ),
     )
 }
@@ -1512,4 +1802,5 @@ def run_experiment(name, *, seeds=None, rounds=None, workers=None, progress=None
         jobs = [job for job in jobs if job.config in only]
     histories = _run_jobs(jobs, workers, progress, name)
     summary, notes = experiment.summarize(histories, rounds)
+    _add_framing(experiment, histories, summary, notes)
     return ExperimentResult(experiment, histories, summary, notes)

@@ -556,7 +556,11 @@ def heterogeneous_least_squares(
     solution = np.linalg.lstsq(train.features, train.targets, rcond=None)[0]
     problem.optimum_loss = problem.loss(solution)
     problem.solution = solution
-    gram = np.einsum("nbi,nbj->nij", features, features) / samples_per_client
+    if samples_per_client < dim:
+        # X^T X and X X^T share their nonzero eigenvalues; the smaller Gram is cheaper
+        gram = np.einsum("nai,nbi->nab", features, features) / samples_per_client
+    else:
+        gram = np.einsum("nbi,nbj->nij", features, features) / samples_per_client
     problem.smoothness = float(np.linalg.eigvalsh(gram).max())
     return problem
 
