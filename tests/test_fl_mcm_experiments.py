@@ -103,3 +103,31 @@ def test_decreasing_step_converges_for_mcm_and_diana_not_for_mc():
     assert 0.1 < slope["artemis w_dwn=9 t0=100"] < 0.5, slope
     assert final["artemis w_dwn=9 t0=100"] > final["mcm w_dwn=9 t0=100"] + 0.5, final
     assert -0.3 < slope["mc w_dwn=9 t0=100"] < 0.05 and final["mc w_dwn=9 t0=100"] > -1.5, slope
+
+
+def test_a_diverging_run_is_named_rising_and_a_floor_is_not():
+    from quicdesign.fl.experiments import _quarter_drift, _rising_note
+    from quicdesign.fl.history import RunHistory
+    from quicdesign.fl.wire import BitCounter
+
+    rounds = 400
+
+    def history(excess_at):
+        run = RunHistory("run", {}, BitCounter(2))
+        for t in range(0, rounds + 1, 10):
+            run.record(t, {"excess_loss": excess_at(t)})
+        return run
+
+    # settled at 1e-3 with +-10 % wiggle: drift ~ 0
+    floor = history(lambda t: 1e-3 * (1.0 + 0.1 * (-1) ** (t // 10)))
+    # growing ten-fold every 100 rounds: records 300..400 average 3.5 decades, 200..290 2.45
+    rising = history(lambda t: 10.0 ** (t / 100.0))
+    assert abs(_quarter_drift(floor, rounds)) < 0.05
+    assert _quarter_drift(rising, rounds) == pytest.approx(1.05, abs=1e-9)
+    rows = [
+        {"config": "settled", "drift_log10": _quarter_drift(floor, rounds)},
+        {"config": "diverging", "drift_log10": _quarter_drift(rising, rounds)},
+    ]
+    (note,) = _rising_note(rows)
+    assert "diverging" in note and "settled" not in note
+    assert _rising_note(rows[:1]) == []
