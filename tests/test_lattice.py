@@ -249,6 +249,12 @@ def test_hostile_payloads_are_refused_and_leave_no_trace():
         "infinite scale": payload[:HEADER_SIZE]
         + np.uint16(0x7F80).tobytes()
         + payload[HEADER_SIZE + 2 :],
+        "subnormal scale (never sent)": payload[:HEADER_SIZE]
+        + np.uint16(0x0001).tobytes()
+        + payload[HEADER_SIZE + 2 :],
+        "largest subnormal scale": payload[:HEADER_SIZE]
+        + np.uint16(0x007F).tobytes()
+        + payload[HEADER_SIZE + 2 :],
     }
     for label, bad in cases.items():
         with pytest.raises(PayloadError):

@@ -365,8 +365,12 @@ class DitheredLatticeStage(Stage):
     def read_side(self, reader, state, dim):
         layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
         codes = reader.read_array("<u2", layout.num_chunks, "chunk scales")
-        if np.any(codes & 0x8000) or np.any((codes & _BF16_EXPONENT) == _BF16_EXPONENT):
+        exponent = codes & _BF16_EXPONENT
+        if np.any(codes & 0x8000) or np.any(exponent == _BF16_EXPONENT):
             raise PayloadError("chunk scales must be finite, non-negative bfloat16 values")
+        if np.any((exponent == 0) & (codes != 0)):
+            # clients refuse such chunks (norm below float32's normal range)
+            raise PayloadError("chunk scales must be zero or normal bfloat16 values")
         norms = _bfloat16_values(codes)
         coordinates = self._blocks(dim) * self.model.block
         num_escapes = _read_count(reader, "escape count", coordinates)
