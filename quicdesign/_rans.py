@@ -33,7 +33,7 @@ MAX_SYMBOLS = 2**32 - 1
 _OUTSIDE_WIDTH = "a symbol is outside its row's width"
 # decoder statuses shared with the compiled kernel
 OK, TRUNCATED, LEFT_OVER, BAD_FINAL_STATE = 0, 1, 2, 3
-_FAILURES = {
+FAILURES = {
     TRUNCATED: "coded stream ends before the last symbol",
     LEFT_OVER: "coded stream has words left after the last symbol",
     BAD_FINAL_STATE: "coded stream does not end in the coder's start state",
@@ -267,16 +267,16 @@ class StreamDecoder:
         else:
             symbols, status = _decode_part_numpy(self, model_of)
         if status != OK:
-            raise PayloadError(_FAILURES[status])
+            raise PayloadError(FAILURES[status])
         self.decoded += model_of.size
         return symbols
 
     def finish(self) -> None:
         """PayloadError unless every word was read and the states are back at the start."""
         if self.position != self.words.size:
-            raise PayloadError(_FAILURES[LEFT_OVER])
+            raise PayloadError(FAILURES[LEFT_OVER])
         if np.any(self.states != STATE_LOW):
-            raise PayloadError(_FAILURES[BAD_FINAL_STATE])
+            raise PayloadError(FAILURES[BAD_FINAL_STATE])
 
 
 def _decode_part_numpy(decoder, model_of):

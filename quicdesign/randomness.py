@@ -276,7 +276,11 @@ def dither_uniforms(round_seed, client_id, n, *, purpose=PURPOSE_LATTICE_DITHER)
     n = check_int(n, "n", 0)
     words = raw_words(round_seed, client_id, purpose, n)
     # the top 53 bits scaled by 2**-53: exact in float64, the same on every platform
-    return np.ldexp((words >> np.uint64(11)).astype(np.float64), -53)
+    # (in place: the server regenerates a client's dither for every payload)
+    words >>= np.uint64(11)
+    uniforms = words.astype(np.float64)
+    uniforms *= 2.0**-53
+    return uniforms
 
 
 def round_tag(round_seed) -> int:

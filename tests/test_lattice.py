@@ -249,6 +249,12 @@ def test_hostile_payloads_are_refused_and_leave_no_trace():
         "infinite scale": payload[:HEADER_SIZE]
         + np.uint16(0x7F80).tobytes()
         + payload[HEADER_SIZE + 2 :],
+        "subnormal scale (never sent)": payload[:HEADER_SIZE]
+        + np.uint16(0x0001).tobytes()
+        + payload[HEADER_SIZE + 2 :],
+        "largest subnormal scale": payload[:HEADER_SIZE]
+        + np.uint16(0x007F).tobytes()
+        + payload[HEADER_SIZE + 2 :],
     }
     for label, bad in cases.items():
         with pytest.raises(PayloadError):
@@ -378,18 +384,152 @@ def test_bench_lattice_reports_ratios(capsys):
 
 
 @pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
-def test_numpy_and_compiled_coders_write_the_same_bytes(cls, monkeypatch):
-    """The lattice stream is the same with the numba kernels and the numpy reference,
-    and each side decodes the other's payload."""
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_numpy_and_compiled_coders_write_the_same_bytes(cls, bits, monkeypatch):
+    """The lattice payload is byte for byte the same with the numba kernels (nearest
+    point, model rows, rANS) and the numpy reference (partial blocks, several rotation
+    chunks and escapes included), and each side decodes the other's payload."""
     pytest.importorskip("numba")
-    compressor = cls(bits=2)
-    x = np.random.default_rng(9).normal(size=1000)
-    compiled = compressor.encode(x, round_seed=ROUND, client_id=3)
-    decoded = compressor.decode(compiled, dim=1000, round_seed=ROUND)
-    monkeypatch.setenv("QUICDESIGN_KERNELS", "numpy")
-    reference = compressor.encode(x, round_seed=ROUND, client_id=3)
-    assert reference == compiled
-    np.testing.assert_array_equal(compressor.decode(compiled, dim=1000, round_seed=ROUND), decoded)
+    compressor = cls(bits=bits)
+    for dim in (1, 7, 1001, 4096, 70_001):
+        rng = np.random.default_rng(dim + bits)
+        vectors = [rng.standard_t(3, dim)]
+        if dim == 4096:
+            vectors.append(_spike_after_rotation(compressor, dim))  # escapes
+        for x in vectors:
+            monkeypatch.setenv("QUICDESIGN_KERNELS", "auto")
+            compiled = compressor.encode(x, round_seed=ROUND, client_id=3)
+            decoded = compressor.decode(compiled, dim=dim, round_seed=ROUND)
+            monkeypatch.setenv("QUICDESIGN_KERNELS", "numpy")
+            assert compressor.encode(x, round_seed=ROUND, client_id=3) == compiled, dim
+            np.testing.assert_array_equal(
+                compressor.decode(compiled, dim=dim, round_seed=ROUND), decoded
+            )
+
+
+def _server_state(compressor, payloads, dim, weights):
+    aggregator = compressor.aggregator(dim, ROUND)
+    for payload, weight in zip(payloads, weights, strict=True):
+        aggregator.add(payload, weight)
+    return aggregator._sum.tobytes(), aggregator.result().tobytes()
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_compiled_lattice_server_is_bit_identical_to_numpy(cls, bits, monkeypatch):
+    """The fused decode kernel gives the numpy path's sums bit for bit (escapes, partial
+    blocks and several rotation chunks included), and both accept the same payloads."""
+    pytest.importorskip("numba")
+    compressor = cls(bits=bits)
+    for dim in (1, 7, 1001, 4096, 70_001):
+        rng = np.random.default_rng(dim + 10 * bits)
+        vectors = list(rng.standard_t(3, size=(3, dim)))
+        if dim == 4096:
+            vectors.append(_spike_after_rotation(compressor, dim))  # escapes
+        payloads = [
+            compressor.encode(v, round_seed=ROUND, client_id=i) for i, v in enumerate(vectors)
+        ]
+        weights = rng.uniform(0.5, 2.0, len(payloads))
+        monkeypatch.setenv("QUICDESIGN_KERNELS", "numpy")
+        reference = _server_state(compressor, payloads, dim, weights)
+        monkeypatch.setenv("QUICDESIGN_KERNELS", "auto")
+        assert _server_state(compressor, payloads, dim, weights) == reference, dim
+
+
+def _refusal(compressor, payload, dim):
+    try:
+        compressor.aggregator(dim, ROUND).add(payload)
+    except PayloadError as exc:
+        return str(exc)
+    return None
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+def test_compiled_lattice_decoder_refuses_as_numpy(cls, monkeypatch):
+    """Corrupted streams, states and escapes: the kernel refuses every payload the numpy
+    path refuses, with the same message."""
+    pytest.importorskip("numba")
+    compressor = cls(bits=3)
+    dim = 1024
+    payload = compressor.encode(
+        _spike_after_rotation(compressor, dim), round_seed=ROUND, client_id=0
+    )
+    fields = _body_fields(payload, 1)
+    escapes = fields.escapes
+    assert 0 < escapes < 128  # a one-byte count
+    rng = np.random.default_rng(1)
+    cases = []
+    for _ in range(40):  # flipped bits in the state lengths, the states and the stream
+        data = bytearray(payload)
+        data[int(rng.integers(fields.mask_at, len(data)))] ^= 1 << int(rng.integers(8))
+        cases.append(bytes(data))
+    model = compressor.resolved_model()
+    edges = (model.k_min, model.k_min - 1, model.k_min - 2)
+    edges += tuple(model.k_min + model.num_symbols + v for v in (-1, 0, 1))
+    for position in range(escapes):  # in range, edges, wrong parity, too large
+        start = fields.escapes_at + 4 * position
+        for value in (3, 10**6 + 1, 10**6, 2**30 + 2, 2**30, -(2**30) - 2, *edges):
+            data = bytearray(payload)
+            data[start : start + 4] = np.int32(value).tobytes()
+            cases.append(bytes(data))
+    cases.append(  # one escape fewer listed than coded
+        payload[: fields.count_at]
+        + bytes([escapes - 1])
+        + payload[fields.count_at + 1 : fields.escapes_at]
+        + payload[fields.escapes_at + 4 :]
+    )
+    for cut in (2, 4, 20):  # words missing
+        cases.append(payload[:-cut])
+    assert fields.words > 10
+    refused = 0
+    for case in cases:
+        monkeypatch.setenv("QUICDESIGN_KERNELS", "numpy")
+        reference = _refusal(compressor, case, dim)
+        monkeypatch.setenv("QUICDESIGN_KERNELS", "auto")
+        assert _refusal(compressor, case, dim) == reference
+        refused += reference is not None
+    assert refused >= len(cases) - 5  # nearly every corruption is caught
+
+
+def test_point_digest_is_the_documented_hash():
+    """blake2b-64 (person ``quicdesign.lat2``) of k as little-endian i32 in (n, blocks) C
+    order, then the coset bits as bytes, whatever the arrays' dtype and layout."""
+    import hashlib
+
+    from quicdesign.compressors.lattice import _digest
+
+    rng = np.random.default_rng(2)
+    k = rng.integers(-(2**30), 2**30, size=(5, 8))
+    coset = rng.integers(0, 2, size=8)
+    data = k.astype("<i4").tobytes() + coset.astype(np.uint8).tobytes()
+    expected = hashlib.blake2b(data, digest_size=8, person=b"quicdesign.lat2").digest()
+    for points in (k, k.astype(np.int32), np.asfortranarray(k), k.T.copy().T):
+        assert _digest(points, coset) == expected
+    assert _digest(k, coset.astype(np.uint8)) == expected
+    assert _digest(k[:, ::-1], coset) != expected
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+def test_a_refused_payload_leaves_the_decoder_work_arrays_harmless(cls):
+    """The compiled decoder reuses its arrays across an aggregator's payloads: a refused
+    payload between two valid ones changes nothing."""
+    compressor = cls(bits=1)
+    dim = 3000
+    rng = np.random.default_rng(4)
+    first, second = (
+        compressor.encode(rng.normal(size=dim), round_seed=ROUND, client_id=i) for i in (1, 2)
+    )
+    bad = bytearray(compressor.encode(rng.normal(size=dim), round_seed=ROUND, client_id=3))
+    bad[-5] ^= 0x10
+    clean = compressor.aggregator(dim, ROUND)
+    tried = compressor.aggregator(dim, ROUND)
+    clean.add(first)
+    tried.add(first)
+    with pytest.raises(PayloadError):
+        tried.add(bytes(bad))
+    clean.add(second)
+    tried.add(second)
+    assert tried.result().tobytes() == clean.result().tobytes()
 
 
 def test_chunk_scales_are_bfloat16_rounded_to_nearest_and_overflow_is_refused():
@@ -515,3 +655,51 @@ def test_payloads_and_sums_are_byte_identical_between_numpy_and_compiled(cls, mo
         results[kernels] = (payloads, aggregator.result().tobytes())
     assert results["numpy"] == results["auto"]
     assert _body_fields(results["numpy"][0][1], 1).escapes > 0
+
+
+@pytest.mark.parametrize("cls", [LatticeE8, LatticeD4])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_compiled_point_coder_matches_numpy_at_the_escape_edges(cls, bits, monkeypatch):
+    """Points around both ends of the code's range (every symbol next to the escape):
+    the compiled encoder gives the numpy stream, escapes and digest."""
+    pytest.importorskip("numba")
+    stage = cls(bits=bits).stages.stages[1]
+    model, n = stage.model, stage.model.block
+    rng = np.random.default_rng(bits)
+    blocks = 600
+    low, high = model.k_min - 4, model.k_min + model.num_symbols + 4
+    y = rng.integers(low, high, size=(n, blocks)).astype(np.float64)
+    y[-1] += y.sum(axis=0) % 2  # even sums
+    coset = rng.integers(0, model.spec.cosets, size=blocks)
+    uniforms = rng.random(n * blocks)
+    coded = {}
+    for kernels in ("numpy", "auto"):
+        monkeypatch.setenv("QUICDESIGN_KERNELS", kernels)
+        states, words, escapes, digest = stage._code(y, coset, uniforms)
+        coded[kernels] = (states.tobytes(), words.tobytes(), escapes.tobytes(), digest)
+    assert coded["numpy"] == coded["auto"]
+    assert len(coded["numpy"][2]) > 4 * 50  # many escapes, on both sides
+
+
+def test_lattice_contribution_is_the_plain_one_and_bounds_both_signs():
+    """The stage's cheaper contribution gives Stage.contribution's values, and refuses a
+    decoded magnitude beyond 2**192 on either side of zero."""
+    from quicdesign.rotation import RotationLayout
+    from quicdesign.stages import Stage
+
+    compressor = LatticeE8(bits=2)
+    stage = compressor.stages.stages[1]
+    dim = 3000
+    state = compressor.stages.server_state(dim, ROUND)
+    layout = RotationLayout.for_dim(dim)
+    unit = np.random.default_rng(3).normal(size=layout.rotated_dim)
+    norms = np.linspace(0.5, 2.0, layout.num_chunks)
+    mine = stage.contribution(None, (norms, unit), state, dim, 0.7)
+    plain = Stage.contribution(stage, None, (norms, unit), state, dim, 0.7)
+    assert mine.tobytes() == plain.tobytes()
+    for sign in (1.0, -1.0):
+        spike = np.zeros(layout.rotated_dim)
+        spike[5] = sign * 2.0**30
+        huge = np.full(layout.num_chunks, 2.0**175)
+        with pytest.raises(PayloadError, match="2\\*\\*192"):
+            stage.contribution(None, (huge, spike), state, dim, 1.0)

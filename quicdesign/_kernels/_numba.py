@@ -749,3 +749,327 @@ def nearest_dn(x):  # pragma: no cover - compiled
             picked = x[worst, b] - y[worst, b]
             y[worst, b] += 1.0 if picked > 0 else -1.0
     return y
+
+
+# lattice decoder statuses (quicdesign.compressors.lattice reads them; 1 is _rans's
+# TRUNCATED)
+_LATTICE_TRUNCATED = 1
+_LATTICE_BAD_PARITY = 4
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _binary_level(probability, levels):  # pragma: no cover - compiled
+    """``_Coder.binary_rows`` without the row offset: ``min(uint16(p L), L - 1)``, 0 for
+    NaN as numpy's cast gives (0/0 if a model's masses underflow)."""
+    scaled = probability * levels
+    if not scaled >= 0.0:
+        return 0
+    return min(np.intp(np.uint16(scaled)), levels - 1)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _offset_group(shift, dither, bins):  # pragma: no cover - compiled
+    """``CosetGeometry``'s offset and ``2 bin + parity of the floor`` of one coordinate."""
+    shifted = shift - dither
+    floor = np.floor(shifted)
+    fraction = shifted - floor
+    return fraction, 2 * np.intp(fraction * bins) + (np.intp(floor) & 1)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _coset_totals(dither, bins, class_mass, totals, scratch, at):  # pragma: no cover
+    """``CosetGeometry.total_even`` of both E8 cosets of every block into ``totals``
+    (shape ``(2, blocks)``) from the dither in columns, column by column: the indices in
+    a loop that vectorizes, then the lookups and the suffix recurrence."""
+    n, blocks = dither.shape
+    w_odd = scratch[0]
+    for c in range(2):
+        total = totals[c]
+        total[:] = 1.0
+        w_odd[:] = 0.0
+        for j in range(n - 1, -1, -1):
+            column = dither[j]
+            for b in range(blocks):
+                at[b] = _offset_group(c * 0.5, column[b], bins)[1]
+            for b in range(blocks):
+                even = class_mass[at[b]]
+                odd = class_mass[at[b] ^ 1]
+                w_even_next = total[b]
+                w_odd_next = w_odd[b]
+                total[b] = even * w_even_next + odd * w_odd_next
+                w_odd[b] = even * w_odd_next + odd * w_even_next
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _lattice_geometry(  # pragma: no cover - compiled
+    dither, coset, bins, class_mass, levels, group, level_if, scratch
+):
+    """``CosetGeometry(model, dither, coset).with_suffix()`` and both parity levels of
+    every block, column by column (the blocks of a column are independent, so the loops
+    pipeline and the arithmetic ones vectorize): fills ``group`` (``2 bin + parity of the
+    floor``) and ``level_if`` (``[required parity, column, block]``, columns ``0..n-2``)
+    and overwrites ``dither`` (in columns) with the offsets; ``scratch`` has shape ``(4,
+    blocks)``."""
+    n, blocks = group.shape
+    total = scratch[0]
+    w_odd = scratch[1]
+    even = scratch[2]
+    odd = scratch[3]
+    w_odd[:] = 0.0
+    total[:] = 1.0
+    for j in range(n - 1, -1, -1):
+        column = dither[j]
+        row = group[j]
+        for b in range(blocks):
+            # the dither is not needed again: its place takes the offset
+            column[b], row[b] = _offset_group(coset[b] * 0.5, column[b], bins)
+        for b in range(blocks):
+            even[b] = class_mass[row[b]]
+            odd[b] = class_mass[row[b] ^ 1]
+        if j < n - 1:
+            _parity_levels(even, odd, total, w_odd, levels, level_if[0, j], level_if[1, j])
+        for b in range(blocks):
+            w_even_next = total[b]
+            w_odd_next = w_odd[b]
+            total[b] = even[b] * w_even_next + odd[b] * w_odd_next
+            w_odd[b] = even[b] * w_odd_next + odd[b] * w_even_next
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _parity_levels(even, odd, w_even, w_odd, levels, if_even, if_odd):  # pragma: no cover
+    """``CosetGeometry.probability_odd`` of one column as model levels, if an even
+    (``if_even``) or an odd (``if_odd``) sum is still required of it and the rest."""
+    for b in range(even.size):
+        odd_mass = odd[b] * w_odd[b]
+        if_even[b] = _binary_level(odd_mass / (odd_mass + even[b] * w_even[b]), levels)
+        odd_mass = odd[b] * w_even[b]
+        if_odd[b] = _binary_level(odd_mass / (odd_mass + even[b] * w_odd[b]), levels)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def lattice_decode(  # pragma: no cover - compiled
+    uniforms,
+    cosets,
+    scale,
+    bins,
+    class_mass,
+    k_min,
+    num_symbols,
+    first_binary,
+    levels,
+    x,
+    words,
+    freq,
+    cum,
+    bucket_symbol,
+    escapes,
+    max_escape,
+    k_out,
+    coset_out,
+    unit_out,
+    group,
+    level_if,
+    required,
+    coset_level,
+    totals,
+    scratch,
+    dither,
+    indices,
+):
+    """``DitheredLatticeStage._decode`` and the unit values of ``read_side`` in one pass
+    over the stream, with the same float64 operations in the same order.
+
+    ``uniforms`` are the shared uniforms (the dither halved) in client order (block
+    ``b``'s coordinate ``j`` at ``b n + j``, ``n = k_out.shape[0]``), ``class_mass``
+    flattened, ``x`` the uint64 coder states (updated). Fills ``k_out`` (int32, shape
+    ``(n, blocks)``), ``coset_out`` (uint8, zeros for D4) and ``unit_out`` (``scale (k +
+    offset)`` in client order). Returns ``(position, status, escapes found, a coset
+    over 1, a bad escape)``; status 0, 1 (stream truncated) or 4 (a parity over 1), after
+    which the outputs are partial.
+
+    The stream holds segments of ``blocks`` symbols: the coset bits (E8), the parities of
+    coordinates ``0..n-2``, then ``k`` of every coordinate. The rANS step is written out
+    in the loop of the two-symbol rows (``_Coder``'s coset and parity bits, whose symbol
+    is ``slot >= cum[h, 1]``, the lookup's answer without its table, and whose frequencies
+    are ``cum[h, 1]`` and ``2**14 - cum[h, 1]``) and in that of the
+    class rows: a helper taking the arrays would cost reference counting per symbol.
+
+    The rest are work arrays of ``blocks`` columns, reused across calls (a server decodes
+    every client alike): ``group`` (int16, ``n`` rows),
+    ``level_if`` (uint8, ``(2, n, blocks)``: the parity bits' model levels if an even or
+    an odd sum is still required), ``required`` (uint8), ``coset_level`` (int32),
+    ``totals`` (2 rows), ``scratch`` (4 rows), ``dither`` (``n`` rows: the dither in
+    columns, as the numpy code's, then the offsets) and ``indices`` (int32).
+    """
+    n, blocks = k_out.shape
+    required[:] = 0
+    for b in range(blocks):
+        for j in range(n):
+            dither[j, b] = uniforms[b * n + j] * 2.0  # exact
+    if cosets == 2:
+        # P(c = 1 | w) = Z_1 / (Z_0 + Z_1) with Z_c the total weight of coset c
+        _coset_totals(dither, bins, class_mass, totals, scratch, indices)
+        for b in range(blocks):
+            coset_level[b] = _binary_level(totals[1, b] / (totals[0, b] + totals[1, b]), levels)
+    mask = np.uint64((1 << _PROB_BITS) - 1)
+    available = words.size
+    escape = num_symbols // 2
+    position = 0
+    found = 0
+    coset_over = False
+    bad_escape = False
+    index = 0
+    for segment in range(0 if cosets == 2 else 1, 2 * n):
+        # segment 0: coset bits; 1..n-1: parities of column segment - 1; n..2n-1: k of
+        # column segment - n
+        column = segment - 1 if segment < n else segment - n
+        if segment == 1:  # every block's coset is known
+            _lattice_geometry(dither, coset_out, bins, class_mass, levels, group, level_if, scratch)
+        parity_over = False
+        if segment < n:
+            # two-symbol rows (the coset and parity bits): the symbol is the slot's side
+            # of cum[h, 1], no lookup table
+            for b in range(blocks):
+                if segment == 0:
+                    h = first_binary + coset_level[b]
+                else:
+                    h = first_binary + level_if[required[b], column, b]
+                lane = index & (_LANES - 1)
+                index += 1
+                state = x[lane]
+                slot = state & mask
+                split = np.uint64(cum[h, 1])
+                one = np.uint64(slot >= split)
+                symbol = np.intp(one)
+                # frequency split or 2**14 - split, start 0 or split: selects, not loads
+                # that wait for the symbol
+                frequency = split + one * (np.uint64(1 << _PROB_BITS) - split - split)
+                state = frequency * (state >> np.uint64(_PROB_BITS)) + slot - one * split
+                if state < np.uint64(_STATE_LOW):
+                    if position >= available:
+                        x[lane] = state
+                        return position, _LATTICE_TRUNCATED, found, coset_over, bad_escape
+                    state = (state << np.uint64(16)) | np.uint64(words[position])
+                    position += 1
+                x[lane] = state
+                if segment == 0:
+                    coset_over |= symbol > 1
+                    coset_out[b] = symbol
+                else:
+                    parity_over |= symbol > 1
+                    required[b] ^= symbol & 1
+                    # the group becomes 2 bin + parity of k (y's parity plus the floor's)
+                    group[column, b] ^= symbol & 1
+        else:
+            # the class rows of k: rans_decode_part's step
+            for b in range(blocks):
+                if column == n - 1:
+                    group[column, b] ^= required[b]  # the block's sum is even
+                h = group[column, b]
+                lane = index & (_LANES - 1)
+                index += 1
+                state = x[lane]
+                slot = state & mask
+                symbol = np.intp(bucket_symbol[h, slot >> np.uint64(_BUCKET_SHIFT)])
+                while np.uint64(cum[h, symbol + 1]) <= slot:
+                    symbol += 1
+                state = np.uint64(freq[h, symbol]) * (state >> np.uint64(_PROB_BITS)) + slot
+                state -= np.uint64(cum[h, symbol])
+                if state < np.uint64(_STATE_LOW):
+                    if position >= available:
+                        x[lane] = state
+                        return position, _LATTICE_TRUNCATED, found, coset_over, bad_escape
+                    state = (state << np.uint64(16)) | np.uint64(words[position])
+                    position += 1
+                x[lane] = state
+                k_parity = h & 1
+                k = k_min + k_parity + 2 * symbol
+                if symbol == escape:
+                    if found < escapes.size:
+                        k = escapes[found]
+                        bad_escape |= (
+                            abs(k) > max_escape
+                            or (k_min <= k < k_min + num_symbols)
+                            or (k & 1) != k_parity
+                        )
+                    found += 1
+                k_out[column, b] = k
+                fraction = dither[column, b]  # now the offset
+                unit_out[b * n + column] = scale * (k + fraction)
+        if parity_over:
+            return position, _LATTICE_BAD_PARITY, found, coset_over, bad_escape
+    return position, 0, found, coset_over, bad_escape
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def lattice_code_models(  # pragma: no cover - compiled
+    uniforms,
+    y,
+    coset,
+    cosets,
+    bins,
+    class_mass,
+    levels,
+    first_binary,
+    k_min,
+    num_symbols,
+    symbols,
+    rows,
+    k_out,
+    escapes,
+    group,
+    level_if,
+    totals,
+    scratch,
+    dither,
+    indices,
+):
+    """The encoder's half of ``lattice_decode``: for the nearest points ``y`` (float64,
+    ``(n, blocks)``) and their ``coset`` bits, the stream's ``symbols`` (uint8: the
+    coset bits (E8), the parities of columns ``0..n-2``, then every ``k`` as its class
+    symbol or the escape) and their model ``rows`` (uint16), ``k = y + floor``
+    (``k_out``, int32: escapes beyond its range are refused by the caller) and the
+    escaped values in stream order (``escapes``, int64; their count is returned), as
+    ``DitheredLatticeStage._code`` computes them; work arrays as ``lattice_decode``'s.
+    """
+    n, blocks = y.shape
+    for b in range(blocks):
+        for j in range(n):
+            dither[j, b] = uniforms[b * n + j] * 2.0  # exact
+    base = 0
+    if cosets == 2:
+        _coset_totals(dither, bins, class_mass, totals, scratch, indices)
+        for b in range(blocks):
+            p_coset = totals[1, b] / (totals[0, b] + totals[1, b])
+            rows[b] = first_binary + _binary_level(p_coset, levels)
+            symbols[b] = coset[b]
+        base = blocks
+    _lattice_geometry(dither, coset, bins, class_mass, levels, group, level_if, scratch)
+    required = indices  # the parity still required of columns j..n-1, per block
+    required[:] = 0
+    for j in range(n - 1):
+        for b in range(blocks):
+            at = base + j * blocks + b
+            parity = np.intp(y[j, b]) & 1
+            rows[at] = first_binary + level_if[required[b], j, b]
+            symbols[at] = parity
+            required[b] ^= parity
+    base += (n - 1) * blocks
+    escape = num_symbols // 2
+    found = 0
+    for j in range(n):
+        for b in range(blocks):
+            at = base + j * blocks + b
+            shifted = coset[b] * 0.5 - uniforms[b * n + j] * 2.0
+            point = np.intp(y[j, b])
+            k = point + np.intp(np.floor(shifted))
+            k_out[j, b] = k
+            k_parity = k & 1
+            rows[at] = group[j, b] ^ (point & 1)  # 2 bin + parity of k
+            symbol = (k - k_min - k_parity) >> 1
+            if symbol < 0 or symbol >= escape:
+                escapes[found] = k
+                found += 1
+                symbol = escape
+            symbols[at] = symbol
+    return found

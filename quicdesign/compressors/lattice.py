@@ -21,7 +21,9 @@ import math
 
 import numpy as np
 
-from .._rans import LANES, STATE_LOW, RansModel, StreamDecoder, encode
+from .._accumulate import check_contribution_bound
+from .._kernels import compiled_kernels
+from .._rans import FAILURES, LANES, OK, STATE_LOW, TRUNCATED, RansModel, StreamDecoder, encode
 from .._validate import check_int
 from ..errors import InputVectorError, ParameterError, PayloadError
 from ..lattice import BlockModel, load_lattice_model, nearest_lattice_point
@@ -47,6 +49,15 @@ BODY_VERSION = 3
 #: Largest ``|k|`` an escaped coordinate may carry (larger values are refused).
 MAX_ESCAPE_MAGNITUDE = 1 << 30
 _F32_TINY = float(np.finfo(np.float32).tiny)
+_BAD_PARITY = "coded stream has a parity symbol outside {0, 1}"
+_BAD_ESCAPE = "an escaped value is in range, too large or of the wrong parity"
+
+
+def _check_escape_count(found, listed) -> None:
+    if found != listed:
+        raise PayloadError(f"coded stream has {found} escapes, the payload lists {listed}")
+
+
 _BF16_EXPONENT = 0x7F80  # all-ones exponent: inf or nan
 
 
@@ -128,8 +139,10 @@ def _bfloat16_values(codes) -> np.ndarray:
 def _digest(k: np.ndarray, coset: np.ndarray) -> bytes:
     """8-byte blake2b of the coded points: ``k`` (shape (n, blocks), C order) as
     little-endian i32, then the coset bits as bytes."""
-    data = np.ascontiguousarray(k, dtype="<i4").tobytes() + coset.astype(np.uint8).tobytes()
-    return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, person=b"quicdesign.lat2").digest()
+    hasher = hashlib.blake2b(digest_size=_DIGEST_SIZE, person=b"quicdesign.lat2")
+    hasher.update(np.ascontiguousarray(k, dtype="<i4"))  # no copy when already int32
+    hasher.update(np.ascontiguousarray(coset, dtype=np.uint8))
+    return hasher.digest()
 
 
 class _Coder:
@@ -158,6 +171,38 @@ class _Coder:
         return level
 
 
+_WORKSPACE = "lattice decode workspace"
+#: Largest rotated length whose decode arrays (about 30 bytes a value) an aggregator
+#: keeps between payloads; longer vectors allocate them per payload.
+_WORKSPACE_MAX_VALUES = 1 << 22
+
+
+class _DecodeWorkspace:
+    """Outputs and work arrays of the compiled decoder for ``blocks`` blocks of ``n``,
+    kept by an aggregator for its next payloads (every array is rewritten before it is
+    read, so a refused payload leaves nothing behind)."""
+
+    def __init__(self, n, blocks):
+        self.k = np.empty((n, blocks), dtype=np.int32)
+        self.coset = np.zeros(blocks, dtype=np.uint8)
+        self.unit = np.empty(n * blocks)
+        self.scratch = _work_arrays(n, blocks)
+
+
+def _work_arrays(n, blocks):
+    """The work arrays of the compiled lattice kernels (see ``lattice_decode``)."""
+    return (
+        np.empty((n, blocks), dtype=np.int16),  # group: 2 bin + parity, bins <= 2**10
+        np.empty((2, n, blocks), dtype=np.uint8),  # level_if
+        np.zeros(blocks, dtype=np.uint8),  # required
+        np.empty(blocks, dtype=np.int32),  # coset_level
+        np.empty((2, blocks)),  # totals
+        np.empty((4, blocks)),  # scratch
+        np.empty((n, blocks)),  # the dither in columns
+        np.empty(blocks, dtype=np.int32),  # indices
+    )
+
+
 class DitheredLatticeStage(Stage):
     """Unit-RMS scaling per chunk, dithered lattice quantization and ANS coding.
 
@@ -181,12 +226,18 @@ class DitheredLatticeStage(Stage):
     def _blocks(self, dim):
         return -(-dim // self.model.block)
 
+    def _uniforms(self, state, dim):
+        """The client's shared uniforms on ``[0, 1)``, block ``b``'s coordinate ``j`` at
+        ``b n + j``."""
+        return dither_uniforms(
+            state.round_seed, state.client_id, self._blocks(dim) * self.model.block
+        )
+
     def _dither(self, state, dim):
         """The client's dither as columns ``(n, blocks)``, uniform on ``[0, 2)^n``."""
-        n = self.model.block
-        uniforms = dither_uniforms(state.round_seed, state.client_id, self._blocks(dim) * n)
+        uniforms = self._uniforms(state, dim)
         uniforms *= 2.0  # exact in float64
-        return np.ascontiguousarray(uniforms.reshape(-1, n).T)
+        return np.ascontiguousarray(uniforms.reshape(-1, self.model.block).T)
 
     def side_size(self, dim, vector_dim):
         return None  # variable length
@@ -216,14 +267,20 @@ class DitheredLatticeStage(Stage):
         unit = (chunks * factor[:, None]).reshape(-1)
         padded = np.zeros(self._blocks(dim) * n)
         padded[:dim] = unit
-        dither = self._dither(state, dim)
+        uniforms = self._uniforms(state, dim)
+        dither = np.ascontiguousarray((uniforms * 2.0).reshape(-1, n).T)  # exact
         columns = padded.reshape(-1, n).T / model.scale
         y, coset = nearest_lattice_point(columns + dither, model.spec)
-        return None, (codes, self._code(y, coset, dither))
+        return None, (codes, self._code(y, coset, uniforms))
 
-    def _code(self, y, coset, dither) -> tuple[np.ndarray, np.ndarray, bytes]:
+    def _code(self, y, coset, uniforms) -> tuple[np.ndarray, np.ndarray, bytes]:
         model, n = self.model, self.model.block
         coder = self._models()
+        compiled = compiled_kernels()
+        if compiled is not None:
+            return self._code_compiled(compiled, y, coset, uniforms)
+        uniforms = uniforms * 2.0  # the dither, exact
+        dither = np.ascontiguousarray(uniforms.reshape(-1, n).T)
         view = BlockModel(model, dither)
         geometry = view.geometry(coset)
         y = y.astype(np.int64)
@@ -231,12 +288,6 @@ class DitheredLatticeStage(Stage):
         parities = y & 1
         k_parity = k & 1
         groups = (2 * geometry.bin + k_parity).reshape(-1)
-        symbols = ((k - model.k_min - k_parity) >> 1).reshape(-1)
-        escaped = (symbols < 0) | (symbols >= model.num_symbols // 2)
-        symbols[escaped] = model.num_symbols // 2
-        escapes = k.reshape(-1)[escaped]
-        if escapes.size and np.max(np.abs(escapes)) > MAX_ESCAPE_MAGNITUDE:
-            raise InputVectorError("a coordinate is too far out for the lattice code")
         required = np.zeros(y.shape[1], dtype=np.int64)
         bits, bit_rows = [], []
         if model.spec.cosets == 2:
@@ -246,9 +297,59 @@ class DitheredLatticeStage(Stage):
             bits.append(parities[column])
             bit_rows.append(coder.binary_rows(geometry.probability_odd(column, required)))
             required ^= parities[column]
-        all_symbols = np.concatenate(bits + [symbols])
-        model_of = np.concatenate(bit_rows + [groups.astype(np.uint16)])
-        states, words = encode(coder.rans, all_symbols, model_of)
+        return self._stream(k, coset, bits, np.concatenate(bit_rows + [groups.astype(np.uint16)]))
+
+    def _code_compiled(self, compiled, y, coset, uniforms):
+        """:meth:`_code` by the compiled kernel (the same symbols, rows and points)."""
+        model, n = self.model, self.model.block
+        blocks = y.shape[1]
+        count = (model.spec.cosets - 2 + 2 * n) * blocks  # bits, then one symbol a value
+        symbols = np.empty(count, dtype=np.uint8)
+        rows = np.empty(count, dtype=np.uint16)
+        k = np.empty((n, blocks), dtype=np.int32)
+        escapes = np.empty(n * blocks, dtype=np.int64)
+        group, level_if, _, _, totals, scratch, dither, indices = _work_arrays(n, blocks)
+        found = compiled.lattice_code_models(
+            uniforms,
+            y,
+            coset,
+            model.spec.cosets,
+            model.bins,
+            model.class_mass.reshape(-1),
+            BINARY_LEVELS,
+            self._models().first_binary,
+            model.k_min,
+            model.num_symbols,
+            symbols,
+            rows,
+            k,
+            escapes,
+            group,
+            level_if,
+            totals,
+            scratch,
+            dither,
+            indices,
+        )
+        return self._coded(symbols, rows, escapes[:found], k, coset)
+
+    def _stream(self, k, coset, bits, model_of):
+        """:meth:`_coded` for points ``k`` (int64) whose bits (coset, parities) and class
+        rows are coded under ``model_of``: their class symbols and escapes first."""
+        model = self.model
+        k_parity = k & 1
+        symbols = ((k - model.k_min - k_parity) >> 1).reshape(-1)
+        escaped = (symbols < 0) | (symbols >= model.num_symbols // 2)
+        symbols[escaped] = model.num_symbols // 2
+        escapes = k.reshape(-1)[escaped]
+        return self._coded(np.concatenate(bits + [symbols]), model_of, escapes, k, coset)
+
+    def _coded(self, symbols, model_of, escapes, k, coset):
+        """The coded stream, escapes and point digest (``InputVectorError`` for an escape
+        too large)."""
+        if escapes.size and np.max(np.abs(escapes)) > MAX_ESCAPE_MAGNITUDE:
+            raise InputVectorError("a coordinate is too far out for the lattice code")
+        states, words = encode(self._models().rans, symbols, model_of)
         return states.astype("<u4"), words.astype("<u2"), escapes.astype("<i4"), _digest(k, coset)
 
     def write_side(self, writer, side):
@@ -264,8 +365,12 @@ class DitheredLatticeStage(Stage):
     def read_side(self, reader, state, dim):
         layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
         codes = reader.read_array("<u2", layout.num_chunks, "chunk scales")
-        if np.any(codes & 0x8000) or np.any((codes & _BF16_EXPONENT) == _BF16_EXPONENT):
+        exponent = codes & _BF16_EXPONENT
+        if np.any(codes & 0x8000) or np.any(exponent == _BF16_EXPONENT):
             raise PayloadError("chunk scales must be finite, non-negative bfloat16 values")
+        if np.any((exponent == 0) & (codes != 0)):
+            # clients refuse such chunks (norm below float32's normal range)
+            raise PayloadError("chunk scales must be zero or normal bfloat16 values")
         norms = _bfloat16_values(codes)
         coordinates = self._blocks(dim) * self.model.block
         num_escapes = _read_count(reader, "escape count", coordinates)
@@ -282,12 +387,19 @@ class DitheredLatticeStage(Stage):
             )
         stream = reader.read_array("<u2", words, "coded stream")
         reader.expect_end()
-        dither = self._dither(state, dim)
-        k, coset, geometry = self._decode(states, stream, escapes, dither)
+        compiled = compiled_kernels()
+        if compiled is None:
+            dither = self._dither(state, dim)
+            k, coset, geometry = self._decode(states, stream, escapes, dither)
+            unit = (self.model.scale * (k + geometry.offset)).T.reshape(-1)
+        else:
+            uniforms = self._uniforms(state, dim)
+            k, coset, unit = self._decode_compiled(
+                compiled, states, stream, escapes, uniforms, state.cache
+            )
         if _digest(k, coset) != digest:
             raise PayloadError("coded stream does not decode to the points that were encoded")
-        unit = (self.model.scale * (k + geometry.offset)).T.reshape(-1)[:dim]
-        return norms, unit
+        return norms, unit[:dim]
 
     def _decode(self, states, stream, escapes, dither):
         model, n = self.model, self.model.block
@@ -305,7 +417,7 @@ class DitheredLatticeStage(Stage):
             rows = coder.binary_rows(geometry.probability_odd(column, required))
             parities[column] = decoder.take(rows)
             if np.any(parities[column] > 1):
-                raise PayloadError("coded stream has a parity symbol outside {0, 1}")
+                raise PayloadError(_BAD_PARITY)
             required ^= parities[column]
         parities[n - 1] = required  # the block's sum is even
         k_parity = (parities + geometry.floor) & 1
@@ -317,10 +429,7 @@ class DitheredLatticeStage(Stage):
         flat_parity = k_parity.reshape(-1)
         k = model.k_min + flat_parity + 2 * symbols
         escaped_at = np.flatnonzero(symbols == model.num_symbols // 2)
-        if escaped_at.size != escapes.size:
-            raise PayloadError(
-                f"coded stream has {escaped_at.size} escapes, the payload lists {escapes.size}"
-            )
+        _check_escape_count(escaped_at.size, escapes.size)
         if escapes.size:
             in_range = (escapes >= model.k_min) & (escapes < model.k_min + model.num_symbols)
             if (
@@ -328,15 +437,75 @@ class DitheredLatticeStage(Stage):
                 or np.any(in_range)
                 or np.any((escapes & 1) != flat_parity[escaped_at])
             ):
-                raise PayloadError("an escaped value is in range, too large or of the wrong parity")
+                raise PayloadError(_BAD_ESCAPE)
             k[escaped_at] = escapes
         return k.reshape(n, blocks), coset, geometry
+
+    def _decode_compiled(self, compiled, states, stream, escapes, uniforms, cache):
+        """:meth:`_decode` and the unit values by the compiled kernel (the same points,
+        values and refusals, in the same order) from the shared :meth:`_uniforms`.
+
+        The arrays live in the aggregator's ``cache`` and are overwritten by its next
+        payload: the unit values are copied by :meth:`invert` before that.
+        """
+        model, n = self.model, self.model.block
+        coder = self._models()
+        decoder = StreamDecoder(coder.rans, states, stream)
+        work = cache.get(_WORKSPACE)
+        if work is None or work.unit.size != uniforms.size:
+            work = _DecodeWorkspace(n, uniforms.size // n)
+            if uniforms.size <= _WORKSPACE_MAX_VALUES:
+                cache[_WORKSPACE] = work
+        k, coset, unit = work.k, work.coset, work.unit
+        coset.fill(0)
+        position, status, found, coset_over, bad_escape = compiled.lattice_decode(
+            uniforms,
+            model.spec.cosets,
+            model.scale,
+            model.bins,
+            model.class_mass.reshape(-1),
+            model.k_min,
+            model.num_symbols,
+            coder.first_binary,
+            BINARY_LEVELS,
+            decoder.states,
+            decoder.words,
+            coder.rans.freq,
+            coder.rans.cum,
+            coder.rans.bucket_symbol,
+            escapes,
+            MAX_ESCAPE_MAGNITUDE,
+            k,
+            coset,
+            unit,
+            *work.scratch,
+        )
+        if status == TRUNCATED:
+            raise PayloadError(FAILURES[TRUNCATED])
+        if status != OK:
+            raise PayloadError(_BAD_PARITY)
+        decoder.position = position
+        decoder.finish()
+        if coset_over:
+            raise PayloadError("coded stream has a coset symbol outside {0, 1}")
+        _check_escape_count(found, escapes.size)
+        if bad_escape:
+            raise PayloadError(_BAD_ESCAPE)
+        return k, coset, unit
 
     def invert(self, y, side, state, dim):
         norms, unit = side
         layout = RotationLayout.for_dim(state.dim)  # the input vector's layout
         chunks = unit.reshape(layout.num_chunks, layout.chunk_size)
         return (chunks * (norms / math.sqrt(layout.chunk_size))[:, None]).reshape(-1)
+
+    def contribution(self, y, side, state, dim, weight):
+        # Stage.contribution's values and bound, without its |x| temporary and its copy
+        # (the decoded vector is this call's own)
+        decoded = self.invert(y, side, state, dim)
+        check_contribution_bound(max(float(decoded.max()), -float(decoded.min())))
+        np.multiply(decoded, weight, out=decoded)
+        return decoded
 
     def output_dim(self, dim):
         return dim
