@@ -13,7 +13,11 @@ def test_runtime_bench_reports_floors_ratios_and_pinned_blas(capsys):
     assert "median of 1 timed runs (CPU time), 1 BLAS thread" in printed
     assert "limits: copy" in printed and "add_many numpy" in printed
     assert "encode numpy" in printed and "floor = traffic + one client's h" in printed
+    assert "agg = a loop of add() then result()" in printed and "naive = an inverse" in printed
     (row,) = rows
+    # one encode time everywhere: the default path's (compiled when numba is installed)
+    compiled, numpy_path = row["encode_compiled_ms"], row["encode_numpy_ms"]
+    assert row["encode_ms"] == (numpy_path if compiled is None else compiled)
     assert row["copy_gb_s"] > 0 and row["sort_ms"] > 0 and row["shared_values_ms"] > 0
     # the floor adds the measured generation of h to the traffic floor
     for stage in ("encode", "aggregate"):
