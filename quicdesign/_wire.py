@@ -13,6 +13,7 @@ bits of the last byte must be zero.
 
 import functools
 import struct
+import sys
 
 import numpy as np
 
@@ -164,7 +165,10 @@ def pack_codes(codes, bits):
     # 2..7 bits: one compiled pass beats numpy's shifted columns (same bytes)
     kernels = compiled_kernels() if bits < 8 else None
     if kernels is not None:
-        return kernels.pack_codes(np.ascontiguousarray(flat), bits).tobytes()
+        flat = np.ascontiguousarray(flat)
+        if bits in (2, 4) and flat.dtype == np.uint8 and sys.byteorder == "little":
+            return kernels.pack_byte_codes(flat, bits).tobytes()
+        return kernels.pack_codes(flat, bits).tobytes()
     if 8 % bits == 0:
         return _pack_sub_byte(flat.astype(np.uint8, copy=False), bits)
     return _pack_groups(flat, bits, packed_size(bits, flat.size))

@@ -361,6 +361,33 @@ def sender_levels_scaled(
 
 
 @numba.njit(cache=True, nogil=True)
+def pack_byte_codes(codes, bits):  # pragma: no cover - compiled
+    """:func:`pack_codes` of uint8 codes when ``bits`` is 2 or 4, on little-endian hosts:
+    each output byte is one word of ``8 // bits`` codes folded by shifts (codes below
+    ``2**bits``, as ``_wire.pack_codes`` checks), so the loop vectorizes."""
+    per_byte = 8 // bits
+    whole = codes.size // per_byte
+    out = np.empty((codes.size * bits + 7) // 8, dtype=np.uint8)
+    body = codes[: whole * per_byte]
+    if bits == 2:
+        quads = body.view(np.uint32)
+        for j in range(whole):
+            w = quads[j]
+            out[j] = np.uint8((w | (w >> 6) | (w >> 12) | (w >> 18)) & 255)
+    else:
+        pairs = body.view(np.uint16)
+        for j in range(whole):
+            w = pairs[j]
+            out[j] = np.uint8((w | (w >> 4)) & 255)
+    if whole < out.size:
+        byte = 0
+        for t in range(codes.size - whole * per_byte):
+            byte |= int(codes[whole * per_byte + t]) << (t * bits)
+        out[whole] = np.uint8(byte)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def pack_codes(codes, bits):  # pragma: no cover - compiled
     """``bits``-bit codes (bits <= 8) LSB first into bytes, as ``_wire.pack_codes``."""
     out = np.zeros((codes.size * bits + 7) // 8, dtype=np.uint8)
