@@ -275,20 +275,19 @@ def sender_levels_scaled(
     width = rows.shape[1]
     size = rows.shape[0] * width
     num_shared = level_table.shape[1]
-    # min and max first (a vectorized pass): a raise inside a loop keeps it scalar
-    smallest, largest = 0, 0
-    for i in range(size):
-        smallest = min(smallest, shared[i])
-        largest = max(largest, shared[i])
-    if smallest < 0 or largest >= num_shared:
-        raise IndexError("a shared value is outside [0, H)")
     messages = np.empty(size, dtype=level_table.dtype)
-    flags = np.empty(size, dtype=np.uint8)  # bits 0-1: the table's flags; bit 2: outside
     top = first.size - 1
     level_mask = (1 << flag_shift) - 1
-    # per tile: the arithmetic in one loop (LLVM vectorizes it), the lookups in another
+    # per tile: the arithmetic in one loop (LLVM vectorizes it), the lookups in another,
+    # then the flagged positions (a few percent) appended to a growing list while the
+    # tile's flags are in L1: no full-size flag array and no extra passes over it
     where = np.empty(_TILE, dtype=np.intp)
-    outside_tile = np.empty(_TILE, dtype=np.uint8)
+    tile_flags = np.empty(_TILE, dtype=np.uint8)  # bits 0-1: the table's; bit 2: outside
+    tile_positions = np.empty(_TILE + 1, dtype=np.intp)
+    randomizing = np.empty(size // 16 + _TILE + 1, dtype=np.intp)
+    flag_list = np.empty(randomizing.size, dtype=np.uint8)
+    flagged = 0
+    outside = 0
     for k in range(rows.shape[0]):
         row = rows[k]
         factor = factors[k]
@@ -297,28 +296,41 @@ def sender_levels_scaled(
             tile = row[start : start + count]
             first_index = k * width + start
             tile_shared = shared[first_index : first_index + count]
+            smallest, largest = 0, 0
             for j in range(count):
                 z = tile[j] * factor
-                where[j] = _bucket_of(z, low, per_unit, top) * num_shared + tile_shared[j]
-                outside_tile[j] = np.uint8((z < lower) | (z > upper))
+                h = tile_shared[j]
+                smallest = min(smallest, h)
+                largest = max(largest, h)
+                where[j] = _bucket_of(z, low, per_unit, top) * num_shared + h
+                tile_flags[j] = np.uint8((z < lower) | (z > upper)) << np.uint8(2)
+            # checked before the lookups (a raise inside the loop keeps it scalar)
+            if smallest < 0 or largest >= num_shared:
+                raise IndexError("a shared value is outside [0, H)")
             tile_messages = messages[first_index : first_index + count]
-            tile_flags = flags[first_index : first_index + count]
             for j in range(count):
                 entry = bucket_levels[where[j]]
                 tile_messages[j] = entry & level_mask
-                tile_flags[j] = np.uint8(entry >> flag_shift) | (outside_tile[j] << np.uint8(2))
-    flagged = 0
-    outside = 0
-    for i in range(size):  # counted apart: the lookup loop stays short
-        flagged += flags[i] != 0
-        outside += flags[i] >> 2
-    # branch-free compaction of the flagged positions (a flag is a coin flip to the
-    # branch predictor); the randomizing ones are compacted again in place below
-    randomizing = np.empty(flagged + 1, dtype=np.intp)
-    found = 0
-    for i in range(size):
-        randomizing[found] = i
-        found += flags[i] != 0
+                tile_flags[j] |= np.uint8(entry >> flag_shift)
+            # branch-free compaction (a flag is a coin flip to the branch predictor)
+            found = 0
+            for j in range(count):
+                tile_positions[found] = first_index + j
+                found += tile_flags[j] != 0
+            if flagged + found > randomizing.size:
+                grown = np.empty(2 * randomizing.size + found, dtype=np.intp)
+                grown[:flagged] = randomizing[:flagged]
+                randomizing = grown
+                grown_flags = np.empty(grown.size, dtype=np.uint8)
+                grown_flags[:flagged] = flag_list[:flagged]
+                flag_list = grown_flags
+            for f in range(found):
+                i = tile_positions[f]
+                flag = tile_flags[i - first_index]
+                randomizing[flagged + f] = i
+                flag_list[flagged + f] = flag
+                outside += flag >> 2
+            flagged += found
     events = np.empty(flagged, dtype=np.intp)
     randomizing_z = np.empty(flagged, dtype=np.float64)
     exact = np.empty(outside, dtype=np.intp)
@@ -327,7 +339,7 @@ def sender_levels_scaled(
     taken = 0
     for f in range(flagged):
         i = randomizing[f]
-        flag = flags[i]
+        flag = flag_list[f]
         z = rows[i // width, i % width] * factors[i // width]
         if flag & 4:
             exact[taken] = i
