@@ -286,6 +286,7 @@ def sender_levels_scaled(
     tile_positions = np.empty(_TILE + 1, dtype=np.intp)
     randomizing = np.empty(size // 16 + _TILE + 1, dtype=np.intp)
     flag_list = np.empty(randomizing.size, dtype=np.uint8)
+    z_list = np.empty(randomizing.size, dtype=rows.dtype)  # z kept: no division below
     flagged = 0
     outside = 0
     for k in range(rows.shape[0]):
@@ -324,11 +325,15 @@ def sender_levels_scaled(
                 grown_flags = np.empty(grown.size, dtype=np.uint8)
                 grown_flags[:flagged] = flag_list[:flagged]
                 flag_list = grown_flags
+                grown_z = np.empty(grown.size, dtype=rows.dtype)
+                grown_z[:flagged] = z_list[:flagged]
+                z_list = grown_z
             for f in range(found):
                 i = tile_positions[f]
                 flag = tile_flags[i - first_index]
                 randomizing[flagged + f] = i
                 flag_list[flagged + f] = flag
+                z_list[flagged + f] = tile[i - first_index] * factor
                 outside += flag >> 2
             flagged += found
     events = np.empty(flagged, dtype=np.intp)
@@ -340,7 +345,7 @@ def sender_levels_scaled(
     for f in range(flagged):
         i = randomizing[f]
         flag = flag_list[f]
-        z = rows[i // width, i % width] * factors[i // width]
+        z = z_list[f]
         if flag & 4:
             exact[taken] = i
             exact_z[taken] = z
