@@ -434,7 +434,18 @@ def _scaled_rotate(x, signs, layout, generated_signs=False):
     padded = np.empty(layout.rotated_dim, dtype=dtype)
     chunks = padded.reshape(layout.num_chunks, layout.chunk_size)
     kernels = compiled_kernels()
-    if kernels is not None and arr.dtype == dtype == s.dtype and arr.flags.c_contiguous:
+    fast = kernels is not None and arr.dtype == dtype == s.dtype and arr.flags.c_contiguous
+    transformed = None
+    if fast and layout.chunk_size >= 4:
+        # sign flips and chunk peaks inside the transform's first pass (flips and maxima
+        # are exact: same bits); kept only if no chunk needs scaling
+        scratch = np.empty_like(chunks)
+        factor = chunks.dtype.type(1.0 / math.sqrt(layout.chunk_size))
+        bits = arr.view(np.uint32 if dtype == np.float32 else np.uint64)
+        peak_bits, which = kernels.signed_butterflies(arr, bits, s, chunks, scratch, factor)
+        largest = peak_bits.view(dtype).astype(np.float64)  # NaN bits stay NaN
+        transformed = (chunks, scratch)[which]
+    elif fast:
         # sign flips and chunk peaks in one pass (flips and maxima are exact: same bits)
         largest = kernels.signed_chunk_peaks(arr, s, chunks)
     else:
@@ -445,6 +456,8 @@ def _scaled_rotate(x, signs, layout, generated_signs=False):
     low, high = _UNSCALED_RANGE
     nonzero = largest > 0
     if np.all((largest[nonzero] >= low) & (largest[nonzero] <= high)):
+        if transformed is not None:
+            return transformed, exponents
         return _transform_padded(padded, layout), exponents
     exponents[nonzero] = np.frexp(largest[nonzero])[1]
     # ldexp in float64 is exact for every float32 or float64 input value

@@ -276,6 +276,41 @@ def test_compiled_packing_is_byte_identical(monkeypatch, bits):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_sign_flip_and_transform_match_the_separate_kernels(dtype):
+    # the encoder's fused first pass: same peaks (NaN included) and same transform bits
+    # as the sign flip + peaks pass followed by the butterflies, padding included
+    kernels = compiled_kernels()
+    rng = np.random.default_rng(11)
+    info = np.finfo(dtype)
+    unsigned = np.uint32 if dtype == np.float32 else np.uint64
+    for log_width in range(2, 11):
+        width = 1 << log_width
+        for rows in (1, 3):
+            for size in sorted({rows * width, rows * width - 1, (rows - 1) * width + 1}):
+                values = rng.standard_t(1.5, size) * 10.0 ** rng.integers(-5, 5, size)
+                values = values.astype(dtype)
+                picks = rng.integers(0, size, 5)
+                values[picks] = [info.max, -info.max, info.tiny / 4, -0.0, 0.0][: picks.size]
+                if log_width == 5:
+                    values[picks[0]] = np.inf if rows == 1 else np.nan
+                signs = np.where(rng.random(rows * width) < 0.5, -1, 1).astype(dtype)
+                chunks, scratch = np.empty((rows, width), dtype), np.empty((rows, width), dtype)
+                factor = dtype(1.0 / np.sqrt(width))
+                expected_peaks = kernels.signed_chunk_peaks(values, signs, chunks)
+                expected = (chunks, scratch)[kernels.butterfly_passes(chunks, scratch, factor)]
+                expected = expected.copy()
+                fused_chunks, fused_scratch = np.full_like(chunks, 7), np.full_like(chunks, 7)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    peak_bits, which = kernels.signed_butterflies(
+                        values, values.view(unsigned), signs, fused_chunks, fused_scratch, factor
+                    )
+                peaks = peak_bits.view(dtype).astype(np.float64)
+                assert np.array_equal(peaks, expected_peaks, equal_nan=True), (width, size)
+                fused = (fused_chunks, fused_scratch)[which]
+                assert fused.tobytes() == expected.tobytes(), (width, size)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
     kernels = compiled_kernels()
     rng = np.random.default_rng(17)

@@ -434,16 +434,23 @@ def butterfly_passes(source, scratch, factor):  # pragma: no cover - compiled
     so the bits are identical; only the memory traffic (one read and one write per pass
     instead of eight array operations, no pass of its own for the factor) changes.
     """
+    return _butterfly_passes_from(source, scratch, factor, 0)
+
+
+@numba.njit(cache=True, nogil=True)
+def _butterfly_passes_from(source, scratch, factor, first_pass):  # pragma: no cover
+    """:func:`butterfly_passes` from radix-4 pass ``first_pass`` on (the earlier ones
+    done: their output in ``source`` for an even count, else ``scratch``)."""
     batch, n = source.shape
     log_n = 0
     while (1 << (log_n + 1)) <= n:
         log_n += 1
     quarter = n // 4
     buffers = (source, scratch)
-    current = 0
+    current = first_pass % 2
     one = source.dtype.type(1)
     passes = log_n // 2 + log_n % 2
-    for p in range(log_n // 2):
+    for p in range(first_pass, log_n // 2):
         read, write = buffers[current], buffers[1 - current]
         f = factor if p == passes - 1 else one
         for row in range(batch):
@@ -474,6 +481,70 @@ def butterfly_passes(source, scratch, factor):  # pragma: no cover - compiled
             for j in range(n):
                 source[row, j] *= factor
     return current
+
+
+@numba.njit(cache=True, nogil=True)
+def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # pragma: no cover
+    """:func:`signed_chunk_peaks` into ``source``, then :func:`butterfly_passes`, with the
+    sign flips and peaks done inside the first radix-4 pass (chunk size >= 4): the flipped
+    vector is never written. The same operands and operations, so the same bits (the
+    padding is ``+0 * +1``, as the zeros written there).
+
+    ``value_bits`` is ``values`` viewed as unsigned integers of its width: without the
+    sign bit they order as the magnitudes (NaNs above infinity), so the peaks are integer
+    maxima, which vectorize. Returns each row's largest magnitude bits (the caller views
+    them as floats; above infinity's bits: a NaN) and the buffer index
+    :func:`butterfly_passes` returns.
+    """
+    rows, width = source.shape
+    size = values.size
+    log_n = 0
+    while (1 << (log_n + 1)) <= width:
+        log_n += 1
+    quarter = width // 4
+    passes = log_n // 2 + log_n % 2
+    f = factor if passes == 1 else source.dtype.type(1)
+    magnitude = value_bits.dtype.type(-1) >> value_bits.dtype.type(1)
+    peaks = np.zeros(rows, dtype=value_bits.dtype)
+    padded_values = np.zeros(width, dtype=values.dtype)
+    padded_signs = np.ones(width, dtype=signs.dtype)
+    padded_bits = np.zeros(width, dtype=value_bits.dtype)
+    for k in range(rows):
+        start = k * width
+        stop = min(start + width, size)
+        if stop - start == width:
+            v = values[start:stop]
+            s = signs[start:stop]
+            vb = value_bits[start:stop]
+        else:  # the last chunk: zeros after the vector, flipped by +1
+            padded_values[: stop - start] = values[start:stop]
+            padded_signs[: stop - start] = signs[start:stop]
+            padded_bits[: stop - start] = value_bits[start:stop]
+            v = padded_values
+            s = padded_signs
+            vb = padded_bits
+        write = scratch[k]
+        peak = value_bits.dtype.type(0)
+        for j in range(quarter):
+            peak = max(
+                peak,
+                max(
+                    max(vb[j] & magnitude, vb[quarter + j] & magnitude),
+                    max(vb[2 * quarter + j] & magnitude, vb[3 * quarter + j] & magnitude),
+                ),
+            )
+            a = v[j] * s[j]
+            b = v[quarter + j] * s[quarter + j]
+            c = v[2 * quarter + j] * s[2 * quarter + j]
+            e = v[3 * quarter + j] * s[3 * quarter + j]
+            sum_low, diff_low = a + b, a - b
+            sum_high, diff_high = c + e, c - e
+            write[4 * j] = (sum_low + sum_high) * f
+            write[4 * j + 1] = (diff_low + diff_high) * f
+            write[4 * j + 2] = (sum_low - sum_high) * f
+            write[4 * j + 3] = (diff_low - diff_high) * f
+        peaks[k] = peak
+    return peaks, _butterfly_passes_from(source, scratch, factor, 1)
 
 
 @numba.njit(cache=True, nogil=True)
