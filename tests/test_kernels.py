@@ -322,6 +322,8 @@ def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
         (1, 129),
         (4, 136),
         (5, 1025),
+        (2, 256),
+        (3, 2048),
         (8, 131072),
         (1, 300_001),
     ]
