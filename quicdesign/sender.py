@@ -337,7 +337,8 @@ class SenderRule:
             )
         )
         if randomizing.size:
-            self._flip_coins(messages, randomizing, self._fraction(values, event), None, rng)
+            fraction = kernels.coin_fractions(values, event, self.breakpoints)
+            self._flip_coins(messages, randomizing, fraction, None, rng)
         return messages, outside, outside_values
 
     def _levels_compiled(self, kernels, values, shared):

@@ -275,6 +275,24 @@ def test_compiled_packing_is_byte_identical(monkeypatch, bits):
         assert pack_codes(codes.astype(np.int64), bits) == expected
 
 
+def test_compiled_coin_fractions_match_the_senders(monkeypatch):
+    # empty pieces (repeated breakpoints), values on, between and beyond the breakpoints
+    from types import SimpleNamespace
+
+    from quicdesign.sender import SenderRule
+
+    rng = np.random.default_rng(21)
+    for bits in range(1, 9):
+        t = load_table(bits).sender.breakpoints.astype(np.float64)
+        t = np.sort(np.concatenate([t, t[rng.integers(0, t.size, 3)]]))
+        events = rng.integers(0, t.size - 1, 5000)
+        values = t[events] + rng.uniform(-0.2, 1.2, events.size) * (t[events + 1] - t[events])
+        values[:3] = [t[events[0]], t[events[1] + 1], 1e300]
+        expected = SenderRule._fraction(SimpleNamespace(breakpoints=t), values, events)
+        fractions = compiled_kernels().coin_fractions(values, events, t)
+        assert fractions.tobytes() == expected.tobytes(), bits
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_sign_flip_and_transform_match_the_separate_kernels(dtype):
     # the encoder's fused first pass: same peaks (NaN included) and same transform bits

@@ -378,6 +378,20 @@ def sender_levels_scaled(
 
 
 @numba.njit(cache=True, nogil=True)
+def coin_fractions(values, events, breakpoints):  # pragma: no cover - compiled
+    """``SenderRule._fraction`` in one pass: where ``values`` lies between its event's
+    breakpoints, 1 for an empty piece, clipped to ``[0, 1]`` (NaN kept, as numpy's)."""
+    out = np.empty(values.size, dtype=np.float64)
+    for i in range(values.size):
+        low = breakpoints[events[i]]
+        width = breakpoints[events[i] + 1] - low
+        fraction = (values[i] - low) / width if width > 0 else 1.0
+        fraction = 0.0 if fraction < 0 else fraction
+        out[i] = 1.0 if fraction > 1 else fraction
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
 def pack_byte_codes(codes, bits):  # pragma: no cover - compiled
     """:func:`pack_codes` of uint8 codes when ``bits`` is 2 or 4, on little-endian hosts:
     each output byte is one word of ``8 // bits`` codes folded by shifts (codes below
