@@ -258,16 +258,7 @@ class QuicFLQuantize(Stage):
         codes, exact, values = self.table.sender.sample_rows(
             kernels, rotated, factors, self.table.support, shared, rng
         )
-        codes[exact] = 0  # the sampler clamped them, as in _quantize
-        return _Quantized(
-            client_id=state.client_id,
-            layout=layout,
-            norms=norms32,
-            shared=shared,
-            codes=codes,
-            exact_indices=exact.astype(np.uint32),
-            exact_values=values.astype(np.float32),
-        )
+        return _with_exact_tail(state, layout, norms32, shared, codes, exact, values)
 
     def _quantize(self, z, norms32, layout, state) -> _Quantized:
         """Split off the exact tail of the unit-variance ``z`` and draw the messages."""
@@ -276,18 +267,8 @@ class QuicFLQuantize(Stage):
         outside = np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
         exact = np.flatnonzero(outside)
         rng = np.random.default_rng(state.rng)  # a Generator passes through; a seed seeds one
-        # The sampler clamps values beyond the support; their codes are overwritten below.
         codes = self.table.sender.sample(z, shared, rng=rng)
-        codes[exact] = 0
-        return _Quantized(
-            client_id=state.client_id,
-            layout=layout,
-            norms=norms32,
-            shared=shared,
-            codes=codes,
-            exact_indices=exact.astype(np.uint32),
-            exact_values=z[exact].astype(np.float32),
-        )
+        return _with_exact_tail(state, layout, norms32, shared, codes, exact, z[exact])
 
     def write_side(self, writer, side):
         writer.write_bytes(pack_codes(side.codes, self.table.bits))
@@ -643,3 +624,18 @@ __getattr__ = renamed_attributes(
     },
     globals(),
 )
+
+
+def _with_exact_tail(state, layout, norms32, shared, codes, exact, exact_values) -> _Quantized:
+    """A client's quantized chunks; the sampler clamped the ``exact`` values (sent as
+    float32 beside the messages), so their codes are set to 0."""
+    codes[exact] = 0
+    return _Quantized(
+        client_id=state.client_id,
+        layout=layout,
+        norms=norms32,
+        shared=shared,
+        codes=codes,
+        exact_indices=exact.astype(np.uint32),
+        exact_values=exact_values.astype(np.float32),
+    )

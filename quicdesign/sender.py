@@ -313,10 +313,7 @@ class SenderRule:
         outside_values : ndarray
             ``z`` there, in the dtype of ``rows``.
         """
-        low, per_unit, first, _ = self._locator
-        kind = rows.dtype.type
         compare = np.result_type(rows.dtype, *bounds)  # numpy's loop for ``z < lower``
-        bucket_levels, flag_shift = self._flagged_bucket_levels()
         messages, randomizing, event, values, outside, outside_values = (
             kernels.sender_levels_scaled(
                 rows,
@@ -324,16 +321,7 @@ class SenderRule:
                 compare.type(bounds[0]),
                 compare.type(bounds[1]),
                 np.ascontiguousarray(shared.reshape(-1)),
-                kind(low),
-                kind(per_unit),
-                first,
-                bucket_levels,
-                flag_shift,
-                self._search_windows(),
-                self.level_table(),
-                self.event_shared,
-                self.breakpoints,
-                self._last_open,
+                *self._kernel_tables(rows.dtype.type),
             )
         )
         if randomizing.size:
@@ -343,15 +331,22 @@ class SenderRule:
 
     def _levels_compiled(self, kernels, values, shared):
         """:meth:`_levels` in one compiled pass (bit-identical, ``tests/test_kernels.py``)."""
-        low, per_unit, first, _ = self._locator
         values = np.ascontiguousarray(values).reshape(-1)
         if values.dtype != np.float32:
             values = np.ascontiguousarray(values, dtype=np.float64)
-        kind = values.dtype.type
-        bucket_levels, flag_shift = self._flagged_bucket_levels()
         messages, randomizing, event = kernels.sender_levels(
             values,
             np.ascontiguousarray(shared.reshape(-1)),
+            *self._kernel_tables(values.dtype.type),
+        )
+        return values, messages, randomizing, event
+
+    def _kernel_tables(self, kind):
+        """The locator and level tables the compiled sender kernels take, in their order
+        (``low`` and ``per_unit`` in the values' float type ``kind``)."""
+        low, per_unit, first, _ = self._locator
+        bucket_levels, flag_shift = self._flagged_bucket_levels()
+        return (
             kind(low),
             kind(per_unit),
             first,
@@ -363,7 +358,6 @@ class SenderRule:
             self.breakpoints,
             self._last_open,
         )
-        return values, messages, randomizing, event
 
     def _flagged_bucket_levels(self):
         """For the compiled sender: ``(table, shift)`` with ``table[bucket * H + h]`` the

@@ -844,18 +844,25 @@ def _sign_jobs(seeds, problem, splits, rules, total, **options):
 _QUADRATIC_TARGET = 0.3
 
 
-def _signsgd_jobs(seeds, rounds):
+def _quadratic_sign_jobs(seeds, rounds, problem, splits, algorithms):
+    """signSGD jobs on a noisy quadratic (``problem``: its name in problems.py): 240
+    samples per worker and round, step 1e-2 after 50 warm-up rounds, ~300 records."""
     return _sign_jobs(
         seeds,
-        lambda seed: ("quadratic", seed),
-        _SIGN_SPLITS,
-        ("mv", "fv-pooled", "fv-per-coordinate", "fv-oracle"),
+        lambda seed: (problem, seed),
+        splits,
+        algorithms,
         240,
         rounds=rounds,
         step_size=1e-2,
         warmup=50,
         record_every=max(1, rounds // 300),
     )
+
+
+def _signsgd_jobs(seeds, rounds):
+    algorithms = ("mv", "fv-pooled", "fv-per-coordinate", "fv-oracle")
+    return _quadratic_sign_jobs(seeds, rounds, "quadratic", _SIGN_SPLITS, algorithms)
 
 
 def _rounds_to(history, metric, target, *, above):
@@ -969,17 +976,8 @@ _SIGN_LARGE_TARGET = _QUADRATIC_TARGET * _SIGN_LARGE_DIM / 200
 
 
 def _signsgd_large_jobs(seeds, rounds):
-    return _sign_jobs(
-        seeds,
-        lambda seed: ("quadratic-large", seed),
-        _SIGN_SPLITS,
-        ("mv", "fv-pooled", "fv-oracle"),
-        240,
-        rounds=rounds,
-        step_size=1e-2,
-        warmup=50,
-        record_every=max(1, rounds // 300),
-    )
+    algorithms = ("mv", "fv-pooled", "fv-oracle")
+    return _quadratic_sign_jobs(seeds, rounds, "quadratic-large", _SIGN_SPLITS, algorithms)
 
 
 def _signsgd_large_summary(histories, rounds):
@@ -999,17 +997,9 @@ def _signsgd_large_summary(histories, rounds):
 
 
 def _signsgd_skewed_jobs(seeds, rounds):
-    return _sign_jobs(
-        seeds,
-        lambda seed: ("quadratic-skewed", seed),
-        {split: _SIGN_SPLITS[split] for split in ("14x1+1x226", "15x16")},
-        ("mv", "fv-pooled", "fv-oracle"),
-        240,
-        rounds=rounds,
-        step_size=1e-2,
-        warmup=50,
-        record_every=max(1, rounds // 300),
-    )
+    splits = {split: _SIGN_SPLITS[split] for split in ("14x1+1x226", "15x16")}
+    algorithms = ("mv", "fv-pooled", "fv-oracle")
+    return _quadratic_sign_jobs(seeds, rounds, "quadratic-skewed", splits, algorithms)
 
 
 def _signsgd_skewed_summary(histories, rounds):
