@@ -243,21 +243,27 @@ class QuicFLQuantize(Stage):
         rotated, exponents, layout = x.rotated, x.exponents, x.layout
         norms32, scale = _norms_and_scales(rotated, exponents, layout.chunk_size)
         factors = scale.astype(rotated.dtype)
-        kernels = compiled_kernels()
-        if kernels is not None and rotated.dtype in (np.float32, np.float64):
-            return None, self._quantize_rows(kernels, rotated, factors, norms32, layout, state)
+        if rotated.dtype in (np.float32, np.float64):
+            return None, self._quantize_rows(rotated, factors, norms32, layout, state)
         z = (rotated * factors[:, None]).reshape(-1)
         return None, self._quantize(z, norms32, layout, state)
 
-    def _quantize_rows(self, kernels, rotated, factors, norms32, layout, state) -> _Quantized:
-        """:meth:`_quantize` of ``z = rotated * factors[:, None]`` in one compiled pass
-        over ``rotated`` (the same bytes: ``tests/test_kernels.py``)."""
+    def _quantize_rows(self, rotated, factors, norms32, layout, state) -> _Quantized:
+        """:meth:`_quantize` of ``z = rotated * factors[:, None]`` without materializing
+        ``z``: one compiled pass over ``rotated``, or the numpy sender's tiles (the same
+        bytes: ``tests/test_kernels.py``, ``tests/test_sender.py``)."""
         rotated = np.ascontiguousarray(rotated)
         shared = self._shared(state, rotated.size)
         rng = np.random.default_rng(state.rng)
-        codes, exact, values = self.table.sender.sample_rows(
-            kernels, rotated, factors, self.table.support, shared, rng
-        )
+        sender, kernels = self.table.sender, compiled_kernels()
+        if kernels is None:
+            codes, exact, values = sender.sample_rows_numpy(
+                rotated, factors, self.table.support, shared, rng
+            )
+        else:
+            codes, exact, values = sender.sample_rows(
+                kernels, rotated, factors, self.table.support, shared, rng
+            )
         return _with_exact_tail(state, layout, norms32, shared, codes, exact, values)
 
     def _quantize(self, z, norms32, layout, state) -> _Quantized:

@@ -31,6 +31,28 @@ _DIRTY_BUCKET = 1 << 16
 # Above this many entries the (pieces x H) level table is not materialized.
 _MAX_LEVEL_TABLE_ENTRIES = 1 << 25
 
+# Values per step of the numpy sender (its temporaries stay in L2).
+_NUMPY_TILE = 1 << 16
+
+
+def piece_tables(breakpoints):
+    """Per piece ``e``: its first breakpoint, its width ``t[e + 1] - t[e]`` and whether
+    any piece is empty (the tables :func:`piece_fractions` reads)."""
+    width = breakpoints[1:] - breakpoints[:-1]
+    return breakpoints[:-1], width, bool(np.any(~(width > 0)))
+
+
+def piece_fractions(values, event, start, width, has_empty) -> np.ndarray:
+    """Where each value lies on its event's piece, clipped to ``[0, 1]``; 1 on an empty
+    piece (the probability that the event has fired)."""
+    widths = width[event]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = values - start[event]
+        fraction /= widths
+    if has_empty:
+        fraction[~(widths > 0)] = 1.0
+    return np.clip(fraction, 0.0, 1.0, out=fraction)
+
 
 class SenderRule:
     """Closed-form optimal sender for a receiver table.
@@ -93,6 +115,8 @@ class SenderRule:
         self._bucket_cache = None
         self._windows = None
         self._flagged_cache = None
+        self._pieces_cache = None
+        self._numpy_windows = None
         self._build_locator()
 
     @property
@@ -196,11 +220,9 @@ class SenderRule:
         return event
 
     def _fraction(self, values, event) -> np.ndarray:
-        t = self.breakpoints
-        width = t[event + 1] - t[event]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fraction = np.where(width > 0, (values - t[event]) / width, 1.0)
-        return np.clip(fraction, 0.0, 1.0, out=fraction)
+        if self._pieces_cache is None:
+            self._pieces_cache = piece_tables(self.breakpoints)
+        return piece_fractions(values, event, *self._pieces_cache)
 
     def pieces(self, values) -> tuple[np.ndarray, np.ndarray]:
         """Locate values on the pieces of the rule.
@@ -328,6 +350,142 @@ class SenderRule:
             fraction = kernels.coin_fractions(values, event, self.breakpoints)
             self._flip_coins(messages, randomizing, fraction, None, rng)
         return messages, outside, outside_values
+
+    def sample_rows_numpy(self, rows, factors, bounds, shared, rng):
+        """:meth:`sample_rows` in numpy, the same bits (``tests/test_sender.py``).
+
+        Tiles of a row are scaled, bucketed and looked up in the flagged per-bucket
+        table (one gather per value answers level, mover and dirty); only the flagged
+        values (a few percent) are revisited. The bucket times ``H`` is computed as
+        ``(z - low) * (per_unit * H)``: ``H`` is a power of two, so this is
+        :meth:`_bucket_index` scaled exactly, and the shared value is or-ed into its
+        low bits. Values outside ``bounds`` lie in the end buckets, which are dirty, so
+        they are found among the flagged ones. Needs ``H`` a power of two and ``shared``
+        in ``[0, H)``; otherwise :meth:`sample` on the materialized ``z`` is used.
+        """
+        num_shared = self.num_shared
+        low, per_unit, first, _ = self._locator
+        kind = rows.dtype.type
+        if (
+            num_shared & (num_shared - 1)
+            or first.size * num_shared > 1 << 24  # bucket * H + h exact in float32
+            or not (self._dirty[0] and self._dirty[-1])
+            or not per_unit * num_shared < np.finfo(kind).max / 2
+        ):
+            return self._sample_rows_reference(rows, factors, bounds, shared, rng)
+        scale = kind(per_unit) * kind(num_shared)
+        table, shift = self._flagged_bucket_levels()
+        level_mask = (1 << shift) - 1
+        num_rows, width = rows.shape
+        messages = np.empty(rows.size, dtype=self.level_table().dtype)
+        shared = shared.reshape(-1)
+        tile = min(width, _NUMPY_TILE)
+        z = np.empty(tile, dtype=rows.dtype)
+        position = np.empty(tile, dtype=rows.dtype)
+        index = np.empty(tile, dtype=np.intp)
+        entry = np.empty(tile, dtype=table.dtype)
+        flagged = np.empty(tile, dtype=bool)
+        parts = []
+        for row_index in range(num_rows):
+            row, factor = rows[row_index], factors[row_index]
+            for start in range(0, width, tile):
+                count = min(tile, width - start)
+                offset = row_index * width + start
+                z_tile, at, where, looked = (
+                    z[:count],
+                    position[:count],
+                    index[:count],
+                    entry[:count],
+                )
+                np.multiply(row[start : start + count], factor, out=z_tile)
+                np.subtract(z_tile, kind(low), out=at)
+                at *= scale
+                np.clip(at, 0, (first.size - 1) * num_shared, out=at)
+                np.copyto(where, at, casting="unsafe")  # truncation: the bucket times H
+                where &= ~(num_shared - 1)
+                np.bitwise_or(where, shared[offset : offset + count], out=where)
+                np.take(table, where, out=looked)
+                np.bitwise_and(
+                    looked, level_mask, out=messages[offset : offset + count], casting="unsafe"
+                )
+                local = np.flatnonzero(np.greater(looked, level_mask, out=flagged[:count]))
+                parts.append((local + offset, z_tile[local], looked[local], where[local]))
+        positions, values, entries, where = (
+            np.concatenate(part) for part in zip(*parts, strict=True)
+        )
+        bucket = where >> (num_shared.bit_length() - 1)
+        return self._finish_flagged(
+            messages, positions, values, entries >> shift, bucket, shared, bounds, rng
+        )
+
+    def _finish_flagged(self, messages, positions, values, flags, bucket, shared, bounds, rng):
+        """The flagged values of :meth:`sample_rows_numpy` (``flags``: bit 0 the mover,
+        bit 1 dirty): search the dirty ones, flip the movers' coins, and split off the
+        values outside ``bounds`` (all in dirty end buckets)."""
+        first, *_ = self._numpy_window_tables()
+        event = first[bucket]
+        moving = (flags & 1).astype(bool)
+        dirty = np.flatnonzero(flags >= 2)
+        dirty_values = values[dirty]
+        if dirty.size:
+            dirty_positions = positions[dirty]
+            h = shared[dirty_positions]
+            found = self._windowed_search(dirty_values.astype(np.float64), bucket[dirty])
+            event[dirty] = found
+            messages[dirty_positions] = self.level_table()[found, h]
+            moving[dirty] = self.event_shared[found] == h
+        chosen = np.flatnonzero(moving)
+        if chosen.size:
+            fraction = self._fraction(values[chosen].astype(np.float64), event[chosen])
+            self._flip_coins(messages, positions[chosen], fraction, None, rng)
+        lower, upper = bounds
+        outside = (
+            np.abs(dirty_values) > upper
+            if lower == -upper
+            else (dirty_values < lower) | (dirty_values > upper)
+        )
+        return messages, positions[dirty[outside]], dirty_values[outside]
+
+    def _numpy_window_tables(self):
+        """Per bucket, for the numpy sender: the first event (intp), the count of
+        breakpoints below its window plus one, the window's bounds (infinite where
+        open) and its inner breakpoints (infinite past the window), built once."""
+        if self._numpy_windows is None:
+            t = self.breakpoints
+            windows = self._search_windows()
+            start, stop = windows[:, 0], windows[:, 1]
+            below = np.where(start == 0, -np.inf, t[start])
+            above = np.where(stop == t.size, np.inf, t[np.minimum(stop, t.size - 1)])
+            steps = range(1, int(np.max(stop - start, initial=1)))
+            probes = [
+                np.where(start + step < stop, t[np.minimum(start + step, t.size - 1)], np.inf)
+                for step in steps
+            ]
+            first = self._locator[2].astype(np.intp)
+            self._numpy_windows = (first, start + 1, below, above, probes)
+        return self._numpy_windows
+
+    def _windowed_search(self, values, bucket) -> np.ndarray:
+        """:meth:`_search` of float64 values whose buckets are known: the breakpoints
+        of each bucket's window are counted (as the compiled ``_search_event``), and
+        values outside their window are searched in full."""
+        _, base, below, above, probes = self._numpy_window_tables()
+        count = base[bucket]
+        for probe in probes:
+            count += probe[bucket] <= values
+        outside = np.flatnonzero(~((below[bucket] <= values) & (values < above[bucket])))
+        if outside.size:
+            count[outside] = np.searchsorted(self.breakpoints, values[outside], side="right")
+        return np.clip(count - 1, 0, self._last_open, out=count)
+
+    def _sample_rows_reference(self, rows, factors, bounds, shared, rng):
+        """:meth:`sample_rows` by :meth:`sample` on the materialized ``z``."""
+        z = (rows * factors[:, None]).reshape(-1)
+        lower, upper = bounds
+        outside = np.flatnonzero(
+            np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
+        )
+        return self.sample(z, shared.reshape(-1), rng=rng), outside, z[outside]
 
     def _levels_compiled(self, kernels, values, shared):
         """:meth:`_levels` in one compiled pass (bit-identical, ``tests/test_kernels.py``)."""

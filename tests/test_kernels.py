@@ -277,9 +277,7 @@ def test_compiled_packing_is_byte_identical(monkeypatch, bits):
 
 def test_compiled_coin_fractions_match_the_senders(monkeypatch):
     # empty pieces (repeated breakpoints), values on, between and beyond the breakpoints
-    from types import SimpleNamespace
-
-    from quicdesign.sender import SenderRule
+    from quicdesign.sender import piece_fractions, piece_tables
 
     rng = np.random.default_rng(21)
     for bits in range(1, 9):
@@ -288,7 +286,7 @@ def test_compiled_coin_fractions_match_the_senders(monkeypatch):
         events = rng.integers(0, t.size - 1, 5000)
         values = t[events] + rng.uniform(-0.2, 1.2, events.size) * (t[events + 1] - t[events])
         values[:3] = [t[events[0]], t[events[1] + 1], 1e300]
-        expected = SenderRule._fraction(SimpleNamespace(breakpoints=t), values, events)
+        expected = piece_fractions(values, events, *piece_tables(t))
         fractions = compiled_kernels().coin_fractions(values, events, t)
         assert fractions.tobytes() == expected.tobytes(), bits
 
