@@ -15,8 +15,9 @@ The encoder side (``rotate``, ``scaled_rotate``) does not use BLAS: its bytes mu
 depend on the CPU. A BLAS kernel's summation order (and FMA use) changes the rounding of
 ``fwht``, so the same input gave different payloads under ``OPENBLAS_CORETYPE=Haswell`` and
 the native kernel. :func:`exact_order_fwht` is an add/subtract-only butterfly in a fixed
-order (radix-4 constant geometry: every pass reads four contiguous quarters and writes the
-four results interleaved, which cycles the index bits like the BLAS passes) followed by one
+order (the order of radix-4 constant-geometry passes: each reads four contiguous quarters
+and writes the four results interleaved, which cycles the index bits like the BLAS passes;
+numpy groups two such passes, see :func:`_numpy_butterfly_passes`) followed by one
 multiplication by a constant; every operation is a correctly rounded IEEE add, subtract or
 multiply, so the result is the same on every CPU. It costs about 1.5-2x ``fwht`` (see
 ``quicdesign bench transform``). The server's single inverse rotation keeps ``fwht``.
@@ -175,31 +176,48 @@ def _butterfly_passes(source, scratch, factor):
     return result
 
 
+def _butterfly_level_groups(log_n):
+    """The butterfly levels (bits of the index, 0 = adjacent pairs) in the order every
+    path computes them: pairs ``(log_n - 2, log_n - 1)``, ``(log_n - 4, log_n - 3)``, ...
+    (the lower bit first), then bit 0 alone when ``log_n`` is odd; grouped two pairs at a
+    time for :func:`_numpy_butterfly_passes`."""
+    pairs = [(bit - 1, bit) for bit in range(log_n - 1, 0, -2)]
+    groups = [[bit for pair in pairs[i : i + 2] for bit in pair] for i in range(0, len(pairs), 2)]
+    return groups + [[0]] * (log_n % 2)
+
+
 def _numpy_butterfly_passes(source, scratch):
-    """The numpy reference of :func:`_butterfly_passes`."""
+    """The numpy reference of :func:`_butterfly_passes` (without the final multiply).
+
+    Every level is ``(a + b, a - b)`` on the pairs of its bit, in the order of
+    :func:`_butterfly_level_groups`. Each group's bits are the top bits of the current
+    layout: all but its last level run in place on contiguous halves (long inner loops),
+    and its last level writes the group's bits to the bottom of the index (a rotation
+    of the index bits, as the constant-geometry passes of the compiled kernel), so the
+    next group's bits are on top; after every group the layout is the original again.
+    The levels' order, not the layout, fixes the rounding, so the bits are the same.
+    """
     batch, n = source.shape
     log_n = n.bit_length() - 1
-    quarter = n // 4
-    if log_n >= 2:
-        partial = np.empty((4, batch, quarter), dtype=source.dtype)
-    for _ in range(log_n // 2):
-        quarters = source.reshape(batch, 4, quarter)
-        interleaved = scratch.reshape(batch, quarter, 4)
-        np.add(quarters[:, 0], quarters[:, 1], out=partial[0])
-        np.subtract(quarters[:, 0], quarters[:, 1], out=partial[1])
-        np.add(quarters[:, 2], quarters[:, 3], out=partial[2])
-        np.subtract(quarters[:, 2], quarters[:, 3], out=partial[3])
-        np.add(partial[0], partial[2], out=interleaved[:, :, 0])
-        np.add(partial[1], partial[3], out=interleaved[:, :, 1])
-        np.subtract(partial[0], partial[2], out=interleaved[:, :, 2])
-        np.subtract(partial[1], partial[3], out=interleaved[:, :, 3])
-        source, scratch = scratch, source
-    if log_n % 2:
-        halves = source.reshape(batch, 2, n // 2)
-        interleaved = scratch.reshape(batch, n // 2, 2)
-        np.add(halves[:, 0], halves[:, 1], out=interleaved[:, :, 0])
-        np.subtract(halves[:, 0], halves[:, 1], out=interleaved[:, :, 1])
-        source = scratch
+    rotation = 0  # bit b of the original index sits at position (b + rotation) % log_n
+    for group in _butterfly_level_groups(log_n):
+        size = len(group)
+        for step, bit in enumerate(group):
+            position = (bit + rotation) % log_n
+            if step < size - 1:
+                halves = source.reshape(batch, n >> (position + 1), 2, 1 << position)
+                target = scratch.reshape(halves.shape)
+            else:
+                # the group's bits move below the others: a view of ``scratch`` with
+                # the index bits rotated by the group's size
+                inner = position - (log_n - size)
+                shape = (batch, 1 << (size - 1 - inner), 2, 1 << inner, n >> size)
+                halves = source.reshape(shape)
+                target = scratch.reshape(batch, n >> size, *shape[1:4]).transpose(0, 2, 3, 4, 1)
+            np.add(halves[:, :, 0], halves[:, :, 1], out=target[:, :, 0])
+            np.subtract(halves[:, :, 0], halves[:, :, 1], out=target[:, :, 1])
+            source, scratch = scratch, source
+        rotation += size
     return source
 
 
