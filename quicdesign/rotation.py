@@ -469,7 +469,9 @@ def _scaled_rotate(x, signs, layout, generated_signs=False):
     else:
         np.multiply(arr, s[: layout.dim], out=padded[: layout.dim], dtype=dtype)
         padded[layout.dim :] = 0
-        largest = np.max(np.abs(chunks), axis=1).astype(np.float64)
+        # two reductions, no |x| temporary (NaN propagates through both)
+        largest = np.maximum(np.max(chunks, axis=1), -np.min(chunks, axis=1))
+        largest = largest.astype(np.float64)
     exponents = np.zeros(layout.num_chunks, dtype=np.int64)
     low, high = _UNSCALED_RANGE
     nonzero = largest > 0
