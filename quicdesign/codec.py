@@ -40,6 +40,7 @@ from ._validate import (
     check_round_seed,
 )
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
+from ._workspace import WORKSPACE_KEY, Workspace
 from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import ROTATED, check_input_model
 from .randomness import (
@@ -161,6 +162,17 @@ def payload_size(bits: int, dim: int, num_exact: int) -> int:
     )
 
 
+def _row_square_sums(rows) -> np.ndarray:
+    """``np.sum(np.square(rows, dtype=np.float64), axis=1)`` a row at a time through one
+    float64 row (the same pairwise sums, without a rows-sized float64 temporary, whose
+    fresh pages cost more than the sums)."""
+    sums = np.empty(rows.shape[0])
+    squares = np.empty(rows.shape[1])
+    for index, row in enumerate(rows):
+        sums[index] = np.add.reduce(np.square(row, dtype=np.float64, out=squares))
+    return sums
+
+
 def _norms_and_scales(rotated, exponents, chunk_size):
     """Chunk norms as sent (float32, rounded up) and the factors mapping to unit variance.
 
@@ -175,7 +187,7 @@ def _norms_and_scales(rotated, exponents, chunk_size):
     if kernels is not None and rotated.dtype in (np.float32, np.float64):
         squares = kernels.row_square_sums(np.ascontiguousarray(rotated))
     else:
-        squares = np.sum(np.square(rotated, dtype=np.float64), axis=1)
+        squares = _row_square_sums(rotated)
     scaled_norms = np.sqrt(squares)
     with np.errstate(over="ignore"):
         norms = np.ldexp(scaled_norms, exponents)
@@ -258,7 +270,7 @@ class QuicFLQuantize(Stage):
         sender, kernels = self.table.sender, compiled_kernels()
         if kernels is None:
             codes, exact, values = sender.sample_rows_numpy(
-                rotated, factors, self.table.support, shared, rng
+                rotated, factors, self.table.support, shared, rng, state.cache.get(WORKSPACE_KEY)
             )
         else:
             codes, exact, values = sender.sample_rows(
@@ -381,7 +393,8 @@ class QuicFLEncoder:
         self.round_seed = check_round_seed(round_seed)
         self._tag = _mode_round_tag(self.round_seed, self.stratified)
         self._pipeline = self.pipeline_for(self.table, self.stratified)
-        self._cache: dict = {}  # the round's rotation signs, per length
+        # the round's rotation signs per length, and the per-thread work arrays
+        self._cache: dict = {WORKSPACE_KEY: Workspace()}
 
     def encode(self, vector, client_id: int, rng=None) -> bytes:
         """Encode one client's vector.

@@ -36,6 +36,7 @@ import numpy as np
 
 from quicdesign._kernels import compiled_kernels
 from quicdesign._validate import check_dim
+from quicdesign._workspace import work_array
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError
 
 __all__ = [
@@ -373,11 +374,12 @@ def _check_rotation_input(x, signs, layout):
     return arr, dtype, _checked_signs(signs, layout)
 
 
-def _transform_padded(padded, layout):
+def _transform_padded(padded, layout, workspace=None):
     """Exact-order transform of the padded, sign-flipped vector, chunk by chunk."""
     rows = padded.reshape(layout.num_chunks, layout.chunk_size)
     factor = padded.dtype.type(1.0 / math.sqrt(layout.chunk_size))
-    return _butterfly_passes(rows, np.empty_like(rows), factor)
+    scratch = work_array(workspace, "rotation scratch", rows.size, rows.dtype)
+    return _butterfly_passes(rows, scratch.reshape(rows.shape), factor)
 
 
 def rotate(x, signs, layout):
@@ -436,10 +438,11 @@ def scaled_rotate(x, signs, layout):
     return _scaled_rotate(x, signs, layout)
 
 
-def _scaled_rotate(x, signs, layout, generated_signs=False):
+def _scaled_rotate(x, signs, layout, generated_signs=False, workspace=None):
     """:func:`scaled_rotate`; ``generated_signs``: the signs come from
     :func:`~quicdesign.randomness.rotation_signs` (only +1/-1, in the compute dtype),
-    so the pass checking them is skipped."""
+    so the pass checking them is skipped. With a ``workspace``
+    (:mod:`quicdesign._workspace`) the result is one of its arrays."""
     if generated_signs:
         _check_layout(layout)
         arr = np.asarray(x)
@@ -449,7 +452,7 @@ def _scaled_rotate(x, signs, layout, generated_signs=False):
         s = signs
     else:
         arr, dtype, s = _check_rotation_input(x, signs, layout)
-    padded = np.empty(layout.rotated_dim, dtype=dtype)
+    padded = work_array(workspace, "rotation", layout.rotated_dim, dtype)
     chunks = padded.reshape(layout.num_chunks, layout.chunk_size)
     kernels = compiled_kernels()
     fast = kernels is not None and arr.dtype == dtype == s.dtype and arr.flags.c_contiguous
@@ -457,7 +460,8 @@ def _scaled_rotate(x, signs, layout, generated_signs=False):
     if fast and layout.chunk_size >= 4:
         # sign flips and chunk peaks inside the transform's first pass (flips and maxima
         # are exact: same bits); kept only if no chunk needs scaling
-        scratch = np.empty_like(chunks)
+        scratch = work_array(workspace, "rotation scratch", chunks.size, dtype)
+        scratch = scratch.reshape(chunks.shape)
         factor = chunks.dtype.type(1.0 / math.sqrt(layout.chunk_size))
         bits = arr.view(np.uint32 if dtype == np.float32 else np.uint64)
         peak_bits, which = kernels.signed_butterflies(arr, bits, s, chunks, scratch, factor)
@@ -478,7 +482,7 @@ def _scaled_rotate(x, signs, layout, generated_signs=False):
     if np.all((largest[nonzero] >= low) & (largest[nonzero] <= high)):
         if transformed is not None:
             return transformed, exponents
-        return _transform_padded(padded, layout), exponents
+        return _transform_padded(padded, layout, workspace), exponents
     exponents[nonzero] = np.frexp(largest[nonzero])[1]
     # ldexp in float64 is exact for every float32 or float64 input value
     wide = np.zeros(chunks.shape, dtype=np.float64)

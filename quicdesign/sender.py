@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import compiled_kernels
+from ._workspace import work_array
 from .errors import TableError
 
 __all__ = ["SenderRule"]
@@ -32,7 +33,7 @@ _DIRTY_BUCKET = 1 << 16
 _MAX_LEVEL_TABLE_ENTRIES = 1 << 25
 
 # Values per step of the numpy sender (its temporaries stay in L2).
-_NUMPY_TILE = 1 << 16
+_NUMPY_TILE = 1 << 17
 
 
 def piece_tables(breakpoints):
@@ -351,17 +352,20 @@ class SenderRule:
             self._flip_coins(messages, randomizing, fraction, None, rng)
         return messages, outside, outside_values
 
-    def sample_rows_numpy(self, rows, factors, bounds, shared, rng):
+    def sample_rows_numpy(self, rows, factors, bounds, shared, rng, workspace=None):
         """:meth:`sample_rows` in numpy, the same bits (``tests/test_sender.py``).
 
         Tiles of a row are scaled, bucketed and looked up in the flagged per-bucket
         table (one gather per value answers level, mover and dirty); only the flagged
-        values (a few percent) are revisited. The bucket times ``H`` is computed as
+        values (a few percent) are revisited, tile by tile (the coin flips' uniforms
+        drawn tile by tile are the same sequence). The bucket times ``H`` is computed as
         ``(z - low) * (per_unit * H)``: ``H`` is a power of two, so this is
         :meth:`_bucket_index` scaled exactly, and the shared value is or-ed into its
         low bits. Values outside ``bounds`` lie in the end buckets, which are dirty, so
         they are found among the flagged ones. Needs ``H`` a power of two and ``shared``
-        in ``[0, H)``; otherwise :meth:`sample` on the materialized ``z`` is used.
+        in ``[0, H)``; otherwise :meth:`sample` on the materialized ``z`` is used. The
+        tiles' temporaries come from ``workspace`` (:mod:`quicdesign._workspace`) if
+        given.
         """
         num_shared = self.num_shared
         low, per_unit, first, _ = self._locator
@@ -380,12 +384,12 @@ class SenderRule:
         messages = np.empty(rows.size, dtype=self.level_table().dtype)
         shared = shared.reshape(-1)
         tile = min(width, _NUMPY_TILE)
-        z = np.empty(tile, dtype=rows.dtype)
-        position = np.empty(tile, dtype=rows.dtype)
-        index = np.empty(tile, dtype=np.intp)
-        entry = np.empty(tile, dtype=table.dtype)
-        flagged = np.empty(tile, dtype=bool)
-        parts = []
+        z = work_array(workspace, "sender z", tile, rows.dtype)
+        position = work_array(workspace, "sender position", tile, rows.dtype)
+        index = work_array(workspace, "sender index", tile, np.intp)
+        entry = work_array(workspace, "sender entry", tile, table.dtype)
+        flagged = work_array(workspace, "sender flagged", tile, bool)
+        outside = []
         for row_index in range(num_rows):
             row, factor = rows[row_index], factors[row_index]
             for start in range(0, width, tile):
@@ -409,19 +413,29 @@ class SenderRule:
                     looked, level_mask, out=messages[offset : offset + count], casting="unsafe"
                 )
                 local = np.flatnonzero(np.greater(looked, level_mask, out=flagged[:count]))
-                parts.append((local + offset, z_tile[local], looked[local], where[local]))
-        positions, values, entries, where = (
-            np.concatenate(part) for part in zip(*parts, strict=True)
-        )
-        bucket = where >> (num_shared.bit_length() - 1)
-        return self._finish_flagged(
-            messages, positions, values, entries >> shift, bucket, shared, bounds, rng
-        )
+                if local.size:
+                    bucket = where[local] >> (num_shared.bit_length() - 1)
+                    outside.append(
+                        self._finish_flagged(
+                            messages,
+                            local + offset,
+                            z_tile[local],
+                            looked[local] >> shift,
+                            bucket,
+                            shared,
+                            bounds,
+                            rng,
+                        )
+                    )
+        if not outside:
+            return messages, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=rows.dtype)
+        positions, values = (np.concatenate(part) for part in zip(*outside, strict=True))
+        return messages, positions, values
 
     def _finish_flagged(self, messages, positions, values, flags, bucket, shared, bounds, rng):
-        """The flagged values of :meth:`sample_rows_numpy` (``flags``: bit 0 the mover,
-        bit 1 dirty): search the dirty ones, flip the movers' coins, and split off the
-        values outside ``bounds`` (all in dirty end buckets)."""
+        """The flagged values of a tile of :meth:`sample_rows_numpy` (``flags``: bit 0
+        the mover, bit 1 dirty): search the dirty ones, flip the movers' coins, and
+        return the positions and values outside ``bounds`` (all in dirty end buckets)."""
         first, *_ = self._numpy_window_tables()
         event = first[bucket]
         moving = (flags & 1).astype(bool)
@@ -444,7 +458,7 @@ class SenderRule:
             if lower == -upper
             else (dirty_values < lower) | (dirty_values > upper)
         )
-        return messages, positions[dirty[outside]], dirty_values[outside]
+        return positions[dirty[outside]], dirty_values[outside]
 
     def _numpy_window_tables(self):
         """Per bucket, for the numpy sender: the first event (intp), the count of

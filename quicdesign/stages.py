@@ -32,6 +32,7 @@ import numpy as np
 from ._accumulate import WeightedSumAggregator, check_contribution_bound
 from ._validate import check_minmax_magnitude, check_weight
 from ._wire import PayloadReader, unpack_codes
+from ._workspace import WORKSPACE_KEY
 from .errors import ParameterError, PayloadError
 from .randomness import rotation_signs
 from .rotation import RotationLayout, _scaled_rotate, unrotate
@@ -449,7 +450,9 @@ class RandomizedHadamard(Stage):
         signs = self._signs(state, layout, np.float64 if x.dtype == np.float64 else np.float32)
         # rotate each chunk scaled by a power of two (exact), so float32 cannot overflow
         # or underflow; the ends of the pipeline restore the true magnitudes
-        rotated, exponents = _scaled_rotate(x, signs, layout, generated_signs=True)
+        rotated, exponents = _scaled_rotate(
+            x, signs, layout, generated_signs=True, workspace=state.cache.get(WORKSPACE_KEY)
+        )
         if self.scaled:
             return ScaledChunks(rotated, exponents, layout), None
         return np.asarray(ScaledChunks(rotated, exponents, layout)), None

@@ -7,6 +7,7 @@ import pytest
 from quicdesign import ParameterError, PayloadError, QuicFLAggregator, QuicFLEncoder, load_table
 from quicdesign._kernels import KERNELS_ENV, compiled_kernels
 from quicdesign._wire import pack_codes
+from quicdesign.codec import _row_square_sums
 from quicdesign.entropy import QuicFLEntropyAggregator, QuicFLEntropyEncoder
 from quicdesign.rotation import exact_order_fwht
 from quicdesign.table import load_entropy_table
@@ -350,6 +351,8 @@ def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
             rows.flat[0] = np.finfo(np.float32).max  # its square is exact in float64
         expected = np.sum(np.square(rows, dtype=np.float64), axis=1)
         assert kernels.row_square_sums(rows).tobytes() == expected.tobytes(), shape
+        # the numpy encoder's row-at-a-time sums too
+        assert _row_square_sums(rows).tobytes() == expected.tobytes(), shape
 
 
 @pytest.mark.parametrize("name", ["e8", "d4"])
