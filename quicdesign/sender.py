@@ -358,10 +358,9 @@ class SenderRule:
         Tiles of a row are scaled, bucketed and looked up in the flagged per-bucket
         table (one gather per value answers level, mover and dirty); only the flagged
         values (a few percent) are revisited, tile by tile (the coin flips' uniforms
-        drawn tile by tile are the same sequence). The bucket times ``H`` is computed as
-        ``(z - low) * (per_unit * H)``: ``H`` is a power of two, so this is
-        :meth:`_bucket_index` scaled exactly, and the shared value is or-ed into its
-        low bits. Values outside ``bounds`` lie in the end buckets, which are dirty, so
+        drawn tile by tile are the same sequence). The table index ``bucket * H + h`` is
+        formed in the values' float type (exact below ``2**24``) from the bucket of
+        :meth:`_bucket_index`. Values outside ``bounds`` lie in the end buckets, which are dirty, so
         they are found among the flagged ones. Needs ``H`` a power of two and ``shared``
         in ``[0, H)``; otherwise :meth:`sample` on the materialized ``z`` is used. The
         tiles' temporaries come from ``workspace`` (:mod:`quicdesign._workspace`) if
@@ -374,10 +373,9 @@ class SenderRule:
             num_shared & (num_shared - 1)
             or first.size * num_shared > 1 << 24  # bucket * H + h exact in float32
             or not (self._dirty[0] and self._dirty[-1])
-            or not per_unit * num_shared < np.finfo(kind).max / 2
+            or not per_unit < np.finfo(kind).max
         ):
             return self._sample_rows_reference(rows, factors, bounds, shared, rng)
-        scale = kind(per_unit) * kind(num_shared)
         table, shift = self._flagged_bucket_levels()
         level_mask = (1 << shift) - 1
         num_rows, width = rows.shape
@@ -403,11 +401,12 @@ class SenderRule:
                 )
                 np.multiply(row[start : start + count], factor, out=z_tile)
                 np.subtract(z_tile, kind(low), out=at)
-                at *= scale
-                np.clip(at, 0, (first.size - 1) * num_shared, out=at)
-                np.copyto(where, at, casting="unsafe")  # truncation: the bucket times H
-                where &= ~(num_shared - 1)
-                np.bitwise_or(where, shared[offset : offset + count], out=where)
+                at *= kind(per_unit)
+                np.clip(at, 0, first.size - 1, out=at)
+                np.floor(at, out=at)  # the bucket of _bucket_index, then bucket * H + h,
+                at *= num_shared  # exact in the float type (below 2**24)
+                np.add(at, shared[offset : offset + count], out=at)
+                np.copyto(where, at, casting="unsafe")
                 np.take(table, where, out=looked)
                 np.bitwise_and(
                     looked, level_mask, out=messages[offset : offset + count], casting="unsafe"
@@ -461,33 +460,41 @@ class SenderRule:
         return positions[dirty[outside]], dirty_values[outside]
 
     def _numpy_window_tables(self):
-        """Per bucket, for the numpy sender: the first event (intp), the count of
-        breakpoints below its window plus one, the window's bounds (infinite where
-        open) and its inner breakpoints (infinite past the window), built once."""
+        """For the numpy sender, built once: the first event of every bucket (in the
+        narrowest unsigned type), and compact search windows of the dirty buckets
+        (small tables stay in cache): a bucket's slot, then per slot the count of
+        breakpoints below its window plus one, the window's bounds (infinite where open)
+        and its inner breakpoints (infinite past the window). Slot 0 is every clean
+        bucket's: its bounds contain no value, so its values are searched in full."""
         if self._numpy_windows is None:
             t = self.breakpoints
-            windows = self._search_windows()
+            dirty = np.flatnonzero(self._dirty)
+            windows = np.concatenate([[[0, 0]], self._search_windows()[dirty]])
             start, stop = windows[:, 0], windows[:, 1]
             below = np.where(start == 0, -np.inf, t[start])
             above = np.where(stop == t.size, np.inf, t[np.minimum(stop, t.size - 1)])
+            below[0], above[0] = np.inf, -np.inf
             steps = range(1, int(np.max(stop - start, initial=1)))
             probes = [
                 np.where(start + step < stop, t[np.minimum(start + step, t.size - 1)], np.inf)
                 for step in steps
             ]
-            first = self._locator[2].astype(np.intp)
-            self._numpy_windows = (first, start + 1, below, above, probes)
+            slot = np.zeros(self._dirty.size, dtype=np.min_scalar_type(dirty.size))
+            slot[dirty] = np.arange(1, dirty.size + 1)
+            first = self._locator[2].astype(np.min_scalar_type(max(self.num_events, 1)))
+            self._numpy_windows = (first, slot, start + 1, below, above, probes)
         return self._numpy_windows
 
     def _windowed_search(self, values, bucket) -> np.ndarray:
         """:meth:`_search` of float64 values whose buckets are known: the breakpoints
-        of each bucket's window are counted (as the compiled ``_search_event``), and
-        values outside their window are searched in full."""
-        _, base, below, above, probes = self._numpy_window_tables()
-        count = base[bucket]
+        of each dirty bucket's window are counted (as the compiled ``_search_event``),
+        and values outside their window are searched in full."""
+        _, slots, base, below, above, probes = self._numpy_window_tables()
+        slot = slots[bucket]
+        count = base[slot]
         for probe in probes:
-            count += probe[bucket] <= values
-        outside = np.flatnonzero(~((below[bucket] <= values) & (values < above[bucket])))
+            count += probe[slot] <= values
+        outside = np.flatnonzero(~((below[slot] <= values) & (values < above[slot])))
         if outside.size:
             count[outside] = np.searchsorted(self.breakpoints, values[outside], side="right")
         return np.clip(count - 1, 0, self._last_open, out=count)
