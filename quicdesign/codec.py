@@ -377,6 +377,13 @@ class QuicFLEncoder:
     force : bool
         Accept a table designed for another input model (``docs/wire-format.md``); by
         default only ``rotated`` tables designed for the standard normal are accepted.
+
+    Notes
+    -----
+    Between calls the encoder keeps its work arrays, one set per thread (about two
+    float32 copies of the padded vector plus a row's worth of sender temporaries), so
+    repeated encodes do not fault in fresh pages; encoding from several threads at
+    once is safe.
     """
 
     _magic = WIRE_MAGIC
