@@ -45,6 +45,10 @@ class WeightedSumAggregator(Aggregator):
         self._total_weight = 0.0
         self._clients: set[int] = set()
 
+    def _accumulate(self, contribution) -> None:
+        """Add a validated contribution (from :meth:`_decode`) to the sum; cannot fail."""
+        self._sum += contribution
+
     @abstractmethod
     def _decode(self, payload, weight: float) -> tuple[int, np.ndarray]:
         """Validate ``payload`` fully; return ``(client_id, weight * contribution)``.
@@ -104,7 +108,7 @@ class WeightedSumAggregator(Aggregator):
         client_id, contribution = self._decode(payload, weight)
         self._check_new_client(client_id)
         # Commit: nothing below can fail.
-        self._sum += contribution
+        self._accumulate(contribution)
         self._total_weight += weight
         self._clients.add(client_id)
 

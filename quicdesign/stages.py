@@ -49,6 +49,8 @@ __all__ = [
 
 # Clients gathered per pass of the compiled kernel (8 bytes of index per coordinate each).
 _KERNEL_BLOCK = 8
+# Coordinates per block of the numpy gather-and-add (its temporaries stay in cache).
+_GATHER_BLOCK = 1 << 16
 
 
 @dataclass(slots=True)  # built once per client: slots make that cheaper
@@ -93,25 +95,48 @@ class GatheredContribution:
 
     def materialize(self) -> np.ndarray:
         """The contribution as a float64 vector."""
+        decoded = np.empty(self.scale.size * self.chunk_size)
+        self._decode_into(decoded, 0, decoded.size, self._codes(), self._tables())
+        return decoded
+
+    def add_to(self, total) -> None:
+        """``total += self.materialize()`` (the same bits) in blocks of coordinates, with
+        no vector-sized temporaries (their fresh pages cost as much as the sums)."""
+        codes, tables = self._codes(), self._tables()
+        block = min(total.size, _GATHER_BLOCK)
+        decoded = np.empty(block)
+        for start in range(0, total.size, block):
+            stop = min(start + block, total.size)
+            part = decoded[: stop - start]
+            self._decode_into(part, start, stop, codes, tables)
+            total[start:stop] += part
+
+    def _tables(self):
         # one small table per chunk with norm, weight and 1/sqrt(chunk) folded in, then a
         # single gather with a narrow index (numpy gathers fastest with those)
-        tables = (self.scale[:, None] * self.receiver[None, :]).reshape(-1)
+        return (self.scale[:, None] * self.receiver[None, :]).reshape(-1)
+
+    def _codes(self):
         size = self.scale.size * self.chunk_size
-        index_dtype = np.uint16 if tables.size <= 1 << 16 else np.uint32
-        index = (self.shared[:size] & np.uint8(self.shared_mask)).astype(index_dtype)
-        index <<= self.bits
         if self.code_width == 8:
-            index |= self.codes[:size]
-        else:
-            index |= unpack_codes(self.codes, self.code_width, size)
-        if self.scale.size > 1:
-            offsets = np.arange(self.scale.size, dtype=index_dtype) * index_dtype(
-                self.receiver.size
-            )
-            index.reshape(self.scale.size, -1)[1:] += offsets[1:, None]
-        decoded = tables[index]
-        decoded[self.positions] = self.exact
-        return decoded
+            return self.codes[:size]
+        return unpack_codes(self.codes, self.code_width, size)
+
+    def _decode_into(self, out, start, stop, codes, tables) -> None:
+        """Decoded coordinates ``start:stop`` into ``out`` (exact ones included)."""
+        index_dtype = np.uint16 if tables.size <= 1 << 16 else np.uint32
+        index = (self.shared[start:stop] & np.uint8(self.shared_mask)).astype(index_dtype)
+        index <<= self.bits
+        index |= codes[start:stop]
+        # chunk k's table starts at k * receiver.size
+        first, last = start // self.chunk_size, (stop - 1) // self.chunk_size
+        for chunk in range(max(first, 1), last + 1):
+            lo = max(chunk * self.chunk_size, start) - start
+            hi = min((chunk + 1) * self.chunk_size, stop) - start
+            index[lo:hi] += index_dtype(chunk * self.receiver.size)
+        np.take(tables, index, out=out)
+        lo, hi = np.searchsorted(self.positions, (start, stop))
+        out[self.positions[lo:hi] - start] = self.exact[lo:hi]
 
 
 class Stage(ABC):
@@ -327,11 +352,15 @@ class PipelineAggregator(WeightedSumAggregator):
         )
         return header.client_id, self._pipeline.decode_to_sum_domain(reader, state, weight)
 
-    def _decode(self, payload, weight: float) -> tuple[int, np.ndarray]:
-        client_id, contribution = self._contribution(payload, weight)
+    def _decode(self, payload, weight: float):
+        # a gathered contribution stays unmaterialized: _accumulate adds it in blocks
+        return self._contribution(payload, weight)
+
+    def _accumulate(self, contribution) -> None:
         if isinstance(contribution, GatheredContribution):
-            contribution = contribution.materialize()
-        return client_id, contribution
+            contribution.add_to(self._sum.reshape(-1))
+        else:
+            super()._accumulate(contribution)
 
     def add_many(self, payloads, weights=None) -> None:
         """Add payloads in order, exactly as a loop of :meth:`add` (same bits, same errors).
