@@ -32,13 +32,15 @@ def accumulate_gathered(accumulator, gathered):
     """Add a block of validated ``stages.GatheredContribution``s (sharing receiver table,
     chunking and code widths) to the flat float64 ``accumulator`` in one pass."""
     first = gathered[0]
-    slots = first.receiver.size + _TILE  # the table, then the tile's exact values
+    slots = first.receiver.size + _SUM_TILE  # the table, then the tile's exact values
     index_dtype = np.uint16 if slots <= 1 << 16 else np.uint32
     _coded_accumulate(
         accumulator,
         first.receiver,
         first.chunk_size,
-        first.bits,
+        # 2**bits as a runtime value: LLVM keeps a multiply by it in 16-bit lanes, while
+        # it widens a shift by a variable amount to 64-bit lanes (4x the vector work)
+        1 << first.bits,
         first.code_width,
         np.stack([g.scale for g in gathered]),
         np.array([g.shared_mask for g in gathered], dtype=np.uint8),
@@ -46,7 +48,7 @@ def accumulate_gathered(accumulator, gathered):
         numba.typed.List([np.ascontiguousarray(g.shared) for g in gathered]),
         numba.typed.List([g.positions.astype(np.intp) for g in gathered]),
         numba.typed.List([g.exact for g in gathered]),
-        np.empty((len(gathered), _TILE), dtype=index_dtype),
+        np.empty((len(gathered), _SUM_TILE), dtype=index_dtype),
     )
 
 
@@ -58,28 +60,31 @@ def _same_kind(arrays):
     return [a if a.flags.writeable else a.copy() for a in arrays]
 
 
-_TILE = 1024  # coordinates per tile: the tile's indices (8 clients) stay in L1
+_TILE = 1024  # coordinates per tile of the sender kernels
+_SUM_TILE = 2048  # coordinates per tile of the server kernel: 8 clients' indices in L1
 
 
-@numba.njit(cache=True, nogil=True)
-def _tile_index(out, shared, mask, bits, codes, code_width, start, count):  # pragma: no cover
-    """``out[j] = (shared[i] & mask) << bits | x_i`` for ``i = start + j``, ``x_i`` the
-    ``i``-th ``code_width``-bit code of ``codes``; simple loops for whole bytes.
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tile_index(out, shared, mask, factor, codes, code_width, start, count):  # pragma: no cover
+    """``out[j] = (shared[i] & mask) * factor | x_i`` for ``i = start + j``, ``x_i`` the
+    ``i``-th ``code_width``-bit code of ``codes`` (``factor = 2**bits``); simple loops
+    for whole bytes.
 
     The loops run over views starting at the tile, in the index dtype: offset indices or
     intp arithmetic keep LLVM from vectorizing them (5x slower at d = 2**20).
     """
     kind = out.dtype.type
-    shift = kind(bits)
+    scale = kind(factor)
     narrow = kind(mask)
     values = shared[start : start + count]
-    for j in range(count):
-        out[j] = (kind(values[j]) & narrow) << shift
     if count % 8 == 0 and code_width == 8:
         tile = codes[start : start + count]
         for j in range(count):
-            out[j] |= kind(tile[j])
-    elif count % 8 == 0 and code_width == 4:
+            out[j] = ((kind(values[j]) & narrow) * scale) | kind(tile[j])
+        return
+    for j in range(count):
+        out[j] = (kind(values[j]) & narrow) * scale
+    if count % 8 == 0 and code_width == 4:
         tile = codes[start >> 1 : (start + count) >> 1]
         for q in range(count >> 1):
             byte = kind(tile[q])
@@ -110,12 +115,30 @@ def _tile_index(out, shared, mask, bits, codes, code_width, start, count):  # pr
             out[j] |= kind((word >> (bit & 7)) & code_mask)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tile_sum(total, tables, index, clients, count):  # pragma: no cover - compiled
+    """``total[j] += tables[c, index[c, j]]`` for ``c = 0, 1, ...`` in order, four clients
+    per pass (the running value is a float64 either way, so passes round alike)."""
+    c = 0
+    while clients - c >= 4:
+        t0, t1, t2, t3 = tables[c], tables[c + 1], tables[c + 2], tables[c + 3]
+        i0, i1, i2, i3 = index[c], index[c + 1], index[c + 2], index[c + 3]
+        for j in range(count):
+            total[j] = total[j] + t0[i0[j]] + t1[i1[j]] + t2[i2[j]] + t3[i3[j]]
+        c += 4
+    while c < clients:
+        t0, i0 = tables[c], index[c]
+        for j in range(count):
+            total[j] += t0[i0[j]]
+        c += 1
+
+
 @numba.njit(cache=True, nogil=True)
 def _coded_accumulate(
     accumulator,
     receiver,
     chunk_size,
-    bits,
+    factor,
     code_width,
     scales,
     masks,
@@ -126,28 +149,29 @@ def _coded_accumulate(
     index,
 ):  # pragma: no cover - compiled
     """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(shared[c]
-    [i] & masks[c]) << bits | x]`` with ``x`` the ``i``-th ``code_width``-bit code of
-    ``codes[c]``, or ``exact[c][j]`` where ``i == positions[c][j]`` (increasing). The inputs
-    are validated (every index stays in the table). Per tile of coordinates each client's
-    indices are built first (its exact values get slots after its table), then summed
-    coordinate by coordinate in client order; the products are numpy's ``scale *
-    receiver`` table entries, so the float64 sums are bit-identical to ``accumulator +=
-    materialize()`` per client.
+    [i] & masks[c]) * factor + x]`` with ``x`` the ``i``-th ``code_width``-bit code of
+    ``codes[c]`` (``factor = 2**bits``), or ``exact[c][j]`` where ``i == positions[c][j]``
+    (increasing). The inputs are validated (every index stays in the table). Per tile of
+    coordinates each client's indices are built first (its exact values get slots after
+    its table), then summed coordinate by coordinate in client order; the products are
+    numpy's ``scale * receiver`` table entries, so the float64 sums are bit-identical to
+    ``accumulator += materialize()`` per client.
     """
     clients = scales.shape[0]
     slots = receiver.size
     cursor = np.zeros(clients, dtype=np.intp)
-    tables = np.empty((clients, slots + _TILE), dtype=np.float64)
+    tables = np.empty((clients, slots + _SUM_TILE), dtype=np.float64)
     for k in range(accumulator.size // chunk_size):
         for c in range(clients):  # numpy's scale * receiver table entries
             for e in range(slots):
                 tables[c, e] = scales[c, k] * receiver[e]
         chunk_end = (k + 1) * chunk_size
-        for start in range(k * chunk_size, chunk_end, _TILE):
-            stop = min(start + _TILE, chunk_end)
+        for start in range(k * chunk_size, chunk_end, _SUM_TILE):
+            stop = min(start + _SUM_TILE, chunk_end)
             count = stop - start
             for c in range(clients):
-                _tile_index(index[c], shared[c], masks[c], bits, codes[c], code_width, start, count)
+                row = index[c]
+                _tile_index(row, shared[c], masks[c], factor, codes[c], code_width, start, count)
                 where = positions[c]
                 taken = cursor[c]
                 slot = slots
@@ -157,11 +181,7 @@ def _coded_accumulate(
                     taken += 1
                     slot += 1
                 cursor[c] = taken
-            for j in range(count):
-                total = accumulator[start + j]
-                for c in range(clients):
-                    total += tables[c, index[c, j]]
-                accumulator[start + j] = total
+            _tile_sum(accumulator[start:stop], tables, index, clients, count)
 
 
 @numba.njit(cache=True, nogil=True)
