@@ -34,6 +34,11 @@ def accumulate_gathered(accumulator, gathered):
     first = gathered[0]
     slots = first.receiver.size + _SUM_TILE  # the table, then the tile's exact values
     index_dtype = np.uint16 if slots <= 1 << 16 else np.uint32
+    # the clients' codes and h stay where they lie (payload bytes, the generator's
+    # output): the kernel gets their addresses, read while ``gathered`` holds them
+    codes = [np.ascontiguousarray(g.codes) for g in gathered]
+    shared = [np.ascontiguousarray(g.shared) for g in gathered]
+    exact_counts = [g.positions.size for g in gathered]
     _coded_accumulate(
         accumulator,
         first.receiver,
@@ -44,20 +49,40 @@ def accumulate_gathered(accumulator, gathered):
         first.code_width,
         np.stack([g.scale for g in gathered]),
         np.array([g.shared_mask for g in gathered], dtype=np.uint8),
-        numba.typed.List(_same_kind([g.codes for g in gathered])),
-        numba.typed.List([np.ascontiguousarray(g.shared) for g in gathered]),
-        numba.typed.List([g.positions.astype(np.intp) for g in gathered]),
-        numba.typed.List([g.exact for g in gathered]),
+        _addresses(codes),
+        codes[0].size,
+        _addresses(shared),
+        shared[0].size,
+        np.concatenate([[0], np.cumsum(exact_counts)]).astype(np.intp),
+        np.concatenate([g.positions for g in gathered]).astype(np.intp),
+        np.concatenate([g.exact for g in gathered]).astype(np.float64, copy=False),
         np.empty((len(gathered), _SUM_TILE), dtype=index_dtype),
     )
 
 
-def _same_kind(arrays):
-    """The arrays, read-only ones copied when some are writable (payload ``bytes`` and
-    ``bytearray`` mixed): a typed list holds arrays of one numba type."""
-    if len({a.flags.writeable for a in arrays}) == 1:
-        return arrays
-    return [a if a.flags.writeable else a.copy() for a in arrays]
+def _addresses(arrays):
+    """Start addresses of equally long contiguous uint8 arrays (checked here: the kernel
+    reads ``size`` bytes from each)."""
+    if any(a.dtype != np.uint8 or a.size != arrays[0].size for a in arrays):
+        raise ValueError("the clients' byte arrays must be uint8 and equally long")
+    return np.array([a.ctypes.data for a in arrays], dtype=np.uintp)
+
+
+@numba.extending.intrinsic
+def _byte_pointer(typingctx, address):  # pragma: no cover - compiled
+    """The address (a uintp) as a ``uint8*`` for ``numba.carray``."""
+    pointer = numba.types.CPointer(numba.types.uint8)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(numba.types.uintp), codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bytes_at(addresses, c, size):  # pragma: no cover - compiled
+    """Client ``c``'s ``size`` bytes starting at ``addresses[c]`` as a uint8 array."""
+    return numba.carray(_byte_pointer(addresses[c]), size)
 
 
 _TILE = 1024  # coordinates per tile of the sender kernels
@@ -142,24 +167,29 @@ def _coded_accumulate(
     code_width,
     scales,
     masks,
-    codes,
-    shared,
+    code_addresses,
+    code_bytes,
+    shared_addresses,
+    shared_bytes,
+    exact_starts,
     positions,
     exact,
     index,
 ):  # pragma: no cover - compiled
-    """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(shared[c]
-    [i] & masks[c]) * factor + x]`` with ``x`` the ``i``-th ``code_width``-bit code of
-    ``codes[c]`` (``factor = 2**bits``), or ``exact[c][j]`` where ``i == positions[c][j]``
-    (increasing). The inputs are validated (every index stays in the table). Per tile of
-    coordinates each client's indices are built first (its exact values get slots after
-    its table), then summed coordinate by coordinate in client order; the products are
-    numpy's ``scale * receiver`` table entries, so the float64 sums are bit-identical to
-    ``accumulator += materialize()`` per client.
+    """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(h[i] &
+    masks[c]) * factor + x]`` with ``h`` its ``shared_bytes`` bytes at
+    ``shared_addresses[c]``, ``x`` the ``i``-th ``code_width``-bit code of its
+    ``code_bytes`` bytes at ``code_addresses[c]`` (``factor = 2**bits``), or
+    ``exact[j]`` where ``i == positions[j]`` for its ``j`` in ``exact_starts[c] ..
+    exact_starts[c + 1]`` (increasing). The inputs are validated (every index stays in the
+    table). Per tile of coordinates each client's indices are built first (its exact
+    values get slots after its table), then summed coordinate by coordinate in client
+    order; the products are numpy's ``scale * receiver`` table entries, so the float64
+    sums are bit-identical to ``accumulator += materialize()`` per client.
     """
     clients = scales.shape[0]
     slots = receiver.size
-    cursor = np.zeros(clients, dtype=np.intp)
+    cursor = exact_starts[:-1].copy()
     tables = np.empty((clients, slots + _SUM_TILE), dtype=np.float64)
     for k in range(accumulator.size // chunk_size):
         for c in range(clients):  # numpy's scale * receiver table entries
@@ -171,13 +201,14 @@ def _coded_accumulate(
             count = stop - start
             for c in range(clients):
                 row = index[c]
-                _tile_index(row, shared[c], masks[c], factor, codes[c], code_width, start, count)
-                where = positions[c]
-                taken = cursor[c]
+                codes = _bytes_at(code_addresses, c, code_bytes)
+                shared = _bytes_at(shared_addresses, c, shared_bytes)
+                _tile_index(row, shared, masks[c], factor, codes, code_width, start, count)
+                taken, end = cursor[c], exact_starts[c + 1]
                 slot = slots
-                while taken < where.size and where[taken] < stop:
-                    tables[c, slot] = exact[c][taken]
-                    index[c, where[taken] - start] = slot
+                while taken < end and positions[taken] < stop:
+                    tables[c, slot] = exact[taken]
+                    row[positions[taken] - start] = slot
                     taken += 1
                     slot += 1
                 cursor[c] = taken
