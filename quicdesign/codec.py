@@ -45,7 +45,7 @@ from .input_model import ROTATED, check_input_model
 from .randomness import (
     PURPOSE_SHARED_H,
     _mode_round_tag,
-    _stream_bytes,
+    derive_key,
     shared_values,
     stratified_shared_values,
 )
@@ -292,21 +292,23 @@ class QuicFLQuantize(Stage):
         return codes, indices, values, None
 
     def _shared_bytes(self, state, count):
-        """The client's ``h`` as ``(bytes, mask)``: the raw stream bytes and the mask
+        """The client's ``h`` as ``(bytes, mask, key)``: the raw stream bytes, or None and
+        the Philox ``key`` of the stream that gives them (the compiled server generates
+        them tile by tile, the numpy path at once), and the mask
         :func:`~quicdesign.randomness.shared_values` applies (no pass to mask them)."""
         bits = self.table.shared_bits
         if self.stratified or bits == 0:
-            return self._shared(state, count), 0xFF
-        return _stream_bytes(state.round_seed, state.client_id, PURPOSE_SHARED_H, count), (
-            1 << bits
-        ) - 1
+            return self._shared(state, count), 0xFF, None
+        key = derive_key(state.round_seed, state.client_id, PURPOSE_SHARED_H)
+        return None, (1 << bits) - 1, key
 
     def contribution(self, y, side, state, dim, weight):
         codes, indices, values, shared = side
         layout = RotationLayout.for_dim(state.dim)
         norms = state.header.norms
+        shared_key = None
         if shared is None:  # fixed rate: packed codes; the entropy decoder gives both
-            shared, shared_mask = self._shared_bytes(state, layout.rotated_dim)
+            shared, shared_mask, shared_key = self._shared_bytes(state, layout.rotated_dim)
             code_width = self.table.bits
         else:
             shared_mask, code_width = 0xFF, 8
@@ -328,6 +330,7 @@ class QuicFLQuantize(Stage):
             shared_mask,
             indices,
             exact,
+            shared_key,
         )
 
     def invert(self, y, side, state, dim):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import ctypes
+
 import numba
+import numba.extending
 import numpy as np
+from llvmlite import ir
 
 __all__ = [
     "accumulate_gathered",
@@ -34,11 +38,23 @@ def accumulate_gathered(accumulator, gathered):
     first = gathered[0]
     slots = first.receiver.size + _SUM_TILE  # the table, then the tile's exact values
     index_dtype = np.uint16 if slots <= 1 << 16 else np.uint32
-    # the clients' codes and h stay where they lie (payload bytes, the generator's
-    # output): the kernel gets their addresses, read while ``gathered`` holds them
+    # the clients' codes stay where they lie (payload bytes): the kernel gets their
+    # addresses, read while ``gathered`` holds them
     codes = [np.ascontiguousarray(g.codes) for g in gathered]
-    shared = [np.ascontiguousarray(g.shared) for g in gathered]
     exact_counts = [g.positions.size for g in gathered]
+    # h from the clients' Philox streams, drawn tile by tile by numpy's own generator
+    # (no 1 MiB array per client at d = 2**20), whole words per tile
+    streamed = first.chunk_size % 8 == 0 and all(g.shared is None for g in gathered)
+    if streamed:
+        generators = [np.random.Philox(key=g.shared_key) for g in gathered]
+        interfaces = [generator.ctypes for generator in generators]
+        next_word = ctypes.cast(interfaces[0].next_uint64, ctypes.c_void_p).value
+        states = np.array([i.state_address for i in interfaces], dtype=np.uintp)
+        shared, shared_addresses = [], states
+    else:
+        next_word = 0
+        shared = [np.ascontiguousarray(g.shared_bytes()) for g in gathered]
+        shared_addresses = _addresses(shared)
     _coded_accumulate(
         accumulator,
         first.receiver,
@@ -51,8 +67,9 @@ def accumulate_gathered(accumulator, gathered):
         np.array([g.shared_mask for g in gathered], dtype=np.uint8),
         _addresses(codes),
         codes[0].size,
-        _addresses(shared),
-        shared[0].size,
+        next_word,
+        shared_addresses,
+        shared[0].size if shared else 0,
         np.concatenate([[0], np.cumsum(exact_counts)]).astype(np.intp),
         np.concatenate([g.positions for g in gathered]).astype(np.intp),
         np.concatenate([g.exact for g in gathered]).astype(np.float64, copy=False),
@@ -66,6 +83,19 @@ def _addresses(arrays):
     if any(a.dtype != np.uint8 or a.size != arrays[0].size for a in arrays):
         raise ValueError("the clients' byte arrays must be uint8 and equally long")
     return np.array([a.ctypes.data for a in arrays], dtype=np.uintp)
+
+
+@numba.extending.intrinsic
+def _next_word(typingctx, function, state):  # pragma: no cover - compiled
+    """``function(state)``: a bit generator's ``next_uint64`` (addresses as uintp)."""
+    byte_pointer = ir.IntType(8).as_pointer()
+    signature = ir.FunctionType(ir.IntType(64), [byte_pointer])
+
+    def codegen(context, builder, sig, args):
+        target = builder.inttoptr(args[0], signature.as_pointer())
+        return builder.call(target, [builder.inttoptr(args[1], byte_pointer)])
+
+    return numba.types.uint64(numba.types.uintp, numba.types.uintp), codegen
 
 
 @numba.extending.intrinsic
@@ -90,10 +120,10 @@ _SUM_TILE = 2048  # coordinates per tile of the server kernel: 8 clients' indice
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
-def _tile_index(out, shared, mask, factor, codes, code_width, start, count):  # pragma: no cover
-    """``out[j] = (shared[i] & mask) * factor | x_i`` for ``i = start + j``, ``x_i`` the
-    ``i``-th ``code_width``-bit code of ``codes`` (``factor = 2**bits``); simple loops
-    for whole bytes.
+def _tile_index(out, values, mask, factor, codes, code_width, start, count):  # pragma: no cover
+    """``out[j] = (values[j] & mask) * factor | x_i`` for ``i = start + j``, ``x_i`` the
+    ``i``-th ``code_width``-bit code of ``codes`` (``factor = 2**bits``, ``values`` the
+    tile's shared bytes); simple loops for whole bytes.
 
     The loops run over views starting at the tile, in the index dtype: offset indices or
     intp arithmetic keep LLVM from vectorizing them (5x slower at d = 2**20).
@@ -101,7 +131,6 @@ def _tile_index(out, shared, mask, factor, codes, code_width, start, count):  # 
     kind = out.dtype.type
     scale = kind(factor)
     narrow = kind(mask)
-    values = shared[start : start + count]
     if count % 8 == 0 and code_width == 8:
         tile = codes[start : start + count]
         for j in range(count):
@@ -158,6 +187,16 @@ def _tile_sum(total, tables, index, clients, count):  # pragma: no cover - compi
         c += 1
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _draw_bytes(out, next_word, state, count):  # pragma: no cover - compiled
+    """The next ``count`` (a multiple of 8) bytes of a bit generator's stream: its words,
+    least significant byte first (whatever the host byte order)."""
+    for q in range(count >> 3):
+        word = _next_word(next_word, state)
+        for u in range(8):
+            out[8 * q + u] = np.uint8((word >> np.uint64(8 * u)) & np.uint64(255))
+
+
 @numba.njit(cache=True, nogil=True)
 def _coded_accumulate(
     accumulator,
@@ -169,6 +208,7 @@ def _coded_accumulate(
     masks,
     code_addresses,
     code_bytes,
+    next_word,
     shared_addresses,
     shared_bytes,
     exact_starts,
@@ -177,20 +217,23 @@ def _coded_accumulate(
     index,
 ):  # pragma: no cover - compiled
     """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(h[i] &
-    masks[c]) * factor + x]`` with ``h`` its ``shared_bytes`` bytes at
-    ``shared_addresses[c]``, ``x`` the ``i``-th ``code_width``-bit code of its
-    ``code_bytes`` bytes at ``code_addresses[c]`` (``factor = 2**bits``), or
-    ``exact[j]`` where ``i == positions[j]`` for its ``j`` in ``exact_starts[c] ..
-    exact_starts[c + 1]`` (increasing). The inputs are validated (every index stays in the
-    table). Per tile of coordinates each client's indices are built first (its exact
-    values get slots after its table), then summed coordinate by coordinate in client
-    order; the products are numpy's ``scale * receiver`` table entries, so the float64
-    sums are bit-identical to ``accumulator += materialize()`` per client.
+    masks[c]) * factor + x]`` with ``x`` the ``i``-th ``code_width``-bit code of its
+    ``code_bytes`` bytes at ``code_addresses[c]`` (``factor = 2**bits``), or ``exact[j]``
+    where ``i == positions[j]`` for its ``j`` in ``exact_starts[c] .. exact_starts[c +
+    1]`` (increasing). ``h`` is its ``shared_bytes`` bytes at ``shared_addresses[c]``, or,
+    when ``next_word`` (the address of a bit generator's ``next_uint64``) is not 0, the
+    stream of the generator state at ``shared_addresses[c]``, drawn tile by tile (chunks
+    of whole words). The inputs are validated (every index stays in the table). Per tile
+    of coordinates each client's indices are built first (its exact values get slots
+    after its table), then summed coordinate by coordinate in client order; the products
+    are numpy's ``scale * receiver`` table entries, so the float64 sums are bit-identical
+    to ``accumulator += materialize()`` per client.
     """
     clients = scales.shape[0]
     slots = receiver.size
     cursor = exact_starts[:-1].copy()
     tables = np.empty((clients, slots + _SUM_TILE), dtype=np.float64)
+    drawn = np.empty(_SUM_TILE, dtype=np.uint8)
     for k in range(accumulator.size // chunk_size):
         for c in range(clients):  # numpy's scale * receiver table entries
             for e in range(slots):
@@ -202,8 +245,12 @@ def _coded_accumulate(
             for c in range(clients):
                 row = index[c]
                 codes = _bytes_at(code_addresses, c, code_bytes)
-                shared = _bytes_at(shared_addresses, c, shared_bytes)
-                _tile_index(row, shared, masks[c], factor, codes, code_width, start, count)
+                if next_word != 0:
+                    _draw_bytes(drawn, next_word, shared_addresses[c], count)
+                    values = drawn
+                else:
+                    values = _bytes_at(shared_addresses, c, shared_bytes)[start:stop]
+                _tile_index(row, values, masks[c], factor, codes, code_width, start, count)
                 taken, end = cursor[c], exact_starts[c + 1]
                 slot = slots
                 while taken < end and positions[taken] < stop:
