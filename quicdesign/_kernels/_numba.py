@@ -8,6 +8,7 @@ import numba
 import numba.extending
 import numpy as np
 from llvmlite import ir
+from numba.core import cgutils
 
 __all__ = [
     "accumulate_gathered",
@@ -107,6 +108,23 @@ def _byte_pointer(typingctx, address):  # pragma: no cover - compiled
         return builder.inttoptr(args[0], context.get_value_type(pointer))
 
     return pointer(numba.types.uintp), codegen
+
+
+@numba.extending.intrinsic
+def _prefetch(typingctx, address):  # pragma: no cover - compiled
+    """Hint the cache to load the line at ``address`` (never faults, whatever it is)."""
+    byte_pointer = ir.IntType(8).as_pointer()
+    word = ir.IntType(32)
+    signature = ir.FunctionType(ir.VoidType(), [byte_pointer, word, word, word])
+
+    def codegen(context, builder, sig, args):
+        function = cgutils.get_or_insert_function(builder.module, signature, "llvm.prefetch.p0")
+        # read, keep in every cache level, data
+        hints = [ir.Constant(word, 0), ir.Constant(word, 3), ir.Constant(word, 1)]
+        builder.call(function, [builder.inttoptr(args[0], byte_pointer), *hints])
+        return context.get_dummy_value()
+
+    return numba.types.void(numba.types.uintp), codegen
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
@@ -251,6 +269,12 @@ def _coded_accumulate(
                 else:
                     values = _bytes_at(shared_addresses, c, shared_bytes)[start:stop]
                 _tile_index(row, values, masks[c], factor, codes, code_width, start, count)
+                # the next tile's codes, while this block draws and sums (each client's
+                # stream is read in short runs far apart: too late for the hardware)
+                ahead = (stop * code_width) >> 3
+                until = min(((stop + _SUM_TILE) * code_width) >> 3, code_bytes)
+                for line in range(ahead, until, 64):
+                    _prefetch(code_addresses[c] + line)
                 taken, end = cursor[c], exact_starts[c + 1]
                 slot = slots
                 while taken < end and positions[taken] < stop:
