@@ -518,12 +518,19 @@ def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHead
     )
 
 
-def check_table_header(header: PayloadHeader, table: Table, round_tag: int, dim: int) -> None:
-    """Check a header against the receiver's table, round and dimension (``PayloadError``)."""
-    if header.fingerprint != table.fingerprint:
+def check_table_header(
+    header: PayloadHeader, table: Table, round_tag: int, dim: int, fingerprint=None
+) -> None:
+    """Check a header against the receiver's table, round and dimension (``PayloadError``).
+
+    ``fingerprint`` is ``table.fingerprint`` when the caller has it (it hashes the table).
+    """
+    if fingerprint is None:
+        fingerprint = table.fingerprint
+    if header.fingerprint != fingerprint:
         raise PayloadError(
             f"table fingerprint {header.fingerprint.hex()} does not match this "
-            f"aggregator's table {table.fingerprint.hex()}"
+            f"aggregator's table {fingerprint.hex()}"
         )
     if (header.bits, header.shared_bits) != (table.bits, table.shared_bits):
         raise PayloadError(
@@ -534,7 +541,7 @@ def check_table_header(header: PayloadHeader, table: Table, round_tag: int, dim:
         header,
         dim=dim,
         round_tag=round_tag,
-        config=table_config_tag(table.fingerprint),
+        config=table_config_tag(fingerprint),
         scheme="QUIC-FL",
     )
 
@@ -600,7 +607,8 @@ class QuicFLAggregator(PipelineAggregator):
 
     def _check_header(self, header: PayloadHeader) -> None:
         """Check the header against this aggregator (before reading any array)."""
-        check_table_header(header, self.table, self._tag, self.dim)
+        # the fingerprint hashed once (16 KiB of receiver at b = 8), not twice per payload
+        check_table_header(header, self.table, self._tag, self.dim, self._fingerprint)
         self._check_new_client(header.client_id)
         if header.num_exact > self._num_codes:
             raise PayloadError(
