@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ctypes
+import sys
 
 import numba
 import numba.extending
@@ -134,6 +135,11 @@ def _bytes_at(addresses, c, size):  # pragma: no cover - compiled
 
 
 _TILE = 1024  # coordinates per tile of the sender kernels
+# multipliers and masks spreading packed codes to the 16-bit index lanes of a word (the
+# lanes are in memory order on little-endian hosts only)
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_SPREAD_1, _LANES_1 = np.uint64(1 | 1 << 15 | 1 << 30 | 1 << 45), np.uint64(0x0001000100010001)
+_SPREAD_2, _LANES_2 = np.uint64(1 | 1 << 14 | 1 << 28 | 1 << 42), np.uint64(0x0003000300030003)
 _SUM_TILE = 2048  # coordinates per tile of the server kernel: 8 clients' indices in L1
 
 
@@ -162,6 +168,19 @@ def _tile_index(out, values, mask, factor, codes, code_width, start, count):  # 
             byte = kind(tile[q])
             out[2 * q] |= byte & kind(15)
             out[2 * q + 1] |= byte >> kind(4)
+    elif count % 8 == 0 and code_width == 2 and _LITTLE_ENDIAN and out.itemsize == 2:
+        # a byte's four codes spread to four 16-bit lanes of one word by one multiply
+        # (the shifted copies 0, 14, 28 and 42 bits up do not overlap: no carries)
+        tile, lanes = codes[start >> 2 : (start + count) >> 2], out.view(np.uint64)
+        for q in range(count >> 2):
+            lanes[q] |= (np.uint64(tile[q]) * _SPREAD_2) & _LANES_2
+    elif count % 8 == 0 and code_width == 1 and _LITTLE_ENDIAN and out.itemsize == 2:
+        # each half byte's four codes to four 16-bit lanes (copies 0, 15, 30, 45 bits up)
+        tile, lanes = codes[start >> 3 : (start + count) >> 3], out.view(np.uint64)
+        for q in range(count >> 3):
+            byte = np.uint64(tile[q])
+            lanes[2 * q] |= ((byte & np.uint64(15)) * _SPREAD_1) & _LANES_1
+            lanes[2 * q + 1] |= ((byte >> np.uint64(4)) * _SPREAD_1) & _LANES_1
     elif count % 8 == 0 and code_width == 2:
         tile = codes[start >> 2 : (start + count) >> 2]
         for q in range(count >> 2):
