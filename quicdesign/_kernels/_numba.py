@@ -140,7 +140,7 @@ _TILE = 1024  # coordinates per tile of the sender kernels
 _LITTLE_ENDIAN = sys.byteorder == "little"
 _SPREAD_1, _LANES_1 = np.uint64(1 | 1 << 15 | 1 << 30 | 1 << 45), np.uint64(0x0001000100010001)
 _SPREAD_2, _LANES_2 = np.uint64(1 | 1 << 14 | 1 << 28 | 1 << 42), np.uint64(0x0003000300030003)
-_SUM_TILE = 2048  # coordinates per tile of the server kernel: 8 clients' indices in L1
+_SUM_TILE = 4096  # coordinates per tile of the server kernel (measured best of 1024..8192)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
