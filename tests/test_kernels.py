@@ -371,7 +371,7 @@ def test_nearest_lattice_point_kernel_is_identical(name):
 
 @pytest.mark.parametrize("code_width", range(1, 9))
 @pytest.mark.parametrize(
-    ("chunk_size", "chunks", "shared_bits"), [(4, 3, 2), (2048, 2, 3), (64, 2, 8), (4096, 3, 5)]
+    ("chunk_size", "chunks", "shared_bits"), [(4, 3, 2), (2048, 2, 3), (64, 2, 8), (8192, 2, 5)]
 )
 @pytest.mark.parametrize("streamed", [False, True])
 def test_server_kernel_sums_gathered_contributions_like_numpy(
