@@ -424,7 +424,7 @@ def test_server_kernel_refuses_byte_arrays_of_unequal_lengths():
     same = [np.zeros(16, np.uint8), np.ones(16, np.uint8)]
     assert list(_addresses(same)) == [a.ctypes.data for a in same]
     for bad in ([same[0], np.zeros(15, np.uint8)], [same[0], np.zeros(16, np.uint16)]):
-        with pytest.raises(ValueError, match="equally long"):
+        with pytest.raises(ParameterError, match="equally long"):
             _addresses(bad)
 
 

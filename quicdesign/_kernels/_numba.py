@@ -11,6 +11,8 @@ import numpy as np
 from llvmlite import ir
 from numba.core import cgutils
 
+from ..errors import ParameterError
+
 __all__ = [
     "accumulate_gathered",
     "sender_levels",
@@ -83,7 +85,7 @@ def _addresses(arrays):
     """Start addresses of equally long contiguous uint8 arrays (checked here: the kernel
     reads ``size`` bytes from each)."""
     if any(a.dtype != np.uint8 or a.size != arrays[0].size for a in arrays):
-        raise ValueError("the clients' byte arrays must be uint8 and equally long")
+        raise ParameterError("the clients' byte arrays must be uint8 and equally long")
     return np.array([a.ctypes.data for a in arrays], dtype=np.uintp)
 
 
