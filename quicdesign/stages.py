@@ -34,7 +34,7 @@ from ._validate import check_minmax_magnitude, check_weight
 from ._wire import PayloadReader, unpack_codes
 from ._workspace import WORKSPACE_KEY
 from .errors import ParameterError, PayloadError
-from .randomness import rotation_signs
+from .randomness import key_stream_bytes, rotation_signs
 from .rotation import RotationLayout, _scaled_rotate, unrotate
 
 __all__ = [
@@ -77,9 +77,12 @@ class GatheredContribution:
     Coordinate ``i`` of chunk ``k`` decodes to ``scale[k] * receiver[h_i << bits | x_i]``
     with ``h_i = shared[i] & shared_mask`` and ``x_i`` the ``i``-th ``code_width``-bit code
     of ``codes`` (packed LSB first as ``_wire.pack_codes``; 8 means one per byte); then
-    ``exact`` is written at ``positions``. Everything is validated before it is built, so
-    summing it cannot fail. :meth:`materialize` is the numpy path; the compiled kernels sum
-    blocks of clients straight from the packed codes and the raw shared bytes.
+    ``exact`` is written at ``positions``. ``shared`` is None when ``shared_key`` is given:
+    the shared bytes are then those of that Philox key's stream
+    (:func:`~quicdesign.randomness.key_stream_bytes`), generated where they are used.
+    Everything is validated before it is built, so summing it cannot fail.
+    :meth:`materialize` is the numpy path; the compiled kernels sum blocks of clients
+    straight from the packed codes and the raw shared bytes (or their stream).
     """
 
     receiver: np.ndarray
@@ -92,24 +95,30 @@ class GatheredContribution:
     shared_mask: int
     positions: np.ndarray
     exact: np.ndarray
+    shared_key: int | None = None
+
+    def shared_bytes(self) -> np.ndarray:
+        """The raw shared bytes (generated from ``shared_key`` when ``shared`` is None)."""
+        if self.shared is not None:
+            return self.shared
+        return key_stream_bytes(self.shared_key, self.scale.size * self.chunk_size)
 
     def materialize(self) -> np.ndarray:
         """The contribution as a float64 vector."""
         decoded = np.empty(self.scale.size * self.chunk_size)
-        self._decode_into(decoded, 0, decoded.size, self._codes(), self._tables())
+        self._decode_into(decoded, 0, self._codes(), self.shared_bytes(), self._tables())
         return decoded
 
     def add_to(self, total) -> None:
         """``total += self.materialize()`` (the same bits) in blocks of coordinates, with
-        no vector-sized temporaries (their fresh pages cost as much as the sums)."""
-        codes, tables = self._codes(), self._tables()
+        no vector-sized float64 temporary (its fresh pages cost as much as the sums)."""
+        codes, shared, tables = self._codes(), self.shared_bytes(), self._tables()
         block = min(total.size, _GATHER_BLOCK)
         decoded = np.empty(block)
         for start in range(0, total.size, block):
-            stop = min(start + block, total.size)
-            part = decoded[: stop - start]
-            self._decode_into(part, start, stop, codes, tables)
-            total[start:stop] += part
+            part = decoded[: min(block, total.size - start)]
+            self._decode_into(part, start, codes, shared, tables)
+            total[start : start + part.size] += part
 
     def _tables(self):
         # one small table per chunk with norm, weight and 1/sqrt(chunk) folded in, then a
@@ -122,15 +131,16 @@ class GatheredContribution:
             return self.codes[:size]
         return unpack_codes(self.codes, self.code_width, size)
 
-    def _decode_into(self, out, start, stop, codes, tables) -> None:
-        """Decoded coordinates ``start:stop`` into ``out`` (exact ones included)."""
+    def _decode_into(self, out, start, codes, shared, tables) -> None:
+        """Decoded coordinates ``start:start + out.size`` into ``out``, exact ones
+        included."""
+        stop = start + out.size
         index_dtype = np.uint16 if tables.size <= 1 << 16 else np.uint32
-        index = (self.shared[start:stop] & np.uint8(self.shared_mask)).astype(index_dtype)
+        index = (shared[start:stop] & np.uint8(self.shared_mask)).astype(index_dtype)
         index <<= self.bits
         index |= codes[start:stop]
         # chunk k's table starts at k * receiver.size
-        first, last = start // self.chunk_size, (stop - 1) // self.chunk_size
-        for chunk in range(max(first, 1), last + 1):
+        for chunk in range(max(start // self.chunk_size, 1), (stop - 1) // self.chunk_size + 1):
             lo = max(chunk * self.chunk_size, start) - start
             hi = min((chunk + 1) * self.chunk_size, stop) - start
             index[lo:hi] += index_dtype(chunk * self.receiver.size)
