@@ -25,6 +25,10 @@ class Workspace(threading.local):
     def __init__(self):
         self._arrays: dict[str, np.ndarray] = {}
 
+    def __reduce__(self):
+        # work arrays are scratch, not state: a copy or an unpickled encoder starts empty
+        return (type(self), ())
+
     def array(self, name: str, size: int, dtype) -> np.ndarray:
         """A 1-D array of ``size`` elements of ``dtype`` (contents undefined), the same
         memory for the same ``name`` on every call from this thread."""

@@ -368,3 +368,14 @@ def test_reused_work_arrays_never_leak_between_encodes_or_threads(monkeypatch, t
         thread.join()
     assert all(payload == expected[index] for (_, index), payload in results.items())
     assert len(results) == 3 * len(vectors)
+
+
+def test_an_encoder_with_work_arrays_pickles_and_encodes_the_same(table2):
+    import copy
+    import pickle
+
+    x = np.random.default_rng(4).standard_normal(5000)
+    encoder = QuicFLEncoder(table2, ROUND)
+    expected = encoder.encode(x, 3, rng=5)  # its work arrays now exist
+    for clone in (pickle.loads(pickle.dumps(encoder)), copy.deepcopy(encoder)):
+        assert clone.encode(x, 3, rng=5) == expected
