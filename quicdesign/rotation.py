@@ -195,7 +195,7 @@ def _numpy_butterfly_passes(source, scratch):
     layout: all but its last level run in place on contiguous halves (long inner loops),
     and its last level writes the group's bits to the bottom of the index (a rotation
     of the index bits, as the constant-geometry passes of the compiled kernel), so the
-    next group's bits are on top; after every group the layout is the original again.
+    next group's bits are on top; after the last group the layout is the original again.
     The levels' order, not the layout, fixes the rounding, so the bits are the same.
     """
     batch, n = source.shape

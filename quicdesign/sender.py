@@ -360,11 +360,11 @@ class SenderRule:
         values (a few percent) are revisited, tile by tile (the coin flips' uniforms
         drawn tile by tile are the same sequence). The table index ``bucket * H + h`` is
         formed in the values' float type (exact below ``2**24``) from the bucket of
-        :meth:`_bucket_index`. Values outside ``bounds`` lie in the end buckets, which are dirty, so
-        they are found among the flagged ones. Needs ``H`` a power of two and ``shared``
-        in ``[0, H)``; otherwise :meth:`sample` on the materialized ``z`` is used. The
-        tiles' temporaries come from ``workspace`` (:mod:`quicdesign._workspace`) if
-        given.
+        :meth:`_bucket_index`. Values outside ``bounds`` lie in the end buckets, which
+        are dirty, so they are found among the flagged ones. Needs ``H`` a power of two
+        and finite values, ``shared`` in ``[0, H)``; for other tables :meth:`sample` on
+        the materialized ``z`` is used. The tiles' temporaries come from ``workspace``
+        (:mod:`quicdesign._workspace`) if given.
         """
         num_shared = self.num_shared
         low, per_unit, first, _ = self._locator
@@ -373,7 +373,7 @@ class SenderRule:
             num_shared & (num_shared - 1)
             or first.size * num_shared > 1 << 24  # bucket * H + h exact in float32
             or not (self._dirty[0] and self._dirty[-1])
-            or not per_unit < np.finfo(kind).max
+            or not per_unit < np.finfo(kind).max / 2
         ):
             return self._sample_rows_reference(rows, factors, bounds, shared, rng)
         table, shift = self._flagged_bucket_levels()
