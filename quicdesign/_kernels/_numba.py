@@ -5,6 +5,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from ._rans_wide import rans_lanes_encode, rans_wide_decode
+
 __all__ = [
     "accumulate_gathered",
     "sender_levels",
@@ -16,6 +18,8 @@ __all__ = [
     "drop_positions",
     "insert_zeros",
     "rans_decode_part",
+    "rans_lanes_encode",
+    "rans_wide_decode",
     "nearest_e8",
     "nearest_dn",
     "row_square_sums",

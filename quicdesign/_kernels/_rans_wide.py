@@ -1,0 +1,205 @@
+"""numba kernels of the wide rANS coder (the QDQE v5 body, ``quicdesign._rans``).
+
+The decoder runs the lanes of a row as vectors of 16 (``llvm.masked.gather`` for the
+slot lookup, ``llvm.masked.expandload`` for the renormalization words read in lane
+order): numba's loop vectorizer emits no gathers, so the row step is written as LLVM IR.
+LLVM lowers both intrinsics to plain loads where the CPU has no vector form, so the
+kernel gives the same symbols everywhere (``tests/test_rans.py``), only slower.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+__all__ = ["rans_lanes_encode", "rans_wide_decode", "WIDE_PADDING"]
+
+# quicdesign._rans wide format constants (checked equal by tests/test_rans.py)
+_WIDE_LANES = 64
+_WIDE_PROB_BITS = 12
+_STATE_LOW = 1 << 16
+_GROUP = 16  # lanes per vector
+#: Zero words the decoder needs past the stream: one row reads at most one per lane.
+WIDE_PADDING = _WIDE_LANES
+_OK, _TRUNCATED = 0, 1
+
+_I1, _I8, _I16, _I32, _I64 = (ir.IntType(bits) for bits in (1, 8, 16, 32, 64))
+
+
+def _vector(kind, value=None):
+    return ir.Constant(ir.VectorType(kind, _GROUP), value)
+
+
+def _splat(kind, value):
+    return _vector(kind, [value] * _GROUP)
+
+
+def _element_pointer(builder, context, array_type, array, offset, kind):
+    """``&array[offset]`` as a pointer to a vector of ``_GROUP`` elements of ``kind``."""
+    data = context.make_array(array_type)(context, builder, array).data
+    return builder.bitcast(builder.gep(data, [offset]), ir.VectorType(kind, _GROUP).as_pointer())
+
+
+def _row_codegen(context, builder, signature, args):
+    states_t, model_of_t, _, symbols_t, entries_t, words_t, _ = signature.args
+    states, model_of, start, symbols, entries, words, position = args
+    module = builder.module
+    lanes32 = ir.VectorType(_I32, _GROUP)
+    mask_type = ir.VectorType(_I1, _GROUP)
+    entry_pointers = ir.VectorType(_I32.as_pointer(), _GROUP)
+    gather = cgutils.get_or_insert_function(
+        module,
+        ir.FunctionType(lanes32, [entry_pointers, _I32, mask_type, lanes32]),
+        "llvm.masked.gather.v16i32.v16p0",
+    )
+    expand = cgutils.get_or_insert_function(
+        module,
+        ir.FunctionType(
+            ir.VectorType(_I16, _GROUP),
+            [_I16.as_pointer(), mask_type, ir.VectorType(_I16, _GROUP)],
+        ),
+        "llvm.masked.expandload.v16i16",
+    )
+    popcount = cgutils.get_or_insert_function(
+        module, ir.FunctionType(_I32, [_I32]), "llvm.ctpop.i32"
+    )
+    table = context.make_array(entries_t)(context, builder, entries).data
+    base = builder.ptrtoint(table, _I64)
+    bases = builder.shuffle_vector(
+        builder.insert_element(_vector(_I64), base, ir.Constant(_I32, 0)),
+        _vector(_I64),
+        _splat(_I32, 0),
+    )
+    words_data = context.make_array(words_t)(context, builder, words).data
+    for group in range(_WIDE_LANES // _GROUP):
+        offset = ir.Constant(_I64, group * _GROUP)
+        state_pointer = _element_pointer(builder, context, states_t, states, offset, _I32)
+        x = builder.load(state_pointer, align=4)
+        here = builder.add(start, offset)
+        model_pointer = _element_pointer(builder, context, model_of_t, model_of, here, _I8)
+        models = builder.zext(builder.load(model_pointer, align=1), lanes32)
+        slot = builder.and_(x, _splat(_I32, (1 << _WIDE_PROB_BITS) - 1))
+        index = builder.or_(builder.shl(models, _splat(_I32, _WIDE_PROB_BITS)), slot)
+        addresses = builder.add(
+            bases, builder.shl(builder.zext(index, ir.VectorType(_I64, _GROUP)), _splat(_I64, 2))
+        )
+        entry = builder.call(
+            gather,
+            [
+                builder.inttoptr(addresses, entry_pointers),
+                ir.Constant(_I32, 4),
+                _splat(_I1, 1),
+                _vector(_I32),
+            ],
+        )
+        builder.store(
+            builder.trunc(entry, ir.VectorType(_I8, _GROUP)),
+            _element_pointer(builder, context, symbols_t, symbols, here, _I8),
+            align=1,
+        )
+        frequency = builder.and_(builder.lshr(entry, _splat(_I32, 8)), _splat(_I32, 0xFFF))
+        x = builder.add(
+            builder.mul(frequency, builder.lshr(x, _splat(_I32, _WIDE_PROB_BITS))),
+            builder.lshr(entry, _splat(_I32, 20)),
+        )
+        need = builder.icmp_unsigned("<", x, _splat(_I32, _STATE_LOW))
+        next_words = builder.gep(words_data, [position])
+        read = builder.call(expand, [next_words, need, _vector(_I16, None)])
+        refilled = builder.or_(builder.shl(x, _splat(_I32, 16)), builder.zext(read, lanes32))
+        builder.store(builder.select(need, refilled, x), state_pointer, align=4)
+        taken = builder.call(popcount, [builder.zext(builder.bitcast(need, _I16), _I32)])
+        position = builder.add(position, builder.zext(taken, _I64))
+    return position
+
+
+@intrinsic
+def _decode_row(typingctx, states, model_of, start, symbols, entries, words, position):
+    """Decode symbols ``start .. start + 63`` (one row: lane ``j`` has symbol ``start +
+    j``), then renormalize the lanes in order from ``words[position:]``; the new position.
+
+    The caller guarantees the bounds: ``start + 64 <= model_of.size == symbols.size``,
+    every ``model_of`` below ``entries.size >> 12``, ``position + 64 <= words.size``.
+    """
+    arrays = {
+        "states": (states, types.uint32),
+        "model_of": (model_of, types.uint8),
+        "symbols": (symbols, types.uint8),
+        "entries": (entries, types.uint32),
+        "words": (words, types.uint16),
+    }
+    for array, dtype in arrays.values():
+        if not (isinstance(array, types.Array) and array.dtype == dtype and array.layout == "C"):
+            return None
+    signature = types.intp(states, model_of, types.intp, symbols, entries, words, types.intp)
+    return signature, _row_codegen
+
+
+@numba.njit(cache=True, nogil=True)
+def rans_wide_decode(states, words, model_of, entries):  # pragma: no cover - compiled
+    """``_rans._decode_numpy`` of the wide format: ``(symbols, states, position, status)``.
+
+    ``entries[h << 12 | slot]`` is ``symbol | freq << 8 | (slot - cum) << 20``; the model
+    indices are validated (below ``entries.size >> 12``). Full rows run as vectors, the
+    last partial row lane by lane with the same arithmetic.
+    """
+    count = model_of.size
+    symbols = np.empty(count, dtype=np.uint8)
+    available = words.size
+    padded = np.zeros(available + WIDE_PADDING, dtype=np.uint16)
+    padded[:available] = words
+    x = states.copy()
+    position = 0
+    full = count - count % _WIDE_LANES
+    for start in range(0, full, _WIDE_LANES):
+        if position > available:  # a row reads at most one padding row
+            return symbols, x, available, _TRUNCATED
+        position = _decode_row(x, model_of, start, symbols, entries, padded, position)
+    low = np.uint64((1 << _WIDE_PROB_BITS) - 1)
+    for i in range(full, count):
+        lane = i - full
+        state = np.uint64(x[lane])
+        entry = np.uint64(entries[(np.intp(model_of[i]) << _WIDE_PROB_BITS) | np.intp(state & low)])
+        symbols[i] = np.uint8(entry & np.uint64(0xFF))
+        state = ((entry >> np.uint64(8)) & np.uint64(0xFFF)) * (
+            state >> np.uint64(_WIDE_PROB_BITS)
+        ) + (entry >> np.uint64(20))
+        if state < np.uint64(_STATE_LOW):
+            state = (state << np.uint64(16)) | np.uint64(padded[min(position, available)])
+            position += 1
+        x[lane] = np.uint32(state)
+    if position > available:
+        return symbols, x, available, _TRUNCATED
+    return symbols, x, position, _OK
+
+
+@numba.njit(cache=True, nogil=True)
+def rans_lanes_encode(symbols, model_of, freq, cum, lanes, prob_bits):  # pragma: no cover
+    """``_rans._encode_numpy`` with ``lanes`` states and ``2**prob_bits`` slots as one
+    scalar loop: the same states and words (all-zero states refuse an empty symbol)."""
+    count = symbols.size
+    states = np.full(lanes, _STATE_LOW, dtype=np.uint64)
+    pushed = np.empty(count, dtype=np.uint16)
+    emitted = 0
+    shift = np.uint64(32 - prob_bits)
+    scale = np.uint64(prob_bits)
+    for i in range(count - 1, -1, -1):
+        lane = i % lanes
+        x = states[lane]
+        h = model_of[i]
+        s = symbols[i]
+        f = np.uint64(freq[h, s])
+        if f == 0:
+            return np.zeros(lanes, dtype=np.uint32), np.empty(0, dtype=np.uint16)
+        if x >= (f << shift):
+            pushed[emitted] = np.uint16(x & np.uint64(0xFFFF))
+            emitted += 1
+            x >>= np.uint64(16)
+        states[lane] = ((x // f) << scale) + (x % f) + np.uint64(cum[h, s])
+    words = np.empty(emitted, dtype=np.uint16)
+    for j in range(emitted):
+        words[j] = pushed[emitted - 1 - j]
+    return states.astype(np.uint32), words
