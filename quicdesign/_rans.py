@@ -6,9 +6,9 @@ coding order) is coded by state ``i % LANES`` with model ``model_of[i]``; the en
 backwards over the symbols and the words it emits, reversed, are read by the decoder in
 order (within a row of lanes, in lane order). A valid stream is used up exactly and
 leaves every state at its start value. The *wide* format of QDQE version 5 is the same
-coder with :data:`WIDE_LANES` lanes and ``2**WIDE_PROB_BITS`` slots: rows of 64
-independent lanes decode as vectors, and a slot's symbol, frequency and offset fit one
-32-bit table entry (``RansModel.wide_entries``, 4 bytes per slot).
+coder with :func:`wide_lanes` lanes (16 to :data:`WIDE_LANES`, by the symbol count) and
+``2**WIDE_PROB_BITS`` slots: a row's lanes decode as vectors of 16, and a slot's
+symbol, frequency and offset fit one 32-bit table entry (``RansModel.wide_entries``).
 
 This module is the numpy reference, vectorized across the lanes (one row of lanes per
 step); the compiled kernels (``quicdesign._kernels``) produce the same words and
@@ -27,6 +27,7 @@ __all__ = [
     "PROB_BITS",
     "WIDE_LANES",
     "WIDE_PROB_BITS",
+    "wide_lanes",
     "RansModel",
     "StreamDecoder",
     "encode",
@@ -40,10 +41,12 @@ LANES = 8
 PROB_BITS = 14
 #: Smallest normalized state; states live in ``[STATE_LOW, 2**32)``.
 STATE_LOW = 1 << 16
-#: The wide format (QDQE v5): lanes and probability bits (0.1-0.25 % above the entropy
-#: for the shipped tables, 0.07-0.17 % more than :data:`PROB_BITS`).
+#: The wide format (QDQE v5): most lanes, and probability bits (0.14-0.31 % above the
+#: entropy for the shipped tables, 0.11-0.24 % more than :data:`PROB_BITS`).
 WIDE_LANES = 64
 WIDE_PROB_BITS = 12
+_WIDE_GROUP = 16  # the compiled decoder's vector width
+_SYMBOLS_PER_GROUP = 1 << 18  # each state costs ~17 bits: <= 0.001 bits per symbol
 _WORD_BITS = 16
 #: Most symbols per stream (the wire's u32 count; the rotated dimension is far below).
 MAX_SYMBOLS = 2**32 - 1
@@ -209,10 +212,20 @@ def _check_model_of(model: RansModel, model_of):
     return model_of
 
 
+def wide_lanes(count: int) -> int:
+    """Lanes of the wide format for ``count`` symbols: 16 per ``2**18`` symbols, 16 to
+    :data:`WIDE_LANES` (more lanes decode faster, each costs its state's ~17 bits)."""
+    groups = min(max(count // _SYMBOLS_PER_GROUP, 1), WIDE_LANES // _WIDE_GROUP)
+    return _WIDE_GROUP * groups
+
+
 def _check_lanes(model: RansModel, lanes: int) -> int:
-    """The two formats: :data:`LANES` lanes with a :data:`PROB_BITS` model (v4),
-    :data:`WIDE_LANES` with a :data:`WIDE_PROB_BITS` one (v5)."""
-    if (lanes, model.prob_bits) not in ((LANES, PROB_BITS), (WIDE_LANES, WIDE_PROB_BITS)):
+    """The two formats: :data:`LANES` lanes with a :data:`PROB_BITS` model (v4), a
+    multiple of 16 up to :data:`WIDE_LANES` with a :data:`WIDE_PROB_BITS` one (v5)."""
+    wide = lanes in range(_WIDE_GROUP, WIDE_LANES + 1, _WIDE_GROUP)
+    if (lanes, model.prob_bits) != (LANES, PROB_BITS) and not (
+        wide and model.prob_bits == WIDE_PROB_BITS
+    ):
         raise ValueError(f"no rANS format has {lanes} lanes and 2**{model.prob_bits} slots")
     return lanes
 
@@ -225,8 +238,8 @@ def encode(model: RansModel, symbols, model_of, *, kernels="auto", lanes=LANES):
     kernels : "auto" or None
         ``"auto"`` uses the compiled kernel when available; None forces the numpy code.
     lanes : int
-        Coder states: :data:`LANES` (QDQE v4) or :data:`WIDE_LANES` (v5, with a
-        :data:`WIDE_PROB_BITS` model).
+        Coder states: :data:`LANES` (QDQE v4) or :func:`wide_lanes` of the symbol count
+        (v5, with a :data:`WIDE_PROB_BITS` model).
 
     Returns
     -------
@@ -284,7 +297,7 @@ def decode(model: RansModel, states, words, model_of, *, kernels="auto", lanes=L
     model_of = _check_model_of(model, model_of)
     lanes = _check_lanes(model, lanes)
     compiled = compiled_kernels() if kernels == "auto" else None
-    if compiled is not None and lanes == WIDE_LANES and _has_wide_entries(model):
+    if compiled is not None and model.prob_bits == WIDE_PROB_BITS and _has_wide_entries(model):
         states = _check_states(states, lanes)
         words = np.ascontiguousarray(words, dtype=np.uint16)
         symbols, end_states, position, status = compiled.rans_wide_decode(

@@ -19,7 +19,7 @@ from numba.extending import intrinsic
 __all__ = ["rans_lanes_encode", "rans_wide_decode", "WIDE_PADDING"]
 
 # quicdesign._rans wide format constants (checked equal by tests/test_rans.py)
-_WIDE_LANES = 64
+_WIDE_LANES = 64  # most lanes (a row reads at most one word per lane)
 _WIDE_PROB_BITS = 12
 _STATE_LOW = 1 << 16
 _GROUP = 16  # lanes per vector
@@ -44,9 +44,9 @@ def _element_pointer(builder, context, array_type, array, offset, kind):
     return builder.bitcast(builder.gep(data, [offset]), ir.VectorType(kind, _GROUP).as_pointer())
 
 
-def _row_codegen(context, builder, signature, args):
-    states_t, model_of_t, _, symbols_t, entries_t, words_t, _ = signature.args
-    states, model_of, start, symbols, entries, words, position = args
+def _group_codegen(context, builder, signature, args):
+    states_t, _, model_of_t, _, symbols_t, entries_t, words_t, _ = signature.args
+    states, lane, model_of, start, symbols, entries, words, position = args
     module = builder.module
     lanes32 = ir.VectorType(_I32, _GROUP)
     mask_type = ir.VectorType(_I1, _GROUP)
@@ -75,11 +75,10 @@ def _row_codegen(context, builder, signature, args):
         _splat(_I32, 0),
     )
     words_data = context.make_array(words_t)(context, builder, words).data
-    for group in range(_WIDE_LANES // _GROUP):
-        offset = ir.Constant(_I64, group * _GROUP)
-        state_pointer = _element_pointer(builder, context, states_t, states, offset, _I32)
+    for _ in range(1):  # one group of 16 lanes
+        state_pointer = _element_pointer(builder, context, states_t, states, lane, _I32)
         x = builder.load(state_pointer, align=4)
-        here = builder.add(start, offset)
+        here = start
         model_pointer = _element_pointer(builder, context, model_of_t, model_of, here, _I8)
         models = builder.zext(builder.load(model_pointer, align=1), lanes32)
         slot = builder.and_(x, _splat(_I32, (1 << _WIDE_PROB_BITS) - 1))
@@ -117,12 +116,14 @@ def _row_codegen(context, builder, signature, args):
 
 
 @intrinsic
-def _decode_row(typingctx, states, model_of, start, symbols, entries, words, position):
-    """Decode symbols ``start .. start + 63`` (one row: lane ``j`` has symbol ``start +
-    j``), then renormalize the lanes in order from ``words[position:]``; the new position.
+def _decode_group(typingctx, states, lane, model_of, start, symbols, entries, words, position):
+    """Decode symbols ``start .. start + 15`` with lanes ``lane .. lane + 15`` (symbol
+    ``start + j`` on lane ``lane + j``), then renormalize those lanes in order from
+    ``words[position:]``; the new position.
 
-    The caller guarantees the bounds: ``start + 64 <= model_of.size == symbols.size``,
-    every ``model_of`` below ``entries.size >> 12``, ``position + 64 <= words.size``.
+    The caller guarantees the bounds: ``lane + 16 <= states.size``, ``start + 16 <=
+    model_of.size == symbols.size``, every ``model_of`` below ``entries.size >> 12``,
+    ``position + 16 <= words.size``.
     """
     arrays = {
         "states": (states, types.uint32),
@@ -134,8 +135,10 @@ def _decode_row(typingctx, states, model_of, start, symbols, entries, words, pos
     for array, dtype in arrays.values():
         if not (isinstance(array, types.Array) and array.dtype == dtype and array.layout == "C"):
             return None
-    signature = types.intp(states, model_of, types.intp, symbols, entries, words, types.intp)
-    return signature, _row_codegen
+    signature = types.intp(
+        states, types.intp, model_of, types.intp, symbols, entries, words, types.intp
+    )
+    return signature, _group_codegen
 
 
 @numba.njit(cache=True, nogil=True)
@@ -143,9 +146,11 @@ def rans_wide_decode(states, words, model_of, entries):  # pragma: no cover - co
     """``_rans._decode_numpy`` of the wide format: ``(symbols, states, position, status)``.
 
     ``entries[h << 12 | slot]`` is ``symbol | freq << 8 | (slot - cum) << 20``; the model
-    indices are validated (below ``entries.size >> 12``). Full rows run as vectors, the
-    last partial row lane by lane with the same arithmetic.
+    indices are validated (below ``entries.size >> 12``); ``states.size`` lanes, a
+    multiple of 16 up to 64. Full rows run as vectors of 16 lanes, the last partial row
+    lane by lane with the same arithmetic.
     """
+    lanes = states.size
     count = model_of.size
     symbols = np.empty(count, dtype=np.uint8)
     available = words.size
@@ -153,11 +158,14 @@ def rans_wide_decode(states, words, model_of, entries):  # pragma: no cover - co
     padded[:available] = words
     x = states.copy()
     position = 0
-    full = count - count % _WIDE_LANES
-    for start in range(0, full, _WIDE_LANES):
+    full = count - count % lanes
+    for start in range(0, full, lanes):
         if position > available:  # a row reads at most one padding row
             return symbols, x, available, _TRUNCATED
-        position = _decode_row(x, model_of, start, symbols, entries, padded, position)
+        for lane in range(0, lanes, _GROUP):
+            position = _decode_group(
+                x, lane, model_of, start + lane, symbols, entries, padded, position
+            )
     low = np.uint64((1 << _WIDE_PROB_BITS) - 1)
     for i in range(full, count):
         lane = i - full
