@@ -298,19 +298,38 @@ def decode(model: RansModel, states, words, model_of, *, kernels="auto", lanes=L
     lanes = _check_lanes(model, lanes)
     compiled = compiled_kernels() if kernels == "auto" else None
     if compiled is not None and model.prob_bits == WIDE_PROB_BITS and _has_wide_entries(model):
-        states = _check_states(states, lanes)
-        words = np.ascontiguousarray(words, dtype=np.uint16)
-        symbols, end_states, position, status = compiled.rans_wide_decode(
-            states, words, model_of.astype(np.uint8, copy=False), model.wide_entries
+        return decode_wide_skipping(
+            compiled, model, states, words, model_of, _NOTHING_SKIPPED, lanes
         )
-        if status != OK:
-            raise PayloadError(FAILURES[status])
-        _check_end(position, words.size, end_states)
-        return symbols
     decoder = StreamDecoder(model, states, words, kernels=kernels, lanes=lanes)
     symbols = decoder.take(model_of)
     decoder.finish()
     return symbols
+
+
+_NOTHING_SKIPPED = np.zeros(0, dtype=np.intp)
+
+
+def decode_wide_skipping(compiled, model, states, words, model_of, skipped, lanes):
+    """The compiled wide decoder: one symbol per entry of ``model_of`` (validated uint8
+    model indices), 0 at the ``skipped`` positions (validated: increasing, in range),
+    which code nothing; PayloadError unless the stream of ``lanes`` states is exactly
+    theirs."""
+    states = _check_states(states, lanes)
+    words = np.ascontiguousarray(words, dtype=np.uint16)
+    symbols, end_states, position, status = compiled.rans_wide_decode(
+        states, words, model_of.astype(np.uint8, copy=False), model.wide_entries, skipped
+    )
+    if status != OK:
+        raise PayloadError(FAILURES[status])
+    _check_end(position, words.size, end_states)
+    return symbols
+
+
+def has_wide_entries(model: RansModel) -> bool:
+    """True if the compiled wide decoder serves ``model`` (12-bit, 2..256 symbols, at most
+    256 rows, no narrow rows)."""
+    return model.prob_bits == WIDE_PROB_BITS and _has_wide_entries(model)
 
 
 def _has_wide_entries(model: RansModel) -> bool:

@@ -266,9 +266,17 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         (checked increasing); the compiled kernels skip and refill those positions in one
         pass each instead of a boolean mask, its gather and its scatter."""
         model, lanes = self._coder(version, dim - exact_indices.size)
+        kernels = compiled_kernels()
+        # shared values lie below 2**l, the model's rows (checked, so the kernel may index)
+        every_row = model.num_models == 1 << self.table.shared_bits
+        if kernels is not None and every_row and _rans.has_wide_entries(model):
+            # one pass: exact positions are skipped (and left 0) by the decoder itself
+            positions = exact_indices.astype(np.intp)
+            return _rans.decode_wide_skipping(
+                kernels, model, states, stream, shared, positions, lanes
+            )
         if exact_indices.size == 0:
             return _rans.decode(model, states, stream, shared, lanes=lanes)
-        kernels = compiled_kernels()
         if kernels is not None:
             positions = exact_indices.astype(np.intp)
             model_of = kernels.drop_positions(shared, positions)

@@ -416,3 +416,42 @@ def test_wide_format_constants_agree_with_the_compiled_kernels():
     assert _rans_wide._WIDE_PROB_BITS == _rans.WIDE_PROB_BITS
     assert _rans_wide._STATE_LOW == _rans.STATE_LOW
     assert _rans_wide._GROUP == _rans._WIDE_GROUP
+
+
+@pytest.mark.parametrize("lanes", [16, 64])
+@pytest.mark.parametrize(
+    "skip",
+    [
+        [],
+        [0],
+        [0, 1, 2, 3],
+        [5, 6, 40, 100, 101, 102, 2000],
+        list(range(0, 3000, 7)),
+        [2999],
+        [2990, 2995, 2996, 2997, 2998, 2999],
+        list(range(3000)),
+    ],
+    ids=["none", "first", "leading-run", "scattered", "dense", "last", "trailing", "all"],
+)
+def test_wide_decoder_skips_positions_like_drop_and_refill(lanes, skip):
+    """The compiled decoder leaves skipped positions 0 and decodes the others in order:
+    the reference decode of the kept positions, refilled with zeros."""
+    model, _, model_of = _wide_case(8, 16, 3000, 2, 0.3)
+    skipped = np.array(skip, dtype=np.intp)
+    keep = np.ones(model_of.size, dtype=bool)
+    keep[skipped] = False
+    rng = np.random.default_rng(lanes)
+    symbols = rng.integers(0, 16, keep.sum()).astype(np.uint8)
+    states, words = _rans.encode(model, symbols, model_of[keep], lanes=lanes)
+    expected = np.zeros(model_of.size, dtype=np.uint8)
+    expected[keep] = _rans.decode(model, states, words, model_of[keep], kernels=None, lanes=lanes)
+    decoded = _rans.decode_wide_skipping(
+        numba_kernels, model, states, words, model_of.astype(np.uint8), skipped, lanes
+    )
+    assert decoded.tobytes() == expected.tobytes()
+    assert np.array_equal(expected[keep], symbols)
+    if words.size:
+        with pytest.raises(PayloadError, match="ends before"):
+            _rans.decode_wide_skipping(
+                numba_kernels, model, states, words[:-1], model_of.astype(np.uint8), skipped, lanes
+            )

@@ -16,15 +16,13 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["rans_lanes_encode", "rans_wide_decode", "WIDE_PADDING"]
+__all__ = ["rans_lanes_encode", "rans_wide_decode"]
 
 # quicdesign._rans wide format constants (checked equal by tests/test_rans.py)
 _WIDE_LANES = 64  # most lanes (a row reads at most one word per lane)
 _WIDE_PROB_BITS = 12
 _STATE_LOW = 1 << 16
 _GROUP = 16  # lanes per vector
-#: Zero words the decoder needs past the stream: one row reads at most one per lane.
-WIDE_PADDING = _WIDE_LANES
 _OK, _TRUNCATED = 0, 1
 
 _I1, _I8, _I16, _I32, _I64 = (ir.IntType(bits) for bits in (1, 8, 16, 32, 64))
@@ -141,44 +139,69 @@ def _decode_group(typingctx, states, lane, model_of, start, symbols, entries, wo
     return signature, _group_codegen
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _scalar_step(x, lane, h, entries, words, position):  # pragma: no cover - compiled
+    """One symbol of one lane with the vector step's arithmetic: ``(symbol, position)``
+    (past the end a word reads as 0; the caller refuses ``position > words.size``)."""
+    state = np.uint64(x[lane])
+    low = np.uint64((1 << _WIDE_PROB_BITS) - 1)
+    entry = np.uint64(entries[(np.intp(h) << _WIDE_PROB_BITS) | np.intp(state & low)])
+    state = ((entry >> np.uint64(8)) & np.uint64(0xFFF)) * (state >> np.uint64(_WIDE_PROB_BITS)) + (
+        entry >> np.uint64(20)
+    )
+    if state < np.uint64(_STATE_LOW):
+        word = np.uint64(words[position]) if position < words.size else np.uint64(0)
+        state = (state << np.uint64(16)) | word
+        position += 1
+    x[lane] = np.uint32(state)
+    return np.uint8(entry & np.uint64(0xFF)), position
+
+
 @numba.njit(cache=True, nogil=True)
-def rans_wide_decode(states, words, model_of, entries):  # pragma: no cover - compiled
+def rans_wide_decode(states, words, model_of, entries, skipped):  # pragma: no cover
     """``_rans._decode_numpy`` of the wide format: ``(symbols, states, position, status)``.
 
-    ``entries[h << 12 | slot]`` is ``symbol | freq << 8 | (slot - cum) << 20``; the model
-    indices are validated (below ``entries.size >> 12``); ``states.size`` lanes, a
-    multiple of 16 up to 64. Full rows run as vectors of 16 lanes, the last partial row
-    lane by lane with the same arithmetic.
+    ``symbols`` has ``model_of.size`` entries: 0 at the ``skipped`` positions (strictly
+    increasing, in range), the decoded symbols in order at the others (coded with the
+    model ``model_of`` has there), so a caller needs no pass to drop or refill exact
+    positions. ``entries[h << 12 | slot]`` is ``symbol | freq << 8 | (slot - cum) << 20``;
+    the model indices are validated (below ``entries.size >> 12``); ``states.size``
+    lanes, a multiple of 16 up to 64. A row of lanes runs as vectors of 16 when no
+    skipped position falls inside it and its words cannot run past the stream, else lane
+    by lane with the same arithmetic.
     """
     lanes = states.size
-    count = model_of.size
-    symbols = np.empty(count, dtype=np.uint8)
+    size = model_of.size
+    count = size - skipped.size
+    symbols = np.empty(size, dtype=np.uint8)
     available = words.size
-    padded = np.zeros(available + WIDE_PADDING, dtype=np.uint16)
-    padded[:available] = words
     x = states.copy()
     position = 0
-    full = count - count % lanes
-    for start in range(0, full, lanes):
-        if position > available:  # a row reads at most one padding row
-            return symbols, x, available, _TRUNCATED
-        for lane in range(0, lanes, _GROUP):
-            position = _decode_group(
-                x, lane, model_of, start + lane, symbols, entries, padded, position
-            )
-    low = np.uint64((1 << _WIDE_PROB_BITS) - 1)
-    for i in range(full, count):
-        lane = i - full
-        state = np.uint64(x[lane])
-        entry = np.uint64(entries[(np.intp(model_of[i]) << _WIDE_PROB_BITS) | np.intp(state & low)])
-        symbols[i] = np.uint8(entry & np.uint64(0xFF))
-        state = ((entry >> np.uint64(8)) & np.uint64(0xFFF)) * (
-            state >> np.uint64(_WIDE_PROB_BITS)
-        ) + (entry >> np.uint64(20))
-        if state < np.uint64(_STATE_LOW):
-            state = (state << np.uint64(16)) | np.uint64(padded[min(position, available)])
-            position += 1
-        x[lane] = np.uint32(state)
+    shift = 0  # skipped positions before the current one
+    following = skipped[0] if skipped.size else size
+    i = 0
+    while i < count:
+        here = i + shift
+        row = min(lanes, count - i)
+        if row == lanes and following >= here + lanes and position + lanes <= available:
+            for lane in range(0, lanes, _GROUP):
+                position = _decode_group(
+                    x, lane, model_of, here + lane, symbols, entries, words, position
+                )
+            i += lanes
+            continue
+        for lane in range(row):
+            while here == following:
+                symbols[here] = 0
+                shift += 1
+                here += 1
+                following = skipped[shift] if shift < skipped.size else size
+            h = model_of[here]
+            symbols[here], position = _scalar_step(x, lane, h, entries, words, position)
+            here += 1
+        i += row
+    for k in range(shift, skipped.size):  # skipped positions after the last symbol
+        symbols[skipped[k]] = 0
     if position > available:
         return symbols, x, available, _TRUNCATED
     return symbols, x, position, _OK
