@@ -213,9 +213,11 @@ def _check_model_of(model: RansModel, model_of):
 
 
 def wide_lanes(count: int) -> int:
-    """Lanes of the wide format for ``count`` symbols: 16 per ``2**18`` symbols, 16 to
-    :data:`WIDE_LANES` (more lanes decode faster, each costs its state's ~17 bits)."""
-    groups = min(max(count // _SYMBOLS_PER_GROUP, 1), WIDE_LANES // _WIDE_GROUP)
+    """Lanes of the wide format for ``count`` symbols: 16 per ``2**18`` symbols (rounded
+    to nearest), 16 to :data:`WIDE_LANES` (more lanes decode faster, each costs its
+    state's ~17 bits)."""
+    groups = (count + _SYMBOLS_PER_GROUP // 2) // _SYMBOLS_PER_GROUP
+    groups = min(max(groups, 1), WIDE_LANES // _WIDE_GROUP)
     return _WIDE_GROUP * groups
 
 

@@ -211,3 +211,27 @@ def test_rans_stream_checks_hold_without_the_digest(table2, edit, message, versi
     assert aggregator.count == 0
     aggregator.add(payload)
     assert aggregator.count == 1
+
+
+@pytest.mark.parametrize(
+    ("version", "person"), [(5, b"quicdesign.rans5"), (4, b"quicdesign.rans4")]
+)
+def test_stream_digest_is_the_documented_blake2b(table2, version, person):
+    """docs/wire-format.md: the digest field is blake2b(states || words, 8 bytes, the
+    version's person) over the payload's last 4 * lanes + 2 * w bytes."""
+    import hashlib
+    import struct
+
+    from quicdesign.rotation import RotationLayout
+
+    dim = 2**20 - 3  # 2**20 rotated positions, a few exact: 64 lanes in version 5
+    encoder = QuicFLEntropyEncoder(table2, ROUND)
+    encoder._wire_version = version
+    payload = encoder.encode(np.random.default_rng(4).standard_normal(dim), 2, rng=3)
+    words_at = QUICFL["norms"] + 4 * RotationLayout.for_dim(dim).num_chunks
+    words, symbols = struct.unpack_from("<II", payload, words_at)
+    lanes = {5: 64, 4: 8}[version]
+    assert _rans.wide_lanes(symbols) == 64
+    stream = payload[len(payload) - 4 * lanes - 2 * words :]
+    digest = hashlib.blake2b(stream, digest_size=8, person=person).digest()
+    assert payload[words_at + 8 : words_at + 16] == digest

@@ -376,8 +376,8 @@ def test_wide_decoders_refuse_alike():
 
 
 def test_wide_lanes_follow_the_symbol_count_and_formats_are_checked():
-    counts = [0, 1, 2**18 - 1, 2**18, 2**19 - 1, 2**19, 3 * 2**18, 2**20, 2**31]
-    assert [_rans.wide_lanes(c) for c in counts] == [16, 16, 16, 16, 16, 32, 48, 64, 64]
+    counts = [0, 1, 2**18, 3 * 2**17 - 1, 3 * 2**17, 2**19, 3 * 2**18, 2**20 - 5, 2**31]
+    assert [_rans.wide_lanes(c) for c in counts] == [16, 16, 16, 16, 32, 32, 48, 64, 64]
     wide, _, _ = _wide_case(2, 4, 10, 0)
     narrow, symbols, model_of = _model_and_symbols(2, 4, 10, 0)
     for model, lanes in ((wide, 8), (wide, 24), (wide, 80), (narrow, 16), (narrow, 64)):
