@@ -9,6 +9,7 @@ kernel gives the same symbols everywhere (``tests/test_rans.py``), only slower.
 
 from __future__ import annotations
 
+import llvmlite
 import numba
 import numpy as np
 from llvmlite import ir
@@ -26,6 +27,12 @@ _GROUP = 16  # lanes per vector
 _OK, _TRUNCATED = 0, 1
 
 _I1, _I8, _I16, _I32, _I64 = (ir.IntType(bits) for bits in (1, 8, 16, 32, 64))
+# the gather is named by its pointer type: opaque pointers (llvmlite >= 0.45 always,
+# 0.44 when enabled) are "p0", typed ones "p0i32"
+_OPAQUE = getattr(
+    llvmlite, "opaque_pointers_enabled", hasattr(llvmlite, "ir_layer_typed_pointers_enabled")
+)
+_GATHER = "llvm.masked.gather.v16i32.v16p0" + ("" if _OPAQUE else "i32")
 
 
 def _vector(kind, value=None):
@@ -52,7 +59,7 @@ def _group_codegen(context, builder, signature, args):
     gather = cgutils.get_or_insert_function(
         module,
         ir.FunctionType(lanes32, [entry_pointers, _I32, mask_type, lanes32]),
-        "llvm.masked.gather.v16i32.v16p0",
+        _GATHER,
     )
     expand = cgutils.get_or_insert_function(
         module,
