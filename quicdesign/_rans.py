@@ -312,15 +312,18 @@ def decode(model: RansModel, states, words, model_of, *, kernels="auto", lanes=L
 _NOTHING_SKIPPED = np.zeros(0, dtype=np.intp)
 
 
-def decode_wide_skipping(compiled, model, states, words, model_of, skipped, lanes):
-    """The compiled wide decoder: one symbol per entry of ``model_of`` (validated uint8
-    model indices), 0 at the ``skipped`` positions (validated: increasing, in range),
-    which code nothing; PayloadError unless the stream of ``lanes`` states is exactly
-    theirs."""
+def decode_wide_skipping(
+    compiled, model, states, words, model_of, skipped, lanes, model_mask=0xFF
+) -> np.ndarray:
+    """The compiled wide decoder: one symbol per entry of ``model_of`` (uint8 model
+    indices, validated once masked with ``model_mask``), 0 at the ``skipped`` positions
+    (validated: increasing, in range), which code nothing; PayloadError unless the
+    stream of ``lanes`` states is exactly theirs."""
     states = _check_states(states, lanes)
     words = np.ascontiguousarray(words, dtype=np.uint16)
+    model_of = model_of.astype(np.uint8, copy=False)
     symbols, end_states, position, status = compiled.rans_wide_decode(
-        states, words, model_of.astype(np.uint8, copy=False), model.wide_entries, skipped
+        states, words, model_of, model_mask, model.wide_entries, skipped
     )
     if status != OK:
         raise PayloadError(FAILURES[status])

@@ -244,14 +244,14 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
         values = reader.read_array("<f4", header.num_exact, "exact values")
         _check_exact(indices, values, dim)
-        shared = self._shared(state, dim)
         if rans:
             states = reader.read_array("<u4", lanes, "coder states")
             stream = reader.read_array("<u2", words, "coded stream")
             if _stream_digest(states, stream, version) != digest:
                 raise PayloadError("coded stream does not match its digest")
-            codes = self._decode_rans(version, states, stream, shared, indices, dim)
+            codes, shared, mask = self._decode_rans(version, states, stream, state, indices, dim)
         else:
+            shared, mask = self._shared(state, dim), 0xFF
             stream = reader.read_array("<u4", words, "coded stream")
             coded = _coded_positions(dim, indices)
             codes, symbols = self._decode_constriction(stream, shared, coded, dim)
@@ -259,33 +259,44 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
                 raise PayloadError("coded stream does not decode to the symbols that were encoded")
         if codes.max(initial=0) >= self.table.num_messages:
             raise PayloadError("decoded message outside the table")
-        return codes, indices, values, shared
+        return codes, indices, values, shared, mask
 
-    def _decode_rans(self, version, states, stream, shared, exact_indices, dim):
-        """Versions 4 and 5: the codes of all ``dim`` positions, 0 at the exact ones
-        (checked increasing); the compiled kernels skip and refill those positions in one
-        pass each instead of a boolean mask, its gather and its scatter."""
+    def contribution(self, y, side, state, dim, weight):
+        """The fixed-rate quantizer's gather, with ``h`` masked as the decoder read it."""
+        *side, mask = side
+        gathered = super().contribution(y, tuple(side), state, dim, weight)
+        gathered.shared_mask = mask
+        return gathered
+
+    def _decode_rans(self, version, states, stream, state, exact_indices, dim):
+        """Versions 4 and 5: ``(codes, shared, mask)``: the codes of all ``dim``
+        positions, 0 at the exact ones (checked increasing), and the client's ``h`` as
+        bytes to mask. The compiled wide decoder reads the raw shared-randomness bytes
+        and skips the exact positions itself; the other paths drop and refill them."""
         model, lanes = self._coder(version, dim - exact_indices.size)
         kernels = compiled_kernels()
-        # shared values lie below 2**l, the model's rows (checked, so the kernel may index)
+        # masked h lies below 2**l, the model's rows (checked, so the kernel may index)
         every_row = model.num_models == 1 << self.table.shared_bits
         if kernels is not None and every_row and _rans.has_wide_entries(model):
-            # one pass: exact positions are skipped (and left 0) by the decoder itself
+            shared, mask = self._shared_bytes(state, dim)
+            shared = shared[:dim]  # whole Philox words: up to 7 bytes more
             positions = exact_indices.astype(np.intp)
-            return _rans.decode_wide_skipping(
-                kernels, model, states, stream, shared, positions, lanes
+            codes = _rans.decode_wide_skipping(
+                kernels, model, states, stream, shared, positions, lanes, mask
             )
+            return codes, shared, mask
+        shared = self._shared(state, dim)
         if exact_indices.size == 0:
-            return _rans.decode(model, states, stream, shared, lanes=lanes)
+            return _rans.decode(model, states, stream, shared, lanes=lanes), shared, 0xFF
         if kernels is not None:
             positions = exact_indices.astype(np.intp)
             model_of = kernels.drop_positions(shared, positions)
             symbols = _rans.decode(model, states, stream, model_of, lanes=lanes)
-            return kernels.insert_zeros(symbols, positions, dim)
+            return kernels.insert_zeros(symbols, positions, dim), shared, 0xFF
         coded = _coded_mask(dim, exact_indices)
         codes = np.zeros(dim, dtype=np.uint8)
         codes[coded] = _rans.decode(model, states, stream, shared[coded], lanes=lanes)
-        return codes
+        return codes, shared, 0xFF
 
     def _decode_constriction(self, stream, shared, coded, dim):
         """Version 3: groups by ``h`` decoded with constriction; ``(codes, symbols)``."""

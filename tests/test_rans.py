@@ -450,6 +450,12 @@ def test_wide_decoder_skips_positions_like_drop_and_refill(lanes, skip):
     )
     assert decoded.tobytes() == expected.tobytes()
     assert np.array_equal(expected[keep], symbols)
+    # raw shared bytes: the kernel masks the model indices itself (8 models: mask 7)
+    raw = model_of.astype(np.uint8) | np.uint8(0xF8)
+    masked = _rans.decode_wide_skipping(
+        numba_kernels, model, states, words, raw, skipped, lanes, model_mask=7
+    )
+    assert masked.tobytes() == expected.tobytes()
     if words.size:
         with pytest.raises(PayloadError, match="ends before"):
             _rans.decode_wide_skipping(

@@ -50,8 +50,8 @@ def _element_pointer(builder, context, array_type, array, offset, kind):
 
 
 def _group_codegen(context, builder, signature, args):
-    states_t, _, model_of_t, _, symbols_t, entries_t, words_t, _ = signature.args
-    states, lane, model_of, start, symbols, entries, words, position = args
+    states_t, _, model_of_t, _, _, symbols_t, entries_t, words_t, _ = signature.args
+    states, lane, model_of, start, model_mask, symbols, entries, words, position = args
     module = builder.module
     lanes32 = ir.VectorType(_I32, _GROUP)
     mask_type = ir.VectorType(_I1, _GROUP)
@@ -85,7 +85,16 @@ def _group_codegen(context, builder, signature, args):
         x = builder.load(state_pointer, align=4)
         here = start
         model_pointer = _element_pointer(builder, context, model_of_t, model_of, here, _I8)
-        models = builder.zext(builder.load(model_pointer, align=1), lanes32)
+        models = builder.and_(
+            builder.zext(builder.load(model_pointer, align=1), lanes32),
+            builder.shuffle_vector(
+                builder.insert_element(
+                    _vector(_I32), builder.trunc(model_mask, _I32), ir.Constant(_I32, 0)
+                ),
+                _vector(_I32),
+                _splat(_I32, 0),
+            ),
+        )
         slot = builder.and_(x, _splat(_I32, (1 << _WIDE_PROB_BITS) - 1))
         index = builder.or_(builder.shl(models, _splat(_I32, _WIDE_PROB_BITS)), slot)
         addresses = builder.add(
@@ -121,13 +130,15 @@ def _group_codegen(context, builder, signature, args):
 
 
 @intrinsic
-def _decode_group(typingctx, states, lane, model_of, start, symbols, entries, words, position):
+def _decode_group(
+    typingctx, states, lane, model_of, start, model_mask, symbols, entries, words, position
+):
     """Decode symbols ``start .. start + 15`` with lanes ``lane .. lane + 15`` (symbol
-    ``start + j`` on lane ``lane + j``), then renormalize those lanes in order from
-    ``words[position:]``; the new position.
+    ``start + j`` on lane ``lane + j``, model ``model_of[start + j] & model_mask``), then
+    renormalize those lanes in order from ``words[position:]``; the new position.
 
     The caller guarantees the bounds: ``lane + 16 <= states.size``, ``start + 16 <=
-    model_of.size == symbols.size``, every ``model_of`` below ``entries.size >> 12``,
+    model_of.size == symbols.size``, every masked model below ``entries.size >> 12``,
     ``position + 16 <= words.size``.
     """
     arrays = {
@@ -141,7 +152,7 @@ def _decode_group(typingctx, states, lane, model_of, start, symbols, entries, wo
         if not (isinstance(array, types.Array) and array.dtype == dtype and array.layout == "C"):
             return None
     signature = types.intp(
-        states, types.intp, model_of, types.intp, symbols, entries, words, types.intp
+        states, types.intp, model_of, types.intp, types.intp, symbols, entries, words, types.intp
     )
     return signature, _group_codegen
 
@@ -165,14 +176,15 @@ def _scalar_step(x, lane, h, entries, words, position):  # pragma: no cover - co
 
 
 @numba.njit(cache=True, nogil=True)
-def rans_wide_decode(states, words, model_of, entries, skipped):  # pragma: no cover
+def rans_wide_decode(states, words, model_of, model_mask, entries, skipped):  # pragma: no cover
     """``_rans._decode_numpy`` of the wide format: ``(symbols, states, position, status)``.
 
     ``symbols`` has ``model_of.size`` entries: 0 at the ``skipped`` positions (strictly
     increasing, in range), the decoded symbols in order at the others (coded with the
     model ``model_of`` has there), so a caller needs no pass to drop or refill exact
     positions. ``entries[h << 12 | slot]`` is ``symbol | freq << 8 | (slot - cum) << 20``;
-    the model indices are validated (below ``entries.size >> 12``); ``states.size``
+    the model of position ``i`` is ``model_of[i] & model_mask``, validated (below
+    ``entries.size >> 12``: raw shared-randomness bytes need no masked copy); ``states.size``
     lanes, a multiple of 16 up to 64. A row of lanes runs as vectors of 16 when no
     skipped position falls inside it and its words cannot run past the stream, else lane
     by lane with the same arithmetic.
@@ -193,7 +205,7 @@ def rans_wide_decode(states, words, model_of, entries, skipped):  # pragma: no c
         if row == lanes and following >= here + lanes and position + lanes <= available:
             for lane in range(0, lanes, _GROUP):
                 position = _decode_group(
-                    x, lane, model_of, here + lane, symbols, entries, words, position
+                    x, lane, model_of, here + lane, model_mask, symbols, entries, words, position
                 )
             i += lanes
             continue
@@ -203,7 +215,7 @@ def rans_wide_decode(states, words, model_of, entries, skipped):  # pragma: no c
                 shift += 1
                 here += 1
                 following = skipped[shift] if shift < skipped.size else size
-            h = model_of[here]
+            h = model_of[here] & model_mask
             symbols[here], position = _scalar_step(x, lane, h, entries, words, position)
             here += 1
         i += row
