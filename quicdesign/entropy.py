@@ -6,7 +6,7 @@ coded coordinate's message is coded with the categorical model ``P(x | h)`` of i
 value ``h`` stored in the table.
 
 Wire format (``docs/wire-format.md``, magic ``QDQE``). Version 5, written: the wide
-interleaved rANS (:mod:`quicdesign._rans`, 64 lanes, 2**12 slots; numpy reference,
+interleaved rANS (:mod:`quicdesign._rans`, 16-64 lanes, 2**12 slots; numpy reference,
 compiled with the ``fast`` extra, same bytes; its decoder runs the lanes as vectors).
 Version 4, still read: the same coder with 8 lanes and 2**14 slots. Version 3, still
 read: constriction's ANS coder (``pip install quicdesign[entropy]``, imported only when
@@ -164,14 +164,14 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
     def __init__(self, table: Table, version: int = ENTROPY_WIRE_VERSION):
         super().__init__(table)
         self.version = version
-        for prob_bits in {bits for _, bits in _RANS_FORMATS.values()}:
-            _rans_model(table, prob_bits)  # refuse an unusable code model here
+        # both quantized models now: an unusable code model is refused here
+        self._rans_models = {bits: _rans_model(table, bits) for _, bits in _RANS_FORMATS.values()}
         self._constriction_models = None
 
     def _coder(self, version, count):
         """``(model, lanes)`` of a rANS version coding ``count`` symbols."""
         lanes, prob_bits = _RANS_FORMATS[version]
-        return _rans_model(self.table, prob_bits), lanes(count)
+        return self._rans_models[prob_bits], lanes(count)
 
     def _constriction(self):
         if self._constriction_models is None:
