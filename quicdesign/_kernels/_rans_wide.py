@@ -2,7 +2,7 @@
 
 The decoder runs the lanes of a row as vectors of 16 (``llvm.masked.gather`` for the
 slot lookup, ``llvm.masked.expandload`` for the renormalization words read in lane
-order): numba's loop vectorizer emits no gathers, so the row step is written as LLVM IR.
+order): numba's loop vectorizer emits no gathers, so that step is written as LLVM IR.
 LLVM lowers both intrinsics to plain loads where the CPU has no vector form, so the
 kernel gives the same symbols everywhere (``tests/test_rans.py``), only slower.
 """
@@ -43,90 +43,88 @@ def _splat(kind, value):
     return _vector(kind, [value] * _GROUP)
 
 
+def _broadcast(builder, value, kind):
+    """A run-time scalar of type ``kind`` in every lane."""
+    first = builder.insert_element(_vector(kind), value, ir.Constant(_I32, 0))
+    return builder.shuffle_vector(first, _vector(kind), _splat(_I32, 0))
+
+
 def _element_pointer(builder, context, array_type, array, offset, kind):
     """``&array[offset]`` as a pointer to a vector of ``_GROUP`` elements of ``kind``."""
     data = context.make_array(array_type)(context, builder, array).data
     return builder.bitcast(builder.gep(data, [offset]), ir.VectorType(kind, _GROUP).as_pointer())
 
 
+class _VectorElementPointers(ir.Instruction):
+    """``getelementptr i32, ptr base, <16 x i32> index``: llvmlite's builder takes no
+    vector index, and only this form lets LLVM emit one 32-bit-index gather."""
+
+    def __init__(self, parent, base, index):
+        pointers = ir.VectorType(base.type, _GROUP)
+        super().__init__(parent, pointers, "getelementptr", [base, index])
+
+    def descr(self, buf):
+        base, index = self.operands
+        buf.append(
+            f"getelementptr inbounds i32, {base.type} {base.get_reference()}, "
+            f"{index.type} {index.get_reference()}{self._stringify_metadata(leading_comma=True)}\n"
+        )
+
+
+def _vector_element_pointers(builder, base, index):
+    instruction = _VectorElementPointers(builder.block, base, index)
+    builder._insert(instruction)
+    return instruction
+
+
+def _intrinsic(builder, name, result, *arguments):
+    function_type = ir.FunctionType(result, list(arguments))
+    return cgutils.get_or_insert_function(builder.module, function_type, name)
+
+
 def _group_codegen(context, builder, signature, args):
+    """LLVM IR of :func:`_decode_group` (one group of 16 lanes, the scalar kernel's
+    arithmetic in 32-bit lanes: states stay below 2**32, ``f * (x >> 12)`` too)."""
     states_t, _, model_of_t, _, _, symbols_t, entries_t, words_t, _ = signature.args
     states, lane, model_of, start, model_mask, symbols, entries, words, position = args
-    module = builder.module
     lanes32 = ir.VectorType(_I32, _GROUP)
-    mask_type = ir.VectorType(_I1, _GROUP)
+    lanes16 = ir.VectorType(_I16, _GROUP)
+    need_type = ir.VectorType(_I1, _GROUP)
     entry_pointers = ir.VectorType(_I32.as_pointer(), _GROUP)
-    gather = cgutils.get_or_insert_function(
-        module,
-        ir.FunctionType(lanes32, [entry_pointers, _I32, mask_type, lanes32]),
-        _GATHER,
+    gather = _intrinsic(builder, _GATHER, lanes32, entry_pointers, _I32, need_type, lanes32)
+    expand = _intrinsic(
+        builder, "llvm.masked.expandload.v16i16", lanes16, _I16.as_pointer(), need_type, lanes16
     )
-    expand = cgutils.get_or_insert_function(
-        module,
-        ir.FunctionType(
-            ir.VectorType(_I16, _GROUP),
-            [_I16.as_pointer(), mask_type, ir.VectorType(_I16, _GROUP)],
-        ),
-        "llvm.masked.expandload.v16i16",
-    )
-    popcount = cgutils.get_or_insert_function(
-        module, ir.FunctionType(_I32, [_I32]), "llvm.ctpop.i32"
-    )
+    popcount = _intrinsic(builder, "llvm.ctpop.i32", _I32, _I32)
     table = context.make_array(entries_t)(context, builder, entries).data
-    base = builder.ptrtoint(table, _I64)
-    bases = builder.shuffle_vector(
-        builder.insert_element(_vector(_I64), base, ir.Constant(_I32, 0)),
-        _vector(_I64),
-        _splat(_I32, 0),
-    )
     words_data = context.make_array(words_t)(context, builder, words).data
-    for _ in range(1):  # one group of 16 lanes
-        state_pointer = _element_pointer(builder, context, states_t, states, lane, _I32)
-        x = builder.load(state_pointer, align=4)
-        here = start
-        model_pointer = _element_pointer(builder, context, model_of_t, model_of, here, _I8)
-        models = builder.and_(
-            builder.zext(builder.load(model_pointer, align=1), lanes32),
-            builder.shuffle_vector(
-                builder.insert_element(
-                    _vector(_I32), builder.trunc(model_mask, _I32), ir.Constant(_I32, 0)
-                ),
-                _vector(_I32),
-                _splat(_I32, 0),
-            ),
-        )
-        slot = builder.and_(x, _splat(_I32, (1 << _WIDE_PROB_BITS) - 1))
-        index = builder.or_(builder.shl(models, _splat(_I32, _WIDE_PROB_BITS)), slot)
-        addresses = builder.add(
-            bases, builder.shl(builder.zext(index, ir.VectorType(_I64, _GROUP)), _splat(_I64, 2))
-        )
-        entry = builder.call(
-            gather,
-            [
-                builder.inttoptr(addresses, entry_pointers),
-                ir.Constant(_I32, 4),
-                _splat(_I1, 1),
-                _vector(_I32),
-            ],
-        )
-        builder.store(
-            builder.trunc(entry, ir.VectorType(_I8, _GROUP)),
-            _element_pointer(builder, context, symbols_t, symbols, here, _I8),
-            align=1,
-        )
-        frequency = builder.and_(builder.lshr(entry, _splat(_I32, 8)), _splat(_I32, 0xFFF))
-        x = builder.add(
-            builder.mul(frequency, builder.lshr(x, _splat(_I32, _WIDE_PROB_BITS))),
-            builder.lshr(entry, _splat(_I32, 20)),
-        )
-        need = builder.icmp_unsigned("<", x, _splat(_I32, _STATE_LOW))
-        next_words = builder.gep(words_data, [position])
-        read = builder.call(expand, [next_words, need, _vector(_I16, None)])
-        refilled = builder.or_(builder.shl(x, _splat(_I32, 16)), builder.zext(read, lanes32))
-        builder.store(builder.select(need, refilled, x), state_pointer, align=4)
-        taken = builder.call(popcount, [builder.zext(builder.bitcast(need, _I16), _I32)])
-        position = builder.add(position, builder.zext(taken, _I64))
-    return position
+
+    state_pointer = _element_pointer(builder, context, states_t, states, lane, _I32)
+    x = builder.load(state_pointer, align=4)
+    model_pointer = _element_pointer(builder, context, model_of_t, model_of, start, _I8)
+    models = builder.and_(
+        builder.zext(builder.load(model_pointer, align=1), lanes32),
+        _broadcast(builder, builder.trunc(model_mask, _I32), _I32),
+    )
+    # entry = table[h << 12 | slot]: symbol | freq << 8 | (slot - cum) << 20
+    slot = builder.and_(x, _splat(_I32, (1 << _WIDE_PROB_BITS) - 1))
+    index = builder.or_(builder.shl(models, _splat(_I32, _WIDE_PROB_BITS)), slot)
+    pointers = _vector_element_pointers(builder, table, index)
+    entry = builder.call(gather, [pointers, ir.Constant(_I32, 4), _splat(_I1, 1), _vector(_I32)])
+    symbol_pointer = _element_pointer(builder, context, symbols_t, symbols, start, _I8)
+    builder.store(builder.trunc(entry, ir.VectorType(_I8, _GROUP)), symbol_pointer, align=1)
+    frequency = builder.and_(builder.lshr(entry, _splat(_I32, 8)), _splat(_I32, 0xFFF))
+    x = builder.add(
+        builder.mul(frequency, builder.lshr(x, _splat(_I32, _WIDE_PROB_BITS))),
+        builder.lshr(entry, _splat(_I32, 20)),
+    )
+    # lanes below the range take the next words in lane order
+    need = builder.icmp_unsigned("<", x, _splat(_I32, _STATE_LOW))
+    read = builder.call(expand, [builder.gep(words_data, [position]), need, _vector(_I16)])
+    refilled = builder.or_(builder.shl(x, _splat(_I32, 16)), builder.zext(read, lanes32))
+    builder.store(builder.select(need, refilled, x), state_pointer, align=4)
+    taken = builder.call(popcount, [builder.zext(builder.bitcast(need, _I16), _I32)])
+    return builder.add(position, builder.zext(taken, _I64))
 
 
 @intrinsic
