@@ -38,6 +38,7 @@ from .codec import (
     write_header,
 )
 from .errors import ParameterError, PayloadError
+from .randomness import key_stream_bytes
 from .stages import Pipeline, RandomizedHadamard
 from .table import Table
 
@@ -278,7 +279,9 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         # masked h lies below 2**l, the model's rows (checked, so the kernel may index)
         every_row = model.num_models == 1 << self.table.shared_bits
         if kernels is not None and every_row and _rans.has_wide_entries(model):
-            shared, mask = self._shared_bytes(state, dim)
+            shared, mask, key = self._shared_bytes(state, dim)
+            if shared is None:  # the decoder reads every byte before the sum: draw them
+                shared = key_stream_bytes(key, dim)
             shared = shared[:dim]  # whole Philox words: up to 7 bytes more
             positions = exact_indices.astype(np.intp)
             codes = _rans.decode_wide_skipping(

@@ -16,8 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Third-party modules the core may import: numpy, and the optional extras' modules, which
-# are imported lazily where used (entropy, progress, threads, fast kernels, export;
-# llvmlite is numba's code generator, used by the wide rANS kernel's vector IR).
+# are imported lazily where used (entropy, progress, threads, fast kernels, export); the fast
+# kernels also use llvmlite, numba's compiler backend.
 CORE_THIRD_PARTY = {
     "numpy",
     "constriction",
