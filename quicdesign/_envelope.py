@@ -3,7 +3,8 @@
 Every payload of every scheme starts with the same 21 bytes (little-endian)::
 
     magic      4 bytes   one per scheme, e.g. b"QDQF" (QUIC-FL), b"QDSQ" (min-max SQ)
-    version    u8        ENVELOPE_VERSION (4) for every scheme
+    version    u8        ENVELOPE_VERSION (4) for every scheme; QDQE writes 5 (its body's
+                         wide rANS coder), the envelope the same
     dim        u32       length of the client vector
     client_id  u32       client id in [0, 2**32)
     round_tag  u32       the round's tag (quicdesign.randomness.round_tag)
@@ -39,6 +40,8 @@ __all__ = [
 
 #: One version for every scheme: 4 is above every version written before the envelope.
 ENVELOPE_VERSION = 4
+#: Versions whose first 21 bytes are this envelope (5: QDQE's wide rANS body).
+FRAMED_VERSIONS = (ENVELOPE_VERSION, 5)
 _FIELDS = struct.Struct("<IIII")  # dim, client_id, round_tag, config_tag
 ENVELOPE_SIZE = 4 + 1 + _FIELDS.size
 
@@ -70,17 +73,20 @@ _WHOLE = struct.Struct("<4sBIIII")
 
 
 def write_envelope(writer: PayloadWriter, envelope: Envelope) -> None:
-    """Write the 21-byte envelope (always the current version).
+    """Write the 21-byte envelope (its version: the current one unless a scheme's newer
+    body says otherwise, one of :data:`FRAMED_VERSIONS`).
 
     Raises ``ParameterError`` if the magic is not 4 bytes or a field is not a u32.
     """
     fields = (envelope.dim, envelope.client_id, envelope.round_tag, envelope.config_tag)
     if len(envelope.magic) != 4:
         raise ParameterError(f"a payload magic is 4 bytes, got {envelope.magic!r}")
+    if envelope.version not in FRAMED_VERSIONS:
+        raise ParameterError(f"an envelope has version 4 or 5, got {envelope.version!r}")
     if any(type(value) is bool for value in fields):
         raise ParameterError("envelope fields must be integers, got a bool")
     try:
-        writer.write_bytes(_WHOLE.pack(envelope.magic, ENVELOPE_VERSION, *fields))
+        writer.write_bytes(_WHOLE.pack(envelope.magic, envelope.version, *fields))
     except struct.error:
         for name, value in zip(
             ("dim", "client_id", "round_tag", "config_tag"), fields, strict=True
@@ -164,12 +170,12 @@ def check_envelope(envelope: Envelope, *, dim: int, round_tag: int, config: int,
 
 def framing_size(payload) -> int:
     """Bytes of framing in front of ``payload``'s body: ``ENVELOPE_SIZE`` for a payload
-    that starts with a current envelope (magic ``QD..``, version 4), else 0.
+    that starts with a current envelope (magic ``QD..``, version 4, or QDQE's 5), else 0.
 
     Lets bit counters report header-free sizes beside framed ones.
     """
     view = memoryview(payload).cast("B")
     head = bytes(view[:5])
-    if len(view) >= ENVELOPE_SIZE and head[:2] == b"QD" and head[4] == ENVELOPE_VERSION:
+    if len(view) >= ENVELOPE_SIZE and head[:2] == b"QD" and head[4] in FRAMED_VERSIONS:
         return ENVELOPE_SIZE
     return 0

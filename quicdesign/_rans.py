@@ -1,14 +1,18 @@
-"""Interleaved rANS under a per-symbol categorical model (the QDQE v4 body coder).
+"""Interleaved rANS under a per-symbol categorical model (the QDQE v4 and v5 body coder).
 
 Format (``docs/wire-format.md``, "QDQE version 4"): :data:`LANES` coder states of 32 bits,
 16-bit renormalization, probabilities quantized to ``2**PROB_BITS``. Symbol ``i`` (in
 coding order) is coded by state ``i % LANES`` with model ``model_of[i]``; the encoder runs
 backwards over the symbols and the words it emits, reversed, are read by the decoder in
-order. A valid stream is used up exactly and leaves every state at its start value.
+order (within a row of lanes, in lane order). A valid stream is used up exactly and
+leaves every state at its start value. The *wide* format of QDQE version 5 is the same
+coder with :func:`wide_lanes` lanes (16 to :data:`WIDE_LANES`, by the symbol count) and
+``2**WIDE_PROB_BITS`` slots: a row's lanes decode as vectors of 16, and a slot's
+symbol, frequency and offset fit one 32-bit table entry (``RansModel.wide_entries``).
 
-This module is the numpy reference, vectorized across the lanes (one row of
-:data:`LANES` symbols per step); the compiled kernels (``quicdesign._kernels``) produce the
-same words and symbols (``tests/test_rans.py``) and are chosen when available.
+This module is the numpy reference, vectorized across the lanes (one row of lanes per
+step); the compiled kernels (``quicdesign._kernels``) produce the same words and
+symbols (``tests/test_rans.py``) and are chosen when available.
 """
 
 from __future__ import annotations
@@ -18,7 +22,17 @@ import numpy as np
 from ._kernels import compiled_kernels
 from .errors import PayloadError, TableError
 
-__all__ = ["LANES", "PROB_BITS", "RansModel", "StreamDecoder", "encode", "decode"]
+__all__ = [
+    "LANES",
+    "PROB_BITS",
+    "WIDE_LANES",
+    "WIDE_PROB_BITS",
+    "wide_lanes",
+    "RansModel",
+    "StreamDecoder",
+    "encode",
+    "decode",
+]
 
 #: Interleaved coder states.
 LANES = 8
@@ -27,6 +41,12 @@ LANES = 8
 PROB_BITS = 14
 #: Smallest normalized state; states live in ``[STATE_LOW, 2**32)``.
 STATE_LOW = 1 << 16
+#: The wide format (QDQE v5): most lanes, and probability bits (0.14-0.31 % above the
+#: entropy for the shipped tables, 0.11-0.24 % more than :data:`PROB_BITS`).
+WIDE_LANES = 64
+WIDE_PROB_BITS = 12
+_WIDE_GROUP = 16  # the compiled decoder's vector width
+_SYMBOLS_PER_GROUP = 1 << 18  # each state costs ~17 bits: <= 0.001 bits per symbol
 _WORD_BITS = 16
 #: Most symbols per stream (the wire's u32 count; the rotated dimension is far below).
 MAX_SYMBOLS = 2**32 - 1
@@ -40,11 +60,11 @@ FAILURES = {
 }
 
 
-def quantize_frequencies(probabilities) -> np.ndarray:
-    """Integer frequencies summing to ``2**PROB_BITS`` with every symbol at least 1.
+def quantize_frequencies(probabilities, prob_bits=PROB_BITS) -> np.ndarray:
+    """Integer frequencies summing to ``2**prob_bits`` with every symbol at least 1.
 
     Each row ``p`` (normalized to sum 1) gets ``1 + floor(p * (T - K))`` slots, ``T =
-    2**PROB_BITS``; the slots left over go one each to the largest fractional parts
+    2**prob_bits``; the slots left over go one each to the largest fractional parts
     (ties to the lower symbol). Pure IEEE arithmetic and a stable sort: the same on every
     machine, so encoder and decoder derive the same model from the table.
 
@@ -57,7 +77,7 @@ def quantize_frequencies(probabilities) -> np.ndarray:
     p = np.array(probabilities, dtype=np.float64, ndmin=2)
     if p.ndim != 2 or p.shape[1] < 1:
         raise TableError(f"code model must be a (shared values, messages) array, got {p.shape}")
-    total, symbols = 1 << PROB_BITS, p.shape[1]
+    total, symbols = 1 << prob_bits, p.shape[1]
     if symbols > total // 2:
         raise TableError(f"{symbols} messages exceed the coder's {total // 2}")
     if not np.all(np.isfinite(p)) or np.any(p < 0) or np.any(p.sum(axis=1) <= 0):
@@ -87,12 +107,18 @@ class RansModel:
         Row ``h`` codes only symbols ``0 .. widths[h] - 1`` (quantized on their own);
         the others get frequency 0 and cannot be encoded (a decoder never yields them).
         Default: every row is ``K`` wide.
+    prob_bits : int
+        Probabilities are quantized to ``2**prob_bits`` (:data:`PROB_BITS`, or
+        :data:`WIDE_PROB_BITS` for the wide format).
     """
 
-    def __init__(self, probabilities, widths=None):
+    def __init__(self, probabilities, widths=None, prob_bits=PROB_BITS):
         p = np.array(probabilities, dtype=np.float64, ndmin=2)
+        if prob_bits not in (PROB_BITS, WIDE_PROB_BITS):
+            raise TableError(f"probabilities are quantized to {PROB_BITS} or {WIDE_PROB_BITS} bits")
+        self.prob_bits = prob_bits
         if widths is None:
-            self.freq = quantize_frequencies(p)
+            self.freq = quantize_frequencies(p, prob_bits)
             self.narrow = False
         else:
             widths = np.asarray(widths, dtype=np.int64)
@@ -103,29 +129,50 @@ class RansModel:
             self.freq = np.zeros(p.shape, dtype=np.uint32)
             for width in np.unique(widths):
                 rows = widths == width
-                self.freq[rows, :width] = quantize_frequencies(p[rows, :width])
+                self.freq[rows, :width] = quantize_frequencies(p[rows, :width], prob_bits)
             self.narrow = bool(np.any(widths < p.shape[1]))
         self.num_models, self.num_symbols = self.freq.shape
         self.cum = np.zeros((self.num_models, self.num_symbols + 1), dtype=np.uint32)
         np.cumsum(self.freq, axis=1, out=self.cum[:, 1:])
-        check_frequencies(self.freq, self.cum, allow_empty=self.narrow)
+        check_frequencies(self.freq, self.cum, allow_empty=self.narrow, prob_bits=prob_bits)
         # slot -> symbol (numpy reference) and 2**_BUCKET_BITS-wide starting points
         # for the compiled decoder's short forward scan
-        slots = np.arange(1 << PROB_BITS)
+        slots = np.arange(1 << prob_bits)
         self.slot_symbol = np.empty((self.num_models, slots.size), dtype=np.uint8)
         for h in range(self.num_models):
             self.slot_symbol[h] = np.searchsorted(self.cum[h, 1:], slots, side="right")
         self.bucket_symbol = np.ascontiguousarray(self.slot_symbol[:, :: 1 << _BUCKET_SHIFT])
         for table in (self.freq, self.cum, self.slot_symbol, self.bucket_symbol):
             table.flags.writeable = False  # shared by every coder of the table
+        self._wide_entries = None
+
+    @property
+    def wide_entries(self) -> np.ndarray:
+        """The compiled wide decoder's table (:data:`WIDE_PROB_BITS` models of at least
+        two symbols): ``entries[h << 12 | slot] = s | f[s] << 8 | (slot - c[s]) << 20``,
+        ``s`` the slot's symbol; every field fits (``f < 2**12`` with two symbols)."""
+        if self._wide_entries is None:
+            if self.prob_bits != WIDE_PROB_BITS or not _has_wide_entries(self):
+                raise TableError(
+                    "wide entries need a 12-bit model of at most 256 rows, each of at "
+                    "least two symbols"
+                )
+            s = self.slot_symbol.astype(np.intp)
+            rows = np.arange(self.num_models)[:, None]
+            offset = np.arange(1 << WIDE_PROB_BITS) - self.cum[rows, s]
+            entries = s | (self.freq[rows, s].astype(np.int64) << 8) | (offset << 20)
+            self._wide_entries = entries.astype(np.uint32).reshape(-1)
+            self._wide_entries.flags.writeable = False
+        return self._wide_entries
 
 
 _BUCKET_SHIFT = 4
 
 
-def check_frequencies(freq, cum, allow_empty=False) -> None:
-    """Refuse frequency tables that are not a valid rANS model (every row sums to 2**14,
-    every symbol at least 1 (0 too if ``allow_empty``), ``cum`` their running sums from 0)."""
+def check_frequencies(freq, cum, allow_empty=False, prob_bits=PROB_BITS) -> None:
+    """Refuse frequency tables that are not a valid rANS model (every row sums to
+    ``2**prob_bits``, every symbol at least 1 (0 too if ``allow_empty``), ``cum`` their
+    running sums from 0)."""
     freq = np.asarray(freq)
     cum = np.asarray(cum)
     if freq.ndim != 2 or cum.shape != (freq.shape[0], freq.shape[1] + 1):
@@ -135,9 +182,9 @@ def check_frequencies(freq, cum, allow_empty=False) -> None:
     if (
         np.any(freq < (0 if allow_empty else 1))
         or np.any(cum[:, 0] != 0)
-        or np.any(cum[:, -1] != 1 << PROB_BITS)
+        or np.any(cum[:, -1] != 1 << prob_bits)
     ):
-        raise TableError(f"frequencies must be >= 1 and sum to 2**{PROB_BITS} in every row")
+        raise TableError(f"frequencies must be >= 1 and sum to 2**{prob_bits} in every row")
     if np.any(np.diff(cum.astype(np.int64), axis=1) != freq):
         raise TableError("cumulative table is not the running sum of the frequencies")
 
@@ -165,42 +212,71 @@ def _check_model_of(model: RansModel, model_of):
     return model_of
 
 
-def encode(model: RansModel, symbols, model_of, *, kernels="auto"):
+def wide_lanes(count: int) -> int:
+    """Lanes of the wide format for ``count`` symbols: 16 per ``2**18`` symbols (rounded
+    to nearest), 16 to :data:`WIDE_LANES` (more lanes decode faster, each costs its
+    state's ~17 bits)."""
+    groups = (count + _SYMBOLS_PER_GROUP // 2) // _SYMBOLS_PER_GROUP
+    groups = min(max(groups, 1), WIDE_LANES // _WIDE_GROUP)
+    return _WIDE_GROUP * groups
+
+
+def _check_lanes(model: RansModel, lanes: int) -> int:
+    """The two formats: :data:`LANES` lanes with a :data:`PROB_BITS` model (v4), a
+    multiple of 16 up to :data:`WIDE_LANES` with a :data:`WIDE_PROB_BITS` one (v5)."""
+    wide = lanes in range(_WIDE_GROUP, WIDE_LANES + 1, _WIDE_GROUP)
+    if (lanes, model.prob_bits) != (LANES, PROB_BITS) and not (
+        wide and model.prob_bits == WIDE_PROB_BITS
+    ):
+        raise ValueError(f"no rANS format has {lanes} lanes and 2**{model.prob_bits} slots")
+    return lanes
+
+
+def encode(model: RansModel, symbols, model_of, *, kernels="auto", lanes=LANES):
     """Code ``symbols[i]`` under model row ``model_of[i]``.
 
     Parameters
     ----------
     kernels : "auto" or None
         ``"auto"`` uses the compiled kernel when available; None forces the numpy code.
+    lanes : int
+        Coder states: :data:`LANES` (QDQE v4) or :func:`wide_lanes` of the symbol count
+        (v5, with a :data:`WIDE_PROB_BITS` model).
 
     Returns
     -------
-    states : ndarray of uint32, shape (LANES,)
+    states : ndarray of uint32, shape (lanes,)
         The final coder states (the decoder's initial ones).
     words : ndarray of uint16
         The stream words in decoding order.
     """
     symbols, model_of = _check_symbols(model, symbols, model_of)
+    lanes = _check_lanes(model, lanes)
     compiled = compiled_kernels() if kernels == "auto" else None
     if compiled is not None:
-        states, words = compiled.rans_encode(symbols, model_of, model.freq, model.cum)
+        if (lanes, model.prob_bits) == (LANES, PROB_BITS):
+            states, words = compiled.rans_encode(symbols, model_of, model.freq, model.cum)
+        else:
+            states, words = compiled.rans_lanes_encode(
+                symbols, model_of, model.freq, model.cum, lanes, model.prob_bits
+            )
         if states[0] == 0:  # the kernel's mark of an empty symbol (states are >= 2**16)
             raise ValueError(_OUTSIDE_WIDTH)
         return states, words
-    return _encode_numpy(model, symbols, model_of)
+    return _encode_numpy(model, symbols, model_of, lanes)
 
 
-def _encode_numpy(model, symbols, model_of):
+def _encode_numpy(model, symbols, model_of, lanes=LANES):
     count = symbols.size
     freq = model.freq[model_of, symbols].astype(np.uint64)
     if np.any(freq == 0):  # only narrow rows have empty symbols; the kernel checks too
         raise ValueError(_OUTSIDE_WIDTH)
     start = model.cum[model_of, symbols].astype(np.uint64)
-    limit = freq << np.uint64(32 - PROB_BITS)
-    states = np.full(LANES, STATE_LOW, dtype=np.uint64)
+    limit = freq << np.uint64(32 - model.prob_bits)
+    states = np.full(lanes, STATE_LOW, dtype=np.uint64)
     emitted = []
-    for row_start in range(((count - 1) // LANES) * LANES, -1, -LANES):
-        width = min(LANES, count - row_start)
+    for row_start in range(((count - 1) // lanes) * lanes, -1, -lanes):
+        width = min(lanes, count - row_start)
         rows = slice(row_start, row_start + width)
         x = states[:width]
         need = x >= limit[rows]
@@ -209,22 +285,77 @@ def _encode_numpy(model, symbols, model_of):
             emitted.append((x[need] & np.uint64(0xFFFF))[::-1])
             x[need] >>= np.uint64(_WORD_BITS)
         f = freq[rows]
-        x[:] = ((x // f) << np.uint64(PROB_BITS)) + (x % f) + start[rows]
+        x[:] = ((x // f) << np.uint64(model.prob_bits)) + (x % f) + start[rows]
     pushed = np.concatenate(emitted) if emitted else np.zeros(0, np.uint64)
     return states.astype(np.uint32), pushed[::-1].astype(np.uint16)
 
 
-def decode(model: RansModel, states, words, model_of, *, kernels="auto") -> np.ndarray:
+def decode(model: RansModel, states, words, model_of, *, kernels="auto", lanes=LANES):
     """Decode ``model_of.size`` symbols; PayloadError unless the stream is exactly theirs.
 
     The stream must hold exactly the words the symbols consume and leave every state at
-    :data:`STATE_LOW` (where the encoder started).
+    :data:`STATE_LOW` (where the encoder started). ``lanes`` as in :func:`encode`.
     """
     model_of = _check_model_of(model, model_of)
-    decoder = StreamDecoder(model, states, words, kernels=kernels)
+    lanes = _check_lanes(model, lanes)
+    compiled = compiled_kernels() if kernels == "auto" else None
+    if compiled is not None and model.prob_bits == WIDE_PROB_BITS and _has_wide_entries(model):
+        return decode_wide_skipping(
+            compiled, model, states, words, model_of, _NOTHING_SKIPPED, lanes
+        )
+    decoder = StreamDecoder(model, states, words, kernels=kernels, lanes=lanes)
     symbols = decoder.take(model_of)
     decoder.finish()
     return symbols
+
+
+_NOTHING_SKIPPED = np.zeros(0, dtype=np.intp)
+
+
+def decode_wide_skipping(
+    compiled, model, states, words, model_of, skipped, lanes, model_mask=0xFF
+) -> np.ndarray:
+    """The compiled wide decoder: one symbol per entry of ``model_of`` (uint8 model
+    indices, validated once masked with ``model_mask``), 0 at the ``skipped`` positions
+    (validated: increasing, in range), which code nothing; PayloadError unless the
+    stream of ``lanes`` states is exactly theirs."""
+    states = _check_states(states, lanes)
+    words = np.ascontiguousarray(words, dtype=np.uint16)
+    model_of = model_of.astype(np.uint8, copy=False)
+    symbols, end_states, position, status = compiled.rans_wide_decode(
+        states, words, model_of, model_mask, model.wide_entries, skipped
+    )
+    if status != OK:
+        raise PayloadError(FAILURES[status])
+    _check_end(position, words.size, end_states)
+    return symbols
+
+
+def has_wide_entries(model: RansModel) -> bool:
+    """True if the compiled wide decoder serves ``model`` (12-bit, 2..256 symbols, at most
+    256 rows, no narrow rows)."""
+    return model.prob_bits == WIDE_PROB_BITS and _has_wide_entries(model)
+
+
+def _has_wide_entries(model: RansModel) -> bool:
+    return not model.narrow and model.num_symbols >= 2 and model.num_models <= 256
+
+
+def _check_states(states, lanes):
+    states = np.ascontiguousarray(states, dtype=np.uint32)
+    if states.shape != (lanes,):
+        raise PayloadError(f"coded stream needs {lanes} coder states")
+    if np.any(states < STATE_LOW):
+        raise PayloadError("coded stream starts from a state below the coder's range")
+    return states
+
+
+def _check_end(position, available, states) -> None:
+    """PayloadError unless every word was read and the states are back at the start."""
+    if position != available:
+        raise PayloadError(FAILURES[LEFT_OVER])
+    if np.any(states != STATE_LOW):
+        raise PayloadError(FAILURES[BAD_FINAL_STATE])
 
 
 class StreamDecoder:
@@ -232,22 +363,22 @@ class StreamDecoder:
 
     The words and states are those of one :func:`encode` call over all parts in order;
     :meth:`take` decodes the next ``model_of.size`` symbols (symbol ``i`` of the stream
-    still uses lane ``i % LANES``) and :meth:`finish` refuses a stream that is not used
-    up or does not end in the start states (so the checks equal :func:`decode`'s).
+    still uses lane ``i % lanes``) and :meth:`finish` refuses a stream that is not used
+    up or does not end in the start states (so the checks equal :func:`decode`'s). The
+    compiled kernel serves the :data:`LANES` format; other formats decode with numpy.
     """
 
-    def __init__(self, model: RansModel, states, words, *, kernels="auto"):
-        states = np.ascontiguousarray(states, dtype=np.uint32)
-        if states.shape != (LANES,):
-            raise PayloadError(f"coded stream needs {LANES} coder states")
-        if np.any(states < STATE_LOW):
-            raise PayloadError("coded stream starts from a state below the coder's range")
+    def __init__(self, model: RansModel, states, words, *, kernels="auto", lanes=LANES):
+        self.lanes = _check_lanes(model, lanes)
+        states = _check_states(states, self.lanes)
         self.model = model
         self.words = np.ascontiguousarray(words, dtype=np.uint16)
         self.states = states.astype(np.uint64)
         self.position = 0
         self.decoded = 0
-        self._compiled = compiled_kernels() if kernels == "auto" else None
+        compiled = compiled_kernels() if kernels == "auto" else None
+        v4 = (self.lanes, model.prob_bits) == (LANES, PROB_BITS)
+        self._compiled = compiled if v4 else None
 
     def take(self, model_of) -> np.ndarray:
         """The next ``model_of.size`` symbols (PayloadError if the stream runs out)."""
@@ -273,35 +404,33 @@ class StreamDecoder:
 
     def finish(self) -> None:
         """PayloadError unless every word was read and the states are back at the start."""
-        if self.position != self.words.size:
-            raise PayloadError(FAILURES[LEFT_OVER])
-        if np.any(self.states != STATE_LOW):
-            raise PayloadError(FAILURES[BAD_FINAL_STATE])
+        _check_end(self.position, self.words.size, self.states)
 
 
 def _decode_part_numpy(decoder, model_of):
     """The numpy decoder: symbols from ``decoder.decoded`` on, vectorized across the lanes
     (rows stay aligned to them, so the first and last rows may be partial)."""
-    model, x, words = decoder.model, decoder.states, decoder.words
+    model, x, words, lanes = decoder.model, decoder.states, decoder.words, decoder.lanes
     count, first = model_of.size, decoder.decoded
     symbols = np.empty(count, dtype=np.uint8)
-    mask = np.uint64((1 << PROB_BITS) - 1)
+    bits = np.uint64(model.prob_bits)
+    mask = np.uint64((1 << model.prob_bits) - 1)
     begin = 0
     while begin < count:
-        lane0 = (first + begin) % LANES
-        width = min(LANES - lane0, count - begin)
+        lane0 = (first + begin) % lanes
+        width = min(lanes - lane0, count - begin)
         h = model_of[begin : begin + width]
-        lanes = x[lane0 : lane0 + width]
-        slot = lanes & mask
+        lanes_now = x[lane0 : lane0 + width]
+        slot = lanes_now & mask
         s = model.slot_symbol[h, slot]
         symbols[begin : begin + width] = s
-        lanes[:] = model.freq[h, s] * (lanes >> np.uint64(PROB_BITS)) + slot - model.cum[h, s]
-        need = np.flatnonzero(lanes < STATE_LOW)
+        lanes_now[:] = model.freq[h, s] * (lanes_now >> bits) + slot - model.cum[h, s]
+        need = np.flatnonzero(lanes_now < STATE_LOW)
         if need.size:
             position = decoder.position
             if position + need.size > words.size:
                 return symbols, TRUNCATED
-            lanes[need] = (lanes[need] << np.uint64(_WORD_BITS)) | words[
+            lanes_now[need] = (lanes_now[need] << np.uint64(_WORD_BITS)) | words[
                 position : position + need.size
             ].astype(np.uint64)
             decoder.position = position + need.size

@@ -30,6 +30,7 @@ from ._envelope import (
     Envelope,
     check_envelope,
     read_envelope,
+    read_envelope_fields,
     write_envelope,
 )
 from ._kernels import compiled_kernels
@@ -85,6 +86,8 @@ _LEGACY_HEAD = struct.Struct("<BBB8sIIII")
 _LEGACY_HEADER_SIZE = 5 + _LEGACY_HEAD.size
 #: The last pre-envelope version of each QUIC-FL magic, still read (docs/wire-format.md).
 LEGACY_VERSIONS = {b"QDQF": 2, b"QDQE": 3, b"QDQD": 1}
+#: Versions above the envelope's that a magic writes (the same envelope, a newer body).
+NEWER_VERSIONS = {b"QDQE": (5,)}
 
 
 def table_config_tag(fingerprint: bytes) -> int:
@@ -107,11 +110,12 @@ def _read_legacy_head(reader: PayloadReader, magic: bytes, version: int) -> Enve
     )
 
 
-def write_header(writer, magic, table, layout, client_id, tag, num_exact) -> None:
+def write_header(
+    writer, magic, table, layout, client_id, tag, num_exact, version=ENVELOPE_VERSION
+) -> None:
     """Write the envelope and the QUIC-FL head (``HEADER_SIZE`` bytes) of one payload."""
-    write_envelope(
-        writer, Envelope(magic, layout.dim, client_id, tag, table_config_tag(table.fingerprint))
-    )
+    config = table_config_tag(table.fingerprint)
+    write_envelope(writer, Envelope(magic, layout.dim, client_id, tag, config, version))
     writer.write_bytes(
         _QUICFL_HEAD.pack(
             table.bits, table.shared_bits, layout.num_chunks, table.fingerprint, num_exact
@@ -509,7 +513,8 @@ def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHead
     :data:`~quicdesign._validate.MAX_DIM` and the chunk count against the layout rule
     here, before anyone allocates for it.
     """
-    legacy = {LEGACY_VERSIONS[magic]: _read_legacy_head} if magic in LEGACY_VERSIONS else None
+    legacy = {LEGACY_VERSIONS[magic]: _read_legacy_head} if magic in LEGACY_VERSIONS else {}
+    legacy.update(dict.fromkeys(NEWER_VERSIONS.get(magic, ()), read_envelope_fields))
     envelope = read_envelope(reader, magic, magic.decode("ascii"), legacy=legacy)
     if envelope.legacy_head is None:
         head = _QUICFL_HEAD.unpack(reader.read_bytes(_QUICFL_HEAD.size, "QUIC-FL head"))

@@ -5,13 +5,15 @@ sums in the rotated domain and inverts once), but the messages are entropy coded
 coded coordinate's message is coded with the categorical model ``P(x | h)`` of its shared
 value ``h`` stored in the table.
 
-Wire format (``docs/wire-format.md``, magic ``QDQE``). Version 4, written: an interleaved
-rANS (:mod:`quicdesign._rans`; numpy reference, compiled with the ``fast`` extra, same
-bytes). Version 3, still read: constriction's ANS coder (``pip install
-quicdesign[entropy]``, imported only when such a payload arrives). Both carry a count and
-an 8-byte digest of the coded symbols, which makes the guarantee "decodes to exactly the
-encoded symbols or is refused": an ANS stream with words dropped or changed usually still
-decodes to *something*.
+Wire format (``docs/wire-format.md``, magic ``QDQE``). Version 5, written: the wide
+interleaved rANS (:mod:`quicdesign._rans`, 16-64 lanes, 2**12 slots; numpy reference,
+compiled with the ``fast`` extra, same bytes; its decoder runs the lanes as vectors).
+Version 4, still read: the same coder with 8 lanes and 2**14 slots. Version 3, still
+read: constriction's ANS coder (``pip install quicdesign[entropy]``, imported only when
+such a payload arrives). All carry a count and an 8-byte digest of the coded stream (v3:
+symbols), which makes the guarantee "decodes to exactly the encoded symbols or is
+refused": an ANS stream with words dropped or changed usually still decodes to
+*something*.
 """
 
 from __future__ import annotations
@@ -33,8 +35,10 @@ from .codec import (
     _check_exact,
     _check_size,
     _Quantized,
+    write_header,
 )
 from .errors import ParameterError, PayloadError
+from .randomness import key_stream_bytes
 from .stages import Pipeline, RandomizedHadamard
 from .table import Table
 
@@ -48,16 +52,24 @@ __all__ = [
 ]
 
 ENTROPY_MAGIC = b"QDQE"
-#: The version written: the envelope's version, with an interleaved rANS body. Version 3
-#: (the pre-envelope header, constriction's ANS body) is still read; versions 1 and 2
-#: carried no symbol count or digest and are refused (see docs/wire-format.md).
-ENTROPY_WIRE_VERSION = WIRE_VERSION
+#: The version written: the envelope of version 4 with version byte 5 and the wide rANS
+#: body. Version 4 (the envelope's version, 8-lane rANS) and 3 (the pre-envelope header,
+#: constriction's ANS body) are still read; versions 1 and 2 carried no symbol count or
+#: digest and are refused (see docs/wire-format.md).
+ENTROPY_WIRE_VERSION = 5
+_RANS_V4 = WIRE_VERSION
 _CONSTRICTION_VERSION = 3
 _DIGEST_SIZE = 8
 _LEGACY_HEADER = struct.Struct("<4sBBBB8sIIII")
 _DIGEST_PERSON = {
     _CONSTRICTION_VERSION: b"quicdesign.ans2",
-    ENTROPY_WIRE_VERSION: b"quicdesign.rans4",
+    _RANS_V4: b"quicdesign.rans4",
+    ENTROPY_WIRE_VERSION: b"quicdesign.rans5",
+}
+#: rANS versions: (lanes as a function of the symbol count, probability bits)
+_RANS_FORMATS = {
+    _RANS_V4: (lambda count: _rans.LANES, _rans.PROB_BITS),
+    ENTROPY_WIRE_VERSION: (_rans.wide_lanes, _rans.WIDE_PROB_BITS),
 }
 
 
@@ -68,14 +80,14 @@ def _symbol_digest(symbols: np.ndarray) -> bytes:
     return hashlib.blake2b(data, digest_size=_DIGEST_SIZE, person=person).digest()
 
 
-def _stream_digest(states: np.ndarray, words: np.ndarray) -> bytes:
-    """Version 4: 8-byte blake2b of the coded stream as sent (states, then words).
+def _stream_digest(states: np.ndarray, words: np.ndarray, version: int = _RANS_V4) -> bytes:
+    """Versions 4 and 5: 8-byte blake2b of the coded stream as sent (states, then words).
 
     The decoder is a fixed function of the stream, the table and the symbol count, so an
     unchanged stream decodes to exactly the encoded symbols; hashing the stream instead
     of the symbols reads 2-8x fewer bytes and refuses a damaged stream before decoding.
     """
-    person = _DIGEST_PERSON[ENTROPY_WIRE_VERSION]
+    person = _DIGEST_PERSON[version]
     digest = hashlib.blake2b(digest_size=_DIGEST_SIZE, person=person)
     digest.update(np.ascontiguousarray(states, dtype="<u4"))
     digest.update(np.ascontiguousarray(words, dtype="<u2"))
@@ -99,18 +111,19 @@ def _models(table: Table):
     return constriction, [categorical(row, perfect=False) for row in table.code_model]
 
 
-def _rans_model(table: Table) -> _rans.RansModel:
+def _rans_model(table: Table, prob_bits: int = _rans.PROB_BITS) -> _rans.RansModel:
     """The table's code model quantized for the rANS coder (``TableError`` if unusable).
 
     Built once per code model: every round's aggregator reuses it (the model is read only).
     """
     probabilities = np.ascontiguousarray(table.code_model, dtype=np.float64)
-    return _cached_rans_model(probabilities.shape, probabilities.tobytes())
+    return _cached_rans_model(probabilities.shape, probabilities.tobytes(), prob_bits)
 
 
 @functools.lru_cache(maxsize=16)
-def _cached_rans_model(shape, data) -> _rans.RansModel:
-    return _rans.RansModel(np.frombuffer(data, dtype=np.float64).reshape(shape))
+def _cached_rans_model(shape, data, prob_bits) -> _rans.RansModel:
+    probabilities = np.frombuffer(data, dtype=np.float64).reshape(shape)
+    return _rans.RansModel(probabilities, prob_bits=prob_bits)
 
 
 def _group_by_shared(shared: np.ndarray, keep: np.ndarray | None, num_shared: int):
@@ -143,17 +156,23 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
     """:class:`~quicdesign.codec.QuicFLQuantize` with its messages entropy coded.
 
     Side information: the stream word count, the coded symbol count, the digest, the
-    exact indices and values, then the coded stream (version 4: rANS lane states and
-    16-bit words; version 3: constriction's 32-bit ANS words). Decoding validates all of
-    it (the stream must match its digest, decode to exactly the expected symbols and be
-    used up). Writes ``version`` (4; 3 only to test its reader), reads both.
+    exact indices and values, then the coded stream (versions 5 and 4: rANS lane states
+    and 16-bit words; version 3: constriction's 32-bit ANS words). Decoding validates all
+    of it (the stream must match its digest, decode to exactly the expected symbols and
+    be used up). Writes ``version`` (5; 4 and 3 only to test their readers), reads all.
     """
 
     def __init__(self, table: Table, version: int = ENTROPY_WIRE_VERSION):
         super().__init__(table)
         self.version = version
-        self._coder = _rans_model(table)
+        # both quantized models now: an unusable code model is refused here
+        self._rans_models = {bits: _rans_model(table, bits) for _, bits in _RANS_FORMATS.values()}
         self._constriction_models = None
+
+    def _coder(self, version, count):
+        """``(model, lanes)`` of a rANS version coding ``count`` symbols."""
+        lanes, prob_bits = _RANS_FORMATS[version]
+        return self._rans_models[prob_bits], lanes(count)
 
     def _constriction(self):
         if self._constriction_models is None:
@@ -169,10 +188,11 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         symbols, model_of = side.codes, side.shared
         if coded is not None:
             symbols, model_of = symbols[coded], model_of[coded]
-        states, words = _rans.encode(self._coder, symbols, model_of)
+        model, lanes = self._coder(self.version, symbols.size)
+        states, words = _rans.encode(model, symbols, model_of, lanes=lanes)
         writer.write_u32(words.size)
         writer.write_u32(symbols.size)
-        writer.write_bytes(_stream_digest(states, words))
+        writer.write_bytes(_stream_digest(states, words, self.version))
         writer.write_array(side.exact_indices.astype("<u4"))
         writer.write_array(side.exact_values.astype("<f4"))
         writer.write_array(states.astype("<u4"))
@@ -208,12 +228,14 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
                 f"payload claims {num_coded} coded symbols; {dim} positions "
                 f"minus {header.num_exact} exact ones leave {dim - header.num_exact}"
             )
-        if version == ENTROPY_WIRE_VERSION:
+        rans = version in _RANS_FORMATS
+        if rans:
             if words > num_coded:
                 raise PayloadError(
                     f"{words} stream words for {num_coded} symbols (at most one each)"
                 )
-            stream_bytes = 4 * _rans.LANES + 2 * words
+            lanes = _RANS_FORMATS[version][0](num_coded)
+            stream_bytes = 4 * lanes + 2 * words
         else:
             stream_bytes = 4 * words
         expected = (
@@ -223,14 +245,14 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         indices = reader.read_array("<u4", header.num_exact, "exact indices")
         values = reader.read_array("<f4", header.num_exact, "exact values")
         _check_exact(indices, values, dim)
-        shared = self._shared(state, dim)
-        if version == ENTROPY_WIRE_VERSION:
-            states = reader.read_array("<u4", _rans.LANES, "coder states")
+        if rans:
+            states = reader.read_array("<u4", lanes, "coder states")
             stream = reader.read_array("<u2", words, "coded stream")
-            if _stream_digest(states, stream) != digest:
+            if _stream_digest(states, stream, version) != digest:
                 raise PayloadError("coded stream does not match its digest")
-            codes = self._decode_rans(states, stream, shared, indices, dim)
+            codes, shared, mask = self._decode_rans(version, states, stream, state, indices, dim)
         else:
+            shared, mask = self._shared(state, dim), 0xFF
             stream = reader.read_array("<u4", words, "coded stream")
             coded = _coded_positions(dim, indices)
             codes, symbols = self._decode_constriction(stream, shared, coded, dim)
@@ -238,25 +260,46 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
                 raise PayloadError("coded stream does not decode to the symbols that were encoded")
         if codes.max(initial=0) >= self.table.num_messages:
             raise PayloadError("decoded message outside the table")
-        return codes, indices, values, shared
+        return codes, indices, values, shared, mask
 
-    def _decode_rans(self, states, stream, shared, exact_indices, dim):
-        """Version 4: the codes of all ``dim`` positions, 0 at the exact ones (checked
-        increasing); the compiled kernels skip and refill those positions in one pass
-        each instead of a boolean mask, its gather and its scatter."""
-        if exact_indices.size == 0:
-            return _rans.decode(self._coder, states, stream, shared)
+    def contribution(self, y, side, state, dim, weight):
+        """The fixed-rate quantizer's gather, with ``h`` masked as the decoder read it."""
+        *side, mask = side
+        gathered = super().contribution(y, tuple(side), state, dim, weight)
+        gathered.shared_mask = mask
+        return gathered
+
+    def _decode_rans(self, version, states, stream, state, exact_indices, dim):
+        """Versions 4 and 5: ``(codes, shared, mask)``: the codes of all ``dim``
+        positions, 0 at the exact ones (checked increasing), and the client's ``h`` as
+        bytes to mask. The compiled wide decoder reads the raw shared-randomness bytes
+        and skips the exact positions itself; the other paths drop and refill them."""
+        model, lanes = self._coder(version, dim - exact_indices.size)
         kernels = compiled_kernels()
+        # masked h lies below 2**l, the model's rows (checked, so the kernel may index)
+        every_row = model.num_models == 1 << self.table.shared_bits
+        if kernels is not None and every_row and _rans.has_wide_entries(model):
+            shared, mask, key = self._shared_bytes(state, dim)
+            if shared is None:  # the decoder reads every byte before the sum: draw them
+                shared = key_stream_bytes(key, dim)
+            shared = shared[:dim]  # whole Philox words: up to 7 bytes more
+            positions = exact_indices.astype(np.intp)
+            codes = _rans.decode_wide_skipping(
+                kernels, model, states, stream, shared, positions, lanes, mask
+            )
+            return codes, shared, mask
+        shared = self._shared(state, dim)
+        if exact_indices.size == 0:
+            return _rans.decode(model, states, stream, shared, lanes=lanes), shared, 0xFF
         if kernels is not None:
             positions = exact_indices.astype(np.intp)
-            symbols = _rans.decode(
-                self._coder, states, stream, kernels.drop_positions(shared, positions)
-            )
-            return kernels.insert_zeros(symbols, positions, dim)
+            model_of = kernels.drop_positions(shared, positions)
+            symbols = _rans.decode(model, states, stream, model_of, lanes=lanes)
+            return kernels.insert_zeros(symbols, positions, dim), shared, 0xFF
         coded = _coded_mask(dim, exact_indices)
         codes = np.zeros(dim, dtype=np.uint8)
-        codes[coded] = _rans.decode(self._coder, states, stream, shared[coded])
-        return codes
+        codes[coded] = _rans.decode(model, states, stream, shared[coded], lanes=lanes)
+        return codes, shared, 0xFF
 
     def _decode_constriction(self, stream, shared, coded, dim):
         """Version 3: groups by ``h`` decoded with constriction; ``(codes, symbols)``."""
@@ -314,8 +357,17 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
     def _write_header(self, writer, quantized, magic):
         if self._wire_version == _CONSTRICTION_VERSION:
             writer.write_bytes(self._legacy_header(quantized))
-        else:
-            super()._write_header(writer, quantized, magic)
+            return
+        write_header(
+            writer,
+            magic,
+            self.table,
+            quantized.layout,
+            quantized.client_id,
+            self._tag,
+            quantized.exact_indices.size,
+            self._wire_version,
+        )
 
     def _legacy_header(self, quantized: _Quantized) -> bytes:
         """The pre-envelope 32-byte header of version 3 (docs/wire-format.md, legacy)."""
@@ -338,8 +390,9 @@ class QuicFLEntropyAggregator(QuicFLAggregator):
 
     Every guarantee of :class:`quicdesign.QuicFLAggregator` holds: a payload is validated and
     decoded completely (the stream must decode to exactly the expected number of symbols,
-    be used up and match the symbol digest) before any state changes. Reads wire versions
-    4 (rANS) and 3 (constriction, needs ``pip install quicdesign[entropy]``).
+    be used up and match the stream digest) before any state changes. Reads wire versions
+    5 (wide rANS), 4 (8-lane rANS) and 3 (constriction, needs ``pip install
+    quicdesign[entropy]``).
     """
 
     _magic = ENTROPY_MAGIC

@@ -26,13 +26,14 @@ def test_runtime_bench_reports_floors_ratios_and_pinned_blas(capsys):
         assert row[f"{stage}_floor_ms"] == pytest.approx(traffic + row["shared_values_ms"])
     assert row["add_many_numpy_ms_per_client"] > 0 and row["encode_numpy_ms"] > 0
     # the entropy-coded server against the fixed-rate one at the same d, in the same run
-    assert "entropy-coded (QDQE v4, rANS) vs fixed-rate server" in printed
+    assert "entropy-coded (QDQE v5, wide rANS) vs fixed-rate server" in printed
     ratio = row["entropy_ms_per_client"] / row["entropy_fixed_ms_per_client"]
     assert row["entropy_ratio_to_fixed"] == pytest.approx(ratio)
-    assert row["entropy_rans_numpy_ns"] > 0 and row["entropy_v4_bytes_per_coordinate"] > 0
+    assert row["entropy_rans_numpy_ns"] > 0 and row["entropy_v5_bytes_per_coordinate"] > 0
+    assert row["entropy_v4_bytes_per_coordinate"] > 0
     pytest.importorskip("numba")
     assert row["add_many_compiled_ms_per_client"] > 0 and row["encode_compiled_ms"] > 0
-    assert row["entropy_rans_compiled_ns"] > 0
+    assert row["entropy_rans_compiled_ns"] > 0 and row["entropy_rans_v4_compiled_ns"] > 0
 
 
 @pytest.mark.parametrize("threads", [0, -1, True, 2.5])

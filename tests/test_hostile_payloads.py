@@ -149,8 +149,12 @@ def _envelope_cases(payload, magics):
         if magic != payload[:4]:
             cases[f"foreign {magic!r}"] = (magic + payload[4:], "magic")
     for version in (0, 3, 5, 255):
-        if payload[:4] != b"QDQE" or version != 3:  # QDQE 3 is the pre-envelope layout
-            cases[f"version {version}"] = (edited(ENVELOPE["version"], "<B", version), "version")
+        if payload[:4] == b"QDQE" and version in (3, 5):
+            continue  # QDQE reads 3 (the pre-envelope layout), 4 and 5 (other rANS bodies)
+        cases[f"version {version}"] = (edited(ENVELOPE["version"], "<B", version), "version")
+    if payload[:4] == b"QDQE":  # the other rANS body: its lane states do not fit
+        other = 9 - payload[ENVELOPE["version"]]
+        cases[f"version {other}"] = (edited(ENVELOPE["version"], "<B", other), "sized payload")
     for claim in (dim - 1, dim + 1):
         cases[f"dim {claim}"] = (edited(ENVELOPE["dim"], "<I", claim), "dimension")
     for claim in (0, 2**31, 2**32 - 1):
@@ -170,7 +174,7 @@ def test_every_envelope_field_is_checked_and_a_refusal_changes_nothing(name, val
     # float32/float64 shares a magic)
     schemes = {valid[other][0][:4] + valid[other][0][17:21] for other in ALL}
     assert len(schemes) == len(ALL)
-    assert payload[ENVELOPE["version"]] == 4
+    assert payload[ENVELOPE["version"]] == (5 if name == "quicfl-ec" else 4)
     assert struct.unpack_from("<I", payload, ENVELOPE["client"])[0] == 2
     assert struct.unpack_from("<I", payload, ENVELOPE["dim"])[0] == DIM
     for label, (case, needle) in _envelope_cases(payload, magics).items():
@@ -445,7 +449,9 @@ def test_min_max_schemes_refuse_vectors_below_float32_normal_range(name, vector)
 # ------------------------------------------------------------- entropy-coded streams
 
 
-@pytest.fixture(scope="module", params=[4, 3], ids=["v4-rans", "v3-constriction"])
+@pytest.fixture(
+    scope="module", params=[5, 4, 3], ids=["v5-wide-rans", "v4-rans", "v3-constriction"]
+)
 def entropy_payloads(request):
     from quicdesign.entropy import QuicFLEntropyEncoder
     from quicdesign.table import load_entropy_table
@@ -461,13 +467,18 @@ def entropy_payloads(request):
 def _stream_edits(payload, chunks):
     """Edits of the coded stream that keep the payload self-consistent in length.
 
-    Version 4 streams (after the 36-byte envelope and head) are 8 u32 coder states then
-    u16 words; version 3 streams (after the 32-byte pre-envelope header) u32 words.
+    Version 5 and 4 streams (after the 36-byte envelope and head) are u32 coder states
+    (version 5: 16 per 2**18 symbols, 16 to 64; version 4: 8) then u16 words; version 3
+    streams (after the 32-byte pre-envelope header) u32 words.
     """
-    head = QUICFL["norms"] if payload[4] == 4 else LEGACY_QUICFL["norms"]
+    from quicdesign._rans import wide_lanes
+
+    rans = payload[4] in (4, 5)
+    head = QUICFL["norms"] if rans else LEGACY_QUICFL["norms"]
     words_at = head + 4 * chunks
-    words = struct.unpack_from("<I", payload, words_at)[0]
-    word = 2 if payload[4] == 4 else 4
+    words, symbols = struct.unpack_from("<II", payload, words_at)
+    lanes = wide_lanes(symbols) if payload[4] == 5 else 8
+    word = 2 if rans else 4
     stream_start = len(payload) - word * words
     edits = {}
     for dropped in (1, 2):
@@ -487,12 +498,14 @@ def _stream_edits(payload, chunks):
             edited = bytearray(payload)
             edited[stream_start + word * k + bit // 8] ^= 1 << (bit % 8)
             edits[f"flip-word{k}-bit{bit}"] = bytes(edited)
-    if word == 2:
-        for lane in range(8):
+    if rans:
+        for lane in range(lanes):
             for bit in (0, 17, 31):
                 edited = bytearray(payload)
-                edited[stream_start - 32 + 4 * lane + bit // 8] ^= 1 << (bit % 8)
+                edited[stream_start - 4 * lanes + 4 * lane + bit // 8] ^= 1 << (bit % 8)
                 edits[f"flip-state{lane}-bit{bit}"] = bytes(edited)
+        edited = bytearray(payload[: stream_start - 4] + payload[stream_start:])
+        edits["drop-last-state"] = bytes(edited)
     if words >= 2:
         edited = bytearray(payload)
         first = edited[stream_start : stream_start + word]
@@ -504,7 +517,7 @@ def _stream_edits(payload, chunks):
         edited = bytearray(payload)
         edited[offset] ^= 1
         edits[f"flip-{field}"] = bytes(edited)
-    for version in (1, 2, 5):
+    for version in (1, 2, 4, 5, 6):
         edited = bytearray(payload)
         edited[4] = version
         edits[f"version-{version}"] = bytes(edited)

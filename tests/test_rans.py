@@ -1,5 +1,6 @@
-"""The interleaved rANS coder (QDQE v4 body): numpy reference and compiled kernels give
-identical words and symbols, streams decode exactly or are refused, models are checked."""
+"""The interleaved rANS coder (QDQE v4 and v5 bodies): numpy reference and compiled
+kernels give identical words and symbols, streams decode exactly or are refused, models
+are checked."""
 
 import itertools
 
@@ -196,22 +197,30 @@ def test_format_constants_agree_with_the_compiled_kernels():
     assert numba_kernels._STATE_LOW == _rans.STATE_LOW
 
 
-def test_entropy_payloads_are_byte_identical_between_paths(monkeypatch):
+@pytest.mark.parametrize("version", [5, 4])
+@pytest.mark.parametrize("dim", [1, 4099, 2**19 + 3])
+def test_entropy_payloads_are_byte_identical_between_paths(monkeypatch, version, dim):
+    """Payloads and sums of both paths, for both rANS versions; v5 and v4 payloads of the
+    same messages aggregate to the same bits."""
     from quicdesign.entropy import QuicFLEntropyAggregator, QuicFLEntropyEncoder
 
     table = load_entropy_table(3)
-    x = np.random.default_rng(8).standard_t(3, 4099) * 1e20
+    x = np.random.default_rng(8).standard_t(3, dim) * 1e20
     payloads = {}
     for kernels in ("numpy", "auto"):
         monkeypatch.setenv(KERNELS_ENV, kernels)
-        encoder = QuicFLEntropyEncoder(table, 21)
-        payloads[kernels] = encoder.encode(x, 4, rng=1)
-        aggregator = QuicFLEntropyAggregator(table, 21, x.size)
-        aggregator.add(payloads[kernels])
-        payloads[kernels + "-sum"] = aggregator._sum.tobytes()
-    assert payloads["numpy"] == payloads["auto"]
-    assert payloads["numpy-sum"] == payloads["auto-sum"]
-    assert payloads["numpy"][4] == 4
+        for written in (version, 9 - version):
+            encoder = QuicFLEntropyEncoder(table, 21)
+            encoder._wire_version = written
+            payloads[kernels, written] = encoder.encode(x, 4, rng=1)
+            aggregator = QuicFLEntropyAggregator(table, 21, x.size)
+            aggregator.add(payloads[kernels, written])
+            payloads[kernels, written, "sum"] = aggregator._sum.tobytes()
+    assert payloads["numpy", version] == payloads["auto", version]
+    assert payloads["numpy", version, "sum"] == payloads["auto", version, "sum"]
+    assert payloads["numpy", version, "sum"] == payloads["numpy", 9 - version, "sum"]
+    assert payloads["numpy", version][4] == version
+    assert payloads["numpy", 4] != payloads["numpy", 5]
 
 
 @pytest.mark.parametrize("kernels", [None, "auto"])
@@ -257,3 +266,198 @@ def test_narrow_rows_leave_their_tail_empty(kernels):
         _rans.encode(model, [3], [1], kernels=kernels)
     with pytest.raises(TableError):
         _rans.RansModel(probabilities, widths=[6, 0])
+
+
+# ------------------------------------------------------------------ the wide format (v5)
+
+WIDE = _rans.WIDE_PROB_BITS
+
+
+def _wide_case(num_models, num_symbols, count, seed, skew=1.0):
+    model, symbols, model_of = _model_and_symbols(num_models, num_symbols, count, seed, skew)
+    probabilities = model.freq / float(model.freq.sum(axis=1)[0])
+    return _rans.RansModel(probabilities, prob_bits=WIDE), symbols, model_of
+
+
+@pytest.mark.parametrize(("num_models", "num_symbols", "skew"), CASES)
+@pytest.mark.parametrize("lanes", [16, 32, 48, 64])
+@pytest.mark.parametrize("count", [0, 1, 15, 16, 17, 63, 64, 65, 1001, 20_003])
+def test_wide_coder_is_identical_to_the_numpy_reference(
+    num_models, num_symbols, skew, lanes, count
+):
+    model, symbols, model_of = _wide_case(num_models, num_symbols, count, count + lanes, skew)
+    states, words = _rans.encode(model, symbols, model_of, kernels=None, lanes=lanes)
+    compiled_states, compiled_words = _rans.encode(model, symbols, model_of, lanes=lanes)
+    assert states.shape == (lanes,) and compiled_states.dtype == np.uint32
+    assert states.tobytes() == compiled_states.tobytes()
+    assert words.tobytes() == compiled_words.tobytes()
+    for kernels in (None, "auto"):
+        decoded = _rans.decode(model, states, words, model_of, kernels=kernels, lanes=lanes)
+        assert decoded.tobytes() == symbols.tobytes()
+
+
+def test_wide_entries_hold_each_slots_symbol_frequency_and_offset():
+    model, _, _ = _wide_case(5, 64, 10, 1, 0.05)
+    entries = model.wide_entries.reshape(5, 1 << WIDE).astype(np.int64)
+    symbol = entries & 0xFF
+    np.testing.assert_array_equal(symbol, model.slot_symbol)
+    rows = np.arange(5)[:, None]
+    np.testing.assert_array_equal((entries >> 8) & 0xFFF, model.freq[rows, symbol])
+    offset = np.arange(1 << WIDE) - model.cum[rows, symbol]
+    np.testing.assert_array_equal(entries >> 20, offset)
+    assert np.all(offset < model.freq[rows, symbol])
+    with pytest.raises(TableError, match="wide entries"):
+        _rans.RansModel([[0.5, 0.5]]).wide_entries  # noqa: B018 - a 14-bit model
+
+
+@pytest.mark.parametrize("kernels", [None, "auto"])
+@pytest.mark.parametrize("lanes", [16, 64])
+def test_damaged_wide_streams_are_refused(kernels, lanes):
+    model, symbols, model_of = _wide_case(8, 16, 3001, 9)
+    states, words = _rans.encode(model, symbols, model_of, lanes=lanes)
+    assert words.size > 200
+
+    def refused(edited_states, edited_words, match=None):
+        with pytest.raises(PayloadError, match=match):
+            _rans.decode(model, edited_states, edited_words, model_of, kernels=kernels, lanes=lanes)
+
+    refused(states, words[:-1], "ends before")
+    refused(states, words[: -lanes - 3], "ends before")  # more than a row short
+    refused(states, words[:0], "ends before")
+    refused(states, words[1:])
+    refused(states, np.append(words, np.uint16(0)), "left after")
+    refused(states[:-1], words, f"{lanes} coder states")
+    low = states.copy()
+    low[lanes - 1] = _rans.STATE_LOW - 1
+    refused(low, words, "below")
+    for position in (0, 1, words.size // 2, words.size - 1):
+        for bit in (0, 7, 15):
+            edited = words.copy()
+            edited[position] ^= np.uint16(1 << bit)
+            try:
+                decoded = _rans.decode(
+                    model, states, edited, model_of, kernels=kernels, lanes=lanes
+                )
+            except PayloadError:
+                continue
+            assert decoded.tobytes() != symbols.tobytes()
+    for lane in (0, 15, lanes - 1):
+        edited = states.copy()
+        edited[lane] ^= np.uint32(1 << 20)
+        refused(edited, words)
+    # a stream of one lane count is not one of another
+    other = 32 if lanes == 16 else 16
+    with pytest.raises(PayloadError, match=f"{other} coder states"):
+        _rans.decode(model, states, words, model_of, kernels=kernels, lanes=other)
+
+
+def test_wide_decoders_refuse_alike():
+    """Hostile streams give the same error on both paths (the kernel's statuses map to
+    the reference's messages), including rows of garbage that run far past the end."""
+    model, symbols, model_of = _wide_case(4, 8, 999, 3)
+    states, words = _rans.encode(model, symbols, model_of, lanes=16)
+    rng = np.random.default_rng(0)
+    streams = [
+        (states, words, np.resize(model_of, 998)),
+        (states, words, np.resize(model_of, 1000)),
+        (rng.integers(1 << 16, 1 << 32, 16, dtype=np.uint32), words, model_of),
+        (states, rng.integers(0, 1 << 16, words.size, dtype=np.uint16), model_of),
+        (np.full(16, 1 << 16, np.uint32), np.zeros(0, np.uint16), np.zeros(5000, np.uint8)),
+    ]
+    for edited_states, edited_words, edited_models in streams:
+        results = []
+        for kernels in (None, "auto"):
+            with pytest.raises(PayloadError) as info:
+                _rans.decode(
+                    model, edited_states, edited_words, edited_models, kernels=kernels, lanes=16
+                )
+            results.append(str(info.value))
+        assert results[0] == results[1]
+
+
+def test_wide_lanes_follow_the_symbol_count_and_formats_are_checked():
+    counts = [0, 1, 2**18, 3 * 2**17 - 1, 3 * 2**17, 2**19, 3 * 2**18, 2**20 - 5, 2**31]
+    assert [_rans.wide_lanes(c) for c in counts] == [16, 16, 16, 16, 32, 32, 48, 64, 64]
+    wide, _, _ = _wide_case(2, 4, 10, 0)
+    narrow, symbols, model_of = _model_and_symbols(2, 4, 10, 0)
+    for model, lanes in ((wide, 8), (wide, 24), (wide, 80), (narrow, 16), (narrow, 64)):
+        with pytest.raises(ValueError, match="no rANS format"):
+            _rans.encode(model, symbols, model_of, lanes=lanes)
+        with pytest.raises(ValueError, match="no rANS format"):
+            _rans.decode(model, np.full(lanes, 1 << 16), np.zeros(0), model_of, lanes=lanes)
+    with pytest.raises(TableError, match="quantized"):
+        _rans.RansModel([[0.5, 0.5]], prob_bits=13)
+
+
+@pytest.mark.parametrize("kernels", [None, "auto"])
+def test_wide_models_outside_the_kernel_decode_with_numpy(kernels):
+    """Narrow rows and single-symbol models have no wide entries: both paths decode them
+    with the reference, the same symbols."""
+    probabilities = np.array([[0.1, 0.2, 0.3, 0.4], [0.7, 0.3, 0, 0]])
+    model = _rans.RansModel(probabilities, widths=[4, 2], prob_bits=WIDE)
+    rng = np.random.default_rng(4)
+    model_of = rng.integers(0, 2, 777)
+    symbols = np.where(model_of == 1, rng.integers(0, 2, 777), rng.integers(0, 4, 777))
+    states, words = _rans.encode(model, symbols, model_of, kernels=kernels, lanes=16)
+    np.testing.assert_array_equal(
+        _rans.decode(model, states, words, model_of, kernels=kernels, lanes=16), symbols
+    )
+    single = _rans.RansModel([[1.0]], prob_bits=WIDE)
+    zeros = np.zeros(100, dtype=np.uint8)
+    states, words = _rans.encode(single, zeros, zeros, kernels=kernels, lanes=32)
+    assert words.size == 0
+    assert _rans.decode(single, states, words, zeros, kernels=kernels, lanes=32).sum() == 0
+
+
+def test_wide_format_constants_agree_with_the_compiled_kernels():
+    from quicdesign._kernels import _rans_wide
+
+    assert _rans_wide._WIDE_LANES == _rans.WIDE_LANES
+    assert _rans_wide._WIDE_PROB_BITS == _rans.WIDE_PROB_BITS
+    assert _rans_wide._STATE_LOW == _rans.STATE_LOW
+    assert _rans_wide._GROUP == _rans._WIDE_GROUP
+
+
+@pytest.mark.parametrize("lanes", [16, 64])
+@pytest.mark.parametrize(
+    "skip",
+    [
+        [],
+        [0],
+        [0, 1, 2, 3],
+        [5, 6, 40, 100, 101, 102, 2000],
+        list(range(0, 3000, 7)),
+        [2999],
+        [2990, 2995, 2996, 2997, 2998, 2999],
+        list(range(3000)),
+    ],
+    ids=["none", "first", "leading-run", "scattered", "dense", "last", "trailing", "all"],
+)
+def test_wide_decoder_skips_positions_like_drop_and_refill(lanes, skip):
+    """The compiled decoder leaves skipped positions 0 and decodes the others in order:
+    the reference decode of the kept positions, refilled with zeros."""
+    model, _, model_of = _wide_case(8, 16, 3000, 2, 0.3)
+    skipped = np.array(skip, dtype=np.intp)
+    keep = np.ones(model_of.size, dtype=bool)
+    keep[skipped] = False
+    rng = np.random.default_rng(lanes)
+    symbols = rng.integers(0, 16, keep.sum()).astype(np.uint8)
+    states, words = _rans.encode(model, symbols, model_of[keep], lanes=lanes)
+    expected = np.zeros(model_of.size, dtype=np.uint8)
+    expected[keep] = _rans.decode(model, states, words, model_of[keep], kernels=None, lanes=lanes)
+    decoded = _rans.decode_wide_skipping(
+        numba_kernels, model, states, words, model_of.astype(np.uint8), skipped, lanes
+    )
+    assert decoded.tobytes() == expected.tobytes()
+    assert np.array_equal(expected[keep], symbols)
+    # raw shared bytes: the kernel masks the model indices itself (8 models: mask 7)
+    raw = model_of.astype(np.uint8) | np.uint8(0xF8)
+    masked = _rans.decode_wide_skipping(
+        numba_kernels, model, states, words, raw, skipped, lanes, model_mask=7
+    )
+    assert masked.tobytes() == expected.tobytes()
+    if words.size:
+        with pytest.raises(PayloadError, match="ends before"):
+            _rans.decode_wide_skipping(
+                numba_kernels, model, states, words[:-1], model_of.astype(np.uint8), skipped, lanes
+            )

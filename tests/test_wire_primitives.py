@@ -362,12 +362,16 @@ def test_envelope_bytes_are_the_documented_21():
     envelope = read_envelope(reader, b"QDXY", "test")
     assert envelope == Envelope(b"QDXY", 1000, 3, 0xDEADBEEF, 7)
     assert reader.offset == 21
+    # a newer body's version byte (QDQE 5) in the same envelope
+    writer = PayloadWriter()
+    write_envelope(writer, Envelope(b"QDXY", 1000, 3, 0xDEADBEEF, 7, 5))
+    assert writer.to_bytes() == b"QDXY\x05" + data[5:]
 
 
 @pytest.mark.parametrize(
     "envelope",
     [(b"QDX", 1, 1, 1, 1), (b"QDXY", -1, 1, 1, 1), (b"QDXY", 1, 2**32, 1, 1)]
-    + [(b"QDXY", 1, 1, 1.0, 1), (b"QDXY", 1, 1, 1, True)],
+    + [(b"QDXY", 1, 1, 1.0, 1), (b"QDXY", 1, 1, 1, True), (b"QDXY", 1, 1, 1, 1, 3)],
 )
 def test_envelope_writer_refuses_fields_that_do_not_fit(envelope):
     from quicdesign._envelope import Envelope, write_envelope
@@ -410,5 +414,7 @@ def test_framing_size_counts_only_current_envelopes():
     assert framing_size(envelope + b"abc") == 21
     assert framing_size(memoryview(envelope + b"abc")) == 21
     assert framing_size(b"QDXY\x02" + bytes(16)) == 0  # a pre-envelope version
+    assert framing_size(b"QDQE\x05" + bytes(16)) == 21  # QDQE 5: the envelope, a newer body
+    assert framing_size(b"QDXY\x06" + bytes(16)) == 0
     assert framing_size(b"\x00" * 40) == 0  # a bare array
     assert framing_size(envelope[:20]) == 0

@@ -12,6 +12,7 @@ from llvmlite import ir
 from numba.core import cgutils
 
 from ..errors import ParameterError
+from ._rans_wide import rans_lanes_encode, rans_wide_decode
 
 __all__ = [
     "accumulate_gathered",
@@ -24,6 +25,8 @@ __all__ = [
     "drop_positions",
     "insert_zeros",
     "rans_decode_part",
+    "rans_lanes_encode",
+    "rans_wide_decode",
     "nearest_e8",
     "nearest_dn",
     "row_square_sums",

@@ -23,8 +23,9 @@ not for QUIC-FL in general. Also printed: a numpy sort of the input, and ``add_m
 encode on the numpy and the compiled (numba) paths. BLAS is pinned to one thread by
 default: on a small shared machine BLAS threads fight each other and the figures become
 noise; for the same reason every time is CPU time of this (single-threaded) process. A
-third table sets the entropy-coded server (wire v4, rANS) against the fixed-rate one,
-both timed alternately in the same state of the memory allocator, and times the decoders.
+third table sets the entropy-coded server (wire v5, wide rANS) against the fixed-rate one,
+both timed alternately in the same state of the memory allocator, and times the decoders
+(v5, the v4 rANS it replaced, constriction's v3) and the bytes each version writes.
 """
 
 from __future__ import annotations
@@ -177,20 +178,23 @@ def _bench_all(vectors, bits, repeats, seed, progress, blas_threads, shared_bits
 
 
 def _print_entropy(rows, vectors, repeats, seed):
-    """Entropy-coded server (wire v4, rANS) against the fixed-rate one at the same d, and
-    the rANS decoder (numpy reference, compiled) against constriction (wire v3)."""
+    """Entropy-coded server (wire v5, wide rANS) against the fixed-rate one at the same d,
+    and the v5 decoder (numpy reference, compiled) against v4's and constriction's (v3)."""
     rates = [row for row in rows if row["bits"] in _ENTROPY_RATES]
     if not rates:
         return
     clients, dim = vectors.shape
     print(
-        "entropy-coded (QDQE v4, rANS) vs fixed-rate server, ms/client with add_many on "
-        "the default path, the two timed alternately; decode ns/symbol of one client"
+        "entropy-coded (QDQE v5, wide rANS) vs fixed-rate server, ms/client with add_many "
+        "on the default path, the two timed alternately; decode ns/symbol of one client "
+        "(v5 numpy reference and compiled, v4 compiled, v3 constriction); bytes/coord of "
+        "each version"
     )
     print(
         f"{'b':>2} {'fixed ms/client':>15} {'entropy ms/client':>17} {'ratio':>5} "
-        f"{'rANS numpy ns':>13} {'rANS compiled ns':>16} {'constriction ns':>15} "
-        f"{'v4 bytes/coord':>14} {'v3 bytes/coord':>14} {'v4-v3 %':>7}",
+        f"{'v5 numpy ns':>11} {'v5 compiled ns':>14} {'v4 compiled ns':>14} "
+        f"{'v3 ns':>6} {'v5 bytes/coord':>14} {'v4 bytes/coord':>14} "
+        f"{'v3 bytes/coord':>14} {'v5-v3 %':>7}",
         flush=True,
     )
     for row in rates:
@@ -200,11 +204,14 @@ def _print_entropy(rows, vectors, repeats, seed):
         row.update({f"entropy_{key}": value for key, value in figures.items()})
         print(
             f"{row['bits']:>2} {fixed:>15.2f} {figures['ms_per_client']:>17.2f} "
-            f"{figures['ratio_to_fixed']:>5.2f} {_text(figures['rans_numpy_ns']):>13} "
-            f"{_text(figures['rans_compiled_ns']):>16} {_text(figures['constriction_ns']):>15} "
+            f"{figures['ratio_to_fixed']:>5.2f} {_text(figures['rans_numpy_ns'], 1):>11} "
+            f"{_text(figures['rans_compiled_ns']):>14} "
+            f"{_text(figures['rans_v4_compiled_ns']):>14} "
+            f"{_text(figures['constriction_ns'], 1):>6} "
+            f"{figures['v5_bytes_per_coordinate']:>14.4f} "
             f"{figures['v4_bytes_per_coordinate']:>14.4f} "
             f"{_text(figures['v3_bytes_per_coordinate'], 4):>14} "
-            f"{_text(figures['v4_overhead_percent'], 3):>7}",
+            f"{_text(figures['v5_overhead_percent'], 3):>7}",
             flush=True,
         )
 
@@ -244,17 +251,23 @@ def _entropy_figures(rate, vectors, repeats, seed):
     keep = np.ones(quantized.codes.size, dtype=bool)
     keep[quantized.exact_indices] = False
     symbols, model_of = quantized.codes[keep], quantized.shared[keep]
-    model = _rans.RansModel(table.code_model)
-    states, words = _rans.encode(model, symbols, model_of)
+    wide = _rans.RansModel(table.code_model, prob_bits=_rans.WIDE_PROB_BITS)
+    lanes = _rans.wide_lanes(symbols.size)
+    states, words = _rans.encode(wide, symbols, model_of, lanes=lanes)
     began = time.process_time()
-    _rans.decode(model, states, words, model_of, kernels=None)  # ~1 us/symbol: run once
+    _rans.decode(wide, states, words, model_of, kernels=None, lanes=lanes)  # slow: run once
     numpy_ns = 1e9 * (time.process_time() - began) / symbols.size
-    compiled_ns = None
+    compiled_ns = v4_compiled_ns = None
     if compiled_kernels() is not None:
-        compiled_s = _median_seconds(lambda: _rans.decode(model, states, words, model_of), repeats)
-        compiled_ns = 1e9 * compiled_s / symbols.size
+        compiled_ns = _decode_ns(wide, symbols, model_of, lanes, repeats)
+        v4_model = _rans.RansModel(table.code_model)
+        v4_compiled_ns = _decode_ns(v4_model, symbols, model_of, _rans.LANES, repeats)
     constriction_ns = v3_bytes = overhead = None
-    v4_bytes = float(np.mean([len(p) for p in payloads])) / dim
+    v5_bytes = float(np.mean([len(p) for p in payloads])) / dim
+    encoder._wire_version = 4
+    private = np.random.default_rng(seed + 2)
+    v4 = [encoder.encode(v, c, rng=private) for c, v in enumerate(vectors)]
+    v4_bytes = float(np.mean([len(p) for p in v4])) / dim
     try:
         constriction, coder_models = _models(table)
     except ParameterError:  # constriction is not installed: no version 3 figures
@@ -269,17 +282,28 @@ def _entropy_figures(rate, vectors, repeats, seed):
         private = np.random.default_rng(seed + 2)
         v3 = [encoder.encode(v, c, rng=private) for c, v in enumerate(vectors)]
         v3_bytes = float(np.mean([len(p) for p in v3])) / dim
-        overhead = 100 * (v4_bytes / v3_bytes - 1)
+        overhead = 100 * (v5_bytes / v3_bytes - 1)
     return {
         "fixed_ms_per_client": 1e3 * fixed_s / clients,
         "ms_per_client": 1e3 * server_s / clients,
         "rans_numpy_ns": numpy_ns,
         "rans_compiled_ns": compiled_ns,
+        "rans_v4_compiled_ns": v4_compiled_ns,
         "constriction_ns": constriction_ns,
+        "v5_bytes_per_coordinate": v5_bytes,
         "v4_bytes_per_coordinate": v4_bytes,
         "v3_bytes_per_coordinate": v3_bytes,
-        "v4_overhead_percent": overhead,
+        "v5_overhead_percent": overhead,
     }
+
+
+def _decode_ns(model, symbols, model_of, lanes, repeats):
+    """Median ns per symbol of the compiled decoder of ``symbols`` in one rANS format."""
+    from .. import _rans
+
+    states, words = _rans.encode(model, symbols, model_of, lanes=lanes)
+    decode = lambda: _rans.decode(model, states, words, model_of, lanes=lanes)  # noqa: E731
+    return 1e9 * _median_seconds(decode, repeats) / symbols.size
 
 
 def _alternate_median_seconds(runs, repeats):
