@@ -55,6 +55,11 @@ def piece_fractions(values, event, start, width, has_empty) -> np.ndarray:
     return np.clip(fraction, 0.0, 1.0, out=fraction)
 
 
+def _outside(values, lower, upper) -> np.ndarray:
+    """Where ``values`` lie outside ``[lower, upper]``, compared as the codec compares."""
+    return np.abs(values) > upper if lower == -upper else (values < lower) | (values > upper)
+
+
 class SenderRule:
     """Closed-form optimal sender for a receiver table.
 
@@ -387,6 +392,10 @@ class SenderRule:
         index = work_array(workspace, "sender index", tile, np.intp)
         entry = work_array(workspace, "sender entry", tile, table.dtype)
         flagged = work_array(workspace, "sender flagged", tile, bool)
+        lower, upper = bounds
+        # values outside bounds that reach the support's ends lie in its dirty end
+        # buckets; bounds inside the support (entropy tables) need their own comparison
+        ends_only = lower <= self.breakpoints[0] and upper >= self.breakpoints[-1]
         outside = []
         for row_index in range(num_rows):
             row, factor = rows[row_index], factors[row_index]
@@ -414,18 +423,21 @@ class SenderRule:
                 local = np.flatnonzero(np.greater(looked, level_mask, out=flagged[:count]))
                 if local.size:
                     bucket = where[local] >> (num_shared.bit_length() - 1)
-                    outside.append(
-                        self._finish_flagged(
-                            messages,
-                            local + offset,
-                            z_tile[local],
-                            looked[local] >> shift,
-                            bucket,
-                            shared,
-                            bounds,
-                            rng,
-                        )
+                    split = self._finish_flagged(
+                        messages,
+                        local + offset,
+                        z_tile[local],
+                        looked[local] >> shift,
+                        bucket,
+                        shared,
+                        bounds,
+                        rng,
                     )
+                    if ends_only:
+                        outside.append(split)
+                if not ends_only:
+                    beyond = np.flatnonzero(_outside(z_tile, lower, upper))
+                    outside.append((beyond + offset, z_tile[beyond]))
         if not outside:
             return messages, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=rows.dtype)
         positions, values = (np.concatenate(part) for part in zip(*outside, strict=True))
@@ -451,12 +463,7 @@ class SenderRule:
         if chosen.size:
             fraction = self._fraction(values[chosen].astype(np.float64), event[chosen])
             self._flip_coins(messages, positions[chosen], fraction, None, rng)
-        lower, upper = bounds
-        outside = (
-            np.abs(dirty_values) > upper
-            if lower == -upper
-            else (dirty_values < lower) | (dirty_values > upper)
-        )
+        outside = _outside(dirty_values, *bounds)
         return positions[dirty[outside]], dirty_values[outside]
 
     def _numpy_window_tables(self):
@@ -502,10 +509,7 @@ class SenderRule:
     def _sample_rows_reference(self, rows, factors, bounds, shared, rng):
         """:meth:`sample_rows` by :meth:`sample` on the materialized ``z``."""
         z = (rows * factors[:, None]).reshape(-1)
-        lower, upper = bounds
-        outside = np.flatnonzero(
-            np.abs(z) > upper if lower == -upper else (z < lower) | (z > upper)
-        )
+        outside = np.flatnonzero(_outside(z, *bounds))
         return self.sample(z, shared.reshape(-1), rng=rng), outside, z[outside]
 
     def _levels_compiled(self, kernels, values, shared):

@@ -213,8 +213,35 @@ def test_numpy_row_sampler_matches_the_reference_on_any_receiver(receiver, seed)
     factors = np.array([1.0, 0.5, 0.0])
     shared = rng.integers(0, rule.num_shared, rows.size).astype(np.uint8)
     lo, hi = rule.support
-    bounds = (lo, hi)
-    expected = rule._sample_rows_reference(rows, factors, bounds, shared, np.random.default_rng(3))
-    got = rule.sample_rows_numpy(rows, factors, bounds, shared, np.random.default_rng(3))
+    # the support itself, and bounds inside it (entropy tables send a wider tail exactly)
+    for bounds in [(lo, hi), (0.7 * lo + 0.3 * hi, 0.3 * lo + 0.7 * hi)]:
+        expected = rule._sample_rows_reference(
+            rows, factors, bounds, shared, np.random.default_rng(3)
+        )
+        got = rule.sample_rows_numpy(rows, factors, bounds, shared, np.random.default_rng(3))
+        for mine, theirs in zip(got, expected, strict=True):
+            assert mine.tobytes() == theirs.tobytes()
+
+
+@pytest.mark.parametrize("rate", [1, 3])
+def test_numpy_row_sampler_matches_the_reference_for_entropy_tables(monkeypatch, rate):
+    # their exactly-sent tail starts inside the sender's support, away from its end buckets
+    import quicdesign.sender as sender_module
+    from quicdesign import load_entropy_table
+
+    monkeypatch.setattr(sender_module, "_NUMPY_TILE", 512)
+    table = load_entropy_table(rate)
+    rule = table.sender
+    assert table.support[1] < rule.support[1]
+    rng = np.random.default_rng(rate)
+    rows = _row_sampler_cases(rule, np.float32, rng)
+    factors = np.array([1.0, 0.75, 0.0], dtype=np.float32)
+    shared = rng.integers(0, rule.num_shared, rows.size).astype(np.uint8)
+    expected = rule._sample_rows_reference(
+        rows, factors, table.support, shared, np.random.default_rng(2)
+    )
+    got = rule.sample_rows_numpy(rows, factors, table.support, shared, np.random.default_rng(2))
+    assert expected[1].size > 0
     for mine, theirs in zip(got, expected, strict=True):
+        assert mine.dtype == theirs.dtype
         assert mine.tobytes() == theirs.tobytes()
