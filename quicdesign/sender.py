@@ -32,9 +32,9 @@ _DIRTY_BUCKET = 1 << 16
 _MAX_LEVEL_TABLE_ENTRIES = 1 << 25
 
 
-# The compiled sender's state table: about this many bytes (L1/L2-resident), and at
-# least this many buckets.
-_STATE_TABLE_BYTES = 1 << 16
+# The compiled sender's state table: at most about this many bytes (L2-resident), and
+# at least this many buckets.
+_MAX_STATE_TABLE_BYTES = 1 << 19
 _MIN_STATE_BUCKETS = 64
 
 
@@ -389,8 +389,11 @@ class SenderRule:
                 if num_messages <= 1 + (np.iinfo(d).max >> 2)
             )
             low, high = float(t[0]), float(t[-1])
-            num_buckets = _STATE_TABLE_BYTES // (num_shared * np.dtype(dtype).itemsize)
-            num_buckets = max(_MIN_STATE_BUCKETS, 1 << max(0, int(num_buckets).bit_length() - 1))
+            # ~16 buckets per breakpoint: a value's entry is dirty with probability
+            # about 2 / (16 H), so the table is small for large H
+            limit = _MAX_STATE_TABLE_BYTES // (num_shared * np.dtype(dtype).itemsize)
+            num_buckets = min(16 * t.size, limit)
+            num_buckets = max(_MIN_STATE_BUCKETS, 1 << max(0, int(num_buckets - 1).bit_length()))
             if _bucketable(num_buckets, low, high):
                 per_unit = num_buckets / (high - low)
                 edges = low + np.arange(num_buckets + 1) / per_unit

@@ -293,7 +293,7 @@ def test_compiled_sender_states_match_the_numpy_levels_and_fractions(
     # SenderRule._fraction bit for bit: values on, between and beyond the breakpoints
     import quicdesign.sender
 
-    monkeypatch.setattr(quicdesign.sender, "_STATE_TABLE_BYTES", table_bytes)
+    monkeypatch.setattr(quicdesign.sender, "_MAX_STATE_TABLE_BYTES", table_bytes)
     rng = np.random.default_rng(len(rule) + table_bytes)
     if rule.startswith("bits"):
         sender = load_table(int(rule[5:])).sender
