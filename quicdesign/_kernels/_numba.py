@@ -218,7 +218,6 @@ def sender_states(
     messages = np.empty(size, dtype=message_kind.dtype)
     top = states.size // num_shared - 1
     where = np.empty(_TILE, dtype=np.uint32)
-    tile_flags = np.empty(_TILE, dtype=np.uint8)  # bit 0: moving, 1: dirty, 2: outside
     tile_positions = np.empty(_TILE + 1, dtype=np.uint32)
     # about one value in H randomizes: grown (rarely) when a vector has more
     randomizing = np.empty(size // num_shared + size // 64 + _TILE + 1, dtype=np.intp)
@@ -252,8 +251,8 @@ def sender_states(
                 at = where[j]
                 entry = states[at & np.uint32(0x7FFFFFFF)]
                 tile_messages[j] = entry >> 2
-                flag = np.uint8(entry & 3) | np.uint8(at >> np.uint32(29))
-                tile_flags[j] = flag
+                # moving, dirty or outside (bits 0-2; looked up again when flagged)
+                flag = np.uint32(entry & 3) | (at >> np.uint32(29))
                 tile_positions[found] = j
                 found += flag != 0
             # grown here, not in the loops below: an array reassigned inside a loop costs
@@ -269,7 +268,8 @@ def sender_states(
                 factor,
                 tile_messages,
                 tile_shared,
-                tile_flags,
+                where,
+                states,
                 tile_positions[:found],
                 next_threshold,
                 next_state,
@@ -302,7 +302,8 @@ def _tile_flagged(
     factor,
     levels,
     shared,
-    flags,
+    where,
+    states,
     positions,
     next_threshold,
     next_state,
@@ -312,7 +313,8 @@ def _tile_flagged(
     outside,
     offset,
 ):  # pragma: no cover - compiled
-    """:func:`sender_states`' flagged values of a tile: outside ones appended to
+    """:func:`sender_states`' flagged values of a tile (their flags from ``where`` and
+    ``states`` again, cheaper than storing every value's): outside ones appended to
     ``exact``/``exact_z`` from ``outside`` on, dirty ones stepped to their state (both
     rare), the moving ones' positions compacted to the front of ``positions``. Returns
     the moving count and the new outside count."""
@@ -320,7 +322,8 @@ def _tile_flagged(
     stride = np.uintp(num_states)
     for f in range(positions.size):
         j = np.uintp(positions[f])
-        flag = flags[j]
+        at = where[j]
+        flag = np.uint8(states[at & np.uint32(0x7FFFFFFF)] & 3) | np.uint8(at >> np.uint32(29))
         if flag & 4:
             exact[outside] = offset + np.intp(j)
             exact_z[outside] = tile[j] * factor
