@@ -45,7 +45,7 @@ from .input_model import ROTATED, check_input_model
 from .randomness import (
     PURPOSE_SHARED_H,
     _mode_round_tag,
-    _stream_bytes,
+    derive_key,
     shared_values,
     stratified_shared_values,
 )
@@ -292,21 +292,23 @@ class QuicFLQuantize(Stage):
         return codes, indices, values, None
 
     def _shared_bytes(self, state, count):
-        """The client's ``h`` as ``(bytes, mask)``: the raw stream bytes and the mask
+        """The client's ``h`` as ``(bytes, mask, key)``: the raw stream bytes, or None and
+        the Philox ``key`` of the stream that gives them (the compiled server generates
+        them tile by tile, the numpy path at once), and the mask
         :func:`~quicdesign.randomness.shared_values` applies (no pass to mask them)."""
         bits = self.table.shared_bits
         if self.stratified or bits == 0:
-            return self._shared(state, count), 0xFF
-        return _stream_bytes(state.round_seed, state.client_id, PURPOSE_SHARED_H, count), (
-            1 << bits
-        ) - 1
+            return self._shared(state, count), 0xFF, None
+        key = derive_key(state.round_seed, state.client_id, PURPOSE_SHARED_H)
+        return None, (1 << bits) - 1, key
 
     def contribution(self, y, side, state, dim, weight):
         codes, indices, values, shared = side
         layout = RotationLayout.for_dim(state.dim)
         norms = state.header.norms
+        shared_key = None
         if shared is None:  # fixed rate: packed codes; the entropy decoder gives both
-            shared, shared_mask = self._shared_bytes(state, layout.rotated_dim)
+            shared, shared_mask, shared_key = self._shared_bytes(state, layout.rotated_dim)
             code_width = self.table.bits
         else:
             shared_mask, code_width = 0xFF, 8
@@ -328,6 +330,7 @@ class QuicFLQuantize(Stage):
             shared_mask,
             indices,
             exact,
+            shared_key,
         )
 
     def invert(self, y, side, state, dim):
@@ -515,12 +518,19 @@ def read_header(reader: PayloadReader, magic: bytes = WIRE_MAGIC) -> PayloadHead
     )
 
 
-def check_table_header(header: PayloadHeader, table: Table, round_tag: int, dim: int) -> None:
-    """Check a header against the receiver's table, round and dimension (``PayloadError``)."""
-    if header.fingerprint != table.fingerprint:
+def check_table_header(
+    header: PayloadHeader, table: Table, round_tag: int, dim: int, fingerprint=None
+) -> None:
+    """Check a header against the receiver's table, round and dimension (``PayloadError``).
+
+    ``fingerprint`` is ``table.fingerprint`` when the caller has it (it hashes the table).
+    """
+    if fingerprint is None:
+        fingerprint = table.fingerprint
+    if header.fingerprint != fingerprint:
         raise PayloadError(
             f"table fingerprint {header.fingerprint.hex()} does not match this "
-            f"aggregator's table {table.fingerprint.hex()}"
+            f"aggregator's table {fingerprint.hex()}"
         )
     if (header.bits, header.shared_bits) != (table.bits, table.shared_bits):
         raise PayloadError(
@@ -531,7 +541,7 @@ def check_table_header(header: PayloadHeader, table: Table, round_tag: int, dim:
         header,
         dim=dim,
         round_tag=round_tag,
-        config=table_config_tag(table.fingerprint),
+        config=table_config_tag(fingerprint),
         scheme="QUIC-FL",
     )
 
@@ -597,7 +607,8 @@ class QuicFLAggregator(PipelineAggregator):
 
     def _check_header(self, header: PayloadHeader) -> None:
         """Check the header against this aggregator (before reading any array)."""
-        check_table_header(header, self.table, self._tag, self.dim)
+        # the fingerprint hashed once (16 KiB of receiver at b = 8), not twice per payload
+        check_table_header(header, self.table, self._tag, self.dim, self._fingerprint)
         self._check_new_client(header.client_id)
         if header.num_exact > self._num_codes:
             raise PayloadError(

@@ -138,8 +138,14 @@ def raw_words(round_seed, client_id, purpose, count):
 
 
 def _stream_bytes(round_seed, client_id, purpose, num_bytes):
-    words = raw_words(round_seed, client_id, purpose, -(-num_bytes // 8))
-    # the spec numbers bytes least significant first, whatever the host byte order
+    return key_stream_bytes(derive_key(round_seed, client_id, purpose), num_bytes)
+
+
+def key_stream_bytes(key, num_bytes):
+    """The first ``num_bytes`` bytes (rounded up to whole words) of the stream of Philox
+    ``key`` (a :func:`derive_key` value): its raw 64-bit words, least significant byte
+    first whatever the host byte order (the spec's numbering)."""
+    words = np.random.Philox(key=key).random_raw(-(-num_bytes // 8))
     return words.astype("<u8", copy=False).view(np.uint8)
 
 

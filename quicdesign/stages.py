@@ -33,7 +33,7 @@ from ._accumulate import WeightedSumAggregator, check_contribution_bound
 from ._validate import check_minmax_magnitude, check_weight
 from ._wire import PayloadReader, unpack_codes
 from .errors import ParameterError, PayloadError
-from .randomness import rotation_signs
+from .randomness import key_stream_bytes, rotation_signs
 from .rotation import RotationLayout, _scaled_rotate, unrotate
 
 __all__ = [
@@ -74,9 +74,12 @@ class GatheredContribution:
     Coordinate ``i`` of chunk ``k`` decodes to ``scale[k] * receiver[h_i << bits | x_i]``
     with ``h_i = shared[i] & shared_mask`` and ``x_i`` the ``i``-th ``code_width``-bit code
     of ``codes`` (packed LSB first as ``_wire.pack_codes``; 8 means one per byte); then
-    ``exact`` is written at ``positions``. Everything is validated before it is built, so
-    summing it cannot fail. :meth:`materialize` is the numpy path; the compiled kernels sum
-    blocks of clients straight from the packed codes and the raw shared bytes.
+    ``exact`` is written at ``positions``. ``shared`` is None when ``shared_key`` is given:
+    the shared bytes are then those of that Philox key's stream
+    (:func:`~quicdesign.randomness.key_stream_bytes`), generated where they are used.
+    Everything is validated before it is built, so summing it cannot fail.
+    :meth:`materialize` is the numpy path; the compiled kernels sum blocks of clients
+    straight from the packed codes and the raw shared bytes (or their stream).
     """
 
     receiver: np.ndarray
@@ -89,6 +92,13 @@ class GatheredContribution:
     shared_mask: int
     positions: np.ndarray
     exact: np.ndarray
+    shared_key: int | None = None
+
+    def shared_bytes(self) -> np.ndarray:
+        """The raw shared bytes (generated from ``shared_key`` when ``shared`` is None)."""
+        if self.shared is not None:
+            return self.shared
+        return key_stream_bytes(self.shared_key, self.scale.size * self.chunk_size)
 
     def materialize(self) -> np.ndarray:
         """The contribution as a float64 vector."""
@@ -97,7 +107,7 @@ class GatheredContribution:
         tables = (self.scale[:, None] * self.receiver[None, :]).reshape(-1)
         size = self.scale.size * self.chunk_size
         index_dtype = np.uint16 if tables.size <= 1 << 16 else np.uint32
-        index = (self.shared[:size] & np.uint8(self.shared_mask)).astype(index_dtype)
+        index = (self.shared_bytes()[:size] & np.uint8(self.shared_mask)).astype(index_dtype)
         index <<= self.bits
         if self.code_width == 8:
             index |= self.codes[:size]

@@ -16,8 +16,17 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 # Third-party modules the core may import: numpy, and the optional extras' modules, which
-# are imported lazily where used (entropy, progress, threads, fast kernels, export).
-CORE_THIRD_PARTY = {"numpy", "constriction", "tqdm", "threadpoolctl", "numba", "safetensors"}
+# are imported lazily where used (entropy, progress, threads, fast kernels, export); the fast
+# kernels also use llvmlite, numba's compiler backend.
+CORE_THIRD_PARTY = {
+    "numpy",
+    "constriction",
+    "tqdm",
+    "threadpoolctl",
+    "numba",
+    "llvmlite",
+    "safetensors",
+}
 OUTER = ("quicdesign.compressors", "quicdesign.fl", "quicdesign.bench")
 REACH = ("quicdesign.integrations", "quicdesign.distributed", "solvers")
 

@@ -401,44 +401,61 @@ def test_nearest_lattice_point_kernel_is_identical(name):
 
 @pytest.mark.parametrize("code_width", range(1, 9))
 @pytest.mark.parametrize(
-    ("chunk_size", "chunks", "shared_bits"), [(4, 3, 2), (2048, 2, 3), (64, 2, 8)]
+    ("chunk_size", "chunks", "shared_bits"), [(4, 3, 2), (2048, 2, 3), (64, 2, 8), (8192, 2, 5)]
 )
+@pytest.mark.parametrize("streamed", [False, True])
 def test_server_kernel_sums_gathered_contributions_like_numpy(
-    code_width, chunk_size, chunks, shared_bits
+    code_width, chunk_size, chunks, shared_bits, streamed
 ):
     # synthetic contributions: tiny chunks (no whole bytes of codes), tiles with runs of
-    # exact coordinates, and (8 + 8 bits) a 2**16-entry receiver: indices wider than 16 bits
-    from quicdesign._wire import pack_codes
+    # exact coordinates, and (8 + 8 bits) a 2**16-entry receiver: indices wider than 16 bits;
+    # streamed: h given as a Philox key (drawn tile by tile when chunks hold whole words,
+    # generated at once for 4-coordinate chunks); 1 to 9 clients: every pass of the sum
+    from quicdesign.randomness import key_stream_bytes
     from quicdesign.stages import GatheredContribution
 
-    rng = np.random.default_rng(code_width * 100 + shared_bits)
+    rng = np.random.default_rng(code_width * 100 + shared_bits + chunk_size)
     size = chunk_size * chunks
     receiver = rng.standard_normal(1 << (shared_bits + code_width))
-    accumulator = rng.standard_normal(size)
-    expected = accumulator.copy()
-    gathered = []
-    for client in range(5):
-        codes = rng.integers(0, 1 << code_width, size, dtype=np.uint8)
-        raw_shared = rng.integers(0, 256, size, dtype=np.uint8)
-        positions = np.flatnonzero(rng.random(size) < (0.3 if client % 2 else 0.01))
-        g = GatheredContribution(
-            receiver,
-            rng.uniform(0.1, 10.0, chunks),
-            chunk_size,
-            code_width,
-            pack_codes(codes, code_width) if code_width < 8 else codes,
-            code_width,
-            raw_shared,
-            (1 << shared_bits) - 1,
-            positions.astype(np.uint32),
-            rng.standard_normal(positions.size),
-        )
-        if code_width < 8:
-            g.codes = np.frombuffer(g.codes, dtype=np.uint8)
-        gathered.append(g)
-        expected += g.materialize()
-    compiled_kernels().accumulate_gathered(accumulator, gathered)
-    assert accumulator.tobytes() == expected.tobytes()
+    for clients in (1, 6, 9):
+        accumulator = rng.standard_normal(size)
+        expected = accumulator.copy()
+        gathered = []
+        for client in range(clients):
+            codes = rng.integers(0, 1 << code_width, size, dtype=np.uint8)
+            raw_shared = rng.integers(0, 256, size, dtype=np.uint8)
+            key = int(rng.integers(0, 2**63)) << 64 | client
+            positions = np.flatnonzero(rng.random(size) < (0.3 if client % 2 else 0.01))
+            g = GatheredContribution(
+                receiver,
+                rng.uniform(0.1, 10.0, chunks),
+                chunk_size,
+                code_width,
+                np.frombuffer(pack_codes(codes, code_width), np.uint8) if code_width < 8 else codes,
+                code_width,
+                None if streamed else raw_shared,
+                (1 << shared_bits) - 1,
+                positions.astype(np.uint32),
+                rng.standard_normal(positions.size) * 10.0 ** rng.integers(-300, 300),
+                key if streamed else None,
+            )
+            if streamed:
+                assert g.shared_bytes().tobytes() == key_stream_bytes(key, size).tobytes()
+            gathered.append(g)
+            expected += g.materialize()
+        compiled_kernels().accumulate_gathered(accumulator, gathered)
+        assert accumulator.tobytes() == expected.tobytes(), clients
+
+
+def test_server_kernel_refuses_byte_arrays_of_unequal_lengths():
+    # the kernel reads as many bytes from every client as from the first
+    from quicdesign._kernels._numba import _addresses
+
+    same = [np.zeros(16, np.uint8), np.ones(16, np.uint8)]
+    assert list(_addresses(same)) == [a.ctypes.data for a in same]
+    for bad in ([same[0], np.zeros(15, np.uint8)], [same[0], np.zeros(16, np.uint16)]):
+        with pytest.raises(ParameterError, match="equally long"):
+            _addresses(bad)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

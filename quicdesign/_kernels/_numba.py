@@ -2,8 +2,16 @@
 
 from __future__ import annotations
 
+import ctypes
+import sys
+
 import numba
+import numba.extending
 import numpy as np
+from llvmlite import ir
+from numba.core import cgutils
+
+from ..errors import ParameterError
 
 __all__ = [
     "accumulate_gathered",
@@ -32,59 +40,149 @@ def accumulate_gathered(accumulator, gathered):
     """Add a block of validated ``stages.GatheredContribution``s (sharing receiver table,
     chunking and code widths) to the flat float64 ``accumulator`` in one pass."""
     first = gathered[0]
-    slots = first.receiver.size + _TILE  # the table, then the tile's exact values
+    slots = first.receiver.size + _SUM_TILE  # the table, then the tile's exact values
     index_dtype = np.uint16 if slots <= 1 << 16 else np.uint32
+    # the clients' codes stay where they lie (payload bytes): the kernel gets their
+    # addresses, read while ``gathered`` holds them
+    codes = [np.ascontiguousarray(g.codes) for g in gathered]
+    exact_counts = [g.positions.size for g in gathered]
+    # h from the clients' Philox streams, drawn tile by tile by numpy's own generator
+    # (no 1 MiB array per client at d = 2**20), whole words per tile
+    streamed = first.chunk_size % 8 == 0 and all(g.shared is None for g in gathered)
+    if streamed:
+        generators = [np.random.Philox(key=g.shared_key) for g in gathered]
+        interfaces = [generator.ctypes for generator in generators]
+        next_word = ctypes.cast(interfaces[0].next_uint64, ctypes.c_void_p).value
+        states = np.array([i.state_address for i in interfaces], dtype=np.uintp)
+        shared, shared_addresses = [], states
+    else:
+        next_word = 0
+        shared = [np.ascontiguousarray(g.shared_bytes()) for g in gathered]
+        shared_addresses = _addresses(shared)
     _coded_accumulate(
         accumulator,
         first.receiver,
         first.chunk_size,
-        first.bits,
+        # 2**bits as a runtime value: LLVM keeps a multiply by it in 16-bit lanes, while
+        # it widens a shift by a variable amount to 64-bit lanes (4x the vector work)
+        1 << first.bits,
         first.code_width,
         np.stack([g.scale for g in gathered]),
         np.array([g.shared_mask for g in gathered], dtype=np.uint8),
-        numba.typed.List(_same_kind([g.codes for g in gathered])),
-        numba.typed.List([np.ascontiguousarray(g.shared) for g in gathered]),
-        numba.typed.List([g.positions.astype(np.intp) for g in gathered]),
-        numba.typed.List([g.exact for g in gathered]),
-        np.empty((len(gathered), _TILE), dtype=index_dtype),
+        _addresses(codes),
+        codes[0].size,
+        next_word,
+        shared_addresses,
+        shared[0].size if shared else 0,
+        np.concatenate([[0], np.cumsum(exact_counts)]).astype(np.intp),
+        np.concatenate([g.positions for g in gathered]).astype(np.intp),
+        np.concatenate([g.exact for g in gathered]).astype(np.float64, copy=False),
+        np.empty((len(gathered), _SUM_TILE), dtype=index_dtype),
     )
 
 
-def _same_kind(arrays):
-    """The arrays, read-only ones copied when some are writable (payload ``bytes`` and
-    ``bytearray`` mixed): a typed list holds arrays of one numba type."""
-    if len({a.flags.writeable for a in arrays}) == 1:
-        return arrays
-    return [a if a.flags.writeable else a.copy() for a in arrays]
+def _addresses(arrays):
+    """Start addresses of equally long contiguous uint8 arrays (checked here: the kernel
+    reads ``size`` bytes from each)."""
+    if any(a.dtype != np.uint8 or a.size != arrays[0].size for a in arrays):
+        raise ParameterError("the clients' byte arrays must be uint8 and equally long")
+    return np.array([a.ctypes.data for a in arrays], dtype=np.uintp)
 
 
-_TILE = 1024  # coordinates per tile: the tile's indices (8 clients) stay in L1
+@numba.extending.intrinsic
+def _next_word(typingctx, function, state):  # pragma: no cover - compiled
+    """``function(state)``: a bit generator's ``next_uint64`` (addresses as uintp)."""
+    byte_pointer = ir.IntType(8).as_pointer()
+    signature = ir.FunctionType(ir.IntType(64), [byte_pointer])
+
+    def codegen(context, builder, sig, args):
+        target = builder.inttoptr(args[0], signature.as_pointer())
+        return builder.call(target, [builder.inttoptr(args[1], byte_pointer)])
+
+    return numba.types.uint64(numba.types.uintp, numba.types.uintp), codegen
 
 
-@numba.njit(cache=True, nogil=True)
-def _tile_index(out, shared, mask, bits, codes, code_width, start, count):  # pragma: no cover
-    """``out[j] = (shared[i] & mask) << bits | x_i`` for ``i = start + j``, ``x_i`` the
-    ``i``-th ``code_width``-bit code of ``codes``; simple loops for whole bytes.
+@numba.extending.intrinsic
+def _byte_pointer(typingctx, address):  # pragma: no cover - compiled
+    """The address (a uintp) as a ``uint8*`` for ``numba.carray``."""
+    pointer = numba.types.CPointer(numba.types.uint8)
+
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(pointer))
+
+    return pointer(numba.types.uintp), codegen
+
+
+@numba.extending.intrinsic
+def _prefetch(typingctx, address):  # pragma: no cover - compiled
+    """Hint the cache to load the line at ``address`` (never faults, whatever it is)."""
+    byte_pointer = ir.IntType(8).as_pointer()
+    word = ir.IntType(32)
+    signature = ir.FunctionType(ir.VoidType(), [byte_pointer, word, word, word])
+
+    def codegen(context, builder, sig, args):
+        function = cgutils.get_or_insert_function(builder.module, signature, "llvm.prefetch.p0")
+        # read, keep in every cache level, data
+        hints = [ir.Constant(word, 0), ir.Constant(word, 3), ir.Constant(word, 1)]
+        builder.call(function, [builder.inttoptr(args[0], byte_pointer), *hints])
+        return context.get_dummy_value()
+
+    return numba.types.void(numba.types.uintp), codegen
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _bytes_at(addresses, c, size):  # pragma: no cover - compiled
+    """Client ``c``'s ``size`` bytes starting at ``addresses[c]`` as a uint8 array."""
+    return numba.carray(_byte_pointer(addresses[c]), size)
+
+
+_TILE = 1024  # coordinates per tile of the sender kernels
+# multipliers and masks spreading packed codes to the 16-bit index lanes of a word (the
+# lanes are in memory order on little-endian hosts only)
+_LITTLE_ENDIAN = sys.byteorder == "little"
+_SPREAD_1, _LANES_1 = np.uint64(1 | 1 << 15 | 1 << 30 | 1 << 45), np.uint64(0x0001000100010001)
+_SPREAD_2, _LANES_2 = np.uint64(1 | 1 << 14 | 1 << 28 | 1 << 42), np.uint64(0x0003000300030003)
+_SUM_TILE = 4096  # coordinates per tile of the server kernel (measured best of 1024..8192)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tile_index(out, values, mask, factor, codes, code_width, start, count):  # pragma: no cover
+    """``out[j] = (values[j] & mask) * factor | x_i`` for ``i = start + j``, ``x_i`` the
+    ``i``-th ``code_width``-bit code of ``codes`` (``factor = 2**bits``, ``values`` the
+    tile's shared bytes); simple loops for whole bytes.
 
     The loops run over views starting at the tile, in the index dtype: offset indices or
     intp arithmetic keep LLVM from vectorizing them (5x slower at d = 2**20).
     """
     kind = out.dtype.type
-    shift = kind(bits)
+    scale = kind(factor)
     narrow = kind(mask)
-    values = shared[start : start + count]
-    for j in range(count):
-        out[j] = (kind(values[j]) & narrow) << shift
     if count % 8 == 0 and code_width == 8:
         tile = codes[start : start + count]
         for j in range(count):
-            out[j] |= kind(tile[j])
-    elif count % 8 == 0 and code_width == 4:
+            out[j] = ((kind(values[j]) & narrow) * scale) | kind(tile[j])
+        return
+    for j in range(count):
+        out[j] = (kind(values[j]) & narrow) * scale
+    if count % 8 == 0 and code_width == 4:
         tile = codes[start >> 1 : (start + count) >> 1]
         for q in range(count >> 1):
             byte = kind(tile[q])
             out[2 * q] |= byte & kind(15)
             out[2 * q + 1] |= byte >> kind(4)
+    elif count % 8 == 0 and code_width == 2 and _LITTLE_ENDIAN and out.itemsize == 2:
+        # a byte's four codes spread to four 16-bit lanes of one word by one multiply
+        # (the shifted copies 0, 14, 28 and 42 bits up do not overlap: no carries)
+        tile, lanes = codes[start >> 2 : (start + count) >> 2], out.view(np.uint64)
+        for q in range(count >> 2):
+            lanes[q] |= (np.uint64(tile[q]) * _SPREAD_2) & _LANES_2
+    elif count % 8 == 0 and code_width == 1 and _LITTLE_ENDIAN and out.itemsize == 2:
+        # each half byte's four codes to four 16-bit lanes (copies 0, 15, 30, 45 bits up)
+        tile, lanes = codes[start >> 3 : (start + count) >> 3], out.view(np.uint64)
+        for q in range(count >> 3):
+            byte = np.uint64(tile[q])
+            lanes[2 * q] |= ((byte & np.uint64(15)) * _SPREAD_1) & _LANES_1
+            lanes[2 * q + 1] |= ((byte >> np.uint64(4)) * _SPREAD_1) & _LANES_1
     elif count % 8 == 0 and code_width == 2:
         tile = codes[start >> 2 : (start + count) >> 2]
         for q in range(count >> 2):
@@ -110,58 +208,103 @@ def _tile_index(out, shared, mask, bits, codes, code_width, start, count):  # pr
             out[j] |= kind((word >> (bit & 7)) & code_mask)
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _tile_sum(total, tables, index, clients, count):  # pragma: no cover - compiled
+    """``total[j] += tables[c, index[c, j]]`` for ``c = 0, 1, ...`` in order, four clients
+    per pass (the running value is a float64 either way, so passes round alike)."""
+    c = 0
+    while clients - c >= 4:
+        t0, t1, t2, t3 = tables[c], tables[c + 1], tables[c + 2], tables[c + 3]
+        i0, i1, i2, i3 = index[c], index[c + 1], index[c + 2], index[c + 3]
+        for j in range(count):
+            total[j] = total[j] + t0[i0[j]] + t1[i1[j]] + t2[i2[j]] + t3[i3[j]]
+        c += 4
+    while c < clients:
+        t0, i0 = tables[c], index[c]
+        for j in range(count):
+            total[j] += t0[i0[j]]
+        c += 1
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _draw_bytes(out, next_word, state, count):  # pragma: no cover - compiled
+    """The next ``count`` (a multiple of 8) bytes of a bit generator's stream: its words,
+    least significant byte first (whatever the host byte order)."""
+    for q in range(count >> 3):
+        word = _next_word(next_word, state)
+        for u in range(8):
+            out[8 * q + u] = np.uint8((word >> np.uint64(8 * u)) & np.uint64(255))
+
+
 @numba.njit(cache=True, nogil=True)
 def _coded_accumulate(
     accumulator,
     receiver,
     chunk_size,
-    bits,
+    factor,
     code_width,
     scales,
     masks,
-    codes,
-    shared,
+    code_addresses,
+    code_bytes,
+    next_word,
+    shared_addresses,
+    shared_bytes,
+    exact_starts,
     positions,
     exact,
     index,
 ):  # pragma: no cover - compiled
-    """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(shared[c]
-    [i] & masks[c]) << bits | x]`` with ``x`` the ``i``-th ``code_width``-bit code of
-    ``codes[c]``, or ``exact[c][j]`` where ``i == positions[c][j]`` (increasing). The inputs
-    are validated (every index stays in the table). Per tile of coordinates each client's
-    indices are built first (its exact values get slots after its table), then summed
-    coordinate by coordinate in client order; the products are numpy's ``scale *
-    receiver`` table entries, so the float64 sums are bit-identical to ``accumulator +=
-    materialize()`` per client.
+    """Client ``c``'s coordinate ``i`` of chunk ``k`` is ``scales[c, k] * receiver[(h[i] &
+    masks[c]) * factor + x]`` with ``x`` the ``i``-th ``code_width``-bit code of its
+    ``code_bytes`` bytes at ``code_addresses[c]`` (``factor = 2**bits``), or ``exact[j]``
+    where ``i == positions[j]`` for its ``j`` in ``exact_starts[c] .. exact_starts[c +
+    1]`` (increasing). ``h`` is its ``shared_bytes`` bytes at ``shared_addresses[c]``, or,
+    when ``next_word`` (the address of a bit generator's ``next_uint64``) is not 0, the
+    stream of the generator state at ``shared_addresses[c]``, drawn tile by tile (chunks
+    of whole words). The inputs are validated (every index stays in the table). Per tile
+    of coordinates each client's indices are built first (its exact values get slots
+    after its table), then summed coordinate by coordinate in client order; the products
+    are numpy's ``scale * receiver`` table entries, so the float64 sums are bit-identical
+    to ``accumulator += materialize()`` per client.
     """
     clients = scales.shape[0]
     slots = receiver.size
-    cursor = np.zeros(clients, dtype=np.intp)
-    tables = np.empty((clients, slots + _TILE), dtype=np.float64)
+    cursor = exact_starts[:-1].copy()
+    tables = np.empty((clients, slots + _SUM_TILE), dtype=np.float64)
+    drawn = np.empty(_SUM_TILE, dtype=np.uint8)
     for k in range(accumulator.size // chunk_size):
         for c in range(clients):  # numpy's scale * receiver table entries
             for e in range(slots):
                 tables[c, e] = scales[c, k] * receiver[e]
         chunk_end = (k + 1) * chunk_size
-        for start in range(k * chunk_size, chunk_end, _TILE):
-            stop = min(start + _TILE, chunk_end)
+        for start in range(k * chunk_size, chunk_end, _SUM_TILE):
+            stop = min(start + _SUM_TILE, chunk_end)
             count = stop - start
             for c in range(clients):
-                _tile_index(index[c], shared[c], masks[c], bits, codes[c], code_width, start, count)
-                where = positions[c]
-                taken = cursor[c]
+                row = index[c]
+                codes = _bytes_at(code_addresses, c, code_bytes)
+                if next_word != 0:
+                    _draw_bytes(drawn, next_word, shared_addresses[c], count)
+                    values = drawn
+                else:
+                    values = _bytes_at(shared_addresses, c, shared_bytes)[start:stop]
+                _tile_index(row, values, masks[c], factor, codes, code_width, start, count)
+                # the next tile's codes, while this block draws and sums (each client's
+                # stream is read in short runs far apart: too late for the hardware)
+                ahead = (stop * code_width) >> 3
+                until = min(((stop + _SUM_TILE) * code_width) >> 3, code_bytes)
+                for line in range(ahead, until, 64):
+                    _prefetch(code_addresses[c] + line)
+                taken, end = cursor[c], exact_starts[c + 1]
                 slot = slots
-                while taken < where.size and where[taken] < stop:
-                    tables[c, slot] = exact[c][taken]
-                    index[c, where[taken] - start] = slot
+                while taken < end and positions[taken] < stop:
+                    tables[c, slot] = exact[taken]
+                    row[positions[taken] - start] = slot
                     taken += 1
                     slot += 1
                 cursor[c] = taken
-            for j in range(count):
-                total = accumulator[start + j]
-                for c in range(clients):
-                    total += tables[c, index[c, j]]
-                accumulator[start + j] = total
+            _tile_sum(accumulator[start:stop], tables, index, clients, count)
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
