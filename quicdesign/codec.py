@@ -106,15 +106,16 @@ def _read_legacy_head(reader: PayloadReader, magic: bytes, version: int) -> Enve
     )
 
 
-def write_header(writer, magic, table, layout, client_id, tag, num_exact) -> None:
-    """Write the envelope and the QUIC-FL head (``HEADER_SIZE`` bytes) of one payload."""
+def write_header(writer, magic, table, layout, client_id, tag, num_exact, fingerprint=None):
+    """Write the envelope and the QUIC-FL head (``HEADER_SIZE`` bytes) of one payload;
+    ``fingerprint`` is ``table.fingerprint`` when the caller has it (it hashes the table)."""
+    if fingerprint is None:
+        fingerprint = table.fingerprint
     write_envelope(
-        writer, Envelope(magic, layout.dim, client_id, tag, table_config_tag(table.fingerprint))
+        writer, Envelope(magic, layout.dim, client_id, tag, table_config_tag(fingerprint))
     )
     writer.write_bytes(
-        _QUICFL_HEAD.pack(
-            table.bits, table.shared_bits, layout.num_chunks, table.fingerprint, num_exact
-        )
+        _QUICFL_HEAD.pack(table.bits, table.shared_bits, layout.num_chunks, fingerprint, num_exact)
     )
 
 
@@ -379,6 +380,8 @@ class QuicFLEncoder:
         self._tag = _mode_round_tag(self.round_seed, self.stratified)
         self._pipeline = self.pipeline_for(self.table, self.stratified)
         self._cache: dict = {}  # the round's rotation signs, per length
+        # hashed once (16 KiB of receiver at b = 8), not twice per payload
+        self._fingerprint = self.table.fingerprint
 
     def encode(self, vector, client_id: int, rng=None) -> bytes:
         """Encode one client's vector.
@@ -425,6 +428,7 @@ class QuicFLEncoder:
             quantized.client_id,
             self._tag,
             quantized.exact_indices.size,
+            self._fingerprint,
         )
 
 
