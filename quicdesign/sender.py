@@ -380,9 +380,6 @@ class SenderRule:
         if self._state_cache is None:
             t, last = self.breakpoints, self._last_open
             num_shared, num_messages = self.num_shared, self.num_messages
-            levels = self.level_table()[: last + 1].astype(np.int64)
-            moving = self.event_shared[: last + 1, None] == np.arange(num_shared)
-            state = 2 * levels + moving  # (reachable event, h)
             dtype = next(
                 d
                 for d in (np.uint8, np.uint16, np.uint32)
@@ -403,28 +400,33 @@ class SenderRule:
             else:  # one bucket holding every value
                 per_unit, below, above = 0.0, np.zeros(1, np.intp), np.full(1, last)
             below, above = np.clip(below, 0, last), np.clip(above, 0, last)
-            start = state[below]
-            dirty = state[above] != start
-            states = (start >> 1 << 2) | (dirty << 1) | (start & 1)
             num_states = 2 * num_messages
+            states = np.empty((below.size, num_shared), dtype=dtype)
             next_threshold = np.empty((num_shared, num_states), dtype=np.float64)
-            next_state = np.empty((num_shared, num_states), dtype=np.int64)
+            next_state = np.empty((num_shared, num_states), dtype=np.intp)
             every = np.arange(num_states)
-            for h in range(num_shared):
+            levels = self.level_table()
+            for h in range(num_shared):  # one h at a time: O(E) memory
+                # h's state after each reachable event count
+                state = 2 * levels[: last + 1, h].astype(np.intp)
+                state += self.event_shared[: last + 1] == h
+                start = state[below]
+                dirty = state[above] != start
+                states[:, h] = (start >> 1 << 2) | (dirty << 1) | (start & 1)
                 # the first reachable event with a larger state than s
-                leave = np.searchsorted(state[:, h], every, side="right")
+                leave = np.searchsorted(state, every, side="right")
                 ends = leave > last
                 at = np.minimum(leave, last)
                 # NaN where s is never left: no value (not even +inf) passes it, so the
                 # kernel's steps always raise s and end
                 next_threshold[h] = np.where(ends, np.nan, np.where(leave == 0, -np.inf, t[at]))
-                next_state[h] = np.where(ends, every, state[at, h])
+                next_state[h] = np.where(ends, every, state[at])
             self._state_cache = (
                 low,
                 per_unit,
-                states.astype(dtype).reshape(-1),
+                states.reshape(-1),
                 next_threshold.reshape(-1),
-                next_state.astype(np.intp).reshape(-1),
+                next_state.reshape(-1),
                 self.event_position.astype(np.intp).reshape(-1),
             )
         return self._state_cache
