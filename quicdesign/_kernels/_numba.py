@@ -349,8 +349,9 @@ def sender_states(
     inside the bucket; a dirty state steps to ``next_state[h * S + s]`` while ``z >=
     next_threshold[h * S + s]`` (float64, exact). The moving ``h`` randomizes in event
     ``event_position[h * (K - 1) + level]`` with ``SenderRule._fraction``'s probability.
-    The first pass is one lookup in a small table per value; the flagged values (moving,
-    dirty or outside: a few percent) are finished while the tile is in L1. Returns the
+    Per tile of values: the arithmetic (vectorized), the outside values (rare), one lookup
+    in a small table per value, then the flagged ones (moving or dirty: about 1 in H)
+    while the tile is in L1. Returns the
     levels (dtype of ``message_kind``), the randomizing positions (increasing), their
     fractions, the outside positions (increasing) and their ``z``.
     """
@@ -361,6 +362,8 @@ def sender_states(
     messages = np.empty(size, dtype=message_kind.dtype)
     top = states.size // num_shared - 1
     where = np.empty(_TILE, dtype=np.uint32)
+    tile_outside = np.zeros(_TILE, dtype=np.uint8)  # read 8 at a time
+    outside_words = tile_outside.view(np.uint64)
     tile_positions = np.empty(_TILE + 1, dtype=np.uint32)
     # about one value in H randomizes: grown (rarely) when a vector has more
     randomizing = np.empty(size // num_shared + size // 64 + _TILE + 1, dtype=np.intp)
@@ -378,35 +381,43 @@ def sender_states(
             first_index = k * width + start
             tile_shared = shared[first_index : first_index + n]
             smallest, largest = 0, 0
-            for j in range(n):  # the arithmetic (vectorized); bit 31: outside
+            beyond = 0
+            for j in range(n):  # the arithmetic (vectorized)
                 z = tile[j] * factor
                 h = tile_shared[j]
                 smallest = min(smallest, h)
                 largest = max(largest, h)
-                entry = np.uint32(_bucket_of(z, low, per_unit, top) * num_shared + h)
-                where[j] = entry | (np.uint32((z < lower) | (z > upper)) << np.uint32(31))
+                where[j] = np.uint32(_bucket_of(z, low, per_unit, top) * num_shared + h)
+                out_of_bounds = np.uint8((z < lower) | (z > upper))
+                tile_outside[j] = out_of_bounds
+                beyond |= out_of_bounds
             # checked before the lookups (a raise inside the loop keeps it scalar)
             if smallest < 0 or largest >= num_shared:
                 raise IndexError("a shared value is outside [0, H)")
+            # grown here, not in the loops below: an array reassigned inside a loop costs
+            # numba an atomic reference count per iteration
+            if count + n > randomizing.size:
+                randomizing = _grown(randomizing, count, n)
+                fractions = _grown(fractions, count, n)
+            if outside + n > exact.size:
+                exact = _grown(exact, outside, n)
+                exact_z = _grown(exact_z, outside, n)
+            if beyond:  # the outside values (rare), 8 flags at a time
+                for w in range((n + 7) >> 3):
+                    if outside_words[w]:
+                        for j in range(8 * w, min(8 * w + 8, n)):
+                            if tile_outside[j]:
+                                exact[outside] = first_index + j
+                                exact_z[outside] = tile[j] * factor
+                                outside += 1
             tile_messages = messages[first_index : first_index + n]
             found = 0
             for j in range(n):  # the lookups, the flagged positions compacted branch-free
-                at = where[j]
-                entry = states[at & np.uint32(0x7FFFFFFF)]
+                entry = states[where[j]]
                 tile_messages[j] = entry >> 2
-                # moving, dirty or outside (bits 0-2; looked up again when flagged)
-                flag = np.uint32(entry & 3) | (at >> np.uint32(29))
                 tile_positions[found] = j
-                found += flag != 0
-            # grown here, not in the loops below: an array reassigned inside a loop costs
-            # numba an atomic reference count per iteration
-            if count + found > randomizing.size:
-                randomizing = _grown(randomizing, count, found)
-                fractions = _grown(fractions, count, found)
-            if outside + found > exact.size:
-                exact = _grown(exact, outside, found)
-                exact_z = _grown(exact_z, outside, found)
-            moving, outside = _tile_flagged(
+                found += (entry & 3) != 0  # moving or dirty (looked up again when flagged)
+            moving = _tile_flagged(
                 tile,
                 factor,
                 tile_messages,
@@ -417,10 +428,6 @@ def sender_states(
                 next_threshold,
                 next_state,
                 num_states,
-                exact,
-                exact_z,
-                outside,
-                first_index,
             )
             _tile_fractions(
                 tile,
@@ -441,36 +448,17 @@ def sender_states(
 
 @numba.njit(cache=True, nogil=True)
 def _tile_flagged(
-    tile,
-    factor,
-    levels,
-    shared,
-    where,
-    states,
-    positions,
-    next_threshold,
-    next_state,
-    num_states,
-    exact,
-    exact_z,
-    outside,
-    offset,
+    tile, factor, levels, shared, where, states, positions, next_threshold, next_state, num_states
 ):  # pragma: no cover - compiled
-    """:func:`sender_states`' flagged values of a tile (their flags from ``where`` and
-    ``states`` again, cheaper than storing every value's): outside ones appended to
-    ``exact``/``exact_z`` from ``outside`` on, dirty ones stepped to their state (both
-    rare), the moving ones' positions compacted to the front of ``positions``. Returns
-    the moving count and the new outside count."""
+    """:func:`sender_states`' flagged values of a tile (their flags looked up again from
+    ``where`` and ``states``, cheaper than storing every value's): dirty ones stepped to
+    their state (rare), the moving ones' positions compacted to the front of
+    ``positions``. Returns the moving count."""
     moving = 0
     stride = np.uintp(num_states)
     for f in range(positions.size):
         j = np.uintp(positions[f])
-        at = where[j]
-        flag = np.uint8(states[at & np.uint32(0x7FFFFFFF)] & 3) | np.uint8(at >> np.uint32(29))
-        if flag & 4:
-            exact[outside] = offset + np.intp(j)
-            exact_z[outside] = tile[j] * factor
-            outside += 1
+        flag = np.uint8(states[where[j]] & 3)
         if flag & 2:
             value = np.float64(tile[j] * factor)
             base = np.uintp(shared[j]) * stride
@@ -481,7 +469,7 @@ def _tile_flagged(
             flag = np.uint8(state & np.uintp(1))
         positions[moving] = j
         moving += flag & 1
-    return moving, outside
+    return moving
 
 
 @numba.njit(cache=True, nogil=True)
