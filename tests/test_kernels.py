@@ -356,6 +356,17 @@ def test_fused_sign_flip_and_transform_match_the_separate_kernels(dtype):
                 assert np.array_equal(peaks, expected_peaks, equal_nan=True), (width, size)
                 fused = (fused_chunks, fused_scratch)[which]
                 assert fused.tobytes() == expected.tobytes(), (width, size)
+                # the encoder's int8 signs widen exactly: the same bits
+                narrow = signs.astype(np.int8)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    narrow_bits, which = kernels.signed_butterflies(
+                        values, values.view(unsigned), narrow, fused_chunks, fused_scratch, factor
+                    )
+                assert narrow_bits.tobytes() == peak_bits.tobytes(), (width, size)
+                fused = (fused_chunks, fused_scratch)[which]
+                assert fused.tobytes() == expected.tobytes(), (width, size)
+                narrow_peaks = kernels.signed_chunk_peaks(values, narrow, chunks)
+                assert np.array_equal(narrow_peaks, expected_peaks, equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -630,6 +630,7 @@ def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # p
     """
     rows, width = source.shape
     size = values.size
+    kind = source.dtype.type  # int8 signs widen exactly
     log_n = 0
     while (1 << (log_n + 1)) <= width:
         log_n += 1
@@ -665,10 +666,10 @@ def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # p
                     max(vb[2 * quarter + j] & magnitude, vb[3 * quarter + j] & magnitude),
                 ),
             )
-            a = v[j] * s[j]
-            b = v[quarter + j] * s[quarter + j]
-            c = v[2 * quarter + j] * s[2 * quarter + j]
-            e = v[3 * quarter + j] * s[3 * quarter + j]
+            a = v[j] * kind(s[j])
+            b = v[quarter + j] * kind(s[quarter + j])
+            c = v[2 * quarter + j] * kind(s[2 * quarter + j])
+            e = v[3 * quarter + j] * kind(s[3 * quarter + j])
             sum_low, diff_low = a + b, a - b
             sum_high, diff_high = c + e, c - e
             write[4 * j] = (sum_low + sum_high) * f
@@ -694,7 +695,7 @@ def signed_chunk_peaks(values, signs, chunks):  # pragma: no cover - compiled
         peak = values.dtype.type(0)
         unordered = False  # numpy's max propagates NaN
         for j in range(max(stop - start, 0)):
-            flipped = values[start + j] * signs[start + j]
+            flipped = values[start + j] * values.dtype.type(signs[start + j])
             row[j] = flipped
             peak = max(peak, abs(flipped))
             unordered |= flipped != flipped
