@@ -17,7 +17,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["rans_lanes_encode", "rans_wide_decode"]
+__all__ = ["rans_check_sum", "rans_lanes_encode", "rans_wide_decode"]
 
 # quicdesign._rans wide format constants (checked equal by tests/test_rans.py)
 _WIDE_LANES = 64  # most lanes (a row reads at most one word per lane)
@@ -25,6 +25,8 @@ _WIDE_PROB_BITS = 12
 _STATE_LOW = 1 << 16
 _GROUP = 16  # lanes per vector
 _OK, _TRUNCATED = 0, 1
+_CHECK_STEP = 0x9E3779B97F4A7C15  # the stream check's constants (_rans.stream_check)
+_MIX_MULTIPLIERS = (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53)
 
 _I1, _I8, _I16, _I32, _I64 = (ir.IntType(bits) for bits in (1, 8, 16, 32, 64))
 # the gather is named by its pointer type: opaque pointers (llvmlite >= 0.45 always,
@@ -251,3 +253,20 @@ def rans_lanes_encode(symbols, model_of, freq, cum, lanes, prob_bits):  # pragma
     for j in range(emitted):
         words[j] = pushed[emitted - 1 - j]
     return states.astype(np.uint32), words
+
+
+@numba.njit(cache=True, nogil=True)
+def rans_check_sum(values, first):  # pragma: no cover - compiled
+    """``_rans._check_sum_numpy``: ``sum(fmix64(values[i] + (first + i + 1) * step))``
+    modulo ``2**64`` (independent terms: the loop vectorizes)."""
+    total = np.uint64(0)
+    step = np.uint64(_CHECK_STEP)
+    for i in range(values.size):
+        z = values[i] + np.uint64(first + i + 1) * step
+        z ^= z >> np.uint64(33)
+        z *= np.uint64(_MIX_MULTIPLIERS[0])
+        z ^= z >> np.uint64(33)
+        z *= np.uint64(_MIX_MULTIPLIERS[1])
+        z ^= z >> np.uint64(33)
+        total += z
+    return total
