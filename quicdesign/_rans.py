@@ -314,17 +314,27 @@ _NOTHING_SKIPPED = np.zeros(0, dtype=np.intp)
 
 
 def decode_wide_skipping(
-    compiled, model, states, words, model_of, skipped, lanes, model_mask=0xFF
+    compiled, model, states, words, model_of, skipped, lanes, model_mask=0xFF, out=None
 ) -> np.ndarray:
     """The compiled wide decoder: one symbol per entry of ``model_of`` (uint8 model
     indices, validated once masked with ``model_mask``), 0 at the ``skipped`` positions
     (validated: increasing, in range), which code nothing; PayloadError unless the
-    stream of ``lanes`` states is exactly theirs."""
+    stream of ``lanes`` states is exactly theirs. ``out``: a writable contiguous uint8
+    array of ``model_of.size`` for the symbols (returned), else a new one."""
     states = _check_states(states, lanes)
     words = np.ascontiguousarray(words, dtype=np.uint16)
     model_of = model_of.astype(np.uint8, copy=False)
+    if out is None:
+        out = np.empty(model_of.size, dtype=np.uint8)
+    elif not (
+        out.dtype == np.uint8
+        and out.shape == model_of.shape
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        raise ValueError("out must be a writable contiguous uint8 array, one entry per symbol")
     symbols, end_states, position, status = compiled.rans_wide_decode(
-        states, words, model_of, model_mask, model.wide_entries, skipped
+        states, words, model_of, model_mask, model.wide_entries, skipped, out
     )
     if status != OK:
         raise PayloadError(FAILURES[status])

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
+import weakref
 
 import numpy as np
 
@@ -38,7 +39,6 @@ from .codec import (
     write_header,
 )
 from .errors import ParameterError, PayloadError
-from .randomness import key_stream_bytes
 from .stages import Pipeline, RandomizedHadamard
 from .table import Table
 
@@ -95,6 +95,32 @@ def _stream_digest(states: np.ndarray, words: np.ndarray, version: int = _RANS_V
     digest.update(np.ascontiguousarray(states, dtype="<u4"))
     digest.update(np.ascontiguousarray(words, dtype="<u2"))
     return digest.digest()
+
+
+_SLAB = "entropy decode buffers"
+_SLAB_CLIENTS = 8  # clients per allocation (a block of add_many)
+
+
+def _client_buffers(cache: dict, size: int):
+    """One client's h (``size`` rounded up to whole 8-byte words) and symbol arrays,
+    cut from a slab shared with the next clients (weakly held in the aggregator's
+    ``cache``: it lives while their contributions do).
+
+    One allocation of 16 MiB at d = 2**20 (numpy asks for huge pages from 4 MiB on)
+    instead of two 1 MiB arrays per client: when the allocator has returned those to the
+    system, refaulting them 4 KiB at a time cost ~1.4 ms per client (``bench runtime``,
+    b = 4), more than decoding them.
+    """
+    words = -(-size // 8) * 8
+    per_client = words + size
+    entry = cache.get(_SLAB)
+    slab = entry[0]() if entry is not None else None
+    used = entry[1] if entry is not None else 0
+    if slab is None or used == _SLAB_CLIENTS or slab.size != per_client * _SLAB_CLIENTS:
+        slab, used = np.empty(per_client * _SLAB_CLIENTS, dtype=np.uint8), 0
+    cache[_SLAB] = (weakref.ref(slab), used + 1)
+    piece = slab[per_client * used : per_client * (used + 1)]
+    return piece[:words], piece[words:]
 
 
 def _require_code_model(table: Table) -> None:
@@ -285,12 +311,14 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         every_row = model.num_models == 1 << self.table.shared_bits
         if kernels is not None and every_row and _rans.has_wide_entries(model):
             shared, mask, key = self._shared_bytes(state, dim)
+            drawn, codes = _client_buffers(state.cache, dim)
             if shared is None:  # the decoder reads every byte before the sum: draw them
-                shared = key_stream_bytes(key, dim)
+                kernels.draw_stream_bytes(key, drawn)
+                shared = drawn
             shared = shared[:dim]  # whole Philox words: up to 7 bytes more
             positions = exact_indices.astype(np.intp)
             codes = _rans.decode_wide_skipping(
-                kernels, model, states, stream, shared, positions, lanes, mask
+                kernels, model, states, stream, shared, positions, lanes, mask, out=codes
             )
             return codes, shared, mask
         shared = self._shared(state, dim)

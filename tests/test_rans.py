@@ -539,3 +539,18 @@ def test_a_vector_kernel_that_llvmlite_refuses_falls_back(monkeypatch):
     monkeypatch.setattr(_rans_wide, "_fallback", None)
     with pytest.warns(RuntimeWarning, match="could not be built"):
         assert _wide_decoder_results(model, 16, 5) == expected
+
+
+def test_wide_decoder_output_array_is_checked():
+    model, symbols, model_of = _wide_case(4, 8, 100, 2)
+    states, words = _rans.encode(model, symbols, model_of, lanes=16)
+    out = np.full(100, 77, dtype=np.uint8)
+    decoded = _rans.decode_wide_skipping(
+        numba_kernels, model, states, words, model_of, _rans._NOTHING_SKIPPED, 16, out=out
+    )
+    assert decoded is out and out.tobytes() == symbols.tobytes()
+    for bad in (np.empty(99, np.uint8), np.empty(100, np.int16), np.empty(200, np.uint8)[::2]):
+        with pytest.raises(ValueError, match="out must be"):
+            _rans.decode_wide_skipping(
+                numba_kernels, model, states, words, model_of, _rans._NOTHING_SKIPPED, 16, out=bad
+            )

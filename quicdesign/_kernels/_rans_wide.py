@@ -166,7 +166,7 @@ def _scalar_step(x, lane, h, entries, words, position):  # pragma: no cover - co
     return np.uint8(entry & np.uint64(0xFF)), position
 
 
-def rans_wide_decode(states, words, model_of, model_mask, entries, skipped):
+def rans_wide_decode(states, words, model_of, model_mask, entries, skipped, symbols):
     """``_rans._decode_numpy`` of the wide format: ``(symbols, states, position, status)``.
 
     Runs :func:`_vector_wide_decode`; if that kernel cannot be built (its LLVM IR on
@@ -177,7 +177,9 @@ def rans_wide_decode(states, words, model_of, model_mask, entries, skipped):
     global _fallback
     if _fallback is None:
         try:
-            return _vector_wide_decode(states, words, model_of, model_mask, entries, skipped)
+            return _vector_wide_decode(
+                states, words, model_of, model_mask, entries, skipped, symbols
+            )
         except Exception as exc:  # noqa: BLE001 - any failure to build the vector kernel
             warnings.warn(
                 f"the vector rANS decoder could not be built ({type(exc).__name__}: {exc}); "
@@ -186,7 +188,7 @@ def rans_wide_decode(states, words, model_of, model_mask, entries, skipped):
                 stacklevel=2,
             )
             _fallback = _lane_by_lane_decoder()
-    return _fallback(states, words, model_of, model_mask, entries, skipped)
+    return _fallback(states, words, model_of, model_mask, entries, skipped, symbols)
 
 
 _fallback = None  # the lane-by-lane decoder once the vector one failed to build
@@ -226,23 +228,24 @@ def _decode_group_scalar(
 
 
 @numba.njit(cache=True, nogil=True)
-def _vector_wide_decode(states, words, model_of, model_mask, entries, skipped):  # pragma: no cover
+def _vector_wide_decode(
+    states, words, model_of, model_mask, entries, skipped, symbols
+):  # pragma: no cover - compiled
     """:func:`rans_wide_decode` with rows of lanes as vectors of 16.
 
-    ``symbols`` has ``model_of.size`` entries: 0 at the ``skipped`` positions (strictly
-    increasing, in range), the decoded symbols in order at the others (coded with the
-    model ``model_of`` has there), so a caller needs no pass to drop or refill exact
-    positions. ``entries[h << 12 | slot]`` is ``symbol | freq << 8 | (slot - cum) << 20``;
-    the model of position ``i`` is ``model_of[i] & model_mask``, validated (below
-    ``entries.size >> 12``: raw shared-randomness bytes need no masked copy); ``states.size``
-    lanes, a multiple of 16 up to 64. A row of lanes runs as vectors of 16 when no
-    skipped position falls inside it and its words cannot run past the stream, else lane
-    by lane with the same arithmetic.
+    ``symbols`` (``model_of.size`` entries, written and returned) gets 0 at the
+    ``skipped`` positions (strictly increasing, in range), the decoded symbols in order
+    at the others (coded with the model ``model_of`` has there), so a caller needs no
+    pass to drop or refill exact positions. ``entries[h << 12 | slot]`` is ``symbol |
+    freq << 8 | (slot - cum) << 20``; the model of position ``i`` is ``model_of[i] &
+    model_mask``, validated (below ``entries.size >> 12``: raw shared-randomness bytes
+    need no masked copy); ``states.size`` lanes, a multiple of 16 up to 64. A row of
+    lanes runs as vectors of 16 when no skipped position falls inside it and its words
+    cannot run past the stream, else lane by lane with the same arithmetic.
     """
     lanes = states.size
     size = model_of.size
     count = size - skipped.size
-    symbols = np.empty(size, dtype=np.uint8)
     available = words.size
     x = states.copy()
     position = 0
