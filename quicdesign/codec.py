@@ -421,6 +421,9 @@ class QuicFLEncoder:
         self._cache: dict = {WORKSPACE_KEY: Workspace()}
         # hashed once (16 KiB of receiver at b = 8), not twice per payload
         self._fingerprint = self.table.fingerprint
+        # the rotation's first pass finds NaN and inf itself: no pass of its own for them
+        first = self._pipeline.stages[0]
+        self._check_finite = not getattr(first, "refuses_non_finite", False)
 
     def encode(self, vector, client_id: int, rng=None) -> bytes:
         """Encode one client's vector.
@@ -441,7 +444,8 @@ class QuicFLEncoder:
             The payload (``docs/wire-format.md``).
         """
         client_id = check_client_id(client_id)
-        sides = self._apply(as_client_vector(vector), client_id, rng)
+        flat = as_client_vector(vector, check_finite=self._check_finite)
+        sides = self._apply(flat, client_id, rng)
         quantized = sides[-1]
         writer = PayloadWriter()
         self._write_header(writer, quantized, self._magic)

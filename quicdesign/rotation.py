@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from quicdesign._kernels import compiled_kernels
-from quicdesign._validate import check_dim
+from quicdesign._validate import check_dim, check_finite_vector
 from quicdesign._workspace import work_array
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError
 
@@ -426,7 +426,8 @@ def scaled_rotate(x, signs, layout):
     ``x``: ``3e38`` in float32, ``1e308`` in float64 and subnormals alike. When the
     largest ``|x|`` of every nonzero chunk lies in ``[2**-60, 2**60]`` all exponents are
     0 (no extra pass over the data); otherwise each nonzero chunk is scaled so its
-    largest magnitude lies in ``[0.5, 1)``.
+    largest magnitude lies in ``[0.5, 1)``. A NaN or infinite ``x`` is refused
+    (``InputVectorError`` naming the first such index), found from the chunk peaks.
 
     Returns
     -------
@@ -482,6 +483,8 @@ def _scaled_rotate(x, signs, layout, generated_signs=False, workspace=None):
         # two reductions, no |x| temporary (NaN propagates through both)
         largest = np.maximum(np.max(chunks, axis=1), -np.min(chunks, axis=1))
         largest = largest.astype(np.float64)
+    if not np.all(np.isfinite(largest)):  # a chunk peak is NaN or inf: so is a value
+        check_finite_vector(arr.reshape(-1))
     exponents = np.zeros(layout.num_chunks, dtype=np.int64)
     low, high = _UNSCALED_RANGE
     nonzero = largest > 0

@@ -461,6 +461,9 @@ class RandomizedHadamard(Stage):
         ``(round_seed, client_id, client_purpose)`` instead of the round's.
     """
 
+    #: ``apply`` refuses a NaN or infinite input (from the chunk peaks of its first pass)
+    refuses_non_finite = True
+
     def __init__(self, scaled=False, client_purpose=None):
         self.scaled = scaled
         self.client_purpose = client_purpose

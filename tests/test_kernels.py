@@ -4,7 +4,14 @@ numpy path, and add_many is exactly a loop of add (same bits, same refusals)."""
 import numpy as np
 import pytest
 
-from quicdesign import ParameterError, PayloadError, QuicFLAggregator, QuicFLEncoder, load_table
+from quicdesign import (
+    InputVectorError,
+    ParameterError,
+    PayloadError,
+    QuicFLAggregator,
+    QuicFLEncoder,
+    load_table,
+)
 from quicdesign._kernels import KERNELS_ENV, compiled_kernels
 from quicdesign._wire import pack_codes
 from quicdesign.codec import _row_square_sums
@@ -60,9 +67,10 @@ def test_compiled_sums_are_bit_identical_to_numpy(monkeypatch, bits, dim):
 
 
 def _sums(monkeypatch, make, payloads, weights):
-    """The states of a loop of add (numpy), add_many (numpy) and add_many (compiled)."""
+    """The states of a loop of add (numpy), add_many (numpy), add_many (compiled) and a
+    loop of add (compiled), the last two only if equal (then given once)."""
     states = []
-    for kernels, batched in (("numpy", False), ("numpy", True), ("auto", True)):
+    for kernels, batched in (("numpy", False), ("numpy", True), ("auto", True), ("auto", False)):
         monkeypatch.setenv(KERNELS_ENV, kernels)
         aggregator = make()
         if batched:
@@ -71,7 +79,8 @@ def _sums(monkeypatch, make, payloads, weights):
             for payload, weight in zip(payloads, weights, strict=True):
                 aggregator.add(payload, weight)
         states.append(_state(aggregator) + (aggregator.result().tobytes(),))
-    return states
+    assert states[3] == states[2]
+    return states[:3]
 
 
 @pytest.mark.parametrize("rate", [1, 2, 4])
@@ -513,3 +522,25 @@ def test_position_kernels_drop_and_refill_like_a_boolean_mask():
         expected = np.zeros_like(values)
         expected[keep] = values[keep]
         assert kernels.insert_zeros(dropped, positions, values.size).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("kernels", ["numpy", "auto"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dim", [1, 3, 1000, 5000])
+def test_encoder_refuses_non_finite_values_found_by_the_rotation(monkeypatch, kernels, dtype, dim):
+    """The encoder leaves NaN/inf to the rotation's chunk peaks (no pass of its own):
+    each is still refused, naming the first bad index, on both paths."""
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    encoder = QuicFLEncoder(load_table(2), ROUND)
+    rng = np.random.default_rng(dim)
+    for bad in (np.nan, np.inf, -np.inf):
+        for first in {0, dim // 2, dim - 1}:
+            x = rng.standard_normal(dim).astype(dtype)
+            x[first] = bad
+            x[first + 1 :: 7] = np.nan  # later bad values do not change the message
+            with pytest.raises(InputVectorError, match=f"non-finite value .* at index {first}$"):
+                encoder.encode(x, 0, rng=1)
+    # finite extremes still encode (the peaks' check refuses only NaN and inf)
+    x = np.full(dim, np.finfo(dtype).tiny, dtype=dtype)
+    x[::256] = min(float(np.finfo(dtype).max), 1e30)
+    assert len(encoder.encode(x, 0, rng=1)) > 0
