@@ -41,7 +41,7 @@ from ._validate import (
     check_round_seed,
 )
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
-from ._workspace import WORKSPACE_KEY, Workspace
+from ._workspace import WORKSPACE_KEY, Workspace, work_array
 from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import ROTATED, check_input_model
 from .randomness import (
@@ -261,8 +261,20 @@ class QuicFLQuantize(Stage):
         self._receiver_peak = float(np.max(np.abs(self._flat_receiver)))
 
     def _shared(self, state, count):
+        workspace = state.cache.get(WORKSPACE_KEY)
+        kernels = compiled_kernels()
+        bits = self.table.shared_bits
+        if workspace is not None and kernels is not None and bits and not self.stratified:
+            # an encoder's h in its work array (shared_values' bytes, drawn in place): two
+            # fresh megabytes per 2**20 encode otherwise, which the allocator may hand
+            # back to the system between calls (page faults cost more than the draw)
+            stream = work_array(workspace, "shared h", -(-count // 8) * 8, np.uint8)
+            key = derive_key(state.round_seed, state.client_id, PURPOSE_SHARED_H)
+            kernels.draw_stream_bytes(key, stream)
+            shared = stream[:count]
+            return np.bitwise_and(shared, np.uint8((1 << bits) - 1), out=shared)
         return _client_shared_values(
-            state.round_seed, state.client_id, self.table.shared_bits, count, self.stratified
+            state.round_seed, state.client_id, bits, count, self.stratified
         )
 
     def apply(self, x, state):
