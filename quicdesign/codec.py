@@ -300,7 +300,13 @@ class QuicFLQuantize(Stage):
             )
         else:
             codes, exact, values = sender.sample_rows(
-                kernels, rotated, factors, self.table.support, shared, rng
+                kernels,
+                rotated,
+                factors,
+                self.table.support,
+                shared,
+                rng,
+                state.cache.get(WORKSPACE_KEY),
             )
         return _with_exact_tail(state, layout, norms32, shared, codes, exact, values)
 

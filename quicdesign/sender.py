@@ -328,7 +328,7 @@ class SenderRule:
             draws = np.asarray(uniforms)[randomizing]
         messages[randomizing] += (draws < fraction).astype(messages.dtype)
 
-    def sample_rows(self, kernels, rows, factors, bounds, shared, rng):
+    def sample_rows(self, kernels, rows, factors, bounds, shared, rng, workspace=None):
         """Compiled: :meth:`sample` of ``z = (rows * factors[:, None]).reshape(-1)`` and
         the positions of ``z`` outside ``bounds``, without materializing ``z``.
 
@@ -347,6 +347,9 @@ class SenderRule:
             Shared values ``h``.
         rng : numpy.random.Generator
             Draws the private uniforms (the same draws as :meth:`sample`).
+        workspace : quicdesign._workspace.Workspace, optional
+            Work arrays for the levels, the randomizing positions and the draws (fresh
+            arrays without); the returned arrays may then be views of it.
 
         Returns
         -------
@@ -359,17 +362,29 @@ class SenderRule:
         """
         compare = np.result_type(rows.dtype, *bounds)  # numpy's loop for ``z < lower``
         messages, randomizing, fraction, outside, outside_values = self._states_compiled(
-            kernels, rows, factors, compare.type(bounds[0]), compare.type(bounds[1]), shared
+            kernels,
+            rows,
+            factors,
+            compare.type(bounds[0]),
+            compare.type(bounds[1]),
+            shared,
+            workspace,
         )
         if randomizing.size:
             # numpy's draws (the same stream as sample's), applied in one compiled pass
-            kernels.flip_coins(messages, randomizing, fraction, rng.random(randomizing.size))
+            # a little spare room: the count varies from call to call
+            spare = randomizing.size + randomizing.size // 8 + 1024
+            draws = work_array(workspace, "sender draws", spare, np.float64)[: randomizing.size]
+            kernels.flip_coins(messages, randomizing, fraction, rng.random(out=draws))
         return messages, outside, outside_values
 
-    def _states_compiled(self, kernels, rows, factors, lower, upper, shared):
-        """``kernels.sender_states`` of ``rows * factors[:, None]`` with this rule's tables."""
+    def _states_compiled(self, kernels, rows, factors, lower, upper, shared, workspace=None):
+        """``kernels.sender_states`` of ``rows * factors[:, None]`` with this rule's tables
+        (its output and work arrays from ``workspace`` when given)."""
         low, per_unit, *tables = self._state_tables()
         kind = rows.dtype.type
+        size = rows.size
+        work = kernels.sender_work_size(size, self.num_shared)
         return kernels.sender_states(
             rows,
             factors,
@@ -381,7 +396,9 @@ class SenderRule:
             self.num_shared,
             *tables,
             self.breakpoints,
-            np.empty(0, self.level_table().dtype),
+            work_array(workspace, "sender levels", size, self.level_table().dtype),
+            work_array(workspace, "sender randomizing", work, np.intp),
+            work_array(workspace, "sender fractions", work, np.float64),
         )
 
     def _sample_compiled(self, kernels, values, shared):

@@ -325,6 +325,12 @@ def _bucket_of(value, low, per_unit, top):  # pragma: no cover - compiled
     return np.intp(0)
 
 
+def sender_work_size(size, num_shared):
+    """Length of :func:`sender_states`' randomizing work arrays for ``size`` values: about
+    one value in ``num_shared`` randomizes (the arrays grow when a vector has more)."""
+    return size // num_shared + size // 64 + _TILE + 1
+
+
 @numba.njit(cache=True, nogil=True)
 def sender_states(
     rows,
@@ -340,7 +346,9 @@ def sender_states(
     next_state,
     event_position,
     breakpoints,
-    message_kind,
+    messages,
+    randomizing,
+    fractions,
 ):  # pragma: no cover - compiled
     """The QUIC-FL sender on ``z = (rows * factors[:, None]).reshape(-1)`` without
     materializing ``z``: the levels before the coin flips, the randomizing positions
@@ -356,23 +364,23 @@ def sender_states(
     ``event_position[h * (K - 1) + level]`` with ``SenderRule._fraction``'s probability.
     Per tile of values: the arithmetic (vectorized), the outside values (rare), one lookup
     in a small table per value, then the flagged ones (moving or dirty: about 1 in H)
-    while the tile is in L1. Returns the
-    levels (dtype of ``message_kind``), the randomizing positions (increasing), their
-    fractions, the outside positions (increasing) and their ``z``.
+    while the tile is in L1. ``messages`` (``rows.size`` values) receives the levels;
+    ``randomizing`` and ``fractions`` (one size, at least :func:`sender_work_size`) are
+    work arrays, replaced by larger ones when a vector has more randomizing values. Returns
+    the levels (``messages``), the randomizing positions (increasing), their fractions,
+    the outside positions (increasing) and their ``z``.
     """
     width = rows.shape[1]
     size = rows.shape[0] * width
     num_states = next_state.size // num_shared
     pieces = event_position.size // num_shared
-    messages = np.empty(size, dtype=message_kind.dtype)
+    if messages.size != size or randomizing.size != fractions.size:
+        raise ValueError("sender work arrays of the wrong size")
     top = states.size // num_shared - 1
     where = np.empty(_TILE, dtype=np.uint32)
     tile_outside = np.zeros(_TILE, dtype=np.uint8)  # read 8 at a time
     outside_words = tile_outside.view(np.uint64)
     tile_positions = np.empty(_TILE + 1, dtype=np.uint32)
-    # about one value in H randomizes: grown (rarely) when a vector has more
-    randomizing = np.empty(size // num_shared + size // 64 + _TILE + 1, dtype=np.intp)
-    fractions = np.empty(randomizing.size, dtype=np.float64)
     exact = np.empty(size // 256 + 64, dtype=np.intp)
     exact_z = np.empty(exact.size, dtype=rows.dtype)
     count = 0
