@@ -90,6 +90,26 @@ def test_compiled_entropy_sums_are_bit_identical_to_numpy(monkeypatch, rate):
     assert compiled == loop == batch
 
 
+def test_compiled_add_many_sums_every_entropy_version_like_a_loop(monkeypatch):
+    # versions 3 (constriction), 4 and 5 mixed in one kernel block: each decoder's codes
+    # reach the server kernel as one byte per code
+    pytest.importorskip("constriction")
+    table = load_entropy_table(2)
+    rng = np.random.default_rng(3)
+    dim = 3001
+    payloads = []
+    for client, version in enumerate([3, 4, 5, 3, 5, 4, 3]):
+        encoder = QuicFLEntropyEncoder(table, ROUND)
+        encoder._wire_version = version
+        vector = rng.standard_t(2, dim).astype(np.float32)
+        payloads.append(encoder.encode(vector, client, rng=rng))
+    weights = rng.uniform(0.5, 3.0, len(payloads))
+    loop, batch, compiled = _sums(
+        monkeypatch, lambda: QuicFLEntropyAggregator(table, ROUND, dim), payloads, weights
+    )
+    assert compiled == loop == batch
+
+
 @pytest.mark.filterwarnings("error")  # numba warns when it casts a read-only array
 @pytest.mark.parametrize("bits", [1, 3, 8])
 def test_compiled_stratified_sums_are_bit_identical_to_numpy(monkeypatch, bits):
