@@ -489,3 +489,45 @@ def test_position_kernels_drop_and_refill_like_a_boolean_mask():
         expected = np.zeros_like(values)
         expected[keep] = values[keep]
         assert kernels.insert_zeros(dropped, positions, values.size).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("kernels", "batched"), [("numpy", False), ("numpy", True), ("auto", True)]
+)
+def test_threads_sharing_an_aggregator_cannot_add_a_client_twice(monkeypatch, kernels, batched):
+    # two threads validate the same client before either commits (a barrier holds them
+    # there): the client is checked again when committed, so exactly one of them is added
+    import threading
+
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    table, payloads = _payloads(2, 3000, 1.0, count=1)
+    expected = _aggregate(monkeypatch, "numpy", table, 3000, payloads, [1.0], batched=False)
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    aggregator = QuicFLAggregator(table, ROUND, 3000)
+    validated = aggregator._contribution
+    both_validated = threading.Barrier(2, timeout=30)
+
+    def contribution(payload, weight):
+        result = validated(payload, weight)
+        both_validated.wait()
+        return result
+
+    aggregator._contribution = contribution
+    refusals = []
+
+    def add():
+        try:
+            if batched:
+                aggregator.add_many(payloads)
+            else:
+                aggregator.add(payloads[0])
+        except PayloadError as exc:
+            refusals.append(str(exc))
+
+    threads = [threading.Thread(target=add) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(refusals) == 1 and "already added" in refusals[0]
+    assert _state(aggregator) == _state(expected)
