@@ -531,3 +531,63 @@ def test_threads_sharing_an_aggregator_cannot_add_a_client_twice(monkeypatch, ke
         thread.join(60)
     assert len(refusals) == 1 and "already added" in refusals[0]
     assert _state(aggregator) == _state(expected)
+
+
+@pytest.mark.parametrize("code_width", [1, 2])
+def test_server_tile_index_big_endian_fallback_matches_the_spread_codes(monkeypatch, code_width):
+    # the 1- and 2-bit multiply spread is for little-endian hosts only; the fallback loops
+    # (taken on big-endian hosts) run here as Python and must build the same indices
+    from quicdesign._kernels import _numba
+
+    rng = np.random.default_rng(code_width)
+    count, start = 4096, 4096
+    codes = rng.integers(0, 1 << code_width, 3 * count, dtype=np.uint8)
+    packed = np.frombuffer(pack_codes(codes, code_width), np.uint8)
+    values = rng.integers(0, 256, count, dtype=np.uint8)
+    args = (values, 0x1F, 1 << code_width, packed, code_width, start, count)
+    compiled = np.zeros(count, np.uint16)
+    _numba._tile_index(compiled, *args)
+    results = []
+    for little in (True, False):
+        monkeypatch.setattr(_numba, "_LITTLE_ENDIAN", little)
+        out = np.zeros(count, np.uint16)
+        _numba._tile_index.py_func(out, *args)
+        results.append(out)
+    expected = (values & 0x1F).astype(np.uint16) * (1 << code_width) + codes[start : start + count]
+    for out in (compiled, *results):
+        assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("code_width", [1, 3, 8])
+def test_server_kernel_with_every_coordinate_exact(code_width):
+    # a whole tile of exact values fills every extra slot after the client's table
+    from quicdesign.stages import GatheredContribution
+
+    rng = np.random.default_rng(code_width)
+    chunk_size, chunks = 8192, 2
+    size = chunk_size * chunks
+    receiver = rng.standard_normal(1 << (code_width + 2))
+    accumulator = rng.standard_normal(size)
+    expected = accumulator.copy()
+    gathered = []
+    for client in range(5):
+        everything = client % 2 == 0
+        positions = np.arange(size) if everything else np.arange(1, size, 2)
+        codes = rng.integers(0, 1 << code_width, size, dtype=np.uint8)
+        g = GatheredContribution(
+            receiver,
+            rng.uniform(0.1, 10.0, chunks),
+            chunk_size,
+            code_width,
+            np.frombuffer(pack_codes(codes, code_width), np.uint8) if code_width < 8 else codes,
+            code_width,
+            None,
+            3,
+            positions.astype(np.uint32),
+            rng.standard_normal(positions.size),
+            int(rng.integers(0, 2**63)) << 64 | client,
+        )
+        gathered.append(g)
+        expected += g.materialize()
+    compiled_kernels().accumulate_gathered(accumulator, gathered)
+    assert accumulator.tobytes() == expected.tobytes()
