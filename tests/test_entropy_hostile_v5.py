@@ -131,3 +131,23 @@ def test_refusal_inside_add_many_keeps_the_earlier_payloads_only(monkeypatch):
             with pytest.raises(PayloadError, match="payload 5 "):
                 aggregator.add_many(payloads[:5] + [bad] + payloads[6:])
             assert _state(aggregator) == _state(expected), (kernels, name)
+
+
+@pytest.mark.parametrize(
+    ("dim", "coded", "lanes"),
+    [(2**19, 3 * 2**17 - 1, 16), (2**19, 3 * 2**17, 32), (2**20, 7 * 2**17, 64)],
+)
+def test_lane_count_at_its_rounding_bounds(monkeypatch, dim, coded, lanes):
+    # the documented lane count of m coded symbols, read by both servers alike
+    from .test_entropy_doc_decoder import _doc_decode
+
+    table = load_entropy_table(1)
+    payloads = [_crafted(table, dim, c, dim - coded) for c in range(2)]
+    assert _doc_decode(payloads[0], table, dim)[5] == lanes
+    states = []
+    for kernels in PATHS:
+        monkeypatch.setenv(KERNELS_ENV, kernels)
+        aggregator = QuicFLEntropyAggregator(table, ROUND, dim)
+        aggregator.add_many(payloads)
+        states.append(_state(aggregator))
+    assert all(s == states[0] for s in states)
