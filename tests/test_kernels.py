@@ -591,3 +591,30 @@ def test_server_kernel_with_every_coordinate_exact(code_width):
         expected += g.materialize()
     compiled_kernels().accumulate_gathered(accumulator, gathered)
     assert accumulator.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("kernels", ["numpy", "auto"])
+def test_payload_buffers_changed_after_validation_do_not_change_the_sum(monkeypatch, kernels):
+    # the compiled server reads codes by address: a writable payload (bytearray, uint8
+    # array) is copied when read, so zeroing or emptying it between its validation and
+    # the block's sum changes nothing
+    table, payloads = _payloads(3, 3000, 1.0, count=10)
+    expected = _aggregate(monkeypatch, "numpy", table, 3000, payloads, [1.0] * 10, False)
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    aggregator = QuicFLAggregator(table, ROUND, 3000)
+    validated = aggregator._contribution
+
+    def contribution(payload, weight):
+        result = validated(payload, weight)
+        if isinstance(payload, bytearray):
+            del payload[:]  # resized: its old memory may be freed
+        else:
+            payload[:] = 0
+        return result
+
+    aggregator._contribution = contribution
+    writable = [
+        bytearray(p) if c % 2 else np.frombuffer(p, np.uint8).copy() for c, p in enumerate(payloads)
+    ]
+    aggregator.add_many(writable)
+    assert _state(aggregator) == _state(expected)
