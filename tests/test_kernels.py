@@ -618,3 +618,39 @@ def test_payload_buffers_changed_after_validation_do_not_change_the_sum(monkeypa
     ]
     aggregator.add_many(writable)
     assert _state(aggregator) == _state(expected)
+
+
+def test_server_kernel_refuses_contributions_it_would_read_past():
+    # the kernel reads by address without bounds checks: too few code or shared bytes,
+    # scales for another length or an exact position outside the sum are refused first
+    from quicdesign.stages import GatheredContribution
+
+    size, chunk_size = 8192, 4096
+
+    def gathered(codes=size // 4, shared=size, chunks=2, last=size - 1, key=None, values=2):
+        return GatheredContribution(
+            np.ones(1 << 4),
+            np.ones(chunks),
+            chunk_size,
+            2,
+            np.zeros(codes, np.uint8),
+            2,
+            None if key is not None else np.zeros(shared, np.uint8),
+            3,
+            np.array([0, last], np.uint32),
+            np.ones(values),
+            key,
+        )
+
+    accumulator = np.zeros(size)
+    compiled_kernels().accumulate_gathered(accumulator, [gathered(), gathered(key=5)])
+    assert accumulator[0] == accumulator[-1] == 2.0
+    for bad in (
+        gathered(codes=size // 4 - 1),
+        gathered(shared=size - 1),
+        gathered(chunks=1),
+        gathered(last=size),
+        gathered(values=1),
+    ):
+        with pytest.raises(ParameterError, match="outside|too few|do not cover"):
+            compiled_kernels().accumulate_gathered(np.zeros(size), [bad, bad])
