@@ -345,6 +345,9 @@ class PayloadWriter:
 
     def write_bytes(self, data):
         """Append raw bytes (any contiguous bytes-like object), copied now."""
+        if type(data) is bytes:  # immutable: kept as is (one copy less of packed codes)
+            self._append(data)
+            return
         try:
             self._append(memoryview(data).cast("B").tobytes())
         except TypeError:

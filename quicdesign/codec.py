@@ -110,15 +110,25 @@ def _read_legacy_head(reader: PayloadReader, magic: bytes, version: int) -> Enve
 
 
 def write_header(
-    writer, magic, table, layout, client_id, tag, num_exact, version=ENVELOPE_VERSION
+    writer,
+    magic,
+    table,
+    layout,
+    client_id,
+    tag,
+    num_exact,
+    version=ENVELOPE_VERSION,
+    *,
+    fingerprint=None,
 ) -> None:
-    """Write the envelope and the QUIC-FL head (``HEADER_SIZE`` bytes) of one payload."""
-    config = table_config_tag(table.fingerprint)
+    """Write the envelope and the QUIC-FL head (``HEADER_SIZE`` bytes) of one payload;
+    ``fingerprint`` is ``table.fingerprint`` when the caller has it (it hashes the table)."""
+    if fingerprint is None:
+        fingerprint = table.fingerprint
+    config = table_config_tag(fingerprint)
     write_envelope(writer, Envelope(magic, layout.dim, client_id, tag, config, version))
     writer.write_bytes(
-        _QUICFL_HEAD.pack(
-            table.bits, table.shared_bits, layout.num_chunks, table.fingerprint, num_exact
-        )
+        _QUICFL_HEAD.pack(table.bits, table.shared_bits, layout.num_chunks, fingerprint, num_exact)
     )
 
 
@@ -383,6 +393,8 @@ class QuicFLEncoder:
         self._tag = _mode_round_tag(self.round_seed, self.stratified)
         self._pipeline = self.pipeline_for(self.table, self.stratified)
         self._cache: dict = {}  # the round's rotation signs, per length
+        # hashed once (16 KiB of receiver at b = 8), not twice per payload
+        self._fingerprint = self.table.fingerprint
 
     def encode(self, vector, client_id: int, rng=None) -> bytes:
         """Encode one client's vector.
@@ -429,6 +441,7 @@ class QuicFLEncoder:
             quantized.client_id,
             self._tag,
             quantized.exact_indices.size,
+            fingerprint=self._fingerprint,
         )
 
 

@@ -368,6 +368,7 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
             self._tag,
             quantized.exact_indices.size,
             self._wire_version,
+            fingerprint=self._fingerprint,
         )
 
     def _legacy_header(self, quantized: _Quantized) -> bytes:

@@ -434,7 +434,13 @@ def _scaled_rotate(x, signs, layout, generated_signs=False):
     padded = np.empty(layout.rotated_dim, dtype=dtype)
     chunks = padded.reshape(layout.num_chunks, layout.chunk_size)
     kernels = compiled_kernels()
-    fast = kernels is not None and arr.dtype == dtype == s.dtype and arr.flags.c_contiguous
+    # int8 signs (+-1) widen exactly in the compiled pass
+    fast = (
+        kernels is not None
+        and arr.dtype == dtype
+        and s.dtype in (dtype, np.int8)
+        and arr.flags.c_contiguous
+    )
     transformed = None
     if fast and layout.chunk_size >= 4:
         # sign flips and chunk peaks inside the transform's first pass (flips and maxima

@@ -32,6 +32,26 @@ _DIRTY_BUCKET = 1 << 16
 _MAX_LEVEL_TABLE_ENTRIES = 1 << 25
 
 
+# The compiled sender's state table: at most about this many bytes (L2-resident), and
+# at least this many buckets.
+_MAX_STATE_TABLE_BYTES = 1 << 19
+_MIN_STATE_BUCKETS = 64
+
+
+def _bucketable(num_buckets, low, high) -> bool:
+    """Whether ``num_buckets`` uniform buckets over ``[low, high]`` have a finite scale."""
+    span = high - low
+    return bool(
+        span > 0 and np.isfinite(num_buckets / span) and np.isfinite(num_buckets * abs(low) / span)
+    )
+
+
+def _bucket_margin(num_buckets, low, high, per_unit) -> float:
+    """How far beyond a bucket's edges a value computed into it may lie (value units)."""
+    # float32 index error: ~1e-7 relative on each of |value - low| and the product.
+    return (1e-3 + 4e-7 * (num_buckets + (abs(low) + abs(high)) * per_unit)) / per_unit
+
+
 class SenderRule:
     """Closed-form optimal sender for a receiver table.
 
@@ -91,8 +111,7 @@ class SenderRule:
         self.event_position = self.event_position.reshape(num_shared, num_messages - 1)
         self._level_table = None
         self._bucket_cache = None
-        self._windows = None
-        self._flagged_cache = None
+        self._state_cache = None
         self._build_locator()
 
     @property
@@ -139,19 +158,13 @@ class SenderRule:
         low, high = float(t[0]), float(t[-1])
         span = high - low
         num_buckets = int(min(1 << 16, max(1024, 1 << int(np.ceil(np.log2(64 * t.size))))))
-        if not (
-            span > 0
-            and np.isfinite(num_buckets / span)
-            and np.isfinite(num_buckets * abs(low) / span)
-        ):
+        if not _bucketable(num_buckets, low, high):
             self._locator = (low, 0.0, np.zeros(1, np.int32), np.zeros(1, bool))
             self._dirty = np.ones(1, bool)
             return
         per_unit = num_buckets / span
         edges = low + np.arange(num_buckets + 1) / per_unit
-        # float32 index error: ~1e-7 relative on each of |value - low| and the product.
-        margin_buckets = 1e-3 + 4e-7 * (num_buckets + (abs(low) + abs(high)) * per_unit)
-        margin = margin_buckets / per_unit
+        margin = _bucket_margin(num_buckets, low, high, per_unit)
         first = np.searchsorted(t, edges[:-1], side="right") - 1
         inner_low = np.searchsorted(t, edges[:-1] - margin, side="left")
         inner_high = np.searchsorted(t, edges[1:] + margin, side="right")
@@ -265,11 +278,11 @@ class SenderRule:
         shared = np.asarray(shared)
         kernels = compiled_kernels()
         if kernels is not None and shared.dtype.kind in "iu":
-            values, messages, randomizing, event = self._levels_compiled(kernels, values, shared)
+            messages, randomizing, fraction = self._sample_compiled(kernels, values, shared)
         else:
             values, messages, randomizing, event = self._levels(values, shared)
-        if randomizing.size:
             fraction = self._fraction(values[randomizing].astype(np.float64), event)
+        if randomizing.size:
             self._flip_coins(messages, randomizing, fraction, uniforms, rng)
         return messages
 
@@ -314,88 +327,109 @@ class SenderRule:
             ``z`` there, in the dtype of ``rows``.
         """
         compare = np.result_type(rows.dtype, *bounds)  # numpy's loop for ``z < lower``
-        messages, randomizing, event, values, outside, outside_values = (
-            kernels.sender_levels_scaled(
-                rows,
-                factors,
-                compare.type(bounds[0]),
-                compare.type(bounds[1]),
-                np.ascontiguousarray(shared.reshape(-1)),
-                *self._kernel_tables(rows.dtype.type),
-            )
+        messages, randomizing, fraction, outside, outside_values = self._states_compiled(
+            kernels, rows, factors, compare.type(bounds[0]), compare.type(bounds[1]), shared
         )
         if randomizing.size:
-            fraction = kernels.coin_fractions(values, event, self.breakpoints)
-            self._flip_coins(messages, randomizing, fraction, None, rng)
+            # numpy's draws (the same stream as sample's), applied in one compiled pass
+            kernels.flip_coins(messages, randomizing, fraction, rng.random(randomizing.size))
         return messages, outside, outside_values
 
-    def _levels_compiled(self, kernels, values, shared):
-        """:meth:`_levels` in one compiled pass (bit-identical, ``tests/test_kernels.py``)."""
-        values = np.ascontiguousarray(values).reshape(-1)
-        if values.dtype != np.float32:
-            values = np.ascontiguousarray(values, dtype=np.float64)
-        messages, randomizing, event = kernels.sender_levels(
-            values,
+    def _states_compiled(self, kernels, rows, factors, lower, upper, shared):
+        """``kernels.sender_states`` of ``rows * factors[:, None]`` with this rule's tables."""
+        low, per_unit, *tables = self._state_tables()
+        kind = rows.dtype.type
+        return kernels.sender_states(
+            rows,
+            factors,
+            lower,
+            upper,
             np.ascontiguousarray(shared.reshape(-1)),
-            *self._kernel_tables(values.dtype.type),
-        )
-        return values, messages, randomizing, event
-
-    def _kernel_tables(self, kind):
-        """The locator and level tables the compiled sender kernels take, in their order
-        (``low`` and ``per_unit`` in the values' float type ``kind``)."""
-        low, per_unit, first, _ = self._locator
-        bucket_levels, flag_shift = self._flagged_bucket_levels()
-        return (
             kind(low),
             kind(per_unit),
-            first,
-            bucket_levels,
-            flag_shift,
-            self._search_windows(),
-            self.level_table(),
-            self.event_shared,
+            self.num_shared,
+            *tables,
             self.breakpoints,
-            self._last_open,
+            np.empty(0, self.level_table().dtype),
         )
 
-    def _flagged_bucket_levels(self):
-        """For the compiled sender: ``(table, shift)`` with ``table[bucket * H + h]`` the
-        level of ``h`` in a clean bucket, bit ``shift`` set if the bucket's event moves
-        ``h``, bit ``shift + 1`` if the bucket is dirty; built once (as many entries as
-        the numpy path's per-bucket levels, one byte each when ``K <= 64``)."""
-        if self._flagged_cache is None:
-            first = self._locator[2]
-            shift, dtype = (
-                next(
-                    (shift, dtype)
-                    for limit, shift, dtype in ((64, 6, np.uint8), (256, 8, np.uint16))
-                    if self.num_messages <= limit
-                )
-                if self.num_messages <= 256
-                else (16, np.uint32)
-            )
-            levels = self.level_table()[first].astype(dtype)
-            moves = self.event_shared[first][:, None] == np.arange(self.num_shared)[None, :]
-            levels |= moves.astype(dtype) << dtype(shift)
-            levels |= (self._dirty.astype(dtype) << dtype(shift + 1))[:, None]
-            self._flagged_cache = (levels.reshape(-1), shift)
-        return self._flagged_cache
+    def _sample_compiled(self, kernels, values, shared):
+        """The deterministic levels, the randomizing positions and their fractions of
+        :meth:`sample` in one compiled pass (bit-identical, ``tests/test_kernels.py``)."""
+        values = np.ascontiguousarray(values).reshape(1, -1)
+        if values.dtype != np.float32:
+            values = np.ascontiguousarray(values, dtype=np.float64)
+        kind = values.dtype.type
+        infinite = kind(np.inf)
+        messages, randomizing, fraction, _, _ = self._states_compiled(
+            kernels, values, np.ones(1, dtype=kind), -infinite, infinite, shared
+        )
+        return messages, randomizing, fraction
 
-    def _search_windows(self):
-        """Per bucket ``(start, stop)``: the breakpoints bracketing the bucket's edges."""
-        if self._windows is None:
-            low, per_unit, first, _ = self._locator
-            t = self.breakpoints
-            windows = np.empty((first.size, 2), dtype=np.intp)
-            if per_unit > 0:
-                edges = low + np.arange(first.size + 1) / per_unit
-                windows[:, 0] = np.maximum(np.searchsorted(t, edges[:-1], side="right") - 1, 0)
-                windows[:, 1] = np.searchsorted(t, edges[1:], side="right")
-            else:
-                windows[:] = (0, t.size)
-            self._windows = windows
-        return self._windows
+    def _state_tables(self):
+        """For the compiled sender (``kernels.sender_states``): ``(low, per_unit, states,
+        next_threshold, next_state, event_position)``, built once.
+
+        ``h``'s state ``s = 2 level + moving`` is nondecreasing in the value. Per bucket
+        (widened by the index's rounding error, as the locator's) and ``h``: the state at
+        its low end and whether it changes inside (few do: only ``h``'s own breakpoints
+        change it, so the buckets can be few and the table small). Per ``(h, s)``: the
+        breakpoint at which ``s`` is left and the state entered there, so a dirty entry is
+        finished exactly by comparisons.
+        """
+        if self._state_cache is None:
+            t, last = self.breakpoints, self._last_open
+            num_shared, num_messages = self.num_shared, self.num_messages
+            dtype = next(
+                d
+                for d in (np.uint8, np.uint16, np.uint32)
+                if num_messages <= 1 + (np.iinfo(d).max >> 2)
+            )
+            low, high = float(t[0]), float(t[-1])
+            # ~16 buckets per breakpoint: a value's entry is dirty with probability
+            # about 2 / (16 H), so the table is small for large H
+            limit = _MAX_STATE_TABLE_BYTES // (num_shared * np.dtype(dtype).itemsize)
+            num_buckets = min(16 * t.size, limit)
+            num_buckets = max(_MIN_STATE_BUCKETS, 1 << max(0, int(num_buckets - 1).bit_length()))
+            if _bucketable(num_buckets, low, high):
+                per_unit = num_buckets / (high - low)
+                edges = low + np.arange(num_buckets + 1) / per_unit
+                margin = _bucket_margin(num_buckets, low, high, per_unit)
+                below = np.searchsorted(t, edges[:-1] - margin, side="right") - 1
+                above = np.searchsorted(t, edges[1:] + margin, side="right") - 1
+            else:  # one bucket holding every value
+                per_unit, below, above = 0.0, np.zeros(1, np.intp), np.full(1, last)
+            below, above = np.clip(below, 0, last), np.clip(above, 0, last)
+            num_states = 2 * num_messages
+            states = np.empty((below.size, num_shared), dtype=dtype)
+            next_threshold = np.empty((num_shared, num_states), dtype=np.float64)
+            next_state = np.empty((num_shared, num_states), dtype=np.intp)
+            every = np.arange(num_states)
+            levels = self.level_table()
+            for h in range(num_shared):  # one h at a time: O(E) memory
+                # h's state after each reachable event count
+                state = 2 * levels[: last + 1, h].astype(np.intp)
+                state += self.event_shared[: last + 1] == h
+                start = state[below]
+                dirty = state[above] != start
+                states[:, h] = (start >> 1 << 2) | (dirty << 1) | (start & 1)
+                # the first reachable event with a larger state than s
+                leave = np.searchsorted(state, every, side="right")
+                ends = leave > last
+                at = np.minimum(leave, last)
+                # NaN where s is never left: no value (not even +inf) passes it, so the
+                # kernel's steps always raise s and end
+                next_threshold[h] = np.where(ends, np.nan, np.where(leave == 0, -np.inf, t[at]))
+                next_state[h] = np.where(ends, every, state[at])
+            self._state_cache = (
+                low,
+                per_unit,
+                states.reshape(-1),
+                next_threshold.reshape(-1),
+                next_state.reshape(-1),
+                self.event_position.astype(np.intp).reshape(-1),
+            )
+        return self._state_cache
 
     def _levels(self, values, shared):
         """Deterministic levels, the randomizing positions and their events (numpy)."""

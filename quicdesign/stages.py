@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from ._accumulate import WeightedSumAggregator, check_contribution_bound
+from ._kernels import compiled_kernels as _compiled_kernels
 from ._validate import check_minmax_magnitude, check_weight
 from ._wire import PayloadReader, unpack_codes
 from .errors import ParameterError, PayloadError
@@ -471,7 +472,10 @@ class RandomizedHadamard(Stage):
     def apply(self, x, state):
         layout = RotationLayout.for_dim(x.size)
         # signs in the compute dtype (exact either way; no mixed-dtype multiply)
-        signs = self._signs(state, layout, np.float64 if x.dtype == np.float64 else np.float32)
+        kind = np.float64 if x.dtype == np.float64 else np.float32
+        if x.dtype == kind and _compiled_kernels() is not None:
+            kind = np.int8  # a quarter of float32's bytes; the compiled pass widens them exactly
+        signs = self._signs(state, layout, kind)
         # rotate each chunk scaled by a power of two (exact), so float32 cannot overflow
         # or underflow; the ends of the pipeline restore the true magnitudes
         rotated, exponents = _scaled_rotate(x, signs, layout, generated_signs=True)

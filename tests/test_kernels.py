@@ -295,22 +295,52 @@ def test_compiled_packing_is_byte_identical(monkeypatch, bits):
         assert pack_codes(codes.astype(np.int64), bits) == expected
 
 
-def test_compiled_coin_fractions_match_the_senders(monkeypatch):
-    # empty pieces (repeated breakpoints), values on, between and beyond the breakpoints
-    from types import SimpleNamespace
-
+def _tied_rule(rng, num_shared, num_messages):
+    # levels on a coarse grid: tied levels give empty pieces (repeated breakpoints)
     from quicdesign.sender import SenderRule
 
-    rng = np.random.default_rng(21)
-    for bits in range(1, 9):
-        t = load_table(bits).sender.breakpoints.astype(np.float64)
-        t = np.sort(np.concatenate([t, t[rng.integers(0, t.size, 3)]]))
-        events = rng.integers(0, t.size - 1, 5000)
-        values = t[events] + rng.uniform(-0.2, 1.2, events.size) * (t[events + 1] - t[events])
-        values[:3] = [t[events[0]], t[events[1] + 1], 1e300]
-        expected = SenderRule._fraction(SimpleNamespace(breakpoints=t), values, events)
-        fractions = compiled_kernels().coin_fractions(values, events, t)
-        assert fractions.tobytes() == expected.tobytes(), bits
+    receiver = np.round(rng.standard_normal((num_shared, num_messages)) * 2) / 2
+    return SenderRule(np.sort(receiver, axis=1))
+
+
+@pytest.mark.parametrize("table_bytes", [1, 1 << 16, 1 << 22])
+@pytest.mark.parametrize("rule", ["bits=1", "bits=4", "bits=8", "tied", "one shared value"])
+def test_compiled_sender_states_match_the_numpy_levels_and_fractions(
+    monkeypatch, rule, table_bytes
+):
+    # the state table at any size (64 buckets: most entries dirty, several steps each),
+    # against the numpy sampler's deterministic levels, randomizing positions and
+    # SenderRule._fraction bit for bit: values on, between and beyond the breakpoints
+    import quicdesign.sender
+
+    monkeypatch.setattr(quicdesign.sender, "_MAX_STATE_TABLE_BYTES", table_bytes)
+    rng = np.random.default_rng(len(rule) + table_bytes)
+    if rule.startswith("bits"):
+        sender = load_table(int(rule[5:])).sender
+        sender._state_cache = None
+    else:
+        sender = _tied_rule(rng, 1 if rule.startswith("one") else 5, 9)
+    t = sender.breakpoints
+    lower, upper = sender.support
+    values = np.concatenate(
+        [
+            rng.uniform(1.3 * lower - 0.1, 1.3 * upper + 0.1, 40_001),
+            t,
+            np.nextafter(t, -np.inf),
+            np.nextafter(t, np.inf),
+            [-np.inf, np.inf, -3e38, 3e38],
+        ]
+    )
+    shared = rng.integers(0, sender.num_shared, values.size).astype(np.uint8)
+    for dtype in (np.float32, np.float64):
+        with np.errstate(over="ignore"):  # the numpy buckets of +-3e38 (clipped)
+            cast, messages, randomizing, event = sender._levels(values.astype(dtype), shared)
+        fractions = sender._fraction(cast[randomizing].astype(np.float64), event)
+        states = sender._sample_compiled(compiled_kernels(), values.astype(dtype), shared)
+        assert states[0].tobytes() == messages.tobytes()
+        assert np.array_equal(states[1], randomizing)
+        assert states[2].tobytes() == fractions.tobytes()
+    assert sender._state_tables()[2].size >= 64 * sender.num_shared
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -346,6 +376,17 @@ def test_fused_sign_flip_and_transform_match_the_separate_kernels(dtype):
                 assert np.array_equal(peaks, expected_peaks, equal_nan=True), (width, size)
                 fused = (fused_chunks, fused_scratch)[which]
                 assert fused.tobytes() == expected.tobytes(), (width, size)
+                # the encoder's int8 signs widen exactly: the same bits
+                narrow = signs.astype(np.int8)
+                with np.errstate(invalid="ignore", over="ignore"):
+                    narrow_bits, which = kernels.signed_butterflies(
+                        values, values.view(unsigned), narrow, fused_chunks, fused_scratch, factor
+                    )
+                assert narrow_bits.tobytes() == peak_bits.tobytes(), (width, size)
+                fused = (fused_chunks, fused_scratch)[which]
+                assert fused.tobytes() == expected.tobytes(), (width, size)
+                narrow_peaks = kernels.signed_chunk_peaks(values, narrow, chunks)
+                assert np.array_equal(narrow_peaks, expected_peaks, equal_nan=True)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -16,8 +16,8 @@ from ._rans_wide import rans_lanes_encode, rans_wide_decode
 
 __all__ = [
     "accumulate_gathered",
-    "sender_levels",
-    "sender_levels_scaled",
+    "sender_states",
+    "flip_coins",
     "pack_codes",
     "butterfly_passes",
     "signed_chunk_peaks",
@@ -325,28 +325,6 @@ def _coded_accumulate(
             _tile_sum(accumulator[start:stop], tables, index, clients, count)
 
 
-@numba.njit(cache=True, nogil=True)
-def _search_event(breakpoints, value, last_open, start, stop):  # pragma: no cover - compiled
-    """``clip(searchsorted(breakpoints, value, side="right") - 1, 0, last_open)``.
-
-    The search runs over the bucket's window ``breakpoints[start:stop]`` when the value
-    provably lies in it (``breakpoints[start] <= value < breakpoints[stop]``, either side
-    open at the ends), else over the whole array: the answer is the same either way.
-    """
-    low, high = 0, breakpoints.size
-    inside_low = start == 0 or breakpoints[start] <= value
-    inside_high = stop == breakpoints.size or value < breakpoints[stop]
-    if inside_low and inside_high:
-        low, high = start + 1, stop
-    while low < high:
-        middle = (low + high) >> 1
-        if value < breakpoints[middle]:
-            high = middle
-        else:
-            low = middle + 1
-    return min(max(low - 1, 0), last_open)
-
-
 @numba.njit(cache=True, nogil=True, inline="always")
 def _bucket_of(value, low, per_unit, top):  # pragma: no cover - compiled
     """numpy's ``clip((value - low) * per_unit, 0, top)`` truncated to intp, rounded in
@@ -361,46 +339,7 @@ def _bucket_of(value, low, per_unit, top):  # pragma: no cover - compiled
 
 
 @numba.njit(cache=True, nogil=True)
-def sender_levels(
-    values,
-    shared,
-    low,
-    per_unit,
-    first,
-    bucket_levels,
-    flag_shift,
-    windows,
-    level_table,
-    event_shared,
-    breakpoints,
-    last_open,
-):  # pragma: no cover - compiled
-    """:meth:`SenderRule.sample` before the coin flips: :func:`sender_levels_scaled` of
-    one row scaled by 1 (exact) with nothing outside; returns the deterministic levels,
-    the randomizing positions in increasing order and the event randomizing at each."""
-    infinite = values.dtype.type(np.inf)
-    messages, randomizing, events, _, _, _ = sender_levels_scaled(
-        values.reshape(1, values.size),
-        np.ones(1, dtype=values.dtype),
-        -infinite,
-        infinite,
-        shared,
-        low,
-        per_unit,
-        first,
-        bucket_levels,
-        flag_shift,
-        windows,
-        level_table,
-        event_shared,
-        breakpoints,
-        last_open,
-    )
-    return messages, randomizing, events
-
-
-@numba.njit(cache=True, nogil=True)
-def sender_levels_scaled(
+def sender_states(
     rows,
     factors,
     lower,
@@ -408,148 +347,184 @@ def sender_levels_scaled(
     shared,
     low,
     per_unit,
-    first,
-    bucket_levels,
-    flag_shift,
-    windows,
-    level_table,
-    event_shared,
+    num_shared,
+    states,
+    next_threshold,
+    next_state,
+    event_position,
     breakpoints,
-    last_open,
+    message_kind,
 ):  # pragma: no cover - compiled
     """The QUIC-FL sender on ``z = (rows * factors[:, None]).reshape(-1)`` without
-    materializing ``z``: the levels before the coin flips and the exact (outside) split.
+    materializing ``z``: the levels before the coin flips, the randomizing positions
+    with their coin-flip fractions, and the exact (outside) split.
 
     ``z`` is rounded as numpy's product in the dtype of ``rows``; ``lower``/``upper`` have
-    the dtype numpy compares ``z`` with them in. ``bucket_levels[bucket * H + h]`` is
-    ``h``'s level in a clean bucket, with bit ``flag_shift`` set when the bucket's event
-    moves ``h`` and bit ``flag_shift + 1`` when the bucket is dirty (a breakpoint lies in
-    it). The first pass is one table lookup per value (values outside the support take
-    the clamped bucket, as numpy's sampler); the second visits only the flagged values (a
-    few percent): dirty ones are searched (``windows[k]`` bounds the breakpoints of bucket
-    ``k``, see :func:`_search_event`), randomizing ones and outside ones compacted.
-    ``low`` and ``per_unit`` have the dtype of ``rows`` (float32 or float64), so buckets
-    round exactly as numpy's. Returns the levels, the randomizing positions (increasing),
-    their events and ``z`` as float64, then the outside positions (increasing) and their
-    ``z``.
+    the dtype numpy compares ``z`` with them in, ``low`` and ``per_unit`` that of ``rows``
+    (buckets round as ``SenderRule._state_tables`` allows for). ``h``'s state at ``z`` is
+    ``s = 2 level + moving``, nondecreasing in ``z``: ``states[bucket * H + h]`` holds
+    ``level << 2 | dirty << 1 | moving`` at the bucket's low end, dirty when ``s`` changes
+    inside the bucket; a dirty state steps to ``next_state[h * S + s]`` while ``z >=
+    next_threshold[h * S + s]`` (float64, exact). The moving ``h`` randomizes in event
+    ``event_position[h * (K - 1) + level]`` with ``SenderRule._fraction``'s probability.
+    Per tile of values: the arithmetic (vectorized), the outside values (rare), one lookup
+    in a small table per value, then the flagged ones (moving or dirty: about 1 in H)
+    while the tile is in L1. Returns the
+    levels (dtype of ``message_kind``), the randomizing positions (increasing), their
+    fractions, the outside positions (increasing) and their ``z``.
     """
     width = rows.shape[1]
     size = rows.shape[0] * width
-    num_shared = level_table.shape[1]
-    messages = np.empty(size, dtype=level_table.dtype)
-    top = first.size - 1
-    level_mask = (1 << flag_shift) - 1
-    # per tile: the arithmetic in one loop (LLVM vectorizes it), the lookups in another,
-    # then the flagged positions (a few percent) appended to a growing list while the
-    # tile's flags are in L1: no full-size flag array and no extra passes over it
-    where = np.empty(_TILE, dtype=np.intp)
-    tile_flags = np.empty(_TILE, dtype=np.uint8)  # bits 0-1: the table's; bit 2: outside
-    tile_positions = np.empty(_TILE + 1, dtype=np.intp)
-    randomizing = np.empty(size // 16 + _TILE + 1, dtype=np.intp)
-    flag_list = np.empty(randomizing.size, dtype=np.uint8)
-    z_list = np.empty(randomizing.size, dtype=rows.dtype)  # z kept: no division below
-    flagged = 0
+    num_states = next_state.size // num_shared
+    pieces = event_position.size // num_shared
+    messages = np.empty(size, dtype=message_kind.dtype)
+    top = states.size // num_shared - 1
+    where = np.empty(_TILE, dtype=np.uint32)
+    tile_outside = np.zeros(_TILE, dtype=np.uint8)  # read 8 at a time
+    outside_words = tile_outside.view(np.uint64)
+    tile_positions = np.empty(_TILE + 1, dtype=np.uint32)
+    # about one value in H randomizes: grown (rarely) when a vector has more
+    randomizing = np.empty(size // num_shared + size // 64 + _TILE + 1, dtype=np.intp)
+    fractions = np.empty(randomizing.size, dtype=np.float64)
+    exact = np.empty(size // 256 + 64, dtype=np.intp)
+    exact_z = np.empty(exact.size, dtype=rows.dtype)
+    count = 0
     outside = 0
     for k in range(rows.shape[0]):
         row = rows[k]
         factor = factors[k]
         for start in range(0, width, _TILE):
-            count = min(_TILE, width - start)
-            tile = row[start : start + count]
+            n = min(_TILE, width - start)
+            tile = row[start : start + n]
             first_index = k * width + start
-            tile_shared = shared[first_index : first_index + count]
+            tile_shared = shared[first_index : first_index + n]
             smallest, largest = 0, 0
-            for j in range(count):
+            beyond = 0
+            for j in range(n):  # the arithmetic (vectorized)
                 z = tile[j] * factor
                 h = tile_shared[j]
                 smallest = min(smallest, h)
                 largest = max(largest, h)
-                where[j] = _bucket_of(z, low, per_unit, top) * num_shared + h
-                tile_flags[j] = np.uint8((z < lower) | (z > upper)) << np.uint8(2)
+                where[j] = np.uint32(_bucket_of(z, low, per_unit, top) * num_shared + h)
+                out_of_bounds = np.uint8((z < lower) | (z > upper))
+                tile_outside[j] = out_of_bounds
+                beyond |= out_of_bounds
             # checked before the lookups (a raise inside the loop keeps it scalar)
             if smallest < 0 or largest >= num_shared:
                 raise IndexError("a shared value is outside [0, H)")
-            tile_messages = messages[first_index : first_index + count]
-            for j in range(count):
-                entry = bucket_levels[where[j]]
-                tile_messages[j] = entry & level_mask
-                tile_flags[j] |= np.uint8(entry >> flag_shift)
-            # branch-free compaction (a flag is a coin flip to the branch predictor)
+            # grown here, not in the loops below: an array reassigned inside a loop costs
+            # numba an atomic reference count per iteration
+            if count + n > randomizing.size:
+                randomizing = _grown(randomizing, count, n)
+                fractions = _grown(fractions, count, n)
+            if outside + n > exact.size:
+                exact = _grown(exact, outside, n)
+                exact_z = _grown(exact_z, outside, n)
+            if beyond:  # the outside values (rare), 8 flags at a time
+                for w in range((n + 7) >> 3):
+                    if outside_words[w]:
+                        for j in range(8 * w, min(8 * w + 8, n)):
+                            if tile_outside[j]:
+                                exact[outside] = first_index + j
+                                exact_z[outside] = tile[j] * factor
+                                outside += 1
+            tile_messages = messages[first_index : first_index + n]
             found = 0
-            for j in range(count):
-                tile_positions[found] = first_index + j
-                found += tile_flags[j] != 0
-            if flagged + found > randomizing.size:
-                grown = np.empty(2 * randomizing.size + found, dtype=np.intp)
-                grown[:flagged] = randomizing[:flagged]
-                randomizing = grown
-                grown_flags = np.empty(grown.size, dtype=np.uint8)
-                grown_flags[:flagged] = flag_list[:flagged]
-                flag_list = grown_flags
-                grown_z = np.empty(grown.size, dtype=rows.dtype)
-                grown_z[:flagged] = z_list[:flagged]
-                z_list = grown_z
-            for f in range(found):
-                i = tile_positions[f]
-                flag = tile_flags[i - first_index]
-                randomizing[flagged + f] = i
-                flag_list[flagged + f] = flag
-                z_list[flagged + f] = tile[i - first_index] * factor
-                outside += flag >> 2
-            flagged += found
-    events = np.empty(flagged, dtype=np.intp)
-    randomizing_z = np.empty(flagged, dtype=np.float64)
-    exact = np.empty(outside, dtype=np.intp)
-    exact_z = np.empty(outside, dtype=rows.dtype)
-    count = 0
-    taken = 0
-    for f in range(flagged):
-        i = randomizing[f]
-        flag = flag_list[f]
-        z = z_list[f]
-        if flag & 4:
-            exact[taken] = i
-            exact_z[taken] = z
-            taken += 1
-        if flag & 3 == 0:
-            continue
-        bucket = _bucket_of(z, low, per_unit, top)
-        if flag & 2:
-            h = shared[i]
-            event = _search_event(
-                breakpoints, np.float64(z), last_open, windows[bucket, 0], windows[bucket, 1]
+            for j in range(n):  # the lookups, the flagged positions compacted branch-free
+                entry = states[where[j]]
+                tile_messages[j] = entry >> 2
+                tile_positions[found] = j
+                found += (entry & 3) != 0  # moving or dirty (looked up again when flagged)
+            moving = _tile_flagged(
+                tile,
+                factor,
+                tile_messages,
+                tile_shared,
+                where,
+                states,
+                tile_positions[:found],
+                next_threshold,
+                next_state,
+                num_states,
             )
-            messages[i] = level_table[event, h]
-            if event_shared[event] != h:
-                continue
-        else:
-            event = np.intp(first[bucket])
-        randomizing[count] = i
-        events[count] = event
-        randomizing_z[count] = z
-        count += 1
-    return (
-        messages,
-        randomizing[:count],
-        events[:count],
-        randomizing_z[:count],
-        exact,
-        exact_z,
-    )
+            _tile_fractions(
+                tile,
+                factor,
+                tile_messages,
+                tile_shared,
+                tile_positions[:moving],
+                event_position,
+                pieces,
+                breakpoints,
+                randomizing[count : count + moving],
+                fractions[count : count + moving],
+                first_index,
+            )
+            count += moving
+    return messages, randomizing[:count], fractions[:count], exact[:outside], exact_z[:outside]
 
 
 @numba.njit(cache=True, nogil=True)
-def coin_fractions(values, events, breakpoints):  # pragma: no cover - compiled
-    """``SenderRule._fraction`` in one pass: where ``values`` lies between its event's
-    breakpoints, 1 for an empty piece, clipped to ``[0, 1]`` (NaN kept, as numpy's)."""
-    out = np.empty(values.size, dtype=np.float64)
-    for i in range(values.size):
-        low = breakpoints[events[i]]
-        width = breakpoints[events[i] + 1] - low
-        fraction = (values[i] - low) / width if width > 0 else 1.0
+def _tile_flagged(
+    tile, factor, levels, shared, where, states, positions, next_threshold, next_state, num_states
+):  # pragma: no cover - compiled
+    """:func:`sender_states`' flagged values of a tile (their flags looked up again from
+    ``where`` and ``states``, cheaper than storing every value's): dirty ones stepped to
+    their state (rare), the moving ones' positions compacted to the front of
+    ``positions``. Returns the moving count."""
+    moving = 0
+    stride = np.uintp(num_states)
+    for f in range(positions.size):
+        j = np.uintp(positions[f])
+        flag = np.uint8(states[where[j]] & 3)
+        if flag & 2:
+            value = np.float64(tile[j] * factor)
+            base = np.uintp(shared[j]) * stride
+            state = np.uintp(2) * np.uintp(levels[j]) + np.uintp(flag & 1)
+            while value >= next_threshold[base + state]:
+                state = np.uintp(next_state[base + state])
+            levels[j] = state >> np.uintp(1)
+            flag = np.uint8(state & np.uintp(1))
+        positions[moving] = j
+        moving += flag & 1
+    return moving
+
+
+@numba.njit(cache=True, nogil=True)
+def _tile_fractions(
+    tile, factor, levels, shared, positions, event_position, pieces, breakpoints, out, fractions, at
+):  # pragma: no cover - compiled
+    """The moving values' positions (plus ``at``) and ``SenderRule._fraction`` of each:
+    a function of its own (registers for this loop alone) with unsigned indices (no
+    wraparound code)."""
+    stride = np.uintp(pieces)
+    for f in range(positions.size):
+        j = np.uintp(positions[f])
+        value = np.float64(tile[j] * factor)
+        event = np.uintp(event_position[np.uintp(shared[j]) * stride + np.uintp(levels[j])])
+        piece_low = breakpoints[event]
+        piece = breakpoints[event + np.uintp(1)] - piece_low
+        fraction = (value - piece_low) / piece if piece > 0 else 1.0
         fraction = 0.0 if fraction < 0 else fraction
-        out[i] = 1.0 if fraction > 1 else fraction
-    return out
+        out[f] = at + np.intp(j)
+        fractions[f] = 1.0 if fraction > 1 else fraction
+
+
+@numba.njit(cache=True, nogil=True)
+def _grown(array, used, more):  # pragma: no cover - compiled
+    """A copy of ``array[:used]`` with room for at least ``2 * size + more`` items."""
+    grown = np.empty(2 * array.size + more, dtype=array.dtype)
+    grown[:used] = array[:used]
+    return grown
+
+
+@numba.njit(cache=True, nogil=True)
+def flip_coins(messages, randomizing, fractions, draws):  # pragma: no cover - compiled
+    """``messages[randomizing] += draws < fractions`` (positions distinct), branch-free
+    (the comparison is a coin flip to the branch predictor)."""
+    for f in range(randomizing.size):
+        at = np.uintp(randomizing[f])
+        messages[at] += messages.dtype.type(draws[f] < fractions[f])
 
 
 @numba.njit(cache=True, nogil=True)
@@ -673,6 +648,7 @@ def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # p
     """
     rows, width = source.shape
     size = values.size
+    kind = source.dtype.type  # int8 signs widen exactly
     log_n = 0
     while (1 << (log_n + 1)) <= width:
         log_n += 1
@@ -708,10 +684,10 @@ def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # p
                     max(vb[2 * quarter + j] & magnitude, vb[3 * quarter + j] & magnitude),
                 ),
             )
-            a = v[j] * s[j]
-            b = v[quarter + j] * s[quarter + j]
-            c = v[2 * quarter + j] * s[2 * quarter + j]
-            e = v[3 * quarter + j] * s[3 * quarter + j]
+            a = v[j] * kind(s[j])
+            b = v[quarter + j] * kind(s[quarter + j])
+            c = v[2 * quarter + j] * kind(s[2 * quarter + j])
+            e = v[3 * quarter + j] * kind(s[3 * quarter + j])
             sum_low, diff_low = a + b, a - b
             sum_high, diff_high = c + e, c - e
             write[4 * j] = (sum_low + sum_high) * f
@@ -737,7 +713,7 @@ def signed_chunk_peaks(values, signs, chunks):  # pragma: no cover - compiled
         peak = values.dtype.type(0)
         unordered = False  # numpy's max propagates NaN
         for j in range(max(stop - start, 0)):
-            flipped = values[start + j] * signs[start + j]
+            flipped = values[start + j] * values.dtype.type(signs[start + j])
             row[j] = flipped
             peak = max(peak, abs(flipped))
             unordered |= flipped != flipped
