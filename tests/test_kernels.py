@@ -16,6 +16,13 @@ pytest.importorskip("numba")
 ROUND = 13
 
 
+@pytest.fixture(autouse=True)
+def _compiled_by_default(monkeypatch):
+    """These tests compare the paths themselves: the compiled kernels stay available
+    when the suite runs with ``QUICDESIGN_KERNELS=numpy`` (each test sets it as needed)."""
+    monkeypatch.setenv(KERNELS_ENV, "auto")
+
+
 def _payloads(bits, dim, magnitude, count=11):
     table = load_table(bits)
     encoder = QuicFLEncoder(table, ROUND)
