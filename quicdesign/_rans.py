@@ -32,6 +32,7 @@ __all__ = [
     "StreamDecoder",
     "encode",
     "decode",
+    "stream_check",
 ]
 
 #: Interleaved coder states.
@@ -313,22 +314,87 @@ _NOTHING_SKIPPED = np.zeros(0, dtype=np.intp)
 
 
 def decode_wide_skipping(
-    compiled, model, states, words, model_of, skipped, lanes, model_mask=0xFF
+    compiled, model, states, words, model_of, skipped, lanes, model_mask=0xFF, out=None
 ) -> np.ndarray:
     """The compiled wide decoder: one symbol per entry of ``model_of`` (uint8 model
     indices, validated once masked with ``model_mask``), 0 at the ``skipped`` positions
     (validated: increasing, in range), which code nothing; PayloadError unless the
-    stream of ``lanes`` states is exactly theirs."""
+    stream of ``lanes`` states is exactly theirs. ``out``: a writable contiguous uint8
+    array of ``model_of.size`` for the symbols (returned), else a new one."""
     states = _check_states(states, lanes)
     words = np.ascontiguousarray(words, dtype=np.uint16)
     model_of = model_of.astype(np.uint8, copy=False)
+    if out is None:
+        out = np.empty(model_of.size, dtype=np.uint8)
+    elif not (
+        out.dtype == np.uint8
+        and out.shape == model_of.shape
+        and out.flags.c_contiguous
+        and out.flags.writeable
+    ):
+        raise ValueError("out must be a writable contiguous uint8 array, one entry per symbol")
     symbols, end_states, position, status = compiled.rans_wide_decode(
-        states, words, model_of, model_mask, model.wide_entries, skipped
+        states, words, model_of, model_mask, model.wide_entries, skipped, out
     )
     if status != OK:
         raise PayloadError(FAILURES[status])
     _check_end(position, words.size, end_states)
     return symbols
+
+
+_CHECK_STEP = 0x9E3779B97F4A7C15  # 2**64 / golden ratio, odd: position i adds (i + 1) times it
+_MIX_MULTIPLIERS = (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53)  # MurmurHash3's 64-bit finalizer
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: np.ndarray) -> np.ndarray:
+    """MurmurHash3's ``fmix64`` on uint64 values, in place (a bijection of 64 bits)."""
+    for multiplier in _MIX_MULTIPLIERS:
+        z ^= z >> np.uint64(33)
+        z *= np.uint64(multiplier)
+    z ^= z >> np.uint64(33)
+    return z
+
+
+def _check_sum_numpy(values: np.ndarray, first: int) -> int:
+    """``sum(fmix64(values[i] + (first + i + 1) * step)) mod 2**64`` (numpy reference)."""
+    position = np.arange(first + 1, first + 1 + values.size, dtype=np.uint64)
+    z = values.astype(np.uint64) + position * np.uint64(_CHECK_STEP)
+    return int(_mix64(z).sum(dtype=np.uint64))
+
+
+def stream_check(states, words, *, kernels="auto") -> bytes:
+    """The QDQE version 5 stream check (``docs/wire-format.md``): 8 bytes over the
+    coded stream as sent (states, then words, little-endian).
+
+    The stream's bytes, zero-padded to a multiple of 8, are read as little-endian u64
+    values ``v_i``; ``S = sum_i fmix64(v_i + (i + 1) * 0x9E3779B97F4A7C15) mod 2**64``
+    and the check is ``fmix64(S xor n)``, ``n`` the stream's byte count, written as a
+    little-endian u64. ``fmix64`` is a bijection, so a change confined to one aligned
+    8-byte value always changes the check; other damage passes with a chance of about
+    ``2**-64``. Integrity against accidents, not authenticity (it has no key).
+    """
+    states = np.ascontiguousarray(states, dtype="<u4").view(np.uint8)
+    words = np.ascontiguousarray(words, dtype="<u2").view(np.uint8)
+    # no copy of the stream when the states fill whole 8-byte values (even lanes)
+    pieces = [states, words] if states.size % 8 == 0 else [np.concatenate([states, words])]
+    parts = []
+    for piece in pieces:
+        whole = piece.size - piece.size % 8
+        parts.append(piece[:whole].view("<u8"))
+        if whole < piece.size:  # only the last piece: zero-padded to 8 bytes
+            parts.append(np.concatenate([piece[whole:], np.zeros(8, np.uint8)])[:8].view("<u8"))
+    compiled = compiled_kernels() if kernels == "auto" else None
+    total, first = 0, 0
+    for values in parts:
+        if compiled is not None:
+            total += int(compiled.rans_check_sum(values, first))
+        else:
+            total += _check_sum_numpy(values, first)
+        first += values.size
+    n = states.size + words.size
+    check = _mix64(np.array([(total & _MASK64) ^ n], dtype=np.uint64))
+    return check.astype("<u8").tobytes()
 
 
 def has_wide_entries(model: RansModel) -> bool:

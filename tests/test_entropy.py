@@ -213,12 +213,29 @@ def test_rans_stream_checks_hold_without_the_digest(table2, edit, message, versi
     assert aggregator.count == 1
 
 
-@pytest.mark.parametrize(
-    ("version", "person"), [(5, b"quicdesign.rans5"), (4, b"quicdesign.rans4")]
-)
-def test_stream_digest_is_the_documented_blake2b(table2, version, person):
-    """docs/wire-format.md: the digest field is blake2b(states || words, 8 bytes, the
-    version's person) over the payload's last 4 * lanes + 2 * w bytes."""
+def _documented_stream_check(stream: bytes) -> bytes:
+    """docs/wire-format.md's version 5 check in plain Python integers."""
+    mask = (1 << 64) - 1
+
+    def fmix64(z):
+        for multiplier in (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53):
+            z ^= z >> 33
+            z = (z * multiplier) & mask
+        return z ^ (z >> 33)
+
+    padded = stream + bytes(-len(stream) % 8)
+    total = 0
+    for i in range(len(padded) // 8):
+        value = int.from_bytes(padded[8 * i : 8 * i + 8], "little")
+        total += fmix64((value + (i + 1) * 0x9E3779B97F4A7C15) & mask)
+    return fmix64((total & mask) ^ len(stream)).to_bytes(8, "little")
+
+
+@pytest.mark.parametrize("version", [5, 4])
+def test_stream_digest_is_the_documented_one(table2, version):
+    """docs/wire-format.md: the digest field covers the payload's last 4 * lanes + 2 * w
+    bytes (states || words): version 5 with the multiply-xorshift stream check, version
+    4 with blake2b(8 bytes, person quicdesign.rans4)."""
     import hashlib
     import struct
 
@@ -233,5 +250,34 @@ def test_stream_digest_is_the_documented_blake2b(table2, version, person):
     lanes = {5: 64, 4: 8}[version]
     assert _rans.wide_lanes(symbols) == 64
     stream = payload[len(payload) - 4 * lanes - 2 * words :]
-    digest = hashlib.blake2b(stream, digest_size=8, person=person).digest()
+    if version == 5:
+        digest = _documented_stream_check(stream)
+    else:
+        digest = hashlib.blake2b(stream, digest_size=8, person=b"quicdesign.rans4").digest()
     assert payload[words_at + 8 : words_at + 16] == digest
+
+
+@pytest.mark.parametrize("words", [0, 1, 2, 3, 4, 5, 7, 4099])
+@pytest.mark.parametrize("kernels", ["auto", None])
+def test_stream_check_matches_its_definition_and_sees_any_one_value(words, kernels):
+    """Compiled and numpy checks equal the documented one for every tail length (0-3
+    words past whole 8-byte values); any change inside one 8-byte value, and a dropped
+    or added zero word, changes it."""
+    rng = np.random.default_rng(words)
+    states = rng.integers(1 << 16, 1 << 32, 16, dtype=np.uint32)
+    stream = rng.integers(0, 1 << 16, words, dtype=np.uint16)
+    data = states.astype("<u4").tobytes() + stream.astype("<u2").tobytes()
+    check = _rans.stream_check(states, stream, kernels=kernels)
+    assert check == _documented_stream_check(data)
+    for _ in range(20):
+        edited = bytearray(data)
+        at = int(rng.integers(len(data) // 8)) * 8
+        edited[at : at + 8] = rng.integers(0, 256, 8, dtype=np.uint8).tobytes()
+        if edited != data:
+            edited_states = np.frombuffer(bytes(edited[:64]), "<u4")
+            edited_words = np.frombuffer(bytes(edited[64:]), "<u2")
+            assert _rans.stream_check(edited_states, edited_words, kernels=kernels) != check
+    zero_added = np.append(stream, np.uint16(0))
+    assert _rans.stream_check(states, zero_added, kernels=kernels) != check
+    if words and stream[-1] == 0:
+        assert _rans.stream_check(states, stream[:-1], kernels=kernels) != check

@@ -461,3 +461,96 @@ def test_wide_decoder_skips_positions_like_drop_and_refill(lanes, skip):
             _rans.decode_wide_skipping(
                 numba_kernels, model, states, words[:-1], model_of.astype(np.uint8), skipped, lanes
             )
+
+
+def _wide_decoder_results(model, lanes, seed):
+    """Symbols, or the refusal, of the compiled wide decoder on clean, skipping, masked,
+    truncated, garbage and too-long streams (every path of its loop)."""
+    _, _, model_of = _wide_case(8, 16, 5000, seed, 0.3)
+    rng = np.random.default_rng(seed)
+    skipped = np.sort(rng.choice(model_of.size, 300, replace=False)).astype(np.intp)
+    keep = np.ones(model_of.size, dtype=bool)
+    keep[skipped] = False
+    symbols = rng.integers(0, 16, int(keep.sum())).astype(np.uint8)
+    states, words = _rans.encode(model, symbols, model_of[keep], lanes=lanes)
+    raw = model_of.astype(np.uint8) | np.uint8(0xF8)
+    streams = [
+        (states, words, skipped),
+        (states, words[:-1], skipped),
+        (states, np.append(words, np.uint16(3)), skipped),
+        (rng.integers(1 << 16, 1 << 32, lanes, dtype=np.uint32), words, skipped),
+        (states, rng.integers(0, 1 << 16, words.size, dtype=np.uint16), skipped),
+        (states, words, skipped[1:]),
+    ]
+    results = []
+    for edited_states, edited_words, edited_skipped in streams:
+        try:
+            decoded = _rans.decode_wide_skipping(
+                numba_kernels, model, edited_states, edited_words, raw, edited_skipped, lanes, 7
+            )
+        except PayloadError as exc:
+            results.append(str(exc))
+        else:
+            results.append(decoded.tobytes())
+    return results
+
+
+@pytest.mark.parametrize("lanes", [16, 64])
+def test_wide_decoder_falls_back_lane_by_lane_when_the_vector_kernel_fails(monkeypatch, lanes):
+    """If the LLVM IR kernel cannot be built (another llvmlite, numba or backend), the
+    decoder warns and decodes lane by lane with identical symbols and refusals."""
+    from numba.core.errors import LoweringError
+
+    from quicdesign._kernels import _rans_wide
+
+    model, _, _ = _wide_case(8, 16, 10, 4, 0.3)
+    expected = _wide_decoder_results(model, lanes, lanes)
+    assert sum(isinstance(r, bytes) for r in expected) >= 1
+    assert sum(isinstance(r, str) for r in expected) >= 3
+
+    def broken(*arguments):
+        raise LoweringError("forced: no vector kernel here")
+
+    monkeypatch.setattr(_rans_wide, "_vector_wide_decode", broken)
+    monkeypatch.setattr(_rans_wide, "_fallback", None)
+    with pytest.warns(RuntimeWarning, match="decoding lane by lane"):
+        assert _wide_decoder_results(model, lanes, lanes) == expected
+    assert _rans_wide._fallback is not None  # built once, then used without a warning
+    assert _wide_decoder_results(model, lanes, lanes) == expected
+
+
+def test_a_vector_kernel_that_llvmlite_refuses_falls_back(monkeypatch):
+    """A real build failure, not a stand-in: the vector GEP built the way llvmlite
+    without ``source_etype`` would (its builder refuses an untyped pointer: "GEP lacks
+    type"), in a fresh uncached kernel; the decoder falls back with the same results."""
+    import numba
+
+    from quicdesign._kernels import _rans_wide
+
+    model, _, _ = _wide_case(8, 16, 10, 4, 0.3)
+    expected = _wide_decoder_results(model, 16, 5)
+
+    def gep_without_element_type(builder, base, index):
+        return builder.gep(base, [index], inbounds=True)
+
+    fresh = numba.njit(nogil=True)(_rans_wide._DECODE_LOOP)
+    monkeypatch.setattr(_rans_wide, "_vector_element_pointers", gep_without_element_type)
+    monkeypatch.setattr(_rans_wide, "_vector_wide_decode", fresh)
+    monkeypatch.setattr(_rans_wide, "_fallback", None)
+    with pytest.warns(RuntimeWarning, match="could not be built"):
+        assert _wide_decoder_results(model, 16, 5) == expected
+
+
+def test_wide_decoder_output_array_is_checked():
+    model, symbols, model_of = _wide_case(4, 8, 100, 2)
+    states, words = _rans.encode(model, symbols, model_of, lanes=16)
+    out = np.full(100, 77, dtype=np.uint8)
+    decoded = _rans.decode_wide_skipping(
+        numba_kernels, model, states, words, model_of, _rans._NOTHING_SKIPPED, 16, out=out
+    )
+    assert decoded is out and out.tobytes() == symbols.tobytes()
+    for bad in (np.empty(99, np.uint8), np.empty(100, np.int16), np.empty(200, np.uint8)[::2]):
+        with pytest.raises(ValueError, match="out must be"):
+            _rans.decode_wide_skipping(
+                numba_kernels, model, states, words, model_of, _rans._NOTHING_SKIPPED, 16, out=bad
+            )

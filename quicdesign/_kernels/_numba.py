@@ -12,7 +12,7 @@ from llvmlite import ir
 from numba.core import cgutils
 
 from ..errors import ParameterError
-from ._rans_wide import rans_lanes_encode, rans_wide_decode
+from ._rans_wide import rans_check_sum, rans_lanes_encode, rans_wide_decode
 
 __all__ = [
     "accumulate_gathered",
@@ -27,6 +27,8 @@ __all__ = [
     "rans_decode_part",
     "rans_lanes_encode",
     "rans_wide_decode",
+    "rans_check_sum",
+    "draw_stream_bytes",
     "nearest_e8",
     "nearest_dn",
     "row_square_sums",
@@ -1355,3 +1357,17 @@ def lattice_code_models(  # pragma: no cover - compiled
                 symbol = escape
             symbols[at] = symbol
     return found
+
+
+def draw_stream_bytes(key, out) -> None:
+    """Fill ``out`` (contiguous uint8, a multiple of 8 bytes) with the Philox ``key``'s
+    stream bytes: ``quicdesign.randomness.key_stream_bytes`` into a given array."""
+    generator = np.random.Philox(key=key)  # alive while the kernel draws from it
+    interface = generator.ctypes
+    next_word = ctypes.cast(interface.next_uint64, ctypes.c_void_p).value
+    _draw_stream(out, next_word, interface.state_address)
+
+
+@numba.njit(cache=True, nogil=True)
+def _draw_stream(out, next_word, state):  # pragma: no cover - compiled
+    _draw_bytes(out, next_word, state, out.size)

@@ -9,6 +9,9 @@ kernel gives the same symbols everywhere (``tests/test_rans.py``), only slower.
 
 from __future__ import annotations
 
+import types as pytypes
+import warnings
+
 import llvmlite
 import numba
 import numpy as np
@@ -17,7 +20,7 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["rans_lanes_encode", "rans_wide_decode"]
+__all__ = ["rans_check_sum", "rans_lanes_encode", "rans_wide_decode"]
 
 # quicdesign._rans wide format constants (checked equal by tests/test_rans.py)
 _WIDE_LANES = 64  # most lanes (a row reads at most one word per lane)
@@ -25,6 +28,8 @@ _WIDE_PROB_BITS = 12
 _STATE_LOW = 1 << 16
 _GROUP = 16  # lanes per vector
 _OK, _TRUNCATED = 0, 1
+_CHECK_STEP = 0x9E3779B97F4A7C15  # the stream check's constants (_rans.stream_check)
+_MIX_MULTIPLIERS = (0xFF51AFD7ED558CCD, 0xC4CEB9FE1A85EC53)
 
 _I1, _I8, _I16, _I32, _I64 = (ir.IntType(bits) for bits in (1, 8, 16, 32, 64))
 # the gather is named by its pointer type: opaque pointers (llvmlite >= 0.45 always,
@@ -55,26 +60,14 @@ def _element_pointer(builder, context, array_type, array, offset, kind):
     return builder.bitcast(builder.gep(data, [offset]), ir.VectorType(kind, _GROUP).as_pointer())
 
 
-class _VectorElementPointers(ir.Instruction):
-    """``getelementptr i32, ptr base, <16 x i32> index``: llvmlite's builder takes no
-    vector index, and only this form lets LLVM emit one 32-bit-index gather."""
-
-    def __init__(self, parent, base, index):
-        pointers = ir.VectorType(base.type, _GROUP)
-        super().__init__(parent, pointers, "getelementptr", [base, index])
-
-    def descr(self, buf):
-        base, index = self.operands
-        buf.append(
-            f"getelementptr inbounds i32, {base.type} {base.get_reference()}, "
-            f"{index.type} {index.get_reference()}{self._stringify_metadata(leading_comma=True)}\n"
-        )
-
-
 def _vector_element_pointers(builder, base, index):
-    instruction = _VectorElementPointers(builder.block, base, index)
-    builder._insert(instruction)
-    return instruction
+    """``getelementptr inbounds i32, ptr base, <16 x i32> index``: a vector of pointers
+    (only this form lets LLVM emit one 32-bit-index gather). llvmlite's ``gep`` writes
+    it when given the element type; it types the result as a scalar pointer, so the
+    result is retyped (the IR text has no result type)."""
+    pointers = builder.gep(base, [index], inbounds=True, source_etype=_I32)
+    pointers.type = ir.VectorType(base.type, _GROUP)
+    return pointers
 
 
 def _intrinsic(builder, name, result, *arguments):
@@ -173,24 +166,86 @@ def _scalar_step(x, lane, h, entries, words, position):  # pragma: no cover - co
     return np.uint8(entry & np.uint64(0xFF)), position
 
 
-@numba.njit(cache=True, nogil=True)
-def rans_wide_decode(states, words, model_of, model_mask, entries, skipped):  # pragma: no cover
+def rans_wide_decode(states, words, model_of, model_mask, entries, skipped, symbols):
     """``_rans._decode_numpy`` of the wide format: ``(symbols, states, position, status)``.
 
-    ``symbols`` has ``model_of.size`` entries: 0 at the ``skipped`` positions (strictly
-    increasing, in range), the decoded symbols in order at the others (coded with the
-    model ``model_of`` has there), so a caller needs no pass to drop or refill exact
-    positions. ``entries[h << 12 | slot]`` is ``symbol | freq << 8 | (slot - cum) << 20``;
-    the model of position ``i`` is ``model_of[i] & model_mask``, validated (below
-    ``entries.size >> 12``: raw shared-randomness bytes need no masked copy); ``states.size``
-    lanes, a multiple of 16 up to 64. A row of lanes runs as vectors of 16 when no
-    skipped position falls inside it and its words cannot run past the stream, else lane
-    by lane with the same arithmetic.
+    Runs :func:`_vector_wide_decode`; if that kernel cannot be built (its LLVM IR on
+    another llvmlite or numba, a backend that refuses it), warns once and decodes lane
+    by lane from then on (:func:`_lane_by_lane_decoder`: the same arithmetic, so the
+    same symbols, statuses and states, ``tests/test_rans.py`` forces it).
+    """
+    global _fallback
+    if _fallback is None:
+        try:
+            return _vector_wide_decode(
+                states, words, model_of, model_mask, entries, skipped, symbols
+            )
+        except Exception as exc:  # noqa: BLE001 - any failure to build the vector kernel
+            warnings.warn(
+                f"the vector rANS decoder could not be built ({type(exc).__name__}: {exc}); "
+                "decoding lane by lane (same results, slower)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            _fallback = _lane_by_lane_decoder()
+    return _fallback(states, words, model_of, model_mask, entries, skipped, symbols)
+
+
+_fallback = None  # the lane-by-lane decoder once the vector one failed to build
+
+
+def _lane_by_lane_decoder():
+    """:func:`_vector_wide_decode` compiled with :func:`_decode_group_scalar` in place of
+    the LLVM IR group (not cached on disk: it would share the vector kernel's cache
+    name; it is built only where that one cannot be)."""
+    function = _DECODE_LOOP
+    names = dict(function.__globals__, _decode_group=_decode_group_scalar)
+    clone = pytypes.FunctionType(function.__code__, names, "rans_wide_decode_lane_by_lane")
+    return numba.njit(nogil=True)(clone)
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _decode_group_scalar(
+    states, lane, model_of, start, model_mask, symbols, entries, words, position
+):  # pragma: no cover - compiled
+    """:func:`_decode_group` lane by lane: the lanes that need a word take the next ones
+    in lane order, as the vector's expand load gives them (branch free: whether a lane
+    needs a word is a coin flip, a branch on it would be mispredicted half the time)."""
+    low = np.uint64((1 << _WIDE_PROB_BITS) - 1)
+    for j in range(_GROUP):
+        state = np.uint64(states[lane + j])
+        h = np.intp(model_of[start + j] & model_mask)
+        entry = np.uint64(entries[(h << _WIDE_PROB_BITS) | np.intp(state & low)])
+        symbols[start + j] = np.uint8(entry & np.uint64(0xFF))
+        state = ((entry >> np.uint64(8)) & np.uint64(0xFFF)) * (
+            state >> np.uint64(_WIDE_PROB_BITS)
+        ) + (entry >> np.uint64(20))
+        need = np.uint64(state < np.uint64(_STATE_LOW))
+        word = np.uint64(words[position]) & (np.uint64(0) - need)
+        states[lane + j] = np.uint32((state << (need << np.uint64(4))) | word)
+        position += np.intp(need)
+    return position
+
+
+@numba.njit(cache=True, nogil=True)
+def _vector_wide_decode(
+    states, words, model_of, model_mask, entries, skipped, symbols
+):  # pragma: no cover - compiled
+    """:func:`rans_wide_decode` with rows of lanes as vectors of 16.
+
+    ``symbols`` (``model_of.size`` entries, written and returned) gets 0 at the
+    ``skipped`` positions (strictly increasing, in range), the decoded symbols in order
+    at the others (coded with the model ``model_of`` has there), so a caller needs no
+    pass to drop or refill exact positions. ``entries[h << 12 | slot]`` is ``symbol |
+    freq << 8 | (slot - cum) << 20``; the model of position ``i`` is ``model_of[i] &
+    model_mask``, validated (below ``entries.size >> 12``: raw shared-randomness bytes
+    need no masked copy); ``states.size`` lanes, a multiple of 16 up to 64. A row of
+    lanes runs as vectors of 16 when no skipped position falls inside it and its words
+    cannot run past the stream, else lane by lane with the same arithmetic.
     """
     lanes = states.size
     size = model_of.size
     count = size - skipped.size
-    symbols = np.empty(size, dtype=np.uint8)
     available = words.size
     x = states.copy()
     position = 0
@@ -224,6 +279,9 @@ def rans_wide_decode(states, words, model_of, model_mask, entries, skipped):  # 
     return symbols, x, position, _OK
 
 
+_DECODE_LOOP = _vector_wide_decode.py_func  # the Python source of both decoders
+
+
 @numba.njit(cache=True, nogil=True)
 def rans_lanes_encode(symbols, model_of, freq, cum, lanes, prob_bits):  # pragma: no cover
     """``_rans._encode_numpy`` with ``lanes`` states and ``2**prob_bits`` slots as one
@@ -251,3 +309,20 @@ def rans_lanes_encode(symbols, model_of, freq, cum, lanes, prob_bits):  # pragma
     for j in range(emitted):
         words[j] = pushed[emitted - 1 - j]
     return states.astype(np.uint32), words
+
+
+@numba.njit(cache=True, nogil=True)
+def rans_check_sum(values, first):  # pragma: no cover - compiled
+    """``_rans._check_sum_numpy``: ``sum(fmix64(values[i] + (first + i + 1) * step))``
+    modulo ``2**64`` (independent terms: the loop vectorizes)."""
+    total = np.uint64(0)
+    step = np.uint64(_CHECK_STEP)
+    for i in range(values.size):
+        z = values[i] + np.uint64(first + i + 1) * step
+        z ^= z >> np.uint64(33)
+        z *= np.uint64(_MIX_MULTIPLIERS[0])
+        z ^= z >> np.uint64(33)
+        z *= np.uint64(_MIX_MULTIPLIERS[1])
+        z ^= z >> np.uint64(33)
+        total += z
+    return total
