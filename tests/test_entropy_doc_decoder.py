@@ -1,5 +1,6 @@
 """An independent QDQE version 5 and 4 decoder written from docs/wire-format.md alone
-(layout, lane count, model quantization, digest, decoding rule, end checks) agrees with
+(layout, lane count, model quantization, stream check or digest, decoding rule, end
+checks) agrees with
 what the encoder coded: the document describes the bytes the code writes."""
 
 import hashlib
@@ -30,6 +31,24 @@ def _doc_frequencies(row, total):
     return freq
 
 
+def _fmix64(z):
+    mask = 2**64 - 1
+    z ^= z >> 33
+    z = (z * 0xFF51AFD7ED558CCD) & mask
+    z ^= z >> 33
+    z = (z * 0xC4CEB9FE1A85EC53) & mask
+    return z ^ (z >> 33)
+
+
+def _doc_stream_check(stream):
+    """Version 5's stream check: fmix64 of position-salted u64 values, summed."""
+    n = len(stream)
+    padded = stream + bytes(-n % 8)
+    values = struct.unpack(f"<{len(padded) // 8}Q", padded)
+    total = sum(_fmix64((v + (i + 1) * 0x9E3779B97F4A7C15) % 2**64) for i, v in enumerate(values))
+    return struct.pack("<Q", _fmix64((total % 2**64) ^ n))
+
+
 def _doc_decode(payload, table, dim):
     """The coded symbols of a version 5 or 4 payload, decoded as the document says, or
     the name of the documented check that refuses it."""
@@ -40,7 +59,7 @@ def _doc_decode(payload, table, dim):
     digest = payload[at + 8 : at + 16]
     if version == 5:
         lanes = 16 * min(4, max(1, (m + 2**17) // 2**18))
-        total, person = 2**12, b"quicdesign.rans5"
+        total, person = 2**12, None
     else:
         lanes, total, person = 8, 2**14, b"quicdesign.rans4"
     assert (
@@ -54,7 +73,11 @@ def _doc_decode(payload, table, dim):
     assert m == RotationLayout.for_dim(dim).rotated_dim - n_exact
     exact = np.frombuffer(payload, "<u4", n_exact, at + 16)
     stream = payload[len(payload) - 4 * lanes - 2 * w :]
-    if hashlib.blake2b(stream, digest_size=8, person=person).digest() != digest:
+    if version == 5:
+        expected = _doc_stream_check(bytes(stream))
+    else:
+        expected = hashlib.blake2b(stream, digest_size=8, person=person).digest()
+    if expected != digest:
         return "digest"
     states = list(struct.unpack_from(f"<{lanes}I", stream))
     words = struct.unpack_from(f"<{w}H", stream, 4 * lanes)
