@@ -51,6 +51,10 @@ class WeightedSumAggregator(Aggregator):
         # (the compiled sum releases the GIL), so a client cannot be added twice
         self._commit_lock = threading.Lock()
 
+    def _accumulate(self, contribution) -> None:
+        """Add a validated contribution (from :meth:`_decode`) to the sum; cannot fail."""
+        self._sum += contribution
+
     @abstractmethod
     def _decode(self, payload, weight: float) -> tuple[int, np.ndarray]:
         """Validate ``payload`` fully; return ``(client_id, weight * contribution)``.
@@ -111,7 +115,7 @@ class WeightedSumAggregator(Aggregator):
         with self._commit_lock:
             self._check_new_client(client_id)
             # Commit: nothing below can fail.
-            self._sum += contribution
+            self._accumulate(contribution)
             self._total_weight += weight
             self._clients.add(client_id)
 

@@ -155,13 +155,16 @@ def check_f32_normal(values, what, exponents=0) -> None:
         )
 
 
-def as_client_vector(vector) -> np.ndarray:
+def as_client_vector(vector, *, check_finite=True) -> np.ndarray:
     """Validate a client vector and return it flattened (C order), never modified.
 
     Parameters
     ----------
     vector : array_like
         float16, float32 or float64 values of any shape, contiguous or not.
+    check_finite : bool
+        False when the caller's first pass over the values refuses non-finite ones
+        itself (:func:`check_finite_vector`), saving a pass.
 
     Returns
     -------
@@ -192,11 +195,23 @@ def as_client_vector(vector) -> np.ndarray:
     if array.size > MAX_DIM:
         raise InputVectorError(f"vector of {array.size} entries exceeds the 2**31 - 1 limit")
     flat = array.reshape(-1)
+    if check_finite:
+        check_finite_vector(flat)
+    return flat
+
+
+def check_finite_vector(flat) -> None:
+    """Refuse a flat vector holding NaN or an infinity, naming the first bad index.
+
+    Raises
+    ------
+    InputVectorError
+        If a value is not finite.
+    """
     finite = np.isfinite(flat)
     if not finite.all():
         bad = int(np.argmin(finite))
         raise InputVectorError(f"vector has a non-finite value {flat[bad]} at index {bad}")
-    return flat
 
 
 def writable_dir(path) -> Path:

@@ -60,12 +60,26 @@ def packed_size(bits, count):
     return (bits * count + 7) // 8
 
 
+# bits -> (lane, factor): multiplying a little-endian lane of ``8 // bits`` codes (code i in
+# byte i) by the factor gathers them, code i at bit ``bits * i``, in the lane's top byte;
+# the other partial products land in disjoint fields below it (no carry) or overflow.
+_MULTIPLY_PACK = {2: (np.uint32, 0x01041040), 4: (np.uint16, 0x0110)}
+
+
 def _pack_sub_byte(codes, bits):
-    """Pack codes whose width divides 8 by or-ing shifted columns of a (bytes, k) view."""
+    """Pack codes whose width divides 8: one multiply per lane (2 and 4 bits on
+    little-endian hosts), else by or-ing shifted columns of a (bytes, k) view."""
     per_byte = 8 // bits
     num_bytes = -(-codes.size // per_byte)
-    padded = np.zeros(num_bytes * per_byte, dtype=np.uint8)
-    padded[: codes.size] = codes
+    if codes.size % per_byte == 0 and codes.flags.c_contiguous:
+        padded = codes
+    else:
+        padded = np.zeros(num_bytes * per_byte, dtype=np.uint8)
+        padded[: codes.size] = codes
+    if bits in _MULTIPLY_PACK and sys.byteorder == "little":
+        lane, factor = _MULTIPLY_PACK[bits]
+        gathered = padded.view(lane) * lane(factor)
+        return gathered.view(np.uint8)[per_byte - 1 :: per_byte].tobytes()
     columns = padded.reshape(num_bytes, per_byte)
     packed = columns[:, 0].copy()
     for i in range(1, per_byte):

@@ -41,6 +41,7 @@ from ._validate import (
     check_round_seed,
 )
 from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
+from ._workspace import WORKSPACE_KEY, Workspace
 from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import ROTATED, check_input_model
 from .randomness import (
@@ -175,6 +176,17 @@ def payload_size(bits: int, dim: int, num_exact: int) -> int:
     )
 
 
+def _row_square_sums(rows) -> np.ndarray:
+    """``np.sum(np.square(rows, dtype=np.float64), axis=1)`` a row at a time through one
+    float64 row (the same pairwise sums, without a rows-sized float64 temporary, whose
+    fresh pages cost more than the sums)."""
+    sums = np.empty(rows.shape[0])
+    squares = np.empty(rows.shape[1])
+    for index, row in enumerate(rows):
+        sums[index] = np.add.reduce(np.square(row, dtype=np.float64, out=squares))
+    return sums
+
+
 def _norms_and_scales(rotated, exponents, chunk_size):
     """Chunk norms as sent (float32, rounded up) and the factors mapping to unit variance.
 
@@ -189,7 +201,7 @@ def _norms_and_scales(rotated, exponents, chunk_size):
     if kernels is not None and rotated.dtype in (np.float32, np.float64):
         squares = kernels.row_square_sums(np.ascontiguousarray(rotated))
     else:
-        squares = np.sum(np.square(rotated, dtype=np.float64), axis=1)
+        squares = _row_square_sums(rotated)
     scaled_norms = np.sqrt(squares)
     with np.errstate(over="ignore"):
         norms = np.ldexp(scaled_norms, exponents)
@@ -257,21 +269,27 @@ class QuicFLQuantize(Stage):
         rotated, exponents, layout = x.rotated, x.exponents, x.layout
         norms32, scale = _norms_and_scales(rotated, exponents, layout.chunk_size)
         factors = scale.astype(rotated.dtype)
-        kernels = compiled_kernels()
-        if kernels is not None and rotated.dtype in (np.float32, np.float64):
-            return None, self._quantize_rows(kernels, rotated, factors, norms32, layout, state)
+        if rotated.dtype in (np.float32, np.float64):
+            return None, self._quantize_rows(rotated, factors, norms32, layout, state)
         z = (rotated * factors[:, None]).reshape(-1)
         return None, self._quantize(z, norms32, layout, state)
 
-    def _quantize_rows(self, kernels, rotated, factors, norms32, layout, state) -> _Quantized:
-        """:meth:`_quantize` of ``z = rotated * factors[:, None]`` in one compiled pass
-        over ``rotated`` (the same bytes: ``tests/test_kernels.py``)."""
+    def _quantize_rows(self, rotated, factors, norms32, layout, state) -> _Quantized:
+        """:meth:`_quantize` of ``z = rotated * factors[:, None]`` without materializing
+        ``z``: one compiled pass over ``rotated``, or the numpy sender's tiles (the same
+        bytes: ``tests/test_kernels.py``, ``tests/test_sender.py``)."""
         rotated = np.ascontiguousarray(rotated)
         shared = self._shared(state, rotated.size)
         rng = np.random.default_rng(state.rng)
-        codes, exact, values = self.table.sender.sample_rows(
-            kernels, rotated, factors, self.table.support, shared, rng
-        )
+        sender, kernels = self.table.sender, compiled_kernels()
+        if kernels is None:
+            codes, exact, values = sender.sample_rows_numpy(
+                rotated, factors, self.table.support, shared, rng, state.cache.get(WORKSPACE_KEY)
+            )
+        else:
+            codes, exact, values = sender.sample_rows(
+                kernels, rotated, factors, self.table.support, shared, rng
+            )
         return _with_exact_tail(state, layout, norms32, shared, codes, exact, values)
 
     def _quantize(self, z, norms32, layout, state) -> _Quantized:
@@ -376,6 +394,13 @@ class QuicFLEncoder:
     force : bool
         Accept a table designed for another input model (``docs/wire-format.md``); by
         default only ``rotated`` tables designed for the standard normal are accepted.
+
+    Notes
+    -----
+    Between calls the encoder keeps its work arrays, one set per thread (about two
+    float32 copies of the padded vector plus a row's worth of sender temporaries), so
+    repeated encodes do not fault in fresh pages; encoding from several threads at
+    once is safe.
     """
 
     _magic = WIRE_MAGIC
@@ -392,9 +417,13 @@ class QuicFLEncoder:
         self.round_seed = check_round_seed(round_seed)
         self._tag = _mode_round_tag(self.round_seed, self.stratified)
         self._pipeline = self.pipeline_for(self.table, self.stratified)
-        self._cache: dict = {}  # the round's rotation signs, per length
+        # the round's rotation signs per length, and the per-thread work arrays
+        self._cache: dict = {WORKSPACE_KEY: Workspace()}
         # hashed once (16 KiB of receiver at b = 8), not twice per payload
         self._fingerprint = self.table.fingerprint
+        # the rotation's first pass finds NaN and inf itself: no pass of its own for them
+        first = self._pipeline.stages[0]
+        self._check_finite = not getattr(first, "refuses_non_finite", False)
 
     def encode(self, vector, client_id: int, rng=None) -> bytes:
         """Encode one client's vector.
@@ -415,7 +444,8 @@ class QuicFLEncoder:
             The payload (``docs/wire-format.md``).
         """
         client_id = check_client_id(client_id)
-        sides = self._apply(as_client_vector(vector), client_id, rng)
+        flat = as_client_vector(vector, check_finite=self._check_finite)
+        sides = self._apply(flat, client_id, rng)
         quantized = sides[-1]
         writer = PayloadWriter()
         self._write_header(writer, quantized, self._magic)

@@ -15,8 +15,9 @@ The encoder side (``rotate``, ``scaled_rotate``) does not use BLAS: its bytes mu
 depend on the CPU. A BLAS kernel's summation order (and FMA use) changes the rounding of
 ``fwht``, so the same input gave different payloads under ``OPENBLAS_CORETYPE=Haswell`` and
 the native kernel. :func:`exact_order_fwht` is an add/subtract-only butterfly in a fixed
-order (radix-4 constant geometry: every pass reads four contiguous quarters and writes the
-four results interleaved, which cycles the index bits like the BLAS passes) followed by one
+order (the order of radix-4 constant-geometry passes: each reads four contiguous quarters
+and writes the four results interleaved, which cycles the index bits like the BLAS passes;
+numpy groups two such passes, see :func:`_numpy_butterfly_passes`) followed by one
 multiplication by a constant; every operation is a correctly rounded IEEE add, subtract or
 multiply, so the result is the same on every CPU. It costs about 1.5-2x ``fwht`` (see
 ``quicdesign bench transform``). The server's single inverse rotation keeps ``fwht``.
@@ -34,7 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from quicdesign._kernels import compiled_kernels
-from quicdesign._validate import check_dim
+from quicdesign._validate import check_dim, check_finite_vector
+from quicdesign._workspace import work_array
 from quicdesign.errors import InputDTypeError, InputVectorError, ParameterError
 
 __all__ = [
@@ -175,31 +177,48 @@ def _butterfly_passes(source, scratch, factor):
     return result
 
 
+def _butterfly_level_groups(log_n):
+    """The butterfly levels (bits of the index, 0 = adjacent pairs) in the order every
+    path computes them: pairs ``(log_n - 2, log_n - 1)``, ``(log_n - 4, log_n - 3)``, ...
+    (the lower bit first), then bit 0 alone when ``log_n`` is odd; grouped two pairs at a
+    time for :func:`_numpy_butterfly_passes`."""
+    pairs = [(bit - 1, bit) for bit in range(log_n - 1, 0, -2)]
+    groups = [[bit for pair in pairs[i : i + 2] for bit in pair] for i in range(0, len(pairs), 2)]
+    return groups + [[0]] * (log_n % 2)
+
+
 def _numpy_butterfly_passes(source, scratch):
-    """The numpy reference of :func:`_butterfly_passes`."""
+    """The numpy reference of :func:`_butterfly_passes` (without the final multiply).
+
+    Every level is ``(a + b, a - b)`` on the pairs of its bit, in the order of
+    :func:`_butterfly_level_groups`. Each group's bits are the top bits of the current
+    layout: all but its last level run in place on contiguous halves (long inner loops),
+    and its last level writes the group's bits to the bottom of the index (a rotation
+    of the index bits, as the constant-geometry passes of the compiled kernel), so the
+    next group's bits are on top; after the last group the layout is the original again.
+    The levels' order, not the layout, fixes the rounding, so the bits are the same.
+    """
     batch, n = source.shape
     log_n = n.bit_length() - 1
-    quarter = n // 4
-    if log_n >= 2:
-        partial = np.empty((4, batch, quarter), dtype=source.dtype)
-    for _ in range(log_n // 2):
-        quarters = source.reshape(batch, 4, quarter)
-        interleaved = scratch.reshape(batch, quarter, 4)
-        np.add(quarters[:, 0], quarters[:, 1], out=partial[0])
-        np.subtract(quarters[:, 0], quarters[:, 1], out=partial[1])
-        np.add(quarters[:, 2], quarters[:, 3], out=partial[2])
-        np.subtract(quarters[:, 2], quarters[:, 3], out=partial[3])
-        np.add(partial[0], partial[2], out=interleaved[:, :, 0])
-        np.add(partial[1], partial[3], out=interleaved[:, :, 1])
-        np.subtract(partial[0], partial[2], out=interleaved[:, :, 2])
-        np.subtract(partial[1], partial[3], out=interleaved[:, :, 3])
-        source, scratch = scratch, source
-    if log_n % 2:
-        halves = source.reshape(batch, 2, n // 2)
-        interleaved = scratch.reshape(batch, n // 2, 2)
-        np.add(halves[:, 0], halves[:, 1], out=interleaved[:, :, 0])
-        np.subtract(halves[:, 0], halves[:, 1], out=interleaved[:, :, 1])
-        source = scratch
+    rotation = 0  # bit b of the original index sits at position (b + rotation) % log_n
+    for group in _butterfly_level_groups(log_n):
+        size = len(group)
+        for step, bit in enumerate(group):
+            position = (bit + rotation) % log_n
+            if step < size - 1:
+                halves = source.reshape(batch, n >> (position + 1), 2, 1 << position)
+                target = scratch.reshape(halves.shape)
+            else:
+                # the group's bits move below the others: a view of ``scratch`` with
+                # the index bits rotated by the group's size
+                inner = position - (log_n - size)
+                shape = (batch, 1 << (size - 1 - inner), 2, 1 << inner, n >> size)
+                halves = source.reshape(shape)
+                target = scratch.reshape(batch, n >> size, *shape[1:4]).transpose(0, 2, 3, 4, 1)
+            np.add(halves[:, :, 0], halves[:, :, 1], out=target[:, :, 0])
+            np.subtract(halves[:, :, 0], halves[:, :, 1], out=target[:, :, 1])
+            source, scratch = scratch, source
+        rotation += size
     return source
 
 
@@ -355,11 +374,12 @@ def _check_rotation_input(x, signs, layout):
     return arr, dtype, _checked_signs(signs, layout)
 
 
-def _transform_padded(padded, layout):
+def _transform_padded(padded, layout, workspace=None):
     """Exact-order transform of the padded, sign-flipped vector, chunk by chunk."""
     rows = padded.reshape(layout.num_chunks, layout.chunk_size)
     factor = padded.dtype.type(1.0 / math.sqrt(layout.chunk_size))
-    return _butterfly_passes(rows, np.empty_like(rows), factor)
+    scratch = work_array(workspace, "rotation scratch", rows.size, rows.dtype)
+    return _butterfly_passes(rows, scratch.reshape(rows.shape), factor)
 
 
 def rotate(x, signs, layout):
@@ -406,7 +426,8 @@ def scaled_rotate(x, signs, layout):
     ``x``: ``3e38`` in float32, ``1e308`` in float64 and subnormals alike. When the
     largest ``|x|`` of every nonzero chunk lies in ``[2**-60, 2**60]`` all exponents are
     0 (no extra pass over the data); otherwise each nonzero chunk is scaled so its
-    largest magnitude lies in ``[0.5, 1)``.
+    largest magnitude lies in ``[0.5, 1)``. A NaN or infinite ``x`` is refused
+    (``InputVectorError`` naming the first such index), found from the chunk peaks.
 
     Returns
     -------
@@ -418,10 +439,11 @@ def scaled_rotate(x, signs, layout):
     return _scaled_rotate(x, signs, layout)
 
 
-def _scaled_rotate(x, signs, layout, generated_signs=False):
+def _scaled_rotate(x, signs, layout, generated_signs=False, workspace=None):
     """:func:`scaled_rotate`; ``generated_signs``: the signs come from
     :func:`~quicdesign.randomness.rotation_signs` (only +1/-1, in the compute dtype),
-    so the pass checking them is skipped."""
+    so the pass checking them is skipped. With a ``workspace``
+    (:mod:`quicdesign._workspace`) the result is one of its arrays."""
     if generated_signs:
         _check_layout(layout)
         arr = np.asarray(x)
@@ -431,7 +453,7 @@ def _scaled_rotate(x, signs, layout, generated_signs=False):
         s = signs
     else:
         arr, dtype, s = _check_rotation_input(x, signs, layout)
-    padded = np.empty(layout.rotated_dim, dtype=dtype)
+    padded = work_array(workspace, "rotation", layout.rotated_dim, dtype)
     chunks = padded.reshape(layout.num_chunks, layout.chunk_size)
     kernels = compiled_kernels()
     # int8 signs (+-1) widen exactly in the compiled pass
@@ -445,7 +467,8 @@ def _scaled_rotate(x, signs, layout, generated_signs=False):
     if fast and layout.chunk_size >= 4:
         # sign flips and chunk peaks inside the transform's first pass (flips and maxima
         # are exact: same bits); kept only if no chunk needs scaling
-        scratch = np.empty_like(chunks)
+        scratch = work_array(workspace, "rotation scratch", chunks.size, dtype)
+        scratch = scratch.reshape(chunks.shape)
         factor = chunks.dtype.type(1.0 / math.sqrt(layout.chunk_size))
         bits = arr.view(np.uint32 if dtype == np.float32 else np.uint64)
         peak_bits, which = kernels.signed_butterflies(arr, bits, s, chunks, scratch, factor)
@@ -457,14 +480,18 @@ def _scaled_rotate(x, signs, layout, generated_signs=False):
     else:
         np.multiply(arr, s[: layout.dim], out=padded[: layout.dim], dtype=dtype)
         padded[layout.dim :] = 0
-        largest = np.max(np.abs(chunks), axis=1).astype(np.float64)
+        # two reductions, no |x| temporary (NaN propagates through both)
+        largest = np.maximum(np.max(chunks, axis=1), -np.min(chunks, axis=1))
+        largest = largest.astype(np.float64)
+    if not np.all(np.isfinite(largest)):  # a chunk peak is NaN or inf: so is a value
+        check_finite_vector(arr.reshape(-1))
     exponents = np.zeros(layout.num_chunks, dtype=np.int64)
     low, high = _UNSCALED_RANGE
     nonzero = largest > 0
     if np.all((largest[nonzero] >= low) & (largest[nonzero] <= high)):
         if transformed is not None:
             return transformed, exponents
-        return _transform_padded(padded, layout), exponents
+        return _transform_padded(padded, layout, workspace), exponents
     exponents[nonzero] = np.frexp(largest[nonzero])[1]
     # ldexp in float64 is exact for every float32 or float64 input value
     wide = np.zeros(chunks.shape, dtype=np.float64)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._kernels import compiled_kernels
+from ._workspace import work_array
 from .errors import TableError
 
 __all__ = ["SenderRule"]
@@ -50,6 +51,34 @@ def _bucket_margin(num_buckets, low, high, per_unit) -> float:
     """How far beyond a bucket's edges a value computed into it may lie (value units)."""
     # float32 index error: ~1e-7 relative on each of |value - low| and the product.
     return (1e-3 + 4e-7 * (num_buckets + (abs(low) + abs(high)) * per_unit)) / per_unit
+
+
+# Values per step of the numpy sender (its temporaries stay in L2).
+_NUMPY_TILE = 1 << 17
+
+
+def piece_tables(breakpoints):
+    """Per piece ``e``: its first breakpoint, its width ``t[e + 1] - t[e]`` and whether
+    any piece is empty (the tables :func:`piece_fractions` reads)."""
+    width = breakpoints[1:] - breakpoints[:-1]
+    return breakpoints[:-1], width, bool(np.any(~(width > 0)))
+
+
+def piece_fractions(values, event, start, width, has_empty) -> np.ndarray:
+    """Where each value lies on its event's piece, clipped to ``[0, 1]``; 1 on an empty
+    piece (the probability that the event has fired)."""
+    widths = width[event]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        fraction = values - start[event]
+        fraction /= widths
+    if has_empty:
+        fraction[~(widths > 0)] = 1.0
+    return np.clip(fraction, 0.0, 1.0, out=fraction)
+
+
+def _outside(values, lower, upper) -> np.ndarray:
+    """Where ``values`` lie outside ``[lower, upper]``, compared as the codec compares."""
+    return np.abs(values) > upper if lower == -upper else (values < lower) | (values > upper)
 
 
 class SenderRule:
@@ -112,6 +141,10 @@ class SenderRule:
         self._level_table = None
         self._bucket_cache = None
         self._state_cache = None
+        self._windows = None
+        self._flagged_cache = None
+        self._pieces_cache = None
+        self._numpy_windows = None
         self._build_locator()
 
     @property
@@ -209,11 +242,9 @@ class SenderRule:
         return event
 
     def _fraction(self, values, event) -> np.ndarray:
-        t = self.breakpoints
-        width = t[event + 1] - t[event]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            fraction = np.where(width > 0, (values - t[event]) / width, 1.0)
-        return np.clip(fraction, 0.0, 1.0, out=fraction)
+        if self._pieces_cache is None:
+            self._pieces_cache = piece_tables(self.breakpoints)
+        return piece_fractions(values, event, *self._pieces_cache)
 
     def pieces(self, values) -> tuple[np.ndarray, np.ndarray]:
         """Locate values on the pieces of the rule.
@@ -430,6 +461,199 @@ class SenderRule:
                 self.event_position.astype(np.intp).reshape(-1),
             )
         return self._state_cache
+
+    def sample_rows_numpy(self, rows, factors, bounds, shared, rng, workspace=None):
+        """:meth:`sample_rows` in numpy, the same bits (``tests/test_sender.py``).
+
+        Tiles of a row are scaled, bucketed and looked up in the flagged per-bucket
+        table (one gather per value answers level, mover and dirty); only the flagged
+        values (a few percent) are revisited, tile by tile (the coin flips' uniforms
+        drawn tile by tile are the same sequence). The table index ``bucket * H + h`` is
+        formed in the values' float type (exact below ``2**24``) from the bucket of
+        :meth:`_bucket_index`. Values outside ``bounds`` lie in the end buckets, which
+        are dirty, so they are found among the flagged ones. Needs ``H`` a power of two
+        and finite values, ``shared`` in ``[0, H)``; for other tables :meth:`sample` on
+        the materialized ``z`` is used. The tiles' temporaries come from ``workspace``
+        (:mod:`quicdesign._workspace`) if given.
+        """
+        num_shared = self.num_shared
+        low, per_unit, first, _ = self._locator
+        kind = rows.dtype.type
+        if (
+            num_shared & (num_shared - 1)
+            or first.size * num_shared > 1 << 24  # bucket * H + h exact in float32
+            or not (self._dirty[0] and self._dirty[-1])
+            or not per_unit < np.finfo(kind).max / 2
+        ):
+            return self._sample_rows_reference(rows, factors, bounds, shared, rng)
+        table, shift = self._flagged_bucket_levels()
+        level_mask = (1 << shift) - 1
+        num_rows, width = rows.shape
+        messages = np.empty(rows.size, dtype=self.level_table().dtype)
+        shared = shared.reshape(-1)
+        tile = min(width, _NUMPY_TILE)
+        z = work_array(workspace, "sender z", tile, rows.dtype)
+        position = work_array(workspace, "sender position", tile, rows.dtype)
+        index = work_array(workspace, "sender index", tile, np.intp)
+        entry = work_array(workspace, "sender entry", tile, table.dtype)
+        flagged = work_array(workspace, "sender flagged", tile, bool)
+        lower, upper = bounds
+        # values outside bounds that reach the support's ends lie in its dirty end
+        # buckets; bounds inside the support (entropy tables) need their own comparison
+        ends_only = lower <= self.breakpoints[0] and upper >= self.breakpoints[-1]
+        outside = []
+        for row_index in range(num_rows):
+            row, factor = rows[row_index], factors[row_index]
+            for start in range(0, width, tile):
+                count = min(tile, width - start)
+                offset = row_index * width + start
+                z_tile, at, where, looked = (
+                    z[:count],
+                    position[:count],
+                    index[:count],
+                    entry[:count],
+                )
+                np.multiply(row[start : start + count], factor, out=z_tile)
+                np.subtract(z_tile, kind(low), out=at)
+                at *= kind(per_unit)
+                np.clip(at, 0, first.size - 1, out=at)
+                np.floor(at, out=at)  # the bucket of _bucket_index, then bucket * H + h,
+                at *= num_shared  # exact in the float type (below 2**24)
+                np.add(at, shared[offset : offset + count], out=at)
+                np.copyto(where, at, casting="unsafe")
+                np.take(table, where, out=looked)
+                np.bitwise_and(
+                    looked, level_mask, out=messages[offset : offset + count], casting="unsafe"
+                )
+                local = np.flatnonzero(np.greater(looked, level_mask, out=flagged[:count]))
+                if local.size:
+                    bucket = where[local] >> (num_shared.bit_length() - 1)
+                    split = self._finish_flagged(
+                        messages,
+                        local + offset,
+                        z_tile[local],
+                        looked[local] >> shift,
+                        bucket,
+                        shared,
+                        bounds,
+                        rng,
+                    )
+                    if ends_only:
+                        outside.append(split)
+                if not ends_only:
+                    beyond = np.flatnonzero(_outside(z_tile, lower, upper))
+                    outside.append((beyond + offset, z_tile[beyond]))
+        if not outside:
+            return messages, np.zeros(0, dtype=np.intp), np.zeros(0, dtype=rows.dtype)
+        positions, values = (np.concatenate(part) for part in zip(*outside, strict=True))
+        return messages, positions, values
+
+    def _finish_flagged(self, messages, positions, values, flags, bucket, shared, bounds, rng):
+        """The flagged values of a tile of :meth:`sample_rows_numpy` (``flags``: bit 0
+        the mover, bit 1 dirty): search the dirty ones, flip the movers' coins, and
+        return the positions and values outside ``bounds`` (all in dirty end buckets)."""
+        first, *_ = self._numpy_window_tables()
+        event = first[bucket]
+        moving = (flags & 1).astype(bool)
+        dirty = np.flatnonzero(flags >= 2)
+        dirty_values = values[dirty]
+        if dirty.size:
+            dirty_positions = positions[dirty]
+            h = shared[dirty_positions]
+            found = self._windowed_search(dirty_values.astype(np.float64), bucket[dirty])
+            event[dirty] = found
+            messages[dirty_positions] = self.level_table()[found, h]
+            moving[dirty] = self.event_shared[found] == h
+        chosen = np.flatnonzero(moving)
+        if chosen.size:
+            fraction = self._fraction(values[chosen].astype(np.float64), event[chosen])
+            self._flip_coins(messages, positions[chosen], fraction, None, rng)
+        outside = _outside(dirty_values, *bounds)
+        return positions[dirty[outside]], dirty_values[outside]
+
+    def _numpy_window_tables(self):
+        """For the numpy sender, built once: the first event of every bucket (in the
+        narrowest unsigned type), and compact search windows of the dirty buckets
+        (small tables stay in cache): a bucket's slot, then per slot the count of
+        breakpoints below its window plus one, the window's bounds (infinite where open)
+        and its inner breakpoints (infinite past the window). Slot 0 is every clean
+        bucket's: its bounds contain no value, so its values are searched in full."""
+        if self._numpy_windows is None:
+            t = self.breakpoints
+            dirty = np.flatnonzero(self._dirty)
+            windows = np.concatenate([[[0, 0]], self._search_windows()[dirty]])
+            start, stop = windows[:, 0], windows[:, 1]
+            below = np.where(start == 0, -np.inf, t[start])
+            above = np.where(stop == t.size, np.inf, t[np.minimum(stop, t.size - 1)])
+            below[0], above[0] = np.inf, -np.inf
+            steps = range(1, int(np.max(stop - start, initial=1)))
+            probes = [
+                np.where(start + step < stop, t[np.minimum(start + step, t.size - 1)], np.inf)
+                for step in steps
+            ]
+            slot = np.zeros(self._dirty.size, dtype=np.min_scalar_type(dirty.size))
+            slot[dirty] = np.arange(1, dirty.size + 1)
+            first = self._locator[2].astype(np.min_scalar_type(max(self.num_events, 1)))
+            self._numpy_windows = (first, slot, start + 1, below, above, probes)
+        return self._numpy_windows
+
+    def _windowed_search(self, values, bucket) -> np.ndarray:
+        """:meth:`_search` of float64 values whose buckets are known: the breakpoints
+        of each dirty bucket's window are counted (as the compiled ``_search_event``),
+        and values outside their window are searched in full."""
+        _, slots, base, below, above, probes = self._numpy_window_tables()
+        slot = slots[bucket]
+        count = base[slot]
+        for probe in probes:
+            count += probe[slot] <= values
+        outside = np.flatnonzero(~((below[slot] <= values) & (values < above[slot])))
+        if outside.size:
+            count[outside] = np.searchsorted(self.breakpoints, values[outside], side="right")
+        return np.clip(count - 1, 0, self._last_open, out=count)
+
+    def _sample_rows_reference(self, rows, factors, bounds, shared, rng):
+        """:meth:`sample_rows` by :meth:`sample` on the materialized ``z``."""
+        z = (rows * factors[:, None]).reshape(-1)
+        outside = np.flatnonzero(_outside(z, *bounds))
+        return self.sample(z, shared.reshape(-1), rng=rng), outside, z[outside]
+
+    def _flagged_bucket_levels(self):
+        """For the numpy sender: ``(table, shift)`` with ``table[bucket * H + h]`` the
+        level of ``h`` in a clean bucket, bit ``shift`` set if the bucket's event moves
+        ``h``, bit ``shift + 1`` if the bucket is dirty; built once (one byte per entry
+        when ``K <= 64``)."""
+        if self._flagged_cache is None:
+            first = self._locator[2]
+            shift, dtype = (
+                next(
+                    (shift, dtype)
+                    for limit, shift, dtype in ((64, 6, np.uint8), (256, 8, np.uint16))
+                    if self.num_messages <= limit
+                )
+                if self.num_messages <= 256
+                else (16, np.uint32)
+            )
+            levels = self.level_table()[first].astype(dtype)
+            moves = self.event_shared[first][:, None] == np.arange(self.num_shared)[None, :]
+            levels |= moves.astype(dtype) << dtype(shift)
+            levels |= (self._dirty.astype(dtype) << dtype(shift + 1))[:, None]
+            self._flagged_cache = (levels.reshape(-1), shift)
+        return self._flagged_cache
+
+    def _search_windows(self):
+        """Per bucket ``(start, stop)``: the breakpoints bracketing the bucket's edges."""
+        if self._windows is None:
+            low, per_unit, first, _ = self._locator
+            t = self.breakpoints
+            windows = np.empty((first.size, 2), dtype=np.intp)
+            if per_unit > 0:
+                edges = low + np.arange(first.size + 1) / per_unit
+                windows[:, 0] = np.maximum(np.searchsorted(t, edges[:-1], side="right") - 1, 0)
+                windows[:, 1] = np.searchsorted(t, edges[1:], side="right")
+            else:
+                windows[:] = (0, t.size)
+            self._windows = windows
+        return self._windows
 
     def _levels(self, values, shared):
         """Deterministic levels, the randomizing positions and their events (numpy)."""

@@ -33,6 +33,7 @@ from ._accumulate import WeightedSumAggregator, check_contribution_bound
 from ._kernels import compiled_kernels as _compiled_kernels
 from ._validate import check_minmax_magnitude, check_weight
 from ._wire import PayloadReader, unpack_codes
+from ._workspace import WORKSPACE_KEY
 from .errors import ParameterError, PayloadError
 from .randomness import key_stream_bytes, rotation_signs
 from .rotation import RotationLayout, _scaled_rotate, unrotate
@@ -49,6 +50,8 @@ __all__ = [
 
 # Clients gathered per pass of the compiled kernel (8 bytes of index per coordinate each).
 _KERNEL_BLOCK = 8
+# Coordinates per block of the numpy gather-and-add (its temporaries stay in cache).
+_GATHER_BLOCK = 1 << 16
 
 
 @dataclass(slots=True)  # built once per client: slots make that cheaper
@@ -103,25 +106,48 @@ class GatheredContribution:
 
     def materialize(self) -> np.ndarray:
         """The contribution as a float64 vector."""
+        decoded = np.empty(self.scale.size * self.chunk_size)
+        self._decode_into(decoded, 0, self._codes(), self.shared_bytes(), self._tables())
+        return decoded
+
+    def add_to(self, total) -> None:
+        """``total += self.materialize()`` (the same bits) in blocks of coordinates, with
+        no vector-sized float64 temporary (its fresh pages cost as much as the sums)."""
+        codes, shared, tables = self._codes(), self.shared_bytes(), self._tables()
+        block = min(total.size, _GATHER_BLOCK)
+        decoded = np.empty(block)
+        for start in range(0, total.size, block):
+            part = decoded[: min(block, total.size - start)]
+            self._decode_into(part, start, codes, shared, tables)
+            total[start : start + part.size] += part
+
+    def _tables(self):
         # one small table per chunk with norm, weight and 1/sqrt(chunk) folded in, then a
         # single gather with a narrow index (numpy gathers fastest with those)
-        tables = (self.scale[:, None] * self.receiver[None, :]).reshape(-1)
+        return (self.scale[:, None] * self.receiver[None, :]).reshape(-1)
+
+    def _codes(self):
         size = self.scale.size * self.chunk_size
-        index_dtype = np.uint16 if tables.size <= 1 << 16 else np.uint32
-        index = (self.shared_bytes()[:size] & np.uint8(self.shared_mask)).astype(index_dtype)
-        index <<= self.bits
         if self.code_width == 8:
-            index |= self.codes[:size]
-        else:
-            index |= unpack_codes(self.codes, self.code_width, size)
-        if self.scale.size > 1:
-            offsets = np.arange(self.scale.size, dtype=index_dtype) * index_dtype(
-                self.receiver.size
-            )
-            index.reshape(self.scale.size, -1)[1:] += offsets[1:, None]
-        decoded = tables[index]
-        decoded[self.positions] = self.exact
-        return decoded
+            return self.codes[:size]
+        return unpack_codes(self.codes, self.code_width, size)
+
+    def _decode_into(self, out, start, codes, shared, tables) -> None:
+        """Decoded coordinates ``start:start + out.size`` into ``out``, exact ones
+        included."""
+        stop = start + out.size
+        index_dtype = np.uint16 if tables.size <= 1 << 16 else np.uint32
+        index = (shared[start:stop] & np.uint8(self.shared_mask)).astype(index_dtype)
+        index <<= self.bits
+        index |= codes[start:stop]
+        # chunk k's table starts at k * receiver.size
+        for chunk in range(max(start // self.chunk_size, 1), (stop - 1) // self.chunk_size + 1):
+            lo = max(chunk * self.chunk_size, start) - start
+            hi = min((chunk + 1) * self.chunk_size, stop) - start
+            index[lo:hi] += index_dtype(chunk * self.receiver.size)
+        np.take(tables, index, out=out)
+        lo, hi = np.searchsorted(self.positions, (start, stop))
+        out[self.positions[lo:hi] - start] = self.exact[lo:hi]
 
 
 class Stage(ABC):
@@ -337,11 +363,15 @@ class PipelineAggregator(WeightedSumAggregator):
         )
         return header.client_id, self._pipeline.decode_to_sum_domain(reader, state, weight)
 
-    def _decode(self, payload, weight: float) -> tuple[int, np.ndarray]:
-        client_id, contribution = self._contribution(payload, weight)
+    def _decode(self, payload, weight: float):
+        # a gathered contribution stays unmaterialized: _accumulate adds it in blocks
+        return self._contribution(payload, weight)
+
+    def _accumulate(self, contribution) -> None:
         if isinstance(contribution, GatheredContribution):
-            contribution = contribution.materialize()
-        return client_id, contribution
+            contribution.add_to(self._sum.reshape(-1))
+        else:
+            super()._accumulate(contribution)
 
     def add_many(self, payloads, weights=None) -> None:
         """Add payloads in order, exactly as a loop of :meth:`add` (same bits, same errors).
@@ -446,6 +476,9 @@ class RandomizedHadamard(Stage):
         ``(round_seed, client_id, client_purpose)`` instead of the round's.
     """
 
+    #: ``apply`` refuses a NaN or infinite input (from the chunk peaks of its first pass)
+    refuses_non_finite = True
+
     def __init__(self, scaled=False, client_purpose=None):
         self.scaled = scaled
         self.client_purpose = client_purpose
@@ -478,7 +511,9 @@ class RandomizedHadamard(Stage):
         signs = self._signs(state, layout, kind)
         # rotate each chunk scaled by a power of two (exact), so float32 cannot overflow
         # or underflow; the ends of the pipeline restore the true magnitudes
-        rotated, exponents = _scaled_rotate(x, signs, layout, generated_signs=True)
+        rotated, exponents = _scaled_rotate(
+            x, signs, layout, generated_signs=True, workspace=state.cache.get(WORKSPACE_KEY)
+        )
         if self.scaled:
             return ScaledChunks(rotated, exponents, layout), None
         return np.asarray(ScaledChunks(rotated, exponents, layout)), None

@@ -330,3 +330,52 @@ def test_pre_envelope_payloads_aggregate_to_the_same_result(table2, valid_payloa
     # a client is one client whatever version it sent
     with pytest.raises(PayloadError, match="already added"):
         mixed.add(valid_payloads[1])
+
+
+@pytest.mark.parametrize("kernels", ["numpy", "auto"])
+def test_reused_work_arrays_never_leak_between_encodes_or_threads(monkeypatch, table2, kernels):
+    # one encoder reuses its work arrays (per thread): every payload equals a fresh
+    # encoder's, whatever was encoded before on the same or another thread
+    import threading
+
+    from quicdesign._kernels import KERNELS_ENV
+
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    rng = np.random.default_rng(3)
+    sizes = [5000, 70_000, 5000, 1, 70_000, 3000]
+    vectors = [
+        rng.standard_normal(n).astype(np.float32) * 10.0 ** rng.integers(-3, 3) for n in sizes
+    ]
+    vectors[1][::7] = 1e30  # chunks that need scaling take another path
+
+    def fresh(index):
+        return QuicFLEncoder(table2, 9).encode(vectors[index], index, rng=index)
+
+    expected = [fresh(i) for i in range(len(vectors))]
+    shared = QuicFLEncoder(table2, 9)
+    assert [shared.encode(v, i, rng=i) for i, v in enumerate(vectors)] == expected
+    results = {}
+
+    def worker(offset):
+        for step in range(len(vectors)):
+            index = (step + offset) % len(vectors)
+            results[offset, index] = shared.encode(vectors[index], index, rng=index)
+
+    threads = [threading.Thread(target=worker, args=(offset,)) for offset in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(payload == expected[index] for (_, index), payload in results.items())
+    assert len(results) == 3 * len(vectors)
+
+
+def test_an_encoder_with_work_arrays_pickles_and_encodes_the_same(table2):
+    import copy
+    import pickle
+
+    x = np.random.default_rng(4).standard_normal(5000)
+    encoder = QuicFLEncoder(table2, ROUND)
+    expected = encoder.encode(x, 3, rng=5)  # its work arrays now exist
+    for clone in (pickle.loads(pickle.dumps(encoder)), copy.deepcopy(encoder)):
+        assert clone.encode(x, 3, rng=5) == expected

@@ -4,9 +4,17 @@ numpy path, and add_many is exactly a loop of add (same bits, same refusals)."""
 import numpy as np
 import pytest
 
-from quicdesign import ParameterError, PayloadError, QuicFLAggregator, QuicFLEncoder, load_table
+from quicdesign import (
+    InputVectorError,
+    ParameterError,
+    PayloadError,
+    QuicFLAggregator,
+    QuicFLEncoder,
+    load_table,
+)
 from quicdesign._kernels import KERNELS_ENV, compiled_kernels
 from quicdesign._wire import pack_codes
+from quicdesign.codec import _row_square_sums
 from quicdesign.entropy import QuicFLEntropyAggregator, QuicFLEntropyEncoder
 from quicdesign.rotation import exact_order_fwht
 from quicdesign.table import load_entropy_table
@@ -422,6 +430,8 @@ def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
             rows.flat[0] = np.finfo(np.float32).max  # its square is exact in float64
         expected = np.sum(np.square(rows, dtype=np.float64), axis=1)
         assert kernels.row_square_sums(rows).tobytes() == expected.tobytes(), shape
+        # the numpy encoder's row-at-a-time sums too
+        assert _row_square_sums(rows).tobytes() == expected.tobytes(), shape
 
 
 @pytest.mark.parametrize("name", ["e8", "d4"])
@@ -704,3 +714,25 @@ def test_server_kernel_refuses_contributions_it_would_read_past():
     ):
         with pytest.raises(ParameterError, match="outside|too few|do not cover"):
             compiled_kernels().accumulate_gathered(np.zeros(size), [bad, bad])
+
+
+@pytest.mark.parametrize("kernels", ["numpy", "auto"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+@pytest.mark.parametrize("dim", [1, 3, 1000, 5000])
+def test_encoder_refuses_non_finite_values_found_by_the_rotation(monkeypatch, kernels, dtype, dim):
+    """The encoder leaves NaN/inf to the rotation's chunk peaks (no pass of its own):
+    each is still refused, naming the first bad index, on both paths."""
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    encoder = QuicFLEncoder(load_table(2), ROUND)
+    rng = np.random.default_rng(dim)
+    for bad in (np.nan, np.inf, -np.inf):
+        for first in {0, dim // 2, dim - 1}:
+            x = rng.standard_normal(dim).astype(dtype)
+            x[first] = bad
+            x[first + 1 :: 7] = np.nan  # later bad values do not change the message
+            with pytest.raises(InputVectorError, match=f"non-finite value .* at index {first}$"):
+                encoder.encode(x, 0, rng=1)
+    # finite extremes still encode (the peaks' check refuses only NaN and inf)
+    x = np.full(dim, np.finfo(dtype).tiny, dtype=dtype)
+    x[::256] = min(float(np.finfo(dtype).max), 1e30)
+    assert len(encoder.encode(x, 0, rng=1)) > 0

@@ -315,3 +315,43 @@ def test_unrotate_rejects_bad_shape():
         unrotate(np.ones(3000), signs, layout)
     with pytest.raises(InputDTypeError):
         unrotate(np.ones((3, 1024), dtype=np.int32), signs, layout)
+
+
+def _levels_one_by_one(rows):
+    """The exact-order butterflies one level at a time, in place, in the documented
+    order: pairs of bits (log_n - 2, log_n - 1), (log_n - 4, log_n - 3), ..., lower bit
+    first, then bit 0 when log_n is odd."""
+    rows = rows.copy()
+    batch, n = rows.shape
+    log_n = n.bit_length() - 1
+    order = [bit for top in range(log_n - 1, 0, -2) for bit in (top - 1, top)]
+    for bit in order + [0] * (log_n % 2):
+        halves = rows.reshape(batch, n >> (bit + 1), 2, 1 << bit)
+        low, high = halves[:, :, 0].copy(), halves[:, :, 1].copy()
+        halves[:, :, 0] = low + high
+        halves[:, :, 1] = low - high
+    return rows
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_numpy_butterflies_follow_the_documented_level_order(monkeypatch, dtype):
+    # the grouped, layout-rotating numpy passes round exactly as one level at a time
+    from quicdesign._kernels import KERNELS_ENV
+    from quicdesign.rotation import _numpy_butterfly_passes
+
+    monkeypatch.setenv(KERNELS_ENV, "numpy")
+    rng = np.random.default_rng(17)
+    for log_n in [*range(0, 13), 17]:
+        batch = 2 if log_n < 17 else 1
+        x = (
+            rng.standard_t(1.5, (batch, 1 << log_n))
+            * 10.0
+            ** rng.integers(-30, 30, log_n + 1)[rng.integers(0, log_n + 1, (batch, 1 << log_n))]
+        )
+        x = x.astype(dtype)
+        if log_n == 5:
+            x[0, :3] = [np.inf, -np.inf, np.nan]
+        with np.errstate(invalid="ignore", over="ignore"):
+            expected = _levels_one_by_one(x)
+            got = _numpy_butterfly_passes(x.copy(), np.empty_like(x))
+        assert got.tobytes() == expected.tobytes(), log_n

@@ -152,3 +152,96 @@ def test_float32_values_near_bucket_edges_and_breakpoints_are_located_exactly(bi
     located = rule.locate(values)
     misplaced = np.flatnonzero(located != exact)
     assert misplaced.size == 0, values[misplaced[:5]]
+
+
+def _row_sampler_cases(rule, dtype, rng):
+    """Rows whose products with their factors hit the hard cases: bucket edges,
+    breakpoints and their float neighbours, the support's ends, beyond it, and 0."""
+    low, per_unit, first, _ = rule._locator
+    lo, hi = rule.support
+    edges = low + np.arange(first.size + 1) / per_unit if per_unit > 0 else np.array([lo])
+    centres = np.concatenate([edges, rule.breakpoints, [lo, hi, -hi, 0.0]]).astype(dtype)
+    probes = [centres]
+    for direction in (np.inf, -np.inf):
+        step = centres
+        for _ in range(3):
+            step = np.nextafter(step, dtype(direction))
+            probes.append(step)
+    span = max(hi - lo, 1.0)
+    probes.append(rng.normal(0, span / 4, 3001).astype(dtype))
+    probes.append(rng.uniform(lo - span, hi + span, 500).astype(dtype))
+    values = rng.permutation(np.concatenate(probes))
+    width = 1 + values.size // 2  # two rows of an odd width, then a row of zeros
+    rows = np.zeros(3 * width, dtype=dtype)
+    rows[: values.size] = values
+    return rows.reshape(3, width)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("bits, shared_bits", [(b, None) for b in range(1, 9)] + [(2, 8), (4, 8)])
+def test_numpy_row_sampler_matches_the_reference_bit_for_bit(monkeypatch, bits, shared_bits, dtype):
+    """The numpy encoder's tiled sampler gives the reference's messages (coin flips
+    included), exact positions and values, over several tiles per row."""
+    import quicdesign.sender as sender_module
+    from quicdesign import load_table
+
+    monkeypatch.setattr(sender_module, "_NUMPY_TILE", 256)
+    table = load_table(bits, shared_bits)
+    rule = table.sender
+    rng = np.random.default_rng(bits)
+    rows = _row_sampler_cases(rule, dtype, rng)
+    # factor 1 keeps the probes exact, 0.75 scales them; the zero row has factor 0
+    factors = np.array([1.0, 0.75, 0.0], dtype=dtype)
+    shared = rng.integers(0, rule.num_shared, rows.size).astype(np.uint8)
+    expected = rule._sample_rows_reference(
+        rows, factors, table.support, shared, np.random.default_rng(7)
+    )
+    got = rule.sample_rows_numpy(rows, factors, table.support, shared, np.random.default_rng(7))
+    assert expected[1].size > 0  # some values lie outside the support
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine.dtype == theirs.dtype
+        assert mine.tobytes() == theirs.tobytes()
+
+
+@settings(max_examples=40, deadline=None)
+@given(receivers(max_shared_bits=4, max_bits=4), st.integers(0, 2**32 - 1))
+def test_numpy_row_sampler_matches_the_reference_on_any_receiver(receiver, seed):
+    # degenerate receivers too: equal rows, empty pieces, one shared value
+    rule = SenderRule(receiver)
+    rng = np.random.default_rng(seed)
+    rows = _row_sampler_cases(rule, np.float64, rng)
+    factors = np.array([1.0, 0.5, 0.0])
+    shared = rng.integers(0, rule.num_shared, rows.size).astype(np.uint8)
+    lo, hi = rule.support
+    # the support itself, and bounds inside it (entropy tables send a wider tail exactly)
+    for bounds in [(lo, hi), (0.7 * lo + 0.3 * hi, 0.3 * lo + 0.7 * hi)]:
+        expected = rule._sample_rows_reference(
+            rows, factors, bounds, shared, np.random.default_rng(3)
+        )
+        got = rule.sample_rows_numpy(rows, factors, bounds, shared, np.random.default_rng(3))
+        for mine, theirs in zip(got, expected, strict=True):
+            assert mine.tobytes() == theirs.tobytes()
+
+
+@pytest.mark.parametrize("rate", [1, 3])
+def test_numpy_row_sampler_matches_the_reference_for_entropy_tables(monkeypatch, rate):
+    # their exactly-sent tail starts inside the sender's support, away from its end buckets
+    import quicdesign.sender as sender_module
+    from quicdesign import load_entropy_table
+
+    monkeypatch.setattr(sender_module, "_NUMPY_TILE", 512)
+    table = load_entropy_table(rate)
+    rule = table.sender
+    assert table.support[1] < rule.support[1]
+    rng = np.random.default_rng(rate)
+    rows = _row_sampler_cases(rule, np.float32, rng)
+    factors = np.array([1.0, 0.75, 0.0], dtype=np.float32)
+    shared = rng.integers(0, rule.num_shared, rows.size).astype(np.uint8)
+    expected = rule._sample_rows_reference(
+        rows, factors, table.support, shared, np.random.default_rng(2)
+    )
+    got = rule.sample_rows_numpy(rows, factors, table.support, shared, np.random.default_rng(2))
+    assert expected[1].size > 0
+    for mine, theirs in zip(got, expected, strict=True):
+        assert mine.dtype == theirs.dtype
+        assert mine.tobytes() == theirs.tobytes()

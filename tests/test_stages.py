@@ -79,3 +79,24 @@ def test_per_client_rotation_does_not_commute_with_sum():
     assert RandomizedHadamard().commutes_with_sum
     assert not RandomizedHadamard(client_purpose="eden-rotation").commutes_with_sum
     assert make_compressor("eden").stages.sum_depth == 0
+
+
+@pytest.mark.parametrize("bits", [1, 3, 8])
+def test_gathered_contributions_add_in_blocks_exactly_as_materialized(monkeypatch, bits):
+    # the numpy server adds a client block by block; blocks cut chunks and exact runs
+    import quicdesign.stages as stages_module
+    from quicdesign import QuicFLAggregator, QuicFLEncoder, load_table
+
+    monkeypatch.setattr(stages_module, "_GATHER_BLOCK", 700)
+    table = load_table(bits)
+    dim = 20000
+    rng = np.random.default_rng(bits)
+    vector = rng.standard_normal(dim)  # ~0.2 % of rotated coordinates are sent exactly
+    payload = QuicFLEncoder(table, 3).encode(vector, 7, rng=1)
+    aggregator = QuicFLAggregator(table, 3, dim)
+    _, gathered = aggregator._contribution(payload, 0.37)
+    assert gathered.positions.size > 10 and gathered.scale.size > 1
+    start = rng.standard_normal(gathered.scale.size * gathered.chunk_size)
+    total = start.copy()
+    gathered.add_to(total)
+    assert total.tobytes() == (start + gathered.materialize()).tobytes()

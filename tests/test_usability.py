@@ -219,6 +219,9 @@ def test_readme_blocks_are_python_or_bash_and_every_skip_says_why():
     assert text.count("readme-test:") == sum(reason is not None for *_, reason in blocks)
 
 
+_GLOO_TEARDOWN_ABORT = "terminate called without an active exception"
+
+
 def _run_block(language, code, cwd):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "MPLBACKEND": "Agg"}
     # the venv running the tests provides `python` and the `quicdesign` script
@@ -241,7 +244,15 @@ def test_every_readme_block_runs(language, code, line, skip, tmp_path):
     if skip:
         pytest.skip(f"README line {line}: {skip}")
     result = _run_block(language, code, tmp_path)
-    assert result.returncode == 0, f"README line {line}:\n{result.stderr[-3000:]}"
+    if result.returncode != 0 and _GLOO_TEARDOWN_ABORT in result.stderr:
+        # gloo's C++ teardown occasionally aborts at exit (seen about once in ten runs of
+        # the DDP block) after the block has run to its end; only a failure before then is
+        # ours, so the block's output must still be complete
+        print(f"README line {line}: gloo aborted during teardown after the block finished")
+        assert "Traceback" not in result.stderr, result.stderr[-3000:]
+        assert result.stdout.rstrip().splitlines()[-1].startswith("iterations"), result.stdout
+    else:
+        assert result.returncode == 0, f"README line {line}:\n{result.stderr[-3000:]}"
     assert result.stdout.strip(), f"README line {line} printed nothing"
     assert "HiGHS" not in result.stdout
 

@@ -592,47 +592,68 @@ def butterfly_passes(source, scratch, factor):  # pragma: no cover - compiled
 @numba.njit(cache=True, nogil=True)
 def _butterfly_passes_from(source, scratch, factor, first_pass):  # pragma: no cover
     """:func:`butterfly_passes` from radix-4 pass ``first_pass`` on (the earlier ones
-    done: their output in ``source`` for an even count, else ``scratch``)."""
+    done: their output in ``source`` for an even count, else ``scratch``).
+
+    Row by row, every pass of a row before the next: a row and its scratch stay in L2
+    across the passes instead of the whole array streaming through memory per pass (the
+    same operations on the same operands, so the same bits). The passes are functions
+    of two distinct 1-D rows, written out per direction: so they vectorize."""
     batch, n = source.shape
     log_n = 0
     while (1 << (log_n + 1)) <= n:
         log_n += 1
-    quarter = n // 4
-    buffers = (source, scratch)
-    current = first_pass % 2
     one = source.dtype.type(1)
     passes = log_n // 2 + log_n % 2
-    for p in range(first_pass, log_n // 2):
-        read, write = buffers[current], buffers[1 - current]
-        f = factor if p == passes - 1 else one
-        for row in range(batch):
-            for j in range(quarter):
-                a = read[row, j]
-                b = read[row, quarter + j]
-                c = read[row, 2 * quarter + j]
-                e = read[row, 3 * quarter + j]
-                sum_low, diff_low = a + b, a - b
-                sum_high, diff_high = c + e, c - e
-                write[row, 4 * j] = (sum_low + sum_high) * f
-                write[row, 4 * j + 1] = (diff_low + diff_high) * f
-                write[row, 4 * j + 2] = (sum_low - sum_high) * f
-                write[row, 4 * j + 3] = (diff_low - diff_high) * f
-        current = 1 - current
-    if log_n % 2:
-        read, write = buffers[current], buffers[1 - current]
-        half = n // 2
-        for row in range(batch):
-            for j in range(half):
-                a = read[row, j]
-                b = read[row, half + j]
-                write[row, 2 * j] = (a + b) * factor
-                write[row, 2 * j + 1] = (a - b) * factor
-        current = 1 - current
+    current = first_pass % 2
+    for row in range(batch):
+        current = first_pass % 2
+        here, there = source[row], scratch[row]
+        for p in range(first_pass, log_n // 2):
+            f = factor if p == passes - 1 else one
+            if current == 0:
+                _radix4_pass(here, there, f)
+            else:
+                _radix4_pass(there, here, f)
+            current = 1 - current
+        if log_n % 2:
+            if current == 0:
+                _radix2_pass(here, there, factor)
+            else:
+                _radix2_pass(there, here, factor)
+            current = 1 - current
     if passes == 0:
         for row in range(batch):
             for j in range(n):
                 source[row, j] *= factor
     return current
+
+
+@numba.njit(cache=True, nogil=True)
+def _radix4_pass(read, write, f):  # pragma: no cover - compiled
+    """One radix-4 butterfly pass of a row, from ``read`` to ``write``, times ``f``."""
+    quarter = read.size // 4
+    for j in range(quarter):
+        a = read[j]
+        b = read[quarter + j]
+        c = read[2 * quarter + j]
+        e = read[3 * quarter + j]
+        sum_low, diff_low = a + b, a - b
+        sum_high, diff_high = c + e, c - e
+        write[4 * j] = (sum_low + sum_high) * f
+        write[4 * j + 1] = (diff_low + diff_high) * f
+        write[4 * j + 2] = (sum_low - sum_high) * f
+        write[4 * j + 3] = (diff_low - diff_high) * f
+
+
+@numba.njit(cache=True, nogil=True)
+def _radix2_pass(read, write, f):  # pragma: no cover - compiled
+    """The radix-2 butterfly pass of a row (odd ``log2`` width), times ``f``."""
+    half = read.size // 2
+    for j in range(half):
+        a = read[j]
+        b = read[half + j]
+        write[2 * j] = (a + b) * f
+        write[2 * j + 1] = (a - b) * f
 
 
 @numba.njit(cache=True, nogil=True)
