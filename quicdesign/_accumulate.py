@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from abc import abstractmethod
 
 import numpy as np
@@ -32,7 +33,9 @@ class WeightedSumAggregator(Aggregator):
     ``add`` validates the whole payload and computes its contribution (:meth:`_decode`)
     before touching any state, so a rejected payload leaves the aggregator exactly as it
     was. ``result`` divides the running sum by the total weight and maps it to the
-    original coordinates with :meth:`_finalize` (e.g. one inverse rotation).
+    original coordinates with :meth:`_finalize` (e.g. one inverse rotation). Threads may
+    share one: payloads are validated in parallel, each commit (with its new-client check)
+    is atomic.
 
     Parameters
     ----------
@@ -44,6 +47,9 @@ class WeightedSumAggregator(Aggregator):
         self._sum = np.zeros(shape, dtype=np.float64)
         self._total_weight = 0.0
         self._clients: set[int] = set()
+        # threads sharing an aggregator: the new-client check and the commit are one step
+        # (the compiled sum releases the GIL), so a client cannot be added twice
+        self._commit_lock = threading.Lock()
 
     def _accumulate(self, contribution) -> None:
         """Add a validated contribution (from :meth:`_decode`) to the sum; cannot fail."""
@@ -106,11 +112,12 @@ class WeightedSumAggregator(Aggregator):
         """
         weight = check_weight(weight)
         client_id, contribution = self._decode(payload, weight)
-        self._check_new_client(client_id)
-        # Commit: nothing below can fail.
-        self._accumulate(contribution)
-        self._total_weight += weight
-        self._clients.add(client_id)
+        with self._commit_lock:
+            self._check_new_client(client_id)
+            # Commit: nothing below can fail.
+            self._accumulate(contribution)
+            self._total_weight += weight
+            self._clients.add(client_id)
 
     def add_many(self, payloads, weights=None) -> None:
         """Add payloads in order: the same result, bit for bit, as a loop of :meth:`add`.
@@ -156,14 +163,15 @@ class WeightedSumAggregator(Aggregator):
             raise ParameterError(
                 "can only merge aggregators of the same scheme, parameters, round seed and dim"
             )
-        overlap = self._clients & other._clients
-        if overlap:
-            raise ParameterError(
-                f"shards share clients {sorted(overlap)[:5]}: they would count twice"
-            )
-        self._sum += other._sum
-        self._total_weight += other._total_weight
-        self._clients |= other._clients
+        with self._commit_lock:
+            overlap = self._clients & other._clients
+            if overlap:
+                raise ParameterError(
+                    f"shards share clients {sorted(overlap)[:5]}: they would count twice"
+                )
+            self._sum += other._sum
+            self._total_weight += other._total_weight
+            self._clients |= other._clients
 
     # -- partial aggregates as data (quicdesign.shard; docs/shard-format.md) -----------
     def _shard_identity(self) -> tuple[bytes, bytes]:

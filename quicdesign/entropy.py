@@ -291,7 +291,8 @@ class QuicFLEntropyQuantize(QuicFLQuantize):
         within = rans and self._coder(version, 0)[0].num_symbols <= self.table.num_messages
         if not within and codes.max(initial=0) >= self.table.num_messages:
             raise PayloadError("decoded message outside the table")
-        return codes, indices, values, shared, mask
+        # one byte per code (messages < 2**8), as the server kernel reads them (v3: uint16)
+        return codes.astype(np.uint8, copy=False), indices, values, shared, mask
 
     def contribution(self, y, side, state, dim, weight):
         """The fixed-rate quantizer's gather, with ``h`` masked as the decoder read it."""

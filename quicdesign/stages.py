@@ -401,19 +401,34 @@ class PipelineAggregator(WeightedSumAggregator):
                 seen.add(client_id)
                 block.append((client_id, weight, gathered))
             if block:
-                self._commit_block(kernels, block)
+                added = self._commit_block(kernels, block)
+                if added < len(block):  # another thread added that client meanwhile
+                    client_id = block[added][0]
+                    failure = (
+                        start + added,
+                        PayloadError(f"client {client_id} was already added this round"),
+                    )
             if failure is not None:
                 self._raise_at(*failure)
 
     def _pipeline_gathers(self) -> bool:
         return getattr(self._pipeline.stages[self._pipeline.sum_depth], "gathers", False)
 
-    def _commit_block(self, kernels, block) -> None:
-        """Accumulate validated gathered clients with the compiled kernel (cannot fail)."""
-        kernels.accumulate_gathered(self._sum.reshape(-1), [item for _, _, item in block])
-        for client_id, weight, _ in block:
-            self._total_weight += weight
-            self._clients.add(client_id)
+    def _commit_block(self, kernels, block) -> int:
+        """Accumulate validated gathered clients with the compiled kernel (cannot fail):
+        those before the first one already added (by another thread); how many."""
+        with self._commit_lock:
+            added = next(
+                (i for i, (client_id, _, _) in enumerate(block) if client_id in self._clients),
+                len(block),
+            )
+            if added:
+                items = [item for _, _, item in block[:added]]
+                kernels.accumulate_gathered(self._sum.reshape(-1), items)
+            for client_id, weight, _ in block[:added]:
+                self._total_weight += weight
+                self._clients.add(client_id)
+        return added
 
     def _finalize(self, mean: np.ndarray) -> np.ndarray:
         return self._pipeline.finalize(mean, self._state)

@@ -51,3 +51,15 @@ def test_stage_floors_count_the_bytes_each_stage_must_move():
     assert floors["encode"] == pytest.approx(encode_bytes * 1e-9 + 2e-6)
     assert floors["aggregate_traffic"] == pytest.approx(aggregate_bytes * 1e-9)
     assert floors["aggregate"] == pytest.approx(aggregate_bytes * 1e-9 + 2e-6)
+
+
+def test_runtime_bench_times_both_paths_whatever_the_kernel_switch(monkeypatch):
+    # the bench sets the switch itself for each path: with QUICDESIGN_KERNELS=numpy in the
+    # environment every compiled figure is still measured (numba installed)
+    pytest.importorskip("numba")
+    from quicdesign._kernels import KERNELS_ENV
+
+    monkeypatch.setenv(KERNELS_ENV, "numpy")
+    (row,) = bench_runtime(dim=1024, bits=(1,), clients=2, repeats=1, progress=False)
+    assert row["encode_compiled_ms"] > 0 and row["add_many_compiled_ms_per_client"] > 0
+    assert row["entropy_rans_compiled_ns"] > 0 and row["entropy_rans_v4_compiled_ns"] > 0

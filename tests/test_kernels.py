@@ -24,6 +24,13 @@ pytest.importorskip("numba")
 ROUND = 13
 
 
+@pytest.fixture(autouse=True)
+def _compiled_by_default(monkeypatch):
+    """These tests compare the paths themselves: the compiled kernels stay available
+    when the suite runs with ``QUICDESIGN_KERNELS=numpy`` (each test sets it as needed)."""
+    monkeypatch.setenv(KERNELS_ENV, "auto")
+
+
 def _payloads(bits, dim, magnitude, count=11):
     table = load_table(bits)
     encoder = QuicFLEncoder(table, ROUND)
@@ -93,6 +100,26 @@ def test_compiled_entropy_sums_are_bit_identical_to_numpy(monkeypatch, rate):
     payloads = [
         encoder.encode(rng.standard_t(2, dim).astype(np.float32), c, rng=rng) for c in range(10)
     ]
+    weights = rng.uniform(0.5, 3.0, len(payloads))
+    loop, batch, compiled = _sums(
+        monkeypatch, lambda: QuicFLEntropyAggregator(table, ROUND, dim), payloads, weights
+    )
+    assert compiled == loop == batch
+
+
+def test_compiled_add_many_sums_every_entropy_version_like_a_loop(monkeypatch):
+    # versions 3 (constriction), 4 and 5 mixed in one kernel block: each decoder's codes
+    # reach the server kernel as one byte per code
+    pytest.importorskip("constriction")
+    table = load_entropy_table(2)
+    rng = np.random.default_rng(3)
+    dim = 3001
+    payloads = []
+    for client, version in enumerate([3, 4, 5, 3, 5, 4, 3]):
+        encoder = QuicFLEntropyEncoder(table, ROUND)
+        encoder._wire_version = version
+        vector = rng.standard_t(2, dim).astype(np.float32)
+        payloads.append(encoder.encode(vector, client, rng=rng))
     weights = rng.uniform(0.5, 3.0, len(payloads))
     loop, batch, compiled = _sums(
         monkeypatch, lambda: QuicFLEntropyAggregator(table, ROUND, dim), payloads, weights
@@ -522,6 +549,171 @@ def test_position_kernels_drop_and_refill_like_a_boolean_mask():
         expected = np.zeros_like(values)
         expected[keep] = values[keep]
         assert kernels.insert_zeros(dropped, positions, values.size).tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize(
+    ("kernels", "batched"), [("numpy", False), ("numpy", True), ("auto", True)]
+)
+def test_threads_sharing_an_aggregator_cannot_add_a_client_twice(monkeypatch, kernels, batched):
+    # two threads validate the same client before either commits (a barrier holds them
+    # there): the client is checked again when committed, so exactly one of them is added
+    import threading
+
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    table, payloads = _payloads(2, 3000, 1.0, count=1)
+    expected = _aggregate(monkeypatch, "numpy", table, 3000, payloads, [1.0], batched=False)
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    aggregator = QuicFLAggregator(table, ROUND, 3000)
+    validated = aggregator._contribution
+    both_validated = threading.Barrier(2, timeout=30)
+
+    def contribution(payload, weight):
+        result = validated(payload, weight)
+        both_validated.wait()
+        return result
+
+    aggregator._contribution = contribution
+    refusals = []
+
+    def add():
+        try:
+            if batched:
+                aggregator.add_many(payloads)
+            else:
+                aggregator.add(payloads[0])
+        except PayloadError as exc:
+            refusals.append(str(exc))
+
+    threads = [threading.Thread(target=add) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert len(refusals) == 1 and "already added" in refusals[0]
+    assert _state(aggregator) == _state(expected)
+
+
+@pytest.mark.parametrize("code_width", [1, 2])
+def test_server_tile_index_big_endian_fallback_matches_the_spread_codes(monkeypatch, code_width):
+    # the 1- and 2-bit multiply spread is for little-endian hosts only; the fallback loops
+    # (taken on big-endian hosts) run here as Python and must build the same indices
+    from quicdesign._kernels import _numba
+
+    rng = np.random.default_rng(code_width)
+    count, start = 4096, 4096
+    codes = rng.integers(0, 1 << code_width, 3 * count, dtype=np.uint8)
+    packed = np.frombuffer(pack_codes(codes, code_width), np.uint8)
+    values = rng.integers(0, 256, count, dtype=np.uint8)
+    args = (values, 0x1F, 1 << code_width, packed, code_width, start, count)
+    compiled = np.zeros(count, np.uint16)
+    _numba._tile_index(compiled, *args)
+    results = []
+    for little in (True, False):
+        monkeypatch.setattr(_numba, "_LITTLE_ENDIAN", little)
+        out = np.zeros(count, np.uint16)
+        _numba._tile_index.py_func(out, *args)
+        results.append(out)
+    expected = (values & 0x1F).astype(np.uint16) * (1 << code_width) + codes[start : start + count]
+    for out in (compiled, *results):
+        assert np.array_equal(out, expected)
+
+
+@pytest.mark.parametrize("code_width", [1, 3, 8])
+def test_server_kernel_with_every_coordinate_exact(code_width):
+    # a whole tile of exact values fills every extra slot after the client's table
+    from quicdesign.stages import GatheredContribution
+
+    rng = np.random.default_rng(code_width)
+    chunk_size, chunks = 8192, 2
+    size = chunk_size * chunks
+    receiver = rng.standard_normal(1 << (code_width + 2))
+    accumulator = rng.standard_normal(size)
+    expected = accumulator.copy()
+    gathered = []
+    for client in range(5):
+        everything = client % 2 == 0
+        positions = np.arange(size) if everything else np.arange(1, size, 2)
+        codes = rng.integers(0, 1 << code_width, size, dtype=np.uint8)
+        g = GatheredContribution(
+            receiver,
+            rng.uniform(0.1, 10.0, chunks),
+            chunk_size,
+            code_width,
+            np.frombuffer(pack_codes(codes, code_width), np.uint8) if code_width < 8 else codes,
+            code_width,
+            None,
+            3,
+            positions.astype(np.uint32),
+            rng.standard_normal(positions.size),
+            int(rng.integers(0, 2**63)) << 64 | client,
+        )
+        gathered.append(g)
+        expected += g.materialize()
+    compiled_kernels().accumulate_gathered(accumulator, gathered)
+    assert accumulator.tobytes() == expected.tobytes()
+
+
+@pytest.mark.parametrize("kernels", ["numpy", "auto"])
+def test_payload_buffers_changed_after_validation_do_not_change_the_sum(monkeypatch, kernels):
+    # the compiled server reads codes by address: a writable payload (bytearray, uint8
+    # array) is copied when read, so zeroing or emptying it between its validation and
+    # the block's sum changes nothing
+    table, payloads = _payloads(3, 3000, 1.0, count=10)
+    expected = _aggregate(monkeypatch, "numpy", table, 3000, payloads, [1.0] * 10, False)
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    aggregator = QuicFLAggregator(table, ROUND, 3000)
+    validated = aggregator._contribution
+
+    def contribution(payload, weight):
+        result = validated(payload, weight)
+        if isinstance(payload, bytearray):
+            del payload[:]  # resized: its old memory may be freed
+        else:
+            payload[:] = 0
+        return result
+
+    aggregator._contribution = contribution
+    writable = [
+        bytearray(p) if c % 2 else np.frombuffer(p, np.uint8).copy() for c, p in enumerate(payloads)
+    ]
+    aggregator.add_many(writable)
+    assert _state(aggregator) == _state(expected)
+
+
+def test_server_kernel_refuses_contributions_it_would_read_past():
+    # the kernel reads by address without bounds checks: too few code or shared bytes,
+    # scales for another length or an exact position outside the sum are refused first
+    from quicdesign.stages import GatheredContribution
+
+    size, chunk_size = 8192, 4096
+
+    def gathered(codes=size // 4, shared=size, chunks=2, last=size - 1, key=None, values=2):
+        return GatheredContribution(
+            np.ones(1 << 4),
+            np.ones(chunks),
+            chunk_size,
+            2,
+            np.zeros(codes, np.uint8),
+            2,
+            None if key is not None else np.zeros(shared, np.uint8),
+            3,
+            np.array([0, last], np.uint32),
+            np.ones(values),
+            key,
+        )
+
+    accumulator = np.zeros(size)
+    compiled_kernels().accumulate_gathered(accumulator, [gathered(), gathered(key=5)])
+    assert accumulator[0] == accumulator[-1] == 2.0
+    for bad in (
+        gathered(codes=size // 4 - 1),
+        gathered(shared=size - 1),
+        gathered(chunks=1),
+        gathered(last=size),
+        gathered(values=1),
+    ):
+        with pytest.raises(ParameterError, match="outside|too few|do not cover"):
+            compiled_kernels().accumulate_gathered(np.zeros(size), [bad, bad])
 
 
 @pytest.mark.parametrize("kernels", ["numpy", "auto"])

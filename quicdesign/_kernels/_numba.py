@@ -45,6 +45,7 @@ def accumulate_gathered(accumulator, gathered):
     """Add a block of validated ``stages.GatheredContribution``s (sharing receiver table,
     chunking and code widths) to the flat float64 ``accumulator`` in one pass."""
     first = gathered[0]
+    _check_reads(accumulator.size, gathered)
     slots = first.receiver.size + _SUM_TILE  # the table, then the tile's exact values
     index_dtype = np.uint16 if slots <= 1 << 16 else np.uint32
     # the clients' codes stay where they lie (payload bytes): the kernel gets their
@@ -84,6 +85,20 @@ def accumulate_gathered(accumulator, gathered):
         np.concatenate([g.exact for g in gathered]).astype(np.float64, copy=False),
         np.empty((len(gathered), _SUM_TILE), dtype=index_dtype),
     )
+
+
+def _check_reads(size, gathered):
+    """Refuse what would make the kernel read or write past an array (it has no bounds
+    checks): O(1) per client, the contributions' own invariants validated at decode."""
+    for g in gathered:
+        if g.scale.size * g.chunk_size != size:
+            raise ParameterError(f"{g.scale.size} chunks of {g.chunk_size} do not cover {size}")
+        if g.codes.size * 8 < size * g.code_width or (
+            g.shared is not None and g.shared.size < size
+        ):
+            raise ParameterError("too few code or shared bytes for the sum's length")
+        if g.exact.size != g.positions.size or (g.positions.size and int(g.positions[-1]) >= size):
+            raise ParameterError("an exact position lies outside the sum or has no value")
 
 
 def _addresses(arrays):

@@ -258,10 +258,11 @@ def _entropy_figures(rate, vectors, repeats, seed):
     _rans.decode(wide, states, words, model_of, kernels=None, lanes=lanes)  # slow: run once
     numpy_ns = 1e9 * (time.process_time() - began) / symbols.size
     compiled_ns = v4_compiled_ns = None
-    if compiled_kernels() is not None:
-        compiled_ns = _decode_ns(wide, symbols, model_of, lanes, repeats)
-        v4_model = _rans.RansModel(table.code_model)
-        v4_compiled_ns = _decode_ns(v4_model, symbols, model_of, _rans.LANES, repeats)
+    with _kernels_choice("auto"):  # as for every compiled figure, whatever the switch says
+        if compiled_kernels() is not None:
+            compiled_ns = _decode_ns(wide, symbols, model_of, lanes, repeats)
+            v4_model = _rans.RansModel(table.code_model)
+            v4_compiled_ns = _decode_ns(v4_model, symbols, model_of, _rans.LANES, repeats)
     constriction_ns = v3_bytes = overhead = None
     v5_bytes = float(np.mean([len(p) for p in payloads])) / dim
     encoder._wire_version = 4
