@@ -480,7 +480,13 @@ class QuicFLEncoder:
         """The quantized vector before packing (benchmarks time the coders on it)."""
         return self._apply(flat, client_id, rng)[-1]
 
-    def _write_header(self, writer: PayloadWriter, quantized: _Quantized, magic: bytes):
+    def _write_header(
+        self,
+        writer: PayloadWriter,
+        quantized: _Quantized,
+        magic: bytes,
+        version: int = ENVELOPE_VERSION,
+    ):
         write_header(
             writer,
             magic,
@@ -489,6 +495,7 @@ class QuicFLEncoder:
             quantized.client_id,
             self._tag,
             quantized.exact_indices.size,
+            version,
             fingerprint=self._fingerprint,
         )
 

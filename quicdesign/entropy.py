@@ -36,7 +36,6 @@ from .codec import (
     _check_exact,
     _check_size,
     _Quantized,
-    write_header,
 )
 from .errors import ParameterError, PayloadError
 from .stages import Pipeline, RandomizedHadamard
@@ -392,17 +391,7 @@ class QuicFLEntropyEncoder(QuicFLEncoder):
         if self._wire_version == _CONSTRICTION_VERSION:
             writer.write_bytes(self._legacy_header(quantized))
             return
-        write_header(
-            writer,
-            magic,
-            self.table,
-            quantized.layout,
-            quantized.client_id,
-            self._tag,
-            quantized.exact_indices.size,
-            self._wire_version,
-            fingerprint=self._fingerprint,
-        )
+        super()._write_header(writer, quantized, magic, self._wire_version)
 
     def _legacy_header(self, quantized: _Quantized) -> bytes:
         """The pre-envelope 32-byte header of version 3 (docs/wire-format.md, legacy)."""
