@@ -255,12 +255,9 @@ def encode(model: RansModel, symbols, model_of, *, kernels="auto", lanes=LANES):
     lanes = _check_lanes(model, lanes)
     compiled = compiled_kernels() if kernels == "auto" else None
     if compiled is not None:
-        if (lanes, model.prob_bits) == (LANES, PROB_BITS):
-            states, words = compiled.rans_encode(symbols, model_of, model.freq, model.cum)
-        else:
-            states, words = compiled.rans_lanes_encode(
-                symbols, model_of, model.freq, model.cum, lanes, model.prob_bits
-            )
+        states, words = compiled.rans_lanes_encode(
+            symbols, model_of, model.freq, model.cum, lanes, model.prob_bits
+        )
         if states[0] == 0:  # the kernel's mark of an empty symbol (states are >= 2**16)
             raise ValueError(_OUTSIDE_WIDTH)
         return states, words

@@ -449,6 +449,39 @@ def test_nearest_lattice_point_kernel_is_identical(name):
     assert reference[1].tobytes() == compiled[1].tobytes()
 
 
+def _synthetic_contribution(
+    rng, receiver, chunk_size, code_width, codes, raw_shared, mask, positions, values, key
+):
+    """A GatheredContribution of random chunk scales over the given codes (packed as a
+    payload holds them), h bytes or Philox key, and exact positions and values."""
+    from quicdesign.stages import GatheredContribution
+
+    packed = np.frombuffer(pack_codes(codes, code_width), np.uint8) if code_width < 8 else codes
+    return GatheredContribution(
+        receiver,
+        rng.uniform(0.1, 10.0, codes.size // chunk_size),
+        chunk_size,
+        code_width,
+        packed,
+        code_width,
+        raw_shared,
+        mask,
+        positions.astype(np.uint32),
+        values,
+        key,
+    )
+
+
+def _assert_server_kernel_sums_like_numpy(accumulator, gathered):
+    """The compiled server kernel adds ``gathered`` to ``accumulator`` bit for bit as
+    numpy's sum of their materialized contributions, in client order."""
+    expected = accumulator.copy()
+    for contribution in gathered:
+        expected += contribution.materialize()
+    compiled_kernels().accumulate_gathered(accumulator, gathered)
+    assert accumulator.tobytes() == expected.tobytes(), len(gathered)
+
+
 @pytest.mark.parametrize("code_width", range(1, 9))
 @pytest.mark.parametrize(
     ("chunk_size", "chunks", "shared_bits"), [(4, 3, 2), (2048, 2, 3), (64, 2, 8), (8192, 2, 5)]
@@ -462,39 +495,34 @@ def test_server_kernel_sums_gathered_contributions_like_numpy(
     # streamed: h given as a Philox key (drawn tile by tile when chunks hold whole words,
     # generated at once for 4-coordinate chunks); 1 to 9 clients: every pass of the sum
     from quicdesign.randomness import key_stream_bytes
-    from quicdesign.stages import GatheredContribution
 
     rng = np.random.default_rng(code_width * 100 + shared_bits + chunk_size)
     size = chunk_size * chunks
     receiver = rng.standard_normal(1 << (shared_bits + code_width))
     for clients in (1, 6, 9):
         accumulator = rng.standard_normal(size)
-        expected = accumulator.copy()
         gathered = []
         for client in range(clients):
             codes = rng.integers(0, 1 << code_width, size, dtype=np.uint8)
             raw_shared = rng.integers(0, 256, size, dtype=np.uint8)
             key = int(rng.integers(0, 2**63)) << 64 | client
             positions = np.flatnonzero(rng.random(size) < (0.3 if client % 2 else 0.01))
-            g = GatheredContribution(
+            g = _synthetic_contribution(
+                rng,
                 receiver,
-                rng.uniform(0.1, 10.0, chunks),
                 chunk_size,
                 code_width,
-                np.frombuffer(pack_codes(codes, code_width), np.uint8) if code_width < 8 else codes,
-                code_width,
+                codes,
                 None if streamed else raw_shared,
                 (1 << shared_bits) - 1,
-                positions.astype(np.uint32),
+                positions,
                 rng.standard_normal(positions.size) * 10.0 ** rng.integers(-300, 300),
                 key if streamed else None,
             )
             if streamed:
                 assert g.shared_bytes().tobytes() == key_stream_bytes(key, size).tobytes()
             gathered.append(g)
-            expected += g.materialize()
-        compiled_kernels().accumulate_gathered(accumulator, gathered)
-        assert accumulator.tobytes() == expected.tobytes(), clients
+        _assert_server_kernel_sums_like_numpy(accumulator, gathered)
 
 
 def test_server_kernel_refuses_byte_arrays_of_unequal_lengths():
@@ -621,36 +649,31 @@ def test_server_tile_index_big_endian_fallback_matches_the_spread_codes(monkeypa
 @pytest.mark.parametrize("code_width", [1, 3, 8])
 def test_server_kernel_with_every_coordinate_exact(code_width):
     # a whole tile of exact values fills every extra slot after the client's table
-    from quicdesign.stages import GatheredContribution
 
     rng = np.random.default_rng(code_width)
     chunk_size, chunks = 8192, 2
     size = chunk_size * chunks
     receiver = rng.standard_normal(1 << (code_width + 2))
     accumulator = rng.standard_normal(size)
-    expected = accumulator.copy()
     gathered = []
     for client in range(5):
         everything = client % 2 == 0
         positions = np.arange(size) if everything else np.arange(1, size, 2)
         codes = rng.integers(0, 1 << code_width, size, dtype=np.uint8)
-        g = GatheredContribution(
+        g = _synthetic_contribution(
+            rng,
             receiver,
-            rng.uniform(0.1, 10.0, chunks),
             chunk_size,
             code_width,
-            np.frombuffer(pack_codes(codes, code_width), np.uint8) if code_width < 8 else codes,
-            code_width,
+            codes,
             None,
             3,
-            positions.astype(np.uint32),
+            positions,
             rng.standard_normal(positions.size),
             int(rng.integers(0, 2**63)) << 64 | client,
         )
         gathered.append(g)
-        expected += g.materialize()
-    compiled_kernels().accumulate_gathered(accumulator, gathered)
-    assert accumulator.tobytes() == expected.tobytes()
+    _assert_server_kernel_sums_like_numpy(accumulator, gathered)
 
 
 @pytest.mark.parametrize("kernels", ["numpy", "auto"])

@@ -21,7 +21,6 @@ __all__ = [
     "pack_codes",
     "butterfly_passes",
     "signed_chunk_peaks",
-    "rans_encode",
     "drop_positions",
     "insert_zeros",
     "rans_decode_part",
@@ -777,32 +776,6 @@ def insert_zeros(values, positions, size):  # pragma: no cover - compiled
         start = position + 1
     out[start:] = values[start - positions.size :]
     return out
-
-
-@numba.njit(cache=True, nogil=True)
-def rans_encode(symbols, model_of, freq, cum):  # pragma: no cover - compiled
-    """``_rans._encode_numpy`` as one scalar loop: the same states and words."""
-    count = symbols.size
-    states = np.full(_LANES, _STATE_LOW, dtype=np.uint64)
-    pushed = np.empty(count, dtype=np.uint16)
-    emitted = 0
-    for i in range(count - 1, -1, -1):
-        lane = i % _LANES
-        x = states[lane]
-        h = model_of[i]
-        s = symbols[i]
-        f = np.uint64(freq[h, s])
-        if f == 0:  # an empty symbol of a narrow row: all-zero states mark the refusal
-            return np.zeros(_LANES, dtype=np.uint32), np.empty(0, dtype=np.uint16)
-        if x >= (f << np.uint64(32 - _PROB_BITS)):
-            pushed[emitted] = np.uint16(x & np.uint64(0xFFFF))
-            emitted += 1
-            x >>= np.uint64(16)
-        states[lane] = ((x // f) << np.uint64(_PROB_BITS)) + (x % f) + np.uint64(cum[h, s])
-    words = np.empty(emitted, dtype=np.uint16)
-    for j in range(emitted):
-        words[j] = pushed[emitted - 1 - j]
-    return states.astype(np.uint32), words
 
 
 @numba.njit(cache=True, nogil=True, inline="always")
