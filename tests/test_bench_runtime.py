@@ -34,6 +34,12 @@ def test_runtime_bench_reports_floors_ratios_and_pinned_blas(capsys):
     pytest.importorskip("numba")
     assert row["add_many_compiled_ms_per_client"] > 0 and row["encode_compiled_ms"] > 0
     assert row["entropy_rans_compiled_ns"] > 0 and row["entropy_rans_v4_compiled_ns"] > 0
+    # the decoder's slot lookups alone, added to the fixed-rate server as a limit
+    lookups = row["entropy_slot_lookups_ms"]
+    assert lookups > 0 and "fixed+lookups" in printed
+    assert row["entropy_lookup_ratio_to_fixed"] == pytest.approx(
+        1 + lookups / row["entropy_fixed_ms_per_client"]
+    )
 
 
 @pytest.mark.parametrize("threads", [0, -1, True, 2.5])

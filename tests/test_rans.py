@@ -534,3 +534,31 @@ def test_wide_decoder_output_array_is_checked():
             _rans.decode_wide_skipping(
                 numba_kernels, model, states, words, model_of, _rans._NOTHING_SKIPPED, 16, out=bad
             )
+
+
+@pytest.mark.parametrize("count", [0, 15, 16, 17, 1000])
+def test_slot_lookups_read_the_table_like_numpy(count):
+    """The bench's lookup limit reads the entries the decoder's gather would."""
+    model, _, model_of = _wide_case(8, 16, count, 6)
+    entries = model.wide_entries
+    slots = np.random.default_rng(count).integers(0, 1 << WIDE, count)
+    index = ((model_of.astype(np.uint32) << WIDE) | slots).astype(np.uint32)
+    out = np.full(count, 7, dtype=np.uint32)
+    assert numba_kernels.rans_slot_lookups(entries, index, out) is out
+    np.testing.assert_array_equal(out, entries[index])
+
+
+def test_slot_lookups_refuse_what_they_would_read_past():
+    entries = np.arange(64, dtype=np.uint32)
+    out = np.empty(3, dtype=np.uint32)
+    from quicdesign import ParameterError
+
+    bad_cases = [
+        (entries, np.array([0, 64, 1], np.uint32), out),  # past the table
+        (entries, np.array([0, 1], np.uint32), out),  # output of another size
+        (entries, np.array([0, 1, 2], np.int64), out),  # not uint32
+        (entries[::2], np.array([0, 1, 2], np.uint32), out),  # not contiguous
+    ]
+    for table, index, result in bad_cases:
+        with pytest.raises(ParameterError):
+            numba_kernels.rans_slot_lookups(table, index, result)

@@ -12,7 +12,7 @@ from llvmlite import ir
 from numba.core import cgutils
 
 from ..errors import ParameterError
-from ._rans_wide import rans_check_sum, rans_lanes_encode, rans_wide_decode
+from ._rans_wide import rans_check_sum, rans_lanes_encode, rans_slot_lookups, rans_wide_decode
 
 __all__ = [
     "accumulate_gathered",
@@ -26,6 +26,7 @@ __all__ = [
     "rans_decode_part",
     "rans_lanes_encode",
     "rans_wide_decode",
+    "rans_slot_lookups",
     "rans_check_sum",
     "draw_stream_bytes",
     "nearest_e8",

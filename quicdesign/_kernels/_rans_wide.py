@@ -20,7 +20,9 @@ from numba import types
 from numba.core import cgutils
 from numba.extending import intrinsic
 
-__all__ = ["rans_check_sum", "rans_lanes_encode", "rans_wide_decode"]
+from ..errors import ParameterError
+
+__all__ = ["rans_check_sum", "rans_lanes_encode", "rans_slot_lookups", "rans_wide_decode"]
 
 # quicdesign._rans wide format constants (checked equal by tests/test_rans.py)
 _WIDE_LANES = 64  # most lanes (a row reads at most one word per lane)
@@ -146,6 +148,62 @@ def _decode_group(
         states, types.intp, model_of, types.intp, types.intp, symbols, entries, words, types.intp
     )
     return signature, _group_codegen
+
+
+@intrinsic
+def _gather_group(typingctx, entries, index, start, out):
+    """``out[start : start + 16] = entries[index[start : start + 16]]`` with the vector
+    gather :func:`_decode_group` looks up its slots with (the caller keeps ``start + 16 <=
+    index.size == out.size`` and every index below ``entries.size``)."""
+    for array in (entries, index, out):
+        if not (isinstance(array, types.Array) and array.dtype == types.uint32):
+            return None
+    if entries.layout != "C" or index.layout != "C" or out.layout != "C":
+        return None
+
+    def codegen(context, builder, signature, args):
+        entries_t, index_t, _, out_t = signature.args
+        table, indices, first, result = args
+        lanes32 = ir.VectorType(_I32, _GROUP)
+        need_type = ir.VectorType(_I1, _GROUP)
+        entry_pointers = ir.VectorType(_I32.as_pointer(), _GROUP)
+        gather = _intrinsic(builder, _GATHER, lanes32, entry_pointers, _I32, need_type, lanes32)
+        base = context.make_array(entries_t)(context, builder, table).data
+        index_pointer = _element_pointer(builder, context, index_t, indices, first, _I32)
+        pointers = _vector_element_pointers(builder, base, builder.load(index_pointer, align=4))
+        entry = builder.call(
+            gather, [pointers, ir.Constant(_I32, 4), _splat(_I1, 1), _vector(_I32)]
+        )
+        out_pointer = _element_pointer(builder, context, out_t, result, first, _I32)
+        builder.store(entry, out_pointer, align=4)
+        return context.get_dummy_value()
+
+    return types.void(entries, index, types.intp, out), codegen
+
+
+def rans_slot_lookups(entries, index, out):
+    """``out[:] = entries[index]`` with the wide decoder's vector gather, 16 at a time:
+    a decode's slot-table lookups alone (``quicdesign bench runtime`` times
+    :func:`_slot_lookups`, the unchecked loop, as a limit). Refused unless the
+    three arrays are contiguous uint32, ``index`` and ``out`` one size, every index below
+    ``entries.size`` (``ParameterError``)."""
+    arrays = (entries, index, out)
+    if any(a.dtype != np.uint32 or a.ndim != 1 or not a.flags.c_contiguous for a in arrays):
+        raise ParameterError("slot lookups take contiguous one-dimensional uint32 arrays")
+    if index.size != out.size or int(index.max(initial=0)) >= max(entries.size, 1):
+        raise ParameterError("an index lies outside the slot table or the output")
+    _slot_lookups(entries, index, out)
+    return out
+
+
+@numba.njit(cache=True, nogil=True)
+def _slot_lookups(entries, index, out):  # pragma: no cover - compiled
+    """:func:`rans_slot_lookups` without its checks."""
+    whole = index.size - index.size % _GROUP
+    for start in range(0, whole, _GROUP):
+        _gather_group(entries, index, start, out)
+    for i in range(whole, index.size):
+        out[i] = entries[index[i]]
 
 
 @numba.njit(cache=True, nogil=True, inline="always")

@@ -188,19 +188,23 @@ def _print_entropy(rows, vectors, repeats, seed):
         "entropy-coded (QDQE v5, wide rANS) vs fixed-rate server, ms/client with add_many "
         "on the default path, the two timed alternately; decode ns/symbol of one client "
         "(v5 numpy reference and compiled, v4 compiled, v3 constriction); bytes/coord of "
-        "each version"
+        "each version; lookups = one client's v5 slot-table lookups alone (one 16-lane "
+        "gather per 16 symbols, as the decoder reads its table), and the ratio a server "
+        "would reach doing the fixed-rate work plus those lookups, not overlapped"
     )
     print(
         f"{'b':>2} {'fixed ms/client':>15} {'entropy ms/client':>17} {'ratio':>5} "
         f"{'v5 numpy ns':>11} {'v5 compiled ns':>14} {'v4 compiled ns':>14} "
         f"{'v3 ns':>6} {'v5 bytes/coord':>14} {'v4 bytes/coord':>14} "
-        f"{'v3 bytes/coord':>14} {'v5-v3 %':>7}",
+        f"{'v3 bytes/coord':>14} {'v5-v3 %':>7} {'lookups ms':>10} {'fixed+lookups':>13}",
         flush=True,
     )
     for row in rates:
         figures = _entropy_figures(row["bits"], vectors, repeats, seed)
         fixed = figures["fixed_ms_per_client"]
         figures["ratio_to_fixed"] = figures["ms_per_client"] / fixed
+        lookups = figures["slot_lookups_ms"]
+        figures["lookup_ratio_to_fixed"] = None if lookups is None else 1 + lookups / fixed
         row.update({f"entropy_{key}": value for key, value in figures.items()})
         print(
             f"{row['bits']:>2} {fixed:>15.2f} {figures['ms_per_client']:>17.2f} "
@@ -211,7 +215,8 @@ def _print_entropy(rows, vectors, repeats, seed):
             f"{figures['v5_bytes_per_coordinate']:>14.4f} "
             f"{figures['v4_bytes_per_coordinate']:>14.4f} "
             f"{_text(figures['v3_bytes_per_coordinate'], 4):>14} "
-            f"{_text(figures['v5_overhead_percent'], 3):>7}",
+            f"{_text(figures['v5_overhead_percent'], 3):>7} "
+            f"{_text(lookups):>10} {_text(figures['lookup_ratio_to_fixed']):>13}",
             flush=True,
         )
 
@@ -257,10 +262,11 @@ def _entropy_figures(rate, vectors, repeats, seed):
     began = time.process_time()
     _rans.decode(wide, states, words, model_of, kernels=None, lanes=lanes)  # slow: run once
     numpy_ns = 1e9 * (time.process_time() - began) / symbols.size
-    compiled_ns = v4_compiled_ns = None
+    compiled_ns = v4_compiled_ns = lookups_ms = None
     with _kernels_choice("auto"):  # as for every compiled figure, whatever the switch says
         if compiled_kernels() is not None:
             compiled_ns = _decode_ns(wide, symbols, model_of, lanes, repeats)
+            lookups_ms = 1e3 * _slot_lookup_seconds(wide, model_of, repeats, seed)
             v4_model = _rans.RansModel(table.code_model)
             v4_compiled_ns = _decode_ns(v4_model, symbols, model_of, _rans.LANES, repeats)
     constriction_ns = v3_bytes = overhead = None
@@ -290,6 +296,7 @@ def _entropy_figures(rate, vectors, repeats, seed):
         "rans_numpy_ns": numpy_ns,
         "rans_compiled_ns": compiled_ns,
         "rans_v4_compiled_ns": v4_compiled_ns,
+        "slot_lookups_ms": lookups_ms,
         "constriction_ns": constriction_ns,
         "v5_bytes_per_coordinate": v5_bytes,
         "v4_bytes_per_coordinate": v4_bytes,
@@ -305,6 +312,20 @@ def _decode_ns(model, symbols, model_of, lanes, repeats):
     states, words = _rans.encode(model, symbols, model_of, lanes=lanes)
     decode = lambda: _rans.decode(model, states, words, model_of, lanes=lanes)  # noqa: E731
     return 1e9 * _median_seconds(decode, repeats) / symbols.size
+
+
+def _slot_lookup_seconds(model, model_of, repeats, seed):
+    """Median CPU seconds of the v5 decoder's slot-table lookups alone for one client:
+    one entry per symbol at its model's row and a uniform slot (the decoder's slots are
+    its states' low bits), read with the decoder's 16-lane gather."""
+    from .._kernels import _rans_wide
+
+    slots = np.random.default_rng(seed + 3).integers(0, 1 << model.prob_bits, model_of.size)
+    index = ((model_of.astype(np.uint32) << model.prob_bits) | slots).astype(np.uint32)
+    entries = model.wide_entries
+    out = np.empty(index.size, dtype=np.uint32)
+    _rans_wide.rans_slot_lookups(entries, index, out)  # checks the indices once
+    return _median_seconds(lambda: _rans_wide._slot_lookups(entries, index, out), repeats)
 
 
 def _alternate_median_seconds(runs, repeats):
