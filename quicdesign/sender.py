@@ -73,7 +73,11 @@ def piece_fractions(values, event, start, width, has_empty) -> np.ndarray:
         fraction /= widths
     if has_empty:
         fraction[~(widths > 0)] = 1.0
-    return np.clip(fraction, 0.0, 1.0, out=fraction)
+    np.clip(fraction, 0.0, 1.0, out=fraction)
+    # -0.0 at a piece starting at 0 gives -0.0, which np.clip keeps from numpy 2.1 on and
+    # turns into +0.0 before: + 0.0 makes it +0.0 on every numpy, as the compiled sender
+    fraction += 0.0
+    return fraction
 
 
 def _outside(values, lower, upper) -> np.ndarray:

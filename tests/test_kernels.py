@@ -361,6 +361,21 @@ def test_compiled_sender_states_match_the_numpy_levels_and_fractions(
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_compiled_sender_gives_minus_zero_on_a_piece_from_zero_fraction_plus_zero(dtype):
+    # as SenderRule._fraction on every numpy (tests/test_sender.py); a sign bit here made
+    # the fractions differ from numpy 2.0's in the test above
+    from quicdesign.sender import SenderRule
+
+    rule = SenderRule(np.array([[-2.0, 0.0, 2.0]]))
+    values = np.array([-0.0, 0.0, 1.0], dtype=dtype)
+    _, randomizing, fractions = rule._sample_compiled(
+        compiled_kernels(), values, np.zeros(3, np.uint8)
+    )
+    assert np.array_equal(randomizing, [0, 1, 2])
+    assert fractions.tobytes() == np.array([0.0, 0.0, 0.5]).tobytes()
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_sign_flip_and_transform_match_the_separate_kernels(dtype):
     # the encoder's fused first pass: same peaks (NaN included) and same transform bits
     # as the sign flip + peaks pass followed by the butterflies, padding included

@@ -109,6 +109,15 @@ def test_bucket_locator_agrees_with_binary_search(receiver, seed):
     assert np.all((values < t_next) | (values == hi))
 
 
+def test_minus_zero_on_a_piece_starting_at_zero_has_fraction_plus_zero():
+    # -0.0 - 0.0 is -0.0, which np.clip keeps from numpy 2.1 on (2.0 gives +0.0): the
+    # fraction must not depend on the numpy version (tests/test_kernels.py: nor on the path)
+    rule = SenderRule(np.array([[-2.0, 0.0, 2.0]]))
+    event, fraction = rule.pieces(np.array([-0.0, 0.0, 1.0]))
+    assert np.array_equal(event, [1, 1, 1])
+    assert fraction.tobytes() == np.array([0.0, 0.0, 0.5]).tobytes()
+
+
 def test_sample_clamps_values_beyond_the_support(official_b2_l5):
     rule = SenderRule(official_b2_l5)
     lo, hi = rule.support

@@ -515,7 +515,7 @@ def _tile_fractions(
         piece_low = breakpoints[event]
         piece = breakpoints[event + np.uintp(1)] - piece_low
         fraction = (value - piece_low) / piece if piece > 0 else 1.0
-        fraction = 0.0 if fraction < 0 else fraction
+        fraction = 0.0 if fraction <= 0 else fraction  # -0.0 too: +0.0, as piece_fractions
         out[f] = at + np.intp(j)
         fractions[f] = 1.0 if fraction > 1 else fraction
 
