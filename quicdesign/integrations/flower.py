@@ -1,6 +1,6 @@
 """Flower integration on the Message API: a client mod and a server strategy wrapper.
 
-Needs the ``flower`` extra (``pip install quicdesign[flower]``, flwr >= 1.20).
+Needs the ``flower`` extra (``pip install quicdesign[flower]``, flwr >= 1.22).
 
 - :class:`QuicFLMod`: a client mod. On train replies it replaces the model update (reply
   arrays minus the global arrays the server sent, flattened in key order) by one payload
