@@ -688,9 +688,12 @@ def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # p
     f = factor if passes == 1 else source.dtype.type(1)
     magnitude = value_bits.dtype.type(-1) >> value_bits.dtype.type(1)
     peaks = np.zeros(rows, dtype=value_bits.dtype)
-    padded_values = np.zeros(width, dtype=values.dtype)
-    padded_signs = np.ones(width, dtype=signs.dtype)
-    padded_bits = np.zeros(width, dtype=value_bits.dtype)
+    # the last chunk's copy (none when the vector fills its chunks: half a megabyte each
+    # at 2**17-wide chunks, fresh pages every call in some allocator states)
+    padding = width if rows * width != size else 0
+    padded_values = np.zeros(padding, dtype=values.dtype)
+    padded_signs = np.ones(padding, dtype=signs.dtype)
+    padded_bits = np.zeros(padding, dtype=value_bits.dtype)
     for k in range(rows):
         start = k * width
         stop = min(start + width, size)
