@@ -358,9 +358,8 @@ def sender_states(
     num_shared,
     states,
     next_threshold,
-    next_state,
-    event_position,
-    breakpoints,
+    steps,
+    piece_bounds,
     messages,
     randomizing,
     fractions,
@@ -374,9 +373,13 @@ def sender_states(
     (buckets round as ``SenderRule._state_tables`` allows for). ``h``'s state at ``z`` is
     ``s = 2 level + moving``, nondecreasing in ``z``: ``states[bucket * H + h]`` holds
     ``level << 2 | dirty << 1 | moving`` at the bucket's low end, dirty when ``s`` changes
-    inside the bucket; a dirty state steps to ``next_state[h * S + s]`` while ``z >=
-    next_threshold[h * S + s]`` (float64, exact). The moving ``h`` randomizes in event
-    ``event_position[h * (K - 1) + level]`` with ``SenderRule._fraction``'s probability.
+    inside the bucket; a dirty state steps to ``steps[2 (h S + s) + 1]`` while ``z >=
+    next_threshold[h S + s]`` (float64, exact; ``steps[2 (h S + s)]`` is ``s``: a step
+    taken or not is one load indexed by the comparison, where LLVM would make a select
+    of two loads a branch, which a dirty value's half-and-half outcome mispredicts). The
+    moving ``h`` randomizes on the piece starting at ``piece_bounds[2 i]`` and as wide as
+    ``piece_bounds[2 i + 1]``, ``i = h (K - 1) + level``, with
+    ``SenderRule._fraction``'s probability.
     Per tile of values: the arithmetic (vectorized), the outside values (rare), one lookup
     in a small table per value, then the flagged ones (moving or dirty: about 1 in H)
     while the tile is in L1. ``messages`` (``rows.size`` values) receives the levels;
@@ -387,8 +390,8 @@ def sender_states(
     """
     width = rows.shape[1]
     size = rows.shape[0] * width
-    num_states = next_state.size // num_shared
-    pieces = event_position.size // num_shared
+    num_states = next_threshold.size // num_shared
+    pieces = piece_bounds.size // (2 * num_shared)
     if messages.size != size or randomizing.size != fractions.size:
         raise ValueError("sender work arrays of the wrong size")
     top = states.size // num_shared - 1
@@ -398,7 +401,6 @@ def sender_states(
     tile_positions = np.empty(_TILE + 1, dtype=np.uint32)
     tile_moving = np.empty(_TILE, dtype=np.uint8)
     tile_dirty = np.empty(_TILE, dtype=np.uint32)
-    steps = _step_pairs(next_state, num_states)
     exact = np.empty(size // 256 + 64, dtype=np.intp)
     exact_z = np.empty(exact.size, dtype=rows.dtype)
     count = 0
@@ -468,27 +470,14 @@ def sender_states(
                 tile_messages,
                 tile_shared,
                 tile_positions[:moving],
-                event_position,
+                piece_bounds,
                 pieces,
-                breakpoints,
                 randomizing[count : count + moving],
                 fractions[count : count + moving],
                 first_index,
             )
             count += moving
     return messages, randomizing[:count], fractions[:count], exact[:outside], exact_z[:outside]
-
-
-@numba.njit(cache=True, nogil=True)
-def _step_pairs(next_state, num_states):  # pragma: no cover - compiled
-    """``steps[2 i] = s`` and ``steps[2 i + 1] = next_state[i]`` for ``i = h S + s``: a
-    step taken or not is then one load indexed by the comparison (LLVM makes a select
-    between two loads a branch, which a dirty value's coin-flip outcome mispredicts)."""
-    steps = np.empty(2 * next_state.size, dtype=np.intp)
-    for i in range(next_state.size):
-        steps[2 * i] = i % num_states
-        steps[2 * i + 1] = next_state[i]
-    return steps
 
 
 @numba.njit(cache=True, nogil=True)
@@ -513,9 +502,9 @@ def _tile_flagged(
 
     Three branch-free passes (a value is dirty about 1 time in 6 here, and then steps
     about half the time: branches on either mispredict): the flags, with the dirty
-    values' indices compacted into ``dirty_at``; the dirty values' one step (``steps``
-    from :func:`_step_pairs`; a second step is rare); the compaction. ``moving_bits``
-    and ``dirty_at`` are work arrays of a tile's length.
+    values' indices compacted into ``dirty_at``; the dirty values' one step (a second
+    is rare); the compaction. ``moving_bits`` and ``dirty_at`` are work arrays of a
+    tile's length.
     """
     count = positions.size
     dirty = 0
@@ -546,19 +535,20 @@ def _tile_flagged(
 
 @numba.njit(cache=True, nogil=True)
 def _tile_fractions(
-    tile, factor, levels, shared, positions, event_position, pieces, breakpoints, out, fractions, at
+    tile, factor, levels, shared, positions, piece_bounds, pieces, out, fractions, at
 ):  # pragma: no cover - compiled
     """The moving values' positions (plus ``at``) and ``SenderRule._fraction`` of each:
     a function of its own (registers for this loop alone) with unsigned indices (no
-    wraparound code)."""
+    wraparound code); each piece's start and width side by side in ``piece_bounds``
+    (one dependent load less than through the event's breakpoints)."""
     stride = np.uintp(pieces)
     for f in range(positions.size):
         j = np.uintp(positions[f])
         value = np.float64(tile[j] * factor)
-        event = np.uintp(event_position[np.uintp(shared[j]) * stride + np.uintp(levels[j])])
-        piece_low = breakpoints[event]
-        piece = breakpoints[event + np.uintp(1)] - piece_low
-        fraction = (value - piece_low) / piece if piece > 0 else 1.0
+        piece = np.uintp(2) * (np.uintp(shared[j]) * stride + np.uintp(levels[j]))
+        piece_low = piece_bounds[piece]
+        piece_width = piece_bounds[piece + np.uintp(1)]
+        fraction = (value - piece_low) / piece_width if piece_width > 0 else 1.0
         fraction = 0.0 if fraction < 0 else fraction
         out[f] = at + np.intp(j)
         fractions[f] = 1.0 if fraction > 1 else fraction
