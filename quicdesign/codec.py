@@ -176,14 +176,31 @@ def payload_size(bits: int, dim: int, num_exact: int) -> int:
     )
 
 
+#: Values numpy sums with one pairwise tree in every supported version: numpy < 2.3 sums
+#: a longer contiguous array in buffers of this many values, one after the other.
+_PAIRWISE_BUFFER = 8192
+
+
+def _pairwise_sum(values) -> np.float64:
+    """numpy's pairwise sum of a contiguous float64 array, the whole array as one tree
+    (``np.add.reduce`` in numpy >= 2.3), whatever the numpy version: halves rounded down
+    to a multiple of 8, as numpy splits them, until pieces numpy sums as one tree."""
+    size = values.size
+    if size <= _PAIRWISE_BUFFER:
+        return np.add.reduce(values)
+    half = size // 2
+    half -= half % 8
+    return _pairwise_sum(values[:half]) + _pairwise_sum(values[half:])
+
+
 def _row_square_sums(rows) -> np.ndarray:
-    """``np.sum(np.square(rows, dtype=np.float64), axis=1)`` a row at a time through one
-    float64 row (the same pairwise sums, without a rows-sized float64 temporary, whose
-    fresh pages cost more than the sums)."""
+    """Each row's sum of squares: :func:`_pairwise_sum` of the row squared into one
+    contiguous float64 row (no rows-sized float64 temporary, whose fresh pages cost more
+    than the sums)."""
     sums = np.empty(rows.shape[0])
     squares = np.empty(rows.shape[1])
     for index, row in enumerate(rows):
-        sums[index] = np.add.reduce(np.square(row, dtype=np.float64, out=squares))
+        sums[index] = _pairwise_sum(np.square(row, dtype=np.float64, out=squares))
     return sums
 
 
@@ -195,8 +212,8 @@ def _norms_and_scales(rotated, exponents, chunk_size):
     (``2**-126``, where float32 keeps fewer than 24 bits and the error would grow), is
     refused with :class:`~quicdesign.InputVectorError`.
     """
-    # a plain pairwise sum, not einsum or BLAS: its rounding is the same on every CPU
-    # (the compiled kernel reproduces it without an 8-byte-per-value temporary)
+    # a plain pairwise sum, not einsum or BLAS: its rounding is the same on every CPU and
+    # numpy version (the compiled kernel reproduces it without an 8-byte-per-value temporary)
     kernels = compiled_kernels()
     if kernels is not None and rotated.dtype in (np.float32, np.float64):
         squares = kernels.row_square_sums(np.ascontiguousarray(rotated))

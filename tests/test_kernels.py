@@ -406,6 +406,32 @@ def test_fused_sign_flip_and_transform_match_the_separate_kernels(dtype):
                 assert np.array_equal(narrow_peaks, expected_peaks, equal_nan=True)
 
 
+def _one_pairwise_tree(values):
+    """numpy's pairwise summation written out: 8 running sums per block of at most 128
+    values, halves rounded down to a multiple of 8 above that (numpy >= 2.3 sums a whole
+    contiguous array so; older numpy sums 8192-value buffers one after the other)."""
+    size = values.size
+    if size < 8:
+        total = 0.0
+        for value in values:
+            total += value
+        return np.float64(total)
+    if size <= 128:
+        whole = size - size % 8
+        partial = values[:8].copy()
+        for start in range(8, whole, 8):
+            partial += values[start : start + 8]
+        total = ((partial[0] + partial[1]) + (partial[2] + partial[3])) + (
+            (partial[4] + partial[5]) + (partial[6] + partial[7])
+        )
+        for value in values[whole:]:
+            total += value
+        return total
+    half = size // 2
+    half -= half % 8
+    return _one_pairwise_tree(values[:half]) + _one_pairwise_tree(values[half:])
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
     kernels = compiled_kernels()
@@ -422,16 +448,23 @@ def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
         (3, 2048),
         (8, 131072),
         (1, 300_001),
+        (2, 16_404),  # halves of 8202 and 4101: split at multiples of 8 above 8192 too
+        (1, 70_003),
     ]
     for shape in shapes:
+        # extreme magnitudes, and values of one scale (where the order of the additions
+        # shows in the last bits: a tree split elsewhere gives other sums)
         magnitude = 10.0 ** rng.uniform(-30, 30, shape)
-        rows = (rng.standard_normal(shape) * magnitude).astype(dtype)
-        if rows.size:
-            rows.flat[0] = np.finfo(np.float32).max  # its square is exact in float64
-        expected = np.sum(np.square(rows, dtype=np.float64), axis=1)
-        assert kernels.row_square_sums(rows).tobytes() == expected.tobytes(), shape
-        # the numpy encoder's row-at-a-time sums too
-        assert _row_square_sums(rows).tobytes() == expected.tobytes(), shape
+        extreme = (rng.standard_normal(shape) * magnitude).astype(dtype)
+        if extreme.size:
+            extreme.flat[0] = np.finfo(np.float32).max  # its square is exact in float64
+        for rows in (extreme, rng.standard_normal(shape).astype(dtype)):
+            expected = np.array(
+                [_one_pairwise_tree(np.square(row, dtype=np.float64)) for row in rows]
+            )
+            assert kernels.row_square_sums(rows).tobytes() == expected.tobytes(), shape
+            # the numpy encoder's row-at-a-time sums too
+            assert _row_square_sums(rows).tobytes() == expected.tobytes(), shape
 
 
 @pytest.mark.parametrize("name", ["e8", "d4"])

@@ -943,8 +943,9 @@ def _block_squares(row, start, n):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def _pairwise_squares(row, n):  # pragma: no cover - compiled
-    """numpy's pairwise float64 sum (``add.reduce``) of ``row[:n]`` squared: halves rounded
-    down to a multiple of 8 until blocks of at most 128. An explicit stack, not recursion
+    """numpy's pairwise float64 sum of ``row[:n]`` squared as one tree (``codec._pairwise_sum``,
+    numpy >= 2.3's ``add.reduce``): halves rounded down to a multiple of 8 until blocks of
+    at most 128. An explicit stack, not recursion
     (numba's on-disk cache of recursive functions is not dependable)."""
     task_start = np.empty(128, dtype=np.intp)
     task_size = np.empty(128, dtype=np.intp)  # -1: add the last two partial sums
@@ -973,9 +974,9 @@ def _pairwise_squares(row, n):  # pragma: no cover - compiled
 
 @numba.njit(cache=True, nogil=True)
 def row_square_sums(rows):  # pragma: no cover - compiled
-    """``np.sum(np.square(rows, dtype=np.float64), axis=1)`` bit for bit, without the
-    float64 temporary (squares of float32 are exact in float64; float64 squares round
-    as numpy's do)."""
+    """``codec._row_square_sums(rows)`` bit for bit (each row's squares summed as one
+    pairwise tree), without the float64 temporary (squares of float32 are exact in
+    float64; float64 squares round as numpy's do)."""
     out = np.empty(rows.shape[0], dtype=np.float64)
     width = rows.shape[1]
     if width >= 256 and width & (width - 1) == 0:
