@@ -384,7 +384,7 @@ def sender_states(
     ``SenderRule._fraction``'s probability.
     Per tile of values: the arithmetic (vectorized), the outside values (rare), one lookup
     in a small table per value, then the flagged ones (moving or dirty: about 1 in H)
-    while the tile is in L1. ``messages`` (``rows.size`` values) receives the levels;
+    while the tile is in L2. ``messages`` (``rows.size`` values) receives the levels;
     ``randomizing`` and ``fractions`` (one size, at least :func:`sender_work_size`) are
     work arrays, replaced by larger ones when a vector has more randomizing values. Returns
     the levels (``messages``), the randomizing positions (increasing), their fractions,
@@ -502,8 +502,8 @@ def _tile_flagged(
     their state, the moving ones' positions compacted to the front of ``positions``.
     Returns the moving count.
 
-    Three branch-free passes (a value is dirty about 1 time in 6 here, and then steps
-    about half the time: branches on either mispredict): the flags, with the dirty
+    Three branch-free passes (at b = 8 about 3 in 10 flagged values are dirty, and half
+    of those step: branches on either mispredict): the flags, with the dirty
     values' indices compacted into ``dirty_at``; the dirty values' one step (a second
     is rare); the compaction. ``moving_bits`` and ``dirty_at`` are work arrays of a
     tile's length.
