@@ -378,7 +378,16 @@ class PayloadWriter:
         self._append(array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes())
 
     def write_codes(self, codes, bits):
-        """Append codes packed by :func:`pack_codes`."""
+        """Append codes packed by :func:`pack_codes`.
+
+        8-bit codes in a uint8 array are their own packed bytes: they are kept by
+        reference (a contiguous copy if they are not contiguous) and copied once, by
+        :meth:`to_bytes` (not a second megabyte per 2**20 codes), so ``codes`` must not
+        change before then.
+        """
+        if bits == 8 and isinstance(codes, np.ndarray) and codes.dtype == np.uint8:
+            self._append(memoryview(np.ascontiguousarray(codes).reshape(-1)))
+            return
         self._append(pack_codes(codes, bits))
 
     def to_bytes(self):

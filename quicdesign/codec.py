@@ -40,7 +40,7 @@ from ._validate import (
     check_f32_normal,
     check_round_seed,
 )
-from ._wire import PayloadReader, PayloadWriter, pack_codes, packed_size
+from ._wire import PayloadReader, PayloadWriter, packed_size
 from ._workspace import WORKSPACE_KEY, Workspace, work_array
 from .errors import InputVectorError, ParameterError, PayloadError
 from .input_model import ROTATED, check_input_model
@@ -338,7 +338,7 @@ class QuicFLQuantize(Stage):
         return _with_exact_tail(state, layout, norms32, shared, codes, exact, z[exact])
 
     def write_side(self, writer, side):
-        writer.write_bytes(pack_codes(side.codes, self.table.bits))
+        writer.write_codes(side.codes, self.table.bits)
         writer.write_array(side.exact_indices.astype("<u4"))
         writer.write_array(side.exact_values.astype("<f4"))
 

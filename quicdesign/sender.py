@@ -33,9 +33,11 @@ _DIRTY_BUCKET = 1 << 16
 _MAX_LEVEL_TABLE_ENTRIES = 1 << 25
 
 
-# The compiled sender's state table: at most about this many bytes (L2-resident), and
-# at least this many buckets.
-_MAX_STATE_TABLE_BYTES = 1 << 19
+# The compiled sender's state table: at most about this many bytes (a quarter of L2: the
+# tiles' streams and the rest of the encode share it), and at least this many buckets.
+# At b = 8 (H = 8) half the buckets of a 512 KiB table, twice the dirty values: 0.1 ms
+# less per 2**20 encode, their steps being cheap (``kernels._tile_flagged``).
+_MAX_STATE_TABLE_BYTES = 1 << 18
 _MIN_STATE_BUCKETS = 64
 
 
@@ -399,7 +401,6 @@ class SenderRule:
             kind(per_unit),
             self.num_shared,
             *tables,
-            self.breakpoints,
             work_array(workspace, "sender levels", size, self.level_table().dtype),
             work_array(workspace, "sender randomizing", work, np.intp),
             work_array(workspace, "sender fractions", work, np.float64),
@@ -420,14 +421,16 @@ class SenderRule:
 
     def _state_tables(self):
         """For the compiled sender (``kernels.sender_states``): ``(low, per_unit, states,
-        next_threshold, next_state, event_position)``, built once.
+        next_threshold, steps, piece_bounds)``, built once.
 
         ``h``'s state ``s = 2 level + moving`` is nondecreasing in the value. Per bucket
         (widened by the index's rounding error, as the locator's) and ``h``: the state at
         its low end and whether it changes inside (few do: only ``h``'s own breakpoints
         change it, so the buckets can be few and the table small). Per ``(h, s)``: the
-        breakpoint at which ``s`` is left and the state entered there, so a dirty entry is
-        finished exactly by comparisons.
+        breakpoint at which ``s`` is left and the state entered there (``steps``: ``s``
+        and that state side by side), so a dirty entry is finished exactly by comparisons.
+        Per ``(h, level)``: the start and the width of the piece on which ``h`` randomizes
+        (``piece_bounds``, the event's breakpoint and the difference of its two).
         """
         if self._state_cache is None:
             t, last = self.breakpoints, self._last_open
@@ -455,7 +458,7 @@ class SenderRule:
             num_states = 2 * num_messages
             states = np.empty((below.size, num_shared), dtype=dtype)
             next_threshold = np.empty((num_shared, num_states), dtype=np.float64)
-            next_state = np.empty((num_shared, num_states), dtype=np.intp)
+            steps = np.empty((num_shared, num_states, 2), dtype=np.intp)
             every = np.arange(num_states)
             levels = self.level_table()
             for h in range(num_shared):  # one h at a time: O(E) memory
@@ -472,14 +475,18 @@ class SenderRule:
                 # NaN where s is never left: no value (not even +inf) passes it, so the
                 # kernel's steps always raise s and end
                 next_threshold[h] = np.where(ends, np.nan, np.where(leave == 0, -np.inf, t[at]))
-                next_state[h] = np.where(ends, every, state[at])
+                steps[h, :, 0] = every
+                steps[h, :, 1] = np.where(ends, every, state[at])
+            event = self.event_position.reshape(-1)
+            start, width, _ = piece_tables(t)
+            piece_bounds = np.stack([start[event], width[event]], axis=1)
             self._state_cache = (
                 low,
                 per_unit,
                 states.reshape(-1),
                 next_threshold.reshape(-1),
-                next_state.reshape(-1),
-                self.event_position.astype(np.intp).reshape(-1),
+                steps.reshape(-1),
+                piece_bounds.reshape(-1),
             )
         return self._state_cache
 

@@ -132,6 +132,26 @@ def test_payload_size_bound(bits):
     assert layout.rotated_dim - d < max(d / 32, 1024)
 
 
+@pytest.mark.parametrize("kernels", ["numpy", "auto"])
+@pytest.mark.parametrize("bits", range(1, 9))
+def test_payload_codes_are_the_packed_messages(monkeypatch, bits, kernels):
+    # the codes section is pack_codes of the sender's messages (8-bit codes are written
+    # from the encoder's work array without a copy of their own)
+    from quicdesign._kernels import KERNELS_ENV
+    from quicdesign._wire import pack_codes
+
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    table = quicdesign.load_table(bits)
+    x = np.random.default_rng(bits).standard_t(3, size=3001).astype(np.float32)
+    encoder = QuicFLEncoder(table, ROUND)
+    quantized = encoder._quantize(x, 5, np.random.default_rng(6))
+    packed = pack_codes(quantized.codes.copy(), bits)  # a work array: the next encode reuses it
+    exact = 8 * quantized.exact_indices.size
+    payload = encoder.encode(x, 5, rng=np.random.default_rng(6))
+    assert exact > 0
+    assert payload[len(payload) - exact - len(packed) : len(payload) - exact] == packed
+
+
 @pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
 @pytest.mark.parametrize("d", [1, 2, 3, 1000, 1025, 5000])
 def test_encode_handles_dtypes_sizes_and_leaves_input_alone(table2, dtype, d):

@@ -271,6 +271,24 @@ def test_packed_codes_are_checked_and_kept_packed():
     assert np.array_equal(unpack_codes(kept, 3, 5), codes)
 
 
+@pytest.mark.parametrize("bits", [2, 7, 8])
+@pytest.mark.parametrize("layout", ["contiguous", "strided", "2-D"])
+def test_written_codes_are_their_packed_bytes_as_they_are_at_to_bytes(bits, layout):
+    rng = np.random.default_rng(bits)
+    base = rng.integers(0, 1 << bits, size=(6, 10)).astype(np.uint8)
+    codes = {"contiguous": base[0], "strided": base[:, 3], "2-D": base}[layout]
+    expected = pack_codes(codes, bits)
+    writer = PayloadWriter()
+    writer.write_u8(9)
+    writer.write_codes(codes, bits)
+    writer.write_u8(4)
+    assert len(writer) == len(expected) + 2
+    payload = writer.to_bytes()
+    assert payload == b"\x09" + expected + b"\x04"
+    base[...] = 0  # the payload is bytes of its own
+    assert payload[1:-1] == expected
+
+
 def test_arrays_from_bytes_are_read_only_views():
     payload = np.arange(4, dtype="<f8").tobytes()
     values = PayloadReader(payload).read_array(np.float64, 4, "values")

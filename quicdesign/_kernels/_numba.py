@@ -156,7 +156,9 @@ def _bytes_at(addresses, c, size):  # pragma: no cover - compiled
     return numba.carray(_byte_pointer(addresses[c]), size)
 
 
-_TILE = 1024  # coordinates per tile of the sender kernels
+# coordinates per tile of the sender kernels (measured at 2**20, b = 1..8: 8192 beats
+# 1024 by 0.1-0.2 ms, its passes' per-tile costs amortized; the tile's work stays in L2)
+_TILE = 8192
 # multipliers and masks spreading packed codes to the 16-bit index lanes of a word (the
 # lanes are in memory order on little-endian hosts only)
 _LITTLE_ENDIAN = sys.byteorder == "little"
@@ -358,9 +360,8 @@ def sender_states(
     num_shared,
     states,
     next_threshold,
-    next_state,
-    event_position,
-    breakpoints,
+    steps,
+    piece_bounds,
     messages,
     randomizing,
     fractions,
@@ -374,12 +375,16 @@ def sender_states(
     (buckets round as ``SenderRule._state_tables`` allows for). ``h``'s state at ``z`` is
     ``s = 2 level + moving``, nondecreasing in ``z``: ``states[bucket * H + h]`` holds
     ``level << 2 | dirty << 1 | moving`` at the bucket's low end, dirty when ``s`` changes
-    inside the bucket; a dirty state steps to ``next_state[h * S + s]`` while ``z >=
-    next_threshold[h * S + s]`` (float64, exact). The moving ``h`` randomizes in event
-    ``event_position[h * (K - 1) + level]`` with ``SenderRule._fraction``'s probability.
+    inside the bucket; a dirty state steps to ``steps[2 (h S + s) + 1]`` while ``z >=
+    next_threshold[h S + s]`` (float64, exact; ``steps[2 (h S + s)]`` is ``s``: a step
+    taken or not is one load indexed by the comparison, where LLVM would make a select
+    of two loads a branch, which a dirty value's half-and-half outcome mispredicts). The
+    moving ``h`` randomizes on the piece starting at ``piece_bounds[2 i]`` and as wide as
+    ``piece_bounds[2 i + 1]``, ``i = h (K - 1) + level``, with
+    ``SenderRule._fraction``'s probability.
     Per tile of values: the arithmetic (vectorized), the outside values (rare), one lookup
     in a small table per value, then the flagged ones (moving or dirty: about 1 in H)
-    while the tile is in L1. ``messages`` (``rows.size`` values) receives the levels;
+    while the tile is in L2. ``messages`` (``rows.size`` values) receives the levels;
     ``randomizing`` and ``fractions`` (one size, at least :func:`sender_work_size`) are
     work arrays, replaced by larger ones when a vector has more randomizing values. Returns
     the levels (``messages``), the randomizing positions (increasing), their fractions,
@@ -387,8 +392,8 @@ def sender_states(
     """
     width = rows.shape[1]
     size = rows.shape[0] * width
-    num_states = next_state.size // num_shared
-    pieces = event_position.size // num_shared
+    num_states = next_threshold.size // num_shared
+    pieces = piece_bounds.size // (2 * num_shared)
     if messages.size != size or randomizing.size != fractions.size:
         raise ValueError("sender work arrays of the wrong size")
     top = states.size // num_shared - 1
@@ -396,7 +401,9 @@ def sender_states(
     tile_outside = np.zeros(_TILE, dtype=np.uint8)  # read 8 at a time
     outside_words = tile_outside.view(np.uint64)
     tile_positions = np.empty(_TILE + 1, dtype=np.uint32)
-    exact = np.empty(size // 256 + 64, dtype=np.intp)
+    tile_moving = np.empty(_TILE, dtype=np.uint8)
+    tile_dirty = np.empty(_TILE, dtype=np.uint32)
+    exact = np.empty(size // 256 + _TILE, dtype=np.intp)
     exact_z = np.empty(exact.size, dtype=rows.dtype)
     count = 0
     outside = 0
@@ -454,8 +461,10 @@ def sender_states(
                 states,
                 tile_positions[:found],
                 next_threshold,
-                next_state,
+                steps,
                 num_states,
+                tile_moving,
+                tile_dirty,
             )
             _tile_fractions(
                 tile,
@@ -463,9 +472,8 @@ def sender_states(
                 tile_messages,
                 tile_shared,
                 tile_positions[:moving],
-                event_position,
+                piece_bounds,
                 pieces,
-                breakpoints,
                 randomizing[count : count + moving],
                 fractions[count : count + moving],
                 first_index,
@@ -476,45 +484,73 @@ def sender_states(
 
 @numba.njit(cache=True, nogil=True)
 def _tile_flagged(
-    tile, factor, levels, shared, where, states, positions, next_threshold, next_state, num_states
+    tile,
+    factor,
+    levels,
+    shared,
+    where,
+    states,
+    positions,
+    next_threshold,
+    steps,
+    num_states,
+    moving_bits,
+    dirty_at,
 ):  # pragma: no cover - compiled
     """:func:`sender_states`' flagged values of a tile (their flags looked up again from
     ``where`` and ``states``, cheaper than storing every value's): dirty ones stepped to
-    their state (rare), the moving ones' positions compacted to the front of
-    ``positions``. Returns the moving count."""
-    moving = 0
+    their state, the moving ones' positions compacted to the front of ``positions``.
+    Returns the moving count.
+
+    Three branch-free passes (at b = 8 about 3 in 10 flagged values are dirty, and half
+    of those step: branches on either mispredict): the flags, with the dirty
+    values' indices compacted into ``dirty_at``; the dirty values' one step (a second
+    is rare); the compaction. ``moving_bits`` and ``dirty_at`` are work arrays of a
+    tile's length.
+    """
+    count = positions.size
+    dirty = 0
+    for f in range(count):
+        flag = np.uintp(states[where[np.uintp(positions[f])]])
+        moving_bits[f] = flag & np.uintp(1)
+        dirty_at[dirty] = f
+        dirty += (flag >> np.uintp(1)) & np.uintp(1)
     stride = np.uintp(num_states)
-    for f in range(positions.size):
+    for d in range(dirty):
+        f = np.uintp(dirty_at[d])
         j = np.uintp(positions[f])
-        flag = np.uint8(states[where[j]] & 3)
-        if flag & 2:
-            value = np.float64(tile[j] * factor)
-            base = np.uintp(shared[j]) * stride
-            state = np.uintp(2) * np.uintp(levels[j]) + np.uintp(flag & 1)
-            while value >= next_threshold[base + state]:
-                state = np.uintp(next_state[base + state])
-            levels[j] = state >> np.uintp(1)
-            flag = np.uint8(state & np.uintp(1))
-        positions[moving] = j
-        moving += flag & 1
+        value = np.float64(tile[j] * factor)
+        base = np.uintp(shared[j]) * stride
+        state = np.uintp(2) * np.uintp(levels[j]) + np.uintp(moving_bits[f])
+        taken = np.uintp(value >= next_threshold[base + state])
+        state = np.uintp(steps[np.uintp(2) * (base + state) + taken])
+        while value >= next_threshold[base + state]:
+            state = np.uintp(steps[np.uintp(2) * (base + state) + np.uintp(1)])
+        levels[j] = state >> np.uintp(1)
+        moving_bits[f] = state & np.uintp(1)
+    moving = 0
+    for f in range(count):
+        positions[moving] = positions[f]
+        moving += moving_bits[f]
     return moving
 
 
 @numba.njit(cache=True, nogil=True)
 def _tile_fractions(
-    tile, factor, levels, shared, positions, event_position, pieces, breakpoints, out, fractions, at
+    tile, factor, levels, shared, positions, piece_bounds, pieces, out, fractions, at
 ):  # pragma: no cover - compiled
     """The moving values' positions (plus ``at``) and ``SenderRule._fraction`` of each:
     a function of its own (registers for this loop alone) with unsigned indices (no
-    wraparound code)."""
+    wraparound code); each piece's start and width side by side in ``piece_bounds``
+    (one dependent load less than through the event's breakpoints)."""
     stride = np.uintp(pieces)
     for f in range(positions.size):
         j = np.uintp(positions[f])
         value = np.float64(tile[j] * factor)
-        event = np.uintp(event_position[np.uintp(shared[j]) * stride + np.uintp(levels[j])])
-        piece_low = breakpoints[event]
-        piece = breakpoints[event + np.uintp(1)] - piece_low
-        fraction = (value - piece_low) / piece if piece > 0 else 1.0
+        piece = np.uintp(2) * (np.uintp(shared[j]) * stride + np.uintp(levels[j]))
+        piece_low = piece_bounds[piece]
+        piece_width = piece_bounds[piece + np.uintp(1)]
+        fraction = (value - piece_low) / piece_width if piece_width > 0 else 1.0
         fraction = 0.0 if fraction <= 0 else fraction  # -0.0 too: +0.0, as piece_fractions
         out[f] = at + np.intp(j)
         fractions[f] = 1.0 if fraction > 1 else fraction
@@ -688,9 +724,12 @@ def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # p
     f = factor if passes == 1 else source.dtype.type(1)
     magnitude = value_bits.dtype.type(-1) >> value_bits.dtype.type(1)
     peaks = np.zeros(rows, dtype=value_bits.dtype)
-    padded_values = np.zeros(width, dtype=values.dtype)
-    padded_signs = np.ones(width, dtype=signs.dtype)
-    padded_bits = np.zeros(width, dtype=value_bits.dtype)
+    # the last chunk's copy (none when the vector fills its chunks: half a megabyte each
+    # at 2**17-wide chunks, fresh pages every call in some allocator states)
+    padding = width if rows * width != size else 0
+    padded_values = np.zeros(padding, dtype=values.dtype)
+    padded_signs = np.ones(padding, dtype=signs.dtype)
+    padded_bits = np.zeros(padding, dtype=value_bits.dtype)
     for k in range(rows):
         start = k * width
         stop = min(start + width, size)
