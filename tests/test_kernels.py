@@ -444,7 +444,9 @@ def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
         (1, 129),
         (4, 136),
         (5, 1025),
+        (3, 128),  # one vectorized block of 128 per row
         (2, 256),
+        (2, 512),
         (3, 2048),
         (8, 131072),
         (1, 300_001),
@@ -465,6 +467,16 @@ def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
             assert kernels.row_square_sums(rows).tobytes() == expected.tobytes(), shape
             # the numpy encoder's row-at-a-time sums too
             assert _row_square_sums(rows).tobytes() == expected.tobytes(), shape
+        if extreme.size > 2:
+            # inf and NaN propagate to their rows' sums as in numpy (the encoder refuses
+            # them earlier, from the rotation's chunk peaks)
+            extreme.flat[1], extreme.flat[-1] = np.inf, np.nan
+            with np.errstate(invalid="ignore", over="ignore"):
+                expected = np.array(
+                    [np.add.reduce(np.square(row, dtype=np.float64)) for row in extreme]
+                )
+            got = kernels.row_square_sums(extreme)
+            assert np.array_equal(got, expected, equal_nan=True), shape
 
 
 @pytest.mark.parametrize("name", ["e8", "d4"])
