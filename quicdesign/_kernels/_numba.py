@@ -700,28 +700,40 @@ def _radix2_pass(read, write, f):  # pragma: no cover - compiled
         write[2 * j + 1] = (a - b) * f
 
 
+# log2 of the blocks whose last butterfly levels run together: a block and its scratch
+# (16 KiB in float32) stay in L1 across them
+_BLOCK_LOG = 11
+
+
 @numba.njit(cache=True, nogil=True)
-def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # pragma: no cover
-    """:func:`signed_chunk_peaks` into ``source``, then :func:`butterfly_passes`, with the
-    sign flips and peaks done inside the first radix-4 pass (chunk size >= 4): the flipped
-    vector is never written. The same operands and operations, so the same bits (the
-    padding is ``+0 * +1``, as the zeros written there).
+def signed_butterflies(values, value_bits, signs, out, factor, square_sums):  # pragma: no cover
+    """:func:`signed_chunk_peaks` into ``out`` (2-D, C order), then
+    :func:`butterfly_passes`, and each row's :func:`row_square_sums` into ``square_sums``.
+
+    The same levels in the same order with the same operands (the order of
+    ``rotation._butterfly_level_groups``: the rounding depends on it, not on where the
+    values lie), so the same bits; the padding is ``+0 * +1``, as the zeros written there.
+    The sign flips and peaks are done inside the first level pair, read from ``values``
+    and written in place (the flipped vector is never written). The top level pairs run
+    in place on the whole row (in L2, no scratch) until the rest are levels inside
+    blocks of ``2**_BLOCK_LOG`` values, transformed one by one with the constant-geometry
+    passes in L1 (with a block of scratch); a block's squares are summed there too,
+    while it is in L1.
 
     ``value_bits`` is ``values`` viewed as unsigned integers of its width: without the
     sign bit they order as the magnitudes (NaNs above infinity), so the peaks are integer
     maxima, which vectorize. Returns each row's largest magnitude bits (the caller views
-    them as floats; above infinity's bits: a NaN) and the buffer index
-    :func:`butterfly_passes` returns.
+    them as floats; above infinity's bits: a NaN).
     """
-    rows, width = source.shape
+    rows, width = out.shape
     size = values.size
-    kind = source.dtype.type  # int8 signs widen exactly
+    kind = out.dtype.type  # int8 signs widen exactly
+    one = kind(1)
     log_n = 0
     while (1 << (log_n + 1)) <= width:
         log_n += 1
     quarter = width // 4
-    passes = log_n // 2 + log_n % 2
-    f = factor if passes == 1 else source.dtype.type(1)
+    f = factor if log_n == 2 else one
     magnitude = value_bits.dtype.type(-1) >> value_bits.dtype.type(1)
     peaks = np.zeros(rows, dtype=value_bits.dtype)
     # the last chunk's copy (none when the vector fills its chunks: half a megabyte each
@@ -730,6 +742,12 @@ def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # p
     padded_values = np.zeros(padding, dtype=values.dtype)
     padded_signs = np.ones(padding, dtype=signs.dtype)
     padded_bits = np.zeros(padding, dtype=value_bits.dtype)
+    block_log = log_n - 2  # the levels left to the blocks: the top pairs run in place
+    while block_log > _BLOCK_LOG:
+        block_log -= 2
+    block = 1 << block_log
+    scratch = np.empty(block, dtype=out.dtype)
+    partial = np.empty(max(width // 128, 1), dtype=np.float64)
     for k in range(rows):
         start = k * width
         stop = min(start + width, size)
@@ -744,28 +762,118 @@ def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # p
             v = padded_values
             s = padded_signs
             vb = padded_bits
-        write = scratch[k]
+        row = out[k]
+        # the four quarters as arrays of their own: so the loop vectorizes
+        v0, v1, v2, v3 = (
+            v[:quarter],
+            v[quarter : 2 * quarter],
+            v[2 * quarter : 3 * quarter],
+            v[3 * quarter :],
+        )
+        s0, s1, s2, s3 = (
+            s[:quarter],
+            s[quarter : 2 * quarter],
+            s[2 * quarter : 3 * quarter],
+            s[3 * quarter :],
+        )
+        b0, b1, b2, b3 = (
+            vb[:quarter],
+            vb[quarter : 2 * quarter],
+            vb[2 * quarter : 3 * quarter],
+            vb[3 * quarter :],
+        )
+        w0, w1, w2, w3 = (
+            row[:quarter],
+            row[quarter : 2 * quarter],
+            row[2 * quarter : 3 * quarter],
+            row[3 * quarter :],
+        )
         peak = value_bits.dtype.type(0)
         for j in range(quarter):
             peak = max(
                 peak,
                 max(
-                    max(vb[j] & magnitude, vb[quarter + j] & magnitude),
-                    max(vb[2 * quarter + j] & magnitude, vb[3 * quarter + j] & magnitude),
+                    max(b0[j] & magnitude, b1[j] & magnitude),
+                    max(b2[j] & magnitude, b3[j] & magnitude),
                 ),
             )
-            a = v[j] * kind(s[j])
-            b = v[quarter + j] * kind(s[quarter + j])
-            c = v[2 * quarter + j] * kind(s[2 * quarter + j])
-            e = v[3 * quarter + j] * kind(s[3 * quarter + j])
+            a = v0[j] * kind(s0[j])
+            b = v1[j] * kind(s1[j])
+            c = v2[j] * kind(s2[j])
+            e = v3[j] * kind(s3[j])
             sum_low, diff_low = a + b, a - b
             sum_high, diff_high = c + e, c - e
-            write[4 * j] = (sum_low + sum_high) * f
-            write[4 * j + 1] = (diff_low + diff_high) * f
-            write[4 * j + 2] = (sum_low - sum_high) * f
-            write[4 * j + 3] = (diff_low - diff_high) * f
+            w0[j] = (sum_low + sum_high) * f
+            w1[j] = (diff_low + diff_high) * f
+            w2[j] = (sum_low - sum_high) * f
+            w3[j] = (diff_low - diff_high) * f
         peaks[k] = peak
-    return peaks, _butterfly_passes_from(source, scratch, factor, 1)
+        left = log_n - 2  # the levels below the pair just done
+        while left > block_log:
+            _in_place_radix4(row, 1 << (left - 2))
+            left -= 2
+        summed = block >= 128
+        if left > 0:
+            for first in range(0, width, block):
+                _block_passes(row[first : first + block], scratch, factor)
+                if summed:
+                    for at in range(first, first + block, 128):
+                        partial[at // 128] = _squares_of_128(row, at)
+        if summed:
+            square_sums[k] = _tree_sum(partial, width // 128)
+        else:
+            square_sums[k] = _pairwise_squares(row, width)
+    return peaks
+
+
+@numba.njit(cache=True, nogil=True)
+def _in_place_radix4(row, q):  # pragma: no cover - compiled
+    """The butterfly levels of the bits of ``q`` and ``2 * q`` (the lower first) over
+    ``row``, in place (not the last levels: no factor)."""
+    for start in range(0, row.size, 4 * q):
+        first = row[start : start + q]
+        second = row[start + q : start + 2 * q]
+        third = row[start + 2 * q : start + 3 * q]
+        fourth = row[start + 3 * q : start + 4 * q]
+        for j in range(q):
+            a, b, c, e = first[j], second[j], third[j], fourth[j]
+            sum_low, diff_low = a + b, a - b
+            sum_high, diff_high = c + e, c - e
+            first[j] = sum_low + sum_high
+            second[j] = diff_low + diff_high
+            third[j] = sum_low - sum_high
+            fourth[j] = diff_low - diff_high
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_passes(block, scratch, factor):  # pragma: no cover - compiled
+    """:func:`butterfly_passes` of one block (1-D, a power of two >= 2 long), the result
+    in ``block``; ``scratch`` as long."""
+    log_n = 0
+    while (1 << (log_n + 1)) <= block.size:
+        log_n += 1
+    passes = log_n // 2 + log_n % 2
+    one = block.dtype.type(1)
+    here, there = block, scratch
+    for p in range(log_n // 2):
+        _radix4_pass(here, there, factor if p == passes - 1 else one)
+        here, there = there, here
+    if log_n % 2:
+        _radix2_pass(here, there, factor)
+        here, there = there, here
+    if passes % 2:
+        block[:] = scratch
+
+
+@numba.njit(cache=True, nogil=True)
+def _tree_sum(partial, count):  # pragma: no cover - compiled
+    """``partial[:count]`` (a power of two) summed as a perfect pairwise tree, level by
+    level (``partial`` is overwritten)."""
+    while count > 1:
+        count //= 2
+        for i in range(count):
+            partial[i] = partial[2 * i] + partial[2 * i + 1]
+    return partial[0]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -1026,12 +1134,7 @@ def row_square_sums(rows):  # pragma: no cover - compiled
             row = rows[k]
             for block in range(partial.size):
                 partial[block] = _squares_of_128(row, 128 * block)
-            count = partial.size
-            while count > 1:
-                count //= 2
-                for i in range(count):
-                    partial[i] = partial[2 * i] + partial[2 * i + 1]
-            out[k] = partial[0]
+            out[k] = _tree_sum(partial, partial.size)
         return out
     for k in range(rows.shape[0]):
         out[k] = _pairwise_squares(rows[k], width)
