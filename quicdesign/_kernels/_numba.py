@@ -764,30 +764,10 @@ def signed_butterflies(values, value_bits, signs, out, factor, square_sums):  # 
             vb = padded_bits
         row = out[k]
         # the four quarters as arrays of their own: so the loop vectorizes
-        v0, v1, v2, v3 = (
-            v[:quarter],
-            v[quarter : 2 * quarter],
-            v[2 * quarter : 3 * quarter],
-            v[3 * quarter :],
-        )
-        s0, s1, s2, s3 = (
-            s[:quarter],
-            s[quarter : 2 * quarter],
-            s[2 * quarter : 3 * quarter],
-            s[3 * quarter :],
-        )
-        b0, b1, b2, b3 = (
-            vb[:quarter],
-            vb[quarter : 2 * quarter],
-            vb[2 * quarter : 3 * quarter],
-            vb[3 * quarter :],
-        )
-        w0, w1, w2, w3 = (
-            row[:quarter],
-            row[quarter : 2 * quarter],
-            row[2 * quarter : 3 * quarter],
-            row[3 * quarter :],
-        )
+        v0, v1, v2, v3 = _quarters(v)
+        s0, s1, s2, s3 = _quarters(s)
+        b0, b1, b2, b3 = _quarters(vb)
+        w0, w1, w2, w3 = _quarters(row)
         peak = value_bits.dtype.type(0)
         for j in range(quarter):
             peak = max(
@@ -826,15 +806,25 @@ def signed_butterflies(values, value_bits, signs, out, factor, square_sums):  # 
     return peaks
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _quarters(array):  # pragma: no cover - compiled
+    """The four quarters of ``array`` as arrays of their own (loops over them vectorize;
+    indexing one array at four offsets does not)."""
+    quarter = array.size // 4
+    return (
+        array[:quarter],
+        array[quarter : 2 * quarter],
+        array[2 * quarter : 3 * quarter],
+        array[3 * quarter : 4 * quarter],
+    )
+
+
 @numba.njit(cache=True, nogil=True)
 def _in_place_radix4(row, q):  # pragma: no cover - compiled
     """The butterfly levels of the bits of ``q`` and ``2 * q`` (the lower first) over
     ``row``, in place (not the last levels: no factor)."""
     for start in range(0, row.size, 4 * q):
-        first = row[start : start + q]
-        second = row[start + q : start + 2 * q]
-        third = row[start + 2 * q : start + 3 * q]
-        fourth = row[start + 3 * q : start + 4 * q]
+        first, second, third, fourth = _quarters(row[start : start + 4 * q])
         for j in range(q):
             a, b, c, e = first[j], second[j], third[j], fourth[j]
             sum_low, diff_low = a + b, a - b
