@@ -204,18 +204,22 @@ def _row_square_sums(rows) -> np.ndarray:
     return sums
 
 
-def _norms_and_scales(rotated, exponents, chunk_size):
+def _norms_and_scales(rotated, exponents, chunk_size, square_sums=None):
     """Chunk norms as sent (float32, rounded up) and the factors mapping to unit variance.
 
-    ``rotated[k] * 2**exponents[k]`` is chunk ``k``. Scaling with the rounded norm keeps
-    decoding exact. A norm beyond float32, or nonzero but below float32's normal range
-    (``2**-126``, where float32 keeps fewer than 24 bits and the error would grow), is
-    refused with :class:`~quicdesign.InputVectorError`.
+    ``rotated[k] * 2**exponents[k]`` is chunk ``k``; ``square_sums``: the rows' sums of
+    squares when the compiled rotation found them (the same bits as summed here).
+    Scaling with the rounded norm keeps decoding exact. A norm beyond float32, or
+    nonzero but below float32's normal range (``2**-126``, where float32 keeps fewer
+    than 24 bits and the error would grow), is refused with
+    :class:`~quicdesign.InputVectorError`.
     """
     # a plain pairwise sum, not einsum or BLAS: its rounding is the same on every CPU and
     # numpy version (the compiled kernel reproduces it without an 8-byte-per-value temporary)
     kernels = compiled_kernels()
-    if kernels is not None and rotated.dtype in (np.float32, np.float64):
+    if square_sums is not None:
+        squares = square_sums
+    elif kernels is not None and rotated.dtype in (np.float32, np.float64):
         squares = kernels.row_square_sums(np.ascontiguousarray(rotated))
     else:
         squares = _row_square_sums(rotated)
@@ -296,7 +300,7 @@ class QuicFLQuantize(Stage):
 
     def apply(self, x, state):
         rotated, exponents, layout = x.rotated, x.exponents, x.layout
-        norms32, scale = _norms_and_scales(rotated, exponents, layout.chunk_size)
+        norms32, scale = _norms_and_scales(rotated, exponents, layout.chunk_size, x.square_sums)
         factors = scale.astype(rotated.dtype)
         if rotated.dtype in (np.float32, np.float64):
             return None, self._quantize_rows(rotated, factors, norms32, layout, state)

@@ -436,14 +436,17 @@ def scaled_rotate(x, signs, layout):
     exponents : numpy.ndarray of int64
         Shape ``(num_chunks,)``: the power of two to multiply each chunk by.
     """
-    return _scaled_rotate(x, signs, layout)
+    rotated, exponents, _ = _scaled_rotate(x, signs, layout)
+    return rotated, exponents
 
 
 def _scaled_rotate(x, signs, layout, generated_signs=False, workspace=None):
     """:func:`scaled_rotate`; ``generated_signs``: the signs come from
     :func:`~quicdesign.randomness.rotation_signs` (only +1/-1, in the compute dtype),
     so the pass checking them is skipped. With a ``workspace``
-    (:mod:`quicdesign._workspace`) the result is one of its arrays."""
+    (:mod:`quicdesign._workspace`) the result is one of its arrays. Returns
+    :func:`scaled_rotate`'s pair and the rows' sums of squares as the compiled
+    ``row_square_sums`` gives them, when the compiled transform found them (else None)."""
     if generated_signs:
         _check_layout(layout)
         arr = np.asarray(x)
@@ -463,17 +466,17 @@ def _scaled_rotate(x, signs, layout, generated_signs=False, workspace=None):
         and s.dtype in (dtype, np.int8)
         and arr.flags.c_contiguous
     )
-    transformed = None
+    transformed = square_sums = None
     if fast and layout.chunk_size >= 4:
         # sign flips and chunk peaks inside the transform's first pass (flips and maxima
-        # are exact: same bits); kept only if no chunk needs scaling
-        scratch = work_array(workspace, "rotation scratch", chunks.size, dtype)
-        scratch = scratch.reshape(chunks.shape)
+        # are exact: same bits), the chunks' sums of squares while they are in cache;
+        # kept only if no chunk needs scaling
         factor = chunks.dtype.type(1.0 / math.sqrt(layout.chunk_size))
         bits = arr.view(np.uint32 if dtype == np.float32 else np.uint64)
-        peak_bits, which = kernels.signed_butterflies(arr, bits, s, chunks, scratch, factor)
+        square_sums = np.empty(layout.num_chunks)
+        peak_bits = kernels.signed_butterflies(arr, bits, s, chunks, factor, square_sums)
         largest = peak_bits.view(dtype).astype(np.float64)  # NaN bits stay NaN
-        transformed = (chunks, scratch)[which]
+        transformed = chunks
     elif fast:
         # sign flips and chunk peaks in one pass (flips and maxima are exact: same bits)
         largest = kernels.signed_chunk_peaks(arr, s, chunks)
@@ -490,14 +493,14 @@ def _scaled_rotate(x, signs, layout, generated_signs=False, workspace=None):
     nonzero = largest > 0
     if np.all((largest[nonzero] >= low) & (largest[nonzero] <= high)):
         if transformed is not None:
-            return transformed, exponents
-        return _transform_padded(padded, layout, workspace), exponents
+            return transformed, exponents, square_sums
+        return _transform_padded(padded, layout, workspace), exponents, None
     exponents[nonzero] = np.frexp(largest[nonzero])[1]
     # ldexp in float64 is exact for every float32 or float64 input value
     wide = np.zeros(chunks.shape, dtype=np.float64)
     wide.reshape(-1)[: layout.dim] = np.multiply(arr, s[: layout.dim], dtype=np.float64)
     padded = np.ldexp(wide, -exponents[:, None]).astype(dtype).reshape(-1)
-    return _transform_padded(padded, layout), exponents
+    return _transform_padded(padded, layout), exponents, None
 
 
 def unrotate(v, signs, layout):

@@ -439,12 +439,14 @@ class ScaledChunks:
     """A rotated vector in chunks: chunk ``k`` is ``rotated[k] * 2**exponents[k]``.
 
     ``rotated`` has the compute dtype of the input (float32 or float64) and shape
-    ``(num_chunks, chunk_size)`` of ``layout``.
+    ``(num_chunks, chunk_size)`` of ``layout``. ``square_sums``, when the rotation found
+    them: each row of ``rotated``'s sum of squares, as the compiled ``row_square_sums``.
     """
 
     rotated: np.ndarray
     exponents: np.ndarray
     layout: RotationLayout
+    square_sums: np.ndarray | None = None
 
     def __array__(self, dtype=None, copy=None):
         """The true values as a flat float64 vector.
@@ -511,11 +513,11 @@ class RandomizedHadamard(Stage):
         signs = self._signs(state, layout, kind)
         # rotate each chunk scaled by a power of two (exact), so float32 cannot overflow
         # or underflow; the ends of the pipeline restore the true magnitudes
-        rotated, exponents = _scaled_rotate(
+        rotated, exponents, square_sums = _scaled_rotate(
             x, signs, layout, generated_signs=True, workspace=state.cache.get(WORKSPACE_KEY)
         )
         if self.scaled:
-            return ScaledChunks(rotated, exponents, layout), None
+            return ScaledChunks(rotated, exponents, layout, square_sums), None
         return np.asarray(ScaledChunks(rotated, exponents, layout)), None
 
     def invert(self, y, side, state, dim):

@@ -377,21 +377,23 @@ def test_compiled_sender_gives_minus_zero_on_a_piece_from_zero_fraction_plus_zer
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_fused_sign_flip_and_transform_match_the_separate_kernels(dtype):
-    # the encoder's fused first pass: same peaks (NaN included) and same transform bits
-    # as the sign flip + peaks pass followed by the butterflies, padding included
+    # the encoder's fused transform: same peaks (NaN included), same transform bits and
+    # same sums of squares as the sign flip + peaks pass, the butterflies and the
+    # row sums one after the other, padding included; widths up to 2**17 run the top
+    # levels in place and the rest in blocks
     kernels = compiled_kernels()
     rng = np.random.default_rng(11)
     info = np.finfo(dtype)
     unsigned = np.uint32 if dtype == np.float32 else np.uint64
-    for log_width in range(2, 11):
+    for log_width in range(2, 18):
         width = 1 << log_width
-        for rows in (1, 3):
+        for rows in (1, 3) if log_width < 15 else (2,):
             for size in sorted({rows * width, rows * width - 1, (rows - 1) * width + 1}):
                 values = rng.standard_t(1.5, size) * 10.0 ** rng.integers(-5, 5, size)
                 values = values.astype(dtype)
                 picks = rng.integers(0, size, 5)
                 values[picks] = [info.max, -info.max, info.tiny / 4, -0.0, 0.0][: picks.size]
-                if log_width == 5:
+                if log_width in (5, 14, 15):
                     values[picks[0]] = np.inf if rows == 1 else np.nan
                 signs = np.where(rng.random(rows * width) < 0.5, -1, 1).astype(dtype)
                 chunks, scratch = np.empty((rows, width), dtype), np.empty((rows, width), dtype)
@@ -399,25 +401,22 @@ def test_fused_sign_flip_and_transform_match_the_separate_kernels(dtype):
                 expected_peaks = kernels.signed_chunk_peaks(values, signs, chunks)
                 expected = (chunks, scratch)[kernels.butterfly_passes(chunks, scratch, factor)]
                 expected = expected.copy()
-                fused_chunks, fused_scratch = np.full_like(chunks, 7), np.full_like(chunks, 7)
                 with np.errstate(invalid="ignore", over="ignore"):
-                    peak_bits, which = kernels.signed_butterflies(
-                        values, values.view(unsigned), signs, fused_chunks, fused_scratch, factor
-                    )
-                peaks = peak_bits.view(dtype).astype(np.float64)
-                assert np.array_equal(peaks, expected_peaks, equal_nan=True), (width, size)
-                fused = (fused_chunks, fused_scratch)[which]
-                assert fused.tobytes() == expected.tobytes(), (width, size)
-                # the encoder's int8 signs widen exactly: the same bits
-                narrow = signs.astype(np.int8)
-                with np.errstate(invalid="ignore", over="ignore"):
-                    narrow_bits, which = kernels.signed_butterflies(
-                        values, values.view(unsigned), narrow, fused_chunks, fused_scratch, factor
-                    )
-                assert narrow_bits.tobytes() == peak_bits.tobytes(), (width, size)
-                fused = (fused_chunks, fused_scratch)[which]
-                assert fused.tobytes() == expected.tobytes(), (width, size)
-                narrow_peaks = kernels.signed_chunk_peaks(values, narrow, chunks)
+                    expected_sums = kernels.row_square_sums(expected)
+                for kind in (dtype, np.int8):  # the encoder's int8 signs widen exactly
+                    fused = np.full_like(chunks, 7)
+                    sums = np.full(rows, 7.0)
+                    with np.errstate(invalid="ignore", over="ignore"):
+                        peak_bits = kernels.signed_butterflies(
+                            values, values.view(unsigned), signs.astype(kind), fused, factor, sums
+                        )
+                    peaks = peak_bits.view(dtype).astype(np.float64)
+                    assert np.array_equal(peaks, expected_peaks, equal_nan=True), (width, size)
+                    assert fused.tobytes() == expected.tobytes(), (width, size)
+                    assert np.array_equal(sums, expected_sums, equal_nan=True), (width, size)
+                    if np.all(np.isfinite(expected_sums)):
+                        assert sums.tobytes() == expected_sums.tobytes(), (width, size)
+                narrow_peaks = kernels.signed_chunk_peaks(values, signs.astype(np.int8), chunks)
                 assert np.array_equal(narrow_peaks, expected_peaks, equal_nan=True)
 
 
@@ -459,7 +458,9 @@ def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
         (1, 129),
         (4, 136),
         (5, 1025),
+        (3, 128),  # one vectorized block of 128 per row
         (2, 256),
+        (2, 512),
         (3, 2048),
         (8, 131072),
         (1, 300_001),
@@ -480,6 +481,16 @@ def test_compiled_row_square_sums_match_numpys_pairwise_sum(dtype):
             assert kernels.row_square_sums(rows).tobytes() == expected.tobytes(), shape
             # the numpy encoder's row-at-a-time sums too
             assert _row_square_sums(rows).tobytes() == expected.tobytes(), shape
+        if extreme.size > 2:
+            # inf and NaN propagate to their rows' sums as in numpy (the encoder refuses
+            # them earlier, from the rotation's chunk peaks)
+            extreme.flat[1], extreme.flat[-1] = np.inf, np.nan
+            with np.errstate(invalid="ignore", over="ignore"):
+                expected = np.array(
+                    [np.add.reduce(np.square(row, dtype=np.float64)) for row in extreme]
+                )
+            got = kernels.row_square_sums(extreme)
+            assert np.array_equal(got, expected, equal_nan=True), shape
 
 
 @pytest.mark.parametrize("name", ["e8", "d4"])

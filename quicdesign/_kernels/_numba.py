@@ -700,28 +700,40 @@ def _radix2_pass(read, write, f):  # pragma: no cover - compiled
         write[2 * j + 1] = (a - b) * f
 
 
+# log2 of the blocks whose last butterfly levels run together: a block and its scratch
+# (16 KiB in float32) stay in L1 across them
+_BLOCK_LOG = 11
+
+
 @numba.njit(cache=True, nogil=True)
-def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # pragma: no cover
-    """:func:`signed_chunk_peaks` into ``source``, then :func:`butterfly_passes`, with the
-    sign flips and peaks done inside the first radix-4 pass (chunk size >= 4): the flipped
-    vector is never written. The same operands and operations, so the same bits (the
-    padding is ``+0 * +1``, as the zeros written there).
+def signed_butterflies(values, value_bits, signs, out, factor, square_sums):  # pragma: no cover
+    """:func:`signed_chunk_peaks` into ``out`` (2-D, C order), then
+    :func:`butterfly_passes`, and each row's :func:`row_square_sums` into ``square_sums``.
+
+    The same levels in the same order with the same operands (the order of
+    ``rotation._butterfly_level_groups``: the rounding depends on it, not on where the
+    values lie), so the same bits; the padding is ``+0 * +1``, as the zeros written there.
+    The sign flips and peaks are done inside the first level pair, read from ``values``
+    and written in place (the flipped vector is never written). The top level pairs run
+    in place on the whole row (in L2, no scratch) until the rest are levels inside
+    blocks of ``2**_BLOCK_LOG`` values, transformed one by one with the constant-geometry
+    passes in L1 (with a block of scratch); a block's squares are summed there too,
+    while it is in L1.
 
     ``value_bits`` is ``values`` viewed as unsigned integers of its width: without the
     sign bit they order as the magnitudes (NaNs above infinity), so the peaks are integer
     maxima, which vectorize. Returns each row's largest magnitude bits (the caller views
-    them as floats; above infinity's bits: a NaN) and the buffer index
-    :func:`butterfly_passes` returns.
+    them as floats; above infinity's bits: a NaN).
     """
-    rows, width = source.shape
+    rows, width = out.shape
     size = values.size
-    kind = source.dtype.type  # int8 signs widen exactly
+    kind = out.dtype.type  # int8 signs widen exactly
+    one = kind(1)
     log_n = 0
     while (1 << (log_n + 1)) <= width:
         log_n += 1
     quarter = width // 4
-    passes = log_n // 2 + log_n % 2
-    f = factor if passes == 1 else source.dtype.type(1)
+    f = factor if log_n == 2 else one
     magnitude = value_bits.dtype.type(-1) >> value_bits.dtype.type(1)
     peaks = np.zeros(rows, dtype=value_bits.dtype)
     # the last chunk's copy (none when the vector fills its chunks: half a megabyte each
@@ -730,6 +742,12 @@ def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # p
     padded_values = np.zeros(padding, dtype=values.dtype)
     padded_signs = np.ones(padding, dtype=signs.dtype)
     padded_bits = np.zeros(padding, dtype=value_bits.dtype)
+    block_log = log_n - 2  # the levels left to the blocks: the top pairs run in place
+    while block_log > _BLOCK_LOG:
+        block_log -= 2
+    block = 1 << block_log
+    scratch = np.empty(block, dtype=out.dtype)
+    partial = np.empty(max(width // 128, 1), dtype=np.float64)
     for k in range(rows):
         start = k * width
         stop = min(start + width, size)
@@ -744,28 +762,108 @@ def signed_butterflies(values, value_bits, signs, source, scratch, factor):  # p
             v = padded_values
             s = padded_signs
             vb = padded_bits
-        write = scratch[k]
+        row = out[k]
+        # the four quarters as arrays of their own: so the loop vectorizes
+        v0, v1, v2, v3 = _quarters(v)
+        s0, s1, s2, s3 = _quarters(s)
+        b0, b1, b2, b3 = _quarters(vb)
+        w0, w1, w2, w3 = _quarters(row)
         peak = value_bits.dtype.type(0)
         for j in range(quarter):
             peak = max(
                 peak,
                 max(
-                    max(vb[j] & magnitude, vb[quarter + j] & magnitude),
-                    max(vb[2 * quarter + j] & magnitude, vb[3 * quarter + j] & magnitude),
+                    max(b0[j] & magnitude, b1[j] & magnitude),
+                    max(b2[j] & magnitude, b3[j] & magnitude),
                 ),
             )
-            a = v[j] * kind(s[j])
-            b = v[quarter + j] * kind(s[quarter + j])
-            c = v[2 * quarter + j] * kind(s[2 * quarter + j])
-            e = v[3 * quarter + j] * kind(s[3 * quarter + j])
+            a = v0[j] * kind(s0[j])
+            b = v1[j] * kind(s1[j])
+            c = v2[j] * kind(s2[j])
+            e = v3[j] * kind(s3[j])
             sum_low, diff_low = a + b, a - b
             sum_high, diff_high = c + e, c - e
-            write[4 * j] = (sum_low + sum_high) * f
-            write[4 * j + 1] = (diff_low + diff_high) * f
-            write[4 * j + 2] = (sum_low - sum_high) * f
-            write[4 * j + 3] = (diff_low - diff_high) * f
+            w0[j] = (sum_low + sum_high) * f
+            w1[j] = (diff_low + diff_high) * f
+            w2[j] = (sum_low - sum_high) * f
+            w3[j] = (diff_low - diff_high) * f
         peaks[k] = peak
-    return peaks, _butterfly_passes_from(source, scratch, factor, 1)
+        left = log_n - 2  # the levels below the pair just done
+        while left > block_log:
+            _in_place_radix4(row, 1 << (left - 2))
+            left -= 2
+        summed = block >= 128
+        if left > 0:
+            for first in range(0, width, block):
+                _block_passes(row[first : first + block], scratch, factor)
+                if summed:
+                    for at in range(first, first + block, 128):
+                        partial[at // 128] = _squares_of_128(row, at)
+        if summed:
+            square_sums[k] = _tree_sum(partial, width // 128)
+        else:
+            square_sums[k] = _pairwise_squares(row, width)
+    return peaks
+
+
+@numba.njit(cache=True, nogil=True, inline="always")
+def _quarters(array):  # pragma: no cover - compiled
+    """The four quarters of ``array`` as arrays of their own (loops over them vectorize;
+    indexing one array at four offsets does not)."""
+    quarter = array.size // 4
+    return (
+        array[:quarter],
+        array[quarter : 2 * quarter],
+        array[2 * quarter : 3 * quarter],
+        array[3 * quarter : 4 * quarter],
+    )
+
+
+@numba.njit(cache=True, nogil=True)
+def _in_place_radix4(row, q):  # pragma: no cover - compiled
+    """The butterfly levels of the bits of ``q`` and ``2 * q`` (the lower first) over
+    ``row``, in place (not the last levels: no factor)."""
+    for start in range(0, row.size, 4 * q):
+        first, second, third, fourth = _quarters(row[start : start + 4 * q])
+        for j in range(q):
+            a, b, c, e = first[j], second[j], third[j], fourth[j]
+            sum_low, diff_low = a + b, a - b
+            sum_high, diff_high = c + e, c - e
+            first[j] = sum_low + sum_high
+            second[j] = diff_low + diff_high
+            third[j] = sum_low - sum_high
+            fourth[j] = diff_low - diff_high
+
+
+@numba.njit(cache=True, nogil=True)
+def _block_passes(block, scratch, factor):  # pragma: no cover - compiled
+    """:func:`butterfly_passes` of one block (1-D, a power of two >= 2 long), the result
+    in ``block``; ``scratch`` as long."""
+    log_n = 0
+    while (1 << (log_n + 1)) <= block.size:
+        log_n += 1
+    passes = log_n // 2 + log_n % 2
+    one = block.dtype.type(1)
+    here, there = block, scratch
+    for p in range(log_n // 2):
+        _radix4_pass(here, there, factor if p == passes - 1 else one)
+        here, there = there, here
+    if log_n % 2:
+        _radix2_pass(here, there, factor)
+        here, there = there, here
+    if passes % 2:
+        block[:] = scratch
+
+
+@numba.njit(cache=True, nogil=True)
+def _tree_sum(partial, count):  # pragma: no cover - compiled
+    """``partial[:count]`` (a power of two) summed as a perfect pairwise tree, level by
+    level (``partial`` is overwritten)."""
+    while count > 1:
+        count //= 2
+        for i in range(count):
+            partial[i] = partial[2 * i] + partial[2 * i + 1]
+    return partial[0]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -941,6 +1039,45 @@ def _block_squares(row, start, n):  # pragma: no cover - compiled
     return total
 
 
+@numba.extending.intrinsic
+def _squares_of_128(typingctx, row, start):  # pragma: no cover - compiled
+    """:func:`_block_squares` of ``row[start:start + 128]`` (1-D, C-contiguous, float32
+    or float64) with its 8 running sums as the 8 lanes of one vector: each lane is the
+    same chain of IEEE additions (no fast-math flags, no fused multiply-add), so the
+    same bits; numba leaves the scalar form unvectorized (4-5x slower)."""
+    if not (
+        isinstance(row, numba.types.Array)
+        and row.ndim == 1
+        and row.layout == "C"
+        and row.dtype in (numba.types.float32, numba.types.float64)
+    ):
+        return None
+    double = ir.DoubleType()
+    lanes = ir.VectorType(double, 8)
+    lane_index = ir.IntType(32)
+
+    def codegen(context, builder, signature, args):
+        array = context.make_array(signature.args[0])(context, builder, args[0])
+        element = context.get_value_type(signature.args[0].dtype)
+        eights = builder.bitcast(
+            builder.gep(array.data, [args[1]]), ir.VectorType(element, 8).as_pointer()
+        )
+        align = context.get_abi_sizeof(element)
+        sums = None
+        for i in range(16):
+            eight = builder.load(builder.gep(eights, [ir.Constant(ir.IntType(64), i)]), align=align)
+            if element != double:
+                eight = builder.fpext(eight, lanes)  # exact
+            square = builder.fmul(eight, eight)
+            sums = square if sums is None else builder.fadd(sums, square)
+        r = [builder.extract_element(sums, ir.Constant(lane_index, j)) for j in range(8)]
+        low = builder.fadd(builder.fadd(r[0], r[1]), builder.fadd(r[2], r[3]))
+        high = builder.fadd(builder.fadd(r[4], r[5]), builder.fadd(r[6], r[7]))
+        return builder.fadd(low, high)
+
+    return numba.types.float64(row, numba.types.intp), codegen
+
+
 @numba.njit(cache=True, nogil=True)
 def _pairwise_squares(row, n):  # pragma: no cover - compiled
     """numpy's pairwise float64 sum of ``row[:n]`` squared as one tree (``codec._pairwise_sum``,
@@ -976,23 +1113,18 @@ def _pairwise_squares(row, n):  # pragma: no cover - compiled
 def row_square_sums(rows):  # pragma: no cover - compiled
     """``codec._row_square_sums(rows)`` bit for bit (each row's squares summed as one
     pairwise tree), without the float64 temporary (squares of float32 are exact in
-    float64; float64 squares round as numpy's do)."""
+    float64; float64 squares round as numpy's do). ``rows``: C-contiguous."""
     out = np.empty(rows.shape[0], dtype=np.float64)
     width = rows.shape[1]
-    if width >= 256 and width & (width - 1) == 0:
+    if width >= 128 and width & (width - 1) == 0:
         # a power of two: numpy's halves are exact, a perfect tree over blocks of 128,
         # summed level by level (the same additions, without the task stack)
         partial = np.empty(width // 128, dtype=np.float64)
         for k in range(rows.shape[0]):
             row = rows[k]
             for block in range(partial.size):
-                partial[block] = _block_squares(row, 128 * block, 128)
-            count = partial.size
-            while count > 1:
-                count //= 2
-                for i in range(count):
-                    partial[i] = partial[2 * i] + partial[2 * i + 1]
-            out[k] = partial[0]
+                partial[block] = _squares_of_128(row, 128 * block)
+            out[k] = _tree_sum(partial, partial.size)
         return out
     for k in range(rows.shape[0]):
         out[k] = _pairwise_squares(rows[k], width)
