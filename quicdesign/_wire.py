@@ -385,6 +385,7 @@ class PayloadWriter:
         :meth:`to_bytes` (not a second megabyte per 2**20 codes), so ``codes`` must not
         change before then.
         """
+        bits = _check_bits(bits)
         if bits == 8 and isinstance(codes, np.ndarray) and codes.dtype == np.uint8:
             self._append(memoryview(np.ascontiguousarray(codes).reshape(-1)))
             return

@@ -558,6 +558,8 @@ def test_slot_lookups_refuse_what_they_would_read_past():
         (entries, np.array([0, 1], np.uint32), out),  # output of another size
         (entries, np.array([0, 1, 2], np.int64), out),  # not uint32
         (entries[::2], np.array([0, 1, 2], np.uint32), out),  # not contiguous
+        (entries[:0], np.zeros(3, np.uint32), out),  # an empty table: index 0 is past it
+        (entries, [0, 1, 2], out),  # not an array
     ]
     for table, index, result in bad_cases:
         with pytest.raises(ParameterError):

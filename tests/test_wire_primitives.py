@@ -362,6 +362,10 @@ def test_writer_rejects_bad_arrays_and_bytes():
         writer.write_bytes("text")
     with pytest.raises(InputVectorError):
         writer.write_codes(np.array([4], dtype=np.uint8), 2)
+    # 8-bit uint8 codes are kept by reference: the width is checked all the same
+    for bits in (8.0, np.float64(8), True, "8"):
+        with pytest.raises(ParameterError):
+            writer.write_codes(np.array([4], dtype=np.uint8), bits)
     assert writer.to_bytes() == b""
 
 

@@ -188,9 +188,12 @@ def rans_slot_lookups(entries, index, out):
     three arrays are contiguous uint32, ``index`` and ``out`` one size, every index below
     ``entries.size`` (``ParameterError``)."""
     arrays = (entries, index, out)
-    if any(a.dtype != np.uint32 or a.ndim != 1 or not a.flags.c_contiguous for a in arrays):
+    if not all(
+        isinstance(a, np.ndarray) and a.dtype == np.uint32 and a.ndim == 1 and a.flags.c_contiguous
+        for a in arrays
+    ):
         raise ParameterError("slot lookups take contiguous one-dimensional uint32 arrays")
-    if index.size != out.size or int(index.max(initial=0)) >= max(entries.size, 1):
+    if index.size != out.size or (index.size and int(index.max()) >= entries.size):
         raise ParameterError("an index lies outside the slot table or the output")
     _slot_lookups(entries, index, out)
     return out
