@@ -21,7 +21,7 @@ import numpy as np
 
 from ._kernels import compiled_kernels
 from ._workspace import work_array
-from .errors import TableError
+from .errors import InputDTypeError, InputVectorError, TableError
 
 __all__ = ["SenderRule"]
 
@@ -70,7 +70,8 @@ def piece_fractions(values, event, start, width, has_empty) -> np.ndarray:
     """Where each value lies on its event's piece, clipped to ``[0, 1]``; 1 on an empty
     piece (the probability that the event has fired)."""
     widths = width[event]
-    with np.errstate(divide="ignore", invalid="ignore"):
+    # a subnormal width can overflow the quotient: inf, clipped to 1 (as compiled)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         fraction = values - start[event]
         fraction /= widths
     if has_empty:
@@ -311,10 +312,18 @@ class SenderRule:
         Returns
         -------
         ndarray of uint8 (uint16 when K > 256), shape (n,)
+
+        Raises
+        ------
+        InputDTypeError
+            If ``values`` is not real or ``shared`` not integer.
+        InputVectorError
+            If the shapes differ or are not 1-D, an ``h`` is outside ``[0, H)`` or a value
+            is NaN (the compiled sender reads ``shared`` unchecked).
         """
-        shared = np.asarray(shared)
+        values, shared = self._checked_sample_input(values, shared, uniforms)
         kernels = compiled_kernels()
-        if kernels is not None and shared.dtype.kind in "iu":
+        if kernels is not None:
             messages, randomizing, fraction = self._sample_compiled(kernels, values, shared)
         else:
             values, messages, randomizing, event = self._levels(values, shared)
@@ -322,6 +331,26 @@ class SenderRule:
         if randomizing.size:
             self._flip_coins(messages, randomizing, fraction, uniforms, rng)
         return messages
+
+    def _checked_sample_input(self, values, shared, uniforms):
+        """``(values, shared)`` as arrays, checked as :meth:`sample` documents."""
+        values, shared = np.asarray(values), np.asarray(shared)
+        if values.dtype.kind not in "iuf":
+            raise InputDTypeError(f"values must be real numbers, got {values.dtype}")
+        if shared.dtype.kind not in "iu":
+            raise InputDTypeError(f"shared values must be integers, got {shared.dtype}")
+        if values.ndim != 1 or shared.shape != values.shape:
+            raise InputVectorError(
+                f"values and shared must be 1-D of one length, got {values.shape} and "
+                f"{shared.shape}"
+            )
+        if uniforms is not None and np.shape(uniforms) != values.shape:
+            raise InputVectorError(f"uniforms must have shape {values.shape}")
+        if shared.size and not (0 <= shared.min() and shared.max() < self.num_shared):
+            raise InputVectorError(f"a shared value is outside [0, {self.num_shared})")
+        if values.dtype.kind == "f" and values.size and np.isnan(np.min(values)):
+            raise InputVectorError("values must not be NaN")
+        return values, shared
 
     @staticmethod
     def _flip_coins(messages, randomizing, fraction, uniforms, rng):

@@ -245,7 +245,7 @@ def test_compiled_sender_matches_numpy_for_every_entry_width(monkeypatch, num_sh
     expected = rule.sample(values, shared, uniforms=uniforms)
     monkeypatch.setenv(KERNELS_ENV, "auto")
     assert rule.sample(values, shared, uniforms=uniforms).tobytes() == expected.tobytes()
-    with pytest.raises(IndexError, match="shared value"):
+    with pytest.raises(InputVectorError, match="shared value"):
         rule.sample(values[:3], np.array([0, -1, 0], dtype=np.int8), uniforms=uniforms[:3])
 
 
@@ -284,7 +284,7 @@ def test_compiled_scaled_sender_matches_numpy_sample_and_exact_split(monkeypatch
 def test_compiled_sender_refuses_shared_values_out_of_range(monkeypatch):
     rule = load_table(2).sender
     monkeypatch.setenv(KERNELS_ENV, "auto")
-    with pytest.raises(IndexError, match="shared value"):
+    with pytest.raises(InputVectorError, match="shared value"):
         rule.sample(np.zeros(3), np.array([0, rule.num_shared, 0]), rng=np.random.default_rng(0))
 
 

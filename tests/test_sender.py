@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from hypothesis import assume, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
@@ -132,6 +132,40 @@ def test_sample_clamps_values_beyond_the_support(official_b2_l5):
     )
 
 
+@pytest.mark.parametrize("kernels", ["numpy", "auto"])
+def test_sample_refuses_what_it_cannot_send(monkeypatch, official_b2_l5, kernels):
+    """Our errors on both paths, never a read past ``shared`` (the compiled sender has
+    no bounds checks), a numpy IndexError or levels of a wrapped-around ``h``."""
+    from quicdesign import InputDTypeError, InputVectorError
+    from quicdesign._kernels import KERNELS_ENV
+
+    monkeypatch.setenv(KERNELS_ENV, kernels)
+    rule = SenderRule(official_b2_l5)
+    rng = np.random.default_rng(0)
+    values = rng.standard_normal(20_000)
+    shared = rng.integers(0, rule.num_shared, values.size)
+    with_nan = values.copy()
+    with_nan[-1] = np.nan
+    bad = [
+        (values, shared[:-1], {}, InputVectorError),  # one h short: read past it
+        (values, shared[:10], {}, InputVectorError),
+        (values.reshape(100, 200), shared.reshape(100, 200), {}, InputVectorError),
+        (values, np.where(shared == 3, -1, shared), {}, InputVectorError),  # h = -1
+        (values, np.full(values.size, rule.num_shared), {}, InputVectorError),
+        (values, shared.astype(float), {}, InputDTypeError),
+        (values.astype(complex), shared, {}, InputDTypeError),
+        (with_nan, shared, {}, InputVectorError),
+        (values, shared, {"uniforms": np.zeros(10)}, InputVectorError),
+    ]
+    for vector, h, options, error in bad:
+        with pytest.raises(error):
+            rule.sample(vector, h, rng=np.random.default_rng(1), **options)
+    # the infinities are clamped to the ends, as any value beyond them
+    ends = np.array([-np.inf, np.inf, *rule.support])
+    sent = rule.sample(ends, np.zeros(4, dtype=np.int64), rng=np.random.default_rng(1))
+    assert sent[:2].tolist() == sent[2:].tolist()
+
+
 @pytest.mark.parametrize("bits, shared_bits", [(8, 3), (4, 8), (2, 8)])
 def test_float32_values_near_bucket_edges_and_breakpoints_are_located_exactly(bits, shared_bits):
     """The bucket locator computes the bucket of float32 input in float32; its safety
@@ -212,8 +246,13 @@ def test_numpy_row_sampler_matches_the_reference_bit_for_bit(monkeypatch, bits, 
         assert mine.tobytes() == theirs.tobytes()
 
 
+_TINY_PIECE = np.zeros((8, 2))
+_TINY_PIECE[0, 1] = 2.0**-1022  # a piece 1/8 of it wide (subnormal): |z| / width overflows
+
+
 @settings(max_examples=40, deadline=None)
 @given(receivers(max_shared_bits=4, max_bits=4), st.integers(0, 2**32 - 1))
+@example(receiver=_TINY_PIECE, seed=0)
 def test_numpy_row_sampler_matches_the_reference_on_any_receiver(receiver, seed):
     # degenerate receivers too: equal rows, empty pieces, one shared value
     rule = SenderRule(receiver)
