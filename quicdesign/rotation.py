@@ -475,13 +475,15 @@ def _scaled_rotate(x, signs, layout, generated_signs=False, workspace=None):
         bits = arr.view(np.uint32 if dtype == np.float32 else np.uint64)
         square_sums = np.empty(layout.num_chunks)
         peak_bits = kernels.signed_butterflies(arr, bits, s, chunks, factor, square_sums)
-        largest = peak_bits.view(dtype).astype(np.float64)  # NaN bits stay NaN
+        with np.errstate(invalid="ignore"):  # a signaling NaN's cast: refused below
+            largest = peak_bits.view(dtype).astype(np.float64)  # NaN bits stay NaN
         transformed = chunks
     elif fast:
         # sign flips and chunk peaks in one pass (flips and maxima are exact: same bits)
         largest = kernels.signed_chunk_peaks(arr, s, chunks)
     else:
-        np.multiply(arr, s[: layout.dim], out=padded[: layout.dim], dtype=dtype)
+        with np.errstate(invalid="ignore"):  # a signaling NaN: refused below
+            np.multiply(arr, s[: layout.dim], out=padded[: layout.dim], dtype=dtype)
         padded[layout.dim :] = 0
         # two reductions, no |x| temporary (NaN propagates through both)
         largest = np.maximum(np.max(chunks, axis=1), -np.min(chunks, axis=1))

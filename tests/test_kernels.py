@@ -808,10 +808,17 @@ def test_encoder_refuses_non_finite_values_found_by_the_rotation(monkeypatch, ke
     monkeypatch.setenv(KERNELS_ENV, kernels)
     encoder = QuicFLEncoder(load_table(2), ROUND)
     rng = np.random.default_rng(dim)
-    for bad in (np.nan, np.inf, -np.inf):
+    unsigned = {2: np.uint16, 4: np.uint32, 8: np.uint64}[np.dtype(dtype).itemsize]
+    finfo = np.finfo(dtype)
+    exponent_bits = (1 << (finfo.bits - 1)) - (1 << finfo.nmant)  # inf's bits
+    # a signaling NaN (quiet bit clear) and a negative one: no RuntimeWarning (pytest
+    # makes ours errors) from casting or multiplying them before the refusal
+    signaling, negative = exponent_bits | 1, (1 << (finfo.bits - 1)) | exponent_bits | 1
+    nans = np.array([signaling, negative], dtype=unsigned).view(dtype)
+    for bad in (np.nan, np.inf, -np.inf, *nans):
         for first in {0, dim // 2, dim - 1}:
             x = rng.standard_normal(dim).astype(dtype)
-            x[first] = bad
+            x.view(unsigned)[first] = np.asarray(bad, dtype=dtype).view(unsigned)
             x[first + 1 :: 7] = np.nan  # later bad values do not change the message
             with pytest.raises(InputVectorError, match=f"non-finite value .* at index {first}$"):
                 encoder.encode(x, 0, rng=1)
