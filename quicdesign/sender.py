@@ -83,6 +83,20 @@ def piece_fractions(values, event, start, width, has_empty) -> np.ndarray:
     return fraction
 
 
+def _check_row_sizes(rows, factors, shared) -> None:
+    """The row samplers' arrays as they index them (the compiled pass has no bounds
+    checks): 2-D float rows, one factor per row, one ``h`` per value."""
+    if not isinstance(rows, np.ndarray) or rows.dtype not in (np.float32, np.float64):
+        raise InputDTypeError(
+            f"rows must be a float32 or float64 array, got {getattr(rows, 'dtype', type(rows))}"
+        )
+    if rows.ndim != 2 or np.shape(factors) != rows.shape[:1] or np.size(shared) != rows.size:
+        raise InputVectorError(
+            f"rows must be 2-D with one factor per row and one shared value per value, "
+            f"got {rows.shape}, {np.shape(factors)} and {np.size(shared)}"
+        )
+
+
 def _outside(values, lower, upper) -> np.ndarray:
     """Where ``values`` lie outside ``[lower, upper]``, compared as the codec compares."""
     return np.abs(values) > upper if lower == -upper else (values < lower) | (values > upper)
@@ -395,6 +409,7 @@ class SenderRule:
         outside_values : ndarray
             ``z`` there, in the dtype of ``rows``.
         """
+        _check_row_sizes(rows, factors, shared)
         compare = np.result_type(rows.dtype, *bounds)  # numpy's loop for ``z < lower``
         messages, randomizing, fraction, outside, outside_values = self._states_compiled(
             kernels,
@@ -533,6 +548,7 @@ class SenderRule:
         the materialized ``z`` is used. The tiles' temporaries come from ``workspace``
         (:mod:`quicdesign._workspace`) if given.
         """
+        _check_row_sizes(rows, factors, shared)
         num_shared = self.num_shared
         low, per_unit, first, _ = self._locator
         kind = rows.dtype.type

@@ -246,6 +246,32 @@ def test_numpy_row_sampler_matches_the_reference_bit_for_bit(monkeypatch, bits, 
         assert mine.tobytes() == theirs.tobytes()
 
 
+def test_row_samplers_refuse_sizes_the_compiled_pass_would_read_past():
+    """``sample_rows`` (compiled, no bounds checks) and ``sample_rows_numpy`` check the
+    sizes they index by: one ``h`` per value, one factor per row, 2-D float rows."""
+    from quicdesign import InputDTypeError, InputVectorError, load_table
+    from quicdesign._kernels import compiled_kernels
+
+    table = load_table(4)
+    rule = table.sender
+    rows = np.random.default_rng(0).standard_normal((4, 1024)).astype(np.float32)
+    factors, shared = np.ones(4, np.float32), np.zeros(rows.size, np.uint8)
+    bad = [
+        (rows, factors, shared[:-5], InputVectorError),  # h short: read past it
+        (rows, factors[:1], shared, InputVectorError),  # a factor short: read past them
+        (rows.reshape(-1), factors, shared, InputVectorError),
+        (rows.astype(np.int64), factors, shared, InputDTypeError),
+    ]
+    kernels = compiled_kernels()
+    samplers = [rule.sample_rows_numpy]
+    if kernels is not None:
+        samplers.append(lambda *args: rule.sample_rows(kernels, *args))
+    for sampler in samplers:
+        for values, scale, h, error in bad:
+            with pytest.raises(error):
+                sampler(values, scale, table.support, h, np.random.default_rng(0))
+
+
 _TINY_PIECE = np.zeros((8, 2))
 _TINY_PIECE[0, 1] = 2.0**-1022  # a piece 1/8 of it wide (subnormal): |z| / width overflows
 
